@@ -1,0 +1,44 @@
+# The commands the README shows. `make run` and `make test` do everything
+# on a fresh machine, set-up included.
+
+FILTERS      := ip-acl
+WASM_DIR     := target/wasm32-wasip1/release
+CARGO        ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all setup build run test lint fmt unit integration validate clean
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+## build: every filter as a .wasm module (release profile), with its size
+build: setup
+	$(CARGO) build --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS))
+	@printf '%-28s %10s\n' "module" "bytes"
+	@for f in $(subst -,_,$(FILTERS)); do printf '%-28s %10s\n' "$(WASM_DIR)/$$f.wasm" "$$(wc -c < $(WASM_DIR)/$$f.wasm)"; done
+
+## run: the demo gateway on 127.0.0.1:8080 (HTTP) and :8443 (TLS); Ctrl-C stops it
+run: build
+	@bash scripts/run-demo.sh
+
+## test: formatting, lints, native unit tests, the wasm build, real-Envoy tests
+test: setup lint unit build integration
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --exclude integration-tests
+
+integration:
+	$(CARGO) test -p integration-tests
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf .run

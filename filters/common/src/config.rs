@@ -1,0 +1,148 @@
+//! Config loading: JSON → typed struct (serde, `deny_unknown_fields`) with the
+//! failing field's path in every error, so the log line Envoy shows names it.
+
+use serde::de::DeserializeOwned;
+use std::fmt;
+
+/// A configuration error: where (a path such as `rules[2].allow[0]`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error seen from a parent: `rules[1]` + `match.path` → `rules[1].match.path`.
+    pub fn within(mut self, parent: &str) -> Self {
+        self.path = join_path(parent, &self.path);
+        self
+    }
+}
+
+/// Joins two config paths, leaving out empty parts and the dot before an index.
+pub fn join_path(parent: &str, child: &str) -> String {
+    match (parent.is_empty(), child.is_empty()) {
+        (true, _) => child.to_string(),
+        (_, true) => parent.to_string(),
+        _ if child.starts_with('[') => format!("{parent}{child}"),
+        _ => format!("{parent}.{child}"),
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Parses a filter's JSON configuration. An absent or blank configuration is
+/// an error: a filter loaded without one is almost always a deployment mistake.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ConfigError::new(
+            "",
+            "the filter configuration is empty; expected a JSON object",
+        ));
+    }
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ConfigError::new(
+            "",
+            "the filter configuration must be a JSON object",
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::new(path, err.inner().to_string())
+    })?;
+    deserializer
+        .end()
+        .map_err(|err| ConfigError::new("", err.to_string()))?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        #[allow(dead_code)]
+        rules: Vec<Inner>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        #[allow(dead_code)]
+        limit: u32,
+    }
+
+    fn error_of(json: &str) -> String {
+        parse_json::<Outer>(json.as_bytes())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_its_path() {
+        let err = error_of(r#"{"rules":[{"limit":1},{"limt":2}]}"#);
+        assert!(
+            err.starts_with("rules[1].limt: unknown field `limt`, expected `limit`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_with_its_path() {
+        let err = error_of(r#"{"rules":[{"limit":"ten"}]}"#);
+        assert!(err.starts_with("rules[0].limit: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_configuration_is_refused() {
+        assert_eq!(
+            error_of("  "),
+            "the filter configuration is empty; expected a JSON object"
+        );
+    }
+
+    #[test]
+    fn a_configuration_that_is_not_an_object_is_refused() {
+        for json in ["[]", "\"x\"", "42", "null"] {
+            assert_eq!(
+                error_of(json),
+                "the filter configuration must be a JSON object"
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_garbage_is_refused() {
+        assert!(error_of(r#"{"rules":[]} x"#).contains("trailing characters"));
+    }
+
+    #[test]
+    fn paths_join_without_stray_dots() {
+        assert_eq!(join_path("rules[1]", "match.path"), "rules[1].match.path");
+        assert_eq!(join_path("rules", "[3]"), "rules[3]");
+        assert_eq!(join_path("", "allow[0]"), "allow[0]");
+        assert_eq!(join_path("deny", ""), "deny");
+    }
+}

@@ -1,0 +1,140 @@
+//! Every host access a filter's logic needs, behind one trait: the proxy-wasm
+//! host in the filters, [`FakeHost`] in native tests.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub trait Host {
+    /// The first value of a request header (`name` in lower case).
+    fn request_header(&self, name: &str) -> Option<String>;
+    /// Every value of a request header, in the order received.
+    fn request_header_values(&self, name: &str) -> Vec<String>;
+    /// An Envoy attribute or filter-state property, e.g. `["source", "address"]`.
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// Publishes a property (filter state) for later filters.
+    fn set_property(&self, path: &[&str], value: &[u8]) -> bool;
+    fn now(&self) -> SystemTime;
+}
+
+/// The proxy-wasm host. Failures read as "absent"; callers decide what that means.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProxyWasmHost;
+
+impl Host for ProxyWasmHost {
+    fn request_header(&self, name: &str) -> Option<String> {
+        proxy_wasm::hostcalls::get_map_value(proxy_wasm::types::MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    }
+
+    fn request_header_values(&self, name: &str) -> Vec<String> {
+        proxy_wasm::hostcalls::get_map(proxy_wasm::types::MapType::HttpRequestHeaders)
+            .map(|headers| {
+                headers
+                    .into_iter()
+                    .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+                    .map(|(_, value)| value)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        proxy_wasm::hostcalls::get_property(path.to_vec())
+            .ok()
+            .flatten()
+    }
+
+    fn set_property(&self, path: &[&str], value: &[u8]) -> bool {
+        proxy_wasm::hostcalls::set_property(path.to_vec(), Some(value)).is_ok()
+    }
+
+    fn now(&self) -> SystemTime {
+        proxy_wasm::hostcalls::get_current_time().unwrap_or(UNIX_EPOCH)
+    }
+}
+
+/// A host made of plain maps, for native tests.
+#[derive(Debug, Default)]
+pub struct FakeHost {
+    pub headers: Vec<(String, String)>,
+    pub properties: RefCell<HashMap<Vec<String>, Vec<u8>>>,
+    pub clock: std::cell::Cell<Duration>,
+}
+
+impl FakeHost {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
+        self
+    }
+
+    pub fn with_property(self, path: &[&str], value: &str) -> Self {
+        self.set_property(path, value.as_bytes());
+        self
+    }
+}
+
+impl Host for FakeHost {
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.request_header_values(name).into_iter().next()
+    }
+
+    fn request_header_values(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.clone())
+            .collect()
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let key: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        self.properties.borrow().get(&key).cloned()
+    }
+
+    fn set_property(&self, path: &[&str], value: &[u8]) -> bool {
+        let key = path.iter().map(|s| s.to_string()).collect();
+        self.properties.borrow_mut().insert(key, value.to_vec());
+        true
+    }
+
+    fn now(&self) -> SystemTime {
+        UNIX_EPOCH + self.clock.get()
+    }
+}
+
+/// The request facts most filters need, read once per request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestLine {
+    pub authority: String,
+    pub method: String,
+    pub path: String,
+}
+
+impl RequestLine {
+    pub fn read(host: &dyn Host) -> Self {
+        Self {
+            authority: host.request_header(":authority").unwrap_or_default(),
+            method: host.request_header(":method").unwrap_or_default(),
+            path: host.request_header(":path").unwrap_or_default(),
+        }
+    }
+}
+
+/// Envoy's route name for the request (`xds.route_name`).
+pub fn route_name(host: &dyn Host) -> Option<String> {
+    host.property(&["xds", "route_name"])
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
+/// The downstream peer's `ip:port` as Envoy reports it (`source.address`).
+pub fn peer_address(host: &dyn Host) -> Option<String> {
+    host.property(&["source", "address"])
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+}

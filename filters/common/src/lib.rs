@@ -1,0 +1,14 @@
+//! Shared by every gateway filter. Nothing here calls the proxy-wasm host
+//! directly except the [`host::ProxyWasmHost`] implementation, so all of it
+//! is testable natively.
+
+pub mod adapter;
+pub mod client_ip;
+pub mod config;
+pub mod error;
+pub mod host;
+pub mod identity;
+pub mod ipset;
+pub mod matching;
+pub mod metrics;
+pub mod store;

@@ -1,0 +1,67 @@
+//! Envoy stats for the filters. Counters are defined once per VM (in
+//! `on_configure`) and incremented per request; Envoy shows them on the admin
+//! `/stats` and `/stats/prometheus` endpoints.
+//!
+//! Naming: `gw.<filter>.<what>`, e.g. `gw.ip_acl.denied.deny_list`. Envoy
+//! prefixes Wasm metrics with `wasmcustom.`, so Prometheus sees
+//! `envoy_wasmcustom_gw_ip_acl_denied_deny_list`.
+
+use proxy_wasm::types::MetricType;
+
+/// A counter handle; a failed definition makes a no-op counter rather than a
+/// failed request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counter(Option<u32>);
+
+impl Counter {
+    pub fn define(filter: &str, name: &str) -> Self {
+        Self(define(MetricType::Counter, filter, name))
+    }
+
+    pub fn inc(self) {
+        if let Some(id) = self.0 {
+            let _ = proxy_wasm::hostcalls::increment_metric(id, 1);
+        }
+    }
+}
+
+/// A gauge handle (for example a breaker's state, a queue size).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauge(Option<u32>);
+
+impl Gauge {
+    pub fn define(filter: &str, name: &str) -> Self {
+        Self(define(MetricType::Gauge, filter, name))
+    }
+
+    pub fn set(self, value: u64) {
+        if let Some(id) = self.0 {
+            let _ = proxy_wasm::hostcalls::record_metric(id, value);
+        }
+    }
+}
+
+/// A histogram handle (for example a latency in milliseconds).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Histogram(Option<u32>);
+
+impl Histogram {
+    pub fn define(filter: &str, name: &str) -> Self {
+        Self(define(MetricType::Histogram, filter, name))
+    }
+
+    pub fn record(self, value: u64) {
+        if let Some(id) = self.0 {
+            let _ = proxy_wasm::hostcalls::record_metric(id, value);
+        }
+    }
+}
+
+/// The full stat name for a filter's metric.
+pub fn metric_name(filter: &str, name: &str) -> String {
+    format!("gw.{filter}.{name}")
+}
+
+fn define(kind: MetricType, filter: &str, name: &str) -> Option<u32> {
+    proxy_wasm::hostcalls::define_metric(kind, &metric_name(filter, name)).ok()
+}

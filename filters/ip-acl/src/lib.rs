@@ -1,0 +1,109 @@
+//! ip-acl: allow and deny lists of client addresses for Envoy. The policy is
+//! in [`policy`]; this file is the proxy-wasm adapter.
+
+pub mod policy;
+
+use gateway_common::adapter;
+use gateway_common::config::{parse_json, ConfigError};
+use gateway_common::host::ProxyWasmHost;
+use gateway_common::metrics::Counter;
+use policy::{IpAcl, IpAclConfig, Metric, Outcome};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use std::rc::Rc;
+
+pub const FILTER_NAME: &str = "ip_acl";
+
+/// Parses and compiles a JSON configuration.
+pub fn compile_config(bytes: &[u8]) -> Result<IpAcl, ConfigError> {
+    IpAcl::compile(&parse_json::<IpAclConfig>(bytes)?)
+}
+
+/// The counters, defined once per VM.
+#[derive(Debug, Clone, Copy)]
+pub struct Metrics([Counter; Metric::ALL.len()]);
+
+impl Metrics {
+    pub fn define() -> Self {
+        Self(Metric::ALL.map(|metric| Counter::define(FILTER_NAME, metric.name())))
+    }
+
+    pub fn inc(&self, metric: Metric) {
+        self.0[metric as usize].inc();
+    }
+}
+
+/// Applies the policy to the current request: `Continue`, or an error
+/// response sent and `Pause`.
+pub fn on_request_headers(acl: &IpAcl, metrics: &Metrics) -> Action {
+    let outcome = acl.evaluate(&ProxyWasmHost);
+    let Some(error) = outcome.error() else {
+        metrics.inc(Metric::Allowed);
+        return Action::Continue;
+    };
+    if acl.dry_run() {
+        metrics.inc(Metric::DryRunDenied);
+        adapter::log(
+            LogLevel::Info,
+            &format!("{FILTER_NAME}: dry run, would deny: {outcome:?}"),
+        );
+        return Action::Continue;
+    }
+    metrics.inc(outcome.metric());
+    if let Outcome::BadForwardedFor(_) = outcome {
+        adapter::log(LogLevel::Debug, &format!("{FILTER_NAME}: {outcome:?}"));
+    }
+    adapter::send_error(&error);
+    Action::Pause
+}
+
+/// The root context: compiles the configuration once per VM.
+#[derive(Default)]
+pub struct IpAclRoot {
+    acl: Option<Rc<IpAcl>>,
+    metrics: Option<Metrics>,
+}
+
+impl Context for IpAclRoot {}
+
+impl RootContext for IpAclRoot {
+    fn on_configure(&mut self, _config_size: usize) -> bool {
+        let Some(acl) = adapter::load_config(FILTER_NAME, compile_config) else {
+            return false;
+        };
+        self.acl = Some(Rc::new(acl));
+        self.metrics.get_or_insert_with(Metrics::define);
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(IpAclHttp {
+            acl: self.acl.clone()?,
+            metrics: self.metrics?,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Per-request context.
+pub struct IpAclHttp {
+    acl: Rc<IpAcl>,
+    metrics: Metrics,
+}
+
+impl Context for IpAclHttp {}
+
+impl HttpContext for IpAclHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        on_request_headers(&self.acl, &self.metrics)
+    }
+}
+
+#[cfg(all(feature = "entrypoint", target_arch = "wasm32"))]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(IpAclRoot::default()) });
+}}

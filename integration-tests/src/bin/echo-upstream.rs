@@ -1,0 +1,111 @@
+//! Runs the echo upstream until the process is killed:
+//! `echo-upstream [--id NAME] [--listen HOST:PORT]`.
+//!
+//! Prints `echo-upstream NAME listening on ADDR` once it accepts connections,
+//! so scripts can wait for that line.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::net::ToSocketAddrs;
+use std::process::ExitCode;
+use std::thread;
+use std::time::Duration;
+
+use integration_tests::echo::EchoServer;
+
+const USAGE: &str = "usage: echo-upstream [--id NAME] [--listen HOST:PORT]\n\
+                     defaults: --id echo --listen 127.0.0.1:8081";
+
+struct Options {
+    id: String,
+    listen: String,
+}
+
+/// `Ok(None)` means help was asked for.
+fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Option<Options>, String> {
+    let mut options = Options {
+        id: "echo".to_string(),
+        listen: "127.0.0.1:8081".to_string(),
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let arg = arg
+            .into_string()
+            .map_err(|raw| format!("argument is not UTF-8: {raw:?}"))?;
+        // Accept both `--flag value` and `--flag=value`.
+        let (flag, inline_value) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_string(), Some(value.to_string()))
+            }
+            _ => (arg, None),
+        };
+        if flag == "-h" || flag == "--help" {
+            return Ok(None);
+        }
+        let target = match flag.as_str() {
+            "--id" => &mut options.id,
+            "--listen" => &mut options.listen,
+            _ => return Err(format!("unknown argument {flag:?}")),
+        };
+        let value = match inline_value {
+            Some(value) => value,
+            None => args
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value"))?
+                .into_string()
+                .map_err(|raw| format!("value of {flag} is not UTF-8: {raw:?}"))?,
+        };
+        *target = value;
+    }
+    if options.id.is_empty() || options.id.chars().any(char::is_control) {
+        return Err("--id must be non-empty printable text".to_string());
+    }
+    if options.listen.to_socket_addrs().is_err() {
+        return Err(format!(
+            "--listen {:?} is not a HOST:PORT address",
+            options.listen
+        ));
+    }
+    Ok(Some(options))
+}
+
+fn main() -> ExitCode {
+    let options = match parse_args(std::env::args_os().skip(1)) {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("echo-upstream: {message}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match EchoServer::start_on(&options.id, &options.listen) {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!(
+                "echo-upstream: cannot listen on {}: {error}",
+                options.listen
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let announced = writeln!(
+        stdout,
+        "echo-upstream {} listening on {}",
+        server.id(),
+        server.addr()
+    )
+    .and_then(|()| stdout.flush());
+    if let Err(error) = announced {
+        eprintln!("echo-upstream: cannot write to stdout: {error}");
+        return ExitCode::FAILURE;
+    }
+    drop(stdout);
+    // The server runs on its own threads; keep it (and the process) alive.
+    loop {
+        thread::sleep(Duration::from_secs(3600));
+    }
+}

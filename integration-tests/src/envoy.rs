@@ -1,0 +1,396 @@
+//! A real Envoy per test: writes its config, starts it with ephemeral ports,
+//! waits on the admin `/ready`, keeps its log (printed when a test fails) and
+//! always stops it.
+
+use serde_json::{json, Value};
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The repository root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The Envoy binary: `ENVOY_BIN`, else the one `scripts/setup.sh` installs.
+pub fn envoy_bin() -> PathBuf {
+    let path = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/envoy"));
+    assert!(
+        path.is_file(),
+        "Envoy not found at {}: run `make setup` or set ENVOY_BIN",
+        path.display()
+    );
+    path
+}
+
+/// A built filter module, e.g. `wasm_module("ip_acl")`.
+pub fn wasm_module(name: &str) -> PathBuf {
+    let path = workspace_root().join(format!("target/wasm32-wasip1/release/{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make build` first",
+        path.display()
+    );
+    path
+}
+
+/// One Wasm filter in the HTTP filter chain.
+#[derive(Debug, Clone)]
+pub struct WasmFilter {
+    /// The module name (`ip_acl` for `ip_acl.wasm`), also used as root and VM id.
+    pub module: String,
+    /// The plugin configuration, passed as a string exactly as given.
+    pub config: String,
+}
+
+impl WasmFilter {
+    pub fn new(module: &str, config: impl Into<String>) -> Self {
+        Self {
+            module: module.to_string(),
+            config: config.into(),
+        }
+    }
+
+    pub fn json(module: &str, config: &Value) -> Self {
+        Self::new(module, config.to_string())
+    }
+
+    fn to_http_filter(&self) -> Value {
+        json!({
+            "name": format!("gateway.{}", self.module),
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": self.module,
+                    "root_id": self.module,
+                    "fail_open": false,
+                    "vm_config": {
+                        "vm_id": self.module,
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": wasm_module(&self.module)}}
+                    },
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": self.config
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// A minimal gateway: one HTTP listener named `main`, the given filters,
+/// and one route `/` (named `default`) to the upstream ports.
+pub fn gateway_config(filters: &[WasmFilter], upstream_ports: &[u16]) -> Value {
+    let mut http_filters: Vec<Value> = filters.iter().map(WasmFilter::to_http_filter).collect();
+    http_filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    }));
+    let endpoints: Vec<Value> = upstream_ports
+        .iter()
+        .map(|port| json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}))
+        .collect();
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "main",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "test",
+                        "use_remote_address": true,
+                        "normalize_path": true,
+                        "route_config": {"virtual_hosts": [{
+                            "name": "all",
+                            "domains": ["*"],
+                            "routes": [{
+                                "name": "default",
+                                "match": {"prefix": "/"},
+                                "route": {"cluster": "backend", "timeout": "10s"}
+                            }]
+                        }]},
+                        "http_filters": http_filters
+                    }
+                }]}]
+            }],
+            "clusters": [{
+                "name": "backend",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": endpoints}]}
+            }]
+        }
+    })
+}
+
+/// A running Envoy; stopped when dropped (its log printed if the test failed).
+pub struct Envoy {
+    child: Child,
+    admin: String,
+    dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+pub struct StartError {
+    pub reason: String,
+    pub log: String,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Envoy did not start: {}\n--- envoy log ---\n{}",
+            self.reason, self.log
+        )
+    }
+}
+
+impl Envoy {
+    /// Starts Envoy with a JSON config and one worker thread.
+    pub fn start(config: &Value) -> Self {
+        Self::start_with(config, 1).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    /// Starts Envoy with a JSON config (or YAML text in a JSON string) and
+    /// `concurrency` workers.
+    pub fn start_with(config: &Value, concurrency: u32) -> Result<Self, StartError> {
+        let (text, extension) = match config {
+            Value::String(yaml) => (yaml.clone(), "yaml"),
+            other => (other.to_string(), "json"),
+        };
+        Self::start_text(&text, extension, concurrency)
+    }
+
+    fn start_text(config: &str, extension: &str, concurrency: u32) -> Result<Self, StartError> {
+        let dir = tempfile::Builder::new()
+            .prefix("gw-envoy-")
+            .tempdir()
+            .map_err(|e| start_error(format!("temp dir: {e}"), String::new()))?;
+        let config_path = dir.path().join(format!("envoy.{extension}"));
+        let admin_path = dir.path().join("admin-address");
+        let log_path = dir.path().join("envoy.log");
+        fs::write(&config_path, config)
+            .map_err(|e| start_error(format!("write config: {e}"), String::new()))?;
+        let log = File::create(&log_path)
+            .map_err(|e| start_error(format!("log file: {e}"), String::new()))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| start_error(format!("log file: {e}"), String::new()))?;
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--disable-hot-restart", "--log-level", "info"])
+            .arg("--concurrency")
+            .arg(concurrency.to_string())
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| {
+                start_error(
+                    format!("spawn {}: {e}", envoy_bin().display()),
+                    String::new(),
+                )
+            })?;
+        let mut envoy = Envoy {
+            child,
+            admin: String::new(),
+            dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                return Err(start_error(
+                    format!("Envoy exited with {status}"),
+                    envoy.log(),
+                ));
+            }
+            if envoy.admin.is_empty() {
+                if let Ok(address) = fs::read_to_string(&admin_path) {
+                    envoy.admin = address.trim().to_string();
+                }
+            }
+            if !envoy.admin.is_empty()
+                && envoy
+                    .admin_get("/ready")
+                    .is_ok_and(|(status, _)| status == 200)
+            {
+                return Ok(envoy);
+            }
+            if Instant::now() > deadline {
+                return Err(start_error("not ready in time".into(), envoy.log()));
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Runs Envoy to completion on a config that must be refused; returns
+    /// the exit status's success and the log.
+    pub fn expect_refused(config: &Value) -> String {
+        match Self::start_with(config, 1) {
+            Ok(envoy) => panic!("Envoy accepted a config it should refuse\n{}", envoy.log()),
+            Err(err) => err.log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = File::open(self.dir.path().join("envoy.log")) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// The admin address `127.0.0.1:port`.
+    pub fn admin_address(&self) -> &str {
+        &self.admin
+    }
+
+    /// GET on the admin interface: (status, body).
+    pub fn admin_get(&self, path: &str) -> Result<(u16, String), String> {
+        let response = crate::http::get(&format!("http://{}{path}", self.admin), &[])?;
+        Ok((response.status, response.text()))
+    }
+
+    /// The port a listener was bound to.
+    pub fn listener_port(&self, name: &str) -> u16 {
+        let (_, body) = self
+            .admin_get("/listeners?format=json")
+            .unwrap_or_else(|e| panic!("admin /listeners: {e}"));
+        let listeners: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        listeners["listener_statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["name"] == name)
+            .and_then(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
+            .and_then(|port| u16::try_from(port).ok())
+            .unwrap_or_else(|| panic!("no listener `{name}` in {body}"))
+    }
+
+    /// `http://127.0.0.1:<port of listener main><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.listener_port("main"))
+    }
+
+    /// A counter or gauge from `/stats` (0 when not defined yet).
+    pub fn stat(&self, name: &str) -> u64 {
+        let (_, body) = self
+            .admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))
+            .unwrap_or_default();
+        body.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until `condition` holds, polling; false on timeout.
+    pub fn wait_for(&self, timeout: Duration, mut condition: impl FnMut(&Envoy) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if condition(self) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        condition(self)
+    }
+}
+
+fn start_error(reason: String, log: String) -> StartError {
+    StartError { reason, log }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!(
+                "--- envoy log ({}) ---\n{}",
+                self.dir.path().display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// `envoy/<file>` adapted to run in a test: every fixed port and path it
+/// uses is replaced, and each replacement must apply, so the shipped file
+/// cannot drift from what the tests start.
+pub fn shipped_config(file: &str, replacements: &[(&str, String)]) -> String {
+    let path = workspace_root().join("envoy").join(file);
+    let mut text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (from, to) in replacements {
+        assert!(
+            text.contains(from),
+            "{} no longer contains `{from}`: update the test harness",
+            path.display()
+        );
+        text = text.replace(from, to);
+    }
+    text
+}
+
+/// A self-signed certificate for localhost/127.0.0.1 made by
+/// `scripts/make-certs.sh` in a fresh directory: (dir, CA certificate PEM).
+pub fn make_certs() -> (tempfile::TempDir, Vec<u8>) {
+    let dir = tempfile::Builder::new()
+        .prefix("gw-tls-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let status = Command::new("bash")
+        .arg(workspace_root().join("scripts/make-certs.sh"))
+        .arg(dir.path())
+        .status()
+        .unwrap_or_else(|e| panic!("scripts/make-certs.sh: {e}"));
+    assert!(status.success(), "scripts/make-certs.sh failed");
+    let cert = fs::read(dir.path().join("ca.pem")).unwrap_or_else(|e| panic!("ca.pem: {e}"));
+    (dir, cert)
+}
+
+/// Runs `envoy --mode validate` on a config text: (accepted, output).
+pub fn validate(config: &str, extension: &str) -> (bool, String) {
+    let dir = tempfile::Builder::new()
+        .prefix("gw-validate-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let path = dir.path().join(format!("config.{extension}"));
+    fs::write(&path, config).unwrap_or_else(|e| panic!("write config: {e}"));
+    let output = Command::new(envoy_bin())
+        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+        .arg(&path)
+        .current_dir(workspace_root())
+        .output()
+        .unwrap_or_else(|e| panic!("run envoy: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Starts YAML config text.
+pub fn start_yaml(config: &str, concurrency: u32) -> Envoy {
+    Envoy::start_with(&Value::String(config.to_string()), concurrency)
+        .unwrap_or_else(|err| panic!("{err}"))
+}

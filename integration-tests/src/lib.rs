@@ -1,0 +1,6 @@
+//! Test support: a real Envoy per test and an echo upstream that reports
+//! exactly what it received.
+
+pub mod echo;
+pub mod envoy;
+pub mod http;

@@ -1,0 +1,215 @@
+//! The shipped configs in `envoy/`: every one passes `envoy --mode validate`,
+//! and the demo gateway itself (TLS, balancing, health checks, the filter
+//! chain) is started and exercised with ephemeral ports.
+
+use integration_tests::echo::EchoServer;
+use integration_tests::envoy::{
+    make_certs, shipped_config, start_yaml, validate, workspace_root, Envoy,
+};
+use integration_tests::http;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Every `.yaml` in `envoy/` (Istio manifests live in a subfolder).
+fn shipped_envoy_configs() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(workspace_root().join("envoy"))
+        .expect("envoy/ folder")
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn every_shipped_envoy_config_validates() {
+    let (certs, _) = make_certs();
+    let names = shipped_envoy_configs();
+    assert!(names.contains(&"gateway.yaml".to_string()));
+    assert!(names.contains(&"ip-acl.yaml".to_string()));
+    for name in names {
+        let path = workspace_root().join("envoy").join(&name);
+        let mut text = std::fs::read_to_string(&path).expect("read config");
+        text = text.replace(".run/tls/", &format!("{}/", certs.path().display()));
+        let (ok, output) = validate(&text, "yaml");
+        assert!(ok, "envoy/{name} is refused:\n{output}");
+        assert!(output.contains("OK"), "{output}");
+    }
+}
+
+#[test]
+fn a_broken_filter_config_in_the_gateway_fails_validation_with_the_reason() {
+    let (certs, _) = make_certs();
+    let text = shipped_config(
+        "gateway.yaml",
+        &[
+            (".run/tls/", format!("{}/", certs.path().display())),
+            (
+                r#""deny": ["203.0.113.0/24"]"#,
+                r#""deny": ["203.0.113.0/99"]"#.to_string(),
+            ),
+        ],
+    );
+    let (ok, output) = validate(&text, "yaml");
+    assert!(!ok, "a broken CIDR must be refused:\n{output}");
+    assert!(
+        output.contains("ip_acl: invalid configuration: deny[0]: `203.0.113.0/99`"),
+        "{output}"
+    );
+}
+
+struct Demo {
+    envoy: Envoy,
+    upstreams: [EchoServer; 2],
+    cert: Vec<u8>,
+    _certs: tempfile::TempDir,
+}
+
+fn demo_gateway() -> Demo {
+    let upstreams = [
+        EchoServer::start("backend-1").expect("echo"),
+        EchoServer::start("backend-2").expect("echo"),
+    ];
+    let (certs, cert) = make_certs();
+    let text = shipped_config(
+        "gateway.yaml",
+        &[
+            ("port_value: 9901", "port_value: 0".into()),
+            ("port_value: 8080", "port_value: 0".into()),
+            ("port_value: 8443", "port_value: 0".into()),
+            (
+                "port_value: 18081",
+                format!("port_value: {}", upstreams[0].port()),
+            ),
+            (
+                "port_value: 18082",
+                format!("port_value: {}", upstreams[1].port()),
+            ),
+            (".run/tls/", format!("{}/", certs.path().display())),
+        ],
+    );
+    let envoy = start_yaml(&text, 2);
+    let demo = Demo {
+        envoy,
+        upstreams,
+        cert,
+        _certs: certs,
+    };
+    assert!(
+        demo.envoy.wait_for(Duration::from_secs(10), |e| {
+            e.stat("cluster.backend.membership_healthy") == 2
+        }),
+        "both upstreams should pass health checks"
+    );
+    demo
+}
+
+impl Demo {
+    fn http_url(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}{path}",
+            self.envoy.listener_port("http")
+        )
+    }
+
+    fn https_url(&self, path: &str) -> String {
+        format!(
+            "https://localhost:{}{path}",
+            self.envoy.listener_port("https")
+        )
+    }
+
+    /// Which upstream answered each of `count` requests.
+    fn spread(&self, count: usize) -> HashMap<String, usize> {
+        let agent = http::agent();
+        let mut seen = HashMap::new();
+        for _ in 0..count {
+            let response = http::send(&agent, "GET", &self.http_url("/api/spread"), &[], None)
+                .expect("response");
+            assert_eq!(response.status, 200, "{}", response.text());
+            let upstream = response.json()["upstream"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string();
+            *seen.entry(upstream).or_default() += 1;
+        }
+        seen
+    }
+}
+
+#[test]
+fn an_https_request_passes_the_filters_and_reaches_the_upstream() {
+    let demo = demo_gateway();
+    let agent = http::agent_trusting(&demo.cert);
+    let response = http::send(&agent, "GET", &demo.https_url("/api/items?id=3"), &[], None)
+        .expect("TLS response");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = response.json();
+    assert_eq!(seen["path"], "/api/items");
+    assert_eq!(seen["query"], "id=3");
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+    // The demo's ip-acl trusts 127.0.0.1 as a proxy and denies 203.0.113.0/24.
+    let denied = http::send(
+        &agent,
+        "GET",
+        &demo.https_url("/api/items"),
+        &[("x-forwarded-for", "203.0.113.7")],
+        None,
+    )
+    .expect("TLS response");
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.header("x-ca-error-code"), Some("A403IP"));
+    let total: usize = demo.upstreams.iter().map(EchoServer::request_count).sum();
+    assert_eq!(total, 1);
+}
+
+#[test]
+fn the_demo_admin_rule_refuses_clients_outside_its_allow_list() {
+    let demo = demo_gateway();
+    let response = http::get(&demo.http_url("/admin/stats"), &[]).expect("response");
+    assert_eq!(response.status, 403);
+    let inside = http::get(
+        &demo.http_url("/admin/stats"),
+        &[("x-forwarded-for", "10.1.2.3")],
+    )
+    .expect("response");
+    assert_eq!(inside.status, 200, "{}", inside.text());
+}
+
+#[test]
+fn requests_are_balanced_over_both_upstreams() {
+    let demo = demo_gateway();
+    let seen = demo.spread(20);
+    assert_eq!(
+        seen.get("backend-1").copied().unwrap_or(0) + seen.get("backend-2").copied().unwrap_or(0),
+        20,
+        "{seen:?}"
+    );
+    assert!(seen.get("backend-1").copied().unwrap_or(0) >= 5, "{seen:?}");
+    assert!(seen.get("backend-2").copied().unwrap_or(0) >= 5, "{seen:?}");
+}
+
+#[test]
+fn a_failed_upstream_is_taken_out_by_health_checking() {
+    let demo = demo_gateway();
+    demo.upstreams[1].set_healthy(false);
+    assert!(
+        demo.envoy.wait_for(Duration::from_secs(10), |e| {
+            e.stat("cluster.backend.membership_healthy") == 1
+        }),
+        "the unhealthy upstream should be ejected"
+    );
+    let before = demo.upstreams[1].request_count();
+    let seen = demo.spread(10);
+    assert_eq!(seen.get("backend-1"), Some(&10), "{seen:?}");
+    assert_eq!(demo.upstreams[1].request_count(), before);
+
+    demo.upstreams[1].set_healthy(true);
+    assert!(
+        demo.envoy.wait_for(Duration::from_secs(10), |e| {
+            e.stat("cluster.backend.membership_healthy") == 2
+        }),
+        "the recovered upstream should come back"
+    );
+}

