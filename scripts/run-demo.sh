@@ -16,6 +16,7 @@ stop() {
   wait 2>/dev/null || true
   echo
   echo "demo stopped"
+  exit 0
 }
 trap stop INT TERM EXIT
 

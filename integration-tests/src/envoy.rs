@@ -22,8 +22,9 @@ pub fn workspace_root() -> PathBuf {
 
 /// The Envoy binary: `ENVOY_BIN`, else the one `scripts/setup.sh` installs.
 pub fn envoy_bin() -> PathBuf {
+    // A relative ENVOY_BIN is relative to the repository root, as in the Makefile.
     let path = std::env::var_os("ENVOY_BIN")
-        .map(PathBuf::from)
+        .map(|bin| workspace_root().join(bin))
         .unwrap_or_else(|| workspace_root().join(".venv/bin/envoy"));
     assert!(
         path.is_file(),
@@ -321,6 +322,15 @@ fn start_error(reason: String, log: String) -> StartError {
 
 impl Drop for Envoy {
     fn drop(&mut self) {
+        // SIGTERM first: Envoy exits cleanly, and a wrapper such as
+        // scripts/envoy-docker.sh passes it on to the container.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if thread::panicking() {
