@@ -4,4 +4,5 @@
 //! verified against independently computed known answers; the request
 //! policy, nonce store and proxy-wasm adapter follow.
 
+pub mod nonce;
 pub mod signature;
