@@ -5,4 +5,5 @@
 //! policy, nonce store and proxy-wasm adapter follow.
 
 pub mod nonce;
+pub mod policy;
 pub mod signature;

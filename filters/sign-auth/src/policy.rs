@@ -1,0 +1,911 @@
+//! The sign-auth policy: configuration, and the verification of one request
+//! in two steps: [`SignAuth::begin`] on the headers, then, only when the
+//! body is part of the signature (urlencoded form) or of a `Content-MD5`
+//! check, [`SignAuth::finish`] with the body. No proxy-wasm calls here.
+
+use crate::nonce::{NonceOutcome, NonceTable};
+use crate::signature::{
+    add_parameters, content_md5, for_error_message, signed_header_names, verify, SignatureMethod,
+    SigningInput,
+};
+use gateway_common::config::ConfigError;
+use gateway_common::error::GatewayError;
+use gateway_common::host::{Host, RequestLine};
+use gateway_common::identity::Identity;
+use gateway_common::matching::{MatchConfig, Matcher, RequestAttrs};
+use gateway_common::store::SharedStore;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The documented error codes of sign-auth.
+pub mod codes {
+    use gateway_common::error::GatewayError;
+
+    pub const MISSING_HEADER: GatewayError = GatewayError::new(401, "A401MH", "Missing Header");
+    pub const INVALID_HEADER: GatewayError = GatewayError::new(400, "A400IH", "Invalid Header");
+    pub const INVALID_APP_KEY: GatewayError = GatewayError::new(401, "A401AK", "Invalid AppKey");
+    pub const APP_DISABLED: GatewayError = GatewayError::new(403, "A403AD", "App Disabled");
+    pub const INVALID_SIGNATURE: GatewayError =
+        GatewayError::new(400, "A400IS", "Invalid Signature");
+    pub const UNSUPPORTED_METHOD: GatewayError =
+        GatewayError::new(400, "A400SM", "Unsupported Signature Method");
+    pub const INVALID_TIMESTAMP: GatewayError =
+        GatewayError::new(400, "A400IT", "Invalid Timestamp");
+    pub const NONCE_USED: GatewayError = GatewayError::new(400, "A400IN", "Nonce Used");
+    pub const INVALID_CONTENT_MD5: GatewayError =
+        GatewayError::new(400, "A400IM", "Invalid Content-MD5");
+    pub const INVALID_PARAMETER: GatewayError =
+        GatewayError::new(400, "A400IP", "Invalid Parameter Encoding");
+    pub const UNAUTHORIZED: GatewayError =
+        GatewayError::new(403, "A403UA", "Unauthorized: the app may not call this API");
+    pub const BODY_TOO_LARGE: GatewayError =
+        GatewayError::new(413, "A413BL", "Request Body Too Large");
+    pub const NONCE_STORE_FULL: GatewayError =
+        GatewayError::new(503, "A503NS", "Nonce Store Full, retry later");
+    pub const NONCE_STORE_UNAVAILABLE: GatewayError =
+        GatewayError::new(503, "A503NU", "Nonce Store Unavailable");
+}
+
+const DEFAULT_WINDOW_SECONDS: u64 = 900;
+const DEFAULT_NONCE_SLOTS: u32 = 16_384;
+const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignAuthConfig {
+    pub apps: Vec<AppConfig>,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// Requests matching no rule may come without a signature.
+    #[serde(default)]
+    pub anonymous: bool,
+    #[serde(default)]
+    pub timestamp_window_seconds: Option<u64>,
+    /// Accepted `X-Ca-Signature-Method` values (default both).
+    #[serde(default)]
+    pub signature_methods: Option<Vec<String>>,
+    /// Remove `X-Ca-Signature*` headers before the upstream (default true).
+    #[serde(default)]
+    pub strip_signature_headers: Option<bool>,
+    /// Largest body read for form parameters and Content-MD5 (default 1 MiB).
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+    /// Slots of the nonce table (default 16384, 8 nonces each).
+    #[serde(default)]
+    pub nonce_slots: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub key: String,
+    /// Several secrets are accepted at once, for rotation without downtime.
+    pub secrets: Vec<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: MatchConfig,
+    /// App keys allowed to call this API; absent: every enabled app.
+    #[serde(default)]
+    pub apps: Option<Vec<String>>,
+    /// Unsigned requests are let through (signed ones are still verified).
+    #[serde(default)]
+    pub anonymous: bool,
+}
+
+#[derive(Debug, Clone)]
+struct App {
+    name: Option<String>,
+    secrets: Vec<Vec<u8>>,
+    disabled: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    name: String,
+    matcher: Matcher,
+    apps: Option<HashSet<String>>,
+    anonymous: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SignAuth {
+    apps: HashMap<String, App>,
+    rules: Vec<Rule>,
+    anonymous: bool,
+    window_ms: u64,
+    methods: Vec<SignatureMethod>,
+    strip_signature_headers: bool,
+    max_body_bytes: usize,
+    nonces: NonceTable,
+    uses_route_name: bool,
+}
+
+/// What the adapter does next.
+#[derive(Debug)]
+pub enum Step {
+    /// Authenticated (or anonymous allowed, `None`).
+    Pass(Option<Identity>),
+    Reject(GatewayError),
+    /// Buffer the body (up to `max_body_bytes`) and call `finish`.
+    NeedBody(Box<Pending>),
+}
+
+/// A request waiting for its body.
+#[derive(Debug)]
+pub struct Pending {
+    app_key: String,
+    method: SignatureMethod,
+    signature: String,
+    nonce: String,
+    timestamp_ms: u64,
+    http_method: String,
+    accept: Option<String>,
+    content_md5: Option<String>,
+    content_type: Option<String>,
+    date: Option<String>,
+    signed_headers: Vec<(String, String)>,
+    path: String,
+    parameters: BTreeMap<String, String>,
+    form_body: bool,
+    rule: Option<usize>,
+}
+
+impl SignAuth {
+    pub fn compile(config: &SignAuthConfig) -> Result<Self, ConfigError> {
+        let mut apps = HashMap::with_capacity(config.apps.len());
+        for (i, app) in config.apps.iter().enumerate() {
+            let at = format!("apps[{i}]");
+            if app.key.trim().is_empty() {
+                return Err(ConfigError::new(format!("{at}.key"), "must not be empty"));
+            }
+            if app.secrets.is_empty() || app.secrets.iter().any(String::is_empty) {
+                return Err(ConfigError::new(
+                    format!("{at}.secrets"),
+                    "needs at least one secret, and no empty secret",
+                ));
+            }
+            let compiled = App {
+                name: app.name.clone(),
+                secrets: app.secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
+                disabled: app.disabled,
+            };
+            if apps.insert(app.key.clone(), compiled).is_some() {
+                return Err(ConfigError::new(
+                    format!("{at}.key"),
+                    format!("app key `{}` is defined twice", app.key),
+                ));
+            }
+        }
+        let mut rules = Vec::with_capacity(config.rules.len());
+        for (i, rule) in config.rules.iter().enumerate() {
+            let at = format!("rules[{i}]");
+            let matcher =
+                Matcher::compile(&rule.matcher).map_err(|e| e.within("match").within(&at))?;
+            if let Some(keys) = &rule.apps {
+                if let Some((j, key)) = keys
+                    .iter()
+                    .enumerate()
+                    .find(|(_, k)| !apps.contains_key(*k))
+                {
+                    return Err(ConfigError::new(
+                        format!("{at}.apps[{j}]"),
+                        format!("unknown app key `{key}`"),
+                    ));
+                }
+            }
+            rules.push(Rule {
+                name: rule.name.clone().unwrap_or_else(|| at.clone()),
+                matcher,
+                apps: rule
+                    .apps
+                    .as_ref()
+                    .map(|keys| keys.iter().cloned().collect()),
+                anonymous: rule.anonymous,
+            });
+        }
+        let methods = match &config.signature_methods {
+            None => vec![SignatureMethod::HmacSha256, SignatureMethod::HmacSha1],
+            Some(names) => names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    SignatureMethod::from_header(Some(name))
+                        .filter(|_| !name.is_empty())
+                        .ok_or_else(|| {
+                            ConfigError::new(
+                                format!("signature_methods[{i}]"),
+                                format!("`{name}` is not HmacSHA256 or HmacSHA1"),
+                            )
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let window = config
+            .timestamp_window_seconds
+            .unwrap_or(DEFAULT_WINDOW_SECONDS);
+        if window == 0 || window > 86_400 {
+            return Err(ConfigError::new(
+                "timestamp_window_seconds",
+                "must be between 1 and 86400",
+            ));
+        }
+        let slots = config.nonce_slots.unwrap_or(DEFAULT_NONCE_SLOTS);
+        if slots == 0 || slots > 1 << 20 {
+            return Err(ConfigError::new(
+                "nonce_slots",
+                "must be between 1 and 1048576",
+            ));
+        }
+        let uses_route_name = rules.iter().any(|r| r.matcher.uses_route_name());
+        Ok(Self {
+            apps,
+            rules,
+            anonymous: config.anonymous,
+            window_ms: window * 1000,
+            methods,
+            strip_signature_headers: config.strip_signature_headers.unwrap_or(true),
+            max_body_bytes: config.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            nonces: NonceTable::new(slots),
+            uses_route_name,
+        })
+    }
+
+    pub fn nonce_table(&self) -> &NonceTable {
+        &self.nonces
+    }
+
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    pub fn strip_signature_headers(&self) -> bool {
+        self.strip_signature_headers
+    }
+
+    /// Verifies what the headers allow; `end_of_stream` says there is no body.
+    pub fn begin(&self, host: &dyn Host, store: &dyn SharedStore, end_of_stream: bool) -> Step {
+        let line = RequestLine::read(host);
+        let route_name = if self.uses_route_name {
+            gateway_common::host::route_name(host)
+        } else {
+            None
+        };
+        let attrs = RequestAttrs {
+            authority: &line.authority,
+            method: &line.method,
+            path: &line.path,
+            route_name: route_name.as_deref(),
+        };
+        let rule = self
+            .rules
+            .iter()
+            .position(|r| r.matcher.matches(&attrs).is_some());
+        let anonymous = rule.map_or(self.anonymous, |i| self.rules[i].anonymous);
+
+        let Some(app_key) = host.request_header("x-ca-key") else {
+            return if anonymous {
+                Step::Pass(None)
+            } else {
+                Step::Reject(missing("X-Ca-Key"))
+            };
+        };
+        let pending = match self.read_headers(host, &line, app_key, rule) {
+            Ok(pending) => pending,
+            Err(error) => return Step::Reject(error),
+        };
+        let body_needed = !end_of_stream && (pending.form_body || pending.content_md5.is_some());
+        if body_needed {
+            return Step::NeedBody(Box::new(pending));
+        }
+        Step::from(self.complete(pending, None, store, now_ms(host)))
+    }
+
+    /// Completes a request that needed its body.
+    pub fn finish(
+        &self,
+        pending: Pending,
+        body: &[u8],
+        store: &dyn SharedStore,
+        now_ms: u64,
+    ) -> Result<Identity, GatewayError> {
+        self.complete(pending, Some(body), store, now_ms)
+    }
+
+    fn read_headers(
+        &self,
+        host: &dyn Host,
+        line: &RequestLine,
+        app_key: String,
+        rule: Option<usize>,
+    ) -> Result<Pending, GatewayError> {
+        let header = |name: &str| host.request_header(name);
+        let signature = header("x-ca-signature").ok_or_else(|| missing("X-Ca-Signature"))?;
+        let method = SignatureMethod::from_header(header("x-ca-signature-method").as_deref())
+            .filter(|m| self.methods.contains(m))
+            .ok_or_else(|| {
+                codes::UNSUPPORTED_METHOD.with_message(format!(
+                    "Unsupported Signature Method `{}`",
+                    header("x-ca-signature-method").unwrap_or_default()
+                ))
+            })?;
+        let timestamp = header("x-ca-timestamp").ok_or_else(|| missing("X-Ca-Timestamp"))?;
+        let timestamp_ms: u64 = timestamp.trim().parse().map_err(|_| {
+            codes::INVALID_HEADER
+                .with_message("Invalid Header `X-Ca-Timestamp`: epoch milliseconds expected")
+        })?;
+        let nonce = header("x-ca-nonce").ok_or_else(|| missing("X-Ca-Nonce"))?;
+        if nonce.is_empty() || nonce.len() > 128 {
+            return Err(codes::INVALID_HEADER
+                .with_message("Invalid Header `X-Ca-Nonce`: 1 to 128 characters expected"));
+        }
+        let names = header("x-ca-signature-headers")
+            .map(|list| signed_header_names(&list))
+            .unwrap_or_default();
+        let signed_headers = names
+            .into_iter()
+            .map(|name| {
+                let value = header(&name).unwrap_or_default();
+                (name, value)
+            })
+            .collect();
+        let (path, query) = line.path.split_once('?').unwrap_or((&line.path, ""));
+        let mut parameters = BTreeMap::new();
+        add_parameters(query, &mut parameters).map_err(|_| codes::INVALID_PARAMETER)?;
+        let content_type = header("content-type");
+        let form_body = content_type.as_deref().is_some_and(|ct| {
+            ct.split(';').next().is_some_and(|mime| {
+                mime.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        });
+        Ok(Pending {
+            app_key,
+            method,
+            signature,
+            nonce,
+            timestamp_ms,
+            http_method: line.method.clone(),
+            accept: header("accept"),
+            content_md5: header("content-md5"),
+            content_type,
+            date: header("date"),
+            signed_headers,
+            path: path.to_string(),
+            parameters,
+            form_body,
+            rule,
+        })
+    }
+
+    fn complete(
+        &self,
+        mut pending: Pending,
+        body: Option<&[u8]>,
+        store: &dyn SharedStore,
+        now_ms: u64,
+    ) -> Result<Identity, GatewayError> {
+        let app = self
+            .apps
+            .get(&pending.app_key)
+            .ok_or(codes::INVALID_APP_KEY)?;
+        if app.disabled {
+            return Err(codes::APP_DISABLED);
+        }
+        if now_ms.abs_diff(pending.timestamp_ms) > self.window_ms {
+            return Err(codes::INVALID_TIMESTAMP.with_message(format!(
+                "Invalid Timestamp: more than {} s from the gateway clock",
+                self.window_ms / 1000
+            )));
+        }
+        if let Some(body) = body {
+            if pending.form_body {
+                let text = std::str::from_utf8(body).map_err(|_| codes::INVALID_PARAMETER)?;
+                add_parameters(text, &mut pending.parameters)
+                    .map_err(|_| codes::INVALID_PARAMETER)?;
+            } else if let Some(expected) = &pending.content_md5 {
+                if content_md5(body) != expected.trim() {
+                    return Err(codes::INVALID_CONTENT_MD5);
+                }
+            }
+        } else if pending
+            .content_md5
+            .as_deref()
+            .is_some_and(|md5| md5.trim() != content_md5(b""))
+        {
+            return Err(codes::INVALID_CONTENT_MD5);
+        }
+        let input = SigningInput {
+            method: &pending.http_method,
+            accept: pending.accept.as_deref(),
+            content_md5: pending.content_md5.as_deref(),
+            content_type: pending.content_type.as_deref(),
+            date: pending.date.as_deref(),
+            signed_headers: std::mem::take(&mut pending.signed_headers),
+            path: &pending.path,
+            parameters: std::mem::take(&mut pending.parameters),
+        };
+        let string_to_sign = input.string_to_sign();
+        let valid = app
+            .secrets
+            .iter()
+            .any(|secret| verify(pending.method, secret, &string_to_sign, &pending.signature));
+        if !valid {
+            return Err(codes::INVALID_SIGNATURE.with_message(format!(
+                "Invalid Signature, Server StringToSign:`{}`",
+                for_error_message(&string_to_sign)
+            )));
+        }
+        let rule = pending.rule.and_then(|i| self.rules.get(i));
+        if rule
+            .and_then(|r| r.apps.as_ref())
+            .is_some_and(|apps| !apps.contains(&pending.app_key))
+        {
+            return Err(codes::UNAUTHORIZED);
+        }
+        let expires = pending.timestamp_ms.max(now_ms) + self.window_ms;
+        match self
+            .nonces
+            .check_and_record(store, &pending.app_key, &pending.nonce, now_ms, expires)
+        {
+            Ok(NonceOutcome::Fresh) => {}
+            Ok(NonceOutcome::Replayed) => return Err(codes::NONCE_USED),
+            Ok(NonceOutcome::SlotFull) => return Err(codes::NONCE_STORE_FULL),
+            Err(_) => return Err(codes::NONCE_STORE_UNAVAILABLE),
+        }
+        Ok(Identity {
+            app_key: pending.app_key,
+            app_name: app.name.clone(),
+            api: rule.map(|r| r.name.clone()),
+        })
+    }
+}
+
+impl From<Result<Identity, GatewayError>> for Step {
+    fn from(result: Result<Identity, GatewayError>) -> Self {
+        match result {
+            Ok(identity) => Step::Pass(Some(identity)),
+            Err(error) => Step::Reject(error),
+        }
+    }
+}
+
+fn missing(header: &str) -> GatewayError {
+    codes::MISSING_HEADER.with_message(format!("Header `{header}` is Required"))
+}
+
+/// The host clock in epoch milliseconds.
+pub fn now_ms(host: &dyn Host) -> u64 {
+    host.now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signature::sign;
+    use gateway_common::config::parse_json;
+    use gateway_common::host::FakeHost;
+    use gateway_common::store::MemoryStore;
+    use std::time::Duration;
+
+    const NOW_MS: u64 = 1_700_000_000_000;
+
+    fn policy(json: &str) -> SignAuth {
+        SignAuth::compile(&parse_json(json.as_bytes()).unwrap()).unwrap()
+    }
+
+    fn config_error(json: &str) -> String {
+        parse_json::<SignAuthConfig>(json.as_bytes())
+            .and_then(|c| SignAuth::compile(&c))
+            .unwrap_err()
+            .to_string()
+    }
+
+    const CONFIG: &str = r#"{
+        "apps": [
+            {"key": "203751", "secrets": ["old-secret", "new-secret"], "name": "mobile"},
+            {"key": "203752", "secrets": ["web-secret"]},
+            {"key": "203753", "secrets": ["off"], "disabled": true}
+        ],
+        "rules": [
+            {"name": "public", "match": {"path": {"prefix": "/public"}}, "anonymous": true},
+            {"name": "orders", "match": {"path": {"template": "/orders/{id}"}}, "apps": ["203751"]}
+        ]
+    }"#;
+
+    /// A request signed as a client SDK would sign it.
+    struct Client {
+        key: &'static str,
+        secret: &'static str,
+        method: &'static str,
+        path: &'static str,
+        headers: Vec<(&'static str, String)>,
+        form: &'static str,
+        timestamp_ms: u64,
+        nonce: String,
+    }
+
+    fn client(method: &'static str, path: &'static str) -> Client {
+        Client {
+            key: "203751",
+            secret: "new-secret",
+            method,
+            path,
+            headers: Vec::new(),
+            form: "",
+            timestamp_ms: NOW_MS,
+            nonce: "nonce-1".into(),
+        }
+    }
+
+    impl Client {
+        fn host(&self) -> FakeHost {
+            let mut parameters = BTreeMap::new();
+            let (path, query) = self.path.split_once('?').unwrap_or((self.path, ""));
+            add_parameters(query, &mut parameters).unwrap();
+            add_parameters(self.form, &mut parameters).unwrap();
+            let header = |name: &str| {
+                self.headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.as_str())
+            };
+            let signed = vec![
+                ("x-ca-key".to_string(), self.key.to_string()),
+                ("x-ca-nonce".to_string(), self.nonce.clone()),
+                ("x-ca-timestamp".to_string(), self.timestamp_ms.to_string()),
+            ];
+            let input = SigningInput {
+                method: self.method,
+                accept: header("accept"),
+                content_md5: header("content-md5"),
+                content_type: header("content-type"),
+                date: header("date"),
+                signed_headers: signed,
+                path,
+                parameters,
+            };
+            let signature = sign(
+                SignatureMethod::HmacSha256,
+                self.secret.as_bytes(),
+                &input.string_to_sign(),
+            );
+            let mut host = FakeHost::new()
+                .with_header(":method", self.method)
+                .with_header(":path", self.path)
+                .with_header(":authority", "api.example.com")
+                .with_header("x-ca-key", self.key)
+                .with_header("x-ca-nonce", &self.nonce)
+                .with_header("x-ca-timestamp", &self.timestamp_ms.to_string())
+                .with_header(
+                    "x-ca-signature-headers",
+                    "x-ca-key,x-ca-nonce,x-ca-timestamp",
+                )
+                .with_header("x-ca-signature", &signature);
+            for (name, value) in &self.headers {
+                host = host.with_header(name, value);
+            }
+            host.clock.set(Duration::from_millis(NOW_MS));
+            host
+        }
+    }
+
+    fn run(
+        policy: &SignAuth,
+        host: &FakeHost,
+        store: &MemoryStore,
+        body: Option<&[u8]>,
+    ) -> Result<Option<Identity>, GatewayError> {
+        match policy.begin(host, store, body.is_none()) {
+            Step::Pass(identity) => Ok(identity),
+            Step::Reject(error) => Err(error),
+            Step::NeedBody(pending) => policy
+                .finish(*pending, body.unwrap_or_default(), store, NOW_MS)
+                .map(Some),
+        }
+    }
+
+    fn code(result: Result<Option<Identity>, GatewayError>) -> &'static str {
+        result.map(|_| "OK").unwrap_or_else(|e| e.code)
+    }
+
+    #[test]
+    fn a_valid_signature_authenticates_the_app() {
+        let p = policy(CONFIG);
+        let identity = run(
+            &p,
+            &client("GET", "/orders/7?b=2&a=1").host(),
+            &MemoryStore::new(),
+            None,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            identity,
+            Identity {
+                app_key: "203751".into(),
+                app_name: Some("mobile".into()),
+                api: Some("orders".into())
+            }
+        );
+    }
+
+    #[test]
+    fn any_active_secret_verifies_during_rotation() {
+        let p = policy(CONFIG);
+        let mut c = client("GET", "/x");
+        c.secret = "old-secret";
+        assert_eq!(code(run(&p, &c.host(), &MemoryStore::new(), None)), "OK");
+        c.secret = "retired-secret";
+        assert_eq!(
+            code(run(&p, &c.host(), &MemoryStore::new(), None)),
+            "A400IS"
+        );
+    }
+
+    #[test]
+    fn tampering_with_the_request_breaks_the_signature() {
+        let p = policy(CONFIG);
+        let store = MemoryStore::new();
+        for (name, value) in [
+            (":path", "/x?a=2"),
+            (":method", "DELETE"),
+            ("x-ca-timestamp", &(NOW_MS + 1).to_string()),
+        ] {
+            let mut host = client("GET", "/x?a=1").host();
+            host.headers.retain(|(k, _)| k != name);
+            host = host.with_header(name, value);
+            let error = run(&p, &host, &store, None).unwrap_err();
+            assert_eq!(error.code, "A400IS", "{name}");
+            assert!(
+                error
+                    .message
+                    .starts_with("Invalid Signature, Server StringToSign:`"),
+                "{}",
+                error.message
+            );
+            assert!(error.message.contains('#') && !error.message.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn the_error_message_shows_the_server_string_to_sign() {
+        let p = policy(CONFIG);
+        let mut host = client("GET", "/x?a=1").host();
+        host.headers.retain(|(k, _)| k != "x-ca-signature");
+        host = host.with_header("x-ca-signature", "AAAA");
+        let error = run(&p, &host, &MemoryStore::new(), None).unwrap_err();
+        assert_eq!(
+            error.message,
+            format!("Invalid Signature, Server StringToSign:`GET#####x-ca-key:203751#x-ca-nonce:nonce-1#x-ca-timestamp:{NOW_MS}#/x?a=1`")
+        );
+    }
+
+    #[test]
+    fn a_replayed_nonce_is_refused() {
+        let p = policy(CONFIG);
+        let store = MemoryStore::new();
+        let host = client("GET", "/x").host();
+        assert_eq!(code(run(&p, &host, &store, None)), "OK");
+        assert_eq!(code(run(&p, &host, &store, None)), "A400IN");
+    }
+
+    #[test]
+    fn timestamps_outside_the_window_are_refused() {
+        let p = policy(CONFIG);
+        for offset in [-900_001i64, 900_001] {
+            let mut c = client("GET", "/x");
+            c.timestamp_ms = NOW_MS.checked_add_signed(offset).unwrap();
+            assert_eq!(
+                code(run(&p, &c.host(), &MemoryStore::new(), None)),
+                "A400IT",
+                "{offset}"
+            );
+        }
+        let mut edge = client("GET", "/x");
+        edge.timestamp_ms = NOW_MS - 900_000;
+        assert_eq!(code(run(&p, &edge.host(), &MemoryStore::new(), None)), "OK");
+    }
+
+    #[test]
+    fn unknown_and_disabled_apps_are_refused() {
+        let p = policy(CONFIG);
+        let mut c = client("GET", "/x");
+        c.key = "999";
+        assert_eq!(
+            code(run(&p, &c.host(), &MemoryStore::new(), None)),
+            "A401AK"
+        );
+        c.key = "203753";
+        c.secret = "off";
+        assert_eq!(
+            code(run(&p, &c.host(), &MemoryStore::new(), None)),
+            "A403AD"
+        );
+    }
+
+    #[test]
+    fn an_app_outside_the_rules_app_list_gets_403() {
+        let p = policy(CONFIG);
+        let mut c = client("GET", "/orders/7");
+        c.key = "203752";
+        c.secret = "web-secret";
+        let error = run(&p, &c.host(), &MemoryStore::new(), None).unwrap_err();
+        assert_eq!((error.status, error.code), (403, "A403UA"));
+    }
+
+    #[test]
+    fn unsigned_requests_pass_only_where_anonymous_access_is_allowed() {
+        let p = policy(CONFIG);
+        let unsigned = |path: &str| {
+            FakeHost::new()
+                .with_header(":method", "GET")
+                .with_header(":path", path)
+        };
+        assert!(matches!(
+            p.begin(&unsigned("/public/x"), &MemoryStore::new(), true),
+            Step::Pass(None)
+        ));
+        let error = run(&p, &unsigned("/orders/1"), &MemoryStore::new(), None).unwrap_err();
+        assert_eq!((error.status, error.code), (401, "A401MH"));
+        assert_eq!(error.message, "Header `X-Ca-Key` is Required");
+    }
+
+    #[test]
+    fn missing_and_malformed_headers_are_named() {
+        let p = policy(CONFIG);
+        for (remove, add, expected) in [
+            (
+                "x-ca-signature",
+                None,
+                "Header `X-Ca-Signature` is Required",
+            ),
+            ("x-ca-nonce", None, "Header `X-Ca-Nonce` is Required"),
+            (
+                "x-ca-timestamp",
+                Some("soon"),
+                "Invalid Header `X-Ca-Timestamp`: epoch milliseconds expected",
+            ),
+        ] {
+            let mut host = client("GET", "/x").host();
+            host.headers.retain(|(k, _)| k != remove);
+            if let Some(value) = add {
+                host = host.with_header(remove, value);
+            }
+            assert_eq!(
+                run(&p, &host, &MemoryStore::new(), None)
+                    .unwrap_err()
+                    .message,
+                expected
+            );
+        }
+        let host = client("GET", "/x")
+            .host()
+            .with_header("x-ca-signature-method", "HmacMD5");
+        assert_eq!(code(run(&p, &host, &MemoryStore::new(), None)), "A400SM");
+    }
+
+    #[test]
+    fn form_bodies_are_part_of_the_signature() {
+        let p = policy(CONFIG);
+        let mut c = client("POST", "/x?z=1");
+        c.form = "name=hello+world&a=1";
+        c.headers.push((
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8".into(),
+        ));
+        let host = c.host();
+        assert_eq!(
+            code(run(
+                &p,
+                &host,
+                &MemoryStore::new(),
+                Some(b"name=hello+world&a=1")
+            )),
+            "OK"
+        );
+        assert_eq!(
+            code(run(&p, &host, &MemoryStore::new(), Some(b"name=evil&a=1"))),
+            "A400IS"
+        );
+        assert_eq!(
+            code(run(&p, &host, &MemoryStore::new(), Some(b"name=%zz"))),
+            "A400IP"
+        );
+    }
+
+    #[test]
+    fn content_md5_guards_the_body() {
+        let p = policy(CONFIG);
+        let body = br#"{"id":7}"#;
+        let mut c = client("POST", "/x");
+        c.headers.push(("content-type", "application/json".into()));
+        c.headers.push(("content-md5", content_md5(body)));
+        let host = c.host();
+        assert_eq!(code(run(&p, &host, &MemoryStore::new(), Some(body))), "OK");
+        assert_eq!(
+            code(run(&p, &host, &MemoryStore::new(), Some(br#"{"id":8}"#))),
+            "A400IM"
+        );
+        assert_eq!(code(run(&p, &host, &MemoryStore::new(), None)), "A400IM");
+    }
+
+    #[test]
+    fn json_bodies_without_content_md5_are_not_read() {
+        let p = policy(CONFIG);
+        let mut c = client("POST", "/x");
+        c.headers.push(("content-type", "application/json".into()));
+        assert!(matches!(
+            p.begin(&c.host(), &MemoryStore::new(), false),
+            Step::Pass(Some(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_query_encoding_gets_400() {
+        let p = policy(CONFIG);
+        let host = client("GET", "/x").host().with_header(":path", "/x?a=%zz");
+        let mut host = host;
+        host.headers
+            .retain(|(k, v)| k != ":path" || v == "/x?a=%zz");
+        assert_eq!(code(run(&p, &host, &MemoryStore::new(), None)), "A400IP");
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_the_field_named() {
+        let cases = [
+            (
+                r#"{"apps":[{"key":"a","secrets":[]}]}"#,
+                "apps[0].secrets: needs at least one secret, and no empty secret",
+            ),
+            (
+                r#"{"apps":[{"key":"a","secrets":["s"]},{"key":"a","secrets":["t"]}]}"#,
+                "apps[1].key: app key `a` is defined twice",
+            ),
+            (
+                r#"{"apps":[{"key":" ","secrets":["s"]}]}"#,
+                "apps[0].key: must not be empty",
+            ),
+            (
+                r#"{"apps":[],"rules":[{"apps":["ghost"]}]}"#,
+                "rules[0].apps[0]: unknown app key `ghost`",
+            ),
+            (
+                r#"{"apps":[],"signature_methods":["HmacMD5"]}"#,
+                "signature_methods[0]: `HmacMD5` is not HmacSHA256 or HmacSHA1",
+            ),
+            (
+                r#"{"apps":[],"timestamp_window_seconds":0}"#,
+                "timestamp_window_seconds: must be between 1 and 86400",
+            ),
+            (
+                r#"{"apps":[],"nonce_slots":0}"#,
+                "nonce_slots: must be between 1 and 1048576",
+            ),
+            (
+                r#"{"apps":[{"key":"a","secret":"s"}]}"#,
+                "apps[0].secret: unknown field `secret`",
+            ),
+            (r#"{}"#, "missing field `apps`"),
+        ];
+        for (json, expected) in cases {
+            let error = config_error(json);
+            assert!(
+                error.starts_with(expected) || error.contains(expected),
+                "{json}\n got: {error}\nwant: {expected}"
+            );
+        }
+    }
+}
