@@ -75,6 +75,10 @@ impl WasmFilter {
                     "name": self.module,
                     "root_id": self.module,
                     "fail_open": false,
+                    // Lets a filter hold the headers while it reads the body
+                    // (sign-auth, param-validation); without it Envoy stops
+                    // the body from reaching the filter and the request hangs.
+                    "allow_on_headers_stop_iteration": true,
                     "vm_config": {
                         "vm_id": self.module,
                         "runtime": "envoy.wasm.runtime.v8",
@@ -197,7 +201,9 @@ impl Envoy {
             .arg(&config_path)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args(["--disable-hot-restart", "--log-level", "info"])
+            .args(["--disable-hot-restart", "--log-level"])
+            // ENVOY_LOG_LEVEL=debug shows Envoy's reasoning when a test fails.
+            .arg(std::env::var("ENVOY_LOG_LEVEL").unwrap_or_else(|_| "info".into()))
             .arg("--concurrency")
             .arg(concurrency.to_string())
             .current_dir(workspace_root())

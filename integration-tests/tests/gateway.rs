@@ -200,6 +200,13 @@ fn a_failed_upstream_is_taken_out_by_health_checking() {
         }),
         "the unhealthy upstream should be ejected"
     );
+    // Workers pick up the new host set shortly after the stat changes.
+    assert!(
+        demo.envoy
+            .wait_for(Duration::from_secs(5), |_| demo.spread(4).get("backend-1")
+                == Some(&4)),
+        "traffic should move to the healthy upstream"
+    );
     let before = demo.upstreams[1].request_count();
     let seen = demo.spread(10);
     assert_eq!(seen.get("backend-1"), Some(&10), "{seen:?}");

@@ -1,9 +1,198 @@
-//! sign-auth: app authentication by `X-Ca-*` request signatures.
-//!
-//! Work in progress: the signature scheme ([`signature`]) is done and
-//! verified against independently computed known answers; the request
-//! policy, nonce store and proxy-wasm adapter follow.
+//! sign-auth: app authentication by `X-Ca-*` request signatures, wire
+//! compatible with Alibaba Cloud API Gateway. The scheme is in
+//! [`signature`], the anti-replay store in [`nonce`], the decisions in
+//! [`policy`]; this file is the proxy-wasm adapter.
 
+pub mod client;
 pub mod nonce;
 pub mod policy;
 pub mod signature;
+
+use gateway_common::adapter;
+use gateway_common::config::{parse_json, ConfigError};
+use gateway_common::error::GatewayError;
+use gateway_common::host::ProxyWasmHost;
+use gateway_common::identity::{self, Identity};
+use gateway_common::metrics::Counter;
+use gateway_common::store::ProxyWasmStore;
+use policy::{codes, now_ms, Pending, SignAuth, SignAuthConfig, Step};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use std::rc::Rc;
+
+pub const FILTER_NAME: &str = "sign_auth";
+
+/// Headers that carry the verified identity to the upstream; never trusted
+/// from a client.
+pub const IDENTITY_HEADERS: [&str; 3] = ["x-gw-app-key", "x-gw-app-name", "x-gw-api"];
+
+const SIGNATURE_HEADERS: [&str; 4] = [
+    "x-ca-signature",
+    "x-ca-signature-headers",
+    "x-ca-signature-method",
+    "x-ca-nonce",
+];
+
+pub fn compile_config(bytes: &[u8]) -> Result<SignAuth, ConfigError> {
+    SignAuth::compile(&parse_json::<SignAuthConfig>(bytes)?)
+}
+
+/// `allowed`, `anonymous`, and `denied.<code>` per error code.
+#[derive(Debug, Clone, Copy)]
+pub struct Metrics {
+    allowed: Counter,
+    anonymous: Counter,
+    denied: [Counter; codes::COUNT],
+}
+
+impl Metrics {
+    pub fn define() -> Self {
+        Self {
+            allowed: Counter::define(FILTER_NAME, "allowed"),
+            anonymous: Counter::define(FILTER_NAME, "anonymous"),
+            denied: codes::ALL.map(|e| Counter::define(FILTER_NAME, &format!("denied.{}", e.code))),
+        }
+    }
+
+    fn denied(&self, error: &GatewayError) {
+        if let Some(i) = codes::ALL.iter().position(|e| e.code == error.code) {
+            self.denied[i].inc();
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct SignAuthRoot {
+    policy: Option<Rc<SignAuth>>,
+    metrics: Option<Metrics>,
+}
+
+impl Context for SignAuthRoot {}
+
+impl RootContext for SignAuthRoot {
+    fn on_configure(&mut self, _config_size: usize) -> bool {
+        let Some(policy) = adapter::load_config(FILTER_NAME, compile_config) else {
+            return false;
+        };
+        if policy.nonce_table().initialize(&ProxyWasmStore).is_err() {
+            adapter::log(
+                LogLevel::Error,
+                "sign_auth: cannot create the nonce table in shared data",
+            );
+            return false;
+        }
+        self.policy = Some(Rc::new(policy));
+        self.metrics.get_or_insert_with(Metrics::define);
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(SignAuthHttp {
+            policy: self.policy.clone()?,
+            metrics: self.metrics?,
+            pending: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+pub struct SignAuthHttp {
+    policy: Rc<SignAuth>,
+    metrics: Metrics,
+    pending: Option<Box<Pending>>,
+}
+
+impl SignAuthHttp {
+    fn reject(&self, error: &GatewayError) -> Action {
+        self.metrics.denied(error);
+        adapter::send_error(error);
+        Action::Pause
+    }
+
+    fn pass(&self, identity: Option<Identity>) {
+        if self.policy.strip_signature_headers() {
+            for name in SIGNATURE_HEADERS {
+                self.set_http_request_header(name, None);
+            }
+        }
+        let Some(identity) = identity else {
+            self.metrics.anonymous.inc();
+            return;
+        };
+        self.metrics.allowed.inc();
+        identity::publish(&ProxyWasmHost, &identity);
+        if self.policy.forward_identity_headers() {
+            self.set_http_request_header(IDENTITY_HEADERS[0], Some(&identity.app_key));
+            if let Some(name) = &identity.app_name {
+                self.set_http_request_header(IDENTITY_HEADERS[1], Some(name));
+            }
+            if let Some(api) = &identity.api {
+                self.set_http_request_header(IDENTITY_HEADERS[2], Some(api));
+            }
+        }
+    }
+}
+
+impl Context for SignAuthHttp {}
+
+impl HttpContext for SignAuthHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        for name in IDENTITY_HEADERS {
+            self.set_http_request_header(name, None);
+        }
+        match self
+            .policy
+            .begin(&ProxyWasmHost, &ProxyWasmStore, end_of_stream)
+        {
+            Step::Pass(identity) => {
+                self.pass(identity);
+                Action::Continue
+            }
+            Step::Reject(error) => self.reject(&error),
+            Step::NeedBody(pending) => {
+                let declared = self
+                    .get_http_request_header("content-length")
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if declared.is_some_and(|len| len > self.policy.max_body_bytes()) {
+                    return self.reject(&codes::BODY_TOO_LARGE);
+                }
+                self.pending = Some(pending);
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.pending.is_none() {
+            return Action::Continue;
+        }
+        if body_size > self.policy.max_body_bytes() {
+            self.pending = None;
+            return self.reject(&codes::BODY_TOO_LARGE);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let Some(pending) = self.pending.take() else {
+            return Action::Continue;
+        };
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let now = now_ms(&ProxyWasmHost);
+        match self.policy.finish(*pending, &body, &ProxyWasmStore, now) {
+            Ok(identity) => {
+                self.pass(Some(identity));
+                Action::Continue
+            }
+            Err(error) => self.reject(&error),
+        }
+    }
+}
+
+#[cfg(all(feature = "entrypoint", target_arch = "wasm32"))]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(SignAuthRoot::default()) });
+}}

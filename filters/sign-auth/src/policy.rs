@@ -44,6 +44,25 @@ pub mod codes {
         GatewayError::new(503, "A503NS", "Nonce Store Full, retry later");
     pub const NONCE_STORE_UNAVAILABLE: GatewayError =
         GatewayError::new(503, "A503NU", "Nonce Store Unavailable");
+
+    /// Every code, for per-code counters.
+    pub const COUNT: usize = 14;
+    pub const ALL: [GatewayError; COUNT] = [
+        MISSING_HEADER,
+        INVALID_HEADER,
+        INVALID_APP_KEY,
+        APP_DISABLED,
+        INVALID_SIGNATURE,
+        UNSUPPORTED_METHOD,
+        INVALID_TIMESTAMP,
+        NONCE_USED,
+        INVALID_CONTENT_MD5,
+        INVALID_PARAMETER,
+        UNAUTHORIZED,
+        BODY_TOO_LARGE,
+        NONCE_STORE_FULL,
+        NONCE_STORE_UNAVAILABLE,
+    ];
 }
 
 const DEFAULT_WINDOW_SECONDS: u64 = 900;
@@ -73,6 +92,11 @@ pub struct SignAuthConfig {
     /// Slots of the nonce table (default 16384, 8 nonces each).
     #[serde(default)]
     pub nonce_slots: Option<u32>,
+    /// Send the verified app and API to the upstream as `x-gw-app-key`,
+    /// `x-gw-app-name`, `x-gw-api` (default true). Client-sent copies of
+    /// these headers are always removed.
+    #[serde(default)]
+    pub forward_identity_headers: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -128,6 +152,7 @@ pub struct SignAuth {
     max_body_bytes: usize,
     nonces: NonceTable,
     uses_route_name: bool,
+    forward_identity_headers: bool,
 }
 
 /// What the adapter does next.
@@ -257,6 +282,7 @@ impl SignAuth {
             max_body_bytes: config.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             nonces: NonceTable::new(slots),
             uses_route_name,
+            forward_identity_headers: config.forward_identity_headers.unwrap_or(true),
         })
     }
 
@@ -270,6 +296,10 @@ impl SignAuth {
 
     pub fn strip_signature_headers(&self) -> bool {
         self.strip_signature_headers
+    }
+
+    pub fn forward_identity_headers(&self) -> bool {
+        self.forward_identity_headers
     }
 
     /// Verifies what the headers allow; `end_of_stream` says there is no body.

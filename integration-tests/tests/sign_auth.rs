@@ -1,0 +1,413 @@
+//! sign-auth in a real Envoy: signed requests from the client side of the
+//! scheme, checked against what the echo upstream received.
+
+use integration_tests::echo::EchoServer;
+use integration_tests::envoy::{gateway_config, Envoy, WasmFilter};
+use integration_tests::http::{self, Response};
+use serde_json::{json, Value};
+use sign_auth::client::{sign_request, ClientRequest, Credentials};
+use sign_auth::signature::{content_md5, SignatureMethod};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn config() -> Value {
+    json!({
+        "apps": [
+            {"key": "203751", "secrets": ["old-secret", "new-secret"], "name": "mobile"},
+            {"key": "203752", "secrets": ["web-secret"], "name": "web"}
+        ],
+        "rules": [
+            {"name": "public", "match": {"path": {"prefix": "/public"}}, "anonymous": true},
+            {"name": "orders", "match": {"path": {"template": "/orders/{id}"}}, "apps": ["203751"]}
+        ],
+        "max_body_bytes": 1024
+    })
+}
+
+struct Gateway {
+    envoy: Envoy,
+    upstream: EchoServer,
+}
+
+fn gateway_with(config: Value, concurrency: u32) -> Gateway {
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let envoy = Envoy::start_with(
+        &gateway_config(
+            &[WasmFilter::json("sign_auth", &config)],
+            &[upstream.port()],
+        ),
+        concurrency,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    Gateway { envoy, upstream }
+}
+
+fn gateway() -> Gateway {
+    gateway_with(config(), 1)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn unique_nonce() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "nonce-{}-{}",
+        now_ms(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A request signed the way an Alibaba SDK signs it.
+struct Call {
+    key: &'static str,
+    secret: &'static str,
+    method: &'static str,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    form: bool,
+}
+
+fn call(method: &'static str, path: &str) -> Call {
+    Call {
+        key: "203751",
+        secret: "new-secret",
+        method,
+        path: path.to_string(),
+        // The HTTP client would add `Accept: */*` on its own; sign what is sent.
+        headers: vec![("accept".to_string(), "application/json".to_string())],
+        body: Vec::new(),
+        form: false,
+    }
+}
+
+impl Call {
+    fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    fn form(mut self, body: &str) -> Self {
+        self.form = true;
+        self.body = body.as_bytes().to_vec();
+        self.header(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        )
+    }
+
+    /// All headers to send, signature included.
+    fn signed_headers(&self) -> Vec<(String, String)> {
+        let signed = sign_request(
+            &Credentials {
+                key: self.key.into(),
+                secret: self.secret.into(),
+                method: SignatureMethod::HmacSha256,
+            },
+            &ClientRequest {
+                method: self.method.into(),
+                path_and_query: self.path.clone(),
+                headers: self.headers.clone(),
+                signed_extra: Vec::new(),
+                form_body: self
+                    .form
+                    .then(|| String::from_utf8_lossy(&self.body).into_owned()),
+            },
+            now_ms(),
+            &unique_nonce(),
+        )
+        .expect("sign");
+        let mut all = self.headers.clone();
+        all.extend(signed.headers);
+        all
+    }
+}
+
+fn send(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Response {
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let body = (!body.is_empty() || method == "POST").then_some(body);
+    http::send(&http::agent(), method, &gw.envoy.url(path), &pairs, body).expect("response")
+}
+
+fn send_call(gw: &Gateway, call: &Call) -> Response {
+    send(
+        gw,
+        call.method,
+        &call.path,
+        &call.signed_headers(),
+        &call.body,
+    )
+}
+
+/// (what is tampered with, method sent, headers sent, body sent, expected code)
+type TamperCase<'a> = (&'a str, &'a str, Vec<(String, String)>, &'a [u8], &'a str);
+
+fn assert_error(response: &Response, status: u16, code: &str) {
+    assert_eq!(response.status, status, "{}", response.text());
+    assert_eq!(
+        response.header("x-ca-error-code"),
+        Some(code),
+        "{}",
+        response.text()
+    );
+    assert_eq!(response.json()["code"], code);
+}
+
+#[test]
+fn a_signed_request_reaches_the_upstream_with_the_verified_identity() {
+    let gw = gateway();
+    let response = send_call(&gw, &call("GET", "/orders/7?b=2&a=%E5%8C%97"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = response.json();
+    assert_eq!(seen["path"], "/orders/7");
+    assert_eq!(seen["headers"]["x-gw-app-key"], "203751");
+    assert_eq!(seen["headers"]["x-gw-app-name"], "mobile");
+    assert_eq!(seen["headers"]["x-gw-api"], "orders");
+    assert_eq!(seen["headers"]["x-ca-key"], "203751");
+    assert!(
+        seen["headers"].get("x-ca-signature").is_none(),
+        "signature headers are stripped"
+    );
+    assert_eq!(gw.envoy.stat("wasmcustom.gw.sign_auth.allowed"), 1);
+}
+
+#[test]
+fn each_kind_of_tampering_is_rejected_and_never_reaches_the_upstream() {
+    let gw = gateway();
+    let original = call("POST", "/orders/7?a=1").form("qty=2&item=book");
+    let headers = original.signed_headers();
+    let replace = |name: &str, value: &str| {
+        let mut h: Vec<(String, String)> =
+            headers.iter().filter(|(k, _)| k != name).cloned().collect();
+        h.push((name.to_string(), value.to_string()));
+        h
+    };
+    let cases: Vec<TamperCase> = vec![
+        (
+            "method",
+            "PUT",
+            headers.clone(),
+            b"qty=2&item=book",
+            "A400IS",
+        ),
+        (
+            "path",
+            "POST",
+            headers.clone(),
+            b"qty=2&item=book",
+            "A400IS",
+        ),
+        (
+            "query",
+            "POST",
+            headers.clone(),
+            b"qty=2&item=book",
+            "A400IS",
+        ),
+        (
+            "form field",
+            "POST",
+            headers.clone(),
+            b"qty=200&item=book",
+            "A400IS",
+        ),
+        (
+            "timestamp",
+            "POST",
+            replace("x-ca-timestamp", &(now_ms() + 1).to_string()),
+            b"qty=2&item=book",
+            "A400IS",
+        ),
+        (
+            "old timestamp",
+            "POST",
+            replace("x-ca-timestamp", &(now_ms() - 3_600_000).to_string()),
+            b"qty=2&item=book",
+            "A400IT",
+        ),
+    ];
+    for (what, method, headers, body, code) in cases {
+        let path = match what {
+            "path" => "/orders/8?a=1",
+            "query" => "/orders/7?a=2",
+            _ => "/orders/7?a=1",
+        };
+        let response = send(&gw, method, path, &headers, body);
+        assert_eq!(
+            response.header("x-ca-error-code"),
+            Some(code),
+            "{what}: {}",
+            response.text()
+        );
+    }
+    assert_eq!(gw.upstream.request_count(), 0);
+}
+
+#[test]
+fn a_bad_signature_reports_the_server_string_to_sign() {
+    let gw = gateway();
+    let mut headers = call("GET", "/orders/1?x=1").signed_headers();
+    headers.retain(|(k, _)| k != "x-ca-signature");
+    headers.push(("x-ca-signature".into(), "AAAA".into()));
+    let response = send(&gw, "GET", "/orders/1?x=1", &headers, b"");
+    assert_error(&response, 400, "A400IS");
+    let message = response.header("x-ca-error-message").unwrap_or_default();
+    assert!(
+        message.starts_with("Invalid Signature, Server StringToSign:`GET#"),
+        "{message}"
+    );
+    assert!(message.ends_with("#/orders/1?x=1`"), "{message}");
+}
+
+#[test]
+fn a_body_that_does_not_match_content_md5_is_rejected() {
+    let gw = gateway();
+    let body = br#"{"qty":2}"#;
+    let call = call("POST", "/orders/7")
+        .header("content-type", "application/json")
+        .header("content-md5", &content_md5(body));
+    let headers = call.signed_headers();
+    assert_eq!(send(&gw, "POST", "/orders/7", &headers, body).status, 200);
+    let tampered = send(
+        &gw,
+        "POST",
+        "/orders/7",
+        &call.signed_headers(),
+        br#"{"qty":9}"#,
+    );
+    assert_error(&tampered, 400, "A400IM");
+    assert_eq!(gw.upstream.request_count(), 1);
+}
+
+#[test]
+fn a_replayed_request_is_rejected() {
+    let gw = gateway();
+    let headers = call("GET", "/orders/7").signed_headers();
+    assert_eq!(send(&gw, "GET", "/orders/7", &headers, b"").status, 200);
+    assert_error(&send(&gw, "GET", "/orders/7", &headers, b""), 400, "A400IN");
+    assert_eq!(gw.upstream.request_count(), 1);
+}
+
+#[test]
+fn a_concurrent_burst_of_one_signed_request_is_accepted_exactly_once() {
+    let gw = gateway_with(config(), 2);
+    let headers = call("GET", "/orders/7").signed_headers();
+    let url = gw.envoy.url("/orders/7");
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..24)
+            .map(|_| {
+                let (headers, url) = (&headers, &url);
+                scope.spawn(move || {
+                    let pairs: Vec<(&str, &str)> = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    http::send(&http::agent(), "GET", url, &pairs, None)
+                        .map(|r| r.status)
+                        .unwrap_or(0)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 400).count(),
+        23,
+        "{statuses:?}"
+    );
+    assert_eq!(gw.upstream.request_count(), 1);
+}
+
+#[test]
+fn both_secrets_work_during_rotation() {
+    let gw = gateway();
+    let mut old = call("GET", "/orders/7");
+    old.secret = "old-secret";
+    assert_eq!(send_call(&gw, &old).status, 200);
+    let mut retired = call("GET", "/orders/7");
+    retired.secret = "retired";
+    assert_error(&send_call(&gw, &retired), 400, "A400IS");
+}
+
+#[test]
+fn an_app_not_authorized_for_the_api_gets_403() {
+    let gw = gateway();
+    let mut web = call("GET", "/orders/7");
+    web.key = "203752";
+    web.secret = "web-secret";
+    assert_error(&send_call(&gw, &web), 403, "A403UA");
+    web.path = "/profile".into();
+    assert_eq!(send_call(&gw, &web).status, 200);
+    assert_eq!(gw.upstream.request_count(), 1);
+}
+
+#[test]
+fn unsigned_requests_are_refused_except_on_anonymous_apis() {
+    let gw = gateway();
+    assert_error(&send(&gw, "GET", "/orders/7", &[], b""), 401, "A401MH");
+    assert_eq!(send(&gw, "GET", "/public/info", &[], b"").status, 200);
+}
+
+#[test]
+fn spoofed_identity_headers_never_reach_the_upstream() {
+    let gw = gateway();
+    let spoof = [
+        ("x-gw-app-key".to_string(), "203751".to_string()),
+        ("x-gw-api".to_string(), "orders".to_string()),
+    ];
+    let response = send(&gw, "GET", "/public/info", &spoof, b"");
+    assert_eq!(response.status, 200);
+    let seen = response.json();
+    assert!(seen["headers"].get("x-gw-app-key").is_none(), "{seen}");
+    assert!(seen["headers"].get("x-gw-api").is_none(), "{seen}");
+    let mut signed = call("GET", "/orders/7")
+        .header("x-gw-app-key", "someone-else")
+        .signed_headers();
+    signed.push(("x-gw-app-name".into(), "admin".into()));
+    let seen = send(&gw, "GET", "/orders/7", &signed, b"").json();
+    assert_eq!(seen["headers"]["x-gw-app-key"], "203751");
+    assert_eq!(seen["headers"]["x-gw-app-name"], "mobile");
+}
+
+#[test]
+fn a_body_over_the_limit_gets_413() {
+    let gw = gateway();
+    let big = "x=".to_string() + &"a".repeat(2000);
+    let response = send_call(&gw, &call("POST", "/orders/7").form(&big));
+    assert_error(&response, 413, "A413BL");
+    assert_eq!(gw.upstream.request_count(), 0);
+}
+
+#[test]
+fn a_malformed_config_is_refused_by_envoy_with_the_field_named() {
+    let log = Envoy::expect_refused(&gateway_config(
+        &[WasmFilter::new(
+            "sign_auth",
+            r#"{"apps":[{"key":"a","secrets":["s"]}],"rules":[{"apps":["b"]}]}"#,
+        )],
+        &[1],
+    ));
+    assert!(
+        log.contains("sign_auth: invalid configuration: rules[0].apps[0]: unknown app key `b`"),
+        "{log}"
+    );
+}
