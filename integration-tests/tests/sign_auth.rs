@@ -411,3 +411,70 @@ fn a_malformed_config_is_refused_by_envoy_with_the_field_named() {
         "{log}"
     );
 }
+
+#[test]
+fn the_backend_can_verify_that_a_request_came_through_the_gateway() {
+    let mut config = config();
+    config["backend_signature"] = json!({
+        "keys": [{"id": "2026-11", "secret": "backend-new"}, {"id": "2026-10", "secret": "backend-old"}]
+    });
+    let gw = gateway_with(config, 1);
+    let forged = [("x-gw-signature".to_string(), "forged".to_string())];
+    assert_eq!(send(&gw, "GET", "/public/x", &forged, b"").status, 200);
+    assert_eq!(
+        send_call(&gw, &call("GET", "/orders/7?q=%E5%8C%97&a=1")).status,
+        200
+    );
+
+    let backend_keys = [
+        sign_auth::backend::BackendKey {
+            id: "2026-11".into(),
+            secret: "backend-new".into(),
+        },
+        sign_auth::backend::BackendKey {
+            id: "2026-10".into(),
+            secret: "backend-old".into(),
+        },
+    ];
+    let received = gw.upstream.requests();
+    assert_eq!(received.len(), 2);
+    for request in &received {
+        let header = |name: &str| request.header(name).map(str::to_string);
+        let verified = sign_auth::backend::verify(
+            &backend_keys,
+            &request.method,
+            &request.uri,
+            header,
+            now_ms(),
+            60_000,
+        );
+        assert_eq!(verified, Ok("2026-11".to_string()), "{request:?}");
+    }
+    assert_eq!(
+        received[1].header("x-gw-signed-headers"),
+        Some("x-gw-app-key,x-gw-app-name,x-gw-api")
+    );
+    // A backend that only knows the retired key refuses the new one.
+    let old_only = &backend_keys[1..];
+    let header = |name: &str| received[1].header(name).map(str::to_string);
+    assert!(sign_auth::backend::verify(
+        old_only,
+        "GET",
+        &received[1].uri,
+        header,
+        now_ms(),
+        60_000
+    )
+    .is_err());
+    // Any change on the way fails verification.
+    let header = |name: &str| received[1].header(name).map(str::to_string);
+    assert!(sign_auth::backend::verify(
+        &backend_keys,
+        "GET",
+        "/orders/8?q=%E5%8C%97&a=1",
+        header,
+        now_ms(),
+        60_000
+    )
+    .is_err());
+}

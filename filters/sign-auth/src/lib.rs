@@ -3,11 +3,13 @@
 //! [`signature`], the anti-replay store in [`nonce`], the decisions in
 //! [`policy`]; this file is the proxy-wasm adapter.
 
+pub mod backend;
 pub mod client;
 pub mod nonce;
 pub mod policy;
 pub mod signature;
 
+use backend::{KEY_ID_HEADER, SIGNATURE_HEADER, SIGNED_HEADERS_HEADER, TIMESTAMP_HEADER};
 use gateway_common::adapter;
 use gateway_common::config::{parse_json, ConfigError};
 use gateway_common::error::GatewayError;
@@ -15,7 +17,7 @@ use gateway_common::host::ProxyWasmHost;
 use gateway_common::identity::{self, Identity};
 use gateway_common::metrics::Counter;
 use gateway_common::store::ProxyWasmStore;
-use policy::{codes, now_ms, Pending, SignAuth, SignAuthConfig, Step};
+use policy::{codes, now_ms, BackendSigner, Pending, SignAuth, SignAuthConfig, Step};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::rc::Rc;
@@ -118,12 +120,19 @@ impl SignAuthHttp {
                 self.set_http_request_header(name, None);
             }
         }
-        let Some(identity) = identity else {
+        if let Some(identity) = identity {
+            self.publish(&identity);
+        } else {
             self.metrics.anonymous.inc();
-            return;
-        };
+        }
+        if let Some(signer) = self.policy.backend_signer() {
+            self.sign_for_backend(signer);
+        }
+    }
+
+    fn publish(&self, identity: &Identity) {
         self.metrics.allowed.inc();
-        identity::publish(&ProxyWasmHost, &identity);
+        identity::publish(&ProxyWasmHost, identity);
         if self.policy.forward_identity_headers() {
             self.set_http_request_header(IDENTITY_HEADERS[0], Some(&identity.app_key));
             if let Some(name) = &identity.app_name {
@@ -131,6 +140,43 @@ impl SignAuthHttp {
             }
             if let Some(api) = &identity.api {
                 self.set_http_request_header(IDENTITY_HEADERS[2], Some(api));
+            }
+        }
+    }
+
+    /// Signs the request as it leaves this filter (after identity headers).
+    fn sign_for_backend(&self, signer: &BackendSigner) {
+        for name in [
+            KEY_ID_HEADER,
+            TIMESTAMP_HEADER,
+            SIGNED_HEADERS_HEADER,
+            SIGNATURE_HEADER,
+        ] {
+            self.set_http_request_header(name, None);
+        }
+        let method = self.get_http_request_header(":method").unwrap_or_default();
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let headers: Vec<(String, String)> = signer
+            .headers
+            .iter()
+            .map(|name| {
+                (
+                    name.clone(),
+                    self.get_http_request_header(name).unwrap_or_default(),
+                )
+            })
+            .collect();
+        // The path was already checked when parameters were read; a path that
+        // cannot be decoded is forwarded unsigned and the backend refuses it.
+        if let Ok(signed) = backend::sign(
+            &signer.key,
+            now_ms(&ProxyWasmHost),
+            &method,
+            &path,
+            &headers,
+        ) {
+            for (name, value) in signed {
+                self.set_http_request_header(name, Some(&value));
             }
         }
     }

@@ -3,6 +3,7 @@
 //! body is part of the signature (urlencoded form) or of a `Content-MD5`
 //! check, [`SignAuth::finish`] with the body. No proxy-wasm calls here.
 
+use crate::backend::{BackendKey, BackendSignatureConfig};
 use crate::nonce::{NonceOutcome, NonceTable};
 use crate::signature::{
     add_parameters, content_md5, for_error_message, signed_header_names, verify, SignatureMethod,
@@ -97,6 +98,9 @@ pub struct SignAuthConfig {
     /// these headers are always removed.
     #[serde(default)]
     pub forward_identity_headers: Option<bool>,
+    /// Sign every forwarded request for the backend (see [`crate::backend`]).
+    #[serde(default)]
+    pub backend_signature: Option<BackendSignatureConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -153,6 +157,14 @@ pub struct SignAuth {
     nonces: NonceTable,
     uses_route_name: bool,
     forward_identity_headers: bool,
+    backend_signer: Option<BackendSigner>,
+}
+
+/// The compiled backend-signature settings.
+#[derive(Debug, Clone)]
+pub struct BackendSigner {
+    pub key: BackendKey,
+    pub headers: Vec<String>,
 }
 
 /// What the adapter does next.
@@ -272,6 +284,12 @@ impl SignAuth {
             ));
         }
         let uses_route_name = rules.iter().any(|r| r.matcher.uses_route_name());
+        let backend_signer = config
+            .backend_signature
+            .as_ref()
+            .map(compile_backend_signer)
+            .transpose()
+            .map_err(|e| e.within("backend_signature"))?;
         Ok(Self {
             apps,
             rules,
@@ -283,6 +301,7 @@ impl SignAuth {
             nonces: NonceTable::new(slots),
             uses_route_name,
             forward_identity_headers: config.forward_identity_headers.unwrap_or(true),
+            backend_signer,
         })
     }
 
@@ -300,6 +319,10 @@ impl SignAuth {
 
     pub fn forward_identity_headers(&self) -> bool {
         self.forward_identity_headers
+    }
+
+    pub fn backend_signer(&self) -> Option<&BackendSigner> {
+        self.backend_signer.as_ref()
     }
 
     /// Verifies what the headers allow; `end_of_stream` says there is no body.
@@ -507,6 +530,45 @@ impl From<Result<Identity, GatewayError>> for Step {
             Err(error) => Step::Reject(error),
         }
     }
+}
+
+fn compile_backend_signer(config: &BackendSignatureConfig) -> Result<BackendSigner, ConfigError> {
+    let Some(key) = config.keys.first() else {
+        return Err(ConfigError::new(
+            "keys",
+            "needs at least one key; the first one signs",
+        ));
+    };
+    for (i, key) in config.keys.iter().enumerate() {
+        if key.id.is_empty() || key.secret.is_empty() {
+            return Err(ConfigError::new(
+                format!("keys[{i}]"),
+                "`id` and `secret` must not be empty",
+            ));
+        }
+    }
+    let headers = match &config.headers {
+        Some(names) => names
+            .iter()
+            .map(|n| n.trim().to_ascii_lowercase())
+            .collect(),
+        None => ["x-gw-app-key", "x-gw-app-name", "x-gw-api"]
+            .map(String::from)
+            .to_vec(),
+    };
+    if let Some(bad) = headers
+        .iter()
+        .find(|n| n.is_empty() || n.contains([',', ':']))
+    {
+        return Err(ConfigError::new(
+            "headers",
+            format!("`{bad}` is not a header name"),
+        ));
+    }
+    Ok(BackendSigner {
+        key: key.clone(),
+        headers,
+    })
 }
 
 fn missing(header: &str) -> GatewayError {
@@ -929,6 +991,14 @@ mod tests {
                 "apps[0].secret: unknown field `secret`",
             ),
             (r#"{}"#, "missing field `apps`"),
+            (
+                r#"{"apps":[],"backend_signature":{"keys":[]}}"#,
+                "backend_signature.keys: needs at least one key; the first one signs",
+            ),
+            (
+                r#"{"apps":[],"backend_signature":{"keys":[{"id":"k","secret":""}]}}"#,
+                "backend_signature.keys[0]: `id` and `secret` must not be empty",
+            ),
         ];
         for (json, expected) in cases {
             let error = config_error(json);
