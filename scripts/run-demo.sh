@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 ENVOY_BIN="${ENVOY_BIN:-.venv/bin/envoy}"
 mkdir -p .run
 bash scripts/make-certs.sh .run/tls
-cargo build --quiet --release -p integration-tests --bin echo-upstream
+cargo build --quiet --release -p integration-tests --bin echo-upstream -p ca-sign
 
 pids=()
 stop() {
@@ -63,7 +63,12 @@ Demo gateway is up (logs in .run/). Try:
   curl -si http://127.0.0.1:8080/admin/stats
   curl -s  http://127.0.0.1:8080/admin/stats -H 'X-Forwarded-For: 10.1.2.3'
 
-  # the filter's counters
+  # /orders needs a signed request (sign-auth); ca-sign makes one for app 203751
+  curl -si http://127.0.0.1:8080/orders/42
+  target/release/ca-sign --key 203751 --secret demo-secret --curl http://127.0.0.1:8080/orders/42 | sh
+  target/release/ca-sign --key 203751 --secret demo-secret --explain http://127.0.0.1:8080/orders/42
+
+  # the filters' counters
   curl -s http://127.0.0.1:9901/stats/prometheus | grep gw_
 
 Ctrl-C stops the demo.

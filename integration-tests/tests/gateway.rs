@@ -102,6 +102,12 @@ fn demo_gateway() -> Demo {
         }),
         "both upstreams should pass health checks"
     );
+    // Workers pick up the healthy host set shortly after the stat changes.
+    assert!(
+        demo.envoy
+            .wait_for(Duration::from_secs(5), |_| demo.spread(4).len() == 2),
+        "both upstreams should receive traffic"
+    );
     demo
 }
 
@@ -141,6 +147,7 @@ impl Demo {
 #[test]
 fn an_https_request_passes_the_filters_and_reaches_the_upstream() {
     let demo = demo_gateway();
+    let before: usize = demo.upstreams.iter().map(EchoServer::request_count).sum();
     let agent = http::agent_trusting(&demo.cert);
     let response = http::send(&agent, "GET", &demo.https_url("/api/items?id=3"), &[], None)
         .expect("TLS response");
@@ -161,7 +168,11 @@ fn an_https_request_passes_the_filters_and_reaches_the_upstream() {
     assert_eq!(denied.status, 403);
     assert_eq!(denied.header("x-ca-error-code"), Some("A403IP"));
     let total: usize = demo.upstreams.iter().map(EchoServer::request_count).sum();
-    assert_eq!(total, 1);
+    assert_eq!(
+        total - before,
+        1,
+        "only the allowed request reaches an upstream"
+    );
 }
 
 #[test]
@@ -219,4 +230,44 @@ fn a_failed_upstream_is_taken_out_by_health_checking() {
         }),
         "the recovered upstream should come back"
     );
+}
+
+#[test]
+fn the_demo_orders_api_needs_a_signed_request() {
+    use sign_auth::client::{sign_request, ClientRequest, Credentials};
+    use sign_auth::signature::SignatureMethod;
+    let demo = demo_gateway();
+    let unsigned = http::get(&demo.http_url("/orders/42"), &[]).expect("response");
+    assert_eq!(unsigned.status, 401, "{}", unsigned.text());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut headers = vec![("accept".to_string(), "application/json".to_string())];
+    let signed = sign_request(
+        &Credentials {
+            key: "203751".into(),
+            secret: "demo-secret".into(),
+            method: SignatureMethod::HmacSha256,
+        },
+        &ClientRequest {
+            method: "GET".into(),
+            path_and_query: "/orders/42".into(),
+            headers: headers.clone(),
+            ..Default::default()
+        },
+        now,
+        "demo-nonce-1",
+    )
+    .expect("sign");
+    headers.extend(signed.headers);
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let response = http::get(&demo.http_url("/orders/42"), &pairs).expect("response");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = response.json();
+    assert_eq!(seen["headers"]["x-gw-app-name"], "demo-app");
+    assert_eq!(seen["headers"]["x-gw-signature-key-id"], "demo-2026");
 }
