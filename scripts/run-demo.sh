@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 ENVOY_BIN="${ENVOY_BIN:-.venv/bin/envoy}"
 mkdir -p .run
 bash scripts/make-certs.sh .run/tls
-cargo build --quiet --release -p integration-tests --bin echo-upstream -p ca-sign
+cargo build --quiet --release -p integration-tests -p ca-sign --bins
 
 pids=()
 stop() {
