@@ -4,3 +4,4 @@
 pub mod echo;
 pub mod envoy;
 pub mod http;
+pub mod signing;

@@ -234,38 +234,13 @@ fn a_failed_upstream_is_taken_out_by_health_checking() {
 
 #[test]
 fn the_demo_orders_api_needs_a_signed_request() {
-    use sign_auth::client::{sign_request, ClientRequest, Credentials};
-    use sign_auth::signature::SignatureMethod;
+    use integration_tests::signing::{pairs, signed_headers};
     let demo = demo_gateway();
     let unsigned = http::get(&demo.http_url("/orders/42"), &[]).expect("response");
     assert_eq!(unsigned.status, 401, "{}", unsigned.text());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let mut headers = vec![("accept".to_string(), "application/json".to_string())];
-    let signed = sign_request(
-        &Credentials {
-            key: "203751".into(),
-            secret: "demo-secret".into(),
-            method: SignatureMethod::HmacSha256,
-        },
-        &ClientRequest {
-            method: "GET".into(),
-            path_and_query: "/orders/42".into(),
-            headers: headers.clone(),
-            ..Default::default()
-        },
-        now,
-        "demo-nonce-1",
-    )
-    .expect("sign");
-    headers.extend(signed.headers);
-    let pairs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let response = http::get(&demo.http_url("/orders/42"), &pairs).expect("response");
+    let accept = [("accept".to_string(), "application/json".to_string())];
+    let headers = signed_headers("203751", "demo-secret", "GET", "/orders/42", &accept, None);
+    let response = http::get(&demo.http_url("/orders/42"), &pairs(&headers)).expect("response");
     assert_eq!(response.status, 200, "{}", response.text());
     let seen = response.json();
     assert_eq!(seen["headers"]["x-gw-app-name"], "demo-app");

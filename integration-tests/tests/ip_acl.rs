@@ -253,8 +253,7 @@ fn an_unknown_config_field_is_refused_by_envoy() {
 
 #[test]
 fn per_app_lists_use_the_app_that_sign_auth_verified() {
-    use sign_auth::client::{sign_request, ClientRequest, Credentials};
-    use sign_auth::signature::SignatureMethod;
+    use integration_tests::signing::{pairs, signed_headers};
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let sign_auth = WasmFilter::json(
         "sign_auth",
@@ -271,37 +270,13 @@ fn per_app_lists_use_the_app_that_sign_auth_verified() {
         &json!({"apps": {"blocked-app": {"deny": ["127.0.0.1"]}}}),
     );
     let envoy = Envoy::start(&gateway_config(&[sign_auth, ip_acl], &[upstream.port()]));
-    let signed_get = |key: &str, secret: &str, nonce: &str| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let mut headers = vec![("accept".to_string(), "*/*".to_string())];
-        let signed = sign_request(
-            &Credentials {
-                key: key.into(),
-                secret: secret.into(),
-                method: SignatureMethod::HmacSha256,
-            },
-            &ClientRequest {
-                method: "GET".into(),
-                path_and_query: "/x".into(),
-                headers: headers.clone(),
-                ..Default::default()
-            },
-            now,
-            nonce,
-        )
-        .expect("sign");
-        headers.extend(signed.headers);
-        let pairs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        http::get(&envoy.url("/x"), &pairs).expect("response")
+    let signed_get = |key: &str, secret: &str| {
+        let accept = [("accept".to_string(), "*/*".to_string())];
+        let headers = signed_headers(key, secret, "GET", "/x", &accept, None);
+        http::get(&envoy.url("/x"), &pairs(&headers)).expect("response")
     };
-    assert_denied(&signed_get("blocked-app", "s1", "n1"), "A403IP", 403);
-    assert_eq!(signed_get("other-app", "s2", "n2").status, 200);
+    assert_denied(&signed_get("blocked-app", "s1"), "A403IP", 403);
+    assert_eq!(signed_get("other-app", "s2").status, 200);
     // An unsigned request that claims the app in a header is not that app.
     let spoofed = http::get(
         &envoy.url("/x"),

@@ -4,11 +4,9 @@
 use integration_tests::echo::EchoServer;
 use integration_tests::envoy::{gateway_config, Envoy, WasmFilter};
 use integration_tests::http::{self, Response};
+use integration_tests::signing::{now_ms, pairs, signed_headers};
 use serde_json::{json, Value};
-use sign_auth::client::{sign_request, ClientRequest, Credentials};
-use sign_auth::signature::{content_md5, SignatureMethod};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use sign_auth::signature::content_md5;
 
 fn config() -> Value {
     json!({
@@ -44,22 +42,6 @@ fn gateway_with(config: Value, concurrency: u32) -> Gateway {
 
 fn gateway() -> Gateway {
     gateway_with(config(), 1)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn unique_nonce() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "nonce-{}-{}",
-        now_ms(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// A request signed the way an Alibaba SDK signs it.
@@ -103,28 +85,17 @@ impl Call {
 
     /// All headers to send, signature included.
     fn signed_headers(&self) -> Vec<(String, String)> {
-        let signed = sign_request(
-            &Credentials {
-                key: self.key.into(),
-                secret: self.secret.into(),
-                method: SignatureMethod::HmacSha256,
-            },
-            &ClientRequest {
-                method: self.method.into(),
-                path_and_query: self.path.clone(),
-                headers: self.headers.clone(),
-                signed_extra: Vec::new(),
-                form_body: self
-                    .form
-                    .then(|| String::from_utf8_lossy(&self.body).into_owned()),
-            },
-            now_ms(),
-            &unique_nonce(),
+        let form = self
+            .form
+            .then(|| String::from_utf8_lossy(&self.body).into_owned());
+        signed_headers(
+            self.key,
+            self.secret,
+            self.method,
+            &self.path,
+            &self.headers,
+            form.as_deref(),
         )
-        .expect("sign");
-        let mut all = self.headers.clone();
-        all.extend(signed.headers);
-        all
     }
 }
 
@@ -135,12 +106,15 @@ fn send(
     headers: &[(String, String)],
     body: &[u8],
 ) -> Response {
-    let pairs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     let body = (!body.is_empty() || method == "POST").then_some(body);
-    http::send(&http::agent(), method, &gw.envoy.url(path), &pairs, body).expect("response")
+    http::send(
+        &http::agent(),
+        method,
+        &gw.envoy.url(path),
+        &pairs(headers),
+        body,
+    )
+    .expect("response")
 }
 
 fn send_call(gw: &Gateway, call: &Call) -> Response {
@@ -312,11 +286,7 @@ fn a_concurrent_burst_of_one_signed_request_is_accepted_exactly_once() {
             .map(|_| {
                 let (headers, url) = (&headers, &url);
                 scope.spawn(move || {
-                    let pairs: Vec<(&str, &str)> = headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect();
-                    http::send(&http::agent(), "GET", url, &pairs, None)
+                    http::send(&http::agent(), "GET", url, &pairs(headers), None)
                         .map(|r| r.status)
                         .unwrap_or(0)
                 })
