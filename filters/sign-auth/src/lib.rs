@@ -17,7 +17,7 @@ use gateway_common::host::ProxyWasmHost;
 use gateway_common::identity::{self, Identity};
 use gateway_common::metrics::Counter;
 use gateway_common::store::ProxyWasmStore;
-use policy::{codes, now_ms, BackendSigner, Pending, SignAuth, SignAuthConfig, Step};
+use policy::{codes, now_ms, BackendSigner, Pending, SignAuth, SignAuthConfig, Step, Verified};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::rc::Rc;
@@ -44,6 +44,7 @@ pub fn compile_config(bytes: &[u8]) -> Result<SignAuth, ConfigError> {
 pub struct Metrics {
     allowed: Counter,
     anonymous: Counter,
+    nonce_unchecked: Counter,
     denied: [Counter; codes::COUNT],
 }
 
@@ -52,6 +53,7 @@ impl Metrics {
         Self {
             allowed: Counter::define(FILTER_NAME, "allowed"),
             anonymous: Counter::define(FILTER_NAME, "anonymous"),
+            nonce_unchecked: Counter::define(FILTER_NAME, "nonce_unchecked"),
             denied: codes::ALL.map(|e| Counter::define(FILTER_NAME, &format!("denied.{}", e.code))),
         }
     }
@@ -114,14 +116,17 @@ impl SignAuthHttp {
         Action::Pause
     }
 
-    fn pass(&self, identity: Option<Identity>) {
+    fn pass(&self, verified: Option<Verified>) {
         if self.policy.strip_signature_headers() {
             for name in SIGNATURE_HEADERS {
                 self.set_http_request_header(name, None);
             }
         }
-        if let Some(identity) = identity {
-            self.publish(&identity);
+        if let Some(verified) = verified {
+            if verified.nonce_unchecked {
+                self.metrics.nonce_unchecked.inc();
+            }
+            self.publish(&verified.identity);
         } else {
             self.metrics.anonymous.inc();
         }
@@ -193,8 +198,8 @@ impl HttpContext for SignAuthHttp {
             .policy
             .begin(&ProxyWasmHost, &ProxyWasmStore, end_of_stream)
         {
-            Step::Pass(identity) => {
-                self.pass(identity);
+            Step::Pass(verified) => {
+                self.pass(verified);
                 Action::Continue
             }
             Step::Reject(error) => self.reject(&error),
@@ -228,8 +233,8 @@ impl HttpContext for SignAuthHttp {
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         let now = now_ms(&ProxyWasmHost);
         match self.policy.finish(*pending, &body, &ProxyWasmStore, now) {
-            Ok(identity) => {
-                self.pass(Some(identity));
+            Ok(verified) => {
+                self.pass(Some(verified));
                 Action::Continue
             }
             Err(error) => self.reject(&error),

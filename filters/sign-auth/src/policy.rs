@@ -101,6 +101,19 @@ pub struct SignAuthConfig {
     /// Sign every forwarded request for the backend (see [`crate::backend`]).
     #[serde(default)]
     pub backend_signature: Option<BackendSignatureConfig>,
+    /// What happens when the nonce table cannot record a nonce (slot full or
+    /// shared data failing): `deny` (503, the default) or `allow` (the
+    /// request passes without replay protection, and is counted).
+    #[serde(default)]
+    pub nonce_failure_mode: FailureMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    #[default]
+    Deny,
+    Allow,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -158,6 +171,7 @@ pub struct SignAuth {
     uses_route_name: bool,
     forward_identity_headers: bool,
     backend_signer: Option<BackendSigner>,
+    nonce_failure_mode: FailureMode,
 }
 
 /// The compiled backend-signature settings.
@@ -167,11 +181,19 @@ pub struct BackendSigner {
     pub headers: Vec<String>,
 }
 
+/// A request whose signature checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub identity: Identity,
+    /// The nonce could not be recorded and `nonce_failure_mode` is `allow`.
+    pub nonce_unchecked: bool,
+}
+
 /// What the adapter does next.
 #[derive(Debug)]
 pub enum Step {
     /// Authenticated (or anonymous allowed, `None`).
-    Pass(Option<Identity>),
+    Pass(Option<Verified>),
     Reject(GatewayError),
     /// Buffer the body (up to `max_body_bytes`) and call `finish`.
     NeedBody(Box<Pending>),
@@ -302,6 +324,7 @@ impl SignAuth {
             uses_route_name,
             forward_identity_headers: config.forward_identity_headers.unwrap_or(true),
             backend_signer,
+            nonce_failure_mode: config.nonce_failure_mode,
         })
     }
 
@@ -370,7 +393,7 @@ impl SignAuth {
         body: &[u8],
         store: &dyn SharedStore,
         now_ms: u64,
-    ) -> Result<Identity, GatewayError> {
+    ) -> Result<Verified, GatewayError> {
         self.complete(pending, Some(body), store, now_ms)
     }
 
@@ -446,7 +469,7 @@ impl SignAuth {
         body: Option<&[u8]>,
         store: &dyn SharedStore,
         now_ms: u64,
-    ) -> Result<Identity, GatewayError> {
+    ) -> Result<Verified, GatewayError> {
         let app = self
             .apps
             .get(&pending.app_key)
@@ -506,27 +529,36 @@ impl SignAuth {
             return Err(codes::UNAUTHORIZED);
         }
         let expires = pending.timestamp_ms.max(now_ms) + self.window_ms;
-        match self
-            .nonces
-            .check_and_record(store, &pending.app_key, &pending.nonce, now_ms, expires)
-        {
-            Ok(NonceOutcome::Fresh) => {}
+        let failure = match self.nonces.check_and_record(
+            store,
+            &pending.app_key,
+            &pending.nonce,
+            now_ms,
+            expires,
+        ) {
+            Ok(NonceOutcome::Fresh) => None,
             Ok(NonceOutcome::Replayed) => return Err(codes::NONCE_USED),
-            Ok(NonceOutcome::SlotFull) => return Err(codes::NONCE_STORE_FULL),
-            Err(_) => return Err(codes::NONCE_STORE_UNAVAILABLE),
+            Ok(NonceOutcome::SlotFull) => Some(codes::NONCE_STORE_FULL),
+            Err(_) => Some(codes::NONCE_STORE_UNAVAILABLE),
+        };
+        if let (Some(error), FailureMode::Deny) = (&failure, self.nonce_failure_mode) {
+            return Err(error.clone());
         }
-        Ok(Identity {
-            app_key: pending.app_key,
-            app_name: app.name.clone(),
-            api: rule.map(|r| r.name.clone()),
+        Ok(Verified {
+            identity: Identity {
+                app_key: pending.app_key,
+                app_name: app.name.clone(),
+                api: rule.map(|r| r.name.clone()),
+            },
+            nonce_unchecked: failure.is_some(),
         })
     }
 }
 
-impl From<Result<Identity, GatewayError>> for Step {
-    fn from(result: Result<Identity, GatewayError>) -> Self {
+impl From<Result<Verified, GatewayError>> for Step {
+    fn from(result: Result<Verified, GatewayError>) -> Self {
         match result {
-            Ok(identity) => Step::Pass(Some(identity)),
+            Ok(verified) => Step::Pass(Some(verified)),
             Err(error) => Step::Reject(error),
         }
     }
@@ -701,11 +733,11 @@ mod tests {
         body: Option<&[u8]>,
     ) -> Result<Option<Identity>, GatewayError> {
         match policy.begin(host, store, body.is_none()) {
-            Step::Pass(identity) => Ok(identity),
+            Step::Pass(verified) => Ok(verified.map(|v| v.identity)),
             Step::Reject(error) => Err(error),
             Step::NeedBody(pending) => policy
                 .finish(*pending, body.unwrap_or_default(), store, NOW_MS)
-                .map(Some),
+                .map(|v| Some(v.identity)),
         }
     }
 
@@ -792,6 +824,40 @@ mod tests {
         let host = client("GET", "/x").host();
         assert_eq!(code(run(&p, &host, &store, None)), "OK");
         assert_eq!(code(run(&p, &host, &store, None)), "A400IN");
+    }
+
+    #[test]
+    fn a_failing_nonce_store_denies_by_default_and_allows_when_configured() {
+        struct Broken;
+        impl SharedStore for Broken {
+            fn get(
+                &self,
+                _: &str,
+            ) -> Result<gateway_common::store::Versioned, gateway_common::store::StoreError>
+            {
+                Err(gateway_common::store::StoreError::Unavailable)
+            }
+            fn set(
+                &self,
+                _: &str,
+                _: &[u8],
+                _: Option<u32>,
+            ) -> Result<(), gateway_common::store::StoreError> {
+                Err(gateway_common::store::StoreError::Unavailable)
+            }
+        }
+        let host = client("GET", "/x").host();
+        let deny = policy(CONFIG);
+        match deny.begin(&host, &Broken, true) {
+            Step::Reject(error) => assert_eq!((error.status, error.code), (503, "A503NU")),
+            other => panic!("{other:?}"),
+        }
+        let allow_config = CONFIG.replacen('{', r#"{"nonce_failure_mode": "allow","#, 1);
+        let allow = policy(&allow_config);
+        match allow.begin(&host, &Broken, true) {
+            Step::Pass(Some(verified)) => assert!(verified.nonce_unchecked),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
