@@ -11,4 +11,5 @@ pub mod identity;
 pub mod ipset;
 pub mod matching;
 pub mod metrics;
+pub mod params;
 pub mod store;

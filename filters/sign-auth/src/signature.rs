@@ -24,6 +24,8 @@ use md5::{Digest, Md5};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+pub use gateway_common::params::{url_decode, ParameterError};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureMethod {
     HmacSha256,
@@ -120,14 +122,6 @@ impl SigningInput<'_> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ParameterError {
-    /// A `%` not followed by two hex digits.
-    BadPercentEncoding(String),
-    /// The decoded bytes are not UTF-8.
-    NotUtf8(String),
-}
-
 /// Adds the parameters of a query string or urlencoded form to `into`,
 /// keeping the first value of a repeated key.
 pub fn add_parameters(
@@ -144,40 +138,6 @@ pub fn add_parameters(
         into.insert(key, value);
     }
     Ok(())
-}
-
-/// Decodes `%XX` escapes and `+` (a space, as form encoding and Java's
-/// `URLEncoder` write it).
-pub fn url_decode(text: &str) -> Result<String, ParameterError> {
-    if !text.contains(['%', '+']) {
-        return Ok(text.to_string());
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                let Some(byte) = hex else {
-                    return Err(ParameterError::BadPercentEncoding(bounded(text)));
-                };
-                out.push(byte);
-                i += 2;
-            }
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).map_err(|_| ParameterError::NotUtf8(bounded(text)))
-}
-
-fn bounded(text: &str) -> String {
-    text.chars().take(64).collect()
 }
 
 /// Base64 of the HMAC of `string_to_sign` keyed with `secret`.

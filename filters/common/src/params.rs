@@ -1,0 +1,113 @@
+//! Query strings and urlencoded forms: decoding, parsing and rebuilding,
+//! shared by sign-auth, param-validation and request-mapping.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParameterError {
+    /// A `%` not followed by two hex digits.
+    BadPercentEncoding(String),
+    /// The decoded bytes are not UTF-8.
+    NotUtf8(String),
+}
+
+/// The `key=value` pairs of a query string or urlencoded form, decoded, in
+/// order, repeated keys kept. A pair without `=` has an empty value.
+pub fn parse_pairs(encoded: &str) -> Result<Vec<(String, String)>, ParameterError> {
+    encoded
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((url_decode(key)?, url_decode(value)?))
+        })
+        .collect()
+}
+
+/// Keeps the raw `key=value` pairs whose decoded key passes `keep`, in
+/// order and with their original encoding; `None` when nothing is removed.
+pub fn retain_raw_pairs(encoded: &str, keep: impl Fn(&str) -> bool) -> Option<String> {
+    let mut removed = false;
+    let kept: Vec<&str> = encoded
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            let keep_it = url_decode(key).map(|k| keep(&k)).unwrap_or(false);
+            removed |= !keep_it;
+            keep_it
+        })
+        .collect();
+    removed.then(|| kept.join("&"))
+}
+
+/// Decodes `%XX` escapes and `+` (a space, as form encoding and Java's
+/// `URLEncoder` write it).
+pub fn url_decode(text: &str) -> Result<String, ParameterError> {
+    if !text.contains(['%', '+']) {
+        return Ok(text.to_string());
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                let Some(byte) = hex else {
+                    return Err(ParameterError::BadPercentEncoding(bounded(text)));
+                };
+                out.push(byte);
+                i += 2;
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| ParameterError::NotUtf8(bounded(text)))
+}
+
+fn bounded(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_are_decoded_in_order_with_repeats() {
+        assert_eq!(
+            parse_pairs("a=1&b=x+y&a=%E5%8C%97&flag&&c=").unwrap(),
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x y".into()),
+                ("a".into(), "北".into()),
+                ("flag".into(), "".into()),
+                ("c".into(), "".into()),
+            ]
+        );
+        assert!(parse_pairs("a=%zz").is_err());
+    }
+
+    #[test]
+    fn retaining_keeps_the_original_encoding() {
+        assert_eq!(
+            retain_raw_pairs("a=%41&x=1&b=2", |k| k != "x"),
+            Some("a=%41&b=2".into())
+        );
+        assert_eq!(retain_raw_pairs("a=1", |_| true), None);
+        assert_eq!(retain_raw_pairs("x=1", |_| false), Some(String::new()));
+        assert_eq!(retain_raw_pairs("%zz=1&a=1", |_| true), Some("a=1".into()));
+    }
+
+    #[test]
+    fn malformed_encodings_are_errors() {
+        for bad in ["%", "%4", "%zz", "%ff"] {
+            assert!(url_decode(bad).is_err(), "{bad}");
+        }
+        assert_eq!(url_decode("a+b%20c").unwrap(), "a b c");
+    }
+}
