@@ -63,6 +63,10 @@ Demo gateway is up (logs in .run/). Try:
   curl -si http://127.0.0.1:8080/admin/stats
   curl -s  http://127.0.0.1:8080/admin/stats -H 'X-Forwarded-For: 10.1.2.3'
 
+  # /search declares q (required) and page (1..1000, default 1); undeclared parameters are dropped
+  curl -s 'http://127.0.0.1:8080/search?page=0'
+  curl -s 'http://127.0.0.1:8080/search?q=shoes&debug=1'
+
   # /orders needs a signed request (sign-auth); ca-sign makes one for app 203751
   curl -si http://127.0.0.1:8080/orders/42
   target/release/ca-sign --key 203751 --secret demo-secret --curl http://127.0.0.1:8080/orders/42 | sh

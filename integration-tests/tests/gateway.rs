@@ -246,3 +246,17 @@ fn the_demo_orders_api_needs_a_signed_request() {
     assert_eq!(seen["headers"]["x-gw-app-name"], "demo-app");
     assert_eq!(seen["headers"]["x-gw-signature-key-id"], "demo-2026");
 }
+
+#[test]
+fn the_demo_search_api_validates_its_parameters() {
+    let demo = demo_gateway();
+    let invalid = http::get(&demo.http_url("/search?page=0"), &[]).expect("response");
+    assert_eq!(invalid.status, 400, "{}", invalid.text());
+    assert_eq!(
+        invalid.json()["message"],
+        "Invalid Parameter: q is required; page must be >= 1"
+    );
+    let valid = http::get(&demo.http_url("/search?q=shoes&debug=1"), &[]).expect("response");
+    assert_eq!(valid.status, 200, "{}", valid.text());
+    assert_eq!(valid.json()["query"], "q=shoes&page=1");
+}

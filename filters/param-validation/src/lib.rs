@@ -1,1 +1,253 @@
+//! param-validation: declared parameters checked at the gateway; undefined
+//! query and form parameters never reach the backend. The policy is in
+//! [`policy`]; this file is the proxy-wasm adapter.
+
 pub mod policy;
+
+use gateway_common::adapter;
+use gateway_common::config::{parse_json, ConfigError};
+use gateway_common::error::GatewayError;
+use gateway_common::host::{self, ProxyWasmHost, RequestLine};
+use gateway_common::matching::RequestAttrs;
+use gateway_common::metrics::Counter;
+use policy::{codes, RequestParts, Rewrite, Validation, ValidationConfig};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+use std::rc::Rc;
+
+pub const FILTER_NAME: &str = "param_validation";
+
+pub fn compile_config(bytes: &[u8]) -> Result<Validation, ConfigError> {
+    Validation::compile(&parse_json::<ValidationConfig>(bytes)?)
+}
+
+/// `passed`, `unmatched` (no rule), `rewritten`, `denied.<code>`.
+#[derive(Debug, Clone, Copy)]
+pub struct Metrics {
+    passed: Counter,
+    unmatched: Counter,
+    rewritten: Counter,
+    denied: [Counter; 4],
+}
+
+const DENIAL_CODES: [GatewayError; 4] = [
+    codes::INVALID_PARAMETER,
+    codes::INVALID_BODY,
+    codes::BODY_TOO_LARGE,
+    codes::UNSUPPORTED_MEDIA_TYPE,
+];
+
+impl Metrics {
+    pub fn define() -> Self {
+        Self {
+            passed: Counter::define(FILTER_NAME, "passed"),
+            unmatched: Counter::define(FILTER_NAME, "unmatched"),
+            rewritten: Counter::define(FILTER_NAME, "rewritten"),
+            denied: DENIAL_CODES
+                .map(|e| Counter::define(FILTER_NAME, &format!("denied.{}", e.code))),
+        }
+    }
+
+    fn denied(&self, error: &GatewayError) {
+        if let Some(i) = DENIAL_CODES.iter().position(|e| e.code == error.code) {
+            self.denied[i].inc();
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct ParamValidationRoot {
+    validation: Option<Rc<Validation>>,
+    metrics: Option<Metrics>,
+}
+
+impl Context for ParamValidationRoot {}
+
+impl RootContext for ParamValidationRoot {
+    fn on_configure(&mut self, _config_size: usize) -> bool {
+        let Some(validation) = adapter::load_config(FILTER_NAME, compile_config) else {
+            return false;
+        };
+        self.validation = Some(Rc::new(validation));
+        self.metrics.get_or_insert_with(Metrics::define);
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(ParamValidationHttp {
+            validation: self.validation.clone()?,
+            metrics: self.metrics?,
+            waiting: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// A request held until its body has arrived.
+struct Waiting {
+    rule: usize,
+    captures: Vec<(String, String)>,
+    query: String,
+    path: String,
+    content_type: Option<String>,
+}
+
+pub struct ParamValidationHttp {
+    validation: Rc<Validation>,
+    metrics: Metrics,
+    waiting: Option<Waiting>,
+}
+
+impl ParamValidationHttp {
+    fn reject(&self, error: &GatewayError) -> Action {
+        self.metrics.denied(error);
+        adapter::send_error(error);
+        Action::Pause
+    }
+
+    fn check(&self, waiting: &Waiting, body: Option<&[u8]>) -> Action {
+        let Some(rule) = self.validation.rule(waiting.rule) else {
+            return Action::Continue;
+        };
+        let captures: Vec<(&str, String)> = waiting
+            .captures
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.clone()))
+            .collect();
+        let header = |name: &str| self.get_http_request_header(name);
+        let parts = RequestParts {
+            query: &waiting.query,
+            header: Some(&header),
+            captures: &captures,
+            content_type: waiting.content_type.as_deref(),
+            body,
+        };
+        match rule.validate(&parts) {
+            Ok(rewrite) => {
+                self.apply(&waiting.path, &rewrite, body.map_or(0, <[u8]>::len));
+                self.metrics.passed.inc();
+                Action::Continue
+            }
+            Err(error) => self.reject(&error),
+        }
+    }
+
+    fn apply(&self, path: &str, rewrite: &Rewrite, body_len: usize) {
+        if *rewrite == Rewrite::default() {
+            return;
+        }
+        self.metrics.rewritten.inc();
+        if let Some(query) = &rewrite.query {
+            let new_path = if query.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{query}")
+            };
+            self.set_http_request_header(":path", Some(&new_path));
+        }
+        for (name, value) in &rewrite.headers_to_set {
+            self.set_http_request_header(name, Some(value));
+        }
+        if let Some(form) = &rewrite.form_body {
+            self.set_http_request_body(0, body_len, form.as_bytes());
+            self.set_http_request_header("content-length", Some(&form.len().to_string()));
+        }
+    }
+}
+
+impl Context for ParamValidationHttp {}
+
+impl HttpContext for ParamValidationHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let line = RequestLine::read(&ProxyWasmHost);
+        let route_name = if self.validation.uses_route_name() {
+            host::route_name(&ProxyWasmHost)
+        } else {
+            None
+        };
+        let attrs = RequestAttrs {
+            authority: &line.authority,
+            method: &line.method,
+            path: &line.path,
+            route_name: route_name.as_deref(),
+        };
+        let Some((index, captures)) = self.validation.rule_index_for(&attrs) else {
+            self.metrics.unmatched.inc();
+            return Action::Continue;
+        };
+        let Some(rule) = self.validation.rule(index) else {
+            return Action::Continue;
+        };
+        let names: Vec<String> = self
+            .get_http_request_headers()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        for name in rule.headers_to_remove(names.iter().map(String::as_str)) {
+            self.set_http_request_header(&name, None);
+        }
+        let content_type = self.get_http_request_header("content-type");
+        if !end_of_stream && rule.rejects_content_type(content_type.as_deref()) {
+            let error = codes::UNSUPPORTED_MEDIA_TYPE.with_message(format!(
+                "Unsupported Content-Type `{}`",
+                content_type
+                    .as_deref()
+                    .unwrap_or("")
+                    .chars()
+                    .take(64)
+                    .collect::<String>()
+            ));
+            return self.reject(&error);
+        }
+        let (path, query) = line.path.split_once('?').unwrap_or((&line.path, ""));
+        let waiting = Waiting {
+            rule: index,
+            captures,
+            query: query.to_string(),
+            path: path.to_string(),
+            content_type,
+        };
+        if !end_of_stream && rule.needs_body(waiting.content_type.as_deref()) {
+            let declared = self
+                .get_http_request_header("content-length")
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if declared.is_some_and(|len| len > rule.max_body_bytes) {
+                return self.reject(&codes::BODY_TOO_LARGE);
+            }
+            self.waiting = Some(waiting);
+            return Action::Pause;
+        }
+        self.check(&waiting, None)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(waiting) = &self.waiting else {
+            return Action::Continue;
+        };
+        let max = self
+            .validation
+            .rule(waiting.rule)
+            .map_or(0, |r| r.max_body_bytes);
+        if body_size > max {
+            self.waiting = None;
+            return self.reject(&codes::BODY_TOO_LARGE);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let Some(waiting) = self.waiting.take() else {
+            return Action::Continue;
+        };
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        self.check(&waiting, Some(&body))
+    }
+}
+
+#[cfg(all(feature = "entrypoint", target_arch = "wasm32"))]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ParamValidationRoot::default()) });
+}}

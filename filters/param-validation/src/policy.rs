@@ -286,6 +286,29 @@ impl Validation {
                 .map(|captures| (rule, captures))
         })
     }
+
+    /// Like [`Self::rule_for`], with the rule's index and owned captures, for
+    /// a request context that keeps them until the body arrives.
+    pub fn rule_index_for(
+        &self,
+        request: &RequestAttrs<'_>,
+    ) -> Option<(usize, Vec<(String, String)>)> {
+        self.rules.iter().enumerate().find_map(|(i, rule)| {
+            rule.matcher.matches(request).map(|captures| {
+                (
+                    i,
+                    captures
+                        .into_iter()
+                        .map(|(n, v)| (n.to_string(), v))
+                        .collect(),
+                )
+            })
+        })
+    }
+
+    pub fn rule(&self, index: usize) -> Option<&Rule> {
+        self.rules.get(index)
+    }
 }
 
 fn compile_rule(rule: &RuleConfig, at: &str) -> Result<Rule, ConfigError> {
@@ -457,6 +480,12 @@ impl Rule {
             }
             BodyKind::Other => false,
         }
+    }
+
+    /// Whether a body of this content type is refused without reading it.
+    pub fn rejects_content_type(&self, content_type: Option<&str>) -> bool {
+        self.other_content_types == OtherContentTypes::Reject
+            && body_kind(content_type) == BodyKind::Other
     }
 
     /// Headers to remove under `allowed_headers` (pseudo-headers never are).
