@@ -40,6 +40,13 @@ fn config() -> Value {
                 {"name": "page", "in": "query", "type": "integer", "minimum": 1, "maximum": 1000},
                 {"name": "qty", "in": "form", "type": "integer", "minimum": 1}
             ]
+        },
+        {
+            "name": "profile",
+            "match": {"path": {"prefix": "/profile"}},
+            "parameters": [{"name": "ids", "in": "query", "type": "array", "max_items": 3, "items": {"type": "integer"}}],
+            "allowed_headers": ["accept", "user-agent", "host"],
+            "other_content_types": "reject"
         }
     ]})
 }
@@ -265,4 +272,41 @@ fn a_broken_regex_or_schema_is_refused_by_envoy_with_the_reason() {
         &[1],
     ));
     assert!(log.contains("param_validation: invalid configuration: rules[0].body_schema: not a valid draft 7 schema"), "{log}");
+}
+
+#[test]
+fn header_allowlists_arrays_and_content_types_apply_per_api() {
+    let gw = gateway();
+    let response = http::get(
+        &gw.envoy.url("/profile?ids=1&ids=2"),
+        &[
+            ("accept", "application/json"),
+            ("x-debug", "1"),
+            ("cookie", "session=abc"),
+        ],
+    )
+    .expect("response");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = response.json();
+    assert_eq!(seen["query"], "ids=1&ids=2");
+    assert_eq!(seen["headers"]["accept"], "application/json");
+    assert!(seen["headers"].get("x-debug").is_none(), "{seen}");
+    assert!(seen["headers"].get("cookie").is_none(), "{seen}");
+    let too_many =
+        http::get(&gw.envoy.url("/profile?ids=1&ids=2&ids=3&ids=4"), &[]).expect("response");
+    assert_invalid(
+        &too_many,
+        400,
+        "A400PV",
+        "Invalid Parameter: ids must have at most 3 items",
+    );
+    let upload = http::post(
+        &gw.envoy.url("/profile"),
+        &[("content-type", "image/png")],
+        b"\x89PNG",
+    )
+    .expect("response");
+    assert_eq!(upload.status, 415, "{}", upload.text());
+    assert_eq!(upload.header("x-ca-error-code"), Some("A415CT"));
+    assert_eq!(gw.upstream.request_count(), 1);
 }

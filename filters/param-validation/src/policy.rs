@@ -494,7 +494,7 @@ impl Rule {
             return Vec::new();
         };
         names
-            .filter(|n| !n.starts_with(':'))
+            .filter(|n| !is_managed_header(n))
             .filter(|n| {
                 let lower = n.to_ascii_lowercase();
                 !allowed.contains(&lower)
@@ -657,6 +657,19 @@ impl Rule {
         }
         Ok(rewrite)
     }
+}
+
+/// Headers an allowlist never removes: pseudo-headers, message framing, and
+/// what Envoy itself sets or routes on.
+fn is_managed_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.starts_with(':')
+        || name.starts_with("x-envoy-")
+        || name.starts_with("x-forwarded-")
+        || matches!(
+            name.as_str(),
+            "host" | "content-length" | "content-type" | "transfer-encoding" | "x-request-id"
+        )
 }
 
 fn absent(p: &Parameter) -> Result<(), String> {
