@@ -29,6 +29,7 @@ test: setup lint unit build integration
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -- -D warnings
 
 unit:
 	$(CARGO) test --workspace --exclude integration-tests

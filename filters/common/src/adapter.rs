@@ -6,6 +6,7 @@ use crate::config::ConfigError;
 use crate::error::{render, GatewayError};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, MapType};
+use std::rc::Rc;
 
 /// Reads the plugin configuration and compiles it. On error, logs
 /// `<filter>: invalid configuration: <path>: <reason>` and returns `None`,
@@ -50,4 +51,74 @@ pub fn send_error(error: &GatewayError) {
 
 pub fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
+}
+
+/// What a filter tells the shared root context about itself.
+pub trait Filter: 'static {
+    /// Names the filter in logs and metrics (`ip_acl`).
+    const NAME: &'static str;
+    /// The compiled, immutable configuration.
+    type Policy: 'static;
+    /// The counters, defined once per VM.
+    type Metrics: Copy + 'static;
+
+    fn compile(bytes: &[u8]) -> Result<Self::Policy, ConfigError>;
+
+    /// Work with the host once the policy is compiled (e.g. creating shared
+    /// data); an error refuses the configuration.
+    fn prepare(_policy: &Self::Policy) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn define_metrics() -> Self::Metrics;
+
+    fn http_context(
+        policy: Rc<Self::Policy>,
+        metrics: Self::Metrics,
+    ) -> Box<dyn proxy_wasm::traits::HttpContext>;
+}
+
+/// The root context every filter uses: compiles the configuration in
+/// `on_configure` (refusing it with a logged reason) and hands the compiled
+/// policy to each request's context.
+pub struct FilterRoot<F: Filter> {
+    policy: Option<Rc<F::Policy>>,
+    metrics: Option<F::Metrics>,
+}
+
+impl<F: Filter> Default for FilterRoot<F> {
+    fn default() -> Self {
+        Self {
+            policy: None,
+            metrics: None,
+        }
+    }
+}
+
+impl<F: Filter> proxy_wasm::traits::Context for FilterRoot<F> {}
+
+impl<F: Filter> proxy_wasm::traits::RootContext for FilterRoot<F> {
+    fn on_configure(&mut self, _config_size: usize) -> bool {
+        let Some(policy) = load_config(F::NAME, F::compile) else {
+            return false;
+        };
+        if let Err(reason) = F::prepare(&policy) {
+            log(LogLevel::Error, &format!("{}: {reason}", F::NAME));
+            return false;
+        }
+        self.policy = Some(Rc::new(policy));
+        self.metrics.get_or_insert_with(F::define_metrics);
+        true
+    }
+
+    fn create_http_context(
+        &self,
+        _context_id: u32,
+    ) -> Option<Box<dyn proxy_wasm::traits::HttpContext>> {
+        Some(F::http_context(self.policy.clone()?, self.metrics?))
+    }
+
+    fn get_type(&self) -> Option<proxy_wasm::types::ContextType> {
+        Some(proxy_wasm::types::ContextType::HttpContext)
+    }
 }

@@ -138,3 +138,33 @@ pub fn peer_address(host: &dyn Host) -> Option<String> {
     host.property(&["source", "address"])
         .and_then(|bytes| String::from_utf8(bytes).ok())
 }
+
+/// What API rules match on: the request line and, when a rule uses it,
+/// Envoy's route name. Read once per request.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    pub line: RequestLine,
+    pub route_name: Option<String>,
+}
+
+impl RequestFacts {
+    pub fn read(host: &dyn Host, with_route_name: bool) -> Self {
+        Self {
+            line: RequestLine::read(host),
+            route_name: if with_route_name {
+                route_name(host)
+            } else {
+                None
+            },
+        }
+    }
+
+    pub fn attrs(&self) -> crate::matching::RequestAttrs<'_> {
+        crate::matching::RequestAttrs {
+            authority: &self.line.authority,
+            method: &self.line.method,
+            path: &self.line.path,
+            route_name: self.route_name.as_deref(),
+        }
+    }
+}

@@ -3,13 +3,13 @@
 
 pub mod policy;
 
-use gateway_common::adapter;
+use gateway_common::adapter::{self, Filter};
 use gateway_common::config::{parse_json, ConfigError};
 use gateway_common::host::ProxyWasmHost;
 use gateway_common::metrics::Counter;
 use policy::{IpAcl, IpAclConfig, Metric, Outcome};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
 use std::rc::Rc;
 
 pub const FILTER_NAME: &str = "ip_acl";
@@ -57,34 +57,24 @@ pub fn on_request_headers(acl: &IpAcl, metrics: &Metrics) -> Action {
     Action::Pause
 }
 
-/// The root context: compiles the configuration once per VM.
-#[derive(Default)]
-pub struct IpAclRoot {
-    acl: Option<Rc<IpAcl>>,
-    metrics: Option<Metrics>,
-}
+/// The filter, as the shared root context sees it.
+pub struct IpAclFilter;
 
-impl Context for IpAclRoot {}
+impl Filter for IpAclFilter {
+    const NAME: &'static str = FILTER_NAME;
+    type Policy = IpAcl;
+    type Metrics = Metrics;
 
-impl RootContext for IpAclRoot {
-    fn on_configure(&mut self, _config_size: usize) -> bool {
-        let Some(acl) = adapter::load_config(FILTER_NAME, compile_config) else {
-            return false;
-        };
-        self.acl = Some(Rc::new(acl));
-        self.metrics.get_or_insert_with(Metrics::define);
-        true
+    fn compile(bytes: &[u8]) -> Result<IpAcl, ConfigError> {
+        compile_config(bytes)
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(IpAclHttp {
-            acl: self.acl.clone()?,
-            metrics: self.metrics?,
-        }))
+    fn define_metrics() -> Metrics {
+        Metrics::define()
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn http_context(acl: Rc<IpAcl>, metrics: Metrics) -> Box<dyn HttpContext> {
+        Box::new(IpAclHttp { acl, metrics })
     }
 }
 
@@ -105,5 +95,5 @@ impl HttpContext for IpAclHttp {
 #[cfg(all(feature = "entrypoint", target_arch = "wasm32"))]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(IpAclRoot::default()) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(gateway_common::adapter::FilterRoot::<IpAclFilter>::default()) });
 }}

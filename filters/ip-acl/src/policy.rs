@@ -17,7 +17,7 @@ use gateway_common::client_ip::{
 };
 use gateway_common::config::ConfigError;
 use gateway_common::error::{codes, GatewayError};
-use gateway_common::host::{self, Host, RequestLine};
+use gateway_common::host::{self, Host, RequestFacts};
 use gateway_common::identity;
 use gateway_common::ipset::{CidrEntry, IpSet};
 use gateway_common::matching::{first_match, MatchConfig, Matcher, RequestAttrs};
@@ -342,23 +342,12 @@ impl IpAcl {
         } else {
             None
         };
-        let line = if self.rules.is_empty() {
-            RequestLine::default()
+        let facts = if self.rules.is_empty() {
+            RequestFacts::default()
         } else {
-            RequestLine::read(host)
+            RequestFacts::read(host, self.uses_route_name)
         };
-        let route_name = if self.uses_route_name {
-            host::route_name(host)
-        } else {
-            None
-        };
-        let request = RequestAttrs {
-            authority: &line.authority,
-            method: &line.method,
-            path: &line.path,
-            route_name: route_name.as_deref(),
-        };
-        self.check(client, app.as_deref(), &request)
+        self.check(client, app.as_deref(), &facts.attrs())
     }
 }
 

@@ -4,15 +4,14 @@
 
 pub mod policy;
 
-use gateway_common::adapter;
+use gateway_common::adapter::{self, Filter};
 use gateway_common::config::{parse_json, ConfigError};
 use gateway_common::error::GatewayError;
-use gateway_common::host::{self, ProxyWasmHost, RequestLine};
-use gateway_common::matching::RequestAttrs;
+use gateway_common::host::{ProxyWasmHost, RequestFacts};
 use gateway_common::metrics::Counter;
 use policy::{codes, RequestParts, Rewrite, Validation, ValidationConfig};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
 use std::rc::Rc;
 
 pub const FILTER_NAME: &str = "param_validation";
@@ -55,34 +54,28 @@ impl Metrics {
     }
 }
 
-#[derive(Default)]
-pub struct ParamValidationRoot {
-    validation: Option<Rc<Validation>>,
-    metrics: Option<Metrics>,
-}
+/// The filter, as the shared root context sees it.
+pub struct ParamValidationFilter;
 
-impl Context for ParamValidationRoot {}
+impl Filter for ParamValidationFilter {
+    const NAME: &'static str = FILTER_NAME;
+    type Policy = Validation;
+    type Metrics = Metrics;
 
-impl RootContext for ParamValidationRoot {
-    fn on_configure(&mut self, _config_size: usize) -> bool {
-        let Some(validation) = adapter::load_config(FILTER_NAME, compile_config) else {
-            return false;
-        };
-        self.validation = Some(Rc::new(validation));
-        self.metrics.get_or_insert_with(Metrics::define);
-        true
+    fn compile(bytes: &[u8]) -> Result<Validation, ConfigError> {
+        compile_config(bytes)
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(ParamValidationHttp {
-            validation: self.validation.clone()?,
-            metrics: self.metrics?,
+    fn define_metrics() -> Metrics {
+        Metrics::define()
+    }
+
+    fn http_context(validation: Rc<Validation>, metrics: Metrics) -> Box<dyn HttpContext> {
+        Box::new(ParamValidationHttp {
+            validation,
+            metrics,
             waiting: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        })
     }
 }
 
@@ -162,19 +155,9 @@ impl Context for ParamValidationHttp {}
 
 impl HttpContext for ParamValidationHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let line = RequestLine::read(&ProxyWasmHost);
-        let route_name = if self.validation.uses_route_name() {
-            host::route_name(&ProxyWasmHost)
-        } else {
-            None
-        };
-        let attrs = RequestAttrs {
-            authority: &line.authority,
-            method: &line.method,
-            path: &line.path,
-            route_name: route_name.as_deref(),
-        };
-        let Some((index, captures)) = self.validation.rule_index_for(&attrs) else {
+        let facts = RequestFacts::read(&ProxyWasmHost, self.validation.uses_route_name());
+        let line = &facts.line;
+        let Some((index, captures)) = self.validation.rule_index_for(&facts.attrs()) else {
             self.metrics.unmatched.inc();
             return Action::Continue;
         };
@@ -249,5 +232,5 @@ impl HttpContext for ParamValidationHttp {
 #[cfg(all(feature = "entrypoint", target_arch = "wasm32"))]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ParamValidationRoot::default()) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(gateway_common::adapter::FilterRoot::<ParamValidationFilter>::default()) });
 }}

@@ -10,7 +10,7 @@ pub mod policy;
 pub mod signature;
 
 use backend::{KEY_ID_HEADER, SIGNATURE_HEADER, SIGNED_HEADERS_HEADER, TIMESTAMP_HEADER};
-use gateway_common::adapter;
+use gateway_common::adapter::{self, Filter};
 use gateway_common::config::{parse_json, ConfigError};
 use gateway_common::error::GatewayError;
 use gateway_common::host::ProxyWasmHost;
@@ -18,8 +18,8 @@ use gateway_common::identity::{self, Identity};
 use gateway_common::metrics::Counter;
 use gateway_common::store::ProxyWasmStore;
 use policy::{codes, now_ms, BackendSigner, Pending, SignAuth, SignAuthConfig, Step, Verified};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
 use std::rc::Rc;
 
 pub const FILTER_NAME: &str = "sign_auth";
@@ -65,41 +65,35 @@ impl Metrics {
     }
 }
 
-#[derive(Default)]
-pub struct SignAuthRoot {
-    policy: Option<Rc<SignAuth>>,
-    metrics: Option<Metrics>,
-}
+/// The filter, as the shared root context sees it.
+pub struct SignAuthFilter;
 
-impl Context for SignAuthRoot {}
+impl Filter for SignAuthFilter {
+    const NAME: &'static str = FILTER_NAME;
+    type Policy = SignAuth;
+    type Metrics = Metrics;
 
-impl RootContext for SignAuthRoot {
-    fn on_configure(&mut self, _config_size: usize) -> bool {
-        let Some(policy) = adapter::load_config(FILTER_NAME, compile_config) else {
-            return false;
-        };
-        if policy.nonce_table().initialize(&ProxyWasmStore).is_err() {
-            adapter::log(
-                LogLevel::Error,
-                "sign_auth: cannot create the nonce table in shared data",
-            );
-            return false;
-        }
-        self.policy = Some(Rc::new(policy));
-        self.metrics.get_or_insert_with(Metrics::define);
-        true
+    fn compile(bytes: &[u8]) -> Result<SignAuth, ConfigError> {
+        compile_config(bytes)
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(SignAuthHttp {
-            policy: self.policy.clone()?,
-            metrics: self.metrics?,
+    fn prepare(policy: &SignAuth) -> Result<(), String> {
+        policy
+            .nonce_table()
+            .initialize(&ProxyWasmStore)
+            .map_err(|e| format!("cannot create the nonce table in shared data: {e:?}"))
+    }
+
+    fn define_metrics() -> Metrics {
+        Metrics::define()
+    }
+
+    fn http_context(policy: Rc<SignAuth>, metrics: Metrics) -> Box<dyn HttpContext> {
+        Box::new(SignAuthHttp {
+            policy,
+            metrics,
             pending: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        })
     }
 }
 
@@ -244,6 +238,6 @@ impl HttpContext for SignAuthHttp {
 
 #[cfg(all(feature = "entrypoint", target_arch = "wasm32"))]
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(SignAuthRoot::default()) });
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(gateway_common::adapter::FilterRoot::<SignAuthFilter>::default()) });
 }}

@@ -11,9 +11,9 @@ use crate::signature::{
 };
 use gateway_common::config::ConfigError;
 use gateway_common::error::GatewayError;
-use gateway_common::host::{Host, RequestLine};
+use gateway_common::host::{Host, RequestFacts, RequestLine};
 use gateway_common::identity::Identity;
-use gateway_common::matching::{MatchConfig, Matcher, RequestAttrs};
+use gateway_common::matching::{MatchConfig, Matcher};
 use gateway_common::store::SharedStore;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -350,18 +350,9 @@ impl SignAuth {
 
     /// Verifies what the headers allow; `end_of_stream` says there is no body.
     pub fn begin(&self, host: &dyn Host, store: &dyn SharedStore, end_of_stream: bool) -> Step {
-        let line = RequestLine::read(host);
-        let route_name = if self.uses_route_name {
-            gateway_common::host::route_name(host)
-        } else {
-            None
-        };
-        let attrs = RequestAttrs {
-            authority: &line.authority,
-            method: &line.method,
-            path: &line.path,
-            route_name: route_name.as_deref(),
-        };
+        let facts = RequestFacts::read(host, self.uses_route_name);
+        let attrs = facts.attrs();
+        let line = &facts.line;
         let rule = self
             .rules
             .iter()
@@ -375,7 +366,7 @@ impl SignAuth {
                 Step::Reject(missing("X-Ca-Key"))
             };
         };
-        let pending = match self.read_headers(host, &line, app_key, rule) {
+        let pending = match self.read_headers(host, line, app_key, rule) {
             Ok(pending) => pending,
             Err(error) => return Step::Reject(error),
         };
