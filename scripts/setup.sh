@@ -39,6 +39,7 @@ apt_install() {
 }
 
 command -v openssl >/dev/null 2>&1 || apt_install openssl
+command -v curl >/dev/null 2>&1 || apt_install curl
 
 if [ -n "${ENVOY_BIN:-}" ]; then
   [ -x "$ENVOY_BIN" ] || { say "ENVOY_BIN=$ENVOY_BIN is not an executable" >&2; exit 1; }
