@@ -448,3 +448,51 @@ fn the_backend_can_verify_that_a_request_came_through_the_gateway() {
     )
     .is_err());
 }
+
+#[test]
+fn hmac_sha1_and_extra_signed_headers_verify_and_a_changed_signed_header_does_not() {
+    use sign_auth::client::{sign_request, ClientRequest, Credentials};
+    use sign_auth::signature::SignatureMethod;
+    let gw = gateway();
+    let mut headers = vec![
+        ("accept".to_string(), "application/json".to_string()),
+        ("x-tenant".to_string(), "acme".to_string()),
+    ];
+    let signed = sign_request(
+        &Credentials {
+            key: "203751".into(),
+            secret: "new-secret".into(),
+            method: SignatureMethod::HmacSha1,
+        },
+        &ClientRequest {
+            method: "GET".into(),
+            path_and_query: "/orders/7".into(),
+            headers: headers.clone(),
+            signed_extra: vec!["X-Tenant".into()],
+            form_body: None,
+        },
+        now_ms(),
+        "sha1-nonce",
+    )
+    .expect("sign");
+    headers.extend(signed.headers);
+    assert!(signed.string_to_sign.contains("\nx-tenant:acme\n"));
+    let tampered: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| {
+            let v = if k == "x-tenant" {
+                "evil".to_string()
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    assert_error(
+        &send(&gw, "GET", "/orders/7", &tampered, b""),
+        400,
+        "A400IS",
+    );
+    assert_eq!(send(&gw, "GET", "/orders/7", &headers, b"").status, 200);
+    assert_eq!(gw.upstream.request_count(), 1);
+}
