@@ -17,6 +17,10 @@ pub trait Host {
     fn now(&self) -> SystemTime;
 }
 
+/// Reads a request header by lower-case name (a closure over the host or
+/// over test data), for policies that take plain data.
+pub type HeaderLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 /// The proxy-wasm host. Failures read as "absent"; callers decide what that means.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProxyWasmHost;

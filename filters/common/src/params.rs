@@ -73,6 +73,20 @@ fn bounded(text: &str) -> String {
     text.chars().take(64).collect()
 }
 
+/// Percent-encodes everything but RFC 3986 unreserved characters, for a
+/// value written into a query string or a path segment.
+pub fn encode_component(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +115,12 @@ mod tests {
         assert_eq!(retain_raw_pairs("a=1", |_| true), None);
         assert_eq!(retain_raw_pairs("x=1", |_| false), Some(String::new()));
         assert_eq!(retain_raw_pairs("%zz=1&a=1", |_| true), Some("a=1".into()));
+    }
+
+    #[test]
+    fn components_encode_all_but_unreserved() {
+        assert_eq!(encode_component("a b/c?d=é~"), "a%20b%2Fc%3Fd%3D%C3%A9~");
+        assert_eq!(url_decode(&encode_component("x/..&=%")).unwrap(), "x/..&=%");
     }
 
     #[test]

@@ -3,8 +3,9 @@
 
 use gateway_common::config::ConfigError;
 use gateway_common::error::GatewayError;
+use gateway_common::host::HeaderLookup;
 use gateway_common::matching::{MatchConfig, Matcher, RequestAttrs};
-use gateway_common::params::{parse_pairs, retain_raw_pairs, url_decode};
+use gateway_common::params::{encode_component, parse_pairs, retain_raw_pairs, url_decode};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -442,9 +443,6 @@ pub fn body_kind(content_type: Option<&str>) -> BodyKind {
     }
 }
 
-/// Reads a request header by lower-case name.
-pub type HeaderLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
-
 /// The request as the policy sees it.
 #[derive(Default)]
 pub struct RequestParts<'a> {
@@ -689,19 +687,6 @@ fn message(violations: &[String]) -> String {
             break;
         }
         out.push_str(&part);
-    }
-    out
-}
-
-/// Percent-encodes a query component (RFC 3986 unreserved kept).
-fn encode_component(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
     }
     out
 }
