@@ -136,6 +136,16 @@ impl Matcher {
 
     /// Matches a request; `Some(captures)` when it matches.
     pub fn matches<'m>(&'m self, request: &RequestAttrs<'_>) -> Option<Captures<'m>> {
+        self.matches_with_path(request, &normalized_path(request.path))
+    }
+
+    /// [`Self::matches`] with the request's path already normalised, so a
+    /// list of rules normalises it once.
+    fn matches_with_path<'m>(
+        &'m self,
+        request: &RequestAttrs<'_>,
+        normalized: &str,
+    ) -> Option<Captures<'m>> {
         if !self.methods.is_empty()
             && !self
                 .methods
@@ -158,22 +168,33 @@ impl Matcher {
         }
         match &self.path {
             None => Some(Vec::new()),
-            Some(path) => match_path(path, &normalized_path(request.path)),
+            Some(path) => match_path(path, normalized),
         }
     }
 }
 
-/// Ordered rules with first-match semantics, shared by every filter.
+/// Ordered rules with first-match semantics, shared by every filter: the
+/// index of the first rule whose `match` holds, and its captures.
+pub fn first_match_index<'r, R>(
+    rules: &'r [R],
+    matcher: impl Fn(&R) -> &Matcher,
+    request: &RequestAttrs<'_>,
+) -> Option<(usize, Captures<'r>)> {
+    let normalized = normalized_path(request.path);
+    rules.iter().enumerate().find_map(|(index, rule)| {
+        matcher(rule)
+            .matches_with_path(request, &normalized)
+            .map(|captures| (index, captures))
+    })
+}
+
+/// [`first_match_index`] returning the rule itself.
 pub fn first_match<'r, R>(
     rules: &'r [R],
     matcher: impl Fn(&R) -> &Matcher,
     request: &RequestAttrs<'_>,
 ) -> Option<(&'r R, Captures<'r>)> {
-    rules.iter().find_map(|rule| {
-        matcher(rule)
-            .matches(request)
-            .map(|captures| (rule, captures))
-    })
+    first_match_index(rules, matcher, request).map(|(index, captures)| (&rules[index], captures))
 }
 
 fn compile_host(host: &str) -> Result<HostPattern, String> {

@@ -4,7 +4,9 @@
 use gateway_common::config::ConfigError;
 use gateway_common::error::GatewayError;
 use gateway_common::host::HeaderLookup;
-use gateway_common::matching::{MatchConfig, Matcher, RequestAttrs};
+use gateway_common::matching::{
+    first_match, first_match_index, MatchConfig, Matcher, RequestAttrs,
+};
 use gateway_common::params::{encode_component, parse_pairs, retain_raw_pairs, url_decode};
 use serde::Deserialize;
 use serde_json::Value;
@@ -281,11 +283,7 @@ impl Validation {
         &'v self,
         request: &RequestAttrs<'_>,
     ) -> Option<(&'v Rule, Vec<(&'v str, String)>)> {
-        self.rules.iter().find_map(|rule| {
-            rule.matcher
-                .matches(request)
-                .map(|captures| (rule, captures))
-        })
+        first_match(&self.rules, |r| &r.matcher, request)
     }
 
     /// Like [`Self::rule_for`], with the rule's index and owned captures, for
@@ -294,16 +292,12 @@ impl Validation {
         &self,
         request: &RequestAttrs<'_>,
     ) -> Option<(usize, Vec<(String, String)>)> {
-        self.rules.iter().enumerate().find_map(|(i, rule)| {
-            rule.matcher.matches(request).map(|captures| {
-                (
-                    i,
-                    captures
-                        .into_iter()
-                        .map(|(n, v)| (n.to_string(), v))
-                        .collect(),
-                )
-            })
+        first_match_index(&self.rules, |r| &r.matcher, request).map(|(index, captures)| {
+            let owned = captures
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect();
+            (index, owned)
         })
     }
 

@@ -9,7 +9,7 @@
 use gateway_common::config::ConfigError;
 use gateway_common::error::GatewayError;
 use gateway_common::host::HeaderLookup;
-use gateway_common::matching::{MatchConfig, Matcher, RequestAttrs};
+use gateway_common::matching::{first_match, MatchConfig, Matcher, RequestAttrs};
 use gateway_common::params::{encode_component, parse_pairs, url_decode};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -279,9 +279,7 @@ impl Mapping {
         &'m self,
         request: &RequestAttrs<'_>,
     ) -> Option<(&'m Rule, Vec<(&'m str, String)>)> {
-        self.rules
-            .iter()
-            .find_map(|rule| rule.matcher.matches(request).map(|c| (rule, c)))
+        first_match(&self.rules, |r| &r.matcher, request)
     }
 }
 

@@ -13,7 +13,7 @@ use gateway_common::config::ConfigError;
 use gateway_common::error::GatewayError;
 use gateway_common::host::{Host, RequestFacts, RequestLine};
 use gateway_common::identity::Identity;
-use gateway_common::matching::{MatchConfig, Matcher};
+use gateway_common::matching::{first_match_index, MatchConfig, Matcher};
 use gateway_common::store::SharedStore;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -353,10 +353,7 @@ impl SignAuth {
         let facts = RequestFacts::read(host, self.uses_route_name);
         let attrs = facts.attrs();
         let line = &facts.line;
-        let rule = self
-            .rules
-            .iter()
-            .position(|r| r.matcher.matches(&attrs).is_some());
+        let rule = first_match_index(&self.rules, |r| &r.matcher, &attrs).map(|(index, _)| index);
         let anonymous = rule.map_or(self.anonymous, |i| self.rules[i].anonymous);
 
         let Some(app_key) = host.request_header("x-ca-key") else {
