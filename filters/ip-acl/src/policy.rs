@@ -133,6 +133,15 @@ pub enum ScopeName {
     RuleApp(String),
 }
 
+fn scope_name(rule: Option<&Rule>, per_app: bool) -> ScopeName {
+    match (rule, per_app) {
+        (None, false) => ScopeName::Global,
+        (None, true) => ScopeName::GlobalApp,
+        (Some(rule), false) => ScopeName::Rule(rule.name.clone()),
+        (Some(rule), true) => ScopeName::RuleApp(rule.name.clone()),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyReason {
     /// The address is in a deny list.
@@ -270,47 +279,35 @@ impl IpAcl {
         } else {
             first_match(&self.rules, |r| &r.matcher, request).map(|(rule, _)| rule)
         };
-        let global = self.global.applicable(app).map(|(lists, per_app)| {
-            (
-                lists,
-                if per_app {
-                    ScopeName::GlobalApp
-                } else {
-                    ScopeName::Global
-                },
-            )
-        });
+        // (lists, the rule they belong to, per-app?) — the scope is named
+        // only when a request is denied, so allowed requests allocate nothing.
+        let global = self
+            .global
+            .applicable(app)
+            .map(|(lists, per_app)| (lists, None, per_app));
         let scoped = rule.into_iter().flat_map(|rule| {
-            rule.scope.applicable(app).map(move |(lists, per_app)| {
-                let name = rule.name.clone();
-                (
-                    lists,
-                    if per_app {
-                        ScopeName::RuleApp(name)
-                    } else {
-                        ScopeName::Rule(name)
-                    },
-                )
-            })
+            rule.scope
+                .applicable(app)
+                .map(move |(lists, per_app)| (lists, Some(rule), per_app))
         });
         let mut not_allowed = None;
-        for (lists, scope) in global.chain(scoped) {
+        for (lists, rule, per_app) in global.chain(scoped) {
             if lists.deny.contains(client) {
                 return Outcome::Denied {
                     client,
                     reason: DenyReason::DenyList,
-                    scope,
+                    scope: scope_name(rule, per_app),
                 };
             }
             if not_allowed.is_none() && !lists.allow.is_empty() && !lists.allow.contains(client) {
-                not_allowed = Some(scope);
+                not_allowed = Some((rule, per_app));
             }
         }
         match not_allowed {
-            Some(scope) => Outcome::Denied {
+            Some((rule, per_app)) => Outcome::Denied {
                 client,
                 reason: DenyReason::NotAllowed,
-                scope,
+                scope: scope_name(rule, per_app),
             },
             None => Outcome::Allowed,
         }
