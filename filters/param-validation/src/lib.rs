@@ -164,13 +164,15 @@ impl HttpContext for ParamValidationHttp {
         let Some(rule) = self.validation.rule(index) else {
             return Action::Continue;
         };
-        let names: Vec<String> = self
-            .get_http_request_headers()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        for name in rule.headers_to_remove(names.iter().map(String::as_str)) {
-            self.set_http_request_header(&name, None);
+        if rule.has_header_allowlist() {
+            let names: Vec<String> = self
+                .get_http_request_headers()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            for name in rule.headers_to_remove(names.iter().map(String::as_str)) {
+                self.set_http_request_header(&name, None);
+            }
         }
         let content_type = self.get_http_request_header("content-type");
         if !end_of_stream && rule.rejects_content_type(content_type.as_deref()) {

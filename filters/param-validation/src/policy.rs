@@ -480,6 +480,11 @@ impl Rule {
             && body_kind(content_type) == BodyKind::Other
     }
 
+    /// Whether `allowed_headers` is set (the adapter lists headers only then).
+    pub fn has_header_allowlist(&self) -> bool {
+        self.allowed_headers.is_some()
+    }
+
     /// Headers to remove under `allowed_headers` (pseudo-headers never are).
     pub fn headers_to_remove<'h>(&self, names: impl Iterator<Item = &'h str>) -> Vec<String> {
         let Some(allowed) = &self.allowed_headers else {
