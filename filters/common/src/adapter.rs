@@ -122,3 +122,12 @@ impl<F: Filter> proxy_wasm::traits::RootContext for FilterRoot<F> {
         Some(proxy_wasm::types::ContextType::HttpContext)
     }
 }
+
+/// The request's declared `Content-Length`, if any, so a body over a limit
+/// is refused before it is buffered.
+pub fn declared_body_length() -> Option<usize> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, "content-length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.trim().parse().ok())
+}

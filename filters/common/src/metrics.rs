@@ -65,3 +65,27 @@ pub fn metric_name(filter: &str, name: &str) -> String {
 fn define(kind: MetricType, filter: &str, name: &str) -> Option<u32> {
     proxy_wasm::hostcalls::define_metric(kind, &metric_name(filter, name)).ok()
 }
+
+/// One counter per error code a filter answers with, `denied.<code>`.
+#[derive(Debug, Clone, Copy)]
+pub struct DenialCounters<const N: usize> {
+    codes: [&'static str; N],
+    counters: [Counter; N],
+}
+
+impl<const N: usize> DenialCounters<N> {
+    pub fn define(filter: &str, errors: &[crate::error::GatewayError; N]) -> Self {
+        let codes = errors.each_ref().map(|e| e.code);
+        Self {
+            codes,
+            counters: codes.map(|code| Counter::define(filter, &format!("denied.{code}"))),
+        }
+    }
+
+    /// Counts `error`; codes outside the list are not counted.
+    pub fn inc(&self, error: &crate::error::GatewayError) {
+        if let Some(i) = self.codes.iter().position(|code| *code == error.code) {
+            self.counters[i].inc();
+        }
+    }
+}

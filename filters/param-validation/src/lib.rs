@@ -8,7 +8,7 @@ use gateway_common::adapter::{self, Filter};
 use gateway_common::config::{parse_json, ConfigError};
 use gateway_common::error::GatewayError;
 use gateway_common::host::{ProxyWasmHost, RequestFacts};
-use gateway_common::metrics::Counter;
+use gateway_common::metrics::{Counter, DenialCounters};
 use policy::{codes, RequestParts, Rewrite, Validation, ValidationConfig};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -26,7 +26,7 @@ pub struct Metrics {
     passed: Counter,
     unmatched: Counter,
     rewritten: Counter,
-    denied: [Counter; 4],
+    denied: DenialCounters<4>,
 }
 
 const DENIAL_CODES: [GatewayError; 4] = [
@@ -42,14 +42,7 @@ impl Metrics {
             passed: Counter::define(FILTER_NAME, "passed"),
             unmatched: Counter::define(FILTER_NAME, "unmatched"),
             rewritten: Counter::define(FILTER_NAME, "rewritten"),
-            denied: DENIAL_CODES
-                .map(|e| Counter::define(FILTER_NAME, &format!("denied.{}", e.code))),
-        }
-    }
-
-    fn denied(&self, error: &GatewayError) {
-        if let Some(i) = DENIAL_CODES.iter().position(|e| e.code == error.code) {
-            self.denied[i].inc();
+            denied: DenialCounters::define(FILTER_NAME, &DENIAL_CODES),
         }
     }
 }
@@ -96,7 +89,7 @@ pub struct ParamValidationHttp {
 
 impl ParamValidationHttp {
     fn reject(&self, error: &GatewayError) -> Action {
-        self.metrics.denied(error);
+        self.metrics.denied.inc(error);
         adapter::send_error(error);
         Action::Pause
     }
@@ -196,9 +189,7 @@ impl HttpContext for ParamValidationHttp {
             content_type,
         };
         if !end_of_stream && rule.needs_body(waiting.content_type.as_deref()) {
-            let declared = self
-                .get_http_request_header("content-length")
-                .and_then(|v| v.trim().parse::<usize>().ok());
+            let declared = adapter::declared_body_length();
             if declared.is_some_and(|len| len > rule.max_body_bytes) {
                 return self.reject(&codes::BODY_TOO_LARGE);
             }

@@ -15,7 +15,7 @@ use gateway_common::config::{parse_json, ConfigError};
 use gateway_common::error::GatewayError;
 use gateway_common::host::ProxyWasmHost;
 use gateway_common::identity::{self, Identity};
-use gateway_common::metrics::Counter;
+use gateway_common::metrics::{Counter, DenialCounters};
 use gateway_common::store::ProxyWasmStore;
 use policy::{codes, now_ms, BackendSigner, Pending, SignAuth, SignAuthConfig, Step, Verified};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -45,7 +45,7 @@ pub struct Metrics {
     allowed: Counter,
     anonymous: Counter,
     nonce_unchecked: Counter,
-    denied: [Counter; codes::COUNT],
+    denied: DenialCounters<{ codes::COUNT }>,
 }
 
 impl Metrics {
@@ -54,13 +54,7 @@ impl Metrics {
             allowed: Counter::define(FILTER_NAME, "allowed"),
             anonymous: Counter::define(FILTER_NAME, "anonymous"),
             nonce_unchecked: Counter::define(FILTER_NAME, "nonce_unchecked"),
-            denied: codes::ALL.map(|e| Counter::define(FILTER_NAME, &format!("denied.{}", e.code))),
-        }
-    }
-
-    fn denied(&self, error: &GatewayError) {
-        if let Some(i) = codes::ALL.iter().position(|e| e.code == error.code) {
-            self.denied[i].inc();
+            denied: DenialCounters::define(FILTER_NAME, &codes::ALL),
         }
     }
 }
@@ -105,7 +99,7 @@ pub struct SignAuthHttp {
 
 impl SignAuthHttp {
     fn reject(&self, error: &GatewayError) -> Action {
-        self.metrics.denied(error);
+        self.metrics.denied.inc(error);
         adapter::send_error(error);
         Action::Pause
     }
@@ -198,9 +192,7 @@ impl HttpContext for SignAuthHttp {
             }
             Step::Reject(error) => self.reject(&error),
             Step::NeedBody(pending) => {
-                let declared = self
-                    .get_http_request_header("content-length")
-                    .and_then(|v| v.trim().parse::<usize>().ok());
+                let declared = adapter::declared_body_length();
                 if declared.is_some_and(|len| len > self.policy.max_body_bytes()) {
                     return self.reject(&codes::BODY_TOO_LARGE);
                 }
