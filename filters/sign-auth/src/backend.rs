@@ -22,10 +22,7 @@
 //! <name>:<value>            one line per signed header, in x-gw-signed-headers order
 //! ```
 
-use crate::signature::{url_decode, ParameterError};
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
+use crate::signature::{self, url_decode, ParameterError, SignatureMethod};
 use serde::Deserialize;
 
 pub const KEY_ID_HEADER: &str = "x-gw-signature-key-id";
@@ -82,12 +79,6 @@ pub fn string_to_sign(
     Ok(out)
 }
 
-fn hmac_base64(secret: &[u8], text: &str) -> String {
-    Hmac::<sha2::Sha256>::new_from_slice(secret)
-        .map(|m| BASE64.encode(m.chain_update(text.as_bytes()).finalize().into_bytes()))
-        .unwrap_or_default()
-}
-
 /// The headers to add to a forwarded request.
 pub fn sign(
     key: &BackendKey,
@@ -102,7 +93,10 @@ pub fn sign(
         (KEY_ID_HEADER, key.id.clone()),
         (TIMESTAMP_HEADER, timestamp_ms.to_string()),
         (SIGNED_HEADERS_HEADER, names.join(",")),
-        (SIGNATURE_HEADER, hmac_base64(key.secret.as_bytes(), &text)),
+        (
+            SIGNATURE_HEADER,
+            signature::sign(SignatureMethod::HmacSha256, key.secret.as_bytes(), &text),
+        ),
     ])
 }
 
@@ -145,12 +139,13 @@ pub fn verify(
         .collect();
     let text = string_to_sign(timestamp, method, path_and_query, &headers)
         .map_err(|_| BackendVerifyError::BadEncoding)?;
-    let given = BASE64
-        .decode(need(SIGNATURE_HEADER)?)
-        .map_err(|_| BackendVerifyError::BadSignature)?;
-    let valid = Hmac::<sha2::Sha256>::new_from_slice(key.secret.as_bytes())
-        .map(|m| m.chain_update(text.as_bytes()).verify_slice(&given).is_ok())
-        .unwrap_or(false);
+    let given = need(SIGNATURE_HEADER)?;
+    let valid = signature::verify(
+        SignatureMethod::HmacSha256,
+        key.secret.as_bytes(),
+        &text,
+        &given,
+    );
     if valid {
         Ok(key.id.clone())
     } else {

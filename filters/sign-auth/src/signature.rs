@@ -157,25 +157,32 @@ pub fn verify(
     };
     let bytes = string_to_sign.as_bytes();
     match method {
-        SignatureMethod::HmacSha256 => Hmac::<sha2::Sha256>::new_from_slice(secret)
-            .map(|m| m.chain_update(bytes).verify_slice(&given).is_ok())
-            .unwrap_or(false),
-        SignatureMethod::HmacSha1 => Hmac::<sha1::Sha1>::new_from_slice(secret)
-            .map(|m| m.chain_update(bytes).verify_slice(&given).is_ok())
-            .unwrap_or(false),
+        SignatureMethod::HmacSha256 => keyed::<Hmac<sha2::Sha256>>(secret, bytes)
+            .is_some_and(|m| m.verify_slice(&given).is_ok()),
+        SignatureMethod::HmacSha1 => {
+            keyed::<Hmac<sha1::Sha1>>(secret, bytes).is_some_and(|m| m.verify_slice(&given).is_ok())
+        }
     }
 }
 
 fn mac(method: SignatureMethod, secret: &[u8], bytes: &[u8]) -> Vec<u8> {
-    // HMAC accepts keys of any length, so new_from_slice cannot fail.
-    match method {
-        SignatureMethod::HmacSha256 => Hmac::<sha2::Sha256>::new_from_slice(secret)
-            .map(|m| m.chain_update(bytes).finalize().into_bytes().to_vec())
-            .unwrap_or_default(),
-        SignatureMethod::HmacSha1 => Hmac::<sha1::Sha1>::new_from_slice(secret)
-            .map(|m| m.chain_update(bytes).finalize().into_bytes().to_vec())
-            .unwrap_or_default(),
-    }
+    let digest = match method {
+        SignatureMethod::HmacSha256 => {
+            keyed::<Hmac<sha2::Sha256>>(secret, bytes).map(|m| m.finalize().into_bytes().to_vec())
+        }
+        SignatureMethod::HmacSha1 => {
+            keyed::<Hmac<sha1::Sha1>>(secret, bytes).map(|m| m.finalize().into_bytes().to_vec())
+        }
+    };
+    digest.unwrap_or_default()
+}
+
+/// An HMAC keyed with `secret` over `bytes`. HMAC accepts keys of any
+/// length, so this is `None` only in theory.
+fn keyed<M: Mac + KeyInit>(secret: &[u8], bytes: &[u8]) -> Option<M> {
+    <M as KeyInit>::new_from_slice(secret)
+        .ok()
+        .map(|m| m.chain_update(bytes))
 }
 
 /// `Content-MD5` of a body: Base64 of its MD5 digest.
