@@ -36,7 +36,11 @@ pub fn envoy_bin() -> PathBuf {
 
 /// A built filter module, e.g. `wasm_module("ip_acl")`.
 pub fn wasm_module(name: &str) -> PathBuf {
-    let path = workspace_root().join(format!("target/wasm32-wasip1/release/{name}.wasm"));
+    // Honour CARGO_TARGET_DIR (relative to the repository root) like cargo does.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| workspace_root().join(dir))
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let path = target.join(format!("wasm32-wasip1/release/{name}.wasm"));
     assert!(
         path.is_file(),
         "{} is missing: run `make build` first",

@@ -1,0 +1,1 @@
+//! circuit-breaker: work in progress.

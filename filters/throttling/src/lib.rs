@@ -1,0 +1,1 @@
+//! throttling: work in progress.
