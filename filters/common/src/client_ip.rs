@@ -8,6 +8,7 @@
 //! first untrusted hop is the client. `trusted_hops` caps how many entries may
 //! be taken, for deployments where proxies are known by count, not address.
 
+use crate::host::Host;
 use crate::ipset::{canonical, CidrEntry, IpSet};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -56,6 +57,19 @@ impl ClientAddressResolver {
     /// the adapter reads the header only then.
     pub fn trusts(&self, peer: IpAddr) -> bool {
         self.max_hops > 0 && self.trusted.contains(peer)
+    }
+
+    /// The current request's client address: the peer Envoy reports and,
+    /// only when that peer is trusted, its `X-Forwarded-For` headers.
+    pub fn client_of(&self, host: &dyn Host) -> Result<IpAddr, ClientAddressError> {
+        let peer = crate::host::peer_address(host).ok_or(ClientAddressError::UnknownPeer)?;
+        let peer = parse_peer_address(&peer)?;
+        let forwarded_for = if self.trusts(peer) {
+            host.request_header_values("x-forwarded-for")
+        } else {
+            Vec::new()
+        };
+        self.resolve(peer, &forwarded_for)
     }
 
     /// Resolves the client address. `forwarded_for` is every

@@ -87,6 +87,32 @@ pub fn encode_component(text: &str) -> String {
     out
 }
 
+/// What a request body is, by its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/json` or `application/*+json`.
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
+    Other,
+}
+
+pub fn body_kind(content_type: Option<&str>) -> BodyKind {
+    let mime = content_type
+        .and_then(|ct| ct.split(';').next())
+        .map(str::trim)
+        .unwrap_or_default();
+    let is = |name: &str| mime.eq_ignore_ascii_case(name);
+    let lower = mime.to_ascii_lowercase();
+    if is("application/json") || (lower.starts_with("application/") && lower.ends_with("+json")) {
+        BodyKind::Json
+    } else if is("application/x-www-form-urlencoded") {
+        BodyKind::Form
+    } else {
+        BodyKind::Other
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +155,23 @@ mod tests {
             assert!(url_decode(bad).is_err(), "{bad}");
         }
         assert_eq!(url_decode("a+b%20c").unwrap(), "a b c");
+    }
+
+    #[test]
+    fn body_kinds_follow_the_media_type_only() {
+        assert_eq!(
+            body_kind(Some("Application/JSON; charset=utf-8")),
+            BodyKind::Json
+        );
+        assert_eq!(
+            body_kind(Some("application/merge-patch+json")),
+            BodyKind::Json
+        );
+        assert_eq!(
+            body_kind(Some("application/x-www-form-urlencoded;charset=UTF-8")),
+            BodyKind::Form
+        );
+        assert_eq!(body_kind(Some("text/plain")), BodyKind::Other);
+        assert_eq!(body_kind(None), BodyKind::Other);
     }
 }

@@ -12,12 +12,10 @@
 //! Per-app lists apply only to requests with an authenticated app (published
 //! by sign-auth); they can narrow an app's access, never widen it.
 
-use gateway_common::client_ip::{
-    parse_peer_address, ClientAddressConfig, ClientAddressError, ClientAddressResolver,
-};
+use gateway_common::client_ip::{ClientAddressConfig, ClientAddressError, ClientAddressResolver};
 use gateway_common::config::ConfigError;
 use gateway_common::error::{codes, GatewayError};
-use gateway_common::host::{self, Host, RequestFacts};
+use gateway_common::host::{Host, RequestFacts};
 use gateway_common::identity;
 use gateway_common::ipset::{CidrEntry, IpSet};
 use gateway_common::matching::{first_match, MatchConfig, Matcher, RequestAttrs};
@@ -316,18 +314,7 @@ impl IpAcl {
     /// The whole decision for the current request, reading only what the
     /// configuration needs from the host.
     pub fn evaluate(&self, host: &dyn Host) -> Outcome {
-        let Some(peer) = host::peer_address(host) else {
-            return Outcome::UnknownClient;
-        };
-        let Ok(peer) = parse_peer_address(&peer) else {
-            return Outcome::UnknownClient;
-        };
-        let forwarded_for = if self.client_address.trusts(peer) {
-            host.request_header_values("x-forwarded-for")
-        } else {
-            Vec::new()
-        };
-        let client = match self.client_address.resolve(peer, &forwarded_for) {
+        let client = match self.client_address.client_of(host) {
             Ok(client) => client,
             Err(ClientAddressError::MalformedForwardedFor(entry)) => {
                 return Outcome::BadForwardedFor(entry)

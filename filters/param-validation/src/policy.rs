@@ -7,7 +7,9 @@ use gateway_common::host::HeaderLookup;
 use gateway_common::matching::{
     first_match, first_match_index, MatchConfig, Matcher, RequestAttrs,
 };
-use gateway_common::params::{encode_component, parse_pairs, retain_raw_pairs, url_decode};
+use gateway_common::params::{
+    body_kind, encode_component, parse_pairs, retain_raw_pairs, url_decode, BodyKind,
+};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -416,27 +418,6 @@ fn compile_rule(rule: &RuleConfig, at: &str) -> Result<Rule, ConfigError> {
 }
 
 /// The body kinds a rule treats differently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyKind {
-    Json,
-    Form,
-    Other,
-}
-
-pub fn body_kind(content_type: Option<&str>) -> BodyKind {
-    let mime = content_type
-        .and_then(|ct| ct.split(';').next())
-        .map(|m| m.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
-        BodyKind::Json
-    } else if mime == "application/x-www-form-urlencoded" {
-        BodyKind::Form
-    } else {
-        BodyKind::Other
-    }
-}
-
 /// The request as the policy sees it.
 #[derive(Default)]
 pub struct RequestParts<'a> {

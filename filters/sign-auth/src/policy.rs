@@ -14,6 +14,7 @@ use gateway_common::error::GatewayError;
 use gateway_common::host::{Host, RequestFacts, RequestLine};
 use gateway_common::identity::Identity;
 use gateway_common::matching::{first_match_index, MatchConfig, Matcher};
+use gateway_common::params::{body_kind, BodyKind};
 use gateway_common::store::SharedStore;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -426,12 +427,7 @@ impl SignAuth {
         let mut parameters = BTreeMap::new();
         add_parameters(query, &mut parameters).map_err(|_| codes::INVALID_PARAMETER)?;
         let content_type = header("content-type");
-        let form_body = content_type.as_deref().is_some_and(|ct| {
-            ct.split(';').next().is_some_and(|mime| {
-                mime.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        });
+        let form_body = body_kind(content_type.as_deref()) == BodyKind::Form;
         Ok(Pending {
             app_key,
             method,
