@@ -72,6 +72,10 @@ Demo gateway is up (logs in .run/). Try:
   target/release/ca-sign --key 203751 --secret demo-secret --curl http://127.0.0.1:8080/orders/42 | sh
   target/release/ca-sign --key 203751 --secret demo-secret --explain http://127.0.0.1:8080/orders/42
 
+  # /v1/users/{id} is mapped onto the backend's /internal/accounts/{id}/profile;
+  # lang moves into an X-Lang header, the client IP and request id are added
+  curl -si 'http://127.0.0.1:8080/v1/users/42?lang=zh'
+
   # the filters' counters
   curl -s http://127.0.0.1:9901/stats/prometheus | grep gw_
 

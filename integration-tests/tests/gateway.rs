@@ -260,3 +260,26 @@ fn the_demo_search_api_validates_its_parameters() {
     assert_eq!(valid.status, 200, "{}", valid.text());
     assert_eq!(valid.json()["query"], "q=shoes&page=1");
 }
+
+#[test]
+fn the_demo_profile_api_is_mapped_onto_the_backend_shape() {
+    let demo = demo_gateway();
+    let response = http::get(
+        &demo.http_url("/v1/users/42?lang=zh"),
+        &[("x-forwarded-for", "198.51.100.8")],
+    )
+    .expect("response");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.header("cache-control"),
+        Some("private, max-age=60")
+    );
+    let seen = response.json();
+    assert_eq!(seen["path"], "/internal/accounts/42/profile");
+    let request_id = seen["headers"]["x-request-id"]
+        .as_str()
+        .expect("request id");
+    assert_eq!(seen["query"], format!("trace={request_id}"));
+    assert_eq!(seen["headers"]["x-lang"], "zh");
+    assert_eq!(seen["headers"]["x-client-ip"], "198.51.100.8");
+}

@@ -1,6 +1,263 @@
-//! request-mapping: translate frontend requests into what the backend
-//! expects. Work in progress: the policy ([`policy`]) is here and tested
-//! natively; the proxy-wasm adapter, form/JSON-body locations and the
-//! real-Envoy tests follow, so this crate is not built as a `.wasm` yet.
+//! request-mapping: the frontend request becomes the request the backend
+//! expects (path, host, method, parameters moved between locations,
+//! constants, system parameters), and response headers are adjusted. The
+//! policy is in [`policy`]; this file is the proxy-wasm adapter.
 
 pub mod policy;
+
+use gateway_common::adapter::{self, Filter};
+use gateway_common::config::{parse_json, ConfigError};
+use gateway_common::error::GatewayError;
+use gateway_common::host::{Host, ProxyWasmHost, RequestFacts};
+use gateway_common::identity;
+use gateway_common::metrics::{Counter, DenialCounters};
+use policy::{codes, response_changes, Frontend, Mapped, Mapping, MappingConfig, SystemValue};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+pub const FILTER_NAME: &str = "request_mapping";
+
+pub fn compile_config(bytes: &[u8]) -> Result<Mapping, ConfigError> {
+    Mapping::compile(&parse_json::<MappingConfig>(bytes)?)
+}
+
+/// `mapped`, `unmatched` (no rule), `body_rewritten`, `denied.<code>`.
+#[derive(Debug, Clone, Copy)]
+pub struct Metrics {
+    mapped: Counter,
+    unmatched: Counter,
+    body_rewritten: Counter,
+    denied: DenialCounters<4>,
+}
+
+const DENIAL_CODES: [GatewayError; 4] = [
+    codes::INVALID_VALUE,
+    codes::BODY_REQUIRED,
+    codes::BODY_TOO_LARGE,
+    codes::UNSUPPORTED_MEDIA_TYPE,
+];
+
+impl Metrics {
+    pub fn define() -> Self {
+        Self {
+            mapped: Counter::define(FILTER_NAME, "mapped"),
+            unmatched: Counter::define(FILTER_NAME, "unmatched"),
+            body_rewritten: Counter::define(FILTER_NAME, "body_rewritten"),
+            denied: DenialCounters::define(FILTER_NAME, &DENIAL_CODES),
+        }
+    }
+}
+
+/// The filter, as the shared root context sees it.
+pub struct RequestMappingFilter;
+
+impl Filter for RequestMappingFilter {
+    const NAME: &'static str = FILTER_NAME;
+    type Policy = Mapping;
+    type Metrics = Metrics;
+
+    fn compile(bytes: &[u8]) -> Result<Mapping, ConfigError> {
+        compile_config(bytes)
+    }
+
+    fn define_metrics() -> Metrics {
+        Metrics::define()
+    }
+
+    fn http_context(mapping: Rc<Mapping>, metrics: Metrics) -> Box<dyn HttpContext> {
+        Box::new(RequestMappingHttp {
+            mapping,
+            metrics,
+            rule: None,
+            waiting: None,
+        })
+    }
+}
+
+/// The parts of the request line a mapping needs, kept while the body arrives.
+struct Waiting {
+    captures: Vec<(String, String)>,
+    path: String,
+    query: String,
+    content_type: Option<String>,
+}
+
+pub struct RequestMappingHttp {
+    mapping: Rc<Mapping>,
+    metrics: Metrics,
+    /// The matched rule, for the response side.
+    rule: Option<usize>,
+    waiting: Option<Waiting>,
+}
+
+impl RequestMappingHttp {
+    fn reject(&self, error: &GatewayError) -> Action {
+        self.metrics.denied.inc(error);
+        adapter::send_error(error);
+        Action::Pause
+    }
+
+    fn system_value(&self, kind: SystemValue, rule_name: &str) -> Option<String> {
+        let host = ProxyWasmHost;
+        match kind {
+            SystemValue::ClientIp => self
+                .mapping
+                .client_address
+                .client_of(&host)
+                .ok()
+                .map(|ip| ip.to_string()),
+            SystemValue::RequestId => host.request_header("x-request-id"),
+            SystemValue::AppKey => identity::app_key(&host),
+            SystemValue::AppName => identity::read_identity(&host).and_then(|i| i.app_name),
+            // The API sign-auth matched, else this rule's name.
+            SystemValue::Api => Some(
+                identity::read_identity(&host)
+                    .and_then(|i| i.api)
+                    .unwrap_or_else(|| rule_name.to_string()),
+            ),
+            SystemValue::RequestTime => host
+                .now()
+                .duration_since(UNIX_EPOCH)
+                .ok()
+                .map(|t| t.as_millis().to_string()),
+        }
+    }
+
+    fn map(&self, waiting: &Waiting, body: Option<&[u8]>) -> Action {
+        let Some(rule) = self.rule.and_then(|i| self.mapping.rule(i)) else {
+            return Action::Continue;
+        };
+        let captures: Vec<(&str, String)> = waiting
+            .captures
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.clone()))
+            .collect();
+        let header = |name: &str| self.get_http_request_header(name);
+        let system = |kind: SystemValue| self.system_value(kind, &rule.name);
+        let frontend = Frontend {
+            path: &waiting.path,
+            query: &waiting.query,
+            captures: &captures,
+            header: Some(&header),
+            system: Some(&system),
+            content_type: waiting.content_type.as_deref(),
+            body,
+        };
+        match rule.apply(&frontend) {
+            Ok(mapped) => {
+                self.write(&mapped, body.map_or(0, <[u8]>::len));
+                self.metrics.mapped.inc();
+                Action::Continue
+            }
+            Err(error) => self.reject(&error),
+        }
+    }
+
+    fn write(&self, mapped: &Mapped, body_len: usize) {
+        for name in &mapped.remove_headers {
+            self.set_http_request_header(name, None);
+        }
+        for (name, value) in &mapped.set_headers {
+            self.set_http_request_header(name, Some(value));
+        }
+        if let Some(path) = &mapped.path {
+            self.set_http_request_header(":path", Some(path));
+        }
+        if let Some(authority) = &mapped.authority {
+            self.set_http_request_header(":authority", Some(authority));
+        }
+        if let Some(method) = &mapped.method {
+            self.set_http_request_header(":method", Some(method));
+        }
+        if let Some(body) = &mapped.body {
+            self.set_http_request_body(0, body_len, body);
+            self.set_http_request_header("content-length", Some(&body.len().to_string()));
+            self.metrics.body_rewritten.inc();
+        }
+    }
+}
+
+impl Context for RequestMappingHttp {}
+
+impl HttpContext for RequestMappingHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let facts = RequestFacts::read(&ProxyWasmHost, self.mapping.uses_route_name());
+        let Some((index, captures)) = self.mapping.rule_index_for(&facts.attrs()) else {
+            self.metrics.unmatched.inc();
+            return Action::Continue;
+        };
+        self.rule = Some(index);
+        let Some(rule) = self.mapping.rule(index) else {
+            return Action::Continue;
+        };
+        let line = &facts.line;
+        let (path, query) = line.path.split_once('?').unwrap_or((&line.path, ""));
+        let waiting = Waiting {
+            captures: captures
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect(),
+            path: path.to_string(),
+            query: query.to_string(),
+            content_type: rule
+                .needs_body()
+                .then(|| self.get_http_request_header("content-type"))
+                .flatten(),
+        };
+        if rule.needs_body() && !end_of_stream {
+            if adapter::declared_body_length().is_some_and(|len| len > rule.max_body_bytes) {
+                return self.reject(&codes::BODY_TOO_LARGE);
+            }
+            self.waiting = Some(waiting);
+            return Action::Pause;
+        }
+        self.map(&waiting, None)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(waiting) = &self.waiting else {
+            return Action::Continue;
+        };
+        let max = self
+            .rule
+            .and_then(|i| self.mapping.rule(i))
+            .map_or(0, |r| r.max_body_bytes);
+        if body_size > max {
+            self.waiting = None;
+            return self.reject(&codes::BODY_TOO_LARGE);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let action = self.map(waiting, Some(&body));
+        self.waiting = None;
+        action
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(rule) = self.rule.and_then(|i| self.mapping.rule(i)) else {
+            return Action::Continue;
+        };
+        if rule.response.is_empty() {
+            return Action::Continue;
+        }
+        let header = |name: &str| self.get_http_response_header(name);
+        let (set, remove) = response_changes(&rule.response, &header);
+        for name in &remove {
+            self.set_http_response_header(name, None);
+        }
+        for (name, value) in &set {
+            self.set_http_response_header(name, Some(value));
+        }
+        Action::Continue
+    }
+}
+
+#[cfg(all(feature = "entrypoint", target_arch = "wasm32"))]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(gateway_common::adapter::FilterRoot::<RequestMappingFilter>::default()) });
+}}
