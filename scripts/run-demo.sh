@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The demo gateway: two echo upstreams and Envoy with envoy/gateway.yaml.
+# The demo gateway: two echo upstreams, a ClickHouse for log-push's records,
+# and Envoy with envoy/gateway.yaml.
 # Started by `make run` (after set-up and build); Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,12 +21,25 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-for port in 8080 8443 9901 18081 18082; do
+for port in 8080 8443 9901 18081 18082 18123 19000; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is in use; stop whatever listens there first" >&2
     exit 1
   fi
 done
+
+# log-push's sink: a private ClickHouse with the table from envoy/.
+bash scripts/clickhouse-config.sh .run/clickhouse 18123 19000
+"${CLICKHOUSE_BIN:-/usr/sbin/clickhouse-server}" --config-file=.run/clickhouse/config.xml > .run/clickhouse.log 2>&1 &
+pids+=($!)
+for _ in $(seq 1 300); do
+  curl -fs http://127.0.0.1:18123/ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fsS --data-binary @envoy/log-push-clickhouse.sql http://127.0.0.1:18123/ >/dev/null
+# The demo also records the X-Tenant header (exists already on a second run).
+curl -fs --data-binary 'ALTER TABLE gateway_calls ADD COLUMN header_x_tenant String' \
+  http://127.0.0.1:18123/ >/dev/null 2>&1 || true
 
 target/release/echo-upstream --id backend-1 --listen 127.0.0.1:18081 > .run/backend-1.log 2>&1 &
 pids+=($!)
@@ -75,6 +89,10 @@ Demo gateway is up (logs in .run/). Try:
   # /v1/users/{id} is mapped onto the backend's /internal/accounts/{id}/profile;
   # lang moves into an X-Lang header, the client IP and request id are added
   curl -si 'http://127.0.0.1:8080/v1/users/42?lang=zh'
+
+  # every call above is a row in ClickHouse (log-push, flushed every second)
+  curl -s 'http://127.0.0.1:18123/' --data-binary 'SELECT time, api, method, path, status, error_code, client_ip, latency_ms FROM gateway_calls ORDER BY timestamp_ms DESC LIMIT 10 FORMAT PrettyCompact'
+  curl -s 'http://127.0.0.1:18123/' --data-binary @envoy/log-push-report.sql
 
   # the filters' counters
   curl -s http://127.0.0.1:9901/stats/prometheus | grep gw_

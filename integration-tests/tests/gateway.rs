@@ -2,6 +2,7 @@
 //! and the demo gateway itself (TLS, balancing, health checks, the filter
 //! chain) is started and exercised with ephemeral ports.
 
+use integration_tests::clickhouse::ClickHouse;
 use integration_tests::echo::EchoServer;
 use integration_tests::envoy::{
     make_certs, shipped_config, start_yaml, validate, workspace_root, Envoy,
@@ -66,7 +67,18 @@ struct Demo {
     _certs: tempfile::TempDir,
 }
 
+/// The demo; log-push's sink is a closed port (its records are dropped,
+/// which never affects a request).
 fn demo_gateway() -> Demo {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    demo_gateway_logging_to(closed_port)
+}
+
+/// The demo with log-push writing to the ClickHouse HTTP port given.
+fn demo_gateway_logging_to(sink_port: u16) -> Demo {
     let upstreams = [
         EchoServer::start("backend-1").expect("echo"),
         EchoServer::start("backend-2").expect("echo"),
@@ -87,6 +99,7 @@ fn demo_gateway() -> Demo {
                 format!("port_value: {}", upstreams[1].port()),
             ),
             (".run/tls/", format!("{}/", certs.path().display())),
+            ("port_value: 18123", format!("port_value: {sink_port}")),
         ],
     );
     let envoy = start_yaml(&text, 2);
@@ -282,4 +295,41 @@ fn the_demo_profile_api_is_mapped_onto_the_backend_shape() {
     assert_eq!(seen["query"], format!("trace={request_id}"));
     assert_eq!(seen["headers"]["x-lang"], "zh");
     assert_eq!(seen["headers"]["x-client-ip"], "198.51.100.8");
+}
+
+#[test]
+fn the_demo_records_every_call_in_clickhouse() {
+    let clickhouse = ClickHouse::start();
+    let table = std::fs::read_to_string(workspace_root().join("envoy/log-push-clickhouse.sql"))
+        .expect("envoy/log-push-clickhouse.sql");
+    clickhouse.query(&table);
+    clickhouse.query("ALTER TABLE gateway_calls ADD COLUMN header_x_tenant String");
+    let demo = demo_gateway_logging_to(clickhouse.http_port());
+    let ok =
+        http::get(&demo.http_url("/search?q=shoes"), &[("x-tenant", "acme")]).expect("response");
+    assert_eq!(ok.status, 200);
+    let denied = http::get(&demo.http_url("/orders/42"), &[]).expect("response");
+    assert_eq!(denied.status, 401);
+    let mapped = http::get(&demo.http_url("/v1/users/7"), &[]).expect("response");
+    assert_eq!(mapped.json()["path"], "/internal/accounts/7/profile");
+    let rows = || {
+        clickhouse.query(
+            "SELECT api, method, path, status, error_code, header_x_tenant FROM gateway_calls \
+             WHERE api != 'api' ORDER BY api FORMAT TSV",
+        )
+    };
+    assert!(
+        demo.envoy
+            .wait_for(Duration::from_secs(10), |_| rows().lines().count() == 3),
+        "rows: {}\n{}",
+        rows(),
+        demo.envoy.log()
+    );
+    // The client's request line, even where request-mapping rewrote it.
+    assert_eq!(
+        rows(),
+        "orders\tGET\t/orders/42\t401\tA401MH\t\n\
+         public-profile\tGET\t/v1/users/7\t200\t\t\n\
+         search\tGET\t/search\t200\t\tacme\n"
+    );
 }

@@ -13,6 +13,25 @@ pub const APP_KEY_PROPERTY: &str = "gw_app";
 pub const APP_NAME_PROPERTY: &str = "gw_app_name";
 pub const API_PROPERTY: &str = "gw_api";
 
+/// The request line as the client sent it, published by request-mapping
+/// when it rewrites the request, so log-push records what was called.
+pub const ORIGINAL_PATH_PROPERTY: &str = "gw_original_path";
+pub const ORIGINAL_METHOD_PROPERTY: &str = "gw_original_method";
+
+/// Publishes the client's path and method before they are rewritten.
+pub fn publish_original_request(host: &dyn Host, method: &str, path: &str) -> bool {
+    host.set_property(&[ORIGINAL_PATH_PROPERTY], path.as_bytes())
+        & host.set_property(&[ORIGINAL_METHOD_PROPERTY], method.as_bytes())
+}
+
+/// The client's (method, path) if a filter rewrote them.
+pub fn original_request(host: &dyn Host) -> Option<(String, String)> {
+    Some((
+        read(host, ORIGINAL_METHOD_PROPERTY)?,
+        read(host, ORIGINAL_PATH_PROPERTY)?,
+    ))
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
     pub app_key: String,
@@ -67,6 +86,17 @@ mod tests {
         };
         assert!(publish(&host, &identity));
         assert_eq!(read_identity(&host), Some(identity));
+    }
+
+    #[test]
+    fn the_original_request_line_reads_back() {
+        let host = FakeHost::new();
+        assert_eq!(original_request(&host), None);
+        assert!(publish_original_request(&host, "GET", "/v1/users/7?x=1"));
+        assert_eq!(
+            original_request(&host),
+            Some(("GET".to_string(), "/v1/users/7?x=1".to_string()))
+        );
     }
 
     #[test]

@@ -39,6 +39,17 @@ impl Gauge {
             let _ = proxy_wasm::hostcalls::record_metric(id, value);
         }
     }
+
+    /// Moves the gauge by `delta`. Every worker's VM shares the one Envoy
+    /// gauge, so per-worker amounts (a queue's length) add up across workers
+    /// only through deltas, never through `set`.
+    pub fn add(self, delta: i64) {
+        if let Some(id) = self.0 {
+            if delta != 0 {
+                let _ = proxy_wasm::hostcalls::increment_metric(id, delta);
+            }
+        }
+    }
 }
 
 /// A histogram handle (for example a latency in milliseconds).

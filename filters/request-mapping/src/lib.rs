@@ -156,6 +156,11 @@ impl RequestMappingHttp {
     }
 
     fn write(&self, mapped: &Mapped, body_len: usize) {
+        if mapped.path.is_some() || mapped.method.is_some() {
+            let host = ProxyWasmHost;
+            let line = gateway_common::host::RequestLine::read(&host);
+            identity::publish_original_request(&host, &line.method, &line.path);
+        }
         for name in &mapped.remove_headers {
             self.set_http_request_header(name, None);
         }

@@ -1,0 +1,426 @@
+//! log-push: one structured record per call, batched per Envoy worker and
+//! pushed with `dispatch_http_call` to a sink cluster. The record is built
+//! in `on_log`, after the response is sent, so it never delays a request;
+//! batches leave from the root context's timer. The policy pieces are in
+//! [`config`], [`record`], [`shipper`] and [`format`]; this file is the
+//! proxy-wasm adapter.
+
+pub mod config;
+pub mod format;
+pub mod record;
+pub mod shipper;
+
+use config::{LogPush, LogPushConfig};
+use gateway_common::adapter;
+use gateway_common::config::{parse_json, ConfigError};
+use gateway_common::host::{Host, ProxyWasmHost, RequestFacts, RequestLine};
+use gateway_common::identity;
+use gateway_common::metrics::{Counter, Gauge};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use record::{redact_query, response_flag_names, Record, REDACTED};
+use shipper::{Finished, Shipper};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+pub const FILTER_NAME: &str = "log_push";
+
+pub fn compile_config(bytes: &[u8]) -> Result<LogPush, ConfigError> {
+    LogPush::compile(&parse_json::<LogPushConfig>(bytes)?)
+}
+
+/// Counters and gauges, `gw.log_push.*`.
+#[derive(Debug, Clone, Copy)]
+pub struct Metrics {
+    records_queued: Counter,
+    records_sent: Counter,
+    records_retried: Counter,
+    records_rejected: Counter,
+    records_sampled_out: Counter,
+    dropped_queue_full: Counter,
+    dropped_sink_failed: Counter,
+    batches_sent: Counter,
+    batches_failed: Counter,
+    queue_records: Gauge,
+    queue_bytes: Gauge,
+}
+
+impl Metrics {
+    pub fn define() -> Self {
+        let counter = |name| Counter::define(FILTER_NAME, name);
+        Self {
+            records_queued: counter("records.queued"),
+            records_sent: counter("records.sent"),
+            records_retried: counter("records.retried"),
+            records_rejected: counter("records.rejected_by_sink"),
+            records_sampled_out: counter("records.sampled_out"),
+            dropped_queue_full: counter("records.dropped.queue_full"),
+            dropped_sink_failed: counter("records.dropped.sink_failed"),
+            batches_sent: counter("batches.sent"),
+            batches_failed: counter("batches.failed"),
+            queue_records: Gauge::define(FILTER_NAME, "queue.records"),
+            queue_bytes: Gauge::define(FILTER_NAME, "queue.bytes"),
+        }
+    }
+}
+
+fn add_count(counter: Counter, n: usize) {
+    for _ in 0..n {
+        counter.inc();
+    }
+}
+
+fn now_ms() -> u64 {
+    ProxyWasmHost
+        .now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One worker's queue and sending state, shared by its root and HTTP contexts.
+struct Worker {
+    push: Rc<LogPush>,
+    shipper: RefCell<Shipper>,
+    metrics: Metrics,
+    /// The gauges' last contribution from this worker.
+    reported: Cell<(usize, usize)>,
+    in_flight: Cell<Option<u32>>,
+    sink_failing: Cell<bool>,
+}
+
+impl Worker {
+    fn report_queue(&self) {
+        let (records, bytes) = self.shipper.borrow().held();
+        let (old_records, old_bytes) = self.reported.replace((records, bytes));
+        self.metrics
+            .queue_records
+            .add(records as i64 - old_records as i64);
+        self.metrics
+            .queue_bytes
+            .add(bytes as i64 - old_bytes as i64);
+    }
+
+    fn push(&self, record: Record) {
+        let dropped = self.shipper.borrow_mut().push(record);
+        self.metrics.records_queued.inc();
+        add_count(self.metrics.dropped_queue_full, dropped);
+        self.report_queue();
+    }
+
+    /// Sends the next batch if one is due (`drain`: whatever is queued).
+    fn send_due(&self, drain: bool) {
+        if self.in_flight.get().is_some() {
+            return;
+        }
+        let now = now_ms();
+        let sink = &self.push.sink;
+        let dispatched = {
+            let mut shipper = self.shipper.borrow_mut();
+            let batch = if drain {
+                shipper.drain(now)
+            } else {
+                shipper.poll(now)
+            };
+            let Some(batch) = batch else { return };
+            let body = sink.encode(&self.push.layout, batch);
+            let mut headers: Vec<(&str, &str)> = vec![
+                (":method", "POST"),
+                (":path", &sink.path),
+                (":authority", &sink.authority),
+            ];
+            headers.extend(sink.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            proxy_wasm::hostcalls::dispatch_http_call(
+                &sink.cluster,
+                headers,
+                Some(&body),
+                vec![],
+                Duration::from_millis(sink.timeout_ms),
+            )
+        };
+        match dispatched {
+            Ok(token) => self.in_flight.set(Some(token)),
+            Err(status) => {
+                self.sink_failed(&format!(
+                    "cannot call cluster `{}` ({status:?}); is it defined?",
+                    sink.cluster
+                ));
+                self.finish(false, &[]);
+            }
+        }
+    }
+
+    fn sink_failed(&self, reason: &str) {
+        if !self.sink_failing.replace(true) {
+            adapter::log(
+                LogLevel::Warn,
+                &format!("{FILTER_NAME}: sink failing, records are kept and retried: {reason}"),
+            );
+        }
+    }
+
+    fn finish(&self, ok: bool, body: &[u8]) {
+        self.in_flight.set(None);
+        let finished = self.shipper.borrow_mut().finish(ok, now_ms());
+        let metrics = &self.metrics;
+        match finished {
+            Finished::Sent(n) => {
+                metrics.batches_sent.inc();
+                add_count(metrics.records_sent, n);
+                let rejected = format::rejected_in_response(self.push.sink.format, body);
+                add_count(metrics.records_rejected, rejected);
+                if self.sink_failing.replace(false) {
+                    adapter::log(LogLevel::Info, &format!("{FILTER_NAME}: sink recovered"));
+                }
+            }
+            Finished::Retrying { records, .. } => {
+                metrics.batches_failed.inc();
+                add_count(metrics.records_retried, records);
+            }
+            Finished::Dropped(n) => {
+                metrics.batches_failed.inc();
+                add_count(metrics.dropped_sink_failed, n);
+            }
+            Finished::Unexpected => {}
+        }
+        self.report_queue();
+    }
+}
+
+/// The root context: configuration, the worker's queue, the flush timer.
+#[derive(Default)]
+pub struct LogPushRoot {
+    worker: Option<Rc<Worker>>,
+    metrics: Option<Metrics>,
+    shutting_down: bool,
+}
+
+impl Context for LogPushRoot {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        let Some(worker) = &self.worker else { return };
+        if worker.in_flight.get() != Some(token) {
+            return;
+        }
+        let status = self
+            .get_http_call_response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok());
+        let ok = status.is_some_and(|s| (200..300).contains(&s));
+        let body = if ok {
+            self.get_http_call_response_body(0, body_size)
+                .unwrap_or_default()
+        } else {
+            worker.sink_failed(&match status {
+                Some(s) => format!("status {s}"),
+                None => "no response (timeout or connection failure)".to_string(),
+            });
+            Vec::new()
+        };
+        worker.finish(ok, &body);
+        worker.send_due(self.shutting_down);
+        if self.shutting_down && !worker.shipper.borrow().busy() && worker.in_flight.get().is_none()
+        {
+            self.done();
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.shutting_down = true;
+        let Some(worker) = &self.worker else {
+            return true;
+        };
+        // One last batch, best effort: Envoy may not wait for it.
+        worker.send_due(true);
+        worker.in_flight.get().is_none()
+    }
+}
+
+impl RootContext for LogPushRoot {
+    fn on_configure(&mut self, _config_size: usize) -> bool {
+        let Some(push) = adapter::load_config(FILTER_NAME, compile_config) else {
+            return false;
+        };
+        let metrics = *self.metrics.get_or_insert_with(Metrics::define);
+        self.set_tick_period(Duration::from_millis(push.tick_ms));
+        let shipper = Shipper::new(push.limits, now_ms());
+        self.worker = Some(Rc::new(Worker {
+            push: Rc::new(push),
+            shipper: RefCell::new(shipper),
+            metrics,
+            reported: Cell::new((0, 0)),
+            in_flight: Cell::new(None),
+            sink_failing: Cell::new(false),
+        }));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(worker) = &self.worker {
+            worker.send_due(false);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(LogPushHttp {
+            worker: self.worker.clone()?,
+            request_line: None,
+            upstream_latency_ms: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+pub struct LogPushHttp {
+    worker: Rc<Worker>,
+    /// The request line as this filter saw it (the client's, when it runs
+    /// first in the chain); absent when an earlier filter answered.
+    request_line: Option<RequestLine>,
+    upstream_latency_ms: Option<u64>,
+}
+
+fn property_int(host: &ProxyWasmHost, path: &[&str]) -> Option<i64> {
+    let bytes = host.property(path)?;
+    Some(i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+fn property_text(host: &ProxyWasmHost, path: &[&str]) -> String {
+    host.property(path)
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default()
+}
+
+impl LogPushHttp {
+    fn record(&self, status: u16, request_id: String, api: String, line: &RequestLine) -> Record {
+        let host = ProxyWasmHost;
+        let push = &self.worker.push;
+        let nanos_to_ms = |n: i64| u64::try_from(n / 1_000_000).unwrap_or(0);
+        let (path, query) = line.path.split_once('?').unwrap_or((&line.path, ""));
+        let header = |name: &str| host.request_header(name).unwrap_or_default();
+        let identity = identity::read_identity(&host);
+        Record {
+            timestamp_ms: property_int(&host, &["request", "time"])
+                .map(nanos_to_ms)
+                .unwrap_or_else(now_ms),
+            request_id,
+            api,
+            app_key: identity
+                .as_ref()
+                .map(|i| i.app_key.clone())
+                .unwrap_or_default(),
+            app_name: identity.and_then(|i| i.app_name).unwrap_or_default(),
+            client_ip: push
+                .client_address
+                .client_of(&host)
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            method: line.method.clone(),
+            host: line.authority.clone(),
+            path: path.to_string(),
+            query: if push.layout.fields.contains(record::Field::Query) {
+                redact_query(query, &push.redacted_query)
+            } else {
+                String::new()
+            },
+            status,
+            error_code: self
+                .get_http_response_header("x-ca-error-code")
+                .unwrap_or_default(),
+            latency_ms: property_int(&host, &["request", "duration"])
+                .map(nanos_to_ms)
+                .unwrap_or(0),
+            upstream_latency_ms: self
+                .upstream_latency_ms
+                .or_else(|| upstream_service_time(self)),
+            request_bytes: property_int(&host, &["request", "total_size"])
+                .map_or(0, |n| n.max(0) as u64),
+            response_bytes: property_int(&host, &["response", "total_size"])
+                .map_or(0, |n| n.max(0) as u64),
+            upstream_cluster: property_text(&host, &["xds", "cluster_name"]),
+            upstream_host: property_text(&host, &["upstream", "address"]),
+            user_agent: header("user-agent"),
+            response_flags: property_int(&host, &["response", "flags"])
+                .map(|bits| response_flag_names(bits as u64))
+                .unwrap_or_default(),
+            headers: push
+                .headers
+                .iter()
+                .map(|(name, redacted)| match host.request_header(name) {
+                    Some(_) if *redacted => REDACTED.to_string(),
+                    Some(value) => value,
+                    None => String::new(),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn upstream_service_time(context: &dyn HttpContext) -> Option<u64> {
+    context
+        .get_http_response_header("x-envoy-upstream-service-time")
+        .and_then(|v| v.trim().parse().ok())
+}
+
+impl Context for LogPushHttp {}
+
+impl HttpContext for LogPushHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.request_line = Some(RequestLine::read(&ProxyWasmHost));
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.upstream_latency_ms = upstream_service_time(self);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let host = ProxyWasmHost;
+        let push = Rc::clone(&self.worker.push);
+        let status = property_int(&host, &["response", "code"])
+            .and_then(|c| u16::try_from(c).ok())
+            .unwrap_or(0);
+        let request_id = host.request_header("x-request-id").unwrap_or_default();
+        let mut line = self
+            .request_line
+            .take()
+            .unwrap_or_else(|| RequestLine::read(&host));
+        // The client's request line, when request-mapping rewrote it.
+        if let Some((method, path)) = identity::original_request(&host) {
+            line.method = method;
+            line.path = path;
+        }
+        let facts = RequestFacts {
+            line,
+            route_name: push
+                .uses_route_name()
+                .then(|| gateway_common::host::route_name(&host))
+                .flatten(),
+        };
+        let rule = if push.has_rules() {
+            push.rule_for(&facts.attrs())
+        } else {
+            None
+        };
+        if !push.keeps(&request_id, status, rule) {
+            self.worker.metrics.records_sampled_out.inc();
+            return;
+        }
+        let api = match rule {
+            Some(rule) => rule.name.clone(),
+            None => identity::read_identity(&host)
+                .and_then(|i| i.api)
+                .or_else(|| gateway_common::host::route_name(&host))
+                .unwrap_or_default(),
+        };
+        let record = self.record(status, request_id, api, &facts.line);
+        self.worker.push(record);
+    }
+}
+
+#[cfg(all(feature = "entrypoint", target_arch = "wasm32"))]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(LogPushRoot::default()) });
+}}

@@ -1,0 +1,162 @@
+//! A real ClickHouse server per test (Debian's `clickhouse-server`, which
+//! `scripts/setup.sh` installs): loopback only, free ports, a temporary data
+//! directory, stopped when dropped. It can be stopped and started again on
+//! the same ports and data, to play a sink outage.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The server binary: `CLICKHOUSE_BIN`, else Debian's.
+pub fn clickhouse_bin() -> PathBuf {
+    let path = std::env::var_os("CLICKHOUSE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/clickhouse-server"));
+    assert!(
+        path.is_file(),
+        "ClickHouse not found at {}: run `make setup` (it installs clickhouse-server) or set CLICKHOUSE_BIN",
+        path.display()
+    );
+    path
+}
+
+pub struct ClickHouse {
+    dir: tempfile::TempDir,
+    http_port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+impl ClickHouse {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("gw-clickhouse-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let http_port = free_port();
+        let tcp_port = free_port();
+        let status = Command::new("bash")
+            .arg(crate::envoy::workspace_root().join("scripts/clickhouse-config.sh"))
+            .arg(dir.path())
+            .arg(http_port.to_string())
+            .arg(tcp_port.to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("scripts/clickhouse-config.sh: {e}"));
+        assert!(status.success(), "scripts/clickhouse-config.sh failed");
+        let mut server = Self {
+            dir,
+            http_port,
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    /// Starts the server (again) on the same ports and data.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "ClickHouse is already running");
+        let child = Command::new(clickhouse_bin())
+            .arg(format!(
+                "--config-file={}",
+                self.dir.path().join("config.xml").display()
+            ))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", clickhouse_bin().display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if self.get("/ping").is_ok_and(|body| body.starts_with("Ok")) {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("ClickHouse exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ClickHouse not ready in time:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server; the data stays for [`resume`](Self::resume).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    fn get(&self, path: &str) -> Result<String, String> {
+        let response = crate::http::get(&self.url(path), &[])?;
+        (response.status == 200)
+            .then(|| response.text())
+            .ok_or_else(|| format!("status {}", response.status))
+    }
+
+    /// Runs a query over the HTTP interface; panics with ClickHouse's
+    /// message on an error.
+    pub fn query(&self, sql: &str) -> String {
+        match crate::http::post(&self.url("/"), &[], sql.as_bytes()) {
+            Ok(response) if response.status == 200 => response.text(),
+            Ok(response) => panic!(
+                "ClickHouse answered {} to `{sql}`: {}",
+                response.status,
+                response.text()
+            ),
+            Err(e) => panic!("ClickHouse query `{sql}` failed: {e}"),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        ["server.log", "error.log"]
+            .iter()
+            .filter_map(|f| fs::read_to_string(self.dir.path().join(f)).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
