@@ -1,7 +1,7 @@
 # The commands the README shows. `make run` and `make test` do everything
 # on a fresh machine, set-up included.
 
-FILTERS      := sign-auth ip-acl param-validation request-mapping log-push
+FILTERS      := sign-auth ip-acl throttling param-validation request-mapping circuit-breaker log-push
 WASM_DIR     := target/wasm32-wasip1/release
 CARGO        ?= cargo
 export CARGO_TERM_COLOR ?= never

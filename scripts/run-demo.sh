@@ -77,6 +77,10 @@ Demo gateway is up (logs in .run/). Try:
   curl -si http://127.0.0.1:8080/admin/stats
   curl -s  http://127.0.0.1:8080/admin/stats -H 'X-Forwarded-For: 10.1.2.3'
 
+  # /limited allows 3 calls per 10 s per client (throttling): the fourth gets 429 with Retry-After
+  for i in 1 2 3 4; do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:8080/limited; done; echo
+  curl -si http://127.0.0.1:8080/limited
+
   # /search declares q (required) and page (1..1000, default 1); undeclared parameters are dropped
   curl -s 'http://127.0.0.1:8080/search?page=0'
   curl -s 'http://127.0.0.1:8080/search?q=shoes&debug=1'
@@ -89,6 +93,11 @@ Demo gateway is up (logs in .run/). Try:
   # /v1/users/{id} is mapped onto the backend's /internal/accounts/{id}/profile;
   # lang moves into an X-Lang header, the client IP and request id are added
   curl -si 'http://127.0.0.1:8080/v1/users/42?lang=zh'
+
+  # /flaky has a circuit breaker: five failing calls (the echo upstream answers the
+  # status asked for) open it, and the next call is answered at once with 503 A503CB
+  for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{http_code} ' -H 'x-echo-status: 503' http://127.0.0.1:8080/flaky; done; echo
+  curl -si http://127.0.0.1:8080/flaky
 
   # every call above is a row in ClickHouse (log-push, flushed every second)
   curl -s 'http://127.0.0.1:18123/' --data-binary 'SELECT time, api, method, path, status, error_code, client_ip, latency_ms FROM gateway_calls ORDER BY timestamp_ms DESC LIMIT 10 FORMAT PrettyCompact'

@@ -333,3 +333,58 @@ fn the_demo_records_every_call_in_clickhouse() {
          search\tGET\t/search\t200\t\tacme\n"
     );
 }
+
+#[test]
+fn the_demo_flaky_api_trips_its_circuit_breaker() {
+    let demo = demo_gateway();
+    let received = || -> usize { demo.upstreams.iter().map(EchoServer::request_count).sum() };
+    for _ in 0..5 {
+        let failing =
+            http::get(&demo.http_url("/flaky"), &[("x-echo-status", "503")]).expect("response");
+        assert_eq!(failing.status, 503);
+        assert_eq!(
+            failing.header("x-ca-error-code"),
+            None,
+            "the upstream's own 503"
+        );
+    }
+    let before = received();
+    let degraded = http::get(&demo.http_url("/flaky"), &[]).expect("response");
+    assert_eq!(degraded.status, 503, "{}", degraded.text());
+    assert_eq!(degraded.header("x-ca-error-code"), Some("A503CB"));
+    assert!(degraded.header("retry-after").is_some());
+    assert_eq!(
+        received(),
+        before,
+        "the open breaker keeps calls from the upstream"
+    );
+    let other = http::get(&demo.http_url("/api/hello"), &[]).expect("response");
+    assert_eq!(other.status, 200, "other APIs are not affected");
+}
+
+#[test]
+fn the_demo_limited_api_admits_three_calls_per_client_and_window() {
+    let demo = demo_gateway();
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| {
+            http::get(&demo.http_url("/limited"), &[])
+                .expect("response")
+                .status
+        })
+        .collect();
+    // A window boundary may fall inside the loop; never more than 3 per window.
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert!((3..=5).contains(&admitted), "{statuses:?}");
+    let mut refused = None;
+    for _ in 0..4 {
+        let response = http::get(&demo.http_url("/limited"), &[]).expect("response");
+        if response.status == 429 {
+            refused = Some(response);
+            break;
+        }
+    }
+    let refused = refused.expect("a fourth call in one window is refused");
+    assert_eq!(refused.header("x-ca-error-code"), Some("A429IP"));
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(refused.header("x-ratelimit-limit"), Some("3"));
+}

@@ -38,10 +38,16 @@ pub fn load_config<C>(
 /// Answers the current request with `error` in the shared shape; the caller
 /// then returns `Action::Pause`.
 pub fn send_error(error: &GatewayError) {
+    send_error_with_headers(error, &[]);
+}
+
+/// [`send_error`] with extra response headers (`Retry-After`, a quota…).
+pub fn send_error_with_headers(error: &GatewayError, extra: &[(&'static str, String)]) {
     let request_id = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-request-id")
         .ok()
         .flatten();
-    let response = render(error, request_id.as_deref());
+    let mut response = render(error, request_id.as_deref());
+    response.headers.extend_from_slice(extra);
     let _ = hostcalls::send_http_response(
         response.status,
         response.header_pairs(),

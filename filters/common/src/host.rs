@@ -17,6 +17,14 @@ pub trait Host {
     fn now(&self) -> SystemTime;
 }
 
+/// The host clock in milliseconds since the Unix epoch (0 if it is before).
+pub fn now_ms(host: &dyn Host) -> u64 {
+    host.now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// Reads a request header by lower-case name (a closure over the host or
 /// over test data), for policies that take plain data.
 pub type HeaderLookup<'a> = &'a dyn Fn(&str) -> Option<String>;

@@ -188,6 +188,25 @@ pub fn first_match_index<'r, R>(
     })
 }
 
+/// Every rule whose `match` holds, in order, with its captures; the path is
+/// normalised once. For policies where all matching rules apply.
+pub fn all_matches<'r, R>(
+    rules: &'r [R],
+    matcher: impl Fn(&R) -> &Matcher,
+    request: &RequestAttrs<'_>,
+) -> Vec<(usize, Captures<'r>)> {
+    let normalized = normalized_path(request.path);
+    rules
+        .iter()
+        .enumerate()
+        .filter_map(|(index, rule)| {
+            matcher(rule)
+                .matches_with_path(request, &normalized)
+                .map(|captures| (index, captures))
+        })
+        .collect()
+}
+
 /// [`first_match_index`] returning the rule itself.
 pub fn first_match<'r, R>(
     rules: &'r [R],
@@ -526,6 +545,20 @@ mod tests {
         assert_eq!(pick("/api/admin/x"), Some("a"));
         assert_eq!(pick("/api/users"), Some("b"));
         assert_eq!(pick("/other"), Some("c"));
+    }
+
+    #[test]
+    fn all_matching_rules_are_listed_in_order_with_their_captures() {
+        let rules = [
+            matcher(r#"{"path":{"template":"/users/{id}"}}"#),
+            matcher(r#"{"path":{"prefix":"/admin"}}"#),
+            matcher(r#"{"path":{"prefix":"/users"}}"#),
+        ];
+        let matches = all_matches(&rules, |r| r, &request("GET", "x", "/users/%37"));
+        let indexes: Vec<usize> = matches.iter().map(|(i, _)| *i).collect();
+        assert_eq!(indexes, [0, 2]);
+        assert_eq!(matches[0].1, vec![("id", "7".to_string())]);
+        assert!(all_matches(&rules, |r| r, &request("GET", "x", "/none")).is_empty());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use record::{redact_query, response_flag_names, Record, REDACTED};
 use shipper::{Finished, Shipper};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 pub const FILTER_NAME: &str = "log_push";
 
@@ -72,10 +72,7 @@ fn add_count(counter: Counter, n: usize) {
 }
 
 fn now_ms() -> u64 {
-    ProxyWasmHost
-        .now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    gateway_common::host::now_ms(&ProxyWasmHost)
 }
 
 /// One worker's queue and sending state, shared by its root and HTTP contexts.

@@ -15,7 +15,6 @@ use policy::{codes, response_changes, Frontend, Mapped, Mapping, MappingConfig, 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
 pub const FILTER_NAME: &str = "request_mapping";
 
@@ -117,11 +116,7 @@ impl RequestMappingHttp {
                     .and_then(|i| i.api)
                     .unwrap_or_else(|| rule_name.to_string()),
             ),
-            SystemValue::RequestTime => host
-                .now()
-                .duration_since(UNIX_EPOCH)
-                .ok()
-                .map(|t| t.as_millis().to_string()),
+            SystemValue::RequestTime => Some(gateway_common::host::now_ms(&host).to_string()),
         }
     }
 

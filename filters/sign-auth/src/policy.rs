@@ -591,13 +591,7 @@ fn missing(header: &str) -> GatewayError {
     codes::MISSING_HEADER.with_message(format!("Header `{header}` is Required"))
 }
 
-/// The host clock in epoch milliseconds.
-pub fn now_ms(host: &dyn Host) -> u64 {
-    host.now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use gateway_common::host::now_ms;
 
 #[cfg(test)]
 mod tests {

@@ -1,1 +1,233 @@
-//! throttling: work in progress.
+//! throttling: request quotas per API, app, user, client IP or parameter
+//! value, counted in Envoy shared data so they hold across workers. The
+//! window arithmetic is in [`window`], the counter table in [`table`], key
+//! extraction in [`key`], the decisions in [`policy`]; this file is the
+//! proxy-wasm adapter.
+
+pub mod key;
+pub mod policy;
+pub mod table;
+pub mod window;
+
+use gateway_common::adapter::{self, Filter};
+use gateway_common::config::{parse_json, ConfigError};
+use gateway_common::host::ProxyWasmHost;
+use gateway_common::metrics::{Counter, DenialCounters, Gauge};
+use gateway_common::store::ProxyWasmStore;
+use policy::{codes, Decision, RuleEvent, Throttling, ThrottlingConfig, Verdict};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
+use std::cell::OnceCell;
+use std::rc::Rc;
+use table::Quota;
+use window::whole_seconds;
+
+pub const FILTER_NAME: &str = "throttling";
+
+pub fn compile_config(bytes: &[u8]) -> Result<Throttling, ConfigError> {
+    Throttling::compile(&parse_json::<ThrottlingConfig>(bytes)?)
+}
+
+/// Filter-wide counters: `allowed`, `denied.<code>`, `dry_run.throttled`,
+/// `failure.allowed`.
+#[derive(Debug, Clone, Copy)]
+pub struct Metrics {
+    allowed: Counter,
+    dry_run_throttled: Counter,
+    failure_allowed: Counter,
+    denied: DenialCounters<{ codes::COUNT }>,
+}
+
+impl Metrics {
+    pub fn define() -> Self {
+        Self {
+            allowed: Counter::define(FILTER_NAME, "allowed"),
+            dry_run_throttled: Counter::define(FILTER_NAME, "dry_run.throttled"),
+            failure_allowed: Counter::define(FILTER_NAME, "failure.allowed"),
+            denied: DenialCounters::define(FILTER_NAME, &codes::ALL),
+        }
+    }
+}
+
+/// `rule.<name>.<event>` for one rule.
+#[derive(Debug, Clone, Copy)]
+struct RuleCounters([Counter; RuleEvent::ALL.len()]);
+
+impl RuleCounters {
+    fn define(rule: &str) -> Self {
+        Self(
+            RuleEvent::ALL.map(|event| {
+                Counter::define(FILTER_NAME, &format!("rule.{rule}.{}", event.name()))
+            }),
+        )
+    }
+
+    fn inc(&self, event: RuleEvent) {
+        if let Some(i) = RuleEvent::ALL.iter().position(|e| *e == event) {
+            self.0[i].inc();
+        }
+    }
+}
+
+/// The compiled policy with its per-rule counters, defined once the
+/// configuration is accepted (they are named after the rules).
+pub struct Compiled {
+    policy: Throttling,
+    rule_counters: OnceCell<Vec<RuleCounters>>,
+}
+
+impl Compiled {
+    fn count(&self, metrics: &Metrics, decision: &Decision) {
+        if let Some(counters) = self.rule_counters.get() {
+            for (rule, event) in &decision.events {
+                if let Some(c) = counters.get(*rule) {
+                    c.inc(*event);
+                }
+            }
+        }
+        if decision.has(RuleEvent::DryRunThrottled) {
+            metrics.dry_run_throttled.inc();
+        }
+        match &decision.verdict {
+            Verdict::Allowed => {
+                metrics.allowed.inc();
+                if decision.has(RuleEvent::StoreFailure) {
+                    metrics.failure_allowed.inc();
+                }
+            }
+            other => {
+                if let Some(error) = other.error() {
+                    metrics.denied.inc(&error);
+                }
+            }
+        }
+    }
+}
+
+/// The filter, as the shared root context sees it.
+pub struct ThrottlingFilter;
+
+impl Filter for ThrottlingFilter {
+    const NAME: &'static str = FILTER_NAME;
+    type Policy = Compiled;
+    type Metrics = Metrics;
+
+    fn compile(bytes: &[u8]) -> Result<Compiled, ConfigError> {
+        Ok(Compiled {
+            policy: compile_config(bytes)?,
+            rule_counters: OnceCell::new(),
+        })
+    }
+
+    fn prepare(compiled: &Compiled) -> Result<(), String> {
+        compiled.policy.initialize(&ProxyWasmStore)?;
+        let counters = compiled.policy.rule_names().map(RuleCounters::define);
+        let _ = compiled.rule_counters.set(counters.collect());
+        Gauge::define(FILTER_NAME, "shared_data_keys").set(compiled.policy.shared_data_keys());
+        Ok(())
+    }
+
+    fn define_metrics() -> Metrics {
+        Metrics::define()
+    }
+
+    fn http_context(compiled: Rc<Compiled>, metrics: Metrics) -> Box<dyn HttpContext> {
+        Box::new(ThrottlingHttp {
+            compiled,
+            metrics,
+            quota: None,
+        })
+    }
+}
+
+/// Per-request context.
+pub struct ThrottlingHttp {
+    compiled: Rc<Compiled>,
+    metrics: Metrics,
+    /// The quota to report on the response, when `rate_limit_headers` is on.
+    quota: Option<Quota>,
+}
+
+/// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (seconds until the window ends).
+pub fn rate_limit_headers(quota: &Quota) -> [(&'static str, String); 3] {
+    [
+        ("x-ratelimit-limit", quota.limit.to_string()),
+        ("x-ratelimit-remaining", quota.remaining.to_string()),
+        (
+            "x-ratelimit-reset",
+            whole_seconds(quota.reset_ms).to_string(),
+        ),
+    ]
+}
+
+impl ThrottlingHttp {
+    /// Answers a refused request; a 429 carries `Retry-After` and, when
+    /// enabled, the quota of the rule that refused it.
+    fn refuse(&self, verdict: &Verdict, quota: Option<Quota>) -> Action {
+        let Some(error) = verdict.error() else {
+            return Action::Continue;
+        };
+        let mut extra = Vec::new();
+        match verdict {
+            Verdict::Throttled {
+                retry_after_secs, ..
+            } => {
+                extra.push(("retry-after", retry_after_secs.to_string()));
+                if let (true, Some(quota)) = (self.compiled.policy.rate_limit_headers(), quota) {
+                    extra.extend(rate_limit_headers(&quota));
+                }
+            }
+            Verdict::BadForwardedFor(entry) => adapter::log(
+                LogLevel::Debug,
+                &format!("{FILTER_NAME}: malformed X-Forwarded-For entry {entry:?}"),
+            ),
+            Verdict::Allowed | Verdict::Unavailable { .. } => {}
+        }
+        adapter::send_error_with_headers(&error, &extra);
+        Action::Pause
+    }
+}
+
+impl Context for ThrottlingHttp {}
+
+impl HttpContext for ThrottlingHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let policy = &self.compiled.policy;
+        let decision = policy.decide(&ProxyWasmHost, &ProxyWasmStore);
+        self.compiled.count(&self.metrics, &decision);
+        if policy.dry_run() && decision.has(RuleEvent::DryRunThrottled) {
+            let rules: Vec<&str> = decision
+                .events
+                .iter()
+                .filter(|(_, event)| *event == RuleEvent::DryRunThrottled)
+                .map(|(rule, _)| policy.rule_name(*rule))
+                .collect();
+            adapter::log(
+                LogLevel::Debug,
+                &format!("{FILTER_NAME}: dry run, would throttle by {rules:?}"),
+            );
+        }
+        if decision.verdict == Verdict::Allowed {
+            if policy.rate_limit_headers() {
+                self.quota = decision.quota;
+            }
+            return Action::Continue;
+        }
+        self.refuse(&decision.verdict, decision.quota)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(quota) = self.quota.take() {
+            for (name, value) in rate_limit_headers(&quota) {
+                self.set_http_response_header(name, Some(&value));
+            }
+        }
+        Action::Continue
+    }
+}
+
+#[cfg(all(feature = "entrypoint", target_arch = "wasm32"))]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(gateway_common::adapter::FilterRoot::<ThrottlingFilter>::default()) });
+}}

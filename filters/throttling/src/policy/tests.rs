@@ -1,0 +1,920 @@
+use super::*;
+use crate::table::WAYS;
+use crate::window::tests::utc;
+use gateway_common::config::parse_json;
+use gateway_common::host::FakeHost;
+use gateway_common::identity::APP_KEY_PROPERTY;
+use gateway_common::store::{MemoryStore, StoreError, Versioned};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// 2026-05-17T09:00:00Z, the start of every window up to a day.
+fn t0() -> u64 {
+    utc((2026, 5, 17), (9, 0, 0), 0)
+}
+
+fn throttling(config: serde_json::Value) -> Throttling {
+    let config: ThrottlingConfig = parse_json(config.to_string().as_bytes()).unwrap();
+    Throttling::compile(&config).unwrap()
+}
+
+fn prepared(config: serde_json::Value) -> (Throttling, MemoryStore) {
+    let policy = throttling(config);
+    let store = MemoryStore::new();
+    policy.initialize(&store).unwrap();
+    (policy, store)
+}
+
+fn config_error(json: &str) -> String {
+    parse_json::<ThrottlingConfig>(json.as_bytes())
+        .and_then(|config| Throttling::compile(&config))
+        .unwrap_err()
+        .to_string()
+}
+
+/// A request at `at_ms` from 192.0.2.10.
+fn request(path: &str, at_ms: u64) -> FakeHost {
+    let host = FakeHost::new()
+        .with_header(":authority", "api.example.com")
+        .with_header(":method", "GET")
+        .with_header(":path", path)
+        .with_property(&["source", "address"], "192.0.2.10:5555");
+    host.clock.set(Duration::from_millis(at_ms));
+    host
+}
+
+fn signed_by(app: &str, path: &str, at_ms: u64) -> FakeHost {
+    request(path, at_ms).with_property(&[APP_KEY_PROPERTY], app)
+}
+
+/// How many of `hosts` are admitted, in order.
+fn admitted(policy: &Throttling, store: &MemoryStore, hosts: &[FakeHost]) -> usize {
+    hosts
+        .iter()
+        .filter(|host| policy.decide(*host, store).verdict == Verdict::Allowed)
+        .count()
+}
+
+fn times<T>(n: usize, make: impl Fn() -> T) -> Vec<T> {
+    (0..n).map(|_| make()).collect()
+}
+
+fn error_code(decision: &Decision) -> Option<&'static str> {
+    decision.verdict.error().map(|e| e.code)
+}
+
+fn rule(name: &str, limit: u32, window: &str) -> serde_json::Value {
+    json!({"name": name, "limit": limit, "window": window})
+}
+
+#[test]
+fn an_api_rule_admits_exactly_its_limit_per_window_and_then_refuses_with_429() {
+    let (policy, store) = prepared(json!({"rules": [rule("all", 3, "1m")]}));
+    let now = t0() + 45_250;
+    assert_eq!(
+        admitted(&policy, &store, &times(5, || request("/", now))),
+        3
+    );
+    let refused = policy.decide(&request("/", now), &store);
+    assert_eq!(
+        refused.verdict,
+        Verdict::Throttled {
+            rule: 0,
+            error: codes::API,
+            retry_after_secs: 15
+        }
+    );
+    assert_eq!(refused.verdict.error().map(|e| e.status), Some(429));
+    assert_eq!(refused.events, [(0, RuleEvent::Throttled)]);
+    // The next minute admits again.
+    let next = t0() + 60_000;
+    assert_eq!(
+        admitted(&policy, &store, &times(5, || request("/", next))),
+        3
+    );
+}
+
+#[test]
+fn the_quota_reports_the_limit_what_is_left_and_the_reset() {
+    let (policy, store) = prepared(json!({"rules": [rule("all", 3, "1h")]}));
+    let now = t0() + 20 * 60_000;
+    let first = policy.decide(&request("/", now), &store);
+    assert_eq!(
+        first.quota,
+        Some(Quota {
+            limit: 3,
+            remaining: 2,
+            reset_ms: 40 * 60_000
+        })
+    );
+    policy.decide(&request("/", now), &store);
+    policy.decide(&request("/", now), &store);
+    let refused = policy.decide(&request("/", now), &store);
+    assert_eq!(refused.quota.map(|q| q.remaining), Some(0));
+}
+
+#[test]
+fn every_matching_rule_applies_and_all_must_pass() {
+    let (policy, store) = prepared(json!({"rules": [
+        {"name": "orders", "match": {"path": {"prefix": "/orders"}}, "limit": 2, "window": "1m"},
+        {"name": "everything", "limit": 3, "window": "1m"}
+    ]}));
+    let now = t0();
+    // /orders counts in both rules; /other only in `everything`.
+    let first = policy.decide(&request("/orders/1", now), &store);
+    assert_eq!(
+        first.events,
+        [(0, RuleEvent::Allowed), (1, RuleEvent::Allowed)]
+    );
+    assert_eq!(
+        first.quota.map(|q| (q.limit, q.remaining)),
+        Some((2, 1)),
+        "the tightest rule is reported"
+    );
+    assert_eq!(
+        policy.decide(&request("/other", now), &store).verdict,
+        Verdict::Allowed
+    );
+    // `everything` has 1 left, `orders` 1: the next /orders passes both…
+    assert_eq!(
+        policy.decide(&request("/orders/2", now), &store).verdict,
+        Verdict::Allowed
+    );
+    // …and now `everything` is spent for all paths.
+    let refused = policy.decide(&request("/orders/3", now), &store);
+    assert!(matches!(
+        refused.verdict,
+        Verdict::Throttled { rule: 0, .. }
+    ));
+    assert!(matches!(
+        policy.decide(&request("/other", now), &store).verdict,
+        Verdict::Throttled { rule: 1, .. }
+    ));
+}
+
+#[test]
+fn a_request_refused_by_a_later_rule_is_given_back_to_the_earlier_ones() {
+    let (policy, store) = prepared(json!({"rules": [
+        {"name": "per-app", "key": "app", "limit": 1, "window": "1m"},
+        {"name": "total", "limit": 2, "window": "1m"}
+    ]}));
+    let now = t0();
+    assert_eq!(
+        policy.decide(&signed_by("a", "/", now), &store).verdict,
+        Verdict::Allowed
+    );
+    assert_eq!(
+        policy.decide(&signed_by("b", "/", now), &store).verdict,
+        Verdict::Allowed
+    );
+    // `total` is spent: app c's request is refused by it, and does not
+    // stay counted against c's own per-app quota.
+    let refused = policy.decide(&signed_by("c", "/", now), &store);
+    assert!(matches!(
+        refused.verdict,
+        Verdict::Throttled { rule: 1, .. }
+    ));
+    assert_eq!(
+        refused.events,
+        [(0, RuleEvent::Allowed), (1, RuleEvent::Throttled)]
+    );
+    // Where only a narrower rule refuses, the given-back request leaves
+    // room in the per-app counter:
+    let (policy, store) = prepared(json!({"rules": [
+        {"name": "per-app", "key": "app", "limit": 1, "window": "1m"},
+        {"name": "total", "limit": 1, "window": "1m", "match": {"path": {"prefix": "/scarce"}}}
+    ]}));
+    assert_eq!(
+        policy
+            .decide(&signed_by("x", "/scarce", now), &store)
+            .verdict,
+        Verdict::Allowed
+    );
+    assert!(matches!(
+        policy
+            .decide(&signed_by("c", "/scarce", now), &store)
+            .verdict,
+        Verdict::Throttled { rule: 1, .. }
+    ));
+    assert_eq!(
+        policy
+            .decide(&signed_by("c", "/plenty", now), &store)
+            .verdict,
+        Verdict::Allowed
+    );
+}
+
+#[test]
+fn rules_whose_match_does_not_hold_are_not_counted() {
+    let (policy, store) = prepared(json!({"rules": [
+        {"name": "admin", "match": {"path": {"prefix": "/admin"}, "methods": ["POST"]}, "limit": 1, "window": "1m"}
+    ]}));
+    let now = t0();
+    for _ in 0..3 {
+        let decision = policy.decide(&request("/admin/x", now), &store);
+        assert_eq!(decision.verdict, Verdict::Allowed);
+        assert!(decision.events.is_empty());
+        assert_eq!(decision.quota, None);
+    }
+}
+
+#[test]
+fn a_per_app_limit_counts_each_verified_app_apart_and_ignores_spoofed_headers() {
+    let (policy, store) = prepared(json!({"rules": [
+        {"name": "per-app", "key": "app", "limit": 2, "window": "1m"}
+    ]}));
+    let now = t0();
+    // A header claiming an app is not an app: the rule does not apply.
+    let spoofed = || {
+        request("/", now)
+            .with_header("x-gw-app-key", "a")
+            .with_header("gw_app", "a")
+    };
+    for _ in 0..5 {
+        let decision = policy.decide(&spoofed(), &store);
+        assert_eq!(decision.verdict, Verdict::Allowed);
+        assert_eq!(decision.events, [(0, RuleEvent::NoKey)]);
+    }
+    assert_eq!(
+        admitted(&policy, &store, &times(3, || signed_by("a", "/", now))),
+        2
+    );
+    assert_eq!(
+        admitted(&policy, &store, &times(3, || signed_by("b", "/", now))),
+        2
+    );
+    assert_eq!(
+        error_code(&policy.decide(&signed_by("a", "/", now), &store)),
+        Some("A429AK")
+    );
+}
+
+#[test]
+fn an_exception_gives_an_app_its_own_limit_or_exempts_it() {
+    let (policy, store) = prepared(json!({"rules": [{
+        "name": "per-app", "key": "app", "limit": 2, "window": "1m",
+        "exceptions": [
+            {"apps": ["partner"], "limit": 5},
+            {"apps": ["internal", "monitor"], "exempt": true},
+            {"apps": ["partner"], "exempt": true}
+        ]
+    }]}));
+    let now = t0();
+    assert_eq!(
+        admitted(
+            &policy,
+            &store,
+            &times(9, || signed_by("partner", "/", now))
+        ),
+        5,
+        "the first exception listing the app wins"
+    );
+    assert_eq!(
+        admitted(
+            &policy,
+            &store,
+            &times(9, || signed_by("regular", "/", now))
+        ),
+        2
+    );
+    assert_eq!(
+        admitted(
+            &policy,
+            &store,
+            &times(50, || signed_by("monitor", "/", now))
+        ),
+        50
+    );
+    let exempt = policy.decide(&signed_by("internal", "/", now), &store);
+    assert_eq!(exempt.events, [(0, RuleEvent::Exempt)]);
+    assert_eq!(exempt.quota, None);
+}
+
+#[test]
+fn an_exception_on_an_api_rule_is_a_separate_pool_for_that_app() {
+    let (policy, store) = prepared(json!({"rules": [{
+        "name": "total", "limit": 2, "window": "1m",
+        "exceptions": [{"apps": ["vip"], "limit": 3}, {"apps": ["ops"], "exempt": true}]
+    }]}));
+    assert_eq!(policy.shared_data_keys(), 3);
+    let now = t0();
+    assert_eq!(
+        admitted(&policy, &store, &times(4, || request("/", now))),
+        2
+    );
+    assert_eq!(
+        admitted(&policy, &store, &times(4, || signed_by("vip", "/", now))),
+        3
+    );
+    assert_eq!(
+        admitted(&policy, &store, &times(4, || signed_by("ops", "/", now))),
+        4
+    );
+    assert_eq!(
+        admitted(&policy, &store, &times(4, || signed_by("other", "/", now))),
+        0
+    );
+}
+
+#[test]
+fn a_user_exception_applies_to_the_user_read_from_the_configured_source() {
+    let (policy, store) = prepared(json!({
+        "user": {"header": "X-User-Id"},
+        "rules": [{
+            "name": "per-user", "key": "user", "limit": 1, "window": "1m",
+            "exceptions": [{"users": ["admin"], "exempt": true}, {"users": ["batch"], "limit": 3}]
+        }]
+    }));
+    let now = t0();
+    let as_user = |user: &str| request("/", now).with_header("x-user-id", user);
+    assert_eq!(admitted(&policy, &store, &times(3, || as_user("alice"))), 1);
+    assert_eq!(admitted(&policy, &store, &times(3, || as_user("bob"))), 1);
+    assert_eq!(admitted(&policy, &store, &times(9, || as_user("admin"))), 9);
+    assert_eq!(admitted(&policy, &store, &times(9, || as_user("batch"))), 3);
+    assert_eq!(
+        error_code(&policy.decide(&as_user("alice"), &store)),
+        Some("A429US")
+    );
+    // No user header: the rule does not apply.
+    assert_eq!(
+        policy.decide(&request("/", now), &store).events,
+        [(0, RuleEvent::NoKey)]
+    );
+}
+
+#[test]
+fn users_can_come_from_a_query_parameter_or_a_jwt_claim() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let now = t0();
+    let (policy, store) = prepared(json!({
+        "user": {"query": "uid"},
+        "rules": [{"name": "per-user", "key": "user", "limit": 1, "window": "1m"}]
+    }));
+    assert_eq!(
+        admitted(&policy, &store, &times(2, || request("/?uid=al%69ce", now))),
+        1
+    );
+    assert_eq!(
+        admitted(
+            &policy,
+            &store,
+            &times(2, || request("/?x=1&uid=alice", now))
+        ),
+        0
+    );
+    assert_eq!(
+        admitted(&policy, &store, &times(2, || request("/?uid=bob", now))),
+        1
+    );
+
+    let (policy, store) = prepared(json!({
+        "user": {"jwt_claim": "sub"},
+        "rules": [{"name": "per-user", "key": "user", "limit": 1, "window": "1m"}]
+    }));
+    let token = |sub: &str| {
+        let payload = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"{sub}"}}"#));
+        format!("Bearer h.{payload}.s")
+    };
+    let with = |sub: &str| request("/", now).with_header("authorization", &token(sub));
+    assert_eq!(admitted(&policy, &store, &times(2, || with("u1"))), 1);
+    assert_eq!(admitted(&policy, &store, &times(2, || with("u2"))), 1);
+}
+
+#[test]
+fn client_ips_are_counted_apart_and_xff_is_believed_only_from_trusted_proxies() {
+    let config = json!({
+        "client_address": {"trusted_proxies": ["10.0.0.0/8"]},
+        "rules": [{"name": "per-ip", "key": "client_ip", "limit": 1, "window": "1m"}]
+    });
+    let (policy, store) = prepared(config);
+    let now = t0();
+    let from = |peer: &str, xff: Option<&str>| {
+        let host = FakeHost::new()
+            .with_header(":authority", "api.example.com")
+            .with_header(":method", "GET")
+            .with_header(":path", "/")
+            .with_property(&["source", "address"], peer);
+        host.clock.set(Duration::from_millis(now));
+        match xff {
+            Some(xff) => host.with_header("x-forwarded-for", xff),
+            None => host,
+        }
+    };
+    assert_eq!(
+        policy.decide(&from("198.51.100.1:1", None), &store).verdict,
+        Verdict::Allowed
+    );
+    // An untrusted peer cannot pose as someone else with X-Forwarded-For.
+    let spoofing = policy.decide(&from("198.51.100.1:2", Some("203.0.113.50")), &store);
+    assert_eq!(error_code(&spoofing), Some("A429IP"));
+    // Behind a trusted proxy, each forwarded client has its own quota.
+    assert_eq!(
+        policy
+            .decide(&from("10.0.0.2:1", Some("203.0.113.7")), &store)
+            .verdict,
+        Verdict::Allowed
+    );
+    assert_eq!(
+        policy
+            .decide(&from("10.0.0.3:1", Some("203.0.113.8")), &store)
+            .verdict,
+        Verdict::Allowed
+    );
+    assert_eq!(
+        error_code(&policy.decide(&from("10.0.0.2:1", Some("203.0.113.7")), &store)),
+        Some("A429IP")
+    );
+    // Garbage handed on by a trusted proxy is a 400, not a free pass.
+    let garbage = policy.decide(&from("10.0.0.2:1", Some("unknown")), &store);
+    assert_eq!(garbage.verdict, Verdict::BadForwardedFor("unknown".into()));
+    assert_eq!(error_code(&garbage), Some("I400HD"));
+    // No IP peer (a Unix socket): no key, the rule does not apply.
+    assert_eq!(
+        policy.decide(&from("@socket", None), &store).events,
+        [(0, RuleEvent::NoKey)]
+    );
+}
+
+#[test]
+fn ipv6_clients_in_one_prefix_share_a_quota() {
+    let (policy, store) = prepared(json!({
+        "rules": [{"name": "per-ip", "key": "client_ip", "limit": 2, "window": "1m"}]
+    }));
+    let now = t0();
+    let from = |peer: &str| {
+        let host = request("/", now);
+        host.set_property(&["source", "address"], peer.as_bytes());
+        host
+    };
+    assert_eq!(
+        policy.decide(&from("[2001:db8:1:2::1]:1"), &store).verdict,
+        Verdict::Allowed
+    );
+    assert_eq!(
+        policy.decide(&from("[2001:db8:1:2::99]:1"), &store).verdict,
+        Verdict::Allowed
+    );
+    assert!(
+        policy
+            .decide(&from("[2001:db8:1:2::abc]:1"), &store)
+            .verdict
+            != Verdict::Allowed
+    );
+    assert_eq!(
+        policy.decide(&from("[2001:db8:1:3::1]:1"), &store).verdict,
+        Verdict::Allowed
+    );
+}
+
+#[test]
+fn parameter_values_key_by_query_header_or_path_variable() {
+    let now = t0();
+    let (policy, store) = prepared(json!({"rules": [
+        {"name": "by-region", "key": {"parameter": {"query": "region"}}, "limit": 1, "window": "1m"}
+    ]}));
+    assert_eq!(
+        admitted(&policy, &store, &times(2, || request("/?region=eu", now))),
+        1
+    );
+    assert_eq!(
+        admitted(&policy, &store, &times(2, || request("/?region=us", now))),
+        1
+    );
+    assert_eq!(
+        error_code(&policy.decide(&request("/?region=eu", now), &store)),
+        Some("A429PV")
+    );
+
+    let (policy, store) = prepared(json!({"rules": [
+        {"name": "by-tenant", "key": {"parameter": {"header": "X-Tenant"}}, "limit": 1, "window": "1m"}
+    ]}));
+    let tenant = |t: &str| request("/", now).with_header("x-tenant", t);
+    assert_eq!(admitted(&policy, &store, &times(2, || tenant("acme"))), 1);
+    assert_eq!(admitted(&policy, &store, &times(2, || tenant("globex"))), 1);
+
+    let (policy, store) = prepared(json!({"rules": [{
+        "name": "per-order", "match": {"path": {"template": "/orders/{id}"}},
+        "key": {"parameter": {"path": "id"}}, "limit": 1, "window": "1m"
+    }]}));
+    assert_eq!(
+        admitted(&policy, &store, &times(2, || request("/orders/7", now))),
+        1
+    );
+    assert_eq!(
+        admitted(&policy, &store, &times(2, || request("/orders/8?x=1", now))),
+        1
+    );
+}
+
+#[test]
+fn requests_without_the_key_are_skipped_or_share_one_counter() {
+    let now = t0();
+    let rule = |missing: &str| {
+        json!({"rules": [{
+            "name": "by-tenant", "key": {"parameter": {"header": "x-tenant"}},
+            "limit": 2, "window": "1m", "missing_key": missing
+        }]})
+    };
+    let (skip, store) = prepared(rule("skip"));
+    assert_eq!(admitted(&skip, &store, &times(5, || request("/", now))), 5);
+    let (shared, store) = prepared(rule("shared"));
+    assert_eq!(
+        admitted(&shared, &store, &times(5, || request("/", now))),
+        2
+    );
+    let empty = || request("/", now).with_header("x-tenant", "");
+    assert_eq!(admitted(&shared, &store, &[empty()]), 0, "empty is absent");
+    let with_key = || request("/", now).with_header("x-tenant", "acme");
+    assert_eq!(admitted(&shared, &store, &times(5, with_key)), 2);
+}
+
+#[test]
+fn a_sliding_rule_smooths_the_burst_at_the_window_edge() {
+    let config = |algorithm: &str| json!({"rules": [{"name": "api", "limit": 10, "window": "1s", "algorithm": algorithm}]});
+    let end_of_second = t0() + 900;
+    let next_second = t0() + 1_100;
+    let (fixed, store) = prepared(config("fixed"));
+    assert_eq!(
+        admitted(&fixed, &store, &times(10, || request("/", end_of_second))),
+        10
+    );
+    assert_eq!(
+        admitted(&fixed, &store, &times(10, || request("/", next_second))),
+        10
+    );
+    let (sliding, store) = prepared(config("sliding"));
+    assert_eq!(
+        admitted(&sliding, &store, &times(10, || request("/", end_of_second))),
+        10
+    );
+    // 100 ms into the next second the previous 10 weigh 9: one more fits.
+    assert_eq!(
+        admitted(&sliding, &store, &times(10, || request("/", next_second))),
+        1
+    );
+    let refused = sliding.decide(&request("/", next_second), &store);
+    // 10·(1000 − e)/1000 + 1 ≤ 9 from e = 200 ms: 100 ms on, Retry-After rounds up to 1 s.
+    assert!(matches!(
+        refused.verdict,
+        Verdict::Throttled {
+            retry_after_secs: 1,
+            ..
+        }
+    ));
+    assert_eq!(
+        admitted(&sliding, &store, &times(5, || request("/", t0() + 1_200))),
+        1
+    );
+}
+
+#[test]
+fn retry_after_counts_to_the_end_of_a_day_window() {
+    let (policy, store) = prepared(json!({"rules": [rule("daily", 1, "1d")]}));
+    let evening = utc((2026, 5, 17), (22, 30, 0), 0);
+    assert_eq!(
+        policy.decide(&request("/", evening), &store).verdict,
+        Verdict::Allowed
+    );
+    assert!(matches!(
+        policy.decide(&request("/", evening), &store).verdict,
+        Verdict::Throttled {
+            retry_after_secs: 5_400,
+            ..
+        }
+    ));
+    let last_ms = utc((2026, 5, 17), (23, 59, 59), 999);
+    assert!(matches!(
+        policy.decide(&request("/", last_ms), &store).verdict,
+        Verdict::Throttled {
+            retry_after_secs: 1,
+            ..
+        }
+    ));
+    let midnight = utc((2026, 5, 18), (0, 0, 0), 0);
+    assert_eq!(
+        policy.decide(&request("/", midnight), &store).verdict,
+        Verdict::Allowed
+    );
+}
+
+#[test]
+fn dry_run_lets_throttled_requests_through_and_says_so() {
+    let (policy, store) = prepared(json!({"dry_run": true, "rules": [rule("all", 1, "1m")]}));
+    let now = t0();
+    assert_eq!(
+        policy.decide(&request("/", now), &store).verdict,
+        Verdict::Allowed
+    );
+    let would = policy.decide(&request("/", now), &store);
+    assert_eq!(would.verdict, Verdict::Allowed);
+    assert!(would.has(RuleEvent::DryRunThrottled));
+    assert_eq!(would.quota.map(|q| q.remaining), Some(0));
+}
+
+/// A store that always fails, or always loses the compare-and-swap.
+struct BrokenStore(StoreError);
+
+impl SharedStore for BrokenStore {
+    fn get(&self, _key: &str) -> Result<Versioned, StoreError> {
+        match self.0 {
+            StoreError::CasMismatch => Ok((None, Some(1))),
+            other => Err(other),
+        }
+    }
+
+    fn set(&self, _key: &str, _value: &[u8], _cas: Option<u32>) -> Result<(), StoreError> {
+        Err(self.0)
+    }
+}
+
+#[test]
+fn a_failing_store_lets_requests_through_by_default_and_counts_it() {
+    let policy = throttling(json!({"rules": [rule("all", 1, "1m")]}));
+    for failure in [StoreError::Unavailable, StoreError::CasMismatch] {
+        let decision = policy.decide(&request("/", t0()), &BrokenStore(failure));
+        assert_eq!(decision.verdict, Verdict::Allowed, "{failure:?}");
+        assert_eq!(decision.events, [(0, RuleEvent::StoreFailure)]);
+    }
+}
+
+#[test]
+fn a_failing_store_refuses_with_503_under_failure_mode_deny() {
+    let policy = throttling(json!({"failure_mode": "deny", "rules": [rule("all", 1, "1m")]}));
+    for failure in [StoreError::Unavailable, StoreError::CasMismatch] {
+        let decision = policy.decide(&request("/", t0()), &BrokenStore(failure));
+        assert_eq!(decision.verdict, Verdict::Unavailable { rule: 0 });
+        let error = decision.verdict.error().unwrap();
+        assert_eq!((error.status, error.code), (503, "A503TU"));
+    }
+}
+
+#[test]
+fn many_workers_hammering_one_quota_admit_exactly_the_limit() {
+    let policy = Arc::new(throttling(json!({"rules": [
+        {"name": "api", "limit": 300, "window": "1h"},
+        {"name": "per-ip", "key": "client_ip", "limit": 1000, "window": "1h", "slots": 4}
+    ]})));
+    let store = Arc::new(MemoryStore::new());
+    policy.initialize(&*store).unwrap();
+    let workers: Vec<_> = (0..8)
+        .map(|worker| {
+            let (policy, store) = (Arc::clone(&policy), Arc::clone(&store));
+            std::thread::spawn(move || {
+                let mut admitted = 0;
+                for i in 0..150 {
+                    let host = request("/", t0() + 1_000 + i);
+                    host.set_property(
+                        &["source", "address"],
+                        format!("198.51.100.{worker}:1").as_bytes(),
+                    );
+                    let decision = policy.decide(&host, &*store);
+                    assert!(!decision.has(RuleEvent::StoreFailure), "{decision:?}");
+                    if decision.verdict == Verdict::Allowed {
+                        admitted += 1;
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let total: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert_eq!(total, 300);
+    assert_eq!(store.key_count(), 1 + 4);
+}
+
+#[test]
+fn many_distinct_clients_never_grow_shared_data_beyond_the_table() {
+    let (policy, store) = prepared(json!({"rules": [
+        {"name": "per-ip", "key": "client_ip", "limit": 1, "window": "1m", "slots": 32}
+    ]}));
+    assert_eq!(store.key_count(), 32);
+    assert_eq!(policy.shared_data_keys(), 32);
+    let mut admitted = 0;
+    let mut shared = 0;
+    for i in 0..5_000u32 {
+        let host = request("/", t0());
+        let peer = format!("10.{}.{}.{}:1", i >> 16, (i >> 8) & 255, i & 255);
+        host.set_property(&["source", "address"], peer.as_bytes());
+        let decision = policy.decide(&host, &store);
+        admitted += usize::from(decision.verdict == Verdict::Allowed);
+        shared += usize::from(decision.has(RuleEvent::SharedSlot));
+    }
+    assert_eq!(store.key_count(), 32);
+    // Each way of each slot is claimed once; later clients share a full count.
+    assert_eq!(admitted, 32 * WAYS);
+    assert_eq!(shared, 5_000 - admitted, "the rest found their slot full");
+}
+
+#[test]
+fn a_changed_window_starts_the_counts_afresh() {
+    let store = MemoryStore::new();
+    let per_minute = throttling(json!({"rules": [rule("all", 1, "1m")]}));
+    per_minute.initialize(&store).unwrap();
+    assert_eq!(
+        per_minute.decide(&request("/", t0()), &store).verdict,
+        Verdict::Allowed
+    );
+    assert_ne!(
+        per_minute.decide(&request("/", t0()), &store).verdict,
+        Verdict::Allowed
+    );
+    let per_hour = throttling(json!({"rules": [rule("all", 1, "1h")]}));
+    per_hour.initialize(&store).unwrap();
+    assert_eq!(
+        per_hour.decide(&request("/", t0()), &store).verdict,
+        Verdict::Allowed
+    );
+    assert_eq!(store.key_count(), 1);
+}
+
+#[test]
+fn route_names_are_read_only_when_a_rule_uses_them() {
+    let (policy, store) = prepared(json!({"rules": [
+        {"name": "internal", "match": {"route_names": ["internal"]}, "limit": 1, "window": "1m"}
+    ]}));
+    let on_route = |route: &str| request("/", t0()).with_property(&["xds", "route_name"], route);
+    assert_eq!(
+        admitted(&policy, &store, &times(3, || on_route("internal"))),
+        1
+    );
+    assert_eq!(
+        admitted(&policy, &store, &times(3, || on_route("public"))),
+        3
+    );
+}
+
+#[test]
+fn malformed_configs_are_refused_with_the_field_named() {
+    let cases = [
+        (r#"{}"#, "missing field `rules`"),
+        (r#"{"rules":[]}"#, "rules: list at least one rule"),
+        (
+            r#"{"rules":[{"limit":1,"window":"1s"}]}"#,
+            "rules[0]: missing field `name`",
+        ),
+        (
+            r#"{"rules":[{"name":"a b","limit":1,"window":"1s"}]}"#,
+            "rules[0].name: `a b` must be 1 to 64 letters, digits, `-` or `_`",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s"},{"name":"a","limit":1,"window":"1s"}]}"#,
+            "rules[1].name: `a` is already the name of rules[0]",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":0,"window":"1s"}]}"#,
+            "rules[0].limit: must be at least 1",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":-1,"window":"1s"}]}"#,
+            "rules[0].limit: invalid value: integer `-1`, expected u32",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"10x"}]}"#,
+            "rules[0].window: `10x` is not a window; use a whole number and a unit: `1s`, `10m`, `1h`, `1d`",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":{"seconds":1}}]}"#,
+            "rules[0].window: invalid type: map, expected a string",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"0s"}]}"#,
+            "rules[0].window: `0s` is empty; a window is at least `1s`",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1d","algorithm":"sliding"}]}"#,
+            "rules[0].algorithm: `sliding` is for windows of seconds and minutes, up to `1h`; a `1d` window counts in fixed UTC windows",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","algorithm":"leaky"}]}"#,
+            "rules[0].algorithm: unknown variant `leaky`, expected `fixed` or `sliding`",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","key":"ip"}]}"#,
+            "rules[0].key: unknown variant `ip`, expected one of `api`, `app`, `user`, `client_ip`, `parameter`",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","key":"user"}]}"#,
+            "rules[0].key: `user` needs the top-level `user` source, for example {\"header\": \"x-user-id\"}",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","key":{"parameter":{"cookie":"x"}}}]}"#,
+            "rules[0].key.parameter: unknown variant `cookie`, expected one of `header`, `query`, `path`, `jwt_claim`",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","key":{"parameter":{"header":"bad header"}}}]}"#,
+            "rules[0].key.parameter.header: `bad header` is not a header name",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","key":{"parameter":{"path":"id"}}}]}"#,
+            "rules[0].key.parameter.path: `id` is not a variable of this rule's path template",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","slots":8}]}"#,
+            "rules[0].slots: a rule keyed by `api` keeps one counter; `slots` is for keyed rules",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","missing_key":"shared"}]}"#,
+            "rules[0].missing_key: a rule keyed by `api` always has its key",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","key":"app","slots":0}]}"#,
+            "rules[0].slots: must be between 1 and 1048576",
+        ),
+        (
+            r#"{"slots":2000000,"rules":[{"name":"a","limit":1,"window":"1s"}]}"#,
+            "slots: must be between 1 and 1048576",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","exceptions":[{"limit":5}]}]}"#,
+            "rules[0].exceptions[0]: list the `apps` or `users` it applies to",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","exceptions":[{"apps":["x"]}]}]}"#,
+            "rules[0].exceptions[0]: set either `limit` or `\"exempt\": true`",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","exceptions":[{"apps":["x"],"limit":2,"exempt":true}]}]}"#,
+            "rules[0].exceptions[0]: set either `limit` or `\"exempt\": true`",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","exceptions":[{"apps":["x",""],"exempt":true}]}]}"#,
+            "rules[0].exceptions[0].apps[1]: must not be empty",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","exceptions":[{"apps":["x"],"limit":0}]}]}"#,
+            "rules[0].exceptions[0].limit: must be at least 1",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","exceptions":[{"users":["u"],"exempt":true}]}]}"#,
+            "rules[0].exceptions[0].users: naming users needs the top-level `user` source, for example {\"header\": \"x-user-id\"}",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","exceptions":[{"apps":["x"],"exempt":true,"note":1}]}]}"#,
+            "rules[0].exceptions[0].note: unknown field `note`",
+        ),
+        (
+            r#"{"user":{"path":"id"},"rules":[{"name":"a","limit":1,"window":"1s"}]}"#,
+            "user: a user cannot come from a path variable; use `header`, `query` or `jwt_claim`",
+        ),
+        (
+            r#"{"user":{"header":""},"rules":[{"name":"a","limit":1,"window":"1s"}]}"#,
+            "user.header: must not be empty",
+        ),
+        (
+            r#"{"client_ip_v6_prefix":0,"rules":[{"name":"a","limit":1,"window":"1s"}]}"#,
+            "client_ip_v6_prefix: must be between 1 and 128",
+        ),
+        (
+            r#"{"failure_mode":"open","rules":[{"name":"a","limit":1,"window":"1s"}]}"#,
+            "failure_mode: unknown variant `open`, expected `allow` or `deny`",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s","match":{"path":{"prefix":"x"}}}]}"#,
+            "rules[0].match.path.prefix: `x` must start with `/`",
+        ),
+        (
+            r#"{"client_address":{"trusted_proxies":["10.0.0.300"]},"rules":[{"name":"a","limit":1,"window":"1s"}]}"#,
+            "client_address.trusted_proxies[0]: `10.0.0.300` is not a valid IP address or CIDR block",
+        ),
+        (
+            r#"{"rules":[{"name":"a","limit":1,"window":"1s"}],"rate_limit_header":true}"#,
+            "rate_limit_header: unknown field `rate_limit_header`",
+        ),
+    ];
+    let wrong: Vec<String> = cases
+        .iter()
+        .map(|(json, expected)| (json, expected, config_error(json)))
+        .filter(|(_, expected, error)| !error.starts_with(*expected))
+        .map(|(json, expected, error)| format!("{json}\n  got: {error}\n want: {expected}"))
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn a_complete_configuration_compiles() {
+    let policy = throttling(json!({
+        "user": {"header": "x-user-id"},
+        "client_address": {"trusted_proxies": ["10.0.0.0/8"], "envoy_appended_xff": true},
+        "client_ip_v6_prefix": 56,
+        "slots": 1024,
+        "failure_mode": "deny",
+        "rate_limit_headers": true,
+        "dry_run": false,
+        "rules": [
+            {"name": "api", "match": {"hosts": ["api.example.com"]}, "limit": 1000, "window": "1s", "algorithm": "sliding"},
+            {"name": "per-app", "key": "app", "limit": 100, "window": "1m",
+             "exceptions": [{"apps": ["203751"], "limit": 1000}, {"apps": ["ops"], "exempt": true}]},
+            {"name": "per-user", "key": "user", "limit": 10000, "window": "1d", "slots": 65536},
+            {"name": "per-ip", "key": "client_ip", "limit": 60, "window": "1m", "missing_key": "shared"},
+            {"name": "per-region", "key": {"parameter": {"query": "region"}}, "limit": 5, "window": "10m"}
+        ]
+    }));
+    assert!(policy.rate_limit_headers());
+    assert_eq!(
+        policy.rule_names().collect::<Vec<_>>(),
+        ["api", "per-app", "per-user", "per-ip", "per-region"]
+    );
+    assert_eq!(policy.shared_data_keys(), 1 + 3 * 1024 + 65536);
+}
