@@ -6,7 +6,7 @@ WASM_DIR     := target/wasm32-wasip1/release
 CARGO        ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build run test lint fmt unit integration validate clean
+.PHONY: all setup build run test lint fmt unit integration validate clean oci bench
 
 all: build
 
@@ -25,6 +25,14 @@ run: build
 
 ## test: formatting, lints, native unit tests, the wasm build, real-Envoy tests
 test: setup lint unit build integration
+
+## oci: an OCI image per filter in the Wasm OCI image format (for Istio), no Docker daemon
+oci: build
+	@bash scripts/oci.sh
+
+## bench: load and CPU benchmarks against bare Envoy (minutes; not part of `make test`)
+bench: build
+	@bash scripts/bench.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

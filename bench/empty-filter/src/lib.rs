@@ -1,0 +1,1 @@
+//! empty-filter: work in progress.
