@@ -1409,6 +1409,110 @@ mod tests {
     }
 
     #[test]
+    fn every_source_reaches_every_target_location() {
+        // (location, name, how the frontend carries "v 1", how the target is read back)
+        let places = [
+            ("query", "q"),
+            ("header", "X-H"),
+            ("path", "p"),
+            ("form", "f"),
+            ("body", "/b"),
+        ];
+        for (from_in, from_name) in places {
+            for (to_in, to_name) in places {
+                if from_in == to_in
+                    || (from_in == "form" && to_in == "body")
+                    || (from_in == "body" && to_in == "form")
+                {
+                    continue;
+                }
+                let to_name = if to_in == "path" { "t" } else { to_name };
+                let kind = if from_in == "form" || to_in == "form" {
+                    "form"
+                } else {
+                    "json"
+                };
+                let m = mapping(json!({
+                    "match": {"path": {"template": "/in/{p}"}},
+                    "backend": {"path": "/out/{p}/{t}"},
+                    "parameters": [{"from": {"in": from_in, "name": from_name}, "to": {"in": to_in, "name": to_name}}],
+                    "constants": if to_in == "path" { json!([]) } else { json!([{"to": {"in": "path", "name": "t"}, "value": "x"}]) }
+                }));
+                let query = if from_in == "query" { "?q=v%201" } else { "" };
+                let headers: &[(&str, &str)] = if from_in == "header" {
+                    &[("x-h", "v 1")]
+                } else {
+                    &[]
+                };
+                let segment = if from_in == "path" { "v%201" } else { "seg" };
+                let (content_type, body): (&str, &[u8]) = match (kind, from_in) {
+                    ("form", "form") => ("application/x-www-form-urlencoded", b"f=v+1&keep=1"),
+                    ("form", _) => ("application/x-www-form-urlencoded", b"keep=1"),
+                    (_, "body") => ("application/json", br#"{"b": "v 1"}"#),
+                    _ => ("application/json", b"{}"),
+                };
+                let case = format!("{from_in} -> {to_in}");
+                let mapped = apply_with_body(
+                    &m,
+                    &format!("/in/{segment}{query}"),
+                    headers,
+                    Some(content_type),
+                    Some(body),
+                )
+                .unwrap_or_else(|e| panic!("{case}: {e:?}"));
+                let path = mapped.path.clone().unwrap_or_default();
+                let got = match to_in {
+                    "query" => path.split_once("?q=").map(|(_, v)| url_decode(v).unwrap()),
+                    "header" => mapped
+                        .set_headers
+                        .iter()
+                        .find(|(n, _)| n == "x-h")
+                        .map(|(_, v)| v.clone()),
+                    "path" => path
+                        .strip_prefix(&format!("/out/{segment}/"))
+                        .map(|v| url_decode(v.split('?').next().unwrap()).unwrap()),
+                    "form" => mapped.body.as_deref().and_then(|b| {
+                        parse_pairs(std::str::from_utf8(b).unwrap())
+                            .unwrap()
+                            .into_iter()
+                            .find(|(k, _)| k == "f")
+                            .map(|(_, v)| v)
+                    }),
+                    _ => mapped.body.as_deref().map(|b| {
+                        serde_json::from_slice::<serde_json::Value>(b).unwrap()["b"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string()
+                    }),
+                };
+                assert_eq!(got.as_deref(), Some("v 1"), "{case}: {mapped:?}");
+                // The value left its old place.
+                match from_in {
+                    "query" => assert!(!path.contains("q=") || to_in == "query", "{case}"),
+                    "header" => assert!(
+                        mapped.remove_headers.contains(&"x-h".to_string()) || to_in == "header",
+                        "{case}"
+                    ),
+                    "form" => assert!(
+                        !String::from_utf8_lossy(mapped.body.as_deref().unwrap_or_default())
+                            .contains("f=v"),
+                        "{case}"
+                    ),
+                    "body" => assert!(
+                        mapped
+                            .body
+                            .as_deref()
+                            .is_none_or(|b| !String::from_utf8_lossy(b).contains("\"b\""))
+                            || to_in == "body",
+                        "{case}"
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    #[test]
     fn bad_mappings_are_refused_with_the_field_named() {
         let cases = [
             (
