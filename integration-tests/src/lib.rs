@@ -5,4 +5,5 @@ pub mod clickhouse;
 pub mod echo;
 pub mod envoy;
 pub mod http;
+pub mod registry;
 pub mod signing;

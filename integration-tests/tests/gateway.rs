@@ -1,11 +1,13 @@
 //! The shipped configs in `envoy/`: every one passes `envoy --mode validate`,
 //! and the demo gateway itself (TLS, balancing, health checks, the filter
-//! chain) is started and exercised with ephemeral ports.
+//! chain) is started and exercised with ephemeral ports: `gateway.yaml`, the
+//! chain of single filters, or in module mode `gateway-module.yaml`, the
+//! same demo with every policy in the gateway module.
 
 use integration_tests::clickhouse::ClickHouse;
 use integration_tests::echo::EchoServer;
 use integration_tests::envoy::{
-    make_certs, shipped_config, start_yaml, validate, workspace_root, Envoy,
+    make_certs, module_mode, shipped_config, start_yaml, validate, workspace_root, Envoy,
 };
 use integration_tests::http;
 use std::collections::HashMap;
@@ -23,11 +25,22 @@ fn shipped_envoy_configs() -> Vec<String> {
     names
 }
 
+/// The demo: the chain of single filters, or in module mode the gateway
+/// module (the same listeners, clusters and policies).
+fn demo_file() -> &'static str {
+    if module_mode() {
+        "gateway-module.yaml"
+    } else {
+        "gateway.yaml"
+    }
+}
+
 #[test]
 fn every_shipped_envoy_config_validates() {
     let (certs, _) = make_certs();
     let names = shipped_envoy_configs();
     assert!(names.contains(&"gateway.yaml".to_string()));
+    assert!(names.contains(&"gateway-module.yaml".to_string()));
     assert!(names.contains(&"ip-acl.yaml".to_string()));
     for name in names {
         let path = workspace_root().join("envoy").join(&name);
@@ -43,7 +56,7 @@ fn every_shipped_envoy_config_validates() {
 fn a_broken_filter_config_in_the_gateway_fails_validation_with_the_reason() {
     let (certs, _) = make_certs();
     let text = shipped_config(
-        "gateway.yaml",
+        demo_file(),
         &[
             (".run/tls/", format!("{}/", certs.path().display())),
             (
@@ -79,13 +92,18 @@ fn demo_gateway() -> Demo {
 
 /// The demo with log-push writing to the ClickHouse HTTP port given.
 fn demo_gateway_logging_to(sink_port: u16) -> Demo {
+    demo_from(demo_file(), sink_port)
+}
+
+/// `envoy/<file>`, one of the demo's two forms, started with test ports.
+fn demo_from(file: &str, sink_port: u16) -> Demo {
     let upstreams = [
         EchoServer::start("backend-1").expect("echo"),
         EchoServer::start("backend-2").expect("echo"),
     ];
     let (certs, cert) = make_certs();
     let text = shipped_config(
-        "gateway.yaml",
+        file,
         &[
             ("port_value: 9901", "port_value: 0".into()),
             ("port_value: 8080", "port_value: 0".into()),
@@ -387,4 +405,55 @@ fn the_demo_limited_api_admits_three_calls_per_client_and_window() {
     assert_eq!(refused.header("x-ca-error-code"), Some("A429IP"));
     assert!(refused.header("retry-after").is_some());
     assert_eq!(refused.header("x-ratelimit-limit"), Some("3"));
+}
+
+#[test]
+fn the_shipped_gateway_module_runs_every_policy_of_the_demo_in_one_wasm_filter() {
+    use integration_tests::signing::{pairs, signed_headers};
+    let text = std::fs::read_to_string(workspace_root().join("envoy/gateway-module.yaml"))
+        .expect("envoy/gateway-module.yaml");
+    assert_eq!(
+        text.matches("envoy.extensions.filters.http.wasm.v3.Wasm")
+            .count(),
+        1,
+        "one Wasm filter"
+    );
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let demo = demo_from("gateway-module.yaml", closed_port);
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        http::get(&demo.http_url(path), headers).expect("response")
+    };
+
+    let accept = [("accept".to_string(), "application/json".to_string())];
+    let headers = signed_headers("203751", "demo-secret", "GET", "/orders/42", &accept, None);
+    let signed = get("/orders/42", &pairs(&headers));
+    assert_eq!(signed.status, 200, "{}", signed.text());
+    assert_eq!(
+        signed.json()["headers"]["x-gw-signature-key-id"],
+        "demo-2026"
+    );
+    assert_eq!(signed.header("x-ratelimit-limit"), Some("100"));
+    assert_eq!(get("/orders/42", &[]).status, 401);
+    assert_eq!(
+        get("/api/items", &[("x-forwarded-for", "203.0.113.7")]).status,
+        403
+    );
+    assert_eq!(get("/search?page=0", &[]).status, 400);
+    let mapped = get("/v1/users/42?lang=zh", &[]);
+    assert_eq!(mapped.json()["path"], "/internal/accounts/42/profile");
+
+    // The policies count under their own names, as the single filters do.
+    for stat in [
+        "sign_auth.allowed",
+        "ip_acl.denied.deny_list",
+        "throttling.allowed",
+        "param_validation.denied.A400PV",
+        "request_mapping.mapped",
+    ] {
+        let name = format!("wasmcustom.gw.{stat}");
+        assert!(demo.envoy.stat(&name) >= 1, "{name}");
+    }
 }

@@ -291,7 +291,7 @@ fn a_new_window_admits_again() {
 #[test]
 fn a_sliding_window_refuses_a_second_burst_right_after_the_edge() {
     let gw = gateway(&[throttling(json!({
-        "rules": [{"name": "smooth", "limit": 4, "window": "2s", "algorithm": "sliding"}]
+        "rules": [{"name": "smooth", "limit": 4, "window": "4s", "algorithm": "sliding"}]
     }))]);
     let agent = http::agent();
     let send = |n: usize| {
@@ -303,15 +303,19 @@ fn a_sliding_window_refuses_a_second_burst_right_after_the_edge() {
             })
             .collect::<Vec<_>>()
     };
+    // Windows of 4 s leave a busy machine room: each step has >= 0.6 s.
     // 4 in the second half of one window…
-    sleep_until_into_window(2_000, 1_000);
+    sleep_until_into_window(4_000, 2_000);
     assert_eq!(send(5), [200, 200, 200, 200, 429]);
-    // …then 10% into the next they still weigh 3.6: a fixed window would
-    // admit 4 more here, the sliding one none.
-    sleep_until_into_window(2_000, 200);
+    // …then 10% into the next they still weigh 3.6 (more than 3 until 25%):
+    // a fixed window would admit 4 more here, the sliding one none.
+    sleep_until_into_window(4_000, 400);
     assert_eq!(send(2), [429, 429]);
     // 80% in they weigh 0.8, so 3 fit.
-    thread::sleep(Duration::from_millis(1_400));
+    let now = now_ms();
+    thread::sleep(Duration::from_millis(
+        (now / 4_000 * 4_000 + 3_200).saturating_sub(now),
+    ));
     assert_eq!(send(4), [200, 200, 200, 429]);
     assert_eq!(gw.upstream.request_count(), 7);
 }

@@ -1,1 +1,44 @@
-//! empty-filter: work in progress.
+//! empty-filter: a proxy-wasm HTTP filter that only continues.
+//!
+//! The benchmark's baseline (`make bench`): loading it in Envoy costs the Wasm
+//! VM and the proxy-wasm ABI round trips of every request, and nothing else.
+//! Each gateway filter's own cost is measured against it. It is built with the
+//! same SDK, the same release profile and the same stream callbacks as the
+//! filters, so the difference is the policy work alone.
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+/// One per request. Every callback keeps the SDK's default: continue.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EmptyHttp;
+
+impl Context for EmptyHttp {}
+
+impl HttpContext for EmptyHttp {}
+
+/// What the filter does with a request or response: nothing.
+pub const ACTION: Action = Action::Continue;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_http_context(|_context_id, _root_context_id| -> Box<dyn HttpContext> {
+        Box::new(EmptyHttp)
+    });
+}}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stream_callback_continues() {
+        let mut http = EmptyHttp;
+        assert_eq!(http.on_http_request_headers(3, false), ACTION);
+        assert_eq!(http.on_http_request_body(10, true), ACTION);
+        assert_eq!(http.on_http_request_trailers(0), ACTION);
+        assert_eq!(http.on_http_response_headers(2, false), ACTION);
+        assert_eq!(http.on_http_response_body(10, true), ACTION);
+        assert_eq!(http.on_http_response_trailers(0), ACTION);
+    }
+}

@@ -251,10 +251,10 @@ impl CircuitBreakerHttp {
                 metrics.inc(RuleCounter::Responded);
                 let request_id = self.get_http_request_header("x-request-id");
                 let rendered = answer.render(request_id.as_deref(), retry_after_ms);
-                self.send_http_response(
+                adapter::send_local_reply(
                     rendered.status,
                     rendered.header_pairs(answer.extra_headers()),
-                    Some(&rendered.body),
+                    &rendered.body,
                 );
                 Action::Pause
             }
@@ -381,8 +381,8 @@ mod tests {
     }
 }
 
-#[cfg(all(feature = "entrypoint", target_arch = "wasm32"))]
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(gateway_common::adapter::FilterRoot::<CircuitBreakerFilter>::default()) });
-}}
+#[cfg(feature = "entrypoint")]
+gateway_common::declare_root!(
+    gateway_common::adapter::RootRank::Filter,
+    gateway_common::adapter::FilterRoot::<CircuitBreakerFilter>::default()
+);

@@ -1,38 +1,56 @@
 //! The few proxy-wasm steps every filter's adapter repeats: loading the
-//! plugin configuration in `on_configure`, and answering with the shared
-//! error shape.
+//! plugin configuration in `on_configure`, answering with the shared error
+//! shape, and the root context that hands a compiled policy to each request.
+//!
+//! The same pieces let the gateway module run every policy in one VM: a
+//! policy loads into a [`LoadedPolicy`] whatever root holds it, and the
+//! few things a policy does to the stream that the policies after it must
+//! know (it answered the request, it replaced the request body) are noted
+//! here, where they happen, as [`StreamNotes`].
 
 use crate::config::ConfigError;
 use crate::error::{render, GatewayError};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel, MapType};
+use proxy_wasm::traits::{HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Duration;
 
-/// Reads the plugin configuration and compiles it. On error, logs
+/// The plugin configuration Envoy handed over (empty when there is none).
+pub fn plugin_configuration() -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Compiles a configuration. On error, logs
 /// `<filter>: invalid configuration: <path>: <reason>` and returns `None`,
 /// so `on_configure` returns false and Envoy refuses the configuration.
-pub fn load_config<C>(
+pub fn compile_or_log<C>(
     filter: &str,
+    bytes: &[u8],
     compile: impl FnOnce(&[u8]) -> Result<C, ConfigError>,
 ) -> Option<C> {
-    let bytes = hostcalls::get_buffer(
-        proxy_wasm::types::BufferType::PluginConfiguration,
-        0,
-        usize::MAX,
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_default();
-    match compile(&bytes) {
+    match compile(bytes) {
         Ok(config) => Some(config),
         Err(err) => {
-            let _ = hostcalls::log(
+            log(
                 LogLevel::Error,
                 &format!("{filter}: invalid configuration: {err}"),
             );
             None
         }
     }
+}
+
+/// Reads the plugin configuration and compiles it, as [`compile_or_log`].
+pub fn load_config<C>(
+    filter: &str,
+    compile: impl FnOnce(&[u8]) -> Result<C, ConfigError>,
+) -> Option<C> {
+    compile_or_log(filter, &plugin_configuration(), compile)
 }
 
 /// Answers the current request with `error` in the shared shape; the caller
@@ -48,11 +66,54 @@ pub fn send_error_with_headers(error: &GatewayError, extra: &[(&'static str, Str
         .flatten();
     let mut response = render(error, request_id.as_deref());
     response.headers.extend_from_slice(extra);
-    let _ = hostcalls::send_http_response(
-        response.status,
-        response.header_pairs(),
-        Some(&response.body),
-    );
+    send_local_reply(response.status, response.header_pairs(), &response.body);
+}
+
+/// Answers the current request from the gateway (the upstream is not
+/// called) and notes it in [`StreamNotes::answered`]. Every local reply of
+/// every filter goes through here.
+pub fn send_local_reply(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {
+    let _ = hostcalls::send_http_response(status, headers, Some(body));
+    note(|notes| notes.answered = true);
+}
+
+/// Replaces the first `old_size` bytes of the request body (the whole body
+/// a filter was shown) with `body`, and notes the new size in
+/// [`StreamNotes::request_body_size`]. Every request body rewrite goes
+/// through here.
+pub fn replace_request_body(old_size: usize, body: &[u8]) {
+    let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_size, body);
+    note(|notes| notes.request_body_size = Some(body.len()));
+}
+
+/// What a filter did to the stream during one callback that the policies
+/// after it must know when they run in the same module.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamNotes {
+    /// It answered the request itself ([`send_local_reply`]).
+    pub answered: bool,
+    /// It replaced the request body, which now has this size.
+    pub request_body_size: Option<usize>,
+}
+
+thread_local! {
+    static NOTES: Cell<StreamNotes> = const {
+        Cell::new(StreamNotes { answered: false, request_body_size: None })
+    };
+}
+
+fn note(change: impl FnOnce(&mut StreamNotes)) {
+    NOTES.with(|notes| {
+        let mut current = notes.get();
+        change(&mut current);
+        notes.set(current);
+    });
+}
+
+/// The notes taken since the last call, which forgets them. A Wasm VM runs
+/// one callback at a time, so the notes belong to the callback just run.
+pub fn take_stream_notes() -> StreamNotes {
+    NOTES.with(|notes| notes.take())
 }
 
 pub fn log(level: LogLevel, message: &str) {
@@ -84,18 +145,78 @@ pub trait Filter: 'static {
     ) -> Box<dyn proxy_wasm::traits::HttpContext>;
 }
 
+/// A policy whose configuration is loaded, as a root context holds it: it
+/// makes each request's context and may take part in the root's timer,
+/// HTTP call answers and shutdown. A single filter's root holds one; the
+/// gateway module's root holds one per enabled policy, in order.
+pub trait LoadedPolicy {
+    fn http_context(&self) -> Box<dyn HttpContext>;
+
+    /// How often the policy wants [`LoadedPolicy::on_tick`].
+    fn tick_period(&self) -> Option<Duration> {
+        None
+    }
+
+    fn on_tick(&mut self) {}
+
+    /// An HTTP call answered; returns whether the call was this policy's.
+    fn on_http_call_response(&mut self, _token: u32, _body_size: usize) -> bool {
+        false
+    }
+
+    /// Envoy is removing the configuration; returns whether the policy is
+    /// done at once (else it finishes later and becomes [`idle`](Self::idle)).
+    fn on_done(&mut self) -> bool {
+        true
+    }
+
+    /// Nothing in flight and nothing left to send.
+    fn idle(&self) -> bool {
+        true
+    }
+}
+
+/// A [`Filter`]'s compiled policy and its metrics.
+pub struct Loaded<F: Filter> {
+    policy: Rc<F::Policy>,
+    metrics: F::Metrics,
+}
+
+impl<F: Filter> Loaded<F> {
+    /// Compiles `bytes`, prepares the host and gets the metrics. On error,
+    /// logs `<filter>: invalid configuration: …` (or `<filter>: <reason>`
+    /// when the host cannot be prepared) and returns `None`.
+    pub fn load(bytes: &[u8], metrics: impl FnOnce() -> F::Metrics) -> Option<Self> {
+        let policy = compile_or_log(F::NAME, bytes, F::compile)?;
+        if let Err(reason) = F::prepare(&policy) {
+            log(LogLevel::Error, &format!("{}: {reason}", F::NAME));
+            return None;
+        }
+        Some(Self {
+            policy: Rc::new(policy),
+            metrics: metrics(),
+        })
+    }
+}
+
+impl<F: Filter> LoadedPolicy for Loaded<F> {
+    fn http_context(&self) -> Box<dyn HttpContext> {
+        F::http_context(Rc::clone(&self.policy), self.metrics)
+    }
+}
+
 /// The root context every filter uses: compiles the configuration in
 /// `on_configure` (refusing it with a logged reason) and hands the compiled
 /// policy to each request's context.
 pub struct FilterRoot<F: Filter> {
-    policy: Option<Rc<F::Policy>>,
+    loaded: Option<Loaded<F>>,
     metrics: Option<F::Metrics>,
 }
 
 impl<F: Filter> Default for FilterRoot<F> {
     fn default() -> Self {
         Self {
-            policy: None,
+            loaded: None,
             metrics: None,
         }
     }
@@ -105,29 +226,112 @@ impl<F: Filter> proxy_wasm::traits::Context for FilterRoot<F> {}
 
 impl<F: Filter> proxy_wasm::traits::RootContext for FilterRoot<F> {
     fn on_configure(&mut self, _config_size: usize) -> bool {
-        let Some(policy) = load_config(F::NAME, F::compile) else {
-            return false;
-        };
-        if let Err(reason) = F::prepare(&policy) {
-            log(LogLevel::Error, &format!("{}: {reason}", F::NAME));
-            return false;
+        let metrics = &mut self.metrics;
+        let loaded = Loaded::<F>::load(&plugin_configuration(), || {
+            *metrics.get_or_insert_with(F::define_metrics)
+        });
+        match loaded {
+            Some(loaded) => {
+                self.loaded = Some(loaded);
+                true
+            }
+            None => false,
         }
-        self.policy = Some(Rc::new(policy));
-        self.metrics.get_or_insert_with(F::define_metrics);
-        true
     }
 
-    fn create_http_context(
-        &self,
-        _context_id: u32,
-    ) -> Option<Box<dyn proxy_wasm::traits::HttpContext>> {
-        Some(F::http_context(self.policy.clone()?, self.metrics?))
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(self.loaded.as_ref()?.http_context())
     }
 
     fn get_type(&self) -> Option<proxy_wasm::types::ContextType> {
         Some(proxy_wasm::types::ContextType::HttpContext)
     }
 }
+
+/// Which root context a `.wasm` module runs when several crates linked
+/// into it declare one (see [`declare_root!`](crate::declare_root)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RootRank {
+    /// A single filter's root.
+    Filter,
+    /// The gateway module's root, which runs every filter. It links every
+    /// filter crate, and Cargo builds a crate once per command with the
+    /// union of the features asked for, so when the gateway module is built
+    /// together with the single filters, their declarations are linked in
+    /// too; this rank wins over them.
+    Module,
+}
+
+/// Makes a module's root context (given its context id).
+pub type RootFactory = fn(u32) -> Box<dyn RootContext>;
+
+/// The highest-ranked of the things offered; of equal ranks, the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ranked<T>(Option<(RootRank, T)>);
+
+impl<T: Copy> Ranked<T> {
+    pub const NONE: Self = Self(None);
+
+    pub fn offer(&mut self, rank: RootRank, value: T) {
+        match self.0 {
+            Some((kept, _)) if kept >= rank => {}
+            _ => self.0 = Some((rank, value)),
+        }
+    }
+
+    pub fn best(&self) -> Option<T> {
+        self.0.map(|(_, value)| value)
+    }
+}
+
+thread_local! {
+    static DECLARED_ROOT: Cell<Ranked<RootFactory>> = const { Cell::new(Ranked::NONE) };
+}
+
+/// Records a declared root (see [`Ranked`]).
+pub fn declare_root(rank: RootRank, factory: RootFactory) {
+    DECLARED_ROOT.with(|declared| {
+        let mut ranked = declared.get();
+        ranked.offer(rank, factory);
+        declared.set(ranked);
+    });
+}
+
+/// The root context the module runs, once every declaration has run.
+pub fn declared_root() -> Option<RootFactory> {
+    DECLARED_ROOT.with(|declared| declared.get().best())
+}
+
+/// Declares the root context of the `.wasm` module this crate is linked
+/// into: `declare_root!(RootRank::Filter, FilterRoot::<IpAclFilter>::default())`.
+///
+/// Every module's one entry point is `_initialize`, defined once here in
+/// `gateway-common`: a `#[no_mangle]` entry point per filter crate would be
+/// defined twice in the gateway module, which links them all. Declarations
+/// are module constructors (`.init_array`), run by `_initialize` before it
+/// picks the highest-ranked root.
+#[macro_export]
+macro_rules! declare_root {
+    ($rank:expr, $root:expr) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            extern "C" fn declare() {
+                $crate::adapter::declare_root($rank, |_| Box::new($root));
+            }
+            #[used]
+            #[link_section = ".init_array"]
+            static DECLARE: extern "C" fn() = declare;
+        };
+    };
+}
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    if let Some(factory) = declared_root() {
+        proxy_wasm::set_root_context(factory);
+    }
+}}
 
 /// The request's declared `Content-Length`, if any, so a body over a limit
 /// is refused before it is buffered.
@@ -136,4 +340,35 @@ pub fn declared_body_length() -> Option<usize> {
         .ok()
         .flatten()
         .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_module_root_wins_over_filter_roots_declared_before_or_after_it() {
+        let mut ranked = Ranked::NONE;
+        assert_eq!(ranked.best(), None);
+        ranked.offer(RootRank::Filter, "ip_acl");
+        assert_eq!(ranked.best(), Some("ip_acl"));
+        ranked.offer(RootRank::Module, "gateway");
+        ranked.offer(RootRank::Filter, "sign_auth");
+        ranked.offer(RootRank::Module, "a second module");
+        assert_eq!(ranked.best(), Some("gateway"));
+    }
+
+    #[test]
+    fn stream_notes_are_forgotten_once_taken() {
+        note(|notes| notes.answered = true);
+        note(|notes| notes.request_body_size = Some(12));
+        assert_eq!(
+            take_stream_notes(),
+            StreamNotes {
+                answered: true,
+                request_body_size: Some(12)
+            }
+        );
+        assert_eq!(take_stream_notes(), StreamNotes::default());
+    }
 }

@@ -11,13 +11,14 @@ pub mod record;
 pub mod shipper;
 
 use config::{LogPush, LogPushConfig};
-use gateway_common::adapter;
+use gateway_common::adapter::{self, LoadedPolicy};
 use gateway_common::config::{parse_json, ConfigError};
 use gateway_common::host::{Host, ProxyWasmHost, RequestFacts, RequestLine};
 use gateway_common::identity;
 use gateway_common::metrics::{Counter, Gauge};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use record::{redact_query, response_flag_names, Record, REDACTED};
 use shipper::{Finished, Shipper};
 use std::cell::{Cell, RefCell};
@@ -184,26 +185,66 @@ impl Worker {
     }
 }
 
-/// The root context: configuration, the worker's queue, the flush timer.
-#[derive(Default)]
-pub struct LogPushRoot {
-    worker: Option<Rc<Worker>>,
-    metrics: Option<Metrics>,
+/// log-push's part of a root context: the worker's queue, the flush timer's
+/// work, the sink's answers and the last batch at shutdown. The filter's own
+/// root ([`LogPushRoot`]) holds one, and so does the gateway module's root.
+pub struct LogPushWorker {
+    worker: Rc<Worker>,
     shutting_down: bool,
 }
 
-impl Context for LogPushRoot {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
-        let Some(worker) = &self.worker else { return };
+impl LogPushWorker {
+    /// Compiles `bytes` and starts an empty queue. On error, logs
+    /// `log_push: invalid configuration: …` and returns `None`.
+    pub fn load(bytes: &[u8], metrics: impl FnOnce() -> Metrics) -> Option<Self> {
+        let push = adapter::compile_or_log(FILTER_NAME, bytes, compile_config)?;
+        let metrics = metrics();
+        let shipper = Shipper::new(push.limits, now_ms());
+        Some(Self {
+            worker: Rc::new(Worker {
+                push: Rc::new(push),
+                shipper: RefCell::new(shipper),
+                metrics,
+                reported: Cell::new((0, 0)),
+                in_flight: Cell::new(None),
+                sink_failing: Cell::new(false),
+            }),
+            shutting_down: false,
+        })
+    }
+}
+
+impl LoadedPolicy for LogPushWorker {
+    fn http_context(&self) -> Box<dyn HttpContext> {
+        Box::new(LogPushHttp {
+            worker: Rc::clone(&self.worker),
+            request_line: None,
+            upstream_latency_ms: None,
+        })
+    }
+
+    fn tick_period(&self) -> Option<Duration> {
+        Some(Duration::from_millis(self.worker.push.tick_ms))
+    }
+
+    fn on_tick(&mut self) {
+        self.worker.send_due(false);
+    }
+
+    fn on_http_call_response(&mut self, token: u32, body_size: usize) -> bool {
+        let worker = &self.worker;
         if worker.in_flight.get() != Some(token) {
-            return;
+            return false;
         }
-        let status = self
-            .get_http_call_response_header(":status")
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
             .and_then(|s| s.parse::<u16>().ok());
         let ok = status.is_some_and(|s| (200..300).contains(&s));
         let body = if ok {
-            self.get_http_call_response_body(0, body_size)
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
                 .unwrap_or_default()
         } else {
             worker.sink_failed(&match status {
@@ -214,54 +255,68 @@ impl Context for LogPushRoot {
         };
         worker.finish(ok, &body);
         worker.send_due(self.shutting_down);
-        if self.shutting_down && !worker.shipper.borrow().busy() && worker.in_flight.get().is_none()
-        {
+        true
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.shutting_down = true;
+        // One last batch, best effort: Envoy may not wait for it.
+        self.worker.send_due(true);
+        self.worker.in_flight.get().is_none()
+    }
+
+    fn idle(&self) -> bool {
+        !self.worker.shipper.borrow().busy() && self.worker.in_flight.get().is_none()
+    }
+}
+
+/// The filter's root context: configuration, the worker's queue, the flush timer.
+#[derive(Default)]
+pub struct LogPushRoot {
+    worker: Option<LogPushWorker>,
+    metrics: Option<Metrics>,
+    shutting_down: bool,
+}
+
+impl Context for LogPushRoot {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        let Some(worker) = &mut self.worker else {
+            return;
+        };
+        if worker.on_http_call_response(token, body_size) && self.shutting_down && worker.idle() {
             self.done();
         }
     }
 
     fn on_done(&mut self) -> bool {
         self.shutting_down = true;
-        let Some(worker) = &self.worker else {
-            return true;
-        };
-        // One last batch, best effort: Envoy may not wait for it.
-        worker.send_due(true);
-        worker.in_flight.get().is_none()
+        self.worker.as_mut().is_none_or(LogPushWorker::on_done)
     }
 }
 
 impl RootContext for LogPushRoot {
     fn on_configure(&mut self, _config_size: usize) -> bool {
-        let Some(push) = adapter::load_config(FILTER_NAME, compile_config) else {
+        let metrics = &mut self.metrics;
+        let Some(worker) = LogPushWorker::load(&adapter::plugin_configuration(), || {
+            *metrics.get_or_insert_with(Metrics::define)
+        }) else {
             return false;
         };
-        let metrics = *self.metrics.get_or_insert_with(Metrics::define);
-        self.set_tick_period(Duration::from_millis(push.tick_ms));
-        let shipper = Shipper::new(push.limits, now_ms());
-        self.worker = Some(Rc::new(Worker {
-            push: Rc::new(push),
-            shipper: RefCell::new(shipper),
-            metrics,
-            reported: Cell::new((0, 0)),
-            in_flight: Cell::new(None),
-            sink_failing: Cell::new(false),
-        }));
+        if let Some(period) = worker.tick_period() {
+            self.set_tick_period(period);
+        }
+        self.worker = Some(worker);
         true
     }
 
     fn on_tick(&mut self) {
-        if let Some(worker) = &self.worker {
-            worker.send_due(false);
+        if let Some(worker) = &mut self.worker {
+            worker.on_tick();
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(LogPushHttp {
-            worker: self.worker.clone()?,
-            request_line: None,
-            upstream_latency_ms: None,
-        }))
+        Some(self.worker.as_ref()?.http_context())
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -416,8 +471,8 @@ impl HttpContext for LogPushHttp {
     }
 }
 
-#[cfg(all(feature = "entrypoint", target_arch = "wasm32"))]
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(LogPushRoot::default()) });
-}}
+#[cfg(feature = "entrypoint")]
+gateway_common::declare_root!(
+    gateway_common::adapter::RootRank::Filter,
+    LogPushRoot::default()
+);

@@ -138,7 +138,7 @@ impl ParamValidationHttp {
             self.set_http_request_header(name, Some(value));
         }
         if let Some(form) = &rewrite.form_body {
-            self.set_http_request_body(0, body_len, form.as_bytes());
+            adapter::replace_request_body(body_len, form.as_bytes());
             self.set_http_request_header("content-length", Some(&form.len().to_string()));
         }
     }
@@ -222,8 +222,8 @@ impl HttpContext for ParamValidationHttp {
     }
 }
 
-#[cfg(all(feature = "entrypoint", target_arch = "wasm32"))]
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(gateway_common::adapter::FilterRoot::<ParamValidationFilter>::default()) });
-}}
+#[cfg(feature = "entrypoint")]
+gateway_common::declare_root!(
+    gateway_common::adapter::RootRank::Filter,
+    gateway_common::adapter::FilterRoot::<ParamValidationFilter>::default()
+);

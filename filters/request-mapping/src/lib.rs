@@ -172,7 +172,7 @@ impl RequestMappingHttp {
             self.set_http_request_header(":method", Some(method));
         }
         if let Some(body) = &mapped.body {
-            self.set_http_request_body(0, body_len, body);
+            adapter::replace_request_body(body_len, body);
             self.set_http_request_header("content-length", Some(&body.len().to_string()));
             self.metrics.body_rewritten.inc();
         }
@@ -256,8 +256,8 @@ impl HttpContext for RequestMappingHttp {
     }
 }
 
-#[cfg(all(feature = "entrypoint", target_arch = "wasm32"))]
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(gateway_common::adapter::FilterRoot::<RequestMappingFilter>::default()) });
-}}
+#[cfg(feature = "entrypoint")]
+gateway_common::declare_root!(
+    gateway_common::adapter::RootRank::Filter,
+    gateway_common::adapter::FilterRoot::<RequestMappingFilter>::default()
+);

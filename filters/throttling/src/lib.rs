@@ -226,8 +226,8 @@ impl HttpContext for ThrottlingHttp {
     }
 }
 
-#[cfg(all(feature = "entrypoint", target_arch = "wasm32"))]
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(gateway_common::adapter::FilterRoot::<ThrottlingFilter>::default()) });
-}}
+#[cfg(feature = "entrypoint")]
+gateway_common::declare_root!(
+    gateway_common::adapter::RootRank::Filter,
+    gateway_common::adapter::FilterRoot::<ThrottlingFilter>::default()
+);

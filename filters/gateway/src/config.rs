@@ -1,0 +1,240 @@
+//! The module's configuration: one JSON object with a section per policy,
+//! each section exactly the configuration of the single filter. Splitting
+//! it is all this module does; every section is compiled by its own
+//! filter's code.
+
+use gateway_common::config::{parse_json, ConfigError};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// A policy of the module, in the order a request meets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    SignAuth,
+    IpAcl,
+    Throttling,
+    ParamValidation,
+    RequestMapping,
+    CircuitBreaker,
+    LogPush,
+}
+
+impl Section {
+    /// Every policy, in the order they run.
+    pub const ALL: [Section; 7] = [
+        Section::SignAuth,
+        Section::IpAcl,
+        Section::Throttling,
+        Section::ParamValidation,
+        Section::RequestMapping,
+        Section::CircuitBreaker,
+        Section::LogPush,
+    ];
+
+    /// The section's key, which is also the filter's name in logs and
+    /// metrics (`ip_acl`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Section::SignAuth => "sign_auth",
+            Section::IpAcl => "ip_acl",
+            Section::Throttling => "throttling",
+            Section::ParamValidation => "param_validation",
+            Section::RequestMapping => "request_mapping",
+            Section::CircuitBreaker => "circuit_breaker",
+            Section::LogPush => "log_push",
+        }
+    }
+}
+
+/// The document as written: each section kept as its exact JSON text.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    sign_auth: Option<Box<RawValue>>,
+    ip_acl: Option<Box<RawValue>>,
+    throttling: Option<Box<RawValue>>,
+    param_validation: Option<Box<RawValue>>,
+    request_mapping: Option<Box<RawValue>>,
+    circuit_breaker: Option<Box<RawValue>>,
+    log_push: Option<Box<RawValue>>,
+}
+
+impl Document {
+    fn take(&mut self, section: Section) -> Option<Box<RawValue>> {
+        match section {
+            Section::SignAuth => self.sign_auth.take(),
+            Section::IpAcl => self.ip_acl.take(),
+            Section::Throttling => self.throttling.take(),
+            Section::ParamValidation => self.param_validation.take(),
+            Section::RequestMapping => self.request_mapping.take(),
+            Section::CircuitBreaker => self.circuit_breaker.take(),
+            Section::LogPush => self.log_push.take(),
+        }
+    }
+}
+
+/// Splits the module's configuration into the present sections, in the
+/// order the policies run, each as the bytes its filter's parser takes: a
+/// section's JSON text as written, or, when the section is a JSON string,
+/// the string's content (the exact text a single filter would be given).
+/// A section set to `null` is absent.
+pub fn split(bytes: &[u8]) -> Result<Vec<(Section, Vec<u8>)>, ConfigError> {
+    let mut document: Document = parse_json(bytes)?;
+    let mut sections = Vec::new();
+    for section in Section::ALL {
+        let Some(raw) = document.take(section) else {
+            continue;
+        };
+        let text = raw.get();
+        let bytes = if text.starts_with('"') {
+            serde_json::from_str::<String>(text)
+                .map_err(|err| ConfigError::new(section.key(), err.to_string()))?
+                .into_bytes()
+        } else {
+            text.as_bytes().to_vec()
+        };
+        sections.push((section, bytes));
+    }
+    if sections.is_empty() {
+        return Err(ConfigError::new(
+            "",
+            format!(
+                "no policy is configured; expected at least one of the sections {}",
+                section_list()
+            ),
+        ));
+    }
+    Ok(sections)
+}
+
+/// `` `sign_auth`, `ip_acl`, … `` in order.
+fn section_list() -> String {
+    Section::ALL
+        .iter()
+        .map(|s| format!("`{}`", s.key()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(json: &str) -> Vec<&'static str> {
+        split(json.as_bytes())
+            .unwrap_or_else(|err| panic!("{err}"))
+            .into_iter()
+            .map(|(section, _)| section.key())
+            .collect()
+    }
+
+    fn error_of(json: &str) -> String {
+        match split(json.as_bytes()) {
+            Ok(_) => panic!("accepted: {json}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn section_keys_are_the_filter_names_in_the_order_policies_run() {
+        let names = [
+            sign_auth::FILTER_NAME,
+            ip_acl::FILTER_NAME,
+            throttling::FILTER_NAME,
+            param_validation::FILTER_NAME,
+            request_mapping::FILTER_NAME,
+            circuit_breaker::FILTER_NAME,
+            log_push::FILTER_NAME,
+        ];
+        assert_eq!(Section::ALL.map(Section::key), names);
+    }
+
+    #[test]
+    fn sections_come_out_in_policy_order_whatever_the_order_written() {
+        assert_eq!(
+            keys(r#"{"log_push":{}, "ip_acl":{}, "sign_auth":{}, "circuit_breaker":{}}"#),
+            ["sign_auth", "ip_acl", "circuit_breaker", "log_push"]
+        );
+    }
+
+    #[test]
+    fn an_absent_or_null_section_turns_its_policy_off() {
+        assert_eq!(
+            keys(r#"{"throttling": null, "request_mapping": {"rules": []}}"#),
+            ["request_mapping"]
+        );
+    }
+
+    #[test]
+    fn a_section_is_handed_over_exactly_as_written() {
+        let json = r#"{"ip_acl": {"deny" : ["10.0.0.0/8"],  "dry_run":true }}"#;
+        let sections = split(json.as_bytes()).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(
+            sections,
+            [(
+                Section::IpAcl,
+                br#"{"deny" : ["10.0.0.0/8"],  "dry_run":true }"#.to_vec()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_section_given_as_a_string_is_handed_over_as_its_content() {
+        let json = r#"{"ip_acl": "{\"deny\": [\"10.0.0.0/8\"]", "log_push": "not json"}"#;
+        let sections = split(json.as_bytes()).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(
+            sections,
+            [
+                (Section::IpAcl, br#"{"deny": ["10.0.0.0/8"]"#.to_vec()),
+                (Section::LogPush, b"not json".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_section_is_refused_with_the_known_ones_listed() {
+        assert_eq!(
+            error_of(r#"{"ip-acl": {}}"#),
+            "ip-acl: unknown field `ip-acl`, expected one of `sign_auth`, `ip_acl`, \
+             `throttling`, `param_validation`, `request_mapping`, `circuit_breaker`, `log_push` \
+             at line 1 column 9"
+        );
+    }
+
+    #[test]
+    fn a_section_given_twice_is_refused() {
+        assert_eq!(
+            error_of(r#"{"ip_acl": {}, "ip_acl": {}}"#),
+            "duplicate field `ip_acl` at line 1 column 23"
+        );
+    }
+
+    #[test]
+    fn a_configuration_that_is_not_an_object_is_refused() {
+        for json in ["[]", "\"ip_acl\"", "42", "null"] {
+            assert_eq!(
+                error_of(json),
+                "the filter configuration must be a JSON object"
+            );
+        }
+        assert_eq!(
+            error_of("  "),
+            "the filter configuration is empty; expected a JSON object"
+        );
+    }
+
+    #[test]
+    fn a_configuration_without_any_section_is_refused() {
+        assert_eq!(
+            error_of("{}"),
+            "no policy is configured; expected at least one of the sections `sign_auth`, \
+             `ip_acl`, `throttling`, `param_validation`, `request_mapping`, \
+             `circuit_breaker`, `log_push`"
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_refused_with_its_position() {
+        assert!(error_of(r#"{"ip_acl": {"deny": [}"#).contains("line 1"));
+    }
+}

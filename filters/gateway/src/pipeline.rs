@@ -1,0 +1,545 @@
+//! One request's way through the policies, as the chain of single filters
+//! would take it, but inside one Envoy filter.
+//!
+//! - Request callbacks reach the policies in order. A policy that holds the
+//!   request (`Pause` on its headers, to read the body) holds it for every
+//!   policy after it: those see the request headers only once it lets the
+//!   request go, and then at once the body it held (with its size as the
+//!   policies before left it).
+//! - A policy that answers the request itself ends the request phase:
+//!   nothing after it runs for the request.
+//! - Response callbacks reach every policy, last first, as Envoy runs
+//!   encoder filters; `on_log` reaches every policy, first first, as Envoy
+//!   runs access loggers. A policy whose request phase never ran has nothing
+//!   to do there, except log-push, which records refused requests too.
+//!
+//! Nothing here calls the host: a [`Member`] is any policy context, a fake
+//! one in the tests.
+
+/// What a policy made of one callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Done with this callback; the next policy may go on.
+    Continue,
+    /// Hold the stream (for the request headers: until the body is read;
+    /// for a body: until more of it has arrived).
+    Pause,
+    /// The policy answered the request itself (a local reply).
+    Answered,
+}
+
+/// What a policy made of a request body callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyVerdict {
+    pub verdict: Verdict,
+    /// The body's size after the policy replaced it.
+    pub resized_to: Option<usize>,
+}
+
+impl From<Verdict> for BodyVerdict {
+    fn from(verdict: Verdict) -> Self {
+        Self {
+            verdict,
+            resized_to: None,
+        }
+    }
+}
+
+/// What the module answers Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Pause,
+}
+
+/// One policy's context for one request.
+pub trait Member {
+    fn request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict;
+    fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> BodyVerdict;
+    fn request_trailers(&mut self, num_trailers: usize) -> Verdict;
+    fn response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict;
+    fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Verdict;
+    fn response_trailers(&mut self, num_trailers: usize) -> Verdict;
+    fn log(&mut self);
+}
+
+/// The policies' contexts for one request, in order, and how far the
+/// request has gone through them.
+pub struct Pipeline<M> {
+    members: Vec<M>,
+    /// `members[..started]` have been given the request headers.
+    started: usize,
+    /// The first member the next request body callback is shown to: a
+    /// member holding the body sees it again as it grows; the members before
+    /// it already let it pass.
+    body_from: usize,
+    num_headers: usize,
+    /// A member answered the request: the request phase is over.
+    answered: bool,
+}
+
+impl<M: Member> Pipeline<M> {
+    pub fn new(members: Vec<M>) -> Self {
+        Self {
+            members,
+            started: 0,
+            body_from: 0,
+            num_headers: 0,
+            answered: false,
+        }
+    }
+
+    /// Every member, in order, for the callbacks each one gets regardless
+    /// of the request's progress.
+    pub fn members_mut(&mut self) -> &mut [M] {
+        &mut self.members
+    }
+
+    pub fn on_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Flow {
+        self.num_headers = num_headers;
+        self.start_members(end_of_stream)
+    }
+
+    /// Gives the request headers to the members that have not seen them
+    /// yet, until one holds the request or answers it.
+    fn start_members(&mut self, end_of_stream: bool) -> Flow {
+        while let Some(member) = self.members.get_mut(self.started) {
+            let index = self.started;
+            self.started += 1;
+            match member.request_headers(self.num_headers, end_of_stream) {
+                Verdict::Continue => {}
+                Verdict::Pause => {
+                    self.body_from = index;
+                    return Flow::Pause;
+                }
+                Verdict::Answered => {
+                    self.answered = true;
+                    return Flow::Pause;
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
+        if self.answered {
+            return Flow::Pause;
+        }
+        let mut body_size = body_size;
+        loop {
+            while let Some(member) = self.members[..self.started].get_mut(self.body_from) {
+                let verdict = member.request_body(body_size, end_of_stream);
+                if let Some(size) = verdict.resized_to {
+                    body_size = size;
+                }
+                match verdict.verdict {
+                    Verdict::Continue => self.body_from += 1,
+                    Verdict::Pause => return Flow::Pause,
+                    Verdict::Answered => {
+                        self.answered = true;
+                        return Flow::Pause;
+                    }
+                }
+            }
+            if self.started == self.members.len() {
+                // The next body callback brings new data, for everyone.
+                self.body_from = 0;
+                return Flow::Continue;
+            }
+            // The member holding the request let it go: the members after
+            // it see the headers now, then the body held so far.
+            let first_new = self.started;
+            self.start_members(false);
+            if self.answered {
+                return Flow::Pause;
+            }
+            self.body_from = first_new;
+        }
+    }
+
+    pub fn on_request_trailers(&mut self, num_trailers: usize) -> Flow {
+        if self.answered {
+            return Flow::Pause;
+        }
+        for member in &mut self.members[..self.started] {
+            match member.request_trailers(num_trailers) {
+                Verdict::Continue => {}
+                Verdict::Pause => return Flow::Pause,
+                Verdict::Answered => {
+                    self.answered = true;
+                    return Flow::Pause;
+                }
+            }
+        }
+        if self.started < self.members.len() {
+            Flow::Pause
+        } else {
+            Flow::Continue
+        }
+    }
+
+    pub fn on_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Flow {
+        self.every_member_last_first(|member| member.response_headers(num_headers, end_of_stream))
+    }
+
+    pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
+        self.every_member_last_first(|member| member.response_body(body_size, end_of_stream))
+    }
+
+    pub fn on_response_trailers(&mut self, num_trailers: usize) -> Flow {
+        self.every_member_last_first(|member| member.response_trailers(num_trailers))
+    }
+
+    /// No policy holds a response: each one is given the callback, and the
+    /// response is held if any of them asked for it.
+    fn every_member_last_first(&mut self, mut callback: impl FnMut(&mut M) -> Verdict) -> Flow {
+        let mut flow = Flow::Continue;
+        for member in self.members.iter_mut().rev() {
+            if callback(member) != Verdict::Continue {
+                flow = Flow::Pause;
+            }
+        }
+        flow
+    }
+
+    pub fn on_log(&mut self) {
+        for member in &mut self.members {
+            member.log();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+
+    type Journal = Rc<RefCell<Vec<String>>>;
+
+    /// A policy that writes each callback it gets in a shared journal and
+    /// answers from a script (Continue when the script is empty).
+    struct Fake {
+        name: &'static str,
+        journal: Journal,
+        headers: VecDeque<Verdict>,
+        body: VecDeque<BodyVerdict>,
+    }
+
+    impl Fake {
+        fn note(&self, what: String) {
+            self.journal
+                .borrow_mut()
+                .push(format!("{} {what}", self.name));
+        }
+    }
+
+    impl Member for Fake {
+        fn request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Verdict {
+            self.note(format!("headers eos={end_of_stream}"));
+            self.headers.pop_front().unwrap_or(Verdict::Continue)
+        }
+        fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> BodyVerdict {
+            self.note(format!("body {body_size} eos={end_of_stream}"));
+            self.body.pop_front().unwrap_or(Verdict::Continue.into())
+        }
+        fn request_trailers(&mut self, _num_trailers: usize) -> Verdict {
+            self.note("trailers".into());
+            Verdict::Continue
+        }
+        fn response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Verdict {
+            self.note("response headers".into());
+            Verdict::Continue
+        }
+        fn response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Verdict {
+            self.note(format!("response body {body_size}"));
+            Verdict::Continue
+        }
+        fn response_trailers(&mut self, _num_trailers: usize) -> Verdict {
+            self.note("response trailers".into());
+            Verdict::Continue
+        }
+        fn log(&mut self) {
+            self.note("log".into());
+        }
+    }
+
+    struct Setup {
+        journal: Journal,
+        fakes: Vec<Fake>,
+    }
+
+    fn policies(names: &[&'static str]) -> Setup {
+        let journal = Journal::default();
+        let fakes = names
+            .iter()
+            .map(|name| Fake {
+                name,
+                journal: Rc::clone(&journal),
+                headers: VecDeque::new(),
+                body: VecDeque::new(),
+            })
+            .collect();
+        Setup { journal, fakes }
+    }
+
+    impl Setup {
+        fn headers(mut self, index: usize, verdicts: &[Verdict]) -> Self {
+            self.fakes[index].headers.extend(verdicts);
+            self
+        }
+        fn body(mut self, index: usize, verdicts: &[BodyVerdict]) -> Self {
+            self.fakes[index].body.extend(verdicts);
+            self
+        }
+        fn start(self) -> (Pipeline<Fake>, Journal) {
+            (Pipeline::new(self.fakes), self.journal)
+        }
+    }
+
+    fn taken(journal: &Journal) -> Vec<String> {
+        journal.borrow_mut().drain(..).collect()
+    }
+
+    const HOLD: Verdict = Verdict::Pause;
+    const ANSWER: Verdict = Verdict::Answered;
+
+    #[test]
+    fn request_headers_reach_every_policy_in_order() {
+        let (mut pipeline, journal) = policies(&["a", "b", "c"]).start();
+        assert_eq!(pipeline.on_request_headers(5, true), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            [
+                "a headers eos=true",
+                "b headers eos=true",
+                "c headers eos=true"
+            ]
+        );
+    }
+
+    #[test]
+    fn after_a_local_reply_no_later_policy_runs_for_the_request_but_all_see_response_and_log() {
+        let (mut pipeline, journal) = policies(&["auth", "acl", "log"])
+            .headers(1, &[ANSWER])
+            .start();
+        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(10, true), Flow::Pause);
+        assert_eq!(pipeline.on_request_trailers(1), Flow::Pause);
+        assert_eq!(
+            taken(&journal),
+            ["auth headers eos=false", "acl headers eos=false"]
+        );
+        assert_eq!(pipeline.on_response_headers(3, false), Flow::Continue);
+        pipeline.on_log();
+        assert_eq!(
+            taken(&journal),
+            [
+                "log response headers",
+                "acl response headers",
+                "auth response headers",
+                "auth log",
+                "acl log",
+                "log log"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_policy_holding_the_request_for_its_body_holds_every_later_policy() {
+        let pause = BodyVerdict::from(HOLD);
+        let (mut pipeline, journal) = policies(&["auth", "acl", "validate"])
+            .headers(0, &[HOLD])
+            .body(0, &[pause, pause])
+            .start();
+        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
+        assert_eq!(taken(&journal), ["auth headers eos=false"]);
+        // The body grows while auth holds it; nobody else sees it yet.
+        assert_eq!(pipeline.on_request_body(4, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(9, false), Flow::Pause);
+        assert_eq!(
+            taken(&journal),
+            ["auth body 4 eos=false", "auth body 9 eos=false"]
+        );
+        // Auth lets it go: the others see the headers, then the whole body.
+        assert_eq!(pipeline.on_request_body(12, true), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            [
+                "auth body 12 eos=true",
+                "acl headers eos=false",
+                "validate headers eos=false",
+                "acl body 12 eos=true",
+                "validate body 12 eos=true"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_second_policy_holding_the_request_reads_the_body_the_first_one_held() {
+        let (mut pipeline, journal) = policies(&["auth", "acl", "validate", "map"])
+            .headers(0, &[HOLD])
+            .headers(2, &[HOLD])
+            .start();
+        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(7, true), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            [
+                "auth headers eos=false",
+                "auth body 7 eos=true",
+                "acl headers eos=false",
+                "validate headers eos=false",
+                "acl body 7 eos=true",
+                "validate body 7 eos=true",
+                "map headers eos=false",
+                "map body 7 eos=true"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_second_policy_holding_an_incomplete_body_is_shown_the_rest_alone() {
+        let (mut pipeline, journal) = policies(&["auth", "validate", "map"])
+            .headers(0, &[HOLD])
+            .headers(1, &[HOLD])
+            .body(1, &[HOLD.into()])
+            .start();
+        pipeline.on_request_headers(5, false);
+        // Auth let the first chunk go before the end of the body.
+        assert_eq!(pipeline.on_request_body(3, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(8, true), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            [
+                "auth headers eos=false",
+                "auth body 3 eos=false",
+                "validate headers eos=false",
+                "validate body 3 eos=false",
+                "validate body 8 eos=true",
+                "map headers eos=false",
+                "map body 8 eos=true"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_policy_that_replaces_the_body_shows_later_policies_its_new_size() {
+        let resized = BodyVerdict {
+            verdict: Verdict::Continue,
+            resized_to: Some(20),
+        };
+        let (mut pipeline, journal) = policies(&["validate", "map"])
+            .headers(0, &[HOLD])
+            .body(0, &[resized])
+            .start();
+        pipeline.on_request_headers(5, false);
+        assert_eq!(pipeline.on_request_body(12, true), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            [
+                "validate headers eos=false",
+                "validate body 12 eos=true",
+                "map headers eos=false",
+                "map body 20 eos=true"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_policy_answering_from_the_body_ends_the_request_phase() {
+        let (mut pipeline, journal) = policies(&["auth", "acl"])
+            .headers(0, &[HOLD])
+            .body(0, &[ANSWER.into()])
+            .start();
+        pipeline.on_request_headers(5, false);
+        assert_eq!(pipeline.on_request_body(12, true), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(12, true), Flow::Pause);
+        assert_eq!(
+            taken(&journal),
+            ["auth headers eos=false", "auth body 12 eos=true"]
+        );
+        pipeline.on_log();
+        assert_eq!(taken(&journal), ["auth log", "acl log"]);
+    }
+
+    #[test]
+    fn a_streamed_body_reaches_every_policy_once_per_chunk() {
+        let (mut pipeline, journal) = policies(&["a", "b"]).start();
+        pipeline.on_request_headers(5, false);
+        assert_eq!(pipeline.on_request_body(4, false), Flow::Continue);
+        assert_eq!(pipeline.on_request_body(6, true), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            [
+                "a headers eos=false",
+                "b headers eos=false",
+                "a body 4 eos=false",
+                "b body 4 eos=false",
+                "a body 6 eos=true",
+                "b body 6 eos=true"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_policy_holding_a_streamed_body_is_shown_it_again_as_it_grows() {
+        let (mut pipeline, journal) = policies(&["a", "b", "c"]).body(1, &[HOLD.into()]).start();
+        pipeline.on_request_headers(5, false);
+        assert_eq!(pipeline.on_request_body(4, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(9, true), Flow::Continue);
+        assert_eq!(
+            &taken(&journal)[3..],
+            [
+                "a body 4 eos=false",
+                "b body 4 eos=false",
+                "b body 9 eos=true",
+                "c body 9 eos=true"
+            ]
+        );
+    }
+
+    #[test]
+    fn trailers_wait_while_a_policy_still_holds_the_request() {
+        let (mut pipeline, journal) = policies(&["auth", "acl"])
+            .headers(0, &[HOLD])
+            .body(0, &[HOLD.into()])
+            .start();
+        pipeline.on_request_headers(5, false);
+        pipeline.on_request_body(3, false);
+        assert_eq!(pipeline.on_request_trailers(1), Flow::Pause);
+        assert_eq!(
+            taken(&journal),
+            [
+                "auth headers eos=false",
+                "auth body 3 eos=false",
+                "auth trailers"
+            ]
+        );
+    }
+
+    #[test]
+    fn response_callbacks_reach_every_policy_last_first() {
+        let (mut pipeline, journal) = policies(&["a", "b", "c"]).start();
+        pipeline.on_request_headers(5, true);
+        taken(&journal);
+        assert_eq!(pipeline.on_response_headers(3, false), Flow::Continue);
+        assert_eq!(pipeline.on_response_body(8, true), Flow::Continue);
+        assert_eq!(pipeline.on_response_trailers(1), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            [
+                "c response headers",
+                "b response headers",
+                "a response headers",
+                "c response body 8",
+                "b response body 8",
+                "a response body 8",
+                "c response trailers",
+                "b response trailers",
+                "a response trailers"
+            ]
+        );
+    }
+}

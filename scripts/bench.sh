@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# `make bench`: load and CPU benchmarks of the filters in a real Envoy, and
+# the policy decisions under callgrind. Minutes; not part of `make test`.
+#
+#   - installs what it needs if missing: wrk, valgrind, nginx (Debian
+#     packages; nginx is started by the bench on loopback, its system service
+#     is not used), PyYAML and matplotlib (PyPI, into .venv)
+#   - builds the empty filter, the filters, the gateway module (if it builds),
+#     and the native bench tools (bench/policy-bench)
+#   - runs scripts/bench/run.py; results in target/bench/results.md (.csv,
+#     .json) and target/bench/results.png
+#
+# Knobs (environment): BENCH_ROUNDS (8), BENCH_DURATION (seconds of load per
+# scenario and round, 1), BENCH_WARMUP (2), BENCH_CONNECTIONS (16),
+# BENCH_UPSTREAM (nginx | echo), BENCH_PIN (1: Envoy on the last CPU, the
+# client on the others; 0: no pinning), BENCH_ONLY (comma-separated scenario
+# keys), ENVOY_BIN. Arguments are passed to run.py (`bash scripts/bench.sh --help`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FILTERS=(sign-auth ip-acl throttling param-validation request-mapping circuit-breaker log-push)
+CARGO=${CARGO:-cargo}
+PY=.venv/bin/python
+mkdir -p target/bench
+
+say() { printf 'bench: %s\n' "$*"; }
+
+apt_updated=
+apt_install() {
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    say "installing $* (apt)"
+    if [ -z "$apt_updated" ]; then
+      apt-get update -qq >/dev/null
+      apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    say "please install: $*" >&2
+    return 1
+  fi
+}
+
+bash scripts/setup.sh
+command -v wrk >/dev/null 2>&1 || apt_install wrk
+command -v valgrind >/dev/null 2>&1 || apt_install valgrind
+upstream=${BENCH_UPSTREAM:-nginx}
+if [ "$upstream" = nginx ] && ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  apt_install nginx || { say "no nginx: using the echo upstream instead"; upstream=echo; }
+fi
+export PATH="$PATH:/usr/sbin"
+
+if ! "$PY" -c 'import yaml' >/dev/null 2>&1; then
+  say "installing PyYAML into .venv"
+  "$PY" -m pip install --quiet --disable-pip-version-check pyyaml
+fi
+if ! "$PY" -c 'import matplotlib' >/dev/null 2>&1; then
+  say "installing matplotlib into .venv (for the chart)"
+  "$PY" -m pip install --quiet --disable-pip-version-check matplotlib ||
+    say "matplotlib unavailable: the chart will be an SVG (target/bench/results.svg)"
+fi
+
+say "building the modules and the bench tools"
+packages=(-p empty-filter)
+for f in "${FILTERS[@]}"; do packages+=(-p "$f"); done
+"$CARGO" build --release --target wasm32-wasip1 "${packages[@]}"
+# The all-in-one module is measured when it builds (a stale gateway.wasm is not).
+if "$CARGO" build --release --target wasm32-wasip1 -p gateway >target/bench/gateway-build.log 2>&1; then
+  export BENCH_MODULE_BUILD=ok
+else
+  export BENCH_MODULE_BUILD=failed
+  say "the gateway module does not build (target/bench/gateway-build.log): its row says \"not built\""
+fi
+"$CARGO" build --release -p policy-bench
+if [ "$upstream" = echo ]; then
+  "$CARGO" build --release -p integration-tests --bin echo-upstream
+fi
+
+export BENCH_UPSTREAM=$upstream
+exec "$PY" scripts/bench/run.py "$@"
