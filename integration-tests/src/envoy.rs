@@ -159,7 +159,7 @@ impl WasmFilter {
                 "config": {
                     "name": self.module,
                     "root_id": self.module,
-                    "fail_open": false,
+                    "failure_policy": "FAIL_CLOSED",
                     // Lets a filter hold the headers while it reads the body
                     // (sign-auth, param-validation); without it Envoy stops
                     // the body from reaching the filter and the request hangs.
