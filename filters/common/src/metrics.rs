@@ -19,8 +19,15 @@ impl Counter {
     }
 
     pub fn inc(self) {
-        if let Some(id) = self.0 {
-            let _ = proxy_wasm::hostcalls::increment_metric(id, 1);
+        self.add(1);
+    }
+
+    /// Adds `n` in one host call (a batch's records, not one call each).
+    pub fn add(self, n: u64) {
+        if let (Some(id), Ok(delta)) = (self.0, i64::try_from(n)) {
+            if delta != 0 {
+                let _ = proxy_wasm::hostcalls::increment_metric(id, delta);
+            }
         }
     }
 }

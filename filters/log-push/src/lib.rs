@@ -14,7 +14,7 @@ use config::{LogPush, LogPushConfig};
 use gateway_common::adapter::{self, LoadedPolicy};
 use gateway_common::config::{parse_json, ConfigError};
 use gateway_common::host::{Host, ProxyWasmHost, RequestFacts, RequestLine};
-use gateway_common::identity;
+use gateway_common::identity::{self, Identity};
 use gateway_common::metrics::{Counter, Gauge};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -66,12 +66,6 @@ impl Metrics {
     }
 }
 
-fn add_count(counter: Counter, n: usize) {
-    for _ in 0..n {
-        counter.inc();
-    }
-}
-
 fn now_ms() -> u64 {
     gateway_common::host::now_ms(&ProxyWasmHost)
 }
@@ -88,6 +82,8 @@ struct Worker {
 }
 
 impl Worker {
+    /// Moves the gauges to what the worker holds now; called from the timer
+    /// and when a batch ends, not per record.
     fn report_queue(&self) {
         let (records, bytes) = self.shipper.borrow().held();
         let (old_records, old_bytes) = self.reported.replace((records, bytes));
@@ -102,8 +98,7 @@ impl Worker {
     fn push(&self, record: Record) {
         let dropped = self.shipper.borrow_mut().push(record);
         self.metrics.records_queued.inc();
-        add_count(self.metrics.dropped_queue_full, dropped);
-        self.report_queue();
+        self.metrics.dropped_queue_full.add(dropped as u64);
     }
 
     /// Sends the next batch if one is due (`drain`: whatever is queued).
@@ -164,20 +159,20 @@ impl Worker {
         match finished {
             Finished::Sent(n) => {
                 metrics.batches_sent.inc();
-                add_count(metrics.records_sent, n);
+                metrics.records_sent.add(n as u64);
                 let rejected = format::rejected_in_response(self.push.sink.format, body);
-                add_count(metrics.records_rejected, rejected);
+                metrics.records_rejected.add(rejected as u64);
                 if self.sink_failing.replace(false) {
                     adapter::log(LogLevel::Info, &format!("{FILTER_NAME}: sink recovered"));
                 }
             }
             Finished::Retrying { records, .. } => {
                 metrics.batches_failed.inc();
-                add_count(metrics.records_retried, records);
+                metrics.records_retried.add(records as u64);
             }
             Finished::Dropped(n) => {
                 metrics.batches_failed.inc();
-                add_count(metrics.dropped_sink_failed, n);
+                metrics.dropped_sink_failed.add(n as u64);
             }
             Finished::Unexpected => {}
         }
@@ -229,6 +224,7 @@ impl LoadedPolicy for LogPushWorker {
 
     fn on_tick(&mut self) {
         self.worker.send_due(false);
+        self.worker.report_queue();
     }
 
     fn on_http_call_response(&mut self, token: u32, body_size: usize) -> bool {
@@ -344,13 +340,19 @@ fn property_text(host: &ProxyWasmHost, path: &[&str]) -> String {
 }
 
 impl LogPushHttp {
-    fn record(&self, status: u16, request_id: String, api: String, line: &RequestLine) -> Record {
+    fn record(
+        &self,
+        status: u16,
+        request_id: String,
+        api: String,
+        line: &RequestLine,
+        identity: Option<Identity>,
+    ) -> Record {
         let host = ProxyWasmHost;
         let push = &self.worker.push;
         let nanos_to_ms = |n: i64| u64::try_from(n / 1_000_000).unwrap_or(0);
         let (path, query) = line.path.split_once('?').unwrap_or((&line.path, ""));
         let header = |name: &str| host.request_header(name).unwrap_or_default();
-        let identity = identity::read_identity(&host);
         Record {
             timestamp_ms: property_int(&host, &["request", "time"])
                 .map(nanos_to_ms)
@@ -459,14 +461,19 @@ impl HttpContext for LogPushHttp {
             self.worker.metrics.records_sampled_out.inc();
             return;
         }
+        let identity = identity::read_identity(&host);
         let api = match rule {
             Some(rule) => rule.name.clone(),
-            None => identity::read_identity(&host)
-                .and_then(|i| i.api)
-                .or_else(|| gateway_common::host::route_name(&host))
+            None => identity
+                .as_ref()
+                .and_then(|i| i.api.clone())
+                .or_else(|| match &facts.route_name {
+                    Some(name) => Some(name.clone()),
+                    None => gateway_common::host::route_name(&host),
+                })
                 .unwrap_or_default(),
         };
-        let record = self.record(status, request_id, api, &facts.line);
+        let record = self.record(status, request_id, api, &facts.line, identity);
         self.worker.push(record);
     }
 }
