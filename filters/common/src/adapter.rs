@@ -333,6 +333,38 @@ proxy_wasm::main! {{
     }
 }}
 
+/// Where a request body a filter buffers stands, in `on_http_request_body`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BufferedBody {
+    /// More is coming: hold the request (`Action::Pause`).
+    Incomplete,
+    /// Over the filter's limit: refuse it (413).
+    TooLarge,
+    /// The whole body.
+    Complete(Vec<u8>),
+}
+
+/// Buffers the request body up to `max_bytes`: the one step sign-auth,
+/// param-validation and request-mapping share when a rule needs the body.
+pub fn buffer_request_body(
+    body_size: usize,
+    end_of_stream: bool,
+    max_bytes: usize,
+) -> BufferedBody {
+    if body_size > max_bytes {
+        return BufferedBody::TooLarge;
+    }
+    if !end_of_stream {
+        return BufferedBody::Incomplete;
+    }
+    BufferedBody::Complete(
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+    )
+}
+
 /// The request's declared `Content-Length`, if any, so a body over a limit
 /// is refused before it is buffered.
 pub fn declared_body_length() -> Option<usize> {

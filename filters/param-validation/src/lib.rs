@@ -4,12 +4,12 @@
 
 pub mod policy;
 
-use gateway_common::adapter::{self, Filter};
+use gateway_common::adapter::{self, BufferedBody, Filter};
 use gateway_common::config::{parse_json, ConfigError};
 use gateway_common::error::GatewayError;
 use gateway_common::host::{ProxyWasmHost, RequestFacts};
 use gateway_common::metrics::{Counter, DenialCounters};
-use policy::{codes, RequestParts, Rewrite, Validation, ValidationConfig};
+use policy::{codes, RequestParts, Rewrite, Rule, Validation, ValidationConfig};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -76,8 +76,7 @@ impl Filter for ParamValidationFilter {
 struct Waiting {
     rule: usize,
     captures: Vec<(String, String)>,
-    query: String,
-    path: String,
+    path_and_query: String,
     content_type: Option<String>,
 }
 
@@ -94,26 +93,28 @@ impl ParamValidationHttp {
         Action::Pause
     }
 
-    fn check(&self, waiting: &Waiting, body: Option<&[u8]>) -> Action {
-        let Some(rule) = self.validation.rule(waiting.rule) else {
-            return Action::Continue;
-        };
-        let captures: Vec<(&str, String)> = waiting
-            .captures
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.clone()))
-            .collect();
+    fn check(
+        &self,
+        rule: &Rule,
+        path_and_query: &str,
+        captures: &[(&str, String)],
+        content_type: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Action {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
         let header = |name: &str| self.get_http_request_header(name);
         let parts = RequestParts {
-            query: &waiting.query,
+            query,
             header: Some(&header),
-            captures: &captures,
-            content_type: waiting.content_type.as_deref(),
+            captures,
+            content_type,
             body,
         };
         match rule.validate(&parts) {
             Ok(rewrite) => {
-                self.apply(&waiting.path, &rewrite, body.map_or(0, <[u8]>::len));
+                self.apply(path, &rewrite, body.map_or(0, <[u8]>::len));
                 self.metrics.passed.inc();
                 Action::Continue
             }
@@ -180,23 +181,23 @@ impl HttpContext for ParamValidationHttp {
             ));
             return self.reject(&error);
         }
-        let (path, query) = line.path.split_once('?').unwrap_or((&line.path, ""));
-        let waiting = Waiting {
-            rule: index,
-            captures,
-            query: query.to_string(),
-            path: path.to_string(),
-            content_type,
-        };
-        if !end_of_stream && rule.needs_body(waiting.content_type.as_deref()) {
+        if !end_of_stream && rule.needs_body(content_type.as_deref()) {
             let declared = adapter::declared_body_length();
             if declared.is_some_and(|len| len > rule.max_body_bytes) {
                 return self.reject(&codes::BODY_TOO_LARGE);
             }
-            self.waiting = Some(waiting);
+            self.waiting = Some(Waiting {
+                rule: index,
+                captures: captures
+                    .into_iter()
+                    .map(|(n, v)| (n.to_string(), v))
+                    .collect(),
+                path_and_query: facts.line.path,
+                content_type,
+            });
             return Action::Pause;
         }
-        self.check(&waiting, None)
+        self.check(rule, &line.path, &captures, content_type.as_deref(), None)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -207,18 +208,33 @@ impl HttpContext for ParamValidationHttp {
             .validation
             .rule(waiting.rule)
             .map_or(0, |r| r.max_body_bytes);
-        if body_size > max {
-            self.waiting = None;
-            return self.reject(&codes::BODY_TOO_LARGE);
+        match adapter::buffer_request_body(body_size, end_of_stream, max) {
+            BufferedBody::Incomplete => Action::Pause,
+            BufferedBody::TooLarge => {
+                self.waiting = None;
+                self.reject(&codes::BODY_TOO_LARGE)
+            }
+            BufferedBody::Complete(body) => {
+                let Some(waiting) = self.waiting.take() else {
+                    return Action::Continue;
+                };
+                let Some(rule) = self.validation.rule(waiting.rule) else {
+                    return Action::Continue;
+                };
+                let captures: Vec<(&str, String)> = waiting
+                    .captures
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.clone()))
+                    .collect();
+                self.check(
+                    rule,
+                    &waiting.path_and_query,
+                    &captures,
+                    waiting.content_type.as_deref(),
+                    Some(&body),
+                )
+            }
         }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        let Some(waiting) = self.waiting.take() else {
-            return Action::Continue;
-        };
-        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        self.check(&waiting, Some(&body))
     }
 }
 

@@ -5,7 +5,7 @@ use gateway_common::config::ConfigError;
 use gateway_common::error::GatewayError;
 use gateway_common::host::HeaderLookup;
 use gateway_common::matching::{
-    first_match, first_match_index, MatchConfig, Matcher, RequestAttrs,
+    first_match, first_match_index, Captures, MatchConfig, Matcher, RequestAttrs,
 };
 use gateway_common::params::{
     body_kind, encode_component, parse_pairs, retain_raw_pairs, url_decode, BodyKind,
@@ -290,17 +290,11 @@ impl Validation {
 
     /// Like [`Self::rule_for`], with the rule's index and owned captures, for
     /// a request context that keeps them until the body arrives.
-    pub fn rule_index_for(
-        &self,
+    pub fn rule_index_for<'v>(
+        &'v self,
         request: &RequestAttrs<'_>,
-    ) -> Option<(usize, Vec<(String, String)>)> {
-        first_match_index(&self.rules, |r| &r.matcher, request).map(|(index, captures)| {
-            let owned = captures
-                .into_iter()
-                .map(|(n, v)| (n.to_string(), v))
-                .collect();
-            (index, owned)
-        })
+    ) -> Option<(usize, Captures<'v>)> {
+        first_match_index(&self.rules, |r| &r.matcher, request)
     }
 
     pub fn rule(&self, index: usize) -> Option<&Rule> {

@@ -5,10 +5,10 @@
 
 pub mod policy;
 
-use gateway_common::adapter::{self, Filter};
+use gateway_common::adapter::{self, BufferedBody, Filter};
 use gateway_common::config::{parse_json, ConfigError};
 use gateway_common::error::GatewayError;
-use gateway_common::host::{Host, ProxyWasmHost, RequestFacts};
+use gateway_common::host::{Host, ProxyWasmHost, RequestFacts, RequestLine};
 use gateway_common::identity;
 use gateway_common::metrics::{Counter, DenialCounters};
 use policy::{codes, response_changes, Frontend, Mapped, Mapping, MappingConfig, SystemValue};
@@ -75,11 +75,10 @@ impl Filter for RequestMappingFilter {
     }
 }
 
-/// The parts of the request line a mapping needs, kept while the body arrives.
+/// What the mapping needs of the request headers, kept while the body arrives.
 struct Waiting {
+    line: RequestLine,
     captures: Vec<(String, String)>,
-    path: String,
-    query: String,
     content_type: Option<String>,
 }
 
@@ -120,29 +119,31 @@ impl RequestMappingHttp {
         }
     }
 
-    fn map(&self, waiting: &Waiting, body: Option<&[u8]>) -> Action {
+    fn map(
+        &self,
+        line: &RequestLine,
+        captures: &[(&str, String)],
+        content_type: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Action {
         let Some(rule) = self.rule.and_then(|i| self.mapping.rule(i)) else {
             return Action::Continue;
         };
-        let captures: Vec<(&str, String)> = waiting
-            .captures
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.clone()))
-            .collect();
+        let (path, query) = line.path.split_once('?').unwrap_or((&line.path, ""));
         let header = |name: &str| self.get_http_request_header(name);
         let system = |kind: SystemValue| self.system_value(kind, &rule.name);
         let frontend = Frontend {
-            path: &waiting.path,
-            query: &waiting.query,
-            captures: &captures,
+            path,
+            query,
+            captures,
             header: Some(&header),
             system: Some(&system),
-            content_type: waiting.content_type.as_deref(),
+            content_type,
             body,
         };
         match rule.apply(&frontend) {
             Ok(mapped) => {
-                self.write(&mapped, body.map_or(0, <[u8]>::len));
+                self.write(line, &mapped, body.map_or(0, <[u8]>::len));
                 self.metrics.mapped.inc();
                 Action::Continue
             }
@@ -150,11 +151,11 @@ impl RequestMappingHttp {
         }
     }
 
-    fn write(&self, mapped: &Mapped, body_len: usize) {
+    /// Writes the mapping back; `line` is the request line as this filter
+    /// received it, published for log-push when the mapping changes it.
+    fn write(&self, line: &RequestLine, mapped: &Mapped, body_len: usize) {
         if mapped.path.is_some() || mapped.method.is_some() {
-            let host = ProxyWasmHost;
-            let line = gateway_common::host::RequestLine::read(&host);
-            identity::publish_original_request(&host, &line.method, &line.path);
+            identity::publish_original_request(&ProxyWasmHost, &line.method, &line.path);
         }
         for name in &mapped.remove_headers {
             self.set_http_request_header(name, None);
@@ -192,28 +193,25 @@ impl HttpContext for RequestMappingHttp {
         let Some(rule) = self.mapping.rule(index) else {
             return Action::Continue;
         };
-        let line = &facts.line;
-        let (path, query) = line.path.split_once('?').unwrap_or((&line.path, ""));
-        let waiting = Waiting {
-            captures: captures
-                .into_iter()
-                .map(|(n, v)| (n.to_string(), v))
-                .collect(),
-            path: path.to_string(),
-            query: query.to_string(),
-            content_type: rule
-                .needs_body()
-                .then(|| self.get_http_request_header("content-type"))
-                .flatten(),
-        };
+        let content_type = rule
+            .needs_body()
+            .then(|| self.get_http_request_header("content-type"))
+            .flatten();
         if rule.needs_body() && !end_of_stream {
             if adapter::declared_body_length().is_some_and(|len| len > rule.max_body_bytes) {
                 return self.reject(&codes::BODY_TOO_LARGE);
             }
-            self.waiting = Some(waiting);
+            self.waiting = Some(Waiting {
+                line: facts.line,
+                captures: captures
+                    .into_iter()
+                    .map(|(n, v)| (n.to_string(), v))
+                    .collect(),
+                content_type,
+            });
             return Action::Pause;
         }
-        self.map(&waiting, None)
+        self.map(&facts.line, &captures, content_type.as_deref(), None)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -224,17 +222,28 @@ impl HttpContext for RequestMappingHttp {
             .rule
             .and_then(|i| self.mapping.rule(i))
             .map_or(0, |r| r.max_body_bytes);
-        if body_size > max {
-            self.waiting = None;
-            return self.reject(&codes::BODY_TOO_LARGE);
+        match adapter::buffer_request_body(body_size, end_of_stream, max) {
+            BufferedBody::Incomplete => Action::Pause,
+            BufferedBody::TooLarge => {
+                self.waiting = None;
+                self.reject(&codes::BODY_TOO_LARGE)
+            }
+            BufferedBody::Complete(body) => {
+                let captures: Vec<(&str, String)> = waiting
+                    .captures
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.clone()))
+                    .collect();
+                let action = self.map(
+                    &waiting.line,
+                    &captures,
+                    waiting.content_type.as_deref(),
+                    Some(&body),
+                );
+                self.waiting = None;
+                action
+            }
         }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        let action = self.map(waiting, Some(&body));
-        self.waiting = None;
-        action
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -10,7 +10,7 @@ pub mod policy;
 pub mod signature;
 
 use backend::{KEY_ID_HEADER, SIGNATURE_HEADER, SIGNED_HEADERS_HEADER, TIMESTAMP_HEADER};
-use gateway_common::adapter::{self, Filter};
+use gateway_common::adapter::{self, BufferedBody, Filter};
 use gateway_common::config::{parse_json, ConfigError};
 use gateway_common::error::GatewayError;
 use gateway_common::host::ProxyWasmHost;
@@ -206,17 +206,21 @@ impl HttpContext for SignAuthHttp {
         if self.pending.is_none() {
             return Action::Continue;
         }
-        if body_size > self.policy.max_body_bytes() {
-            self.pending = None;
-            return self.reject(&codes::BODY_TOO_LARGE);
-        }
-        if !end_of_stream {
-            return Action::Pause;
-        }
+        let body = match adapter::buffer_request_body(
+            body_size,
+            end_of_stream,
+            self.policy.max_body_bytes(),
+        ) {
+            BufferedBody::Incomplete => return Action::Pause,
+            BufferedBody::TooLarge => {
+                self.pending = None;
+                return self.reject(&codes::BODY_TOO_LARGE);
+            }
+            BufferedBody::Complete(body) => body,
+        };
         let Some(pending) = self.pending.take() else {
             return Action::Continue;
         };
-        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         let now = now_ms(&ProxyWasmHost);
         match self.policy.finish(*pending, &body, &ProxyWasmStore, now) {
             Ok(verified) => {
