@@ -4,7 +4,7 @@
 use crate::breaker::{Settings, MAX_BUCKETS, MAX_PROBES};
 use crate::degraded::{DegradedResponse, FallbackRoute, WhenOpen};
 use crate::policy::{CircuitBreaker, Rule, StatusSet, KEY_PREFIX};
-use gateway_common::config::ConfigError;
+use gateway_common::config::{is_http_token, ConfigError};
 use gateway_common::matching::{MatchConfig, Matcher};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -489,7 +489,7 @@ fn compile_respond(respond: &RespondConfig) -> Result<DegradedResponse, ConfigEr
     for (name, value) in &respond.headers {
         let at = format!("headers.{name}");
         let lower = name.to_ascii_lowercase();
-        if !is_header_name(&lower) {
+        if !is_http_token(&lower) {
             return Err(ConfigError::new(at, "is not a valid header name"));
         }
         if let Some((_, why)) = RESERVED_RESPONSE_HEADERS.iter().find(|(n, _)| *n == lower) {
@@ -534,7 +534,7 @@ fn compile_respond(respond: &RespondConfig) -> Result<DegradedResponse, ConfigEr
 
 fn compile_fallback(fallback: &FallbackConfig) -> Result<FallbackRoute, ConfigError> {
     let header = fallback.header.to_ascii_lowercase();
-    if !is_header_name(&header) {
+    if !is_http_token(&header) {
         return Err(ConfigError::new(
             "header",
             format!("`{}` is not a valid header name", fallback.header),
@@ -559,14 +559,6 @@ fn compile_fallback(fallback: &FallbackConfig) -> Result<FallbackRoute, ConfigEr
         header,
         value: fallback.value.clone(),
     })
-}
-
-/// An HTTP token (RFC 9110 `tchar`s); pseudo-headers are not allowed.
-fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn is_header_value(value: &str) -> bool {

@@ -48,6 +48,24 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A header name a filter configuration may use: letters, digits, `-` and
+/// `_` (no pseudo-headers, nothing that needs quoting in a log or a stat).
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Any HTTP field name: an RFC 9110 token (`tchar`s), for headers the
+/// gateway only reads or marks.
+pub fn is_http_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// Parses a filter's JSON configuration. An absent or blank configuration is
 /// an error: a filter loaded without one is almost always a deployment mistake.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
@@ -144,5 +162,16 @@ mod tests {
         assert_eq!(join_path("rules", "[3]"), "rules[3]");
         assert_eq!(join_path("", "allow[0]"), "allow[0]");
         assert_eq!(join_path("deny", ""), "deny");
+    }
+
+    #[test]
+    fn header_names_are_checked_strictly_or_as_http_tokens() {
+        for name in ["x-user-id", "X_Tenant", "a1"] {
+            assert!(is_header_name(name) && is_http_token(name), "{name}");
+        }
+        for name in ["", "bad name", ":path", "a,b", "é"] {
+            assert!(!is_header_name(name) && !is_http_token(name), "{name}");
+        }
+        assert!(!is_header_name("x.trace") && is_http_token("x.trace"));
     }
 }

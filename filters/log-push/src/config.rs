@@ -6,7 +6,7 @@ use crate::record::{
 };
 use crate::shipper::Limits;
 use gateway_common::client_ip::{ClientAddressConfig, ClientAddressResolver};
-use gateway_common::config::ConfigError;
+use gateway_common::config::{is_header_name, ConfigError};
 use gateway_common::matching::{first_match, MatchConfig, Matcher, RequestAttrs};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -184,13 +184,6 @@ fn positive<T: PartialOrd + Default + Copy>(
     }
 }
 
-fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 impl LogPush {
     pub fn compile(config: &LogPushConfig) -> Result<Self, ConfigError> {
         let sink = Sink::compile(&config.sink).map_err(|e| e.within("sink"))?;
@@ -235,7 +228,7 @@ impl LogPush {
         let mut redacted_headers: Vec<String> =
             CREDENTIAL_HEADERS.iter().map(|h| h.to_string()).collect();
         for (i, name) in config.redact.headers.iter().enumerate() {
-            if !valid_header_name(name) {
+            if !is_header_name(name) {
                 return Err(ConfigError::new(
                     format!("redact.headers[{i}]"),
                     format!("`{name}` is not a header name"),
@@ -245,7 +238,7 @@ impl LogPush {
         }
         let mut headers = Vec::new();
         for (i, name) in config.headers.iter().enumerate() {
-            if !valid_header_name(name) {
+            if !is_header_name(name) {
                 return Err(ConfigError::new(
                     format!("headers[{i}]"),
                     format!("`{name}` is not a header name"),

@@ -16,7 +16,7 @@
 
 use crate::config::{default_timeout_ms, SinkConfig};
 use crate::record::{write_json_str, Field, FieldValue, Layout, Record, TimeStyle};
-use gateway_common::config::ConfigError;
+use gateway_common::config::{is_header_name, ConfigError};
 use serde::Deserialize;
 use std::io::Write;
 
@@ -138,12 +138,7 @@ impl Sink {
             headers.push(("accept".into(), "application/vnd.kafka.v2+json".into()));
         }
         for (name, value) in &config.headers {
-            let valid = !name.is_empty()
-                && !name.starts_with(':')
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !valid {
+            if !is_header_name(name) {
                 return Err(ConfigError::new(
                     "headers",
                     format!("`{name}` is not a header name"),

@@ -1,7 +1,7 @@
 //! The param-validation policy: declared parameters per API, compiled once
 //! (regexes, JSON Schemas), checked per request. No proxy-wasm calls here.
 
-use gateway_common::config::ConfigError;
+use gateway_common::config::{is_header_name, ConfigError};
 use gateway_common::error::GatewayError;
 use gateway_common::host::HeaderLookup;
 use gateway_common::matching::{
@@ -346,12 +346,7 @@ fn compile_rule(rule: &RuleConfig, at: &str) -> Result<Rule, ConfigError> {
             Some(ptr) => ptr.clone(),
             None => format!("/{}", p.name.replace('~', "~0").replace('/', "~1")),
         };
-        if p.location == Location::Header
-            && !p
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if p.location == Location::Header && !is_header_name(&p.name) {
             return Err(ConfigError::new(
                 format!("{at}.name"),
                 format!("`{}` is not a header name", p.name),

@@ -7,7 +7,7 @@
 //! moved or removed parameter leaves its place, then every target is written.
 
 use gateway_common::client_ip::{ClientAddressConfig, ClientAddressResolver};
-use gateway_common::config::ConfigError;
+use gateway_common::config::{is_header_name, ConfigError};
 use gateway_common::error::GatewayError;
 use gateway_common::host::HeaderLookup;
 use gateway_common::matching::{first_match_index, Captures, MatchConfig, Matcher, RequestAttrs};
@@ -260,14 +260,6 @@ pub struct Mapped {
     pub body: Option<Vec<u8>>,
 }
 
-fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(':')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// A JSON Pointer (RFC 6901) split into unescaped tokens.
 fn pointer_tokens(pointer: &str) -> Vec<String> {
     pointer
@@ -288,7 +280,7 @@ fn check_place(
         return name_error("must not be empty".into());
     }
     match place.location {
-        Location::Header if !valid_header_name(&place.name) => {
+        Location::Header if !is_header_name(&place.name) => {
             name_error(format!("`{}` is not a header name", place.name))
         }
         Location::Path
@@ -541,7 +533,7 @@ fn compile_response_headers(
     at: &str,
 ) -> Result<ResponseHeaders, ConfigError> {
     let header_name = |name: &str, at: String| {
-        if valid_header_name(name) {
+        if is_header_name(name) {
             Ok(name.to_ascii_lowercase())
         } else {
             Err(ConfigError::new(

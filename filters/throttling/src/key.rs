@@ -40,10 +40,7 @@ impl ValueSource {
         }
         Ok(match self {
             ValueSource::Header(name) => {
-                let valid = name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-                if !valid {
+                if !gateway_common::config::is_http_token(name) {
                     return Err((field, format!("`{name}` is not a header name")));
                 }
                 ValueSource::Header(name.to_ascii_lowercase())
