@@ -3,8 +3,8 @@
 //! directory, stopped when dropped. It can be stopped and started again on
 //! the same ports and data, to play a sink outage.
 
+use crate::process::{self, free_port};
 use std::fs;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -29,13 +29,6 @@ pub struct ClickHouse {
     dir: tempfile::TempDir,
     http_port: u16,
     child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
 impl ClickHouse {
@@ -102,19 +95,7 @@ impl ClickHouse {
     /// Stops the server; the data stays for [`resume`](Self::resume).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            process::stop(&mut child, Duration::from_secs(20));
         }
     }
 

@@ -454,15 +454,7 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         // SIGTERM first: Envoy exits cleanly, and a wrapper such as
         // scripts/envoy-docker.sh passes it on to the container.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::process::stop(&mut self.child, Duration::from_secs(3));
         if thread::panicking() {
             eprintln!(
                 "--- envoy log ({}) ---\n{}",

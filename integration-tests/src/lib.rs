@@ -5,5 +5,6 @@ pub mod clickhouse;
 pub mod echo;
 pub mod envoy;
 pub mod http;
+pub mod process;
 pub mod registry;
 pub mod signing;

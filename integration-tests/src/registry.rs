@@ -140,15 +140,7 @@ fn listening_address(log: &str) -> Option<String> {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::process::stop(&mut self.child, Duration::from_secs(3));
         if thread::panicking() {
             eprintln!(
                 "--- registry log ({}) ---\n{}",

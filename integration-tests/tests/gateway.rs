@@ -10,6 +10,7 @@ use integration_tests::envoy::{
     make_certs, module_mode, shipped_config, start_yaml, validate, workspace_root, Envoy,
 };
 use integration_tests::http;
+use integration_tests::process::free_port;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -83,10 +84,7 @@ struct Demo {
 /// The demo; log-push's sink is a closed port (its records are dropped,
 /// which never affects a request).
 fn demo_gateway() -> Demo {
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let closed_port = free_port();
     demo_gateway_logging_to(closed_port)
 }
 
@@ -418,10 +416,7 @@ fn the_shipped_gateway_module_runs_every_policy_of_the_demo_in_one_wasm_filter()
         1,
         "one Wasm filter"
     );
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let closed_port = free_port();
     let demo = demo_from("gateway-module.yaml", closed_port);
     let get = |path: &str, headers: &[(&str, &str)]| {
         http::get(&demo.http_url(path), headers).expect("response")

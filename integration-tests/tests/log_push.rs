@@ -7,6 +7,7 @@ use integration_tests::clickhouse::ClickHouse;
 use integration_tests::echo::{EchoServer, ReceivedRequest};
 use integration_tests::envoy::{add_cluster, gateway_config, workspace_root, Envoy, WasmFilter};
 use integration_tests::http;
+use integration_tests::process::free_port;
 use serde_json::{json, Value};
 use std::net::TcpListener;
 use std::thread;
@@ -454,10 +455,7 @@ fn a_malformed_log_push_config_is_refused_with_the_field_named() {
 #[test]
 fn an_unreachable_upstream_is_recorded_with_envoy_response_flags() {
     let sink = EchoServer::start("ndjson").expect("sink");
-    let closed_port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let closed_port = free_port();
     let ip_acl = json!({"deny": ["203.0.113.0/24"]});
     let log_push = json!({
         "sink": {"cluster": "log_sink", "format": "ndjson", "path": "/ingest"},
