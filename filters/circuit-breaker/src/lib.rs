@@ -239,8 +239,8 @@ impl CircuitBreakerHttp {
     /// A client cannot choose the fallback route by sending the marker.
     fn strip_fallback_markers(&self) {
         for name in self.deployed.breaker.fallback_headers() {
-            if self.get_http_request_header(name).is_some() {
-                self.set_http_request_header(name, None);
+            if adapter::request_header(name).is_some() {
+                adapter::set_request_header(name, None);
             }
         }
     }
@@ -249,7 +249,7 @@ impl CircuitBreakerHttp {
         match rule.when_open() {
             WhenOpen::Respond(answer) => {
                 metrics.inc(RuleCounter::Responded);
-                let request_id = self.get_http_request_header("x-request-id");
+                let request_id = adapter::request_header("x-request-id");
                 let rendered = answer.render(request_id.as_deref(), retry_after_ms);
                 adapter::send_local_reply(
                     rendered.status,
@@ -260,7 +260,7 @@ impl CircuitBreakerHttp {
             }
             WhenOpen::Fallback(route) => {
                 metrics.inc(RuleCounter::FellBack);
-                self.set_http_request_header(&route.header, Some(&route.value));
+                adapter::set_request_header(&route.header, Some(&route.value));
                 // Envoy 1.40 already re-routes after a Wasm header change;
                 // saying so explicitly keeps that true where it does not.
                 let _ = proxy_wasm::hostcalls::call_foreign_function("clear_route_cache", None);

@@ -333,6 +333,33 @@ proxy_wasm::main! {{
     }
 }}
 
+/// Header access for adapters. The SDK's `HttpContext` methods unwrap the
+/// host's answer (a panic aborts the VM); these read a failure as "absent"
+/// and ignore a refused write.
+pub fn request_header(name: &str) -> Option<String> {
+    crate::host::Host::request_header(&crate::host::ProxyWasmHost, name)
+}
+
+pub fn request_headers() -> Vec<(String, String)> {
+    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+}
+
+/// Sets (`Some`) or removes (`None`) a request header.
+pub fn set_request_header(name: &str, value: Option<&str>) {
+    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+}
+
+pub fn response_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// Sets (`Some`) or removes (`None`) a response header.
+pub fn set_response_header(name: &str, value: Option<&str>) {
+    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
+}
+
 /// Where a request body a filter buffers stands, in `on_http_request_body`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BufferedBody {

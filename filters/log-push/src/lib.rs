@@ -378,15 +378,11 @@ impl LogPushHttp {
                 String::new()
             },
             status,
-            error_code: self
-                .get_http_response_header("x-ca-error-code")
-                .unwrap_or_default(),
+            error_code: adapter::response_header("x-ca-error-code").unwrap_or_default(),
             latency_ms: property_int(&host, &["request", "duration"])
                 .map(nanos_to_ms)
                 .unwrap_or(0),
-            upstream_latency_ms: self
-                .upstream_latency_ms
-                .or_else(|| upstream_service_time(self)),
+            upstream_latency_ms: self.upstream_latency_ms.or_else(upstream_service_time),
             request_bytes: property_int(&host, &["request", "total_size"])
                 .map_or(0, |n| n.max(0) as u64),
             response_bytes: property_int(&host, &["response", "total_size"])
@@ -410,10 +406,8 @@ impl LogPushHttp {
     }
 }
 
-fn upstream_service_time(context: &dyn HttpContext) -> Option<u64> {
-    context
-        .get_http_response_header("x-envoy-upstream-service-time")
-        .and_then(|v| v.trim().parse().ok())
+fn upstream_service_time() -> Option<u64> {
+    adapter::response_header("x-envoy-upstream-service-time").and_then(|v| v.trim().parse().ok())
 }
 
 impl Context for LogPushHttp {}
@@ -425,7 +419,7 @@ impl HttpContext for LogPushHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.upstream_latency_ms = upstream_service_time(self);
+        self.upstream_latency_ms = upstream_service_time();
         Action::Continue
     }
 

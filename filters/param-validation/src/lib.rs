@@ -104,7 +104,7 @@ impl ParamValidationHttp {
         let (path, query) = path_and_query
             .split_once('?')
             .unwrap_or((path_and_query, ""));
-        let header = |name: &str| self.get_http_request_header(name);
+        let header = |name: &str| adapter::request_header(name);
         let parts = RequestParts {
             query,
             header: Some(&header),
@@ -133,14 +133,14 @@ impl ParamValidationHttp {
             } else {
                 format!("{path}?{query}")
             };
-            self.set_http_request_header(":path", Some(&new_path));
+            adapter::set_request_header(":path", Some(&new_path));
         }
         for (name, value) in &rewrite.headers_to_set {
-            self.set_http_request_header(name, Some(value));
+            adapter::set_request_header(name, Some(value));
         }
         if let Some(form) = &rewrite.form_body {
             adapter::replace_request_body(body_len, form.as_bytes());
-            self.set_http_request_header("content-length", Some(&form.len().to_string()));
+            adapter::set_request_header("content-length", Some(&form.len().to_string()));
         }
     }
 }
@@ -159,16 +159,15 @@ impl HttpContext for ParamValidationHttp {
             return Action::Continue;
         };
         if rule.has_header_allowlist() {
-            let names: Vec<String> = self
-                .get_http_request_headers()
+            let names: Vec<String> = adapter::request_headers()
                 .into_iter()
                 .map(|(n, _)| n)
                 .collect();
             for name in rule.headers_to_remove(names.iter().map(String::as_str)) {
-                self.set_http_request_header(&name, None);
+                adapter::set_request_header(&name, None);
             }
         }
-        let content_type = self.get_http_request_header("content-type");
+        let content_type = adapter::request_header("content-type");
         if !end_of_stream && rule.rejects_content_type(content_type.as_deref()) {
             let error = codes::UNSUPPORTED_MEDIA_TYPE.with_message(format!(
                 "Unsupported Content-Type `{}`",

@@ -130,7 +130,7 @@ impl RequestMappingHttp {
             return Action::Continue;
         };
         let (path, query) = line.path.split_once('?').unwrap_or((&line.path, ""));
-        let header = |name: &str| self.get_http_request_header(name);
+        let header = |name: &str| adapter::request_header(name);
         let system = |kind: SystemValue| self.system_value(kind, &rule.name);
         let frontend = Frontend {
             path,
@@ -158,23 +158,23 @@ impl RequestMappingHttp {
             identity::publish_original_request(&ProxyWasmHost, &line.method, &line.path);
         }
         for name in &mapped.remove_headers {
-            self.set_http_request_header(name, None);
+            adapter::set_request_header(name, None);
         }
         for (name, value) in &mapped.set_headers {
-            self.set_http_request_header(name, Some(value));
+            adapter::set_request_header(name, Some(value));
         }
         if let Some(path) = &mapped.path {
-            self.set_http_request_header(":path", Some(path));
+            adapter::set_request_header(":path", Some(path));
         }
         if let Some(authority) = &mapped.authority {
-            self.set_http_request_header(":authority", Some(authority));
+            adapter::set_request_header(":authority", Some(authority));
         }
         if let Some(method) = &mapped.method {
-            self.set_http_request_header(":method", Some(method));
+            adapter::set_request_header(":method", Some(method));
         }
         if let Some(body) = &mapped.body {
             adapter::replace_request_body(body_len, body);
-            self.set_http_request_header("content-length", Some(&body.len().to_string()));
+            adapter::set_request_header("content-length", Some(&body.len().to_string()));
             self.metrics.body_rewritten.inc();
         }
     }
@@ -195,7 +195,7 @@ impl HttpContext for RequestMappingHttp {
         };
         let content_type = rule
             .needs_body()
-            .then(|| self.get_http_request_header("content-type"))
+            .then(|| adapter::request_header("content-type"))
             .flatten();
         if rule.needs_body() && !end_of_stream {
             if adapter::declared_body_length().is_some_and(|len| len > rule.max_body_bytes) {
@@ -253,13 +253,13 @@ impl HttpContext for RequestMappingHttp {
         if rule.response.is_empty() {
             return Action::Continue;
         }
-        let header = |name: &str| self.get_http_response_header(name);
+        let header = |name: &str| adapter::response_header(name);
         let (set, remove) = response_changes(&rule.response, &header);
         for name in &remove {
-            self.set_http_response_header(name, None);
+            adapter::set_response_header(name, None);
         }
         for (name, value) in &set {
-            self.set_http_response_header(name, Some(value));
+            adapter::set_response_header(name, Some(value));
         }
         Action::Continue
     }

@@ -107,7 +107,7 @@ impl SignAuthHttp {
     fn pass(&self, verified: Option<Verified>) {
         if self.policy.strip_signature_headers() {
             for name in SIGNATURE_HEADERS {
-                self.set_http_request_header(name, None);
+                adapter::set_request_header(name, None);
             }
         }
         if let Some(verified) = verified {
@@ -127,12 +127,12 @@ impl SignAuthHttp {
         self.metrics.allowed.inc();
         identity::publish(&ProxyWasmHost, identity);
         if self.policy.forward_identity_headers() {
-            self.set_http_request_header(IDENTITY_HEADERS[0], Some(&identity.app_key));
+            adapter::set_request_header(IDENTITY_HEADERS[0], Some(&identity.app_key));
             if let Some(name) = &identity.app_name {
-                self.set_http_request_header(IDENTITY_HEADERS[1], Some(name));
+                adapter::set_request_header(IDENTITY_HEADERS[1], Some(name));
             }
             if let Some(api) = &identity.api {
-                self.set_http_request_header(IDENTITY_HEADERS[2], Some(api));
+                adapter::set_request_header(IDENTITY_HEADERS[2], Some(api));
             }
         }
     }
@@ -145,17 +145,17 @@ impl SignAuthHttp {
             SIGNED_HEADERS_HEADER,
             SIGNATURE_HEADER,
         ] {
-            self.set_http_request_header(name, None);
+            adapter::set_request_header(name, None);
         }
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let method = adapter::request_header(":method").unwrap_or_default();
+        let path = adapter::request_header(":path").unwrap_or_default();
         let headers: Vec<(String, String)> = signer
             .headers
             .iter()
             .map(|name| {
                 (
                     name.clone(),
-                    self.get_http_request_header(name).unwrap_or_default(),
+                    adapter::request_header(name).unwrap_or_default(),
                 )
             })
             .collect();
@@ -169,7 +169,7 @@ impl SignAuthHttp {
             &headers,
         ) {
             for (name, value) in signed {
-                self.set_http_request_header(name, Some(&value));
+                adapter::set_request_header(name, Some(&value));
             }
         }
     }
@@ -180,7 +180,7 @@ impl Context for SignAuthHttp {}
 impl HttpContext for SignAuthHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         for name in IDENTITY_HEADERS {
-            self.set_http_request_header(name, None);
+            adapter::set_request_header(name, None);
         }
         match self
             .policy

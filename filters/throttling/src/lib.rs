@@ -219,7 +219,7 @@ impl HttpContext for ThrottlingHttp {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(quota) = self.quota.take() {
             for (name, value) in rate_limit_headers(&quota) {
-                self.set_http_response_header(name, Some(&value));
+                adapter::set_response_header(name, Some(&value));
             }
         }
         Action::Continue
