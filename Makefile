@@ -37,7 +37,7 @@ bench: build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -- -D warnings
+	$(CARGO) clippy --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -p empty-filter -p host-call-probe -- -D warnings
 
 unit:
 	$(CARGO) test --workspace --exclude integration-tests

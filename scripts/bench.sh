@@ -60,7 +60,7 @@ if ! "$PY" -c 'import matplotlib' >/dev/null 2>&1; then
 fi
 
 say "building the modules and the bench tools"
-packages=(-p empty-filter)
+packages=(-p empty-filter -p host-call-probe)
 for f in "${FILTERS[@]}"; do packages+=(-p "$f"); done
 "$CARGO" build --release --target wasm32-wasip1 "${packages[@]}"
 # The all-in-one module is measured when it builds (a stale gateway.wasm is not).

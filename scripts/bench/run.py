@@ -335,6 +335,34 @@ def empty_entry(i):
     }
 
 
+# Host-call probes: one kind of host call repeated PROBE_CALLS times per request.
+PROBE_CALLS = 16
+PROBE_KINDS = ["none", "header", "header_absent", "headers", "property_source", "property_absent",
+               "set_property", "set_header", "metric", "time", "shared_get", "shared_update",
+               "log_filtered"]
+
+
+def probe_entry(kind):
+    return {
+        "name": "bench.host_call_probe",
+        "typed_config": {
+            "@type": WASM_TYPE,
+            "config": {
+                "name": "host_call_probe",
+                "root_id": "host_call_probe",
+                "failure_policy": "FAIL_CLOSED",
+                "vm_config": {
+                    "vm_id": "host_call_probe",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(WASM_DIR / "host_call_probe.wasm")}},
+                },
+                "configuration": {"@type": STRING_TYPE,
+                                  "value": f"{kind} {0 if kind == 'none' else PROBE_CALLS}"},
+            },
+        },
+    }
+
+
 def module_entry(configs):
     sections = {name: config for name, config in configs.items()}
     return {
@@ -508,6 +536,10 @@ def scenarios(filters, configs):
     out.append(Scenario("native-local-ratelimit", "native local_ratelimit (vs throttling)", "native",
                         [local_ratelimit_filter()], baseline="bare",
                         note="one token bucket for every request, limit 1e9/s (never refuses)"))
+    for kind in PROBE_KINDS:
+        out.append(Scenario(f"probe-{kind}", f"host call: {kind}" if kind != "none" else "host-call probe, no call",
+                            "probe", [probe_entry(kind)], ["host_call_probe.wasm"],
+                            baseline=None if kind == "none" else "probe-none"))
     return out
 
 
@@ -559,6 +591,32 @@ def envoy_stats(admin):
     return stats
 
 
+def wait_ready(proc, admin_path, log_path, timeout):
+    """Waits until Envoy is LIVE; its admin port and its listener's port."""
+    deadline = time.time() + timeout
+    admin = None
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Envoy exited ({proc.returncode}):\n{log_tail(log_path)}")
+        if admin is None and admin_path.exists():
+            text = admin_path.read_text().strip()
+            if text:
+                admin = int(text.rsplit(":", 1)[1])
+        if admin is not None:
+            try:
+                status, body = http_get(admin, "/ready", timeout=1.0)
+                if status == 200 and "LIVE" in body:
+                    break
+            except OSError:
+                pass
+        time.sleep(0.05)
+    else:
+        raise RuntimeError(f"Envoy not ready in {timeout:.0f} s:\n{log_tail(log_path)}")
+    _, text = http_get(admin, "/listeners?format=json")
+    status = json.loads(text)["listener_statuses"][0]
+    return admin, status["local_address"]["socket_address"]["port_value"]
+
+
 class Envoy:
     """One Envoy per scenario, started once; the rounds send it bursts of load."""
 
@@ -579,29 +637,7 @@ class Envoy:
             self.log_path)
 
     def ready(self, timeout=90.0):
-        deadline = time.time() + timeout
-        admin = None
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Envoy exited ({self.proc.returncode}):\n{log_tail(self.log_path)}")
-            if admin is None and self.admin_path.exists():
-                text = self.admin_path.read_text().strip()
-                if text:
-                    admin = int(text.rsplit(":", 1)[1])
-            if admin is not None:
-                try:
-                    status, body = http_get(admin, "/ready", timeout=1.0)
-                    if status == 200 and "LIVE" in body:
-                        break
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(f"Envoy not ready in {timeout:.0f} s:\n{log_tail(self.log_path)}")
-        self.admin = admin
-        _, text = http_get(admin, "/listeners?format=json")
-        status = json.loads(text)["listener_statuses"][0]
-        self.port = status["local_address"]["socket_address"]["port_value"]
+        self.admin, self.port = wait_ready(self.proc, self.admin_path, self.log_path, timeout)
 
     def alive(self):
         if self.proc.poll() is not None:
@@ -662,6 +698,138 @@ def measure(args, envoy, scenario, round_no):
         "rq_4xx": delta.get("downstream_rq_4xx", 0), "rq_5xx": delta.get("downstream_rq_5xx", 0),
         "foreign_cpu": foreign,
     }
+
+
+def profile(args, work, envoy):
+    """One burst under `perf record`; reports by shared object and by symbol.
+    Envoy's binary is stripped and V8's generated code has no symbols, so the
+    useful split is Envoy and its libraries against `[JIT]`/unknown code."""
+    out = work / "perf"
+    out.mkdir(exist_ok=True)
+    data = out / f"{envoy.stem}.data"
+    rec = subprocess.Popen(["perf", "record", "-q", "-F", "2999", "-g", "-o", str(data),
+                            "-p", str(envoy.proc.pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    load(args, envoy, args.duration * 2, latency=False)
+    rec.send_signal(signal.SIGINT)
+    rec.wait(timeout=60)
+    for sort in ("dso", "dso,sym"):
+        report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
+                                 "--sort", sort, "-g", "none", "--percent-limit", "0.5"],
+                                capture_output=True, text=True)
+        (out / f"{envoy.stem}.{sort.replace(',', '-')}.txt").write_text(report.stdout)
+    say(f"{envoy.stem}: profile in {out}")
+
+
+# --------------------------------------------------------------------------
+# Envoy's instructions per request, under callgrind
+
+class SignedRequests:
+    """The requests of signed.lua, rebuilt for a plain socket client."""
+
+    def __init__(self, work):
+        lua = (work / "signed.lua").read_text()
+        kinds = re.findall(r'\{ "(.*?)", "(.*?)", "(.*?)" \}', lua)
+        self.kinds = [tuple(part.encode().decode("unicode_escape").encode() for part in kind)
+                      for kind in kinds]
+        self.signatures = (work / "signed.txt").read_bytes().split(b"\n")
+
+    def request(self, index):
+        before, middle, after = self.kinds[index % len(self.kinds)]
+        return before + str(index).encode() + middle + self.signatures[index] + after
+
+
+def send_sequentially(port, requests, first, count):
+    """Sends requests first..first+count one at a time on one connection; status counts."""
+    statuses = {}
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        pending = b""
+        for index in range(first, first + count):
+            conn.sendall(requests.request(index))
+            while b"\r\n\r\n" not in pending:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    raise RuntimeError("Envoy closed the connection")
+                pending += chunk
+            head, pending = pending.split(b"\r\n\r\n", 1)
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            length = int(length.group(1)) if length else 0
+            while len(pending) < length:
+                pending += conn.recv(65536)
+            pending = pending[length:]
+            status = head.split(b" ", 2)[1].decode()
+            statuses[status] = statuses.get(status, 0) + 1
+    return statuses
+
+
+def instructions_per_request(args, work, scenario, config, requests):
+    """Envoy under callgrind: instructions (all threads, user space) per request,
+    counted over `--instr-requests` requests after `--instr-warmup` ones. The
+    count is deterministic to a fraction of a percent, where CPU time on a
+    shared machine varies by tens of percent."""
+    out = work / "callgrind-envoy"
+    out.mkdir(exist_ok=True)
+    stem = scenario.key
+    config_path = out / f"{stem}.json"
+    config_path.write_text(json.dumps(config, indent=1))
+    admin_path = out / f"{stem}.admin"
+    for stale in [admin_path, *out.glob(f"{stem}.callgrind*")]:
+        stale.unlink(missing_ok=True)
+    envoy_bin = os.path.realpath(shutil.which(args.envoy) or args.envoy)
+    real = real_envoy_binary(envoy_bin)
+    proc = spawn(["valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--instr-atstart=no",
+                  f"--callgrind-out-file={out / (stem + '.callgrind')}", real, "-c", str(config_path),
+                  "--admin-address-path", str(admin_path), "--disable-hot-restart", "--concurrency", "1",
+                  "--log-level", args.envoy_log_level], out / f"{stem}.log")
+    try:
+        _, port = wait_ready(proc, admin_path, out / f"{stem}.log", timeout=300.0)
+        control = ["callgrind_control"]
+        subprocess.run(control + ["-i", "on", str(proc.pid)], check=True, capture_output=True)
+        warm = send_sequentially(port, requests, 0, args.instr_warmup)
+        subprocess.run(control + ["-z", str(proc.pid)], check=True, capture_output=True)
+        statuses = send_sequentially(port, requests, args.instr_warmup, args.instr_requests)
+        subprocess.run(control + ["-d", str(proc.pid)], check=True, capture_output=True)
+    finally:
+        stop(proc, grace=30.0)
+    total = 0
+    for dump in out.glob(f"{stem}.callgrind.*"):
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith("summary:"):
+                total += int(line.split()[1])
+    bad = sum(n for status, n in statuses.items() if not status.startswith("2"))
+    bad += sum(n for status, n in warm.items() if not status.startswith("2"))
+    return total / args.instr_requests, bad
+
+
+def real_envoy_binary(path):
+    """The pip package's `envoy` is a Python launcher; valgrind needs the ELF binary."""
+    with open(path, "rb") as f:
+        if f.read(4) == b"\x7fELF":
+            return path
+    found = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c",
+                            "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"],
+                           capture_output=True, text=True)
+    candidate = found.stdout.strip()
+    if found.returncode == 0 and os.path.exists(candidate):
+        return candidate
+    raise RuntimeError(f"cannot find the Envoy binary behind {path}")
+
+
+def count_instructions(args, work, scenarios_to_count, configs_by_key):
+    requests = SignedRequests(work)
+
+    def one(s):
+        try:
+            value, bad = instructions_per_request(args, work, s, configs_by_key[s.key], requests)
+            s.instructions, s.instr_non_2xx = value, bad
+            say(f"{s.key:<24} {value:10,.0f} instructions/request" + (f"  non-2xx {bad}" if bad else ""))
+        except Exception as error:
+            s.instructions = None
+            say(f"{s.key}: instruction count FAILED: {str(error).splitlines()[0][:300]}")
+
+    with ThreadPoolExecutor(max_workers=max(1, args.instr_parallel)) as pool:
+        list(pool.map(one, scenarios_to_count))
 
 
 # --------------------------------------------------------------------------
@@ -765,6 +933,26 @@ def summarise(all_scenarios):
         row["ratio_empty"] = of_mins(s.baseline) if row["baseline"] else float("nan")
         row["ratio_bare_paired_median"] = paired("bare") if s.key != "bare" else 1.0
         row["ratio_empty_paired_median"] = paired(s.baseline) if row["baseline"] else float("nan")
+        row["instructions"] = getattr(s, "instructions", None)
+        row["instr_non_2xx"] = getattr(s, "instr_non_2xx", None)
+
+        def instr_ratio(base_key):
+            base = by_key.get(base_key)
+            base_value = getattr(base, "instructions", None) if base else None
+            return row["instructions"] / base_value if row["instructions"] and base_value else float("nan")
+
+        row["instr_ratio_bare"] = instr_ratio("bare")
+        row["instr_ratio_empty"] = instr_ratio(s.baseline) if s.baseline not in (None, "bare") else float("nan")
+        if s.group == "probe" and s.baseline and row["instructions"]:
+            base = getattr(by_key.get(s.baseline), "instructions", None)
+            row["instr_per_call"] = (row["instructions"] - base) / PROBE_CALLS if base else float("nan")
+        if s.group == "probe" and s.baseline:
+            # Paired per round (the probes run back to back), then the median.
+            base = by_key.get(s.baseline)
+            base_by_round = {r["round"]: r["cpu_us_per_request"] for r in (base.runs if base else [])}
+            per_call = [(r["cpu_us_per_request"] - base_by_round[r["round"]]) / PROBE_CALLS for r in runs
+                        if r["round"] in base_by_round]
+            row["per_call_us"] = median(per_call) if per_call else float("nan")
         bare = by_key.get("bare")
         if runs and bare and bare.runs:
             row["added_us"] = row["cpu_us_min"] - minimum([r["cpu_us_per_request"] for r in bare.runs])
@@ -779,28 +967,31 @@ def fmt(value, spec, missing="—"):
 
 
 def targets(rows):
-    """(target, measured value, met: True/False/None when not measured)."""
+    """(target, CPU ratio, instruction ratio, met by CPU, met by instructions); met is
+    None when not measured."""
     by = {r["scenario"]: r for r in rows}
 
     def check(value, limit):
         return None if value is None or value != value else value <= limit
 
     lines = []
+
+    def ratio_target(text, row, limit):
+        cpu, instr = row.get("ratio_empty"), row.get("instr_ratio_empty")
+        lines.append((text, cpu, instr, check(cpu, limit), check(instr, limit)))
+
     for r in rows:
         if r["group"] == "filter":
-            v = r.get("ratio_empty")
-            lines.append((f"{r['label']} alone ≤ {TARGET_SINGLE:.2f} × 1 empty filter", v, check(v, TARGET_SINGLE)))
+            ratio_target(f"{r['label']} alone ≤ {TARGET_SINGLE:.2f} × 1 empty filter", r, TARGET_SINGLE)
     c = by.get("chain")
     if c:
-        v = c.get("ratio_empty")
-        lines.append((f"full chain ≤ {TARGET_CHAIN:.2f} × 7 empty filters", v, check(v, TARGET_CHAIN)))
+        ratio_target(f"full chain ≤ {TARGET_CHAIN:.2f} × 7 empty filters", c, TARGET_CHAIN)
     m, b = by.get("module"), by.get("bare")
     if m:
-        v = m.get("ratio_empty")
-        lines.append((f"gateway module ≤ {TARGET_MODULE:.2f} × 1 empty filter", v, check(v, TARGET_MODULE)))
+        ratio_target(f"gateway module ≤ {TARGET_MODULE:.2f} × 1 empty filter", m, TARGET_MODULE)
         over = (m["rss_mb_median"] - b["rss_mb_median"]) if (m.get("rounds") and b and b.get("rounds")) else None
         lines.append((f"gateway module RSS ≤ bare Envoy + {TARGET_RSS_MB} MB (measured: MB over bare)", over,
-                      check(over, TARGET_RSS_MB)))
+                      None, check(over, TARGET_RSS_MB), None))
     return lines
 
 
@@ -821,7 +1012,7 @@ def write_results(args, work, rows, decisions, meta, runs, changes):
     # CSV / JSON
     cols = ["scenario", "label", "status", "rounds", "cpu_us_min", "cpu_us_median", "ratio_bare", "baseline",
             "ratio_empty", "ratio_bare_paired_median", "ratio_empty_paired_median", "added_us", "rps_median", "p50_us_median", "p99_us_median", "rss_mb_median",
-            "wasm_bytes", "startup_s", "requests", "non_2xx", "foreign_cpu_median", "note"]
+            "per_call_us", "instructions", "instr_ratio_bare", "instr_ratio_empty", "instr_per_call", "wasm_bytes", "startup_s", "requests", "non_2xx", "foreign_cpu_median", "note"]
     with open(out / "results.csv", "w") as f:
         f.write(",".join(cols) + "\n")
         for r in rows:
@@ -839,7 +1030,8 @@ def write_results(args, work, rows, decisions, meta, runs, changes):
             f.write(f"{d['decision']},{csv_cell(d.get('instructions'))},{csv_cell(d['status'])}\n")
     (out / "results.json").write_text(json.dumps(
         {"meta": meta, "scenarios": rows, "runs": runs, "decisions": decisions, "config_changes": changes,
-         "targets": [{"target": t, "value": v, "met": ok} for t, v, ok in targets(rows)]},
+         "targets": [{"target": t, "cpu": v, "instructions": iv, "met_cpu": ok, "met_instructions": iok}
+                     for t, v, iv, ok, iok in targets(rows)]},
         indent=1, default=str))
 
     md = [f"# Benchmark results ({meta['date']})", ""]
@@ -851,19 +1043,29 @@ def write_results(args, work, rows, decisions, meta, runs, changes):
     md.append("Traffic (every scenario): " + ", ".join(f"`{m.split('|')[0]}`" for m in MIX) +
               "; every request signed (`X-Ca-*`, HmacSHA256, a unique nonce each).")
     md.append("")
-    md.append("| scenario | CPU µs/req min | median | × bare | × empty | +µs vs bare | req/s | p50 | p99 | RSS MB | .wasm |")
-    md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    md.append("| scenario | instructions/req | × bare | × empty | CPU µs/req min | median | × bare | × empty "
+              "| req/s | p50 | p99 | RSS MB | .wasm |")
+    md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        if not r.get("rounds"):
-            md.append(f"| {r['label']} | {r['status']} | | | | | | | | | {fmt_size(r.get('wasm_bytes'))} |")
+        if r["group"] == "probe":
             continue
-        empty = (f"{fmt(r['ratio_empty'], '.3f')} ({'7 empty' if r['baseline'] == 'empty-7' else '1 empty'})"
-                 if r.get("baseline") else "—")
-        md.append("| {label} | {mn} | {md_} | {rb} | {re} | {add} | {rps} | {p50} | {p99} | {rss} | {size} |".format(
-            label=r["label"], mn=fmt(r["cpu_us_min"], ".1f"), md_=fmt(r["cpu_us_median"], ".1f"),
-            rb=fmt(r["ratio_bare"], ".3f"), re=empty, add=fmt(r.get("added_us"), "+.1f"),
-            rps=fmt(r["rps_median"], ",.0f"), p50=fmt_us(r["p50_us_median"]), p99=fmt_us(r["p99_us_median"]),
-            rss=fmt(r["rss_mb_median"], ".0f"), size=fmt_size(r.get("wasm_bytes"))))
+        if not r.get("rounds") and not r.get("instructions"):
+            md.append(f"| {r['label']} | {r['status']} | | | | | | | | | | | {fmt_size(r.get('wasm_bytes'))} |")
+            continue
+        which = f" ({'7 empty' if r['baseline'] == 'empty-7' else '1 empty'})" if r.get("baseline") else ""
+        md.append("| " + " | ".join([
+            r["label"], fmt(r.get("instructions"), ",.0f"), fmt(r.get("instr_ratio_bare"), ".3f"),
+            fmt(r.get("instr_ratio_empty"), ".3f") + (which if r.get("instructions") else ""),
+            fmt(r.get("cpu_us_min"), ".1f"), fmt(r.get("cpu_us_median"), ".1f"), fmt(r.get("ratio_bare"), ".3f"),
+            fmt(r.get("ratio_empty"), ".3f") + (which if r.get("rounds") else ""),
+            fmt(r.get("rps_median"), ",.0f"), fmt_us(r.get("p50_us_median", float("nan"))),
+            fmt_us(r.get("p99_us_median", float("nan"))), fmt(r.get("rss_mb_median"), ".0f"),
+            fmt_size(r.get("wasm_bytes"))]) + " |")
+    md.append("")
+    md.append(f"Instructions/req: Envoy's instructions (every thread, user space) per request under callgrind, "
+              f"{args.instr_requests} requests of the mix sent one at a time after {args.instr_warmup} of "
+              "warm-up. Deterministic to a fraction of a percent, so it is the measure to compare changes "
+              "with; it does not see cache misses or the kernel.")
     md.append("")
     md.append("CPU µs/req is Envoy's CPU time (all threads) per request served. Ratios and “+µs” use the "
               "min over the rounds: disturbances on a shared machine only ever add CPU time, so the least "
@@ -895,14 +1097,36 @@ def write_results(args, work, rows, decisions, meta, runs, changes):
         md.append("|---|---|---:|---:|---:|---:|---:|")
         for w, n, wc, nc, wa, na, ratio in pairs:
             md.append(f"| {w} | {n} | {wc:.1f} | {nc:.1f} | {fmt(wa, '+.1f')} | {fmt(na, '+.1f')} | {ratio:.3f} |")
+    probes = [r for r in rows if r["group"] == "probe" and (r.get("rounds") or r.get("instructions"))]
+    if probes:
+        md.append("")
+        md.append("## What one host call costs")
+        md.append("")
+        md.append(f"`bench/host-call-probe` repeats one kind of proxy-wasm host call {PROBE_CALLS} times on "
+                  "each request's headers. Cost of one call = (instructions, or CPU µs, per request of the "
+                  f"probe − of the probe making no call) ÷ {PROBE_CALLS}; CPU µs paired per round, median over "
+                  "the rounds (noisy: the instruction counts are the exact figures).")
+        md.append("")
+        md.append("| host call | instructions per call | µs per call |")
+        md.append("|---|---:|---:|")
+        for r in probes:
+            md.append(f"| {r['label']} | {fmt(r.get('instr_per_call'), ',.0f')} | "
+                      f"{fmt(r.get('per_call_us'), '.2f')} |")
     md.append("")
     md.append("## Design targets (measured, not asserted)")
     md.append("")
-    md.append("| target | measured | |")
-    md.append("|---|---:|---|")
-    for target, value, ok in targets(rows):
-        shown = fmt(value, "+.1f") if "MB" in target else (fmt(value, ".3f") + " ×" if value == value and value is not None else "—")
-        md.append(f"| {target} | {shown} | {'met' if ok else ('not met' if ok is False else 'not measured')} |")
+    md.append("| target | by CPU time | | by instructions | |")
+    md.append("|---|---:|---|---:|---|")
+
+    def verdict(ok):
+        return "met" if ok else ("not met" if ok is False else "not measured")
+
+    for target, value, instr, ok, instr_ok in targets(rows):
+        if "MB" in target:
+            md.append(f"| {target} | {fmt(value, '+.1f')} | {verdict(ok)} | | |")
+            continue
+        md.append(f"| {target} | {fmt(value, '.3f')} × | {verdict(ok)} | {fmt(instr, '.3f')} × | "
+                  f"{verdict(instr_ok)} |")
     md.append("")
     md.append("## Policy decisions (native, callgrind)")
     md.append("")
@@ -1071,6 +1295,15 @@ def main():
     p.add_argument("--out", default=str(ROOT / "target" / "bench"))
     p.add_argument("--envoy", default=os.environ.get("ENVOY_BIN", str(ROOT / ".venv" / "bin" / "envoy")))
     p.add_argument("--envoy-log-level", default="warning")
+    p.add_argument("--instructions", default=os.environ.get("BENCH_INSTRUCTIONS", "1") != "0",
+                   action=argparse.BooleanOptionalAction,
+                   help="also count Envoy's instructions per request under callgrind (deterministic)")
+    p.add_argument("--instr-warmup", type=int, default=300)
+    p.add_argument("--instr-requests", type=int, default=int(os.environ.get("BENCH_INSTR_REQUESTS", 350)))
+    p.add_argument("--instr-parallel", type=int, default=max(1, (os.cpu_count() or 1))) 
+    p.add_argument("--perf", action="store_true", default=os.environ.get("BENCH_PERF", "0") == "1",
+                   help="after warm-up, profile one burst per scenario with `perf record` "
+                        "(reports in <out>/perf/)")
     args = p.parse_args()
 
     started = time.time()
@@ -1106,7 +1339,7 @@ def main():
     upstream_desc = ""
     procs = []
     try:
-        if not args.skip_load:
+        if not args.skip_load or args.instructions:
             # Signed requests: one burst takes at most 40k req/s (far above one Envoy worker
             # here) and every Envoy with sign-auth needs a fresh nonce for each request it sees.
             args.burst_requests = 40000 * args.duration
@@ -1123,6 +1356,7 @@ def main():
             backend, sink, procs, upstream_desc = start_upstream(args.upstream, work, args.client_cpu)
             UPSTREAM_PIDS[:] = [p.pid for p in procs]
             say(f"upstream: {upstream_desc} on 127.0.0.1:{backend} (log sink :{sink})")
+        if not args.skip_load:
             for s in all_scenarios:
                 if s.status != "ok":
                     say(f"{s.key}: {s.status} {('(' + s.note + ')') if s.note else ''}")
@@ -1140,6 +1374,8 @@ def main():
                     # Warm-up: V8 compiles and tiers up, connection pools and caches fill.
                     load(args, envoy, args.warmup, latency=False)
                     say(f"{s.key}: ready in {s.startup_s:.2f} s, warmed up")
+                    if args.perf:
+                        profile(args, work, envoy)
                 except Exception as error:
                     s.status, s.note = "failed", str(error).splitlines()[0][:300]
                     say(f"{s.key}: FAILED: {error}")
@@ -1179,8 +1415,15 @@ def main():
                 if getattr(envoy, "wrapped_pool", False) and "sign_auth" in json.dumps(s.filters):
                     s.note = (s.note + "; " if s.note else "") + "ran out of signed requests (nonces replayed)"
                 envoy.stop()
-            for proc in procs:
-                stop(proc)
+        if args.instructions:
+            counted = [s for s in all_scenarios if s.status == "ok" or (args.skip_load and s.status != "not built"
+                                                                         and s.status != "skipped")]
+            say(f"Envoy under callgrind: instructions per request ({len(counted)} scenarios, "
+                f"{args.instr_parallel} at a time)")
+            count_instructions(args, work, counted, {
+                s.key: envoy_config(listener, hcm, s.filters, backend, sink, s.hcm_extra) for s in counted})
+        for proc in procs:
+            stop(proc)
         if not args.skip_micro:
             say("policy decisions under callgrind")
             decisions = micro_benchmarks(args, work)
