@@ -792,6 +792,12 @@ def instructions_per_request(args, work, scenario, config, requests):
         subprocess.run(control + ["-d", str(proc.pid)], check=True, capture_output=True)
     finally:
         stop(proc, grace=30.0)
+    log = (out / f"{stem}.log").read_text(errors="replace")
+    if "Failed to create new Wasm instance" in log:
+        # V8 reserves several GB of address space per Wasm VM; valgrind's
+        # address space holds only a few VMs (each filter has one per thread).
+        raise RuntimeError("a Wasm VM could not be created under valgrind (address space); "
+                           "scenarios with several VMs cannot be counted")
     total = 0
     for dump in out.glob(f"{stem}.callgrind.*"):
         for line in dump.read_text(errors="replace").splitlines():
@@ -826,7 +832,9 @@ def count_instructions(args, work, scenarios_to_count, configs_by_key):
             say(f"{s.key:<24} {value:10,.0f} instructions/request" + (f"  non-2xx {bad}" if bad else ""))
         except Exception as error:
             s.instructions = None
-            say(f"{s.key}: instruction count FAILED: {str(error).splitlines()[0][:300]}")
+            why = str(error).splitlines()[0][:300]
+            s.note = (s.note + "; " if s.note else "") + f"instructions not counted: {why}"
+            say(f"{s.key}: instruction count FAILED: {why}")
 
     with ThreadPoolExecutor(max_workers=max(1, args.instr_parallel)) as pool:
         list(pool.map(one, scenarios_to_count))
