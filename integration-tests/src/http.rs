@@ -112,3 +112,39 @@ pub fn send(
         body,
     })
 }
+
+/// Sends `request` as raw bytes (anything a hostile client could send,
+/// such as header values that are not UTF-8) on a new connection to
+/// 127.0.0.1:`port`, and reads the answer until Envoy closes it. `request`
+/// should carry `Connection: close`.
+pub fn send_raw(port: u16, request: &[u8]) -> Result<Response, String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))
+        .map_err(|e| format!("connect to {port}: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    conn.write_all(request).map_err(|e| format!("send: {e}"))?;
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP response: {:?}", String::from_utf8_lossy(&answer)))?;
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
+        .collect();
+    Ok(Response {
+        status,
+        headers,
+        body: answer[split + 4..].to_vec(),
+    })
+}

@@ -217,6 +217,47 @@ fn the_demo_admin_rule_refuses_clients_outside_its_allow_list() {
     assert_eq!(inside.status, 200, "{}", inside.text());
 }
 
+/// Header values that are not UTF-8 reach the filters (HTTP/1 allows any
+/// octet but NUL, CR and LF). The proxy-wasm SDK's header getters panic on
+/// them, which would abort the VM; the filters read them as text with
+/// replacement characters, so the request gets an answer and the gateway
+/// keeps serving.
+#[test]
+fn header_values_that_are_not_utf8_get_an_answer_and_break_nothing() {
+    let demo = demo_gateway();
+    let port = demo.envoy.listener_port("http");
+    let hostile: &[(&str, &[u8])] = &[
+        // sign-auth reads the key; ip-acl and throttling the forwarded-for chain.
+        ("/orders/42", b"X-Ca-Key: \xff\xfe203751\r\nX-Ca-Signature: \xc3\x28\r\n"),
+        ("/admin/stats", b"X-Forwarded-For: 10.1.2.3, \xff\r\n"),
+        ("/limited", b"User-Agent: \xe2\x82\r\nX-Request-Id: \xff\r\n"),
+        ("/search?q=shoes", b"Content-Type: text/\xff\r\n"),
+    ];
+    for (path, headers) in hostile {
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: api.example.com\r\n").into_bytes();
+        request.extend_from_slice(headers);
+        request.extend_from_slice(b"Connection: close\r\n\r\n");
+        let response = http::send_raw(port, &request).expect("an answer");
+        assert!(
+            (200..500).contains(&response.status),
+            "{path}: {} {}",
+            response.status,
+            response.text()
+        );
+        if response.status >= 400 {
+            let body = response.json();
+            assert!(body["code"].is_string(), "{path}: shared error shape: {body}");
+        }
+    }
+    // Every worker's filters still answer as before.
+    for _ in 0..8 {
+        let admin = http::get(&demo.http_url("/admin/stats"), &[]).expect("response");
+        assert_eq!(admin.status, 403, "{}", admin.text());
+        let open = http::get(&demo.http_url("/api/hello"), &[]).expect("response");
+        assert_eq!(open.status, 200, "{}", open.text());
+    }
+}
+
 #[test]
 fn requests_are_balanced_over_both_upstreams() {
     let demo = demo_gateway();

@@ -326,6 +326,7 @@ impl Context for CircuitBreakerHttp {}
 
 impl HttpContext for CircuitBreakerHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         self.strip_fallback_markers();
         let deployed = Rc::clone(&self.deployed);
         let Some((index, rule)) = deployed.breaker.matching_rule(&ProxyWasmHost) else {
@@ -357,11 +358,13 @@ impl HttpContext for CircuitBreakerHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         self.finish_call();
         Action::Continue
     }
 
     fn on_log(&mut self) {
+        let _reads = gateway_common::host::callback_scope();
         self.finish_call();
     }
 }

@@ -10,6 +10,7 @@
 
 use crate::config::ConfigError;
 use crate::error::{render, GatewayError};
+use crate::host;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
@@ -61,9 +62,7 @@ pub fn send_error(error: &GatewayError) {
 
 /// [`send_error`] with extra response headers (`Retry-After`, a quota…).
 pub fn send_error_with_headers(error: &GatewayError, extra: &[(&'static str, String)]) {
-    let request_id = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-request-id")
-        .ok()
-        .flatten();
+    let request_id = request_header("x-request-id");
     let mut response = render(error, request_id.as_deref());
     response.headers.extend_from_slice(extra);
     send_local_reply(response.status, response.header_pairs(), &response.body);
@@ -334,29 +333,32 @@ proxy_wasm::main! {{
 }}
 
 /// Header access for adapters. The SDK's `HttpContext` methods unwrap the
-/// host's answer (a panic aborts the VM); these read a failure as "absent"
-/// and ignore a refused write.
+/// host's answer (a panic aborts the VM, and a header value that is not
+/// UTF-8 is enough); these read a failure as "absent", decode values
+/// lossily and ignore a refused write. Inside a
+/// [`CallbackScope`](crate::host::CallbackScope) reads come from one
+/// snapshot of the map, which writes update.
 pub fn request_header(name: &str) -> Option<String> {
-    crate::host::Host::request_header(&crate::host::ProxyWasmHost, name)
+    host::header_value(MapType::HttpRequestHeaders, name)
 }
 
 pub fn request_headers() -> Vec<(String, String)> {
-    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    host::header_map(MapType::HttpRequestHeaders).to_pairs()
 }
 
 /// Sets (`Some`) or removes (`None`) a request header.
 pub fn set_request_header(name: &str, value: Option<&str>) {
+    host::note_header_write(MapType::HttpRequestHeaders, name, value);
     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
 }
 
 pub fn response_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
-        .ok()
-        .flatten()
+    host::header_value(MapType::HttpResponseHeaders, name)
 }
 
 /// Sets (`Some`) or removes (`None`) a response header.
 pub fn set_response_header(name: &str, value: Option<&str>) {
+    host::note_header_write(MapType::HttpResponseHeaders, name, value);
     let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
 }
 
@@ -395,10 +397,7 @@ pub fn buffer_request_body(
 /// The request's declared `Content-Length`, if any, so a body over a limit
 /// is refused before it is buffered.
 pub fn declared_body_length() -> Option<usize> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, "content-length")
-        .ok()
-        .flatten()
-        .and_then(|v| v.trim().parse().ok())
+    request_header("content-length").and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]

@@ -214,32 +214,39 @@ impl Context for GatewayHttp {
 
 impl HttpContext for GatewayHttp {
     fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         // Notes left by anything before this request are not this request's.
         adapter::take_stream_notes();
         action(self.0.on_request_headers(num_headers, end_of_stream))
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         action(self.0.on_request_body(body_size, end_of_stream))
     }
 
     fn on_http_request_trailers(&mut self, num_trailers: usize) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         action(self.0.on_request_trailers(num_trailers))
     }
 
     fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         action(self.0.on_response_headers(num_headers, end_of_stream))
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         action(self.0.on_response_body(body_size, end_of_stream))
     }
 
     fn on_http_response_trailers(&mut self, num_trailers: usize) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         action(self.0.on_response_trailers(num_trailers))
     }
 
     fn on_log(&mut self) {
+        let _reads = gateway_common::host::callback_scope();
         self.0.on_log();
     }
 }

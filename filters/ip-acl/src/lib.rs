@@ -88,6 +88,7 @@ impl Context for IpAclHttp {}
 
 impl HttpContext for IpAclHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         on_request_headers(&self.acl, &self.metrics)
     }
 }

@@ -149,6 +149,7 @@ impl Context for ParamValidationHttp {}
 
 impl HttpContext for ParamValidationHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         let facts = RequestFacts::read(&ProxyWasmHost, self.validation.uses_route_name());
         let line = &facts.line;
         let Some((index, captures)) = self.validation.rule_index_for(&facts.attrs()) else {
@@ -200,6 +201,7 @@ impl HttpContext for ParamValidationHttp {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         let Some(waiting) = &self.waiting else {
             return Action::Continue;
         };

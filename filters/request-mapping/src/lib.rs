@@ -184,6 +184,7 @@ impl Context for RequestMappingHttp {}
 
 impl HttpContext for RequestMappingHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         let facts = RequestFacts::read(&ProxyWasmHost, self.mapping.uses_route_name());
         let Some((index, captures)) = self.mapping.rule_index_for(&facts.attrs()) else {
             self.metrics.unmatched.inc();
@@ -215,6 +216,7 @@ impl HttpContext for RequestMappingHttp {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         let Some(waiting) = &self.waiting else {
             return Action::Continue;
         };
@@ -247,6 +249,7 @@ impl HttpContext for RequestMappingHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         let Some(rule) = self.rule.and_then(|i| self.mapping.rule(i)) else {
             return Action::Continue;
         };

@@ -179,6 +179,7 @@ impl Context for SignAuthHttp {}
 
 impl HttpContext for SignAuthHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         for name in IDENTITY_HEADERS {
             adapter::set_request_header(name, None);
         }
@@ -203,6 +204,7 @@ impl HttpContext for SignAuthHttp {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         if self.pending.is_none() {
             return Action::Continue;
         }

@@ -192,6 +192,7 @@ impl Context for ThrottlingHttp {}
 
 impl HttpContext for ThrottlingHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         let policy = &self.compiled.policy;
         let decision = policy.decide(&ProxyWasmHost, &ProxyWasmStore);
         self.compiled.count(&self.metrics, &decision);
@@ -217,6 +218,7 @@ impl HttpContext for ThrottlingHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         if let Some(quota) = self.quota.take() {
             for (name, value) in rate_limit_headers(&quota) {
                 adapter::set_response_header(name, Some(&value));
