@@ -232,10 +232,9 @@ impl LoadedPolicy for LogPushWorker {
         if worker.in_flight.get() != Some(token) {
             return false;
         }
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse::<u16>().ok());
+        let status =
+            gateway_common::host::header_value(MapType::HttpCallResponseHeaders, ":status")
+                .and_then(|s| s.parse::<u16>().ok());
         let ok = status.is_some_and(|s| (200..300).contains(&s));
         let body = if ok {
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
@@ -340,6 +339,9 @@ fn property_text(host: &ProxyWasmHost, path: &[&str]) -> String {
 }
 
 impl LogPushHttp {
+    /// Every value a host call would fetch is read only when the layout
+    /// records its field: each property the host hands over costs about as
+    /// much as the rest of the record.
     fn record(
         &self,
         status: u16,
@@ -350,13 +352,30 @@ impl LogPushHttp {
     ) -> Record {
         let host = ProxyWasmHost;
         let push = &self.worker.push;
-        let nanos_to_ms = |n: i64| u64::try_from(n / 1_000_000).unwrap_or(0);
+        let wants = |field| push.layout.fields.contains(field);
+        let int = |field, path: &[&str]| {
+            if wants(field) {
+                property_int(&host, path).map_or(0, |n| u64::try_from(n).unwrap_or(0))
+            } else {
+                0
+            }
+        };
+        let text = |field, path: &[&str]| {
+            if wants(field) {
+                property_text(&host, path)
+            } else {
+                String::new()
+            }
+        };
         let (path, query) = line.path.split_once('?').unwrap_or((&line.path, ""));
         let header = |name: &str| host.request_header(name).unwrap_or_default();
+        // Envoy's start time; the call ends now, as Envoy logs it.
+        let now = now_ms();
+        let started_ms = property_int(&host, &["request", "time"])
+            .map(|nanos| u64::try_from(nanos / 1_000_000).unwrap_or(0))
+            .unwrap_or(now);
         Record {
-            timestamp_ms: property_int(&host, &["request", "time"])
-                .map(nanos_to_ms)
-                .unwrap_or_else(now_ms),
+            timestamp_ms: started_ms,
             request_id,
             api,
             app_key: identity
@@ -364,35 +383,42 @@ impl LogPushHttp {
                 .map(|i| i.app_key.clone())
                 .unwrap_or_default(),
             app_name: identity.and_then(|i| i.app_name).unwrap_or_default(),
-            client_ip: push
-                .client_address
-                .client_of(&host)
-                .map(|ip| ip.to_string())
-                .unwrap_or_default(),
+            client_ip: if wants(record::Field::ClientIp) {
+                push.client_address
+                    .client_of(&host)
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            },
             method: line.method.clone(),
             host: line.authority.clone(),
             path: path.to_string(),
-            query: if push.layout.fields.contains(record::Field::Query) {
+            query: if wants(record::Field::Query) {
                 redact_query(query, &push.redacted_query)
             } else {
                 String::new()
             },
             status,
             error_code: adapter::response_header("x-ca-error-code").unwrap_or_default(),
-            latency_ms: property_int(&host, &["request", "duration"])
-                .map(nanos_to_ms)
-                .unwrap_or(0),
+            latency_ms: now.saturating_sub(started_ms),
             upstream_latency_ms: self.upstream_latency_ms.or_else(upstream_service_time),
-            request_bytes: property_int(&host, &["request", "total_size"])
-                .map_or(0, |n| n.max(0) as u64),
-            response_bytes: property_int(&host, &["response", "total_size"])
-                .map_or(0, |n| n.max(0) as u64),
-            upstream_cluster: property_text(&host, &["xds", "cluster_name"]),
-            upstream_host: property_text(&host, &["upstream", "address"]),
-            user_agent: header("user-agent"),
-            response_flags: property_int(&host, &["response", "flags"])
-                .map(|bits| response_flag_names(bits as u64))
-                .unwrap_or_default(),
+            request_bytes: int(record::Field::RequestBytes, &["request", "total_size"]),
+            response_bytes: int(record::Field::ResponseBytes, &["response", "total_size"]),
+            upstream_cluster: text(record::Field::UpstreamCluster, &["xds", "cluster_name"]),
+            upstream_host: text(record::Field::UpstreamHost, &["upstream", "address"]),
+            user_agent: if wants(record::Field::UserAgent) {
+                header("user-agent")
+            } else {
+                String::new()
+            },
+            response_flags: if wants(record::Field::ResponseFlags) {
+                property_int(&host, &["response", "flags"])
+                    .map(|bits| response_flag_names(bits as u64))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            },
             headers: push
                 .headers
                 .iter()
@@ -406,6 +432,18 @@ impl LogPushHttp {
     }
 }
 
+/// The status the client got: the response's `:status` (a local reply has
+/// one too), else Envoy's `response.code` (0 when no response was sent).
+fn response_status(host: &ProxyWasmHost) -> u16 {
+    host.response_headers()
+        .get_text(":status")
+        .and_then(|status| status.trim().parse().ok())
+        .or_else(|| {
+            property_int(host, &["response", "code"]).and_then(|c| u16::try_from(c).ok())
+        })
+        .unwrap_or(0)
+}
+
 fn upstream_service_time() -> Option<u64> {
     adapter::response_header("x-envoy-upstream-service-time").and_then(|v| v.trim().parse().ok())
 }
@@ -414,21 +452,22 @@ impl Context for LogPushHttp {}
 
 impl HttpContext for LogPushHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         self.request_line = Some(RequestLine::read(&ProxyWasmHost));
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
         self.upstream_latency_ms = upstream_service_time();
         Action::Continue
     }
 
     fn on_log(&mut self) {
+        let _reads = gateway_common::host::callback_scope();
         let host = ProxyWasmHost;
         let push = Rc::clone(&self.worker.push);
-        let status = property_int(&host, &["response", "code"])
-            .and_then(|c| u16::try_from(c).ok())
-            .unwrap_or(0);
+        let status = response_status(&host);
         let request_id = host.request_header("x-request-id").unwrap_or_default();
         let mut line = self
             .request_line
@@ -455,7 +494,15 @@ impl HttpContext for LogPushHttp {
             self.worker.metrics.records_sampled_out.inc();
             return;
         }
-        let identity = identity::read_identity(&host);
+        let fields = push.layout.fields;
+        let identity = if fields.contains(record::Field::AppKey)
+            || fields.contains(record::Field::AppName)
+            || (rule.is_none() && fields.contains(record::Field::Api))
+        {
+            identity::read_identity(&host)
+        } else {
+            None
+        };
         let api = match rule {
             Some(rule) => rule.name.clone(),
             None => identity
