@@ -6,7 +6,7 @@
 use crate::backend::{BackendKey, BackendSignatureConfig};
 use crate::nonce::{NonceOutcome, NonceTable};
 use crate::signature::{
-    add_parameters, content_md5, for_error_message, signed_header_names, verify, SignatureMethod,
+    add_parameters, content_md5, for_error_message, signed_header_names, Secret, SignatureMethod,
     SigningInput,
 };
 use gateway_common::config::ConfigError;
@@ -147,7 +147,7 @@ pub struct RuleConfig {
 #[derive(Debug, Clone)]
 struct App {
     name: Option<String>,
-    secrets: Vec<Vec<u8>>,
+    secrets: Vec<Secret>,
     disabled: bool,
 }
 
@@ -236,7 +236,11 @@ impl SignAuth {
             }
             let compiled = App {
                 name: app.name.clone(),
-                secrets: app.secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
+                secrets: app
+                    .secrets
+                    .iter()
+                    .filter_map(|s| Secret::new(s.as_bytes()))
+                    .collect(),
                 disabled: app.disabled,
             };
             if apps.insert(app.key.clone(), compiled).is_some() {
@@ -498,7 +502,7 @@ impl SignAuth {
         let valid = app
             .secrets
             .iter()
-            .any(|secret| verify(pending.method, secret, &string_to_sign, &pending.signature));
+            .any(|secret| secret.verifies(pending.method, &string_to_sign, &pending.signature));
         if !valid {
             return Err(codes::INVALID_SIGNATURE.with_message(format!(
                 "Invalid Signature, Server StringToSign:`{}`",
