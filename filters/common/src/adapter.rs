@@ -348,6 +348,10 @@ pub fn request_headers() -> Vec<(String, String)> {
 
 /// Sets (`Some`) or removes (`None`) a request header.
 pub fn set_request_header(name: &str, value: Option<&str>) {
+    // Stripping headers a client did not send is the common case: no call.
+    if value.is_none() && host::known_absent(MapType::HttpRequestHeaders, name) {
+        return;
+    }
     host::note_header_write(MapType::HttpRequestHeaders, name, value);
     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
 }
@@ -358,6 +362,9 @@ pub fn response_header(name: &str) -> Option<String> {
 
 /// Sets (`Some`) or removes (`None`) a response header.
 pub fn set_response_header(name: &str, value: Option<&str>) {
+    if value.is_none() && host::known_absent(MapType::HttpResponseHeaders, name) {
+        return;
+    }
     host::note_header_write(MapType::HttpResponseHeaders, name, value);
     let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
 }

@@ -75,13 +75,23 @@ impl Host for ProxyWasmHost {
         let value = proxy_wasm::hostcalls::get_property(path.to_vec())
             .ok()
             .flatten();
-        with_cache(|cache| cache.properties.push((key, value.clone())));
+        let stable = STREAM_STABLE_PROPERTIES.contains(&key.as_str());
+        with_cache(|cache| cache.remember(key, value.clone(), stable));
         value
     }
 
     fn set_property(&self, path: &[&str], value: &[u8]) -> bool {
-        forget_reads();
-        proxy_wasm::hostcalls::set_property(path.to_vec(), Some(value)).is_ok()
+        let written = proxy_wasm::hostcalls::set_property(path.to_vec(), Some(value)).is_ok();
+        // What the stream's own policies wrote holds until they write again.
+        let key = path.join("\0");
+        with_cache(|cache| {
+            if written {
+                cache.remember(key, Some(value.to_vec()), true);
+            } else {
+                cache.properties.retain(|entry| entry.key != key);
+            }
+        });
+        written
     }
 
     fn now(&self) -> SystemTime {
@@ -95,8 +105,8 @@ impl Host for ProxyWasmHost {
 /// module opens one around all its policies, so they share the reads.
 ///
 /// The cache lives only while a callback runs, so it cannot outlive the
-/// stream it was read for; writes through the adapter ([`forget_reads`])
-/// drop it, so a later read sees them.
+/// stream it was read for; writes through the adapter ([`note_header_write`],
+/// [`Host::set_property`]) update it, so a later read sees them.
 #[must_use = "the cache lives as long as the scope"]
 pub struct CallbackScope {
     _not_send: PhantomData<*const ()>,
@@ -121,9 +131,52 @@ impl Drop for CallbackScope {
     }
 }
 
-/// Drops every cached read: a property was written.
-pub fn forget_reads() {
-    CACHE.with(|cache| cache.borrow_mut().forget());
+/// Properties that cannot change while a stream lives (NUL-joined paths).
+const STREAM_STABLE_PROPERTIES: [&str; 2] = ["source\0address", "source\0port"];
+
+/// What a context that sees every callback of its stream (the gateway
+/// module's) carries from one callback to the next: the properties that
+/// hold for the whole stream, that is the downstream peer's address and
+/// what the stream's own policies wrote as filter state.
+#[derive(Debug, Default)]
+pub struct StreamMemory {
+    properties: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// A [`CallbackScope`] that starts from `memory` and, when dropped, puts
+/// back into it what the callback learnt that still holds.
+pub struct StreamScope<'a> {
+    memory: &'a mut StreamMemory,
+    _scope: CallbackScope,
+}
+
+pub fn stream_scope(memory: &mut StreamMemory) -> StreamScope<'_> {
+    let scope = callback_scope();
+    with_cache(|cache| {
+        for (key, value) in &memory.properties {
+            cache.remember(key.clone(), value.clone(), true);
+        }
+    });
+    StreamScope {
+        memory,
+        _scope: scope,
+    }
+}
+
+impl Drop for StreamScope<'_> {
+    fn drop(&mut self) {
+        let kept = with_cache(|cache| {
+            cache
+                .properties
+                .iter()
+                .filter(|entry| entry.stable)
+                .map(|entry| (entry.key.clone(), entry.value.clone()))
+                .collect()
+        });
+        if let Some(kept) = kept {
+            self.memory.properties = kept;
+        }
+    }
 }
 
 /// Notes a header write the host was asked to make: the map's snapshot
@@ -132,11 +185,18 @@ pub fn forget_reads() {
 /// route, and with it route properties).
 pub fn note_header_write(map: MapType, name: &str, value: Option<&str>) {
     with_cache(|cache| {
-        cache.properties.clear();
+        cache.properties.retain(|entry| entry.stable);
         if let Some(Some(headers)) = cache.map(map) {
             Rc::make_mut(headers).set(name, value);
         }
     });
+}
+
+/// Whether removing `name` would change nothing: inside a scope, the
+/// callback's snapshot of the map (fetched now if need be: the policies
+/// read it anyway) has no such header. Outside a scope: false.
+pub fn known_absent(map: MapType, name: &str) -> bool {
+    with_cache(|_| ()).is_some() && header_map(map).get(name).is_none()
 }
 
 #[derive(Default)]
@@ -144,8 +204,15 @@ struct CallbackCache {
     depth: u32,
     request_headers: Option<Rc<HeaderMap>>,
     response_headers: Option<Rc<HeaderMap>>,
-    /// Path segments joined by NUL, and what the host answered.
-    properties: Vec<(String, Option<Vec<u8>>)>,
+    properties: Vec<CachedProperty>,
+}
+
+struct CachedProperty {
+    /// Path segments joined by NUL.
+    key: String,
+    value: Option<Vec<u8>>,
+    /// Holds for the rest of the stream (see [`StreamMemory`]).
+    stable: bool,
 }
 
 impl CallbackCache {
@@ -158,8 +225,13 @@ impl CallbackCache {
     fn property(&self, key: &str) -> Option<Option<Vec<u8>>> {
         self.properties
             .iter()
-            .find(|(cached, _)| cached == key)
-            .map(|(_, value)| value.clone())
+            .find(|entry| entry.key == key)
+            .map(|entry| entry.value.clone())
+    }
+
+    fn remember(&mut self, key: String, value: Option<Vec<u8>>, stable: bool) {
+        self.properties.retain(|entry| entry.key != key);
+        self.properties.push(CachedProperty { key, value, stable });
     }
 
     fn map(&mut self, map: MapType) -> Option<&mut Option<Rc<HeaderMap>>> {
@@ -381,5 +453,87 @@ impl RequestFacts {
             path: &self.line.path,
             route_name: self.route_name.as_deref(),
         }
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn cached(key: &str) -> Option<Option<Vec<u8>>> {
+        with_cache(|cache| cache.property(key)).flatten()
+    }
+
+    fn seed_request_headers(pairs: &[(&str, &str)]) {
+        with_cache(|cache| {
+            cache.request_headers = Some(Rc::new(HeaderMap::parse(HeaderMap::serialize(pairs))));
+        });
+    }
+
+    #[test]
+    fn nothing_is_cached_outside_a_scope() {
+        assert!(with_cache(|cache| cache.remember("k".into(), None, false)).is_none());
+        assert!(!known_absent(MapType::HttpRequestHeaders, "x-anything"));
+    }
+
+    #[test]
+    fn nested_scopes_share_one_cache_that_the_outermost_clears() {
+        let outer = callback_scope();
+        with_cache(|cache| cache.remember("a".into(), Some(b"1".to_vec()), false));
+        {
+            let _inner = callback_scope();
+            assert_eq!(cached("a"), Some(Some(b"1".to_vec())));
+        }
+        assert_eq!(cached("a"), Some(Some(b"1".to_vec())));
+        drop(outer);
+        let _next = callback_scope();
+        assert_eq!(cached("a"), None);
+    }
+
+    #[test]
+    fn header_writes_keep_the_snapshot_in_step_and_drop_route_properties() {
+        let _scope = callback_scope();
+        seed_request_headers(&[(":path", "/a"), ("x-gw-app-key", "spoofed")]);
+        with_cache(|cache| {
+            cache.remember("xds\0route_name".into(), Some(b"r".to_vec()), false);
+            cache.remember("gw_app".into(), Some(b"app".to_vec()), true);
+        });
+        assert!(known_absent(MapType::HttpRequestHeaders, "x-gw-app-name"));
+        assert!(!known_absent(MapType::HttpRequestHeaders, "x-gw-app-key"));
+        note_header_write(MapType::HttpRequestHeaders, "x-gw-app-key", None);
+        note_header_write(MapType::HttpRequestHeaders, ":path", Some("/b"));
+        assert!(known_absent(MapType::HttpRequestHeaders, "x-gw-app-key"));
+        assert_eq!(
+            header_value(MapType::HttpRequestHeaders, ":path").as_deref(),
+            Some("/b")
+        );
+        assert_eq!(
+            cached("xds\0route_name"),
+            None,
+            "the route may have changed"
+        );
+        assert_eq!(cached("gw_app"), Some(Some(b"app".to_vec())));
+    }
+
+    #[test]
+    fn stream_memory_carries_only_what_holds_for_the_stream() {
+        let mut memory = StreamMemory::default();
+        {
+            let _scope = stream_scope(&mut memory);
+            with_cache(|cache| {
+                cache.remember("source\0address".into(), Some(b"10.0.0.1:5".to_vec()), true);
+                cache.remember("gw_app".into(), Some(b"app".to_vec()), true);
+                cache.remember("response\0code".into(), Some(b"200".to_vec()), false);
+            });
+            seed_request_headers(&[(":path", "/a")]);
+        }
+        let _scope = stream_scope(&mut memory);
+        assert_eq!(
+            cached("source\0address"),
+            Some(Some(b"10.0.0.1:5".to_vec()))
+        );
+        assert_eq!(cached("gw_app"), Some(Some(b"app".to_vec())));
+        assert_eq!(cached("response\0code"), None);
+        assert!(with_cache(|cache| cache.request_headers.is_none()).unwrap_or(false));
     }
 }

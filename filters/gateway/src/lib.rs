@@ -11,6 +11,7 @@ pub mod pipeline;
 use circuit_breaker::CircuitBreakerFilter;
 use config::Section;
 use gateway_common::adapter::{self, Filter, Loaded, LoadedPolicy, StreamNotes};
+use gateway_common::host::{stream_scope, StreamMemory};
 use ip_acl::IpAclFilter;
 use log_push::LogPushWorker;
 use param_validation::ParamValidationFilter;
@@ -117,7 +118,10 @@ impl RootContext for GatewayRoot {
             .iter()
             .map(|policy| PolicyContext(policy.http_context()))
             .collect();
-        Some(Box::new(GatewayHttp(Pipeline::new(members))))
+        Some(Box::new(GatewayHttp {
+            pipeline: Pipeline::new(members),
+            memory: StreamMemory::default(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -178,7 +182,11 @@ impl Member for PolicyContext {
 }
 
 /// One request's context: the pipeline of the policies' own contexts.
-struct GatewayHttp(Pipeline<PolicyContext>);
+struct GatewayHttp {
+    pipeline: Pipeline<PolicyContext>,
+    /// Reads that hold for the whole stream, shared by its callbacks.
+    memory: StreamMemory,
+}
 
 fn action(flow: Flow) -> Action {
     match flow {
@@ -196,7 +204,7 @@ impl Context for GatewayHttp {
         body_size: usize,
         trailers: usize,
     ) {
-        for member in self.0.members_mut() {
+        for member in self.pipeline.members_mut() {
             member
                 .0
                 .on_http_call_response(token, headers, body_size, trailers);
@@ -205,7 +213,7 @@ impl Context for GatewayHttp {
 
     fn on_done(&mut self) -> bool {
         let mut done = true;
-        for member in self.0.members_mut() {
+        for member in self.pipeline.members_mut() {
             done &= member.0.on_done();
         }
         done
@@ -214,40 +222,43 @@ impl Context for GatewayHttp {
 
 impl HttpContext for GatewayHttp {
     fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
-        let _reads = gateway_common::host::callback_scope();
+        let _reads = stream_scope(&mut self.memory);
         // Notes left by anything before this request are not this request's.
         adapter::take_stream_notes();
-        action(self.0.on_request_headers(num_headers, end_of_stream))
+        action(self.pipeline.on_request_headers(num_headers, end_of_stream))
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let _reads = gateway_common::host::callback_scope();
-        action(self.0.on_request_body(body_size, end_of_stream))
+        let _reads = stream_scope(&mut self.memory);
+        action(self.pipeline.on_request_body(body_size, end_of_stream))
     }
 
     fn on_http_request_trailers(&mut self, num_trailers: usize) -> Action {
-        let _reads = gateway_common::host::callback_scope();
-        action(self.0.on_request_trailers(num_trailers))
+        let _reads = stream_scope(&mut self.memory);
+        action(self.pipeline.on_request_trailers(num_trailers))
     }
 
     fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
-        let _reads = gateway_common::host::callback_scope();
-        action(self.0.on_response_headers(num_headers, end_of_stream))
+        let _reads = stream_scope(&mut self.memory);
+        action(
+            self.pipeline
+                .on_response_headers(num_headers, end_of_stream),
+        )
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let _reads = gateway_common::host::callback_scope();
-        action(self.0.on_response_body(body_size, end_of_stream))
+        let _reads = stream_scope(&mut self.memory);
+        action(self.pipeline.on_response_body(body_size, end_of_stream))
     }
 
     fn on_http_response_trailers(&mut self, num_trailers: usize) -> Action {
-        let _reads = gateway_common::host::callback_scope();
-        action(self.0.on_response_trailers(num_trailers))
+        let _reads = stream_scope(&mut self.memory);
+        action(self.pipeline.on_response_trailers(num_trailers))
     }
 
     fn on_log(&mut self) {
-        let _reads = gateway_common::host::callback_scope();
-        self.0.on_log();
+        let _reads = stream_scope(&mut self.memory);
+        self.pipeline.on_log();
     }
 }
 
