@@ -228,9 +228,15 @@ fn header_values_that_are_not_utf8_get_an_answer_and_break_nothing() {
     let port = demo.envoy.listener_port("http");
     let hostile: &[(&str, &[u8])] = &[
         // sign-auth reads the key; ip-acl and throttling the forwarded-for chain.
-        ("/orders/42", b"X-Ca-Key: \xff\xfe203751\r\nX-Ca-Signature: \xc3\x28\r\n"),
+        (
+            "/orders/42",
+            b"X-Ca-Key: \xff\xfe203751\r\nX-Ca-Signature: \xc3\x28\r\n",
+        ),
         ("/admin/stats", b"X-Forwarded-For: 10.1.2.3, \xff\r\n"),
-        ("/limited", b"User-Agent: \xe2\x82\r\nX-Request-Id: \xff\r\n"),
+        (
+            "/limited",
+            b"User-Agent: \xe2\x82\r\nX-Request-Id: \xff\r\n",
+        ),
         ("/search?q=shoes", b"Content-Type: text/\xff\r\n"),
     ];
     for (path, headers) in hostile {
@@ -246,7 +252,10 @@ fn header_values_that_are_not_utf8_get_an_answer_and_break_nothing() {
         );
         if response.status >= 400 {
             let body = response.json();
-            assert!(body["code"].is_string(), "{path}: shared error shape: {body}");
+            assert!(
+                body["code"].is_string(),
+                "{path}: shared error shape: {body}"
+            );
         }
     }
     // Every worker's filters still answer as before.

@@ -438,9 +438,7 @@ fn response_status(host: &ProxyWasmHost) -> u16 {
     host.response_headers()
         .get_text(":status")
         .and_then(|status| status.trim().parse().ok())
-        .or_else(|| {
-            property_int(host, &["response", "code"]).and_then(|c| u16::try_from(c).ok())
-        })
+        .or_else(|| property_int(host, &["response", "code"]).and_then(|c| u16::try_from(c).ok()))
         .unwrap_or(0)
 }
 
