@@ -337,7 +337,7 @@ def empty_entry(i):
 
 # Host-call probes: one kind of host call repeated PROBE_CALLS times per request.
 PROBE_CALLS = 16
-PROBE_KINDS = ["none", "header", "header_absent", "headers", "property_source", "property_absent",
+PROBE_KINDS = ["none", "header", "header_absent", "headers", "headers_raw", "property_source", "property_absent",
                "set_property", "set_header", "metric", "time", "shared_get", "shared_update",
                "log_filtered"]
 
@@ -783,7 +783,11 @@ def instructions_per_request(args, work, scenario, config, requests):
                   "--admin-address-path", str(admin_path), "--disable-hot-restart", "--concurrency", "1",
                   "--log-level", args.envoy_log_level], out / f"{stem}.log")
     try:
-        _, port = wait_ready(proc, admin_path, out / f"{stem}.log", timeout=300.0)
+        try:
+            _, port = wait_ready(proc, admin_path, out / f"{stem}.log", timeout=300.0)
+        except RuntimeError:
+            vm_creation_failed(out / f"{stem}.log")
+            raise
         control = ["callgrind_control"]
         subprocess.run(control + ["-i", "on", str(proc.pid)], check=True, capture_output=True)
         warm = send_sequentially(port, requests, 0, args.instr_warmup)
@@ -792,12 +796,7 @@ def instructions_per_request(args, work, scenario, config, requests):
         subprocess.run(control + ["-d", str(proc.pid)], check=True, capture_output=True)
     finally:
         stop(proc, grace=30.0)
-    log = (out / f"{stem}.log").read_text(errors="replace")
-    if "Failed to create new Wasm instance" in log:
-        # V8 reserves several GB of address space per Wasm VM; valgrind's
-        # address space holds only a few VMs (each filter has one per thread).
-        raise RuntimeError("a Wasm VM could not be created under valgrind (address space); "
-                           "scenarios with several VMs cannot be counted")
+    vm_creation_failed(out / f"{stem}.log")
     total = 0
     for dump in out.glob(f"{stem}.callgrind.*"):
         for line in dump.read_text(errors="replace").splitlines():
@@ -806,6 +805,14 @@ def instructions_per_request(args, work, scenario, config, requests):
     bad = sum(n for status, n in statuses.items() if not status.startswith("2"))
     bad += sum(n for status, n in warm.items() if not status.startswith("2"))
     return total / args.instr_requests, bad
+
+
+def vm_creation_failed(log_path):
+    """V8 reserves several GB of address space per Wasm VM; valgrind's address
+    space holds only a few (each filter has one VM per Envoy thread)."""
+    if "Failed to create new Wasm instance" in log_path.read_text(errors="replace"):
+        raise RuntimeError("a Wasm VM could not be created under valgrind (address space); "
+                           "scenarios with several VMs cannot be counted")
 
 
 def real_envoy_binary(path):
