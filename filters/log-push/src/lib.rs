@@ -213,7 +213,7 @@ impl LoadedPolicy for LogPushWorker {
     fn http_context(&self) -> Box<dyn HttpContext> {
         Box::new(LogPushHttp {
             worker: Rc::clone(&self.worker),
-            request_line: None,
+            request: None,
             upstream_latency_ms: None,
         })
     }
@@ -323,8 +323,43 @@ pub struct LogPushHttp {
     worker: Rc<Worker>,
     /// The request line as this filter saw it (the client's, when it runs
     /// first in the chain); absent when an earlier filter answered.
-    request_line: Option<RequestLine>,
+    request: Option<SeenRequest>,
     upstream_latency_ms: Option<u64>,
+}
+
+/// What the record takes from the request headers, read in the request
+/// phase from the snapshot the callback has anyway, so `on_log` need not
+/// fetch the request headers again.
+struct SeenRequest {
+    line: RequestLine,
+    request_id: String,
+    user_agent: String,
+    /// The configured extra headers, redacted where they must be.
+    headers: Vec<String>,
+}
+
+impl SeenRequest {
+    fn read(host: &ProxyWasmHost, push: &LogPush) -> Self {
+        let header = |name: &str| host.request_header(name).unwrap_or_default();
+        Self {
+            line: RequestLine::read(host),
+            request_id: header("x-request-id"),
+            user_agent: if push.layout.fields.contains(record::Field::UserAgent) {
+                header("user-agent")
+            } else {
+                String::new()
+            },
+            headers: push
+                .headers
+                .iter()
+                .map(|(name, redacted)| match host.request_header(name) {
+                    Some(_) if *redacted => REDACTED.to_string(),
+                    Some(value) => value,
+                    None => String::new(),
+                })
+                .collect(),
+        }
+    }
 }
 
 fn property_int(host: &ProxyWasmHost, path: &[&str]) -> Option<i64> {
@@ -345,8 +380,8 @@ impl LogPushHttp {
     fn record(
         &self,
         status: u16,
-        request_id: String,
         api: String,
+        seen: SeenRequest,
         line: &RequestLine,
         identity: Option<Identity>,
     ) -> Record {
@@ -368,7 +403,6 @@ impl LogPushHttp {
             }
         };
         let (path, query) = line.path.split_once('?').unwrap_or((&line.path, ""));
-        let header = |name: &str| host.request_header(name).unwrap_or_default();
         // Envoy's start time; the call ends now, as Envoy logs it.
         let now = now_ms();
         let started_ms = property_int(&host, &["request", "time"])
@@ -376,7 +410,7 @@ impl LogPushHttp {
             .unwrap_or(now);
         Record {
             timestamp_ms: started_ms,
-            request_id,
+            request_id: seen.request_id,
             api,
             app_key: identity
                 .as_ref()
@@ -407,11 +441,7 @@ impl LogPushHttp {
             response_bytes: int(record::Field::ResponseBytes, &["response", "total_size"]),
             upstream_cluster: text(record::Field::UpstreamCluster, &["xds", "cluster_name"]),
             upstream_host: text(record::Field::UpstreamHost, &["upstream", "address"]),
-            user_agent: if wants(record::Field::UserAgent) {
-                header("user-agent")
-            } else {
-                String::new()
-            },
+            user_agent: seen.user_agent,
             response_flags: if wants(record::Field::ResponseFlags) {
                 property_int(&host, &["response", "flags"])
                     .map(|bits| response_flag_names(bits as u64))
@@ -419,15 +449,7 @@ impl LogPushHttp {
             } else {
                 String::new()
             },
-            headers: push
-                .headers
-                .iter()
-                .map(|(name, redacted)| match host.request_header(name) {
-                    Some(_) if *redacted => REDACTED.to_string(),
-                    Some(value) => value,
-                    None => String::new(),
-                })
-                .collect(),
+            headers: seen.headers,
         }
     }
 }
@@ -451,7 +473,7 @@ impl Context for LogPushHttp {}
 impl HttpContext for LogPushHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let _reads = gateway_common::host::callback_scope();
-        self.request_line = Some(RequestLine::read(&ProxyWasmHost));
+        self.request = Some(SeenRequest::read(&ProxyWasmHost, &self.worker.push));
         Action::Continue
     }
 
@@ -466,11 +488,12 @@ impl HttpContext for LogPushHttp {
         let host = ProxyWasmHost;
         let push = Rc::clone(&self.worker.push);
         let status = response_status(&host);
-        let request_id = host.request_header("x-request-id").unwrap_or_default();
-        let mut line = self
-            .request_line
+        // Seen in the request phase, unless a filter before this one answered.
+        let mut seen = self
+            .request
             .take()
-            .unwrap_or_else(|| RequestLine::read(&host));
+            .unwrap_or_else(|| SeenRequest::read(&host, &push));
+        let mut line = std::mem::take(&mut seen.line);
         // The client's request line, when request-mapping rewrote it.
         if let Some((method, path)) = identity::original_request(&host) {
             line.method = method;
@@ -488,7 +511,7 @@ impl HttpContext for LogPushHttp {
         } else {
             None
         };
-        if !push.keeps(&request_id, status, rule) {
+        if !push.keeps(&seen.request_id, status, rule) {
             self.worker.metrics.records_sampled_out.inc();
             return;
         }
@@ -512,7 +535,7 @@ impl HttpContext for LogPushHttp {
                 })
                 .unwrap_or_default(),
         };
-        let record = self.record(status, request_id, api, &facts.line, identity);
+        let record = self.record(status, api, seen, &facts.line, identity);
         self.worker.push(record);
     }
 }
