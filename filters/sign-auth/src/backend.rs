@@ -22,7 +22,7 @@
 //! <name>:<value>            one line per signed header, in x-gw-signed-headers order
 //! ```
 
-use crate::signature::{self, url_decode, ParameterError, SignatureMethod};
+use crate::signature::{self, url_decode, ParameterError, Secret, SignatureMethod};
 use serde::Deserialize;
 
 pub const KEY_ID_HEADER: &str = "x-gw-signature-key-id";
@@ -88,16 +88,37 @@ pub fn sign(
     headers: &[(String, String)],
 ) -> Result<Vec<(&'static str, String)>, ParameterError> {
     let text = string_to_sign(timestamp_ms, method, path_and_query, headers)?;
+    let signature = signature::sign(SignatureMethod::HmacSha256, key.secret.as_bytes(), &text);
+    Ok(signed_headers(&key.id, timestamp_ms, headers, signature))
+}
+
+/// [`sign`] with the key's HMAC state prepared once (the filter's way).
+pub fn sign_with(
+    key_id: &str,
+    secret: &Secret,
+    timestamp_ms: u64,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(String, String)],
+) -> Result<Vec<(&'static str, String)>, ParameterError> {
+    let text = string_to_sign(timestamp_ms, method, path_and_query, headers)?;
+    let signature = secret.sign(SignatureMethod::HmacSha256, &text);
+    Ok(signed_headers(key_id, timestamp_ms, headers, signature))
+}
+
+fn signed_headers(
+    key_id: &str,
+    timestamp_ms: u64,
+    headers: &[(String, String)],
+    signature: String,
+) -> Vec<(&'static str, String)> {
     let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
-    Ok(vec![
-        (KEY_ID_HEADER, key.id.clone()),
+    vec![
+        (KEY_ID_HEADER, key_id.to_string()),
         (TIMESTAMP_HEADER, timestamp_ms.to_string()),
         (SIGNED_HEADERS_HEADER, names.join(",")),
-        (
-            SIGNATURE_HEADER,
-            signature::sign(SignatureMethod::HmacSha256, key.secret.as_bytes(), &text),
-        ),
-    ])
+        (SIGNATURE_HEADER, signature),
+    ]
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +183,17 @@ mod tests {
             id: id.into(),
             secret: secret.into(),
         }
+    }
+
+    #[test]
+    fn signing_with_a_prepared_key_gives_the_same_headers() {
+        let key = key("k1", "backend-secret");
+        let secret = Secret::new(key.secret.as_bytes()).expect("any key");
+        let headers = vec![("x-gw-app-key".to_string(), "203751".to_string())];
+        assert_eq!(
+            sign_with(&key.id, &secret, 1_700_000_000_000, "GET", "/a?b=1&a=2", &headers),
+            sign(&key, 1_700_000_000_000, "GET", "/a?b=1&a=2", &headers)
+        );
     }
 
     #[test]

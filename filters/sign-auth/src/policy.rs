@@ -179,6 +179,8 @@ pub struct SignAuth {
 #[derive(Debug, Clone)]
 pub struct BackendSigner {
     pub key: BackendKey,
+    /// The key's HMAC state, prepared once.
+    pub secret: Secret,
     pub headers: Vec<String>,
 }
 
@@ -585,8 +587,15 @@ fn compile_backend_signer(config: &BackendSignatureConfig) -> Result<BackendSign
             format!("`{bad}` is not a header name"),
         ));
     }
+    let secret = Secret::new(key.secret.as_bytes()).ok_or_else(|| {
+        ConfigError::new(
+            "backend_signature.keys[0].secret",
+            "not usable as an HMAC key",
+        )
+    })?;
     Ok(BackendSigner {
         key: key.clone(),
+        secret,
         headers,
     })
 }

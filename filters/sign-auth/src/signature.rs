@@ -206,6 +206,29 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// [`sign`] with this secret: Base64 of the MAC of `string_to_sign`.
+    pub fn sign(&self, method: SignatureMethod, string_to_sign: &str) -> String {
+        let bytes = string_to_sign.as_bytes();
+        match method {
+            SignatureMethod::HmacSha256 => BASE64.encode(
+                self.sha256
+                    .clone()
+                    .chain_update(bytes)
+                    .finalize()
+                    .into_bytes(),
+            ),
+            SignatureMethod::HmacSha1 => BASE64.encode(
+                self.sha1
+                    .clone()
+                    .chain_update(bytes)
+                    .finalize()
+                    .into_bytes(),
+            ),
+        }
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(..)")
@@ -429,6 +452,7 @@ mod tests {
                 );
                 assert!(!secret.verifies(method, "other", &good));
                 assert!(!secret.verifies(method, sts, "not base64!"));
+                assert_eq!(secret.sign(method, sts), good);
             }
         }
         let other = Secret::new(b"k").expect("any key");
