@@ -191,7 +191,14 @@ mod tests {
         let secret = Secret::new(key.secret.as_bytes()).expect("any key");
         let headers = vec![("x-gw-app-key".to_string(), "203751".to_string())];
         assert_eq!(
-            sign_with(&key.id, &secret, 1_700_000_000_000, "GET", "/a?b=1&a=2", &headers),
+            sign_with(
+                &key.id,
+                &secret,
+                1_700_000_000_000,
+                "GET",
+                "/a?b=1&a=2",
+                &headers
+            ),
             sign(&key, 1_700_000_000_000, "GET", "/a?b=1&a=2", &headers)
         );
     }
