@@ -161,7 +161,7 @@ impl SignAuthHttp {
             .collect();
         // The path was already checked when parameters were read; a path that
         // cannot be decoded is forwarded unsigned and the backend refuses it.
-        if let Ok(signed) = backend::sign_with(
+        if let Ok(signed) = backend::sign(
             &signer.key.id,
             &signer.secret,
             now_ms(&ProxyWasmHost),
