@@ -142,7 +142,9 @@ pub fn add_parameters(
 
 /// Base64 of the HMAC of `string_to_sign` keyed with `secret`.
 pub fn sign(method: SignatureMethod, secret: &[u8], string_to_sign: &str) -> String {
-    BASE64.encode(mac(method, secret, string_to_sign.as_bytes()))
+    Secret::new(secret)
+        .map(|secret| secret.sign(method, string_to_sign))
+        .unwrap_or_default()
 }
 
 /// Checks a Base64 signature in constant time.
@@ -152,22 +154,12 @@ pub fn verify(
     string_to_sign: &str,
     signature: &str,
 ) -> bool {
-    let Ok(given) = BASE64.decode(signature.trim()) else {
-        return false;
-    };
-    let bytes = string_to_sign.as_bytes();
-    match method {
-        SignatureMethod::HmacSha256 => keyed::<Hmac<sha2::Sha256>>(secret, bytes)
-            .is_some_and(|m| m.verify_slice(&given).is_ok()),
-        SignatureMethod::HmacSha1 => {
-            keyed::<Hmac<sha1::Sha1>>(secret, bytes).is_some_and(|m| m.verify_slice(&given).is_ok())
-        }
-    }
+    Secret::new(secret).is_some_and(|secret| secret.verifies(method, string_to_sign, signature))
 }
 
-/// An app secret with its HMAC keys scheduled once, when the
-/// configuration loads: a check then hashes only the string to sign, not
-/// the two key blocks HMAC starts from.
+/// An HMAC key with its key blocks hashed once: the filter prepares each
+/// secret when the configuration loads, so a check hashes only the string
+/// to sign. [`sign`] and [`verify`] prepare one per call.
 #[derive(Clone)]
 pub struct Secret {
     sha256: Hmac<sha2::Sha256>,
@@ -183,7 +175,28 @@ impl Secret {
         })
     }
 
-    /// [`verify`] with this secret.
+    /// Base64 of the MAC of `string_to_sign`.
+    pub fn sign(&self, method: SignatureMethod, string_to_sign: &str) -> String {
+        let bytes = string_to_sign.as_bytes();
+        match method {
+            SignatureMethod::HmacSha256 => BASE64.encode(
+                self.sha256
+                    .clone()
+                    .chain_update(bytes)
+                    .finalize()
+                    .into_bytes(),
+            ),
+            SignatureMethod::HmacSha1 => BASE64.encode(
+                self.sha1
+                    .clone()
+                    .chain_update(bytes)
+                    .finalize()
+                    .into_bytes(),
+            ),
+        }
+    }
+
+    /// Checks a Base64 signature in constant time.
     pub fn verifies(&self, method: SignatureMethod, string_to_sign: &str, signature: &str) -> bool {
         let Ok(given) = BASE64.decode(signature.trim()) else {
             return false;
@@ -206,53 +219,10 @@ impl Secret {
     }
 }
 
-impl Secret {
-    /// [`sign`] with this secret: Base64 of the MAC of `string_to_sign`.
-    pub fn sign(&self, method: SignatureMethod, string_to_sign: &str) -> String {
-        let bytes = string_to_sign.as_bytes();
-        match method {
-            SignatureMethod::HmacSha256 => BASE64.encode(
-                self.sha256
-                    .clone()
-                    .chain_update(bytes)
-                    .finalize()
-                    .into_bytes(),
-            ),
-            SignatureMethod::HmacSha1 => BASE64.encode(
-                self.sha1
-                    .clone()
-                    .chain_update(bytes)
-                    .finalize()
-                    .into_bytes(),
-            ),
-        }
-    }
-}
-
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(..)")
     }
-}
-
-fn mac(method: SignatureMethod, secret: &[u8], bytes: &[u8]) -> Vec<u8> {
-    let digest = match method {
-        SignatureMethod::HmacSha256 => {
-            keyed::<Hmac<sha2::Sha256>>(secret, bytes).map(|m| m.finalize().into_bytes().to_vec())
-        }
-        SignatureMethod::HmacSha1 => {
-            keyed::<Hmac<sha1::Sha1>>(secret, bytes).map(|m| m.finalize().into_bytes().to_vec())
-        }
-    };
-    digest.unwrap_or_default()
-}
-
-/// An HMAC keyed with `secret` over `bytes`. HMAC accepts keys of any
-/// length, so this is `None` only in theory.
-fn keyed<M: Mac + KeyInit>(secret: &[u8], bytes: &[u8]) -> Option<M> {
-    <M as KeyInit>::new_from_slice(secret)
-        .ok()
-        .map(|m| m.chain_update(bytes))
 }
 
 /// `Content-MD5` of a body: Base64 of its MD5 digest.
