@@ -342,10 +342,6 @@ pub fn request_header(name: &str) -> Option<String> {
     host::header_value(MapType::HttpRequestHeaders, name)
 }
 
-pub fn request_headers() -> Vec<(String, String)> {
-    host::header_map(MapType::HttpRequestHeaders).to_pairs()
-}
-
 /// Sets (`Some`) or removes (`None`) a request header.
 pub fn set_request_header(name: &str, value: Option<&str>) {
     // Stripping headers a client did not send is the common case: no call.

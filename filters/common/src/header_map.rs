@@ -64,7 +64,8 @@ impl HeaderMap {
         self.get(name).map(String::from_utf8_lossy)
     }
 
-    /// Every pair as owned text (invalid UTF-8 replaced).
+    /// Every pair as owned text (invalid UTF-8 replaced), for assertions.
+    #[cfg(test)]
     pub fn to_pairs(&self) -> Vec<(String, String)> {
         self.iter()
             .map(|(name, value)| (text(name), text(value)))

@@ -196,7 +196,7 @@ pub fn note_header_write(map: MapType, name: &str, value: Option<&str>) {
 /// callback's snapshot of the map (fetched now if need be: the policies
 /// read it anyway) has no such header. Outside a scope: false.
 pub fn known_absent(map: MapType, name: &str) -> bool {
-    with_cache(|_| ()).is_some() && header_map(map).get(name).is_none()
+    in_scope() && header_map(map).get(name).is_none()
 }
 
 #[derive(Default)]
@@ -247,6 +247,10 @@ thread_local! {
     static CACHE: RefCell<CallbackCache> = RefCell::new(CallbackCache::default());
 }
 
+fn in_scope() -> bool {
+    CACHE.with(|cache| cache.borrow().depth > 0)
+}
+
 /// Runs `f` on the cache if a scope is open.
 fn with_cache<T>(f: impl FnOnce(&mut CallbackCache) -> T) -> Option<T> {
     CACHE.with(|cache| {
@@ -274,7 +278,7 @@ pub fn header_map(map: MapType) -> Rc<HeaderMap> {
 /// One header's first value as text. Inside a scope, from the snapshot;
 /// outside, a single-value read (cheaper than the whole map).
 pub fn header_value(map: MapType, name: &str) -> Option<String> {
-    if with_cache(|_| ()).is_some() {
+    if in_scope() {
         return header_map(map).get_text(name).map(Cow::into_owned);
     }
     raw::header_map_value(map, name).map(|bytes| crate::header_map::text(&bytes))

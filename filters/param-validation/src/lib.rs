@@ -160,9 +160,11 @@ impl HttpContext for ParamValidationHttp {
             return Action::Continue;
         };
         if rule.has_header_allowlist() {
-            let names: Vec<String> = adapter::request_headers()
-                .into_iter()
-                .map(|(n, _)| n)
+            // Names only; the snapshot is let go before the removals update it.
+            let names: Vec<String> = ProxyWasmHost
+                .request_headers()
+                .iter()
+                .map(|(name, _)| gateway_common::header_map::text(name))
                 .collect();
             for name in rule.headers_to_remove(names.iter().map(String::as_str)) {
                 adapter::set_request_header(&name, None);
