@@ -1431,8 +1431,7 @@ def main():
                     s.note = (s.note + "; " if s.note else "") + "ran out of signed requests (nonces replayed)"
                 envoy.stop()
         if args.instructions:
-            counted = [s for s in all_scenarios if s.status == "ok" or (args.skip_load and s.status != "not built"
-                                                                         and s.status != "skipped")]
+            counted = [s for s in all_scenarios if s.status == "ok"]
             say(f"Envoy under callgrind: instructions per request ({len(counted)} scenarios, "
                 f"{args.instr_parallel} at a time)")
             count_instructions(args, work, counted, {
