@@ -5,6 +5,8 @@
 #   - openssl (demo TLS certificates)
 #   - clickhouse-server (Debian's package): the log-push tests' real sink
 #   - skopeo and docker-registry (Debian's packages): the OCI image tests
+#   - redis-server and webdis (Debian's packages): the fleet store of the
+#     fleet tests and the demo
 # ENVOY_BIN=/path/to/envoy skips the Envoy install and uses that binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +52,11 @@ command -v curl >/dev/null 2>&1 || apt_install curl
 # package's own registry service is not used.
 [ -x "${SKOPEO_BIN:-/usr/bin/skopeo}" ] || apt_install skopeo
 [ -x "${DOCKER_REGISTRY_BIN:-/usr/bin/docker-registry}" ] || apt_install docker-registry
+
+# The fleet tests and the demo start their own Redis and Webdis on loopback;
+# the packages' services are never used.
+[ -x "${REDIS_SERVER_BIN:-/usr/bin/redis-server}" ] || apt_install redis-server
+[ -x "${WEBDIS_BIN:-/usr/bin/webdis}" ] || apt_install webdis
 
 if [ -n "${ENVOY_BIN:-}" ]; then
   [ -x "$ENVOY_BIN" ] || { say "ENVOY_BIN=$ENVOY_BIN is not an executable" >&2; exit 1; }

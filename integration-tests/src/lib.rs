@@ -6,5 +6,6 @@ pub mod echo;
 pub mod envoy;
 pub mod http;
 pub mod process;
+pub mod redis;
 pub mod registry;
 pub mod signing;

@@ -71,8 +71,23 @@ pub fn send_error_with_headers(error: &GatewayError, extra: &[(&'static str, Str
 /// Answers the current request from the gateway (the upstream is not
 /// called) and notes it in [`StreamNotes::answered`]. Every local reply of
 /// every filter goes through here.
+///
+/// In the gateway module, a reply made while earlier policies' fleet
+/// checks are unanswered is held until they are (see
+/// [`holds_replies`](crate::fleet::client::holds_replies)).
 pub fn send_local_reply(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {
-    let _ = hostcalls::send_http_response(status, headers, Some(body));
+    if crate::fleet::client::holds_replies() {
+        crate::fleet::client::hold_reply(crate::fleet::client::LocalReply {
+            status,
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+            body: body.to_vec(),
+        });
+    } else {
+        let _ = hostcalls::send_http_response(status, headers, Some(body));
+    }
     note(|notes| notes.answered = true);
 }
 

@@ -6,6 +6,7 @@ pub mod adapter;
 pub mod client_ip;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod header_map;
 pub mod host;
 pub mod identity;

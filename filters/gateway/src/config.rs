@@ -6,6 +6,7 @@
 use gateway_common::config::{parse_json, ConfigError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 
 /// A policy of the module, in the order a request meets them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +58,8 @@ struct Document {
     request_mapping: Option<Box<RawValue>>,
     circuit_breaker: Option<Box<RawValue>>,
     log_push: Option<Box<RawValue>>,
+    /// The fleet store of every section's `fleet` that names none.
+    fleet_store: Option<Box<RawValue>>,
 }
 
 impl Document {
@@ -78,8 +81,76 @@ impl Document {
 /// section's JSON text as written, or, when the section is a JSON string,
 /// the string's content (the exact text a single filter would be given).
 /// A section set to `null` is absent.
+///
+/// The module sends all of a request's fleet checks as one call, so the
+/// sections with a `fleet` object share one store: the top-level
+/// `fleet_store`, written into each `fleet` that names none.
 pub fn split(bytes: &[u8]) -> Result<Vec<(Section, Vec<u8>)>, ConfigError> {
     let mut document: Document = parse_json(bytes)?;
+    let fleet_store = document
+        .fleet_store
+        .take()
+        .map(|raw| serde_json::from_str::<Value>(raw.get()))
+        .transpose()
+        .map_err(|err| ConfigError::new("fleet_store", err.to_string()))?;
+    let mut sections = split_sections(document)?;
+    share_fleet_store(&mut sections, fleet_store)?;
+    Ok(sections)
+}
+
+/// Sections that may count in the fleet store.
+const FLEET_SECTIONS: [Section; 2] = [Section::SignAuth, Section::Throttling];
+
+fn share_fleet_store(
+    sections: &mut [(Section, Vec<u8>)],
+    fleet_store: Option<Value>,
+) -> Result<(), ConfigError> {
+    let mut shared: Option<(String, Value)> =
+        fleet_store.map(|store| ("fleet_store".into(), store));
+    let mut users = 0;
+    for (section, bytes) in sections.iter_mut() {
+        if !FLEET_SECTIONS.contains(section) {
+            continue;
+        }
+        // A section that is not an object is left to its own parser to refuse.
+        let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(bytes) else {
+            continue;
+        };
+        let Some(Value::Object(fleet)) = fields.get_mut("fleet") else {
+            continue;
+        };
+        users += 1;
+        let at = format!("{}.fleet.store", section.key());
+        match (fleet.get("store"), &shared) {
+            (Some(store), Some((first, first_store))) if store != first_store => {
+                return Err(ConfigError::new(
+                    at,
+                    format!(
+                        "differs from `{first}`: the module sends each request's fleet checks \
+                         to one store (set the store once, as `fleet_store`)"
+                    ),
+                ));
+            }
+            (Some(store), None) => shared = Some((at, store.clone())),
+            (Some(_), Some(_)) => {}
+            (None, Some((_, store))) => {
+                fleet.insert("store".into(), store.clone());
+                *bytes = Value::Object(fields).to_string().into_bytes();
+            }
+            // Left to the section's parser, which names the missing field.
+            (None, None) => {}
+        }
+    }
+    if users == 0 && shared.is_some() {
+        return Err(ConfigError::new(
+            "fleet_store",
+            "no section uses it: add `\"fleet\": {}` to the sign_auth or throttling section",
+        ));
+    }
+    Ok(())
+}
+
+fn split_sections(mut document: Document) -> Result<Vec<(Section, Vec<u8>)>, ConfigError> {
     let mut sections = Vec::new();
     for section in Section::ALL {
         let Some(raw) = document.take(section) else {
@@ -196,7 +267,7 @@ mod tests {
         assert_eq!(
             error_of(r#"{"ip-acl": {}}"#),
             "ip-acl: unknown field `ip-acl`, expected one of `sign_auth`, `ip_acl`, \
-             `throttling`, `param_validation`, `request_mapping`, `circuit_breaker`, `log_push` \
+             `throttling`, `param_validation`, `request_mapping`, `circuit_breaker`, `log_push`, `fleet_store` \
              at line 1 column 9"
         );
     }
@@ -230,6 +301,60 @@ mod tests {
             "no policy is configured; expected at least one of the sections `sign_auth`, \
              `ip_acl`, `throttling`, `param_validation`, `request_mapping`, \
              `circuit_breaker`, `log_push`"
+        );
+    }
+
+    fn section_json(json: &str, section: Section) -> Value {
+        let sections = split(json.as_bytes()).unwrap_or_else(|err| panic!("{err}"));
+        let (_, bytes) = sections
+            .into_iter()
+            .find(|(s, _)| *s == section)
+            .unwrap_or_else(|| panic!("no {section:?}"));
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn the_fleet_store_is_written_into_every_fleet_section_that_names_none() {
+        let json = r#"{"fleet_store": {"cluster": "redis"},
+            "sign_auth": {"apps": [], "fleet": {}},
+            "throttling": {"rules": [], "fleet": {"failure_mode": "deny"}},
+            "ip_acl": {"fleet": {}}}"#;
+        let store = serde_json::json!({"cluster": "redis"});
+        assert_eq!(
+            section_json(json, Section::SignAuth)["fleet"]["store"],
+            store
+        );
+        let throttling = section_json(json, Section::Throttling);
+        assert_eq!(throttling["fleet"]["store"], store);
+        assert_eq!(throttling["fleet"]["failure_mode"], "deny");
+        // A policy without fleet state is handed its section as written.
+        assert_eq!(
+            section_json(json, Section::IpAcl)["fleet"],
+            serde_json::json!({})
+        );
+    }
+
+    #[test]
+    fn sections_naming_their_own_store_must_name_the_same_one() {
+        let same = r#"{"sign_auth": {"apps": [], "fleet": {"store": {"cluster": "a"}}},
+            "throttling": {"rules": [], "fleet": {}}, "fleet_store": {"cluster": "a"}}"#;
+        assert_eq!(keys(same), ["sign_auth", "throttling"]);
+        let differing = r#"{"sign_auth": {"apps": [], "fleet": {"store": {"cluster": "a"}}},
+            "throttling": {"rules": [], "fleet": {"store": {"cluster": "b"}}}}"#;
+        assert!(error_of(differing)
+            .starts_with("throttling.fleet.store: differs from `sign_auth.fleet.store`"));
+        let against_top = r#"{"fleet_store": {"cluster": "a"},
+            "throttling": {"rules": [], "fleet": {"store": {"cluster": "b"}}}}"#;
+        assert!(
+            error_of(against_top).starts_with("throttling.fleet.store: differs from `fleet_store`")
+        );
+    }
+
+    #[test]
+    fn a_fleet_store_no_section_uses_is_refused() {
+        assert!(
+            error_of(r#"{"fleet_store": {"cluster": "a"}, "ip_acl": {}}"#)
+                .starts_with("fleet_store: no section uses it")
         );
     }
 

@@ -4,6 +4,15 @@
 //! per policy (see [`config`]). Each section is loaded by its own filter's
 //! code and each request goes through the filters' own HTTP contexts, in
 //! the order [`pipeline`] keeps; this file is the proxy-wasm adapter.
+//!
+//! The fleet checks of a request (sign-auth's nonce, throttling's
+//! counters) travel in one call: while the policies run, their checks
+//! gather in the request's [`Batch`]; once the request phase has gone as
+//! far as it can, the batch is sent, and the request is held until the
+//! answer is in, which each policy then reads for its own verdict. A
+//! request answered meanwhile (ip-acl refused it, say) still sends what
+//! was gathered, as the chain of single filters would have: its nonce is
+//! used up, its counters counted.
 
 pub mod config;
 pub mod pipeline;
@@ -11,6 +20,7 @@ pub mod pipeline;
 use circuit_breaker::CircuitBreakerFilter;
 use config::Section;
 use gateway_common::adapter::{self, Filter, Loaded, LoadedPolicy, StreamNotes};
+use gateway_common::fleet::client::{self as fleet_client, Batch};
 use gateway_common::host::{stream_scope, StreamMemory};
 use ip_acl::IpAclFilter;
 use log_push::LogPushWorker;
@@ -119,7 +129,11 @@ impl RootContext for GatewayRoot {
             .map(|policy| PolicyContext(policy.http_context()))
             .collect();
         Some(Box::new(GatewayHttp {
-            pipeline: Pipeline::new(members),
+            stream: Stream {
+                pipeline: Pipeline::new(members),
+                batch: Batch::default(),
+                held_for_fleet: false,
+            },
             memory: StreamMemory::default(),
         }))
     }
@@ -183,9 +197,75 @@ impl Member for PolicyContext {
 
 /// One request's context: the pipeline of the policies' own contexts.
 struct GatewayHttp {
-    pipeline: Pipeline<PolicyContext>,
+    stream: Stream,
     /// Reads that hold for the whole stream, shared by its callbacks.
     memory: StreamMemory,
+}
+
+/// Where the request stands in the policies and with the fleet store.
+struct Stream {
+    pipeline: Pipeline<PolicyContext>,
+    /// The request's fleet checks.
+    batch: Batch,
+    /// The policies let the request go, but the fleet's answer is not in.
+    held_for_fleet: bool,
+}
+
+impl Stream {
+    /// Runs a request callback of the pipeline with the batch open, then
+    /// sends what the policies gathered and holds the request for it.
+    fn request_step(&mut self, step: impl FnOnce(&mut Pipeline<PolicyContext>) -> Flow) -> Action {
+        let flow = {
+            let _batch = fleet_client::batch_scope(&mut self.batch);
+            step(&mut self.pipeline)
+        };
+        if self.batch.has_unsent() {
+            if let Err(failure) = self.batch.send() {
+                // Every policy decides by its failure mode, now.
+                self.show_answer(fleet_client::UNSENT, Err(failure));
+            }
+        }
+        if self.pipeline.answered() {
+            if !self.batch.in_flight() {
+                self.release_held_reply();
+            }
+            return Action::Pause;
+        }
+        if flow == Flow::Continue && self.batch.in_flight() {
+            self.held_for_fleet = true;
+            return Action::Pause;
+        }
+        action(flow)
+    }
+
+    /// Shows the fleet's answer to the policies, in order, until one of
+    /// them answers the request.
+    fn show_answer(&mut self, token: u32, answer: fleet_client::Answer) {
+        let answered = fleet_client::with_answer(token, answer, || {
+            for member in self.pipeline.members_mut() {
+                member.0.on_http_call_response(token, 0, 0, 0);
+                if adapter::take_stream_notes().answered {
+                    return true;
+                }
+            }
+            false
+        });
+        if answered {
+            // An earlier policy's verdict: a later one's reply is moot.
+            self.batch.take_held_reply();
+            self.pipeline.mark_answered();
+        } else {
+            self.release_held_reply();
+        }
+    }
+
+    /// Sends the local reply a policy made while the fleet's answer was
+    /// not in (see `gateway_common::fleet::client::holds_replies`).
+    fn release_held_reply(&mut self) {
+        if let Some(reply) = self.batch.take_held_reply() {
+            reply.send();
+        }
+    }
 }
 
 fn action(flow: Flow) -> Action {
@@ -196,7 +276,8 @@ fn action(flow: Flow) -> Action {
 }
 
 impl Context for GatewayHttp {
-    /// Told to every policy: each knows the tokens of the calls it made.
+    /// Told to every policy: each knows the tokens of the calls it made;
+    /// the fleet call's answer is shown to them by [`GatewayHttp::show_answer`].
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -204,7 +285,16 @@ impl Context for GatewayHttp {
         body_size: usize,
         trailers: usize,
     ) {
-        for member in self.pipeline.members_mut() {
+        if let Some(answer) = self.stream.batch.answer(token, body_size) {
+            let _reads = stream_scope(&mut self.memory);
+            self.stream.show_answer(token, answer);
+            if self.stream.held_for_fleet && !self.stream.pipeline.answered() {
+                self.stream.held_for_fleet = false;
+                fleet_client::resume_request();
+            }
+            return;
+        }
+        for member in self.stream.pipeline.members_mut() {
             member
                 .0
                 .on_http_call_response(token, headers, body_size, trailers);
@@ -213,7 +303,7 @@ impl Context for GatewayHttp {
 
     fn on_done(&mut self) -> bool {
         let mut done = true;
-        for member in self.pipeline.members_mut() {
+        for member in self.stream.pipeline.members_mut() {
             done &= member.0.on_done();
         }
         done
@@ -225,40 +315,48 @@ impl HttpContext for GatewayHttp {
         let _reads = stream_scope(&mut self.memory);
         // Notes left by anything before this request are not this request's.
         adapter::take_stream_notes();
-        action(self.pipeline.on_request_headers(num_headers, end_of_stream))
+        self.stream
+            .request_step(|pipeline| pipeline.on_request_headers(num_headers, end_of_stream))
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let _reads = stream_scope(&mut self.memory);
-        action(self.pipeline.on_request_body(body_size, end_of_stream))
+        self.stream
+            .request_step(|pipeline| pipeline.on_request_body(body_size, end_of_stream))
     }
 
     fn on_http_request_trailers(&mut self, num_trailers: usize) -> Action {
         let _reads = stream_scope(&mut self.memory);
-        action(self.pipeline.on_request_trailers(num_trailers))
+        self.stream
+            .request_step(|pipeline| pipeline.on_request_trailers(num_trailers))
     }
 
     fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
         let _reads = stream_scope(&mut self.memory);
         action(
-            self.pipeline
+            self.stream
+                .pipeline
                 .on_response_headers(num_headers, end_of_stream),
         )
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let _reads = stream_scope(&mut self.memory);
-        action(self.pipeline.on_response_body(body_size, end_of_stream))
+        action(
+            self.stream
+                .pipeline
+                .on_response_body(body_size, end_of_stream),
+        )
     }
 
     fn on_http_response_trailers(&mut self, num_trailers: usize) -> Action {
         let _reads = stream_scope(&mut self.memory);
-        action(self.pipeline.on_response_trailers(num_trailers))
+        action(self.stream.pipeline.on_response_trailers(num_trailers))
     }
 
     fn on_log(&mut self) {
         let _reads = stream_scope(&mut self.memory);
-        self.pipeline.on_log();
+        self.stream.pipeline.on_log();
     }
 }
 

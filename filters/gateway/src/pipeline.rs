@@ -95,6 +95,16 @@ impl<M: Member> Pipeline<M> {
         &mut self.members
     }
 
+    /// A member answered the request outside a request callback (from the
+    /// answer of an HTTP call): the request phase is over.
+    pub fn mark_answered(&mut self) {
+        self.answered = true;
+    }
+
+    pub fn answered(&self) -> bool {
+        self.answered
+    }
+
     pub fn on_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Flow {
         self.num_headers = num_headers;
         self.start_members(end_of_stream)

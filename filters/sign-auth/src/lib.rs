@@ -13,11 +13,15 @@ use backend::{KEY_ID_HEADER, SIGNATURE_HEADER, SIGNED_HEADERS_HEADER, TIMESTAMP_
 use gateway_common::adapter::{self, BufferedBody, Filter};
 use gateway_common::config::{parse_json, ConfigError};
 use gateway_common::error::GatewayError;
+use gateway_common::fleet::client::{self as fleet_client, Answer, Ticket};
+use gateway_common::fleet::FleetMetrics;
 use gateway_common::host::ProxyWasmHost;
 use gateway_common::identity::{self, Identity};
 use gateway_common::metrics::{Counter, DenialCounters};
 use gateway_common::store::ProxyWasmStore;
-use policy::{codes, now_ms, BackendSigner, Pending, SignAuth, SignAuthConfig, Step, Verified};
+use policy::{
+    codes, now_ms, BackendSigner, FleetCheck, Pending, SignAuth, SignAuthConfig, Step, Verified,
+};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -46,6 +50,7 @@ pub struct Metrics {
     anonymous: Counter,
     nonce_unchecked: Counter,
     denied: DenialCounters<{ codes::COUNT }>,
+    fleet: FleetMetrics,
 }
 
 impl Metrics {
@@ -55,6 +60,7 @@ impl Metrics {
             anonymous: Counter::define(FILTER_NAME, "anonymous"),
             nonce_unchecked: Counter::define(FILTER_NAME, "nonce_unchecked"),
             denied: DenialCounters::define(FILTER_NAME, &codes::ALL),
+            fleet: FleetMetrics::define(FILTER_NAME),
         }
     }
 }
@@ -87,6 +93,7 @@ impl Filter for SignAuthFilter {
             policy,
             metrics,
             pending: None,
+            fleet: None,
         })
     }
 }
@@ -95,6 +102,8 @@ pub struct SignAuthHttp {
     policy: Rc<SignAuth>,
     metrics: Metrics,
     pending: Option<Box<Pending>>,
+    /// A nonce on its way to the fleet store.
+    fleet: Option<(Box<FleetCheck>, Ticket)>,
 }
 
 impl SignAuthHttp {
@@ -105,26 +114,101 @@ impl SignAuthHttp {
     }
 
     fn pass(&self, verified: Option<Verified>) {
+        self.count_pass(verified.as_ref());
+        self.forward(verified.as_ref());
+    }
+
+    fn count_pass(&self, verified: Option<&Verified>) {
+        match verified {
+            Some(verified) => {
+                self.metrics.allowed.inc();
+                if verified.nonce_unchecked {
+                    self.metrics.nonce_unchecked.inc();
+                }
+            }
+            None => self.metrics.anonymous.inc(),
+        }
+    }
+
+    /// What the upstream sees of a request let through.
+    fn forward(&self, verified: Option<&Verified>) {
         if self.policy.strip_signature_headers() {
             for name in SIGNATURE_HEADERS {
                 adapter::set_request_header(name, None);
             }
         }
         if let Some(verified) = verified {
-            if verified.nonce_unchecked {
-                self.metrics.nonce_unchecked.inc();
-            }
             self.publish(&verified.identity);
-        } else {
-            self.metrics.anonymous.inc();
         }
         if let Some(signer) = self.policy.backend_signer() {
             self.sign_for_backend(signer);
         }
     }
 
+    fn take(&mut self, step: Step) -> Action {
+        match step {
+            Step::Pass(verified) => {
+                self.pass(verified);
+                Action::Continue
+            }
+            Step::Reject(error) => self.reject(&error),
+            Step::NeedBody(pending) => {
+                // Only the headers step asks for the body.
+                self.pending = Some(pending);
+                Action::Pause
+            }
+            Step::CheckFleet(check) => self.check_fleet(check),
+        }
+    }
+
+    /// Sends the nonce to the fleet store. The single filter holds the
+    /// request for the answer; in the gateway module the nonce joins the
+    /// request's one call and the request goes on to the next policies
+    /// meanwhile, refused when the answer says it is a replay.
+    fn check_fleet(&mut self, check: Box<FleetCheck>) -> Action {
+        let Some(fleet) = self.policy.fleet() else {
+            return Action::Continue;
+        };
+        match fleet_client::submit(&fleet.store, self.policy.fleet_ops(&check)) {
+            Ok(ticket) => {
+                let holds = ticket.holds_request();
+                if !holds {
+                    self.forward(Some(&check.verified));
+                }
+                self.fleet = Some((check, ticket));
+                if holds {
+                    Action::Pause
+                } else {
+                    Action::Continue
+                }
+            }
+            Err(failure) => match self.conclude(*check, Err(failure)) {
+                Ok(verified) => {
+                    self.pass(Some(verified));
+                    Action::Continue
+                }
+                Err(error) => self.reject(&error),
+            },
+        }
+    }
+
+    fn conclude(&self, check: FleetCheck, answer: Answer) -> Result<Verified, GatewayError> {
+        let mode = self
+            .policy
+            .fleet()
+            .map(|f| f.failure_mode)
+            .unwrap_or_default();
+        match policy::fleet_failure(&answer) {
+            None => self.metrics.fleet.answered(),
+            Some(failure) => {
+                self.metrics.fleet.failed(&failure, mode);
+                fleet_client::log_failure(FILTER_NAME, &failure, mode, now_ms(&ProxyWasmHost));
+            }
+        }
+        self.policy.conclude(check, &answer, &ProxyWasmStore)
+    }
+
     fn publish(&self, identity: &Identity) {
-        self.metrics.allowed.inc();
         identity::publish(&ProxyWasmHost, identity);
         if self.policy.forward_identity_headers() {
             adapter::set_request_header(IDENTITY_HEADERS[0], Some(&identity.app_key));
@@ -176,7 +260,38 @@ impl SignAuthHttp {
     }
 }
 
-impl Context for SignAuthHttp {}
+impl SignAuthHttp {
+    /// The request is held for the fleet store's answer.
+    fn waits_for_fleet(&self) -> bool {
+        self.fleet.as_ref().is_some_and(|(_, t)| t.holds_request())
+    }
+}
+
+impl Context for SignAuthHttp {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        let Some((_, ticket)) = self.fleet.as_mut() else {
+            return;
+        };
+        let Some(answer) = ticket.answer(token, body_size) else {
+            return;
+        };
+        let Some((check, ticket)) = self.fleet.take() else {
+            return;
+        };
+        let _reads = gateway_common::host::callback_scope();
+        match self.conclude(*check, answer) {
+            Ok(verified) if ticket.holds_request() => {
+                self.pass(Some(verified));
+                fleet_client::resume_request();
+            }
+            // Batched: forwarded already, when the nonce was sent.
+            Ok(verified) => self.count_pass(Some(&verified)),
+            Err(error) => {
+                self.reject(&error);
+            }
+        }
+    }
+}
 
 impl HttpContext for SignAuthHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -184,28 +299,31 @@ impl HttpContext for SignAuthHttp {
         for name in IDENTITY_HEADERS {
             adapter::set_request_header(name, None);
         }
-        match self
+        let step = self
             .policy
-            .begin(&ProxyWasmHost, &ProxyWasmStore, end_of_stream)
-        {
-            Step::Pass(verified) => {
-                self.pass(verified);
-                Action::Continue
-            }
-            Step::Reject(error) => self.reject(&error),
-            Step::NeedBody(pending) => {
-                let declared = adapter::declared_body_length();
-                if declared.is_some_and(|len| len > self.policy.max_body_bytes()) {
-                    return self.reject(&codes::BODY_TOO_LARGE);
-                }
-                self.pending = Some(pending);
-                Action::Pause
+            .begin(&ProxyWasmHost, &ProxyWasmStore, end_of_stream);
+        if let Step::NeedBody(_) = step {
+            let declared = adapter::declared_body_length();
+            if declared.is_some_and(|len| len > self.policy.max_body_bytes()) {
+                return self.reject(&codes::BODY_TOO_LARGE);
             }
         }
+        self.take(step)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.waits_for_fleet() {
+            return Action::Pause;
+        }
+        Action::Continue
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let _reads = gateway_common::host::callback_scope();
+        if self.waits_for_fleet() {
+            // Holding the headers alone would not hold the body back.
+            return Action::Pause;
+        }
         if self.pending.is_none() {
             return Action::Continue;
         }
@@ -225,13 +343,8 @@ impl HttpContext for SignAuthHttp {
             return Action::Continue;
         };
         let now = now_ms(&ProxyWasmHost);
-        match self.policy.finish(*pending, &body, &ProxyWasmStore, now) {
-            Ok(verified) => {
-                self.pass(Some(verified));
-                Action::Continue
-            }
-            Err(error) => self.reject(&error),
-        }
+        let step = self.policy.finish(*pending, &body, &ProxyWasmStore, now);
+        self.take(step)
     }
 }
 

@@ -11,6 +11,8 @@ use crate::signature::{
 };
 use gateway_common::config::ConfigError;
 use gateway_common::error::GatewayError;
+use gateway_common::fleet::wire::{Failure, Op, OpResult, State};
+use gateway_common::fleet::{self, FailureMode as FleetFailureMode, Store, StoreConfig};
 use gateway_common::host::{Host, RequestFacts, RequestLine};
 use gateway_common::identity::Identity;
 use gateway_common::matching::{first_match_index, MatchConfig, Matcher};
@@ -18,6 +20,7 @@ use gateway_common::params::{body_kind, BodyKind};
 use gateway_common::store::SharedStore;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 /// The documented error codes of sign-auth.
 pub mod codes {
@@ -107,6 +110,27 @@ pub struct SignAuthConfig {
     /// request passes without replay protection, and is counted).
     #[serde(default)]
     pub nonce_failure_mode: FailureMode,
+    /// Record nonces in the fleet store, so each is accepted once by the
+    /// whole fleet (see [`gateway_common::fleet`]).
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    pub store: StoreConfig,
+    /// When the store fails: `local` (this Envoy's nonce table, the
+    /// default), `allow` (unchecked, counted) or `deny` (503 `A503NU`).
+    #[serde(default)]
+    pub failure_mode: FleetFailureMode,
+}
+
+/// The compiled fleet settings.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pub store: Arc<Store>,
+    pub failure_mode: FleetFailureMode,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -173,6 +197,7 @@ pub struct SignAuth {
     forward_identity_headers: bool,
     backend_signer: Option<BackendSigner>,
     nonce_failure_mode: FailureMode,
+    fleet: Option<Fleet>,
 }
 
 /// The compiled backend-signature settings.
@@ -200,6 +225,18 @@ pub enum Step {
     Reject(GatewayError),
     /// Buffer the body (up to `max_body_bytes`) and call `finish`.
     NeedBody(Box<Pending>),
+    /// The signature checks out; the fleet store must record the nonce:
+    /// send [`SignAuth::fleet_ops`] and call [`SignAuth::conclude`].
+    CheckFleet(Box<FleetCheck>),
+}
+
+/// A verified request whose nonce is still to be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetCheck {
+    pub verified: Verified,
+    nonce: String,
+    now_ms: u64,
+    expires_ms: u64,
 }
 
 /// A request waiting for its body.
@@ -332,6 +369,18 @@ impl SignAuth {
             forward_identity_headers: config.forward_identity_headers.unwrap_or(true),
             backend_signer,
             nonce_failure_mode: config.nonce_failure_mode,
+            fleet: config
+                .fleet
+                .as_ref()
+                .map(|fleet| {
+                    Ok::<_, ConfigError>(Fleet {
+                        store: Arc::new(
+                            Store::compile(&fleet.store).map_err(|e| e.within("fleet.store"))?,
+                        ),
+                        failure_mode: fleet.failure_mode,
+                    })
+                })
+                .transpose()?,
         })
     }
 
@@ -378,7 +427,7 @@ impl SignAuth {
         if body_needed {
             return Step::NeedBody(Box::new(pending));
         }
-        Step::from(self.complete(pending, None, store, now_ms(host)))
+        self.complete(pending, None, store, now_ms(host))
     }
 
     /// Completes a request that needed its body.
@@ -388,8 +437,82 @@ impl SignAuth {
         body: &[u8],
         store: &dyn SharedStore,
         now_ms: u64,
-    ) -> Result<Verified, GatewayError> {
+    ) -> Step {
         self.complete(pending, Some(body), store, now_ms)
+    }
+
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.fleet.as_ref()
+    }
+
+    /// The fleet operation of a check: `SET NX` of the app's nonce until the
+    /// timestamp window has passed on both sides of the signed timestamp.
+    pub fn fleet_ops(&self, check: &FleetCheck) -> Vec<Op> {
+        let Some(fleet) = &self.fleet else {
+            return Vec::new();
+        };
+        let digest = fleet::digest(&[
+            check.verified.identity.app_key.as_bytes(),
+            check.nonce.as_bytes(),
+        ]);
+        vec![Op::Nonce {
+            key: fleet.store.key(&["n", &digest]),
+            ttl_ms: check.expires_ms.saturating_sub(check.now_ms),
+        }]
+    }
+
+    /// Decides a request from the store's answer to [`SignAuth::fleet_ops`];
+    /// when the store failed, by the fleet failure mode (`local`: this
+    /// Envoy's nonce table, as without a fleet store).
+    pub fn conclude(
+        &self,
+        check: FleetCheck,
+        answer: &Result<Vec<OpResult>, Failure>,
+        store: &dyn SharedStore,
+    ) -> Result<Verified, GatewayError> {
+        let mode = self
+            .fleet
+            .as_ref()
+            .map_or_else(Default::default, |f| f.failure_mode);
+        match nonce_state(answer) {
+            Ok(State::Done) => Ok(check.verified),
+            Ok(_) => Err(codes::NONCE_USED),
+            Err(_) => match mode {
+                FleetFailureMode::Local => self.record_locally(check, store),
+                FleetFailureMode::Allow => Ok(Verified {
+                    nonce_unchecked: true,
+                    ..check.verified
+                }),
+                FleetFailureMode::Deny => Err(codes::NONCE_STORE_UNAVAILABLE),
+            },
+        }
+    }
+
+    /// Records the nonce in this Envoy's table.
+    fn record_locally(
+        &self,
+        check: FleetCheck,
+        store: &dyn SharedStore,
+    ) -> Result<Verified, GatewayError> {
+        let failure = match self.nonces.check_and_record(
+            store,
+            &check.verified.identity.app_key,
+            &check.nonce,
+            check.now_ms,
+            check.expires_ms,
+        ) {
+            Ok(NonceOutcome::Fresh) => None,
+            Ok(NonceOutcome::Replayed) => return Err(codes::NONCE_USED),
+            Ok(NonceOutcome::SlotFull) => Some(codes::NONCE_STORE_FULL),
+            Err(_) => Some(codes::NONCE_STORE_UNAVAILABLE),
+        };
+        if let (Some(error), FailureMode::Deny) = (&failure, self.nonce_failure_mode) {
+            return Err(error.clone());
+        }
+        Ok(Verified {
+            nonce_unchecked: failure.is_some(),
+            ..check.verified
+        })
     }
 
     fn read_headers(
@@ -455,11 +578,28 @@ impl SignAuth {
 
     fn complete(
         &self,
-        mut pending: Pending,
+        pending: Pending,
         body: Option<&[u8]>,
         store: &dyn SharedStore,
         now_ms: u64,
-    ) -> Result<Verified, GatewayError> {
+    ) -> Step {
+        let check = match self.verify(pending, body, now_ms) {
+            Ok(check) => check,
+            Err(error) => return Step::Reject(error),
+        };
+        if self.fleet.is_some() {
+            return Step::CheckFleet(Box::new(check));
+        }
+        Step::from(self.record_locally(check, store))
+    }
+
+    /// Every check but the nonce's.
+    fn verify(
+        &self,
+        mut pending: Pending,
+        body: Option<&[u8]>,
+        now_ms: u64,
+    ) -> Result<FleetCheck, GatewayError> {
         let app = self
             .apps
             .get(&pending.app_key)
@@ -518,30 +658,36 @@ impl SignAuth {
         {
             return Err(codes::UNAUTHORIZED);
         }
-        let expires = pending.timestamp_ms.max(now_ms) + self.window_ms;
-        let failure = match self.nonces.check_and_record(
-            store,
-            &pending.app_key,
-            &pending.nonce,
-            now_ms,
-            expires,
-        ) {
-            Ok(NonceOutcome::Fresh) => None,
-            Ok(NonceOutcome::Replayed) => return Err(codes::NONCE_USED),
-            Ok(NonceOutcome::SlotFull) => Some(codes::NONCE_STORE_FULL),
-            Err(_) => Some(codes::NONCE_STORE_UNAVAILABLE),
-        };
-        if let (Some(error), FailureMode::Deny) = (&failure, self.nonce_failure_mode) {
-            return Err(error.clone());
-        }
-        Ok(Verified {
-            identity: Identity {
-                app_key: pending.app_key,
-                app_name: app.name.clone(),
-                api: rule.map(|r| r.name.clone()),
+        Ok(FleetCheck {
+            verified: Verified {
+                identity: Identity {
+                    app_key: pending.app_key,
+                    app_name: app.name.clone(),
+                    api: rule.map(|r| r.name.clone()),
+                },
+                nonce_unchecked: false,
             },
-            nonce_unchecked: failure.is_some(),
+            nonce: pending.nonce,
+            now_ms,
+            expires_ms: pending.timestamp_ms.max(now_ms) + self.window_ms,
         })
+    }
+}
+
+/// Why the store's answer does not decide the nonce, if it does not.
+pub fn fleet_failure(answer: &Result<Vec<OpResult>, Failure>) -> Option<Failure> {
+    nonce_state(answer).err()
+}
+
+/// The state of the nonce in the store's answer (its first result).
+fn nonce_state(answer: &Result<Vec<OpResult>, Failure>) -> Result<State, Failure> {
+    match answer
+        .as_ref()
+        .map(|results| results.first().map(|r| r.state))
+    {
+        Ok(Some(state @ (State::Done | State::Refused))) => Ok(state),
+        Ok(_) => Err(Failure::BadReply("no nonce result".into())),
+        Err(failure) => Err(failure.clone()),
     }
 }
 
@@ -726,9 +872,14 @@ mod tests {
         match policy.begin(host, store, body.is_none()) {
             Step::Pass(verified) => Ok(verified.map(|v| v.identity)),
             Step::Reject(error) => Err(error),
-            Step::NeedBody(pending) => policy
-                .finish(*pending, body.unwrap_or_default(), store, NOW_MS)
-                .map(|v| Some(v.identity)),
+            Step::NeedBody(pending) => {
+                match policy.finish(*pending, body.unwrap_or_default(), store, NOW_MS) {
+                    Step::Pass(verified) => Ok(verified.map(|v| v.identity)),
+                    Step::Reject(error) => Err(error),
+                    other => panic!("not a local decision: {other:?}"),
+                }
+            }
+            Step::CheckFleet(check) => panic!("a fleet check without a fleet store: {check:?}"),
         }
     }
 
@@ -1064,5 +1215,109 @@ mod tests {
                 "{json}\n got: {error}\nwant: {expected}"
             );
         }
+    }
+
+    fn fleet_policy(mode: &str) -> SignAuth {
+        let fleet = format!(
+            r#"{{"fleet": {{"store": {{"cluster": "redis", "key_prefix": "t:"}}, "failure_mode": "{mode}"}},"#
+        );
+        policy(&CONFIG.replacen('{', &fleet, 1))
+    }
+
+    /// The fleet check of a valid signed request.
+    fn fleet_check(policy: &SignAuth, nonce: &str) -> FleetCheck {
+        let mut signed = client("GET", "/orders/7");
+        signed.nonce = nonce.into();
+        match policy.begin(&signed.host(), &MemoryStore::new(), true) {
+            Step::CheckFleet(check) => *check,
+            other => panic!("expected a fleet check, got {other:?}"),
+        }
+    }
+
+    fn answer(state: State) -> Result<Vec<OpResult>, Failure> {
+        Ok(vec![OpResult {
+            state,
+            previous: 0,
+            current: 0,
+        }])
+    }
+
+    #[test]
+    fn with_a_fleet_store_the_nonce_is_a_set_nx_of_a_digest_for_the_whole_window() {
+        let p = fleet_policy("local");
+        let check = fleet_check(&p, "nonce/with:parts");
+        let ops = p.fleet_ops(&check);
+        let [Op::Nonce { key, ttl_ms }] = ops.as_slice() else {
+            panic!("{ops:?}");
+        };
+        assert!(key.starts_with("t:n:"), "{key}");
+        assert_eq!(key.len(), "t:n:".len() + 32);
+        assert!(!key.contains("nonce"), "no client input in a key: {key}");
+        // Signed at NOW_MS: recorded for the whole window after it.
+        assert_eq!(*ttl_ms, 900_000);
+        // The same nonce of another app is another key.
+        let other = FleetCheck {
+            verified: Verified {
+                identity: Identity {
+                    app_key: "203752".into(),
+                    ..check.verified.identity.clone()
+                },
+                ..check.verified.clone()
+            },
+            ..check.clone()
+        };
+        assert_ne!(p.fleet_ops(&other), ops);
+    }
+
+    #[test]
+    fn the_stores_answer_decides_fresh_or_replayed() {
+        let p = fleet_policy("deny");
+        let store = MemoryStore::new();
+        let fresh = p.conclude(fleet_check(&p, "a"), &answer(State::Done), &store);
+        assert_eq!(fresh.unwrap().identity.app_key, "203751");
+        let replay = p.conclude(fleet_check(&p, "a"), &answer(State::Refused), &store);
+        assert_eq!(replay.unwrap_err().code, "A400IN");
+        assert_eq!(store.key_count(), 0, "the local table is not used");
+    }
+
+    #[test]
+    fn a_failing_store_is_handled_by_the_fleet_failure_mode() {
+        let failures = [
+            Err(Failure::NoAnswer),
+            Err(Failure::Status(503)),
+            Err(Failure::BadReply("x".into())),
+            answer(State::NotRun),
+            Ok(Vec::new()),
+        ];
+        for failure in failures {
+            assert!(fleet_failure(&failure).is_some(), "{failure:?}");
+            let deny = fleet_policy("deny");
+            let denied = deny.conclude(fleet_check(&deny, "a"), &failure, &MemoryStore::new());
+            assert_eq!(denied.unwrap_err().code, "A503NU");
+            let allow = fleet_policy("allow");
+            let allowed = allow.conclude(fleet_check(&allow, "a"), &failure, &MemoryStore::new());
+            assert!(allowed.unwrap().nonce_unchecked);
+            // local: this Envoy's table, which still refuses a local replay.
+            let local = fleet_policy("local");
+            let store = MemoryStore::new();
+            let first = local.conclude(fleet_check(&local, "a"), &failure, &store);
+            assert!(!first.unwrap().nonce_unchecked);
+            let again = local.conclude(fleet_check(&local, "a"), &failure, &store);
+            assert_eq!(again.unwrap_err().code, "A400IN");
+        }
+        assert_eq!(fleet_failure(&answer(State::Done)), None);
+    }
+
+    #[test]
+    fn a_bad_fleet_store_is_refused_with_its_field() {
+        let config = CONFIG.replacen('{', r#"{"fleet": {"store": {"cluster": ""}},"#, 1);
+        let error = SignAuth::compile(&serde_json::from_str(&config).unwrap()).unwrap_err();
+        assert_eq!(error.path, "fleet.store.cluster");
+        let config = CONFIG.replacen(
+            '{',
+            r#"{"fleet": {"store": {"cluster": "r"}, "failure_mode": "maybe"},"#,
+            1,
+        );
+        assert!(serde_json::from_str::<SignAuthConfig>(&config).is_err());
     }
 }

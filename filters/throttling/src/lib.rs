@@ -11,10 +11,12 @@ pub mod window;
 
 use gateway_common::adapter::{self, Filter};
 use gateway_common::config::{parse_json, ConfigError};
+use gateway_common::fleet::client::{self as fleet_client, Answer, Ticket};
+use gateway_common::fleet::FleetMetrics;
 use gateway_common::host::ProxyWasmHost;
 use gateway_common::metrics::{Counter, DenialCounters, Gauge};
 use gateway_common::store::ProxyWasmStore;
-use policy::{codes, Decision, RuleEvent, Throttling, ThrottlingConfig, Verdict};
+use policy::{codes, Decision, Plan, RuleEvent, Throttling, ThrottlingConfig, Verdict};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 use std::cell::OnceCell;
@@ -36,6 +38,7 @@ pub struct Metrics {
     dry_run_throttled: Counter,
     failure_allowed: Counter,
     denied: DenialCounters<{ codes::COUNT }>,
+    fleet: FleetMetrics,
 }
 
 impl Metrics {
@@ -45,6 +48,7 @@ impl Metrics {
             dry_run_throttled: Counter::define(FILTER_NAME, "dry_run.throttled"),
             failure_allowed: Counter::define(FILTER_NAME, "failure.allowed"),
             denied: DenialCounters::define(FILTER_NAME, &codes::ALL),
+            fleet: FleetMetrics::define(FILTER_NAME),
         }
     }
 }
@@ -136,6 +140,7 @@ impl Filter for ThrottlingFilter {
             compiled,
             metrics,
             quota: None,
+            fleet: None,
         })
     }
 }
@@ -146,6 +151,8 @@ pub struct ThrottlingHttp {
     metrics: Metrics,
     /// The quota to report on the response, when `rate_limit_headers` is on.
     quota: Option<Quota>,
+    /// The request's counters on their way to the fleet store.
+    fleet: Option<(Plan, Ticket)>,
 }
 
 /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (seconds until the window ends).
@@ -188,13 +195,54 @@ impl ThrottlingHttp {
     }
 }
 
-impl Context for ThrottlingHttp {}
+impl ThrottlingHttp {
+    /// The request is held for the fleet store's answer.
+    fn waits_for_fleet(&self) -> bool {
+        self.fleet.as_ref().is_some_and(|(_, t)| t.holds_request())
+    }
 
-impl HttpContext for ThrottlingHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let _reads = gateway_common::host::callback_scope();
+    /// Counts a request in the fleet store: the single filter holds it for
+    /// the answer; in the gateway module its counters join the request's
+    /// one call and the answer may refuse it later.
+    fn count_in_fleet(&mut self, plan: Plan) -> Action {
         let policy = &self.compiled.policy;
-        let decision = policy.decide(&ProxyWasmHost, &ProxyWasmStore);
+        let Some(fleet) = policy.fleet() else {
+            return Action::Continue;
+        };
+        match fleet_client::submit(&fleet.store, policy.fleet_ops(&plan)) {
+            Ok(ticket) => {
+                let holds = ticket.holds_request();
+                self.fleet = Some((plan, ticket));
+                if holds {
+                    Action::Pause
+                } else {
+                    Action::Continue
+                }
+            }
+            Err(failure) => {
+                let decision = self.conclude(&plan, Err(failure));
+                self.apply(decision)
+            }
+        }
+    }
+
+    fn conclude(&self, plan: &Plan, answer: Answer) -> Decision {
+        let policy = &self.compiled.policy;
+        let mode = policy.fleet().map(|f| f.failure_mode).unwrap_or_default();
+        match policy::fleet_failure(plan, &answer) {
+            None => self.metrics.fleet.answered(),
+            Some(failure) => {
+                self.metrics.fleet.failed(&failure, mode);
+                let now = gateway_common::host::now_ms(&ProxyWasmHost);
+                fleet_client::log_failure(FILTER_NAME, &failure, mode, now);
+            }
+        }
+        policy.conclude(plan, &answer, &ProxyWasmStore)
+    }
+
+    /// Counts the decision and answers or lets the request go on.
+    fn apply(&mut self, decision: Decision) -> Action {
+        let policy = &self.compiled.policy;
         self.compiled.count(&self.metrics, &decision);
         if policy.dry_run() && decision.has(RuleEvent::DryRunThrottled) {
             let rules: Vec<&str> = decision
@@ -215,6 +263,58 @@ impl HttpContext for ThrottlingHttp {
             return Action::Continue;
         }
         self.refuse(&decision.verdict, decision.quota)
+    }
+}
+
+impl Context for ThrottlingHttp {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        let Some((_, ticket)) = self.fleet.as_mut() else {
+            return;
+        };
+        let Some(answer) = ticket.answer(token, body_size) else {
+            return;
+        };
+        let Some((plan, ticket)) = self.fleet.take() else {
+            return;
+        };
+        let _reads = gateway_common::host::callback_scope();
+        let decision = self.conclude(&plan, answer);
+        if self.apply(decision) == Action::Continue && ticket.holds_request() {
+            fleet_client::resume_request();
+        }
+    }
+}
+
+impl HttpContext for ThrottlingHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let _reads = gateway_common::host::callback_scope();
+        let policy = &self.compiled.policy;
+        let decision = match policy.fleet() {
+            None => policy.decide(&ProxyWasmHost, &ProxyWasmStore),
+            Some(_) => {
+                let plan = policy.plan(&ProxyWasmHost);
+                if plan.counts() {
+                    return self.count_in_fleet(plan);
+                }
+                policy.decide_locally(&plan, &ProxyWasmStore, 1)
+            }
+        };
+        self.apply(decision)
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        // Holding the headers alone would not hold the body back.
+        if self.waits_for_fleet() {
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.waits_for_fleet() {
+            return Action::Pause;
+        }
+        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

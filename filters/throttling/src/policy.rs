@@ -9,16 +9,19 @@
 
 use crate::key::{client_ip_bytes, KeyHasher, ValueSource};
 use crate::table::{Acquired, Quota, Table, Ticket};
-use crate::window::{whole_seconds, Algorithm, Counting, Window, MAX_SLIDING_MS};
+use crate::window::{whole_seconds, Algorithm, Counting, Counts, Window, MAX_SLIDING_MS};
 use gateway_common::client_ip::{ClientAddressConfig, ClientAddressError, ClientAddressResolver};
 use gateway_common::config::ConfigError;
 use gateway_common::error::{codes as common_codes, GatewayError};
+use gateway_common::fleet::wire::{Failure, Op, OpResult, QuotaCheck, State};
+use gateway_common::fleet::{self, FailureMode as FleetFailureMode, Store, StoreConfig};
 use gateway_common::host::{Host, RequestFacts};
 use gateway_common::identity;
 use gateway_common::matching::{all_matches, Captures, MatchConfig, Matcher};
 use gateway_common::store::SharedStore;
 use serde::Deserialize;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 pub const DEFAULT_SLOTS: u32 = 4096;
 pub const MAX_SLOTS: u32 = 1 << 20;
@@ -77,7 +80,40 @@ pub struct ThrottlingConfig {
     /// Count and log throttling but let the requests through.
     #[serde(default)]
     pub dry_run: bool,
+    /// Count in the fleet store, so each limit holds for the whole fleet
+    /// (see [`gateway_common::fleet`]).
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    pub store: StoreConfig,
+    /// When the store fails: `local` (this Envoy's counters, the default),
+    /// `allow` or `deny` (503 `A503TU`).
+    #[serde(default)]
+    pub failure_mode: FleetFailureMode,
+    /// Under `local`, each Envoy allows the fleet limit divided by this
+    /// (the number of replicas; default 1).
+    #[serde(default)]
+    pub replicas: Option<u32>,
+}
+
+/// The compiled fleet settings.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pub store: Arc<Store>,
+    pub failure_mode: FleetFailureMode,
+    pub replicas: u32,
+}
+
+/// How long a fleet counter outlives its window, for Envoys whose clocks
+/// are a little behind.
+const FLEET_GRACE_MS: u64 = 1_000;
+/// The sliding estimate is compared in the script's doubles: `limit ×
+/// window` must stay exact.
+const FLEET_SLIDING_MAX_PRODUCT: u64 = 1 << 53;
 
 fn default_v6_prefix() -> u8 {
     DEFAULT_V6_PREFIX
@@ -324,6 +360,49 @@ pub struct Throttling {
     rate_limit_headers: bool,
     dry_run: bool,
     uses_route_name: bool,
+    fleet: Option<Fleet>,
+}
+
+/// What a request is counted in, worked out before any counter is touched:
+/// for each matching rule in order, an event (exempt, no key) or a counter;
+/// and a verdict that refuses the request before counting, if any.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    now_ms: u64,
+    steps: Vec<PlanStep>,
+    /// A malformed `X-Forwarded-For` met at that rule: everything counted
+    /// before it is given back and the request refused.
+    stop: Option<Verdict>,
+}
+
+#[derive(Debug, Clone)]
+enum PlanStep {
+    Event(usize, RuleEvent),
+    Count(Planned),
+}
+
+#[derive(Debug, Clone)]
+struct Planned {
+    rule: usize,
+    slot: u32,
+    fingerprint: u64,
+    counting: Counting,
+    /// The key's digest for the fleet store.
+    digest: String,
+}
+
+impl Plan {
+    /// Whether the store has anything to count.
+    pub fn counts(&self) -> bool {
+        self.stop.is_none() && self.steps.iter().any(|s| matches!(s, PlanStep::Count(_)))
+    }
+
+    fn counted(&self) -> impl Iterator<Item = &Planned> {
+        self.steps.iter().filter_map(|step| match step {
+            PlanStep::Count(planned) => Some(planned),
+            PlanStep::Event(..) => None,
+        })
+    }
 }
 
 impl Throttling {
@@ -375,7 +454,16 @@ impl Throttling {
             rate_limit_headers: config.rate_limit_headers,
             dry_run: config.dry_run,
             uses_route_name,
+            fleet: config
+                .fleet
+                .as_ref()
+                .map(|fleet| compile_fleet(fleet, &config.rules))
+                .transpose()?,
         })
+    }
+
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.fleet.as_ref()
     }
 
     pub fn rate_limit_headers(&self) -> bool {
@@ -413,8 +501,15 @@ impl Throttling {
     }
 
     /// The whole decision for the current request, counting it in every
-    /// applicable rule.
+    /// applicable rule of this Envoy's shared data.
     pub fn decide(&self, host: &dyn Host, store: &dyn SharedStore) -> Decision {
+        self.decide_locally(&self.plan(host), store, 1)
+    }
+
+    /// Works out what the request is counted in; [`Throttling::decide_locally`]
+    /// or the fleet store ([`Throttling::fleet_ops`], then
+    /// [`Throttling::conclude`]) counts it.
+    pub fn plan(&self, host: &dyn Host) -> Plan {
         let now_ms = gateway_common::host::now_ms(host);
         let mut request = RequestValues {
             host,
@@ -423,30 +518,66 @@ impl Throttling {
             user: None,
             client: None,
         };
-        let mut decision = Decision::new();
-        let mut tickets: Vec<(usize, Ticket)> = Vec::new();
+        let mut plan = Plan {
+            now_ms,
+            steps: Vec::new(),
+            stop: None,
+        };
         let matching = all_matches(&self.rules, |r| &r.matcher, &request.facts.attrs());
         for (index, captures) in matching {
             let rule = &self.rules[index];
-            let (slot, fingerprint, counting) = match self.counter_of(rule, &mut request, &captures)
-            {
-                Ok(Counter::In {
-                    slot,
-                    fingerprint,
-                    counting,
-                }) => (slot, fingerprint, counting),
-                Ok(Counter::None(event)) => {
-                    decision.events.push((index, event));
+            match self.counter_of(rule, &mut request, &captures) {
+                Ok(Counter::In(value)) => {
+                    let (slot_hash, fingerprint) = value.local_hash(rule).finish();
+                    let slot = match rule.key {
+                        // An `api` rule has one slot per counter: the rule's and each exception's.
+                        Key::Api => u32::try_from(value.exception_index).unwrap_or(0),
+                        _ => rule.table.slot_of(slot_hash),
+                    };
+                    plan.steps.push(PlanStep::Count(Planned {
+                        rule: index,
+                        slot,
+                        fingerprint,
+                        counting: Counting {
+                            limit: value.limit,
+                            ..rule.counting
+                        },
+                        digest: value.fleet_digest(rule),
+                    }));
+                }
+                Ok(Counter::None(event)) => plan.steps.push(PlanStep::Event(index, event)),
+                Err(entry) => {
+                    plan.stop = Some(Verdict::BadForwardedFor(entry));
+                    break;
+                }
+            }
+        }
+        plan
+    }
+
+    /// Counts a planned request in this Envoy's shared data, each limit
+    /// divided by `divisor` (the replicas sharing a fleet limit, 1 alone).
+    pub fn decide_locally(&self, plan: &Plan, store: &dyn SharedStore, divisor: u32) -> Decision {
+        let now_ms = plan.now_ms;
+        let mut decision = Decision::new();
+        let mut tickets: Vec<(usize, Ticket)> = Vec::new();
+        for step in &plan.steps {
+            let planned = match step {
+                PlanStep::Event(index, event) => {
+                    decision.events.push((*index, *event));
                     continue;
                 }
-                Err(entry) => {
-                    let verdict = Verdict::BadForwardedFor(entry);
-                    return self.refuse(decision, verdict, store, &tickets);
-                }
+                PlanStep::Count(planned) => planned,
+            };
+            let index = planned.rule;
+            let rule = &self.rules[index];
+            let counting = Counting {
+                limit: (planned.counting.limit / divisor.max(1)).max(1),
+                ..planned.counting
             };
             match rule
                 .table
-                .acquire(store, slot, fingerprint, &counting, now_ms)
+                .acquire(store, planned.slot, planned.fingerprint, &counting, now_ms)
             {
                 Ok(Acquired::Admitted(ticket, quota)) => {
                     decision.events.push((index, RuleEvent::Allowed));
@@ -487,6 +618,142 @@ impl Throttling {
                 }
             }
         }
+        if let Some(verdict) = plan.stop.clone() {
+            return self.refuse(decision, verdict, store, &tickets);
+        }
+        decision
+    }
+
+    /// The fleet operations of a plan: one group of every counter, counted
+    /// all or none, atomically.
+    pub fn fleet_ops(&self, plan: &Plan) -> Vec<Op> {
+        let Some(fleet) = &self.fleet else {
+            return Vec::new();
+        };
+        if !plan.counts() {
+            return Vec::new();
+        }
+        let now_ms = plan.now_ms;
+        let checks = plan
+            .counted()
+            .map(|planned| {
+                let rule = &self.rules[planned.rule];
+                let window = planned.counting.window;
+                let index = window.index(now_ms);
+                let key = |window_index: u64| {
+                    fleet
+                        .store
+                        .key(&["q", &rule.name, &planned.digest, &window_index.to_string()])
+                };
+                let until_end = window.until_end(now_ms);
+                let sliding = planned.counting.algorithm == Algorithm::Sliding;
+                QuotaCheck {
+                    key: key(index),
+                    previous_key: sliding.then(|| key(index.wrapping_sub(1))),
+                    limit: planned.counting.limit,
+                    window_weight: if sliding { window.ms() } else { 1 },
+                    previous_weight: if sliding { until_end } else { 0 },
+                    ttl_ms: until_end + if sliding { window.ms() } else { 0 } + FLEET_GRACE_MS,
+                    dry_run: self.dry_run,
+                }
+            })
+            .collect();
+        vec![Op::Quotas(checks)]
+    }
+
+    /// The decision from the fleet store's answer to [`Throttling::fleet_ops`];
+    /// when the store failed, by the fleet failure mode.
+    pub fn conclude(
+        &self,
+        plan: &Plan,
+        answer: &Result<Vec<OpResult>, Failure>,
+        store: &dyn SharedStore,
+    ) -> Decision {
+        let results = match fleet_results(plan, answer) {
+            Ok(results) => results,
+            Err(_) => return self.decide_on_failure(plan, store),
+        };
+        let now_ms = plan.now_ms;
+        let mut decision = Decision::new();
+        let mut results = results.iter();
+        for step in &plan.steps {
+            let planned = match step {
+                PlanStep::Event(index, event) => {
+                    decision.events.push((*index, *event));
+                    continue;
+                }
+                PlanStep::Count(planned) => planned,
+            };
+            let Some(result) = results.next() else {
+                break;
+            };
+            let index = planned.rule;
+            let counting = &planned.counting;
+            let counts = Counts {
+                previous: u32::try_from(result.previous).unwrap_or(u32::MAX),
+                current: u32::try_from(result.current).unwrap_or(u32::MAX),
+            };
+            let reset_ms = counting.window.until_end(now_ms);
+            let refused_quota = Quota {
+                limit: counting.limit,
+                remaining: 0,
+                reset_ms,
+            };
+            match result.state {
+                State::Done => {
+                    decision.events.push((index, RuleEvent::Allowed));
+                    decision.tighten(Quota {
+                        limit: counting.limit,
+                        remaining: counting.remaining(counts, now_ms),
+                        reset_ms,
+                    });
+                }
+                // Counted and given back, in local terms.
+                State::NotCounted => decision.events.push((index, RuleEvent::Allowed)),
+                State::DryRunRefused => {
+                    decision.events.push((index, RuleEvent::DryRunThrottled));
+                    decision.tighten(refused_quota);
+                }
+                State::Refused => {
+                    decision.events.push((index, RuleEvent::Throttled));
+                    decision.quota = Some(refused_quota);
+                    decision.verdict = Verdict::Throttled {
+                        rule: index,
+                        error: self.rules[index].key.error(),
+                        retry_after_secs: whole_seconds(counting.wait_ms(counts, now_ms)),
+                    };
+                    return decision;
+                }
+                // An earlier policy's check refused the request.
+                State::NotRun => return decision,
+            }
+        }
+        decision
+    }
+
+    /// The decision when the fleet store gave no usable answer.
+    fn decide_on_failure(&self, plan: &Plan, store: &dyn SharedStore) -> Decision {
+        let Some(fleet) = &self.fleet else {
+            return self.decide_locally(plan, store, 1);
+        };
+        if fleet.failure_mode == FleetFailureMode::Local {
+            return self.decide_locally(plan, store, fleet.replicas);
+        }
+        let mut decision = Decision::new();
+        for step in &plan.steps {
+            match step {
+                PlanStep::Event(index, event) => decision.events.push((*index, *event)),
+                PlanStep::Count(planned) => {
+                    decision
+                        .events
+                        .push((planned.rule, RuleEvent::StoreFailure));
+                    if fleet.failure_mode == FleetFailureMode::Deny {
+                        decision.verdict = Verdict::Unavailable { rule: planned.rule };
+                        return decision;
+                    }
+                }
+            }
+        }
         decision
     }
 
@@ -504,23 +771,16 @@ impl Throttling {
             Some((position, Some(limit))) => (position as u64 + 1, limit),
             None => (0, rule.counting.limit),
         };
-        let Some(hash) = self.key_hash(rule, exception_index, request, captures)? else {
-            return Ok(Counter::None(RuleEvent::NoKey));
+        let value = match self.key_value(rule, request, captures)? {
+            Some(value) => Some(value),
+            None if rule.missing_key == MissingKey::Shared => None,
+            None => return Ok(Counter::None(RuleEvent::NoKey)),
         };
-        let (slot_hash, fingerprint) = hash.finish();
-        let slot = match rule.key {
-            // An `api` rule has one slot per counter: the rule's and each exception's.
-            Key::Api => u32::try_from(exception_index).unwrap_or(0),
-            _ => rule.table.slot_of(slot_hash),
-        };
-        Ok(Counter::In {
-            slot,
-            fingerprint,
-            counting: Counting {
-                limit,
-                ..rule.counting
-            },
-        })
+        Ok(Counter::In(KeyValue {
+            exception_index,
+            value,
+            limit,
+        }))
     }
 
     /// Refuses the request: what earlier rules counted for it is given back.
@@ -559,39 +819,27 @@ impl Throttling {
         None
     }
 
-    /// The hash of the request's key in `rule`; `Ok(None)` when the rule
-    /// does not apply for lack of a key; `Err` with a malformed
-    /// `X-Forwarded-For` entry.
-    fn key_hash(
+    /// The request's value of the rule's key; `Ok(None)` when it has none;
+    /// `Err` with a malformed `X-Forwarded-For` entry.
+    fn key_value(
         &self,
         rule: &Rule,
-        exception_index: u64,
         request: &mut RequestValues<'_>,
         captures: &Captures<'_>,
-    ) -> Result<Option<KeyHasher>, String> {
-        let base = rule.seed.number(exception_index);
-        let present = |value: &[u8]| Some(base.number(1).field(value));
-        let hashed = match &rule.key {
-            Key::Api => present(&[]),
-            Key::App => request.app().and_then(|app| present(app.as_bytes())),
+    ) -> Result<Option<Vec<u8>>, String> {
+        Ok(match &rule.key {
+            Key::Api => Some(Vec::new()),
+            Key::App => request.app().map(|app| app.as_bytes().to_vec()),
             Key::User => request
                 .user(self.user.as_ref())
-                .and_then(|user| present(user.as_bytes())),
-            Key::ClientIp => match request.client(&self.client_address)? {
-                Some(ip) => {
-                    let (bytes, len) = client_ip_bytes(ip, self.v6_prefix);
-                    present(&bytes[..len])
-                }
-                None => None,
-            },
+                .map(|user| user.as_bytes().to_vec()),
+            Key::ClientIp => request.client(&self.client_address)?.map(|ip| {
+                let (bytes, len) = client_ip_bytes(ip, self.v6_prefix);
+                bytes[..len].to_vec()
+            }),
             Key::Parameter(source) => source
                 .read(request.host, &request.facts.line.path, captures)
-                .and_then(|value| present(value.as_bytes())),
-        };
-        Ok(match (hashed, rule.missing_key) {
-            (Some(hash), _) => Some(hash),
-            (None, MissingKey::Shared) => Some(base.number(0)),
-            (None, MissingKey::Skip) => None,
+                .map(String::into_bytes),
         })
     }
 
@@ -608,13 +856,100 @@ impl Throttling {
 
 /// Where a rule counts a request.
 enum Counter {
-    In {
-        slot: u32,
-        fingerprint: u64,
-        counting: Counting,
-    },
+    In(KeyValue),
     /// Not counted: exempt, or no key.
     None(RuleEvent),
+}
+
+/// The counter a request is counted in, and its limit.
+struct KeyValue {
+    /// 0: the rule's own limit; n: its exception n − 1.
+    exception_index: u64,
+    /// `None`: a request without the key (`missing_key: shared`).
+    value: Option<Vec<u8>>,
+    limit: u32,
+}
+
+impl KeyValue {
+    fn local_hash(&self, rule: &Rule) -> KeyHasher {
+        let base = rule.seed.number(self.exception_index);
+        match &self.value {
+            Some(value) => base.number(1).field(value),
+            None => base.number(0),
+        }
+    }
+
+    /// What names the counter in the fleet store: the rule's counting
+    /// (window, algorithm, key kind), the exception and the value, hashed.
+    fn fleet_digest(&self, rule: &Rule) -> String {
+        let counting = rule.counting;
+        let exception = self.exception_index.to_le_bytes();
+        let window = counting.window.ms().to_le_bytes();
+        let algorithm = [counting.algorithm as u8];
+        let (present, value): (&[u8], &[u8]) = match &self.value {
+            Some(value) => (b"1", value),
+            None => (b"0", b""),
+        };
+        fleet::digest(&[
+            &window,
+            &algorithm,
+            rule.key.tag(),
+            &exception,
+            present,
+            value,
+        ])
+    }
+}
+
+/// The results of a plan's counters in the store's answer.
+fn fleet_results<'a>(
+    plan: &Plan,
+    answer: &'a Result<Vec<OpResult>, Failure>,
+) -> Result<&'a [OpResult], Failure> {
+    let results = answer.as_ref().map_err(Clone::clone)?;
+    if results.len() != plan.counted().count() {
+        return Err(Failure::BadReply("not one result per counter".into()));
+    }
+    Ok(results)
+}
+
+/// Why the store's answer does not decide a plan, if it does not.
+pub fn fleet_failure(plan: &Plan, answer: &Result<Vec<OpResult>, Failure>) -> Option<Failure> {
+    fleet_results(plan, answer).err()
+}
+
+fn compile_fleet(config: &FleetConfig, rules: &[RuleConfig]) -> Result<Fleet, ConfigError> {
+    let store = Store::compile(&config.store).map_err(|e| e.within("fleet.store"))?;
+    let replicas = config.replicas.unwrap_or(1);
+    if replicas == 0 || replicas > 10_000 {
+        return Err(ConfigError::new(
+            "fleet.replicas",
+            "must be between 1 and 10000",
+        ));
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        let window = Window::parse(&rule.window).map(Window::ms).unwrap_or(0);
+        let largest_limit = rule
+            .exceptions
+            .iter()
+            .filter_map(|e| e.limit)
+            .chain([rule.limit])
+            .max()
+            .unwrap_or(0);
+        if rule.algorithm == Algorithm::Sliding
+            && u64::from(largest_limit).saturating_mul(window) > FLEET_SLIDING_MAX_PRODUCT
+        {
+            return Err(ConfigError::new(
+                format!("rules[{i}].limit"),
+                "too large for a sliding window in the fleet store (limit × window in ms must stay under 2^53)",
+            ));
+        }
+    }
+    Ok(Fleet {
+        store: Arc::new(store),
+        failure_mode: config.failure_mode,
+        replicas,
+    })
 }
 
 /// Request values read at most once, and only when a rule needs them.

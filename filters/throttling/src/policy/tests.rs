@@ -918,3 +918,246 @@ fn a_complete_configuration_compiles() {
     );
     assert_eq!(policy.shared_data_keys(), 1 + 3 * 1024 + 65536);
 }
+
+mod fleet {
+    use super::*;
+    use gateway_common::fleet::model::ScriptModel;
+    use gateway_common::fleet::wire::{Failure, Op};
+
+    fn joined(parts: Vec<Vec<FakeHost>>) -> Vec<FakeHost> {
+        parts.into_iter().flatten().collect()
+    }
+
+    fn with_fleet(mut config: serde_json::Value, mode: &str) -> serde_json::Value {
+        config["fleet"] = json!({"store": {"cluster": "redis", "key_prefix": "t:"}, "failure_mode": mode, "replicas": 2});
+        config
+    }
+
+    /// One request through the fleet path, as the adapter takes it: the
+    /// plan's operations answered by the script's model.
+    fn via_fleet(policy: &Throttling, model: &mut ScriptModel, host: &FakeHost) -> Decision {
+        let plan = policy.plan(host);
+        if !plan.counts() {
+            return policy.decide_locally(&plan, &MemoryStore::new(), 1);
+        }
+        model.now_ms = gateway_common::host::now_ms(host);
+        let answer = Ok(model.run(&policy.fleet_ops(&plan)));
+        policy.conclude(&plan, &answer, &MemoryStore::new())
+    }
+
+    /// Events as the fleet path can know them (shared slots are the local
+    /// table's own).
+    fn comparable(decision: &Decision) -> (Verdict, Option<Quota>, Vec<(usize, RuleEvent)>) {
+        let events = decision
+            .events
+            .iter()
+            .copied()
+            .filter(|(_, event)| *event != RuleEvent::SharedSlot)
+            .collect();
+        (decision.verdict.clone(), decision.quota, events)
+    }
+
+    /// Drives the same requests through this Envoy's counters and through
+    /// the fleet store: every decision must be the same.
+    fn same_decisions(config: serde_json::Value, requests: &[FakeHost]) {
+        let (local, store) = prepared(config.clone());
+        let fleet = throttling(with_fleet(config.clone(), "deny"));
+        let mut model = ScriptModel::new();
+        for (i, host) in requests.iter().enumerate() {
+            let expected = comparable(&local.decide(host, &store));
+            let got = comparable(&via_fleet(&fleet, &mut model, host));
+            assert_eq!(got, expected, "request {i} of {config}");
+        }
+    }
+
+    #[test]
+    fn the_fleet_store_decides_as_the_local_counters_do() {
+        let now = t0() + 45_250;
+        let burst = |path: &'static str, at: u64| times(6, move || request(path, at));
+        let apps = |at: u64| {
+            ["a", "b", "a", "a", "c", "b", "a"]
+                .iter()
+                .map(|app| signed_by(app, "/orders/1", at))
+                .collect::<Vec<_>>()
+        };
+        let scenarios: Vec<(serde_json::Value, Vec<FakeHost>)> = vec![
+            (
+                json!({"rules": [rule("all", 3, "1m")]}),
+                joined(vec![burst("/", now), burst("/", now + 60_000)]),
+            ),
+            (
+                json!({"rules": [
+                    {"name": "orders", "match": {"path": {"prefix": "/orders"}}, "limit": 2, "window": "1m"},
+                    {"name": "everything", "limit": 3, "window": "1m"}
+                ]}),
+                joined(vec![burst("/orders/1", now), burst("/other", now)]),
+            ),
+            (
+                json!({"rules": [
+                    {"name": "per-app", "key": "app", "limit": 2, "window": "1h"},
+                    {"name": "total", "limit": 5, "window": "1h"}
+                ]}),
+                joined(vec![apps(now), apps(now + 3_600_000)]),
+            ),
+            (
+                json!({"rules": [{"name": "per-app", "key": "app", "limit": 1, "window": "1d",
+                    "exceptions": [{"apps": ["b"], "limit": 3}, {"apps": ["c"], "exempt": true}]}]}),
+                apps(now),
+            ),
+            (
+                json!({"rules": [{"name": "api", "limit": 10, "window": "1s", "algorithm": "sliding"}]}),
+                joined(vec![
+                    times(12, || request("/", t0() + 900)),
+                    times(12, || request("/", t0() + 1_100)),
+                    times(5, || request("/", t0() + 1_600)),
+                ]),
+            ),
+            (
+                json!({"dry_run": true, "rules": [rule("all", 2, "1m"), rule("more", 4, "1m")]}),
+                burst("/", now),
+            ),
+            (
+                json!({"rules": [{"name": "by-ip", "key": "client_ip", "limit": 2, "window": "10s"}]}),
+                joined(vec![
+                    burst("/", now),
+                    times(3, || {
+                        request("/", now).with_property(&["source", "address"], "192.0.2.77:1")
+                    }),
+                ]),
+            ),
+        ];
+        for (config, requests) in scenarios {
+            same_decisions(config, &requests);
+        }
+    }
+
+    #[test]
+    fn counters_are_keyed_by_rule_digest_and_window_and_expire_after_it() {
+        let policy = throttling(with_fleet(
+            json!({"rules": [
+                {"name": "per-app", "key": "app", "limit": 5, "window": "1m"},
+                {"name": "smooth", "limit": 5, "window": "10s", "algorithm": "sliding"}
+            ]}),
+            "deny",
+        ));
+        let at = t0() + 15_000;
+        let plan = policy.plan(&signed_by("app/with:colon", "/", at));
+        let ops = policy.fleet_ops(&plan);
+        let [Op::Quotas(checks)] = ops.as_slice() else {
+            panic!("{ops:?}");
+        };
+        let window = (at / 60_000).to_string();
+        let per_app = &checks[0];
+        assert!(per_app.key.starts_with("t:q:per-app:"), "{}", per_app.key);
+        assert!(per_app.key.ends_with(&format!(":{window}")));
+        assert!(!per_app.key.contains("colon"), "no client input in keys");
+        assert_eq!(per_app.previous_key, None);
+        assert_eq!((per_app.window_weight, per_app.previous_weight), (1, 0));
+        assert_eq!(per_app.ttl_ms, 45_000 + FLEET_GRACE_MS);
+        let smooth = &checks[1];
+        let index = at / 10_000;
+        assert!(smooth.key.ends_with(&format!(":{index}")));
+        assert!(smooth
+            .previous_key
+            .as_ref()
+            .unwrap()
+            .ends_with(&format!(":{}", index - 1)));
+        assert_eq!(
+            (smooth.window_weight, smooth.previous_weight),
+            (10_000, 5_000)
+        );
+        assert_eq!(smooth.ttl_ms, 5_000 + 10_000 + FLEET_GRACE_MS);
+        // Every counter is gone once its window (and grace) has passed.
+        let mut model = ScriptModel::new();
+        model.now_ms = at;
+        model.run(&ops);
+        assert_eq!(model.live_keys(), 2);
+        model.now_ms = at + 45_000 + FLEET_GRACE_MS;
+        assert_eq!(model.live_keys(), 0);
+    }
+
+    #[test]
+    fn another_app_or_exception_is_another_counter() {
+        let policy = throttling(with_fleet(
+            json!({"rules": [{"name": "r", "key": "app", "limit": 5, "window": "1m",
+                "exceptions": [{"apps": ["vip"], "limit": 50}]}]}),
+            "deny",
+        ));
+        let key = |app: &str| {
+            let ops = policy.fleet_ops(&policy.plan(&signed_by(app, "/", t0())));
+            match ops.as_slice() {
+                [Op::Quotas(checks)] => (checks[0].key.clone(), checks[0].limit),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_ne!(key("a").0, key("b").0);
+        assert_eq!(key("vip").1, 50);
+        assert_eq!(key("a"), key("a"));
+    }
+
+    #[test]
+    fn nothing_is_sent_for_a_request_no_rule_counts() {
+        let policy = throttling(with_fleet(
+            json!({"rules": [{"name": "r", "key": "app", "limit": 5, "window": "1m"}]}),
+            "deny",
+        ));
+        let plan = policy.plan(&request("/", t0()));
+        assert!(!plan.counts());
+        assert!(policy.fleet_ops(&plan).is_empty());
+    }
+
+    #[test]
+    fn a_failing_store_is_handled_by_the_fleet_failure_mode() {
+        let config = json!({"rules": [rule("all", 4, "1m")]});
+        let host = request("/", t0());
+        let failed: Result<Vec<gateway_common::fleet::wire::OpResult>, Failure> =
+            Err(Failure::Status(503));
+        let deny = throttling(with_fleet(config.clone(), "deny"));
+        let plan = deny.plan(&host);
+        assert_eq!(fleet_failure(&plan, &failed), Some(Failure::Status(503)));
+        let denied = deny.conclude(&plan, &failed, &MemoryStore::new());
+        assert_eq!(error_code(&denied), Some("A503TU"));
+        assert_eq!(denied.events, [(0, RuleEvent::StoreFailure)]);
+        let allow = throttling(with_fleet(config.clone(), "allow"));
+        let allowed = allow.conclude(&allow.plan(&host), &failed, &MemoryStore::new());
+        assert_eq!(allowed.verdict, Verdict::Allowed);
+        assert!(allowed.has(RuleEvent::StoreFailure));
+        // local: this Envoy's counters, the fleet limit divided by 2 replicas.
+        let local = throttling(with_fleet(config, "local"));
+        let store = MemoryStore::new();
+        local.initialize(&store).unwrap();
+        let admitted = (0..5)
+            .filter(|_| {
+                let plan = local.plan(&host);
+                local.conclude(&plan, &failed, &store).verdict == Verdict::Allowed
+            })
+            .count();
+        assert_eq!(admitted, 2);
+        // An answer with the wrong number of results is a failure too.
+        let short = Ok(Vec::new());
+        assert!(fleet_failure(&plan, &short).is_some());
+    }
+
+    #[test]
+    fn bad_fleet_settings_are_refused_with_the_field_named() {
+        let cases = [
+            (
+                json!({"rules": [rule("a", 1, "1m")], "fleet": {"store": {"cluster": "r", "timeout_ms": 0}}}),
+                "fleet.store.timeout_ms: must be between 1 and 10000",
+            ),
+            (
+                json!({"rules": [rule("a", 1, "1m")], "fleet": {"store": {"cluster": "r"}, "replicas": 0}}),
+                "fleet.replicas: must be between 1 and 10000",
+            ),
+            (
+                json!({"rules": [{"name": "s", "limit": 4_000_000_000u32, "window": "1h", "algorithm": "sliding"}],
+                    "fleet": {"store": {"cluster": "r"}}}),
+                "rules[0].limit: too large for a sliding window in the fleet store",
+            ),
+        ];
+        for (config, expected) in cases {
+            let error = config_error(&config.to_string());
+            assert!(error.starts_with(expected), "{error}");
+        }
+    }
+}

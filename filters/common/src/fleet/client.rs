@@ -1,0 +1,339 @@
+//! Sends fleet operations through the proxy-wasm host and hands back the
+//! answer; it decides nothing.
+//!
+//! A single filter's request context [`submit`]s its operations and gets a
+//! [`Ticket::Own`] call: it holds the request until the answer arrives in
+//! its `on_http_call_response`. In the gateway module the request's
+//! context keeps a [`Batch`] open around its policies' callbacks
+//! ([`batch_scope`]): every policy's operations join it
+//! ([`Ticket::Batched`]) and the module sends them as one call once the
+//! policies have run, then shows the answer to each policy
+//! ([`with_answer`]).
+//!
+//! After `NOSCRIPT` (Redis restarted, or its script cache was flushed) a
+//! call is sent once more with the script itself, which Redis caches again.
+
+use super::wire::{parse_reply, Arguments, Failure, Op, OpResult};
+use super::Store;
+use crate::adapter;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// An answer larger than this is refused unread (a script answer is a few
+/// hundred bytes).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The token a batch's answer is shown with when the call could not be made.
+pub const UNSENT: u32 = u32::MAX;
+
+/// Every result of one call, or why there are none.
+pub type Answer = Result<Vec<OpResult>, Failure>;
+
+/// One call in flight.
+#[derive(Debug)]
+struct Call {
+    token: u32,
+    store: Arc<Store>,
+    arguments: Arguments,
+    results: usize,
+    resent: bool,
+}
+
+fn dispatch(store: &Store, body: &[u8]) -> Result<u32, Failure> {
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", store.path.as_str()),
+        (":authority", store.authority.as_str()),
+        ("content-type", "text/plain"),
+    ];
+    if let Some(value) = &store.authorization {
+        headers.push(("authorization", value));
+    }
+    hostcalls::dispatch_http_call(&store.cluster, headers, Some(body), vec![], store.timeout)
+        .map_err(|_| Failure::Dispatch)
+}
+
+impl Call {
+    fn send(store: Arc<Store>, ops: &[Op]) -> Result<Self, Failure> {
+        let arguments = Arguments::new(ops);
+        let token = dispatch(&store, &arguments.by_sha())?;
+        Ok(Self {
+            token,
+            store,
+            arguments,
+            results: ops.iter().map(Op::results).sum(),
+            resent: false,
+        })
+    }
+
+    /// The answer, if `token` is this call's; `None` for another call's
+    /// answer, or when the call was sent again with the script.
+    fn answer(&mut self, token: u32, body_size: usize) -> Option<Answer> {
+        if token != self.token {
+            return None;
+        }
+        let answer = read_answer(body_size, self.results);
+        if answer == Err(Failure::NoScript) && !self.resent {
+            self.resent = true;
+            return match dispatch(&self.store, &self.arguments.with_script()) {
+                Ok(token) => {
+                    self.token = token;
+                    None
+                }
+                Err(failure) => Some(Err(failure)),
+            };
+        }
+        Some(answer)
+    }
+}
+
+/// The answer of the call being reported, read from the host.
+fn read_answer(body_size: usize, expected: usize) -> Answer {
+    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|status| status.trim().parse::<u32>().ok());
+    if body_size > MAX_ANSWER_BYTES {
+        return Err(Failure::BadReply(format!("{body_size} bytes")));
+    }
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    parse_reply(status, &body, expected)
+}
+
+/// A policy's operations on their way to the store.
+#[derive(Debug)]
+pub enum Ticket {
+    /// Sent as the policy's own call: hold the request until it is answered.
+    Own(Box<OwnCall>),
+    /// Part of the module's call for the request: results `first..first+count`.
+    Batched { first: usize, count: usize },
+}
+
+/// A [`Ticket::Own`]'s call.
+#[derive(Debug)]
+pub struct OwnCall(Call);
+
+/// Sends `ops`, or adds them to the request's open batch (gateway module).
+pub fn submit(store: &Arc<Store>, ops: Vec<Op>) -> Result<Ticket, Failure> {
+    let batched = OPEN_BATCH.with(|open| {
+        open.borrow_mut()
+            .as_mut()
+            .and_then(|batch| batch.add(store, &ops))
+    });
+    match batched {
+        Some(ticket) => Ok(ticket),
+        None => Ok(Ticket::Own(Box::new(OwnCall(Call::send(
+            Arc::clone(store),
+            &ops,
+        )?)))),
+    }
+}
+
+impl Ticket {
+    /// Whether the policy holds the request for the answer (its own call);
+    /// a batched policy lets it go on and the module holds it.
+    pub fn holds_request(&self) -> bool {
+        matches!(self, Ticket::Own(_))
+    }
+
+    /// The policy's results, when `token` brings them (see [`Call::answer`]).
+    pub fn answer(&mut self, token: u32, body_size: usize) -> Option<Answer> {
+        match self {
+            Ticket::Own(call) => call.0.answer(token, body_size),
+            Ticket::Batched { first, count } => CURRENT_ANSWER.with(|current| {
+                let current = current.borrow();
+                let (shown, answer) = current.as_ref()?;
+                if *shown != token {
+                    return None;
+                }
+                Some(match answer.as_ref() {
+                    Ok(results) => results
+                        .get(*first..*first + *count)
+                        .map(<[OpResult]>::to_vec)
+                        .ok_or_else(|| Failure::BadReply("too few results".into())),
+                    Err(failure) => Err(failure.clone()),
+                })
+            }),
+        }
+    }
+}
+
+/// Lets a request go on after its own call was answered.
+pub fn resume_request() {
+    let _ = hostcalls::resume_http_request();
+}
+
+/// The operations of one request in the gateway module, sent as one call.
+#[derive(Debug, Default)]
+pub struct Batch {
+    store: Option<Arc<Store>>,
+    ops: Vec<Op>,
+    results: usize,
+    call: Option<Call>,
+    sent: bool,
+    /// A local reply held back until the batch is answered.
+    held_reply: Option<LocalReply>,
+}
+
+/// A local reply a policy made while earlier policies' checks were still
+/// with the store (see [`holds_replies`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl LocalReply {
+    pub fn send(&self) {
+        let headers = self
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let _ = hostcalls::send_http_response(self.status, headers, Some(&self.body));
+    }
+}
+
+/// Whether a local reply must wait: the request's open batch has checks
+/// of earlier policies that are not answered yet. Their answer comes first,
+/// as in the chain of single filters, where those policies decided before
+/// the one replying ran: a replay is refused as a replay, and what they
+/// record and count is recorded and counted, before a later refusal.
+pub fn holds_replies() -> bool {
+    OPEN_BATCH.with(|open| {
+        open.borrow()
+            .as_ref()
+            .is_some_and(|batch| batch.has_unsent() || batch.in_flight())
+    })
+}
+
+/// Keeps a local reply in the open batch (see [`holds_replies`]).
+pub fn hold_reply(reply: LocalReply) {
+    OPEN_BATCH.with(|open| {
+        if let Some(batch) = open.borrow_mut().as_mut() {
+            batch.held_reply.get_or_insert(reply);
+        }
+    });
+}
+
+impl Batch {
+    /// Adds a policy's operations; `None` when they go to another store or
+    /// the batch is already sent (the policy then sends its own call).
+    fn add(&mut self, store: &Arc<Store>, ops: &[Op]) -> Option<Ticket> {
+        if self.sent || self.store.as_ref().is_some_and(|s| **s != **store) {
+            return None;
+        }
+        self.store.get_or_insert_with(|| Arc::clone(store));
+        let count: usize = ops.iter().map(Op::results).sum();
+        let ticket = Ticket::Batched {
+            first: self.results,
+            count,
+        };
+        self.results += count;
+        self.ops.extend_from_slice(ops);
+        Some(ticket)
+    }
+
+    /// Operations are waiting to be sent.
+    pub fn has_unsent(&self) -> bool {
+        !self.sent && !self.ops.is_empty()
+    }
+
+    /// The call is sent and not answered yet.
+    pub fn in_flight(&self) -> bool {
+        self.call.is_some()
+    }
+
+    /// Sends the operations as one call.
+    pub fn send(&mut self) -> Result<(), Failure> {
+        self.sent = true;
+        let Some(store) = self.store.clone() else {
+            return Ok(());
+        };
+        self.call = Some(Call::send(store, &std::mem::take(&mut self.ops))?);
+        Ok(())
+    }
+
+    /// The local reply held back, if any.
+    pub fn take_held_reply(&mut self) -> Option<LocalReply> {
+        self.held_reply.take()
+    }
+
+    /// The answer, if `token` brings the batch's (see [`Call::answer`]).
+    pub fn answer(&mut self, token: u32, body_size: usize) -> Option<Answer> {
+        let answer = self.call.as_mut()?.answer(token, body_size)?;
+        self.call = None;
+        Some(answer)
+    }
+}
+
+thread_local! {
+    static OPEN_BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
+    static CURRENT_ANSWER: RefCell<Option<(u32, Rc<Answer>)>> = const { RefCell::new(None) };
+}
+
+/// Keeps `batch` open for [`submit`] until dropped.
+#[must_use = "the batch is open as long as the scope lives"]
+pub struct BatchScope<'a> {
+    batch: &'a mut Batch,
+}
+
+pub fn batch_scope(batch: &mut Batch) -> BatchScope<'_> {
+    let open = std::mem::take(batch);
+    OPEN_BATCH.with(|slot| *slot.borrow_mut() = Some(open));
+    BatchScope { batch }
+}
+
+impl Drop for BatchScope<'_> {
+    fn drop(&mut self) {
+        if let Some(open) = OPEN_BATCH.with(|slot| slot.borrow_mut().take()) {
+            *self.batch = open;
+        }
+    }
+}
+
+/// Runs `show` (which tells the policies about `token`) with the batch's
+/// `answer` readable by their [`Ticket::Batched`].
+pub fn with_answer<T>(token: u32, answer: Answer, show: impl FnOnce() -> T) -> T {
+    CURRENT_ANSWER.with(|current| *current.borrow_mut() = Some((token, Rc::new(answer))));
+    let result = show();
+    CURRENT_ANSWER.with(|current| *current.borrow_mut() = None);
+    result
+}
+
+const FAILURE_LOG_INTERVAL_MS: u64 = 10_000;
+
+thread_local! {
+    /// Per filter: when its last failure line was written, and the failures since.
+    static FAILURE_LOG: RefCell<HashMap<&'static str, (u64, u64)>> = RefCell::new(HashMap::new());
+}
+
+/// Logs a store failure: the first at once, then at most one line per
+/// 10 s and worker with the number of failures since.
+pub fn log_failure(filter: &'static str, failure: &Failure, mode: super::FailureMode, now_ms: u64) {
+    let line = FAILURE_LOG.with(|log| {
+        let mut log = log.borrow_mut();
+        let (last, since) = log.entry(filter).or_insert((0, 0));
+        *since += 1;
+        if *last != 0 && now_ms.saturating_sub(*last) < FAILURE_LOG_INTERVAL_MS {
+            return None;
+        }
+        let count = std::mem::take(since);
+        *last = now_ms.max(1);
+        Some(format!(
+            "{filter}: fleet store failing ({failure}); {count} request(s) decided by failure mode `{}` since the last report",
+            mode.name()
+        ))
+    });
+    if let Some(line) = line {
+        adapter::log(LogLevel::Warn, &line);
+    }
+}

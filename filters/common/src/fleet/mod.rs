@@ -1,0 +1,273 @@
+//! Fleet-wide state: nonces and quota counters that hold for every Envoy of
+//! a fleet, in Redis, reached over HTTP through Webdis and an Envoy cluster
+//! the user names (Envoy pools, times out, balances and health-checks the
+//! calls like any other upstream).
+//!
+//! A policy turns a request's checks into [`wire::Op`]s; all of one
+//! request's operations travel in one call of one atomic Lua script
+//! ([`wire::SCRIPT`]), and the adapter ([`client`]) only sends the body and
+//! hands back the answer. In the gateway module the operations of every
+//! policy are gathered into one call per request.
+//!
+//! Keys never carry client input: every client-derived part is a SHA-256
+//! digest ([`digest`]). When the store fails, each policy applies its
+//! [`FailureMode`].
+
+pub mod client;
+pub mod model;
+pub mod wire;
+
+use crate::config::ConfigError;
+use crate::metrics::Counter;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+const DEFAULT_KEY_PREFIX: &str = "gw:";
+const DEFAULT_TIMEOUT_MS: u64 = 50;
+const MAX_TIMEOUT_MS: u64 = 10_000;
+const MAX_PREFIX: usize = 64;
+
+/// Where the fleet store is: an Envoy cluster in front of Webdis.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The Envoy cluster of the Webdis servers.
+    pub cluster: String,
+    /// The `:authority` of the calls (default: the cluster name).
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// The path Webdis answers commands on (default `/`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Put before every key (default `gw:`), so several gateways can share
+    /// one Redis; a Redis Cluster hash tag such as `{gw}:` keeps every key
+    /// of a call in one slot.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    /// How long a request waits for the store before its policies apply
+    /// their failure mode (default 50 ms).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// An `Authorization` header for Webdis's ACL (`Basic …`).
+    #[serde(default)]
+    pub authorization: Option<String>,
+}
+
+/// A checked [`StoreConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Store {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub authorization: Option<String>,
+}
+
+impl Store {
+    pub fn compile(config: &StoreConfig) -> Result<Self, ConfigError> {
+        let printable = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
+        if !printable(&config.cluster) {
+            return Err(ConfigError::new(
+                "cluster",
+                "name the Envoy cluster of the store (printable characters, no spaces)",
+            ));
+        }
+        let authority = config.authority.as_ref().unwrap_or(&config.cluster);
+        if !printable(authority) {
+            return Err(ConfigError::new(
+                "authority",
+                "must be printable characters without spaces",
+            ));
+        }
+        let path = config.path.clone().unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') || !printable(&path) {
+            return Err(ConfigError::new(
+                "path",
+                "must start with `/` and have no spaces",
+            ));
+        }
+        let key_prefix = config
+            .key_prefix
+            .clone()
+            .unwrap_or_else(|| DEFAULT_KEY_PREFIX.into());
+        let prefix_ok = key_prefix.len() <= MAX_PREFIX
+            && key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b":_-.{}".contains(&b));
+        if !prefix_ok {
+            return Err(ConfigError::new(
+                "key_prefix",
+                format!("up to {MAX_PREFIX} letters, digits and `:_-.{{}}`"),
+            ));
+        }
+        let timeout_ms = config.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(ConfigError::new(
+                "timeout_ms",
+                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+            ));
+        }
+        if let Some(value) = &config.authorization {
+            if value.is_empty() || value.bytes().any(|b| b.is_ascii_control()) {
+                return Err(ConfigError::new(
+                    "authorization",
+                    "must be a header value without control characters",
+                ));
+            }
+        }
+        Ok(Self {
+            cluster: config.cluster.clone(),
+            authority: authority.clone(),
+            path,
+            key_prefix,
+            timeout: Duration::from_millis(timeout_ms),
+            authorization: config.authorization.clone(),
+        })
+    }
+
+    /// A key of this store: the prefix, then `parts` joined by `:`.
+    pub fn key(&self, parts: &[&str]) -> String {
+        let mut key = self.key_prefix.clone();
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                key.push(':');
+            }
+            key.push_str(part);
+        }
+        key
+    }
+}
+
+/// What a policy does with a request when the store gives no usable answer
+/// (no answer in time, connection refused, an HTTP error, a reply that does
+/// not parse).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Decide with this Envoy's own state, as without a fleet store.
+    #[default]
+    Local,
+    /// Let the request through unchecked.
+    Allow,
+    /// Refuse it with the policy's "store unavailable" error (503).
+    Deny,
+}
+
+impl FailureMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureMode::Local => "local",
+            FailureMode::Allow => "allow",
+            FailureMode::Deny => "deny",
+        }
+    }
+}
+
+/// A policy's fleet counters: `fleet.answered`, `fleet.failure.<reason>`
+/// and `fleet.failure_mode.<mode>` (the requests each mode decided).
+#[derive(Debug, Clone, Copy)]
+pub struct FleetMetrics {
+    answered: Counter,
+    failures: [Counter; wire::Failure::REASONS.len()],
+    modes: [Counter; 3],
+}
+
+impl FleetMetrics {
+    pub fn define(filter: &str) -> Self {
+        Self {
+            answered: Counter::define(filter, "fleet.answered"),
+            failures: wire::Failure::REASONS
+                .map(|reason| Counter::define(filter, &format!("fleet.failure.{reason}"))),
+            modes: [FailureMode::Local, FailureMode::Allow, FailureMode::Deny].map(|mode| {
+                Counter::define(filter, &format!("fleet.failure_mode.{}", mode.name()))
+            }),
+        }
+    }
+
+    pub fn answered(&self) {
+        self.answered.inc();
+    }
+
+    pub fn failed(&self, failure: &wire::Failure, mode: FailureMode) {
+        if let Some(i) = wire::Failure::REASONS
+            .iter()
+            .position(|r| *r == failure.reason())
+        {
+            self.failures[i].inc();
+        }
+        self.modes[mode as usize].inc();
+    }
+}
+
+/// 128 bits of SHA-256 over length-prefixed `parts`, in hex: how client
+/// input (an app key and nonce, a quota key's value) appears in a key.
+pub fn digest(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    let hash = hasher.finalize();
+    let mut hex = String::with_capacity(32);
+    for byte in &hash[..16] {
+        hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+        hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
+    }
+    hex
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(json: &str) -> Result<Store, ConfigError> {
+        Store::compile(&serde_json::from_str::<StoreConfig>(json).unwrap())
+    }
+
+    #[test]
+    fn defaults_are_a_short_timeout_and_the_gw_prefix() {
+        let store = store(r#"{"cluster": "fleet_store"}"#).unwrap();
+        assert_eq!(store.authority, "fleet_store");
+        assert_eq!(store.path, "/");
+        assert_eq!(store.key_prefix, "gw:");
+        assert_eq!(store.timeout, Duration::from_millis(50));
+        assert_eq!(store.key(&["n", "ab"]), "gw:n:ab");
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (r#"{"cluster": ""}"#, "cluster"),
+            (r#"{"cluster": "a b"}"#, "cluster"),
+            (r#"{"cluster": "c", "authority": "a b"}"#, "authority"),
+            (r#"{"cluster": "c", "path": "x"}"#, "path"),
+            (r#"{"cluster": "c", "key_prefix": "a/b"}"#, "key_prefix"),
+            (r#"{"cluster": "c", "key_prefix": "a b"}"#, "key_prefix"),
+            (r#"{"cluster": "c", "timeout_ms": 0}"#, "timeout_ms"),
+            (r#"{"cluster": "c", "timeout_ms": 10001}"#, "timeout_ms"),
+            (
+                r#"{"cluster": "c", "authorization": "a\r\nb"}"#,
+                "authorization",
+            ),
+        ];
+        for (json, field) in cases {
+            assert_eq!(store(json).unwrap_err().path, field, "{json}");
+        }
+        let unknown = serde_json::from_str::<StoreConfig>(r#"{"cluster": "c", "host": "x"}"#);
+        assert!(unknown
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `host`"));
+    }
+
+    #[test]
+    fn digests_are_length_prefixed_and_hex() {
+        let ab_c = digest(&[b"ab", b"c"]);
+        assert_eq!(ab_c.len(), 32);
+        assert!(ab_c.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(ab_c, digest(&[b"a", b"bc"]));
+        assert_eq!(ab_c, digest(&[b"ab", b"c"]));
+    }
+}

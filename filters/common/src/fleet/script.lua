@@ -1,0 +1,92 @@
+-- The fleet checks of one request, run atomically by Redis (see fleet/wire.rs).
+-- ARGV is a list of operations, KEYS their keys in the same order:
+--   'n', ttl_ms                       nonce: SET key NX PX ttl_ms; KEYS: the nonce
+--   'g', m, then m rules of 6 values  quota group; each rule:
+--       algorithm ('f' fixed | 's' sliding), limit, window_ms, left_ms, ttl_ms,
+--       dry_run ('0' | '1'); KEYS: the current window's counter, and for
+--       sliding also the previous window's
+-- The reply has three integers per nonce and per rule: state, previous, current.
+--   nonce: 1 fresh (recorded), 0 replayed (nothing after it runs), -1 not run
+--   rule:  1 counted, 0 over its limit, 2 over its limit in dry run,
+--          3 within its limit but not counted (another rule of the group
+--          refused the request), -1 not run
+-- A rule admits while previous * left + (current + 1) * window <= limit * window
+-- (the sliding estimate in integers); fixed windows are sent with window 1 and
+-- left 0, so for them that is current < limit.
+local out, k, a = {}, 1, 1
+local stopped = false
+local function push(state, previous, current)
+  out[#out + 1] = state
+  out[#out + 1] = previous
+  out[#out + 1] = current
+end
+while a <= #ARGV do
+  local kind = ARGV[a]
+  if kind == 'n' then
+    local ttl = ARGV[a + 1]
+    a = a + 2
+    if stopped then
+      push(-1, 0, 0)
+    elseif redis.call('SET', KEYS[k], '1', 'NX', 'PX', ttl) then
+      push(1, 0, 0)
+    else
+      push(0, 0, 0)
+      stopped = true
+    end
+    k = k + 1
+  elseif kind == 'g' then
+    local m = tonumber(ARGV[a + 1])
+    a = a + 2
+    local rules, refused = {}, false
+    for j = 1, m do
+      local rule = {
+        sliding = ARGV[a] == 's',
+        limit = tonumber(ARGV[a + 1]),
+        window = tonumber(ARGV[a + 2]),
+        left = tonumber(ARGV[a + 3]),
+        ttl = ARGV[a + 4],
+        dry = ARGV[a + 5] == '1',
+        key = KEYS[k],
+        previous = 0,
+        current = 0,
+      }
+      a = a + 6
+      k = k + 1
+      if rule.sliding then
+        rule.previous_key = KEYS[k]
+        k = k + 1
+      end
+      if not stopped then
+        rule.current = tonumber(redis.call('GET', rule.key) or '0')
+        if rule.sliding then
+          rule.previous = tonumber(redis.call('GET', rule.previous_key) or '0')
+        end
+        rule.admits = rule.previous * rule.left + (rule.current + 1) * rule.window
+          <= rule.limit * rule.window
+        if not rule.admits and not rule.dry then
+          refused = true
+        end
+      end
+      rules[j] = rule
+    end
+    for j = 1, m do
+      local rule = rules[j]
+      if stopped then
+        push(-1, 0, 0)
+      elseif not rule.admits then
+        push(rule.dry and 2 or 0, rule.previous, rule.current)
+      elseif refused then
+        push(3, rule.previous, rule.current)
+      else
+        local current = redis.call('INCR', rule.key)
+        if current == 1 then
+          redis.call('PEXPIRE', rule.key, rule.ttl)
+        end
+        push(1, rule.previous, current)
+      end
+    end
+  else
+    return redis.error_reply('gateway fleet script: unknown operation ' .. tostring(kind))
+  end
+end
+return out

@@ -1,0 +1,442 @@
+//! The fleet store's wire format: one request's operations as one call of
+//! [`SCRIPT`] through Webdis (`POST /` with `EVALSHA/<sha>/<numkeys>/<keys…>/<args…>`,
+//! every part percent-encoded), and the parsing of Webdis's JSON answer.
+//! No host calls: the policy builds the body, an adapter sends it.
+
+use serde_json::Value;
+
+/// The Lua script every call runs: nonces and quota groups, in order.
+pub const SCRIPT: &str = include_str!("script.lua");
+/// SHA-1 of [`SCRIPT`], the name Redis caches it under (a test checks it).
+pub const SCRIPT_SHA1: &str = "4b9607aec2ed9ca88d59de66cb25ca67619f66e1";
+
+/// The integers of one operation's result.
+pub const RESULT_WIDTH: usize = 3;
+
+/// One fleet check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Records `key` for `ttl_ms` unless it is recorded already.
+    Nonce { key: String, ttl_ms: u64 },
+    /// Counts the request in every rule of the group that admits it, or in
+    /// none when one of them refuses it.
+    Quotas(Vec<QuotaCheck>),
+}
+
+/// One quota rule's check, with the numbers the script compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaCheck {
+    /// The counter of the current window.
+    pub key: String,
+    /// The previous window's counter (sliding windows only).
+    pub previous_key: Option<String>,
+    pub limit: u32,
+    /// The weight of the current window (1 for fixed windows, the window's
+    /// length in ms for sliding ones) and of the previous one (0 for fixed
+    /// windows, the ms left of the current window for sliding ones).
+    pub window_weight: u64,
+    pub previous_weight: u64,
+    /// How long the counter must live (its window, and the next one for
+    /// sliding windows, plus a grace period).
+    pub ttl_ms: u64,
+    pub dry_run: bool,
+}
+
+impl Op {
+    /// The result triples this operation produces.
+    pub fn results(&self) -> usize {
+        match self {
+            Op::Nonce { .. } => 1,
+            Op::Quotas(rules) => rules.len(),
+        }
+    }
+}
+
+/// The state of one operation's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// A nonce recorded, a request counted.
+    Done,
+    /// A nonce seen before, a rule over its limit.
+    Refused,
+    /// Over its limit in dry run: not counted, not refused.
+    DryRunRefused,
+    /// Within its limit, but another rule of its group refused the request.
+    NotCounted,
+    /// Not run: an earlier nonce was a replay.
+    NotRun,
+}
+
+/// One operation's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpResult {
+    pub state: State,
+    /// The quota counts: the previous window's and the current one's.
+    pub previous: u64,
+    pub current: u64,
+}
+
+/// Why a call gave no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The call could not be made (e.g. the cluster is unknown).
+    Dispatch,
+    /// No answer in time, or the connection failed.
+    NoAnswer,
+    /// Webdis answered with this HTTP status (503: Redis is down).
+    Status(u32),
+    /// Redis does not have the script cached: send it again with `EVAL`.
+    NoScript,
+    /// Redis or the script answered an error.
+    Error(String),
+    /// The answer is not what the script returns.
+    BadReply(String),
+}
+
+impl Failure {
+    /// The failure's name in metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::Dispatch => "dispatch",
+            Failure::NoAnswer => "no_answer",
+            Failure::Status(_) => "status",
+            Failure::NoScript => "no_script",
+            Failure::Error(_) => "error",
+            Failure::BadReply(_) => "bad_reply",
+        }
+    }
+
+    pub const REASONS: [&'static str; 6] = [
+        "dispatch",
+        "no_answer",
+        "status",
+        "no_script",
+        "error",
+        "bad_reply",
+    ];
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Dispatch => write!(f, "the call to the store could not be made"),
+            Failure::NoAnswer => write!(f, "no answer in time"),
+            Failure::Status(status) => write!(f, "HTTP status {status}"),
+            Failure::NoScript => write!(f, "the script is not loaded"),
+            Failure::Error(message) => write!(f, "error: {message}"),
+            Failure::BadReply(why) => write!(f, "unexpected answer: {why}"),
+        }
+    }
+}
+
+/// The command part of a call after the script (`<numkeys>/<keys…>/<args…>`),
+/// kept so a call can be sent again with the script text after `NOSCRIPT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arguments(String);
+
+impl Arguments {
+    pub fn new(ops: &[Op]) -> Self {
+        let mut keys: Vec<&str> = Vec::new();
+        let mut args: Vec<String> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Nonce { key, ttl_ms } => {
+                    keys.push(key);
+                    args.push("n".into());
+                    args.push(ttl_ms.max(&1).to_string());
+                }
+                Op::Quotas(rules) => {
+                    args.push("g".into());
+                    args.push(rules.len().to_string());
+                    for rule in rules {
+                        keys.push(&rule.key);
+                        if let Some(previous) = &rule.previous_key {
+                            keys.push(previous);
+                        }
+                        let algorithm = if rule.previous_key.is_some() {
+                            "s"
+                        } else {
+                            "f"
+                        };
+                        args.extend([
+                            algorithm.to_string(),
+                            rule.limit.to_string(),
+                            rule.window_weight.to_string(),
+                            rule.previous_weight.to_string(),
+                            rule.ttl_ms.max(1).to_string(),
+                            if rule.dry_run { "1" } else { "0" }.to_string(),
+                        ]);
+                    }
+                }
+            }
+        }
+        let mut text = keys.len().to_string();
+        for part in keys.iter().copied().chain(args.iter().map(String::as_str)) {
+            text.push('/');
+            percent_encode(part, &mut text);
+        }
+        Self(text)
+    }
+
+    /// The body that calls the cached script by its SHA-1.
+    pub fn by_sha(&self) -> Vec<u8> {
+        format!("EVALSHA/{SCRIPT_SHA1}/{}", self.0).into_bytes()
+    }
+
+    /// The body that sends the script itself (Redis caches it on the way).
+    pub fn with_script(&self) -> Vec<u8> {
+        let mut body = String::from("EVAL/");
+        percent_encode(SCRIPT, &mut body);
+        body.push('/');
+        body.push_str(&self.0);
+        body.into_bytes()
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, so no
+/// part can be read as a separator by Webdis.
+fn percent_encode(text: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 15)]));
+        }
+    }
+}
+
+/// Reads Webdis's answer to a call expecting `expected` results: `status`
+/// is the HTTP status (`None` when there was no answer).
+pub fn parse_reply(
+    status: Option<u32>,
+    body: &[u8],
+    expected: usize,
+) -> Result<Vec<OpResult>, Failure> {
+    match status {
+        None => return Err(Failure::NoAnswer),
+        Some(200) => {}
+        Some(other) => return Err(Failure::Status(other)),
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|_| Failure::BadReply("the body is not JSON".into()))?;
+    let reply = match &value {
+        Value::Object(fields) if fields.len() == 1 => fields
+            .get("EVALSHA")
+            .or_else(|| fields.get("EVAL"))
+            .ok_or_else(|| Failure::BadReply("not an EVAL or EVALSHA answer".into()))?,
+        _ => return Err(Failure::BadReply("not an object of one command".into())),
+    };
+    let items = match reply {
+        Value::Array(items) => items,
+        _ => return Err(Failure::BadReply("not a list".into())),
+    };
+    // Webdis answers a Redis error as `[false, "<message>"]`.
+    if let [Value::Bool(false), Value::String(message)] = items.as_slice() {
+        return Err(if message.starts_with("NOSCRIPT") {
+            Failure::NoScript
+        } else {
+            Failure::Error(message.chars().take(200).collect())
+        });
+    }
+    if items.len() != expected * RESULT_WIDTH {
+        return Err(Failure::BadReply(format!(
+            "{} integers for {expected} checks",
+            items.len()
+        )));
+    }
+    items
+        .chunks_exact(RESULT_WIDTH)
+        .map(|triple| {
+            let int = |v: &Value| {
+                v.as_i64()
+                    .ok_or_else(|| Failure::BadReply("not an integer".into()))
+            };
+            let count = |v: &Value| {
+                int(v).and_then(|n| {
+                    u64::try_from(n).map_err(|_| Failure::BadReply("a negative count".into()))
+                })
+            };
+            let state = match int(&triple[0])? {
+                1 => State::Done,
+                0 => State::Refused,
+                2 => State::DryRunRefused,
+                3 => State::NotCounted,
+                -1 => State::NotRun,
+                other => return Err(Failure::BadReply(format!("unknown state {other}"))),
+            };
+            Ok(OpResult {
+                state,
+                previous: count(&triple[1])?,
+                current: count(&triple[2])?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha1::{Digest, Sha1};
+
+    #[test]
+    fn the_script_sha1_is_the_scripts() {
+        let digest = Sha1::digest(SCRIPT.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex, SCRIPT_SHA1,
+            "update SCRIPT_SHA1 after changing script.lua"
+        );
+    }
+
+    fn fixed(key: &str, limit: u32) -> QuotaCheck {
+        QuotaCheck {
+            key: key.into(),
+            previous_key: None,
+            limit,
+            window_weight: 1,
+            previous_weight: 0,
+            ttl_ms: 2000,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn every_part_is_percent_encoded_in_key_then_argument_order() {
+        let ops = [
+            Op::Nonce {
+                key: "gw:n/1".into(),
+                ttl_ms: 900_000,
+            },
+            Op::Quotas(vec![
+                fixed("gw:q:a", 5),
+                QuotaCheck {
+                    previous_key: Some("gw:q:b:9".into()),
+                    window_weight: 60_000,
+                    previous_weight: 1_000,
+                    dry_run: true,
+                    ..fixed("gw:q:b:10", 7)
+                },
+            ]),
+        ];
+        let args = Arguments::new(&ops);
+        assert_eq!(
+            String::from_utf8(args.by_sha()).unwrap(),
+            format!(
+                "EVALSHA/{SCRIPT_SHA1}/4/gw%3An%2F1/gw%3Aq%3Aa/gw%3Aq%3Ab%3A10/gw%3Aq%3Ab%3A9\
+                 /n/900000/g/2/f/5/1/0/2000/0/s/7/60000/1000/2000/1"
+            )
+        );
+        let with_script = String::from_utf8(args.with_script()).unwrap();
+        assert!(with_script.starts_with("EVAL/--%20The%20fleet"));
+        assert!(with_script.ends_with("/s/7/60000/1000/2000/1"));
+        assert!(!with_script["EVAL/".len()..].contains(' '));
+    }
+
+    #[test]
+    fn results_are_read_in_triples() {
+        let body = br#"{"EVALSHA":[1,0,0,1,0,3,0,0,5,3,2,4,2,0,9,-1,0,0]}"#;
+        let results = parse_reply(Some(200), body, 6).unwrap();
+        let states: Vec<State> = results.iter().map(|r| r.state).collect();
+        assert_eq!(
+            states,
+            [
+                State::Done,
+                State::Done,
+                State::Refused,
+                State::NotCounted,
+                State::DryRunRefused,
+                State::NotRun
+            ]
+        );
+        assert_eq!((results[3].previous, results[3].current), (2, 4));
+        // The EVAL answer after a reload reads the same.
+        let body = br#"{"EVAL":[0,0,0]}"#;
+        assert_eq!(
+            parse_reply(Some(200), body, 1).unwrap()[0].state,
+            State::Refused
+        );
+    }
+
+    #[test]
+    fn every_failure_shape_is_told_apart() {
+        let cases: [(Option<u32>, &[u8], Failure); 11] = [
+            (None, b"", Failure::NoAnswer),
+            (Some(503), b"", Failure::Status(503)),
+            (Some(403), b"", Failure::Status(403)),
+            (
+                Some(200),
+                br#"{"EVALSHA":[false,"NOSCRIPT No matching script. Please use EVAL."]}"#,
+                Failure::NoScript,
+            ),
+            (
+                Some(200),
+                br#"{"EVAL":[false,"ERR boom"]}"#,
+                Failure::Error("ERR boom".into()),
+            ),
+            (
+                Some(200),
+                b"<html>",
+                Failure::BadReply("the body is not JSON".into()),
+            ),
+            (
+                Some(200),
+                br#"{"GET":[1,0,0]}"#,
+                Failure::BadReply("not an EVAL or EVALSHA answer".into()),
+            ),
+            (
+                Some(200),
+                br#"{"EVALSHA":1}"#,
+                Failure::BadReply("not a list".into()),
+            ),
+            (
+                Some(200),
+                br#"{"EVALSHA":[1,0]}"#,
+                Failure::BadReply("2 integers for 1 checks".into()),
+            ),
+            (
+                Some(200),
+                br#"{"EVALSHA":[7,0,0]}"#,
+                Failure::BadReply("unknown state 7".into()),
+            ),
+            (
+                Some(200),
+                br#"{"EVALSHA":[1,-4,0]}"#,
+                Failure::BadReply("a negative count".into()),
+            ),
+        ];
+        for (status, body, expected) in cases {
+            assert_eq!(
+                parse_reply(status, body, 1),
+                Err(expected),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_error_message_is_cut() {
+        let body = format!(r#"{{"EVAL":[false,"{}"]}}"#, "x".repeat(10_000));
+        match parse_reply(Some(200), body.as_bytes(), 1) {
+            Err(Failure::Error(message)) => assert_eq!(message.len(), 200),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_body_makes_the_parser_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..64), expected in 0usize..4) {
+            let _ = parse_reply(Some(200), &body, expected);
+        }
+
+        #[test]
+        fn an_encoded_part_has_no_separator(text in ".*") {
+            let mut out = String::new();
+            percent_encode(&text, &mut out);
+            proptest::prop_assert!(out.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)));
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! A real fleet store per test: Debian's `redis-server` and `webdis` (which
+//! `scripts/setup.sh` installs) on loopback with free ports and a temporary
+//! directory, stopped when dropped. Webdis allows only the two commands the
+//! filters send (`EVALSHA`, `EVAL`), as the README's ACL does. Redis can be
+//! stopped and started again on its port to play an outage; the test talks
+//! to Redis directly (RESP over TCP) to read what the filters stored.
+
+use crate::process::{self, free_port};
+use serde_json::json;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn binary(var: &str, default: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default));
+    assert!(
+        path.is_file(),
+        "{} not found: run `make setup` (it installs {package}) or set {var}",
+        path.display()
+    );
+    path
+}
+
+pub struct FleetStore {
+    dir: tempfile::TempDir,
+    redis_port: u16,
+    webdis_port: u16,
+    redis: Option<Child>,
+    webdis: Option<Child>,
+}
+
+impl FleetStore {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("gw-redis-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let mut store = Self {
+            dir,
+            redis_port: free_port(),
+            webdis_port: free_port(),
+            redis: None,
+            webdis: None,
+        };
+        store.start_redis();
+        store.start_webdis();
+        store
+    }
+
+    /// The port Webdis listens on: the Envoy store cluster's endpoint.
+    pub fn webdis_port(&self) -> u16 {
+        self.webdis_port
+    }
+
+    /// Starts Redis (again) on its port, empty.
+    pub fn start_redis(&mut self) {
+        assert!(self.redis.is_none(), "Redis is already running");
+        let child = Command::new(binary(
+            "REDIS_SERVER_BIN",
+            "/usr/bin/redis-server",
+            "redis-server",
+        ))
+        .args(["--bind", "127.0.0.1", "--port"])
+        .arg(self.redis_port.to_string())
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(self.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start redis-server: {e}"));
+        self.redis = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while self.try_command(&["PING"]).is_err() {
+            assert!(Instant::now() < deadline, "Redis did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+        if self.webdis.is_some() {
+            self.wait_for_webdis();
+        }
+    }
+
+    /// Waits until Webdis passes a command on to Redis (after a restart of
+    /// Redis, Webdis answers 503 until it has reconnected).
+    fn wait_for_webdis(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let url = format!("http://127.0.0.1:{}/", self.webdis_port);
+        while !crate::http::post(&url, &[], b"EVAL/return%201/0").is_ok_and(|r| r.status == 200) {
+            assert!(Instant::now() < deadline, "Webdis did not reach Redis");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops Redis; Webdis then answers 503 until it is back.
+    pub fn stop_redis(&mut self) {
+        if let Some(mut child) = self.redis.take() {
+            process::stop(&mut child, Duration::from_secs(3));
+        }
+    }
+
+    fn start_webdis(&mut self) {
+        let config = json!({
+            "redis_host": "127.0.0.1",
+            "redis_port": self.redis_port,
+            "redis_auth": null,
+            "http_host": "127.0.0.1",
+            "http_port": self.webdis_port,
+            "threads": 2,
+            "pool_size": 8,
+            "daemonize": false,
+            "database": 0,
+            "acl": [
+                {"disabled": ["*"]},
+                {"enabled": ["EVALSHA", "EVAL"]}
+            ],
+            "verbosity": 1,
+            "logfile": self.dir.path().join("webdis.log")
+        });
+        let path = self.dir.path().join("webdis.json");
+        fs::write(&path, config.to_string()).unwrap_or_else(|e| panic!("webdis.json: {e}"));
+        let child = Command::new(binary("WEBDIS_BIN", "/usr/bin/webdis", "webdis"))
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start webdis: {e}"));
+        self.webdis = Some(child);
+        self.wait_for_webdis();
+    }
+
+    /// A Redis command's reply, straight from Redis.
+    pub fn command(&self, args: &[&str]) -> Reply {
+        self.try_command(args)
+            .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+    }
+
+    fn try_command(&self, args: &[&str]) -> Result<Reply, String> {
+        let stream =
+            TcpStream::connect(("127.0.0.1", self.redis_port)).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+        }
+        (&stream).write_all(&request).map_err(|e| e.to_string())?;
+        read_reply(&mut BufReader::new(&stream))
+    }
+
+    /// The keys stored under `pattern` (e.g. `gw:q:*`).
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        match self.command(&["KEYS", pattern]) {
+            Reply::Array(items) => items
+                .into_iter()
+                .filter_map(|item| match item {
+                    Reply::Bulk(Some(key)) => Some(key),
+                    _ => None,
+                })
+                .collect(),
+            other => panic!("KEYS: {other:?}"),
+        }
+    }
+
+    pub fn db_size(&self) -> i64 {
+        match self.command(&["DBSIZE"]) {
+            Reply::Integer(n) => n,
+            other => panic!("DBSIZE: {other:?}"),
+        }
+    }
+}
+
+impl Drop for FleetStore {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.webdis.take() {
+            process::stop(&mut child, Duration::from_secs(3));
+        }
+        self.stop_redis();
+    }
+}
+
+/// A RESP reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Status(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Option<String>),
+    Array(Vec<Reply>),
+}
+
+fn read_reply(reader: &mut impl BufRead) -> Result<Reply, String> {
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(|e| e.to_string())?;
+    let line = line.trim_end_matches("\r\n");
+    let (kind, rest) = line.split_at(line.len().min(1));
+    let number = || rest.parse::<i64>().map_err(|e| format!("{line:?}: {e}"));
+    match kind {
+        "+" => Ok(Reply::Status(rest.into())),
+        "-" => Ok(Reply::Error(rest.into())),
+        ":" => Ok(Reply::Integer(number()?)),
+        "$" => {
+            let Ok(len) = usize::try_from(number()?) else {
+                return Ok(Reply::Bulk(None));
+            };
+            let mut data = vec![0; len + 2];
+            reader.read_exact(&mut data).map_err(|e| e.to_string())?;
+            data.truncate(len);
+            Ok(Reply::Bulk(Some(String::from_utf8_lossy(&data).into())))
+        }
+        "*" => {
+            let count = number()?;
+            (0..count.max(0))
+                .map(|_| read_reply(reader))
+                .collect::<Result<_, _>>()
+                .map(Reply::Array)
+        }
+        _ => Err(format!("unexpected reply line {line:?}")),
+    }
+}

@@ -1,0 +1,608 @@
+//! Fleet-wide state in real Envoys: several Envoys (two workers each)
+//! sharing one real Redis behind Webdis, an echo upstream counting what got
+//! through. Run against the chain of single filters and against the gateway
+//! module (`GATEWAY_MODULE=1`), like every integration test.
+
+use gateway_common::fleet::model::ScriptModel;
+use gateway_common::fleet::wire::{parse_reply, Arguments, Op, QuotaCheck};
+use integration_tests::echo::EchoServer;
+use integration_tests::envoy::{add_cluster, gateway_config, module_mode, Envoy, WasmFilter};
+use integration_tests::http::{self, Response};
+use integration_tests::redis::{FleetStore, Reply};
+use integration_tests::signing::{now_ms, pairs, signed_headers};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+const WORKERS: u32 = 2;
+const STORE_CLUSTER: &str = "fleet_store";
+const APP: (&str, &str) = ("203751", "fleet-secret");
+
+/// The store settings of every test: a timeout long enough for a loaded
+/// 2-core machine, so exactness is not traded for the failure mode.
+fn store() -> Value {
+    json!({"cluster": STORE_CLUSTER, "timeout_ms": 2000})
+}
+
+fn sign_auth(failure_mode: &str) -> WasmFilter {
+    WasmFilter::json(
+        "sign_auth",
+        &json!({
+            "apps": [{"key": APP.0, "secrets": [APP.1]}],
+            "fleet": {"store": store(), "failure_mode": failure_mode}
+        }),
+    )
+}
+
+fn throttling(rules: Value, fleet: Value) -> WasmFilter {
+    let mut fleet = fleet;
+    fleet["store"] = store();
+    WasmFilter::json(
+        "throttling",
+        &json!({"rules": rules, "rate_limit_headers": true, "fleet": fleet}),
+    )
+}
+
+/// One Envoy of the fleet: the filters, the upstream, the store cluster.
+fn envoy(filters: &[WasmFilter], upstream: &EchoServer, store_port: u16) -> Envoy {
+    let mut config = gateway_config(filters, &[upstream.port()]);
+    add_cluster(&mut config, STORE_CLUSTER, store_port);
+    Envoy::start_with(&config, WORKERS).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn fleet(
+    n: usize,
+    filters: &[WasmFilter],
+    upstream: &EchoServer,
+    store: &FleetStore,
+) -> Vec<Envoy> {
+    (0..n)
+        .map(|_| envoy(filters, upstream, store.webdis_port()))
+        .collect()
+}
+
+fn get(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) -> Response {
+    http::get(&envoy.url(path), headers).expect("response from Envoy")
+}
+
+/// Sends `per_envoy` requests to every Envoy at once, each on its own
+/// connection, and returns every response.
+fn storm(
+    envoys: &[Envoy],
+    per_envoy: usize,
+    headers: &[(String, String)],
+    path: &str,
+) -> Vec<Response> {
+    let urls: Vec<String> = envoys.iter().map(|e| e.url(path)).collect();
+    thread::scope(|scope| {
+        let handles: Vec<_> = urls
+            .iter()
+            .flat_map(|url| (0..per_envoy).map(move |_| url))
+            .map(|url| {
+                scope.spawn(move || http::get(url, &pairs(headers)).expect("response from Envoy"))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("request thread"))
+            .collect()
+    })
+}
+
+fn statuses(responses: &[Response]) -> Vec<u16> {
+    let mut statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    statuses.sort_unstable();
+    statuses
+}
+
+fn count(responses: &[Response], status: u16) -> usize {
+    responses.iter().filter(|r| r.status == status).count()
+}
+
+fn stat(envoy: &Envoy, filter: &str, name: &str) -> u64 {
+    envoy.stat(&format!("wasmcustom.gw.{filter}.{name}"))
+}
+
+fn signed(path: &str) -> Vec<(String, String)> {
+    let headers = vec![("accept".to_string(), "application/json".to_string())];
+    signed_headers(APP.0, APP.1, "GET", path, &headers, None)
+}
+
+#[test]
+fn a_replay_storm_over_three_envoys_is_accepted_exactly_once() {
+    let store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let envoys = fleet(3, &[sign_auth("deny")], &upstream, &store);
+    let request = signed("/orders/1");
+    let responses = storm(&envoys, 8, &request, "/orders/1");
+    assert_eq!(count(&responses, 200), 1, "{:?}", statuses(&responses));
+    assert_eq!(count(&responses, 400), 23, "{:?}", statuses(&responses));
+    assert!(responses
+        .iter()
+        .filter(|r| r.status == 400)
+        .all(|r| r.header("x-ca-error-code") == Some("A400IN")));
+    assert_eq!(
+        upstream.request_count(),
+        1,
+        "the upstream saw the request once"
+    );
+    // The nonce is one key, a digest, expiring with the timestamp window.
+    let keys = store.keys("gw:n:*");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(
+        !keys[0].contains("nonce"),
+        "no client input in keys: {}",
+        keys[0]
+    );
+    match store.command(&["PTTL", &keys[0]]) {
+        Reply::Integer(ttl) => assert!((890_000..=900_000).contains(&ttl), "{ttl}"),
+        other => panic!("PTTL: {other:?}"),
+    }
+    let answered: u64 = envoys
+        .iter()
+        .map(|e| stat(e, "sign_auth", "fleet.answered"))
+        .sum();
+    assert_eq!(answered, 24);
+    // A fresh nonce is accepted anywhere.
+    for envoy in &envoys {
+        let fresh = signed("/orders/2");
+        assert_eq!(get(envoy, "/orders/2", &pairs(&fresh)).status, 200);
+    }
+}
+
+#[test]
+fn a_quota_storm_over_three_envoys_admits_exactly_the_limit() {
+    let store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let rules = json!([{"name": "all", "limit": 25, "window": "1h"}]);
+    let envoys = fleet(
+        3,
+        &[throttling(rules, json!({"failure_mode": "deny"}))],
+        &upstream,
+        &store,
+    );
+    let responses = storm(&envoys, 20, &[], "/");
+    assert_eq!(count(&responses, 200), 25, "{:?}", statuses(&responses));
+    assert_eq!(count(&responses, 429), 35, "{:?}", statuses(&responses));
+    assert_eq!(upstream.request_count(), 25);
+    // Each admitted request saw its own place in the one fleet count.
+    let mut remaining: Vec<u32> = responses
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| {
+            r.header("x-ratelimit-remaining")
+                .and_then(|v| v.parse().ok())
+                .expect("remaining")
+        })
+        .collect();
+    remaining.sort_unstable();
+    assert_eq!(remaining, (0..25).collect::<Vec<u32>>());
+    for refused in responses.iter().filter(|r| r.status == 429) {
+        assert_eq!(refused.header("x-ratelimit-remaining"), Some("0"));
+        let retry: u64 = refused
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("retry-after");
+        assert!((1..=3600).contains(&retry), "{retry}");
+    }
+    assert_eq!(store.keys("gw:q:all:*").len(), 1);
+}
+
+#[test]
+fn per_app_quotas_and_nonces_of_a_request_travel_in_one_call_in_the_module() {
+    let store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let rules = json!([
+        {"name": "per-app", "key": "app", "limit": 3, "window": "1h"},
+        {"name": "total", "limit": 100, "window": "1h"}
+    ]);
+    let filters = [
+        sign_auth("deny"),
+        throttling(rules, json!({"failure_mode": "deny"})),
+    ];
+    let envoys = fleet(2, &filters, &upstream, &store);
+    let mut outcomes = Vec::new();
+    for i in 0..5 {
+        let request = signed("/orders/1");
+        outcomes.push(get(&envoys[i % 2], "/orders/1", &pairs(&request)).status);
+    }
+    assert_eq!(outcomes, [200, 200, 200, 429, 429]);
+    // A replay is refused by sign-auth and counts in no quota.
+    let replayed = signed("/orders/1");
+    let first = get(&envoys[0], "/orders/1", &pairs(&replayed));
+    let again = get(&envoys[1], "/orders/1", &pairs(&replayed));
+    assert_eq!((first.status, again.status), (429, 400));
+    let calls: u64 = envoys
+        .iter()
+        .map(|e| e.stat(&format!("cluster.{STORE_CLUSTER}.upstream_rq_total")))
+        .sum();
+    // The first call finds the script not loaded (NOSCRIPT) and is sent
+    // again with it: one call more.
+    if module_mode() {
+        assert_eq!(calls, 7 + 1, "one call per request");
+    } else {
+        // The chain: sign-auth's call, then throttling's (none after a replay).
+        assert_eq!(calls, 13 + 1);
+    }
+    assert_eq!(upstream.request_count(), 3);
+}
+
+#[test]
+fn a_sliding_window_is_one_window_for_the_whole_fleet() {
+    let store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let rules = json!([{"name": "smooth", "limit": 8, "window": "4s", "algorithm": "sliding"}]);
+    let envoys = fleet(
+        2,
+        &[throttling(rules, json!({"failure_mode": "deny"}))],
+        &upstream,
+        &store,
+    );
+    let window = 4_000;
+    // Start right after a window begins.
+    thread::sleep(Duration::from_millis(window - now_ms() % window + 50));
+    let first: Vec<u16> = (0..12)
+        .map(|i| get(&envoys[i % 2], "/", &[]).status)
+        .collect();
+    assert_eq!(first.iter().filter(|s| **s == 200).count(), 8, "{first:?}");
+    // Halfway into the next window the 8 weigh about 4.
+    thread::sleep(Duration::from_millis(
+        window - now_ms() % window + window / 2,
+    ));
+    let before = now_ms() % window;
+    let admitted = (0..8)
+        .filter(|i| get(&envoys[i % 2], "/", &[]).status == 200)
+        .count();
+    let after = now_ms() % window;
+    // previous·(w − e)/w + current + 1 ≤ limit, for e between before and after.
+    let fits = |elapsed: u64| (8 * window - 8 * (window - elapsed)) / window;
+    assert!(
+        (fits(before) as usize..=fits(after) as usize).contains(&admitted),
+        "{admitted} admitted between {before} and {after} ms into the window"
+    );
+}
+
+#[test]
+fn a_day_quota_survives_an_envoy_restart() {
+    let store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let rules = json!([{"name": "daily", "limit": 3, "window": "1d"}]);
+    let filters = [throttling(rules, json!({"failure_mode": "deny"}))];
+    let first = envoy(&filters, &upstream, store.webdis_port());
+    assert_eq!(get(&first, "/", &[]).status, 200);
+    assert_eq!(get(&first, "/", &[]).status, 200);
+    drop(first);
+    let restarted = envoy(&filters, &upstream, store.webdis_port());
+    assert_eq!(get(&restarted, "/", &[]).status, 200);
+    let refused = get(&restarted, "/", &[]);
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("x-ratelimit-limit"), Some("3"));
+    let reset: u64 = refused
+        .header("x-ratelimit-reset")
+        .and_then(|v| v.parse().ok())
+        .expect("reset");
+    assert_eq!(
+        reset,
+        (86_400_000 - now_ms() % 86_400_000).div_ceil(1000),
+        "until 00:00 UTC"
+    );
+}
+
+#[test]
+fn counters_expire_with_their_window() {
+    let store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let rules = json!([{"name": "per-ip", "key": "client_ip", "limit": 50, "window": "1s"}]);
+    let envoys = fleet(
+        1,
+        &[throttling(rules, json!({"failure_mode": "deny"}))],
+        &upstream,
+        &store,
+    );
+    let baseline = store.db_size();
+    for _ in 0..5 {
+        assert_eq!(get(&envoys[0], "/", &[]).status, 200);
+    }
+    assert!(store.db_size() > baseline);
+    // The window (1 s) and the grace (1 s) later, Redis has forgotten them.
+    thread::sleep(Duration::from_millis(2_200));
+    assert_eq!(store.db_size(), baseline);
+}
+
+#[test]
+fn redis_down_applies_each_failure_mode_and_the_fleet_is_exact_again_when_it_is_back() {
+    let mut store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let rule = |name: &str| json!([{"name": name, "limit": 4, "window": "1h"}]);
+    let deny = envoy(
+        &[throttling(rule("deny"), json!({"failure_mode": "deny"}))],
+        &upstream,
+        store.webdis_port(),
+    );
+    let allow = envoy(
+        &[throttling(rule("allow"), json!({"failure_mode": "allow"}))],
+        &upstream,
+        store.webdis_port(),
+    );
+    let local = envoy(
+        &[throttling(
+            rule("local"),
+            json!({"failure_mode": "local", "replicas": 2}),
+        )],
+        &upstream,
+        store.webdis_port(),
+    );
+    store.stop_redis();
+    let denied: Vec<Response> = (0..3).map(|_| get(&deny, "/", &[])).collect();
+    assert!(denied
+        .iter()
+        .all(|r| r.status == 503 && r.header("x-ca-error-code") == Some("A503TU")));
+    assert!((0..6).all(|_| get(&allow, "/", &[]).status == 200));
+    // `local`: this Envoy's counters, with the fleet limit of 4 split over 2 replicas.
+    let local_statuses: Vec<u16> = (0..4).map(|_| get(&local, "/", &[]).status).collect();
+    assert_eq!(local_statuses, [200, 200, 429, 429]);
+    assert_eq!(stat(&deny, "throttling", "fleet.failure.status"), 3);
+    assert_eq!(stat(&deny, "throttling", "fleet.failure_mode.deny"), 3);
+    assert_eq!(stat(&allow, "throttling", "fleet.failure_mode.allow"), 6);
+    assert_eq!(stat(&local, "throttling", "fleet.failure_mode.local"), 4);
+    // Logged at once, then at most every 10 s by each worker: not per request.
+    assert!(deny.log().contains("fleet store failing (HTTP status 503)"));
+    let lines = deny.log().matches("fleet store failing").count();
+    assert!((1..=WORKERS as usize).contains(&lines), "{lines} lines");
+    // Back: counted in Redis again, exactly.
+    store.start_redis();
+    let back: Vec<u16> = (0..6).map(|_| get(&deny, "/", &[]).status).collect();
+    assert_eq!(back, [200, 200, 200, 200, 429, 429]);
+    assert_eq!(stat(&deny, "throttling", "fleet.answered"), 6);
+}
+
+#[test]
+fn sign_auth_falls_back_to_each_envoys_own_nonces_when_redis_is_down() {
+    let mut store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let envoys = fleet(2, &[sign_auth("local")], &upstream, &store);
+    store.stop_redis();
+    let request = signed("/a");
+    assert_eq!(get(&envoys[0], "/a", &pairs(&request)).status, 200);
+    assert_eq!(
+        get(&envoys[0], "/a", &pairs(&request)).status,
+        400,
+        "replay on the same Envoy"
+    );
+    // What `local` cannot see: the other Envoy's nonces (README, "Fleets").
+    assert_eq!(get(&envoys[1], "/a", &pairs(&request)).status, 200);
+    store.start_redis();
+    let request = signed("/b");
+    assert_eq!(get(&envoys[0], "/b", &pairs(&request)).status, 200);
+    assert_eq!(
+        get(&envoys[1], "/b", &pairs(&request)).status,
+        400,
+        "fleet-wide again"
+    );
+}
+
+/// A store that answers every call with `answer` after `delay`.
+struct FakeStore {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeStore {
+    fn start(answer: &'static [u8], delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        thread::spawn(move || {
+            while !stopping.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        thread::spawn(move || {
+                            let _ = stream.set_nonblocking(false);
+                            let mut buffer = [0u8; 8192];
+                            while stream.read(&mut buffer).is_ok_and(|n| n > 0) {
+                                thread::sleep(delay);
+                                if stream.write_all(answer).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self { port, stop }
+    }
+}
+
+impl Drop for FakeStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_slow_or_garbled_store_is_a_failure_not_a_hang() {
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let rules = json!([{"name": "all", "limit": 100, "window": "1h"}]);
+    let cases: [(&[u8], Duration, &str); 3] = [
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{\"EVALSHA",
+            Duration::ZERO,
+            "bad_reply",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n{\"EVALSHA\":[1,2,3,4]}",
+            Duration::ZERO,
+            "bad_reply",
+        ),
+        // Envoy answers a call that timed out with its own 504.
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
+            Duration::from_millis(1500),
+            "status",
+        ),
+    ];
+    for (answer, delay, reason) in cases {
+        let fake = FakeStore::start(answer, delay);
+        let mut fleet_settings = json!({"failure_mode": "deny"});
+        fleet_settings["store"] = json!({"cluster": STORE_CLUSTER, "timeout_ms": 100});
+        let filter = WasmFilter::json(
+            "throttling",
+            &json!({"rules": rules, "fleet": fleet_settings}),
+        );
+        let envoy = envoy(&[filter], &upstream, fake.port);
+        let response = get(&envoy, "/", &[]);
+        assert_eq!(response.status, 503, "{reason}");
+        assert_eq!(response.header("x-ca-error-code"), Some("A503TU"));
+        assert_eq!(
+            stat(&envoy, "throttling", &format!("fleet.failure.{reason}")),
+            1,
+            "{reason}"
+        );
+    }
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[test]
+fn a_flushed_script_cache_is_loaded_again() {
+    let store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let rules = json!([{"name": "all", "limit": 3, "window": "1h"}]);
+    let envoys = fleet(
+        1,
+        &[throttling(rules, json!({"failure_mode": "deny"}))],
+        &upstream,
+        &store,
+    );
+    assert_eq!(get(&envoys[0], "/", &[]).status, 200);
+    assert_eq!(
+        store.command(&["SCRIPT", "FLUSH"]),
+        Reply::Status("OK".into())
+    );
+    assert_eq!(get(&envoys[0], "/", &[]).status, 200);
+    assert_eq!(get(&envoys[0], "/", &[]).status, 200);
+    assert_eq!(get(&envoys[0], "/", &[]).status, 429);
+    assert_eq!(stat(&envoys[0], "throttling", "fleet.answered"), 4);
+}
+
+/// The script's Rust model (the native tests' store) against the script
+/// itself in Redis: the same calls give the same answers.
+#[test]
+fn the_script_in_redis_answers_as_its_model() {
+    let store = FleetStore::start();
+    let url = format!("http://127.0.0.1:{}/", store.webdis_port());
+    let mut model = ScriptModel::new();
+    let quota = |key: &str, limit: u32, sliding: bool, dry_run: bool| QuotaCheck {
+        key: format!("m:{key}:2"),
+        previous_key: sliding.then(|| format!("m:{key}:1")),
+        limit,
+        window_weight: if sliding { 10_000 } else { 1 },
+        previous_weight: if sliding { 2_500 } else { 0 },
+        ttl_ms: 60_000,
+        dry_run,
+    };
+    // Seed a previous sliding window in both.
+    let seed = [Op::Quotas(vec![QuotaCheck {
+        key: "m:s:1".into(),
+        ..quota("x", 100, false, false)
+    }])];
+    let calls: Vec<Vec<Op>> = (0..6)
+        .map(|_| seed.to_vec())
+        .chain((0..14).map(|i| {
+            vec![
+                Op::Nonce {
+                    key: format!("m:n:{}", i % 4),
+                    ttl_ms: 60_000,
+                },
+                Op::Quotas(vec![
+                    quota("a", 5, false, false),
+                    quota("s", 6, true, false),
+                    quota("d", 2, false, true),
+                ]),
+                Op::Quotas(vec![quota("b", 7, false, false)]),
+            ]
+        }))
+        .collect();
+    for (i, ops) in calls.iter().enumerate() {
+        let args = Arguments::new(ops);
+        // The first call loads the script, the others run it by its SHA-1.
+        let body = if i == 0 {
+            args.with_script()
+        } else {
+            args.by_sha()
+        };
+        let response = http::post(&url, &[], &body).expect("webdis");
+        let expected = ops.iter().map(Op::results).sum();
+        let answer = parse_reply(Some(u32::from(response.status)), &response.body, expected)
+            .unwrap_or_else(|e| panic!("call {i}: {e}: {}", response.text()));
+        assert_eq!(answer, model.run(ops), "call {i}");
+    }
+}
+
+#[test]
+fn a_request_refused_after_sign_auth_still_uses_up_its_nonce() {
+    let store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let acl = WasmFilter::json(
+        "ip_acl",
+        &json!({"rules": [{"name": "admin", "match": {"path": {"prefix": "/admin"}}, "allow": ["10.0.0.0/8"]}]}),
+    );
+    let envoys = fleet(2, &[sign_auth("deny"), acl], &upstream, &store);
+    let request = signed("/admin/users");
+    // As in the chain of single filters: sign-auth recorded the nonce
+    // before ip-acl refused the request, so its replay is a replay.
+    let first = get(&envoys[0], "/admin/users", &pairs(&request));
+    assert_eq!(
+        (first.status, first.header("x-ca-error-code")),
+        (403, Some("A403IP"))
+    );
+    assert_eq!(store.keys("gw:n:*").len(), 1);
+    let replay = get(&envoys[1], "/admin/users", &pairs(&request));
+    assert_eq!(
+        (replay.status, replay.header("x-ca-error-code")),
+        (400, Some("A400IN"))
+    );
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[test]
+fn a_signed_form_body_is_checked_once_across_the_fleet() {
+    let store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let rules = json!([{"name": "orders", "key": "app", "limit": 10, "window": "1h"}]);
+    let filters = [
+        sign_auth("deny"),
+        throttling(rules, json!({"failure_mode": "deny"})),
+    ];
+    let envoys = fleet(2, &filters, &upstream, &store);
+    let form = "qty=2&item=book";
+    let headers = vec![
+        ("accept".to_string(), "application/json".to_string()),
+        (
+            "content-type".to_string(),
+            "application/x-www-form-urlencoded; charset=utf-8".to_string(),
+        ),
+    ];
+    let signed = signed_headers(APP.0, APP.1, "POST", "/orders", &headers, Some(form));
+    let send = |envoy: &Envoy| {
+        http::post(&envoy.url("/orders"), &pairs(&signed), form.as_bytes()).expect("response")
+    };
+    let first = send(&envoys[0]);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-ratelimit-remaining"), Some("9"));
+    assert_eq!(send(&envoys[1]).status, 400);
+    let received = upstream.requests();
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0].body,
+        form.as_bytes(),
+        "the body reached the upstream whole"
+    );
+}
