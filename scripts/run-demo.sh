@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The demo gateway: two echo upstreams, a ClickHouse for log-push's records,
-# and Envoy with envoy/gateway.yaml.
+# Redis behind Webdis as the fleet store, and two Envoys with
+# envoy/gateway.yaml (the second on :8081, :8444 and admin :9902) sharing
+# that store: a fleet of two.
 # Started by `make run` (after set-up and build); Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +23,7 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-for port in 8080 8443 9901 18081 18082 18123 19000; do
+for port in 8080 8081 8443 8444 9901 9902 18081 18082 18123 19000 16379 17379; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is in use; stop whatever listens there first" >&2
     exit 1
@@ -41,6 +43,20 @@ curl -fsS --data-binary @envoy/log-push-clickhouse.sql http://127.0.0.1:18123/ >
 curl -fs --data-binary 'ALTER TABLE gateway_calls ADD COLUMN header_x_tenant String' \
   http://127.0.0.1:18123/ >/dev/null 2>&1 || true
 
+# The fleet store: a private Redis (no persistence) and Webdis allowing only
+# the two commands the filters send (README, "Fleets").
+"${REDIS_SERVER_BIN:-/usr/bin/redis-server}" --bind 127.0.0.1 --port 16379 --save '' --appendonly no \
+  --dir .run > .run/redis.log 2>&1 &
+pids+=($!)
+cat > .run/webdis.json <<'JSON'
+{ "redis_host": "127.0.0.1", "redis_port": 16379, "http_host": "127.0.0.1", "http_port": 17379,
+  "threads": 2, "pool_size": 8, "daemonize": false, "database": 0, "verbosity": 1,
+  "logfile": ".run/webdis.log",
+  "acl": [ { "disabled": ["*"] }, { "enabled": ["EVALSHA", "EVAL"] } ] }
+JSON
+"${WEBDIS_BIN:-/usr/bin/webdis}" .run/webdis.json > /dev/null 2>&1 &
+pids+=($!)
+
 target/release/echo-upstream --id backend-1 --listen 127.0.0.1:18081 > .run/backend-1.log 2>&1 &
 pids+=($!)
 target/release/echo-upstream --id backend-2 --listen 127.0.0.1:18082 > .run/backend-2.log 2>&1 &
@@ -48,20 +64,28 @@ pids+=($!)
 "$ENVOY_BIN" -c envoy/gateway.yaml --disable-hot-restart --log-level info > .run/envoy.log 2>&1 &
 envoy_pid=$!
 pids+=($envoy_pid)
+# The second instance: the same configuration on other ports.
+sed -e 's/port_value: 8080/port_value: 8081/' -e 's/port_value: 8443/port_value: 8444/' \
+  -e 's/port_value: 9901/port_value: 9902/' envoy/gateway.yaml > .run/gateway-2.yaml
+"$ENVOY_BIN" -c .run/gateway-2.yaml --disable-hot-restart --log-level info > .run/envoy-2.log 2>&1 &
+envoy2_pid=$!
+pids+=($envoy2_pid)
 
-for _ in $(seq 1 200); do
-  if ! kill -0 "$envoy_pid" 2>/dev/null; then
-    echo "Envoy exited; its log (.run/envoy.log):" >&2
-    tail -n 20 .run/envoy.log >&2
-    exit 1
-  fi
-  curl -fs http://127.0.0.1:9901/ready >/dev/null 2>&1 && break
-  sleep 0.1
+for admin in 9901 9902; do
+  for _ in $(seq 1 200); do
+    if ! kill -0 "$envoy_pid" 2>/dev/null || ! kill -0 "$envoy2_pid" 2>/dev/null; then
+      echo "Envoy exited; its logs (.run/envoy.log, .run/envoy-2.log):" >&2
+      tail -n 20 .run/envoy.log .run/envoy-2.log >&2
+      exit 1
+    fi
+    curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
 done
 
 cat <<'MSG'
 
-Demo gateway is up (logs in .run/). Try:
+Demo gateway is up: two instances, :8080 and :8081, sharing one Redis (logs in .run/). Try:
 
   # allowed; run it twice and see "upstream" alternate between backend-1 and backend-2
   curl -s http://127.0.0.1:8080/api/hello?name=demo
@@ -90,6 +114,14 @@ Demo gateway is up (logs in .run/). Try:
   target/release/ca-sign --key 203751 --secret demo-secret --curl http://127.0.0.1:8080/orders/42 | sh
   target/release/ca-sign --key 203751 --secret demo-secret --explain http://127.0.0.1:8080/orders/42
 
+  # a fleet of two: a signed request accepted by :8080 is a replay for :8081 (400 A400IN),
+  # because both record nonces in the one Redis
+  req=$(target/release/ca-sign --key 203751 --secret demo-secret --curl http://127.0.0.1:8080/orders/42)
+  sh -c "$req -o /dev/null -w '%{http_code}\n'"; sh -c "${req/8080/8081} -i"
+
+  # and one quota for both: /limited's 3 calls per 10 s are shared, the fourth is refused
+  for port in 8080 8081 8080 8081; do curl -s -o /dev/null -w "$port:%{http_code} " http://127.0.0.1:$port/limited; done; echo
+
   # /v1/users/{id} is mapped onto the backend's /internal/accounts/{id}/profile;
   # lang moves into an X-Lang header, the client IP and request id are added
   curl -si 'http://127.0.0.1:8080/v1/users/42?lang=zh'
@@ -108,4 +140,4 @@ Demo gateway is up (logs in .run/). Try:
 
 Ctrl-C stops the demo.
 MSG
-wait "$envoy_pid"
+wait "$envoy_pid" "$envoy2_pid"

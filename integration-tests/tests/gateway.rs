@@ -11,6 +11,7 @@ use integration_tests::envoy::{
 };
 use integration_tests::http;
 use integration_tests::process::free_port;
+use integration_tests::redis::FleetStore;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -79,6 +80,8 @@ struct Demo {
     upstreams: [EchoServer; 2],
     cert: Vec<u8>,
     _certs: tempfile::TempDir,
+    /// The demo's fleet store (Redis behind Webdis).
+    store: std::rc::Rc<FleetStore>,
 }
 
 /// The demo; log-push's sink is a closed port (its records are dropped,
@@ -93,8 +96,14 @@ fn demo_gateway_logging_to(sink_port: u16) -> Demo {
     demo_from(demo_file(), sink_port)
 }
 
-/// `envoy/<file>`, one of the demo's two forms, started with test ports.
+/// `envoy/<file>`, one of the demo's two forms, started with test ports
+/// and a fleet store of its own.
 fn demo_from(file: &str, sink_port: u16) -> Demo {
+    demo_with_store(file, sink_port, std::rc::Rc::new(FleetStore::start()))
+}
+
+/// The demo with `store` as its fleet store (instances of one fleet share it).
+fn demo_with_store(file: &str, sink_port: u16, store: std::rc::Rc<FleetStore>) -> Demo {
     let upstreams = [
         EchoServer::start("backend-1").expect("echo"),
         EchoServer::start("backend-2").expect("echo"),
@@ -116,6 +125,10 @@ fn demo_from(file: &str, sink_port: u16) -> Demo {
             ),
             (".run/tls/", format!("{}/", certs.path().display())),
             ("port_value: 18123", format!("port_value: {sink_port}")),
+            (
+                "port_value: 17379",
+                format!("port_value: {}", store.webdis_port()),
+            ),
         ],
     );
     let envoy = start_yaml(&text, 2);
@@ -124,6 +137,7 @@ fn demo_from(file: &str, sink_port: u16) -> Demo {
         upstreams,
         cert,
         _certs: certs,
+        store,
     };
     assert!(
         demo.envoy.wait_for(Duration::from_secs(10), |e| {
@@ -500,5 +514,43 @@ fn the_shipped_gateway_module_runs_every_policy_of_the_demo_in_one_wasm_filter()
     ] {
         let name = format!("wasmcustom.gw.{stat}");
         assert!(demo.envoy.stat(&name) >= 1, "{name}");
+    }
+}
+
+#[test]
+fn the_demos_two_instances_share_nonces_and_quotas_through_its_redis() {
+    use integration_tests::signing::{pairs, signed_headers};
+    let first = demo_from(demo_file(), free_port());
+    let second = demo_with_store(demo_file(), free_port(), first.store.clone());
+    let accept = [("accept".to_string(), "application/json".to_string())];
+    let headers = signed_headers("203751", "demo-secret", "GET", "/orders/42", &accept, None);
+    let accepted = http::get(&first.http_url("/orders/42"), &pairs(&headers)).expect("response");
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    let replayed = http::get(&second.http_url("/orders/42"), &pairs(&headers)).expect("response");
+    assert_eq!(replayed.status, 400, "{}", replayed.text());
+    assert_eq!(replayed.header("x-ca-error-code"), Some("A400IN"));
+    // /limited: 3 calls per 10 s per client, for the fleet. A window may end
+    // inside the loop, so count until the first refusal.
+    let demos = [&first, &second];
+    let mut admitted = 0;
+    let refused = (0..8).find_map(|i| {
+        let response = http::get(&demos[i % 2].http_url("/limited"), &[]).expect("response");
+        if response.status == 200 {
+            admitted += 1;
+            return None;
+        }
+        Some(response)
+    });
+    let refused = refused.expect("the fleet refuses a call beyond the shared limit");
+    assert_eq!(refused.header("x-ca-error-code"), Some("A429IP"));
+    assert!((3..=6).contains(&admitted), "{admitted}");
+    assert!(!first.store.keys("gw:q:limited-per-client:*").is_empty());
+    for demo in demos {
+        assert!(demo.envoy.stat("wasmcustom.gw.throttling.fleet.answered") >= 1);
+        assert_eq!(
+            demo.envoy
+                .stat("wasmcustom.gw.throttling.fleet.failure.status"),
+            0
+        );
     }
 }
