@@ -4,7 +4,9 @@
 #
 #   - installs what it needs if missing: wrk, valgrind, nginx (Debian
 #     packages; nginx is started by the bench on loopback, its system service
-#     is not used), PyYAML and matplotlib (PyPI, into .venv)
+#     is not used), PyYAML and matplotlib (PyPI, into .venv); redis-server and
+#     webdis come with scripts/setup.sh (the `module-fleet` scenario starts
+#     its own on loopback)
 #   - builds the empty filter, the filters, the gateway module (if it builds),
 #     and the native bench tools (bench/policy-bench)
 #   - runs scripts/bench/run.py; results in target/bench/results.md (.csv,

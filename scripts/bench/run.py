@@ -287,12 +287,17 @@ def bench_configs(filters):
     - throttling: every limit raised to 1e9 so no request is refused (the
       decision and the counting are the same work);
     - sign-auth: 65536 nonce slots (8 nonces each): a run signs up to ~100k
-      requests and every nonce must stay recorded for the whole run.
+      requests and every nonce must stay recorded for the whole run;
+    - the fleet store is taken out: every scenario but `module-fleet`
+      measures the local state (shared data).
     """
     configs, changes = {}, []
     for entry in filters:
         name = filter_id(entry)
         config = json.loads(entry["typed_config"]["config"]["configuration"]["value"])
+        if config.pop("fleet", None) is not None:
+            changes.append(f"{name}: `fleet` removed (local state); the `module-fleet` scenario "
+                           "counts in Redis behind Webdis instead")
         if name == "throttling":
             for rule in config.get("rules", []):
                 rule["limit"] = max(rule.get("limit", 0), 1_000_000_000)
@@ -460,7 +465,43 @@ def local_ratelimit_filter():
     }
 
 
-def envoy_config(listener, hcm, http_filters, backend, sink, hcm_extra=None):
+# The fleet store of the `module-fleet` scenario: its calls wait up to 1 s
+# (Envoy runs under callgrind too) and a failure refuses the request, so a
+# store problem shows as non-2xx answers instead of a quietly local run.
+FLEET = {"store": {"cluster": "fleet_store", "timeout_ms": 1000}, "failure_mode": "deny"}
+
+
+def fleet_configs(configs):
+    out = copy.deepcopy(configs)
+    for name in ("sign_auth", "throttling"):
+        if name in out:
+            out[name]["fleet"] = copy.deepcopy(FLEET)
+    return out
+
+
+def start_fleet_store(work, cpu):
+    """Redis (no persistence) and Webdis on loopback: (Webdis port, [procs], description)."""
+    redis_port, webdis_port = free_port(), free_port()
+    redis = spawn(taskset(cpu) + [os.environ.get("REDIS_SERVER_BIN", "/usr/bin/redis-server"),
+                                  "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
+                                  "--appendonly", "no", "--dir", str(work)], work / "redis.log")
+    wait_port(redis_port, redis, "redis-server")
+    conf = work / "webdis.json"
+    conf.write_text(json.dumps({
+        "redis_host": "127.0.0.1", "redis_port": redis_port, "http_host": "127.0.0.1",
+        "http_port": webdis_port, "threads": 2, "pool_size": 16, "daemonize": False, "database": 0,
+        "verbosity": 1, "logfile": str(work / "webdis.log"),
+        "acl": [{"disabled": ["*"]}, {"enabled": ["EVALSHA", "EVAL"]}]}))
+    webdis = spawn(taskset(cpu) + [os.environ.get("WEBDIS_BIN", "/usr/bin/webdis"), str(conf)],
+                   work / "webdis.out")
+    wait_port(webdis_port, webdis, "webdis")
+    version = subprocess.run([os.environ.get("REDIS_SERVER_BIN", "/usr/bin/redis-server"), "--version"],
+                             capture_output=True, text=True).stdout.split()
+    redis_version = next((w.split("=")[1] for w in version if w.startswith("v=")), "?")
+    return webdis_port, [redis, webdis], f"Redis {redis_version} behind Webdis, on the client's CPUs"
+
+
+def envoy_config(listener, hcm, http_filters, backend, sink, hcm_extra=None, store=None):
     listener = copy.deepcopy(listener)
     listener["address"]["socket_address"]["port_value"] = 0
     chain = listener["filter_chains"][0]
@@ -482,10 +523,12 @@ def envoy_config(listener, hcm, http_filters, backend, sink, hcm_extra=None):
                                                  "max_requests": 1024, "max_retries": 3}]},
         }
 
+    clusters = [cluster("backend", backend), cluster("log_sink", sink)]
+    if store:
+        clusters.append(cluster("fleet_store", store))
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {"listeners": [listener],
-                             "clusters": [cluster("backend", backend), cluster("log_sink", sink)]},
+        "static_resources": {"listeners": [listener], "clusters": clusters},
     }
 
 
@@ -528,6 +571,11 @@ def scenarios(filters, configs):
     built, why = module_built()
     out.append(Scenario("module", "gateway module", "module", [module_entry(configs)], ["gateway.wasm"],
                         baseline="empty-1", status="ok" if built else "not built", note=why))
+    out.append(Scenario("module-fleet", "gateway module, fleet store", "module",
+                        [module_entry(fleet_configs(configs))], ["gateway.wasm"], baseline="module",
+                        status="ok" if built else "not built",
+                        note=why or "sign-auth's nonces and throttling's counters in Redis behind Webdis, "
+                                    "one call per request"))
     if "ip_acl" in configs:
         rbac, note = rbac_filters(configs["ip_acl"])
         out.append(Scenario("native-rbac", "native RBAC (vs ip-acl)", "native", rbac or [],
@@ -1353,6 +1401,7 @@ def main():
     runs, decisions = [], []
     upstream_desc = ""
     procs = []
+    store = None
     try:
         if not args.skip_load or args.instructions:
             # Signed requests: one burst takes at most 40k req/s (far above one Envoy worker
@@ -1369,8 +1418,13 @@ def main():
             subprocess.run(cmd, check=True)
 
             backend, sink, procs, upstream_desc = start_upstream(args.upstream, work, args.client_cpu)
-            UPSTREAM_PIDS[:] = [p.pid for p in procs]
             say(f"upstream: {upstream_desc} on 127.0.0.1:{backend} (log sink :{sink})")
+            if any(s.key == "module-fleet" and s.status == "ok" for s in all_scenarios):
+                store, store_procs, store_desc = start_fleet_store(work, args.client_cpu)
+                procs += store_procs
+                say(f"fleet store: {store_desc} on 127.0.0.1:{store}")
+                upstream_desc += f"; fleet store: {store_desc}"
+            UPSTREAM_PIDS[:] = [p.pid for p in procs]
         if not args.skip_load:
             for s in all_scenarios:
                 if s.status != "ok":
@@ -1382,7 +1436,7 @@ def main():
                 try:
                     t0 = time.time()
                     envoy = Envoy(args, work, s, envoy_config(listener, hcm, s.filters, backend, sink,
-                                                              s.hcm_extra))
+                                                              s.hcm_extra, store))
                     envoys[s.key] = envoy
                     envoy.ready()
                     s.startup_s = time.time() - t0
@@ -1435,7 +1489,8 @@ def main():
             say(f"Envoy under callgrind: instructions per request ({len(counted)} scenarios, "
                 f"{args.instr_parallel} at a time)")
             count_instructions(args, work, counted, {
-                s.key: envoy_config(listener, hcm, s.filters, backend, sink, s.hcm_extra) for s in counted})
+                s.key: envoy_config(listener, hcm, s.filters, backend, sink, s.hcm_extra, store)
+                for s in counted})
         for proc in procs:
             stop(proc)
         if not args.skip_micro:

@@ -153,6 +153,11 @@ pub trait Filter: 'static {
 
     fn define_metrics() -> Self::Metrics;
 
+    /// The policy sends checks to the fleet store.
+    fn uses_fleet(_policy: &Self::Policy) -> bool {
+        false
+    }
+
     fn http_context(
         policy: Rc<Self::Policy>,
         metrics: Self::Metrics,
@@ -165,6 +170,11 @@ pub trait Filter: 'static {
 /// gateway module's root holds one per enabled policy, in order.
 pub trait LoadedPolicy {
     fn http_context(&self) -> Box<dyn HttpContext>;
+
+    /// The policy sends checks to the fleet store.
+    fn uses_fleet(&self) -> bool {
+        false
+    }
 
     /// How often the policy wants [`LoadedPolicy::on_tick`].
     fn tick_period(&self) -> Option<Duration> {
@@ -216,6 +226,10 @@ impl<F: Filter> Loaded<F> {
 impl<F: Filter> LoadedPolicy for Loaded<F> {
     fn http_context(&self) -> Box<dyn HttpContext> {
         F::http_context(Rc::clone(&self.policy), self.metrics)
+    }
+
+    fn uses_fleet(&self) -> bool {
+        F::uses_fleet(&self.policy)
     }
 }
 

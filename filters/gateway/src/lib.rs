@@ -128,11 +128,17 @@ impl RootContext for GatewayRoot {
             .iter()
             .map(|policy| PolicyContext(policy.http_context()))
             .collect();
+        let mut pipeline = Pipeline::new(members);
+        // No policy after the last one with fleet checks sees the request
+        // before their answer (as in the chain, where those policies decide
+        // before the later ones run).
+        if let Some(last) = self.policies.iter().rposition(|p| p.uses_fleet()) {
+            pipeline = pipeline.with_barrier(last + 1, fleet_client::holds_replies);
+        }
         Some(Box::new(GatewayHttp {
             stream: Stream {
-                pipeline: Pipeline::new(members),
+                pipeline,
                 batch: Batch::default(),
-                held_for_fleet: false,
             },
             memory: StreamMemory::default(),
         }))
@@ -207,8 +213,6 @@ struct Stream {
     pipeline: Pipeline<PolicyContext>,
     /// The request's fleet checks.
     batch: Batch,
-    /// The policies let the request go, but the fleet's answer is not in.
-    held_for_fleet: bool,
 }
 
 impl Stream {
@@ -222,7 +226,7 @@ impl Stream {
         if self.batch.has_unsent() {
             if let Err(failure) = self.batch.send() {
                 // Every policy decides by its failure mode, now.
-                self.show_answer(fleet_client::UNSENT, Err(failure));
+                return action(self.conclude_fleet(fleet_client::UNSENT, Err(failure)));
             }
         }
         if self.pipeline.answered() {
@@ -231,15 +235,22 @@ impl Stream {
             }
             return Action::Pause;
         }
-        if flow == Flow::Continue && self.batch.in_flight() {
-            self.held_for_fleet = true;
-            return Action::Pause;
-        }
         action(flow)
     }
 
+    /// Shows the fleet's answer to the policies, then lets the request on
+    /// past the barrier; the flow after that (`Continue`: resume it).
+    fn conclude_fleet(&mut self, token: u32, answer: fleet_client::Answer) -> Flow {
+        self.show_answer(token, answer);
+        if self.pipeline.answered() {
+            return Flow::Pause;
+        }
+        self.pipeline.release()
+    }
+
     /// Shows the fleet's answer to the policies, in order, until one of
-    /// them answers the request.
+    /// them answers the request; a reply held meanwhile goes out unless an
+    /// earlier policy's verdict replaced it.
     fn show_answer(&mut self, token: u32, answer: fleet_client::Answer) {
         let answered = fleet_client::with_answer(token, answer, || {
             for member in self.pipeline.members_mut() {
@@ -287,9 +298,7 @@ impl Context for GatewayHttp {
     ) {
         if let Some(answer) = self.stream.batch.answer(token, body_size) {
             let _reads = stream_scope(&mut self.memory);
-            self.stream.show_answer(token, answer);
-            if self.stream.held_for_fleet && !self.stream.pipeline.answered() {
-                self.stream.held_for_fleet = false;
+            if self.stream.conclude_fleet(token, answer) == Flow::Continue {
                 fleet_client::resume_request();
             }
             return;

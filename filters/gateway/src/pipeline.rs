@@ -13,6 +13,12 @@
 //!   runs access loggers. A policy whose request phase never ran has nothing
 //!   to do there, except log-push, which records refused requests too.
 //!
+//! - A barrier may stand before a member (the gateway module puts one after
+//!   the last policy with fleet checks): while the barrier's condition holds
+//!   (those checks are unanswered), no member after it gets the request; the
+//!   body is held; [`Pipeline::release`] lets the request through once the
+//!   condition no longer holds.
+//!
 //! Nothing here calls the host: a [`Member`] is any policy context, a fake
 //! one in the tests.
 
@@ -76,6 +82,15 @@ pub struct Pipeline<M> {
     num_headers: usize,
     /// A member answered the request: the request phase is over.
     answered: bool,
+    /// No member from this index on starts while the condition holds.
+    barrier: Option<(usize, fn() -> bool)>,
+    /// The request waits at the barrier.
+    at_barrier: bool,
+    /// The request headers ended the stream.
+    headers_end_stream: bool,
+    /// The body received so far (size, end of stream), for the members
+    /// after the barrier.
+    body_seen: Option<(usize, bool)>,
 }
 
 impl<M: Member> Pipeline<M> {
@@ -86,6 +101,37 @@ impl<M: Member> Pipeline<M> {
             body_from: 0,
             num_headers: 0,
             answered: false,
+            barrier: None,
+            at_barrier: false,
+            headers_end_stream: false,
+            body_seen: None,
+        }
+    }
+
+    /// Holds the request before `members[index]` while `holds()` is true.
+    pub fn with_barrier(mut self, index: usize, holds: fn() -> bool) -> Self {
+        self.barrier = Some((index, holds));
+        self
+    }
+
+    /// The request waits at the barrier.
+    pub fn at_barrier(&self) -> bool {
+        self.at_barrier
+    }
+
+    /// Lets a request waiting at the barrier through (its condition no
+    /// longer holds): the members after it get the headers, then the body
+    /// seen so far. `Continue` when the request may go on to the upstream.
+    pub fn release(&mut self) -> Flow {
+        if !self.at_barrier || self.answered {
+            return Flow::Pause;
+        }
+        self.at_barrier = false;
+        // The members before the barrier have seen the body already.
+        self.body_from = self.started;
+        match self.body_seen {
+            Some((size, end_of_stream)) => self.on_request_body(size, end_of_stream),
+            None => self.start_members(self.headers_end_stream),
         }
     }
 
@@ -107,13 +153,23 @@ impl<M: Member> Pipeline<M> {
 
     pub fn on_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Flow {
         self.num_headers = num_headers;
+        self.headers_end_stream = end_of_stream;
         self.start_members(end_of_stream)
     }
 
     /// Gives the request headers to the members that have not seen them
     /// yet, until one holds the request or answers it.
     fn start_members(&mut self, end_of_stream: bool) -> Flow {
-        while let Some(member) = self.members.get_mut(self.started) {
+        loop {
+            if let Some((at, holds)) = self.barrier {
+                if self.started == at && holds() {
+                    self.at_barrier = true;
+                    return Flow::Pause;
+                }
+            }
+            let Some(member) = self.members.get_mut(self.started) else {
+                return Flow::Continue;
+            };
             let index = self.started;
             self.started += 1;
             match member.request_headers(self.num_headers, end_of_stream) {
@@ -128,13 +184,13 @@ impl<M: Member> Pipeline<M> {
                 }
             }
         }
-        Flow::Continue
     }
 
     pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
         if self.answered {
             return Flow::Pause;
         }
+        self.body_seen = Some((body_size, end_of_stream));
         let mut body_size = body_size;
         loop {
             while let Some(member) = self.members[..self.started].get_mut(self.body_from) {
@@ -160,6 +216,12 @@ impl<M: Member> Pipeline<M> {
             // it see the headers now, then the body held so far.
             let first_new = self.started;
             self.start_members(false);
+            if self.at_barrier {
+                // The next body callback brings new data for the members
+                // before the barrier.
+                self.body_from = 0;
+                return Flow::Pause;
+            }
             if self.answered {
                 return Flow::Pause;
             }
@@ -527,6 +589,84 @@ mod tests {
                 "auth trailers"
             ]
         );
+    }
+
+    thread_local! {
+        static STORE_PENDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    fn store_pending() -> bool {
+        STORE_PENDING.with(std::cell::Cell::get)
+    }
+
+    fn set_store_pending(pending: bool) {
+        STORE_PENDING.with(|p| p.set(pending));
+    }
+
+    #[test]
+    fn no_member_after_the_barrier_starts_until_it_is_released() {
+        let (pipeline, journal) = policies(&["auth", "quota", "breaker", "log"]).start();
+        let mut pipeline = pipeline.with_barrier(2, store_pending);
+        set_store_pending(true);
+        assert_eq!(pipeline.on_request_headers(5, true), Flow::Pause);
+        assert!(pipeline.at_barrier());
+        assert_eq!(
+            taken(&journal),
+            ["auth headers eos=true", "quota headers eos=true"]
+        );
+        set_store_pending(false);
+        assert_eq!(pipeline.release(), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            ["breaker headers eos=true", "log headers eos=true"]
+        );
+        assert_eq!(pipeline.release(), Flow::Pause, "released once");
+    }
+
+    #[test]
+    fn a_body_arriving_at_the_barrier_is_held_and_shown_to_the_later_members_on_release() {
+        let (pipeline, journal) = policies(&["auth", "quota", "validate"]).start();
+        let mut pipeline = pipeline.with_barrier(2, store_pending);
+        set_store_pending(true);
+        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(4, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(9, true), Flow::Pause);
+        assert_eq!(
+            taken(&journal)[2..],
+            [
+                "auth body 4 eos=false",
+                "quota body 4 eos=false",
+                "auth body 9 eos=true",
+                "quota body 9 eos=true"
+            ]
+        );
+        set_store_pending(false);
+        assert_eq!(pipeline.release(), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            ["validate headers eos=false", "validate body 9 eos=true"]
+        );
+    }
+
+    #[test]
+    fn a_barrier_whose_condition_does_not_hold_changes_nothing() {
+        let (pipeline, journal) = policies(&["auth", "quota", "breaker"]).start();
+        let mut pipeline = pipeline.with_barrier(2, store_pending);
+        set_store_pending(false);
+        assert_eq!(pipeline.on_request_headers(5, true), Flow::Continue);
+        assert!(!pipeline.at_barrier());
+        assert_eq!(taken(&journal).len(), 3);
+    }
+
+    #[test]
+    fn a_barrier_after_the_last_member_holds_the_request_itself() {
+        let (pipeline, journal) = policies(&["auth", "quota"]).start();
+        let mut pipeline = pipeline.with_barrier(2, store_pending);
+        set_store_pending(true);
+        assert_eq!(pipeline.on_request_headers(5, true), Flow::Pause);
+        set_store_pending(false);
+        assert_eq!(pipeline.release(), Flow::Continue);
+        assert_eq!(taken(&journal).len(), 2);
     }
 
     #[test]

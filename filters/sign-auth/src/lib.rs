@@ -88,6 +88,10 @@ impl Filter for SignAuthFilter {
         Metrics::define()
     }
 
+    fn uses_fleet(policy: &SignAuth) -> bool {
+        policy.fleet().is_some()
+    }
+
     fn http_context(policy: Rc<SignAuth>, metrics: Metrics) -> Box<dyn HttpContext> {
         Box::new(SignAuthHttp {
             policy,

@@ -457,7 +457,7 @@ impl SignAuth {
         ]);
         vec![Op::Nonce {
             key: fleet.store.key(&["n", &digest]),
-            ttl_ms: check.expires_ms.saturating_sub(check.now_ms),
+            ttl_ms: check.expires_ms.saturating_sub(check.now_ms) + fleet::CLOCK_GRACE_MS,
         }]
     }
 
@@ -475,7 +475,18 @@ impl SignAuth {
             .as_ref()
             .map_or_else(Default::default, |f| f.failure_mode);
         match nonce_state(answer) {
-            Ok(State::Done) => Ok(check.verified),
+            Ok(State::Done) => {
+                // Kept in this Envoy's table too, so that `local`, should
+                // the store fail later, still knows the nonces it accepted.
+                let _ = self.nonces.check_and_record(
+                    store,
+                    &check.verified.identity.app_key,
+                    &check.nonce,
+                    check.now_ms,
+                    check.expires_ms,
+                );
+                Ok(check.verified)
+            }
             Ok(_) => Err(codes::NONCE_USED),
             Err(_) => match mode {
                 FleetFailureMode::Local => self.record_locally(check, store),
@@ -1253,8 +1264,9 @@ mod tests {
         assert!(key.starts_with("t:n:"), "{key}");
         assert_eq!(key.len(), "t:n:".len() + 32);
         assert!(!key.contains("nonce"), "no client input in a key: {key}");
-        // Signed at NOW_MS: recorded for the whole window after it.
-        assert_eq!(*ttl_ms, 900_000);
+        // Signed at NOW_MS: recorded for the whole window after it, and
+        // the grace for clocks a little behind.
+        assert_eq!(*ttl_ms, 900_000 + fleet::CLOCK_GRACE_MS);
         // The same nonce of another app is another key.
         let other = FleetCheck {
             verified: Verified {
@@ -1277,7 +1289,17 @@ mod tests {
         assert_eq!(fresh.unwrap().identity.app_key, "203751");
         let replay = p.conclude(fleet_check(&p, "a"), &answer(State::Refused), &store);
         assert_eq!(replay.unwrap_err().code, "A400IN");
-        assert_eq!(store.key_count(), 0, "the local table is not used");
+    }
+
+    #[test]
+    fn a_nonce_the_store_accepted_is_refused_locally_should_the_store_fail_later() {
+        let p = fleet_policy("local");
+        let store = MemoryStore::new();
+        let fresh = p.conclude(fleet_check(&p, "a"), &answer(State::Done), &store);
+        assert!(fresh.is_ok());
+        let down = Err(Failure::NoAnswer);
+        let replay = p.conclude(fleet_check(&p, "a"), &down, &store);
+        assert_eq!(replay.unwrap_err().code, "A400IN");
     }
 
     #[test]

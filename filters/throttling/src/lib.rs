@@ -135,6 +135,10 @@ impl Filter for ThrottlingFilter {
         Metrics::define()
     }
 
+    fn uses_fleet(compiled: &Compiled) -> bool {
+        compiled.policy.fleet().is_some()
+    }
+
     fn http_context(compiled: Rc<Compiled>, metrics: Metrics) -> Box<dyn HttpContext> {
         Box::new(ThrottlingHttp {
             compiled,
@@ -229,7 +233,7 @@ impl ThrottlingHttp {
     fn conclude(&self, plan: &Plan, answer: Answer) -> Decision {
         let policy = &self.compiled.policy;
         let mode = policy.fleet().map(|f| f.failure_mode).unwrap_or_default();
-        match policy::fleet_failure(plan, &answer) {
+        match policy::fleet_failure(policy, plan, &answer) {
             None => self.metrics.fleet.answered(),
             Some(failure) => {
                 self.metrics.fleet.failed(&failure, mode);

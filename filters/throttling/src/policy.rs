@@ -110,10 +110,10 @@ pub struct Fleet {
 
 /// How long a fleet counter outlives its window, for Envoys whose clocks
 /// are a little behind.
-const FLEET_GRACE_MS: u64 = 1_000;
-/// The sliding estimate is compared in the script's doubles: `limit ×
-/// window` must stay exact.
-const FLEET_SLIDING_MAX_PRODUCT: u64 = 1 << 53;
+const FLEET_GRACE_MS: u64 = fleet::CLOCK_GRACE_MS;
+/// The sliding estimate is compared in the script's doubles: the sum of two
+/// products of at most `limit × window` each must stay exact (under 2^53).
+const FLEET_SLIDING_MAX_PRODUCT: u64 = 1 << 52;
 
 fn default_v6_prefix() -> u8 {
     DEFAULT_V6_PREFIX
@@ -669,7 +669,7 @@ impl Throttling {
         answer: &Result<Vec<OpResult>, Failure>,
         store: &dyn SharedStore,
     ) -> Decision {
-        let results = match fleet_results(plan, answer) {
+        let results = match fleet_results(plan, answer, self.dry_run) {
             Ok(results) => results,
             Err(_) => return self.decide_on_failure(plan, store),
         };
@@ -901,21 +901,37 @@ impl KeyValue {
     }
 }
 
-/// The results of a plan's counters in the store's answer.
+/// The results of a plan's counters in the store's answer, if they are
+/// ones the script can give for them: not run only when an earlier check
+/// of the call (a replayed nonce) stopped it, so all or none; not counted
+/// only beside a refusal; a dry-run refusal only in dry run.
 fn fleet_results<'a>(
     plan: &Plan,
     answer: &'a Result<Vec<OpResult>, Failure>,
+    dry_run: bool,
 ) -> Result<&'a [OpResult], Failure> {
     let results = answer.as_ref().map_err(Clone::clone)?;
     if results.len() != plan.counted().count() {
         return Err(Failure::BadReply("not one result per counter".into()));
     }
+    let has = |state: State| results.iter().any(|r| r.state == state);
+    let consistent = (!has(State::NotRun) || results.iter().all(|r| r.state == State::NotRun))
+        && (!has(State::NotCounted) || has(State::Refused))
+        && (dry_run || !has(State::DryRunRefused))
+        && !(dry_run && has(State::Refused));
+    if !consistent {
+        return Err(Failure::BadReply("results the script cannot give".into()));
+    }
     Ok(results)
 }
 
 /// Why the store's answer does not decide a plan, if it does not.
-pub fn fleet_failure(plan: &Plan, answer: &Result<Vec<OpResult>, Failure>) -> Option<Failure> {
-    fleet_results(plan, answer).err()
+pub fn fleet_failure(
+    policy: &Throttling,
+    plan: &Plan,
+    answer: &Result<Vec<OpResult>, Failure>,
+) -> Option<Failure> {
+    fleet_results(plan, answer, policy.dry_run).err()
 }
 
 fn compile_fleet(config: &FleetConfig, rules: &[RuleConfig]) -> Result<Fleet, ConfigError> {
@@ -925,6 +941,25 @@ fn compile_fleet(config: &FleetConfig, rules: &[RuleConfig]) -> Result<Fleet, Co
         return Err(ConfigError::new(
             "fleet.replicas",
             "must be between 1 and 10000",
+        ));
+    }
+    if config.replicas.is_some() && config.failure_mode != FleetFailureMode::Local {
+        return Err(ConfigError::new(
+            "fleet.replicas",
+            "divides the limits under `failure_mode: local` only",
+        ));
+    }
+    if let Some((i, rule)) = rules
+        .iter()
+        .enumerate()
+        .find(|(_, rule)| rule.limit < replicas)
+    {
+        return Err(ConfigError::new(
+            "fleet.replicas",
+            format!(
+                "{replicas} replicas would each still admit 1 request of rules[{i}] (`{}`, limit {}) when the store fails",
+                rule.name, rule.limit
+            ),
         ));
     }
     for (i, rule) in rules.iter().enumerate() {
@@ -941,7 +976,7 @@ fn compile_fleet(config: &FleetConfig, rules: &[RuleConfig]) -> Result<Fleet, Co
         {
             return Err(ConfigError::new(
                 format!("rules[{i}].limit"),
-                "too large for a sliding window in the fleet store (limit × window in ms must stay under 2^53)",
+                "too large for a sliding window in the fleet store (limit × window in ms must stay under 2^52)",
             ));
         }
     }

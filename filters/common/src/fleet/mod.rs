@@ -27,6 +27,9 @@ const DEFAULT_KEY_PREFIX: &str = "gw:";
 const DEFAULT_TIMEOUT_MS: u64 = 50;
 const MAX_TIMEOUT_MS: u64 = 10_000;
 const MAX_PREFIX: usize = 64;
+/// How long fleet keys outlive what they record, for Envoys whose clocks
+/// are a little behind the others'.
+pub const CLOCK_GRACE_MS: u64 = 1_000;
 
 /// Where the fleet store is: an Envoy cluster in front of Webdis.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -41,8 +44,7 @@ pub struct StoreConfig {
     #[serde(default)]
     pub path: Option<String>,
     /// Put before every key (default `gw:`), so several gateways can share
-    /// one Redis; a Redis Cluster hash tag such as `{gw}:` keeps every key
-    /// of a call in one slot.
+    /// one Redis.
     #[serde(default)]
     pub key_prefix: Option<String>,
     /// How long a request waits for the store before its policies apply
@@ -92,14 +94,14 @@ impl Store {
             .key_prefix
             .clone()
             .unwrap_or_else(|| DEFAULT_KEY_PREFIX.into());
-        let prefix_ok = key_prefix.len() <= MAX_PREFIX
+        let prefix_ok = (1..=MAX_PREFIX).contains(&key_prefix.len())
             && key_prefix
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b":_-.{}".contains(&b));
+                .all(|b| b.is_ascii_alphanumeric() || b":_-.".contains(&b));
         if !prefix_ok {
             return Err(ConfigError::new(
                 "key_prefix",
-                format!("up to {MAX_PREFIX} letters, digits and `:_-.{{}}`"),
+                format!("1 to {MAX_PREFIX} letters, digits and `:_-.`"),
             ));
         }
         let timeout_ms = config.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
@@ -110,10 +112,10 @@ impl Store {
             ));
         }
         if let Some(value) = &config.authorization {
-            if value.is_empty() || value.bytes().any(|b| b.is_ascii_control()) {
+            if value.is_empty() || !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
                 return Err(ConfigError::new(
                     "authorization",
-                    "must be a header value without control characters",
+                    "must be a header value of visible ASCII characters",
                 ));
             }
         }
@@ -245,6 +247,12 @@ mod tests {
             (r#"{"cluster": "c", "path": "x"}"#, "path"),
             (r#"{"cluster": "c", "key_prefix": "a/b"}"#, "key_prefix"),
             (r#"{"cluster": "c", "key_prefix": "a b"}"#, "key_prefix"),
+            (r#"{"cluster": "c", "key_prefix": ""}"#, "key_prefix"),
+            (r#"{"cluster": "c", "key_prefix": "{gw}:"}"#, "key_prefix"),
+            (
+                r#"{"cluster": "c", "authorization": "Basic é"}"#,
+                "authorization",
+            ),
             (r#"{"cluster": "c", "timeout_ms": 0}"#, "timeout_ms"),
             (r#"{"cluster": "c", "timeout_ms": 10001}"#, "timeout_ms"),
             (

@@ -929,7 +929,11 @@ mod fleet {
     }
 
     fn with_fleet(mut config: serde_json::Value, mode: &str) -> serde_json::Value {
-        config["fleet"] = json!({"store": {"cluster": "redis", "key_prefix": "t:"}, "failure_mode": mode, "replicas": 2});
+        config["fleet"] =
+            json!({"store": {"cluster": "redis", "key_prefix": "t:"}, "failure_mode": mode});
+        if mode == "local" {
+            config["fleet"]["replicas"] = json!(2);
+        }
         config
     }
 
@@ -1114,7 +1118,10 @@ mod fleet {
             Err(Failure::Status(503));
         let deny = throttling(with_fleet(config.clone(), "deny"));
         let plan = deny.plan(&host);
-        assert_eq!(fleet_failure(&plan, &failed), Some(Failure::Status(503)));
+        assert_eq!(
+            fleet_failure(&deny, &plan, &failed),
+            Some(Failure::Status(503))
+        );
         let denied = deny.conclude(&plan, &failed, &MemoryStore::new());
         assert_eq!(error_code(&denied), Some("A503TU"));
         assert_eq!(denied.events, [(0, RuleEvent::StoreFailure)]);
@@ -1135,7 +1142,47 @@ mod fleet {
         assert_eq!(admitted, 2);
         // An answer with the wrong number of results is a failure too.
         let short = Ok(Vec::new());
-        assert!(fleet_failure(&plan, &short).is_some());
+        assert!(fleet_failure(&deny, &plan, &short).is_some());
+    }
+
+    #[test]
+    fn answers_the_script_cannot_give_are_failures() {
+        use gateway_common::fleet::wire::{OpResult, State};
+        let policy = throttling(with_fleet(
+            json!({"rules": [rule("a", 5, "1m"), rule("b", 5, "1m")]}),
+            "deny",
+        ));
+        let plan = policy.plan(&request("/", t0()));
+        let result = |state| OpResult {
+            state,
+            previous: 0,
+            current: 1,
+        };
+        let bad = [
+            [State::NotRun, State::Done],
+            [State::NotCounted, State::Done],
+            [State::DryRunRefused, State::Done],
+        ];
+        for states in bad {
+            let answer = Ok(states.map(result).to_vec());
+            assert!(
+                fleet_failure(&policy, &plan, &answer).is_some(),
+                "{states:?}"
+            );
+            assert_eq!(
+                error_code(&policy.conclude(&plan, &answer, &MemoryStore::new())),
+                Some("A503TU")
+            );
+        }
+        let good = [
+            [State::NotRun, State::NotRun],
+            [State::NotCounted, State::Refused],
+            [State::Done, State::Done],
+        ];
+        for states in good {
+            let answer = Ok(states.map(result).to_vec());
+            assert_eq!(fleet_failure(&policy, &plan, &answer), None, "{states:?}");
+        }
     }
 
     #[test]
@@ -1148,6 +1195,14 @@ mod fleet {
             (
                 json!({"rules": [rule("a", 1, "1m")], "fleet": {"store": {"cluster": "r"}, "replicas": 0}}),
                 "fleet.replicas: must be between 1 and 10000",
+            ),
+            (
+                json!({"rules": [rule("a", 5, "1m")], "fleet": {"store": {"cluster": "r"}, "failure_mode": "deny", "replicas": 2}}),
+                "fleet.replicas: divides the limits under `failure_mode: local` only",
+            ),
+            (
+                json!({"rules": [rule("a", 5, "1m"), rule("b", 2, "1m")], "fleet": {"store": {"cluster": "r"}, "replicas": 3}}),
+                "fleet.replicas: 3 replicas would each still admit 1 request of rules[1] (`b`, limit 2)",
             ),
             (
                 json!({"rules": [{"name": "s", "limit": 4_000_000_000u32, "window": "1h", "algorithm": "sliding"}],
