@@ -641,3 +641,24 @@ fn a_request_the_fleet_refuses_never_reaches_the_policies_after_it() {
     assert_eq!(breaker_calls, 2);
     assert_eq!(upstream.request_count(), 2);
 }
+
+#[test]
+fn a_store_cluster_envoy_does_not_know_is_a_counted_failure() {
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let mut settings = json!({"failure_mode": "deny"});
+    settings["store"] = json!({"cluster": "no_such_cluster"});
+    let filter = WasmFilter::json(
+        "throttling",
+        &json!({"rules": [{"name": "all", "limit": 5, "window": "1h"}], "fleet": settings}),
+    );
+    let envoy = Envoy::start_with(&gateway_config(&[filter], &[upstream.port()]), WORKERS)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let response = get(&envoy, "/", &[]);
+    assert_eq!(response.status, 503);
+    assert_eq!(response.header("x-ca-error-code"), Some("A503TU"));
+    assert_eq!(stat(&envoy, "throttling", "fleet.failure.dispatch"), 1);
+    assert!(envoy
+        .log()
+        .contains("fleet store failing (the call to the store could not be made)"));
+    assert_eq!(upstream.request_count(), 0);
+}

@@ -13,7 +13,7 @@ use backend::{KEY_ID_HEADER, SIGNATURE_HEADER, SIGNED_HEADERS_HEADER, TIMESTAMP_
 use gateway_common::adapter::{self, BufferedBody, Filter};
 use gateway_common::config::{parse_json, ConfigError};
 use gateway_common::error::GatewayError;
-use gateway_common::fleet::client::{self as fleet_client, Answer, Ticket};
+use gateway_common::fleet::client::{self as fleet_client, Answer, Waiting};
 use gateway_common::fleet::FleetMetrics;
 use gateway_common::host::ProxyWasmHost;
 use gateway_common::identity::{self, Identity};
@@ -97,7 +97,7 @@ impl Filter for SignAuthFilter {
             policy,
             metrics,
             pending: None,
-            fleet: None,
+            fleet: Waiting::default(),
         })
     }
 }
@@ -107,7 +107,7 @@ pub struct SignAuthHttp {
     metrics: Metrics,
     pending: Option<Box<Pending>>,
     /// A nonce on its way to the fleet store.
-    fleet: Option<(Box<FleetCheck>, Ticket)>,
+    fleet: Waiting<Box<FleetCheck>>,
 }
 
 impl SignAuthHttp {
@@ -179,7 +179,7 @@ impl SignAuthHttp {
                 if !holds {
                     self.forward(Some(&check.verified));
                 }
-                self.fleet = Some((check, ticket));
+                self.fleet.start(check, ticket);
                 if holds {
                     Action::Pause
                 } else {
@@ -202,13 +202,11 @@ impl SignAuthHttp {
             .fleet()
             .map(|f| f.failure_mode)
             .unwrap_or_default();
-        match policy::fleet_failure(&answer) {
-            None => self.metrics.fleet.answered(),
-            Some(failure) => {
-                self.metrics.fleet.failed(&failure, mode);
-                fleet_client::log_failure(FILTER_NAME, &failure, mode, now_ms(&ProxyWasmHost));
-            }
-        }
+        let failure = policy::fleet_failure(&answer);
+        let now = now_ms(&ProxyWasmHost);
+        self.metrics
+            .fleet
+            .note(FILTER_NAME, failure.as_ref(), mode, now);
         self.policy.conclude(check, &answer, &ProxyWasmStore)
     }
 
@@ -267,19 +265,13 @@ impl SignAuthHttp {
 impl SignAuthHttp {
     /// The request is held for the fleet store's answer.
     fn waits_for_fleet(&self) -> bool {
-        self.fleet.as_ref().is_some_and(|(_, t)| t.holds_request())
+        self.fleet.holds_request()
     }
 }
 
 impl Context for SignAuthHttp {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
-        let Some((_, ticket)) = self.fleet.as_mut() else {
-            return;
-        };
-        let Some(answer) = ticket.answer(token, body_size) else {
-            return;
-        };
-        let Some((check, ticket)) = self.fleet.take() else {
+        let Some((check, ticket, answer)) = self.fleet.answered(token, body_size) else {
             return;
         };
         let _reads = gateway_common::host::callback_scope();

@@ -11,7 +11,7 @@ pub mod window;
 
 use gateway_common::adapter::{self, Filter};
 use gateway_common::config::{parse_json, ConfigError};
-use gateway_common::fleet::client::{self as fleet_client, Answer, Ticket};
+use gateway_common::fleet::client::{self as fleet_client, Answer, Waiting};
 use gateway_common::fleet::FleetMetrics;
 use gateway_common::host::ProxyWasmHost;
 use gateway_common::metrics::{Counter, DenialCounters, Gauge};
@@ -144,7 +144,7 @@ impl Filter for ThrottlingFilter {
             compiled,
             metrics,
             quota: None,
-            fleet: None,
+            fleet: Waiting::default(),
         })
     }
 }
@@ -156,7 +156,7 @@ pub struct ThrottlingHttp {
     /// The quota to report on the response, when `rate_limit_headers` is on.
     quota: Option<Quota>,
     /// The request's counters on their way to the fleet store.
-    fleet: Option<(Plan, Ticket)>,
+    fleet: Waiting<Plan>,
 }
 
 /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (seconds until the window ends).
@@ -202,7 +202,7 @@ impl ThrottlingHttp {
 impl ThrottlingHttp {
     /// The request is held for the fleet store's answer.
     fn waits_for_fleet(&self) -> bool {
-        self.fleet.as_ref().is_some_and(|(_, t)| t.holds_request())
+        self.fleet.holds_request()
     }
 
     /// Counts a request in the fleet store: the single filter holds it for
@@ -216,7 +216,7 @@ impl ThrottlingHttp {
         match fleet_client::submit(&fleet.store, policy.fleet_ops(&plan)) {
             Ok(ticket) => {
                 let holds = ticket.holds_request();
-                self.fleet = Some((plan, ticket));
+                self.fleet.start(plan, ticket);
                 if holds {
                     Action::Pause
                 } else {
@@ -233,14 +233,11 @@ impl ThrottlingHttp {
     fn conclude(&self, plan: &Plan, answer: Answer) -> Decision {
         let policy = &self.compiled.policy;
         let mode = policy.fleet().map(|f| f.failure_mode).unwrap_or_default();
-        match policy::fleet_failure(policy, plan, &answer) {
-            None => self.metrics.fleet.answered(),
-            Some(failure) => {
-                self.metrics.fleet.failed(&failure, mode);
-                let now = gateway_common::host::now_ms(&ProxyWasmHost);
-                fleet_client::log_failure(FILTER_NAME, &failure, mode, now);
-            }
-        }
+        let failure = policy::fleet_failure(policy, plan, &answer);
+        let now = gateway_common::host::now_ms(&ProxyWasmHost);
+        self.metrics
+            .fleet
+            .note(FILTER_NAME, failure.as_ref(), mode, now);
         policy.conclude(plan, &answer, &ProxyWasmStore)
     }
 
@@ -272,13 +269,7 @@ impl ThrottlingHttp {
 
 impl Context for ThrottlingHttp {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
-        let Some((_, ticket)) = self.fleet.as_mut() else {
-            return;
-        };
-        let Some(answer) = ticket.answer(token, body_size) else {
-            return;
-        };
-        let Some((plan, ticket)) = self.fleet.take() else {
+        let Some((plan, ticket, answer)) = self.fleet.answered(token, body_size) else {
             return;
         };
         let _reads = gateway_common::host::callback_scope();

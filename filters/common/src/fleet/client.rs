@@ -165,6 +165,35 @@ impl Ticket {
     }
 }
 
+/// A policy's checks waiting for the store: what the policy needs to decide
+/// once the answer is in, and the ticket.
+#[derive(Debug)]
+pub struct Waiting<T>(Option<(T, Ticket)>);
+
+impl<T> Default for Waiting<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<T> Waiting<T> {
+    pub fn start(&mut self, pending: T, ticket: Ticket) {
+        self.0 = Some((pending, ticket));
+    }
+
+    /// The request is held for the policy's own call.
+    pub fn holds_request(&self) -> bool {
+        self.0.as_ref().is_some_and(|(_, t)| t.holds_request())
+    }
+
+    /// What waited, its ticket and the answer, when `token` brings it.
+    pub fn answered(&mut self, token: u32, body_size: usize) -> Option<(T, Ticket, Answer)> {
+        let answer = self.0.as_mut()?.1.answer(token, body_size)?;
+        let (pending, ticket) = self.0.take()?;
+        Some((pending, ticket, answer))
+    }
+}
+
 /// Lets a request go on after its own call was answered.
 pub fn resume_request() {
     let _ = hostcalls::resume_http_request();

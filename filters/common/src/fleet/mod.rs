@@ -188,11 +188,25 @@ impl FleetMetrics {
         }
     }
 
-    pub fn answered(&self) {
-        self.answered.inc();
+    /// Counts how the store answered a request's checks (`failure`: why it
+    /// did not decide them) and logs a failure, at most once per interval.
+    pub fn note(
+        &self,
+        filter: &'static str,
+        failure: Option<&wire::Failure>,
+        mode: FailureMode,
+        now_ms: u64,
+    ) {
+        match failure {
+            None => self.answered.inc(),
+            Some(failure) => {
+                self.failed(failure, mode);
+                client::log_failure(filter, failure, mode, now_ms);
+            }
+        }
     }
 
-    pub fn failed(&self, failure: &wire::Failure, mode: FailureMode) {
+    fn failed(&self, failure: &wire::Failure, mode: FailureMode) {
         if let Some(i) = wire::Failure::REASONS
             .iter()
             .position(|r| *r == failure.reason())
