@@ -662,3 +662,34 @@ fn a_store_cluster_envoy_does_not_know_is_a_counted_failure() {
         .contains("fleet store failing (the call to the store could not be made)"));
     assert_eq!(upstream.request_count(), 0);
 }
+
+#[test]
+fn a_signed_form_body_waits_for_the_store_with_sign_auth_alone() {
+    let store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let envoys = fleet(2, &[sign_auth("deny")], &upstream, &store);
+    let form = "qty=1";
+    let headers = vec![
+        ("accept".to_string(), "application/json".to_string()),
+        (
+            "content-type".to_string(),
+            "application/x-www-form-urlencoded".to_string(),
+        ),
+    ];
+    let signed = signed_headers(APP.0, APP.1, "POST", "/pay", &headers, Some(form));
+    let send = |envoy: &Envoy| {
+        http::post(&envoy.url("/pay"), &pairs(&signed), form.as_bytes()).expect("response")
+    };
+    let first = send(&envoys[0]);
+    assert_eq!(first.status, 200, "{}", first.text());
+    let replay = send(&envoys[1]);
+    assert_eq!(
+        (replay.status, replay.header("x-ca-error-code")),
+        (400, Some("A400IN"))
+    );
+    assert_eq!(
+        upstream.request_count(),
+        1,
+        "the replay never reached the upstream"
+    );
+}

@@ -88,9 +88,11 @@ pub struct Pipeline<M> {
     at_barrier: bool,
     /// The request headers ended the stream.
     headers_end_stream: bool,
-    /// The body received so far (size, end of stream), for the members
-    /// after the barrier.
+    /// The body held at the barrier (size, end of stream), for the members
+    /// after it.
     body_seen: Option<(usize, bool)>,
+    /// Trailers that came while the request waited at the barrier.
+    trailers_seen: Option<usize>,
 }
 
 impl<M: Member> Pipeline<M> {
@@ -105,6 +107,7 @@ impl<M: Member> Pipeline<M> {
             at_barrier: false,
             headers_end_stream: false,
             body_seen: None,
+            trailers_seen: None,
         }
     }
 
@@ -127,12 +130,46 @@ impl<M: Member> Pipeline<M> {
             return Flow::Pause;
         }
         self.at_barrier = false;
-        // The members before the barrier have seen the body already.
-        self.body_from = self.started;
-        match self.body_seen {
-            Some((size, end_of_stream)) => self.on_request_body(size, end_of_stream),
+        let barrier = self.started;
+        let mut flow = match self.body_seen.take() {
+            Some((size, end_of_stream)) => {
+                // The members before the barrier let the body pass.
+                self.body_from = barrier;
+                self.on_request_body(size, end_of_stream)
+            }
             None => self.start_members(self.headers_end_stream),
+        };
+        if let Some(num_trailers) = self.trailers_seen.take() {
+            if self.answered {
+                return Flow::Pause;
+            }
+            for member in &mut self.members[barrier..self.started] {
+                match member.request_trailers(num_trailers) {
+                    Verdict::Continue => {}
+                    Verdict::Pause => return Flow::Pause,
+                    Verdict::Answered => {
+                        self.answered = true;
+                        return Flow::Pause;
+                    }
+                }
+            }
+            flow = if self.started < self.members.len() {
+                Flow::Pause
+            } else {
+                Flow::Continue
+            };
         }
+        flow
+    }
+
+    /// Whether the request must wait at the barrier now (and notes it).
+    fn stops_at_barrier(&mut self) -> bool {
+        if let Some((at, holds)) = self.barrier {
+            if self.started == at && holds() {
+                self.at_barrier = true;
+            }
+        }
+        self.at_barrier
     }
 
     /// Every member, in order, for the callbacks each one gets regardless
@@ -161,11 +198,8 @@ impl<M: Member> Pipeline<M> {
     /// yet, until one holds the request or answers it.
     fn start_members(&mut self, end_of_stream: bool) -> Flow {
         loop {
-            if let Some((at, holds)) = self.barrier {
-                if self.started == at && holds() {
-                    self.at_barrier = true;
-                    return Flow::Pause;
-                }
+            if self.stops_at_barrier() {
+                return Flow::Pause;
             }
             let Some(member) = self.members.get_mut(self.started) else {
                 return Flow::Continue;
@@ -190,7 +224,6 @@ impl<M: Member> Pipeline<M> {
         if self.answered {
             return Flow::Pause;
         }
-        self.body_seen = Some((body_size, end_of_stream));
         let mut body_size = body_size;
         loop {
             while let Some(member) = self.members[..self.started].get_mut(self.body_from) {
@@ -207,21 +240,24 @@ impl<M: Member> Pipeline<M> {
                     }
                 }
             }
+            if self.at_barrier || (self.started == self.members.len() && self.stops_at_barrier()) {
+                // Every member before the barrier let the body pass (the
+                // next callback, the buffer grown, is for those after it);
+                // the members after it are shown it when it is released.
+                self.body_seen = Some((body_size, end_of_stream));
+                self.body_from = self.started;
+                return Flow::Pause;
+            }
             if self.started == self.members.len() {
                 // The next body callback brings new data, for everyone.
                 self.body_from = 0;
                 return Flow::Continue;
             }
             // The member holding the request let it go: the members after
-            // it see the headers now, then the body held so far.
+            // it see the headers now, then the body held so far (those
+            // started up to a barrier too).
             let first_new = self.started;
             self.start_members(false);
-            if self.at_barrier {
-                // The next body callback brings new data for the members
-                // before the barrier.
-                self.body_from = 0;
-                return Flow::Pause;
-            }
             if self.answered {
                 return Flow::Pause;
             }
@@ -242,6 +278,10 @@ impl<M: Member> Pipeline<M> {
                     return Flow::Pause;
                 }
             }
+        }
+        if self.at_barrier || self.stops_at_barrier() {
+            self.trailers_seen = Some(num_trailers);
+            return Flow::Pause;
         }
         if self.started < self.members.len() {
             Flow::Pause
@@ -631,20 +671,130 @@ mod tests {
         assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
         assert_eq!(pipeline.on_request_body(4, false), Flow::Pause);
         assert_eq!(pipeline.on_request_body(9, true), Flow::Pause);
+        // The members before the barrier let the first chunk pass; the
+        // grown buffer is for the member after it.
         assert_eq!(
             taken(&journal)[2..],
-            [
-                "auth body 4 eos=false",
-                "quota body 4 eos=false",
-                "auth body 9 eos=true",
-                "quota body 9 eos=true"
-            ]
+            ["auth body 4 eos=false", "quota body 4 eos=false"]
         );
         set_store_pending(false);
         assert_eq!(pipeline.release(), Flow::Continue);
         assert_eq!(
             taken(&journal),
             ["validate headers eos=false", "validate body 9 eos=true"]
+        );
+    }
+
+    #[test]
+    fn a_barrier_after_the_last_member_holds_a_body_and_trailers_too() {
+        let (pipeline, journal) = policies(&["auth", "quota"]).start();
+        let mut pipeline = pipeline.with_barrier(2, store_pending);
+        set_store_pending(true);
+        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(4, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_trailers(1), Flow::Pause);
+        taken(&journal);
+        set_store_pending(false);
+        assert_eq!(pipeline.release(), Flow::Continue);
+        assert!(taken(&journal).is_empty(), "nobody after the barrier");
+        // After the release, new data is for everyone.
+        assert_eq!(pipeline.on_request_body(6, true), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            ["auth body 6 eos=true", "quota body 6 eos=true"]
+        );
+    }
+
+    #[test]
+    fn the_barrier_reached_from_a_body_callback_shows_that_body_to_the_members_before_it() {
+        let (pipeline, journal) = policies(&["auth", "acl", "quota", "validate"])
+            .headers(0, &[HOLD])
+            .start();
+        let mut pipeline = pipeline.with_barrier(3, store_pending);
+        set_store_pending(true);
+        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(7, true), Flow::Pause);
+        assert_eq!(
+            taken(&journal),
+            [
+                "auth headers eos=false",
+                "auth body 7 eos=true",
+                "acl headers eos=false",
+                "quota headers eos=false",
+                "acl body 7 eos=true",
+                "quota body 7 eos=true"
+            ]
+        );
+        set_store_pending(false);
+        assert_eq!(pipeline.release(), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            ["validate headers eos=false", "validate body 7 eos=true"]
+        );
+    }
+
+    #[test]
+    fn trailers_at_the_barrier_reach_the_members_after_it_on_release() {
+        let (pipeline, journal) = policies(&["auth", "validate"]).start();
+        let mut pipeline = pipeline.with_barrier(1, store_pending);
+        set_store_pending(true);
+        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(3, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_trailers(2), Flow::Pause);
+        assert_eq!(
+            taken(&journal),
+            [
+                "auth headers eos=false",
+                "auth body 3 eos=false",
+                "auth trailers"
+            ]
+        );
+        set_store_pending(false);
+        assert_eq!(pipeline.release(), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            [
+                "validate headers eos=false",
+                "validate body 3 eos=false",
+                "validate trailers"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_release_before_the_body_leaves_every_chunk_for_everyone() {
+        let (pipeline, journal) = policies(&["auth", "validate"]).start();
+        let mut pipeline = pipeline.with_barrier(1, store_pending);
+        set_store_pending(true);
+        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
+        set_store_pending(false);
+        assert_eq!(pipeline.release(), Flow::Continue);
+        assert_eq!(pipeline.on_request_body(4, true), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            [
+                "auth headers eos=false",
+                "validate headers eos=false",
+                "auth body 4 eos=true",
+                "validate body 4 eos=true"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_member_answering_on_release_ends_the_request_phase() {
+        let (pipeline, journal) = policies(&["auth", "breaker", "log"])
+            .headers(1, &[ANSWER])
+            .start();
+        let mut pipeline = pipeline.with_barrier(1, store_pending);
+        set_store_pending(true);
+        assert_eq!(pipeline.on_request_headers(5, true), Flow::Pause);
+        set_store_pending(false);
+        assert_eq!(pipeline.release(), Flow::Pause);
+        assert!(pipeline.answered());
+        assert_eq!(
+            taken(&journal),
+            ["auth headers eos=true", "breaker headers eos=true"]
         );
     }
 
