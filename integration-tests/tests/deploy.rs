@@ -278,13 +278,17 @@ fn every_istio_manifest_parses_with_a_known_kind_and_known_fields() {
             "{file}: {name}: unknown fields {unknown:?}"
         );
     }
-    // One of each per filter, and nothing else.
+    // One of each per filter, and the fleet store's cluster.
     for kind in ["WasmPlugin", "EnvoyFilter"] {
         let found: BTreeSet<String> = of_kind(kind)
             .iter()
             .map(|doc| str_at(doc, "/metadata/name").to_string())
             .collect();
-        let expected: BTreeSet<String> = FILTERS.iter().map(|f| format!("gateway-{f}")).collect();
+        let mut expected: BTreeSet<String> =
+            FILTERS.iter().map(|f| format!("gateway-{f}")).collect();
+        if kind == "EnvoyFilter" {
+            expected.insert(FLEET_STORE_FILTER.to_string());
+        }
         assert_eq!(found, expected, "the {kind}s");
     }
 }
@@ -384,6 +388,13 @@ fn every_plugin_config_is_the_example_and_the_filter_accepts_it() {
         }
 
         let mut expected = example_config(filter);
+        if FLEET_FILTERS.contains(&filter) {
+            // The example with the fleet store: Istio's cluster for Webdis.
+            expected["fleet"] = json!({"store": {
+                "cluster": "outbound|7379||webdis.gateway.svc.cluster.local",
+                "authority": "webdis.gateway.svc.cluster.local:7379"
+            }});
+        }
         if filter == "log-push" {
             // The only difference: the sink is Istio's own cluster for the
             // ClickHouse Service, with the Host to send.
@@ -457,10 +468,54 @@ fn every_envoy_filter_config_is_the_example_and_the_filter_accepts_it() {
             panic!("{filter}: the EnvoyFilter's configuration is refused: {reason}\n{text}");
         }
         let parsed: Value = serde_json::from_str(text).expect("the StringValue is JSON");
+        let mut expected = example_config(filter);
+        if FLEET_FILTERS.contains(&filter) {
+            // The example with the fleet store, whose cluster
+            // gateway-fleet-store adds.
+            expected["fleet"] = json!({"store": {"cluster": "fleet_store"}});
+        }
         assert_eq!(
-            parsed,
-            example_config(filter),
+            parsed, expected,
             "{filter}: configuration differs from envoy/{filter}.yaml"
+        );
+    }
+}
+
+/// sign-auth and throttling keep their state in the fleet store.
+const FLEET_FILTERS: [&str; 2] = ["sign-auth", "throttling"];
+const FLEET_STORE_FILTER: &str = "gateway-fleet-store";
+
+fn fleet_store_filter() -> Value {
+    let mut found: Vec<Value> = of_kind("EnvoyFilter")
+        .into_iter()
+        .filter(|doc| doc["metadata"]["name"] == FLEET_STORE_FILTER)
+        .collect();
+    assert_eq!(found.len(), 1, "one {FLEET_STORE_FILTER}");
+    found.remove(0)
+}
+
+#[test]
+fn the_fleet_store_cluster_is_added_once_for_the_filters_that_name_it() {
+    let store = fleet_store_filter();
+    let patches = store["spec"]["configPatches"].as_array().expect("patches");
+    assert_eq!(patches.len(), 1);
+    assert_eq!(patches[0]["applyTo"], "CLUSTER");
+    assert_eq!(patches[0]["patch"]["operation"], "ADD");
+    assert_eq!(patches[0]["match"]["context"], "GATEWAY");
+    let cluster = str_at(&patches[0], "/patch/value/name");
+    for filter in FLEET_FILTERS {
+        let manifest = envoy_filter(filter);
+        let text = str_at(
+            http_filter_patch(&manifest),
+            "/patch/value/typed_config/config/configuration/value",
+        );
+        let config: Value = serde_json::from_str(text).expect("JSON");
+        assert_eq!(str_at(&config, "/fleet/store/cluster"), cluster, "{filter}");
+        let plugin = wasm_plugin(filter);
+        let istio_cluster = str_at(&plugin, "/spec/pluginConfig/fleet/store/cluster");
+        assert!(
+            istio_cluster.starts_with("outbound|7379||webdis."),
+            "{filter}: {istio_cluster}"
         );
     }
 }
@@ -659,6 +714,7 @@ fn every_envoy_filter_patch_passes_envoy_validate_alone_and_all_together() {
 
     // All of them, applied as Istio does: by ascending priority.
     let mut envoy_filters: Vec<Value> = FILTERS.iter().map(|f| envoy_filter(f)).collect();
+    envoy_filters.push(fleet_store_filter());
     let priorities: BTreeSet<i64> = envoy_filters
         .iter()
         .map(|f| {
@@ -667,7 +723,7 @@ fn every_envoy_filter_patch_passes_envoy_validate_alone_and_all_together() {
                 .expect("an explicit priority")
         })
         .collect();
-    assert_eq!(priorities.len(), FILTERS.len(), "distinct priorities");
+    assert_eq!(priorities.len(), FILTERS.len() + 1, "distinct priorities");
     envoy_filters.sort_by_key(|f| f["spec"]["priority"].as_i64());
     let mut config = minimal_gateway();
     for envoy_filter in &envoy_filters {
@@ -685,7 +741,7 @@ fn every_envoy_filter_patch_passes_envoy_validate_alone_and_all_together() {
         .flatten()
         .map(|c| c["name"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(clusters, ["backend", "clickhouse"]);
+    assert_eq!(clusters, ["backend", "fleet_store", "clickhouse"]);
     assert_validates(&config, "the whole chain");
 }
 
