@@ -498,7 +498,16 @@ def start_fleet_store(work, cpu):
     version = subprocess.run([os.environ.get("REDIS_SERVER_BIN", "/usr/bin/redis-server"), "--version"],
                              capture_output=True, text=True).stdout.split()
     redis_version = next((w.split("=")[1] for w in version if w.startswith("v=")), "?")
-    return webdis_port, [redis, webdis], f"Redis {redis_version} behind Webdis, on the client's CPUs"
+    return webdis_port, redis_port, [redis, webdis], f"Redis {redis_version} behind Webdis, on the client's CPUs"
+
+
+def flush_fleet_store(redis_port):
+    """Empties Redis: the instruction count sends the signed requests again
+    (from the first nonce), which the load phase recorded."""
+    with socket.create_connection(("127.0.0.1", redis_port), timeout=10) as conn:
+        conn.sendall(b"*1\r\n$8\r\nFLUSHALL\r\n")
+        if not conn.recv(64).startswith(b"+OK"):
+            raise RuntimeError("FLUSHALL failed")
 
 
 def envoy_config(listener, hcm, http_filters, backend, sink, hcm_extra=None, store=None):
@@ -1115,7 +1124,8 @@ def write_results(args, work, rows, decisions, meta, runs, changes):
         if not r.get("rounds") and not r.get("instructions"):
             md.append(f"| {r['label']} | {r['status']} | | | | | | | | | | | {fmt_size(r.get('wasm_bytes'))} |")
             continue
-        which = f" ({'7 empty' if r['baseline'] == 'empty-7' else '1 empty'})" if r.get("baseline") else ""
+        baseline_names = {"empty-7": "7 empty", "empty-1": "1 empty", "module": "module, local"}
+        which = f" ({baseline_names.get(r['baseline'], r['baseline'])})" if r.get("baseline") else ""
         md.append("| " + " | ".join([
             r["label"], fmt(r.get("instructions"), ",.0f"), fmt(r.get("instr_ratio_bare"), ".3f"),
             fmt(r.get("instr_ratio_empty"), ".3f") + (which if r.get("instructions") else ""),
@@ -1401,7 +1411,7 @@ def main():
     runs, decisions = [], []
     upstream_desc = ""
     procs = []
-    store = None
+    store = store_redis = None
     try:
         if not args.skip_load or args.instructions:
             # Signed requests: one burst takes at most 40k req/s (far above one Envoy worker
@@ -1420,7 +1430,7 @@ def main():
             backend, sink, procs, upstream_desc = start_upstream(args.upstream, work, args.client_cpu)
             say(f"upstream: {upstream_desc} on 127.0.0.1:{backend} (log sink :{sink})")
             if any(s.key == "module-fleet" and s.status == "ok" for s in all_scenarios):
-                store, store_procs, store_desc = start_fleet_store(work, args.client_cpu)
+                store, store_redis, store_procs, store_desc = start_fleet_store(work, args.client_cpu)
                 procs += store_procs
                 say(f"fleet store: {store_desc} on 127.0.0.1:{store}")
                 upstream_desc += f"; fleet store: {store_desc}"
@@ -1485,6 +1495,8 @@ def main():
                     s.note = (s.note + "; " if s.note else "") + "ran out of signed requests (nonces replayed)"
                 envoy.stop()
         if args.instructions:
+            if store_redis:
+                flush_fleet_store(store_redis)
             counted = [s for s in all_scenarios if s.status == "ok"]
             say(f"Envoy under callgrind: instructions per request ({len(counted)} scenarios, "
                 f"{args.instr_parallel} at a time)")
