@@ -408,6 +408,14 @@ mod tests {
         fn start(self) -> (Pipeline<Fake>, Journal) {
             (Pipeline::new(self.fakes), self.journal)
         }
+
+        /// Started with a barrier before `fakes[index]`, whose condition
+        /// holds until `set_store_pending(false)`.
+        fn start_with_barrier(self, index: usize) -> (Pipeline<Fake>, Journal) {
+            set_store_pending(true);
+            let (pipeline, journal) = self.start();
+            (pipeline.with_barrier(index, store_pending), journal)
+        }
     }
 
     fn taken(journal: &Journal) -> Vec<String> {
@@ -645,9 +653,8 @@ mod tests {
 
     #[test]
     fn no_member_after_the_barrier_starts_until_it_is_released() {
-        let (pipeline, journal) = policies(&["auth", "quota", "breaker", "log"]).start();
-        let mut pipeline = pipeline.with_barrier(2, store_pending);
-        set_store_pending(true);
+        let (mut pipeline, journal) =
+            policies(&["auth", "quota", "breaker", "log"]).start_with_barrier(2);
         assert_eq!(pipeline.on_request_headers(5, true), Flow::Pause);
         assert!(pipeline.at_barrier());
         assert_eq!(
@@ -665,9 +672,8 @@ mod tests {
 
     #[test]
     fn a_body_arriving_at_the_barrier_is_held_and_shown_to_the_later_members_on_release() {
-        let (pipeline, journal) = policies(&["auth", "quota", "validate"]).start();
-        let mut pipeline = pipeline.with_barrier(2, store_pending);
-        set_store_pending(true);
+        let (mut pipeline, journal) =
+            policies(&["auth", "quota", "validate"]).start_with_barrier(2);
         assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
         assert_eq!(pipeline.on_request_body(4, false), Flow::Pause);
         assert_eq!(pipeline.on_request_body(9, true), Flow::Pause);
@@ -687,9 +693,7 @@ mod tests {
 
     #[test]
     fn a_barrier_after_the_last_member_holds_a_body_and_trailers_too() {
-        let (pipeline, journal) = policies(&["auth", "quota"]).start();
-        let mut pipeline = pipeline.with_barrier(2, store_pending);
-        set_store_pending(true);
+        let (mut pipeline, journal) = policies(&["auth", "quota"]).start_with_barrier(2);
         assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
         assert_eq!(pipeline.on_request_body(4, false), Flow::Pause);
         assert_eq!(pipeline.on_request_trailers(1), Flow::Pause);
@@ -707,11 +711,9 @@ mod tests {
 
     #[test]
     fn the_barrier_reached_from_a_body_callback_shows_that_body_to_the_members_before_it() {
-        let (pipeline, journal) = policies(&["auth", "acl", "quota", "validate"])
+        let (mut pipeline, journal) = policies(&["auth", "acl", "quota", "validate"])
             .headers(0, &[HOLD])
-            .start();
-        let mut pipeline = pipeline.with_barrier(3, store_pending);
-        set_store_pending(true);
+            .start_with_barrier(3);
         assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
         assert_eq!(pipeline.on_request_body(7, true), Flow::Pause);
         assert_eq!(
@@ -735,9 +737,7 @@ mod tests {
 
     #[test]
     fn trailers_at_the_barrier_reach_the_members_after_it_on_release() {
-        let (pipeline, journal) = policies(&["auth", "validate"]).start();
-        let mut pipeline = pipeline.with_barrier(1, store_pending);
-        set_store_pending(true);
+        let (mut pipeline, journal) = policies(&["auth", "validate"]).start_with_barrier(1);
         assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
         assert_eq!(pipeline.on_request_body(3, false), Flow::Pause);
         assert_eq!(pipeline.on_request_trailers(2), Flow::Pause);
@@ -763,9 +763,7 @@ mod tests {
 
     #[test]
     fn a_release_before_the_body_leaves_every_chunk_for_everyone() {
-        let (pipeline, journal) = policies(&["auth", "validate"]).start();
-        let mut pipeline = pipeline.with_barrier(1, store_pending);
-        set_store_pending(true);
+        let (mut pipeline, journal) = policies(&["auth", "validate"]).start_with_barrier(1);
         assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
         set_store_pending(false);
         assert_eq!(pipeline.release(), Flow::Continue);
@@ -783,11 +781,9 @@ mod tests {
 
     #[test]
     fn a_member_answering_on_release_ends_the_request_phase() {
-        let (pipeline, journal) = policies(&["auth", "breaker", "log"])
+        let (mut pipeline, journal) = policies(&["auth", "breaker", "log"])
             .headers(1, &[ANSWER])
-            .start();
-        let mut pipeline = pipeline.with_barrier(1, store_pending);
-        set_store_pending(true);
+            .start_with_barrier(1);
         assert_eq!(pipeline.on_request_headers(5, true), Flow::Pause);
         set_store_pending(false);
         assert_eq!(pipeline.release(), Flow::Pause);
@@ -800,8 +796,7 @@ mod tests {
 
     #[test]
     fn a_barrier_whose_condition_does_not_hold_changes_nothing() {
-        let (pipeline, journal) = policies(&["auth", "quota", "breaker"]).start();
-        let mut pipeline = pipeline.with_barrier(2, store_pending);
+        let (mut pipeline, journal) = policies(&["auth", "quota", "breaker"]).start_with_barrier(2);
         set_store_pending(false);
         assert_eq!(pipeline.on_request_headers(5, true), Flow::Continue);
         assert!(!pipeline.at_barrier());
@@ -810,9 +805,7 @@ mod tests {
 
     #[test]
     fn a_barrier_after_the_last_member_holds_the_request_itself() {
-        let (pipeline, journal) = policies(&["auth", "quota"]).start();
-        let mut pipeline = pipeline.with_barrier(2, store_pending);
-        set_store_pending(true);
+        let (mut pipeline, journal) = policies(&["auth", "quota"]).start_with_barrier(2);
         assert_eq!(pipeline.on_request_headers(5, true), Flow::Pause);
         set_store_pending(false);
         assert_eq!(pipeline.release(), Flow::Continue);
