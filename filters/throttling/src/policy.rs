@@ -108,9 +108,6 @@ pub struct Fleet {
     pub replicas: u32,
 }
 
-/// How long a fleet counter outlives its window, for Envoys whose clocks
-/// are a little behind.
-const FLEET_GRACE_MS: u64 = fleet::CLOCK_GRACE_MS;
 /// The sliding estimate is compared in the script's doubles: the sum of two
 /// products of at most `limit × window` each must stay exact (under 2^53).
 const FLEET_SLIDING_MAX_PRODUCT: u64 = 1 << 52;
@@ -387,8 +384,8 @@ struct Planned {
     slot: u32,
     fingerprint: u64,
     counting: Counting,
-    /// The key's digest for the fleet store.
-    digest: String,
+    /// The counter's key, for the fleet store's digest of it.
+    key: KeyValue,
 }
 
 impl Plan {
@@ -542,7 +539,7 @@ impl Throttling {
                             limit: value.limit,
                             ..rule.counting
                         },
-                        digest: value.fleet_digest(rule),
+                        key: value,
                     }));
                 }
                 Ok(Counter::None(event)) => plan.steps.push(PlanStep::Event(index, event)),
@@ -640,10 +637,11 @@ impl Throttling {
                 let rule = &self.rules[planned.rule];
                 let window = planned.counting.window;
                 let index = window.index(now_ms);
+                let digest = planned.key.fleet_digest(rule);
                 let key = |window_index: u64| {
                     fleet
                         .store
-                        .key(&["q", &rule.name, &planned.digest, &window_index.to_string()])
+                        .key(&["q", &rule.name, &digest, &window_index.to_string()])
                 };
                 let until_end = window.until_end(now_ms);
                 let sliding = planned.counting.algorithm == Algorithm::Sliding;
@@ -653,7 +651,9 @@ impl Throttling {
                     limit: planned.counting.limit,
                     window_weight: if sliding { window.ms() } else { 1 },
                     previous_weight: if sliding { until_end } else { 0 },
-                    ttl_ms: until_end + if sliding { window.ms() } else { 0 } + FLEET_GRACE_MS,
+                    ttl_ms: until_end
+                        + if sliding { window.ms() } else { 0 }
+                        + fleet::CLOCK_GRACE_MS,
                     dry_run: self.dry_run,
                 }
             })
@@ -862,6 +862,7 @@ enum Counter {
 }
 
 /// The counter a request is counted in, and its limit.
+#[derive(Debug, Clone)]
 struct KeyValue {
     /// 0: the rule's own limit; n: its exception n − 1.
     exception_index: u64,

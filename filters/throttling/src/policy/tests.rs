@@ -1057,7 +1057,10 @@ mod fleet {
         assert!(!per_app.key.contains("colon"), "no client input in keys");
         assert_eq!(per_app.previous_key, None);
         assert_eq!((per_app.window_weight, per_app.previous_weight), (1, 0));
-        assert_eq!(per_app.ttl_ms, 45_000 + FLEET_GRACE_MS);
+        assert_eq!(
+            per_app.ttl_ms,
+            45_000 + gateway_common::fleet::CLOCK_GRACE_MS
+        );
         let smooth = &checks[1];
         let index = at / 10_000;
         assert!(smooth.key.ends_with(&format!(":{index}")));
@@ -1070,13 +1073,16 @@ mod fleet {
             (smooth.window_weight, smooth.previous_weight),
             (10_000, 5_000)
         );
-        assert_eq!(smooth.ttl_ms, 5_000 + 10_000 + FLEET_GRACE_MS);
+        assert_eq!(
+            smooth.ttl_ms,
+            5_000 + 10_000 + gateway_common::fleet::CLOCK_GRACE_MS
+        );
         // Every counter is gone once its window (and grace) has passed.
         let mut model = ScriptModel::new();
         model.now_ms = at;
         model.run(&ops);
         assert_eq!(model.live_keys(), 2);
-        model.now_ms = at + 45_000 + FLEET_GRACE_MS;
+        model.now_ms = at + 45_000 + gateway_common::fleet::CLOCK_GRACE_MS;
         assert_eq!(model.live_keys(), 0);
     }
 
