@@ -7,12 +7,13 @@
 //!
 //! The fleet checks of a request (sign-auth's nonce, throttling's
 //! counters) travel in one call: while the policies run, their checks
-//! gather in the request's [`Batch`]; once the request phase has gone as
-//! far as it can, the batch is sent, and the request is held until the
-//! answer is in, which each policy then reads for its own verdict. A
-//! request answered meanwhile (ip-acl refused it, say) still sends what
-//! was gathered, as the chain of single filters would have: its nonce is
-//! used up, its counters counted.
+//! gather in the request's [`Batch`]; the request stops at a barrier after
+//! the last policy with fleet checks, the batch is sent, and each policy
+//! reads its verdict from the answer before the request goes on. A policy
+//! in between that answers the request (ip-acl refusing it, say) still has
+//! the gathered checks sent, as the chain of single filters would (the
+//! nonce is used up), and its reply waits for the answer, so that an
+//! earlier policy's verdict (a replay) comes first.
 
 pub mod config;
 pub mod pipeline;
@@ -239,12 +240,10 @@ impl Stream {
     }
 
     /// Shows the fleet's answer to the policies, then lets the request on
-    /// past the barrier; the flow after that (`Continue`: resume it).
+    /// past the barrier (unless one of them answered it); the flow after
+    /// that (`Continue`: resume it).
     fn conclude_fleet(&mut self, token: u32, answer: fleet_client::Answer) -> Flow {
         self.show_answer(token, answer);
-        if self.pipeline.answered() {
-            return Flow::Pause;
-        }
         self.pipeline.release()
     }
 
@@ -288,7 +287,7 @@ fn action(flow: Flow) -> Action {
 
 impl Context for GatewayHttp {
     /// Told to every policy: each knows the tokens of the calls it made;
-    /// the fleet call's answer is shown to them by [`GatewayHttp::show_answer`].
+    /// the fleet call's answer is shown to them by [`Stream::show_answer`].
     fn on_http_call_response(
         &mut self,
         token: u32,

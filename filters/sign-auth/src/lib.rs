@@ -14,6 +14,7 @@ use gateway_common::adapter::{self, BufferedBody, Filter};
 use gateway_common::config::{parse_json, ConfigError};
 use gateway_common::error::GatewayError;
 use gateway_common::fleet::client::{self as fleet_client, Answer, Waiting};
+use gateway_common::fleet::wire::Failure;
 use gateway_common::fleet::FleetMetrics;
 use gateway_common::host::ProxyWasmHost;
 use gateway_common::identity::{self, Identity};
@@ -171,7 +172,12 @@ impl SignAuthHttp {
     /// meanwhile, refused when the answer says it is a replay.
     fn check_fleet(&mut self, check: Box<FleetCheck>) -> Action {
         let Some(fleet) = self.policy.fleet() else {
-            return Action::Continue;
+            // Only a policy with a fleet store asks for a fleet check; were
+            // it otherwise, this Envoy's table decides, as without a store.
+            let verdict = self
+                .policy
+                .conclude(*check, &Err(Failure::Dispatch), &ProxyWasmStore);
+            return self.take(Step::from(verdict));
         };
         match fleet_client::submit(&fleet.store, self.policy.fleet_ops(&check)) {
             Ok(ticket) => {
@@ -262,13 +268,6 @@ impl SignAuthHttp {
     }
 }
 
-impl SignAuthHttp {
-    /// The request is held for the fleet store's answer.
-    fn waits_for_fleet(&self) -> bool {
-        self.fleet.holds_request()
-    }
-}
-
 impl Context for SignAuthHttp {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
         let Some((check, ticket, answer)) = self.fleet.answered(token, body_size) else {
@@ -308,7 +307,7 @@ impl HttpContext for SignAuthHttp {
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        if self.waits_for_fleet() {
+        if self.fleet.holds_request() {
             return Action::Pause;
         }
         Action::Continue
@@ -316,7 +315,7 @@ impl HttpContext for SignAuthHttp {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let _reads = gateway_common::host::callback_scope();
-        if self.waits_for_fleet() {
+        if self.fleet.holds_request() {
             // Holding the headers alone would not hold the body back.
             return Action::Pause;
         }

@@ -17,7 +17,7 @@ use gateway_common::host::{Host, RequestFacts, RequestLine};
 use gateway_common::identity::Identity;
 use gateway_common::matching::{first_match_index, MatchConfig, Matcher};
 use gateway_common::params::{body_kind, BodyKind};
-use gateway_common::store::SharedStore;
+use gateway_common::store::{SharedStore, StoreError};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -478,13 +478,7 @@ impl SignAuth {
             Ok(State::Done) => {
                 // Kept in this Envoy's table too, so that `local`, should
                 // the store fail later, still knows the nonces it accepted.
-                let _ = self.nonces.check_and_record(
-                    store,
-                    &check.verified.identity.app_key,
-                    &check.nonce,
-                    check.now_ms,
-                    check.expires_ms,
-                );
+                let _ = self.record_in_table(&check, store);
                 Ok(check.verified)
             }
             Ok(_) => Err(codes::NONCE_USED),
@@ -499,19 +493,27 @@ impl SignAuth {
         }
     }
 
-    /// Records the nonce in this Envoy's table.
-    fn record_locally(
+    fn record_in_table(
         &self,
-        check: FleetCheck,
+        check: &FleetCheck,
         store: &dyn SharedStore,
-    ) -> Result<Verified, GatewayError> {
-        let failure = match self.nonces.check_and_record(
+    ) -> Result<NonceOutcome, StoreError> {
+        self.nonces.check_and_record(
             store,
             &check.verified.identity.app_key,
             &check.nonce,
             check.now_ms,
             check.expires_ms,
-        ) {
+        )
+    }
+
+    /// Records the nonce in this Envoy's table, deciding by what it says.
+    fn record_locally(
+        &self,
+        check: FleetCheck,
+        store: &dyn SharedStore,
+    ) -> Result<Verified, GatewayError> {
+        let failure = match self.record_in_table(&check, store) {
             Ok(NonceOutcome::Fresh) => None,
             Ok(NonceOutcome::Replayed) => return Err(codes::NONCE_USED),
             Ok(NonceOutcome::SlotFull) => Some(codes::NONCE_STORE_FULL),

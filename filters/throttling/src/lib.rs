@@ -12,7 +12,7 @@ pub mod window;
 use gateway_common::adapter::{self, Filter};
 use gateway_common::config::{parse_json, ConfigError};
 use gateway_common::fleet::client::{self as fleet_client, Answer, Waiting};
-use gateway_common::fleet::FleetMetrics;
+use gateway_common::fleet::{FleetMetrics, Store};
 use gateway_common::host::ProxyWasmHost;
 use gateway_common::metrics::{Counter, DenialCounters, Gauge};
 use gateway_common::store::ProxyWasmStore;
@@ -21,6 +21,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 use std::cell::OnceCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use table::Quota;
 use window::whole_seconds;
 
@@ -200,20 +201,11 @@ impl ThrottlingHttp {
 }
 
 impl ThrottlingHttp {
-    /// The request is held for the fleet store's answer.
-    fn waits_for_fleet(&self) -> bool {
-        self.fleet.holds_request()
-    }
-
     /// Counts a request in the fleet store: the single filter holds it for
     /// the answer; in the gateway module its counters join the request's
     /// one call and the answer may refuse it later.
-    fn count_in_fleet(&mut self, plan: Plan) -> Action {
-        let policy = &self.compiled.policy;
-        let Some(fleet) = policy.fleet() else {
-            return Action::Continue;
-        };
-        match fleet_client::submit(&fleet.store, policy.fleet_ops(&plan)) {
+    fn count_in_fleet(&mut self, store: &Arc<Store>, plan: Plan) -> Action {
+        match fleet_client::submit(store, self.compiled.policy.fleet_ops(&plan)) {
             Ok(ticket) => {
                 let holds = ticket.holds_request();
                 self.fleet.start(plan, ticket);
@@ -283,13 +275,14 @@ impl Context for ThrottlingHttp {
 impl HttpContext for ThrottlingHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let _reads = gateway_common::host::callback_scope();
-        let policy = &self.compiled.policy;
+        let compiled = Rc::clone(&self.compiled);
+        let policy = &compiled.policy;
         let decision = match policy.fleet() {
             None => policy.decide(&ProxyWasmHost, &ProxyWasmStore),
-            Some(_) => {
+            Some(fleet) => {
                 let plan = policy.plan(&ProxyWasmHost);
                 if plan.counts() {
-                    return self.count_in_fleet(plan);
+                    return self.count_in_fleet(&fleet.store, plan);
                 }
                 policy.decide_locally(&plan, &ProxyWasmStore, 1)
             }
@@ -299,14 +292,14 @@ impl HttpContext for ThrottlingHttp {
 
     fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
         // Holding the headers alone would not hold the body back.
-        if self.waits_for_fleet() {
+        if self.fleet.holds_request() {
             return Action::Pause;
         }
         Action::Continue
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        if self.waits_for_fleet() {
+        if self.fleet.holds_request() {
             return Action::Pause;
         }
         Action::Continue

@@ -20,7 +20,6 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::Arc;
 
 /// An answer larger than this is refused unread (a script answer is a few
@@ -165,7 +164,7 @@ impl Ticket {
                 if *shown != token {
                     return None;
                 }
-                Some(match answer.as_ref() {
+                Some(match answer {
                     Ok(results) => results
                         .get(*first..*first + *count)
                         .map(<[OpResult]>::to_vec)
@@ -318,7 +317,7 @@ impl Batch {
 
 thread_local! {
     static OPEN_BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
-    static CURRENT_ANSWER: RefCell<Option<(u32, Rc<Answer>)>> = const { RefCell::new(None) };
+    static CURRENT_ANSWER: RefCell<Option<(u32, Answer)>> = const { RefCell::new(None) };
 }
 
 /// Keeps `batch` open for [`submit`] until dropped.
@@ -344,7 +343,7 @@ impl Drop for BatchScope<'_> {
 /// Runs `show` (which tells the policies about `token`) with the batch's
 /// `answer` readable by their [`Ticket::Batched`].
 pub fn with_answer<T>(token: u32, answer: Answer, show: impl FnOnce() -> T) -> T {
-    CURRENT_ANSWER.with(|current| *current.borrow_mut() = Some((token, Rc::new(answer))));
+    CURRENT_ANSWER.with(|current| *current.borrow_mut() = Some((token, answer)));
     let result = show();
     CURRENT_ANSWER.with(|current| *current.borrow_mut() = None);
     result
