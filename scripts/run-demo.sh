@@ -127,9 +127,10 @@ Demo gateway is up: two instances, :8080 and :8081, sharing one Redis (logs in .
   curl -si 'http://127.0.0.1:8080/v1/users/42?lang=zh'
 
   # /flaky has a circuit breaker: five failing calls (the echo upstream answers the
-  # status asked for) open it, and the next call is answered at once with 503 A503CB
+  # status asked for) open it, and the next call is answered at once with 503 A503CB;
+  # the breaker is the fleet's, so :8081, which saw no failure, answers the same
   for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{http_code} ' -H 'x-echo-status: 503' http://127.0.0.1:8080/flaky; done; echo
-  curl -si http://127.0.0.1:8080/flaky
+  sleep 0.3; curl -si http://127.0.0.1:8080/flaky; curl -si http://127.0.0.1:8081/flaky
 
   # every call above is a row in ClickHouse (log-push, flushed every second)
   curl -s 'http://127.0.0.1:18123/' --data-binary 'SELECT time, api, method, path, status, error_code, client_ip, latency_ms FROM gateway_calls ORDER BY timestamp_ms DESC LIMIT 10 FORMAT PrettyCompact'

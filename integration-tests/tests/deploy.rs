@@ -481,8 +481,8 @@ fn every_envoy_filter_config_is_the_example_and_the_filter_accepts_it() {
     }
 }
 
-/// sign-auth and throttling keep their state in the fleet store.
-const FLEET_FILTERS: [&str; 2] = ["sign-auth", "throttling"];
+/// sign-auth, throttling and circuit-breaker keep their state in the fleet store.
+const FLEET_FILTERS: [&str; 3] = ["sign-auth", "throttling", "circuit-breaker"];
 const FLEET_STORE_FILTER: &str = "gateway-fleet-store";
 
 fn fleet_store_filter() -> Value {

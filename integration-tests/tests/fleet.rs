@@ -4,7 +4,7 @@
 //! module (`GATEWAY_MODULE=1`), like every integration test.
 
 use gateway_common::fleet::model::ScriptModel;
-use gateway_common::fleet::wire::{parse_reply, Arguments, Op, QuotaCheck};
+use gateway_common::fleet::wire::{parse_reply, Arguments, Op, QuotaCheck, RecordSwap};
 use integration_tests::echo::EchoServer;
 use integration_tests::envoy::{add_cluster, gateway_config, module_mode, Envoy, WasmFilter};
 use integration_tests::http::{self, Response};
@@ -520,6 +520,14 @@ fn the_script_in_redis_answers_as_its_model() {
         ttl_ms: 60_000,
         dry_run,
     };
+    let record = |key: &str, version: u64, write: bool| {
+        Op::Record(RecordSwap {
+            key: key.into(),
+            version,
+            value: write.then(|| format!("{key}@{version}")),
+            ttl_ms: 60_000,
+        })
+    };
     // Seed a previous sliding window in both.
     let seed = [Op::Quotas(vec![QuotaCheck {
         key: "m:s:1".into(),
@@ -539,6 +547,15 @@ fn the_script_in_redis_answers_as_its_model() {
                     quota("d", 2, false, true),
                 ]),
                 Op::Quotas(vec![quota("b", 7, false, false)]),
+                record("m:r:late", i / 2, i % 3 != 0),
+            ]
+        }))
+        // Records alone: written while the version sent is the stored one,
+        // read (with the stored value when it moved on) otherwise.
+        .chain((0..8).map(|i| {
+            vec![
+                record("m:r:a", i / 2, i % 4 != 1),
+                record("m:r:b", [0, 1, 1, 5, 2, 2, 3, 0][i as usize], true),
             ]
         }))
         .collect();
@@ -703,4 +720,205 @@ fn a_signed_form_body_waits_for_the_store_with_sign_auth_alone() {
         1,
         "the replay never reached the upstream"
     );
+}
+
+fn breaker(rule: Value, fleet: Value) -> WasmFilter {
+    let mut fleet = fleet;
+    if fleet.get("store").is_none() {
+        fleet["store"] = store();
+    }
+    WasmFilter::json("circuit_breaker", &json!({"rules": [rule], "fleet": fleet}))
+}
+
+/// Whether `check` holds within `within`, polled every 20 ms.
+fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `state` gauge of the breaker `api` (0 closed, 1 open, 2 half-open).
+fn breaker_state(envoy: &Envoy) -> u64 {
+    stat(envoy, "circuit_breaker", "api.state")
+}
+
+#[test]
+fn fleet_breakers_open_together_and_half_open_admits_exactly_the_probes_fleet_wide() {
+    let store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let rule = json!({
+        "name": "api",
+        "trip": {"consecutive_failures": 4},
+        "open": {"duration_ms": 1500},
+        "half_open": {"probes": 3, "timeout_ms": 20000}
+    });
+    let envoys = fleet(
+        3,
+        &[breaker(rule, json!({"sync_ms": 50}))],
+        &upstream,
+        &store,
+    );
+    // Four failures in a row for the fleet, no more than two on any Envoy:
+    // a breaker per Envoy would never trip.
+    upstream.set_forced_status(Some(500));
+    for envoy in [&envoys[0], &envoys[1], &envoys[2], &envoys[0]] {
+        assert_eq!(get(envoy, "/", &[]).status, 500);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || envoys
+            .iter()
+            .all(|e| breaker_state(e) == 1)),
+        "every Envoy sees the breaker open: {:?}",
+        envoys.iter().map(breaker_state).collect::<Vec<_>>()
+    );
+    for envoy in &envoys {
+        let refused = get(envoy, "/", &[]);
+        assert_eq!(refused.status, 503);
+        assert_eq!(refused.header("x-ca-error-code"), Some("A503CB"));
+    }
+    assert_eq!(upstream.request_count(), 4);
+    assert_eq!(store.keys("gw:b:api:*").len(), 1);
+    let opened: u64 = envoys
+        .iter()
+        .map(|e| stat(e, "circuit_breaker", "api.transitions.open"))
+        .sum();
+    assert_eq!(opened, 3, "each Envoy counts the opening once");
+
+    // Half-open: a storm of slow calls over the fleet; the probes keep
+    // their slots meanwhile, so exactly three reach the upstream.
+    upstream.set_forced_status(None);
+    thread::sleep(Duration::from_millis(1700));
+    let slow = [("x-echo-delay-ms".to_string(), "1500".to_string())];
+    let responses = storm(&envoys, 8, &slow, "/");
+    assert_eq!(count(&responses, 200), 3, "{:?}", statuses(&responses));
+    assert_eq!(count(&responses, 503), 21, "{:?}", statuses(&responses));
+    assert_eq!(upstream.request_count(), 4 + 3);
+    let probes: u64 = envoys
+        .iter()
+        .map(|e| stat(e, "circuit_breaker", "api.probes"))
+        .sum();
+    assert_eq!(probes, 3);
+    // Their success closes the breaker for the whole fleet.
+    assert!(
+        eventually(Duration::from_secs(5), || envoys
+            .iter()
+            .all(|e| breaker_state(e) == 0)),
+        "every Envoy sees the breaker closed: {:?}",
+        envoys.iter().map(breaker_state).collect::<Vec<_>>()
+    );
+    for envoy in &envoys {
+        assert_eq!(get(envoy, "/", &[]).status, 200);
+    }
+    assert!(envoys.iter().any(|e| e
+        .log()
+        .contains("circuit_breaker: api (fleet): half-open -> closed: 3 probe calls succeeded")));
+}
+
+#[test]
+fn a_fleet_breaker_applies_its_failure_mode_while_redis_is_down_and_shares_again_after() {
+    let mut store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let rule =
+        json!({"name": "api", "trip": {"consecutive_failures": 2}, "open": {"duration_ms": 60000}});
+    // A short timeout: the views are stale 2 × 50 + 200 ms after the last answer.
+    let fleet_with = |mode: &str| {
+        json!({"sync_ms": 50, "failure_mode": mode,
+               "store": {"cluster": STORE_CLUSTER, "timeout_ms": 200}})
+    };
+    let deny = envoy(
+        &[breaker(rule.clone(), fleet_with("deny"))],
+        &upstream,
+        store.webdis_port(),
+    );
+    let local = envoy(
+        &[breaker(rule.clone(), fleet_with("local"))],
+        &upstream,
+        store.webdis_port(),
+    );
+    let allow = envoy(
+        &[breaker(rule, fleet_with("allow"))],
+        &upstream,
+        store.webdis_port(),
+    );
+    assert_eq!(get(&deny, "/", &[]).status, 200);
+    store.stop_redis();
+    assert!(
+        eventually(Duration::from_secs(5), || get(&deny, "/", &[]).status
+            == 503),
+        "deny: the degraded answer once the view is stale"
+    );
+    assert!(stat(&deny, "circuit_breaker", "fleet.failure_mode.deny") > 0);
+    assert!(stat(&deny, "circuit_breaker", "fleet.failure.status") > 0);
+    assert!(deny
+        .log()
+        .contains("circuit_breaker: fleet store failing (HTTP status 503)"));
+    // local: this Envoy's own breaker trips on its own two failures.
+    thread::sleep(Duration::from_millis(400));
+    upstream.set_forced_status(Some(500));
+    let local_statuses: Vec<u16> = (0..3).map(|_| get(&local, "/", &[]).status).collect();
+    assert_eq!(local_statuses, [500, 500, 503]);
+    assert!(stat(&local, "circuit_breaker", "fleet.failure_mode.local") >= 3);
+    // allow: every call goes through, unprotected.
+    let allowed: Vec<u16> = (0..3).map(|_| get(&allow, "/", &[]).status).collect();
+    assert_eq!(allowed, [500, 500, 500]);
+    assert_eq!(
+        stat(&allow, "circuit_breaker", "fleet.failure_mode.allow"),
+        3
+    );
+    // Back: the outcomes the Envoys kept meanwhile reach the fleet's
+    // record, whose opening the deny Envoy, which saw no failure, follows.
+    upstream.set_forced_status(None);
+    store.start_redis();
+    assert!(
+        eventually(Duration::from_secs(5), || breaker_state(&deny) == 1),
+        "the failures seen during the outage open the fleet breaker"
+    );
+    assert!(stat(&deny, "circuit_breaker", "fleet.answered") > 0);
+    let before = upstream.request_count();
+    assert_eq!(get(&deny, "/", &[]).status, 503);
+    assert_eq!(upstream.request_count(), before);
+}
+
+#[test]
+fn a_replayed_request_never_takes_a_probe_of_the_fleet_breaker() {
+    let store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let rule = json!({
+        "name": "api",
+        "trip": {"consecutive_failures": 1},
+        "open": {"duration_ms": 1000},
+        "half_open": {"probes": 1, "timeout_ms": 20000}
+    });
+    let filters = [sign_auth("deny"), breaker(rule, json!({"sync_ms": 50}))];
+    let envoys = fleet(2, &filters, &upstream, &store);
+    upstream.set_forced_status(Some(500));
+    let used = signed("/");
+    assert_eq!(get(&envoys[0], "/", &pairs(&used)).status, 500);
+    assert!(eventually(Duration::from_secs(5), || envoys
+        .iter()
+        .all(|e| breaker_state(e) == 1)));
+    upstream.set_forced_status(None);
+    thread::sleep(Duration::from_millis(1200));
+    // In the module the replay's nonce and the breaker's claim travel in
+    // one call: the script stops at the replayed nonce, as the chain does.
+    let replay = get(&envoys[1], "/", &pairs(&used));
+    assert_eq!(
+        (replay.status, replay.header("x-ca-error-code")),
+        (400, Some("A400IN"))
+    );
+    let probe = get(&envoys[1], "/", &pairs(&signed("/")));
+    assert_eq!(probe.status, 200);
+    let probes: u64 = envoys
+        .iter()
+        .map(|e| stat(e, "circuit_breaker", "api.probes"))
+        .sum();
+    assert_eq!(probes, 1);
+    assert_eq!(upstream.request_count(), 2);
 }

@@ -415,9 +415,16 @@ fn the_demo_records_every_call_in_clickhouse() {
 }
 
 #[test]
-fn the_demo_flaky_api_trips_its_circuit_breaker() {
+fn the_demo_flaky_api_trips_its_circuit_breaker_on_both_instances() {
     let demo = demo_gateway();
-    let received = || -> usize { demo.upstreams.iter().map(EchoServer::request_count).sum() };
+    let second = demo_with_store(demo_file(), free_port(), demo.store.clone());
+    let received = || -> usize {
+        [&demo, &second]
+            .iter()
+            .flat_map(|d| d.upstreams.iter())
+            .map(EchoServer::request_count)
+            .sum()
+    };
     for _ in 0..5 {
         let failing =
             http::get(&demo.http_url("/flaky"), &[("x-echo-status", "503")]).expect("response");
@@ -428,11 +435,23 @@ fn the_demo_flaky_api_trips_its_circuit_breaker() {
             "the upstream's own 503"
         );
     }
+    // The breaker is the fleet's: the instance that saw no failure opens too,
+    // within a sync period or two.
+    for instance in [&demo, &second] {
+        assert!(
+            instance.envoy.wait_for(Duration::from_secs(5), |e| {
+                e.stat("wasmcustom.gw.circuit_breaker.flaky.state") == 1
+            }),
+            "the flaky breaker opens on every instance"
+        );
+    }
     let before = received();
-    let degraded = http::get(&demo.http_url("/flaky"), &[]).expect("response");
-    assert_eq!(degraded.status, 503, "{}", degraded.text());
-    assert_eq!(degraded.header("x-ca-error-code"), Some("A503CB"));
-    assert!(degraded.header("retry-after").is_some());
+    for instance in [&demo, &second] {
+        let degraded = http::get(&instance.http_url("/flaky"), &[]).expect("response");
+        assert_eq!(degraded.status, 503, "{}", degraded.text());
+        assert_eq!(degraded.header("x-ca-error-code"), Some("A503CB"));
+        assert!(degraded.header("retry-after").is_some());
+    }
     assert_eq!(
         received(),
         before,

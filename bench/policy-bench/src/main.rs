@@ -371,7 +371,7 @@ fn circuit_breaker_update(configs: &Configs, n: usize) -> Result<u64, String> {
         .map_err(|e| e.to_string())?;
     let store = MemoryStore::new();
     breaker
-        .initialize(&store)
+        .initialize(&store, 0)
         .map_err(|e| format!("breaker records: {e:?}"))?;
     let host = request("/flaky");
     let mut admitted = 0;

@@ -93,6 +93,32 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Every setting, in a fixed order: names a rule's record in the fleet
+    /// store, so Envoys running other settings of a rule (during a
+    /// rollout) keep their own record instead of fighting over one.
+    pub fn fingerprint(&self) -> String {
+        let rate = |r: Option<u32>| r.map_or("-".to_string(), |r| r.to_string());
+        format!(
+            "{FORMAT_VERSION}/{}/{}/{}/{}/{}/{}/{}/{}/{}/{}/{}",
+            self.bucket_ms,
+            self.buckets,
+            self.min_calls,
+            rate(self.failure_rate_percent),
+            rate(self.slow_call_rate_percent),
+            rate(self.consecutive_failures),
+            self.open_ms,
+            self.open_multiplier,
+            self.max_open_ms,
+            self.probes,
+            self.probe_timeout_ms
+        )
+    }
+
+    /// The whole window.
+    pub fn window_ms(&self) -> u64 {
+        u64::from(self.bucket_ms) * u64::from(self.buckets)
+    }
+
     /// The open duration after `trips` trips in a row (the first is 1).
     pub fn open_duration_ms(&self, trips: u32) -> u64 {
         let growth = self
@@ -150,6 +176,8 @@ pub enum Reason {
     ProbeFailed,
     ProbeTimeout,
     ProbesSucceeded(u16),
+    /// Another Envoy changed the fleet breaker; this one read it.
+    SeenInFleet,
 }
 
 impl fmt::Display for Reason {
@@ -178,6 +206,7 @@ impl fmt::Display for Reason {
             Reason::ProbeFailed => f.write_str("a probe call failed"),
             Reason::ProbeTimeout => f.write_str("the probe calls did not finish in time"),
             Reason::ProbesSucceeded(n) => write!(f, "{n} probe calls succeeded"),
+            Reason::SeenInFleet => f.write_str("read from the fleet store"),
         }
     }
 }

@@ -3,8 +3,10 @@
 
 use crate::breaker::{Settings, MAX_BUCKETS, MAX_PROBES};
 use crate::degraded::{DegradedResponse, FallbackRoute, WhenOpen};
+use crate::fleet::{Fleet, DEFAULT_SYNC_MS, MAX_SYNC_MS, MIN_SYNC_MS};
 use crate::policy::{CircuitBreaker, Rule, StatusSet, KEY_PREFIX};
 use gateway_common::config::{is_http_token, ConfigError};
+use gateway_common::fleet::{FailureMode, Store, StoreConfig};
 use gateway_common::matching::{MatchConfig, Matcher};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -25,6 +27,23 @@ pub struct CircuitBreakerConfig {
     /// What a request gets when shared data fails.
     #[serde(default)]
     pub store_failure_mode: StoreFailureMode,
+    /// Share every rule's breaker with the fleet through the fleet store.
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    pub store: StoreConfig,
+    /// While the store does not answer: `local` (this Envoy's own breaker,
+    /// the default), `allow` or `deny` (the rule's `when_open` answer).
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+    /// How often each worker sends its calls' outcomes and reads the
+    /// fleet's state (default 100 ms).
+    #[serde(default)]
+    pub sync_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -61,6 +80,9 @@ pub struct RuleConfig {
     pub half_open: HalfOpenConfig,
     #[serde(default)]
     pub when_open: WhenOpenConfig,
+    /// With the filter's `fleet`: `false` keeps this breaker per Envoy.
+    #[serde(default)]
+    pub fleet: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,10 +299,26 @@ pub fn compile(config: &CircuitBreakerConfig) -> Result<CircuitBreaker, ConfigEr
             "at least one rule is needed; a breaker without rules protects nothing",
         ));
     }
+    let fleet = config
+        .fleet
+        .as_ref()
+        .map(compile_fleet)
+        .transpose()
+        .map_err(|err| err.within("fleet"))?;
     let mut rules: Vec<Rule> = Vec::with_capacity(config.rules.len());
     for (index, rule) in config.rules.iter().enumerate() {
         let at = format!("rules[{index}]");
-        let compiled = compile_rule(rule).map_err(|err| err.within(&at))?;
+        let mut compiled = compile_rule(rule).map_err(|err| err.within(&at))?;
+        match (&fleet, rule.fleet) {
+            (Some(fleet), None | Some(true)) => compiled.fleet_key = Some(fleet.key(&compiled)),
+            (None, Some(true)) => {
+                return Err(ConfigError::new(
+                    format!("{at}.fleet"),
+                    "needs the filter's `fleet` object, which names the fleet store",
+                ))
+            }
+            _ => {}
+        }
         if let Some(first) = rules.iter().position(|r| r.name == compiled.name) {
             return Err(ConfigError::new(
                 format!("{at}.name"),
@@ -292,7 +330,19 @@ pub fn compile(config: &CircuitBreakerConfig) -> Result<CircuitBreaker, ConfigEr
         }
         rules.push(compiled);
     }
-    Ok(CircuitBreaker::new(rules, config.store_failure_mode))
+    Ok(CircuitBreaker::new(rules, config.store_failure_mode, fleet))
+}
+
+fn compile_fleet(config: &FleetConfig) -> Result<Fleet, ConfigError> {
+    let store = Store::compile(&config.store).map_err(|e| e.within("store"))?;
+    let sync_ms = config.sync_ms.unwrap_or(DEFAULT_SYNC_MS);
+    if !(MIN_SYNC_MS..=MAX_SYNC_MS).contains(&sync_ms) {
+        return Err(ConfigError::new(
+            "sync_ms",
+            format!("must be between {MIN_SYNC_MS} and {MAX_SYNC_MS}"),
+        ));
+    }
+    Ok(Fleet::new(store, config.failure_mode, sync_ms))
 }
 
 fn compile_rule(rule: &RuleConfig) -> Result<Rule, ConfigError> {
@@ -326,6 +376,7 @@ fn compile_rule(rule: &RuleConfig) -> Result<Rule, ConfigError> {
     Ok(Rule {
         name: rule.name.clone(),
         key: format!("{KEY_PREFIX}{}", rule.name),
+        fleet_key: None,
         matcher,
         settings: Settings {
             bucket_ms,

@@ -6,6 +6,7 @@
 use crate::breaker::{Admission, Breaker, CallOutcome, Settings, State, Ticket, Transition};
 use crate::config::{StatusPattern, StoreFailureMode};
 use crate::degraded::WhenOpen;
+use crate::fleet::Fleet;
 use crate::outcome::Answer;
 use gateway_common::host::{Host, RequestFacts};
 use gateway_common::matching::{first_match_index, Matcher};
@@ -46,6 +47,8 @@ pub struct Rule {
     pub(crate) name: String,
     /// `gw.circuit_breaker.<name>`: this breaker's record in shared data.
     pub(crate) key: String,
+    /// The fleet record's key, for a rule in fleet mode.
+    pub(crate) fleet_key: Option<String>,
     pub(crate) matcher: Matcher,
     pub(crate) settings: Settings,
     pub(crate) failure_statuses: StatusSet,
@@ -145,13 +148,18 @@ impl Rule {
 pub struct CircuitBreaker {
     rules: Vec<Rule>,
     store_failure_mode: StoreFailureMode,
+    fleet: Option<Fleet>,
     uses_route_name: bool,
     /// Every fallback marker header, stripped from what clients send.
     fallback_headers: Vec<String>,
 }
 
 impl CircuitBreaker {
-    pub fn new(rules: Vec<Rule>, store_failure_mode: StoreFailureMode) -> Self {
+    pub fn new(
+        rules: Vec<Rule>,
+        store_failure_mode: StoreFailureMode,
+        fleet: Option<Fleet>,
+    ) -> Self {
         let uses_route_name = rules.iter().any(|r| r.matcher.uses_route_name());
         let mut fallback_headers: Vec<String> = Vec::new();
         for rule in &rules {
@@ -164,6 +172,7 @@ impl CircuitBreaker {
         Self {
             rules,
             store_failure_mode,
+            fleet,
             uses_route_name,
             fallback_headers,
         }
@@ -177,6 +186,11 @@ impl CircuitBreaker {
         self.store_failure_mode
     }
 
+    /// The fleet store settings, when some rule shares its breaker.
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.fleet.as_ref()
+    }
+
     pub fn fallback_headers(&self) -> &[String] {
         &self.fallback_headers
     }
@@ -188,11 +202,15 @@ impl CircuitBreaker {
         Some((index, self.rules.get(index)?))
     }
 
-    /// Creates every breaker's record (closed) unless it exists; call when
-    /// the configuration loads, so memory is fixed: one key per rule.
-    pub fn initialize(&self, store: &dyn SharedStore) -> Result<(), StoreError> {
+    /// Creates every breaker's record (closed) unless it exists, and each
+    /// fleet rule's view; call when the configuration loads, so memory is
+    /// fixed: one key per rule (two in fleet mode).
+    pub fn initialize(&self, store: &dyn SharedStore, now_ms: u64) -> Result<(), StoreError> {
         for rule in &self.rules {
             ensure_initialized(store, &rule.key, &Breaker::default().encode(&rule.settings))?;
+            if rule.fleet_key.is_some() {
+                rule.initialize_view(store, now_ms)?;
+            }
         }
         Ok(())
     }
@@ -298,7 +316,7 @@ mod tests {
     fn memory_is_one_fixed_key_per_rule_whatever_the_traffic() {
         let breaker = breaker(r#"{"rules":[{"name":"a"},{"name":"b"}]}"#);
         let store = MemoryStore::new();
-        breaker.initialize(&store).unwrap();
+        breaker.initialize(&store, 0).unwrap();
         assert_eq!(store.key_count(), 2);
         let rule = &breaker.rules()[0];
         let size = store.get(rule.key()).unwrap().0.unwrap().len();
@@ -317,11 +335,11 @@ mod tests {
     fn initializing_again_keeps_the_state_of_a_running_breaker() {
         let breaker = breaker(r#"{"rules":[{"name":"a","trip":{"consecutive_failures":1}}]}"#);
         let store = MemoryStore::new();
-        breaker.initialize(&store).unwrap();
+        breaker.initialize(&store, 0).unwrap();
         let rule = &breaker.rules()[0];
         rule.finish(&store, 0, Ticket::Counted, FAILED).unwrap();
         assert_eq!(rule.state(&store), Ok(State::Open));
-        breaker.initialize(&store).unwrap();
+        breaker.initialize(&store, 0).unwrap();
         assert_eq!(rule.state(&store), Ok(State::Open));
     }
 
@@ -329,7 +347,7 @@ mod tests {
     fn a_closed_breaker_reads_shared_data_without_writing_it() {
         let breaker = breaker(r#"{"rules":[{"name":"a"}]}"#);
         let store = MemoryStore::new();
-        breaker.initialize(&store).unwrap();
+        breaker.initialize(&store, 0).unwrap();
         let rule = &breaker.rules()[0];
         let (_, version) = store.get(rule.key()).unwrap();
         for now in 0..100 {
@@ -348,7 +366,7 @@ mod tests {
                 "open":{"duration_ms":1000},"half_open":{"probes":1}}]}"#,
         );
         let store = MemoryStore::new();
-        breaker.initialize(&store).unwrap();
+        breaker.initialize(&store, 0).unwrap();
         let rule = &breaker.rules()[0];
         assert_eq!(rule.finish(&store, 0, Ticket::Counted, FAILED), Ok(None));
         let opened = rule
@@ -382,7 +400,7 @@ mod tests {
                 "open":{{"duration_ms":1000}},"half_open":{{"probes":{PROBES}}}}}]}}"#
         )));
         let store = Arc::new(MemoryStore::new());
-        breaker.initialize(&*store).unwrap();
+        breaker.initialize(&*store, 0).unwrap();
         for round in 0..20u64 {
             // Trip it (again), then let every worker race for the probes.
             let rule = &breaker.rules()[0];
@@ -447,7 +465,7 @@ mod tests {
             r#"{"rules":[{"name":"a","trip":{"min_calls":100000,"failure_rate_percent":100}}]}"#,
         ));
         let store = Arc::new(MemoryStore::new());
-        breaker.initialize(&*store).unwrap();
+        breaker.initialize(&*store, 0).unwrap();
         let handles: Vec<_> = (0..8)
             .map(|_| {
                 let (breaker, store) = (Arc::clone(&breaker), Arc::clone(&store));
@@ -487,7 +505,7 @@ mod tests {
         }
         let breaker = breaker(r#"{"rules":[{"name":"a","trip":{"consecutive_failures":1}}]}"#);
         let store = Contended(MemoryStore::new());
-        breaker.initialize(&store.0).unwrap();
+        breaker.initialize(&store.0, 0).unwrap();
         let rule = &breaker.rules()[0];
         // Closed: nothing to write, so no race.
         assert_eq!(

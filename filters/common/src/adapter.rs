@@ -162,6 +162,24 @@ pub trait Filter: 'static {
         policy: Rc<Self::Policy>,
         metrics: Self::Metrics,
     ) -> Box<dyn proxy_wasm::traits::HttpContext>;
+
+    /// How often the worker's root calls [`Filter::on_tick`].
+    fn tick_period(_policy: &Self::Policy) -> Option<Duration> {
+        None
+    }
+
+    /// Background work of the worker (each worker runs its own root).
+    fn on_tick(_policy: &Self::Policy, _metrics: Self::Metrics) {}
+
+    /// An HTTP call the root made answered; returns whether it was the policy's.
+    fn on_http_call_response(
+        _policy: &Self::Policy,
+        _metrics: Self::Metrics,
+        _token: u32,
+        _body_size: usize,
+    ) -> bool {
+        false
+    }
 }
 
 /// A policy whose configuration is loaded, as a root context holds it: it
@@ -231,6 +249,18 @@ impl<F: Filter> LoadedPolicy for Loaded<F> {
     fn uses_fleet(&self) -> bool {
         F::uses_fleet(&self.policy)
     }
+
+    fn tick_period(&self) -> Option<Duration> {
+        F::tick_period(&self.policy)
+    }
+
+    fn on_tick(&mut self) {
+        F::on_tick(&self.policy, self.metrics);
+    }
+
+    fn on_http_call_response(&mut self, token: u32, body_size: usize) -> bool {
+        F::on_http_call_response(&self.policy, self.metrics, token, body_size)
+    }
 }
 
 /// The root context every filter uses: compiles the configuration in
@@ -250,7 +280,13 @@ impl<F: Filter> Default for FilterRoot<F> {
     }
 }
 
-impl<F: Filter> proxy_wasm::traits::Context for FilterRoot<F> {}
+impl<F: Filter> proxy_wasm::traits::Context for FilterRoot<F> {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        if let Some(loaded) = &mut self.loaded {
+            loaded.on_http_call_response(token, body_size);
+        }
+    }
+}
 
 impl<F: Filter> proxy_wasm::traits::RootContext for FilterRoot<F> {
     fn on_configure(&mut self, _config_size: usize) -> bool {
@@ -260,10 +296,19 @@ impl<F: Filter> proxy_wasm::traits::RootContext for FilterRoot<F> {
         });
         match loaded {
             Some(loaded) => {
+                if let Some(period) = loaded.tick_period() {
+                    self.set_tick_period(period);
+                }
                 self.loaded = Some(loaded);
                 true
             }
             None => false,
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(loaded) = &mut self.loaded {
+            loaded.on_tick();
         }
     }
 

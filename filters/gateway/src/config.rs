@@ -99,7 +99,11 @@ pub fn split(bytes: &[u8]) -> Result<Vec<(Section, Vec<u8>)>, ConfigError> {
 }
 
 /// Sections that may count in the fleet store.
-const FLEET_SECTIONS: [Section; 2] = [Section::SignAuth, Section::Throttling];
+const FLEET_SECTIONS: [Section; 3] = [
+    Section::SignAuth,
+    Section::Throttling,
+    Section::CircuitBreaker,
+];
 
 fn share_fleet_store(
     sections: &mut [(Section, Vec<u8>)],
@@ -144,7 +148,7 @@ fn share_fleet_store(
     if users == 0 && shared.is_some() {
         return Err(ConfigError::new(
             "fleet_store",
-            "no section uses it: add `\"fleet\": {}` to the sign_auth or throttling section",
+            "no section uses it: add `\"fleet\": {}` to the sign_auth, throttling or circuit_breaker section",
         ));
     }
     Ok(())

@@ -6,7 +6,7 @@
 //! the order [`pipeline`] keeps; this file is the proxy-wasm adapter.
 //!
 //! The fleet checks of a request (sign-auth's nonce, throttling's
-//! counters) travel in one call: while the policies run, their checks
+//! counters, the circuit breaker's claim of a probe) travel in one call: while the policies run, their checks
 //! gather in the request's [`Batch`]; the request stops at a barrier after
 //! the last policy with fleet checks, the batch is sent, and each policy
 //! reads its verdict from the answer before the request goes on. A policy

@@ -1252,6 +1252,7 @@ mod tests {
             state,
             previous: 0,
             current: 0,
+            value: None,
         }])
     }
 

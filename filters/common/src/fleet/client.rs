@@ -192,6 +192,11 @@ impl<T> Waiting<T> {
         self.0 = Some((pending, ticket));
     }
 
+    /// Checks were sent and are not answered yet.
+    pub fn is_waiting(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// The request is held for the policy's own call.
     pub fn holds_request(&self) -> bool {
         self.0.as_ref().is_some_and(|(_, t)| t.holds_request())
@@ -369,7 +374,7 @@ pub fn log_failure(filter: &'static str, failure: &Failure, mode: super::Failure
         let count = std::mem::take(since);
         *last = now_ms.max(1);
         Some(format!(
-            "{filter}: fleet store failing ({failure}); {count} request(s) decided by failure mode `{}` since the last report",
+            "{filter}: fleet store failing ({failure}); {count} failed call(s) since the last report, failure mode `{}`",
             mode.name()
         ))
     });

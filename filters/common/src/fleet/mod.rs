@@ -200,19 +200,37 @@ impl FleetMetrics {
         match failure {
             None => self.answered.inc(),
             Some(failure) => {
-                self.failed(failure, mode);
-                client::log_failure(filter, failure, mode, now_ms);
+                self.call_failed(filter, failure, mode, now_ms);
+                self.decided_by(mode);
             }
         }
     }
 
-    fn failed(&self, failure: &wire::Failure, mode: FailureMode) {
+    /// Counts and logs (at most once per interval) a call without an
+    /// answer, such as a background sync that decides no request itself.
+    pub fn call_failed(
+        &self,
+        filter: &'static str,
+        failure: &wire::Failure,
+        mode: FailureMode,
+        now_ms: u64,
+    ) {
         if let Some(i) = wire::Failure::REASONS
             .iter()
             .position(|r| *r == failure.reason())
         {
             self.failures[i].inc();
         }
+        client::log_failure(filter, failure, mode, now_ms);
+    }
+
+    /// Counts a call the store answered.
+    pub fn answered(&self) {
+        self.answered.inc();
+    }
+
+    /// Counts a request decided by the failure mode.
+    pub fn decided_by(&self, mode: FailureMode) {
         self.modes[mode as usize].inc();
     }
 }
@@ -225,18 +243,51 @@ pub fn digest(parts: &[&[u8]]) -> String {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
-    let hash = hasher.finalize();
-    let mut hex = String::with_capacity(32);
-    for byte in &hash[..16] {
-        hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
+    hex(&hasher.finalize()[..16])
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Lower-case hex: how binary values (a breaker's record) travel to the store.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(HEX_DIGITS[usize::from(byte & 15)]));
     }
-    hex
+    text
+}
+
+/// The bytes of [`hex`]'s text; `None` for anything else.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let text = text.as_bytes();
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    text.chunks_exact(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_reads_back_what_it_wrote_and_nothing_else() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(unhex(&hex(&bytes)), Some(bytes));
+        assert_eq!(hex(&[0x0a, 0xff]), "0aff");
+        for bad in ["0", "0g", "0A", "zz", "0 "] {
+            assert_eq!(unhex(bad), None, "{bad}");
+        }
+        assert_eq!(unhex(""), Some(vec![]));
+    }
 
     fn store(json: &str) -> Result<Store, ConfigError> {
         Store::compile(&serde_json::from_str::<StoreConfig>(json).unwrap())

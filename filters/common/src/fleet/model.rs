@@ -3,13 +3,15 @@
 //! integration tests run the same operations against the real script in
 //! Redis and compare, so the two cannot drift apart.
 
-use super::wire::{Op, OpResult, State};
+use super::wire::{Op, OpResult, RecordSwap, State};
 use std::collections::HashMap;
 
 #[derive(Debug, Default)]
 pub struct ScriptModel {
     /// key → (value, expiry in ms on [`ScriptModel::now_ms`]'s clock).
     keys: HashMap<String, (u64, u64)>,
+    /// key → (version, value, expiry).
+    records: HashMap<String, (u64, String, u64)>,
     pub now_ms: u64,
 }
 
@@ -28,10 +30,35 @@ impl ScriptModel {
     /// The keys that have not expired.
     pub fn live_keys(&self) -> usize {
         let now = self.now_ms;
-        self.keys
-            .values()
-            .filter(|(_, expiry)| *expiry > now)
-            .count()
+        let counters = self.keys.values().filter(|(_, expiry)| *expiry > now);
+        let records = self.records.values().filter(|(_, _, expiry)| *expiry > now);
+        counters.count() + records.count()
+    }
+
+    fn swap(&mut self, swap: &RecordSwap) -> OpResult {
+        let now = self.now_ms;
+        let (version, stored) = match self.records.get(&swap.key) {
+            Some((version, value, expiry)) if *expiry > now => (*version, Some(value.clone())),
+            _ => (0, None),
+        };
+        let result = |state, current, value| OpResult {
+            state,
+            previous: 0,
+            current,
+            value,
+        };
+        if version != swap.version {
+            return result(State::Refused, version, stored);
+        }
+        match &swap.value {
+            Some(value) => {
+                let expiry = now + swap.ttl_ms.max(1);
+                self.records
+                    .insert(swap.key.clone(), (version + 1, value.clone(), expiry));
+                result(State::Done, version + 1, None)
+            }
+            None => result(State::Refused, version, None),
+        }
     }
 
     /// Runs one call's operations as the script does.
@@ -42,6 +69,7 @@ impl ScriptModel {
             state,
             previous,
             current,
+            value: None,
         };
         for op in ops {
             match op {
@@ -55,6 +83,13 @@ impl ScriptModel {
                         let expiry = self.now_ms + (*ttl_ms).max(1);
                         self.keys.insert(key.clone(), (1, expiry));
                         out.push(result(State::Done, 0, 0));
+                    }
+                }
+                Op::Record(swap) => {
+                    if stopped {
+                        out.push(result(State::NotRun, 0, 0));
+                    } else {
+                        out.push(self.swap(swap));
                     }
                 }
                 Op::Quotas(rules) => {
@@ -98,6 +133,7 @@ impl ScriptModel {
                             out.push(result(State::Done, previous, entry.0));
                         }
                     }
+                    stopped = refused;
                 }
             }
         }

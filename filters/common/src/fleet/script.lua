@@ -5,11 +5,18 @@
 --       algorithm ('f' fixed | 's' sliding), limit, window_ms, left_ms, ttl_ms,
 --       dry_run ('0' | '1'); KEYS: the current window's counter, and for
 --       sliding also the previous window's
--- The reply has three integers per nonce and per rule: state, previous, current.
---   nonce: 1 fresh (recorded), 0 replayed (nothing after it runs), -1 not run
---   rule:  1 counted, 0 over its limit, 2 over its limit in dry run,
---          3 within its limit but not counted (another rule of the group
---          refused the request), -1 not run
+--   'r', version, value, ttl_ms      record: a versioned value (a breaker's
+--       state) in a hash {v, r}, written only when its version is still
+--       `version` and `value` is not '-' (a read); KEYS: the record
+-- The reply has three values per nonce, per rule and per record:
+--   nonce:  state, 0, 0; 1 fresh (recorded), 0 replayed, -1 not run
+--   rule:   state, previous, current; 1 counted, 0 over its limit, 2 over its
+--           limit in dry run, 3 within its limit but not counted (another rule
+--           of the group refused the request), -1 not run
+--   record: state, version, value; 1 written (the value is ''), 0 not
+--           written (the value is the stored one, or '' when its version is
+--           the one sent), -1 not run
+-- Nothing runs after a replayed nonce or a refused quota group.
 -- A rule admits while previous * left + (current + 1) * window <= limit * window
 -- (the sliding estimate in integers); fixed windows are sent with window 1 and
 -- left 0, so for them that is current < limit.
@@ -85,6 +92,29 @@ while a <= #ARGV do
         push(1, rule.previous, current)
       end
     end
+    if refused then
+      stopped = true
+    end
+  elseif kind == 'r' then
+    local expected, value, ttl = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+    a = a + 4
+    if stopped then
+      push(-1, 0, '')
+    else
+      local stored = redis.call('HMGET', KEYS[k], 'v', 'r')
+      local version = tonumber(stored[1]) or 0
+      if value ~= '-' and version == tonumber(expected) then
+        version = version + 1
+        redis.call('HSET', KEYS[k], 'v', version, 'r', value)
+        redis.call('PEXPIRE', KEYS[k], ttl)
+        push(1, version, '')
+      elseif version == tonumber(expected) then
+        push(0, version, '')
+      else
+        push(0, version, stored[2] or '')
+      end
+    end
+    k = k + 1
   else
     return redis.error_reply('gateway fleet script: unknown operation ' .. tostring(kind))
   end

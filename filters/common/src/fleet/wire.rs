@@ -5,13 +5,16 @@
 
 use serde_json::Value;
 
-/// The Lua script every call runs: nonces and quota groups, in order.
+/// The Lua script every call runs: nonces, quota groups and records, in order.
 pub const SCRIPT: &str = include_str!("script.lua");
 /// SHA-1 of [`SCRIPT`], the name Redis caches it under (a test checks it).
-pub const SCRIPT_SHA1: &str = "4b9607aec2ed9ca88d59de66cb25ca67619f66e1";
+pub const SCRIPT_SHA1: &str = "7f9f478d264f523c3b5c5e55d0cafe42aa66f5a3";
 
-/// The integers of one operation's result.
+/// The values of one operation's result.
 pub const RESULT_WIDTH: usize = 3;
+
+/// A record's value when the call only reads it.
+const READ_ONLY: &str = "-";
 
 /// One fleet check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +24,21 @@ pub enum Op {
     /// Counts the request in every rule of the group that admits it, or in
     /// none when one of them refuses it.
     Quotas(Vec<QuotaCheck>),
+    /// Writes a versioned record if its version is still `version`, and
+    /// answers its version (and value, when it moved on).
+    Record(RecordSwap),
+}
+
+/// A compare-and-set of a versioned record (a fleet breaker's state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordSwap {
+    pub key: String,
+    /// The version the value was computed from (0: none yet).
+    pub version: u64,
+    /// The new value (visible ASCII, not `-`); `None` only reads.
+    pub value: Option<String>,
+    /// How long the record lives after a write.
+    pub ttl_ms: u64,
 }
 
 /// One quota rule's check, with the numbers the script compares.
@@ -48,32 +66,38 @@ impl Op {
         match self {
             Op::Nonce { .. } => 1,
             Op::Quotas(rules) => rules.len(),
+            Op::Record(_) => 1,
         }
     }
 }
 
 /// The state of one operation's result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum State {
-    /// A nonce recorded, a request counted.
+    /// A nonce recorded, a request counted, a record written.
     Done,
-    /// A nonce seen before, a rule over its limit.
+    /// A nonce seen before, a rule over its limit, a record not written
+    /// (its version moved on, or the call only read it).
     Refused,
     /// Over its limit in dry run: not counted, not refused.
     DryRunRefused,
     /// Within its limit, but another rule of its group refused the request.
     NotCounted,
-    /// Not run: an earlier nonce was a replay.
+    /// Not run: an earlier nonce was a replay, or a quota group refused.
+    #[default]
     NotRun,
 }
 
 /// One operation's result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OpResult {
     pub state: State,
-    /// The quota counts: the previous window's and the current one's.
+    /// The quota counts: the previous window's and the current one's. A
+    /// record's version is `current`.
     pub previous: u64,
     pub current: u64,
+    /// A record's stored value, when it is not the version sent.
+    pub value: Option<String>,
 }
 
 /// Why a call gave no usable answer.
@@ -144,6 +168,15 @@ impl Arguments {
                     keys.push(key);
                     args.push("n".into());
                     args.push(ttl_ms.max(&1).to_string());
+                }
+                Op::Record(swap) => {
+                    keys.push(&swap.key);
+                    args.extend([
+                        "r".to_string(),
+                        swap.version.to_string(),
+                        swap.value.clone().unwrap_or_else(|| READ_ONLY.into()),
+                        swap.ttl_ms.max(1).to_string(),
+                    ]);
                 }
                 Op::Quotas(rules) => {
                     args.push("g".into());
@@ -243,7 +276,7 @@ pub fn parse_reply(
     }
     if items.len() != expected * RESULT_WIDTH {
         return Err(Failure::BadReply(format!(
-            "{} integers for {expected} checks",
+            "{} values for {expected} checks",
             items.len()
         )));
     }
@@ -267,10 +300,20 @@ pub fn parse_reply(
                 -1 => State::NotRun,
                 other => return Err(Failure::BadReply(format!("unknown state {other}"))),
             };
+            // A record's triple ends with its value, a string ('' for none).
+            let (previous, current, value) = match &triple[2] {
+                Value::String(text) => (
+                    0,
+                    count(&triple[1])?,
+                    (!text.is_empty()).then(|| text.clone()),
+                ),
+                other => (count(&triple[1])?, count(other)?, None),
+            };
             Ok(OpResult {
                 state,
-                previous: count(&triple[1])?,
-                current: count(&triple[2])?,
+                previous,
+                current,
+                value,
             })
         })
         .collect()
@@ -361,6 +404,44 @@ mod tests {
     }
 
     #[test]
+    fn a_record_swap_sends_its_version_and_value_or_a_read_marker() {
+        let swap = |value: Option<&str>| {
+            Op::Record(RecordSwap {
+                key: "gw:b:orders".into(),
+                version: 7,
+                value: value.map(String::from),
+                ttl_ms: 60_000,
+            })
+        };
+        let body = Arguments::new(&[swap(Some("0a1b")), swap(None)]).by_sha();
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            format!(
+                "EVALSHA/{SCRIPT_SHA1}/2/gw%3Ab%3Aorders/gw%3Ab%3Aorders\
+                 /r/7/0a1b/60000/r/7/-/60000"
+            )
+        );
+    }
+
+    #[test]
+    fn a_record_result_carries_its_version_and_the_stored_value() {
+        let body = br#"{"EVALSHA":[1,8,"",0,9,"00ff",0,9,"",-1,0,""]}"#;
+        let results = parse_reply(Some(200), body, 4).unwrap();
+        let read = |r: &OpResult| (r.state, r.previous, r.current, r.value.clone());
+        assert_eq!(read(&results[0]), (State::Done, 0, 8, None));
+        assert_eq!(
+            read(&results[1]),
+            (State::Refused, 0, 9, Some("00ff".into()))
+        );
+        assert_eq!(read(&results[2]), (State::Refused, 0, 9, None));
+        assert_eq!(read(&results[3]), (State::NotRun, 0, 0, None));
+        assert_eq!(
+            parse_reply(Some(200), br#"{"EVALSHA":[0,"9",""]}"#, 1),
+            Err(Failure::BadReply("not an integer".into()))
+        );
+    }
+
+    #[test]
     fn every_failure_shape_is_told_apart() {
         let cases: [(Option<u32>, &[u8], Failure); 11] = [
             (None, b"", Failure::NoAnswer),
@@ -394,7 +475,7 @@ mod tests {
             (
                 Some(200),
                 br#"{"EVALSHA":[1,0]}"#,
-                Failure::BadReply("2 integers for 1 checks".into()),
+                Failure::BadReply("2 values for 1 checks".into()),
             ),
             (
                 Some(200),

@@ -1163,6 +1163,7 @@ mod fleet {
             state,
             previous: 0,
             current: 1,
+            value: None,
         };
         let bad = [
             [State::NotRun, State::Done],
