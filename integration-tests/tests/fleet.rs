@@ -508,6 +508,7 @@ fn a_flushed_script_cache_is_loaded_again() {
 /// itself in Redis: the same calls give the same answers.
 #[test]
 fn the_script_in_redis_answers_as_its_model() {
+    const BIG: u64 = (1 << 40) - 3;
     let store = FleetStore::start();
     let url = format!("http://127.0.0.1:{}/", store.webdis_port());
     let mut model = ScriptModel::new();
@@ -520,12 +521,15 @@ fn the_script_in_redis_answers_as_its_model() {
         ttl_ms: 60_000,
         dry_run,
     };
+    // Records start at version 1 here, except `big`, which starts where a
+    // random first version may (written as text by the script, exactly).
     let record = |key: &str, version: u64, write: bool| {
         Op::Record(RecordSwap {
             key: key.into(),
             version,
             value: write.then(|| format!("{key}@{version}")),
             ttl_ms: 60_000,
+            first_version: if key.ends_with("big") { BIG } else { 1 },
         })
     };
     // Seed a previous sliding window in both.
@@ -556,6 +560,11 @@ fn the_script_in_redis_answers_as_its_model() {
             vec![
                 record("m:r:a", i / 2, i % 4 != 1),
                 record("m:r:b", [0, 1, 1, 5, 2, 2, 3, 0][i as usize], true),
+                record(
+                    "m:r:big",
+                    [0, BIG, BIG + 1, BIG, BIG + 2, 7, BIG + 3, 0][i as usize],
+                    i != 5,
+                ),
             ]
         }))
         .collect();
@@ -827,7 +836,7 @@ fn a_fleet_breaker_applies_its_failure_mode_while_redis_is_down_and_shares_again
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let rule =
         json!({"name": "api", "trip": {"consecutive_failures": 2}, "open": {"duration_ms": 60000}});
-    // A short timeout: the views are stale 2 × 50 + 200 ms after the last answer.
+    // A short timeout: the views are stale 4 × 50 + 200 ms after the last call answered.
     let fleet_with = |mode: &str| {
         json!({"sync_ms": 50, "failure_mode": mode,
                "store": {"cluster": STORE_CLUSTER, "timeout_ms": 200}})

@@ -27,7 +27,9 @@ use crate::breaker::{
     Admission, Breaker, CallOutcome, Reason, Settings, State, Ticket, Transition,
 };
 use crate::policy::Rule;
-use gateway_common::fleet::wire::{Failure, Op, OpResult, RecordSwap, State as OpState};
+use gateway_common::fleet::wire::{
+    first_version, Failure, Op, OpResult, RecordSwap, State as OpState,
+};
 use gateway_common::fleet::{self, FailureMode, Store};
 use gateway_common::store::{update, SharedStore, StoreError};
 use std::sync::Arc;
@@ -71,11 +73,13 @@ impl Fleet {
         self.store.key(&["b", &rule.name, &digest])
     }
 
-    /// A view older than this is stale: the store has not answered this
-    /// Envoy for two sync periods and a timeout.
+    /// A view older than this is stale. A worker reads the record when its
+    /// view is a period old, at its next tick, so a healthy store refreshes
+    /// views at least every two periods; four and a timeout leave room for
+    /// ticks that a loaded worker runs late.
     pub fn stale_after_ms(&self) -> u64 {
         let timeout_ms = u64::try_from(self.store.timeout.as_millis()).unwrap_or(u64::MAX);
-        self.sync_ms.saturating_mul(2).saturating_add(timeout_ms)
+        self.sync_ms.saturating_mul(4).saturating_add(timeout_ms)
     }
 }
 
@@ -85,6 +89,7 @@ impl Fleet {
 pub struct View {
     /// The record's version in the store (0: none written yet).
     pub version: u64,
+    /// When the call that brought it was sent.
     pub synced_ms: u64,
     pub breaker: Breaker,
 }
@@ -123,15 +128,15 @@ impl View {
     }
 
     /// The view after the store's answer to a swap or read of `sent`'s
-    /// version: the written record, the record the store holds instead, or
-    /// (no value) the same record, or none at all when its version is not
-    /// the one sent (the record expired).
+    /// version, made by a call sent at `sent_ms`: the written record, the
+    /// record the store holds instead, or (no value) the same record, or
+    /// none at all when its version is not the one sent (the record expired).
     fn after(
         sent: &View,
         written: Option<Breaker>,
         result: &OpResult,
         settings: &Settings,
-        now_ms: u64,
+        sent_ms: u64,
     ) -> Result<Self, Failure> {
         let breaker = match (result.state, written, &result.value) {
             (OpState::Done, Some(breaker), _) => breaker,
@@ -150,7 +155,7 @@ impl View {
         };
         Ok(Self {
             version: result.current,
-            synced_ms: now_ms,
+            synced_ms: sent_ms,
             breaker,
         })
     }
@@ -170,6 +175,7 @@ pub enum FleetAdmission {
 /// A decision that changes the record, waiting for the store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claim {
+    sent_ms: u64,
     view: View,
     breaker: Breaker,
     admission: Admission,
@@ -294,6 +300,7 @@ struct RuleSync {
 /// A worker's sync in flight: one operation per rule in it, in order.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SyncPlan {
+    sent_ms: u64,
     rules: Vec<RuleSync>,
 }
 
@@ -341,12 +348,14 @@ impl Rule {
         )
     }
 
-    /// Keeps `view` unless this Envoy's view is newer (a later answer, or
-    /// a later version in the same millisecond); returns the state the view
-    /// had before, when `view` replaced it. Answers are ordered by time, not
-    /// by version, because a record that expired starts again from version
-    /// 0; a view a worker keeps a moment too late only costs a lost claim
-    /// or a read, as every write is checked by the store.
+    /// Keeps `view` unless this Envoy's view is newer (brought by a call
+    /// sent later, or of a later version sent in the same millisecond);
+    /// returns the state the view had before, when `view` replaced it.
+    /// Views are ordered by when their call was sent, not by version,
+    /// because a record that expired (or a restarted Redis) starts again
+    /// from version 0; were two calls executed out of their order, the view
+    /// kept a moment too long costs a lost claim or a read, as every write
+    /// is checked by the store.
     pub fn store_view(
         &self,
         store: &dyn SharedStore,
@@ -375,10 +384,13 @@ impl Rule {
             .saturating_add(RECORD_GRACE_MS)
     }
 
-    fn swap(&self, view: &View, written: Option<&Breaker>) -> Op {
+    /// `random`: fresh random bits for the version of a record this write
+    /// creates (see [`RecordSwap::first_version`]).
+    fn swap(&self, view: &View, written: Option<&Breaker>, random: u64) -> Op {
         Op::Record(RecordSwap {
             key: self.fleet_key.clone().unwrap_or_default(),
             version: view.version,
+            first_version: first_version(random),
             value: written.map(|breaker| fleet::hex(&breaker.encode(&self.settings))),
             ttl_ms: self.record_ttl_ms(),
         })
@@ -395,6 +407,7 @@ impl Rule {
             return FleetAdmission::Decided(admission);
         }
         FleetAdmission::Claim(Box::new(Claim {
+            sent_ms: now_ms,
             view,
             breaker,
             admission,
@@ -402,9 +415,9 @@ impl Rule {
         }))
     }
 
-    /// The claim as a compare-and-set of the record.
-    pub fn claim_ops(&self, claim: &Claim) -> Vec<Op> {
-        vec![self.swap(&claim.view, Some(&claim.breaker))]
+    /// The claim as a compare-and-set of the record; `random`: fresh bits.
+    pub fn claim_ops(&self, claim: &Claim, random: u64) -> Vec<Op> {
+        vec![self.swap(&claim.view, Some(&claim.breaker), random)]
     }
 
     /// Decides the claimed call from the store's answer to [`Rule::claim_ops`].
@@ -412,7 +425,6 @@ impl Rule {
         &self,
         claim: Claim,
         answer: &Result<Vec<OpResult>, Failure>,
-        now_ms: u64,
     ) -> ClaimVerdict {
         let result = match answer.as_deref() {
             Ok([result]) => result,
@@ -432,7 +444,7 @@ impl Rule {
             Some(claim.breaker),
             result,
             &self.settings,
-            now_ms,
+            claim.sent_ms,
         ) {
             Ok(view) => view,
             Err(failure) => return ClaimVerdict::Failed(failure),
@@ -462,9 +474,13 @@ impl crate::policy::CircuitBreaker {
         views: &[Option<View>],
         outcomes: &mut [Outcomes],
         now_ms: u64,
+        random: u64,
     ) -> (Vec<Op>, SyncPlan) {
         let mut ops = Vec::new();
-        let mut plan = SyncPlan::default();
+        let mut plan = SyncPlan {
+            sent_ms: now_ms,
+            rules: Vec::new(),
+        };
         for (index, rule) in self.rules().iter().enumerate() {
             if rule.fleet_key.is_none() {
                 continue;
@@ -488,7 +504,8 @@ impl crate::policy::CircuitBreaker {
             // Runs that changed nothing are done with; the others go back
             // to the queue unless the store takes them.
             let taken = if written.is_some() { taken } else { Vec::new() };
-            ops.push(rule.swap(&view, written.as_ref().map(|(b, _)| b)));
+            let random = random.rotate_left(index as u32 % 64) ^ index as u64;
+            ops.push(rule.swap(&view, written.as_ref().map(|(b, _)| b), random));
             plan.rules.push(RuleSync {
                 rule: index,
                 view,
@@ -506,7 +523,6 @@ impl crate::policy::CircuitBreaker {
         plan: SyncPlan,
         answer: &Result<Vec<OpResult>, Failure>,
         outcomes: &mut [Outcomes],
-        now_ms: u64,
     ) -> (Synced, Option<Failure>) {
         let mut synced = Synced::default();
         let results = match answer {
@@ -533,7 +549,7 @@ impl crate::policy::CircuitBreaker {
                 continue;
             };
             let written = part.written.as_ref().map(|(breaker, _)| *breaker);
-            match View::after(&part.view, written, result, &rule.settings, now_ms) {
+            match View::after(&part.view, written, result, &rule.settings, plan.sent_ms) {
                 Ok(view) => {
                     let taken = result.state == OpState::Done;
                     if !taken && part.written.is_some() {
@@ -650,7 +666,7 @@ mod tests {
                 .map(|rule| rule.view(&self.shared).unwrap())
                 .collect();
             let fleet = breaker.fleet().unwrap();
-            breaker.sync_ops(fleet, &views, &mut self.outcomes, now)
+            breaker.sync_ops(fleet, &views, &mut self.outcomes, now, now ^ 0x5eed)
         }
 
         fn conclude_sync(
@@ -658,9 +674,8 @@ mod tests {
             breaker: &CircuitBreaker,
             plan: SyncPlan,
             answer: &Result<Vec<OpResult>, Failure>,
-            now: u64,
         ) -> (Synced, Option<Failure>) {
-            let (synced, failure) = breaker.conclude_sync(plan, answer, &mut self.outcomes, now);
+            let (synced, failure) = breaker.conclude_sync(plan, answer, &mut self.outcomes);
             for update in &synced.updates {
                 breaker.rules()[update.rule]
                     .store_view(&self.shared, &update.view)
@@ -679,7 +694,7 @@ mod tests {
                 }
                 store.now_ms = now;
                 let answer = Ok(store.run(&ops));
-                let (synced, failure) = self.conclude_sync(breaker, plan, &answer, now);
+                let (synced, failure) = self.conclude_sync(breaker, plan, &answer);
                 assert_eq!(failure, None);
                 let again = synced.again;
                 last = synced;
@@ -722,8 +737,8 @@ mod tests {
         ) -> Admission {
             let rule = &breaker.rules()[0];
             store.now_ms = now;
-            let answer = Ok(store.run(&rule.claim_ops(&claim)));
-            match rule.conclude_claim(claim, &answer, now) {
+            let answer = Ok(store.run(&rule.claim_ops(&claim, now)));
+            match rule.conclude_claim(claim, &answer) {
                 ClaimVerdict::Taken {
                     admission, view, ..
                 } => {
@@ -790,7 +805,7 @@ mod tests {
             (fleet.sync_ms, fleet.failure_mode),
             (100, FailureMode::Deny)
         );
-        assert_eq!(fleet.stale_after_ms(), 250);
+        assert_eq!(fleet.stale_after_ms(), 450);
         assert!(breaker(r#"{"rules": [{"name": "a"}]}"#).fleet().is_none());
     }
 
@@ -944,12 +959,8 @@ mod tests {
         let (ops_b, plan_b) = b.sync_ops(&breaker, t0 + 20);
         let answer_a = Ok(store.run(&ops_a));
         let answer_b = Ok(store.run(&ops_b));
-        assert!(
-            !a.conclude_sync(&breaker, plan_a, &answer_a, t0 + 20)
-                .0
-                .again
-        );
-        let (lost, _) = b.conclude_sync(&breaker, plan_b, &answer_b, t0 + 20);
+        assert!(!a.conclude_sync(&breaker, plan_a, &answer_a).0.again);
+        let (lost, _) = b.conclude_sync(&breaker, plan_b, &answer_b);
         assert!(lost.again);
         assert!(!b.outcomes[0].is_empty(), "B keeps its outcomes");
         b.sync(&breaker, &mut store, t0 + 21);
@@ -957,7 +968,7 @@ mod tests {
         let record = b.view(&breaker);
         let totals = record.breaker.window(&breaker.rules()[0].settings, t0 + 21);
         assert_eq!((totals.calls, totals.failures), (20, 10));
-        assert_eq!(record.version, 2);
+        assert_eq!(record.version, a.view(&breaker).version + 1);
     }
 
     #[test]
@@ -970,20 +981,20 @@ mod tests {
         a.queue(&breaker, t0, Ticket::Counted, FAIL);
         let (ops, plan) = a.sync_ops(&breaker, t0 + 100);
         assert_eq!(ops.len(), 1);
-        let (synced, failure) = a.conclude_sync(&breaker, plan, &Err(Failure::NoAnswer), t0 + 100);
+        let (synced, failure) = a.conclude_sync(&breaker, plan, &Err(Failure::NoAnswer));
         assert_eq!(failure, Some(Failure::NoAnswer));
         assert!(synced.updates.is_empty());
         assert!(!a.outcomes[0].is_empty());
-        // Fresh for two periods and a timeout (250 ms) after the last word.
+        // Fresh for four periods and a timeout (450 ms) after the last word.
         let rule = &breaker.rules()[0];
         let fleet = breaker.fleet().unwrap();
         let view = rule.view(&a.shared).unwrap();
         assert!(matches!(
-            rule.admit_fleet(view, fleet, t0 + 250),
+            rule.admit_fleet(view, fleet, t0 + 450),
             FleetAdmission::Decided(_)
         ));
         assert_eq!(
-            rule.admit_fleet(view, fleet, t0 + 251),
+            rule.admit_fleet(view, fleet, t0 + 451),
             FleetAdmission::Stale
         );
         assert_eq!(rule.admit_fleet(None, fleet, t0), FleetAdmission::Stale);
@@ -1005,7 +1016,7 @@ mod tests {
         a.queue(&breaker, t0, Ticket::Counted, FAIL);
         let (_, plan) = a.sync_ops(&breaker, t0 + 100);
         let two = Ok(vec![OpResult::default(), OpResult::default()]);
-        let (_, failure) = a.conclude_sync(&breaker, plan, &two, t0 + 100);
+        let (_, failure) = a.conclude_sync(&breaker, plan, &two);
         assert_eq!(
             failure,
             Some(Failure::BadReply("2 results for 1 records".into()))
@@ -1017,7 +1028,7 @@ mod tests {
             value: Some("xyz".into()),
             ..OpResult::default()
         }]);
-        let (_, failure) = a.conclude_sync(&breaker, plan, &not_hex, t0 + 100);
+        let (_, failure) = a.conclude_sync(&breaker, plan, &not_hex);
         assert_eq!(
             failure,
             Some(Failure::BadReply("a record that is not hex".into()))
@@ -1051,11 +1062,11 @@ mod tests {
         };
         let not_run = Ok(vec![OpResult::default()]);
         assert_eq!(
-            rule.conclude_claim((*claim).clone(), &not_run, t0),
+            rule.conclude_claim((*claim).clone(), &not_run),
             ClaimVerdict::NotRun
         );
         assert_eq!(
-            rule.conclude_claim(*claim, &Err(Failure::Status(503)), t0),
+            rule.conclude_claim(*claim, &Err(Failure::Status(503))),
             ClaimVerdict::Failed(Failure::Status(503))
         );
     }
@@ -1077,6 +1088,37 @@ mod tests {
         let view = a.view(&breaker);
         assert_eq!((view.version, view.breaker.state()), (0, State::Closed));
         assert_eq!(store.live_keys(), 0);
+    }
+
+    #[test]
+    fn a_record_made_again_after_it_expired_is_not_taken_for_the_old_one() {
+        let breaker = orders();
+        let mut store = ScriptModel::new();
+        let t0 = 6_000_000;
+        let mut a = Envoy::start(&breaker, t0);
+        let mut b = Envoy::start(&breaker, t0);
+        a.queue(&breaker, t0, Ticket::Counted, OK);
+        a.sync(&breaker, &mut store, t0);
+        let old = a.view(&breaker);
+        assert_ne!(old.version, 0);
+        // The record expires (or Redis restarts empty); B makes it again,
+        // open, before A reads.
+        let later = t0 + breaker.rules()[0].record_ttl_ms() + 1;
+        for i in 0..3 {
+            b.queue(&breaker, later + i, Ticket::Counted, FAIL);
+        }
+        b.sync(&breaker, &mut store, later + 10);
+        let made_again = b.view(&breaker);
+        assert_eq!(made_again.breaker.state(), State::Open);
+        assert_ne!(made_again.version, old.version);
+        a.sync(&breaker, &mut store, later + 20);
+        assert_eq!(
+            a.view(&breaker),
+            View {
+                synced_ms: later + 20,
+                ..made_again
+            }
+        );
     }
 
     #[test]

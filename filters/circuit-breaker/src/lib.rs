@@ -163,6 +163,23 @@ struct WorkerSync {
     in_flight: Waiting<SyncPlan>,
 }
 
+/// Fresh bits for a new fleet record's first version: the host clock in
+/// nanoseconds and a per-worker counter, mixed.
+fn random_bits() -> u64 {
+    thread_local! {
+        static DRAWN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    let drawn = DRAWN.with(|n| {
+        n.set(n.get().wrapping_add(1));
+        n.get()
+    });
+    let nanos = proxy_wasm::hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    gateway_common::fleet::mix(&[&nanos.to_le_bytes(), &drawn.to_le_bytes()])
+}
+
 impl Deployed {
     fn metrics(&self, rule: usize) -> RuleMetrics {
         self.rule_metrics
@@ -218,21 +235,18 @@ impl Deployed {
             })
             .collect();
         let now = now_ms(&ProxyWasmHost);
-        let (ops, plan) = self
-            .breaker
-            .sync_ops(fleet, &views, &mut sync.outcomes, now);
+        let (ops, plan) =
+            self.breaker
+                .sync_ops(fleet, &views, &mut sync.outcomes, now, random_bits());
         if ops.is_empty() {
             return;
         }
         match fleet_client::submit(&fleet.store, ops) {
             Ok(ticket) => sync.in_flight.start(plan, ticket),
             Err(failure) => {
-                let (synced, _) = self.breaker.conclude_sync(
-                    plan,
-                    &Err(failure.clone()),
-                    &mut sync.outcomes,
-                    now,
-                );
+                let (synced, _) =
+                    self.breaker
+                        .conclude_sync(plan, &Err(failure.clone()), &mut sync.outcomes);
                 metrics.outcomes_dropped.add(synced.dropped);
                 metrics
                     .fleet
@@ -254,7 +268,7 @@ impl Deployed {
         let (synced, failure) = {
             let mut sync = self.sync.borrow_mut();
             self.breaker
-                .conclude_sync(plan, &answer, &mut sync.outcomes, now)
+                .conclude_sync(plan, &answer, &mut sync.outcomes)
         };
         metrics.outcomes_dropped.add(synced.dropped);
         match &failure {
@@ -645,7 +659,7 @@ impl CircuitBreakerHttp {
             }
             FleetAdmission::Stale => self.by_failure_mode(index, rule, now, fleet.failure_mode),
             FleetAdmission::Claim(claim) => {
-                match fleet_client::submit(&fleet.store, rule.claim_ops(&claim)) {
+                match fleet_client::submit(&fleet.store, rule.claim_ops(&claim, random_bits())) {
                     Ok(ticket) => {
                         let holds = ticket.holds_request();
                         let pending = PendingClaim {
@@ -685,7 +699,7 @@ impl CircuitBreakerHttp {
             return Action::Continue;
         };
         let now = now_ms(&ProxyWasmHost);
-        match rule.conclude_claim(pending.claim, &answer, now) {
+        match rule.conclude_claim(pending.claim, &answer) {
             ClaimVerdict::Taken {
                 admission,
                 transition,

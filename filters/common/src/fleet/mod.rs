@@ -246,6 +246,21 @@ pub fn digest(parts: &[&[u8]]) -> String {
     hex(&hasher.finalize()[..16])
 }
 
+/// 64 bits of SHA-256 over length-prefixed `parts`: bits no caller can
+/// predict from a clock reading in nanoseconds and a counter, where a
+/// filter has no random source of its own.
+pub fn mix(parts: &[&[u8]]) -> u64 {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    let hash = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    u64::from_le_bytes(first)
+}
+
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Lower-case hex: how binary values (a breaker's record) travel to the store.

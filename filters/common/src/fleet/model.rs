@@ -53,9 +53,14 @@ impl ScriptModel {
         match &swap.value {
             Some(value) => {
                 let expiry = now + swap.ttl_ms.max(1);
+                let written = if version == 0 {
+                    swap.first_version.max(1)
+                } else {
+                    version + 1
+                };
                 self.records
-                    .insert(swap.key.clone(), (version + 1, value.clone(), expiry));
-                result(State::Done, version + 1, None)
+                    .insert(swap.key.clone(), (written, value.clone(), expiry));
+                result(State::Done, written, None)
             }
             None => result(State::Refused, version, None),
         }

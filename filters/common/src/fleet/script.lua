@@ -5,9 +5,12 @@
 --       algorithm ('f' fixed | 's' sliding), limit, window_ms, left_ms, ttl_ms,
 --       dry_run ('0' | '1'); KEYS: the current window's counter, and for
 --       sliding also the previous window's
---   'r', version, value, ttl_ms      record: a versioned value (a breaker's
---       state) in a hash {v, r}, written only when its version is still
---       `version` and `value` is not '-' (a read); KEYS: the record
+--   'r', version, value, ttl_ms, first   record: a versioned value (a
+--       breaker's state) in a hash {v, r}, written only when its version is
+--       still `version` (0: absent) and `value` is not '-' (a read); a new
+--       record starts at version `first`, a random number from the caller,
+--       so a record that expired and is made again never repeats a version
+--       an Envoy still holds (versions stay below 2^53); KEYS: the record
 -- The reply has three values per nonce, per rule and per record:
 --   nonce:  state, 0, 0; 1 fresh (recorded), 0 replayed, -1 not run
 --   rule:   state, previous, current; 1 counted, 0 over its limit, 2 over its
@@ -96,16 +99,21 @@ while a <= #ARGV do
       stopped = true
     end
   elseif kind == 'r' then
-    local expected, value, ttl = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-    a = a + 4
+    local expected, value, ttl, first = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+    a = a + 5
     if stopped then
       push(-1, 0, '')
     else
       local stored = redis.call('HMGET', KEYS[k], 'v', 'r')
       local version = tonumber(stored[1]) or 0
       if value ~= '-' and version == tonumber(expected) then
-        version = version + 1
-        redis.call('HSET', KEYS[k], 'v', version, 'r', value)
+        if version == 0 then
+          version = tonumber(first)
+        else
+          version = version + 1
+        end
+        -- As text: Lua would write a large number in exponent notation.
+        redis.call('HSET', KEYS[k], 'v', string.format('%.0f', version), 'r', value)
         redis.call('PEXPIRE', KEYS[k], ttl)
         push(1, version, '')
       elseif version == tonumber(expected) then

@@ -8,7 +8,7 @@ use serde_json::Value;
 /// The Lua script every call runs: nonces, quota groups and records, in order.
 pub const SCRIPT: &str = include_str!("script.lua");
 /// SHA-1 of [`SCRIPT`], the name Redis caches it under (a test checks it).
-pub const SCRIPT_SHA1: &str = "7f9f478d264f523c3b5c5e55d0cafe42aa66f5a3";
+pub const SCRIPT_SHA1: &str = "06ce2d1e6e4a11c09019f0b46e8235616b523fd4";
 
 /// The values of one operation's result.
 pub const RESULT_WIDTH: usize = 3;
@@ -39,6 +39,19 @@ pub struct RecordSwap {
     pub value: Option<String>,
     /// How long the record lives after a write.
     pub ttl_ms: u64,
+    /// The version of the record when this write creates it: random (see
+    /// [`first_version`]), so a record made again after it expired never
+    /// repeats a version some Envoy still holds.
+    pub first_version: u64,
+}
+
+/// Versions a new record may start at: below 2^40, so a record's versions
+/// stay exact in the script's doubles for as many writes as it will ever see.
+pub const FIRST_VERSIONS: u64 = 1 << 40;
+
+/// A new record's first version from random bits (never 0, which means absent).
+pub fn first_version(random: u64) -> u64 {
+    random % (FIRST_VERSIONS - 1) + 1
 }
 
 /// One quota rule's check, with the numbers the script compares.
@@ -176,6 +189,7 @@ impl Arguments {
                         swap.version.to_string(),
                         swap.value.clone().unwrap_or_else(|| READ_ONLY.into()),
                         swap.ttl_ms.max(1).to_string(),
+                        swap.first_version.max(1).to_string(),
                     ]);
                 }
                 Op::Quotas(rules) => {
@@ -411,6 +425,7 @@ mod tests {
                 version: 7,
                 value: value.map(String::from),
                 ttl_ms: 60_000,
+                first_version: 12_345,
             })
         };
         let body = Arguments::new(&[swap(Some("0a1b")), swap(None)]).by_sha();
@@ -418,9 +433,17 @@ mod tests {
             String::from_utf8(body).unwrap(),
             format!(
                 "EVALSHA/{SCRIPT_SHA1}/2/gw%3Ab%3Aorders/gw%3Ab%3Aorders\
-                 /r/7/0a1b/60000/r/7/-/60000"
+                 /r/7/0a1b/60000/12345/r/7/-/60000/12345"
             )
         );
+    }
+
+    #[test]
+    fn first_versions_are_never_zero_and_stay_exact_in_doubles() {
+        for random in [0, 1, FIRST_VERSIONS - 2, FIRST_VERSIONS - 1, u64::MAX] {
+            let first = first_version(random);
+            assert!((1..FIRST_VERSIONS).contains(&first), "{random}: {first}");
+        }
     }
 
     #[test]
