@@ -758,6 +758,14 @@ fn breaker_state(envoy: &Envoy) -> u64 {
     stat(envoy, "circuit_breaker", "api.state")
 }
 
+/// A circuit-breaker counter summed over the fleet.
+fn breaker_total(envoys: &[Envoy], name: &str) -> u64 {
+    envoys
+        .iter()
+        .map(|e| stat(e, "circuit_breaker", name))
+        .sum()
+}
+
 #[test]
 fn fleet_breakers_open_together_and_half_open_admits_exactly_the_probes_fleet_wide() {
     let store = FleetStore::start();
@@ -794,10 +802,7 @@ fn fleet_breakers_open_together_and_half_open_admits_exactly_the_probes_fleet_wi
     }
     assert_eq!(upstream.request_count(), 4);
     assert_eq!(store.keys("gw:b:api:*").len(), 1);
-    let opened: u64 = envoys
-        .iter()
-        .map(|e| stat(e, "circuit_breaker", "api.transitions.open"))
-        .sum();
+    let opened = breaker_total(&envoys, "api.transitions.open");
     assert_eq!(opened, 3, "each Envoy counts the opening once");
 
     // Half-open: a storm of slow calls over the fleet; the probes keep
@@ -809,10 +814,7 @@ fn fleet_breakers_open_together_and_half_open_admits_exactly_the_probes_fleet_wi
     assert_eq!(count(&responses, 200), 3, "{:?}", statuses(&responses));
     assert_eq!(count(&responses, 503), 21, "{:?}", statuses(&responses));
     assert_eq!(upstream.request_count(), 4 + 3);
-    let probes: u64 = envoys
-        .iter()
-        .map(|e| stat(e, "circuit_breaker", "api.probes"))
-        .sum();
+    let probes = breaker_total(&envoys, "api.probes");
     assert_eq!(probes, 3);
     // Their success closes the breaker for the whole fleet.
     assert!(
@@ -924,10 +926,7 @@ fn a_replayed_request_never_takes_a_probe_of_the_fleet_breaker() {
     );
     let probe = get(&envoys[1], "/", &pairs(&signed("/")));
     assert_eq!(probe.status, 200);
-    let probes: u64 = envoys
-        .iter()
-        .map(|e| stat(e, "circuit_breaker", "api.probes"))
-        .sum();
+    let probes = breaker_total(&envoys, "api.probes");
     assert_eq!(probes, 1);
     assert_eq!(upstream.request_count(), 2);
 }

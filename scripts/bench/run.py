@@ -473,7 +473,7 @@ FLEET = {"store": {"cluster": "fleet_store", "timeout_ms": 1000}, "failure_mode"
 
 def fleet_configs(configs):
     out = copy.deepcopy(configs)
-    for name in ("sign_auth", "throttling"):
+    for name in ("sign_auth", "throttling", "circuit_breaker"):
         if name in out:
             out[name]["fleet"] = copy.deepcopy(FLEET)
     return out
@@ -583,8 +583,9 @@ def scenarios(filters, configs):
     out.append(Scenario("module-fleet", "gateway module, fleet store", "module",
                         [module_entry(fleet_configs(configs))], ["gateway.wasm"], baseline="module",
                         status="ok" if built else "not built",
-                        note=why or "sign-auth's nonces and throttling's counters in Redis behind Webdis, "
-                                    "one call per request"))
+                        note=why or "sign-auth's nonces, throttling's counters and the fleet breaker in "
+                                    "Redis behind Webdis: one call per request, and each worker's "
+                                    "breaker sync every 100 ms"))
     if "ip_acl" in configs:
         rbac, note = rbac_filters(configs["ip_acl"])
         out.append(Scenario("native-rbac", "native RBAC (vs ip-acl)", "native", rbac or [],

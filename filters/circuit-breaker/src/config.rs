@@ -377,6 +377,7 @@ fn compile_rule(rule: &RuleConfig) -> Result<Rule, ConfigError> {
         name: rule.name.clone(),
         key: format!("{KEY_PREFIX}{}", rule.name),
         fleet_key: None,
+        view_key: format!("{KEY_PREFIX}{}.fleet", rule.name),
         matcher,
         settings: Settings {
             bucket_ms,

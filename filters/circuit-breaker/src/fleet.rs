@@ -329,13 +329,9 @@ impl Rule {
         self.fleet_key.as_deref()
     }
 
-    fn view_key(&self) -> String {
-        format!("{}.fleet", self.key)
-    }
-
     /// This Envoy's view of the fleet record.
     pub fn view(&self, store: &dyn SharedStore) -> Result<Option<View>, StoreError> {
-        let (value, _) = store.get(&self.view_key())?;
+        let (value, _) = store.get(&self.view_key)?;
         Ok(value.and_then(|bytes| View::decode(&bytes, &self.settings)))
     }
 
@@ -343,7 +339,7 @@ impl Rule {
     pub fn initialize_view(&self, store: &dyn SharedStore, now_ms: u64) -> Result<(), StoreError> {
         gateway_common::store::ensure_initialized(
             store,
-            &self.view_key(),
+            &self.view_key,
             &View::initial(now_ms).encode(&self.settings),
         )
     }
@@ -361,7 +357,7 @@ impl Rule {
         store: &dyn SharedStore,
         view: &View,
     ) -> Result<Option<State>, StoreError> {
-        update(store, &self.view_key(), MAX_VIEW_ATTEMPTS, |current| {
+        update(store, &self.view_key, MAX_VIEW_ATTEMPTS, |current| {
             let current = current.and_then(|bytes| View::decode(bytes, &self.settings));
             let newer = current
                 .is_none_or(|old| (view.synced_ms, view.version) > (old.synced_ms, old.version));
@@ -853,34 +849,22 @@ mod tests {
         let t1 = t0 + 1_100;
         a.sync(&breaker, &mut store, t1 - 10);
         b.sync(&breaker, &mut store, t1 - 10);
-        let probe = |envoy: &Envoy, store: &mut ScriptModel| envoy.admit(&breaker, store, t1);
-        assert_eq!(
-            probe(&a, &mut store),
-            Admission::Admit(Ticket::Probe { generation: 1 })
-        );
-        // B's view is older than the record: its claim loses, and it reads.
-        assert_eq!(
-            probe(&b, &mut store),
-            Admission::Reject {
-                retry_after_ms: 1000
-            }
-        );
-        assert_eq!(
-            probe(&b, &mut store),
-            Admission::Admit(Ticket::Probe { generation: 1 })
-        );
-        assert_eq!(
-            probe(&b, &mut store),
-            Admission::Reject {
-                retry_after_ms: 1000
-            }
-        );
-        assert_eq!(
-            probe(&a, &mut store),
-            Admission::Reject {
-                retry_after_ms: 1000
-            }
-        );
+        const PROBE: Admission = Admission::Admit(Ticket::Probe { generation: 1 });
+        const REFUSED: Admission = Admission::Reject {
+            retry_after_ms: 1000,
+        };
+        // A takes the first probe; B's view is then older than the record,
+        // so its claim loses and it reads; B takes the second.
+        let turns = [
+            (&a, PROBE),
+            (&b, REFUSED),
+            (&b, PROBE),
+            (&b, REFUSED),
+            (&a, REFUSED),
+        ];
+        for (i, (envoy, expected)) in turns.into_iter().enumerate() {
+            assert_eq!(envoy.admit(&breaker, &mut store, t1), expected, "turn {i}");
+        }
         // Both probes succeed, on different Envoys: the fleet closes.
         a.queue(&breaker, t1 + 5, Ticket::Probe { generation: 1 }, OK);
         b.queue(&breaker, t1 + 6, Ticket::Probe { generation: 1 }, OK);

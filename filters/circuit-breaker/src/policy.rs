@@ -49,6 +49,8 @@ pub struct Rule {
     pub(crate) key: String,
     /// The fleet record's key, for a rule in fleet mode.
     pub(crate) fleet_key: Option<String>,
+    /// `gw.circuit_breaker.<name>.fleet`: this Envoy's view of the fleet record.
+    pub(crate) view_key: String,
     pub(crate) matcher: Matcher,
     pub(crate) settings: Settings,
     pub(crate) failure_statuses: StatusSet,
