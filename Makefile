@@ -2,6 +2,7 @@
 # on a fresh machine, set-up included.
 
 FILTERS      := sign-auth ip-acl throttling param-validation request-mapping circuit-breaker log-push gateway
+POLICY_CRATES := sign-auth ip-acl throttling param-validation request-mapping circuit-breaker log-push
 WASM_DIR     := target/wasm32-wasip1/release
 CARGO        ?= cargo
 export CARGO_TERM_COLOR ?= never
@@ -38,6 +39,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -p empty-filter -p host-call-probe -- -D warnings
+	# The policy layer alone, as a host other than proxy-wasm links it: no
+	# proxy-wasm in it (a native module must not import the Wasm ABI).
+	$(CARGO) clippy -p gateway-common $(addprefix -p ,$(POLICY_CRATES)) --no-default-features --all-targets -- -D warnings
+	@if $(CARGO) tree -e normal --no-default-features -p gateway-common $(addprefix -p ,$(POLICY_CRATES)) | grep -q proxy-wasm; then \
+	  echo "lint: the policy crates without their wasm feature still depend on proxy-wasm" >&2; exit 1; fi
 
 unit:
 	$(CARGO) test --workspace --exclude integration-tests

@@ -16,6 +16,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Webdis's threads and its Redis connections per thread.
+const WEBDIS_THREADS: usize = 2;
+const WEBDIS_POOL_SIZE: usize = 8;
 
 fn binary(var: &str, default: &str, package: &str) -> PathBuf {
     let path = std::env::var_os(var)
@@ -88,14 +91,25 @@ impl FleetStore {
         }
     }
 
-    /// Waits until Webdis passes a command on to Redis (after a restart of
-    /// Redis, Webdis answers 503 until it has reconnected).
+    /// Waits until Webdis passes commands on to Redis (after a restart of
+    /// Redis, Webdis answers 503 until it has reconnected): each of its
+    /// pooled connections reconnects on its own, so until many commands in a
+    /// row go through.
     fn wait_for_webdis(&self) {
+        const IN_A_ROW: usize = 4 * WEBDIS_THREADS * WEBDIS_POOL_SIZE;
         let deadline = Instant::now() + START_TIMEOUT;
         let url = format!("http://127.0.0.1:{}/", self.webdis_port);
-        while !crate::http::post(&url, &[], b"EVAL/return%201/0").is_ok_and(|r| r.status == 200) {
-            assert!(Instant::now() < deadline, "Webdis did not reach Redis");
-            thread::sleep(Duration::from_millis(20));
+        let mut in_a_row = 0;
+        while in_a_row < IN_A_ROW {
+            let ok =
+                crate::http::post(&url, &[], b"EVAL/return%201/0").is_ok_and(|r| r.status == 200);
+            if ok {
+                in_a_row += 1;
+            } else {
+                in_a_row = 0;
+                assert!(Instant::now() < deadline, "Webdis did not reach Redis");
+                thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 
@@ -113,8 +127,8 @@ impl FleetStore {
             "redis_auth": null,
             "http_host": "127.0.0.1",
             "http_port": self.webdis_port,
-            "threads": 2,
-            "pool_size": 8,
+            "threads": WEBDIS_THREADS,
+            "pool_size": WEBDIS_POOL_SIZE,
             "daemonize": false,
             "database": 0,
             "acl": [

@@ -805,14 +805,31 @@ fn fleet_breakers_open_together_and_half_open_admits_exactly_the_probes_fleet_wi
     let opened = breaker_total(&envoys, "api.transitions.open");
     assert_eq!(opened, 3, "each Envoy counts the opening once");
 
-    // Half-open: a storm of slow calls over the fleet; the probes keep
-    // their slots meanwhile, so exactly three reach the upstream.
+    // Half-open: waves of slow calls over the fleet while the probes keep
+    // their slots. Claims that lose the race for the record are refused, so
+    // one wave may take fewer than three; the waves together take exactly
+    // three, and no more reach the upstream.
     upstream.set_forced_status(None);
     thread::sleep(Duration::from_millis(1700));
-    let slow = [("x-echo-delay-ms".to_string(), "1500".to_string())];
-    let responses = storm(&envoys, 8, &slow, "/");
+    let slow = [("x-echo-delay-ms".to_string(), "4000".to_string())];
+    let responses: Vec<Response> = thread::scope(|scope| {
+        let waves: Vec<_> = (0..3)
+            .map(|wave| {
+                let slow = &slow;
+                let envoys = &envoys;
+                scope.spawn(move || {
+                    thread::sleep(Duration::from_millis(300 * wave));
+                    storm(envoys, 6, slow, "/")
+                })
+            })
+            .collect();
+        waves
+            .into_iter()
+            .flat_map(|w| w.join().expect("wave"))
+            .collect()
+    });
     assert_eq!(count(&responses, 200), 3, "{:?}", statuses(&responses));
-    assert_eq!(count(&responses, 503), 21, "{:?}", statuses(&responses));
+    assert_eq!(count(&responses, 503), 51, "{:?}", statuses(&responses));
     assert_eq!(upstream.request_count(), 4 + 3);
     let probes = breaker_total(&envoys, "api.probes");
     assert_eq!(probes, 3);

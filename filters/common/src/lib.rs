@@ -2,6 +2,7 @@
 //! directly except the [`host::ProxyWasmHost`] implementation, so all of it
 //! is testable natively.
 
+#[cfg(feature = "wasm")]
 pub mod adapter;
 pub mod client_ip;
 pub mod config;
@@ -12,6 +13,9 @@ pub mod host;
 pub mod identity;
 pub mod ipset;
 pub mod matching;
+#[cfg(feature = "wasm")]
 pub mod metrics;
 pub mod params;
 pub mod store;
+#[cfg(feature = "wasm")]
+mod wasm_host;

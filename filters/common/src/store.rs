@@ -119,9 +119,11 @@ impl SharedStore for MemoryStore {
 }
 
 /// Envoy shared data, through the proxy-wasm host.
+#[cfg(feature = "wasm")]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProxyWasmStore;
 
+#[cfg(feature = "wasm")]
 impl SharedStore for ProxyWasmStore {
     fn get(&self, key: &str) -> Result<Versioned, StoreError> {
         match proxy_wasm::hostcalls::get_shared_data(key) {

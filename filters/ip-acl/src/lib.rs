@@ -1,100 +1,19 @@
 //! ip-acl: allow and deny lists of client addresses for Envoy. The policy is
-//! in [`policy`]; this file is the proxy-wasm adapter.
+//! in [`policy`]; the proxy-wasm adapter (the
+//! `wasm` feature) is in `wasm.rs`.
 
 pub mod policy;
-
-use gateway_common::adapter::{self, Filter};
-use gateway_common::config::{parse_json, ConfigError};
-use gateway_common::host::ProxyWasmHost;
-use gateway_common::metrics::Counter;
-use policy::{IpAcl, IpAclConfig, Metric, Outcome};
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, LogLevel};
-use std::rc::Rc;
 
 pub const FILTER_NAME: &str = "ip_acl";
 
 /// Parses and compiles a JSON configuration.
-pub fn compile_config(bytes: &[u8]) -> Result<IpAcl, ConfigError> {
-    IpAcl::compile(&parse_json::<IpAclConfig>(bytes)?)
+pub fn compile_config(bytes: &[u8]) -> Result<policy::IpAcl, gateway_common::config::ConfigError> {
+    policy::IpAcl::compile(&gateway_common::config::parse_json::<policy::IpAclConfig>(
+        bytes,
+    )?)
 }
 
-/// The counters, defined once per VM.
-#[derive(Debug, Clone, Copy)]
-pub struct Metrics([Counter; Metric::ALL.len()]);
-
-impl Metrics {
-    pub fn define() -> Self {
-        Self(Metric::ALL.map(|metric| Counter::define(FILTER_NAME, metric.name())))
-    }
-
-    pub fn inc(&self, metric: Metric) {
-        self.0[metric as usize].inc();
-    }
-}
-
-/// Applies the policy to the current request: `Continue`, or an error
-/// response sent and `Pause`.
-pub fn on_request_headers(acl: &IpAcl, metrics: &Metrics) -> Action {
-    let outcome = acl.evaluate(&ProxyWasmHost);
-    let Some(error) = outcome.error() else {
-        metrics.inc(Metric::Allowed);
-        return Action::Continue;
-    };
-    if acl.dry_run() {
-        metrics.inc(Metric::DryRunDenied);
-        adapter::log(
-            LogLevel::Info,
-            &format!("{FILTER_NAME}: dry run, would deny: {outcome:?}"),
-        );
-        return Action::Continue;
-    }
-    metrics.inc(outcome.metric());
-    if let Outcome::BadForwardedFor(_) = outcome {
-        adapter::log(LogLevel::Debug, &format!("{FILTER_NAME}: {outcome:?}"));
-    }
-    adapter::send_error(&error);
-    Action::Pause
-}
-
-/// The filter, as the shared root context sees it.
-pub struct IpAclFilter;
-
-impl Filter for IpAclFilter {
-    const NAME: &'static str = FILTER_NAME;
-    type Policy = IpAcl;
-    type Metrics = Metrics;
-
-    fn compile(bytes: &[u8]) -> Result<IpAcl, ConfigError> {
-        compile_config(bytes)
-    }
-
-    fn define_metrics() -> Metrics {
-        Metrics::define()
-    }
-
-    fn http_context(acl: Rc<IpAcl>, metrics: Metrics) -> Box<dyn HttpContext> {
-        Box::new(IpAclHttp { acl, metrics })
-    }
-}
-
-/// Per-request context.
-pub struct IpAclHttp {
-    acl: Rc<IpAcl>,
-    metrics: Metrics,
-}
-
-impl Context for IpAclHttp {}
-
-impl HttpContext for IpAclHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let _reads = gateway_common::host::callback_scope();
-        on_request_headers(&self.acl, &self.metrics)
-    }
-}
-
-#[cfg(feature = "entrypoint")]
-gateway_common::declare_root!(
-    gateway_common::adapter::RootRank::Filter,
-    gateway_common::adapter::FilterRoot::<IpAclFilter>::default()
-);
+#[cfg(feature = "wasm")]
+mod wasm;
+#[cfg(feature = "wasm")]
+pub use wasm::*;

@@ -13,11 +13,13 @@
 //! digest ([`digest`]). When the store fails, each policy applies its
 //! [`FailureMode`].
 
+#[cfg(feature = "wasm")]
 pub mod client;
 pub mod model;
 pub mod wire;
 
 use crate::config::ConfigError;
+#[cfg(feature = "wasm")]
 use crate::metrics::Counter;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -169,6 +171,7 @@ impl FailureMode {
 
 /// A policy's fleet counters: `fleet.answered`, `fleet.failure.<reason>`
 /// and `fleet.failure_mode.<mode>` (the requests each mode decided).
+#[cfg(feature = "wasm")]
 #[derive(Debug, Clone, Copy)]
 pub struct FleetMetrics {
     answered: Counter,
@@ -176,6 +179,7 @@ pub struct FleetMetrics {
     modes: [Counter; 3],
 }
 
+#[cfg(feature = "wasm")]
 impl FleetMetrics {
     pub fn define(filter: &str) -> Self {
         Self {
