@@ -41,8 +41,8 @@ lint:
 	$(CARGO) clippy --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -p empty-filter -p host-call-probe -- -D warnings
 	# The policy layer alone, as a host other than proxy-wasm links it: no
 	# proxy-wasm in it (a native module must not import the Wasm ABI).
-	$(CARGO) clippy -p gateway-common $(addprefix -p ,$(POLICY_CRATES)) --no-default-features --all-targets -- -D warnings
-	@if $(CARGO) tree -e normal --no-default-features -p gateway-common $(addprefix -p ,$(POLICY_CRATES)) | grep -q proxy-wasm; then \
+	$(CARGO) clippy -p gateway-common $(addprefix -p ,$(POLICY_CRATES)) -p gateway --no-default-features --all-targets -- -D warnings
+	@if $(CARGO) tree -e normal --no-default-features -p gateway-common $(addprefix -p ,$(POLICY_CRATES)) -p gateway | grep -q proxy-wasm; then \
 	  echo "lint: the policy crates without their wasm feature still depend on proxy-wasm" >&2; exit 1; fi
 
 unit:

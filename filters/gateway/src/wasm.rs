@@ -1,0 +1,379 @@
+//! The proxy-wasm side of the gateway module: its root context, which
+//! loads every section with its filter's code, and each request's pipeline
+//! of the policies' own HTTP contexts. Re-exported from the crate root.
+
+use crate::config::Section;
+use crate::pipeline::{BodyVerdict, Flow, Member, Pipeline, Verdict};
+use crate::{config, MODULE_NAME};
+use circuit_breaker::CircuitBreakerFilter;
+use gateway_common::adapter::{self, Filter, Loaded, LoadedPolicy, StreamNotes};
+use gateway_common::fleet::client::{self as fleet_client, Batch};
+use gateway_common::host::{stream_scope, StreamMemory};
+use ip_acl::IpAclFilter;
+use log_push::LogPushWorker;
+use param_validation::ParamValidationFilter;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use request_mapping::RequestMappingFilter;
+use sign_auth::SignAuthFilter;
+use throttling::ThrottlingFilter;
+
+/// Loads one section with its filter's code, logging any error as that
+/// filter would.
+fn load(section: Section, bytes: &[u8]) -> Option<Box<dyn LoadedPolicy>> {
+    fn boxed<F: Filter>(bytes: &[u8]) -> Option<Box<dyn LoadedPolicy>> {
+        let loaded = Loaded::<F>::load(bytes, F::define_metrics)?;
+        Some(Box::new(loaded))
+    }
+    match section {
+        Section::SignAuth => boxed::<SignAuthFilter>(bytes),
+        Section::IpAcl => boxed::<IpAclFilter>(bytes),
+        Section::Throttling => boxed::<ThrottlingFilter>(bytes),
+        Section::ParamValidation => boxed::<ParamValidationFilter>(bytes),
+        Section::RequestMapping => boxed::<RequestMappingFilter>(bytes),
+        Section::CircuitBreaker => boxed::<CircuitBreakerFilter>(bytes),
+        Section::LogPush => {
+            let worker = LogPushWorker::load(bytes, log_push::Metrics::define)?;
+            Some(Box::new(worker))
+        }
+    }
+}
+
+/// The module's root context: the enabled policies, in order.
+#[derive(Default)]
+pub struct GatewayRoot {
+    policies: Vec<Box<dyn LoadedPolicy>>,
+    shutting_down: bool,
+}
+
+impl Context for GatewayRoot {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        let handled = self
+            .policies
+            .iter_mut()
+            .any(|policy| policy.on_http_call_response(token, body_size));
+        if handled && self.shutting_down && self.policies.iter().all(|p| p.idle()) {
+            self.done();
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.shutting_down = true;
+        // Every policy is told, even after one that is not done yet.
+        let mut done = true;
+        for policy in &mut self.policies {
+            done &= policy.on_done();
+        }
+        done
+    }
+}
+
+impl RootContext for GatewayRoot {
+    fn on_configure(&mut self, _config_size: usize) -> bool {
+        let sections = match config::split(&adapter::plugin_configuration()) {
+            Ok(sections) => sections,
+            Err(err) => {
+                adapter::log(
+                    LogLevel::Error,
+                    &format!("{MODULE_NAME}: invalid configuration: {err}"),
+                );
+                return false;
+            }
+        };
+        // Every section is loaded, so every faulty one is logged at once.
+        let loaded: Vec<Option<Box<dyn LoadedPolicy>>> = sections
+            .iter()
+            .map(|(section, bytes)| load(*section, bytes))
+            .collect();
+        let Some(policies) = loaded.into_iter().collect::<Option<Vec<_>>>() else {
+            return false;
+        };
+        if let Some(period) = policies.iter().filter_map(|p| p.tick_period()).min() {
+            self.set_tick_period(period);
+        }
+        self.policies = policies;
+        true
+    }
+
+    fn on_tick(&mut self) {
+        for policy in &mut self.policies {
+            policy.on_tick();
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if self.policies.is_empty() {
+            return None;
+        }
+        let members = self
+            .policies
+            .iter()
+            .map(|policy| PolicyContext(policy.http_context()))
+            .collect();
+        let mut pipeline = Pipeline::new(members);
+        // No policy after the last one with fleet checks sees the request
+        // before their answer (as in the chain, where those policies decide
+        // before the later ones run).
+        if let Some(last) = self.policies.iter().rposition(|p| p.uses_fleet()) {
+            pipeline = pipeline.with_barrier(last + 1, fleet_client::holds_replies);
+        }
+        Some(Box::new(GatewayHttp {
+            stream: Stream {
+                pipeline,
+                batch: Batch::default(),
+            },
+            memory: StreamMemory::default(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// A policy's own HTTP context, as a member of the pipeline. What the
+/// policy noted during the callback tells a local reply from a `Pause`.
+struct PolicyContext(Box<dyn HttpContext>);
+
+fn verdict(action: Action, notes: StreamNotes) -> Verdict {
+    match action {
+        _ if notes.answered => Verdict::Answered,
+        Action::Pause => Verdict::Pause,
+        _ => Verdict::Continue,
+    }
+}
+
+/// The policy's verdict on the callback it just ran.
+fn verdict_of(action: Action) -> Verdict {
+    verdict(action, adapter::take_stream_notes())
+}
+
+impl Member for PolicyContext {
+    fn request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict {
+        verdict_of(self.0.on_http_request_headers(num_headers, end_of_stream))
+    }
+
+    fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> BodyVerdict {
+        let action = self.0.on_http_request_body(body_size, end_of_stream);
+        let notes = adapter::take_stream_notes();
+        BodyVerdict {
+            verdict: verdict(action, notes),
+            resized_to: notes.request_body_size,
+        }
+    }
+
+    fn request_trailers(&mut self, num_trailers: usize) -> Verdict {
+        verdict_of(self.0.on_http_request_trailers(num_trailers))
+    }
+
+    fn response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict {
+        verdict_of(self.0.on_http_response_headers(num_headers, end_of_stream))
+    }
+
+    fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Verdict {
+        verdict_of(self.0.on_http_response_body(body_size, end_of_stream))
+    }
+
+    fn response_trailers(&mut self, num_trailers: usize) -> Verdict {
+        verdict_of(self.0.on_http_response_trailers(num_trailers))
+    }
+
+    fn log(&mut self) {
+        self.0.on_log();
+    }
+}
+
+/// One request's context: the pipeline of the policies' own contexts.
+struct GatewayHttp {
+    stream: Stream,
+    /// Reads that hold for the whole stream, shared by its callbacks.
+    memory: StreamMemory,
+}
+
+/// Where the request stands in the policies and with the fleet store.
+struct Stream {
+    pipeline: Pipeline<PolicyContext>,
+    /// The request's fleet checks.
+    batch: Batch,
+}
+
+impl Stream {
+    /// Runs a request callback of the pipeline with the batch open, then
+    /// sends what the policies gathered and holds the request for it.
+    fn request_step(&mut self, step: impl FnOnce(&mut Pipeline<PolicyContext>) -> Flow) -> Action {
+        let flow = {
+            let _batch = fleet_client::batch_scope(&mut self.batch);
+            step(&mut self.pipeline)
+        };
+        if self.batch.has_unsent() {
+            if let Err(failure) = self.batch.send() {
+                // Every policy decides by its failure mode, now.
+                return action(self.conclude_fleet(fleet_client::UNSENT, Err(failure)));
+            }
+        }
+        if self.pipeline.answered() {
+            if !self.batch.in_flight() {
+                self.release_held_reply();
+            }
+            return Action::Pause;
+        }
+        action(flow)
+    }
+
+    /// Shows the fleet's answer to the policies, then lets the request on
+    /// past the barrier (unless one of them answered it); the flow after
+    /// that (`Continue`: resume it).
+    fn conclude_fleet(&mut self, token: u32, answer: fleet_client::Answer) -> Flow {
+        self.show_answer(token, answer);
+        self.pipeline.release()
+    }
+
+    /// Shows the fleet's answer to the policies, in order, until one of
+    /// them answers the request; a reply held meanwhile goes out unless an
+    /// earlier policy's verdict replaced it.
+    fn show_answer(&mut self, token: u32, answer: fleet_client::Answer) {
+        let answered = fleet_client::with_answer(token, answer, || {
+            for member in self.pipeline.members_mut() {
+                member.0.on_http_call_response(token, 0, 0, 0);
+                if adapter::take_stream_notes().answered {
+                    return true;
+                }
+            }
+            false
+        });
+        if answered {
+            // An earlier policy's verdict: a later one's reply is moot.
+            self.batch.take_held_reply();
+            self.pipeline.mark_answered();
+        } else {
+            self.release_held_reply();
+        }
+    }
+
+    /// Sends the local reply a policy made while the fleet's answer was
+    /// not in (see `gateway_common::fleet::client::holds_replies`).
+    fn release_held_reply(&mut self) {
+        if let Some(reply) = self.batch.take_held_reply() {
+            reply.send();
+        }
+    }
+}
+
+fn action(flow: Flow) -> Action {
+    match flow {
+        Flow::Continue => Action::Continue,
+        Flow::Pause => Action::Pause,
+    }
+}
+
+impl Context for GatewayHttp {
+    /// Told to every policy: each knows the tokens of the calls it made;
+    /// the fleet call's answer is shown to them by [`Stream::show_answer`].
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        headers: usize,
+        body_size: usize,
+        trailers: usize,
+    ) {
+        if let Some(answer) = self.stream.batch.answer(token, body_size) {
+            let _reads = stream_scope(&mut self.memory);
+            if self.stream.conclude_fleet(token, answer) == Flow::Continue {
+                fleet_client::resume_request();
+            }
+            return;
+        }
+        for member in self.stream.pipeline.members_mut() {
+            member
+                .0
+                .on_http_call_response(token, headers, body_size, trailers);
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        let mut done = true;
+        for member in self.stream.pipeline.members_mut() {
+            done &= member.0.on_done();
+        }
+        done
+    }
+}
+
+impl HttpContext for GatewayHttp {
+    fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        let _reads = stream_scope(&mut self.memory);
+        // Notes left by anything before this request are not this request's.
+        adapter::take_stream_notes();
+        self.stream
+            .request_step(|pipeline| pipeline.on_request_headers(num_headers, end_of_stream))
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let _reads = stream_scope(&mut self.memory);
+        self.stream
+            .request_step(|pipeline| pipeline.on_request_body(body_size, end_of_stream))
+    }
+
+    fn on_http_request_trailers(&mut self, num_trailers: usize) -> Action {
+        let _reads = stream_scope(&mut self.memory);
+        self.stream
+            .request_step(|pipeline| pipeline.on_request_trailers(num_trailers))
+    }
+
+    fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
+        let _reads = stream_scope(&mut self.memory);
+        action(
+            self.stream
+                .pipeline
+                .on_response_headers(num_headers, end_of_stream),
+        )
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let _reads = stream_scope(&mut self.memory);
+        action(
+            self.stream
+                .pipeline
+                .on_response_body(body_size, end_of_stream),
+        )
+    }
+
+    fn on_http_response_trailers(&mut self, num_trailers: usize) -> Action {
+        let _reads = stream_scope(&mut self.memory);
+        action(self.stream.pipeline.on_response_trailers(num_trailers))
+    }
+
+    fn on_log(&mut self) {
+        let _reads = stream_scope(&mut self.memory);
+        self.stream.pipeline.on_log();
+    }
+}
+
+#[cfg(feature = "entrypoint")]
+gateway_common::declare_root!(
+    gateway_common::adapter::RootRank::Module,
+    GatewayRoot::default()
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_reply_is_told_apart_from_a_pause_by_the_policy_notes() {
+        let answered = StreamNotes {
+            answered: true,
+            request_body_size: None,
+        };
+        assert_eq!(verdict(Action::Pause, answered), Verdict::Answered);
+        assert_eq!(verdict(Action::Continue, answered), Verdict::Answered);
+        assert_eq!(
+            verdict(Action::Pause, StreamNotes::default()),
+            Verdict::Pause
+        );
+        assert_eq!(
+            verdict(Action::Continue, StreamNotes::default()),
+            Verdict::Continue
+        );
+    }
+}
