@@ -6,8 +6,7 @@
 //! The state machine and its shared record are in [`breaker`], the
 //! configuration in [`config`], who answered a call in [`outcome`], the
 //! degraded answer in [`degraded`], the per-request decisions in [`policy`];
-//! the proxy-wasm adapter (the
-//! `wasm` feature) is in `wasm.rs`.
+//! the proxy-wasm adapter (the `wasm` feature) is in `wasm.rs`.
 
 pub mod breaker;
 pub mod config;
@@ -16,15 +15,14 @@ pub mod fleet;
 pub mod outcome;
 pub mod policy;
 
+use gateway_common::config::{parse_json, ConfigError};
+use policy::CircuitBreaker;
+
 pub const FILTER_NAME: &str = "circuit_breaker";
 
 /// Parses and compiles a JSON configuration.
-pub fn compile_config(
-    bytes: &[u8],
-) -> Result<policy::CircuitBreaker, gateway_common::config::ConfigError> {
-    config::compile(&gateway_common::config::parse_json::<
-        config::CircuitBreakerConfig,
-    >(bytes)?)
+pub fn compile_config(bytes: &[u8]) -> Result<CircuitBreaker, ConfigError> {
+    config::compile(&parse_json::<config::CircuitBreakerConfig>(bytes)?)
 }
 
 #[cfg(feature = "wasm")]

@@ -13,7 +13,7 @@ use gateway_common::config::ConfigError;
 use gateway_common::error::codes;
 use gateway_common::fleet::client::{self as fleet_client, Waiting};
 use gateway_common::fleet::{FailureMode, FleetMetrics};
-use gateway_common::host::ProxyWasmHost;
+use gateway_common::host::{Host, ProxyWasmHost};
 use gateway_common::metrics::{Counter, Gauge};
 use gateway_common::store::{ProxyWasmStore, StoreError};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -69,7 +69,6 @@ impl RuleCounter {
 /// A rule's gauges: its state (0 closed, 1 open, 2 half-open) and the
 /// duration of its latest opening.
 pub const STATE_GAUGE: &str = "state";
-
 pub const OPEN_DURATION_GAUGE: &str = "open_duration_ms";
 
 /// One rule's metric handles, defined when the configuration loads.
@@ -137,11 +136,19 @@ pub struct Deployed {
 }
 
 /// A worker's part of the fleet breakers: its calls' outcomes not yet in
-/// the store (per rule), and the sync in flight.
-#[derive(Default)]
+/// the store (one queue per rule), and the sync in flight.
 struct WorkerSync {
     outcomes: Vec<Outcomes>,
     in_flight: Waiting<SyncPlan>,
+}
+
+impl WorkerSync {
+    fn new(rules: usize) -> Self {
+        Self {
+            outcomes: vec![Outcomes::default(); rules],
+            in_flight: Waiting::default(),
+        }
+    }
 }
 
 /// Fresh bits for a new fleet record's first version: the host clock in
@@ -154,9 +161,9 @@ fn random_bits() -> u64 {
         n.set(n.get().wrapping_add(1));
         n.get()
     });
-    let nanos = proxy_wasm::hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+    let nanos = ProxyWasmHost
+        .now()
+        .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     gateway_common::fleet::mix(&[&nanos.to_le_bytes(), &drawn.to_le_bytes()])
 }
@@ -180,12 +187,9 @@ impl Deployed {
         ticket: Ticket,
         outcome: Option<CallOutcome>,
     ) {
-        let mut sync = self.sync.borrow_mut();
-        if sync.outcomes.len() <= index {
-            sync.outcomes
-                .resize_with(self.breaker.rules().len(), Outcomes::default);
-        }
-        let kept = sync
+        let kept = self
+            .sync
+            .borrow_mut()
             .outcomes
             .get_mut(index)
             .is_some_and(|queue| queue.push(&rule.settings, now, ticket, outcome));
@@ -204,11 +208,9 @@ impl Deployed {
         if sync.in_flight.is_waiting() {
             return;
         }
-        let rules = self.breaker.rules();
-        if sync.outcomes.len() < rules.len() {
-            sync.outcomes.resize_with(rules.len(), Outcomes::default);
-        }
-        let views: Vec<Option<View>> = rules
+        let views: Vec<Option<View>> = self
+            .breaker
+            .rules()
             .iter()
             .map(|rule| {
                 rule.fleet_key()
@@ -333,10 +335,12 @@ impl Filter for CircuitBreakerFilter {
     type Metrics = Metrics;
 
     fn compile(bytes: &[u8]) -> Result<Deployed, ConfigError> {
+        let breaker = compile_config(bytes)?;
+        let sync = RefCell::new(WorkerSync::new(breaker.rules().len()));
         Ok(Deployed {
-            breaker: compile_config(bytes)?,
+            breaker,
             rule_metrics: OnceCell::new(),
-            sync: RefCell::new(WorkerSync::default()),
+            sync,
         })
     }
 
@@ -413,6 +417,40 @@ struct Call {
     local: Option<Ticket>,
     /// The fleet breaker records it (a fleet rule).
     fleet: Option<Ticket>,
+}
+
+/// Which breakers record a call, by the one that admitted it.
+#[derive(Debug, Clone, Copy)]
+enum Admitted {
+    /// This Envoy's own breaker; the fleet's too (counted) when its store
+    /// failed and failure mode `local` decided.
+    Locally { also_fleet: bool },
+    /// The fleet breaker; under failure mode `local` the own breaker counts
+    /// the call too, to decide when the store fails (the fleet's probe
+    /// tickets mean nothing to it).
+    ByFleet { also_local: bool },
+    /// Failure mode `allow`: only the fleet counts it, once it answers.
+    Unchecked,
+}
+
+impl Admitted {
+    fn call(self, rule: usize, started_ms: u64, ticket: Ticket) -> Call {
+        let (local, fleet) = match self {
+            Admitted::Locally { also_fleet } => {
+                (Some(ticket), also_fleet.then_some(Ticket::Counted))
+            }
+            Admitted::ByFleet { also_local } => {
+                (also_local.then_some(Ticket::Counted), Some(ticket))
+            }
+            Admitted::Unchecked => (None, Some(Ticket::Counted)),
+        };
+        Call {
+            rule,
+            started_ms,
+            local,
+            fleet,
+        }
+    }
 }
 
 /// A claim on its way to the fleet store.
@@ -523,9 +561,15 @@ impl CircuitBreakerHttp {
         }
     }
 
-    /// Applies a decision: the call goes on (and its outcome is awaited) or
-    /// gets the degraded answer.
-    fn decide(&mut self, index: usize, admission: Admission, call: Call) -> Action {
+    /// Applies a decision: the call (started at `started_ms`) goes on and
+    /// its outcome is awaited, or it gets the degraded answer.
+    fn decide(
+        &mut self,
+        index: usize,
+        admission: Admission,
+        started_ms: u64,
+        admitted: Admitted,
+    ) -> Action {
         let deployed = Rc::clone(&self.deployed);
         let Some(rule) = deployed.breaker.rules().get(index) else {
             return Action::Continue;
@@ -536,7 +580,7 @@ impl CircuitBreakerHttp {
                 if let Ticket::Probe { .. } = ticket {
                     metrics.inc(RuleCounter::Probes);
                 }
-                self.call = Some(call);
+                self.call = Some(admitted.call(index, started_ms, ticket));
                 Action::Continue
             }
             Admission::Reject { retry_after_ms } => self.degrade(rule, &metrics, retry_after_ms),
@@ -544,7 +588,7 @@ impl CircuitBreakerHttp {
     }
 
     /// Decides with this Envoy's own breaker.
-    fn admit_locally(&mut self, index: usize, rule: &Rule, now: u64, fleet: bool) -> Action {
+    fn admit_locally(&mut self, index: usize, rule: &Rule, now: u64, also_fleet: bool) -> Action {
         let (admission, transition) = match rule.admit(&ProxyWasmStore, now) {
             Ok(decision) => decision,
             Err(error) => return self.store_failed(rule, error),
@@ -552,17 +596,7 @@ impl CircuitBreakerHttp {
         if let Some(transition) = transition {
             report(rule, &self.deployed.metrics(index), &transition);
         }
-        let ticket = match admission {
-            Admission::Admit(ticket) => Some(ticket),
-            Admission::Reject { .. } => None,
-        };
-        let call = Call {
-            rule: index,
-            started_ms: now,
-            local: ticket,
-            fleet: fleet.then_some(Ticket::Counted),
-        };
-        self.decide(index, admission, call)
+        self.decide(index, admission, now, Admitted::Locally { also_fleet })
     }
 
     /// A fleet rule whose store does not answer: the failure mode decides.
@@ -577,49 +611,25 @@ impl CircuitBreakerHttp {
         match mode {
             FailureMode::Local => self.admit_locally(index, rule, now, true),
             FailureMode::Allow => {
-                let call = Call {
-                    rule: index,
-                    started_ms: now,
-                    local: None,
-                    fleet: Some(Ticket::Counted),
-                };
-                self.decide(index, Admission::Admit(Ticket::Counted), call)
+                let admission = Admission::Admit(Ticket::Counted);
+                self.decide(index, admission, now, Admitted::Unchecked)
             }
             FailureMode::Deny => {
                 let retry_after_ms = self.deployed.breaker.fleet().map_or(1000, |f| f.sync_ms);
-                self.decide(
-                    index,
-                    Admission::Reject { retry_after_ms },
-                    Call {
-                        rule: index,
-                        started_ms: now,
-                        local: None,
-                        fleet: None,
-                    },
-                )
+                let admission = Admission::Reject { retry_after_ms };
+                self.decide(index, admission, now, Admitted::Unchecked)
             }
         }
     }
 
-    /// The call as the fleet breaker admitted it.
-    fn fleet_call(&self, index: usize, admission: &Admission, now: u64) -> Call {
-        let local_too = self
+    /// How the fleet breaker's admitted calls are recorded.
+    fn by_fleet(&self) -> Admitted {
+        let also_local = self
             .deployed
             .breaker
             .fleet()
             .is_some_and(|f| f.failure_mode == FailureMode::Local);
-        let ticket = match admission {
-            Admission::Admit(ticket) => Some(*ticket),
-            Admission::Reject { .. } => None,
-        };
-        Call {
-            rule: index,
-            started_ms: now,
-            // The local breaker counts the call too, to decide when the
-            // store fails; the fleet's probe tickets mean nothing to it.
-            local: (local_too && ticket.is_some()).then_some(Ticket::Counted),
-            fleet: ticket,
-        }
+        Admitted::ByFleet { also_local }
     }
 
     /// Decides a fleet rule's call from this Envoy's view, or sends the
@@ -635,8 +645,7 @@ impl CircuitBreakerHttp {
         };
         match rule.admit_fleet(view, fleet, now) {
             FleetAdmission::Decided(admission) => {
-                let call = self.fleet_call(index, &admission, now);
-                self.decide(index, admission, call)
+                self.decide(index, admission, now, self.by_fleet())
             }
             FleetAdmission::Stale => self.by_failure_mode(index, rule, now, fleet.failure_mode),
             FleetAdmission::Claim(claim) => {
@@ -687,10 +696,8 @@ impl CircuitBreakerHttp {
                 view,
             } => {
                 self.metrics.fleet.answered();
-                let own: Vec<Transition> = transition.into_iter().collect();
-                deployed.show_view(&self.metrics, index, rule, &view, &own);
-                let call = self.fleet_call(index, &admission, pending.started_ms);
-                self.decide(index, admission, call)
+                deployed.show_view(&self.metrics, index, rule, &view, transition.as_slice());
+                self.decide(index, admission, pending.started_ms, self.by_fleet())
             }
             ClaimVerdict::Lost {
                 retry_after_ms,
@@ -698,8 +705,8 @@ impl CircuitBreakerHttp {
             } => {
                 self.metrics.fleet.answered();
                 deployed.show_view(&self.metrics, index, rule, &view, &[]);
-                let call = self.fleet_call(index, &Admission::Reject { retry_after_ms }, now);
-                self.decide(index, Admission::Reject { retry_after_ms }, call)
+                let admission = Admission::Reject { retry_after_ms };
+                self.decide(index, admission, pending.started_ms, self.by_fleet())
             }
             // An earlier policy's check refused the request; it answers.
             ClaimVerdict::NotRun => Action::Pause,

@@ -2,20 +2,22 @@
 //! pushed with `dispatch_http_call` to a sink cluster. The record is built
 //! in `on_log`, after the response is sent, so it never delays a request;
 //! batches leave from the root context's timer. The policy pieces are in
-//! [`config`], [`record`], [`shipper`] and [`format`]; the proxy-wasm adapter (the
-//! `wasm` feature) is in `wasm.rs`.
+//! [`config`], [`record`], [`shipper`] and [`format`]; the proxy-wasm
+//! adapter (the `wasm` feature) is in `wasm.rs`.
 
 pub mod config;
 pub mod format;
 pub mod record;
 pub mod shipper;
 
+use config::{LogPush, LogPushConfig};
+use gateway_common::config::{parse_json, ConfigError};
+
 pub const FILTER_NAME: &str = "log_push";
 
-pub fn compile_config(
-    bytes: &[u8],
-) -> Result<config::LogPush, gateway_common::config::ConfigError> {
-    config::LogPush::compile(&gateway_common::config::parse_json::<config::LogPushConfig>(bytes)?)
+/// Parses and compiles a JSON configuration.
+pub fn compile_config(bytes: &[u8]) -> Result<LogPush, ConfigError> {
+    LogPush::compile(&parse_json::<LogPushConfig>(bytes)?)
 }
 
 #[cfg(feature = "wasm")]

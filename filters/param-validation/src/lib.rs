@@ -1,18 +1,17 @@
 //! param-validation: declared parameters checked at the gateway; undefined
 //! query and form parameters never reach the backend. The policy is in
-//! [`policy`]; the proxy-wasm adapter (the
-//! `wasm` feature) is in `wasm.rs`.
+//! [`policy`]; the proxy-wasm adapter (the `wasm` feature) is in `wasm.rs`.
 
 pub mod policy;
 
+use gateway_common::config::{parse_json, ConfigError};
+use policy::{Validation, ValidationConfig};
+
 pub const FILTER_NAME: &str = "param_validation";
 
-pub fn compile_config(
-    bytes: &[u8],
-) -> Result<policy::Validation, gateway_common::config::ConfigError> {
-    policy::Validation::compile(&gateway_common::config::parse_json::<
-        policy::ValidationConfig,
-    >(bytes)?)
+/// Parses and compiles a JSON configuration.
+pub fn compile_config(bytes: &[u8]) -> Result<Validation, ConfigError> {
+    Validation::compile(&parse_json::<ValidationConfig>(bytes)?)
 }
 
 #[cfg(feature = "wasm")]

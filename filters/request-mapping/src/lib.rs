@@ -1,17 +1,19 @@
 //! request-mapping: the frontend request becomes the request the backend
 //! expects (path, host, method, parameters moved between locations,
 //! constants, system parameters), and response headers are adjusted. The
-//! policy is in [`policy`]; the proxy-wasm adapter (the
-//! `wasm` feature) is in `wasm.rs`.
+//! policy is in [`policy`]; the proxy-wasm adapter (the `wasm` feature) is
+//! in `wasm.rs`.
 
 pub mod policy;
 
+use gateway_common::config::{parse_json, ConfigError};
+use policy::{Mapping, MappingConfig};
+
 pub const FILTER_NAME: &str = "request_mapping";
 
-pub fn compile_config(
-    bytes: &[u8],
-) -> Result<policy::Mapping, gateway_common::config::ConfigError> {
-    policy::Mapping::compile(&gateway_common::config::parse_json::<policy::MappingConfig>(bytes)?)
+/// Parses and compiles a JSON configuration.
+pub fn compile_config(bytes: &[u8]) -> Result<Mapping, ConfigError> {
+    Mapping::compile(&parse_json::<MappingConfig>(bytes)?)
 }
 
 #[cfg(feature = "wasm")]

@@ -1,8 +1,7 @@
 //! sign-auth: app authentication by `X-Ca-*` request signatures, wire
 //! compatible with Alibaba Cloud API Gateway. The scheme is in
 //! [`signature`], the anti-replay store in [`nonce`], the decisions in
-//! [`policy`]; the proxy-wasm adapter (the
-//! `wasm` feature) is in `wasm.rs`.
+//! [`policy`]; the proxy-wasm adapter (the `wasm` feature) is in `wasm.rs`.
 
 pub mod backend;
 pub mod client;
@@ -10,16 +9,18 @@ pub mod nonce;
 pub mod policy;
 pub mod signature;
 
+use gateway_common::config::{parse_json, ConfigError};
+use policy::{SignAuth, SignAuthConfig};
+
 pub const FILTER_NAME: &str = "sign_auth";
 
 /// Headers that carry the verified identity to the upstream; never trusted
 /// from a client.
 pub const IDENTITY_HEADERS: [&str; 3] = ["x-gw-app-key", "x-gw-app-name", "x-gw-api"];
 
-pub fn compile_config(
-    bytes: &[u8],
-) -> Result<policy::SignAuth, gateway_common::config::ConfigError> {
-    policy::SignAuth::compile(&gateway_common::config::parse_json::<policy::SignAuthConfig>(bytes)?)
+/// Parses and compiles a JSON configuration.
+pub fn compile_config(bytes: &[u8]) -> Result<SignAuth, ConfigError> {
+    SignAuth::compile(&parse_json::<SignAuthConfig>(bytes)?)
 }
 
 #[cfg(feature = "wasm")]

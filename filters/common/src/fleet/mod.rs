@@ -242,27 +242,28 @@ impl FleetMetrics {
 /// 128 bits of SHA-256 over length-prefixed `parts`, in hex: how client
 /// input (an app key and nonce, a quota key's value) appears in a key.
 pub fn digest(parts: &[&[u8]]) -> String {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part);
-    }
-    hex(&hasher.finalize()[..16])
+    hex(&sha256(parts)[..16])
 }
 
 /// 64 bits of SHA-256 over length-prefixed `parts`: bits no caller can
 /// predict from a clock reading in nanoseconds and a counter, where a
 /// filter has no random source of its own.
 pub fn mix(parts: &[&[u8]]) -> u64 {
+    let hash = sha256(parts);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// SHA-256 over `parts`, each prefixed with its length, so no two lists of
+/// parts hash the same input.
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
-    let hash = hasher.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&hash[..8]);
-    u64::from_le_bytes(first)
+    hasher.finalize().into()
 }
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
