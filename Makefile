@@ -4,6 +4,7 @@
 FILTERS      := sign-auth ip-acl throttling param-validation request-mapping circuit-breaker log-push gateway
 POLICY_CRATES := sign-auth ip-acl throttling param-validation request-mapping circuit-breaker log-push
 WASM_DIR     := target/wasm32-wasip1/release
+NATIVE_MODULE := target/native/libgateway.so
 CARGO        ?= cargo
 export CARGO_TERM_COLOR ?= never
 
@@ -14,11 +15,14 @@ all: build
 setup:
 	@bash scripts/setup.sh
 
-## build: every filter as a .wasm module (release profile), with its size
+## build: every filter as a .wasm module (release profile), and the gateway
+## module as a native Envoy dynamic module (native profile), with their sizes
 build: setup
 	$(CARGO) build --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS))
-	@printf '%-28s %10s\n' "module" "bytes"
-	@for f in $(subst -,_,$(FILTERS)); do printf '%-28s %10s\n' "$(WASM_DIR)/$$f.wasm" "$$(wc -c < $(WASM_DIR)/$$f.wasm)"; done
+	$(CARGO) build --profile native -p gateway --features native
+	@printf '%-40s %10s\n' "module" "bytes"
+	@for f in $(subst -,_,$(FILTERS)); do printf '%-40s %10s\n' "$(WASM_DIR)/$$f.wasm" "$$(wc -c < $(WASM_DIR)/$$f.wasm)"; done
+	@printf '%-40s %10s\n' "$(NATIVE_MODULE)" "$$(wc -c < $(NATIVE_MODULE))"
 
 ## run: the demo gateway on 127.0.0.1:8080 (HTTP) and :8443 (TLS); Ctrl-C stops it
 run: build
@@ -39,6 +43,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -p empty-filter -p host-call-probe -- -D warnings
+	$(CARGO) clippy -p gateway --features native -- -D warnings
 	# The policy layer alone, as a host other than proxy-wasm links it: no
 	# proxy-wasm in it (a native module must not import the Wasm ABI).
 	$(CARGO) clippy -p gateway-common $(addprefix -p ,$(POLICY_CRATES)) -p gateway --no-default-features --all-targets -- -D warnings
@@ -48,13 +53,16 @@ lint:
 unit:
 	$(CARGO) test --workspace --exclude integration-tests
 
-## integration: every real-Envoy test twice, against the chain of single filters
-## and against the gateway module (GATEWAY_MODULE=1), so the two cannot drift apart
+## integration: every real-Envoy test three times, against the chain of single
+## filters, the gateway module (GATEWAY_MODULE=1) and the native module
+## (GATEWAY_NATIVE=1), so the three cannot drift apart
 integration:
 	@echo "== integration tests: the chain of single filters =="
 	$(CARGO) test -p integration-tests
 	@echo "== integration tests: the gateway module (GATEWAY_MODULE=1) =="
 	GATEWAY_MODULE=1 $(CARGO) test -p integration-tests
+	@echo "== integration tests: the native module (GATEWAY_NATIVE=1) =="
+	GATEWAY_NATIVE=1 $(CARGO) test -p integration-tests
 
 fmt:
 	$(CARGO) fmt --all

@@ -72,6 +72,9 @@ else
   export BENCH_MODULE_BUILD=failed
   say "the gateway module does not build (target/bench/gateway-build.log): its row says \"not built\""
 fi
+# The native module and its do-nothing baseline (Envoy dynamic modules).
+"$CARGO" build --profile native -p gateway --features native
+"$CARGO" build --profile native -p empty-filter --features native
 "$CARGO" build --release -p policy-bench
 if [ "$upstream" = echo ]; then
   "$CARGO" build --release -p integration-tests --bin echo-upstream

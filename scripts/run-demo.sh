@@ -4,10 +4,20 @@
 # envoy/gateway.yaml (the second on :8081, :8444 and admin :9902) sharing
 # that store: a fleet of two.
 # Started by `make run` (after set-up and build); Ctrl-C stops everything.
+# GATEWAY_MODULE=1 runs envoy/gateway-module.yaml (every policy in
+# gateway.wasm) instead, GATEWAY_NATIVE=1 envoy/gateway-native.yaml (the same
+# module as the native libgateway.so): same listeners, policies and curl lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ENVOY_BIN="${ENVOY_BIN:-.venv/bin/envoy}"
+CONFIG=envoy/gateway.yaml
+if [ "${GATEWAY_NATIVE:-}" = 1 ]; then
+  CONFIG=envoy/gateway-native.yaml
+elif [ "${GATEWAY_MODULE:-}" = 1 ]; then
+  CONFIG=envoy/gateway-module.yaml
+fi
+echo "demo configuration: $CONFIG"
 mkdir -p .run
 bash scripts/make-certs.sh .run/tls
 cargo build --quiet --release -p integration-tests -p ca-sign --bins
@@ -61,12 +71,12 @@ target/release/echo-upstream --id backend-1 --listen 127.0.0.1:18081 > .run/back
 pids+=($!)
 target/release/echo-upstream --id backend-2 --listen 127.0.0.1:18082 > .run/backend-2.log 2>&1 &
 pids+=($!)
-"$ENVOY_BIN" -c envoy/gateway.yaml --disable-hot-restart --log-level info > .run/envoy.log 2>&1 &
+"$ENVOY_BIN" -c "$CONFIG" --disable-hot-restart --log-level info > .run/envoy.log 2>&1 &
 envoy_pid=$!
 pids+=($envoy_pid)
 # The second instance: the same configuration on other ports.
 sed -e 's/port_value: 8080/port_value: 8081/' -e 's/port_value: 8443/port_value: 8444/' \
-  -e 's/port_value: 9901/port_value: 9902/' envoy/gateway.yaml > .run/gateway-2.yaml
+  -e 's/port_value: 9901/port_value: 9902/' "$CONFIG" > .run/gateway-2.yaml
 "$ENVOY_BIN" -c .run/gateway-2.yaml --disable-hot-restart --log-level info > .run/envoy-2.log 2>&1 &
 envoy2_pid=$!
 pids+=($envoy2_pid)

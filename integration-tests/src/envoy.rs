@@ -49,6 +49,20 @@ pub fn wasm_module(name: &str) -> PathBuf {
     path
 }
 
+/// The native module, `libgateway.so` (`make build` builds it).
+pub fn native_module() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| workspace_root().join(dir))
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let path = target.join("native/libgateway.so");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make build` first",
+        path.display()
+    );
+    path
+}
+
 /// The environment variable that runs the tests against the gateway module:
 /// with `GATEWAY_MODULE=1`, every list of filters [`gateway_config`] is given
 /// becomes one `gateway.wasm` filter with a section per listed filter, and
@@ -68,10 +82,32 @@ pub const MODULE_ORDER: [&str; 7] = [
     "log_push",
 ];
 
-/// Whether this run tests the gateway module (`GATEWAY_MODULE=1`) rather
-/// than the chain of single filters.
+/// The environment variable that runs the tests against the native module:
+/// with `GATEWAY_NATIVE=1`, everything [`MODULE_MODE_VAR`] does, and the
+/// gateway module is loaded as `libgateway.so`, an Envoy dynamic module,
+/// instead of `gateway.wasm`.
+pub const NATIVE_MODE_VAR: &str = "GATEWAY_NATIVE";
+
+/// Whether this run tests the gateway module (`GATEWAY_MODULE=1`, or the
+/// native module with `GATEWAY_NATIVE=1`) rather than the chain of single
+/// filters.
 pub fn module_mode() -> bool {
-    std::env::var(MODULE_MODE_VAR).is_ok_and(|value| value == "1")
+    std::env::var(MODULE_MODE_VAR).is_ok_and(|value| value == "1") || native_mode()
+}
+
+/// Whether the gateway module runs as the native module (`GATEWAY_NATIVE=1`).
+pub fn native_mode() -> bool {
+    std::env::var(NATIVE_MODE_VAR).is_ok_and(|value| value == "1")
+}
+
+/// A custom metric's name as Envoy shows it: the Wasm modules' metrics
+/// are under `wasmcustom.`, the native module's under
+/// `dynamicmodulescustom.`. Tests name the Wasm form.
+pub fn custom_stat_name(name: &str) -> std::borrow::Cow<'_, str> {
+    match name.strip_prefix("wasmcustom.") {
+        Some(rest) if native_mode() => format!("dynamicmodulescustom.{rest}").into(),
+        _ => name.into(),
+    }
 }
 
 /// For a test that only makes sense with separate filters: in module mode,
@@ -152,6 +188,9 @@ impl WasmFilter {
     }
 
     fn to_http_filter(&self) -> Value {
+        if native_mode() && self.module == "gateway" {
+            return native_filter(&self.config);
+        }
         json!({
             "name": format!("gateway.{}", self.module),
             "typed_config": {
@@ -178,6 +217,26 @@ impl WasmFilter {
         })
     }
 }
+
+/// The gateway module as the native module, configured with `config`.
+fn native_filter(config: &str) -> Value {
+    json!({
+        "name": "gateway.gateway",
+        "typed_config": {
+            "@type": NATIVE_FILTER_TYPE,
+            "dynamic_module_config": {"module": {"local": {"filename": native_module()}}},
+            "filter_name": "gateway",
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": config
+            }
+        }
+    })
+}
+
+const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const NATIVE_FILTER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
 
 /// The HTTP filters for `filters`: one per filter, or in module mode the
 /// gateway module with them as its sections (none for none).
@@ -424,6 +483,7 @@ impl Envoy {
 
     /// A counter or gauge from `/stats` (0 when not defined yet).
     pub fn stat(&self, name: &str) -> u64 {
+        let name = &*custom_stat_name(name);
         let (_, body) = self
             .admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))
             .unwrap_or_default();
@@ -431,6 +491,26 @@ impl Envoy {
             .find_map(|line| line.strip_prefix(&format!("{name}: ")))
             .and_then(|value| value.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// `/stats/prometheus`, with the native module's metrics under the
+    /// names the Wasm modules give them (`gw_…`; Envoy names a dynamic
+    /// module's `envoy_dynamicmodulescustom_gw_…{}`).
+    pub fn prometheus(&self) -> String {
+        let (_, body) = self
+            .admin_get("/stats/prometheus")
+            .expect("admin /stats/prometheus");
+        if !native_mode() {
+            return body;
+        }
+        body.replace("envoy_dynamicmodulescustom_gw_", "gw_")
+            .lines()
+            .map(|line| match line.split_once("{} ") {
+                Some((name, value)) if name.starts_with("gw_") => format!("{name} {value}"),
+                _ => line.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Waits until `condition` holds, polling; false on timeout.
@@ -481,11 +561,91 @@ pub fn shipped_config(file: &str, replacements: &[(&str, String)]) -> String {
         );
         text = text.replace(from, to);
     }
-    if module_mode() {
+    if native_mode() {
+        as_native_module(&as_gateway_module(&text))
+    } else if module_mode() {
         as_gateway_module(&text)
     } else {
         text
     }
+}
+
+/// A YAML config loading the gateway module turned into the same config
+/// loading the built native module: each Wasm filter loading `gateway.wasm`
+/// becomes a dynamic-module filter with the same configuration block (its
+/// `config:` keys other than `configuration` are dropped), and a shipped
+/// native config loads the built `libgateway.so`. Text in, text out, so a
+/// test can still edit the result as it would the shipped file.
+pub fn as_native_module(yaml: &str) -> String {
+    convert_to_native(yaml, &native_module().display().to_string())
+}
+
+fn convert_to_native(yaml: &str, native: &str) -> String {
+    let indent_of = |line: &str| line.len() - line.trim_start().len();
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut out: Vec<String> = Vec::with_capacity(lines.len());
+    let mut converted = 0;
+    let mut at = 0;
+    while at < lines.len() {
+        let line = lines[at];
+        let is_wasm_type = line.trim() == format!("\"@type\": {WASM_FILTER_TYPE}");
+        let next_is_config = lines
+            .get(at + 1)
+            .is_some_and(|next| next.trim() == "config:");
+        if !(is_wasm_type && next_is_config) {
+            out.push(line.replace(
+                "filename: target/native/libgateway.so",
+                &format!("filename: {native}"),
+            ));
+            at += 1;
+            continue;
+        }
+        let indent = indent_of(line);
+        let block_end = (at + 2..lines.len())
+            .find(|&i| !lines[i].trim().is_empty() && indent_of(lines[i]) <= indent)
+            .unwrap_or(lines.len());
+        let block = &lines[at + 2..block_end];
+        let loads_gateway = block
+            .iter()
+            .any(|l| l.contains("filename:") && l.contains("gateway.wasm"));
+        if !loads_gateway {
+            out.push(line.to_string());
+            at += 1;
+            continue;
+        }
+        let pad = " ".repeat(indent);
+        out.push(format!("{pad}\"@type\": {NATIVE_FILTER_TYPE}"));
+        out.push(format!(
+            "{pad}dynamic_module_config: {{ module: {{ local: {{ filename: {native} }} }} }}"
+        ));
+        out.push(format!("{pad}filter_name: gateway"));
+        let key_indent = block
+            .iter()
+            .find(|l| !l.trim().is_empty())
+            .map_or(indent + 2, |l| indent_of(l));
+        let mut in_configuration = false;
+        for l in block {
+            if !l.trim().is_empty() && indent_of(l) <= key_indent {
+                in_configuration = l.trim() == "configuration:";
+                if in_configuration {
+                    out.push(format!("{pad}filter_config:"));
+                }
+                continue;
+            }
+            if in_configuration {
+                out.push(l.to_string());
+            }
+        }
+        converted += 1;
+        at = block_end;
+    }
+    assert!(
+        converted > 0 || yaml.contains(NATIVE_FILTER_TYPE),
+        "the config loads no gateway module"
+    );
+    let mut text = out.join("\n");
+    text.push('\n');
+    text
 }
 
 /// The `.wasm` file a config line loads (`filename: target/…/ip_acl.wasm`).
@@ -638,6 +798,45 @@ mod tests {
             convert_to_module(&converted, || PathBuf::from("unused")),
             converted,
             "a config loading the module stays as it is"
+        );
+    }
+
+    #[test]
+    fn the_module_becomes_the_native_module_with_the_same_configuration_block() {
+        let yaml = "\
+          - name: gateway.module
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: gateway
+                vm_config:
+                  code: { local: { filename: /m/gateway.wasm } }
+                configuration:
+                  \"@type\": type.googleapis.com/google.protobuf.StringValue
+                  value: |
+                    {\"ip_acl\": {}}
+                failure_policy: FAIL_CLOSED
+          - name: envoy.filters.http.router
+";
+        assert_eq!(
+            convert_to_native(yaml, "/n/libgateway.so"),
+            "\
+          - name: gateway.module
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: { module: { local: { filename: /n/libgateway.so } } }
+              filter_name: gateway
+              filter_config:
+                  \"@type\": type.googleapis.com/google.protobuf.StringValue
+                  value: |
+                    {\"ip_acl\": {}}
+          - name: envoy.filters.http.router
+"
+        );
+        let shipped = "      module: { local: { filename: target/native/libgateway.so } }\n";
+        assert_eq!(
+            convert_to_native(&format!("\"@type\": {NATIVE_FILTER_TYPE}\n{shipped}"), "/n/x.so"),
+            format!("\"@type\": {NATIVE_FILTER_TYPE}\n      module: {{ local: {{ filename: /n/x.so }} }}\n")
         );
     }
 

@@ -162,7 +162,7 @@ fn after_the_trip_condition_calls_get_the_degraded_answer_and_the_upstream_sees_
         "{}",
         gw.envoy.log()
     );
-    let (_, prometheus) = gw.envoy.admin_get("/stats/prometheus").expect("admin");
+    let prometheus = gw.envoy.prometheus();
     assert!(
         prometheus
             .lines()

@@ -7,7 +7,8 @@
 use integration_tests::clickhouse::ClickHouse;
 use integration_tests::echo::EchoServer;
 use integration_tests::envoy::{
-    make_certs, module_mode, shipped_config, start_yaml, validate, workspace_root, Envoy,
+    make_certs, module_mode, native_mode, shipped_config, start_yaml, validate, workspace_root,
+    Envoy,
 };
 use integration_tests::http;
 use integration_tests::process::free_port;
@@ -30,7 +31,9 @@ fn shipped_envoy_configs() -> Vec<String> {
 /// The demo: the chain of single filters, or in module mode the gateway
 /// module (the same listeners, clusters and policies).
 fn demo_file() -> &'static str {
-    if module_mode() {
+    if native_mode() {
+        "gateway-native.yaml"
+    } else if module_mode() {
         "gateway-module.yaml"
     } else {
         "gateway.yaml"
@@ -43,6 +46,7 @@ fn every_shipped_envoy_config_validates() {
     let names = shipped_envoy_configs();
     assert!(names.contains(&"gateway.yaml".to_string()));
     assert!(names.contains(&"gateway-module.yaml".to_string()));
+    assert!(names.contains(&"gateway-native.yaml".to_string()));
     assert!(names.contains(&"ip-acl.yaml".to_string()));
     for name in names {
         let path = workspace_root().join("envoy").join(&name);
@@ -491,16 +495,22 @@ fn the_demo_limited_api_admits_three_calls_per_client_and_window() {
 #[test]
 fn the_shipped_gateway_module_runs_every_policy_of_the_demo_in_one_wasm_filter() {
     use integration_tests::signing::{pairs, signed_headers};
-    let text = std::fs::read_to_string(workspace_root().join("envoy/gateway-module.yaml"))
-        .expect("envoy/gateway-module.yaml");
-    assert_eq!(
-        text.matches("envoy.extensions.filters.http.wasm.v3.Wasm")
-            .count(),
-        1,
-        "one Wasm filter"
-    );
+    // The native module's file is the same demo with the module loaded natively.
+    let (file, filter_type) = if native_mode() {
+        (
+            "gateway-native.yaml",
+            "envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        )
+    } else {
+        (
+            "gateway-module.yaml",
+            "envoy.extensions.filters.http.wasm.v3.Wasm",
+        )
+    };
+    let text = std::fs::read_to_string(workspace_root().join("envoy").join(file)).expect(file);
+    assert_eq!(text.matches(filter_type).count(), 1, "one gateway filter");
     let closed_port = free_port();
-    let demo = demo_from("gateway-module.yaml", closed_port);
+    let demo = demo_from(file, closed_port);
     let get = |path: &str, headers: &[(&str, &str)]| {
         http::get(&demo.http_url(path), headers).expect("response")
     };

@@ -155,7 +155,7 @@ fn a_limit_admits_exactly_that_many_across_two_workers_under_many_parallel_conne
     assert_eq!(gw.stat("rule.burst.throttled"), 55);
     assert_eq!(gw.stat("denied.A429AP"), 55);
     assert_eq!(gw.stat("allowed"), 25);
-    let (_, prometheus) = gw.envoy.admin_get("/stats/prometheus").expect("admin");
+    let prometheus = gw.envoy.prometheus();
     assert!(
         prometheus
             .lines()

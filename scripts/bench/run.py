@@ -45,6 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 WASM_DIR = ROOT / "target" / "wasm32-wasip1" / "release"
+DYNAMIC_MODULE_DIR = ROOT / "target" / "native"
 NATIVE_DIR = ROOT / "target" / "release"
 GATEWAY_YAML = ROOT / "envoy" / "gateway.yaml"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
@@ -550,6 +551,22 @@ class Scenario:
         self.runs = []
 
 
+NATIVE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+
+
+def native_entry(library, config):
+    """A dynamic-module filter (target/native/lib<library>.so) given `config` as its document."""
+    return {
+        "name": f"bench.native_{library}",
+        "typed_config": {
+            "@type": NATIVE_TYPE,
+            "dynamic_module_config": {"module": {"local": {"filename": str(DYNAMIC_MODULE_DIR / f"lib{library}.so")}}},
+            "filter_name": library,
+            "filter_config": {"@type": STRING_TYPE, "value": config},
+        },
+    }
+
+
 def module_built():
     if os.environ.get("BENCH_MODULE_BUILD") == "failed":
         return False, "not built (`cargo build -p gateway` fails: target/bench/gateway-build.log)"
@@ -586,6 +603,13 @@ def scenarios(filters, configs):
                         note=why or "sign-auth's nonces, throttling's counters and the fleet breaker in "
                                     "Redis behind Webdis: one call per request, and each worker's "
                                     "breaker sync every 100 ms"))
+    out.append(Scenario("native-empty", "1 empty native module", "baseline",
+                        [native_entry("empty_filter", "{}")], baseline="bare",
+                        note="a dynamic module through the native host that only continues"))
+    out.append(Scenario("native-module", "native gateway module", "module",
+                        [native_entry("gateway", json.dumps(configs, separators=(",", ":")))],
+                        baseline="native-empty",
+                        note="libgateway.so: the gateway module as an Envoy dynamic module, no Wasm VM"))
     if "ip_acl" in configs:
         rbac, note = rbac_filters(configs["ip_acl"])
         out.append(Scenario("native-rbac", "native RBAC (vs ip-acl)", "native", rbac or [],

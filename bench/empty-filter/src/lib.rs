@@ -6,8 +6,8 @@
 //! same SDK, the same release profile and the same stream callbacks as the
 //! filters, so the difference is the policy work alone.
 
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
 
 /// One per request. Every callback keeps the SDK's default: continue.
 #[derive(Debug, Default, Clone, Copy)]
@@ -19,6 +19,32 @@ impl HttpContext for EmptyHttp {}
 
 /// What the filter does with a request or response: nothing.
 pub const ACTION: Action = Action::Continue;
+
+/// The native module's root: the native host makes HTTP contexts through a
+/// root (the `.wasm` module names its HTTP context directly).
+#[derive(Debug, Default)]
+pub struct EmptyRoot;
+
+impl Context for EmptyRoot {}
+
+impl RootContext for EmptyRoot {
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(EmptyHttp))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+#[cfg(feature = "native")]
+native_host::module!(|_| Box::new(EmptyRoot), |_| {
+    native_host::InternalErrorReply {
+        status: 500,
+        headers: Vec::new(),
+        body: Vec::new(),
+    }
+});
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
@@ -40,5 +66,10 @@ mod tests {
         assert_eq!(http.on_http_response_headers(2, false), ACTION);
         assert_eq!(http.on_http_response_body(10, true), ACTION);
         assert_eq!(http.on_http_response_trailers(0), ACTION);
+    }
+
+    #[test]
+    fn the_native_root_makes_http_contexts() {
+        assert_eq!(EmptyRoot.get_type(), Some(ContextType::HttpContext));
     }
 }

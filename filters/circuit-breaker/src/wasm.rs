@@ -18,8 +18,9 @@ use gateway_common::metrics::{Counter, Gauge};
 use gateway_common::store::{ProxyWasmStore, StoreError};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
-use std::cell::{OnceCell, RefCell};
+use std::cell::OnceCell;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// A rule's counters, `gw.circuit_breaker.<rule>.<name>`.
@@ -132,7 +133,9 @@ pub struct Metrics {
 pub struct Deployed {
     breaker: CircuitBreaker,
     rule_metrics: OnceCell<Vec<RuleMetrics>>,
-    sync: RefCell<WorkerSync>,
+    /// The worker's sync state; in the native module one for every worker,
+    /// which the main thread's root sends (see `adapter::shared_by_roots`).
+    sync: OnceCell<Arc<Mutex<WorkerSync>>>,
 }
 
 /// A worker's part of the fleet breakers: its calls' outcomes not yet in
@@ -177,6 +180,14 @@ impl Deployed {
             .unwrap_or_default()
     }
 
+    fn worker_sync(&self) -> MutexGuard<'_, WorkerSync> {
+        let rules = self.breaker.rules().len();
+        self.sync
+            .get_or_init(|| Arc::new(Mutex::new(WorkerSync::new(rules))))
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Queues a fleet rule's call outcome for the next sync.
     fn queue_outcome(
         &self,
@@ -188,8 +199,7 @@ impl Deployed {
         outcome: Option<CallOutcome>,
     ) {
         let kept = self
-            .sync
-            .borrow_mut()
+            .worker_sync()
             .outcomes
             .get_mut(index)
             .is_some_and(|queue| queue.push(&rule.settings, now, ticket, outcome));
@@ -204,7 +214,7 @@ impl Deployed {
         let Some(fleet) = self.breaker.fleet() else {
             return;
         };
-        let mut sync = self.sync.borrow_mut();
+        let mut sync = self.worker_sync();
         if sync.in_flight.is_waiting() {
             return;
         }
@@ -243,13 +253,13 @@ impl Deployed {
         let Some(fleet) = self.breaker.fleet() else {
             return false;
         };
-        let answered = self.sync.borrow_mut().in_flight.answered(token, body_size);
+        let answered = self.worker_sync().in_flight.answered(token, body_size);
         let Some((plan, _ticket, answer)) = answered else {
             return false;
         };
         let now = now_ms(&ProxyWasmHost);
         let (synced, failure) = {
-            let mut sync = self.sync.borrow_mut();
+            let mut sync = self.worker_sync();
             self.breaker
                 .conclude_sync(plan, &answer, &mut sync.outcomes)
         };
@@ -336,16 +346,21 @@ impl Filter for CircuitBreakerFilter {
 
     fn compile(bytes: &[u8]) -> Result<Deployed, ConfigError> {
         let breaker = compile_config(bytes)?;
-        let sync = RefCell::new(WorkerSync::new(breaker.rules().len()));
         Ok(Deployed {
             breaker,
             rule_metrics: OnceCell::new(),
-            sync,
+            sync: OnceCell::new(),
         })
     }
 
     fn prepare(deployed: &Deployed) -> Result<(), String> {
         let breaker = &deployed.breaker;
+        let rules = breaker.rules().len();
+        let _ = deployed
+            .sync
+            .set(adapter::shared_by_roots("circuit_breaker.sync", || {
+                Mutex::new(WorkerSync::new(rules))
+            }));
         breaker
             .initialize(&ProxyWasmStore, now_ms(&ProxyWasmHost))
             .map_err(|e| format!("cannot create the breakers in shared data: {e:?}"))?;

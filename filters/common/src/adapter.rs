@@ -14,8 +14,10 @@ use crate::host;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use std::any::Any;
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 /// The plugin configuration Envoy handed over (empty when there is none).
@@ -24,6 +26,49 @@ pub fn plugin_configuration() -> Vec<u8> {
         .ok()
         .flatten()
         .unwrap_or_default()
+}
+
+/// State every root context of one configuration shares, made by `make`
+/// for the first and handed to the others.
+///
+/// Envoy's Wasm host runs a VM per worker, each with its own root, and
+/// nothing is shared: every root gets a value of its own. The native
+/// module runs every worker's root in one process, and only the main
+/// thread's root has a timer and calls out, so what the workers' requests
+/// leave for their root to send (log records, breaker outcomes) must be
+/// the main root's: there, every root of one configuration gets the same
+/// value (the host names the configuration with its foreign function
+/// `configuration_id`). `make` must not call this function.
+pub fn shared_by_roots<T: Send + Sync + 'static>(
+    name: &'static str,
+    make: impl FnOnce() -> T,
+) -> Arc<T> {
+    type Entry = (u64, &'static str, Weak<dyn Any + Send + Sync>);
+    static SHARED: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+    let Some(configuration) = configuration_id() else {
+        return Arc::new(make());
+    };
+    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    shared.retain(|(_, _, value)| value.strong_count() > 0);
+    let existing = shared
+        .iter()
+        .find(|(id, entry, _)| *id == configuration && *entry == name)
+        .and_then(|(_, _, value)| value.upgrade());
+    if let Some(value) = existing.and_then(|value| value.downcast::<T>().ok()) {
+        return value;
+    }
+    let value = Arc::new(make());
+    let erased: Arc<dyn Any + Send + Sync> = value.clone();
+    shared.push((configuration, name, Arc::downgrade(&erased)));
+    value
+}
+
+/// The host's id of the configuration being loaded, where roots share state.
+fn configuration_id() -> Option<u64> {
+    let bytes = hostcalls::call_foreign_function("configuration_id", None)
+        .ok()
+        .flatten()?;
+    Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
 }
 
 /// Compiles a configuration. On error, logs

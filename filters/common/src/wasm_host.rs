@@ -266,7 +266,7 @@ pub fn header_value(map: MapType, name: &str) -> Option<String> {
 mod raw {
     use proxy_wasm::types::MapType;
 
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(any(target_arch = "wasm32", feature = "native"))]
     #[link(wasm_import_module = "env")]
     extern "C" {
         fn proxy_get_header_map_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
@@ -281,7 +281,7 @@ mod raw {
 
     /// Takes ownership of a buffer the host allocated through this module's
     /// `proxy_on_memory_allocate` (a boxed slice of `size` bytes).
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(any(target_arch = "wasm32", feature = "native"))]
     fn adopt(status: u32, data: *mut u8, size: usize) -> Option<Vec<u8>> {
         if status != 0 {
             return None;
@@ -294,7 +294,7 @@ mod raw {
     }
 
     /// The serialized map; empty when the host refuses (no such map now).
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(any(target_arch = "wasm32", feature = "native"))]
     pub fn header_map_pairs(map: MapType) -> Vec<u8> {
         let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
         // SAFETY: out-pointers to locals; the host writes a buffer it allocated.
@@ -302,7 +302,7 @@ mod raw {
         adopt(status, data, size).unwrap_or_default()
     }
 
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(any(target_arch = "wasm32", feature = "native"))]
     pub fn header_map_value(map: MapType, name: &str) -> Option<Vec<u8>> {
         let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
         // SAFETY: as above; `name` outlives the call.
@@ -312,12 +312,12 @@ mod raw {
         adopt(status, data, size)
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(not(any(target_arch = "wasm32", feature = "native")))]
     pub fn header_map_pairs(_map: MapType) -> Vec<u8> {
         Vec::new()
     }
 
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(not(any(target_arch = "wasm32", feature = "native")))]
     pub fn header_map_value(_map: MapType, _name: &str) -> Option<Vec<u8>> {
         None
     }

@@ -26,3 +26,23 @@ pub const MODULE_NAME: &str = "gateway";
 mod wasm;
 #[cfg(feature = "wasm")]
 pub use wasm::*;
+
+#[cfg(feature = "native")]
+native_host::module!(|_| Box::new(GatewayRoot::default()), internal_error);
+
+/// The shared error shape, for a request whose policy code panicked in the
+/// native module.
+#[cfg(feature = "native")]
+fn internal_error(request_id: Option<&str>) -> native_host::InternalErrorReply {
+    let rendered =
+        gateway_common::error::render(&gateway_common::error::codes::INTERNAL, request_id);
+    native_host::InternalErrorReply {
+        status: rendered.status,
+        headers: rendered
+            .headers
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect(),
+        body: rendered.body,
+    }
+}

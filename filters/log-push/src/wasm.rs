@@ -12,8 +12,8 @@ use gateway_common::metrics::{Counter, Gauge};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// Counters and gauges, `gw.log_push.*`.
@@ -55,23 +55,34 @@ fn now_ms() -> u64 {
     gateway_common::host::now_ms(&ProxyWasmHost)
 }
 
-/// One worker's queue and sending state, shared by its root and HTTP contexts.
+/// One worker's queue and sending state, shared by its root and HTTP
+/// contexts. In the native module every worker's requests share the one
+/// queue the main thread's root sends (see `adapter::shared_by_roots`).
 struct Worker {
-    push: Rc<LogPush>,
-    shipper: RefCell<Shipper>,
+    push: Arc<LogPush>,
+    shipper: Mutex<Shipper>,
     metrics: Metrics,
-    /// The gauges' last contribution from this worker.
-    reported: Cell<(usize, usize)>,
-    in_flight: Cell<Option<u32>>,
-    sink_failing: Cell<bool>,
+    /// The gauges' last contribution from this queue.
+    reported: Mutex<(usize, usize)>,
+    in_flight: Mutex<Option<u32>>,
+    sink_failing: AtomicBool,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Worker {
+    fn in_flight(&self) -> Option<u32> {
+        *locked(&self.in_flight)
+    }
+
     /// Moves the gauges to what the worker holds now; called from the timer
     /// and when a batch ends, not per record.
     fn report_queue(&self) {
-        let (records, bytes) = self.shipper.borrow().held();
-        let (old_records, old_bytes) = self.reported.replace((records, bytes));
+        let (records, bytes) = locked(&self.shipper).held();
+        let (old_records, old_bytes) =
+            std::mem::replace(&mut *locked(&self.reported), (records, bytes));
         self.metrics
             .queue_records
             .add(records as i64 - old_records as i64);
@@ -81,20 +92,20 @@ impl Worker {
     }
 
     fn push(&self, record: Record) {
-        let dropped = self.shipper.borrow_mut().push(record);
+        let dropped = locked(&self.shipper).push(record);
         self.metrics.records_queued.inc();
         self.metrics.dropped_queue_full.add(dropped as u64);
     }
 
     /// Sends the next batch if one is due (`drain`: whatever is queued).
     fn send_due(&self, drain: bool) {
-        if self.in_flight.get().is_some() {
+        if self.in_flight().is_some() {
             return;
         }
         let now = now_ms();
         let sink = &self.push.sink;
         let dispatched = {
-            let mut shipper = self.shipper.borrow_mut();
+            let mut shipper = locked(&self.shipper);
             let batch = if drain {
                 shipper.drain(now)
             } else {
@@ -117,7 +128,7 @@ impl Worker {
             )
         };
         match dispatched {
-            Ok(token) => self.in_flight.set(Some(token)),
+            Ok(token) => *locked(&self.in_flight) = Some(token),
             Err(status) => {
                 self.sink_failed(&format!(
                     "cannot call cluster `{}` ({status:?}); is it defined?",
@@ -129,7 +140,7 @@ impl Worker {
     }
 
     fn sink_failed(&self, reason: &str) {
-        if !self.sink_failing.replace(true) {
+        if !self.sink_failing.swap(true, Ordering::Relaxed) {
             adapter::log(
                 LogLevel::Warn,
                 &format!("{FILTER_NAME}: sink failing, records are kept and retried: {reason}"),
@@ -138,8 +149,8 @@ impl Worker {
     }
 
     fn finish(&self, ok: bool, body: &[u8]) {
-        self.in_flight.set(None);
-        let finished = self.shipper.borrow_mut().finish(ok, now_ms());
+        *locked(&self.in_flight) = None;
+        let finished = locked(&self.shipper).finish(ok, now_ms());
         let metrics = &self.metrics;
         match finished {
             Finished::Sent(n) => {
@@ -147,7 +158,7 @@ impl Worker {
                 metrics.records_sent.add(n as u64);
                 let rejected = format::rejected_in_response(self.push.sink.format, body);
                 metrics.records_rejected.add(rejected as u64);
-                if self.sink_failing.replace(false) {
+                if self.sink_failing.swap(false, Ordering::Relaxed) {
                     adapter::log(LogLevel::Info, &format!("{FILTER_NAME}: sink recovered"));
                 }
             }
@@ -169,7 +180,7 @@ impl Worker {
 /// work, the sink's answers and the last batch at shutdown. The filter's own
 /// root ([`LogPushRoot`]) holds one, and so does the gateway module's root.
 pub struct LogPushWorker {
-    worker: Rc<Worker>,
+    worker: Arc<Worker>,
     shutting_down: bool,
 }
 
@@ -179,16 +190,16 @@ impl LogPushWorker {
     pub fn load(bytes: &[u8], metrics: impl FnOnce() -> Metrics) -> Option<Self> {
         let push = adapter::compile_or_log(FILTER_NAME, bytes, compile_config)?;
         let metrics = metrics();
-        let shipper = Shipper::new(push.limits, now_ms());
+        let worker = adapter::shared_by_roots("log_push.worker", || Worker {
+            shipper: Mutex::new(Shipper::new(push.limits, now_ms())),
+            push: Arc::new(push),
+            metrics,
+            reported: Mutex::new((0, 0)),
+            in_flight: Mutex::new(None),
+            sink_failing: AtomicBool::new(false),
+        });
         Some(Self {
-            worker: Rc::new(Worker {
-                push: Rc::new(push),
-                shipper: RefCell::new(shipper),
-                metrics,
-                reported: Cell::new((0, 0)),
-                in_flight: Cell::new(None),
-                sink_failing: Cell::new(false),
-            }),
+            worker,
             shutting_down: false,
         })
     }
@@ -197,7 +208,7 @@ impl LogPushWorker {
 impl LoadedPolicy for LogPushWorker {
     fn http_context(&self) -> Box<dyn HttpContext> {
         Box::new(LogPushHttp {
-            worker: Rc::clone(&self.worker),
+            worker: Arc::clone(&self.worker),
             request: None,
             upstream_latency_ms: None,
         })
@@ -214,7 +225,7 @@ impl LoadedPolicy for LogPushWorker {
 
     fn on_http_call_response(&mut self, token: u32, body_size: usize) -> bool {
         let worker = &self.worker;
-        if worker.in_flight.get() != Some(token) {
+        if worker.in_flight() != Some(token) {
             return false;
         }
         let status =
@@ -242,11 +253,11 @@ impl LoadedPolicy for LogPushWorker {
         self.shutting_down = true;
         // One last batch, best effort: Envoy may not wait for it.
         self.worker.send_due(true);
-        self.worker.in_flight.get().is_none()
+        self.worker.in_flight().is_none()
     }
 
     fn idle(&self) -> bool {
-        !self.worker.shipper.borrow().busy() && self.worker.in_flight.get().is_none()
+        !locked(&self.worker.shipper).busy() && self.worker.in_flight().is_none()
     }
 }
 
@@ -305,7 +316,7 @@ impl RootContext for LogPushRoot {
 }
 
 pub struct LogPushHttp {
-    worker: Rc<Worker>,
+    worker: Arc<Worker>,
     /// The request line as this filter saw it (the client's, when it runs
     /// first in the chain); absent when an earlier filter answered.
     request: Option<SeenRequest>,
@@ -471,7 +482,7 @@ impl HttpContext for LogPushHttp {
     fn on_log(&mut self) {
         let _reads = gateway_common::host::callback_scope();
         let host = ProxyWasmHost;
-        let push = Rc::clone(&self.worker.push);
+        let push = Arc::clone(&self.worker.push);
         let status = response_status(&host);
         // Seen in the request phase, unless a filter before this one answered.
         let mut seen = self
