@@ -20,6 +20,7 @@ setup:
 build: setup
 	$(CARGO) build --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS))
 	$(CARGO) build --profile native -p gateway --features native
+	$(CARGO) build --profile native -p native-host --example panic_probe
 	@printf '%-40s %10s\n' "module" "bytes"
 	@for f in $(subst -,_,$(FILTERS)); do printf '%-40s %10s\n' "$(WASM_DIR)/$$f.wasm" "$$(wc -c < $(WASM_DIR)/$$f.wasm)"; done
 	@printf '%-40s %10s\n' "$(NATIVE_MODULE)" "$$(wc -c < $(NATIVE_MODULE))"

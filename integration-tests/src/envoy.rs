@@ -51,10 +51,15 @@ pub fn wasm_module(name: &str) -> PathBuf {
 
 /// The native module, `libgateway.so` (`make build` builds it).
 pub fn native_module() -> PathBuf {
+    native_library("libgateway.so")
+}
+
+/// A library of the `native` profile, e.g. `examples/libpanic_probe.so`.
+pub fn native_library(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(|dir| workspace_root().join(dir))
         .unwrap_or_else(|| workspace_root().join("target"));
-    let path = target.join("native/libgateway.so");
+    let path = target.join("native").join(name);
     assert!(
         path.is_file(),
         "{} is missing: run `make build` first",

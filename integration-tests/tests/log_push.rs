@@ -161,14 +161,10 @@ fn every_call_lands_in_clickhouse_exactly_once_with_its_fields() {
             .starts_with("token=[REDACTED]&page=2"),
         "{row}"
     );
-    assert!(
-        row["response_bytes"]
-            .as_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            > 0
-    );
+    for bytes in ["request_bytes", "response_bytes"] {
+        let n: u64 = row[bytes].as_str().unwrap().parse().unwrap();
+        assert!(n > 0, "{bytes}: {row}");
+    }
     let timestamp_ms: u64 = row["timestamp_ms"].as_str().unwrap().parse().unwrap();
     let now_ms = integration_tests::signing::now_ms();
     assert!(timestamp_ms <= now_ms && now_ms - timestamp_ms < 120_000);

@@ -610,6 +610,13 @@ def scenarios(filters, configs):
                         [native_entry("gateway", json.dumps(configs, separators=(",", ":")))],
                         baseline="native-empty",
                         note="libgateway.so: the gateway module as an Envoy dynamic module, no Wasm VM"))
+    # One policy alone in the native module, against Envoy's own filter for the same job.
+    for name, rival in (("ip_acl", "native RBAC"), ("throttling", "native local_ratelimit")):
+        if name in configs:
+            key = name.replace("_", "-")
+            out.append(Scenario(f"native-{key}", f"native module, {key} only", "native",
+                                [native_entry("gateway", json.dumps({name: configs[name]}, separators=(",", ":")))],
+                                baseline="bare", note=f"the native module with one section; compare {rival}"))
     if "ip_acl" in configs:
         rbac, note = rbac_filters(configs["ip_acl"])
         out.append(Scenario("native-rbac", "native RBAC (vs ip-acl)", "native", rbac or [],

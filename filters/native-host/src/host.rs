@@ -2,14 +2,16 @@
 //! proxy-wasm code is made: the configurations, each thread's root
 //! contexts, the streams, and the actions deferred until the code returns.
 //!
-//! Contexts live in the proxy-wasm SDK's dispatcher, which is per thread:
-//! each Envoy thread is one "VM", as each worker runs its own Wasm VM. A
+//! The host keeps the SDK's contexts itself, per thread (each Envoy thread
+//! is one "VM", as each worker runs its own Wasm VM), and calls them inside
+//! `catch_unwind`. A
 //! configuration has a root context on the main thread (made in
 //! config-new, where the configuration is checked and the metrics defined,
 //! and the only one that ticks and makes root HTTP calls) and one on each
 //! worker, made when the worker's first stream of that configuration comes.
 
 use crate::abi::*;
+use proxy_wasm::traits::{HttpContext, RootContext};
 use proxy_wasm::types::{Action, MetricType, NewRootContext};
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -52,7 +54,6 @@ pub(crate) struct Config {
     pub configuration: Vec<u8>,
     pub metrics: Vec<Metric>,
     pub main_thread: ThreadId,
-    pub main_root: u32,
     /// Cleared when Envoy destroys the configuration; each thread then
     /// deletes its root of it.
     pub alive: Arc<AtomicBool>,
@@ -70,13 +71,13 @@ unsafe impl Sync for Config {}
 pub(crate) struct Stream {
     pub envoy: FilterEnvoyPtr,
     pub config: *const Config,
-    pub context: u32,
+    /// The proxy-wasm HTTP context; out of its place while its code runs,
+    /// gone once it panicked.
+    http: Option<Box<dyn HttpContext>>,
     /// When the stream began (proxy-wasm's `request.time`), in ns since the epoch.
     pub started_nanos: u64,
     /// Calls in flight: Envoy's callout id, proxy-wasm's token.
     pub callouts: Vec<(u64, u32)>,
-    /// The context panicked and was deleted; Envoy's later calls pass through.
-    pub broken: bool,
     pub completed: bool,
 }
 
@@ -142,8 +143,9 @@ struct DeferredAnswer {
 /// A root context on this thread.
 struct Root {
     config: u64,
-    context: u32,
     alive: Arc<AtomicBool>,
+    /// Out of its place while its code runs.
+    root: Option<Box<dyn RootContext>>,
 }
 
 thread_local! {
@@ -160,7 +162,6 @@ thread_local! {
     /// The tick period the main root asked for during config-new.
     pub(crate) static TICK_PERIOD: Cell<Option<u32>> = const { Cell::new(None) };
     static ROOTS: RefCell<Vec<Root>> = const { RefCell::new(Vec::new()) };
-    static ROOT_FACTORY_SET: Cell<bool> = const { Cell::new(false) };
     static NEXT_CONTEXT: Cell<u32> = const { Cell::new(0) };
     static NEXT_TOKEN: Cell<u32> = const { Cell::new(0) };
 }
@@ -276,21 +277,12 @@ pub(crate) fn log(level: u32, message: &str) {
 const LOG_ERROR: u32 = 4;
 const LOG_CRITICAL: u32 = 5;
 
-// The SDK's exported entry points (its dispatcher), linked into this library.
+// The SDK records each HTTP call it dispatches in its own table, to route
+// the answer through its dispatcher, which this host does not use (its
+// `extern "C"` entry points cannot be unwound through, so the host keeps
+// the contexts and calls them itself). Giving the SDK the answer for a
+// context it does not know removes the record and does nothing else.
 extern "C" {
-    fn proxy_on_context_create(context_id: u32, root_context_id: u32);
-    fn proxy_on_vm_start(context_id: u32, vm_configuration_size: usize) -> bool;
-    fn proxy_on_configure(context_id: u32, plugin_configuration_size: usize) -> bool;
-    fn proxy_on_tick(context_id: u32);
-    fn proxy_on_done(context_id: u32) -> bool;
-    fn proxy_on_log(context_id: u32);
-    fn proxy_on_delete(context_id: u32);
-    fn proxy_on_request_headers(context_id: u32, headers: usize, end_of_stream: bool) -> Action;
-    fn proxy_on_request_body(context_id: u32, body_size: usize, end_of_stream: bool) -> Action;
-    fn proxy_on_request_trailers(context_id: u32, trailers: usize) -> Action;
-    fn proxy_on_response_headers(context_id: u32, headers: usize, end_of_stream: bool) -> Action;
-    fn proxy_on_response_body(context_id: u32, body_size: usize, end_of_stream: bool) -> Action;
-    fn proxy_on_response_trailers(context_id: u32, trailers: usize) -> Action;
     fn proxy_on_http_call_response(
         context_id: u32,
         token: u32,
@@ -300,64 +292,102 @@ extern "C" {
     );
 }
 
+/// Removes the SDK's record of a call whose answer came (or never will).
+fn forget_call(token: u32) {
+    unsafe { proxy_on_http_call_response(0, token, 0, 0, 0) };
+}
+
 // ---- configurations and roots ----
 
 /// Deletes this thread's roots of destroyed configurations.
 fn delete_dead_roots() {
-    let dead: Vec<u32> = ROOTS.with(|roots| {
+    let dead: Vec<Root> = ROOTS.with(|roots| {
         let mut roots = roots.borrow_mut();
-        let dead = roots
-            .iter()
-            .filter(|root| !root.alive.load(Ordering::Acquire))
-            .map(|root| root.context)
-            .collect();
-        roots.retain(|root| root.alive.load(Ordering::Acquire));
+        if roots.iter().all(|root| root.alive.load(Ordering::Acquire)) {
+            return Vec::new();
+        }
+        let (dead, alive) = std::mem::take(&mut *roots)
+            .into_iter()
+            .partition(|root| !root.alive.load(Ordering::Acquire));
+        *roots = alive;
         dead
     });
-    for context in dead {
-        let _ = enter(Current::NONE, || unsafe { proxy_on_delete(context) });
+    for root in dead {
+        let _ = enter(Current::NONE, || drop(root));
     }
 }
 
 /// Makes and configures a root context of `config` on this thread.
-fn create_root(config: &Config) -> Option<u32> {
-    let module = MODULE.get()?;
-    if !ROOT_FACTORY_SET.with(|set| set.replace(true)) {
-        proxy_wasm::set_root_context(module.root);
-    }
+fn create_root(config: &Config) -> bool {
+    let Some(module) = MODULE.get() else {
+        return false;
+    };
     let context = next_id(&NEXT_CONTEXT);
     let current = Current {
         config,
         ..Current::NONE
     };
-    let configured = enter(current, || unsafe {
-        proxy_on_context_create(context, 0);
-        proxy_on_vm_start(context, 0) && proxy_on_configure(context, config.configuration.len())
+    let configured = enter(current, || {
+        let mut root = (module.root)(context);
+        let ok = root.on_vm_start(0) && root.on_configure(config.configuration.len());
+        (ok, root)
     });
     after_code();
-    if configured != Ok(true) {
-        let _ = enter(current, || unsafe { proxy_on_delete(context) });
-        return None;
-    }
+    let root = match configured {
+        Ok((true, root)) => root,
+        Ok((false, root)) => {
+            let _ = enter(current, || drop(root));
+            return false;
+        }
+        Err(()) => return false,
+    };
     ROOTS.with(|roots| {
         roots.borrow_mut().push(Root {
             config: config.id,
-            context,
             alive: Arc::clone(&config.alive),
+            root: Some(root),
         })
     });
-    Some(context)
+    true
 }
 
-fn root_of(config: &Config) -> Option<u32> {
-    let found = ROOTS.with(|roots| {
-        roots
-            .borrow()
-            .iter()
-            .find(|root| root.config == config.id)
-            .map(|root| root.context)
+/// Runs `code` on this thread's root of `config` (made first if `make` and
+/// there is none); `None` if there is no root or its code panicked. The
+/// root is out of its place while the code runs.
+fn with_root<R>(
+    config: &Config,
+    make: bool,
+    code: impl FnOnce(&mut dyn RootContext) -> R,
+) -> Option<R> {
+    let take = || {
+        ROOTS.with(|roots| {
+            roots
+                .borrow_mut()
+                .iter_mut()
+                .find(|root| root.config == config.id)
+                .and_then(|root| root.root.take())
+        })
+    };
+    let mut found = take();
+    if found.is_none() && make && create_root(config) {
+        found = take();
+    }
+    let mut root = found?;
+    let current = Current {
+        config,
+        ..Current::NONE
+    };
+    let result = enter(current, || code(&mut *root));
+    ROOTS.with(|roots| {
+        if let Some(slot) = roots
+            .borrow_mut()
+            .iter_mut()
+            .find(|slot| slot.config == config.id)
+        {
+            slot.root = Some(root);
+        }
     });
-    found.or_else(|| create_root(config))
+    result.ok()
 }
 
 /// config-new: checks the configuration in a main-thread root; `None`
@@ -370,21 +400,19 @@ pub(crate) fn config_new(envoy: ConfigEnvoyPtr, configuration: &[u8]) -> Option<
         configuration: configuration.to_vec(),
         metrics: Vec::new(),
         main_thread: thread::current().id(),
-        main_root: 0,
         alive: Arc::new(AtomicBool::new(true)),
         ticker: None,
         callouts: Mutex::new(Vec::new()),
     });
     DEFINING.with(|defining| *defining.borrow_mut() = Some(Vec::new()));
     TICK_PERIOD.with(|period| period.set(None));
-    let root = create_root(&config);
+    let created = create_root(&config);
     let metrics = DEFINING.with(|defining| defining.borrow_mut().take());
     let tick_ms = TICK_PERIOD.with(|period| period.take());
-    let Some(root) = root else {
+    if !created {
         config.alive.store(false, Ordering::Release);
         return None;
-    };
-    config.main_root = root;
+    }
     config.metrics = metrics.unwrap_or_default();
     if let Some(ms) = tick_ms.filter(|ms| *ms > 0) {
         config.ticker = Ticker::start(envoy, ms);
@@ -399,6 +427,9 @@ pub(crate) fn config_destroy(config: *const Config) {
     if let Some(ticker) = config.ticker {
         ticker.stop();
     }
+    for (_, token) in std::mem::take(&mut *lock(&config.callouts)) {
+        forget_call(token);
+    }
     delete_dead_roots();
 }
 
@@ -406,49 +437,41 @@ pub(crate) fn config_tick(config: &Config) {
     if thread::current().id() != config.main_thread || !config.alive.load(Ordering::Acquire) {
         return;
     }
-    let root = config.main_root;
-    let current = Current {
-        config,
-        ..Current::NONE
-    };
-    let _ = enter(current, || unsafe { proxy_on_tick(root) });
+    with_root(config, false, |root| root.on_tick());
     after_code();
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 // ---- streams ----
 
 pub(crate) fn stream_new(config: &Config, envoy: FilterEnvoyPtr) -> Option<*mut Stream> {
     delete_dead_roots();
-    let Some(root) = root_of(config) else {
-        log(
-            LOG_ERROR,
-            "native module: the configuration was refused on this worker; the stream is closed",
-        );
-        return None;
-    };
     let started_nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let mut stream = Box::new(Stream {
         envoy,
         config,
-        context: next_id(&NEXT_CONTEXT),
+        http: None,
         started_nanos,
         callouts: Vec::new(),
-        broken: false,
         completed: false,
     });
-    let context = stream.context;
-    let current = Current {
-        config,
-        stream: &mut *stream,
-        body: None,
-    };
-    let created = enter(current, || unsafe {
-        proxy_on_context_create(context, root)
-    });
+    let context = next_id(&NEXT_CONTEXT);
+    let http = with_root(config, true, |root| root.create_http_context(context));
     after_code();
-    created.ok()?;
+    let Some(http) = http.flatten() else {
+        log(
+            LOG_ERROR,
+            "native module: no context for the stream (the configuration was refused on this \
+             worker, or its code failed); the stream is closed",
+        );
+        return None;
+    };
+    stream.http = Some(http);
     Some(Box::into_raw(stream))
 }
 
@@ -478,6 +501,57 @@ impl StreamHook {
             _ => None,
         }
     }
+
+    fn run(self, envoy: FilterEnvoyPtr, http: &mut dyn HttpContext) -> Action {
+        let headers =
+            |kind| unsafe { envoy_dynamic_module_callback_http_get_headers_size(envoy, kind) };
+        match self {
+            Self::RequestHeaders { end_of_stream } => {
+                http.on_http_request_headers(headers(header_type::REQUEST_HEADER), end_of_stream)
+            }
+            Self::RequestBody { end_of_stream } => {
+                let size = crate::hostcalls::body_size(envoy, Direction::Request, true);
+                http.on_http_request_body(size, end_of_stream)
+            }
+            Self::RequestTrailers => {
+                http.on_http_request_trailers(headers(header_type::REQUEST_TRAILER))
+            }
+            Self::ResponseHeaders { end_of_stream } => {
+                http.on_http_response_headers(headers(header_type::RESPONSE_HEADER), end_of_stream)
+            }
+            Self::ResponseBody { end_of_stream } => {
+                let size = crate::hostcalls::body_size(envoy, Direction::Response, true);
+                http.on_http_response_body(size, end_of_stream)
+            }
+            Self::ResponseTrailers => {
+                http.on_http_response_trailers(headers(header_type::RESPONSE_TRAILER))
+            }
+        }
+    }
+}
+
+/// Runs `code` on the stream's HTTP context (out of its place meanwhile);
+/// if it panics, the context is dropped, and Envoy's later calls for the
+/// stream pass through.
+fn with_http<R>(
+    stream: &mut Stream,
+    body: Option<Direction>,
+    code: impl FnOnce(&mut dyn HttpContext) -> R,
+) -> Option<Result<R, ()>> {
+    let mut http = stream.http.take()?;
+    let current = Current {
+        config: stream.config,
+        stream,
+        body,
+    };
+    let result = enter(current, || code(&mut *http));
+    match result {
+        Ok(_) => stream.http = Some(http),
+        Err(()) => {
+            let _ = enter(current, || drop(http));
+        }
+    }
+    Some(result)
 }
 
 /// Runs one hook; returns Envoy's status value (proxy-wasm's `Continue` 0
@@ -485,86 +559,28 @@ impl StreamHook {
 /// `StopIteration` / `StopIterationAndBuffer` for every hook).
 pub(crate) fn stream_hook(stream: *mut Stream, hook: StreamHook) -> u32 {
     let stream = unsafe { &mut *stream };
-    if stream.broken {
-        return 0;
-    }
     let envoy = stream.envoy;
-    let context = stream.context;
-    let current = Current {
-        config: stream.config,
-        stream,
-        body: hook.body(),
+    let status = match with_http(stream, hook.body(), |http| hook.run(envoy, http)) {
+        None => 0,
+        Some(Ok(action)) => action as u32,
+        Some(Err(())) => u32::from(stream_failed(stream, hook.in_request())),
     };
-    let result = enter(current, || unsafe {
-        match hook {
-            StreamHook::RequestHeaders { end_of_stream } => {
-                let n = envoy_dynamic_module_callback_http_get_headers_size(
-                    envoy,
-                    header_type::REQUEST_HEADER,
-                );
-                proxy_on_request_headers(context, n, end_of_stream)
-            }
-            StreamHook::RequestBody { end_of_stream } => {
-                let size = crate::hostcalls::body_size(envoy, Direction::Request, true);
-                proxy_on_request_body(context, size, end_of_stream)
-            }
-            StreamHook::RequestTrailers => {
-                let n = envoy_dynamic_module_callback_http_get_headers_size(
-                    envoy,
-                    header_type::REQUEST_TRAILER,
-                );
-                proxy_on_request_trailers(context, n)
-            }
-            StreamHook::ResponseHeaders { end_of_stream } => {
-                let n = envoy_dynamic_module_callback_http_get_headers_size(
-                    envoy,
-                    header_type::RESPONSE_HEADER,
-                );
-                proxy_on_response_headers(context, n, end_of_stream)
-            }
-            StreamHook::ResponseBody { end_of_stream } => {
-                let size = crate::hostcalls::body_size(envoy, Direction::Response, true);
-                proxy_on_response_body(context, size, end_of_stream)
-            }
-            StreamHook::ResponseTrailers => {
-                let n = envoy_dynamic_module_callback_http_get_headers_size(
-                    envoy,
-                    header_type::RESPONSE_TRAILER,
-                );
-                proxy_on_response_trailers(context, n)
-            }
-        }
-    });
-    match result {
-        Ok(action) => {
-            after_code();
-            action as u32
-        }
-        Err(()) => {
-            let answered = stream_failed(stream, hook.in_request());
-            after_code();
-            u32::from(answered)
-        }
-    }
+    after_code();
+    status
 }
 
-/// A context panicked: it is deleted, and a request not yet sent on is
+/// A context panicked (and is gone): a request not yet sent on is
 /// answered with the internal error. Returns whether it was answered.
 fn stream_failed(stream: &mut Stream, in_request: bool) -> bool {
-    stream.broken = true;
     // Whatever the failed code asked for is dropped.
     AFTER.with(|after| {
         after
             .borrow_mut()
             .retain(|action| !targets(action, stream.envoy))
     });
-    let context = stream.context;
-    let current = Current {
-        config: stream.config,
-        stream,
-        body: None,
-    };
-    let _ = enter(current, || unsafe { proxy_on_delete(context) });
+    for (_, token) in std::mem::take(&mut stream.callouts) {
+        forget_call(token);
+    }
     log(
         LOG_CRITICAL,
         "native module: a policy failed on this request (see the panic above); it is answered with an internal error",
@@ -603,21 +619,15 @@ fn targets(action: &After, filter: FilterEnvoyPtr) -> bool {
 
 pub(crate) fn stream_complete(stream: *mut Stream) {
     let stream = unsafe { &mut *stream };
-    if stream.broken || stream.completed {
+    if stream.completed {
         return;
     }
     stream.completed = true;
-    let context = stream.context;
-    let current = Current {
-        config: stream.config,
-        stream,
-        body: None,
-    };
-    let done = enter(current, || unsafe {
-        proxy_on_done(context);
-        proxy_on_log(context);
+    let done = with_http(stream, None, |http| {
+        http.on_done();
+        http.on_log();
     });
-    if done.is_err() {
+    if let Some(Err(())) = done {
         stream_failed(stream, false);
     }
     after_code();
@@ -631,16 +641,18 @@ pub(crate) fn stream_destroy(stream: *mut Stream) {
             .borrow_mut()
             .retain(|answer| answer.caller != Caller::Stream(pointer))
     });
-    if !stream.broken {
-        let context = stream.context;
+    AFTER.with(|after| after.borrow_mut().retain(|a| !targets(a, stream.envoy)));
+    for (_, token) in std::mem::take(&mut stream.callouts) {
+        forget_call(token);
+    }
+    if let Some(http) = stream.http.take() {
         let current = Current {
             config: stream.config,
             stream: pointer,
             body: None,
         };
-        let _ = enter(current, || unsafe { proxy_on_delete(context) });
+        let _ = enter(current, || drop(http));
     }
-    AFTER.with(|after| after.borrow_mut().retain(|a| !targets(a, stream.envoy)));
 }
 
 // ---- HTTP call answers ----
@@ -705,50 +717,33 @@ fn take_token(callouts: &mut Vec<(u64, u32)>, callout: u64) -> Option<u32> {
 fn deliver(caller: Caller, callout: u64, response: CallResponse) {
     let headers = response.headers.len();
     let body_size = response.body.len();
-    let give = |context: u32, token: u32| {
-        move || unsafe {
-            CALL_RESPONSE.with(|slot| *slot.borrow_mut() = Some(response));
-            proxy_on_http_call_response(context, token, headers, body_size, 0);
-            CALL_RESPONSE.with(|slot| slot.borrow_mut().take());
-        }
+    let token = match caller {
+        Caller::Stream(stream) => take_token(unsafe { &mut (*stream).callouts }, callout),
+        Caller::Config(config) => take_token(&mut lock(unsafe { &(*config).callouts }), callout),
     };
+    let Some(token) = token else { return };
+    forget_call(token);
+    CALL_RESPONSE.with(|slot| *slot.borrow_mut() = Some(response));
     match caller {
         Caller::Stream(pointer) => {
             let stream = unsafe { &mut *pointer };
-            let Some(token) = take_token(&mut stream.callouts, callout) else {
-                return;
-            };
-            if stream.broken {
-                return;
-            }
-            let current = Current {
-                config: stream.config,
-                stream: pointer,
-                body: None,
-            };
-            let delivered = enter(current, give(stream.context, token));
+            let delivered = with_http(stream, None, |http| {
+                http.on_http_call_response(token, headers, body_size, 0)
+            });
             CALL_RESPONSE.with(|slot| slot.borrow_mut().take());
-            if delivered.is_err() {
+            if let Some(Err(())) = delivered {
                 stream_failed(stream, true);
             }
-            after_code();
         }
         Caller::Config(config) => {
             let config = unsafe { &*config };
-            let token = take_token(
-                &mut config.callouts.lock().unwrap_or_else(|p| p.into_inner()),
-                callout,
-            );
-            let Some(token) = token else { return };
-            let current = Current {
-                config,
-                ..Current::NONE
-            };
-            let _ = enter(current, give(config.main_root, token));
+            with_root(config, false, |root| {
+                root.on_http_call_response(token, headers, body_size, 0)
+            });
             CALL_RESPONSE.with(|slot| slot.borrow_mut().take());
-            after_code();
         }
     }
+    after_code();
 }
 
 // ---- ticks: a thread commits the config scheduler every period ----

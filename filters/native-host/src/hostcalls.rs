@@ -525,7 +525,6 @@ fn property(stream: &host::Stream, path: &[&str]) -> Option<Vec<u8>> {
     let filter = stream.envoy;
     match path {
         ["source", "address"] => attribute_string(filter, attribute::SOURCE_ADDRESS),
-        ["source", "port"] => attribute_int(filter, attribute::SOURCE_PORT),
         ["xds", "route_name"] => attribute_string(filter, attribute::XDS_ROUTE_NAME),
         ["xds", "cluster_name"] => attribute_string(filter, attribute::XDS_CLUSTER_NAME),
         ["upstream", "address"] => attribute_string(filter, attribute::UPSTREAM_ADDRESS),
