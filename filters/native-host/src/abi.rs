@@ -77,6 +77,19 @@ pub struct ModuleHeader {
     pub value: ModuleBuffer,
 }
 
+impl ModuleHeader {
+    /// The headers as Envoy takes them; valid while `headers` lives.
+    pub fn list(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<Self> {
+        headers
+            .iter()
+            .map(|(key, value)| Self {
+                key: ModuleBuffer::of(key),
+                value: ModuleBuffer::of(value),
+            })
+            .collect()
+    }
+}
+
 /// `envoy_dynamic_module_type_http_header_type`.
 pub mod header_type {
     pub const REQUEST_HEADER: u32 = 0;

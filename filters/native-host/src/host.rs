@@ -240,13 +240,7 @@ fn run_after(action: After) {
                 body,
                 details,
             } => {
-                let mut pairs: Vec<ModuleHeader> = headers
-                    .iter()
-                    .map(|(k, v)| ModuleHeader {
-                        key: ModuleBuffer::of(k),
-                        value: ModuleBuffer::of(v),
-                    })
-                    .collect();
+                let mut pairs = ModuleHeader::list(&headers);
                 envoy_dynamic_module_callback_http_send_response(
                     filter,
                     status,

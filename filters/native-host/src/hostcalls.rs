@@ -789,13 +789,7 @@ pub extern "C" fn proxy_http_call(
     let Some(headers) = deserialize_map(headers) else {
         return Status::BadArgument;
     };
-    let mut pairs: Vec<ModuleHeader> = headers
-        .iter()
-        .map(|(k, v)| ModuleHeader {
-            key: ModuleBuffer::of(k),
-            value: ModuleBuffer::of(v),
-        })
-        .collect();
+    let mut pairs = ModuleHeader::list(&headers);
     let mut callout = 0u64;
     let stream = host::current_stream();
     let config = host::current_config();
