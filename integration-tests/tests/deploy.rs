@@ -3,7 +3,7 @@
 //! (`scripts/oci.sh`), and those images pushed to a real registry with
 //! `skopeo` and pulled back.
 
-use integration_tests::envoy::{validate, wasm_module, workspace_root};
+use integration_tests::envoy::{native_module, validate, wasm_module, workspace_root};
 use integration_tests::http;
 use integration_tests::registry::{registry_bin, skopeo, skopeo_bin, Registry};
 use serde::Deserialize;
@@ -594,6 +594,17 @@ fn minimal_gateway() -> Value {
 /// in the gateway pod (or a remote download with its sha256) becomes
 /// `<target>/wasm32-wasip1/release/<root_id>.wasm`.
 fn with_local_module(mut filter: Value) -> Value {
+    if filter["typed_config"]["@type"] == NATIVE_FILTER_TYPE {
+        let module = &mut filter["typed_config"]["dynamic_module_config"]["module"];
+        assert!(
+            module
+                .pointer("/local/filename")
+                .is_some_and(Value::is_string),
+            "the native module is loaded from a local file: {module}"
+        );
+        *module = json!({"local": {"filename": native_module()}});
+        return filter;
+    }
     let config = &mut filter["typed_config"]["config"];
     let root_id = str_at(config, "/root_id").to_string();
     let code = &mut config["vm_config"]["code"];
@@ -743,6 +754,39 @@ fn every_envoy_filter_patch_passes_envoy_validate_alone_and_all_together() {
         .collect();
     assert_eq!(clusters, ["backend", "fleet_store", "clickhouse"]);
     assert_validates(&config, "the whole chain");
+}
+
+const NATIVE_FILTER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+
+#[test]
+fn the_native_module_envoy_filter_passes_envoy_validate_and_its_sections_are_accepted() {
+    let path = istio_dir().join("native/gateway-native.yaml");
+    let documents = yaml_documents(&path);
+    assert_eq!(documents.len(), 1, "one EnvoyFilter");
+    let envoy_filter = &documents[0];
+    assert_eq!(envoy_filter["kind"], "EnvoyFilter");
+    let patch = &envoy_filter["spec"]["configPatches"][0]["patch"]["value"];
+    assert_eq!(patch["typed_config"]["@type"], NATIVE_FILTER_TYPE);
+    assert_eq!(patch["typed_config"]["filter_name"], "gateway");
+    // Each section is accepted by its policy's own parser.
+    let document: Value = serde_json::from_str(str_at(patch, "/typed_config/filter_config/value"))
+        .expect("the module's document is JSON");
+    let sections = document.as_object().expect("an object");
+    assert!(!sections.is_empty());
+    for (section, config) in sections {
+        let filter = section.replace('_', "-");
+        compile(&filter, config.to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("{section}: {e}"));
+    }
+    // And a real Envoy loads the module and the document.
+    let mut config = minimal_gateway();
+    apply_envoy_filter(&mut config, envoy_filter);
+    assert_eq!(
+        http_filter_names(&config),
+        ["gateway.native".to_string(), ROUTER.to_string()]
+    );
+    assert_validates(&config, "the native module");
 }
 
 // ---------------------------------------------------------------------------
