@@ -36,11 +36,16 @@ pub fn envoy_bin() -> PathBuf {
 
 /// A built filter module, e.g. `wasm_module("ip_acl")`.
 pub fn wasm_module(name: &str) -> PathBuf {
+    built(&format!("wasm32-wasip1/release/{name}.wasm"))
+}
+
+/// A file `make build` writes under the target directory.
+fn built(relative: &str) -> PathBuf {
     // Honour CARGO_TARGET_DIR (relative to the repository root) like cargo does.
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(|dir| workspace_root().join(dir))
         .unwrap_or_else(|| workspace_root().join("target"));
-    let path = target.join(format!("wasm32-wasip1/release/{name}.wasm"));
+    let path = target.join(relative);
     assert!(
         path.is_file(),
         "{} is missing: run `make build` first",
@@ -56,16 +61,7 @@ pub fn native_module() -> PathBuf {
 
 /// A library of the `native` profile, e.g. `examples/libpanic_probe.so`.
 pub fn native_library(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|dir| workspace_root().join(dir))
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let path = target.join("native").join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `make build` first",
-        path.display()
-    );
-    path
+    built(&format!("native/{name}"))
 }
 
 /// The environment variable that runs the tests against the gateway module:

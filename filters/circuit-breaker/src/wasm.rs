@@ -20,7 +20,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 use std::cell::OnceCell;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// A rule's counters, `gw.circuit_breaker.<rule>.<name>`.
@@ -182,10 +182,10 @@ impl Deployed {
 
     fn worker_sync(&self) -> MutexGuard<'_, WorkerSync> {
         let rules = self.breaker.rules().len();
-        self.sync
-            .get_or_init(|| Arc::new(Mutex::new(WorkerSync::new(rules))))
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        adapter::lock(
+            self.sync
+                .get_or_init(|| Arc::new(Mutex::new(WorkerSync::new(rules)))),
+        )
     }
 
     /// Queues a fleet rule's call outcome for the next sync.

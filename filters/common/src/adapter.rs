@@ -17,7 +17,7 @@ use proxy_wasm::types::{BufferType, LogLevel, MapType};
 use std::any::Any;
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 /// The plugin configuration Envoy handed over (empty when there is none).
@@ -48,7 +48,7 @@ pub fn shared_by_roots<T: Send + Sync + 'static>(
     let Some(configuration) = configuration_id() else {
         return Arc::new(make());
     };
-    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut shared = lock(&SHARED);
     shared.retain(|(_, _, value)| value.strong_count() > 0);
     let existing = shared
         .iter()
@@ -61,6 +61,13 @@ pub fn shared_by_roots<T: Send + Sync + 'static>(
     let erased: Arc<dyn Any + Send + Sync> = value.clone();
     shared.push((configuration, name, Arc::downgrade(&erased)));
     value
+}
+
+/// Locks state shared by roots; a panic that poisoned it (answered as an
+/// internal error where it happened) leaves nothing half-done the next
+/// user cannot take up.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The host's id of the configuration being loaded, where roots share state.

@@ -13,7 +13,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Counters and gauges, `gw.log_push.*`.
@@ -68,21 +68,17 @@ struct Worker {
     sink_failing: AtomicBool,
 }
 
-fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Worker {
     fn in_flight(&self) -> Option<u32> {
-        *locked(&self.in_flight)
+        *adapter::lock(&self.in_flight)
     }
 
     /// Moves the gauges to what the worker holds now; called from the timer
     /// and when a batch ends, not per record.
     fn report_queue(&self) {
-        let (records, bytes) = locked(&self.shipper).held();
+        let (records, bytes) = adapter::lock(&self.shipper).held();
         let (old_records, old_bytes) =
-            std::mem::replace(&mut *locked(&self.reported), (records, bytes));
+            std::mem::replace(&mut *adapter::lock(&self.reported), (records, bytes));
         self.metrics
             .queue_records
             .add(records as i64 - old_records as i64);
@@ -92,7 +88,7 @@ impl Worker {
     }
 
     fn push(&self, record: Record) {
-        let dropped = locked(&self.shipper).push(record);
+        let dropped = adapter::lock(&self.shipper).push(record);
         self.metrics.records_queued.inc();
         self.metrics.dropped_queue_full.add(dropped as u64);
     }
@@ -105,7 +101,7 @@ impl Worker {
         let now = now_ms();
         let sink = &self.push.sink;
         let dispatched = {
-            let mut shipper = locked(&self.shipper);
+            let mut shipper = adapter::lock(&self.shipper);
             let batch = if drain {
                 shipper.drain(now)
             } else {
@@ -128,7 +124,7 @@ impl Worker {
             )
         };
         match dispatched {
-            Ok(token) => *locked(&self.in_flight) = Some(token),
+            Ok(token) => *adapter::lock(&self.in_flight) = Some(token),
             Err(status) => {
                 self.sink_failed(&format!(
                     "cannot call cluster `{}` ({status:?}); is it defined?",
@@ -149,8 +145,8 @@ impl Worker {
     }
 
     fn finish(&self, ok: bool, body: &[u8]) {
-        *locked(&self.in_flight) = None;
-        let finished = locked(&self.shipper).finish(ok, now_ms());
+        *adapter::lock(&self.in_flight) = None;
+        let finished = adapter::lock(&self.shipper).finish(ok, now_ms());
         let metrics = &self.metrics;
         match finished {
             Finished::Sent(n) => {
@@ -257,7 +253,7 @@ impl LoadedPolicy for LogPushWorker {
     }
 
     fn idle(&self) -> bool {
-        !locked(&self.worker.shipper).busy() && self.worker.in_flight().is_none()
+        !adapter::lock(&self.worker.shipper).busy() && self.worker.in_flight().is_none()
     }
 }
 

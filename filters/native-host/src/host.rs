@@ -41,6 +41,12 @@ pub(crate) static MODULE: OnceLock<Module> = OnceLock::new();
 /// A metric defined in config-new: proxy-wasm's metric id is its index.
 pub(crate) struct Metric {
     pub name: String,
+    pub handle: MetricHandle,
+}
+
+/// What updating a metric takes: its kind and Envoy's id for it.
+#[derive(Clone, Copy)]
+pub(crate) struct MetricHandle {
     pub kind: MetricType,
     pub envoy_id: usize,
 }
@@ -291,6 +297,13 @@ fn forget_call(token: u32) {
     unsafe { proxy_on_http_call_response(0, token, 0, 0, 0) };
 }
 
+/// [`forget_call`] for every call of a list that will get no answer.
+fn forget_calls(callouts: &mut Vec<(u64, u32)>) {
+    for (_, token) in callouts.drain(..) {
+        forget_call(token);
+    }
+}
+
 // ---- configurations and roots ----
 
 /// Deletes this thread's roots of destroyed configurations.
@@ -421,9 +434,7 @@ pub(crate) fn config_destroy(config: *const Config) {
     if let Some(ticker) = config.ticker {
         ticker.stop();
     }
-    for (_, token) in std::mem::take(&mut *lock(&config.callouts)) {
-        forget_call(token);
-    }
+    forget_calls(&mut lock(&config.callouts));
     delete_dead_roots();
 }
 
@@ -435,7 +446,7 @@ pub(crate) fn config_tick(config: &Config) {
     after_code();
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -572,9 +583,7 @@ fn stream_failed(stream: &mut Stream, in_request: bool) -> bool {
             .borrow_mut()
             .retain(|action| !targets(action, stream.envoy))
     });
-    for (_, token) in std::mem::take(&mut stream.callouts) {
-        forget_call(token);
-    }
+    forget_calls(&mut stream.callouts);
     log(
         LOG_CRITICAL,
         "native module: a policy failed on this request (see the panic above); it is answered with an internal error",
@@ -636,9 +645,7 @@ pub(crate) fn stream_destroy(stream: *mut Stream) {
             .retain(|answer| answer.caller != Caller::Stream(pointer))
     });
     AFTER.with(|after| after.borrow_mut().retain(|a| !targets(a, stream.envoy)));
-    for (_, token) in std::mem::take(&mut stream.callouts) {
-        forget_call(token);
-    }
+    forget_calls(&mut stream.callouts);
     if let Some(http) = stream.http.take() {
         let current = Current {
             config: stream.config,

@@ -10,7 +10,7 @@
 //! the statuses its SDK wrapper handles.
 
 use crate::abi::*;
-use crate::host::{self, After, Direction, Metric};
+use crate::host::{self, After, Direction, Metric, MetricHandle};
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status, StreamType};
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -430,33 +430,16 @@ fn edit_header(map_type: MapType, key: &[u8], value: Option<&[u8]>, add: bool) -
     if kind == header_type::REQUEST_HEADER {
         unsafe { envoy_dynamic_module_callback_http_clear_route_cache(filter) };
     }
-    let key = ModuleBuffer::of(key);
+    let (key, new) = (
+        ModuleBuffer::of(key),
+        value.map_or(ModuleBuffer::NULL, ModuleBuffer::of),
+    );
     unsafe {
-        match value {
-            Some(value) if add => {
-                envoy_dynamic_module_callback_http_add_header(
-                    filter,
-                    kind,
-                    key,
-                    ModuleBuffer::of(value),
-                );
-            }
-            Some(value) => {
-                envoy_dynamic_module_callback_http_set_header(
-                    filter,
-                    kind,
-                    key,
-                    ModuleBuffer::of(value),
-                );
-            }
-            None => {
-                envoy_dynamic_module_callback_http_set_header(
-                    filter,
-                    kind,
-                    key,
-                    ModuleBuffer::NULL,
-                );
-            }
+        // Setting a null value removes the header.
+        if add && value.is_some() {
+            envoy_dynamic_module_callback_http_add_header(filter, kind, key, new);
+        } else {
+            envoy_dynamic_module_callback_http_set_header(filter, kind, key, new);
         }
     }
     Status::Ok
@@ -829,11 +812,7 @@ pub extern "C" fn proxy_http_call(
         Some(stream) => stream.callouts.push((callout, token)),
         None => {
             if let Some(config) = config {
-                config
-                    .callouts
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((callout, token));
+                host::lock(&config.callouts).push((callout, token));
             }
         }
     }
@@ -1002,8 +981,10 @@ pub extern "C" fn proxy_define_metric(
         }
         metrics.push(Metric {
             name: name.to_string(),
-            kind: metric_type,
-            envoy_id,
+            handle: MetricHandle {
+                kind: metric_type,
+                envoy_id,
+            },
         });
         Some(metrics.len() as u32 - 1)
     });
@@ -1016,27 +997,22 @@ pub extern "C" fn proxy_define_metric(
     Status::Ok
 }
 
-/// The metric behind a proxy-wasm id, in the configuration that runs.
-fn with_metric(id: u32, update: impl FnOnce(ConfigEnvoyPtr, &Metric)) {
+/// The metric behind a proxy-wasm id, in the configuration that runs: its
+/// metrics, or those being defined while its config-new runs.
+fn with_metric(id: u32, update: impl FnOnce(ConfigEnvoyPtr, MetricHandle)) {
     let Some(config) = host::current_config() else {
         return;
     };
-    let defining = host::DEFINING.with(|defining| {
-        let defining = defining.borrow();
-        let metric = defining.as_ref()?.get(id as usize)?;
-        Some(Metric {
-            name: String::new(),
-            kind: metric.kind,
-            envoy_id: metric.envoy_id,
-        })
-    });
-    match defining {
-        Some(metric) => update(config.envoy, &metric),
-        None => {
-            if let Some(metric) = config.metrics.get(id as usize) {
-                update(config.envoy, metric)
-            }
-        }
+    let handle = config
+        .metrics
+        .get(id as usize)
+        .map(|m| m.handle)
+        .or_else(|| {
+            host::DEFINING
+                .with(|defining| Some(defining.borrow().as_ref()?.get(id as usize)?.handle))
+        });
+    if let Some(handle) = handle {
+        update(config.envoy, handle);
     }
 }
 
