@@ -1,6 +1,8 @@
 //! Query strings and urlencoded forms: decoding, parsing and rebuilding,
 //! shared by sign-auth, param-validation and request-mapping.
 
+use std::borrow::Cow;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParameterError {
     /// A `%` not followed by two hex digits.
@@ -31,7 +33,7 @@ pub fn retain_raw_pairs(encoded: &str, keep: impl Fn(&str) -> bool) -> Option<St
         .filter(|pair| !pair.is_empty())
         .filter(|pair| {
             let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            let keep_it = url_decode(key).map(|k| keep(&k)).unwrap_or(false);
+            let keep_it = url_decoded(key).map(|k| keep(&k)).unwrap_or(false);
             removed |= !keep_it;
             keep_it
         })
@@ -42,8 +44,13 @@ pub fn retain_raw_pairs(encoded: &str, keep: impl Fn(&str) -> bool) -> Option<St
 /// Decodes `%XX` escapes and `+` (a space, as form encoding and Java's
 /// `URLEncoder` write it).
 pub fn url_decode(text: &str) -> Result<String, ParameterError> {
+    url_decoded(text).map(Cow::into_owned)
+}
+
+/// [`url_decode`] that borrows `text` when there is nothing to decode.
+pub fn url_decoded(text: &str) -> Result<Cow<'_, str>, ParameterError> {
     if !text.contains(['%', '+']) {
-        return Ok(text.to_string());
+        return Ok(Cow::Borrowed(text));
     }
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -66,7 +73,9 @@ pub fn url_decode(text: &str) -> Result<String, ParameterError> {
         }
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| ParameterError::NotUtf8(bounded(text)))
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| ParameterError::NotUtf8(bounded(text)))
 }
 
 fn bounded(text: &str) -> String {

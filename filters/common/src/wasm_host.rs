@@ -45,13 +45,13 @@ impl Host for ProxyWasmHost {
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        let key = path.join("\0");
-        if let Some(cached) = with_cache(|cache| cache.property(&key)).flatten() {
+        if let Some(cached) = with_cache(|cache| cache.property(path)).flatten() {
             return cached;
         }
         let value = proxy_wasm::hostcalls::get_property(path.to_vec())
             .ok()
             .flatten();
+        let key = path.join("\0");
         let stable = STREAM_STABLE_PROPERTIES.contains(&key.as_str());
         with_cache(|cache| cache.remember(key, value.clone(), stable));
         value
@@ -129,9 +129,10 @@ pub struct StreamScope<'a> {
 
 pub fn stream_scope(memory: &mut StreamMemory) -> StreamScope<'_> {
     let scope = callback_scope();
+    let carried = std::mem::take(&mut memory.properties);
     with_cache(|cache| {
-        for (key, value) in &memory.properties {
-            cache.remember(key.clone(), value.clone(), true);
+        for (key, value) in carried {
+            cache.remember(key, value, true);
         }
     });
     StreamScope {
@@ -141,13 +142,13 @@ pub fn stream_scope(memory: &mut StreamMemory) -> StreamScope<'_> {
 }
 
 impl Drop for StreamScope<'_> {
+    /// Moves the lasting entries out (the scope's cache ends with it).
     fn drop(&mut self) {
         let kept = with_cache(|cache| {
-            cache
-                .properties
-                .iter()
+            std::mem::take(&mut cache.properties)
+                .into_iter()
                 .filter(|entry| entry.stable)
-                .map(|entry| (entry.key.clone(), entry.value.clone()))
+                .map(|entry| (entry.key, entry.value))
                 .collect()
         });
         if let Some(kept) = kept {
@@ -199,10 +200,10 @@ impl CallbackCache {
         self.properties.clear();
     }
 
-    fn property(&self, key: &str) -> Option<Option<Vec<u8>>> {
+    fn property(&self, path: &[&str]) -> Option<Option<Vec<u8>>> {
         self.properties
             .iter()
-            .find(|entry| entry.key == key)
+            .find(|entry| is_joined_path(&entry.key, path))
             .map(|entry| entry.value.clone())
     }
 
@@ -218,6 +219,24 @@ impl CallbackCache {
             _ => None,
         }
     }
+}
+
+/// Whether `key` is `path` joined by NUL, without joining it.
+fn is_joined_path(key: &str, path: &[&str]) -> bool {
+    let mut rest = key;
+    for (i, segment) in path.iter().enumerate() {
+        if i > 0 {
+            match rest.strip_prefix('\0') {
+                Some(after) => rest = after,
+                None => return false,
+            }
+        }
+        match rest.strip_prefix(segment) {
+            Some(after) => rest = after,
+            None => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 thread_local! {
@@ -328,7 +347,20 @@ mod cache_tests {
     use super::*;
 
     fn cached(key: &str) -> Option<Option<Vec<u8>>> {
-        with_cache(|cache| cache.property(key)).flatten()
+        let path: Vec<&str> = key.split('\0').collect();
+        with_cache(|cache| cache.property(&path)).flatten()
+    }
+
+    #[test]
+    fn a_cached_key_matches_exactly_its_path() {
+        assert!(is_joined_path("xds\0route_name", &["xds", "route_name"]));
+        assert!(is_joined_path("gw_app", &["gw_app"]));
+        assert!(!is_joined_path("gw_app", &["gw_app_name"]));
+        assert!(!is_joined_path("gw_app_name", &["gw_app"]));
+        assert!(!is_joined_path("xds\0route_name", &["xds"]));
+        assert!(!is_joined_path("xds", &["xds", "route_name"]));
+        assert!(!is_joined_path("xdsroute_name", &["xds", "route_name"]));
+        assert!(!is_joined_path("a\0b", &["a\0b", ""]));
     }
 
     fn seed_request_headers(pairs: &[(&str, &str)]) {

@@ -38,14 +38,13 @@ unsafe fn input_str<'a>(data: *const u8, size: usize) -> &'a str {
 
 /// proxy-wasm's serialized map: count, each (key, value) length, then each
 /// key and value NUL-terminated.
-fn serialize_map(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
-    let size = 4 + pairs
-        .iter()
-        .map(|(k, v)| 10 + k.len() + v.len())
-        .sum::<usize>();
+fn serialize_map<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
+    let (count, size) = pairs.clone().fold((0usize, 4usize), |(n, size), (k, v)| {
+        (n + 1, size + 10 + k.len() + v.len())
+    });
     let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (k, v) in pairs {
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+    for (k, v) in pairs.clone() {
         out.extend_from_slice(&(k.len() as u32).to_le_bytes());
         out.extend_from_slice(&(v.len() as u32).to_le_bytes());
     }
@@ -337,11 +336,10 @@ pub extern "C" fn proxy_get_header_map_pairs(
     let serialized = if map_type == MapType::HttpCallResponseHeaders {
         host::CALL_RESPONSE.with(|slot| {
             let slot = slot.borrow();
-            let pairs: Vec<(&[u8], &[u8])> = slot
-                .iter()
-                .flat_map(|r| r.headers.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
-                .collect();
-            serialize_map(&pairs)
+            serialize_map(
+                slot.iter()
+                    .flat_map(|r| r.headers.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))),
+            )
         })
     } else {
         let (Some(kind), Some(filter)) = (header_type_of(map_type), stream_filter()) else {
@@ -363,11 +361,7 @@ pub extern "C" fn proxy_get_header_map_pairs(
             {
                 headers.clear();
             }
-            let pairs: Vec<(&[u8], &[u8])> = headers
-                .iter()
-                .map(|h| (h.key.bytes(), h.value.bytes()))
-                .collect();
-            serialize_map(&pairs)
+            serialize_map(headers.iter().map(|h| (h.key.bytes(), h.value.bytes())))
         }
     };
     unsafe { give(serialized, return_map_data, return_map_size) };
@@ -1097,7 +1091,7 @@ mod tests {
     fn maps_round_trip_in_the_sdk_layout() {
         let pairs: Vec<(&[u8], &[u8])> =
             vec![(b":status", b"200"), (b"x-empty", b""), (b"k", b"v\xff")];
-        let bytes = serialize_map(&pairs);
+        let bytes = serialize_map(pairs.iter().copied());
         assert_eq!(&bytes[..4], &3u32.to_le_bytes());
         let back = deserialize_map(&bytes).expect("a map");
         let back: Vec<(&[u8], &[u8])> = back
@@ -1109,7 +1103,7 @@ mod tests {
 
     #[test]
     fn a_truncated_or_lying_map_is_refused_not_read_past() {
-        let bytes = serialize_map(&[(b"key".as_slice(), b"value".as_slice())]);
+        let bytes = serialize_map([(b"key".as_slice(), b"value".as_slice())].into_iter());
         for cut in 1..bytes.len() - 1 {
             assert!(deserialize_map(&bytes[..cut]).is_none(), "cut at {cut}");
         }

@@ -22,8 +22,9 @@
 //! <name>:<value>            one line per signed header, in x-gw-signed-headers order
 //! ```
 
-use crate::signature::{self, url_decode, ParameterError, Secret, SignatureMethod};
+use crate::signature::{self, url_decoded, ParameterError, Secret, SignatureMethod};
 use serde::Deserialize;
+use std::fmt::Write;
 
 pub const KEY_ID_HEADER: &str = "x-gw-signature-key-id";
 pub const TIMESTAMP_HEADER: &str = "x-gw-signature-timestamp";
@@ -61,15 +62,21 @@ pub fn string_to_sign(
     let mut parameters = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        parameters.push((url_decode(key)?, url_decode(value)?));
+        parameters.push((url_decoded(key)?, url_decoded(value)?));
     }
-    parameters.sort();
-    let query = parameters
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-    let mut out = format!("GW-HMAC-SHA256\n{timestamp_ms}\n{method}\n{path}\n{query}");
+    parameters.sort_unstable();
+    let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+    let mut out =
+        String::with_capacity(48 + method.len() + path_and_query.len() * 2 + header_bytes);
+    let _ = write!(out, "GW-HMAC-SHA256\n{timestamp_ms}\n{method}\n{path}\n");
+    for (i, (key, value)) in parameters.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(key);
+        out.push('=');
+        out.push_str(value);
+    }
     for (name, value) in headers {
         out.push('\n');
         out.push_str(name);
@@ -100,11 +107,17 @@ fn signed_headers(
     headers: &[(String, String)],
     signature: String,
 ) -> Vec<(&'static str, String)> {
-    let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+    let mut names = String::with_capacity(headers.iter().map(|(n, _)| n.len() + 1).sum());
+    for (i, (name, _)) in headers.iter().enumerate() {
+        if i > 0 {
+            names.push(',');
+        }
+        names.push_str(name);
+    }
     vec![
         (KEY_ID_HEADER, key_id.to_string()),
         (TIMESTAMP_HEADER, timestamp_ms.to_string()),
-        (SIGNED_HEADERS_HEADER, names.join(",")),
+        (SIGNED_HEADERS_HEADER, names),
         (SIGNATURE_HEADER, signature),
     ]
 }

@@ -24,7 +24,7 @@ use md5::{Digest, Md5};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-pub use gateway_common::params::{url_decode, ParameterError};
+pub use gateway_common::params::{url_decode, url_decoded, ParameterError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureMethod {
@@ -130,12 +130,12 @@ pub fn add_parameters(
 ) -> Result<(), ParameterError> {
     for pair in encoded.split('&').filter(|pair| !pair.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = url_decode(key)?;
-        if into.contains_key(&key) {
+        let key = url_decoded(key)?;
+        if into.contains_key(key.as_ref()) {
             continue;
         }
         let value = url_decode(value)?;
-        into.insert(key, value);
+        into.insert(key.into_owned(), value);
     }
     Ok(())
 }
