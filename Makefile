@@ -8,7 +8,7 @@ NATIVE_MODULE := target/native/libgateway.so
 CARGO        ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build run test lint fmt unit integration validate clean oci bench
+.PHONY: all setup build run test lint fmt unit integration validate clean oci bench fuzz
 
 all: build
 
@@ -40,8 +40,15 @@ oci: build
 bench: build
 	@bash scripts/bench.sh
 
+## fuzz: every libFuzzer target for FUZZ_SECONDS (default 60) each, nightly
+## and cargo-fuzz installed when missing (minutes; not part of `make test`)
+fuzz:
+	@bash scripts/fuzz.sh
+
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
+	CARGO_TARGET_DIR=target/fuzz/clippy $(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -p empty-filter -p host-call-probe -- -D warnings
 	$(CARGO) clippy -p gateway --features native -- -D warnings
@@ -67,6 +74,7 @@ integration:
 
 fmt:
 	$(CARGO) fmt --all
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml
 
 clean:
 	$(CARGO) clean

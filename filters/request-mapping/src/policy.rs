@@ -306,6 +306,16 @@ fn compile_backend_path(template: &str) -> Result<Vec<PathPart>, String> {
             "`{template}` must start with `/` and have no query"
         ));
     }
+    // Written into `:path` as is: Envoy would refuse the request upstream.
+    if template
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(format!(
+            "`{}` must not contain spaces or control characters",
+            template.escape_debug()
+        ));
+    }
     let mut parts = Vec::new();
     let mut rest = template;
     while let Some(open) = rest.find('{') {
@@ -1514,6 +1524,15 @@ mod tests {
             (
                 json!({"backend": {"path": "v2"}}),
                 "rules[0].backend.path: `v2` must start with `/`",
+            ),
+            // Found by the request_mapping fuzz target.
+            (
+                json!({"backend": {"path": "/intica\u{0}tion"}}),
+                "rules[0].backend.path: `/intica\\0tion` must not contain spaces or control characters",
+            ),
+            (
+                json!({"backend": {"path": "/a b"}}),
+                "rules[0].backend.path: `/a b` must not contain spaces or control characters",
             ),
             (
                 json!({"parameters": [{"from": {"in": "path", "name": "id"}}]}),
