@@ -10,9 +10,9 @@ use gateway_common::params::{body_kind, BodyKind};
 use gateway_common::store::MemoryStore;
 use gateway_fuzz::{config, Request, NOW_MS};
 use libfuzzer_sys::fuzz_target;
+use sign_auth::client::{sign_request, ClientRequest, Credentials};
 use sign_auth::policy::{codes, SignAuth, Step};
-use sign_auth::signature::{add_parameters, content_md5, sign, SignatureMethod, SigningInput};
-use std::collections::BTreeMap;
+use sign_auth::signature::{content_md5, SignatureMethod};
 use std::sync::OnceLock;
 
 const APP_KEY: &str = "203751";
@@ -63,53 +63,41 @@ impl Input {
     }
 }
 
-/// The signature headers of a correctly signed request, or `None` when the
-/// fuzzer's parameters are not valid encoding (no client could sign them).
-fn signature_headers(input: &Input, timestamp: &str) -> Option<Vec<(&'static str, String)>> {
+/// The headers a client adds to sign the request (sign-auth's own client
+/// side), or `None` when the fuzzer's parameters are not valid encoding (no
+/// client could sign them).
+fn signature_headers(input: &Input, timestamp_ms: u64) -> Option<Vec<(String, String)>> {
     let request = &input.request;
-    let content_type = request.header("content-type");
-    let is_form = body_kind(content_type) == BodyKind::Form;
-    let mut parameters = BTreeMap::new();
-    add_parameters(request.query(), &mut parameters).ok()?;
-    if is_form {
-        add_parameters(std::str::from_utf8(&request.body).ok()?, &mut parameters).ok()?;
-    }
-    let md5 = input.with_md5.then(|| content_md5(&request.body));
-    let method = if input.sha1 {
-        SignatureMethod::HmacSha1
-    } else {
-        SignatureMethod::HmacSha256
+    let md5 = input
+        .with_md5
+        .then(|| ("content-md5".to_string(), content_md5(&request.body)));
+    let mut headers = request.headers.clone();
+    headers.extend(md5.clone());
+    let form_body = match body_kind(request.header("content-type")) {
+        BodyKind::Form => Some(std::str::from_utf8(&request.body).ok()?.to_string()),
+        _ => None,
     };
-    let text = SigningInput {
-        method: &request.method,
-        accept: request.header("accept"),
-        content_md5: md5.as_deref().or_else(|| request.header("content-md5")),
-        content_type,
-        date: request.header("date"),
-        signed_headers: vec![
-            ("x-ca-key".into(), APP_KEY.into()),
-            ("x-ca-nonce".into(), input.nonce.clone()),
-            ("x-ca-timestamp".into(), timestamp.into()),
-        ],
-        path: request
-            .path
-            .split_once('?')
-            .map_or(&request.path, |(p, _)| p),
-        parameters,
-    }
-    .string_to_sign();
-    let mut headers = vec![
-        ("x-ca-signature", sign(method, SECRET.as_bytes(), &text)),
-        ("x-ca-signature-method", method.name().to_string()),
-        (
-            "x-ca-signature-headers",
-            "x-ca-key,x-ca-nonce,x-ca-timestamp".into(),
-        ),
-    ];
-    if let Some(md5) = md5 {
-        headers.push(("content-md5", md5));
-    }
-    Some(headers)
+    let credentials = Credentials {
+        key: APP_KEY.into(),
+        secret: SECRET.into(),
+        method: if input.sha1 {
+            SignatureMethod::HmacSha1
+        } else {
+            SignatureMethod::HmacSha256
+        },
+    };
+    let client_request = ClientRequest {
+        method: request.method.clone(),
+        path_and_query: request.path.clone(),
+        headers,
+        signed_extra: Vec::new(),
+        form_body,
+    };
+    let mut signed = sign_request(&credentials, &client_request, timestamp_ms, &input.nonce)
+        .ok()?
+        .headers;
+    signed.extend(md5);
+    Some(signed)
 }
 
 /// Whether a correctly signed request is one sign-auth must let in.
@@ -138,22 +126,27 @@ fn run(policy: &SignAuth, host: &FakeHost, store: &MemoryStore, body: &[u8]) -> 
 fuzz_target!(|data: &[u8]| {
     let input = Input::parse(data);
     let policy = policy();
-    let timestamp = NOW_MS
-        .saturating_add_signed(i64::from(input.skew_ms))
-        .to_string();
+    let timestamp_ms = NOW_MS.saturating_add_signed(i64::from(input.skew_ms));
+    let timestamp = timestamp_ms.to_string();
     let signature = if input.signed {
-        signature_headers(&input, &timestamp)
+        signature_headers(&input, timestamp_ms)
     } else {
         None
     };
-    let mut first: Vec<(&str, &str)> = vec![
+    // Unsigned: the X-Ca-* headers alone, so the check reads on to the
+    // client's own signature headers, if any.
+    let unsigned = [
         ("x-ca-key", APP_KEY),
-        ("x-ca-nonce", &input.nonce),
-        ("x-ca-timestamp", &timestamp),
+        ("x-ca-nonce", input.nonce.as_str()),
+        ("x-ca-timestamp", timestamp.as_str()),
     ];
-    if let Some(headers) = &signature {
-        first.extend(headers.iter().map(|(name, value)| (*name, value.as_str())));
-    }
+    let first: Vec<(&str, &str)> = match &signature {
+        Some(headers) => headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect(),
+        None => unsigned.to_vec(),
+    };
     let host = input.request.host(&first);
     let store = MemoryStore::new();
     let step = run(policy, &host, &store, &input.request.body);
