@@ -48,10 +48,21 @@ for _ in $(seq 1 300); do
   curl -fs http://127.0.0.1:18123/ping >/dev/null 2>&1 && break
   sleep 0.1
 done
-curl -fsS --data-binary @envoy/log-push-clickhouse.sql http://127.0.0.1:18123/ >/dev/null
-# The demo also records the X-Tenant header (exists already on a second run).
-curl -fs --data-binary 'ALTER TABLE gateway_calls ADD COLUMN header_x_tenant String' \
-  http://127.0.0.1:18123/ >/dev/null 2>&1 || true
+clickhouse() { curl -fsS --data-binary "$1" http://127.0.0.1:18123/ >/dev/null; }
+# The HTTP interface takes one statement per request; in the script each
+# ends with `;` at the end of a line.
+statements() {
+  awk '!/^[[:space:]]*--/ { s = s $0 "\n" }
+       /;[[:space:]]*$/ && !/^[[:space:]]*--/ { sub(/;[[:space:]]*\n$/, "", s); printf "%s%c", s, 0; s = "" }' "$1"
+}
+while IFS= read -r -d '' statement; do clickhouse "$statement"; done < <(statements envoy/log-push-clickhouse.sql)
+# The demo also records the X-Tenant header: a column of the table (there
+# already on a second run), then the view again, as README "ClickHouse" says.
+clickhouse 'ALTER TABLE gateway_calls_log ADD COLUMN header_x_tenant String' 2>/dev/null || true
+clickhouse 'DROP TABLE IF EXISTS gateway_calls'
+while IFS= read -r -d '' statement; do
+  [[ $statement == *"CREATE VIEW"* ]] && clickhouse "$statement"
+done < <(statements envoy/log-push-clickhouse.sql)
 
 # The fleet store: a private Redis (no persistence) and Webdis allowing only
 # the two commands the filters send (README, "Fleets").

@@ -9,7 +9,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use log_push::config::LogPush;
 use log_push::format::{rejected_in_response, Format};
-use log_push::record::Record;
+use log_push::record::{Record, RecordIds};
 use serde_json::Value;
 use std::sync::OnceLock;
 
@@ -68,6 +68,7 @@ impl Fields {
         Record {
             // Within what the time formats can show (year 9999).
             timestamp_ms: self.timestamp_ms % 253_402_300_799_000,
+            record_id: Default::default(),
             request_id,
             api,
             app_key,
@@ -103,7 +104,15 @@ fn json(bytes: &[u8], what: &str) -> Value {
 
 fuzz_target!(|input: (Vec<Fields>, Vec<u8>)| {
     let (fields, answer) = input;
-    let records: Vec<Record> = fields.into_iter().take(8).map(Fields::record).collect();
+    let ids = RecordIds::new(0x5eed);
+    let records: Vec<Record> = fields
+        .into_iter()
+        .take(8)
+        .map(|f| Record {
+            record_id: ids.next(),
+            ..f.record()
+        })
+        .collect();
     for (policy, format) in policies() {
         let body = policy.sink.encode(&policy.layout, &records);
         match format {
@@ -115,6 +124,7 @@ fuzz_target!(|input: (Vec<Fields>, Vec<u8>)| {
                 assert_eq!(lines.len(), records.len());
                 for (line, record) in lines.iter().zip(&records) {
                     let row = json(line, "a row");
+                    assert_eq!(row["record_id"].as_str(), Some(record.record_id.as_str()));
                     assert_eq!(row["request_id"].as_str(), Some(record.request_id.as_str()));
                     assert_eq!(row["user_agent"].as_str(), Some(record.user_agent.as_str()));
                     assert_eq!(
@@ -129,8 +139,13 @@ fuzz_target!(|input: (Vec<Fields>, Vec<u8>)| {
                     .filter(|l| !l.is_empty())
                     .collect();
                 assert_eq!(lines.len(), 2 * records.len());
-                for line in lines {
-                    json(line, "a bulk line");
+                for (pair, record) in lines.chunks(2).zip(&records) {
+                    let action = json(pair[0], "a bulk action");
+                    assert_eq!(
+                        action["create"]["_id"].as_str(),
+                        Some(record.record_id.as_str())
+                    );
+                    json(pair[1], "a bulk document");
                 }
             }
             Format::Loki | Format::KafkaRest | Format::Otlp => {

@@ -8,6 +8,9 @@
 //! - `x-echo-status: NNN` sets the status of that response;
 //!   [`EchoServer::set_forced_status`] overrides it for every request.
 //! - `x-echo-delay-ms: N` (at most 60000) delays the response by N ms.
+//! - [`EchoServer::start_scripted`]: a function of each request chooses the
+//!   answer, how long it waits and whether the connection is cut mid-answer
+//!   (a sink that fails in the ways real stores and proxies do).
 //!
 //! Responses always carry a `Content-Length` (never chunked), except 204 and
 //! 304 which must not have a body.
@@ -67,9 +70,44 @@ impl ReceivedRequest {
     }
 }
 
+/// What a scripted server answers to one request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// Waited before the answer is written.
+    pub delay: Duration,
+    /// Writes only this many bytes of the answer, then closes the connection.
+    pub cut_after: Option<usize>,
+}
+
+impl Reply {
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status,
+            body: body.into(),
+            delay: Duration::ZERO,
+            cut_after: None,
+        }
+    }
+
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    pub fn cut_after(mut self, bytes: usize) -> Self {
+        self.cut_after = Some(bytes);
+        self
+    }
+}
+
+type Script = Box<dyn Fn(&ReceivedRequest) -> Reply + Send + Sync>;
+
 /// State shared by the handle, the accept thread and connection threads.
 struct Shared {
     id: String,
+    script: Option<Script>,
     stop: AtomicBool,
     healthy: AtomicBool,
     /// 0 means "not forced".
@@ -99,10 +137,24 @@ impl EchoServer {
 
     /// Starts a server on `addr` (e.g. `"127.0.0.1:8081"`).
     pub fn start_on(id: &str, addr: &str) -> io::Result<EchoServer> {
+        Self::start_with(id, addr, None)
+    }
+
+    /// Starts a server on an ephemeral port of 127.0.0.1 whose answers
+    /// `script` chooses (requests are recorded as by `start`).
+    pub fn start_scripted(
+        id: &str,
+        script: impl Fn(&ReceivedRequest) -> Reply + Send + Sync + 'static,
+    ) -> io::Result<EchoServer> {
+        Self::start_with(id, "127.0.0.1:0", Some(Box::new(script)))
+    }
+
+    fn start_with(id: &str, addr: &str, script: Option<Script>) -> io::Result<EchoServer> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             id: id.to_string(),
+            script,
             stop: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
             forced_status: AtomicU16::new(0),
@@ -528,9 +580,16 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
             }
             Err(ConnError::Closed) => return,
         };
-        let Some(response) = respond(shared, &request) else {
+        let Some((response, cut_after)) = respond(shared, &request) else {
             return;
         };
+        if let Some(bytes) = cut_after {
+            let _ = connection
+                .stream
+                .write_all(&response[..bytes.min(response.len())]);
+            let _ = connection.stream.shutdown(Shutdown::Both);
+            return;
+        }
         if connection.stream.write_all(&response).is_err() {
             return;
         }
@@ -541,8 +600,9 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
     }
 }
 
-/// Builds the answer to `request`; `None` if the server stopped meanwhile.
-fn respond(shared: &Shared, request: &IncomingRequest) -> Option<Vec<u8>> {
+/// Builds the answer to `request` and where to cut it; `None` if the server
+/// stopped meanwhile.
+fn respond(shared: &Shared, request: &IncomingRequest) -> Option<(Vec<u8>, Option<usize>)> {
     let received = &request.received;
     let send_body = received.method != "HEAD";
     let connection_header = if !request.keep_alive {
@@ -559,17 +619,37 @@ fn respond(shared: &Shared, request: &IncomingRequest) -> Option<Vec<u8>> {
         } else {
             (503, "unhealthy")
         };
-        return Some(encode_response(
-            &shared.id,
-            status,
-            "text/plain",
-            body.as_bytes(),
-            send_body,
-            connection_header,
+        return Some((
+            encode_response(
+                &shared.id,
+                status,
+                "text/plain",
+                body.as_bytes(),
+                send_body,
+                connection_header,
+            ),
+            None,
         ));
     }
 
     lock(&shared.requests).push(received.clone());
+
+    if let Some(script) = &shared.script {
+        let reply = script(received);
+        if !sleep_unless_stopped(shared, reply.delay) {
+            return None;
+        }
+        let status = valid_status(reply.status).unwrap_or(500);
+        let response = encode_response(
+            &shared.id,
+            status,
+            "application/octet-stream",
+            &reply.body,
+            send_body,
+            connection_header,
+        );
+        return Some((response, reply.cut_after));
+    }
 
     if let Some(delay_ms) = received
         .header("x-echo-delay-ms")
@@ -590,13 +670,16 @@ fn respond(shared: &Shared, request: &IncomingRequest) -> Option<Vec<u8>> {
         })
         .unwrap_or(200);
     let body = echo_json(&shared.id, received).to_string();
-    Some(encode_response(
-        &shared.id,
-        status,
-        "application/json",
-        body.as_bytes(),
-        send_body,
-        connection_header,
+    Some((
+        encode_response(
+            &shared.id,
+            status,
+            "application/json",
+            body.as_bytes(),
+            send_body,
+            connection_header,
+        ),
+        None,
     ))
 }
 

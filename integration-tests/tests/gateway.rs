@@ -384,10 +384,7 @@ fn the_demo_profile_api_is_mapped_onto_the_backend_shape() {
 #[test]
 fn the_demo_records_every_call_in_clickhouse() {
     let clickhouse = ClickHouse::start();
-    let table = std::fs::read_to_string(workspace_root().join("envoy/log-push-clickhouse.sql"))
-        .expect("envoy/log-push-clickhouse.sql");
-    clickhouse.query(&table);
-    clickhouse.query("ALTER TABLE gateway_calls ADD COLUMN header_x_tenant String");
+    clickhouse.create_log_tables(&["header_x_tenant"]);
     let demo = demo_gateway_logging_to(clickhouse.http_port());
     let ok =
         http::get(&demo.http_url("/search?q=shoes"), &[("x-tenant", "acme")]).expect("response");

@@ -4,31 +4,40 @@
 //! or hanging sink never fails or holds a client request.
 
 use integration_tests::clickhouse::ClickHouse;
-use integration_tests::echo::{EchoServer, ReceivedRequest};
+use integration_tests::echo::{EchoServer, ReceivedRequest, Reply};
 use integration_tests::envoy::{add_cluster, gateway_config, workspace_root, Envoy, WasmFilter};
 use integration_tests::http;
 use integration_tests::process::free_port;
 use serde_json::{json, Value};
+use std::collections::VecDeque;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// A ClickHouse with the tables of `envoy/log-push-clickhouse.sql`: log-push
+/// writes `gateway_calls_log`, queries read the `gateway_calls` view.
 fn clickhouse_with_table() -> ClickHouse {
     let clickhouse = ClickHouse::start();
-    let table = std::fs::read_to_string(workspace_root().join("envoy/log-push-clickhouse.sql"))
-        .expect("envoy/log-push-clickhouse.sql");
-    clickhouse.query(&table);
+    clickhouse.create_log_tables(&[]);
     clickhouse
 }
 
-fn count_rows(clickhouse: &ClickHouse, condition: &str) -> u64 {
-    clickhouse
-        .query(&format!(
-            "SELECT count() FROM gateway_calls WHERE {condition}"
-        ))
+fn count(clickhouse: &ClickHouse, query: &str) -> u64 {
+    let answer = clickhouse.query(query);
+    answer
         .trim()
         .parse()
-        .unwrap_or(0)
+        .unwrap_or_else(|_| panic!("`{query}` answered {answer:?}"))
+}
+
+/// Rows of the `gateway_calls` view (each call once) meeting `condition`.
+fn count_rows(clickhouse: &ClickHouse, condition: &str) -> u64 {
+    count(
+        clickhouse,
+        &format!("SELECT count() FROM gateway_calls WHERE {condition}"),
+    )
 }
 
 fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -62,7 +71,7 @@ fn gateway(log_push: Value, sink_port: u16, upstream: &EchoServer) -> Envoy {
 
 fn clickhouse_config() -> Value {
     json!({
-        "sink": {"cluster": "log_sink", "format": "clickhouse", "table": "gateway_calls", "timeout_ms": 2000},
+        "sink": {"cluster": "log_sink", "format": "clickhouse", "table": "gateway_calls_log", "timeout_ms": 2000},
         "batch": {"max_records": 8, "flush_interval_ms": 200},
         "fields": ["time", "timestamp_ms", "request_id", "api", "client_ip", "method", "host", "path",
                    "query", "status", "error_code", "latency_ms", "upstream_latency_ms", "request_bytes",
@@ -125,10 +134,18 @@ fn every_call_lands_in_clickhouse_exactly_once_with_its_fields() {
     thread::sleep(Duration::from_millis(600));
     assert_eq!(count_rows(&clickhouse, "1"), expected);
     assert_eq!(
-        clickhouse
-            .query("SELECT uniqExact(request_id) FROM gateway_calls")
-            .trim(),
-        expected.to_string()
+        count(
+            &clickhouse,
+            "SELECT uniqExact(request_id) FROM gateway_calls"
+        ),
+        expected
+    );
+    assert_eq!(
+        count(
+            &clickhouse,
+            "SELECT uniqExact(record_id) FROM gateway_calls_log"
+        ),
+        expected
     );
     assert_eq!(count_rows(&clickhouse, "status = 200"), allowed as u64);
     assert_eq!(
@@ -237,6 +254,199 @@ fn a_sink_outage_drops_counted_records_and_recovers() {
     assert!(count_rows(&clickhouse, "path LIKE '/during/%'") <= 2 * 10 + 2 * 8);
 }
 
+/// How the store's front answers one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SinkFault {
+    /// ClickHouse's own answer.
+    Pass,
+    /// ClickHouse wrote the batch; its answer comes after log-push's timeout.
+    WrittenAnswerLate,
+    /// ClickHouse wrote the batch; the connection is cut mid-answer.
+    WrittenAnswerCut,
+    /// ClickHouse wrote the batch; a proxy in front answers 503 anyway.
+    Written503,
+    /// The front answers 503 and ClickHouse never sees the batch.
+    Refused503,
+}
+
+const SINK_TIMEOUT_MS: u64 = 1000;
+
+/// Config for a sink that fails often: small batches, quick and many retries.
+fn flaky_sink_config() -> Value {
+    let mut config = clickhouse_config();
+    config["sink"]["timeout_ms"] = json!(SINK_TIMEOUT_MS);
+    config["batch"] = json!({"max_records": 4, "flush_interval_ms": 100});
+    config["retry"] = json!({"max_retries": 12, "initial_backoff_ms": 50, "max_backoff_ms": 200});
+    config
+}
+
+fn send_calls(envoy: &Envoy, marker: &str, calls: usize) {
+    for i in 0..calls {
+        let response =
+            http::get(&envoy.url(&format!("/orders/{marker}-{i}")), &[]).expect("response");
+        assert_eq!(response.status, 200, "the sink must not matter to clients");
+    }
+}
+
+/// Waits for `calls` rows in the view and an empty log-push queue, then one
+/// more flush interval, and checks that each call is there exactly once.
+fn assert_each_call_once(clickhouse: &ClickHouse, envoy: &Envoy, calls: u64) {
+    let settled = wait_until(Duration::from_secs(40), || {
+        count_rows(clickhouse, "1") >= calls
+            && envoy.stat("wasmcustom.gw.log_push.queue.records") == 0
+    });
+    assert!(
+        settled,
+        "{} of {calls} calls stored\n{}",
+        count_rows(clickhouse, "1"),
+        envoy.log()
+    );
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count_rows(clickhouse, "1"),
+        calls,
+        "a plain count() on the view"
+    );
+    assert_eq!(
+        count(clickhouse, "SELECT uniqExact(path) FROM gateway_calls"),
+        calls,
+        "every call is there"
+    );
+    let report = std::fs::read_to_string(workspace_root().join("envoy/log-push-report.sql"))
+        .expect("envoy/log-push-report.sql");
+    let first: Value = serde_json::from_str(
+        clickhouse
+            .query(&report)
+            .lines()
+            .next()
+            .expect("a report row"),
+    )
+    .expect("a JSON row");
+    assert_eq!(first["calls"], calls.to_string(), "the report's count");
+    for lost in ["dropped.sink_failed", "dropped.queue_full"] {
+        assert_eq!(
+            envoy.stat(&format!("wasmcustom.gw.log_push.records.{lost}")),
+            0,
+            "{lost}"
+        );
+    }
+}
+
+#[test]
+fn lost_answers_cut_connections_and_5xx_bursts_leave_each_call_counted_once() {
+    let clickhouse = clickhouse_with_table();
+    // Rows written twice stay visible in the table until a merge: keep them.
+    clickhouse.query("SYSTEM STOP MERGES");
+    let faults = Arc::new(Mutex::new(VecDeque::from([
+        SinkFault::Pass,
+        SinkFault::WrittenAnswerLate,
+        SinkFault::WrittenAnswerCut,
+        SinkFault::Written503,
+        SinkFault::Refused503,
+        SinkFault::Refused503,
+        SinkFault::Refused503,
+        SinkFault::Pass,
+        SinkFault::WrittenAnswerLate,
+        SinkFault::Written503,
+        SinkFault::WrittenAnswerCut,
+    ])));
+    let rows_written = Arc::new(AtomicU64::new(0));
+    let clickhouse_url = format!("http://127.0.0.1:{}", clickhouse.http_port());
+    let front = {
+        let (faults, rows_written) = (faults.clone(), rows_written.clone());
+        EchoServer::start_scripted("clickhouse-front", move |request| {
+            let fault = faults
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
+                .unwrap_or(SinkFault::Pass);
+            if fault == SinkFault::Refused503 {
+                return Reply::new(503, "overloaded");
+            }
+            let answer = match http::post(
+                &format!("{clickhouse_url}{}", request.uri),
+                &[],
+                &request.body,
+            ) {
+                Ok(answer) => answer,
+                Err(e) => return Reply::new(502, e),
+            };
+            if answer.status == 200 {
+                let rows = request
+                    .body
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count();
+                rows_written.fetch_add(rows as u64, Ordering::SeqCst);
+            }
+            let reply = Reply::new(answer.status, answer.body);
+            match fault {
+                SinkFault::WrittenAnswerLate => {
+                    reply.after(Duration::from_millis(SINK_TIMEOUT_MS + 1000))
+                }
+                SinkFault::WrittenAnswerCut => reply.cut_after(12),
+                SinkFault::Written503 => Reply::new(503, "upstream request timeout"),
+                SinkFault::Pass | SinkFault::Refused503 => reply,
+            }
+        })
+        .expect("ClickHouse front")
+    };
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let envoy = gateway(flaky_sink_config(), front.port(), &upstream);
+
+    let calls = 40;
+    send_calls(&envoy, "faults", calls);
+    assert_each_call_once(&clickhouse, &envoy, calls as u64);
+
+    assert!(
+        faults.lock().unwrap_or_else(|e| e.into_inner()).is_empty(),
+        "every fault was played"
+    );
+    assert!(envoy.stat("wasmcustom.gw.log_push.records.retried") > 0);
+    let written = rows_written.load(Ordering::SeqCst);
+    assert!(
+        written > calls as u64,
+        "the faults made ClickHouse write some calls twice ({written} rows for {calls} calls)"
+    );
+    assert_eq!(
+        count(&clickhouse, "SELECT count() FROM gateway_calls_log"),
+        written,
+        "the table holds every row written until it merges"
+    );
+    // Once merged, the table itself holds each call once.
+    clickhouse.query("SYSTEM START MERGES");
+    clickhouse.query("OPTIMIZE TABLE gateway_calls_log FINAL");
+    assert_eq!(
+        count(&clickhouse, "SELECT count() FROM gateway_calls_log"),
+        calls as u64
+    );
+}
+
+#[test]
+fn a_store_frozen_past_the_timeout_counts_each_call_once_after_it_thaws() {
+    let clickhouse = clickhouse_with_table();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let envoy = gateway(flaky_sink_config(), clickhouse.http_port(), &upstream);
+    send_calls(&envoy, "before", 8);
+    assert!(wait_until(Duration::from_secs(15), || count_rows(
+        &clickhouse,
+        "1"
+    ) == 8));
+
+    // SIGSTOP: the kernel still accepts connections and buffers the batches;
+    // log-push times out and sends them again; on SIGCONT the server works
+    // through every request it was sent, the abandoned ones included.
+    clickhouse.freeze();
+    send_calls(&envoy, "frozen", 16);
+    let timed_out = wait_until(Duration::from_secs(10), || {
+        envoy.stat("wasmcustom.gw.log_push.batches.failed") >= 2
+    });
+    clickhouse.thaw();
+    assert!(timed_out, "batches time out while the store is frozen");
+    send_calls(&envoy, "after", 8);
+    assert_each_call_once(&clickhouse, &envoy, 32);
+}
+
 #[test]
 fn a_hanging_sink_adds_no_latency_to_requests() {
     // Accepts connections and never answers: every batch waits for its timeout.
@@ -310,6 +520,7 @@ fn elasticsearch_bulk_requests_follow_the_bulk_api() {
         3,
     );
     let mut documents = 0;
+    let mut ids = std::collections::HashSet::new();
     for request in &requests {
         assert_eq!(request.method, "POST");
         assert_eq!(request.path, "/_bulk");
@@ -320,8 +531,16 @@ fn elasticsearch_bulk_requests_follow_the_bulk_api() {
         assert_eq!(lines.len() % 2, 0, "action and source lines come in pairs");
         for pair in lines.chunks(2) {
             let action: Value = serde_json::from_str(pair[0]).unwrap();
-            assert_eq!(action, json!({"create": {"_index": "gw-calls"}}));
             let source: Value = serde_json::from_str(pair[1]).unwrap();
+            // `create` with the record id: a resent record conflicts instead
+            // of being stored twice.
+            let id = source["record_id"].as_str().expect("record_id");
+            assert!(
+                id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            );
+            assert_eq!(action, json!({"create": {"_index": "gw-calls", "_id": id}}));
+            assert!(ids.insert(id.to_string()), "record ids are unique");
             assert!(source["@timestamp"].as_str().unwrap().ends_with('Z'));
             assert_eq!(source["header_x_tenant"], "acme");
             documents += 1;

@@ -394,11 +394,12 @@ fn circuit_breaker_update(configs: &Configs, n: usize) -> Result<u64, String> {
 
 fn log_push_format(configs: &Configs, n: usize) -> Result<u64, String> {
     use log_push::config::{LogPush, LogPushConfig};
-    use log_push::record::Record;
+    use log_push::record::{Record, RecordIds};
     let push = LogPush::compile(&configs.parse::<LogPushConfig>("log_push")?)
         .map_err(|e| e.to_string())?;
     let record = Record {
         timestamp_ms: NOW_MS,
+        record_id: RecordIds::new(0x5eed).next(),
         request_id: "5f0c8a6e-0d2b-4a53-9d1e-7c0a2b1f4e11".into(),
         api: "orders".into(),
         app_key: "203751".into(),

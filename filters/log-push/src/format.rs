@@ -207,9 +207,13 @@ impl Sink {
                 let mut action = Vec::new();
                 action.extend_from_slice(b"{\"create\":{\"_index\":");
                 write_json_str(&mut action, &self.index);
-                action.extend_from_slice(b"}}\n");
+                action.extend_from_slice(b",\"_id\":\"");
                 for record in records {
+                    // `create` with the record id: a resent record is refused
+                    // as a conflict instead of stored twice.
                     out.extend_from_slice(&action);
+                    out.extend_from_slice(record.record_id.as_str().as_bytes());
+                    out.extend_from_slice(b"\"}}\n");
                     layout.write_json(&mut out, record, TimeStyle::Rfc3339("@timestamp"));
                     out.push(b'\n');
                 }
@@ -376,12 +380,14 @@ fn otel_name(field: Field) -> &'static str {
         Field::ClientIp => "client.address",
         Field::Host => "server.address",
         Field::UserAgent => "user_agent.original",
+        Field::RecordId => "log.record.uid",
         other => other.name(),
     }
 }
 
 /// Records the sink refused inside a successful answer: Elasticsearch bulk
-/// items with an `error`, Kafka REST offsets with an `error_code`.
+/// items with an `error` (but a 409 conflict, which means stored before),
+/// Kafka REST offsets with an `error_code`.
 pub fn rejected_in_response(format: Format, body: &[u8]) -> usize {
     let parsed = || serde_json::from_slice::<serde_json::Value>(body).ok();
     match format {
@@ -394,7 +400,11 @@ pub fn rejected_in_response(format: Format, body: &[u8]) -> usize {
                     .filter(|item| {
                         item.as_object()
                             .and_then(|o| o.values().next())
-                            .is_some_and(|action| !action["error"].is_null())
+                            .is_some_and(|action| {
+                                // 409: a document with this record id is stored
+                                // already (an earlier attempt of this batch).
+                                !action["error"].is_null() && action["status"] != 409
+                            })
                     })
                     .count()
             }),
@@ -413,7 +423,7 @@ pub fn rejected_in_response(format: Format, body: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::FieldSet;
+    use crate::record::{FieldSet, RecordIds};
     use serde_json::{json, Value};
 
     fn sink(config: Value) -> Sink {
@@ -434,10 +444,15 @@ mod tests {
         }
     }
 
+    const FIRST_ID: &str = "00000000000000ab0000000000000000";
+    const SECOND_ID: &str = "00000000000000ab0000000000000001";
+
     fn records() -> Vec<Record> {
+        let ids = RecordIds::new(0xab);
         vec![
             Record {
                 timestamp_ms: 1_795_435_200_123,
+                record_id: ids.next(),
                 api: "orders".into(),
                 method: "GET".into(),
                 path: "/orders/1".into(),
@@ -447,6 +462,7 @@ mod tests {
             },
             Record {
                 timestamp_ms: 1_795_435_200_456,
+                record_id: ids.next(),
                 api: "search".into(),
                 method: "POST".into(),
                 path: "/search".into(),
@@ -470,8 +486,10 @@ mod tests {
         );
         assert_eq!(
             text(sink.encode(&layout(), &records())),
-            "{\"time\":1795435200,\"api\":\"orders\",\"method\":\"GET\",\"path\":\"/orders/1\",\"status\":200,\"header_x_tenant\":\"t1\"}\n\
-             {\"time\":1795435200,\"api\":\"search\",\"method\":\"POST\",\"path\":\"/search\",\"status\":503,\"header_x_tenant\":\"t\\\"2\"}\n"
+            format!(
+                "{{\"time\":1795435200,\"record_id\":\"{FIRST_ID}\",\"api\":\"orders\",\"method\":\"GET\",\"path\":\"/orders/1\",\"status\":200,\"header_x_tenant\":\"t1\"}}\n\
+                 {{\"time\":1795435200,\"record_id\":\"{SECOND_ID}\",\"api\":\"search\",\"method\":\"POST\",\"path\":\"/search\",\"status\":503,\"header_x_tenant\":\"t\\\"2\"}}\n"
+            )
         );
         assert_eq!(sink.authority, "ch");
     }
@@ -484,7 +502,14 @@ mod tests {
         let lines: Vec<&str> = body.split_terminator('\n').collect();
         assert!(body.ends_with('\n'), "the bulk API needs a final newline");
         assert_eq!(lines.len(), 4);
-        assert_eq!(lines[0], r#"{"create":{"_index":"gw-calls"}}"#);
+        assert_eq!(
+            lines[0],
+            format!(r#"{{"create":{{"_index":"gw-calls","_id":"{FIRST_ID}"}}}}"#)
+        );
+        assert_eq!(
+            lines[2],
+            format!(r#"{{"create":{{"_index":"gw-calls","_id":"{SECOND_ID}"}}}}"#)
+        );
         let doc: Value = serde_json::from_str(lines[1]).unwrap();
         assert_eq!(doc["@timestamp"], "2026-11-23T12:00:00.123Z");
         assert_eq!(doc["api"], "orders");
@@ -545,6 +570,8 @@ mod tests {
             .contains(&json!({"key": "http.response.status_code", "value": {"intValue": "503"}})));
         assert!(attributes
             .contains(&json!({"key": "header_x_tenant", "value": {"stringValue": "t\"2"}})));
+        assert!(attributes
+            .contains(&json!({"key": "log.record.uid", "value": {"stringValue": SECOND_ID}})));
     }
 
     #[test]
@@ -569,6 +596,12 @@ mod tests {
         assert_eq!(
             rejected_in_response(Format::Elasticsearch, br#"{"errors":false,"items":[]}"#),
             0
+        );
+        let resent = br#"{"errors":true,"items":[{"create":{"status":409,"error":{"type":"version_conflict_engine_exception"}}},{"create":{"status":201}}]}"#;
+        assert_eq!(
+            rejected_in_response(Format::Elasticsearch, resent),
+            0,
+            "a conflict on the record id is a record stored by an earlier attempt"
         );
         let kafka = br#"{"offsets":[{"partition":0,"offset":1,"error_code":null},{"partition":null,"offset":null,"error_code":40403,"error":"x"}]}"#;
         assert_eq!(rejected_in_response(Format::KafkaRest, kafka), 1);

@@ -2,12 +2,14 @@
 //! written as a JSON object.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A field of the record, in the order records list them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Field {
     Time,
     TimestampMs,
+    RecordId,
     RequestId,
     Api,
     AppKey,
@@ -30,9 +32,10 @@ pub enum Field {
 }
 
 impl Field {
-    pub const ALL: [Field; 21] = [
+    pub const ALL: [Field; 22] = [
         Field::Time,
         Field::TimestampMs,
+        Field::RecordId,
         Field::RequestId,
         Field::Api,
         Field::AppKey,
@@ -58,6 +61,7 @@ impl Field {
         match self {
             Field::Time => "time",
             Field::TimestampMs => "timestamp_ms",
+            Field::RecordId => "record_id",
             Field::RequestId => "request_id",
             Field::Api => "api",
             Field::AppKey => "app_key",
@@ -89,7 +93,8 @@ impl Field {
     }
 }
 
-/// The fields a deployment records.
+/// The fields a deployment records. `record_id` is always among them: it is
+/// what a store deduplicates a retried batch by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FieldSet(u32);
 
@@ -100,7 +105,11 @@ impl FieldSet {
     }
 
     pub fn of(fields: &[Field]) -> Self {
-        Self(fields.iter().fold(0, |bits, f| bits | f.bit()))
+        Self(
+            fields
+                .iter()
+                .fold(Field::RecordId.bit(), |bits, f| bits | f.bit()),
+        )
     }
 
     pub fn contains(self, field: Field) -> bool {
@@ -117,6 +126,8 @@ impl FieldSet {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
     pub timestamp_ms: u64,
+    /// Unique per record and the same in every attempt to send it.
+    pub record_id: RecordId,
     pub request_id: String,
     pub api: String,
     pub app_key: String,
@@ -151,6 +162,7 @@ impl Record {
         use FieldValue::{Absent, Int, Text};
         match field {
             Field::Time | Field::TimestampMs => Int(self.timestamp_ms),
+            Field::RecordId => Text(self.record_id.as_str()),
             Field::RequestId => Text(&self.request_id),
             Field::Api => Text(&self.api),
             Field::AppKey => Text(&self.app_key),
@@ -198,6 +210,54 @@ impl Record {
                 .iter()
                 .map(|h| h.capacity() + std::mem::size_of::<String>())
                 .sum::<usize>()
+    }
+}
+
+/// A record's identity: 32 lowercase hex digits, a random 64-bit prefix
+/// drawn once per queue and a 64-bit count. Unlike `x-request-id`, which a
+/// client may send and a proxy may keep, no caller can make two calls share
+/// one, so a store may drop a row whose id it already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordId([u8; 32]);
+
+impl Default for RecordId {
+    fn default() -> Self {
+        Self([b'0'; 32])
+    }
+}
+
+impl RecordId {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// Hands out record ids; shared by the threads that feed one queue.
+#[derive(Debug)]
+pub struct RecordIds {
+    prefix: u64,
+    count: AtomicU64,
+}
+
+impl RecordIds {
+    /// `prefix` must be random: ids of two queues differ by it alone.
+    pub fn new(prefix: u64) -> Self {
+        Self {
+            prefix,
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn next(&self) -> RecordId {
+        let count = self.count.fetch_add(1, Ordering::Relaxed);
+        let mut id = [0; 32];
+        let digits = b"0123456789abcdef";
+        for (i, byte) in id.iter_mut().enumerate() {
+            let value = if i < 16 { self.prefix } else { count };
+            let shift = 60 - 4 * (i % 16);
+            *byte = digits[((value >> shift) & 0xf) as usize];
+        }
+        RecordId(id)
     }
 }
 
@@ -417,8 +477,8 @@ mod tests {
         };
         assert_eq!(
             json(&layout, &record(), TimeStyle::Rfc3339("time")),
-            serde_json::json!({"time": "2026-11-23T12:00:00.123Z", "api": "orders", "status": 200,
-                               "header_x_tenant": "tenant \"a\""})
+            serde_json::json!({"time": "2026-11-23T12:00:00.123Z", "record_id": "0".repeat(32),
+                               "api": "orders", "status": 200, "header_x_tenant": "tenant \"a\""})
         );
         assert_eq!(
             json(&layout, &record(), TimeStyle::EpochSeconds)["time"],
@@ -437,6 +497,40 @@ mod tests {
         assert_eq!(set.iter().count(), Field::ALL.len() - 1);
         assert_eq!(Field::from_name("latency_ms"), Some(Field::LatencyMs));
         assert_eq!(Field::from_name("password"), None);
+    }
+
+    #[test]
+    fn record_ids_are_the_prefix_then_the_count_in_hex() {
+        let ids = RecordIds::new(0x0123_4567_89ab_cdef);
+        assert_eq!(ids.next().as_str(), "0123456789abcdef0000000000000000");
+        assert_eq!(ids.next().as_str(), "0123456789abcdef0000000000000001");
+        for _ in 0..0xfe {
+            ids.next();
+        }
+        assert_eq!(ids.next().as_str(), "0123456789abcdef0000000000000100");
+        let other = RecordIds::new(u64::MAX);
+        assert_eq!(other.next().as_str(), "ffffffffffffffff0000000000000000");
+    }
+
+    #[test]
+    fn record_ids_stay_unique_across_threads() {
+        let ids = std::sync::Arc::new(RecordIds::new(7));
+        let drawn: Vec<Vec<RecordId>> = (0..4)
+            .map(|_| {
+                let ids = ids.clone();
+                std::thread::spawn(move || (0..1000).map(|_| ids.next()).collect())
+            })
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        let unique: std::collections::HashSet<_> = drawn.iter().flatten().map(|id| id.0).collect();
+        assert_eq!(unique.len(), 4000);
+    }
+
+    #[test]
+    fn every_field_set_holds_the_record_id() {
+        assert!(FieldSet::of(&[]).contains(Field::RecordId));
+        assert!(FieldSet::of(&[Field::Status]).contains(Field::RecordId));
+        assert!(FieldSet::default_set().contains(Field::RecordId));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and as the gateway module's section. Re-exported from the crate root.
 
 use crate::config::LogPush;
-use crate::record::{redact_query, response_flag_names, Record, REDACTED};
+use crate::record::{redact_query, response_flag_names, Record, RecordIds, REDACTED};
 use crate::shipper::{Finished, Shipper};
 use crate::*;
 use gateway_common::adapter::{self, LoadedPolicy};
@@ -55,11 +55,19 @@ fn now_ms() -> u64 {
     gateway_common::host::now_ms(&ProxyWasmHost)
 }
 
+/// The random part of a queue's record ids. Std's hasher keys come from
+/// the host's random source (WASI `random_get` in Envoy, the OS natively).
+fn random_prefix() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(now_ms())
+}
+
 /// One worker's queue and sending state, shared by its root and HTTP
 /// contexts. In the native module every worker's requests share the one
 /// queue the main thread's root sends (see `adapter::shared_by_roots`).
 struct Worker {
     push: Arc<LogPush>,
+    record_ids: RecordIds,
     shipper: Mutex<Shipper>,
     metrics: Metrics,
     /// The gauges' last contribution from this queue.
@@ -187,6 +195,7 @@ impl LogPushWorker {
         let push = adapter::compile_or_log(FILTER_NAME, bytes, compile_config)?;
         let metrics = metrics();
         let worker = adapter::shared_by_roots("log_push.worker", || Worker {
+            record_ids: RecordIds::new(random_prefix()),
             shipper: Mutex::new(Shipper::new(push.limits, now_ms())),
             push: Arc::new(push),
             metrics,
@@ -402,6 +411,7 @@ impl LogPushHttp {
             .unwrap_or(now);
         Record {
             timestamp_ms: started_ms,
+            record_id: self.worker.record_ids.next(),
             request_id: seen.request_id,
             api,
             app_key: identity
