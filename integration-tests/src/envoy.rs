@@ -188,7 +188,9 @@ impl WasmFilter {
         Self::new("gateway", format!("{{{}}}", sections.join(", ")))
     }
 
-    fn to_http_filter(&self) -> Value {
+    /// This filter's entry in Envoy's HTTP filter list (the native module's
+    /// in native mode, for the gateway module).
+    pub fn to_http_filter(&self) -> Value {
         if native_mode() && self.module == "gateway" {
             return native_filter(&self.config);
         }
@@ -238,6 +240,39 @@ fn native_filter(config: &str) -> Value {
 const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const NATIVE_FILTER_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+
+/// The listener's entry for `filter` (an entry of [`http_filters`]) when
+/// its configuration comes through ECDS from the file `path`, as a control
+/// plane such as istiod serves it. Write the resource with [`write_ecds`].
+/// The Envoy config needs a `node` (xDS subscriptions, file ones too).
+pub fn ecds_entry(filter: &Value, path: &Path) -> Value {
+    let dir = path.parent().expect("an ECDS file in a directory");
+    json!({
+        "name": filter["name"],
+        "config_discovery": {
+            "config_source": {"path_config_source": {
+                "path": path,
+                "watched_directory": {"path": dir}
+            }},
+            "type_urls": [filter["typed_config"]["@type"]]
+        }
+    })
+}
+
+/// Writes `filter`'s configuration (an entry of [`http_filters`]) as the ECDS
+/// resource file `path`, atomically (Envoy watches for a move).
+pub fn write_ecds(path: &Path, filter: &Value) {
+    let resource = json!({
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": filter["name"],
+            "typed_config": filter["typed_config"]
+        }]
+    });
+    let staging = path.with_extension("tmp");
+    fs::write(&staging, resource.to_string()).expect("write ECDS resource");
+    fs::rename(&staging, path).expect("move ECDS resource");
+}
 
 /// The HTTP filters for `filters`: one per filter, or in module mode the
 /// gateway module with them as its sections (none for none).

@@ -3,7 +3,7 @@
 //! (`scripts/oci.sh`), and those images pushed to a real registry with
 //! `skopeo` and pulled back.
 
-use integration_tests::envoy::{native_module, validate, wasm_module, workspace_root};
+use integration_tests::envoy::{native_module, validate, wasm_module, workspace_root, WasmFilter};
 use integration_tests::http;
 use integration_tests::registry::{registry_bin, skopeo, skopeo_bin, Registry};
 use serde::Deserialize;
@@ -1122,35 +1122,12 @@ fn images_pushed_with_skopeo_are_pulled_back_unchanged() {
 // ---------------------------------------------------------------------------
 // ECDS: the filter's configuration as its own xDS resource
 
-/// Writes an ECDS resource file for the Wasm filter `gateway.ip_acl` the way
-/// a control plane would serve it, atomically (Envoy watches for a move).
+/// Writes the ECDS resource of the single Wasm filter `gateway.ip_acl`.
 fn write_ecds(path: &Path, ip_acl_config: &Value) {
-    let resource = json!({
-        "resources": [{
-            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
-            "name": "gateway.ip_acl",
-            "typed_config": {
-                "@type": WASM_FILTER_TYPE,
-                "config": {
-                    "name": "ip_acl",
-                    "root_id": "ip_acl",
-                    "failure_policy": "FAIL_CLOSED",
-                    "vm_config": {
-                        "vm_id": "ip_acl",
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": wasm_module("ip_acl")}}
-                    },
-                    "configuration": {
-                        "@type": STRING_VALUE_TYPE,
-                        "value": ip_acl_config.to_string()
-                    }
-                }
-            }
-        }]
-    });
-    let staging = path.with_extension("tmp");
-    fs::write(&staging, resource.to_string()).expect("write ECDS resource");
-    fs::rename(&staging, path).expect("move ECDS resource");
+    integration_tests::envoy::write_ecds(
+        path,
+        &WasmFilter::json("ip_acl", ip_acl_config).to_http_filter(),
+    );
 }
 
 #[test]

@@ -2,14 +2,17 @@
 //! never the body, or trickle the body a byte at a time, in front of the
 //! body-reading policies (sign-auth for signed forms, param-validation and
 //! request-mapping for JSON); upstreams that reset before or during the
-//! answer, behind the breaker. Each test ends by checking that the worker
+//! answer, behind the breaker; a configuration pushed through ECDS while
+//! load runs. Each test ends by checking that the worker
 //! still serves and that Envoy holds no request any more.
 //!
 //! Envoy runs one worker here (`--concurrency 1`), so a wedged worker would
 //! show as the next request not being served.
 
 use integration_tests::echo::{EchoServer, Reply};
-use integration_tests::envoy::{gateway_config, Envoy, WasmFilter};
+use integration_tests::envoy::{
+    ecds_entry, gateway_config, http_filters, write_ecds, Envoy, WasmFilter,
+};
 use integration_tests::http;
 use integration_tests::signing::{pairs, signed_headers};
 use serde_json::{json, Value};
@@ -440,4 +443,162 @@ fn an_upstream_reset_before_the_headers_trips_the_breaker_and_one_in_the_body_do
     assert!(envoy.wait_for(Duration::from_secs(10), |e| e
         .stat("http.test.downstream_rq_active")
         == 0));
+}
+
+fn reconfigurable_policies(version: u32) -> Vec<WasmFilter> {
+    let mut apps = vec![json!({"key": APP_KEY, "secrets": [APP_SECRET]})];
+    let mut quotas = vec![json!({"name": "per-user", "key": "user", "limit": 10, "window": "1m"})];
+    if version > 1 {
+        // Unrelated changes, as a routine push brings.
+        apps.push(json!({"key": "203999", "secrets": ["another-secret"]}));
+        quotas.push(json!({"name": "new-api", "match": {"path": {"prefix": "/new"}}, "limit": 5, "window": "1s"}));
+    }
+    vec![
+        WasmFilter::json(
+            "sign_auth",
+            &json!({
+                "apps": apps,
+                "rules": [
+                    {"name": "signed", "match": {"path": {"prefix": "/signed"}}, "apps": [APP_KEY]},
+                    {"name": "open", "match": {"path": {"prefix": "/"}}, "anonymous": true}
+                ]
+            }),
+        ),
+        WasmFilter::json(
+            "throttling",
+            &json!({"user": {"header": "x-user-id"}, "rules": quotas}),
+        ),
+    ]
+}
+
+#[test]
+fn a_configuration_pushed_through_ecds_under_load_fails_no_request_and_keeps_counts_and_nonces() {
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let dir = tempfile::Builder::new()
+        .prefix("gw-ecds-")
+        .tempdir()
+        .expect("temp dir");
+    let push = |version: u32| {
+        for (i, filter) in http_filters(&reconfigurable_policies(version))
+            .iter()
+            .enumerate()
+        {
+            write_ecds(&dir.path().join(format!("filter-{i}.json")), filter);
+        }
+    };
+    push(1);
+    let mut config = gateway_config(&[], &[upstream.port()]);
+    let served: Vec<Value> = http_filters(&reconfigurable_policies(1))
+        .iter()
+        .enumerate()
+        .map(|(i, filter)| ecds_entry(filter, &dir.path().join(format!("filter-{i}.json"))))
+        .collect();
+    let filters = served.len();
+    hcm(&mut config)["http_filters"]
+        .as_array_mut()
+        .expect("http_filters")
+        .splice(0..0, served);
+    config["node"] = json!({"id": "gateway-1", "cluster": "gateway"});
+    let envoy = Arc::new(Envoy::start_with(&config, 2).unwrap_or_else(|e| panic!("{e}")));
+    let names: Vec<String> = http_filters(&reconfigurable_policies(1))
+        .iter()
+        .map(|f| f["name"].as_str().expect("filter name").to_string())
+        .collect();
+    // Configurations each filter took, the first included.
+    let reloads = |envoy: &Envoy| -> Vec<u64> {
+        names
+            .iter()
+            .map(|name| {
+                envoy.stat(&format!(
+                    "extension_config_discovery.http_filter.{name}.config_reload"
+                ))
+            })
+            .collect()
+    };
+    assert!(envoy.wait_for(Duration::from_secs(10), |e| reloads(e) == vec![1; filters]));
+
+    let loading = Arc::new(AtomicBool::new(true));
+    let loader = {
+        let (envoy, loading) = (envoy.clone(), loading.clone());
+        thread::spawn(move || {
+            let agent = http::agent();
+            let mut outcomes = Vec::new();
+            while loading.load(Ordering::SeqCst) {
+                let user = format!("loader-{}", outcomes.len() % 3);
+                outcomes.push(
+                    http::send(
+                        &agent,
+                        "GET",
+                        &envoy.url("/public"),
+                        &[("x-user-id", &user)],
+                        None,
+                    )
+                    .map(|r| r.status),
+                );
+            }
+            outcomes
+        })
+    };
+    let alice = |count: usize| -> Vec<u16> {
+        (0..count)
+            .map(|_| {
+                http::get(&envoy.url("/public"), &[("x-user-id", "alice")])
+                    .expect("response")
+                    .status
+            })
+            .collect()
+    };
+    assert_eq!(alice(6), [200; 6]);
+    let signed = signed_headers(
+        APP_KEY,
+        APP_SECRET,
+        "GET",
+        "/signed/report",
+        &[("accept".into(), "application/json".into())],
+        None,
+    );
+    let first = http::get(&envoy.url("/signed/report"), &pairs(&signed)).expect("response");
+    assert_eq!(first.status, 200, "{}", first.text());
+
+    push(2);
+    assert!(
+        envoy.wait_for(Duration::from_secs(10), |e| reloads(e) == vec![2; filters]),
+        "the push reached every filter\n{}",
+        envoy.log()
+    );
+    assert_eq!(
+        alice(6),
+        [200, 200, 200, 200, 429, 429],
+        "the quota counts from before the push"
+    );
+    let replay = http::get(&envoy.url("/signed/report"), &pairs(&signed)).expect("response");
+    assert_eq!(replay.status, 400, "the nonce recorded before the push");
+    assert_eq!(replay.header("x-ca-error-code"), Some("A400IN"));
+    let new_api: Vec<u16> = (0..6)
+        .map(|_| http::get(&envoy.url("/new"), &[]).expect("response").status)
+        .collect();
+    assert_eq!(
+        new_api.iter().filter(|s| **s == 429).count(),
+        1,
+        "{new_api:?}"
+    );
+
+    thread::sleep(Duration::from_millis(200));
+    loading.store(false, Ordering::SeqCst);
+    let outcomes = loader.join().expect("loader");
+    let failed: Vec<_> = outcomes
+        .iter()
+        .filter(|o| !matches!(o, Ok(200) | Ok(429)))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests under load failed: {failed:?}",
+        failed.len(),
+        outcomes.len()
+    );
+    assert!(outcomes.len() > 20, "the load ran through the push");
+    assert!(
+        outcomes.contains(&Ok(429)),
+        "the loaders' quotas counted too"
+    );
 }
