@@ -361,6 +361,40 @@ pub fn add_cluster(config: &mut Value, name: &str, port: u16) {
     }
 }
 
+/// What the epochs of one hot-restarted Envoy share.
+#[derive(Debug, Clone, Copy)]
+pub struct HotRestart {
+    /// Names the shared memory and sockets of the epochs; unique per test.
+    pub base_id: u32,
+    pub drain: Duration,
+}
+
+impl HotRestart {
+    /// A base id no other running test uses.
+    pub fn new(drain: Duration) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            base_id: (std::process::id() % 100_000) * 100 + n % 100,
+            drain,
+        }
+    }
+
+    fn args(self, epoch: u32) -> Vec<String> {
+        let drain = self.drain.as_secs().max(1);
+        vec![
+            "--base-id".into(),
+            self.base_id.to_string(),
+            "--restart-epoch".into(),
+            epoch.to_string(),
+            "--drain-time-s".into(),
+            drain.to_string(),
+            "--parent-shutdown-time-s".into(),
+            (drain + 2).to_string(),
+        ]
+    }
+}
+
 /// A running Envoy; stopped when dropped (its log printed if the test failed).
 pub struct Envoy {
     child: Child,
@@ -397,10 +431,33 @@ impl Envoy {
             Value::String(yaml) => (yaml.clone(), "yaml"),
             other => (other.to_string(), "json"),
         };
-        Self::start_text(&text, extension, concurrency)
+        Self::start_text(&text, extension, concurrency, None)
     }
 
-    fn start_text(config: &str, extension: &str, concurrency: u32) -> Result<Self, StartError> {
+    /// Starts epoch `epoch` of a hot-restartable Envoy (`--base-id`,
+    /// `--restart-epoch`): epoch 0 first, then each next one takes the
+    /// listeners over from the one before, which drains for `drain` and
+    /// exits. The listeners need fixed ports for the sockets to pass.
+    pub fn start_epoch(
+        config: &Value,
+        concurrency: u32,
+        restart: HotRestart,
+        epoch: u32,
+    ) -> Result<Self, StartError> {
+        Self::start_text(
+            &config.to_string(),
+            "json",
+            concurrency,
+            Some((restart, epoch)),
+        )
+    }
+
+    fn start_text(
+        config: &str,
+        extension: &str,
+        concurrency: u32,
+        hot_restart: Option<(HotRestart, u32)>,
+    ) -> Result<Self, StartError> {
         let dir = tempfile::Builder::new()
             .prefix("gw-envoy-")
             .tempdir()
@@ -420,7 +477,11 @@ impl Envoy {
             .arg(&config_path)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args(["--disable-hot-restart", "--log-level"])
+            .args(match hot_restart {
+                None => vec!["--disable-hot-restart".to_string()],
+                Some((restart, epoch)) => restart.args(epoch),
+            })
+            .arg("--log-level")
             // ENVOY_LOG_LEVEL=debug shows Envoy's reasoning when a test fails.
             .arg(std::env::var("ENVOY_LOG_LEVEL").unwrap_or_else(|_| "info".into()))
             .arg("--concurrency")
@@ -475,6 +536,11 @@ impl Envoy {
             Ok(envoy) => panic!("Envoy accepted a config it should refuse\n{}", envoy.log()),
             Err(err) => err.log,
         }
+    }
+
+    /// Whether the process has ended (an old epoch after a hot restart).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     pub fn log(&self) -> String {

@@ -11,9 +11,10 @@
 
 use integration_tests::echo::{EchoServer, Reply};
 use integration_tests::envoy::{
-    ecds_entry, gateway_config, http_filters, write_ecds, Envoy, WasmFilter,
+    ecds_entry, gateway_config, http_filters, write_ecds, Envoy, HotRestart, WasmFilter,
 };
 use integration_tests::http;
+use integration_tests::process::free_port;
 use integration_tests::signing::{pairs, signed_headers};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -601,4 +602,70 @@ fn a_configuration_pushed_through_ecds_under_load_fails_no_request_and_keeps_cou
         outcomes.contains(&Ok(429)),
         "the loaders' quotas counted too"
     );
+}
+
+#[test]
+fn a_hot_restart_under_load_loses_no_request() {
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let port = free_port();
+    let mut config = gateway_config(&reconfigurable_policies(1), &[upstream.port()]);
+    config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] =
+        json!(port);
+    let restart = HotRestart::new(Duration::from_secs(1));
+    let mut old = Envoy::start_epoch(&config, 2, restart, 0).unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("http://127.0.0.1:{port}/public");
+
+    let loading = Arc::new(AtomicBool::new(true));
+    let loader = {
+        let (url, loading) = (url.clone(), loading.clone());
+        thread::spawn(move || {
+            let mut outcomes = Vec::new();
+            while loading.load(Ordering::SeqCst) {
+                // A new connection each time: an old one is the draining
+                // Envoy's to close, and a request racing that close is lost
+                // by HTTP/1.1 itself, whatever the gateway does.
+                let user = format!("loader-{}", outcomes.len() % 3);
+                outcomes.push(http::get(&url, &[("x-user-id", &user)]).map(|r| r.status));
+            }
+            outcomes
+        })
+    };
+    let alice = |count: usize| -> Vec<u16> {
+        (0..count)
+            .map(|_| {
+                http::get(&url, &[("x-user-id", "alice")])
+                    .expect("response")
+                    .status
+            })
+            .collect()
+    };
+    assert_eq!(alice(6), [200; 6]);
+
+    let _new = Envoy::start_epoch(&config, 2, restart, 1).unwrap_or_else(|e| panic!("{e}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !old.exited() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old epoch did not exit\n{}",
+            old.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Shared data is the process's: without a fleet store, quotas (and
+    // nonces) start anew in the new epoch (README, "Faults").
+    assert_eq!(alice(6), [200; 6]);
+    thread::sleep(Duration::from_millis(200));
+    loading.store(false, Ordering::SeqCst);
+    let outcomes = loader.join().expect("loader");
+    let failed: Vec<_> = outcomes
+        .iter()
+        .filter(|o| !matches!(o, Ok(200) | Ok(429)))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests across the restart failed: {failed:?}",
+        failed.len(),
+        outcomes.len()
+    );
+    assert!(outcomes.len() > 20, "the load ran through the restart");
 }
