@@ -669,3 +669,104 @@ fn a_hot_restart_under_load_loses_no_request() {
     );
     assert!(outcomes.len() > 20, "the load ran through the restart");
 }
+
+fn signed_get(envoy: &Envoy, path: &str) -> http::Response {
+    let headers = signed_headers(
+        APP_KEY,
+        APP_SECRET,
+        "GET",
+        path,
+        &[("accept".into(), "application/json".into())],
+        None,
+    );
+    http::get(&envoy.url(path), &pairs(&headers)).expect("response")
+}
+
+fn nonce_table_gateway(upstream: &EchoServer, failure_mode: &str) -> Envoy {
+    let config = gateway_config(
+        &[WasmFilter::json(
+            "sign_auth",
+            &json!({
+                "apps": [{"key": APP_KEY, "secrets": [APP_SECRET]}],
+                "rules": [
+                    {"name": "signed", "match": {"path": {"prefix": "/signed"}}, "apps": [APP_KEY]},
+                    {"name": "open", "match": {"path": {"prefix": "/"}}, "anonymous": true}
+                ],
+                // One slot: 8 live nonces fill the table.
+                "nonce_slots": 1,
+                "nonce_failure_mode": failure_mode
+            }),
+        )],
+        &[upstream.port()],
+    );
+    Envoy::start_with(&config, 2).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_full_nonce_table_fails_closed_or_open_as_configured() {
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let closed = nonce_table_gateway(&upstream, "deny");
+    for i in 0..8 {
+        assert_eq!(signed_get(&closed, &format!("/signed/{i}")).status, 200);
+    }
+    let refused = signed_get(&closed, "/signed/8");
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("x-ca-error-code"), Some("A503NS"));
+    assert_eq!(refused.json()["code"], "A503NS", "the shared error shape");
+    assert_eq!(upstream.request_count(), 8);
+    assert_eq!(
+        http::get(&closed.url("/public"), &[])
+            .expect("response")
+            .status,
+        200,
+        "requests that record no nonce pass"
+    );
+
+    let open = nonce_table_gateway(&upstream, "allow");
+    for i in 0..9 {
+        assert_eq!(signed_get(&open, &format!("/signed/{i}")).status, 200);
+    }
+    assert_eq!(open.stat("wasmcustom.gw.sign_auth.nonce_unchecked"), 1);
+}
+
+#[test]
+fn a_full_throttling_table_shares_counters_and_never_admits_beyond_a_limit() {
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let config = gateway_config(
+        &[WasmFilter::json(
+            "throttling",
+            &json!({
+                "user": {"header": "x-user-id"},
+                "rules": [{"name": "per-user", "key": "user", "limit": 3, "window": "1m", "slots": 1}]
+            }),
+        )],
+        &[upstream.port()],
+    );
+    let envoy = Envoy::start_with(&config, 2).unwrap_or_else(|e| panic!("{e}"));
+    let admitted = std::cell::RefCell::new(std::collections::HashMap::<String, usize>::new());
+    let call = |user: &str| {
+        let status = http::get(&envoy.url("/api"), &[("x-user-id", user)])
+            .expect("response")
+            .status;
+        if status == 200 {
+            *admitted.borrow_mut().entry(user.to_string()).or_default() += 1;
+        }
+        status
+    };
+    // Four users fill the slot's four entries.
+    for user in ["u1", "u2", "u3", "u4"] {
+        assert_eq!(call(user), 200);
+    }
+    // A fifth shares one of them: throttled early, never late.
+    let fifth: Vec<u16> = (0..3).map(|_| call("u5")).collect();
+    assert_eq!(fifth, [200, 200, 429], "u5 counts on top of a user with 1");
+    assert!(envoy.stat("wasmcustom.gw.throttling.rule.per-user.shared_slot") > 0);
+    for user in ["u1", "u2", "u3", "u4", "u5"] {
+        for _ in 0..4 {
+            call(user);
+        }
+    }
+    for (user, admitted) in admitted.borrow().iter() {
+        assert!(*admitted <= 3, "{user} admitted {admitted} times, limit 3");
+    }
+}

@@ -8,6 +8,7 @@ use crate::config::{StatusPattern, StoreFailureMode};
 use crate::degraded::WhenOpen;
 use crate::fleet::Fleet;
 use crate::outcome::Answer;
+use gateway_common::error::{codes, GatewayError};
 use gateway_common::host::{Host, RequestFacts};
 use gateway_common::matching::{first_match_index, Matcher};
 use gateway_common::store::{ensure_initialized, update, SharedStore, StoreError};
@@ -186,6 +187,15 @@ impl CircuitBreaker {
 
     pub fn store_failure_mode(&self) -> StoreFailureMode {
         self.store_failure_mode
+    }
+
+    /// What a call gets when shared data fails under it: `None` lets it
+    /// through unprotected (`allow`), else the error it is answered (`deny`).
+    pub fn on_store_failure(&self) -> Option<GatewayError> {
+        match self.store_failure_mode {
+            StoreFailureMode::Allow => None,
+            StoreFailureMode::Deny => Some(codes::INTERNAL),
+        }
     }
 
     /// The fleet store settings, when some rule shares its breaker.
@@ -529,6 +539,29 @@ mod tests {
             Ok(None),
             "an open breaker ignores the call, so nothing is written"
         );
+    }
+
+    #[test]
+    fn failing_shared_data_lets_calls_through_or_answers_500_as_configured() {
+        /// Shared data that refuses every operation.
+        struct Failing;
+        impl SharedStore for Failing {
+            fn get(&self, _: &str) -> Result<gateway_common::store::Versioned, StoreError> {
+                Err(StoreError::Unavailable)
+            }
+            fn set(&self, _: &str, _: &[u8], _: Option<u32>) -> Result<(), StoreError> {
+                Err(StoreError::Unavailable)
+            }
+        }
+        let allow = breaker(r#"{"rules":[{"name":"a","trip":{"consecutive_failures":1}}]}"#);
+        assert!(allow.rules()[0].admit(&Failing, 0).is_err());
+        assert_eq!(allow.on_store_failure(), None, "allow is the default");
+        let deny = breaker(
+            r#"{"rules":[{"name":"a","trip":{"consecutive_failures":1}}],"store_failure_mode":"deny"}"#,
+        );
+        assert!(deny.rules()[0].admit(&Failing, 0).is_err());
+        let error = deny.on_store_failure().expect("deny answers");
+        assert_eq!((error.status, error.code), (500, "X500ER"));
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! and as the gateway module's section. Re-exported from the crate root.
 
 use crate::breaker::{Admission, CallOutcome, State, Ticket, Transition};
-use crate::config::StoreFailureMode;
 use crate::degraded::WhenOpen;
 use crate::fleet::{Claim, ClaimVerdict, FleetAdmission, Outcomes, SyncPlan, View};
 use crate::outcome::ResponseFacts;
@@ -10,7 +9,6 @@ use crate::policy::{now_ms, CircuitBreaker, Rule};
 use crate::*;
 use gateway_common::adapter::{self, Filter};
 use gateway_common::config::ConfigError;
-use gateway_common::error::codes;
 use gateway_common::fleet::client::{self as fleet_client, Waiting};
 use gateway_common::fleet::{FailureMode, FleetMetrics};
 use gateway_common::host::{Host, ProxyWasmHost};
@@ -527,10 +525,10 @@ impl CircuitBreakerHttp {
                 rule.name()
             ),
         );
-        match mode {
-            StoreFailureMode::Allow => Action::Continue,
-            StoreFailureMode::Deny => {
-                adapter::send_error(&codes::INTERNAL);
+        match self.deployed.breaker.on_store_failure() {
+            None => Action::Continue,
+            Some(error) => {
+                adapter::send_error(&error);
                 Action::Pause
             }
         }
