@@ -8,7 +8,7 @@ NATIVE_MODULE := target/native/libgateway.so
 CARGO        ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build run test lint fmt unit integration validate clean oci bench fuzz
+.PHONY: all setup build run test lint fmt unit integration validate clean oci bench fuzz soak
 
 all: build
 
@@ -44,6 +44,11 @@ bench: build
 ## and cargo-fuzz installed when missing (minutes; not part of `make test`)
 fuzz:
 	@bash scripts/fuzz.sh
+
+## soak: the gateway module under mixed load for minutes, memory sampled
+## over time; fails if it grows after warm-up (not part of `make test`)
+soak: build
+	@bash scripts/soak.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

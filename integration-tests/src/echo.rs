@@ -190,6 +190,11 @@ impl EchoServer {
         lock(&self.shared.requests).clone()
     }
 
+    /// Drops the recorded requests (a long run's memory).
+    pub fn forget_requests(&self) {
+        lock(&self.shared.requests).clear();
+    }
+
     pub fn request_count(&self) -> usize {
         lock(&self.shared.requests).len()
     }

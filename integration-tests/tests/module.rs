@@ -237,3 +237,29 @@ fn every_faulty_section_is_reported_under_its_policy_name() {
         "{log}"
     );
 }
+
+#[test]
+fn the_module_reports_its_wasm_vm_memory_summed_over_workers() {
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let config = chain_config(
+        &[WasmFilter::gateway_module(&[WasmFilter::json(
+            "ip_acl",
+            &json!({"deny": ["203.0.113.0/24"]}),
+        )])],
+        &[upstream.port()],
+    );
+    let envoy = Envoy::start_with(&config, 2).unwrap_or_else(|e| panic!("{e}"));
+    let name = "wasmcustom.gw.gateway.vm_memory_bytes";
+    if integration_tests::envoy::native_mode() {
+        // No VM: the native module defines no such gauge.
+        assert!(!envoy.prometheus().contains("gw_gateway_vm_memory_bytes"));
+        return;
+    }
+    // Every worker's VM (and the main thread's) reports its pages.
+    assert!(envoy.wait_for(Duration::from_secs(5), |e| e.stat(name) >= 3 * 65536));
+    assert_eq!(envoy.stat(name) % 65536, 0, "whole Wasm pages");
+    assert_eq!(
+        http::get(&envoy.url("/x"), &[]).expect("response").status,
+        200
+    );
+}

@@ -75,6 +75,44 @@ impl Histogram {
     }
 }
 
+/// The gauge of the Wasm VM's linear memory, summed over every VM that
+/// reports it (one per worker). Linear memory grows with the heap's peak and
+/// never shrinks, so a gauge that stops growing after warm-up means bounded
+/// state. Natively (the native module) there is no VM and nothing is reported.
+#[derive(Debug, Default)]
+pub struct VmMemory {
+    gauge: Gauge,
+    reported: u64,
+}
+
+impl VmMemory {
+    pub fn define(filter: &str) -> Self {
+        if !cfg!(target_arch = "wasm32") {
+            return Self::default();
+        }
+        Self {
+            gauge: Gauge::define(filter, "vm_memory_bytes"),
+            reported: 0,
+        }
+    }
+
+    /// Moves the gauge to this VM's memory now.
+    pub fn report(&mut self) {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let bytes = core::arch::wasm32::memory_size(0) as u64 * 65536;
+            self.gauge.add(bytes as i64 - self.reported as i64);
+            self.reported = bytes;
+        }
+    }
+
+    /// Takes this VM's share back out (the reporting root goes away).
+    pub fn withdraw(&mut self) {
+        self.gauge.add(-(self.reported as i64));
+        self.reported = 0;
+    }
+}
+
 /// The full stat name for a filter's metric.
 pub fn metric_name(filter: &str, name: &str) -> String {
     format!("gw.{filter}.{name}")

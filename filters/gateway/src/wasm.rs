@@ -9,6 +9,7 @@ use circuit_breaker::CircuitBreakerFilter;
 use gateway_common::adapter::{self, Filter, Loaded, LoadedPolicy, StreamNotes};
 use gateway_common::fleet::client::{self as fleet_client, Batch};
 use gateway_common::host::{stream_scope, StreamMemory};
+use gateway_common::metrics::VmMemory;
 use ip_acl::IpAclFilter;
 use log_push::LogPushWorker;
 use param_validation::ParamValidationFilter;
@@ -16,6 +17,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use request_mapping::RequestMappingFilter;
 use sign_auth::SignAuthFilter;
+use std::time::Duration;
 use throttling::ThrottlingFilter;
 
 /// Loads one section with its filter's code, logging any error as that
@@ -44,7 +46,11 @@ fn load(section: Section, bytes: &[u8]) -> Option<Box<dyn LoadedPolicy>> {
 pub struct GatewayRoot {
     policies: Vec<Box<dyn LoadedPolicy>>,
     shutting_down: bool,
+    vm_memory: VmMemory,
 }
+
+/// How often the VM's memory is reported when no policy ticks sooner.
+const VM_MEMORY_PERIOD: Duration = Duration::from_secs(1);
 
 impl Context for GatewayRoot {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
@@ -59,6 +65,7 @@ impl Context for GatewayRoot {
 
     fn on_done(&mut self) -> bool {
         self.shutting_down = true;
+        self.vm_memory.withdraw();
         // Every policy is told, even after one that is not done yet.
         let mut done = true;
         for policy in &mut self.policies {
@@ -88,9 +95,15 @@ impl RootContext for GatewayRoot {
         let Some(policies) = loaded.into_iter().collect::<Option<Vec<_>>>() else {
             return false;
         };
-        if let Some(period) = policies.iter().filter_map(|p| p.tick_period()).min() {
-            self.set_tick_period(period);
-        }
+        let period = policies
+            .iter()
+            .filter_map(|p| p.tick_period())
+            .chain([VM_MEMORY_PERIOD])
+            .min()
+            .unwrap_or(VM_MEMORY_PERIOD);
+        self.set_tick_period(period);
+        self.vm_memory = VmMemory::define(MODULE_NAME);
+        self.vm_memory.report();
         self.policies = policies;
         true
     }
@@ -99,6 +112,7 @@ impl RootContext for GatewayRoot {
         for policy in &mut self.policies {
             policy.on_tick();
         }
+        self.vm_memory.report();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
