@@ -11,7 +11,7 @@ use gateway_common::adapter::{self, Filter};
 use gateway_common::config::ConfigError;
 use gateway_common::fleet::client::{self as fleet_client, Waiting};
 use gateway_common::fleet::{FailureMode, FleetMetrics};
-use gateway_common::host::{Host, ProxyWasmHost};
+use gateway_common::host::ProxyWasmHost;
 use gateway_common::metrics::{Counter, Gauge};
 use gateway_common::store::{ProxyWasmStore, StoreError};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -152,23 +152,6 @@ impl WorkerSync {
     }
 }
 
-/// Fresh bits for a new fleet record's first version: the host clock in
-/// nanoseconds and a per-worker counter, mixed.
-fn random_bits() -> u64 {
-    thread_local! {
-        static DRAWN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    }
-    let drawn = DRAWN.with(|n| {
-        n.set(n.get().wrapping_add(1));
-        n.get()
-    });
-    let nanos = ProxyWasmHost
-        .now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    gateway_common::fleet::mix(&[&nanos.to_le_bytes(), &drawn.to_le_bytes()])
-}
-
 impl Deployed {
     fn metrics(&self, rule: usize) -> RuleMetrics {
         self.rule_metrics
@@ -226,9 +209,13 @@ impl Deployed {
             })
             .collect();
         let now = now_ms(&ProxyWasmHost);
-        let (ops, plan) =
-            self.breaker
-                .sync_ops(fleet, &views, &mut sync.outcomes, now, random_bits());
+        let (ops, plan) = self.breaker.sync_ops(
+            fleet,
+            &views,
+            &mut sync.outcomes,
+            now,
+            gateway_common::host::random_u64(),
+        );
         if ops.is_empty() {
             return;
         }
@@ -662,7 +649,10 @@ impl CircuitBreakerHttp {
             }
             FleetAdmission::Stale => self.by_failure_mode(index, rule, now, fleet.failure_mode),
             FleetAdmission::Claim(claim) => {
-                match fleet_client::submit(&fleet.store, rule.claim_ops(&claim, random_bits())) {
+                match fleet_client::submit(
+                    &fleet.store,
+                    rule.claim_ops(&claim, gateway_common::host::random_u64()),
+                ) {
                     Ok(ticket) => {
                         let holds = ticket.holds_request();
                         let pending = PendingClaim {

@@ -20,6 +20,14 @@ pub trait Host {
     fn now(&self) -> SystemTime;
 }
 
+/// 64 random bits. Std's hasher keys come from the host's random source
+/// (WASI `random_get` under Envoy, the OS natively) once per thread, and
+/// every `RandomState` gets new ones, so each call draws anew.
+pub fn random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0u8)
+}
+
 /// The host clock in milliseconds since the Unix epoch (0 if it is before).
 pub fn now_ms(host: &dyn Host) -> u64 {
     host.now()
@@ -143,5 +151,15 @@ impl RequestFacts {
             path: &self.line.path,
             route_name: self.route_name.as_deref(),
         }
+    }
+}
+
+#[cfg(test)]
+mod random_tests {
+    #[test]
+    fn every_draw_is_new() {
+        let draws: std::collections::HashSet<u64> =
+            (0..1000).map(|_| super::random_u64()).collect();
+        assert_eq!(draws.len(), 1000);
     }
 }

@@ -95,13 +95,17 @@ impl RootContext for GatewayRoot {
         let Some(policies) = loaded.into_iter().collect::<Option<Vec<_>>>() else {
             return false;
         };
-        let period = policies
+        // Natively there is no VM to report, so no tick of its own.
+        let vm_memory_period = cfg!(target_arch = "wasm32").then_some(VM_MEMORY_PERIOD);
+        if let Some(period) = policies
             .iter()
             .filter_map(|p| p.tick_period())
-            .chain([VM_MEMORY_PERIOD])
+            .chain(vm_memory_period)
             .min()
-            .unwrap_or(VM_MEMORY_PERIOD);
-        self.set_tick_period(period);
+        {
+            self.set_tick_period(period);
+        }
+        self.vm_memory.withdraw();
         self.vm_memory = VmMemory::define(MODULE_NAME);
         self.vm_memory.report();
         self.policies = policies;

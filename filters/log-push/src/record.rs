@@ -251,12 +251,8 @@ impl RecordIds {
     pub fn next(&self) -> RecordId {
         let count = self.count.fetch_add(1, Ordering::Relaxed);
         let mut id = [0; 32];
-        let digits = b"0123456789abcdef";
-        for (i, byte) in id.iter_mut().enumerate() {
-            let value = if i < 16 { self.prefix } else { count };
-            let shift = 60 - 4 * (i % 16);
-            *byte = digits[((value >> shift) & 0xf) as usize];
-        }
+        // 32 hex digits fill the 32 bytes exactly.
+        let _ = write!(&mut id[..], "{:016x}{count:016x}", self.prefix);
         RecordId(id)
     }
 }

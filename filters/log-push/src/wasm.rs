@@ -55,13 +55,6 @@ fn now_ms() -> u64 {
     gateway_common::host::now_ms(&ProxyWasmHost)
 }
 
-/// The random part of a queue's record ids. Std's hasher keys come from
-/// the host's random source (WASI `random_get` in Envoy, the OS natively).
-fn random_prefix() -> u64 {
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(now_ms())
-}
-
 /// One worker's queue and sending state, shared by its root and HTTP
 /// contexts. In the native module every worker's requests share the one
 /// queue the main thread's root sends (see `adapter::shared_by_roots`).
@@ -195,7 +188,7 @@ impl LogPushWorker {
         let push = adapter::compile_or_log(FILTER_NAME, bytes, compile_config)?;
         let metrics = metrics();
         let worker = adapter::shared_by_roots("log_push.worker", || Worker {
-            record_ids: RecordIds::new(random_prefix()),
+            record_ids: RecordIds::new(gateway_common::host::random_u64()),
             shipper: Mutex::new(Shipper::new(push.limits, now_ms())),
             push: Arc::new(push),
             metrics,
