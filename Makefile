@@ -1,8 +1,8 @@
 # The commands the README shows. `make run` and `make test` do everything
 # on a fresh machine, set-up included.
 
-FILTERS      := sign-auth ip-acl throttling param-validation request-mapping circuit-breaker log-push gateway
-POLICY_CRATES := sign-auth ip-acl throttling param-validation request-mapping circuit-breaker log-push
+FILTERS      := sign-auth ip-acl ext-auth throttling param-validation request-mapping circuit-breaker log-push gateway
+POLICY_CRATES := sign-auth ip-acl ext-auth throttling param-validation request-mapping circuit-breaker log-push
 WASM_DIR     := target/wasm32-wasip1/release
 NATIVE_MODULE := target/native/libgateway.so
 CARGO        ?= cargo

@@ -15,6 +15,7 @@ fn compile(section: Section, bytes: &[u8]) -> Result<(), String> {
     let outcome = match section {
         Section::SignAuth => sign_auth::compile_config(bytes).map(drop),
         Section::IpAcl => ip_acl::compile_config(bytes).map(drop),
+        Section::ExtAuth => ext_auth::compile_config(bytes).map(drop),
         Section::Throttling => throttling::compile_config(bytes).map(drop),
         Section::ParamValidation => param_validation::compile_config(bytes).map(drop),
         Section::RequestMapping => request_mapping::compile_config(bytes).map(drop),

@@ -79,6 +79,8 @@ pub struct Reply {
     pub delay: Duration,
     /// Writes only this many bytes of the answer, then closes the connection.
     pub cut_after: Option<usize>,
+    /// Headers of the answer (a `content-type` here replaces the default).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
@@ -88,7 +90,13 @@ impl Reply {
             body: body.into(),
             delay: Duration::ZERO,
             cut_after: None,
+            headers: Vec::new(),
         }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
 
     pub fn after(mut self, delay: Duration) -> Self {
@@ -645,14 +653,31 @@ fn respond(shared: &Shared, request: &IncomingRequest) -> Option<(Vec<u8>, Optio
             return None;
         }
         let status = valid_status(reply.status).unwrap_or(500);
-        let response = encode_response(
+        let content_type = reply
+            .headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+            .map_or("application/octet-stream", |(_, value)| value.as_str());
+        let mut response = encode_response(
             &shared.id,
             status,
-            "application/octet-stream",
+            content_type,
             &reply.body,
             send_body,
             connection_header,
         );
+        let extra: String = reply
+            .headers
+            .iter()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("content-type"))
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
+        // After the status line.
+        let at = response
+            .windows(2)
+            .position(|pair| pair == b"\r\n")
+            .map_or(0, |i| i + 2);
+        response.splice(at..at, extra.into_bytes());
         return Some((response, reply.cut_after));
     }
 

@@ -73,9 +73,10 @@ pub const MODULE_MODE_VAR: &str = "GATEWAY_MODULE";
 
 /// The gateway module's policies (its configuration's sections, named like
 /// the single filters' modules), in the fixed order it runs them.
-pub const MODULE_ORDER: [&str; 7] = [
+pub const MODULE_ORDER: [&str; 8] = [
     "sign_auth",
     "ip_acl",
+    "ext_auth",
     "throttling",
     "param_validation",
     "request_mapping",

@@ -5,7 +5,7 @@
 
 use gateway_common::fleet::model::ScriptModel;
 use gateway_common::fleet::wire::{parse_reply, Arguments, Op, QuotaCheck, RecordSwap};
-use integration_tests::echo::EchoServer;
+use integration_tests::echo::{EchoServer, Reply as EchoReply};
 use integration_tests::envoy::{add_cluster, gateway_config, module_mode, Envoy, WasmFilter};
 use integration_tests::http::{self, Response};
 use integration_tests::redis::{FleetStore, Reply};
@@ -110,6 +110,43 @@ fn stat(envoy: &Envoy, filter: &str, name: &str) -> u64 {
 fn signed(path: &str) -> Vec<(String, String)> {
     let headers = vec![("accept".to_string(), "application/json".to_string())];
     signed_headers(APP.0, APP.1, "GET", path, &headers, None)
+}
+
+#[test]
+fn requests_woken_by_ext_auth_send_their_fleet_checks() {
+    let store = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let authorizer = EchoServer::start_scripted("authorizer", |_| {
+        EchoReply::new(200, "")
+            .header("x-user-id", "u-1")
+            .after(Duration::from_millis(300))
+    })
+    .expect("authorizer");
+    let ext_auth = WasmFilter::json(
+        "ext_auth",
+        &json!({
+            "authorizer": {"cluster": "authorizer", "timeout_ms": 2000},
+            "identity": [{"from": "header", "name": "authorization"}],
+            "upstream_headers": ["x-user-id"],
+            "cache": {}
+        }),
+    );
+    let rules = json!([{"name": "per-user", "key": "user", "limit": 12, "window": "1h"}]);
+    let mut quota = throttling(rules, json!({"failure_mode": "deny"}));
+    let mut quota_config: Value = serde_json::from_str(&quota.config).unwrap();
+    quota_config["user"] = json!({"header": "x-user-id"});
+    quota.config = quota_config.to_string();
+    let mut config = gateway_config(&[ext_auth, quota], &[upstream.port()]);
+    add_cluster(&mut config, STORE_CLUSTER, store.webdis_port());
+    add_cluster(&mut config, "authorizer", authorizer.port());
+    let envoy = Envoy::start_with(&config, WORKERS).unwrap_or_else(|e| panic!("{e}"));
+    let headers = [("authorization".to_string(), "Bearer t".to_string())];
+    let responses = storm(std::slice::from_ref(&envoy), 20, &headers, "/orders");
+    assert_eq!(count(&responses, 200), 12, "{:?}", statuses(&responses));
+    assert_eq!(count(&responses, 429), 8, "{:?}", statuses(&responses));
+    assert!(authorizer.request_count() <= WORKERS as usize);
+    assert!(stat(&envoy, "ext_auth", "coalesced") >= 20 - u64::from(WORKERS));
+    assert_eq!(upstream.request_count(), 12);
 }
 
 #[test]

@@ -160,12 +160,34 @@ pub struct StreamNotes {
     pub answered: bool,
     /// It replaced the request body, which now has this size.
     pub request_body_size: Option<usize>,
+    /// It let go of the request it held ([`resume_request`]), outside a
+    /// request callback.
+    pub resumed: bool,
 }
 
 thread_local! {
     static NOTES: Cell<StreamNotes> = const {
-        Cell::new(StreamNotes { answered: false, request_body_size: None })
+        Cell::new(StreamNotes { answered: false, request_body_size: None, resumed: false })
     };
+    /// The policies run as members of the gateway module's pipeline.
+    static IN_PIPELINE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The gateway module runs the policies of this VM (or thread): a policy
+/// letting go of a request lets the pipeline go on, not the stream.
+pub fn run_policies_in_pipeline() {
+    IN_PIPELINE.set(true);
+}
+
+/// Lets go of a request the policy held (from an HTTP call's answer, or a
+/// wake): the stream goes on, or in the gateway module the policies after
+/// it, which [`StreamNotes::resumed`] tells.
+pub fn resume_request() {
+    if IN_PIPELINE.get() {
+        note(|notes| notes.resumed = true);
+    } else {
+        let _ = hostcalls::resume_http_request();
+    }
 }
 
 fn note(change: impl FnOnce(&mut StreamNotes)) {
@@ -215,6 +237,22 @@ pub trait Filter: 'static {
         metrics: Self::Metrics,
     ) -> Box<dyn proxy_wasm::traits::HttpContext>;
 
+    /// [`Filter::http_context`] for a policy that needs the request's
+    /// context id (to be woken by another request).
+    fn http_context_for(
+        policy: Rc<Self::Policy>,
+        metrics: Self::Metrics,
+        _context_id: u32,
+    ) -> Box<dyn proxy_wasm::traits::HttpContext> {
+        Self::http_context(policy, metrics)
+    }
+
+    /// The policy's requests may be woken by other requests (see
+    /// [`crate::wake`]).
+    fn wakes(_policy: &Self::Policy) -> bool {
+        false
+    }
+
     /// How often the worker's root calls [`Filter::on_tick`].
     fn tick_period(_policy: &Self::Policy) -> Option<Duration> {
         None
@@ -239,7 +277,12 @@ pub trait Filter: 'static {
 /// HTTP call answers and shutdown. A single filter's root holds one; the
 /// gateway module's root holds one per enabled policy, in order.
 pub trait LoadedPolicy {
-    fn http_context(&self) -> Box<dyn HttpContext>;
+    fn http_context(&self, context_id: u32) -> Box<dyn HttpContext>;
+
+    /// Its requests may be woken by other requests (see [`crate::wake`]).
+    fn wakes(&self) -> bool {
+        false
+    }
 
     /// The policy sends checks to the fleet store.
     fn uses_fleet(&self) -> bool {
@@ -294,8 +337,12 @@ impl<F: Filter> Loaded<F> {
 }
 
 impl<F: Filter> LoadedPolicy for Loaded<F> {
-    fn http_context(&self) -> Box<dyn HttpContext> {
-        F::http_context(Rc::clone(&self.policy), self.metrics)
+    fn http_context(&self, context_id: u32) -> Box<dyn HttpContext> {
+        F::http_context_for(Rc::clone(&self.policy), self.metrics, context_id)
+    }
+
+    fn wakes(&self) -> bool {
+        F::wakes(&self.policy)
     }
 
     fn uses_fleet(&self) -> bool {
@@ -333,7 +380,16 @@ impl<F: Filter> Default for FilterRoot<F> {
 }
 
 impl<F: Filter> proxy_wasm::traits::Context for FilterRoot<F> {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        headers: usize,
+        body_size: usize,
+        trailers: usize,
+    ) {
+        if crate::wake::forward_call_answer(token, headers, body_size, trailers) {
+            return;
+        }
         if let Some(loaded) = &mut self.loaded {
             loaded.on_http_call_response(token, body_size);
         }
@@ -351,6 +407,9 @@ impl<F: Filter> proxy_wasm::traits::RootContext for FilterRoot<F> {
                 if let Some(period) = loaded.tick_period() {
                     self.set_tick_period(period);
                 }
+                if loaded.wakes() {
+                    crate::wake::open_wake_queue();
+                }
                 self.loaded = Some(loaded);
                 true
             }
@@ -364,8 +423,19 @@ impl<F: Filter> proxy_wasm::traits::RootContext for FilterRoot<F> {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(self.loaded.as_ref()?.http_context())
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        crate::wake::on_queue_ready(queue_id);
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let loaded = self.loaded.as_ref()?;
+        let http = loaded.http_context(context_id);
+        if loaded.wakes() {
+            return Some(Box::new(crate::wake::WakeableContext::new(
+                context_id, http,
+            )));
+        }
+        Some(http)
     }
 
     fn get_type(&self) -> Option<proxy_wasm::types::ContextType> {
@@ -553,7 +623,8 @@ mod tests {
             take_stream_notes(),
             StreamNotes {
                 answered: true,
-                request_body_size: Some(12)
+                request_body_size: Some(12),
+                resumed: false,
             }
         );
         assert_eq!(take_stream_notes(), StreamNotes::default());

@@ -13,6 +13,14 @@ pub const APP_KEY_PROPERTY: &str = "gw_app";
 pub const APP_NAME_PROPERTY: &str = "gw_app_name";
 pub const API_PROPERTY: &str = "gw_api";
 
+/// The caller's user id as a third-party authorizer (ext-auth) named it.
+pub const USER_PROPERTY: &str = "gw_user";
+
+/// The user id ext-auth published, if any.
+pub fn user(host: &dyn Host) -> Option<String> {
+    read(host, USER_PROPERTY)
+}
+
 /// The request line as the client sent it, published by request-mapping
 /// when it rewrites the request, so log-push records what was called.
 pub const ORIGINAL_PATH_PROPERTY: &str = "gw_original_path";

@@ -18,4 +18,6 @@ pub mod metrics;
 pub mod params;
 pub mod store;
 #[cfg(feature = "wasm")]
+pub mod wake;
+#[cfg(feature = "wasm")]
 mod wasm_host;

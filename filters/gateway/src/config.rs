@@ -13,6 +13,7 @@ use serde_json::Value;
 pub enum Section {
     SignAuth,
     IpAcl,
+    ExtAuth,
     Throttling,
     ParamValidation,
     RequestMapping,
@@ -22,9 +23,10 @@ pub enum Section {
 
 impl Section {
     /// Every policy, in the order they run.
-    pub const ALL: [Section; 7] = [
+    pub const ALL: [Section; 8] = [
         Section::SignAuth,
         Section::IpAcl,
+        Section::ExtAuth,
         Section::Throttling,
         Section::ParamValidation,
         Section::RequestMapping,
@@ -38,6 +40,7 @@ impl Section {
         match self {
             Section::SignAuth => "sign_auth",
             Section::IpAcl => "ip_acl",
+            Section::ExtAuth => "ext_auth",
             Section::Throttling => "throttling",
             Section::ParamValidation => "param_validation",
             Section::RequestMapping => "request_mapping",
@@ -53,6 +56,7 @@ impl Section {
 struct Document {
     sign_auth: Option<Box<RawValue>>,
     ip_acl: Option<Box<RawValue>>,
+    ext_auth: Option<Box<RawValue>>,
     throttling: Option<Box<RawValue>>,
     param_validation: Option<Box<RawValue>>,
     request_mapping: Option<Box<RawValue>>,
@@ -67,6 +71,7 @@ impl Document {
         match section {
             Section::SignAuth => self.sign_auth.take(),
             Section::IpAcl => self.ip_acl.take(),
+            Section::ExtAuth => self.ext_auth.take(),
             Section::Throttling => self.throttling.take(),
             Section::ParamValidation => self.param_validation.take(),
             Section::RequestMapping => self.request_mapping.take(),
@@ -215,6 +220,7 @@ mod tests {
         let names = [
             sign_auth::FILTER_NAME,
             ip_acl::FILTER_NAME,
+            ext_auth::FILTER_NAME,
             throttling::FILTER_NAME,
             param_validation::FILTER_NAME,
             request_mapping::FILTER_NAME,
@@ -227,8 +233,16 @@ mod tests {
     #[test]
     fn sections_come_out_in_policy_order_whatever_the_order_written() {
         assert_eq!(
-            keys(r#"{"log_push":{}, "ip_acl":{}, "sign_auth":{}, "circuit_breaker":{}}"#),
-            ["sign_auth", "ip_acl", "circuit_breaker", "log_push"]
+            keys(
+                r#"{"log_push":{}, "ip_acl":{}, "sign_auth":{}, "circuit_breaker":{}, "ext_auth":{}}"#
+            ),
+            [
+                "sign_auth",
+                "ip_acl",
+                "ext_auth",
+                "circuit_breaker",
+                "log_push"
+            ]
         );
     }
 
@@ -271,7 +285,7 @@ mod tests {
         assert_eq!(
             error_of(r#"{"ip-acl": {}}"#),
             "ip-acl: unknown field `ip-acl`, expected one of `sign_auth`, `ip_acl`, \
-             `throttling`, `param_validation`, `request_mapping`, `circuit_breaker`, `log_push`, `fleet_store` \
+             `ext_auth`, `throttling`, `param_validation`, `request_mapping`, `circuit_breaker`, `log_push`, `fleet_store` \
              at line 1 column 9"
         );
     }
@@ -303,7 +317,7 @@ mod tests {
         assert_eq!(
             error_of("{}"),
             "no policy is configured; expected at least one of the sections `sign_auth`, \
-             `ip_acl`, `throttling`, `param_validation`, `request_mapping`, \
+             `ip_acl`, `ext_auth`, `throttling`, `param_validation`, `request_mapping`, \
              `circuit_breaker`, `log_push`"
         );
     }

@@ -1,5 +1,5 @@
 //! gateway: every policy in one proxy-wasm module, one VM and one pass:
-//! sign-auth → ip-acl → throttling → param-validation → request-mapping →
+//! sign-auth → ip-acl → ext-auth → throttling → param-validation → request-mapping →
 //! circuit-breaker → log-push, configured by one JSON object with a section
 //! per policy (see [`config`]). Each section is loaded by its own filter's
 //! code and each request goes through the filters' own HTTP contexts, in

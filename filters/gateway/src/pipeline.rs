@@ -51,6 +51,18 @@ impl From<Verdict> for BodyVerdict {
     }
 }
 
+/// What a policy made of an HTTP call's answer (or a wake, see
+/// `gateway_common::wake`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallVerdict {
+    /// Not its call, or nothing changed.
+    Nothing,
+    /// It lets go of the request it held.
+    Resumed,
+    /// It answered the request.
+    Answered,
+}
+
 /// What the module answers Envoy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -66,6 +78,13 @@ pub trait Member {
     fn response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict;
     fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Verdict;
     fn response_trailers(&mut self, num_trailers: usize) -> Verdict;
+    fn call_response(
+        &mut self,
+        token: u32,
+        headers: usize,
+        body_size: usize,
+        trailers: usize,
+    ) -> CallVerdict;
     fn log(&mut self);
 }
 
@@ -93,6 +112,11 @@ pub struct Pipeline<M> {
     body_seen: Option<(usize, bool)>,
     /// Trailers that came while the request waited at the barrier.
     trailers_seen: Option<usize>,
+    /// The last body callback the member holding the request held, for
+    /// the members after it once it lets go outside a callback.
+    held_body: Option<(usize, bool)>,
+    /// Trailers the member holding the request held.
+    held_trailers: Option<usize>,
 }
 
 impl<M: Member> Pipeline<M> {
@@ -108,6 +132,8 @@ impl<M: Member> Pipeline<M> {
             headers_end_stream: false,
             body_seen: None,
             trailers_seen: None,
+            held_body: None,
+            held_trailers: None,
         }
     }
 
@@ -158,6 +184,55 @@ impl<M: Member> Pipeline<M> {
             } else {
                 Flow::Continue
             };
+        }
+        flow
+    }
+
+    /// An HTTP call answered (or a wake): each member is shown it. When the
+    /// member holding the request lets go, the members after it get the
+    /// request headers, then the body and trailers it held; `Continue`
+    /// when the request may then go on to the upstream.
+    pub fn on_call_response(&mut self, mut show: impl FnMut(&mut M) -> CallVerdict) -> Flow {
+        let holder = self.body_from;
+        let mut answered = false;
+        let mut resumed = false;
+        for (index, member) in self.members.iter_mut().enumerate() {
+            match show(member) {
+                CallVerdict::Nothing => {}
+                CallVerdict::Answered => answered = true,
+                CallVerdict::Resumed => resumed |= index == holder,
+            }
+        }
+        if answered {
+            self.answered = true;
+        }
+        if self.answered || !resumed || self.at_barrier || holder + 1 != self.started {
+            return Flow::Pause;
+        }
+        let mut flow = match self.held_body.take() {
+            Some((size, end_of_stream)) => {
+                self.body_from = self.started;
+                self.on_request_body(size, end_of_stream)
+            }
+            None => self.start_members(self.headers_end_stream),
+        };
+        if let Some(num_trailers) = self.held_trailers.take() {
+            if self.answered || flow == Flow::Pause {
+                // A later member holds the request (it is shown the
+                // trailers when Envoy repeats them after it lets go).
+                return Flow::Pause;
+            }
+            for member in &mut self.members[holder + 1..] {
+                match member.request_trailers(num_trailers) {
+                    Verdict::Continue => {}
+                    Verdict::Pause => return Flow::Pause,
+                    Verdict::Answered => {
+                        self.answered = true;
+                        return Flow::Pause;
+                    }
+                }
+            }
+            flow = Flow::Continue;
         }
         flow
     }
@@ -225,6 +300,7 @@ impl<M: Member> Pipeline<M> {
             return Flow::Pause;
         }
         let mut body_size = body_size;
+        self.held_body = None;
         loop {
             while let Some(member) = self.members[..self.started].get_mut(self.body_from) {
                 let verdict = member.request_body(body_size, end_of_stream);
@@ -233,7 +309,10 @@ impl<M: Member> Pipeline<M> {
                 }
                 match verdict.verdict {
                     Verdict::Continue => self.body_from += 1,
-                    Verdict::Pause => return Flow::Pause,
+                    Verdict::Pause => {
+                        self.held_body = Some((body_size, end_of_stream));
+                        return Flow::Pause;
+                    }
                     Verdict::Answered => {
                         self.answered = true;
                         return Flow::Pause;
@@ -272,7 +351,10 @@ impl<M: Member> Pipeline<M> {
         for member in &mut self.members[..self.started] {
             match member.request_trailers(num_trailers) {
                 Verdict::Continue => {}
-                Verdict::Pause => return Flow::Pause,
+                Verdict::Pause => {
+                    self.held_trailers = Some(num_trailers);
+                    return Flow::Pause;
+                }
                 Verdict::Answered => {
                     self.answered = true;
                     return Flow::Pause;
@@ -337,6 +419,8 @@ mod tests {
         journal: Journal,
         headers: VecDeque<Verdict>,
         body: VecDeque<BodyVerdict>,
+        trailers: VecDeque<Verdict>,
+        calls: VecDeque<CallVerdict>,
     }
 
     impl Fake {
@@ -358,7 +442,11 @@ mod tests {
         }
         fn request_trailers(&mut self, _num_trailers: usize) -> Verdict {
             self.note("trailers".into());
-            Verdict::Continue
+            self.trailers.pop_front().unwrap_or(Verdict::Continue)
+        }
+        fn call_response(&mut self, token: u32, _: usize, _: usize, _: usize) -> CallVerdict {
+            self.note(format!("call {token}"));
+            self.calls.pop_front().unwrap_or(CallVerdict::Nothing)
         }
         fn response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Verdict {
             self.note("response headers".into());
@@ -391,6 +479,8 @@ mod tests {
                 journal: Rc::clone(&journal),
                 headers: VecDeque::new(),
                 body: VecDeque::new(),
+                trailers: VecDeque::new(),
+                calls: VecDeque::new(),
             })
             .collect();
         Setup { journal, fakes }
@@ -403,6 +493,14 @@ mod tests {
         }
         fn body(mut self, index: usize, verdicts: &[BodyVerdict]) -> Self {
             self.fakes[index].body.extend(verdicts);
+            self
+        }
+        fn trailers(mut self, index: usize, verdicts: &[Verdict]) -> Self {
+            self.fakes[index].trailers.extend(verdicts);
+            self
+        }
+        fn calls(mut self, index: usize, verdicts: &[CallVerdict]) -> Self {
+            self.fakes[index].calls.extend(verdicts);
             self
         }
         fn start(self) -> (Pipeline<Fake>, Journal) {
@@ -834,5 +932,132 @@ mod tests {
                 "a response trailers"
             ]
         );
+    }
+
+    fn call(pipeline: &mut Pipeline<Fake>, token: u32) -> Flow {
+        pipeline.on_call_response(|member| member.call_response(token, 0, 0, 0))
+    }
+
+    #[test]
+    fn a_member_holding_the_request_for_a_call_lets_the_later_ones_start_from_its_answer() {
+        let (mut pipeline, journal) = policies(&["auth", "ext", "quota"])
+            .headers(1, &[HOLD])
+            .calls(1, &[CallVerdict::Nothing, CallVerdict::Resumed])
+            .start();
+        assert_eq!(pipeline.on_request_headers(5, true), Flow::Pause);
+        assert_eq!(
+            taken(&journal),
+            ["auth headers eos=true", "ext headers eos=true"]
+        );
+        // Another call's answer: nothing moves.
+        assert_eq!(call(&mut pipeline, 3), Flow::Pause);
+        assert_eq!(call(&mut pipeline, 4), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            [
+                "auth call 3",
+                "ext call 3",
+                "quota call 3",
+                "auth call 4",
+                "ext call 4",
+                "quota call 4",
+                "quota headers eos=true"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_body_held_while_waiting_for_a_call_reaches_the_later_members_on_release() {
+        let (mut pipeline, journal) = policies(&["ext", "validate"])
+            .headers(0, &[HOLD])
+            .body(0, &[HOLD.into(), HOLD.into()])
+            .calls(0, &[CallVerdict::Resumed])
+            .start();
+        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(4, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(9, true), Flow::Pause);
+        taken(&journal);
+        assert_eq!(call(&mut pipeline, 7), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            [
+                "ext call 7",
+                "validate call 7",
+                "validate headers eos=false",
+                "validate body 9 eos=true"
+            ]
+        );
+        // New data is for everyone again.
+        assert_eq!(pipeline.on_request_body(12, true), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            ["ext body 12 eos=true", "validate body 12 eos=true"]
+        );
+    }
+
+    #[test]
+    fn trailers_held_while_waiting_for_a_call_reach_the_later_members_on_release() {
+        let (mut pipeline, journal) = policies(&["ext", "validate"])
+            .headers(0, &[HOLD])
+            .body(0, &[HOLD.into()])
+            .trailers(0, &[HOLD])
+            .calls(0, &[CallVerdict::Resumed])
+            .start();
+        pipeline.on_request_headers(5, false);
+        pipeline.on_request_body(3, false);
+        assert_eq!(pipeline.on_request_trailers(1), Flow::Pause);
+        taken(&journal);
+        assert_eq!(call(&mut pipeline, 7), Flow::Continue);
+        assert_eq!(
+            taken(&journal)[2..],
+            [
+                "validate headers eos=false",
+                "validate body 3 eos=false",
+                "validate trailers"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_member_answering_from_a_call_ends_the_request_phase() {
+        let (mut pipeline, journal) = policies(&["ext", "quota"])
+            .headers(0, &[HOLD])
+            .calls(0, &[CallVerdict::Answered])
+            .start();
+        pipeline.on_request_headers(5, true);
+        assert_eq!(call(&mut pipeline, 7), Flow::Pause);
+        assert!(pipeline.answered());
+        assert_eq!(
+            taken(&journal),
+            ["ext headers eos=true", "ext call 7", "quota call 7"]
+        );
+    }
+
+    #[test]
+    fn a_resume_from_a_member_not_holding_the_request_changes_nothing() {
+        let (mut pipeline, journal) = policies(&["auth", "ext", "quota"])
+            .headers(1, &[HOLD])
+            .calls(0, &[CallVerdict::Resumed])
+            .start();
+        pipeline.on_request_headers(5, true);
+        assert_eq!(call(&mut pipeline, 7), Flow::Pause);
+        assert!(!taken(&journal)
+            .iter()
+            .any(|line| line.starts_with("quota headers")));
+    }
+
+    #[test]
+    fn the_fleet_barrier_after_a_released_member_still_holds_the_request() {
+        let (mut pipeline, journal) = policies(&["ext", "quota", "map"])
+            .headers(0, &[HOLD])
+            .calls(0, &[CallVerdict::Resumed])
+            .start_with_barrier(2);
+        pipeline.on_request_headers(5, true);
+        assert_eq!(call(&mut pipeline, 7), Flow::Pause);
+        assert!(pipeline.at_barrier());
+        taken(&journal);
+        set_store_pending(false);
+        assert_eq!(pipeline.release(), Flow::Continue);
+        assert_eq!(taken(&journal), ["map headers eos=true"]);
     }
 }

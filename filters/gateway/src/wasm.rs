@@ -3,16 +3,19 @@
 //! of the policies' own HTTP contexts. Re-exported from the crate root.
 
 use crate::config::Section;
-use crate::pipeline::{BodyVerdict, Flow, Member, Pipeline, Verdict};
+use crate::pipeline::{BodyVerdict, CallVerdict, Flow, Member, Pipeline, Verdict};
 use crate::{config, MODULE_NAME};
 use circuit_breaker::CircuitBreakerFilter;
+use ext_auth::ExtAuthFilter;
 use gateway_common::adapter::{self, Filter, Loaded, LoadedPolicy, StreamNotes};
 use gateway_common::fleet::client::{self as fleet_client, Batch};
 use gateway_common::host::{stream_scope, StreamMemory};
 use gateway_common::metrics::VmMemory;
+use gateway_common::wake::{self, WakeableContext};
 use ip_acl::IpAclFilter;
 use log_push::LogPushWorker;
 use param_validation::ParamValidationFilter;
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use request_mapping::RequestMappingFilter;
@@ -30,6 +33,7 @@ fn load(section: Section, bytes: &[u8]) -> Option<Box<dyn LoadedPolicy>> {
     match section {
         Section::SignAuth => boxed::<SignAuthFilter>(bytes),
         Section::IpAcl => boxed::<IpAclFilter>(bytes),
+        Section::ExtAuth => boxed::<ExtAuthFilter>(bytes),
         Section::Throttling => boxed::<ThrottlingFilter>(bytes),
         Section::ParamValidation => boxed::<ParamValidationFilter>(bytes),
         Section::RequestMapping => boxed::<RequestMappingFilter>(bytes),
@@ -53,7 +57,16 @@ pub struct GatewayRoot {
 const VM_MEMORY_PERIOD: Duration = Duration::from_secs(1);
 
 impl Context for GatewayRoot {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        headers: usize,
+        body_size: usize,
+        trailers: usize,
+    ) {
+        if wake::forward_call_answer(token, headers, body_size, trailers) {
+            return;
+        }
         let handled = self
             .policies
             .iter_mut()
@@ -108,8 +121,16 @@ impl RootContext for GatewayRoot {
         self.vm_memory.withdraw();
         self.vm_memory = VmMemory::define(MODULE_NAME);
         self.vm_memory.report();
+        adapter::run_policies_in_pipeline();
+        if policies.iter().any(|p| p.wakes()) {
+            wake::open_wake_queue();
+        }
         self.policies = policies;
         true
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        wake::on_queue_ready(queue_id);
     }
 
     fn on_tick(&mut self) {
@@ -119,14 +140,14 @@ impl RootContext for GatewayRoot {
         self.vm_memory.report();
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         if self.policies.is_empty() {
             return None;
         }
         let members = self
             .policies
             .iter()
-            .map(|policy| PolicyContext(policy.http_context()))
+            .map(|policy| PolicyContext(policy.http_context(context_id)))
             .collect();
         let mut pipeline = Pipeline::new(members);
         // No policy after the last one with fleet checks sees the request
@@ -135,13 +156,17 @@ impl RootContext for GatewayRoot {
         if let Some(last) = self.policies.iter().rposition(|p| p.uses_fleet()) {
             pipeline = pipeline.with_barrier(last + 1, fleet_client::holds_replies);
         }
-        Some(Box::new(GatewayHttp {
+        let http = Box::new(GatewayHttp {
             stream: Stream {
                 pipeline,
                 batch: Batch::default(),
             },
             memory: StreamMemory::default(),
-        }))
+        });
+        if self.policies.iter().any(|p| p.wakes()) {
+            return Some(Box::new(WakeableContext::new(context_id, http)));
+        }
+        Some(http)
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -194,6 +219,25 @@ impl Member for PolicyContext {
 
     fn response_trailers(&mut self, num_trailers: usize) -> Verdict {
         verdict_of(self.0.on_http_response_trailers(num_trailers))
+    }
+
+    fn call_response(
+        &mut self,
+        token: u32,
+        headers: usize,
+        body_size: usize,
+        trailers: usize,
+    ) -> CallVerdict {
+        self.0
+            .on_http_call_response(token, headers, body_size, trailers);
+        let notes = adapter::take_stream_notes();
+        if notes.answered {
+            CallVerdict::Answered
+        } else if notes.resumed {
+            CallVerdict::Resumed
+        } else {
+            CallVerdict::Nothing
+        }
     }
 
     fn log(&mut self) {
@@ -294,17 +338,22 @@ impl Context for GatewayHttp {
         body_size: usize,
         trailers: usize,
     ) {
+        let _reads = stream_scope(&mut self.memory);
         if let Some(answer) = self.stream.batch.answer(token, body_size) {
-            let _reads = stream_scope(&mut self.memory);
             if self.stream.conclude_fleet(token, answer) == Flow::Continue {
-                fleet_client::resume_request();
+                let _ = hostcalls::resume_http_request();
             }
             return;
         }
-        for member in self.stream.pipeline.members_mut() {
-            member
-                .0
-                .on_http_call_response(token, headers, body_size, trailers);
+        // A policy's own call, or a wake: the policies after one letting
+        // go of the request may send fleet checks, batched as ever.
+        let action = self.stream.request_step(|pipeline| {
+            pipeline.on_call_response(|member| {
+                member.call_response(token, headers, body_size, trailers)
+            })
+        });
+        if action == Action::Continue {
+            let _ = hostcalls::resume_http_request();
         }
     }
 
@@ -381,7 +430,7 @@ mod tests {
     fn a_local_reply_is_told_apart_from_a_pause_by_the_policy_notes() {
         let answered = StreamNotes {
             answered: true,
-            request_body_size: None,
+            ..StreamNotes::default()
         };
         assert_eq!(verdict(Action::Pause, answered), Verdict::Answered);
         assert_eq!(verdict(Action::Continue, answered), Verdict::Answered);

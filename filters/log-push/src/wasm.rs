@@ -204,7 +204,7 @@ impl LogPushWorker {
 }
 
 impl LoadedPolicy for LogPushWorker {
-    fn http_context(&self) -> Box<dyn HttpContext> {
+    fn http_context(&self, _context_id: u32) -> Box<dyn HttpContext> {
         Box::new(LogPushHttp {
             worker: Arc::clone(&self.worker),
             request: None,
@@ -304,8 +304,8 @@ impl RootContext for LogPushRoot {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(self.worker.as_ref()?.http_context())
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(self.worker.as_ref()?.http_context(context_id))
     }
 
     fn get_type(&self) -> Option<ContextType> {

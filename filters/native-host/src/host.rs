@@ -85,6 +85,8 @@ pub(crate) struct Stream {
     /// Calls in flight: Envoy's callout id, proxy-wasm's token.
     pub callouts: Vec<(u64, u32)>,
     pub completed: bool,
+    /// The proxy-wasm context id of its HTTP context.
+    pub context: u32,
 }
 
 /// Which body a body hook is for (only there are received bytes readable).
@@ -169,6 +171,9 @@ thread_local! {
     pub(crate) static TICK_PERIOD: Cell<Option<u32>> = const { Cell::new(None) };
     static ROOTS: RefCell<Vec<Root>> = const { RefCell::new(Vec::new()) };
     static NEXT_CONTEXT: Cell<u32> = const { Cell::new(0) };
+    /// This thread's streams by context id, for `set_effective_context`.
+    static STREAMS: RefCell<std::collections::HashMap<u32, *mut Stream>> =
+        RefCell::new(std::collections::HashMap::new());
     static NEXT_TOKEN: Cell<u32> = const { Cell::new(0) };
 }
 
@@ -464,8 +469,10 @@ pub(crate) fn stream_new(config: &Config, envoy: FilterEnvoyPtr) -> Option<*mut 
         started_nanos,
         callouts: Vec::new(),
         completed: false,
+        context: 0,
     });
     let context = next_id(&NEXT_CONTEXT);
+    stream.context = context;
     let http = with_root(config, true, |root| root.create_http_context(context));
     after_code();
     let Some(http) = http.flatten() else {
@@ -477,7 +484,27 @@ pub(crate) fn stream_new(config: &Config, envoy: FilterEnvoyPtr) -> Option<*mut 
         return None;
     };
     stream.http = Some(http);
-    Some(Box::into_raw(stream))
+    let pointer = Box::into_raw(stream);
+    STREAMS.with(|streams| streams.borrow_mut().insert(context, pointer));
+    Some(pointer)
+}
+
+/// Makes the thread's stream with HTTP context `context` the one the
+/// running code acts on (as Envoy's Wasm host does for a context of the
+/// same VM); false when there is none.
+pub(crate) fn set_effective_stream(context: u32) -> bool {
+    let Some(pointer) = STREAMS.with(|streams| streams.borrow().get(&context).copied()) else {
+        return false;
+    };
+    let config = unsafe { (*pointer).config };
+    CURRENT.with(|current| {
+        current.set(Current {
+            config,
+            stream: pointer,
+            body: None,
+        })
+    });
+    true
 }
 
 /// The proxy-wasm hooks of a stream Envoy calls.
@@ -653,7 +680,9 @@ pub(crate) fn stream_destroy(stream: *mut Stream) {
             body: None,
         };
         let _ = enter(current, || drop(http));
+        after_code();
     }
+    STREAMS.with(|streams| streams.borrow_mut().remove(&stream.context));
 }
 
 // ---- HTTP call answers ----

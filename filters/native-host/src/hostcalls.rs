@@ -879,9 +879,15 @@ pub extern "C" fn proxy_get_status(
     Status::Ok
 }
 
+/// Another stream of the thread becomes the one the code acts on (a
+/// request woken by another); `BadArgument` for an unknown id.
 #[no_mangle]
-pub extern "C" fn proxy_set_effective_context(_context_id: u32) -> Status {
-    Status::Ok
+pub extern "C" fn proxy_set_effective_context(context_id: u32) -> Status {
+    if host::set_effective_stream(context_id) {
+        Status::Ok
+    } else {
+        Status::BadArgument
+    }
 }
 
 /// The foreign functions this host offers: `clear_route_cache` (as Envoy's

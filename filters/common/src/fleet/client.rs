@@ -52,7 +52,7 @@ fn dispatch(store: &Store, body: &[u8]) -> Result<u32, Failure> {
     if let Some(value) = &store.authorization {
         headers.push(("authorization", value));
     }
-    hostcalls::dispatch_http_call(&store.cluster, headers, Some(body), vec![], store.timeout)
+    crate::wake::dispatch_http_call(&store.cluster, headers, Some(body), store.timeout)
         .map_err(|_| Failure::Dispatch)
 }
 
@@ -212,7 +212,7 @@ impl<T> Waiting<T> {
 
 /// Lets a request go on after its own call was answered.
 pub fn resume_request() {
-    let _ = hostcalls::resume_http_request();
+    adapter::resume_request();
 }
 
 /// The operations of one request in the gateway module, sent as one call.

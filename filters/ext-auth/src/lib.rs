@@ -1,0 +1,31 @@
+//! ext-auth: a third-party authorizer for Envoy (Huawei APIG's "custom
+//! authorizer"). For the APIs its rules match it asks the provider's own
+//! service over HTTP whether to let a request in, keeps the decisions in a
+//! bounded table in Envoy shared data, and makes one call per worker for a
+//! burst of requests with the same identity. The policy is in [`policy`],
+//! [`cache`] and [`flights`]; the proxy-wasm adapter (the `wasm` feature)
+//! in `wasm.rs`.
+
+pub mod cache;
+pub mod config;
+pub mod flights;
+pub mod policy;
+
+use config::ExtAuthConfig;
+use gateway_common::config::{parse_json, ConfigError};
+use policy::ExtAuth;
+
+pub const FILTER_NAME: &str = "ext_auth";
+
+/// Parses and compiles a JSON configuration.
+pub fn compile_config(bytes: &[u8]) -> Result<ExtAuth, ConfigError> {
+    ExtAuth::compile(&parse_json::<ExtAuthConfig>(bytes)?, bytes)
+}
+
+#[cfg(feature = "wasm")]
+mod wasm;
+#[cfg(feature = "wasm")]
+pub use wasm::*;
+
+#[cfg(test)]
+mod tests;
