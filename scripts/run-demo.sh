@@ -33,7 +33,7 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-for port in 8080 8081 8443 8444 9901 9902 18081 18082 18123 19000 16379 17379; do
+for port in 8080 8081 8443 8444 9901 9902 18081 18082 18084 18123 19000 16379 17379; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is in use; stop whatever listens there first" >&2
     exit 1
@@ -81,6 +81,9 @@ pids+=($!)
 target/release/echo-upstream --id backend-1 --listen 127.0.0.1:18081 > .run/backend-1.log 2>&1 &
 pids+=($!)
 target/release/echo-upstream --id backend-2 --listen 127.0.0.1:18082 > .run/backend-2.log 2>&1 &
+pids+=($!)
+# ext-auth's third-party authorizer: knows one token.
+target/release/echo-upstream --id authorizer --listen 127.0.0.1:18084 --authorize demo-token=demo-user > .run/authorizer.log 2>&1 &
 pids+=($!)
 "$ENVOY_BIN" -c "$CONFIG" --disable-hot-restart --log-level info > .run/envoy.log 2>&1 &
 envoy_pid=$!
@@ -142,6 +145,14 @@ Demo gateway is up: two instances, :8080 and :8081, sharing one Redis (logs in .
 
   # and one quota for both: /limited's 3 calls per 10 s are shared, the fourth is refused
   for port in 8080 8081 8080 8081; do curl -s -o /dev/null -w "$port:%{http_code} " http://127.0.0.1:$port/limited; done; echo
+
+  # /account asks the provider's own authorizer (ext-auth): no token is 401 A401IS; a known
+  # token passes and the upstream sees the authorizer's x-user-id (a client's own copy is
+  # dropped); "revoked" gets the authorizer's own 403. Decisions are cached: the second
+  # call with the token makes no authorizer call (gw_ext_auth_cache_hit)
+  curl -si http://127.0.0.1:8080/account
+  curl -s  http://127.0.0.1:8080/account -H 'Authorization: Bearer demo-token' -H 'X-User-Id: mallory'
+  curl -si http://127.0.0.1:8080/account -H 'Authorization: Bearer revoked'
 
   # /v1/users/{id} is mapped onto the backend's /internal/accounts/{id}/profile;
   # lang moves into an X-Lang header, the client IP and request id are added

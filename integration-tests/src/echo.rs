@@ -112,6 +112,31 @@ impl Reply {
 
 type Script = Box<dyn Fn(&ReceivedRequest) -> Reply + Send + Sync>;
 
+/// The demo's third-party authorizer (ext-auth asks it): for
+/// `Authorization: Bearer <token>` with a token of `users`, 200 with
+/// `x-user-id: <user>` and `cache-control: max-age=30`; for `revoked`, 403
+/// with a JSON body; otherwise 401 with `www-authenticate`.
+pub fn bearer_authorizer(
+    users: Vec<(String, String)>,
+) -> impl Fn(&ReceivedRequest) -> Reply + Send + Sync + 'static {
+    move |request| {
+        let token = request
+            .header("authorization")
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if let Some((_, user)) = users.iter().find(|(known, _)| known == token) {
+            return Reply::new(200, "")
+                .header("x-user-id", user)
+                .header("cache-control", "max-age=30");
+        }
+        if token == "revoked" {
+            return Reply::new(403, r#"{"error":"the token was revoked"}"#)
+                .header("content-type", "application/json");
+        }
+        Reply::new(401, "").header("www-authenticate", "Bearer realm=\"demo\"")
+    }
+}
+
 /// State shared by the handle, the accept thread and connection threads.
 struct Shared {
     id: String,
@@ -155,6 +180,15 @@ impl EchoServer {
         script: impl Fn(&ReceivedRequest) -> Reply + Send + Sync + 'static,
     ) -> io::Result<EchoServer> {
         Self::start_with(id, "127.0.0.1:0", Some(Box::new(script)))
+    }
+
+    /// [`EchoServer::start_scripted`] on `addr`.
+    pub fn start_scripted_on(
+        id: &str,
+        addr: &str,
+        script: impl Fn(&ReceivedRequest) -> Reply + Send + Sync + 'static,
+    ) -> io::Result<EchoServer> {
+        Self::start_with(id, addr, Some(Box::new(script)))
     }
 
     fn start_with(id: &str, addr: &str, script: Option<Script>) -> io::Result<EchoServer> {

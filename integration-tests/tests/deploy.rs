@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The filters, in the order the gateway runs them.
-const FILTERS: [&str; 7] = [
+const FILTERS: [&str; 8] = [
     "sign-auth",
     "ip-acl",
+    "ext-auth",
     "throttling",
     "param-validation",
     "request-mapping",
@@ -53,6 +54,7 @@ fn compile(filter: &str, config: &[u8]) -> Result<(), String> {
     let result = match filter {
         "sign-auth" => sign_auth::compile_config(config).map(drop),
         "ip-acl" => ip_acl::compile_config(config).map(drop),
+        "ext-auth" => ext_auth::compile_config(config).map(drop),
         "throttling" => throttling::compile_config(config).map(drop),
         "param-validation" => param_validation::compile_config(config).map(drop),
         "request-mapping" => request_mapping::compile_config(config).map(drop),
@@ -356,7 +358,9 @@ fn wasm_plugins_run_in_the_gateway_order_with_their_fail_strategies() {
         let expected = match filter {
             // Authentication and access control, and the filters whose
             // absence would let unchecked or wrongly shaped requests through.
-            "sign-auth" | "ip-acl" | "param-validation" | "request-mapping" => "FAIL_CLOSE",
+            "sign-auth" | "ip-acl" | "ext-auth" | "param-validation" | "request-mapping" => {
+                "FAIL_CLOSE"
+            }
             // Capacity protection and logging: their failure must not
             // become an outage.
             "throttling" | "circuit-breaker" | "log-push" => "FAIL_OPEN",
@@ -394,6 +398,13 @@ fn every_plugin_config_is_the_example_and_the_filter_accepts_it() {
                 "cluster": "outbound|7379||webdis.gateway.svc.cluster.local",
                 "authority": "webdis.gateway.svc.cluster.local:7379"
             }});
+        }
+        if filter == "ext-auth" {
+            // The only difference: the authorizer is Istio's own cluster for
+            // its Service, with the Host to send.
+            let authorizer = &mut expected["authorizer"];
+            authorizer["cluster"] = json!("outbound|8080||authorizer.auth.svc.cluster.local");
+            authorizer["authority"] = json!("authorizer.auth.svc.cluster.local:8080");
         }
         if filter == "log-push" {
             // The only difference: the sink is Istio's own cluster for the
@@ -521,6 +532,29 @@ fn the_fleet_store_cluster_is_added_once_for_the_filters_that_name_it() {
 }
 
 #[test]
+fn ext_auth_asks_a_cluster_its_envoy_filter_adds() {
+    let ext_auth = envoy_filter("ext-auth");
+    let text = str_at(
+        http_filter_patch(&ext_auth),
+        "/patch/value/typed_config/config/configuration/value",
+    );
+    let config: Value = serde_json::from_str(text).expect("JSON");
+    let clusters: Vec<&Value> = ext_auth["spec"]["configPatches"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|patch| patch["applyTo"] == "CLUSTER")
+        .collect();
+    assert_eq!(clusters.len(), 1, "one CLUSTER patch");
+    assert_eq!(clusters[0]["patch"]["operation"], "ADD");
+    assert_eq!(clusters[0]["match"]["context"], "GATEWAY");
+    assert_eq!(
+        clusters[0]["patch"]["value"]["name"],
+        str_at(&config, "/authorizer/cluster")
+    );
+}
+
+#[test]
 fn log_push_sends_to_a_cluster_its_envoy_filter_adds() {
     let log_push = envoy_filter("log-push");
     let text = str_at(
@@ -540,7 +574,10 @@ fn log_push_sends_to_a_cluster_its_envoy_filter_adds() {
     assert_eq!(clusters[0]["match"]["context"], "GATEWAY");
     assert_eq!(clusters[0]["patch"]["value"]["name"], sink);
     // No other EnvoyFilter adds clusters.
-    for filter in FILTERS.iter().filter(|f| **f != "log-push") {
+    for filter in FILTERS
+        .iter()
+        .filter(|f| !["log-push", "ext-auth"].contains(*f))
+    {
         let other = envoy_filter(filter);
         assert_eq!(
             other["spec"]["configPatches"].as_array().map(Vec::len),
@@ -752,7 +789,10 @@ fn every_envoy_filter_patch_passes_envoy_validate_alone_and_all_together() {
         .flatten()
         .map(|c| c["name"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(clusters, ["backend", "fleet_store", "clickhouse"]);
+    assert_eq!(
+        clusters,
+        ["backend", "fleet_store", "authorizer", "clickhouse"]
+    );
     assert_validates(&config, "the whole chain");
 }
 

@@ -4,7 +4,10 @@
 //! upstream reporting what got through.
 
 use integration_tests::echo::{EchoServer, ReceivedRequest, Reply};
-use integration_tests::envoy::{add_cluster, gateway_config, Envoy, WasmFilter};
+use integration_tests::envoy::{
+    add_cluster, gateway_config, shipped_config, start_yaml, validate, wasm_module, Envoy,
+    WasmFilter,
+};
 use integration_tests::http::{self, Response};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -431,4 +434,57 @@ fn a_bad_configuration_is_refused_with_the_field_named() {
         log.contains("ext_auth: invalid configuration: authorizer.timeout_ms"),
         "{log}"
     );
+}
+
+/// An admin listener on an ephemeral port, for the shipped example (which has none).
+const ADMIN: &str =
+    "admin: { address: { socket_address: { address: 127.0.0.1, port_value: 0 } } }\n";
+
+#[test]
+fn the_shipped_example_config_validates_and_serves() {
+    let module = wasm_module("ext_auth").display().to_string();
+    let wasm_path = "target/wasm32-wasip1/release/ext_auth.wasm";
+    let text = shipped_config("ext-auth.yaml", &[(wasm_path, module.clone())]);
+    let (ok, output) = validate(&text, "yaml");
+    assert!(ok, "envoy/ext-auth.yaml is refused:\n{output}");
+    let broken = text.replace(r#""timeout_ms": 200"#, r#""timeout_ms": 0"#);
+    assert_ne!(broken, text, "the example has a 200 ms timeout");
+    let (ok, output) = validate(&broken, "yaml");
+    assert!(!ok);
+    assert!(
+        output.contains("ext_auth: invalid configuration: authorizer.timeout_ms"),
+        "{output}"
+    );
+
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let authorizer = EchoServer::start_scripted("authorizer", authorize).expect("authorizer");
+    let envoy = start_yaml(
+        &shipped_config(
+            "ext-auth.yaml",
+            &[
+                (wasm_path, module),
+                ("static_resources:", format!("{ADMIN}static_resources:")),
+                ("port_value: 10000", "port_value: 0".into()),
+                (
+                    "port_value: 18081",
+                    format!("port_value: {}", upstream.port()),
+                ),
+                (
+                    "port_value: 18084",
+                    format!("port_value: {}", authorizer.port()),
+                ),
+            ],
+        ),
+        1,
+    );
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", envoy.listener_port("http"));
+    let health = http::get(&url("/health"), &[]).expect("response");
+    assert_eq!(health.status, 200, "exempt from authorization");
+    let allowed =
+        http::get(&url("/orders"), &[("authorization", "Bearer alice")]).expect("response");
+    assert_eq!(allowed.status, 200);
+    assert_eq!(upstream.requests()[1].header("x-user-id"), Some("alice"));
+    let refused = http::get(&url("/orders"), &[]).expect("response");
+    assert_eq!(refused.status, 401);
+    assert_eq!(authorizer.request_count(), 1);
 }

@@ -5,7 +5,7 @@
 //! same demo with every policy in the gateway module.
 
 use integration_tests::clickhouse::ClickHouse;
-use integration_tests::echo::EchoServer;
+use integration_tests::echo::{bearer_authorizer, EchoServer};
 use integration_tests::envoy::{
     make_certs, module_mode, native_mode, shipped_config, start_yaml, validate, workspace_root,
     Envoy,
@@ -82,6 +82,8 @@ fn a_broken_filter_config_in_the_gateway_fails_validation_with_the_reason() {
 struct Demo {
     envoy: Envoy,
     upstreams: [EchoServer; 2],
+    /// ext-auth's authorizer, as `make run` starts it.
+    authorizer: EchoServer,
     cert: Vec<u8>,
     _certs: tempfile::TempDir,
     /// The demo's fleet store (Redis behind Webdis).
@@ -112,6 +114,11 @@ fn demo_with_store(file: &str, sink_port: u16, store: std::rc::Rc<FleetStore>) -
         EchoServer::start("backend-1").expect("echo"),
         EchoServer::start("backend-2").expect("echo"),
     ];
+    let authorizer = EchoServer::start_scripted(
+        "authorizer",
+        bearer_authorizer(vec![("demo-token".into(), "demo-user".into())]),
+    )
+    .expect("authorizer");
     let (certs, cert) = make_certs();
     let text = shipped_config(
         file,
@@ -127,6 +134,10 @@ fn demo_with_store(file: &str, sink_port: u16, store: std::rc::Rc<FleetStore>) -
                 "port_value: 18082",
                 format!("port_value: {}", upstreams[1].port()),
             ),
+            (
+                "port_value: 18084",
+                format!("port_value: {}", authorizer.port()),
+            ),
             (".run/tls/", format!("{}/", certs.path().display())),
             ("port_value: 18123", format!("port_value: {sink_port}")),
             (
@@ -139,6 +150,7 @@ fn demo_with_store(file: &str, sink_port: u16, store: std::rc::Rc<FleetStore>) -
     let demo = Demo {
         envoy,
         upstreams,
+        authorizer,
         cert,
         _certs: certs,
         store,
@@ -345,6 +357,40 @@ fn the_demo_orders_api_needs_a_signed_request() {
 }
 
 #[test]
+fn the_demo_account_api_asks_the_authorizer_once_per_caller() {
+    let demo = demo_gateway();
+    let get = |headers: &[(&str, &str)]| {
+        http::get(&demo.http_url("/account"), headers).expect("response")
+    };
+    let anonymous = get(&[]);
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(anonymous.header("x-ca-error-code"), Some("A401IS"));
+    let token = ("authorization", "Bearer demo-token");
+    for _ in 0..2 {
+        let allowed = get(&[token, ("x-user-id", "mallory")]);
+        assert_eq!(allowed.status, 200, "{}", allowed.text());
+        assert_eq!(allowed.json()["headers"]["x-user-id"], "demo-user");
+    }
+    assert_eq!(
+        demo.authorizer.request_count(),
+        1,
+        "the second call was cached"
+    );
+    let revoked = get(&[("authorization", "Bearer revoked")]);
+    assert_eq!(revoked.status, 403);
+    assert_eq!(revoked.text(), r#"{"error":"the token was revoked"}"#);
+    // Other APIs are not the authorizer's.
+    assert_eq!(
+        http::get(&demo.http_url("/api/hello"), &[])
+            .expect("response")
+            .status,
+        200
+    );
+    assert_eq!(demo.authorizer.request_count(), 2);
+    assert_eq!(demo.envoy.stat("wasmcustom.gw.ext_auth.cache_hit"), 1);
+}
+
+#[test]
 fn the_demo_search_api_validates_its_parameters() {
     let demo = demo_gateway();
     let invalid = http::get(&demo.http_url("/search?page=0"), &[]).expect("response");
@@ -534,6 +580,7 @@ fn the_shipped_gateway_module_runs_every_policy_of_the_demo_in_one_wasm_filter()
     for stat in [
         "sign_auth.allowed",
         "ip_acl.denied.deny_list",
+        "ext_auth.skipped",
         "throttling.allowed",
         "param_validation.denied.A400PV",
         "request_mapping.mapped",

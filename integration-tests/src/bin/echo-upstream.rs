@@ -1,5 +1,7 @@
 //! Runs the echo upstream until the process is killed:
-//! `echo-upstream [--id NAME] [--listen HOST:PORT]`.
+//! `echo-upstream [--id NAME] [--listen HOST:PORT] [--authorize TOKEN=USER,…]`.
+//! With `--authorize` it is the demo's third-party authorizer instead
+//! ([`bearer_authorizer`]).
 //!
 //! Prints `echo-upstream NAME listening on ADDR` once it accepts connections,
 //! so scripts can wait for that line.
@@ -11,14 +13,17 @@ use std::process::ExitCode;
 use std::thread;
 use std::time::Duration;
 
-use integration_tests::echo::EchoServer;
+use integration_tests::echo::{bearer_authorizer, EchoServer};
 
-const USAGE: &str = "usage: echo-upstream [--id NAME] [--listen HOST:PORT]\n\
+const USAGE: &str =
+    "usage: echo-upstream [--id NAME] [--listen HOST:PORT] [--authorize TOKEN=USER,...]\n\
                      defaults: --id echo --listen 127.0.0.1:8081";
 
 struct Options {
     id: String,
     listen: String,
+    /// Token → user: an authorizer instead of an echo.
+    authorize: Option<Vec<(String, String)>>,
 }
 
 /// `Ok(None)` means help was asked for.
@@ -26,7 +31,9 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Option<Options
     let mut options = Options {
         id: "echo".to_string(),
         listen: "127.0.0.1:8081".to_string(),
+        authorize: None,
     };
+    let mut authorize = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
@@ -45,6 +52,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Option<Options
         let target = match flag.as_str() {
             "--id" => &mut options.id,
             "--listen" => &mut options.listen,
+            "--authorize" => authorize.get_or_insert_with(String::new),
             _ => return Err(format!("unknown argument {flag:?}")),
         };
         let value = match inline_value {
@@ -56,6 +64,18 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Option<Options
                 .map_err(|raw| format!("value of {flag} is not UTF-8: {raw:?}"))?,
         };
         *target = value;
+    }
+    if let Some(list) = authorize {
+        let users = list
+            .split(',')
+            .map(|pair| match pair.split_once('=') {
+                Some((token, user)) if !token.is_empty() && !user.is_empty() => {
+                    Ok((token.to_string(), user.to_string()))
+                }
+                _ => Err(format!("--authorize takes TOKEN=USER pairs, not {pair:?}")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        options.authorize = Some(users);
     }
     if options.id.is_empty() || options.id.chars().any(char::is_control) {
         return Err("--id must be non-empty printable text".to_string());
@@ -81,7 +101,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let server = match EchoServer::start_on(&options.id, &options.listen) {
+    let started = match options.authorize {
+        Some(users) => {
+            EchoServer::start_scripted_on(&options.id, &options.listen, bearer_authorizer(users))
+        }
+        None => EchoServer::start_on(&options.id, &options.listen),
+    };
+    let server = match started {
         Ok(server) => server,
         Err(error) => {
             eprintln!(
