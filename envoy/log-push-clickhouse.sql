@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS gateway_calls_log
     upstream_cluster    String,
     upstream_host       String,
     user_agent          String,
-    response_flags      String
+    response_flags      String,
+    stage               String DEFAULT 'RELEASE',
+    user                String
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(time)

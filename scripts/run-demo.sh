@@ -59,6 +59,9 @@ while IFS= read -r -d '' statement; do clickhouse "$statement"; done < <(stateme
 # The demo also records the X-Tenant header: a column of the table (there
 # already on a second run), then the view again, as README "ClickHouse" says.
 clickhouse 'ALTER TABLE gateway_calls_log ADD COLUMN header_x_tenant String' 2>/dev/null || true
+# A table made by an earlier version of the demo lacks the newer columns.
+clickhouse "ALTER TABLE gateway_calls_log ADD COLUMN stage String DEFAULT 'RELEASE'" 2>/dev/null || true
+clickhouse 'ALTER TABLE gateway_calls_log ADD COLUMN user String' 2>/dev/null || true
 clickhouse 'DROP TABLE IF EXISTS gateway_calls'
 while IFS= read -r -d '' statement; do
   [[ $statement == *"CREATE VIEW"* ]] && clickhouse "$statement"
@@ -153,6 +156,18 @@ Demo gateway is up: two instances, :8080 and :8081, sharing one Redis (logs in .
   curl -si http://127.0.0.1:8080/account
   curl -s  http://127.0.0.1:8080/account -H 'Authorization: Bearer demo-token' -H 'X-User-Id: mallory'
   curl -si http://127.0.0.1:8080/account -H 'Authorization: Bearer revoked'
+
+  # CORS: Envoy's CORS filter, first in the chain, answers a preflight from the demo's
+  # browser origin before any policy (a preflight carries no signature)
+  curl -si -X OPTIONS http://127.0.0.1:8080/orders/42 -H 'Origin: http://localhost:3000' -H 'Access-Control-Request-Method: GET'
+
+  # /mock/coupons is a mock backend (a direct_response route): every policy still applies
+  curl -s  http://127.0.0.1:8080/mock/coupons
+  curl -si http://127.0.0.1:8080/mock/coupons -H 'X-Forwarded-For: 203.0.113.7'
+
+  # stages: X-Ca-Stage TEST (or PRE) goes to the staging backend (backend-2), signed when listed;
+  # an unknown stage gets 404 S404ST; log-push records the stage
+  target/release/ca-sign --key 203751 --secret demo-secret --header 'X-Ca-Stage: TEST' --sign-header X-Ca-Stage --curl http://127.0.0.1:8080/orders/42 | sh
 
   # /v1/users/{id} is mapped onto the backend's /internal/accounts/{id}/profile;
   # lang moves into an X-Lang header, the client IP and request id are added

@@ -54,7 +54,7 @@ fn policies() -> &'static Vec<(LogPush, Format)> {
 #[derive(Debug, Arbitrary)]
 struct Fields {
     timestamp_ms: u64,
-    texts: [String; 14],
+    texts: [String; 16],
     status: u16,
     numbers: [u64; 3],
     upstream_latency_ms: Option<u64>,
@@ -63,7 +63,7 @@ struct Fields {
 
 impl Fields {
     fn record(self) -> Record {
-        let [request_id, api, app_key, app_name, client_ip, method, host, path, query, error_code, upstream_cluster, upstream_host, user_agent, response_flags] =
+        let [request_id, api, app_key, app_name, client_ip, method, host, path, query, error_code, upstream_cluster, upstream_host, user_agent, response_flags, stage, user] =
             self.texts;
         Record {
             // Within what the time formats can show (year 9999).
@@ -88,6 +88,8 @@ impl Fields {
             upstream_host,
             user_agent,
             response_flags,
+            stage,
+            user,
             headers: vec![self.tenant],
         }
     }

@@ -391,6 +391,78 @@ fn the_demo_account_api_asks_the_authorizer_once_per_caller() {
 }
 
 #[test]
+fn the_demo_answers_preflights_serves_a_mock_and_routes_stages() {
+    use integration_tests::signing::{pairs, signed_headers};
+    let demo = demo_gateway();
+    let upstream_calls = || {
+        demo.upstreams
+            .iter()
+            .map(EchoServer::request_count)
+            .sum::<usize>()
+    };
+    let before = upstream_calls();
+    let preflight = http::send(
+        &http::agent(),
+        "OPTIONS",
+        &demo.http_url("/orders/42"),
+        &[
+            ("origin", "http://localhost:3000"),
+            ("access-control-request-method", "GET"),
+            (
+                "access-control-request-headers",
+                "x-ca-signature, x-ca-stage",
+            ),
+        ],
+        None,
+    )
+    .expect("response");
+    assert_eq!(preflight.status, 200, "{}", preflight.text());
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    assert_eq!(
+        upstream_calls(),
+        before,
+        "answered by the CORS filter, unsigned"
+    );
+
+    let mock = http::get(&demo.http_url("/mock/coupons"), &[]).expect("response");
+    assert_eq!(mock.status, 200);
+    assert_eq!(mock.json()["coupon"], "DEMO-10");
+    let refused = http::get(
+        &demo.http_url("/mock/coupons"),
+        &[("x-forwarded-for", "203.0.113.7")],
+    )
+    .expect("response");
+    assert_eq!(refused.status, 403, "ip-acl applies to the mock API");
+    assert_eq!(upstream_calls(), before, "no backend behind the mock");
+
+    let accept = ("accept".to_string(), "application/json".to_string());
+    let staged = |stage: &str| {
+        let headers = [
+            accept.clone(),
+            ("x-ca-stage".to_string(), stage.to_string()),
+        ];
+        let signed = signed_headers("203751", "demo-secret", "GET", "/orders/42", &headers, None);
+        http::get(&demo.http_url("/orders/42"), &pairs(&signed)).expect("response")
+    };
+    for stage in ["TEST", "pre"] {
+        let response = staged(stage);
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(
+            response.json()["upstream"],
+            "backend-2",
+            "{stage}: the staging backend"
+        );
+    }
+    assert_eq!(staged("RELEASE").status, 200);
+    let unknown = staged("DEV");
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.json()["code"], "S404ST");
+}
+
+#[test]
 fn the_demo_search_api_validates_its_parameters() {
     let demo = demo_gateway();
     let invalid = http::get(&demo.http_url("/search?page=0"), &[]).expect("response");

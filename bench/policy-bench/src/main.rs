@@ -419,6 +419,8 @@ fn log_push_format(configs: &Configs, n: usize) -> Result<u64, String> {
         upstream_host: "127.0.0.1:18081".into(),
         user_agent: "wrk".into(),
         response_flags: String::new(),
+        stage: "RELEASE".into(),
+        user: String::new(),
         headers: vec!["acme".into()],
     };
     let mut bytes = 0;

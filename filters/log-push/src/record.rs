@@ -29,10 +29,12 @@ pub enum Field {
     UpstreamHost,
     UserAgent,
     ResponseFlags,
+    Stage,
+    User,
 }
 
 impl Field {
-    pub const ALL: [Field; 22] = [
+    pub const ALL: [Field; 24] = [
         Field::Time,
         Field::TimestampMs,
         Field::RecordId,
@@ -55,6 +57,8 @@ impl Field {
         Field::UpstreamHost,
         Field::UserAgent,
         Field::ResponseFlags,
+        Field::Stage,
+        Field::User,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +85,8 @@ impl Field {
             Field::UpstreamHost => "upstream_host",
             Field::UserAgent => "user_agent",
             Field::ResponseFlags => "response_flags",
+            Field::Stage => "stage",
+            Field::User => "user",
         }
     }
 
@@ -147,6 +153,10 @@ pub struct Record {
     pub upstream_host: String,
     pub user_agent: String,
     pub response_flags: String,
+    /// The stage called (`X-Ca-Stage`, `RELEASE` when absent).
+    pub stage: String,
+    /// The user a third-party authorizer named (ext-auth's `gw_user`).
+    pub user: String,
     /// Values of the configured extra headers, in configuration order.
     pub headers: Vec<String>,
 }
@@ -182,6 +192,8 @@ impl Record {
             Field::UpstreamHost => Text(&self.upstream_host),
             Field::UserAgent => Text(&self.user_agent),
             Field::ResponseFlags => Text(&self.response_flags),
+            Field::Stage => Text(&self.stage),
+            Field::User => Text(&self.user),
         }
     }
 
@@ -202,6 +214,8 @@ impl Record {
             &self.upstream_host,
             &self.user_agent,
             &self.response_flags,
+            &self.stage,
+            &self.user,
         ];
         std::mem::size_of::<Record>()
             + texts.iter().map(|t| t.capacity()).sum::<usize>()
@@ -327,6 +341,19 @@ impl Layout {
             write_json_str(out, value);
         }
         out.push(b'}');
+    }
+}
+
+/// The stage a request called, as Alibaba's `X-Ca-Stage` names it: the
+/// header upper-cased (at most 32 characters), `RELEASE` when absent.
+pub fn stage(header: Option<&str>) -> String {
+    match header.map(str::trim).filter(|value| !value.is_empty()) {
+        Some(value) => value
+            .chars()
+            .take(32)
+            .collect::<String>()
+            .to_ascii_uppercase(),
+        None => "RELEASE".into(),
     }
 }
 
@@ -484,6 +511,15 @@ mod tests {
             json(&layout, &record(), TimeStyle::Rfc3339("@timestamp"))["@timestamp"],
             "2026-11-23T12:00:00.123Z"
         );
+    }
+
+    #[test]
+    fn the_stage_is_the_header_upper_cased_or_release() {
+        assert_eq!(stage(None), "RELEASE");
+        assert_eq!(stage(Some("  ")), "RELEASE");
+        assert_eq!(stage(Some("test")), "TEST");
+        assert_eq!(stage(Some(" Pre ")), "PRE");
+        assert_eq!(stage(Some(&"x".repeat(100))).len(), 32);
     }
 
     #[test]

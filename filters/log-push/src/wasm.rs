@@ -328,6 +328,7 @@ struct SeenRequest {
     line: RequestLine,
     request_id: String,
     user_agent: String,
+    stage: String,
     /// The configured extra headers, redacted where they must be.
     headers: Vec<String>,
 }
@@ -340,6 +341,11 @@ impl SeenRequest {
             request_id: header("x-request-id"),
             user_agent: if push.layout.fields.contains(record::Field::UserAgent) {
                 header("user-agent")
+            } else {
+                String::new()
+            },
+            stage: if push.layout.fields.contains(record::Field::Stage) {
+                record::stage(host.request_header("x-ca-stage").as_deref())
             } else {
                 String::new()
             },
@@ -437,6 +443,12 @@ impl LogPushHttp {
             upstream_cluster: text(record::Field::UpstreamCluster, &["xds", "cluster_name"]),
             upstream_host: text(record::Field::UpstreamHost, &["upstream", "address"]),
             user_agent: seen.user_agent,
+            stage: seen.stage,
+            user: if wants(record::Field::User) {
+                identity::user(&host).unwrap_or_default()
+            } else {
+                String::new()
+            },
             response_flags: if wants(record::Field::ResponseFlags) {
                 property_int(&host, &["response", "flags"])
                     .map(|bits| response_flag_names(bits as u64))
