@@ -531,52 +531,41 @@ fn the_fleet_store_cluster_is_added_once_for_the_filters_that_name_it() {
     }
 }
 
-#[test]
-fn ext_auth_asks_a_cluster_its_envoy_filter_adds() {
-    let ext_auth = envoy_filter("ext-auth");
-    let text = str_at(
-        http_filter_patch(&ext_auth),
-        "/patch/value/typed_config/config/configuration/value",
-    );
-    let config: Value = serde_json::from_str(text).expect("JSON");
-    let clusters: Vec<&Value> = ext_auth["spec"]["configPatches"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|patch| patch["applyTo"] == "CLUSTER")
-        .collect();
-    assert_eq!(clusters.len(), 1, "one CLUSTER patch");
-    assert_eq!(clusters[0]["patch"]["operation"], "ADD");
-    assert_eq!(clusters[0]["match"]["context"], "GATEWAY");
-    assert_eq!(
-        clusters[0]["patch"]["value"]["name"],
-        str_at(&config, "/authorizer/cluster")
-    );
-}
+/// The filters whose EnvoyFilter adds the cluster they call, and where
+/// their configuration names it.
+const CLUSTER_ADDING_FILTERS: [(&str, &str); 2] = [
+    ("ext-auth", "/authorizer/cluster"),
+    ("log-push", "/sink/cluster"),
+];
 
 #[test]
-fn log_push_sends_to_a_cluster_its_envoy_filter_adds() {
-    let log_push = envoy_filter("log-push");
-    let text = str_at(
-        http_filter_patch(&log_push),
-        "/patch/value/typed_config/config/configuration/value",
-    );
-    let config: Value = serde_json::from_str(text).expect("JSON");
-    let sink = str_at(&config, "/sink/cluster");
-    let clusters: Vec<&Value> = log_push["spec"]["configPatches"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|patch| patch["applyTo"] == "CLUSTER")
-        .collect();
-    assert_eq!(clusters.len(), 1, "one CLUSTER patch");
-    assert_eq!(clusters[0]["patch"]["operation"], "ADD");
-    assert_eq!(clusters[0]["match"]["context"], "GATEWAY");
-    assert_eq!(clusters[0]["patch"]["value"]["name"], sink);
+fn the_filters_that_call_a_cluster_have_their_envoy_filter_add_it() {
+    for (filter, pointer) in CLUSTER_ADDING_FILTERS {
+        let manifest = envoy_filter(filter);
+        let text = str_at(
+            http_filter_patch(&manifest),
+            "/patch/value/typed_config/config/configuration/value",
+        );
+        let config: Value = serde_json::from_str(text).expect("JSON");
+        let clusters: Vec<&Value> = manifest["spec"]["configPatches"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|patch| patch["applyTo"] == "CLUSTER")
+            .collect();
+        assert_eq!(clusters.len(), 1, "{filter}: one CLUSTER patch");
+        assert_eq!(clusters[0]["patch"]["operation"], "ADD", "{filter}");
+        assert_eq!(clusters[0]["match"]["context"], "GATEWAY", "{filter}");
+        assert_eq!(
+            clusters[0]["patch"]["value"]["name"],
+            str_at(&config, pointer),
+            "{filter}"
+        );
+    }
     // No other EnvoyFilter adds clusters.
     for filter in FILTERS
         .iter()
-        .filter(|f| !["log-push", "ext-auth"].contains(*f))
+        .filter(|f| !CLUSTER_ADDING_FILTERS.iter().any(|(name, _)| name == *f))
     {
         let other = envoy_filter(filter);
         assert_eq!(

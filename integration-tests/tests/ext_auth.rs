@@ -72,10 +72,18 @@ struct Gateway {
 }
 
 fn gateway_with(filters: &[WasmFilter]) -> Gateway {
+    gateway_with_clusters(filters, &[])
+}
+
+/// [`gateway_with`] and more clusters (a log sink…).
+fn gateway_with_clusters(filters: &[WasmFilter], clusters: &[(&str, u16)]) -> Gateway {
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let authorizer = EchoServer::start_scripted("authorizer", authorize).expect("authorizer");
     let mut config = gateway_config(filters, &[upstream.port()]);
     add_cluster(&mut config, "authorizer", authorizer.port());
+    for (name, port) in clusters {
+        add_cluster(&mut config, name, *port);
+    }
     let envoy = Envoy::start_with(&config, WORKERS).unwrap_or_else(|e| panic!("{e}"));
     Gateway {
         envoy,
@@ -301,6 +309,42 @@ fn the_requests_waiting_for_a_caller_that_went_away_ask_again_and_are_served() {
         "one waiter asked again for all"
     );
     assert_eq!(upstream.request_count(), 5);
+}
+
+#[test]
+fn request_mapping_and_log_push_take_the_user_the_authorizer_named() {
+    let sink = EchoServer::start("sink").expect("sink");
+    let gateway = gateway_with_clusters(
+        &[
+            WasmFilter::json("ext_auth", &config()),
+            WasmFilter::json(
+                "request_mapping",
+                &json!({"rules": [{"match": {"path": {"prefix": "/orders"}},
+                    "system": [{"value": "user", "to": {"in": "header", "name": "X-Caller"}}]}]}),
+            ),
+            WasmFilter::json(
+                "log_push",
+                &json!({"sink": {"cluster": "log_sink", "format": "ndjson", "path": "/ingest"},
+                        "batch": {"max_records": 1, "flush_interval_ms": 100},
+                        "fields": ["path", "status", "user"]}),
+            ),
+        ],
+        &[("log_sink", sink.port())],
+    );
+    let response = gateway.get(
+        "/orders/7",
+        &[("authorization", "Bearer carol"), ("x-caller", "mallory")],
+    );
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        gateway.upstream.requests()[0].header("x-caller"),
+        Some("carol")
+    );
+    assert!(gateway
+        .envoy
+        .wait_for(Duration::from_secs(10), |_| sink.request_count() >= 1));
+    let record: Value = serde_json::from_slice(&sink.requests()[0].body).expect("a record");
+    assert_eq!(record["user"], "carol");
 }
 
 #[test]

@@ -312,6 +312,7 @@ fn request_mapping_apply(configs: &Configs, n: usize) -> Result<u64, String> {
         SystemValue::AppName => Some("demo-app".to_string()),
         SystemValue::Api => Some("public-profile".to_string()),
         SystemValue::RequestTime => Some(NOW_MS.to_string()),
+        SystemValue::User => Some("demo-user".to_string()),
     };
     let path = "/v1/users/42?lang=zh";
     let mut mapped = 0;

@@ -136,6 +136,8 @@ pub enum SystemValue {
     Api,
     /// Milliseconds since the Unix epoch (an integer in a JSON body).
     RequestTime,
+    /// The user a third-party authorizer named (ext-auth's `gw_user`).
+    User,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1084,6 +1086,7 @@ mod tests {
             SystemValue::ClientIp => Some("203.0.113.9".to_string()),
             SystemValue::AppKey => Some("203751".to_string()),
             SystemValue::RequestTime => Some("1795435200123".to_string()),
+            SystemValue::User => Some("user-7".to_string()),
             _ => None,
         };
         m.rule(index).unwrap().apply(&Frontend {
@@ -1169,7 +1172,8 @@ mod tests {
                           {"to": {"in": "query", "name": "v"}, "value": "2"}],
             "system": [{"value": "client_ip", "to": {"in": "header", "name": "X-Client-IP"}},
                        {"value": "app_key", "to": {"in": "query", "name": "app"}},
-                       {"value": "app_name", "to": {"in": "header", "name": "X-App-Name"}}]
+                       {"value": "app_name", "to": {"in": "header", "name": "X-App-Name"}},
+                       {"value": "user", "to": {"in": "header", "name": "X-Caller"}}]
         }));
         let mapped = apply(&m, "/x", &[]).unwrap();
         assert_eq!(mapped.path.as_deref(), Some("/x?v=2&app=203751"));
@@ -1177,7 +1181,8 @@ mod tests {
             mapped.set_headers,
             vec![
                 ("x-source".into(), "gateway".into()),
-                ("x-client-ip".into(), "203.0.113.9".into())
+                ("x-client-ip".into(), "203.0.113.9".into()),
+                ("x-caller".into(), "user-7".into())
             ]
         );
     }

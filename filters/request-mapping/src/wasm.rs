@@ -107,6 +107,7 @@ impl RequestMappingHttp {
                     .unwrap_or_else(|| rule_name.to_string()),
             ),
             SystemValue::RequestTime => Some(gateway_common::host::now_ms(&host).to_string()),
+            SystemValue::User => identity::user(&host),
         }
     }
 
