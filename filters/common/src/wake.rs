@@ -152,12 +152,14 @@ fn flush(own: u32) {
     }
     if cfg!(target_arch = "wasm32") {
         if let Some(queue) = QUEUE.get() {
-            if !SIGNALLED.replace(true) {
-                let _ = hostcalls::enqueue_shared_queue(queue, Some(b"wake"));
+            if SIGNALLED.get() || hostcalls::enqueue_shared_queue(queue, Some(b"wake")).is_ok() {
+                SIGNALLED.set(true);
+                return;
             }
-            return;
         }
     }
+    // No queue (or it refused the signal): at once, the calls' answers
+    // then going to this context.
     run_wakes();
     let _ = hostcalls::set_effective_context(own);
 }
