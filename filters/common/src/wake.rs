@@ -39,6 +39,8 @@ thread_local! {
     static WAKEABLE: RefCell<HashMap<u32, Registered>> = RefCell::new(HashMap::new());
     static PENDING: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     static QUEUE: Cell<Option<u32>> = const { Cell::new(None) };
+    /// The worker's queue name, drawn once per VM.
+    static QUEUE_NAME: RefCell<Option<String>> = const { RefCell::new(None) };
     /// The queue holds a wake signal the root has not read yet.
     static SIGNALLED: Cell<bool> = const { Cell::new(false) };
     /// The context being woken (its calls are answered to the root).
@@ -51,15 +53,21 @@ pub fn wake_later(context_id: u32) {
     PENDING.with(|pending| pending.borrow_mut().push(context_id));
 }
 
-/// Opens the worker's wake queue; call from the root's `on_configure`.
+/// Opens the worker's wake queue; call from every `on_configure` of the
+/// root. A reconfigured VM gets a new root: registering the name again
+/// makes Envoy signal that root.
 pub fn open_wake_queue() {
-    if !cfg!(target_arch = "wasm32") || QUEUE.get().is_some() {
+    if !cfg!(target_arch = "wasm32") {
         return;
     }
-    let name = format!("gw.wake.{:016x}", random_u64());
-    if let Ok(id) = hostcalls::register_shared_queue(&name) {
-        QUEUE.set(Some(id));
-    }
+    let name = QUEUE_NAME.with(|name| {
+        name.borrow_mut()
+            .get_or_insert_with(|| format!("gw.wake.{:016x}", random_u64()))
+            .clone()
+    });
+    QUEUE.set(hostcalls::register_shared_queue(&name).ok());
+    // A signal sent to a root that is gone is never read.
+    SIGNALLED.set(false);
 }
 
 /// The root's `on_queue_ready`: whether it was the wake queue (whose
@@ -203,6 +211,11 @@ impl Drop for WakeableContext {
 
 impl Context for WakeableContext {
     fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, trailers: usize) {
+        // Without a wake queue, a context woken in this one's callback had
+        // its calls answered here.
+        if forward_call_answer(token, headers, body, trailers) {
+            return;
+        }
         self.run((), |http| {
             http.on_http_call_response(token, headers, body, trailers)
         });

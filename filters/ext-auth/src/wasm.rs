@@ -308,11 +308,10 @@ impl ExtAuthHttp {
 /// The authorizer's answer being reported: its status, the headers the
 /// policy reads, and a body no larger than the policy allows.
 fn read_answer(policy: &ExtAuth, body_size: usize) -> Result<Answer, Failure> {
-    let header = |name: &str| {
-        hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name)
-            .ok()
-            .flatten()
-    };
+    // Not the SDK's call, which panics on a reset call (no headers) and on
+    // a value that is not UTF-8.
+    let header =
+        |name: &str| gateway_common::host::header_value(MapType::HttpCallResponseHeaders, name);
     let status = header(":status")
         .and_then(|status| status.trim().parse::<u32>().ok())
         .ok_or(Failure::NoAnswer)?;

@@ -217,12 +217,12 @@ impl<M: Member> Pipeline<M> {
             None => self.start_members(self.headers_end_stream),
         };
         if let Some(num_trailers) = self.held_trailers.take() {
-            if self.answered || flow == Flow::Pause {
-                // A later member holds the request (it is shown the
-                // trailers when Envoy repeats them after it lets go).
+            if self.answered {
                 return Flow::Pause;
             }
-            for member in &mut self.members[holder + 1..] {
+            // Envoy does not repeat trailers: the members after the holder
+            // that have the request see them now (as on a barrier's release).
+            for member in &mut self.members[holder + 1..self.started] {
                 match member.request_trailers(num_trailers) {
                     Verdict::Continue => {}
                     Verdict::Pause => return Flow::Pause,
@@ -232,7 +232,11 @@ impl<M: Member> Pipeline<M> {
                     }
                 }
             }
-            flow = Flow::Continue;
+            flow = if self.started < self.members.len() {
+                Flow::Pause
+            } else {
+                Flow::Continue
+            };
         }
         flow
     }
@@ -1006,6 +1010,31 @@ mod tests {
         pipeline.on_request_headers(5, false);
         pipeline.on_request_body(3, false);
         assert_eq!(pipeline.on_request_trailers(1), Flow::Pause);
+        taken(&journal);
+        assert_eq!(call(&mut pipeline, 7), Flow::Continue);
+        assert_eq!(
+            taken(&journal)[2..],
+            [
+                "validate headers eos=false",
+                "validate body 3 eos=false",
+                "validate trailers"
+            ]
+        );
+    }
+
+    #[test]
+    fn held_trailers_reach_a_later_member_that_holds_the_unfinished_body() {
+        let (mut pipeline, journal) = policies(&["ext", "validate"])
+            .headers(0, &[HOLD])
+            .body(0, &[HOLD.into()])
+            .trailers(0, &[HOLD])
+            .headers(1, &[HOLD])
+            .body(1, &[HOLD.into()])
+            .calls(0, &[CallVerdict::Resumed])
+            .start();
+        pipeline.on_request_headers(5, false);
+        pipeline.on_request_body(3, false);
+        pipeline.on_request_trailers(1);
         taken(&journal);
         assert_eq!(call(&mut pipeline, 7), Flow::Continue);
         assert_eq!(

@@ -107,9 +107,7 @@ fn read_answer(body_size: usize, expected: usize) -> Answer {
     let Err(body_failure) = from_body else {
         return from_body;
     };
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-        .ok()
-        .flatten()
+    let status = crate::host::header_value(MapType::HttpCallResponseHeaders, ":status")
         .and_then(|status| status.trim().parse::<u32>().ok());
     match status {
         Some(200) => Err(body_failure),
