@@ -57,6 +57,12 @@ pub fn is_header_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// A cluster name, authority or path a configuration names: visible ASCII,
+/// no spaces.
+pub fn is_printable(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Any HTTP field name: an RFC 9110 token (`tchar`s), for headers the
 /// gateway only reads or marks.
 pub fn is_http_token(name: &str) -> bool {

@@ -1,7 +1,9 @@
 //! ext-auth's configuration as written, and its compiled form.
 
 use gateway_common::client_ip::ClientAddressConfig;
-use gateway_common::config::{is_header_name, is_http_token, ConfigError};
+use gateway_common::config::{
+    is_header_name, is_http_token, is_printable as printable, ConfigError,
+};
 use gateway_common::matching::{MatchConfig, Matcher};
 use serde::Deserialize;
 use std::time::Duration;
@@ -202,10 +204,6 @@ pub struct Rule {
     pub name: String,
     pub matcher: Matcher,
     pub authorize: bool,
-}
-
-fn printable(text: &str) -> bool {
-    !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic())
 }
 
 impl Authorizer {

@@ -156,20 +156,28 @@ impl<M: Member> Pipeline<M> {
             return Flow::Pause;
         }
         self.at_barrier = false;
-        let barrier = self.started;
-        let mut flow = match self.body_seen.take() {
+        let (body, trailers) = (self.body_seen.take(), self.trailers_seen.take());
+        self.start_after_hold(body, trailers)
+    }
+
+    /// The members from `started` on get the request after a hold: the
+    /// headers, or at once the body held so far (the members before let it
+    /// pass), then the trailers held (Envoy does not repeat them).
+    /// `Continue` when the request may go on to the upstream.
+    fn start_after_hold(&mut self, body: Option<(usize, bool)>, trailers: Option<usize>) -> Flow {
+        let first = self.started;
+        let mut flow = match body {
             Some((size, end_of_stream)) => {
-                // The members before the barrier let the body pass.
-                self.body_from = barrier;
+                self.body_from = first;
                 self.on_request_body(size, end_of_stream)
             }
             None => self.start_members(self.headers_end_stream),
         };
-        if let Some(num_trailers) = self.trailers_seen.take() {
+        if let Some(num_trailers) = trailers {
             if self.answered {
                 return Flow::Pause;
             }
-            for member in &mut self.members[barrier..self.started] {
+            for member in &mut self.members[first..self.started] {
                 match member.request_trailers(num_trailers) {
                     Verdict::Continue => {}
                     Verdict::Pause => return Flow::Pause,
@@ -209,36 +217,8 @@ impl<M: Member> Pipeline<M> {
         if self.answered || !resumed || self.at_barrier || holder + 1 != self.started {
             return Flow::Pause;
         }
-        let mut flow = match self.held_body.take() {
-            Some((size, end_of_stream)) => {
-                self.body_from = self.started;
-                self.on_request_body(size, end_of_stream)
-            }
-            None => self.start_members(self.headers_end_stream),
-        };
-        if let Some(num_trailers) = self.held_trailers.take() {
-            if self.answered {
-                return Flow::Pause;
-            }
-            // Envoy does not repeat trailers: the members after the holder
-            // that have the request see them now (as on a barrier's release).
-            for member in &mut self.members[holder + 1..self.started] {
-                match member.request_trailers(num_trailers) {
-                    Verdict::Continue => {}
-                    Verdict::Pause => return Flow::Pause,
-                    Verdict::Answered => {
-                        self.answered = true;
-                        return Flow::Pause;
-                    }
-                }
-            }
-            flow = if self.started < self.members.len() {
-                Flow::Pause
-            } else {
-                Flow::Continue
-            };
-        }
-        flow
+        let (body, trailers) = (self.held_body.take(), self.held_trailers.take());
+        self.start_after_hold(body, trailers)
     }
 
     /// Whether the request must wait at the barrier now (and notes it).

@@ -71,7 +71,7 @@ pub struct Store {
 
 impl Store {
     pub fn compile(config: &StoreConfig) -> Result<Self, ConfigError> {
-        let printable = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
+        let printable = crate::config::is_printable;
         if !printable(&config.cluster) {
             return Err(ConfigError::new(
                 "cluster",
