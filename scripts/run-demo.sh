@@ -20,7 +20,7 @@ fi
 echo "demo configuration: $CONFIG"
 mkdir -p .run
 bash scripts/make-certs.sh .run/tls
-cargo build --quiet --release -p integration-tests -p ca-sign --bins
+cargo build --quiet --release -p integration-tests -p gatewayctl --bins
 
 pids=()
 stop() {

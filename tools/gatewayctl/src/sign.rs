@@ -1,7 +1,8 @@
-//! ca-sign: sign a request for the sign-auth filter.
+//! `gatewayctl sign` (also installed as `ca-sign`): sign a request for the
+//! sign-auth filter.
 //!
 //! ```text
-//! ca-sign --key 203751 --secret S [--method POST] [--header 'Accept: application/json']...
+//! gatewayctl sign --key 203751 --secret S [--method POST] [--header 'Accept: application/json']...
 //!         [--data BODY [--form]] [--sign-header NAME]... [--sha1] [--curl | --explain] URL
 //! ```
 
@@ -11,8 +12,8 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const USAGE: &str =
-    "usage: ca-sign --key KEY --secret SECRET [--method METHOD] [--header 'Name: value']...
-               [--data BODY [--form]] [--sign-header NAME]... [--sha1] [--curl | --explain] URL
+    "usage: gatewayctl sign --key KEY --secret SECRET [--method METHOD] [--header 'Name: value']...
+                       [--data BODY [--form]] [--sign-header NAME]... [--sha1] [--curl | --explain] URL
 
 Prints the X-Ca-* headers that sign the request (or, with --curl, a ready curl
 command; with --explain, the string to sign). A non-form body gets a
@@ -176,8 +177,10 @@ fn run(args: Args) -> Result<String, String> {
         .join("\n"))
 }
 
-fn main() -> ExitCode {
-    match parse_args(std::env::args().skip(1)).and_then(run) {
+/// Runs `sign` with its arguments (after the command's name); `program` is
+/// the name errors are reported under (`gatewayctl sign` or `ca-sign`).
+pub fn main(args: impl Iterator<Item = String>, program: &str) -> ExitCode {
+    match parse_args(args).and_then(run) {
         Ok(output) => {
             println!("{output}");
             ExitCode::SUCCESS
@@ -187,8 +190,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(message) => {
-            eprintln!("ca-sign: {message}\n\n{USAGE}");
-            ExitCode::from(2)
+            eprintln!("{program}: {message}\n\n{USAGE}");
+            ExitCode::from(crate::EXIT_USAGE)
         }
     }
 }

@@ -1,0 +1,305 @@
+//! `gatewayctl build` output in a real Envoy: `examples/shop.yaml` built
+//! for the mode under test (the gateway module, the chain of single filters
+//! with no env, the native module with GATEWAY_NATIVE=1), validated, started
+//! with test ports, and driven with requests whose outcome is asserted at
+//! the echo upstreams.
+
+use gatewayctl::envoy::{Artifacts, Host};
+use gatewayctl::source::Source;
+use integration_tests::echo::EchoServer;
+use integration_tests::envoy::{
+    module_mode, native_mode, start_yaml, validate, wasm_module, workspace_root, Envoy,
+};
+use integration_tests::http;
+use integration_tests::signing::{pairs, signed_headers};
+
+fn host() -> Host {
+    if native_mode() {
+        Host::Native
+    } else if module_mode() {
+        Host::Module
+    } else {
+        Host::Chain
+    }
+}
+
+/// The example with its addresses replaced by the test's, built for `host`.
+fn built_example(replacements: &[(&str, String)], host: Host) -> String {
+    let path = workspace_root().join("examples/shop.yaml");
+    let mut text = std::fs::read_to_string(&path).expect("examples/shop.yaml");
+    for (from, to) in replacements {
+        assert!(text.contains(from), "examples/shop.yaml has no `{from}`");
+        text = text.replace(from, to);
+    }
+    let source = Source::parse("examples/shop.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let generated = gatewayctl::load(&source).unwrap_or_else(|errors| {
+        panic!(
+            "{}",
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    let wasm_dir = wasm_module("gateway")
+        .parent()
+        .expect("wasm dir")
+        .display()
+        .to_string();
+    let artifacts = Artifacts {
+        wasm_dir,
+        native_module: integration_tests::envoy::native_module()
+            .display()
+            .to_string(),
+    };
+    gatewayctl::build_envoy(&generated, "examples/shop.yaml", host, &artifacts)
+}
+
+struct Shop {
+    envoy: Envoy,
+    shop: EchoServer,
+    staging: EchoServer,
+}
+
+impl Shop {
+    fn start() -> Self {
+        let shop = EchoServer::start("shop").expect("echo");
+        let staging = EchoServer::start("shop-staging").expect("echo");
+        let text = built_example(
+            &[
+                ("127.0.0.1:9901", "127.0.0.1:0".into()),
+                ("127.0.0.1:8080", "127.0.0.1:0".into()),
+                ("127.0.0.1:18081", format!("127.0.0.1:{}", shop.port())),
+                ("127.0.0.1:18082", format!("127.0.0.1:{}", staging.port())),
+            ],
+            host(),
+        );
+        Shop {
+            envoy: start_yaml(&text, 1),
+            shop,
+            staging,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}{path}",
+            self.envoy.listener_port("http")
+        )
+    }
+
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> http::Response {
+        http::get(&self.url(path), headers).expect("response")
+    }
+
+    fn signed(
+        &self,
+        key: &str,
+        secret: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> http::Response {
+        let mut extra = vec![("accept".to_string(), "application/json".to_string())];
+        if !body.is_empty() {
+            extra.push(("content-type".into(), "application/json".into()));
+            extra.push((
+                "content-md5".into(),
+                sign_auth::signature::content_md5(body),
+            ));
+        }
+        let headers = signed_headers(key, secret, method, path, &extra, None);
+        let body = (!body.is_empty()).then_some(body);
+        http::send(
+            &http::agent(),
+            method,
+            &self.url(path),
+            &pairs(&headers),
+            body,
+        )
+        .expect("response")
+    }
+}
+
+#[test]
+fn every_form_of_the_example_passes_envoy_validation() {
+    for host in [Host::Module, Host::Chain, Host::Native] {
+        let text = built_example(&[], host);
+        let (ok, output) = validate(&text, "yaml");
+        assert!(
+            ok && output.contains("OK"),
+            "{host:?} is refused:\n{output}\n{text}"
+        );
+    }
+}
+
+#[test]
+fn declared_parameters_are_checked_and_undeclared_ones_dropped() {
+    let shop = Shop::start();
+    let ok = shop.get("/search?q=shoes&page=2", &[]);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let seen = shop.shop.requests().pop().expect("the backend was called");
+    assert_eq!(seen.path, "/search");
+    assert_eq!(seen.query, "q=shoes&page=2");
+
+    let missing = shop.get("/search?page=2", &[]);
+    assert_eq!(missing.status, 400, "{}", missing.text());
+    assert!(missing.text().contains("q"), "{}", missing.text());
+    let out_of_range = shop.get("/search?q=x&page=0", &[]);
+    assert_eq!(out_of_range.status, 400, "{}", out_of_range.text());
+
+    // get-order: `id` is an integer path parameter; `fields` an array of an
+    // enum; drop_undefined removes the rest before the backend sees it.
+    shop.shop.forget_requests();
+    let order = shop.signed(
+        "203751",
+        "demo-secret",
+        "GET",
+        "/orders/42?fields=items&junk=1",
+        b"",
+    );
+    assert_eq!(order.status, 200, "{}", order.text());
+    let seen = shop.shop.requests().pop().expect("the backend was called");
+    assert_eq!(seen.path, "/orders/42");
+    assert_eq!(seen.query, "fields=items", "undeclared `junk` is dropped");
+    let bad_id = shop.signed("203751", "demo-secret", "GET", "/orders/abc", b"");
+    assert_eq!(bad_id.status, 400, "{}", bad_id.text());
+    let bad_field = shop.signed(
+        "203751",
+        "demo-secret",
+        "GET",
+        "/orders/42?fields=price",
+        b"",
+    );
+    assert_eq!(bad_field.status, 400, "{}", bad_field.text());
+    assert_eq!(
+        shop.shop.request_count(),
+        1,
+        "refused calls never reach the backend"
+    );
+}
+
+#[test]
+fn an_api_written_once_gets_its_auth_stages_body_schema_and_mapping() {
+    let shop = Shop::start();
+    // auth: app from the group; unsigned is refused by sign-auth.
+    let unsigned = shop.get("/orders/42", &[]);
+    assert_eq!(unsigned.status, 401, "{}", unsigned.text());
+    assert!(unsigned.header("x-ca-error-code").is_some());
+
+    // The group's TEST stage goes to the staging backend; an unknown stage is 404.
+    let accept = [
+        ("accept".to_string(), "application/json".to_string()),
+        ("x-ca-stage".into(), "TEST".into()),
+    ];
+    let headers = signed_headers("203751", "demo-secret", "GET", "/orders/7", &accept, None);
+    let staged = http::get(&shop.url("/orders/7"), &pairs(&headers)).expect("response");
+    assert_eq!(staged.status, 200, "{}", staged.text());
+    assert_eq!(shop.staging.request_count(), 1, "TEST goes to shop-staging");
+    let unknown = shop.get("/orders/7", &[("x-ca-stage", "NOPE")]);
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.header("x-ca-error-code"), Some("S404ST"));
+
+    // create-order allows app 203751 only, and its body must match the schema.
+    let partner = shop.signed(
+        "204000",
+        "partner-secret",
+        "POST",
+        "/orders",
+        br#"{"items":[{"sku":"a"}]}"#,
+    );
+    assert_eq!(partner.status, 403, "{}", partner.text());
+    let empty = shop.signed(
+        "203751",
+        "demo-secret",
+        "POST",
+        "/orders",
+        br#"{"items":[]}"#,
+    );
+    assert_eq!(empty.status, 400, "{}", empty.text());
+    shop.shop.forget_requests();
+    let created = shop.signed(
+        "203751",
+        "demo-secret",
+        "POST",
+        "/orders",
+        br#"{"items":[{"sku":"a"}]}"#,
+    );
+    assert_eq!(created.status, 200, "{}", created.text());
+    let seen = shop.shop.requests().pop().expect("the backend was called");
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("POST", "/orders")
+    );
+    assert_eq!(seen.body, br#"{"items":[{"sku":"a"}]}"#);
+
+    // profile: the frontend path mapped to the backend's, a query to a header.
+    shop.shop.forget_requests();
+    let profile = shop.get("/v1/users/7?lang=en", &[]);
+    assert_eq!(profile.status, 200, "{}", profile.text());
+    let seen = shop.shop.requests().pop().expect("the backend was called");
+    assert_eq!(seen.path, "/internal/accounts/7/profile");
+    assert!(
+        seen.headers.contains(&("x-lang".into(), "en".into())),
+        "{:?}",
+        seen.headers
+    );
+    assert!(seen.headers.iter().any(|(k, _)| k == "x-client-ip"));
+}
+
+#[test]
+fn mocks_unknown_apis_and_wrong_methods_are_answered_by_the_gateway() {
+    let shop = Shop::start();
+    let coupons = shop.get("/coupons", &[]);
+    assert_eq!(coupons.status, 200);
+    assert_eq!(coupons.text(), r#"{"coupon":"DEMO-10"}"#);
+    assert_eq!(coupons.header("content-type"), Some("application/json"));
+    for (method, path) in [
+        ("GET", "/nothing/here"),
+        ("DELETE", "/search"),
+        ("POST", "/coupons"),
+    ] {
+        let response =
+            http::send(&http::agent(), method, &shop.url(path), &[], None).expect("response");
+        assert_eq!(response.status, 404, "{method} {path}");
+        assert_eq!(
+            response.header("x-ca-error-code"),
+            Some("S404NF"),
+            "{method} {path}"
+        );
+        assert_eq!(response.json()["code"], "S404NF");
+    }
+    assert_eq!(shop.shop.request_count() + shop.staging.request_count(), 0);
+}
+
+#[test]
+fn bound_policies_apply_to_their_apis_only() {
+    let shop = Shop::start();
+    // per-client: 3 calls per 10 s window. Seven calls span at most two
+    // windows, so at least one is refused whatever the timing.
+    let statuses: Vec<u16> = (0..7)
+        .map(|_| shop.get("/search?q=x", &[]).status)
+        .collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    // Another API is not throttled by it.
+    for _ in 0..4 {
+        assert_eq!(shop.get("/v1/users/1", &[]).status, 200);
+    }
+    // office-only allows 127.0.0.0/8 (the test's address) on /admin; a
+    // client the trusted proxy (127.0.0.1) names from elsewhere is refused.
+    assert_eq!(shop.get("/admin/stats", &[]).status, 200);
+    let outside = shop.get("/admin/stats", &[("x-forwarded-for", "203.0.113.9")]);
+    assert_eq!(outside.status, 403, "{}", outside.text());
+    assert_eq!(outside.header("x-ca-error-code"), Some("A403IP"));
+    assert_eq!(
+        shop.get("/search?q=y", &[("x-forwarded-for", "203.0.113.9")])
+            .status
+            / 100,
+        2
+    );
+}

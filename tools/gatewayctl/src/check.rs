@@ -1,0 +1,76 @@
+//! Every generated section through its filter's own parser (the same
+//! crates the filters are built from), errors reported against the source.
+
+use crate::generate::{locate_error, Generated, Section};
+use crate::source::{Source, SourceError};
+use gateway_common::config::ConfigError;
+use serde_json::Value;
+
+/// Compiles a section's configuration as its filter does when Envoy loads it.
+pub fn compile_section(section: Section, bytes: &[u8]) -> Result<(), ConfigError> {
+    match section {
+        Section::SignAuth => sign_auth::compile_config(bytes).map(drop),
+        Section::IpAcl => ip_acl::compile_config(bytes).map(drop),
+        Section::ExtAuth => ext_auth::compile_config(bytes).map(drop),
+        Section::Throttling => throttling::compile_config(bytes).map(drop),
+        Section::ParamValidation => param_validation::compile_config(bytes).map(drop),
+        Section::RequestMapping => request_mapping::compile_config(bytes).map(drop),
+        Section::CircuitBreaker => circuit_breaker::compile_config(bytes).map(drop),
+        Section::LogPush => log_push::compile_config(bytes).map(drop),
+    }
+}
+
+/// Checks every section; the first error of each section, in policy order.
+pub fn check(generated: &Generated, source: &Source) -> Vec<SourceError> {
+    generated
+        .sections
+        .iter()
+        .filter_map(|(section, config)| {
+            let bytes = config.to_string().into_bytes();
+            compile_section(*section, &bytes).err().map(|err| {
+                let (path, message) = refine(*section, config, err);
+                locate_error(generated, source, *section, &path, &message)
+            })
+        })
+        .collect()
+}
+
+/// A parser's error made precise for the source: a position in the
+/// generated JSON means nothing to the user and is cut; a parameter's
+/// constraints (flattened into it, so serde names only the parameter) are
+/// read again alone to name the field.
+fn refine(section: Section, config: &Value, err: ConfigError) -> (String, String) {
+    let message = match err.message.rfind(" at line ") {
+        Some(at) if err.message[at..].contains(" column ") => err.message[..at].to_string(),
+        _ => err.message.clone(),
+    };
+    if section != Section::ParamValidation || !err.path.ends_with(']') {
+        return (err.path, message);
+    }
+    let Some(Value::Object(parameter)) = pointer_of(config, &err.path) else {
+        return (err.path, message);
+    };
+    let mut constraints = parameter.clone();
+    for field in ["name", "in", "pointer", "required", "default"] {
+        constraints.remove(field);
+    }
+    match serde_path_to_error::deserialize::<_, param_validation::policy::Constraints>(
+        Value::Object(constraints),
+    ) {
+        Err(inner) if inner.path().to_string() != "." => (
+            format!("{}.{}", err.path, inner.path()),
+            inner.inner().to_string(),
+        ),
+        _ => (err.path, message),
+    }
+}
+
+/// The value at a parser's path (`rules[0].parameters[1]`).
+fn pointer_of<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    let pointer: String = path
+        .split(['.', '['])
+        .filter(|part| !part.is_empty())
+        .map(|part| format!("/{}", part.trim_end_matches(']')))
+        .collect();
+    value.pointer(&pointer)
+}

@@ -1,0 +1,628 @@
+//! The Envoy bootstrap of a generated document: listeners, the route
+//! table, clusters, and the policies as the gateway module (Wasm or native)
+//! or as a chain of single filters.
+
+use crate::format::{Backend, Cors, Document, Listener};
+use crate::generate::{Generated, PathKind, Route, RouteAction, Section, StageMatch};
+use crate::source::{Source, SourceError};
+use serde_json::{json, Map, Value};
+
+/// How the policies are loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// Every policy in `gateway.wasm`.
+    Module,
+    /// One `.wasm` filter per policy.
+    Chain,
+    /// Every policy in the native `libgateway.so`.
+    Native,
+}
+
+/// Where the built filters are, as Envoy will see the paths.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    pub wasm_dir: String,
+    pub native_module: String,
+}
+
+impl Default for Artifacts {
+    fn default() -> Self {
+        Self {
+            wasm_dir: "target/wasm32-wasip1/release".into(),
+            native_module: "target/native/libgateway.so".into(),
+        }
+    }
+}
+
+const TYPE_STRING: &str = "type.googleapis.com/google.protobuf.StringValue";
+
+/// `host:port` → (host, port); IPv6 as `[::1]:8080`.
+pub fn split_address(address: &str) -> Option<(String, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().ok()?;
+    if host.is_empty() || host.contains(['/', ' ']) {
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
+/// A duration as written (`500ms`, `2s`, `1.5s`, `5m`, `1h`) as Envoy's
+/// protobuf JSON wants it: seconds, `0.5s`.
+pub fn duration(text: &str) -> Option<String> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        return None;
+    };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    let seconds = number.parse::<f64>().ok()? * scale;
+    (seconds.is_finite() && seconds < 315_576_000_000.0).then(|| {
+        let text = format!("{seconds:.3}");
+        let text = text.trim_end_matches('0').trim_end_matches('.');
+        format!("{text}s")
+    })
+}
+
+/// Every duration of the document, checked before anything is written.
+pub fn check_durations(document: &Document, source: &Source) -> Result<(), SourceError> {
+    let mut durations: Vec<(String, &str)> = Vec::new();
+    let t = &document.gateway.timeouts;
+    for (field, value) in [
+        ("request_headers", &t.request_headers),
+        ("request", &t.request),
+        ("stream_idle", &t.stream_idle),
+        ("connection_idle", &t.connection_idle),
+    ] {
+        durations.push((format!("gateway.timeouts.{field}"), value));
+    }
+    for (i, backend) in document.backends.iter().enumerate() {
+        let at = format!("backends[{i}]");
+        durations.push((format!("{at}.connect_timeout"), &backend.connect_timeout));
+        durations.push((format!("{at}.timeout"), &backend.timeout));
+        if let Some(per_try) = backend
+            .retries
+            .as_ref()
+            .and_then(|r| r.per_try_timeout.as_ref())
+        {
+            durations.push((format!("{at}.retries.per_try_timeout"), per_try));
+        }
+        if let Some(health) = &backend.health_check {
+            durations.push((format!("{at}.health_check.interval"), &health.interval));
+            durations.push((format!("{at}.health_check.timeout"), &health.timeout));
+        }
+        if let Some(outlier) = &backend.outlier_detection {
+            durations.push((
+                format!("{at}.outlier_detection.base_ejection_time"),
+                &outlier.base_ejection_time,
+            ));
+        }
+    }
+    for (i, api) in document.apis.iter().enumerate() {
+        if let Some(timeout) = &api.timeout {
+            durations.push((format!("apis[{i}].timeout"), timeout));
+        }
+    }
+    for (at, text) in durations {
+        if duration(text).is_none() {
+            return Err(source.error(
+                &at,
+                format!("`{text}` is not a duration (such as `500ms`, `2s`, `1.5s`, `5m`, `1h`)"),
+            ));
+        }
+    }
+    for (i, listener) in document.gateway.listeners.iter().enumerate() {
+        if split_address(&listener.address).is_none() {
+            return Err(source.error(
+                &format!("gateway.listeners[{i}].address"),
+                format!("`{}` is not `host:port`", listener.address),
+            ));
+        }
+    }
+    if let Some(admin) = &document.gateway.admin {
+        if split_address(admin).is_none() {
+            return Err(source.error("gateway.admin", format!("`{admin}` is not `host:port`")));
+        }
+    }
+    Ok(())
+}
+
+fn seconds(text: &str) -> String {
+    duration(text).unwrap_or_else(|| text.to_string())
+}
+
+fn socket_address(address: &str) -> Value {
+    let (host, port) = split_address(address).unwrap_or_else(|| (address.to_string(), 0));
+    json!({ "socket_address": { "address": host, "port_value": port } })
+}
+
+/// The configuration of the policies as one JSON document (the module's).
+pub fn module_document(generated: &Generated) -> Value {
+    let mut document = Map::new();
+    for (section, config) in &generated.sections {
+        document.insert(section.key().into(), config.clone());
+    }
+    Value::Object(document)
+}
+
+/// JSON for people: a value that fits on a line stays on one line.
+fn pretty(value: &Value) -> String {
+    let mut text = String::new();
+    write_json(&mut text, value, 0);
+    text.push('\n');
+    text
+}
+
+const JSON_LINE: usize = 78;
+
+fn write_json(out: &mut String, value: &Value, indent: usize) {
+    let compact = value.to_string();
+    let fits = indent + compact.len() <= JSON_LINE;
+    let inner = " ".repeat(indent + 2);
+    match value {
+        Value::Object(map) if !fits => {
+            out.push_str("{\n");
+            for (i, (key, child)) in map.iter().enumerate() {
+                out.push_str(&inner);
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push_str(": ");
+                write_json(out, child, indent + 2);
+                out.push_str(if i + 1 < map.len() { ",\n" } else { "\n" });
+            }
+            out.push_str(&" ".repeat(indent));
+            out.push('}');
+        }
+        Value::Array(items) if !fits => {
+            out.push_str("[\n");
+            for (i, child) in items.iter().enumerate() {
+                out.push_str(&inner);
+                write_json(out, child, indent + 2);
+                out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+            }
+            out.push_str(&" ".repeat(indent));
+            out.push(']');
+        }
+        _ => out.push_str(&compact),
+    }
+}
+
+/// Which filters read request bodies (their headers are held meanwhile).
+fn reads_bodies(section: Section) -> bool {
+    matches!(
+        section,
+        Section::SignAuth | Section::ParamValidation | Section::RequestMapping
+    )
+}
+
+fn wasm_filter(
+    name: &str,
+    file: &str,
+    configuration: String,
+    fail_open: bool,
+    holds_headers: bool,
+) -> Value {
+    let mut config = json!({
+        "name": name,
+        "root_id": name,
+        "failure_policy": if fail_open { "FAIL_OPEN" } else { "FAIL_CLOSED" },
+        "vm_config": {
+            "vm_id": name,
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": { "local": { "filename": file } },
+        },
+        "configuration": { "@type": TYPE_STRING, "value": configuration },
+    });
+    if holds_headers {
+        config["allow_on_headers_stop_iteration"] = Value::Bool(true);
+    }
+    json!({
+        "name": format!("gateway.{name}"),
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": config,
+        },
+    })
+}
+
+/// The policy filters of the HTTP filter chain.
+pub fn policy_filters(generated: &Generated, host: Host, artifacts: &Artifacts) -> Vec<Value> {
+    if generated.sections.is_empty() {
+        return Vec::new();
+    }
+    match host {
+        Host::Module => vec![wasm_filter(
+            "gateway",
+            &format!("{}/gateway.wasm", artifacts.wasm_dir),
+            pretty(&module_document(generated)),
+            false,
+            true,
+        )],
+        Host::Native => vec![json!({
+            "name": "gateway.module",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                "dynamic_module_config": { "module": { "local": { "filename": artifacts.native_module } } },
+                "filter_name": "gateway",
+                "filter_config": { "@type": TYPE_STRING, "value": pretty(&module_document(generated)) },
+            },
+        })],
+        Host::Chain => generated
+            .sections
+            .iter()
+            .map(|(section, config)| {
+                let key = section.key();
+                wasm_filter(
+                    key,
+                    &format!("{}/{key}.wasm", artifacts.wasm_dir),
+                    pretty(config),
+                    *section == Section::LogPush,
+                    reads_bodies(*section),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn route_match(route: &Route) -> Value {
+    let mut matcher = Map::new();
+    match &route.path {
+        PathKind::Exact(path) => {
+            matcher.insert("path".into(), json!(path));
+        }
+        PathKind::Prefix(prefix) => {
+            matcher.insert("prefix".into(), json!(prefix));
+        }
+        PathKind::Template(template) => {
+            matcher.insert(
+                "path_match_policy".into(),
+                json!({
+                    "name": "envoy.path.match.uri_template.uri_template_matcher",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
+                        "path_template": template,
+                    },
+                }),
+            );
+        }
+    }
+    let mut headers = Vec::new();
+    if let Some(method) = &route.method {
+        headers.push(json!({ "name": ":method", "string_match": { "exact": method } }));
+    }
+    match &route.stage {
+        StageMatch::Any => {}
+        StageMatch::Stage(stage) => headers.push(json!({
+            "name": "x-ca-stage",
+            "string_match": { "exact": stage, "ignore_case": true },
+        })),
+        StageMatch::Unknown => {
+            headers.push(json!({ "name": "x-ca-stage", "present_match": true }));
+            headers.push(json!({
+                "name": "x-ca-stage",
+                "string_match": { "exact": "RELEASE", "ignore_case": true },
+                "invert_match": true,
+            }));
+        }
+    }
+    if !headers.is_empty() {
+        matcher.insert("headers".into(), Value::Array(headers));
+    }
+    Value::Object(matcher)
+}
+
+fn route(route: &Route, document: &Document) -> Value {
+    let mut out = json!({ "name": route.name, "match": route_match(route) });
+    match &route.action {
+        RouteAction::Backend {
+            backend,
+            timeout,
+            path_rewrite,
+            host_rewrite,
+        } => {
+            let mut action = json!({ "cluster": backend, "timeout": seconds(timeout) });
+            match (path_rewrite, &route.path) {
+                (Some(rewrite), PathKind::Template(_)) => {
+                    action["path_rewrite_policy"] = json!({
+                        "name": "envoy.path.rewrite.uri_template.uri_template_rewriter",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.path.rewrite.uri_template.v3.UriTemplateRewriteConfig",
+                            "path_template_rewrite": rewrite,
+                        },
+                    });
+                }
+                (Some(rewrite), _) => action["prefix_rewrite"] = json!(rewrite),
+                (None, _) => {}
+            }
+            if let Some(host) = host_rewrite {
+                action["host_rewrite_literal"] = json!(host);
+            }
+            let retries = document
+                .backends
+                .iter()
+                .find(|b| &b.name == backend)
+                .and_then(|b| b.retries.as_ref());
+            if let Some(retries) = retries {
+                let mut policy = json!({
+                    "retry_on": retries.on.join(","),
+                    "num_retries": retries.attempts,
+                });
+                if let Some(per_try) = &retries.per_try_timeout {
+                    policy["per_try_timeout"] = json!(seconds(per_try));
+                }
+                action["retry_policy"] = policy;
+            }
+            out["route"] = action;
+        }
+        RouteAction::Respond {
+            status,
+            body,
+            headers,
+        } => {
+            out["direct_response"] = json!({ "status": status, "body": { "inline_string": body } });
+            if !headers.is_empty() {
+                out["response_headers_to_add"] = headers
+                    .iter()
+                    .map(|(key, value)| json!({ "header": { "key": key, "value": value } }))
+                    .collect();
+            }
+        }
+    }
+    out
+}
+
+fn cors_policy(cors: &Cors) -> Value {
+    let origins: Vec<Value> = cors
+        .allow_origins
+        .iter()
+        .map(|origin| {
+            if origin == "*" {
+                json!({ "safe_regex": { "regex": ".*" } })
+            } else {
+                json!({ "exact": origin })
+            }
+        })
+        .collect();
+    let mut policy = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": origins,
+        "allow_credentials": cors.allow_credentials,
+    });
+    for (field, list) in [
+        ("allow_methods", &cors.allow_methods),
+        ("allow_headers", &cors.allow_headers),
+        ("expose_headers", &cors.expose_headers),
+    ] {
+        if !list.is_empty() {
+            policy[field] = json!(list.join(", "));
+        }
+    }
+    if let Some(max_age) = cors.max_age_seconds {
+        policy["max_age"] = json!(max_age.to_string());
+    }
+    policy
+}
+
+fn connection_manager(generated: &Generated, host: Host, artifacts: &Artifacts) -> Value {
+    let document = &generated.document;
+    let gateway = &document.gateway;
+    let mut virtual_host = json!({
+        "name": "api",
+        "domains": if gateway.hosts.is_empty() { vec!["*".to_string()] } else { gateway.hosts.clone() },
+        "routes": generated.routes.iter().map(|r| route(r, document)).collect::<Vec<_>>(),
+    });
+    let mut filters = Vec::new();
+    if let Some(cors) = &gateway.cors {
+        virtual_host["typed_per_filter_config"] =
+            json!({ "envoy.filters.http.cors": cors_policy(cors) });
+        filters.push(json!({
+            "name": "envoy.filters.http.cors",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors" },
+        }));
+    }
+    filters.extend(policy_filters(generated, host, artifacts));
+    filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+    }));
+    let timeouts = &gateway.timeouts;
+    json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "gateway",
+            "codec_type": "AUTO",
+            // An edge gateway: the client is the TCP peer.
+            "use_remote_address": true,
+            "normalize_path": true,
+            "merge_slashes": true,
+            "path_with_escaped_slashes_action": "REJECT_REQUEST",
+            "request_headers_timeout": seconds(&timeouts.request_headers),
+            "request_timeout": seconds(&timeouts.request),
+            "stream_idle_timeout": seconds(&timeouts.stream_idle),
+            "common_http_protocol_options": {
+                "idle_timeout": seconds(&timeouts.connection_idle),
+                "headers_with_underscores_action": "REJECT_REQUEST",
+            },
+            "http2_protocol_options": { "max_concurrent_streams": 100 },
+            "route_config": { "name": "gateway", "virtual_hosts": [virtual_host] },
+            "http_filters": filters,
+        },
+    })
+}
+
+fn listener(listener: &Listener, manager: &Value, buffer_limit: u32) -> Value {
+    let mut chain = json!({ "filters": [manager] });
+    if let Some(tls) = &listener.tls {
+        chain["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "common_tls_context": {
+                    "alpn_protocols": ["h2", "http/1.1"],
+                    "tls_params": { "tls_minimum_protocol_version": "TLSv1_2" },
+                    "tls_certificates": [{
+                        "certificate_chain": { "filename": tls.certificate },
+                        "private_key": { "filename": tls.private_key },
+                    }],
+                },
+            },
+        });
+    }
+    json!({
+        "name": listener.name,
+        "address": socket_address(&listener.address),
+        "per_connection_buffer_limit_bytes": buffer_limit,
+        "filter_chains": [chain],
+    })
+}
+
+fn cluster(backend: &Backend) -> Value {
+    let endpoints: Vec<Value> = backend
+        .endpoints
+        .iter()
+        .map(|endpoint| json!({ "endpoint": { "address": socket_address(endpoint) } }))
+        .collect();
+    let by_name = backend.endpoints.iter().any(|endpoint| {
+        split_address(endpoint).is_some_and(|(host, _)| host.parse::<std::net::IpAddr>().is_err())
+    });
+    let mut cluster = json!({
+        "name": backend.name,
+        "type": if by_name { "STRICT_DNS" } else { "STATIC" },
+        "connect_timeout": seconds(&backend.connect_timeout),
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": { "cluster_name": backend.name, "endpoints": [{ "lb_endpoints": endpoints }] },
+    });
+    if let Some(health) = &backend.health_check {
+        cluster["health_checks"] = json!([{
+            "timeout": seconds(&health.timeout),
+            "interval": seconds(&health.interval),
+            "no_traffic_interval": seconds(&health.interval),
+            "unhealthy_threshold": health.unhealthy_threshold,
+            "healthy_threshold": health.healthy_threshold,
+            "http_health_check": { "path": health.path },
+        }]);
+    }
+    if let Some(outlier) = &backend.outlier_detection {
+        cluster["outlier_detection"] = json!({
+            "consecutive_5xx": outlier.consecutive_5xx,
+            "base_ejection_time": seconds(&outlier.base_ejection_time),
+        });
+    }
+    if let Some(max) = backend.max_requests {
+        cluster["circuit_breakers"] = json!({ "thresholds": [{
+            "max_connections": max, "max_pending_requests": max, "max_requests": max,
+        }] });
+    }
+    if let Some(tls) = &backend.tls {
+        let sni = tls.sni.clone().unwrap_or_else(|| {
+            backend
+                .endpoints
+                .first()
+                .and_then(|e| split_address(e))
+                .map(|(host, _)| host)
+                .unwrap_or_default()
+        });
+        cluster["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": sni,
+            },
+        });
+    }
+    cluster
+}
+
+/// The complete bootstrap.
+pub fn bootstrap(generated: &Generated, host: Host, artifacts: &Artifacts) -> Value {
+    let document = &generated.document;
+    let manager = connection_manager(generated, host, artifacts);
+    let default_listener = [Listener {
+        name: "http".into(),
+        address: "0.0.0.0:8080".into(),
+        tls: None,
+    }];
+    let listeners = if document.gateway.listeners.is_empty() {
+        &default_listener[..]
+    } else {
+        &document.gateway.listeners[..]
+    };
+    let mut out = json!({
+        "static_resources": {
+            "listeners": listeners
+                .iter()
+                .map(|l| listener(l, &manager, document.gateway.buffer_limit_bytes))
+                .collect::<Vec<_>>(),
+            "clusters": document.backends.iter().map(cluster).collect::<Vec<_>>(),
+        },
+    });
+    if let Some(admin) = &document.gateway.admin {
+        out["admin"] = json!({ "address": socket_address(admin) });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_written_one_line_a_value_when_it_fits() {
+        let value = json!({"rules": [{"name": "a", "match": {"path": {"exact": "/a"}}}],
+                           "long": ["x".repeat(40), "y".repeat(40)]});
+        let text = pretty(&value);
+        assert_eq!(
+            text,
+            format!(
+                "{{\n  \"long\": [\n    \"{}\",\n    \"{}\"\n  ],\n  \"rules\": [{{\"match\":{{\"path\":{{\"exact\":\"/a\"}}}},\"name\":\"a\"}}]\n}}\n",
+                "x".repeat(40),
+                "y".repeat(40)
+            )
+        );
+        assert_eq!(serde_json::from_str::<Value>(&text).ok(), Some(value));
+    }
+
+    #[test]
+    fn durations_become_seconds() {
+        for (text, seconds) in [
+            ("500ms", "0.5s"),
+            ("2s", "2s"),
+            ("1.5s", "1.5s"),
+            ("5m", "300s"),
+            ("1h", "3600s"),
+            ("0.25s", "0.25s"),
+        ] {
+            assert_eq!(duration(text).as_deref(), Some(seconds), "{text}");
+        }
+        for bad in ["", "5", "s", "-1s", "1d", "1e3s", "ms"] {
+            assert_eq!(duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn addresses_are_host_and_port() {
+        assert_eq!(
+            split_address("127.0.0.1:80"),
+            Some(("127.0.0.1".into(), 80))
+        );
+        assert_eq!(split_address("[::1]:8080"), Some(("::1".into(), 8080)));
+        assert_eq!(
+            split_address("api.internal:443"),
+            Some(("api.internal".into(), 443))
+        );
+        for bad in ["127.0.0.1", ":80", "a:b", "a:70000"] {
+            assert_eq!(split_address(bad), None, "{bad}");
+        }
+    }
+}

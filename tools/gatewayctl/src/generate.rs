@@ -1,0 +1,962 @@
+//! From an `apis.yaml` to each filter's configuration: every API's `match`
+//! written into every policy section that needs it, with a record of where
+//! each generated part came from, so a filter's error is reported against
+//! the source (`Provenance::locate`).
+
+use crate::format::{Api, Auth, Document, Group, MatchBy, Policy, PolicyKind, VERSION};
+use crate::source::{Source, SourceError};
+use gateway_common::config::join_path;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
+
+/// A policy section, in the order the policies run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Section {
+    SignAuth,
+    IpAcl,
+    ExtAuth,
+    Throttling,
+    ParamValidation,
+    RequestMapping,
+    CircuitBreaker,
+    LogPush,
+}
+
+impl Section {
+    pub const ALL: [Section; 8] = [
+        Section::SignAuth,
+        Section::IpAcl,
+        Section::ExtAuth,
+        Section::Throttling,
+        Section::ParamValidation,
+        Section::RequestMapping,
+        Section::CircuitBreaker,
+        Section::LogPush,
+    ];
+
+    /// The section's key in the gateway module, and the filter's name.
+    pub fn key(self) -> &'static str {
+        match self {
+            Section::SignAuth => "sign_auth",
+            Section::IpAcl => "ip_acl",
+            Section::ExtAuth => "ext_auth",
+            Section::Throttling => "throttling",
+            Section::ParamValidation => "param_validation",
+            Section::RequestMapping => "request_mapping",
+            Section::CircuitBreaker => "circuit_breaker",
+            Section::LogPush => "log_push",
+        }
+    }
+
+    /// The filters that resolve the client's address.
+    fn has_client_address(self) -> bool {
+        matches!(
+            self,
+            Section::IpAcl
+                | Section::ExtAuth
+                | Section::Throttling
+                | Section::RequestMapping
+                | Section::LogPush
+        )
+    }
+
+    /// The filters that may keep state in the fleet store.
+    fn has_fleet(self) -> bool {
+        matches!(
+            self,
+            Section::SignAuth | Section::Throttling | Section::CircuitBreaker
+        )
+    }
+}
+
+/// Where generated parts came from: `throttling.rules[2]` from
+/// `policies[0].quota` (as bound to `apis[3]`).
+#[derive(Debug, Clone, Default)]
+pub struct Provenance {
+    entries: Vec<(String, String, Option<String>)>,
+}
+
+impl Provenance {
+    pub fn add(&mut self, generated: impl Into<String>, source: impl Into<String>) {
+        self.entries.push((generated.into(), source.into(), None));
+    }
+
+    fn add_bound(
+        &mut self,
+        generated: impl Into<String>,
+        source: impl Into<String>,
+        bound_to: String,
+    ) {
+        self.entries
+            .push((generated.into(), source.into(), Some(bound_to)));
+    }
+
+    /// The source path of a generated path, and the API a bound policy
+    /// was generated for: the longest recorded prefix wins.
+    pub fn locate(&self, generated: &str) -> (String, Option<String>) {
+        let mut best: Option<&(String, String, Option<String>)> = None;
+        for entry in &self.entries {
+            let prefix = &entry.0;
+            let within = generated == prefix
+                || (generated.starts_with(prefix.as_str())
+                    && matches!(generated.as_bytes()[prefix.len()], b'.' | b'['));
+            if within && best.is_none_or(|b| b.0.len() <= prefix.len()) {
+                best = Some(entry);
+            }
+        }
+        match best {
+            Some((prefix, source, bound)) => (
+                format!("{source}{}", &generated[prefix.len()..]),
+                bound.clone(),
+            ),
+            None => (generated.to_string(), None),
+        }
+    }
+}
+
+/// An Envoy route of the generated route table.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub path: PathKind,
+    pub method: Option<String>,
+    /// Header conditions: (name, exact value, inverted).
+    pub stage: StageMatch,
+    pub action: RouteAction,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathKind {
+    Exact(String),
+    Prefix(String),
+    Template(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum StageMatch {
+    Any,
+    /// `X-Ca-Stage` equal to this (case-insensitively).
+    Stage(String),
+    /// `X-Ca-Stage` present and not RELEASE.
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    Backend {
+        backend: String,
+        timeout: String,
+        /// The backend path (a template of the API's variables, or a
+        /// literal) and host, rewritten by Envoy's router.
+        path_rewrite: Option<String>,
+        host_rewrite: Option<String>,
+    },
+    Respond {
+        status: u16,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
+}
+
+/// Everything the document generates.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub sections: Vec<(Section, Value)>,
+    pub provenance: Provenance,
+    pub routes: Vec<Route>,
+    pub document: Document,
+    pub warnings: Vec<String>,
+}
+
+/// A name the filters can carry into metrics: 1-64 letters, digits, `-`, `_`.
+fn is_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+const NAME_RULE: &str =
+    "must be 1 to 64 letters, digits, `-` or `_` (it names routes, rules and metrics)";
+
+/// Reads, checks and expands a document.
+pub fn generate(source: &Source) -> Result<Generated, SourceError> {
+    let document: Document = source.deserialize("")?;
+    if document.version != VERSION {
+        return Err(source.error(
+            "version",
+            format!("this gatewayctl reads version {VERSION}"),
+        ));
+    }
+    crate::envoy::check_durations(&document, source)?;
+    let mut generator = Generator {
+        source,
+        document: &document,
+        provenance: Provenance::default(),
+        sections: BTreeMap::new(),
+        routes: Vec::new(),
+        warnings: Vec::new(),
+    };
+    generator.check_names()?;
+    generator.check_references()?;
+    let apis: Vec<ResolvedApi> = document
+        .apis
+        .iter()
+        .enumerate()
+        .map(|(index, api)| generator.resolve(index, api))
+        .collect::<Result<_, _>>()?;
+    for api in &apis {
+        generator.add_routes(api);
+    }
+    generator.add_not_found();
+    generator.add_sections(&apis)?;
+    generator.warn_unbound(&apis);
+    Ok(Generated {
+        sections: generator.sections.into_iter().collect(),
+        provenance: generator.provenance,
+        routes: generator.routes,
+        warnings: generator.warnings,
+        document,
+    })
+}
+
+/// An API with its group's defaults applied.
+struct ResolvedApi<'a> {
+    index: usize,
+    api: &'a Api,
+    backend: Option<String>,
+    stages: BTreeMap<String, String>,
+    auth: Auth,
+    /// The allowed apps and where they were written.
+    apps: Option<(Vec<String>, String)>,
+    /// Bound policies with the path of the binding.
+    policies: Vec<(usize, String)>,
+    log: bool,
+    route_names: Vec<String>,
+    /// request-mapping's rule, its backend path and host moved to the route.
+    mapping: Option<Map<String, Value>>,
+    path_rewrite: Option<String>,
+    host_rewrite: Option<String>,
+}
+
+impl ResolvedApi<'_> {
+    fn at(&self) -> String {
+        format!("apis[{}]", self.index)
+    }
+}
+
+struct Generator<'a> {
+    source: &'a Source,
+    document: &'a Document,
+    provenance: Provenance,
+    sections: BTreeMap<Section, Value>,
+    routes: Vec<Route>,
+    warnings: Vec<String>,
+}
+
+impl Generator<'_> {
+    fn error(&self, path: &str, message: impl Into<String>) -> SourceError {
+        self.source.error(path, message)
+    }
+
+    fn check_names(&self) -> Result<(), SourceError> {
+        let doc = self.document;
+        let lists: [(&str, Vec<&str>); 5] = [
+            ("apis", doc.apis.iter().map(|a| a.name.as_str()).collect()),
+            (
+                "backends",
+                doc.backends.iter().map(|b| b.name.as_str()).collect(),
+            ),
+            (
+                "policies",
+                doc.policies.iter().map(|p| p.name.as_str()).collect(),
+            ),
+            (
+                "groups",
+                doc.groups.iter().map(|g| g.name.as_str()).collect(),
+            ),
+            (
+                "gateway.listeners",
+                doc.gateway
+                    .listeners
+                    .iter()
+                    .map(|l| l.name.as_str())
+                    .collect(),
+            ),
+        ];
+        for (list, names) in lists {
+            let mut seen = HashMap::new();
+            for (index, name) in names.iter().enumerate() {
+                let at = format!("{list}[{index}].name");
+                if !is_name(name) {
+                    return Err(self.error(&at, format!("`{name}` {NAME_RULE}")));
+                }
+                if let Some(first) = seen.insert(*name, index) {
+                    return Err(self.error(
+                        &at,
+                        format!("`{name}` is already the name of {list}[{first}]"),
+                    ));
+                }
+            }
+        }
+        if doc.apis.is_empty() {
+            return Err(self.error("apis", "no API is defined"));
+        }
+        Ok(())
+    }
+
+    fn backend_exists(&self, name: &str) -> bool {
+        self.document.backends.iter().any(|b| b.name == name)
+    }
+
+    fn require_backend(&self, name: &str, at: &str) -> Result<(), SourceError> {
+        if self.backend_exists(name) {
+            Ok(())
+        } else {
+            Err(self.error(at, format!("`{name}` names no backend")))
+        }
+    }
+
+    /// Clusters the filters call must be backends of the document.
+    fn check_references(&self) -> Result<(), SourceError> {
+        let doc = self.document;
+        for (index, backend) in doc.backends.iter().enumerate() {
+            if backend.endpoints.is_empty() {
+                return Err(self.error(
+                    &format!("backends[{index}].endpoints"),
+                    "a backend needs at least one endpoint (`host:port`)",
+                ));
+            }
+            for (e, endpoint) in backend.endpoints.iter().enumerate() {
+                if crate::envoy::split_address(endpoint).is_none() {
+                    return Err(self.error(
+                        &format!("backends[{index}].endpoints[{e}]"),
+                        format!("`{endpoint}` is not `host:port`"),
+                    ));
+                }
+            }
+        }
+        if let Some(store) = &doc.gateway.fleet_store {
+            self.require_backend(store, "gateway.fleet_store")?;
+        }
+        let clusters = [
+            ("settings.ext_auth", "authorizer", &doc.settings.ext_auth),
+            ("settings.log_push", "sink", &doc.settings.log_push),
+        ];
+        for (at, object, settings) in clusters {
+            let cluster = settings
+                .as_ref()
+                .and_then(|s| s.get(object))
+                .and_then(|o| o.get("cluster"))
+                .and_then(Value::as_str);
+            if let Some(cluster) = cluster {
+                self.require_backend(cluster, &format!("{at}.{object}.cluster"))?;
+            }
+        }
+        for section in Section::ALL {
+            let at = format!("settings.{}", section.key());
+            let Some(settings) = self.settings(section) else {
+                continue;
+            };
+            if settings.contains_key("rules") {
+                return Err(self.error(
+                    &format!("{at}.rules"),
+                    "rules are made from the APIs: bind policies to APIs instead",
+                ));
+            }
+            if section == Section::SignAuth && settings.contains_key("apps") {
+                return Err(self.error(
+                    &format!("{at}.apps"),
+                    "apps are written once, at the top level (`apps:`)",
+                ));
+            }
+            if section.has_fleet() && settings.contains_key("fleet") {
+                let names_store = settings
+                    .get("fleet")
+                    .is_some_and(|fleet| fleet.get("store").is_some());
+                if !names_store && doc.gateway.fleet_store.is_none() {
+                    return Err(self.error(
+                        &format!("{at}.fleet"),
+                        "fleet-wide state needs a store: name its backend in `gateway.fleet_store`",
+                    ));
+                }
+            }
+        }
+        for (index, policy) in doc.policies.iter().enumerate() {
+            let kinds = policy.kinds();
+            if kinds.len() != 1 {
+                return Err(self.error(
+                    &format!("policies[{index}]"),
+                    "a policy is exactly one of `quota`, `ip_control` or `breaker`",
+                ));
+            }
+            for field in ["name", "match"] {
+                if kinds[0].1.contains_key(field) {
+                    return Err(self.error(
+                        &format!("policies[{index}].{}.{field}", kinds[0].0.field()),
+                        "the policy's name and the APIs it is bound to give this",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn settings(&self, section: Section) -> Option<&Map<String, Value>> {
+        let s = &self.document.settings;
+        match section {
+            Section::SignAuth => s.sign_auth.as_ref(),
+            Section::IpAcl => s.ip_acl.as_ref(),
+            Section::ExtAuth => s.ext_auth.as_ref(),
+            Section::Throttling => s.throttling.as_ref(),
+            Section::ParamValidation => s.param_validation.as_ref(),
+            Section::RequestMapping => s.request_mapping.as_ref(),
+            Section::CircuitBreaker => s.circuit_breaker.as_ref(),
+            Section::LogPush => s.log_push.as_ref(),
+        }
+    }
+
+    fn resolve<'a>(&self, index: usize, api: &'a Api) -> Result<ResolvedApi<'a>, SourceError> {
+        let at = format!("apis[{index}]");
+        let group: Option<(usize, &Group)> = match &api.group {
+            None => None,
+            Some(name) => Some(
+                self.document
+                    .groups
+                    .iter()
+                    .enumerate()
+                    .find(|(_, g)| &g.name == name)
+                    .ok_or_else(|| {
+                        self.error(&format!("{at}.group"), format!("`{name}` names no group"))
+                    })?,
+            ),
+        };
+        match (&api.path, &api.path_prefix) {
+            (Some(path), None) | (None, Some(path)) => {
+                if !path.starts_with('/') {
+                    let field = if api.path.is_some() {
+                        "path"
+                    } else {
+                        "path_prefix"
+                    };
+                    return Err(self.error(
+                        &format!("{at}.{field}"),
+                        format!("`{path}` must start with `/`"),
+                    ));
+                }
+            }
+            _ => return Err(self.error(&at, "an API has exactly one of `path` or `path_prefix`")),
+        }
+        let backend = api
+            .backend
+            .clone()
+            .or_else(|| group.and_then(|(_, g)| g.backend.clone()));
+        match (&backend, &api.mock) {
+            (Some(name), _) => {
+                let field = if api.backend.is_some() {
+                    format!("{at}.backend")
+                } else {
+                    format!("groups[{}].backend", group.map_or(0, |(g, _)| g))
+                };
+                self.require_backend(name, &field)?;
+            }
+            (None, Some(_)) => {}
+            (None, None) => {
+                return Err(self.error(
+                    &at,
+                    "an API needs a `backend` (its own or its group's) or a `mock`",
+                ))
+            }
+        }
+        let mut stages = group.map(|(_, g)| g.stages.clone()).unwrap_or_default();
+        stages.extend(api.stages.clone());
+        for (stage, target) in &stages {
+            let field = if api.stages.contains_key(stage) {
+                format!("{at}.stages.{stage}")
+            } else {
+                format!("groups[{}].stages.{stage}", group.map_or(0, |(g, _)| g))
+            };
+            if stage.eq_ignore_ascii_case("RELEASE") || !is_name(stage) {
+                return Err(self.error(
+                    &field,
+                    format!("`{stage}` is not a stage name (RELEASE is the API's own backend)"),
+                ));
+            }
+            self.require_backend(target, &field)?;
+        }
+        let auth = api.auth.or(group.and_then(|(_, g)| g.auth)).ok_or_else(|| {
+            self.error(
+                &at,
+                "who may call the API is not said: set `auth` (app, anonymous or ext_auth) on it or its group",
+            )
+        })?;
+        let apps = match (
+            &api.apps,
+            group.and_then(|(g, group)| group.apps.as_ref().map(|a| (g, a))),
+        ) {
+            (Some(apps), _) => Some((apps.clone(), format!("{at}.apps"))),
+            (None, Some((g, apps))) => Some((apps.clone(), format!("groups[{g}].apps"))),
+            (None, None) => None,
+        };
+        if let (Some((_, apps_at)), false) = (&apps, auth == Auth::App) {
+            return Err(self.error(apps_at, "apps are allowed only with `auth: app`"));
+        }
+        if auth == Auth::ExtAuth && self.document.settings.ext_auth.is_none() {
+            return Err(self.error(
+                &format!("{at}.auth"),
+                "`ext_auth` needs the authorizer in `settings.ext_auth`",
+            ));
+        }
+        let mut bindings: Vec<(String, String)> = Vec::new();
+        if let Some((g, group)) = group {
+            for (i, name) in group.policies.iter().enumerate() {
+                bindings.push((name.clone(), format!("groups[{g}].policies[{i}]")));
+            }
+        }
+        for (i, name) in api.policies.iter().enumerate() {
+            bindings.push((name.clone(), format!("{at}.policies[{i}]")));
+        }
+        let mut policies = Vec::new();
+        let mut seen_kinds: HashMap<&'static str, String> = HashMap::new();
+        for (name, binding) in bindings {
+            let (p, policy) = self.policy_named(&name, &binding)?;
+            if policies.iter().any(|(q, _)| *q == p) {
+                return Err(self.error(&binding, format!("`{name}` is bound twice")));
+            }
+            let kind = policy.kinds()[0].0;
+            if kind != PolicyKind::Quota {
+                if let Some(first) = seen_kinds.insert(kind.field(), name.clone()) {
+                    return Err(self.error(
+                        &binding,
+                        format!(
+                            "`{name}` and `{first}` are both {} policies; an API has one",
+                            kind.field()
+                        ),
+                    ));
+                }
+            }
+            policies.push((p, binding));
+        }
+        let log = api.log.or(group.and_then(|(_, g)| g.log)).unwrap_or(true);
+        let mut route_names = vec![api.name.clone()];
+        route_names.extend(stages.keys().map(|stage| stage_route(&api.name, stage)));
+        let (mapping, path_rewrite, host_rewrite) = self.split_mapping(index, api)?;
+        Ok(ResolvedApi {
+            mapping,
+            path_rewrite,
+            host_rewrite,
+            index,
+            api,
+            backend,
+            stages,
+            auth,
+            apps,
+            policies,
+            log,
+            route_names,
+        })
+    }
+
+    /// Envoy routes a request again when a filter changes its path, so the
+    /// backend path and host are rewritten by the router instead (after
+    /// every policy); the rest of the mapping stays request-mapping's.
+    #[allow(clippy::type_complexity)]
+    fn split_mapping(
+        &self,
+        index: usize,
+        api: &Api,
+    ) -> Result<(Option<Map<String, Value>>, Option<String>, Option<String>), SourceError> {
+        let Some(mut mapping) = api.mapping.clone() else {
+            return Ok((None, None, None));
+        };
+        let at = format!("apis[{index}].mapping.backend");
+        let Some(Value::Object(mut backend)) = mapping.remove("backend") else {
+            return Ok((Some(mapping), None, None));
+        };
+        if backend.contains_key("method") {
+            return Err(self.error(
+                &format!("{at}.method"),
+                "the backend method cannot differ from the API's: Envoy routes by method, \
+                 and would route the changed request anew",
+            ));
+        }
+        let path = match backend.remove("path") {
+            None => None,
+            Some(Value::String(path)) => {
+                let template_variables = api.path.as_deref().map(variables).unwrap_or_default();
+                if let Some(missing) = variables(&path)
+                    .into_iter()
+                    .find(|v| !template_variables.contains(v))
+                {
+                    return Err(self.error(
+                        &format!("{at}.path"),
+                        format!(
+                            "`{{{missing}}}` is not a variable of the API's path: the backend path \
+                             is rewritten by Envoy's router from the path template's variables"
+                        ),
+                    ));
+                }
+                if !path.starts_with('/') {
+                    return Err(self.error(
+                        &format!("{at}.path"),
+                        format!("`{path}` must start with `/`"),
+                    ));
+                }
+                Some(path)
+            }
+            Some(_) => return Err(self.error(&format!("{at}.path"), "must be a string")),
+        };
+        let host = match backend.remove("host") {
+            None => None,
+            Some(Value::String(host)) if gateway_common::config::is_printable(&host) => Some(host),
+            Some(_) => return Err(self.error(&format!("{at}.host"), "must be a host name")),
+        };
+        if let Some(field) = backend.keys().next() {
+            return Err(self.error(
+                &format!("{at}.{field}"),
+                format!("unknown field `{field}`, expected `path` or `host`"),
+            ));
+        }
+        Ok((Some(mapping), path, host))
+    }
+
+    fn policy_named(&self, name: &str, at: &str) -> Result<(usize, &Policy), SourceError> {
+        self.document
+            .policies
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.name == name)
+            .ok_or_else(|| self.error(at, format!("`{name}` names no policy")))
+    }
+
+    fn add_routes(&mut self, api: &ResolvedApi) {
+        let path = match (&api.api.path, &api.api.path_prefix) {
+            (Some(path), _) if path.contains('{') => PathKind::Template(path.clone()),
+            (Some(path), _) => PathKind::Exact(path.clone()),
+            (None, Some(prefix)) => PathKind::Prefix(prefix.clone()),
+            (None, None) => PathKind::Prefix("/".into()),
+        };
+        let method = api.api.method.as_ref().map(|m| m.to_ascii_uppercase());
+        let backend_timeout = |name: &str| {
+            api.api.timeout.clone().unwrap_or_else(|| {
+                self.document
+                    .backends
+                    .iter()
+                    .find(|b| b.name == name)
+                    .map(|b| b.timeout.clone())
+                    .unwrap_or_default()
+            })
+        };
+        let route = |name: String, stage: StageMatch, action: RouteAction| Route {
+            name,
+            path: path.clone(),
+            method: method.clone(),
+            stage,
+            action,
+        };
+        let mut routes = Vec::new();
+        for (stage, backend) in &api.stages {
+            routes.push(route(
+                stage_route(&api.api.name, stage),
+                StageMatch::Stage(stage.clone()),
+                RouteAction::Backend {
+                    backend: backend.clone(),
+                    timeout: backend_timeout(backend),
+                    path_rewrite: api.path_rewrite.clone(),
+                    host_rewrite: api.host_rewrite.clone(),
+                },
+            ));
+        }
+        if !api.stages.is_empty() {
+            routes.push(route(
+                format!("{}-stage-unknown", api.api.name),
+                StageMatch::Unknown,
+                error_response(404, "S404ST", "No Such Stage"),
+            ));
+        }
+        let action = match (&api.api.mock, &api.backend) {
+            (Some(mock), _) => RouteAction::Respond {
+                status: mock.status,
+                body: mock.body.clone(),
+                headers: mock
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            },
+            (None, Some(backend)) => RouteAction::Backend {
+                backend: backend.clone(),
+                timeout: backend_timeout(backend),
+                path_rewrite: api.path_rewrite.clone(),
+                host_rewrite: api.host_rewrite.clone(),
+            },
+            (None, None) => error_response(404, "S404NF", "No Such API"),
+        };
+        routes.push(route(api.api.name.clone(), StageMatch::Any, action));
+        self.routes.extend(routes);
+    }
+
+    /// A request no API matches: 404 in the gateway's error shape.
+    fn add_not_found(&mut self) {
+        self.routes.push(Route {
+            name: "no-such-api".into(),
+            path: PathKind::Prefix("/".into()),
+            method: None,
+            stage: StageMatch::Any,
+            action: error_response(404, "S404NF", "No Such API"),
+        });
+    }
+
+    /// The `match` of an API in every section, and where its parts came from.
+    fn api_match(&self, api: &ResolvedApi) -> Value {
+        match self.document.gateway.match_by {
+            // A template stays too: the policies read its captures.
+            MatchBy::Route => match &api.api.path {
+                Some(path) if path.contains('{') => json!({
+                    "route_names": api.route_names,
+                    "path": { "template": path },
+                }),
+                _ => json!({ "route_names": api.route_names }),
+            },
+            MatchBy::Request => {
+                let mut matcher = Map::new();
+                if let Some(method) = &api.api.method {
+                    matcher.insert("methods".into(), json!([method]));
+                }
+                let path = match (&api.api.path, &api.api.path_prefix) {
+                    (Some(path), _) if path.contains('{') => json!({ "template": path }),
+                    (Some(path), _) => json!({ "exact": path }),
+                    (None, Some(prefix)) => json!({ "prefix": prefix }),
+                    (None, None) => json!({ "prefix": "/" }),
+                };
+                matcher.insert("path".into(), path);
+                Value::Object(matcher)
+            }
+        }
+    }
+
+    fn record_rule(&mut self, section: Section, rule: usize, api: &ResolvedApi, body_at: String) {
+        let generated = format!("{}.rules[{rule}]", section.key());
+        let api_at = api.at();
+        let path_field = if api.api.path.is_some() {
+            "path"
+        } else {
+            "path_prefix"
+        };
+        self.provenance.add(generated.clone(), body_at);
+        self.provenance
+            .add(format!("{generated}.name"), format!("{api_at}.name"));
+        self.provenance.add(
+            format!("{generated}.match"),
+            format!("{api_at}.{path_field}"),
+        );
+        self.provenance.add(
+            format!("{generated}.match.methods"),
+            format!("{api_at}.method"),
+        );
+    }
+
+    fn add_sections(&mut self, apis: &[ResolvedApi]) -> Result<(), SourceError> {
+        let doc = self.document;
+        let mut rules: BTreeMap<Section, Vec<Value>> = BTreeMap::new();
+        for api in apis {
+            let matcher = self.api_match(api);
+            let name = api.api.name.clone();
+            let mut push = |generator: &mut Self,
+                            section: Section,
+                            name: String,
+                            body: Map<String, Value>,
+                            body_at: String| {
+                let list = rules.entry(section).or_default();
+                let mut rule = Map::new();
+                rule.insert("name".into(), Value::String(name));
+                rule.insert("match".into(), matcher.clone());
+                rule.extend(body);
+                generator.record_rule(section, list.len(), api, body_at);
+                list.push(Value::Object(rule));
+                list.len() - 1
+            };
+            match api.auth {
+                Auth::App => {
+                    let mut body = Map::new();
+                    if let Some((apps, apps_at)) = &api.apps {
+                        body.insert("apps".into(), json!(apps));
+                        let rule = push(self, Section::SignAuth, name.clone(), body, api.at());
+                        self.provenance
+                            .add(format!("sign_auth.rules[{rule}].apps"), apps_at.clone());
+                    } else {
+                        push(self, Section::SignAuth, name.clone(), body, api.at());
+                    }
+                }
+                Auth::ExtAuth => {
+                    push(self, Section::ExtAuth, name.clone(), Map::new(), api.at());
+                }
+                Auth::Anonymous => {}
+            }
+            for (p, binding) in &api.policies {
+                let policy = &doc.policies[*p];
+                let (kind, body) = policy.kinds()[0];
+                let (section, rule_name) = match kind {
+                    PolicyKind::Quota => (Section::Throttling, format!("{name}_{}", policy.name)),
+                    PolicyKind::IpControl => (Section::IpAcl, name.clone()),
+                    PolicyKind::Breaker => (Section::CircuitBreaker, name.clone()),
+                };
+                let body_at = format!("policies[{p}].{}", kind.field());
+                let rule = push(self, section, rule_name, body.clone(), body_at.clone());
+                let generated = format!("{}.rules[{rule}]", section.key());
+                let bound = format!(
+                    "as bound to {} by {binding}",
+                    self.source.describe(&api.at())
+                );
+                self.provenance.add_bound(generated.clone(), body_at, bound);
+            }
+            let validates = !api.api.parameters.is_empty()
+                || api.api.body_schema.is_some()
+                || api.api.validation.is_some();
+            if validates {
+                let mut body = api.api.validation.clone().unwrap_or_default();
+                if !api.api.parameters.is_empty() {
+                    body.insert(
+                        "parameters".into(),
+                        Value::Array(api.api.parameters.clone()),
+                    );
+                }
+                if let Some(schema) = &api.api.body_schema {
+                    body.insert("body_schema".into(), schema.clone());
+                }
+                let rest = if api.api.validation.is_some() {
+                    format!("{}.validation", api.at())
+                } else {
+                    api.at()
+                };
+                let rule = push(self, Section::ParamValidation, name.clone(), body, rest);
+                for field in ["parameters", "body_schema"] {
+                    self.provenance.add(
+                        format!("param_validation.rules[{rule}].{field}"),
+                        format!("{}.{field}", api.at()),
+                    );
+                }
+            }
+            if let Some(mapping) = &api.mapping {
+                let at = format!("{}.mapping", api.at());
+                push(
+                    self,
+                    Section::RequestMapping,
+                    name.clone(),
+                    mapping.clone(),
+                    at,
+                );
+            }
+            if doc.settings.log_push.is_some() && api.log {
+                push(self, Section::LogPush, name.clone(), Map::new(), api.at());
+            }
+        }
+        for section in Section::ALL {
+            let settings = self.settings(section).cloned();
+            let section_rules = rules.remove(&section);
+            let always = matches!(section, Section::IpAcl | Section::LogPush) && settings.is_some();
+            if section_rules.is_none() && !always {
+                if settings.is_some() {
+                    self.warnings.push(format!(
+                        "{}: settings.{} is given, but no API uses the policy: it is left out",
+                        self.source.file,
+                        section.key()
+                    ));
+                }
+                continue;
+            }
+            let mut config = settings.unwrap_or_default();
+            self.provenance
+                .add(section.key(), format!("settings.{}", section.key()));
+            config.insert(
+                "rules".into(),
+                Value::Array(section_rules.unwrap_or_default()),
+            );
+            if section == Section::SignAuth {
+                config.insert("apps".into(), Value::Array(doc.apps.clone()));
+                config.entry("anonymous").or_insert(Value::Bool(true));
+                self.provenance.add("sign_auth.apps", "apps");
+            }
+            if section.has_client_address() && !config.contains_key("client_address") {
+                if let Some(client_address) = &doc.gateway.client_address {
+                    config.insert("client_address".into(), client_address.clone());
+                    self.provenance.add(
+                        format!("{}.client_address", section.key()),
+                        "gateway.client_address",
+                    );
+                }
+            }
+            if section.has_fleet() {
+                if let (Some(Value::Object(fleet)), Some(store)) =
+                    (config.get_mut("fleet"), &doc.gateway.fleet_store)
+                {
+                    if !fleet.contains_key("store") {
+                        fleet.insert("store".into(), json!({ "cluster": store }));
+                        self.provenance.add(
+                            format!("{}.fleet.store", section.key()),
+                            "gateway.fleet_store",
+                        );
+                    }
+                }
+            }
+            self.sections.insert(section, Value::Object(config));
+        }
+        Ok(())
+    }
+
+    fn warn_unbound(&mut self, apis: &[ResolvedApi]) {
+        for (index, policy) in self.document.policies.iter().enumerate() {
+            if !apis
+                .iter()
+                .any(|api| api.policies.iter().any(|(p, _)| *p == index))
+            {
+                self.warnings.push(format!(
+                    "{}: policies[{index}] ({}) is bound to no API or group: it is left out",
+                    self.source.file, policy.name
+                ));
+            }
+        }
+    }
+}
+
+/// The `{name}`s of a path template.
+fn variables(path: &str) -> Vec<&str> {
+    path.split('{')
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
+        .collect()
+}
+
+fn stage_route(api: &str, stage: &str) -> String {
+    format!("{api}-stage-{}", stage.to_ascii_lowercase())
+}
+
+/// A local answer in the gateway's error shape.
+fn error_response(status: u16, code: &str, message: &str) -> RouteAction {
+    RouteAction::Respond {
+        status,
+        body: json!({ "code": code, "message": message }).to_string(),
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("x-ca-error-code".into(), code.into()),
+            ("x-ca-error-message".into(), message.into()),
+        ],
+    }
+}
+
+/// A generated path's place in the source, for a filter's error.
+pub fn locate_error(
+    generated: &Generated,
+    source: &Source,
+    section: Section,
+    error_path: &str,
+    message: &str,
+) -> SourceError {
+    let full = join_path(section.key(), error_path);
+    let (at, bound) = generated.provenance.locate(&full);
+    let mut error = source.error(&at, message);
+    if let Some(bound) = bound {
+        error.message = format!("{message} ({bound})");
+    }
+    error
+}

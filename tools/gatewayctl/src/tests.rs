@@ -1,0 +1,483 @@
+//! The format, the generator and the error locations, with exact texts.
+
+use crate::envoy::{bootstrap, Artifacts, Host};
+use crate::generate::{Provenance, Section};
+use crate::source::Source;
+use serde_json::{json, Value};
+
+const BASE: &str = "\
+version: 1
+backends:
+  - name: shop
+    endpoints: [127.0.0.1:18081]
+apps:
+  - { key: \"203751\", name: web, secrets: [s1] }
+";
+
+/// BASE followed by `rest`.
+fn document(rest: &str) -> String {
+    format!("{BASE}{rest}")
+}
+
+fn errors_of(text: &str) -> Vec<String> {
+    let source = Source::parse("apis.yaml", text).unwrap_or_else(|err| panic!("{err}"));
+    match crate::load(&source) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn error_of(text: &str) -> String {
+    let errors = errors_of(text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    errors[0].clone()
+}
+
+fn generated(text: &str) -> crate::generate::Generated {
+    let source = Source::parse("apis.yaml", text).unwrap_or_else(|err| panic!("{err}"));
+    crate::load(&source).unwrap_or_else(|errors| {
+        panic!(
+            "{}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })
+}
+
+fn section(generated: &crate::generate::Generated, section: Section) -> Value {
+    generated
+        .sections
+        .iter()
+        .find(|(s, _)| *s == section)
+        .map(|(_, config)| config.clone())
+        .unwrap_or_else(|| panic!("no {section:?}"))
+}
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/shop.yaml");
+    let source = Source::read(path).unwrap_or_else(|err| panic!("{err}"));
+    let generated = crate::load(&source).unwrap_or_else(|errors| panic!("{errors:?}"));
+    assert!(generated.warnings.is_empty(), "{:?}", generated.warnings);
+}
+
+#[test]
+fn an_unknown_field_is_named_with_its_line_and_api() {
+    let err = error_of(&document(
+        "apis:\n  - name: get-order\n    metod: GET\n    path: /o\n    backend: shop\n    auth: anonymous\n",
+    ));
+    assert!(
+        err.starts_with("apis.yaml:9: apis[0] (get-order): metod: unknown field `metod`, expected one of `name`, `group`, `method`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_version_is_checked() {
+    assert_eq!(
+        error_of("version: 2\napis: []\n"),
+        "apis.yaml:1: version: this gatewayctl reads version 1"
+    );
+}
+
+#[test]
+fn a_filter_error_is_reported_against_the_api_that_wrote_it() {
+    let err = error_of(&document(
+        "apis:\n  - name: search\n    path: /search\n    backend: shop\n    auth: anonymous\n    parameters:\n      - { name: page, in: query, type: integer, maximum: ten }\n",
+    ));
+    assert_eq!(
+        err,
+        "apis.yaml:13: apis[0] (search): parameters[0].maximum: invalid type: string \"ten\", expected f64"
+    );
+}
+
+#[test]
+fn a_bound_policy_error_names_the_policy_and_the_api() {
+    let err = error_of(&document(
+        "policies:\n  - name: per-app\n    quota: { key: app, limit: 10, window: 10y }\napis:\n  - name: a\n    path: /a\n    backend: shop\n    auth: app\n    policies: [per-app]\n",
+    ));
+    assert_eq!(
+        err,
+        "apis.yaml:9: policies[0] (per-app): quota.window: `10y` is not a window; use a whole number \
+         and a unit: `1s`, `10m`, `1h`, `1d` (as bound to apis[0] (a) by apis[0].policies[0])"
+    );
+}
+
+#[test]
+fn an_unknown_app_is_reported_where_the_apps_were_written() {
+    let err = error_of(&document(
+        "groups:\n  - name: g\n    auth: app\n    apps: [\"999\"]\napis:\n  - name: a\n    group: g\n    path: /a\n    backend: shop\n",
+    ));
+    assert_eq!(
+        err,
+        "apis.yaml:10: groups[0] (g): apps[0]: unknown app key `999`"
+    );
+}
+
+#[test]
+fn references_are_checked() {
+    let api = |extra: &str| {
+        document(&format!(
+            "apis:\n  - name: a\n    path: /a\n    auth: anonymous\n{extra}"
+        ))
+    };
+    assert_eq!(
+        error_of(&api("    backend: nope\n")),
+        "apis.yaml:11: apis[0] (a): backend: `nope` names no backend"
+    );
+    assert_eq!(
+        error_of(&api("    backend: shop\n    group: g\n")),
+        "apis.yaml:12: apis[0] (a): group: `g` names no group"
+    );
+    assert_eq!(
+        error_of(&api("    backend: shop\n    policies: [p]\n")),
+        "apis.yaml:12: apis[0] (a): policies[0]: `p` names no policy"
+    );
+    assert_eq!(
+        error_of(&api("    backend: shop\n    stages: { TEST: nope }\n")),
+        "apis.yaml:12: apis[0] (a): stages.TEST: `nope` names no backend"
+    );
+    assert_eq!(
+        error_of(&api("")),
+        "apis.yaml:8: apis[0] (a): an API needs a `backend` (its own or its group's) or a `mock`"
+    );
+}
+
+#[test]
+fn who_may_call_an_api_must_be_said() {
+    let text = document("apis:\n  - name: a\n    path: /a\n    backend: shop\n");
+    assert_eq!(
+        error_of(&text),
+        "apis.yaml:8: apis[0] (a): who may call the API is not said: set `auth` (app, anonymous or ext_auth) on it or its group"
+    );
+    let text = document("apis:\n  - name: a\n    path: /a\n    backend: shop\n    auth: anonymous\n    apps: [\"203751\"]\n");
+    assert_eq!(
+        error_of(&text),
+        "apis.yaml:12: apis[0] (a): apps: apps are allowed only with `auth: app`"
+    );
+    let text =
+        document("apis:\n  - name: a\n    path: /a\n    backend: shop\n    auth: ext_auth\n");
+    assert_eq!(
+        error_of(&text),
+        "apis.yaml:11: apis[0] (a): auth: `ext_auth` needs the authorizer in `settings.ext_auth`"
+    );
+}
+
+#[test]
+fn names_are_unique_and_usable_in_metrics() {
+    let text = document("apis:\n  - { name: a, path: /a, backend: shop, auth: anonymous }\n  - { name: a, path: /b, backend: shop, auth: anonymous }\n");
+    assert_eq!(
+        error_of(&text),
+        "apis.yaml:9: apis[1] (a): name: `a` is already the name of apis[0]"
+    );
+    let text =
+        document("apis:\n  - { name: get order, path: /a, backend: shop, auth: anonymous }\n");
+    assert_eq!(
+        error_of(&text),
+        "apis.yaml:8: apis[0] (get order): name: `get order` must be 1 to 64 letters, digits, `-` or `_` (it names routes, rules and metrics)"
+    );
+}
+
+#[test]
+fn policies_are_one_kind_and_an_api_has_one_ip_control_and_one_breaker() {
+    let text = document("policies:\n  - { name: p, quota: { limit: 1, window: 1s }, ip_control: { allow: [10.0.0.0/8] } }\napis:\n  - { name: a, path: /a, backend: shop, auth: anonymous, policies: [p] }\n");
+    assert_eq!(
+        error_of(&text),
+        "apis.yaml:8: policies[0] (p): a policy is exactly one of `quota`, `ip_control` or `breaker`"
+    );
+    let text = document("policies:\n  - { name: p, ip_control: { allow: [10.0.0.0/8] } }\n  - { name: q, ip_control: { deny: [10.0.0.0/8] } }\ngroups:\n  - { name: g, policies: [p] }\napis:\n  - { name: a, group: g, path: /a, backend: shop, auth: anonymous, policies: [q] }\n");
+    assert_eq!(
+        error_of(&text),
+        "apis.yaml:13: apis[0] (a): policies[0]: `q` and `p` are both ip_control policies; an API has one"
+    );
+}
+
+#[test]
+fn settings_cannot_hold_what_the_apis_make() {
+    let text = document("settings:\n  throttling: { rules: [] }\napis:\n  - { name: a, path: /a, backend: shop, auth: anonymous }\n");
+    assert_eq!(
+        error_of(&text),
+        "apis.yaml:8: settings.throttling.rules: rules are made from the APIs: bind policies to APIs instead"
+    );
+    let text = document("settings:\n  throttling: { fleet: {} }\napis:\n  - { name: a, path: /a, backend: shop, auth: anonymous }\n");
+    assert_eq!(
+        error_of(&text),
+        "apis.yaml:8: settings.throttling.fleet: fleet-wide state needs a store: name its backend in `gateway.fleet_store`"
+    );
+}
+
+#[test]
+fn a_backend_path_is_made_of_the_api_path_variables() {
+    let text = document("apis:\n  - name: a\n    path: /users/{id}\n    backend: shop\n    auth: anonymous\n    mapping: { backend: { path: \"/accounts/{user}\" } }\n");
+    assert_eq!(
+        error_of(&text),
+        "apis.yaml:12: apis[0] (a): mapping.backend.path: `{user}` is not a variable of the API's path: the backend path is rewritten by Envoy's router from the path template's variables"
+    );
+}
+
+#[test]
+fn durations_and_addresses_are_checked() {
+    let text =
+        document("apis:\n  - { name: a, path: /a, backend: shop, auth: anonymous, timeout: 10 }\n");
+    assert!(
+        error_of(&text).starts_with("apis.yaml:8: apis[0] (a): timeout: invalid type"),
+        "{}",
+        error_of(&text)
+    );
+    let text = document(
+        "apis:\n  - { name: a, path: /a, backend: shop, auth: anonymous, timeout: 10x }\n",
+    );
+    assert_eq!(
+        error_of(&text),
+        "apis.yaml:8: apis[0] (a): timeout: `10x` is not a duration (such as `500ms`, `2s`, `1.5s`, `5m`, `1h`)"
+    );
+    let text = "version: 1\nbackends:\n  - { name: shop, endpoints: [\"localhost\"] }\napis:\n  - { name: a, path: /a, backend: shop, auth: anonymous }\n";
+    assert_eq!(
+        error_of(text),
+        "apis.yaml:3: backends[0] (shop): endpoints[0]: `localhost` is not `host:port`"
+    );
+}
+
+#[test]
+fn each_api_is_written_into_every_section_that_needs_it() {
+    let text = document(
+        "gateway:
+  client_address: { trusted_proxies: [127.0.0.1] }
+  fleet_store: shop
+settings:
+  throttling: { fleet: {} }
+policies:
+  - { name: per-app, quota: { key: app, limit: 10, window: 1m } }
+groups:
+  - { name: g, backend: shop, auth: app, policies: [per-app] }
+apis:
+  - { name: a, group: g, method: get, path: \"/a/{id}\" }
+  - { name: b, group: g, path_prefix: /b, apps: [\"203751\"] }
+  - { name: c, path: /c, backend: shop, auth: anonymous }
+",
+    );
+    let generated = generated(&text);
+    let keys: Vec<&str> = generated.sections.iter().map(|(s, _)| s.key()).collect();
+    assert_eq!(keys, ["sign_auth", "throttling"]);
+    let sign_auth = section(&generated, Section::SignAuth);
+    assert_eq!(
+        sign_auth["anonymous"], true,
+        "APIs with no rule are anonymous"
+    );
+    assert_eq!(
+        sign_auth["rules"],
+        json!([
+            {"name": "a", "match": {"route_names": ["a"], "path": {"template": "/a/{id}"}}},
+            {"name": "b", "match": {"route_names": ["b"]}, "apps": ["203751"]},
+        ])
+    );
+    let throttling = section(&generated, Section::Throttling);
+    assert_eq!(throttling["rules"][1]["name"], "b_per-app");
+    assert_eq!(throttling["rules"][1]["limit"], 10);
+    assert_eq!(
+        throttling["client_address"],
+        json!({"trusted_proxies": ["127.0.0.1"]})
+    );
+    assert_eq!(throttling["fleet"], json!({"store": {"cluster": "shop"}}));
+    let routes: Vec<&str> = generated.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(routes, ["a", "b", "c", "no-such-api"]);
+}
+
+#[test]
+fn by_request_matching_writes_method_and_path() {
+    let text = document("gateway: { match: request }\napis:\n  - { name: a, method: GET, path: \"/a/{id}\", backend: shop, auth: app }\n  - { name: b, path_prefix: /b, backend: shop, auth: app }\n");
+    let rules = &section(&generated(&text), Section::SignAuth)["rules"];
+    assert_eq!(
+        rules[0]["match"],
+        json!({"methods": ["GET"], "path": {"template": "/a/{id}"}})
+    );
+    assert_eq!(rules[1]["match"], json!({"path": {"prefix": "/b"}}));
+}
+
+#[test]
+fn unused_settings_and_unbound_policies_are_warned_about() {
+    let text = document("settings:\n  ext_auth: { authorizer: { cluster: shop } }\npolicies:\n  - { name: p, quota: { limit: 1, window: 1s } }\napis:\n  - { name: a, path: /a, backend: shop, auth: anonymous }\n");
+    assert_eq!(
+        generated(&text).warnings,
+        [
+            "apis.yaml: settings.ext_auth is given, but no API uses the policy: it is left out",
+            "apis.yaml: policies[0] (p) is bound to no API or group: it is left out",
+        ]
+    );
+}
+
+#[test]
+fn provenance_finds_the_longest_prefix_on_a_path_boundary() {
+    let mut provenance = Provenance::default();
+    provenance.add("ip_acl", "settings.ip_acl");
+    provenance.add("ip_acl.rules[1]", "apis[1]");
+    provenance.add("ip_acl.rules[10]", "apis[10]");
+    assert_eq!(
+        provenance.locate("ip_acl.rules[10].allow[0]").0,
+        "apis[10].allow[0]"
+    );
+    assert_eq!(provenance.locate("ip_acl.rules[1]").0, "apis[1]");
+    assert_eq!(
+        provenance.locate("ip_acl.deny[0]").0,
+        "settings.ip_acl.deny[0]"
+    );
+    assert_eq!(provenance.locate("log_push.sink").0, "log_push.sink");
+}
+
+#[test]
+fn the_bootstrap_has_a_route_per_api_and_stage_then_not_found() {
+    let text = document("apis:\n  - { name: a, method: GET, path: \"/a/{id}\", backend: shop, auth: anonymous, stages: { TEST: shop } }\n  - { name: m, path: /m, auth: anonymous, mock: { status: 201, body: hi } }\n");
+    let config = bootstrap(&generated(&text), Host::Module, &Artifacts::default());
+    let routes = &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
+    let names: Vec<&str> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["a-stage-test", "a-stage-unknown", "a", "m", "no-such-api"]
+    );
+    assert_eq!(
+        routes[0]["match"]["headers"][1]["string_match"],
+        json!({"exact": "TEST", "ignore_case": true})
+    );
+    assert_eq!(
+        routes[2]["match"]["headers"][0],
+        json!({"name": ":method", "string_match": {"exact": "GET"}})
+    );
+    assert_eq!(routes[3]["direct_response"]["status"], 201);
+    assert_eq!(routes[4]["direct_response"]["status"], 404);
+    // The module is one filter, anonymous APIs only: no policy section.
+    let filters = &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"];
+    assert_eq!(
+        filters.as_array().unwrap().len(),
+        1,
+        "only the router: {filters}"
+    );
+    // Written as YAML, it reads back the same.
+    let text = crate::yaml::to_yaml(&config);
+    assert_eq!(Source::parse("out.yaml", &text).unwrap().value, config);
+}
+
+mod schema {
+    use crate::format;
+    use crate::source::Source;
+    use serde::de::DeserializeOwned;
+    use serde_json::Value;
+
+    fn schema() -> Value {
+        let text = include_str!("../schema/apis.schema.json");
+        serde_json::from_str(text).expect("the schema is JSON")
+    }
+
+    /// The fields a format struct accepts, from serde's own refusal of an unknown one.
+    fn fields_of<T: DeserializeOwned>() -> Vec<String> {
+        let err = match serde_json::from_value::<T>(serde_json::json!({"zz_unknown": 1})) {
+            Ok(_) => panic!("an unknown field is accepted"),
+            Err(err) => err.to_string(),
+        };
+        let expected = err
+            .split_once("expected ")
+            .map(|(_, list)| list)
+            .unwrap_or_else(|| panic!("{err}"));
+        let mut fields: Vec<String> = expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect();
+        fields.sort();
+        fields
+    }
+
+    fn properties(schema: &Value, pointer: &str) -> Vec<String> {
+        let mut names: Vec<String> = schema
+            .pointer(&format!("{pointer}/properties"))
+            .and_then(Value::as_object)
+            .unwrap_or_else(|| panic!("no {pointer}"))
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_schema_has_exactly_the_fields_of_the_format() {
+        let schema = schema();
+        let pairs: Vec<(&str, Vec<String>)> = vec![
+            ("", fields_of::<format::Document>()),
+            ("/definitions/Gateway", fields_of::<format::Gateway>()),
+            ("/definitions/Listener", fields_of::<format::Listener>()),
+            ("/definitions/Tls", fields_of::<format::Tls>()),
+            ("/definitions/Cors", fields_of::<format::Cors>()),
+            ("/definitions/Timeouts", fields_of::<format::Timeouts>()),
+            ("/definitions/Backend", fields_of::<format::Backend>()),
+            ("/definitions/Retries", fields_of::<format::Retries>()),
+            (
+                "/definitions/HealthCheck",
+                fields_of::<format::HealthCheck>(),
+            ),
+            (
+                "/definitions/OutlierDetection",
+                fields_of::<format::OutlierDetection>(),
+            ),
+            (
+                "/definitions/UpstreamTls",
+                fields_of::<format::UpstreamTls>(),
+            ),
+            ("/definitions/Policy", fields_of::<format::Policy>()),
+            ("/definitions/Settings", fields_of::<format::Settings>()),
+            ("/definitions/Group", fields_of::<format::Group>()),
+            ("/definitions/Api", fields_of::<format::Api>()),
+            ("/definitions/Mock", fields_of::<format::Mock>()),
+        ];
+        for (pointer, fields) in pairs {
+            assert_eq!(properties(&schema, pointer), fields, "schema {pointer:?}");
+            let closed = schema.pointer(&format!("{pointer}/additionalProperties"));
+            assert_eq!(
+                closed,
+                Some(&Value::Bool(false)),
+                "{pointer:?} refuses unknown fields"
+            );
+        }
+    }
+
+    fn schema_errors(document: &Value) -> Vec<String> {
+        let schema = schema();
+        let config = jsonschema_valid::Config::from_schema(
+            &schema,
+            Some(jsonschema_valid::schemas::Draft::Draft7),
+        )
+        .expect("the schema compiles");
+        assert!(config.validate_schema().is_ok(), "a valid draft 7 schema");
+        let errors = match config.validate(document) {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.map(|e| e.to_string()).collect(),
+        };
+        errors
+    }
+
+    #[test]
+    fn the_examples_follow_the_schema_and_mistakes_do_not() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let example = Source::read(&format!("{root}/examples/shop.yaml")).expect("example");
+        assert_eq!(schema_errors(&example.value), Vec::<String>::new());
+        let mut wrong = example.value.clone();
+        wrong["apis"][0]["metod"] = Value::from("GET");
+        assert!(!schema_errors(&wrong).is_empty(), "an unknown field");
+        let mut wrong = example.value.clone();
+        wrong["apis"][0]["auth"] = Value::from("everyone");
+        assert!(!schema_errors(&wrong).is_empty(), "an unknown auth");
+        let mut wrong = example.value;
+        wrong["policies"][0]["breaker"] = serde_json::json!({});
+        assert!(!schema_errors(&wrong).is_empty(), "a policy of two kinds");
+    }
+}
