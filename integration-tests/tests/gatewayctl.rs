@@ -23,15 +23,25 @@ fn host() -> Host {
     }
 }
 
-/// The example with its addresses replaced by the test's, built for `host`.
-fn built_example(replacements: &[(&str, String)], host: Host) -> String {
-    let path = workspace_root().join("examples/shop.yaml");
-    let mut text = std::fs::read_to_string(&path).expect("examples/shop.yaml");
+/// A file of the repository with some of its text replaced.
+fn read_replaced(file: &str, replacements: &[(&str, String)]) -> String {
+    let mut text = std::fs::read_to_string(workspace_root().join(file)).expect(file);
     for (from, to) in replacements {
-        assert!(text.contains(from), "examples/shop.yaml has no `{from}`");
+        assert!(text.contains(from), "{file} has no `{from}`");
         text = text.replace(from, to);
     }
-    let source = Source::parse("examples/shop.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    text
+}
+
+/// The example with its addresses replaced by the test's, built for `host`.
+fn built_example(replacements: &[(&str, String)], host: Host) -> String {
+    let text = read_replaced("examples/shop.yaml", replacements);
+    build(&text, "examples/shop.yaml", host)
+}
+
+/// An apis.yaml's text, checked and built for `host`.
+fn build(text: &str, name: &str, host: Host) -> String {
+    let source = Source::parse(name, text).unwrap_or_else(|e| panic!("{e}"));
     let generated = gatewayctl::load(&source).unwrap_or_else(|errors| {
         panic!(
             "{}",
@@ -53,7 +63,147 @@ fn built_example(replacements: &[(&str, String)], host: Host) -> String {
             .display()
             .to_string(),
     };
-    gatewayctl::build_envoy(&generated, "examples/shop.yaml", host, &artifacts)
+    gatewayctl::build_envoy(&generated, name, host, &artifacts)
+}
+
+/// An OpenAPI document of the tests imported, built for the mode under test,
+/// validated and started, its backend an echo upstream.
+fn imported(file: &str, backend_port: &str) -> (Envoy, EchoServer) {
+    let backend = EchoServer::start("backend").expect("echo");
+    let path = format!("tools/gatewayctl/tests/openapi/{file}");
+    let text = read_replaced(
+        &path,
+        &[
+            ("127.0.0.1:9901", "127.0.0.1:0".into()),
+            ("127.0.0.1:8080", "127.0.0.1:0".into()),
+            (
+                backend_port,
+                backend_port.replace("18081", &backend.port().to_string()),
+            ),
+        ],
+    );
+    let source = Source::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+    let imported = gatewayctl::openapi::import(&source).unwrap_or_else(|e| panic!("{e}"));
+    let apis = gatewayctl::openapi::to_apis_yaml(&imported, &path);
+    let config = build(&apis, "imported.yaml", host());
+    let (ok, output) = validate(&config, "yaml");
+    assert!(ok, "{file} imported is refused:\n{output}\n{config}");
+    (start_yaml(&config, 1), backend)
+}
+
+fn send(
+    envoy: &Envoy,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> http::Response {
+    let url = format!("http://127.0.0.1:{}{path}", envoy.listener_port("http"));
+    http::send(&http::agent(), method, &url, headers, body).expect("response")
+}
+
+#[test]
+fn an_imported_openapi_3_0_document_checks_parameters_bodies_and_maps_paths() {
+    let (envoy, backend) = imported("orders-3.0.yaml", "127.0.0.1:18081");
+    let get = |path: &str| send(&envoy, "GET", path, &[], None);
+    // listOrders: a $ref'd allOf parameter, an enum, an array; undeclared dropped.
+    let ok = get("/v1/orders?limit=5&status=open&tags=ab&junk=1");
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let seen = backend.requests().pop().expect("the backend was called");
+    assert_eq!(seen.path, "/v1/orders");
+    assert_eq!(
+        seen.query, "limit=5&status=open&tags=ab",
+        "undeclared `junk` is dropped"
+    );
+    for bad in [
+        "/v1/orders?limit=500",
+        "/v1/orders?limit=x",
+        "/v1/orders?status=lost",
+        "/v1/orders?tags=a",
+    ] {
+        let refused = get(bad);
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.text());
+    }
+    // createOrder: the Order schema with its components (Line, Sku, a recursive Category).
+    let json = [("content-type", "application/json")];
+    let body = br#"{"lines":[{"sku":"ABC-1","quantity":2}],"note":null,"category":{"name":"a","parent":{"name":"b"}}}"#;
+    let created = send(&envoy, "POST", "/v1/orders", &json, Some(body));
+    assert_eq!(created.status, 200, "{}", created.text());
+    assert_eq!(
+        backend.requests().pop().expect("called").body,
+        body.to_vec()
+    );
+    for bad in [
+        &br#"{"lines":[]}"#[..],
+        br#"{"lines":[{"sku":"abc","quantity":2}]}"#,
+        br#"{"lines":[{"sku":"ABC-1","quantity":1}],"category":{"parent":{"name":7}}}"#,
+    ] {
+        let refused = send(&envoy, "POST", "/v1/orders", &json, Some(bad));
+        assert_eq!(
+            refused.status,
+            400,
+            "{}: {}",
+            String::from_utf8_lossy(bad),
+            refused.text()
+        );
+    }
+    // getOrder: a path-level $ref'd path parameter; the backend path is mapped.
+    backend.forget_requests();
+    let order = get("/v1/orders/42?lang=en");
+    assert_eq!(order.status, 200, "{}", order.text());
+    let seen = backend.requests().pop().expect("the backend was called");
+    assert_eq!(seen.path, "/internal/orders/42");
+    assert!(
+        seen.headers.contains(&("x-lang".into(), "en".into())),
+        "{:?}",
+        seen.headers
+    );
+    for bad in ["/v1/orders/0", "/v1/orders/abc", "/v1/orders/42?lang=fr"] {
+        assert_eq!(get(bad).status, 400, "{bad}");
+    }
+    // cancelOrder: x-gateway-auth: anonymous; an operation OpenAPI lacks is 404.
+    assert_eq!(
+        send(&envoy, "DELETE", "/v1/orders/42", &[], None).status,
+        200
+    );
+    assert_eq!(
+        send(&envoy, "PATCH", "/v1/orders/42", &[], None).status,
+        404
+    );
+    assert_eq!(
+        backend
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains("/0"))
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn an_imported_openapi_3_1_json_document_checks_its_constraints() {
+    let (envoy, backend) = imported("inventory-3.1.json", "\"18081\"");
+    let get = |path: &str| send(&envoy, "GET", path, &[], None);
+    assert_eq!(get("/items/abc?warehouse=main&min_stock=2").status, 200);
+    assert_eq!(backend.request_count(), 1);
+    for bad in [
+        "/items/ab?warehouse=main",
+        "/items/abc",
+        "/items/abc?warehouse=other",
+        "/items/abc?warehouse=main&min_stock=0",
+    ] {
+        assert_eq!(get(bad).status, 400, "{bad}");
+    }
+    let json = [("content-type", "application/json")];
+    let put = |body: &[u8]| send(&envoy, "PUT", "/items/abc", &json, Some(body)).status;
+    assert_eq!(put(br#"{"price":2.5,"label":null}"#), 200);
+    assert_eq!(put(br#"{"price":0}"#), 400, "exclusiveMinimum: 0");
+    assert_eq!(
+        put(br#"{"price":1,"extra":true}"#),
+        400,
+        "additionalProperties: false"
+    );
+    assert_eq!(backend.request_count(), 2);
 }
 
 struct Shop {

@@ -6,6 +6,7 @@ pub mod check;
 pub mod envoy;
 pub mod format;
 pub mod generate;
+pub mod openapi;
 pub mod sign;
 pub mod source;
 pub mod yaml;

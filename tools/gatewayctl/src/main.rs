@@ -14,6 +14,9 @@ const USAGE: &str = "usage: gatewayctl COMMAND ...
                              write the Envoy bootstrap (default: every policy in
                              the gateway module gateway.wasm; --chain: one filter
                              per policy; --native: the native libgateway.so)
+  import OPENAPI [-o OUT]     an OpenAPI 3.0/3.1 document (YAML or JSON) as an
+                             apis.yaml; what cannot be translated is listed
+                             with its JSON Pointer (on top of OUT and on stderr)
   sign ...                   sign a request for sign-auth (`gatewayctl sign --help`)
 
 Exit codes: 0 success, 1 the input has errors (each printed as
@@ -122,6 +125,57 @@ fn build(args: &[String]) -> ExitCode {
     }
 }
 
+fn import(args: &[String]) -> ExitCode {
+    let (file, out) = match args {
+        [file] => (file, None),
+        [file, flag, out] if flag == "-o" || flag == "--output" => (file, Some(out)),
+        _ => return usage_error("import takes OPENAPI [-o OUT]"),
+    };
+    let source = match Source::read(file) {
+        Ok(source) => source,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let imported = match gatewayctl::openapi::import(&source) {
+        Ok(imported) => imported,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    for line in &imported.untranslated {
+        eprintln!("not translated: {file}: {line}");
+    }
+    let text = gatewayctl::openapi::to_apis_yaml(&imported, file);
+    // The result must itself check; its errors name the imported file.
+    let name = out.map_or("the imported document", String::as_str);
+    let checked = Source::parse(name, &text)
+        .map_err(|err| vec![err])
+        .and_then(|source| gatewayctl::load(&source).map(drop));
+    let written = match out {
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+        Some(path) => std::fs::write(path, &text),
+    };
+    if let Err(err) = written {
+        eprintln!("gatewayctl: {name}: cannot be written: {err}");
+        return ExitCode::from(EXIT_OUTPUT);
+    }
+    match checked {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(errors) => {
+            for err in errors {
+                eprintln!("{err}");
+            }
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
@@ -130,6 +184,7 @@ fn main() -> ExitCode {
     match command.as_str() {
         "check" => check(rest),
         "build" => build(rest),
+        "import" => import(rest),
         "sign" => gatewayctl::sign::main(rest.iter().cloned(), "gatewayctl sign"),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");

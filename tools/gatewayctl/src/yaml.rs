@@ -8,7 +8,7 @@ use std::fmt::Write;
 use yaml_rust2::Yaml;
 
 /// Keys written before the others (which follow in sorted order).
-const FIRST_KEYS: [&str; 3] = ["name", "@type", "match"];
+const FIRST_KEYS: [&str; 4] = ["version", "name", "@type", "match"];
 
 pub fn to_yaml(value: &Value) -> String {
     let mut out = String::new();

@@ -126,3 +126,34 @@ fn sign_and_its_ca_sign_alias_print_the_same_headers() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).starts_with("gatewayctl sign: --key, --secret and a URL are required"));
 }
+
+#[test]
+fn import_writes_an_apis_yaml_and_lists_what_it_left_out() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("apis.yaml").display().to_string();
+    let output = gatewayctl(&[
+        "import",
+        "tools/gatewayctl/tests/openapi/orders-3.0.yaml",
+        "-o",
+        &out,
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let notes: Vec<String> = stderr(&output).lines().map(str::to_string).collect();
+    assert_eq!(notes.len(), 4, "{notes:?}");
+    assert!(notes[0].starts_with(
+        "not translated: tools/gatewayctl/tests/openapi/orders-3.0.yaml: #/servers/1: "
+    ));
+    let written = std::fs::read_to_string(&out).expect("written");
+    assert!(written.starts_with("# Imported by `gatewayctl import` from tools/gatewayctl/tests/openapi/orders-3.0.yaml.\n# Not translated"));
+    let check = gatewayctl(&["check", &out]);
+    assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
+
+    std::fs::write(dir.path().join("swagger.yaml"), "swagger: '2.0'\n").expect("write");
+    let swagger = dir.path().join("swagger.yaml").display().to_string();
+    let refused = gatewayctl(&["import", &swagger]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(
+        stderr(&refused),
+        format!("{swagger}:1: openapi: Swagger 2.0 is not read: convert it to OpenAPI 3 first\n")
+    );
+}
