@@ -8,7 +8,7 @@ NATIVE_MODULE := target/native/libgateway.so
 CARGO        ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build run test lint fmt unit integration validate clean oci bench fuzz soak
+.PHONY: all setup build run test lint fmt unit integration validate clean oci bench fuzz soak demo-config
 
 all: build
 
@@ -28,6 +28,14 @@ build: setup
 ## run: the demo gateway on 127.0.0.1:8080 (HTTP) and :8443 (TLS); Ctrl-C stops it
 run: build
 	@bash scripts/run-demo.sh
+
+## demo-config: the demo's three Envoy configurations in envoy/, written by
+## gatewayctl from examples/demo.yaml (a unit test keeps them equal)
+demo-config:
+	$(CARGO) build --quiet -p gatewayctl
+	target/debug/gatewayctl build examples/demo.yaml --chain -o envoy/gateway.yaml
+	target/debug/gatewayctl build examples/demo.yaml -o envoy/gateway-module.yaml
+	target/debug/gatewayctl build examples/demo.yaml --native -o envoy/gateway-native.yaml
 
 ## test: formatting, lints, native unit tests, the wasm build, real-Envoy tests
 test: setup lint unit build integration

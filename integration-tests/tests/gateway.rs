@@ -689,7 +689,7 @@ fn the_demos_two_instances_share_nonces_and_quotas_through_its_redis() {
     let refused = refused.expect("the fleet refuses a call beyond the shared limit");
     assert_eq!(refused.header("x-ca-error-code"), Some("A429IP"));
     assert!((3..=6).contains(&admitted), "{admitted}");
-    assert!(!first.store.keys("gw:q:limited-per-client:*").is_empty());
+    assert!(!first.store.keys("gw:q:limited_per-client:*").is_empty());
     for demo in demos {
         assert!(demo.envoy.stat("wasmcustom.gw.throttling.fleet.answered") >= 1);
         assert_eq!(

@@ -481,3 +481,29 @@ mod schema {
         assert!(!schema_errors(&wrong).is_empty(), "a policy of two kinds");
     }
 }
+
+#[test]
+fn the_shipped_demo_configs_are_what_gatewayctl_builds_from_the_demo() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let text = std::fs::read_to_string(format!("{root}/examples/demo.yaml")).expect("demo");
+    let source = Source::parse("examples/demo.yaml", &text).unwrap_or_else(|err| panic!("{err}"));
+    let generated = crate::load(&source).unwrap_or_else(|errors| panic!("{errors:?}"));
+    assert!(generated.warnings.is_empty(), "{:?}", generated.warnings);
+    for (host, file) in [
+        (Host::Chain, "envoy/gateway.yaml"),
+        (Host::Module, "envoy/gateway-module.yaml"),
+        (Host::Native, "envoy/gateway-native.yaml"),
+    ] {
+        let built = crate::build_envoy(
+            &generated,
+            "examples/demo.yaml",
+            host,
+            &Artifacts::default(),
+        );
+        let shipped = std::fs::read_to_string(format!("{root}/{file}")).expect(file);
+        assert!(
+            built == shipped,
+            "{file} is not what `gatewayctl build examples/demo.yaml` writes: run `make demo-config`"
+        );
+    }
+}
