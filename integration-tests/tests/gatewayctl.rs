@@ -453,3 +453,105 @@ fn bound_policies_apply_to_their_apis_only() {
         2
     );
 }
+
+/// The EnvoyFilter's patches applied as Istio applies them to a gateway's
+/// listener (clusters added, filters inserted before the router, in order).
+fn apply_istio_patches(envoy_filter: &serde_json::Value) -> serde_json::Value {
+    let mut config = serde_json::json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "http",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "gateway",
+                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                            {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+                        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+                    },
+                }]}],
+            }],
+            "clusters": [],
+        },
+    });
+    for patch in envoy_filter["spec"]["configPatches"]
+        .as_array()
+        .expect("patches")
+    {
+        let value = patch["patch"]["value"].clone();
+        match (
+            patch["applyTo"].as_str(),
+            patch["patch"]["operation"].as_str(),
+        ) {
+            (Some("CLUSTER"), Some("ADD")) => config["static_resources"]["clusters"]
+                .as_array_mut()
+                .expect("clusters")
+                .push(value),
+            (Some("HTTP_FILTER"), Some("INSERT_BEFORE")) => {
+                assert_eq!(
+                    patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"],
+                    "envoy.filters.http.router"
+                );
+                let filters = config["static_resources"]["listeners"][0]["filter_chains"][0]
+                    ["filters"][0]["typed_config"]["http_filters"]
+                    .as_array_mut()
+                    .expect("filters");
+                let router = filters.len() - 1;
+                filters.insert(router, value);
+            }
+            other => panic!("unexpected patch {other:?}"),
+        }
+    }
+    config
+}
+
+#[test]
+fn the_istio_envoy_filter_of_the_demo_passes_envoy_validation() {
+    let text = read_replaced("examples/demo.yaml", &[]);
+    let source = Source::parse("examples/demo.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let generated = gatewayctl::load_for(&source, gatewayctl::generate::Target::Istio)
+        .unwrap_or_else(|errors| panic!("{errors:?}"));
+    let wasm_dir = wasm_module("gateway")
+        .parent()
+        .expect("dir")
+        .display()
+        .to_string();
+    let artifacts = Artifacts {
+        wasm_dir,
+        native_module: integration_tests::envoy::native_module()
+            .display()
+            .to_string(),
+    };
+    let manifest = gatewayctl::build_istio(
+        &generated,
+        "examples/demo.yaml",
+        host(),
+        &artifacts,
+        &gatewayctl::istio::Placement::default(),
+    );
+    let envoy_filter = Source::parse("istio.yaml", &manifest)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .value;
+    assert_eq!(envoy_filter["kind"], "EnvoyFilter");
+    // Istio's routes are not ours: the policies match by method and path.
+    assert!(!manifest.contains("route_names"), "{manifest}");
+    assert!(
+        manifest.contains(r#""template": "/v1/users/{id}""#)
+            || manifest.contains(r#"{"template":"/v1/users/{id}"}"#),
+        "{manifest}"
+    );
+    let config = apply_istio_patches(&envoy_filter);
+    let clusters: Vec<&str> = config["static_resources"]["clusters"]
+        .as_array()
+        .expect("clusters")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(clusters, ["fleet_store", "authorizer", "log_sink"]);
+    let (ok, output) = validate(&config.to_string(), "json");
+    assert!(ok && output.contains("OK"), "{output}\n{manifest}");
+}

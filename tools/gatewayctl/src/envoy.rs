@@ -487,7 +487,7 @@ fn listener(listener: &Listener, manager: &Value, buffer_limit: u32) -> Value {
     })
 }
 
-fn cluster(backend: &Backend) -> Value {
+pub fn cluster(backend: &Backend) -> Value {
     let endpoints: Vec<Value> = backend
         .endpoints
         .iter()

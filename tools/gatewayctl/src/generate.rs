@@ -179,8 +179,24 @@ fn is_name(name: &str) -> bool {
 const NAME_RULE: &str =
     "must be 1 to 64 letters, digits, `-` or `_` (it names routes, rules and metrics)";
 
-/// Reads, checks and expands a document.
+/// What the configuration is generated for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// A complete Envoy bootstrap: its routes are generated too.
+    #[default]
+    Envoy,
+    /// Istio, whose routes are the user's (VirtualServices): the policies
+    /// match by method and path, and request-mapping rewrites the backend path.
+    Istio,
+}
+
+/// Reads, checks and expands a document for an Envoy bootstrap.
 pub fn generate(source: &Source) -> Result<Generated, SourceError> {
+    generate_for(source, Target::Envoy)
+}
+
+/// Reads, checks and expands a document.
+pub fn generate_for(source: &Source, target: Target) -> Result<Generated, SourceError> {
     let document: Document = source.deserialize("")?;
     if document.version != VERSION {
         return Err(source.error(
@@ -196,6 +212,11 @@ pub fn generate(source: &Source) -> Result<Generated, SourceError> {
         sections: BTreeMap::new(),
         routes: Vec::new(),
         warnings: Vec::new(),
+        match_by: match target {
+            Target::Envoy => document.gateway.match_by,
+            Target::Istio => MatchBy::Request,
+        },
+        target,
     };
     generator.check_names()?;
     generator.check_references()?;
@@ -252,6 +273,8 @@ struct Generator<'a> {
     sections: BTreeMap<Section, Value>,
     routes: Vec<Route>,
     warnings: Vec<String>,
+    match_by: MatchBy,
+    target: Target,
 }
 
 impl Generator<'_> {
@@ -569,6 +592,9 @@ impl Generator<'_> {
         let Some(mut mapping) = api.mapping.clone() else {
             return Ok((None, None, None));
         };
+        if self.target == Target::Istio {
+            return Ok((Some(mapping), None, None));
+        }
         let at = format!("apis[{index}].mapping.backend");
         let Some(Value::Object(mut backend)) = mapping.remove("backend") else {
             return Ok((Some(mapping), None, None));
@@ -709,7 +735,7 @@ impl Generator<'_> {
 
     /// The `match` of an API in every section, and where its parts came from.
     fn api_match(&self, api: &ResolvedApi) -> Value {
-        match self.document.gateway.match_by {
+        match self.match_by {
             // A template stays too: the policies read its captures.
             MatchBy::Route => match &api.api.path {
                 Some(path) if path.contains('{') => json!({

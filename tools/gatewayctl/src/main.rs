@@ -9,11 +9,13 @@ const USAGE: &str = "usage: gatewayctl COMMAND ...
 
   check FILE                 read FILE (apis.yaml), expand it and check every
                              generated policy with the filters' own parsers
-  build FILE [-o OUT] [--chain | --native]
+  build FILE [-o OUT] [--chain | --native] [--istio [--namespace NS]]
              [--wasm-dir DIR] [--native-module PATH]
                              write the Envoy bootstrap (default: every policy in
                              the gateway module gateway.wasm; --chain: one filter
-                             per policy; --native: the native libgateway.so)
+                             per policy; --native: the native libgateway.so);
+                             --istio: an EnvoyFilter for the Istio ingress gateway
+                             (the policies and the clusters they call)
   import OPENAPI [-o OUT]     an OpenAPI 3.0/3.1 document (YAML or JSON) as an
                              apis.yaml; what cannot be translated is listed
                              with its JSON Pointer (on top of OUT and on stderr)
@@ -29,11 +31,18 @@ fn usage_error(message: &str) -> ExitCode {
 
 /// Loads and checks FILE; prints warnings, and errors when it fails.
 fn load(file: &str) -> Result<gatewayctl::generate::Generated, ExitCode> {
+    load_for(file, gatewayctl::generate::Target::Envoy)
+}
+
+fn load_for(
+    file: &str,
+    target: gatewayctl::generate::Target,
+) -> Result<gatewayctl::generate::Generated, ExitCode> {
     let source = Source::read(file).map_err(|err| {
         eprintln!("{err}");
         ExitCode::from(EXIT_INVALID)
     })?;
-    match gatewayctl::load(&source) {
+    match gatewayctl::load_for(&source, target) {
         Ok(generated) => {
             for warning in &generated.warnings {
                 eprintln!("warning: {warning}");
@@ -77,6 +86,9 @@ fn build(args: &[String]) -> ExitCode {
     let mut out = None;
     let mut host = Host::Module;
     let mut artifacts = Artifacts::default();
+    let mut wasm_dir = None;
+    let mut istio = false;
+    let mut placement = gatewayctl::istio::Placement::default();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().cloned().ok_or(format!("{name} needs a value"));
@@ -90,7 +102,12 @@ fn build(args: &[String]) -> ExitCode {
                 host = Host::Native;
                 Ok(())
             }
-            "--wasm-dir" => value("--wasm-dir").map(|v| artifacts.wasm_dir = v),
+            "--wasm-dir" => value("--wasm-dir").map(|v| wasm_dir = Some(v)),
+            "--istio" => {
+                istio = true;
+                Ok(())
+            }
+            "--namespace" => value("--namespace").map(|v| placement.namespace = v),
             "--native-module" => value("--native-module").map(|v| artifacts.native_module = v),
             other if !other.starts_with('-') && file.is_none() => {
                 file = Some(other.to_string());
@@ -105,11 +122,25 @@ fn build(args: &[String]) -> ExitCode {
     let Some(file) = file else {
         return usage_error("build needs a FILE");
     };
-    let generated = match load(&file) {
+    let target = if istio {
+        gatewayctl::generate::Target::Istio
+    } else {
+        gatewayctl::generate::Target::Envoy
+    };
+    let generated = match load_for(&file, target) {
         Ok(generated) => generated,
         Err(code) => return code,
     };
-    let text = gatewayctl::build_envoy(&generated, &file, host, &artifacts);
+    let text = if istio {
+        // Where the gateway pods mount the modules.
+        artifacts.wasm_dir = wasm_dir.unwrap_or_else(|| "/var/local/wasm".into());
+        gatewayctl::build_istio(&generated, &file, host, &artifacts, &placement)
+    } else {
+        if let Some(dir) = wasm_dir {
+            artifacts.wasm_dir = dir;
+        }
+        gatewayctl::build_envoy(&generated, &file, host, &artifacts)
+    };
     match out {
         None => {
             print!("{text}");

@@ -507,3 +507,24 @@ fn the_shipped_demo_configs_are_what_gatewayctl_builds_from_the_demo() {
         );
     }
 }
+
+#[test]
+fn for_istio_the_policies_match_by_request_and_request_mapping_keeps_the_backend_path() {
+    let text = document("apis:\n  - name: a\n    method: GET\n    path: /users/{id}\n    backend: shop\n    auth: app\n    mapping: { backend: { path: \"/accounts/{id}\" } }\n");
+    let source = Source::parse("apis.yaml", &text).unwrap();
+    let istio = crate::load_for(&source, crate::generate::Target::Istio).unwrap();
+    assert_eq!(
+        section(&istio, Section::SignAuth)["rules"][0]["match"],
+        json!({"methods": ["GET"], "path": {"template": "/users/{id}"}})
+    );
+    assert_eq!(
+        section(&istio, Section::RequestMapping)["rules"][0]["backend"],
+        json!({"path": "/accounts/{id}"})
+    );
+    // For Envoy, the router rewrites the path instead.
+    let envoy = generated(&text);
+    assert_eq!(
+        section(&envoy, Section::RequestMapping)["rules"][0].get("backend"),
+        None
+    );
+}
