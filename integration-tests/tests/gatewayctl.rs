@@ -52,18 +52,22 @@ fn build(text: &str, name: &str, host: Host) -> String {
                 .join("\n")
         )
     });
+    gatewayctl::build_envoy(&generated, name, host, &artifacts())
+}
+
+/// Where this build's modules are.
+fn artifacts() -> Artifacts {
     let wasm_dir = wasm_module("gateway")
         .parent()
         .expect("wasm dir")
         .display()
         .to_string();
-    let artifacts = Artifacts {
+    Artifacts {
         wasm_dir,
         native_module: integration_tests::envoy::native_module()
             .display()
             .to_string(),
-    };
-    gatewayctl::build_envoy(&generated, name, host, &artifacts)
+    }
 }
 
 /// An OpenAPI document of the tests imported, built for the mode under test,
@@ -515,22 +519,11 @@ fn the_istio_envoy_filter_of_the_demo_passes_envoy_validation() {
     let source = Source::parse("examples/demo.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
     let generated = gatewayctl::load_for(&source, gatewayctl::generate::Target::Istio)
         .unwrap_or_else(|errors| panic!("{errors:?}"));
-    let wasm_dir = wasm_module("gateway")
-        .parent()
-        .expect("dir")
-        .display()
-        .to_string();
-    let artifacts = Artifacts {
-        wasm_dir,
-        native_module: integration_tests::envoy::native_module()
-            .display()
-            .to_string(),
-    };
     let manifest = gatewayctl::build_istio(
         &generated,
         "examples/demo.yaml",
         host(),
-        &artifacts,
+        &artifacts(),
         &gatewayctl::istio::Placement::default(),
     );
     let envoy_filter = Source::parse("istio.yaml", &manifest)

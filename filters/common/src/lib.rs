@@ -16,6 +16,7 @@ pub mod matching;
 #[cfg(feature = "wasm")]
 pub mod metrics;
 pub mod params;
+pub mod section;
 pub mod store;
 #[cfg(feature = "wasm")]
 pub mod wake;

@@ -9,46 +9,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// A policy of the module, in the order a request meets them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Section {
-    SignAuth,
-    IpAcl,
-    ExtAuth,
-    Throttling,
-    ParamValidation,
-    RequestMapping,
-    CircuitBreaker,
-    LogPush,
-}
-
-impl Section {
-    /// Every policy, in the order they run.
-    pub const ALL: [Section; 8] = [
-        Section::SignAuth,
-        Section::IpAcl,
-        Section::ExtAuth,
-        Section::Throttling,
-        Section::ParamValidation,
-        Section::RequestMapping,
-        Section::CircuitBreaker,
-        Section::LogPush,
-    ];
-
-    /// The section's key, which is also the filter's name in logs and
-    /// metrics (`ip_acl`).
-    pub fn key(self) -> &'static str {
-        match self {
-            Section::SignAuth => "sign_auth",
-            Section::IpAcl => "ip_acl",
-            Section::ExtAuth => "ext_auth",
-            Section::Throttling => "throttling",
-            Section::ParamValidation => "param_validation",
-            Section::RequestMapping => "request_mapping",
-            Section::CircuitBreaker => "circuit_breaker",
-            Section::LogPush => "log_push",
-        }
-    }
-}
+pub use gateway_common::section::Section;
 
 /// The document as written: each section kept as its exact JSON text.
 #[derive(Deserialize)]

@@ -9,64 +9,26 @@ use gateway_common::config::join_path;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 
-/// A policy section, in the order the policies run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Section {
-    SignAuth,
-    IpAcl,
-    ExtAuth,
-    Throttling,
-    ParamValidation,
-    RequestMapping,
-    CircuitBreaker,
-    LogPush,
+pub use gateway_common::section::Section;
+
+/// The filters that resolve the client's address.
+fn has_client_address(section: Section) -> bool {
+    matches!(
+        section,
+        Section::IpAcl
+            | Section::ExtAuth
+            | Section::Throttling
+            | Section::RequestMapping
+            | Section::LogPush
+    )
 }
 
-impl Section {
-    pub const ALL: [Section; 8] = [
-        Section::SignAuth,
-        Section::IpAcl,
-        Section::ExtAuth,
-        Section::Throttling,
-        Section::ParamValidation,
-        Section::RequestMapping,
-        Section::CircuitBreaker,
-        Section::LogPush,
-    ];
-
-    /// The section's key in the gateway module, and the filter's name.
-    pub fn key(self) -> &'static str {
-        match self {
-            Section::SignAuth => "sign_auth",
-            Section::IpAcl => "ip_acl",
-            Section::ExtAuth => "ext_auth",
-            Section::Throttling => "throttling",
-            Section::ParamValidation => "param_validation",
-            Section::RequestMapping => "request_mapping",
-            Section::CircuitBreaker => "circuit_breaker",
-            Section::LogPush => "log_push",
-        }
-    }
-
-    /// The filters that resolve the client's address.
-    fn has_client_address(self) -> bool {
-        matches!(
-            self,
-            Section::IpAcl
-                | Section::ExtAuth
-                | Section::Throttling
-                | Section::RequestMapping
-                | Section::LogPush
-        )
-    }
-
-    /// The filters that may keep state in the fleet store.
-    fn has_fleet(self) -> bool {
-        matches!(
-            self,
-            Section::SignAuth | Section::Throttling | Section::CircuitBreaker
-        )
-    }
+/// The filters that may keep state in the fleet store.
+fn has_fleet(section: Section) -> bool {
+    matches!(
+        section,
+        Section::SignAuth | Section::Throttling | Section::CircuitBreaker
+    )
 }
 
 /// Where generated parts came from: `throttling.rules[2]` from
@@ -393,7 +355,7 @@ impl Generator<'_> {
                     "apps are written once, at the top level (`apps:`)",
                 ));
             }
-            if section.has_fleet() && settings.contains_key("fleet") {
+            if has_fleet(section) && settings.contains_key("fleet") {
                 let names_store = settings
                     .get("fleet")
                     .is_some_and(|fleet| fleet.get("store").is_some());
@@ -903,7 +865,7 @@ impl Generator<'_> {
                 config.entry("anonymous").or_insert(Value::Bool(true));
                 self.provenance.add("sign_auth.apps", "apps");
             }
-            if section.has_client_address() && !config.contains_key("client_address") {
+            if has_client_address(section) && !config.contains_key("client_address") {
                 if let Some(client_address) = &doc.gateway.client_address {
                     config.insert("client_address".into(), client_address.clone());
                     self.provenance.add(
@@ -912,7 +874,7 @@ impl Generator<'_> {
                     );
                 }
             }
-            if section.has_fleet() {
+            if has_fleet(section) {
                 if let (Some(Value::Object(fleet)), Some(store)) =
                     (config.get_mut("fleet"), &doc.gateway.fleet_store)
                 {
