@@ -95,22 +95,45 @@ impl FleetStore {
     /// Redis, Webdis answers 503 until it has reconnected): each of its
     /// pooled connections reconnects on its own, so until many commands in a
     /// row go through.
-    fn wait_for_webdis(&self) {
+    fn wait_for_webdis(&mut self) {
         const IN_A_ROW: usize = 4 * WEBDIS_THREADS * WEBDIS_POOL_SIZE;
         let deadline = Instant::now() + START_TIMEOUT;
         let url = format!("http://127.0.0.1:{}/", self.webdis_port);
         let mut in_a_row = 0;
         while in_a_row < IN_A_ROW {
-            let ok =
-                crate::http::post(&url, &[], b"EVAL/return%201/0").is_ok_and(|r| r.status == 200);
-            if ok {
+            let answer = crate::http::post(&url, &[], b"EVAL/return%201/0");
+            if answer.as_ref().is_ok_and(|r| r.status == 200) {
                 in_a_row += 1;
             } else {
                 in_a_row = 0;
-                assert!(Instant::now() < deadline, "Webdis did not reach Redis");
+                if Instant::now() >= deadline {
+                    panic!("Webdis did not reach Redis: {}", self.webdis_state(&answer));
+                }
                 thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// What a test that waited for Webdis in vain reports: its last answer,
+    /// whether it still runs, the end of its log.
+    fn webdis_state(&mut self, answer: &Result<crate::http::Response, String>) -> String {
+        let answer = match answer {
+            Ok(response) => format!("HTTP {} {}", response.status, response.text()),
+            Err(err) => err.clone(),
+        };
+        let running = match self.webdis.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => "running".to_string(),
+            Some(Ok(Some(status))) => format!("exited ({status})"),
+            Some(Err(err)) => format!("unknown ({err})"),
+            None => "not started".to_string(),
+        };
+        let log = fs::read_to_string(self.dir.path().join("webdis.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(10).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "last answer: {answer}; webdis {running}; its log ends:\n{}",
+            tail.join("\n")
+        )
     }
 
     /// Stops Redis; Webdis then answers 503 until it is back.
