@@ -68,7 +68,9 @@ pub fn duration(text: &str) -> Option<String> {
         return None;
     }
     let seconds = number.parse::<f64>().ok()? * scale;
-    (seconds.is_finite() && seconds < 315_576_000_000.0).then(|| {
+    // Below a millisecond would be written `0s`, which Envoy reads as "none".
+    let representable = seconds == 0.0 || seconds >= 0.001;
+    (seconds.is_finite() && representable && seconds < 315_576_000_000.0).then(|| {
         let text = format!("{seconds:.3}");
         let text = text.trim_end_matches('0').trim_end_matches('.');
         format!("{text}s")
@@ -127,6 +129,14 @@ pub fn check_durations(document: &Document, source: &Source) -> Result<(), Sourc
             return Err(source.error(
                 &format!("gateway.listeners[{i}].address"),
                 format!("`{}` is not `host:port`", listener.address),
+            ));
+        }
+    }
+    if let Some(cors) = &document.gateway.cors {
+        if cors.allow_credentials && cors.allow_origins.iter().any(|o| o == "*") {
+            return Err(source.error(
+                "gateway.cors.allow_origins",
+                "`*` with `allow_credentials: true` would let any site call the APIs with the user's credentials: list the origins",
             ));
         }
     }
@@ -298,7 +308,10 @@ fn route_match(route: &Route) -> Value {
     }
     let mut headers = Vec::new();
     if let Some(method) = &route.method {
-        headers.push(json!({ "name": ":method", "string_match": { "exact": method } }));
+        // The filters match methods in any case; so does the route.
+        headers.push(
+            json!({ "name": ":method", "string_match": { "exact": method, "ignore_case": true } }),
+        );
     }
     match &route.stage {
         StageMatch::Any => {}

@@ -418,17 +418,13 @@ impl Generator<'_> {
         };
         match (&api.path, &api.path_prefix) {
             (Some(path), None) | (None, Some(path)) => {
-                if !path.starts_with('/') {
-                    let field = if api.path.is_some() {
-                        "path"
-                    } else {
-                        "path_prefix"
-                    };
-                    return Err(self.error(
-                        &format!("{at}.{field}"),
-                        format!("`{path}` must start with `/`"),
-                    ));
-                }
+                let field = if api.path.is_some() {
+                    "path"
+                } else {
+                    "path_prefix"
+                };
+                check_path(path, api.path_prefix.is_some())
+                    .map_err(|message| self.error(&format!("{at}.{field}"), message))?;
             }
             _ => return Err(self.error(&at, "an API has exactly one of `path` or `path_prefix`")),
         }
@@ -455,7 +451,14 @@ impl Generator<'_> {
         }
         let mut stages = group.map(|(_, g)| g.stages.clone()).unwrap_or_default();
         stages.extend(api.stages.clone());
+        let mut lowered = std::collections::BTreeSet::new();
         for (stage, target) in &stages {
+            if !lowered.insert(stage.to_ascii_lowercase()) {
+                return Err(self.error(
+                    &format!("{at}.stages.{stage}"),
+                    format!("`{stage}` is another stage's name in another case (X-Ca-Stage is matched in any case)"),
+                ));
+            }
             let field = if api.stages.contains_key(stage) {
                 format!("{at}.stages.{stage}")
             } else {
@@ -526,6 +529,22 @@ impl Generator<'_> {
         let mut route_names = vec![api.name.clone()];
         route_names.extend(stages.keys().map(|stage| stage_route(&api.name, stage)));
         let (mapping, path_rewrite, host_rewrite) = self.split_mapping(index, api)?;
+        let maps_path = mapping
+            .as_ref()
+            .and_then(|m| m.get("backend"))
+            .and_then(|b| b.get("path"))
+            .is_some();
+        let has_breaker = policies
+            .iter()
+            .any(|(p, _)| self.document.policies[*p].breaker.is_some());
+        let logged = log && self.document.settings.log_push.is_some();
+        if maps_path && (has_breaker || logged) {
+            return Err(self.error(
+                &format!("{at}.mapping.backend.path"),
+                "for Istio, request-mapping rewrites the path, and the breaker and log-push after it \
+                 would see the backend path: give this API no breaker and `log: false`, or build for Envoy",
+            ));
+        }
         Ok(ResolvedApi {
             mapping,
             path_rewrite,
@@ -588,6 +607,12 @@ impl Generator<'_> {
                     return Err(self.error(
                         &format!("{at}.path"),
                         format!("`{path}` must start with `/`"),
+                    ));
+                }
+                if api.path.is_none() {
+                    return Err(self.error(
+                        &format!("{at}.path"),
+                        "a backend path needs the API's `path` (exact or a template), not a `path_prefix`",
                     ));
                 }
                 Some(path)
@@ -657,7 +682,7 @@ impl Generator<'_> {
         }
         if !api.stages.is_empty() {
             routes.push(route(
-                format!("{}-stage-unknown", api.api.name),
+                format!("{}.unknown-stage", api.api.name),
                 StageMatch::Unknown,
                 error_response(404, "S404ST", "No Such Stage"),
             ));
@@ -687,7 +712,7 @@ impl Generator<'_> {
     /// A request no API matches: 404 in the gateway's error shape.
     fn add_not_found(&mut self) {
         self.routes.push(Route {
-            name: "no-such-api".into(),
+            name: "gateway.no-such-api".into(),
             path: PathKind::Prefix("/".into()),
             method: None,
             stage: StageMatch::Any,
@@ -907,6 +932,55 @@ impl Generator<'_> {
     }
 }
 
+/// A path Envoy's route and the filters' matcher read alike: it starts
+/// with `/`, has no `*` (a wildcard to Envoy's URI templates, a literal to
+/// the filters) and no `%` (Envoy matches escapes as written, the filters
+/// normalised); a template's variables are names Envoy takes.
+fn check_path(path: &str, prefix: bool) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("`{path}` must start with `/`"));
+    }
+    if path.contains(['*', '%', '?', '#'])
+        || path.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "`{path}` has a character Envoy's routes and the filters read differently (`*`, `%`, `?`, `#`, spaces)"
+        ));
+    }
+    let names = variables(path);
+    if prefix && (!names.is_empty() || path.contains(['{', '}'])) {
+        return Err(format!(
+            "`{path}`: a prefix cannot be a template; use `path`"
+        ));
+    }
+    if names.len() > 5 {
+        return Err(format!(
+            "`{path}` has {} variables; Envoy's URI templates take at most 5",
+            names.len()
+        ));
+    }
+    for name in &names {
+        let valid = (1..=16).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(format!(
+                "`{{{name}}}` is not a variable name Envoy's URI templates take (a letter, then letters, digits or `_`, at most 16)"
+            ));
+        }
+    }
+    for segment in path.split('/') {
+        let is_variable =
+            segment.starts_with('{') && segment.ends_with('}') && segment.matches('{').count() == 1;
+        if segment.contains(['{', '}']) && !is_variable {
+            return Err(format!(
+                "`{path}`: a variable is a whole segment, such as `/orders/{{id}}`"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The `{name}`s of a path template.
 fn variables(path: &str) -> Vec<&str> {
     path.split('{')
@@ -915,8 +989,9 @@ fn variables(path: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Route names the gateway adds hold a `.`, which API names cannot.
 fn stage_route(api: &str, stage: &str) -> String {
-    format!("{api}-stage-{}", stage.to_ascii_lowercase())
+    format!("{api}.stage.{}", stage.to_ascii_lowercase())
 }
 
 /// A local answer in the gateway's error shape.

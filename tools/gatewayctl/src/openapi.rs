@@ -65,8 +65,10 @@ struct Importer<'a> {
 
 impl<'a> Importer<'a> {
     fn note(&mut self, parts: &[&str], message: impl AsRef<str>) {
+        // Written as comment lines: a newline from the document stays text.
+        let note = format!("{}: {}", pointer(parts), message.as_ref());
         self.untranslated
-            .push(format!("{}: {}", pointer(parts), message.as_ref()));
+            .push(note.replace('\r', "\\r").replace('\n', "\\n"));
     }
 
     fn error(&self, parts: &[&str], message: impl Into<String>) -> SourceError {
@@ -312,7 +314,7 @@ impl Importer<'_> {
         {
             self.note(
                 at,
-                format!("the path variable `{bad}` is not a name Envoy's URI templates take (letters, digits, `_`); the operation is left out"),
+                format!("the path variable `{bad}` is not a name Envoy's URI templates take (a letter, then letters, digits or `_`, at most 16); the operation is left out"),
             );
             return Ok(None);
         }
@@ -728,58 +730,105 @@ impl Importer<'_> {
         Ok(out)
     }
 
+    /// A schema rewritten for draft 7; only keyword positions are touched
+    /// (a property may be called `deprecated` or `$ref`).
     fn rewrite(
         &self,
         at: &[&str],
         schema: &Value,
         pending: &mut Vec<String>,
     ) -> Result<Value, SourceError> {
-        match schema {
-            Value::Object(object) => {
-                let mut out = Map::new();
-                for (key, value) in object {
-                    if key == "$ref" {
-                        let reference = value.as_str().unwrap_or("");
-                        let Some(name) = reference.strip_prefix("#/components/schemas/") else {
-                            return Err(self.error(at, format!("`{reference}`: a body schema may refer only to #/components/schemas/")));
-                        };
-                        let name = name.replace("~1", "/").replace("~0", "~");
-                        pending.push(name.clone());
-                        out.insert(key.clone(), json!(format!("#/definitions/{name}")));
-                    } else if matches!(
-                        key.as_str(),
-                        "example"
-                            | "examples"
-                            | "xml"
-                            | "externalDocs"
-                            | "discriminator"
-                            | "deprecated"
-                    ) {
-                        // Documentation only.
-                    } else {
-                        out.insert(key.clone(), self.rewrite(at, value, pending)?);
-                    }
+        let Value::Object(object) = schema else {
+            return Ok(schema.clone());
+        };
+        let mut out = Map::new();
+        for (key, value) in object {
+            match key.as_str() {
+                "$ref" => {
+                    let reference = value.as_str().unwrap_or("");
+                    let Some(name) = reference.strip_prefix("#/components/schemas/") else {
+                        return Err(self.error(
+                            at,
+                            format!("`{reference}`: a body schema may refer only to #/components/schemas/"),
+                        ));
+                    };
+                    let name = name.replace("~1", "/").replace("~0", "~");
+                    let escaped = name.replace('~', "~0").replace('/', "~1");
+                    pending.push(name);
+                    out.insert(key.clone(), json!(format!("#/definitions/{escaped}")));
                 }
-                if out.remove("nullable") == Some(Value::Bool(true)) {
-                    if let Some(Value::String(kind)) = out.get("type").cloned() {
-                        out.insert("type".into(), json!([kind, "null"]));
+                // Documentation only.
+                "example" | "examples" | "xml" | "externalDocs" | "discriminator"
+                | "deprecated" => {}
+                // Maps of names to schemas.
+                "properties" | "patternProperties" | "definitions" | "$defs"
+                | "dependentSchemas" => {
+                    let mut named = Map::new();
+                    for (name, child) in value.as_object().into_iter().flatten() {
+                        named.insert(name.clone(), self.rewrite(at, child, pending)?);
                     }
+                    out.insert(key.clone(), Value::Object(named));
                 }
-                Ok(Value::Object(out))
+                // Lists of schemas.
+                "allOf" | "anyOf" | "oneOf" | "prefixItems" => {
+                    let mut items = Vec::new();
+                    for child in value.as_array().into_iter().flatten() {
+                        items.push(self.rewrite(at, child, pending)?);
+                    }
+                    out.insert(key.clone(), Value::Array(items));
+                }
+                // One schema.
+                "items"
+                | "additionalProperties"
+                | "not"
+                | "contains"
+                | "propertyNames"
+                | "if"
+                | "then"
+                | "else"
+                | "additionalItems" => {
+                    out.insert(key.clone(), self.rewrite(at, value, pending)?);
+                }
+                // Values (enum, const, default, required, bounds, …) as written.
+                _ => {
+                    out.insert(key.clone(), value.clone());
+                }
             }
-            Value::Array(items) => items
-                .iter()
-                .map(|item| self.rewrite(at, item, pending))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Value::Array),
-            other => Ok(other.clone()),
         }
+        if out.remove("nullable") == Some(Value::Bool(true)) {
+            if let Some(Value::String(kind)) = out.get("type").cloned() {
+                out.insert("type".into(), json!([kind, "null"]));
+            }
+        }
+        // OpenAPI 3.0: `exclusiveMinimum: true` qualifies `minimum`.
+        for (bound, exclusive) in [
+            ("minimum", "exclusiveMinimum"),
+            ("maximum", "exclusiveMaximum"),
+        ] {
+            match out.get(exclusive) {
+                Some(Value::Bool(true)) => match out.remove(bound) {
+                    Some(value) => {
+                        out.insert(exclusive.into(), value);
+                    }
+                    None => {
+                        out.remove(exclusive);
+                    }
+                },
+                Some(Value::Bool(false)) => {
+                    out.remove(exclusive);
+                }
+                _ => {}
+            }
+        }
+        Ok(Value::Object(out))
     }
 }
 
 /// A path variable Envoy's URI template matcher takes.
 fn is_variable(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    (1..=16).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// An operationId as an API name: letters, digits, `-`, `_`, at most 64.
@@ -934,6 +983,27 @@ mod tests {
     }
 
     #[test]
+    fn body_schemas_keep_property_names_and_convert_3_0_exclusive_bounds() {
+        let doc = imported(&format!(
+            "{HEAD}paths:\n  /a:\n    post:\n      requestBody: {{ content: {{ application/json: {{ schema: {{ type: object, properties: {{ deprecated: {{ type: boolean }}, n: {{ type: number, minimum: 1, exclusiveMinimum: true, example: 2 }} }} }} }} }} }}\n"
+        ));
+        assert_eq!(
+            doc.document["apis"][0]["body_schema"],
+            json!({"type": "object", "properties": {
+                "deprecated": {"type": "boolean"},
+                "n": {"type": "number", "exclusiveMinimum": 1},
+            }})
+        );
+    }
+
+    #[test]
+    fn a_note_keeps_the_document_text_on_its_comment_line() {
+        let doc = imported(&format!("{HEAD}paths:\n  /a:\n    get:\n      parameters: [ {{ name: q, in: query, schema: {{ format: \"x\\nversion: 9\" }} }} ]\n"));
+        assert_eq!(doc.untranslated, ["#/paths/~1a/get/parameters/0/schema/format: format `x\\nversion: 9` is not checked by the gateway"]);
+        assert!(!to_apis_yaml(&doc, "o.yaml").contains("\nversion: 9"));
+    }
+
+    #[test]
     fn bad_references_and_versions_are_named() {
         assert_eq!(
             error_of("swagger: '2.0'\npaths: {}\n"),
@@ -969,7 +1039,7 @@ mod tests {
         assert_eq!(
             doc.untranslated,
             [
-                "#/paths/~1a~1{user-id}/get: the path variable `user-id` is not a name Envoy's URI templates take (letters, digits, `_`); the operation is left out",
+                "#/paths/~1a~1{user-id}/get: the path variable `user-id` is not a name Envoy's URI templates take (a letter, then letters, digits or `_`, at most 16); the operation is left out",
                 "#/paths/~1b/get/security: security `key` noted: the gateway asks for an app signature (x-gateway-auth chooses app, anonymous or ext_auth)",
                 "#/paths/~1b/get/parameters/0: `c` is a `cookie` parameter, which the gateway does not check; left out",
                 "#/paths/~1b/get/parameters/1/style: `style` is not read: the value is checked as a plain query value",

@@ -283,7 +283,7 @@ apis:
     );
     assert_eq!(throttling["fleet"], json!({"store": {"cluster": "shop"}}));
     let routes: Vec<&str> = generated.routes.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(routes, ["a", "b", "c", "no-such-api"]);
+    assert_eq!(routes, ["a", "b", "c", "gateway.no-such-api"]);
 }
 
 #[test]
@@ -341,7 +341,13 @@ fn the_bootstrap_has_a_route_per_api_and_stage_then_not_found() {
         .collect();
     assert_eq!(
         names,
-        ["a-stage-test", "a-stage-unknown", "a", "m", "no-such-api"]
+        [
+            "a.stage.test",
+            "a.unknown-stage",
+            "a",
+            "m",
+            "gateway.no-such-api"
+        ]
     );
     assert_eq!(
         routes[0]["match"]["headers"][1]["string_match"],
@@ -349,7 +355,7 @@ fn the_bootstrap_has_a_route_per_api_and_stage_then_not_found() {
     );
     assert_eq!(
         routes[2]["match"]["headers"][0],
-        json!({"name": ":method", "string_match": {"exact": "GET"}})
+        json!({"name": ":method", "string_match": {"exact": "GET", "ignore_case": true}})
     );
     assert_eq!(routes[3]["direct_response"]["status"], 201);
     assert_eq!(routes[4]["direct_response"]["status"], 404);
@@ -527,4 +533,106 @@ fn for_istio_the_policies_match_by_request_and_request_mapping_keeps_the_backend
         section(&envoy, Section::RequestMapping)["rules"][0].get("backend"),
         None
     );
+}
+
+#[test]
+fn paths_envoy_and_the_filters_would_read_differently_are_refused() {
+    let api = |path: &str| {
+        document(&format!(
+            "apis:\n  - {{ name: a, path: \"{path}\", backend: shop, auth: anonymous }}\n"
+        ))
+    };
+    for (path, message) in [
+        (
+            "/files/*/{id}",
+            "has a character Envoy's routes and the filters read differently",
+        ),
+        (
+            "/caf%c3%a9/{id}",
+            "has a character Envoy's routes and the filters read differently",
+        ),
+        (
+            "/orders/{order-id}",
+            "is not a variable name Envoy's URI templates take",
+        ),
+        (
+            "/o/{organizationIdentifier}",
+            "is not a variable name Envoy's URI templates take",
+        ),
+        ("/o/x{id}", "a variable is a whole segment"),
+        (
+            "/{a}/{b}/{c}/{d}/{e}/{f}",
+            "Envoy's URI templates take at most 5",
+        ),
+    ] {
+        let err = error_of(&api(path));
+        assert!(err.starts_with("apis.yaml:8: apis[0] (a): path: "), "{err}");
+        assert!(err.contains(message), "{path}: {err}");
+    }
+    let prefix = document(
+        "apis:\n  - { name: a, path_prefix: \"/a/{id}\", backend: shop, auth: anonymous }\n",
+    );
+    assert!(error_of(&prefix).contains("a prefix cannot be a template"));
+}
+
+#[test]
+fn generated_route_names_cannot_be_an_api_name() {
+    let text = document("apis:\n  - { name: pay-stage-beta, path: /x, backend: shop, auth: app }\n  - { name: pay, path: /pay, backend: shop, auth: app, stages: { beta: shop } }\n  - { name: no-such-api, path: /n, backend: shop, auth: anonymous }\n");
+    let routes: Vec<String> = generated(&text)
+        .routes
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "pay-stage-beta",
+            "pay.stage.beta",
+            "pay.unknown-stage",
+            "pay",
+            "no-such-api",
+            "gateway.no-such-api"
+        ]
+    );
+    let twice = document("apis:\n  - { name: a, path: /a, backend: shop, auth: anonymous, stages: { beta: shop, BETA: shop } }\n");
+    assert!(
+        error_of(&twice).contains("is another stage's name in another case"),
+        "{}",
+        error_of(&twice)
+    );
+}
+
+#[test]
+fn unsafe_or_unrepresentable_settings_are_refused() {
+    let cors = document("gateway:\n  cors: { allow_origins: [\"*\"], allow_credentials: true }\napis:\n  - { name: a, path: /a, backend: shop, auth: anonymous }\n");
+    assert!(
+        error_of(&cors).starts_with(
+            "apis.yaml:8: gateway.cors.allow_origins: `*` with `allow_credentials: true`"
+        ),
+        "{}",
+        error_of(&cors)
+    );
+    let tiny = document(
+        "apis:\n  - { name: a, path: /a, backend: shop, auth: anonymous, timeout: 0.0004s }\n",
+    );
+    assert!(error_of(&tiny).contains("is not a duration"));
+    let prefix_mapping = document("apis:\n  - { name: a, path_prefix: /a, backend: shop, auth: anonymous, mapping: { backend: { path: /b } } }\n");
+    assert!(error_of(&prefix_mapping).contains("a backend path needs the API's `path`"));
+}
+
+#[test]
+fn for_istio_a_mapped_path_cannot_have_a_breaker() {
+    let text = document("policies:\n  - { name: b, breaker: { window: { duration_ms: 1000, buckets: 10 }, trip: { min_calls: 5, failure_rate_percent: 50 } } }\napis:\n  - { name: a, path: /a, backend: shop, auth: anonymous, policies: [b], mapping: { backend: { path: /b } } }\n");
+    let source = Source::parse("apis.yaml", &text).unwrap();
+    let errors = crate::load_for(&source, crate::generate::Target::Istio)
+        .err()
+        .unwrap_or_default();
+    assert!(
+        errors[0]
+            .to_string()
+            .contains("for Istio, request-mapping rewrites the path"),
+        "{errors:?}"
+    );
+    // For Envoy the router rewrites it, after every policy.
+    generated(&text);
 }

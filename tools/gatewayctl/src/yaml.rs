@@ -82,7 +82,7 @@ fn is_scalar(value: &Value) -> bool {
     match value {
         Value::Object(map) => map.is_empty(),
         Value::Array(items) => items.is_empty(),
-        Value::String(text) => !text.contains('\n'),
+        Value::String(text) => !fits_literal_block(text),
         _ => true,
     }
 }
@@ -193,7 +193,7 @@ impl Writer {
     /// The value after `key:` (or `-`): inline, flow, a literal block, or a nested block.
     fn child(&mut self, value: &Value, indent: usize) {
         match value {
-            Value::String(text) if text.contains('\n') => {
+            Value::String(text) if fits_literal_block(text) => {
                 let chomp = if text.ends_with('\n') { "" } else { "-" };
                 let _ = writeln!(self.out, " |{chomp}");
                 let pad = " ".repeat(indent + 2);
@@ -242,6 +242,27 @@ fn inline(value: &Value, in_flow: bool) -> String {
     }
 }
 
+/// Words YAML 1.1 readers (Envoy's yaml-cpp, Kubernetes) take as booleans
+/// or null, in any case.
+fn is_yaml_1_1_word(text: &str) -> bool {
+    const WORDS: [&str; 14] = [
+        "y", "n", "yes", "no", "on", "off", "true", "false", "null", "~", "nan", ".nan", ".inf",
+        "-.inf",
+    ];
+    WORDS.iter().any(|word| word.eq_ignore_ascii_case(text))
+}
+
+/// Text a literal block (`|`) reads back exactly: no control characters
+/// but newlines, no leading space on the first line, one final newline at most.
+fn fits_literal_block(text: &str) -> bool {
+    text.contains('\n')
+        && text != "\n"
+        && !text.starts_with([' ', '\t', '\n'])
+        && !text.ends_with("\n\n")
+        && text.chars().all(|c| c == '\n' || !c.is_control())
+        && text.lines().all(|line| line.trim_end() == line)
+}
+
 /// A string as a plain scalar when YAML reads it back as that string, else
 /// double-quoted (a JSON string is a YAML double-quoted scalar). In flow
 /// style the flow indicators need quotes too.
@@ -257,6 +278,7 @@ fn string(text: &str, in_flow: bool) -> String {
         && !text.ends_with(':')
         && !(in_flow && text.contains([',', '[', ']', '{', '}']))
         && text.chars().all(|c| !c.is_control())
+        && !is_yaml_1_1_word(text)
         && matches!(Yaml::from_str(text), Yaml::String(_));
     if plain {
         text.to_string()
@@ -291,9 +313,19 @@ mod tests {
     }
 
     #[test]
+    fn words_yaml_1_1_reads_as_booleans_are_quoted_and_odd_text_reads_back() {
+        for word in ["no", "Yes", "ON", "off", "y", "N", "Null", "~"] {
+            assert_eq!(string(word, false), format!("\"{word}\""), "{word}");
+        }
+        round_trip(
+            &json!({"texts": ["  x\ny", "a\n\n", "\n", "a\r\nb\n", "tab\there\nx", "ok\nfine\n"]}),
+        );
+    }
+
+    #[test]
     fn name_and_type_come_first() {
-        let text = to_yaml(&json!({"z": 1, "@type": "t", "name": "n", "a": {"b": [1, 2]}}));
-        assert_eq!(text, "name: n\n\"@type\": t\na:\n  b: [1, 2]\nz: 1\n");
+        let text = to_yaml(&json!({"z": 1, "@type": "t", "name": "nm", "a": {"b": [1, 2]}}));
+        assert_eq!(text, "name: nm\n\"@type\": t\na:\n  b: [1, 2]\nz: 1\n");
     }
 
     #[test]
@@ -304,7 +336,7 @@ mod tests {
         assert_eq!(
             text,
             format!(
-                "routes:\n- name: a\n  x:\n    y: 1\n    z:\n    - {long}\n- {{ k: \"a,b\" }}\n"
+                "routes:\n- name: a\n  x:\n    \"y\": 1\n    z:\n    - {long}\n- {{ k: \"a,b\" }}\n"
             )
         );
         round_trip(&json!({"routes": [{"name": "a", "x": {"y": 1, "z": [long]}}, {"k": "a,b"}]}));
