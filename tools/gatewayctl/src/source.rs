@@ -224,6 +224,8 @@ struct Builder {
     lines: HashMap<String, usize>,
     root: Option<Value>,
     documents: usize,
+    /// Values copied by aliases so far.
+    aliased: usize,
     /// The first error: line, path and message.
     error: Option<(usize, String, String)>,
 }
@@ -320,8 +322,21 @@ impl MarkedEventReceiver for Builder {
                 let value = scalar(text, style, tag.as_ref(), is_value);
                 self.place(value, anchor, line);
             }
-            Event::Alias(anchor) => match self.anchors.get(&anchor).cloned() {
-                Some(value) => self.place(value, 0, line),
+            Event::Alias(anchor) => match self.anchors.get(&anchor) {
+                // Aliases copy their value: a file of aliases of aliases
+                // would grow without end, so the copies are counted.
+                Some(value) => match count_values(value, MAX_ALIAS_VALUES - self.aliased) {
+                    Some(count) => {
+                        self.aliased += count;
+                        let value = value.clone();
+                        self.place(value, 0, line);
+                    }
+                    None => self.fail(
+                        line,
+                        String::new(),
+                        format!("aliases expand to more than {MAX_ALIAS_VALUES} values"),
+                    ),
+                },
                 None => self.fail(line, String::new(), "an alias to an unknown anchor".into()),
             },
             Event::SequenceStart(..) | Event::MappingStart(..) if !is_value => {
@@ -360,6 +375,27 @@ impl MarkedEventReceiver for Builder {
             _ => {}
         }
     }
+}
+
+/// At most this many values are copied by aliases in one file.
+const MAX_ALIAS_VALUES: usize = 100_000;
+
+/// The number of values in `value`, if at most `budget`.
+fn count_values(value: &Value, budget: usize) -> Option<usize> {
+    let mut count = 0usize;
+    let mut pending = vec![value];
+    while let Some(next) = pending.pop() {
+        count += 1;
+        if count > budget {
+            return None;
+        }
+        match next {
+            Value::Array(items) => pending.extend(items),
+            Value::Object(fields) => pending.extend(fields.values()),
+            _ => {}
+        }
+    }
+    Some(count)
 }
 
 /// A scalar as JSON: plain scalars resolved by YAML 1.2's core schema
@@ -436,6 +472,24 @@ mod tests {
     fn anchors_and_aliases_copy_the_value() {
         let source = parse("base: &b { limit: 3 }\nother: *b\n");
         assert_eq!(source.value["other"], json!({"limit": 3}));
+    }
+
+    #[test]
+    fn aliases_of_aliases_cannot_grow_without_end() {
+        let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..9 {
+            let previous = if level == 1 {
+                "a".to_string()
+            } else {
+                format!("l{}", level - 1)
+            };
+            let items = vec![format!("*{previous}"); 10].join(", ");
+            text.push_str(&format!("l{level}: &l{level} [{items}]\n"));
+        }
+        assert_eq!(
+            error_of(&text),
+            "apis.yaml:5: aliases expand to more than 100000 values"
+        );
     }
 
     #[test]
