@@ -239,7 +239,8 @@ fn native_filter(config: &str) -> Value {
 }
 
 const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
-const NATIVE_FILTER_TYPE: &str =
+/// The `@type` of Envoy's dynamic-module HTTP filter (the native module).
+pub const NATIVE_FILTER_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
 
 /// The listener's entry for `filter` (an entry of [`http_filters`]) when

@@ -5,6 +5,7 @@ pub mod clickhouse;
 pub mod echo;
 pub mod envoy;
 pub mod http;
+pub mod istio;
 pub mod process;
 pub mod redis;
 pub mod registry;

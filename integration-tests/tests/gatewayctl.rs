@@ -458,61 +458,6 @@ fn bound_policies_apply_to_their_apis_only() {
     );
 }
 
-/// The EnvoyFilter's patches applied as Istio applies them to a gateway's
-/// listener (clusters added, filters inserted before the router, in order).
-fn apply_istio_patches(envoy_filter: &serde_json::Value) -> serde_json::Value {
-    let mut config = serde_json::json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {
-            "listeners": [{
-                "name": "http",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "gateway",
-                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-                            {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
-                        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-                    },
-                }]}],
-            }],
-            "clusters": [],
-        },
-    });
-    for patch in envoy_filter["spec"]["configPatches"]
-        .as_array()
-        .expect("patches")
-    {
-        let value = patch["patch"]["value"].clone();
-        match (
-            patch["applyTo"].as_str(),
-            patch["patch"]["operation"].as_str(),
-        ) {
-            (Some("CLUSTER"), Some("ADD")) => config["static_resources"]["clusters"]
-                .as_array_mut()
-                .expect("clusters")
-                .push(value),
-            (Some("HTTP_FILTER"), Some("INSERT_BEFORE")) => {
-                assert_eq!(
-                    patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"],
-                    "envoy.filters.http.router"
-                );
-                let filters = config["static_resources"]["listeners"][0]["filter_chains"][0]
-                    ["filters"][0]["typed_config"]["http_filters"]
-                    .as_array_mut()
-                    .expect("filters");
-                let router = filters.len() - 1;
-                filters.insert(router, value);
-            }
-            other => panic!("unexpected patch {other:?}"),
-        }
-    }
-    config
-}
-
 #[test]
 fn the_istio_envoy_filter_of_the_demo_passes_envoy_validation() {
     // For Istio, request-mapping rewrites the path before log-push reads it:
@@ -556,14 +501,19 @@ fn the_istio_envoy_filter_of_the_demo_passes_envoy_validation() {
             || manifest.contains(r#"{"template":"/v1/users/{id}"}"#),
         "{manifest}"
     );
-    let config = apply_istio_patches(&envoy_filter);
+    let mut config = integration_tests::istio::minimal_gateway();
+    integration_tests::istio::apply_envoy_filter(&mut config, &envoy_filter);
     let clusters: Vec<&str> = config["static_resources"]["clusters"]
         .as_array()
         .expect("clusters")
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    assert_eq!(clusters, ["fleet_store", "authorizer", "log_sink"]);
+    // The listener's own backend, then the clusters the filters call.
+    assert_eq!(
+        clusters,
+        ["backend", "fleet_store", "authorizer", "log_sink"]
+    );
     let (ok, output) = validate(&config.to_string(), "json");
     assert!(ok && output.contains("OK"), "{output}\n{manifest}");
 }
