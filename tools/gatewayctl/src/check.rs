@@ -47,7 +47,7 @@ fn refine(section: Section, config: &Value, err: ConfigError) -> (String, String
     if section != Section::ParamValidation || !err.path.ends_with(']') {
         return (err.path, message);
     }
-    let Some(Value::Object(parameter)) = pointer_of(config, &err.path) else {
+    let Some(Value::Object(parameter)) = crate::source::value_at(config, &err.path) else {
         return (err.path, message);
     };
     let mut constraints = parameter.clone();
@@ -63,14 +63,4 @@ fn refine(section: Section, config: &Value, err: ConfigError) -> (String, String
         ),
         _ => (err.path, message),
     }
-}
-
-/// The value at a parser's path (`rules[0].parameters[1]`).
-fn pointer_of<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
-    let pointer: String = path
-        .split(['.', '['])
-        .filter(|part| !part.is_empty())
-        .map(|part| format!("/{}", part.trim_end_matches(']')))
-        .collect();
-    value.pointer(&pointer)
 }

@@ -132,10 +132,7 @@ pub struct Generated {
 
 /// A name the filters can carry into metrics: 1-64 letters, digits, `-`, `_`.
 fn is_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    name.len() <= 64 && gateway_common::config::is_header_name(name)
 }
 
 const NAME_RULE: &str =
@@ -960,10 +957,7 @@ fn check_path(path: &str, prefix: bool) -> Result<(), String> {
         ));
     }
     for name in &names {
-        let valid = (1..=16).contains(&name.len())
-            && name.starts_with(|c: char| c.is_ascii_alphabetic())
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !valid {
+        if !is_template_variable(name) {
             return Err(format!(
                 "`{{{name}}}` is not a variable name Envoy's URI templates take (a letter, then letters, digits or `_`, at most 16)"
             ));
@@ -981,8 +975,16 @@ fn check_path(path: &str, prefix: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// A variable name Envoy's URI templates take: a letter, then letters,
+/// digits or `_`, at most 16.
+pub(crate) fn is_template_variable(name: &str) -> bool {
+    (1..=16).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// The `{name}`s of a path template.
-fn variables(path: &str) -> Vec<&str> {
+pub(crate) fn variables(path: &str) -> Vec<&str> {
     path.split('{')
         .skip(1)
         .filter_map(|rest| rest.split_once('}').map(|(name, _)| name))

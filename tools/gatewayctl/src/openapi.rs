@@ -5,6 +5,7 @@
 //! `x-gateway-*` extensions say what OpenAPI cannot. Whatever cannot be
 //! translated is listed with its JSON Pointer, never dropped in silence.
 
+use crate::generate::{is_template_variable, variables};
 use crate::source::{Source, SourceError};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,12 +35,17 @@ pub struct Imported {
     pub untranslated: Vec<String>,
 }
 
+/// A JSON Pointer reference token: `~` as `~0`, `/` as `~1`.
+fn escape_token(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
 /// `/paths/~1orders/get` from its parts.
 fn pointer(parts: &[&str]) -> String {
     let mut out = String::from("#");
     for part in parts {
         out.push('/');
-        out.push_str(&part.replace('~', "~0").replace('/', "~1"));
+        out.push_str(&escape_token(part));
     }
     out
 }
@@ -306,11 +312,9 @@ impl Importer<'_> {
         default_auth: Option<&str>,
         names: &mut BTreeSet<String>,
     ) -> Result<Option<Value>, SourceError> {
-        if let Some(bad) = path
-            .split('{')
-            .skip(1)
-            .filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
-            .find(|name| !is_variable(name))
+        if let Some(bad) = variables(path)
+            .into_iter()
+            .find(|name| !is_template_variable(name))
         {
             self.note(
                 at,
@@ -698,10 +702,7 @@ impl Importer<'_> {
             let parts = ["components", "schemas", name.as_str()];
             let target = self
                 .root
-                .pointer(&format!(
-                    "/components/schemas/{}",
-                    name.replace('~', "~0").replace('/', "~1")
-                ))
+                .pointer(&format!("/components/schemas/{}", escape_token(&name)))
                 .ok_or_else(|| {
                     self.error(
                         at,
@@ -753,7 +754,7 @@ impl Importer<'_> {
                         ));
                     };
                     let name = name.replace("~1", "/").replace("~0", "~");
-                    let escaped = name.replace('~', "~0").replace('/', "~1");
+                    let escaped = escape_token(&name);
                     pending.push(name);
                     out.insert(key.clone(), json!(format!("#/definitions/{escaped}")));
                 }
@@ -822,13 +823,6 @@ impl Importer<'_> {
         }
         Ok(Value::Object(out))
     }
-}
-
-/// A path variable Envoy's URI template matcher takes.
-fn is_variable(name: &str) -> bool {
-    (1..=16).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// An operationId as an API name: letters, digits, `-`, `_`, at most 64.

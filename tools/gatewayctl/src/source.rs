@@ -109,14 +109,7 @@ impl Source {
 
     /// The value at `path`, if present.
     pub fn get(&self, path: &str) -> Option<&Value> {
-        let mut value = &self.value;
-        for step in steps(path) {
-            value = match step {
-                Step::Key(key) => value.get(key)?,
-                Step::Index(index) => value.get(index)?,
-            };
-        }
-        Some(value)
+        value_at(&self.value, path)
     }
 
     /// `apis[3].parameters[1]` as the user reads it: `apis[3] (get-order): parameters[1]`
@@ -164,6 +157,18 @@ impl Source {
             )
         })
     }
+}
+
+/// The value at a path (`rules[0].parameters[1]`) of a JSON value.
+pub fn value_at<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut value = value;
+    for step in steps(path) {
+        value = match step {
+            Step::Key(key) => value.get(key)?,
+            Step::Index(index) => value.get(index)?,
+        };
+    }
+    Some(value)
 }
 
 /// `a.b[2].c` → `a.b[2]` → `a.b` → `a` → `` → None.
