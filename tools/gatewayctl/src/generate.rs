@@ -40,17 +40,18 @@ pub struct Provenance {
 
 impl Provenance {
     pub fn add(&mut self, generated: impl Into<String>, source: impl Into<String>) {
-        self.entries.push((generated.into(), source.into(), None));
+        self.add_bound(generated, source, None);
     }
 
+    /// As `add`, for a policy's body written for the API it is bound to.
     fn add_bound(
         &mut self,
         generated: impl Into<String>,
         source: impl Into<String>,
-        bound_to: String,
+        bound_to: Option<String>,
     ) {
         self.entries
-            .push((generated.into(), source.into(), Some(bound_to)));
+            .push((generated.into(), source.into(), bound_to));
     }
 
     /// The source path of a generated path, and the API a bound policy
@@ -62,7 +63,7 @@ impl Provenance {
             let within = generated == prefix
                 || (generated.starts_with(prefix.as_str())
                     && matches!(generated.as_bytes()[prefix.len()], b'.' | b'['));
-            if within && best.is_none_or(|b| b.0.len() <= prefix.len()) {
+            if within && best.is_none_or(|b| b.0.len() < prefix.len()) {
                 best = Some(entry);
             }
         }
@@ -745,7 +746,14 @@ impl Generator<'_> {
         }
     }
 
-    fn record_rule(&mut self, section: Section, rule: usize, api: &ResolvedApi, body_at: String) {
+    fn record_rule(
+        &mut self,
+        section: Section,
+        rule: usize,
+        api: &ResolvedApi,
+        body_at: String,
+        bound: Option<String>,
+    ) {
         let generated = format!("{}.rules[{rule}]", section.key());
         let api_at = api.at();
         let path_field = if api.api.path.is_some() {
@@ -753,7 +761,7 @@ impl Generator<'_> {
         } else {
             "path_prefix"
         };
-        self.provenance.add(generated.clone(), body_at);
+        self.provenance.add_bound(generated.clone(), body_at, bound);
         self.provenance
             .add(format!("{generated}.name"), format!("{api_at}.name"));
         self.provenance.add(
@@ -776,13 +784,14 @@ impl Generator<'_> {
                             section: Section,
                             name: String,
                             body: Map<String, Value>,
-                            body_at: String| {
+                            body_at: String,
+                            bound: Option<String>| {
                 let list = rules.entry(section).or_default();
                 let mut rule = Map::new();
                 rule.insert("name".into(), Value::String(name));
                 rule.insert("match".into(), matcher.clone());
                 rule.extend(body);
-                generator.record_rule(section, list.len(), api, body_at);
+                generator.record_rule(section, list.len(), api, body_at, bound);
                 list.push(Value::Object(rule));
                 list.len() - 1
             };
@@ -791,15 +800,23 @@ impl Generator<'_> {
                     let mut body = Map::new();
                     if let Some((apps, apps_at)) = &api.apps {
                         body.insert("apps".into(), json!(apps));
-                        let rule = push(self, Section::SignAuth, name.clone(), body, api.at());
+                        let rule =
+                            push(self, Section::SignAuth, name.clone(), body, api.at(), None);
                         self.provenance
                             .add(format!("sign_auth.rules[{rule}].apps"), apps_at.clone());
                     } else {
-                        push(self, Section::SignAuth, name.clone(), body, api.at());
+                        push(self, Section::SignAuth, name.clone(), body, api.at(), None);
                     }
                 }
                 Auth::ExtAuth => {
-                    push(self, Section::ExtAuth, name.clone(), Map::new(), api.at());
+                    push(
+                        self,
+                        Section::ExtAuth,
+                        name.clone(),
+                        Map::new(),
+                        api.at(),
+                        None,
+                    );
                 }
                 Auth::Anonymous => {}
             }
@@ -812,13 +829,11 @@ impl Generator<'_> {
                     PolicyKind::Breaker => (Section::CircuitBreaker, name.clone()),
                 };
                 let body_at = format!("policies[{p}].{}", kind.field());
-                let rule = push(self, section, rule_name, body.clone(), body_at.clone());
-                let generated = format!("{}.rules[{rule}]", section.key());
                 let bound = format!(
                     "as bound to {} by {binding}",
                     self.source.describe(&api.at())
                 );
-                self.provenance.add_bound(generated.clone(), body_at, bound);
+                push(self, section, rule_name, body.clone(), body_at, Some(bound));
             }
             let validates = !api.api.parameters.is_empty()
                 || api.api.body_schema.is_some()
@@ -839,7 +854,14 @@ impl Generator<'_> {
                 } else {
                     api.at()
                 };
-                let rule = push(self, Section::ParamValidation, name.clone(), body, rest);
+                let rule = push(
+                    self,
+                    Section::ParamValidation,
+                    name.clone(),
+                    body,
+                    rest,
+                    None,
+                );
                 for field in ["parameters", "body_schema"] {
                     self.provenance.add(
                         format!("param_validation.rules[{rule}].{field}"),
@@ -855,10 +877,18 @@ impl Generator<'_> {
                     name.clone(),
                     mapping.clone(),
                     at,
+                    None,
                 );
             }
             if doc.settings.log_push.is_some() && api.log {
-                push(self, Section::LogPush, name.clone(), Map::new(), api.at());
+                push(
+                    self,
+                    Section::LogPush,
+                    name.clone(),
+                    Map::new(),
+                    api.at(),
+                    None,
+                );
             }
         }
         for section in Section::ALL {
