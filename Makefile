@@ -8,7 +8,7 @@ NATIVE_MODULE := target/native/libgateway.so
 CARGO        ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build run test lint fmt unit integration validate clean oci bench fuzz soak demo-config
+.PHONY: all setup build run test lint fmt unit integration validate clean oci bench bench-smoke fuzz soak demo-config
 
 all: build
 
@@ -37,8 +37,9 @@ demo-config:
 	target/debug/gatewayctl build examples/demo.yaml -o envoy/gateway-module.yaml
 	target/debug/gatewayctl build examples/demo.yaml --native -o envoy/gateway-native.yaml
 
-## test: formatting, lints, native unit tests, the wasm build, real-Envoy tests
-test: setup lint unit build integration
+## test: formatting, lints, native unit tests, the wasm build, real-Envoy
+## tests, and a smoke run of every benchmark scenario
+test: setup lint unit build integration bench-smoke
 
 ## oci: an OCI image per filter in the Wasm OCI image format (for Istio), no Docker daemon
 oci: build
@@ -47,6 +48,11 @@ oci: build
 ## bench: load and CPU benchmarks against bare Envoy (minutes; not part of `make test`)
 bench: build
 	@bash scripts/bench.sh
+
+## bench-smoke: every benchmark scenario's Envoy starts and answers the mix,
+## every decision benchmark runs once; nothing measured (seconds, in `make test`)
+bench-smoke: build
+	@bash scripts/bench.sh --smoke
 
 ## fuzz: every libFuzzer target for FUZZ_SECONDS (default 60) each, nightly
 ## and cargo-fuzz installed when missing (minutes; not part of `make test`)

@@ -17,15 +17,24 @@
 # BENCH_UPSTREAM (nginx | echo), BENCH_PIN (1: Envoy on the last CPU, the
 # client on the others; 0: no pinning), BENCH_ONLY (comma-separated scenario
 # keys), ENVOY_BIN. Arguments are passed to run.py (`bash scripts/bench.sh --help`).
+#
+# `--smoke` (`make bench-smoke`, part of `make test`): every scenario's Envoy
+# starts and answers the mix with 2xx, every decision runs once natively;
+# nothing is measured, so a change that breaks the bench fails the tests.
+# The configurations are the demo's apis.yaml built by gatewayctl, so the
+# bench follows the demo instead of copying it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FILTERS=(sign-auth ip-acl throttling param-validation request-mapping circuit-breaker log-push)
+FILTERS=(sign-auth ip-acl ext-auth throttling param-validation request-mapping circuit-breaker log-push gateway)
 CARGO=${CARGO:-cargo}
 PY=.venv/bin/python
 mkdir -p target/bench
 
 say() { printf 'bench: %s\n' "$*"; }
+
+smoke=
+for arg in "$@"; do [ "$arg" = --smoke ] && smoke=1; done
 
 apt_updated=
 apt_install() {
@@ -43,6 +52,28 @@ apt_install() {
 }
 
 bash scripts/setup.sh
+if ! "$PY" -c 'import yaml' >/dev/null 2>&1; then
+  say "installing PyYAML into .venv"
+  "$PY" -m pip install --quiet --disable-pip-version-check pyyaml
+fi
+
+packages=(-p empty-filter -p host-call-probe)
+for f in "${FILTERS[@]}"; do packages+=(-p "$f"); done
+say "building the modules and the bench tools"
+"$CARGO" build --release --target wasm32-wasip1 "${packages[@]}"
+# The native module and its do-nothing baseline (Envoy dynamic modules).
+"$CARGO" build --profile native -p gateway --features native
+"$CARGO" build --profile native -p empty-filter --features native
+tools=(-p gatewayctl -p policy-bench -p integration-tests --bins)
+
+if [ -n "$smoke" ]; then
+  # Nothing is measured: the tools' debug builds (mostly built by the unit
+  # tests already) and the echo upstream do.
+  "$CARGO" build "${tools[@]}"
+  export BENCH_TOOLS_DIR=target/debug BENCH_UPSTREAM=echo
+  exec timeout 900 "$PY" scripts/bench/run.py "$@"
+fi
+
 command -v wrk >/dev/null 2>&1 || apt_install wrk
 command -v valgrind >/dev/null 2>&1 || apt_install valgrind
 upstream=${BENCH_UPSTREAM:-nginx}
@@ -50,35 +81,12 @@ if [ "$upstream" = nginx ] && ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/
   apt_install nginx || { say "no nginx: using the echo upstream instead"; upstream=echo; }
 fi
 export PATH="$PATH:/usr/sbin"
-
-if ! "$PY" -c 'import yaml' >/dev/null 2>&1; then
-  say "installing PyYAML into .venv"
-  "$PY" -m pip install --quiet --disable-pip-version-check pyyaml
-fi
 if ! "$PY" -c 'import matplotlib' >/dev/null 2>&1; then
   say "installing matplotlib into .venv (for the chart)"
   "$PY" -m pip install --quiet --disable-pip-version-check matplotlib ||
     say "matplotlib unavailable: the chart will be an SVG (target/bench/results.svg)"
 fi
-
-say "building the modules and the bench tools"
-packages=(-p empty-filter -p host-call-probe)
-for f in "${FILTERS[@]}"; do packages+=(-p "$f"); done
-"$CARGO" build --release --target wasm32-wasip1 "${packages[@]}"
-# The all-in-one module is measured when it builds (a stale gateway.wasm is not).
-if "$CARGO" build --release --target wasm32-wasip1 -p gateway >target/bench/gateway-build.log 2>&1; then
-  export BENCH_MODULE_BUILD=ok
-else
-  export BENCH_MODULE_BUILD=failed
-  say "the gateway module does not build (target/bench/gateway-build.log): its row says \"not built\""
-fi
-# The native module and its do-nothing baseline (Envoy dynamic modules).
-"$CARGO" build --profile native -p gateway --features native
-"$CARGO" build --profile native -p empty-filter --features native
-"$CARGO" build --release -p policy-bench
-if [ "$upstream" = echo ]; then
-  "$CARGO" build --release -p integration-tests --bin echo-upstream
-fi
+"$CARGO" build --release "${tools[@]}"
 
 export BENCH_UPSTREAM=$upstream
 exec "$PY" scripts/bench/run.py "$@"

@@ -46,8 +46,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 WASM_DIR = ROOT / "target" / "wasm32-wasip1" / "release"
 DYNAMIC_MODULE_DIR = ROOT / "target" / "native"
-NATIVE_DIR = ROOT / "target" / "release"
-GATEWAY_YAML = ROOT / "envoy" / "gateway.yaml"
+# The native tools (gatewayctl, policy-bench, bench-requests, echo-upstream):
+# release builds for measuring, debug ones for the smoke run (see bench.sh).
+NATIVE_DIR = ROOT / os.environ.get("BENCH_TOOLS_DIR", "target/release")
+DEMO_APIS = ROOT / "examples" / "demo.yaml"
+GATEWAYCTL = NATIVE_DIR / "gatewayctl"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 STRING_TYPE = "type.googleapis.com/google.protobuf.StringValue"
 HCM_NAME = "envoy.filters.network.http_connection_manager"
@@ -61,12 +64,13 @@ MIX = [
     "GET /flaky",                                # circuit-breaker
     "GET /admin/stats|X-Forwarded-For: 10.1.2.3",  # ip-acl admin allow list behind a trusted proxy
     "GET /limited",                              # throttling per client IP
+    "GET /account|Authorization: Bearer demo-token",  # ext-auth: the authorizer asked, then its cached decision
     "GET /api/hello?name=demo",                  # no rule: every filter's fast path
 ]
 
 # Design targets (issue 10): measured and reported, never asserted.
 TARGET_SINGLE = 1.05   # each filter alone vs one empty Wasm filter
-TARGET_CHAIN = 1.10    # the chain vs seven empty filters
+TARGET_CHAIN = 1.10    # the chain vs as many empty filters
 TARGET_MODULE = 1.10   # the gateway module vs one empty filter
 TARGET_RSS_MB = 30     # module RSS over bare Envoy
 
@@ -206,9 +210,9 @@ def rss_mb(pid):
 # --------------------------------------------------------------------------
 # upstream
 
-def start_upstream(kind, work, cpu):
+def start_upstream(kind, work, cpu, ports):
     """The backend and the log sink: (backend port, sink port, [procs], description)."""
-    backend, sink = free_port(), free_port()
+    backend, sink = ports["backend"], ports["sink"]
     if kind == "nginx":
         prefix = work / "nginx"
         prefix.mkdir(parents=True, exist_ok=True)
@@ -260,21 +264,117 @@ http {{
 # --------------------------------------------------------------------------
 # configurations
 
-def load_gateway_yaml():
+def yaml_load(text):
+    """YAML as gatewayctl and Envoy read it: only `true`/`false` are booleans
+    (PyYAML's YAML 1.1 would take the key `on` of a backend's retries as one)."""
     import yaml
-    return yaml.safe_load(GATEWAY_YAML.read_text())
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|false)$"), list("tf"))
+    return yaml.load(text, Loader=Loader)
 
 
-def gateway_parts(doc):
-    """The `http` listener, its connection manager and the Wasm filters, in chain order."""
-    listener = next(l for l in doc["static_resources"]["listeners"] if l["name"] == "http")
-    hcm = next(f for f in listener["filter_chains"][0]["filters"] if f["name"] == HCM_NAME)
-    filters = []
-    for entry in hcm["typed_config"]["http_filters"]:
-        config = entry.get("typed_config", {})
-        if config.get("@type") == WASM_TYPE:
-            filters.append(entry)
-    return listener, hcm, filters
+def bench_apis(ports, fleet):
+    """examples/demo.yaml with the bench's changes, as an apis.yaml document,
+    and the changes in words:
+
+    - one plain HTTP listener and the admin on ephemeral ports; every backend
+      (the authorizer too) is the bench upstream, the log sink and the fleet
+      store the bench's own, without active health checks;
+    - every quota's `limit` raised to 1e9 (counted, never refused);
+    - sign-auth: 262144 nonce slots (8 nonces each): every request of the
+      mix is signed, an Envoy sees ~150k of them in a run and every nonce
+      must stay recorded for the whole run; slots fill unevenly (Poisson),
+      so the table needs about as many slots as live nonces or its fullest
+      slots refuse (503 A503NS);
+    - without `fleet`, the fleet store is taken out: every scenario but
+      `module-fleet` measures the local state (shared data); with it, the
+      fleet calls wait up to 1 s (Envoy runs under callgrind too) and a
+      failure refuses the request, so a store problem shows as non-2xx
+      answers instead of a quietly local run.
+    """
+    doc = yaml_load(DEMO_APIS.read_text())
+    changes = ["the demo's apis.yaml (examples/demo.yaml) built by gatewayctl, with one plain HTTP listener; "
+               "every backend, the authorizer included, is the bench upstream (no active health checks); "
+               "Envoy's CORS filter is left out of every scenario"]
+    gateway = doc["gateway"]
+    gateway["admin"] = "127.0.0.1:0"
+    gateway["listeners"] = [{"name": "http", "address": "127.0.0.1:0"}]
+    own = {"log_sink": ports["sink"], "fleet_store": ports.get("store") or ports["sink"]}
+    for backend in doc["backends"]:
+        backend["endpoints"] = [f"127.0.0.1:{own.get(backend['name'], ports['backend'])}"]
+        backend.pop("health_check", None)
+    for policy in doc.get("policies", []):
+        if "quota" in policy:
+            policy["quota"]["limit"] = max(policy["quota"].get("limit", 0), 1_000_000_000)
+    changes.append("every quota's `limit` raised to 1e9 (counted, never refused)")
+    settings = doc.setdefault("settings", {})
+    settings.setdefault("sign_auth", {})["nonce_slots"] = 262144
+    changes.append("sign-auth: `nonce_slots: 262144` (default 16384), so every nonce an Envoy sees during the "
+                   "benchmark (~150k) stays recorded without a slot filling up; the larger table adds to the "
+                   "RSS of the scenarios with sign-auth")
+    fleet_users = [name for name, section in settings.items() if isinstance(section, dict) and "fleet" in section]
+    for name in fleet_users:
+        if fleet:
+            settings[name]["fleet"] = {"store": {"cluster": gateway["fleet_store"], "timeout_ms": 1000},
+                                       "failure_mode": "deny"}
+        else:
+            del settings[name]["fleet"]
+    if not fleet:
+        gateway.pop("fleet_store", None)
+        changes.append(f"{', '.join(fleet_users)}: `fleet` removed (local state); the `module-fleet` scenario "
+                       "counts in Redis behind Webdis instead")
+    return doc, changes
+
+
+def gatewayctl_build(work, stem, apis, mode):
+    """The Envoy bootstrap gatewayctl writes for `apis` (`chain`, `module` or `native`)."""
+    import yaml
+    source = work / f"{stem}.apis.yaml"
+    source.write_text(yaml.safe_dump(apis, sort_keys=False))
+    out = work / f"{stem}.{mode}.yaml"
+    cmd = [str(GATEWAYCTL), "build", str(source), "-o", str(out), "--wasm-dir", str(WASM_DIR),
+           "--native-module", str(DYNAMIC_MODULE_DIR / "libgateway.so")]
+    cmd += {"chain": ["--chain"], "module": [], "native": ["--native"]}[mode]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"gatewayctl build {source.name} ({mode}) failed:\n{done.stderr.strip()}")
+    return yaml_load(out.read_text())
+
+
+class Bootstrap:
+    """The parts of a gatewayctl bootstrap a scenario is made of: the `http`
+    listener and its connection manager, the clusters, the policy filters."""
+
+    def __init__(self, doc):
+        resources = doc["static_resources"]
+        self.listener = next(l for l in resources["listeners"] if l["name"] == "http")
+        hcm = next(f for f in self.listener["filter_chains"][0]["filters"] if f["name"] == HCM_NAME)
+        self.filters = [copy.deepcopy(entry) for entry in hcm["typed_config"]["http_filters"]
+                        if entry["name"].startswith("gateway.")]
+        self.clusters = resources["clusters"]
+
+    def config(self, http_filters, hcm_extra=None, routes=None):
+        """A bootstrap of this listener and these clusters with `http_filters`
+        before the router (and `routes` edited when given)."""
+        listener = copy.deepcopy(self.listener)
+        manager = next(f for f in listener["filter_chains"][0]["filters"] if f["name"] == HCM_NAME)
+        manager["typed_config"]["http_filters"] = list(http_filters) + [{
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        }]
+        manager["typed_config"].update(hcm_extra or {})
+        if routes:
+            routes(manager["typed_config"]["route_config"])
+        return {
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+            "static_resources": {"listeners": [listener], "clusters": copy.deepcopy(self.clusters)},
+        }
 
 
 def filter_id(entry):
@@ -282,43 +382,14 @@ def filter_id(entry):
     return entry["typed_config"]["config"]["root_id"]
 
 
-def bench_configs(filters):
-    """Each filter's JSON config as gateway.yaml has it, with the few bench changes.
-
-    - throttling: every limit raised to 1e9 so no request is refused (the
-      decision and the counting are the same work);
-    - sign-auth: 65536 nonce slots (8 nonces each): a run signs up to ~100k
-      requests and every nonce must stay recorded for the whole run;
-    - the fleet store is taken out: every scenario but `module-fleet`
-      measures the local state (shared data).
-    """
-    configs, changes = {}, []
-    for entry in filters:
-        name = filter_id(entry)
-        config = json.loads(entry["typed_config"]["config"]["configuration"]["value"])
-        if config.pop("fleet", None) is not None:
-            changes.append(f"{name}: `fleet` removed (local state); the `module-fleet` scenario "
-                           "counts in Redis behind Webdis instead")
-        if name == "throttling":
-            for rule in config.get("rules", []):
-                rule["limit"] = max(rule.get("limit", 0), 1_000_000_000)
-            changes.append("throttling: every rule's `limit` raised to 1e9 (counted, never refused)")
-        if name == "sign_auth":
-            config.setdefault("nonce_slots", 65536)
-            changes.append("sign-auth: `nonce_slots: 65536` (default 16384), so every nonce an Envoy sees "
-                           "during the benchmark stays recorded; the larger table adds a few MB of RSS "
-                           "to the scenarios with sign-auth")
-        configs[name] = config
-    return configs, changes
+def filter_configs(chain):
+    """Each policy's JSON configuration, as the chain's filters carry it."""
+    return {filter_id(entry): json.loads(entry["typed_config"]["config"]["configuration"]["value"])
+            for entry in chain.filters}
 
 
-def wasm_entry(entry, config):
-    out = copy.deepcopy(entry)
-    cfg = out["typed_config"]["config"]
-    local = cfg["vm_config"]["code"]["local"]
-    local["filename"] = str(WASM_DIR / Path(local["filename"]).name)
-    cfg["configuration"] = {"@type": STRING_TYPE, "value": json.dumps(config, separators=(",", ":"))}
-    return out
+def wasm_file(entry):
+    return Path(entry["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"]).name
 
 
 def empty_entry(i):
@@ -369,28 +440,6 @@ def probe_entry(kind):
     }
 
 
-def module_entry(configs):
-    sections = {name: config for name, config in configs.items()}
-    return {
-        "name": "gateway.all",
-        "typed_config": {
-            "@type": WASM_TYPE,
-            "config": {
-                "name": "gateway",
-                "root_id": "gateway",
-                "failure_policy": "FAIL_CLOSED",
-                "allow_on_headers_stop_iteration": True,
-                "vm_config": {
-                    "vm_id": "gateway",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": str(WASM_DIR / "gateway.wasm")}},
-                },
-                "configuration": {"@type": STRING_TYPE, "value": json.dumps(sections, separators=(",", ":"))},
-            },
-        },
-    }
-
-
 def cidr(text):
     address, _, length = text.partition("/")
     if not length:
@@ -398,57 +447,50 @@ def cidr(text):
     return {"remote_ip": {"address_prefix": address, "prefix_len": int(length)}}
 
 
-def path_permission(match):
-    path = (match or {}).get("path") or {}
-    if set(match or {}) - {"path"} or not path:
-        return None
-    if "prefix" in path:
-        return {"url_path": {"path": {"prefix": path["prefix"]}}}
-    if "exact" in path:
-        return {"url_path": {"path": {"exact": path["exact"]}}}
-    return None
+RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 
 
-def rbac_filters(ip_acl):
-    """Envoy's RBAC equivalent of ip-acl's config (global lists, rules on paths).
-
-    Returns (filters, note); filters is None when the config uses what RBAC
-    cannot say the same way (per-app lists, templates, hosts…)."""
+def rbac_scenario(ip_acl):
+    """Envoy's RBAC equivalent of ip-acl's config: the global deny list in a
+    DENY filter, each rule's allow list as that filter's per-route
+    configuration of the routes the rule names, as an Envoy user would write
+    it. Returns (filters, route editor, note); filters is None when the
+    config uses what RBAC cannot say the same way."""
     if ip_acl.get("apps") or any(r.get("apps") for r in ip_acl.get("rules", [])):
-        return None, "ip-acl config has per-app lists"
-    deny_policies, allow_policies, restricted = {}, {}, []
-    if ip_acl.get("deny"):
-        deny_policies["global-deny"] = {"permissions": [{"any": True}],
-                                        "principals": [cidr(c) for c in ip_acl["deny"]]}
+        return None, None, "ip-acl config has per-app lists"
     if ip_acl.get("allow"):
-        return None, "ip-acl config has a global allow list"
+        return None, None, "ip-acl config has a global allow list"
+    per_route = {}
     for i, rule in enumerate(ip_acl.get("rules", [])):
-        permission = path_permission(rule.get("match"))
-        if permission is None:
-            return None, f"ip-acl rules[{i}] matches on more than a path prefix/exact"
-        name = rule.get("name", f"rule-{i}")
-        if rule.get("deny"):
-            deny_policies[f"{name}-deny"] = {"permissions": [permission],
-                                             "principals": [cidr(c) for c in rule["deny"]]}
-        if rule.get("allow"):
-            allow_policies[name] = {"permissions": [permission],
-                                    "principals": [cidr(c) for c in rule["allow"]]}
-            restricted.append(permission)
+        match = rule.get("match") or {}
+        if set(match) != {"route_names"} or rule.get("deny"):
+            return None, None, f"ip-acl rules[{i}] is more than an allow list on route names"
+        for route in match["route_names"]:
+            per_route[route] = {"rules": {"action": "ALLOW", "policies": {rule.get("name", f"rule-{i}"): {
+                "permissions": [{"any": True}], "principals": [cidr(c) for c in rule["allow"]]}}}}
     filters = []
-    rbac_type = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
-    if deny_policies:
-        filters.append({"name": "envoy.filters.http.rbac",
-                        "typed_config": {"@type": rbac_type,
-                                         "rules": {"action": "DENY", "policies": deny_policies}}})
-    if allow_policies:
-        others = ({"not_rule": restricted[0]} if len(restricted) == 1
-                  else {"not_rule": {"or_rules": {"rules": restricted}}})
-        allow_policies["everything-else"] = {"permissions": [others], "principals": [{"any": True}]}
-        filters.append({"name": "bench.rbac_allow",
-                        "typed_config": {"@type": rbac_type,
-                                         "rules": {"action": "ALLOW", "policies": allow_policies}}})
-    return filters, ("two RBAC filters derived from ip-acl's config (DENY, then ALLOW); "
-                     "`xff_num_trusted_hops: 1` so `remote_ip` is the X-Forwarded-For client")
+    if ip_acl.get("deny"):
+        filters.append({"name": "envoy.filters.http.rbac", "typed_config": {
+            "@type": RBAC_TYPE,
+            "rules": {"action": "DENY", "policies": {"global-deny": {
+                "permissions": [{"any": True}], "principals": [cidr(c) for c in ip_acl["deny"]]}}}}})
+    if per_route:
+        filters.append({"name": "bench.rbac_allow", "typed_config": {
+            "@type": RBAC_TYPE,
+            "rules": {"action": "ALLOW", "policies": {"everyone": {
+                "permissions": [{"any": True}], "principals": [{"any": True}]}}}}})
+
+    def routes(route_config):
+        for host in route_config.get("virtual_hosts", []):
+            for route in host.get("routes", []):
+                if route.get("name") in per_route:
+                    route.setdefault("typed_per_filter_config", {})["bench.rbac_allow"] = {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+                        "rbac": per_route[route["name"]]}
+
+    return filters, routes, ("RBAC derived from ip-acl's config: a DENY filter for the global list, the "
+                             "rules' allow lists as per-route RBAC on the routes they name; "
+                             "`xff_num_trusted_hops: 1` so `remote_ip` is the X-Forwarded-For client")
 
 
 def local_ratelimit_filter():
@@ -466,23 +508,10 @@ def local_ratelimit_filter():
     }
 
 
-# The fleet store of the `module-fleet` scenario: its calls wait up to 1 s
-# (Envoy runs under callgrind too) and a failure refuses the request, so a
-# store problem shows as non-2xx answers instead of a quietly local run.
-FLEET = {"store": {"cluster": "fleet_store", "timeout_ms": 1000}, "failure_mode": "deny"}
-
-
-def fleet_configs(configs):
-    out = copy.deepcopy(configs)
-    for name in ("sign_auth", "throttling", "circuit_breaker"):
-        if name in out:
-            out[name]["fleet"] = copy.deepcopy(FLEET)
-    return out
-
-
-def start_fleet_store(work, cpu):
-    """Redis (no persistence) and Webdis on loopback: (Webdis port, [procs], description)."""
-    redis_port, webdis_port = free_port(), free_port()
+def start_fleet_store(work, cpu, webdis_port):
+    """Redis (no persistence) and Webdis (on `webdis_port`) on loopback:
+    (Redis port, [procs], description)."""
+    redis_port = free_port()
     redis = spawn(taskset(cpu) + [os.environ.get("REDIS_SERVER_BIN", "/usr/bin/redis-server"),
                                   "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
                                   "--appendonly", "no", "--dir", str(work)], work / "redis.log")
@@ -499,7 +528,7 @@ def start_fleet_store(work, cpu):
     version = subprocess.run([os.environ.get("REDIS_SERVER_BIN", "/usr/bin/redis-server"), "--version"],
                              capture_output=True, text=True).stdout.split()
     redis_version = next((w.split("=")[1] for w in version if w.startswith("v=")), "?")
-    return webdis_port, redis_port, [redis, webdis], f"Redis {redis_version} behind Webdis, on the client's CPUs"
+    return redis_port, [redis, webdis], f"Redis {redis_version} behind Webdis, on the client's CPUs"
 
 
 def flush_fleet_store(redis_port):
@@ -511,123 +540,89 @@ def flush_fleet_store(redis_port):
             raise RuntimeError("FLUSHALL failed")
 
 
-def envoy_config(listener, hcm, http_filters, backend, sink, hcm_extra=None, store=None):
-    listener = copy.deepcopy(listener)
-    listener["address"]["socket_address"]["port_value"] = 0
-    chain = listener["filter_chains"][0]
-    manager = next(f for f in chain["filters"] if f["name"] == HCM_NAME)
-    manager["typed_config"]["http_filters"] = list(http_filters) + [{
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-    }]
-    manager["typed_config"].update(hcm_extra or {})
-
-    def cluster(name, port):
-        return {
-            "name": name,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
-            "circuit_breakers": {"thresholds": [{"max_connections": 1024, "max_pending_requests": 1024,
-                                                 "max_requests": 1024, "max_retries": 3}]},
-        }
-
-    clusters = [cluster("backend", backend), cluster("log_sink", sink)]
-    if store:
-        clusters.append(cluster("fleet_store", store))
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {"listeners": [listener], "clusters": clusters},
-    }
-
-
 class Scenario:
-    def __init__(self, key, label, group, filters=None, wasm=(), hcm_extra=None, baseline=None,
-                 status="ok", note=""):
+    """One Envoy configuration measured: `config` is its whole bootstrap."""
+
+    def __init__(self, key, label, group, config, wasm=(), baseline=None, note=""):
         self.key, self.label, self.group = key, label, group
-        self.filters, self.wasm, self.hcm_extra = filters or [], list(wasm), hcm_extra
-        self.baseline, self.status, self.note = baseline, status, note
+        self.config, self.wasm = config, list(wasm)
+        self.baseline, self.status, self.note = baseline, "ok", note
         self.runs = []
 
 
 NATIVE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
 
 
-def native_entry(library, config):
-    """A dynamic-module filter (target/native/lib<library>.so) given `config` as its document."""
+def native_baseline_entry():
+    """The do-nothing dynamic module (bench/empty-filter), through the native host."""
     return {
-        "name": f"bench.native_{library}",
+        "name": "bench.native_empty_filter",
         "typed_config": {
             "@type": NATIVE_TYPE,
-            "dynamic_module_config": {"module": {"local": {"filename": str(DYNAMIC_MODULE_DIR / f"lib{library}.so")}}},
-            "filter_name": library,
-            "filter_config": {"@type": STRING_TYPE, "value": config},
+            "dynamic_module_config": {"module": {"local": {"filename": str(DYNAMIC_MODULE_DIR / "libempty_filter.so")}}},
+            "filter_name": "empty_filter",
+            "filter_config": {"@type": STRING_TYPE, "value": "{}"},
         },
     }
 
 
-def module_built():
-    if os.environ.get("BENCH_MODULE_BUILD") == "failed":
-        return False, "not built (`cargo build -p gateway` fails: target/bench/gateway-build.log)"
-    path = WASM_DIR / "gateway.wasm"
-    if not path.exists():
-        return False, "not built (target/wasm32-wasip1/release/gateway.wasm is missing)"
-    data = path.read_bytes()
-    if b"proxy_on_context_create" not in data:
-        return False, "not built (gateway.wasm exports no proxy-wasm entry point yet)"
-    return True, ""
+def with_document(entry, document):
+    """gatewayctl's native filter entry given another configuration document."""
+    out = copy.deepcopy(entry)
+    out["typed_config"]["filter_config"]["value"] = json.dumps(document, separators=(",", ":"))
+    return out
 
 
-def scenarios(filters, configs):
-    out = [Scenario("bare", "bare Envoy", "baseline"),
-           Scenario("empty-1", "1 empty Wasm filter", "baseline", [empty_entry(1)], ["empty_filter.wasm"],
-                    baseline="bare"),
-           Scenario("empty-7", "7 empty Wasm filters", "baseline", [empty_entry(i) for i in range(1, 8)],
-                    ["empty_filter.wasm"] * 7, baseline="bare")]
-    for entry in filters:
-        name = filter_id(entry)
-        wasm = Path(entry["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"]).name
-        out.append(Scenario(name.replace("_", "-"), name.replace("_", "-"), "filter",
-                            [wasm_entry(entry, configs[name])], [wasm], baseline="empty-1"))
-    out.append(Scenario("chain", "full chain (7 filters)", "chain",
-                        [wasm_entry(e, configs[filter_id(e)]) for e in filters],
-                        [Path(e["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"]).name
-                         for e in filters], baseline="empty-7"))
-    built, why = module_built()
-    out.append(Scenario("module", "gateway module", "module", [module_entry(configs)], ["gateway.wasm"],
-                        baseline="empty-1", status="ok" if built else "not built", note=why))
+def scenarios(chain, module, module_fleet, native):
+    """Every scenario's bootstrap: the policy filters as gatewayctl writes them
+    (the chain, one filter of it, the module, the native module), and the
+    baselines beside them, on the same listener, routes and clusters."""
+    configs = filter_configs(chain)
+    policies = len(chain.filters)
+    out = [Scenario("bare", "bare Envoy", "baseline", chain.config([])),
+           Scenario("empty-1", "1 empty Wasm filter", "baseline", chain.config([empty_entry(1)]),
+                    ["empty_filter.wasm"], baseline="bare"),
+           Scenario(f"empty-{policies}", f"{policies} empty Wasm filters", "baseline",
+                    chain.config([empty_entry(i) for i in range(1, policies + 1)]),
+                    ["empty_filter.wasm"] * policies, baseline="bare")]
+    for entry in chain.filters:
+        key = filter_id(entry).replace("_", "-")
+        out.append(Scenario(key, key, "filter", chain.config([entry]), [wasm_file(entry)], baseline="empty-1"))
+    out.append(Scenario("chain", f"full chain ({policies} filters)", "chain", chain.config(chain.filters),
+                        [wasm_file(e) for e in chain.filters], baseline=f"empty-{policies}"))
+    out.append(Scenario("module", "gateway module", "module", module.config(module.filters), ["gateway.wasm"],
+                        baseline="empty-1"))
     out.append(Scenario("module-fleet", "gateway module, fleet store", "module",
-                        [module_entry(fleet_configs(configs))], ["gateway.wasm"], baseline="module",
-                        status="ok" if built else "not built",
-                        note=why or "sign-auth's nonces, throttling's counters and the fleet breaker in "
-                                    "Redis behind Webdis: one call per request, and each worker's "
-                                    "breaker sync every 100 ms"))
-    out.append(Scenario("native-empty", "1 empty native module", "baseline",
-                        [native_entry("empty_filter", "{}")], baseline="bare",
-                        note="a dynamic module through the native host that only continues"))
-    out.append(Scenario("native-module", "native gateway module", "module",
-                        [native_entry("gateway", json.dumps(configs, separators=(",", ":")))],
+                        module_fleet.config(module_fleet.filters), ["gateway.wasm"], baseline="module",
+                        note="sign-auth's nonces, throttling's counters and the fleet breaker in "
+                             "Redis behind Webdis: one call per request, and each worker's "
+                             "breaker sync every 100 ms"))
+    out.append(Scenario("native-empty", "1 empty native module", "baseline", chain.config([native_baseline_entry()]),
+                        baseline="bare", note="a dynamic module through the native host that only continues"))
+    out.append(Scenario("native-module", "native gateway module", "module", native.config(native.filters),
                         baseline="native-empty",
                         note="libgateway.so: the gateway module as an Envoy dynamic module, no Wasm VM"))
     # One policy alone in the native module, against Envoy's own filter for the same job.
-    for name, rival in (("ip_acl", "native RBAC"), ("throttling", "native local_ratelimit")):
+    for name, rival in (("ip_acl", "; compare native RBAC"), ("throttling", "; compare native local_ratelimit"),
+                        ("ext_auth", " (the authorizer's decisions cached)")):
         if name in configs:
             key = name.replace("_", "-")
             out.append(Scenario(f"native-{key}", f"native module, {key} only", "native",
-                                [native_entry("gateway", json.dumps({name: configs[name]}, separators=(",", ":")))],
-                                baseline="bare", note=f"the native module with one section; compare {rival}"))
+                                native.config([with_document(native.filters[0], {name: configs[name]})]),
+                                baseline="bare", note=f"the native module with one section{rival}"))
     if "ip_acl" in configs:
-        rbac, note = rbac_filters(configs["ip_acl"])
-        out.append(Scenario("native-rbac", "native RBAC (vs ip-acl)", "native", rbac or [],
-                            hcm_extra={"xff_num_trusted_hops": 1}, baseline="bare",
-                            status="ok" if rbac else "skipped", note=note))
+        rbac, routes, note = rbac_scenario(configs["ip_acl"])
+        if rbac is None:
+            raise RuntimeError(f"no RBAC equivalent of the demo's ip-acl configuration: {note}")
+        out.append(Scenario("native-rbac", "native RBAC (vs ip-acl)", "native",
+                            chain.config(rbac, hcm_extra={"xff_num_trusted_hops": 1}, routes=routes),
+                            baseline="bare", note=note))
     out.append(Scenario("native-local-ratelimit", "native local_ratelimit (vs throttling)", "native",
-                        [local_ratelimit_filter()], baseline="bare",
+                        chain.config([local_ratelimit_filter()]), baseline="bare",
                         note="one token bucket for every request, limit 1e9/s (never refuses)"))
     for kind in PROBE_KINDS:
         out.append(Scenario(f"probe-{kind}", f"host call: {kind}" if kind != "none" else "host-call probe, no call",
-                            "probe", [probe_entry(kind)], ["host_call_probe.wasm"],
+                            "probe", chain.config([probe_entry(kind)]), ["host_call_probe.wasm"],
                             baseline=None if kind == "none" else "probe-none"))
     return out
 
@@ -1012,7 +1007,7 @@ def summarise(all_scenarios):
             })
         row["startup_s"] = getattr(s, "startup_s", None)
         sizes = [(WASM_DIR / w).stat().st_size for w in s.wasm if (WASM_DIR / w).exists()]
-        row["wasm_bytes"] = (sum(sizes) if sizes and len(sizes) == len(s.wasm) and s.status != "not built"
+        row["wasm_bytes"] = (sum(sizes) if sizes and len(sizes) == len(s.wasm) and s.status == "ok"
                              else None)
 
         def paired(base_key):
@@ -1089,7 +1084,8 @@ def targets(rows):
             ratio_target(f"{r['label']} alone ≤ {TARGET_SINGLE:.2f} × 1 empty filter", r, TARGET_SINGLE)
     c = by.get("chain")
     if c:
-        ratio_target(f"full chain ≤ {TARGET_CHAIN:.2f} × 7 empty filters", c, TARGET_CHAIN)
+        ratio_target(f"full chain ≤ {TARGET_CHAIN:.2f} × {c['baseline'].split('-')[-1]} empty filters", c,
+                     TARGET_CHAIN)
     m, b = by.get("module"), by.get("bare")
     if m:
         ratio_target(f"gateway module ≤ {TARGET_MODULE:.2f} × 1 empty filter", m, TARGET_MODULE)
@@ -1156,8 +1152,10 @@ def write_results(args, work, rows, decisions, meta, runs, changes):
         if not r.get("rounds") and not r.get("instructions"):
             md.append(f"| {r['label']} | {r['status']} | | | | | | | | | | | {fmt_size(r.get('wasm_bytes'))} |")
             continue
-        baseline_names = {"empty-7": "7 empty", "empty-1": "1 empty", "module": "module, local"}
-        which = f" ({baseline_names.get(r['baseline'], r['baseline'])})" if r.get("baseline") else ""
+        baseline_names = {"module": "module, local"}
+        base = r.get("baseline") or ""
+        which = (f" ({baseline_names.get(base, base.replace('empty-', '') + ' empty' if base.startswith('empty-') else base)})"
+                 if base else "")
         md.append("| " + " | ".join([
             r["label"], fmt(r.get("instructions"), ",.0f"), fmt(r.get("instr_ratio_bare"), ".3f"),
             fmt(r.get("instr_ratio_empty"), ".3f") + (which if r.get("instructions") else ""),
@@ -1176,7 +1174,7 @@ def write_results(args, work, rows, decisions, meta, runs, changes):
               "min over the rounds: disturbances on a shared machine only ever add CPU time, so the least "
               "disturbed burst is the estimate (the median shows the spread; `results.csv` also has the "
               "median of per-round ratios). “× empty” compares a filter or the module with one empty Wasm "
-              "filter, and the chain with seven. req/s, p50 and p99 are medians over the rounds (wrk, "
+              "filter, and the chain with as many as it has filters. req/s, p50 and p99 are medians over the rounds (wrk, "
               f"{meta['connections']} connections, closed loop). RSS is the Envoy process's VmRSS after "
               "its last burst.")
     bad = [r for r in rows if r.get("rounds") and (r["non_2xx"] or r["wrapped"])]
@@ -1300,7 +1298,8 @@ def chart(work, rows, decisions, meta):
             text += f"  ×{r['ratio_empty']:.2f}"
         ax1.text(max(m, med[y]), y, "  " + text, va="center", fontsize=8)
     by = {r["scenario"]: r for r in measured}
-    for key, style in (("bare", ":"), ("empty-1", "--"), ("empty-7", "-.")):
+    chain_baseline = (by.get("chain") or {}).get("baseline") or "empty-1"
+    for key, style in (("bare", ":"), ("empty-1", "--"), (chain_baseline, "-.")):
         if key in by:
             ax1.axvline(by[key]["cpu_us_min"], color="#555", linestyle=style, linewidth=0.8,
                         label=by[key]["label"])
@@ -1380,6 +1379,90 @@ def envoy_version(envoy):
 
 # --------------------------------------------------------------------------
 
+def sign_requests(work, app, count):
+    """`count` requests of the mix, each signed with its own nonce:
+    work/signed.lua (wrk's script) and work/signed.txt (the signatures)."""
+    say(f"signing {count} requests (one nonce each)")
+    cmd = [str(NATIVE_DIR / "bench-requests"), "--key", app["key"], "--secret", app["secrets"][0],
+           "--count", str(count), "--lua", str(work / "signed.lua"), "--data", str(work / "signed.txt")]
+    for m in MIX:
+        cmd += ["--request", m]
+    subprocess.run(cmd, check=True)
+
+
+def start_services(args, work, all_scenarios, ports):
+    """The upstream, the log sink and, when `module-fleet` runs, the fleet
+    store: ([procs], description, Redis port or None)."""
+    backend, sink, procs, description = start_upstream(args.upstream, work, args.client_cpu, ports)
+    say(f"upstream: {description} on 127.0.0.1:{backend} (log sink :{sink})")
+    redis = None
+    if any(s.key == "module-fleet" and s.status == "ok" for s in all_scenarios):
+        redis, store_procs, store_desc = start_fleet_store(work, args.client_cpu, ports["store"])
+        procs += store_procs
+        say(f"fleet store: {store_desc} on 127.0.0.1:{ports['store']}")
+        description += f"; fleet store: {store_desc}"
+    UPSTREAM_PIDS[:] = [p.pid for p in procs]
+    return procs, description, redis
+
+
+def smoke(args, work, all_scenarios, ports, app):
+    """`make bench-smoke`: every scenario's Envoy starts and answers each
+    request of the mix with a 2xx, and every policy decision runs natively
+    and comes out as expected; no load, no callgrind. Returns the exit status."""
+    rounds = 2
+    sign_requests(work, app, len(MIX) * rounds)
+    requests = SignedRequests(work)
+    failures = []
+    procs = []
+    try:
+        procs, _, _ = start_services(args, work, all_scenarios, ports)
+
+        def one(s):
+            envoy = None
+            try:
+                if s.status != "ok":
+                    raise RuntimeError(s.note)
+                envoy = Envoy(args, work, s, s.config)
+                envoy.ready(timeout=120.0)
+                statuses = send_sequentially(envoy.port, requests, 0, len(MIX) * rounds)
+                envoy.alive()
+                bad = {status: n for status, n in statuses.items() if not status.startswith("2")}
+                if bad:
+                    raise RuntimeError(f"non-2xx answers {bad} (Envoy's log: {envoy.log_path})")
+                say(f"smoke {s.key:<24} ok ({sum(statuses.values())} requests)")
+            except Exception as error:
+                failures.append(f"{s.key}: {str(error).splitlines()[0][:400]}")
+                say(f"smoke {s.key:<24} FAILED: {error}")
+            finally:
+                if envoy is not None:
+                    envoy.stop()
+
+        with ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
+            list(pool.map(one, all_scenarios))
+    finally:
+        for proc in procs:
+            stop(proc)
+        stop_all()
+    binary = NATIVE_DIR / "policy-bench"
+    listing = subprocess.run([str(binary), "--list"], capture_output=True, text=True, check=True).stdout
+    for line in listing.splitlines():
+        name = line.split("\t", 1)[0]
+        done = subprocess.run([str(binary), "--configs", str(work / "configs"), name, "20"],
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            failures.append(f"decision {name}: {done.stderr.strip()[-400:]}")
+            say(f"smoke decision {name:<28} FAILED: {done.stderr.strip()[-400:]}")
+        else:
+            say(f"smoke decision {name:<28} ok")
+    if failures:
+        say(f"{len(failures)} of {len(all_scenarios)} scenarios and the decisions failed:")
+        for failure in failures:
+            say(f"  {failure}")
+        return 1
+    say(f"smoke: {len(all_scenarios)} scenarios and every decision ok")
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 8)))
@@ -1393,6 +1476,9 @@ def main():
                    help="comma-separated scenario keys (default: all)")
     p.add_argument("--no-pin", action="store_true", default=os.environ.get("BENCH_PIN", "1") == "0",
                    help="do not pin Envoy and the client to separate CPUs")
+    p.add_argument("--smoke", action="store_true",
+                   help="every scenario's Envoy answers the mix with 2xx and every decision runs; "
+                        "nothing is measured (`make bench-smoke`, in `make test`)")
     p.add_argument("--skip-load", action="store_true")
     p.add_argument("--skip-micro", action="store_true")
     p.add_argument("--micro-low", type=int, default=100)
@@ -1424,49 +1510,45 @@ def main():
     pinning = (f"Envoy pinned to CPU {args.envoy_cpu}, wrk and the upstream to CPU {args.client_cpu}."
                if pin else "No CPU pinning.")
 
-    doc = load_gateway_yaml()
-    listener, hcm, filters = gateway_parts(doc)
-    configs, changes = bench_configs(filters)
+    # The configurations: the demo's apis.yaml, changed for the bench, built by gatewayctl.
+    ports = {"backend": free_port(), "sink": free_port(), "store": free_port()}
+    apis, changes = bench_apis(ports, fleet=False)
+    fleet_apis, _ = bench_apis(ports, fleet=True)
+    built = {mode: Bootstrap(gatewayctl_build(work, "bench", apis, mode)) for mode in ("chain", "module", "native")}
+    module_fleet = Bootstrap(gatewayctl_build(work, "bench-fleet", fleet_apis, "module"))
+    configs = filter_configs(built["chain"])
     (work / "configs").mkdir(exist_ok=True)
     for name, config in configs.items():
         (work / "configs" / f"{name}.json").write_text(json.dumps(config, indent=1))
 
-    all_scenarios = scenarios(filters, configs)
+    all_scenarios = scenarios(built["chain"], built["module"], module_fleet, built["native"])
     if args.only:
         keep = set(args.only.split(","))
+        unknown = keep - {s.key for s in all_scenarios}
+        if unknown:
+            raise SystemExit(f"bench: no scenario {', '.join(sorted(unknown))}")
         all_scenarios = [s for s in all_scenarios if s.key in keep]
     for s in all_scenarios:
         missing = [w for w in s.wasm if not (WASM_DIR / w).exists()]
-        if s.status == "ok" and missing:
-            s.status, s.note = "not built", f"missing {', '.join(sorted(set(missing)))}"
+        if missing:
+            s.status, s.note = "failed", f"missing {', '.join(sorted(set(missing)))}"
+
+    if args.smoke:
+        sys.exit(smoke(args, work, all_scenarios, ports, configs["sign_auth"]["apps"][0]))
 
     runs, decisions = [], []
     upstream_desc = ""
     procs = []
-    store = store_redis = None
+    store_redis = None
     try:
         if not args.skip_load or args.instructions:
             # Signed requests: one burst takes at most 40k req/s (far above one Envoy worker
             # here) and every Envoy with sign-auth needs a fresh nonce for each request it sees.
             args.burst_requests = 40000 * args.duration
             args.requests = 40000 * max(args.warmup, 1) + args.rounds * (args.burst_requests + 10000)
-            app = configs["sign_auth"]["apps"][0]
+            sign_requests(work, configs["sign_auth"]["apps"][0], args.requests)
             args.lua = work / "signed.lua"
-            say(f"signing {args.requests} requests (one nonce each)")
-            cmd = [str(NATIVE_DIR / "bench-requests"), "--key", app["key"], "--secret", app["secrets"][0],
-                   "--count", str(args.requests), "--lua", str(args.lua), "--data", str(work / "signed.txt")]
-            for m in MIX:
-                cmd += ["--request", m]
-            subprocess.run(cmd, check=True)
-
-            backend, sink, procs, upstream_desc = start_upstream(args.upstream, work, args.client_cpu)
-            say(f"upstream: {upstream_desc} on 127.0.0.1:{backend} (log sink :{sink})")
-            if any(s.key == "module-fleet" and s.status == "ok" for s in all_scenarios):
-                store, store_redis, store_procs, store_desc = start_fleet_store(work, args.client_cpu)
-                procs += store_procs
-                say(f"fleet store: {store_desc} on 127.0.0.1:{store}")
-                upstream_desc += f"; fleet store: {store_desc}"
-            UPSTREAM_PIDS[:] = [p.pid for p in procs]
+            procs, upstream_desc, store_redis = start_services(args, work, all_scenarios, ports)
         if not args.skip_load:
             for s in all_scenarios:
                 if s.status != "ok":
@@ -1477,8 +1559,7 @@ def main():
             for s in [s for s in all_scenarios if s.status == "ok"]:
                 try:
                     t0 = time.time()
-                    envoy = Envoy(args, work, s, envoy_config(listener, hcm, s.filters, backend, sink,
-                                                              s.hcm_extra, store))
+                    envoy = Envoy(args, work, s, s.config)
                     envoys[s.key] = envoy
                     envoy.ready()
                     s.startup_s = time.time() - t0
@@ -1523,7 +1604,7 @@ def main():
                     (envoy.dir / f"{s.key}.stats").write_text(text)
                 except OSError:
                     pass
-                if getattr(envoy, "wrapped_pool", False) and "sign_auth" in json.dumps(s.filters):
+                if getattr(envoy, "wrapped_pool", False) and "sign_auth" in json.dumps(s.config):
                     s.note = (s.note + "; " if s.note else "") + "ran out of signed requests (nonces replayed)"
                 envoy.stop()
         if args.instructions:
@@ -1532,9 +1613,7 @@ def main():
             counted = [s for s in all_scenarios if s.status == "ok"]
             say(f"Envoy under callgrind: instructions per request ({len(counted)} scenarios, "
                 f"{args.instr_parallel} at a time)")
-            count_instructions(args, work, counted, {
-                s.key: envoy_config(listener, hcm, s.filters, backend, sink, s.hcm_extra, store)
-                for s in counted})
+            count_instructions(args, work, counted, {s.key: s.config for s in counted})
         for proc in procs:
             stop(proc)
         if not args.skip_micro:
@@ -1559,6 +1638,30 @@ def main():
     print()
     print((work / "results.md").read_text())
     say(f"done in {time.time() - started:.0f} s: {work / 'results.md'}, {chart_path}")
+    failures = failed(args, all_scenarios, decisions)
+    if failures:
+        say(f"FAILED: {len(failures)} of the measurements could not be made as asked:")
+        for failure in failures:
+            say(f"  {failure}")
+        sys.exit(1)
+
+
+def failed(args, all_scenarios, decisions):
+    """What makes `make bench` fail: a scenario that did not run, answered
+    anything but 2xx (an error path is not the cost of a policy) or could
+    not be counted, and a decision that did not run."""
+    out = []
+    for s in all_scenarios:
+        if s.status != "ok":
+            out.append(f"{s.key}: {s.status}: {s.note}")
+            continue
+        bad = sum(r["non_2xx"] for r in s.runs) + (getattr(s, "instr_non_2xx", 0) or 0)
+        if bad:
+            out.append(f"{s.key}: {bad} non-2xx answers")
+        if args.instructions and getattr(s, "instructions", None) is None:
+            out.append(f"{s.key}: instructions not counted: {s.note}")
+    out += [f"decision {d['decision']}: {d['status']}" for d in decisions if d["status"] != "ok"]
+    return out
 
 
 def on_signal(signum, _frame):

@@ -112,7 +112,26 @@ impl Configs {
     }
 }
 
-/// A GET request as the filters' host shows it, from 127.0.0.1.
+/// The demo's API (its Envoy route name) for a request path of the mix: the
+/// policies match by route name, as gatewayctl writes them by default.
+fn route_of(path: &str) -> &'static str {
+    let path = path.split('?').next().unwrap_or(path);
+    [
+        ("/orders", "orders"),
+        ("/admin", "admin"),
+        ("/account", "account"),
+        ("/limited", "limited"),
+        ("/search", "search"),
+        ("/v1/users/", "public-profile"),
+        ("/flaky", "flaky"),
+    ]
+    .iter()
+    .find(|(prefix, _)| path.starts_with(prefix))
+    .map_or("api", |(_, route)| route)
+}
+
+/// A GET request as the filters' host shows it, from 127.0.0.1, routed by
+/// Envoy to the demo's API for its path.
 fn request(path: &str) -> FakeHost {
     let host = FakeHost::new()
         .with_header(":authority", AUTHORITY)
@@ -121,7 +140,8 @@ fn request(path: &str) -> FakeHost {
         .with_header("accept", "application/json")
         .with_header("user-agent", "wrk")
         .with_header("x-tenant", "acme")
-        .with_property(&["source", "address"], PEER);
+        .with_property(&["source", "address"], PEER)
+        .with_property(&["xds", "route_name"], route_of(path));
     host.clock.set(Duration::from_millis(NOW_MS));
     host
 }
@@ -131,7 +151,7 @@ fn attrs(path: &str) -> RequestAttrs<'_> {
         authority: AUTHORITY,
         method: "GET",
         path,
-        route_name: None,
+        route_name: Some(route_of(path)),
     }
 }
 
