@@ -11,6 +11,7 @@
 use crate::config::ConfigError;
 use crate::error::{render, GatewayError};
 use crate::host;
+use crate::stream::{Level, Stream, Verdict};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
@@ -527,6 +528,93 @@ proxy_wasm::main! {{
         proxy_wasm::set_root_context(factory);
     }
 }}
+
+/// The current request's stream under proxy-wasm: the [`Stream`] every
+/// policy step is handed in a `.wasm` filter and in the gateway module.
+/// Reads are [`host::ProxyWasmHost`]'s (one snapshot per callback scope),
+/// effects go through this module's functions, so the module's pipeline
+/// learns of them as before.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProxyWasmStream;
+
+impl host::Host for ProxyWasmStream {
+    fn request_header(&self, name: &str) -> Option<String> {
+        host::ProxyWasmHost.request_header(name)
+    }
+
+    fn request_header_values(&self, name: &str) -> Vec<String> {
+        host::ProxyWasmHost.request_header_values(name)
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        host::ProxyWasmHost.property(path)
+    }
+
+    fn set_property(&self, path: &[&str], value: &[u8]) -> bool {
+        host::ProxyWasmHost.set_property(path, value)
+    }
+
+    fn now(&self) -> std::time::SystemTime {
+        host::ProxyWasmHost.now()
+    }
+}
+
+impl Stream for ProxyWasmStream {
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        set_request_header(name, value);
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        response_header(name)
+    }
+
+    fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+        set_response_header(name, value);
+    }
+
+    fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        send_local_reply(status, headers.to_vec(), body);
+    }
+
+    fn request_body(&self, size: usize) -> Vec<u8> {
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn replace_request_body(&mut self, old_size: usize, body: &[u8]) {
+        replace_request_body(old_size, body);
+    }
+
+    fn logs(&self, level: Level) -> bool {
+        hostcalls::get_log_level().is_ok_and(|lowest| log_level(level) as u32 >= lowest as u32)
+    }
+
+    fn log(&self, level: Level, message: std::fmt::Arguments<'_>) {
+        if self.logs(level) {
+            log(log_level(level), &message.to_string());
+        }
+    }
+}
+
+fn log_level(level: Level) -> LogLevel {
+    match level {
+        Level::Trace => LogLevel::Trace,
+        Level::Debug => LogLevel::Debug,
+        Level::Info => LogLevel::Info,
+        Level::Warn => LogLevel::Warn,
+        Level::Error => LogLevel::Error,
+    }
+}
+
+/// What Envoy is told of a [`Verdict`].
+pub fn action(verdict: Verdict) -> proxy_wasm::types::Action {
+    match verdict {
+        Verdict::Continue => proxy_wasm::types::Action::Continue,
+        Verdict::Pause | Verdict::Answered => proxy_wasm::types::Action::Pause,
+    }
+}
 
 /// Header access for adapters. The SDK's `HttpContext` methods unwrap the
 /// host's answer (a panic aborts the VM, and a header value that is not

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod params;
 pub mod section;
 pub mod store;
+pub mod stream;
 #[cfg(feature = "wasm")]
 pub mod wake;
 #[cfg(feature = "wasm")]

@@ -22,17 +22,7 @@
 //! Nothing here calls the host: a [`Member`] is any policy context, a fake
 //! one in the tests.
 
-/// What a policy made of one callback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Done with this callback; the next policy may go on.
-    Continue,
-    /// Hold the stream (for the request headers: until the body is read;
-    /// for a body: until more of it has arrived).
-    Pause,
-    /// The policy answered the request itself (a local reply).
-    Answered,
-}
+pub use gateway_common::stream::Verdict;
 
 /// What a policy made of a request body callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

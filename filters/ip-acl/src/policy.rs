@@ -1,5 +1,6 @@
 //! The IP access-control policy: configuration, compilation and decision.
-//! No proxy-wasm calls here; the host is reached through [`Host`].
+//! No proxy-wasm calls here; the host is reached through [`Host`] and the
+//! request's [`Stream`].
 //!
 //! Lists apply in scopes: the global lists, the global per-app lists, then
 //! the lists of the first rule whose `match` holds and that rule's per-app
@@ -12,6 +13,7 @@
 //! Per-app lists apply only to requests with an authenticated app (published
 //! by sign-auth); they can narrow an app's access, never widen it.
 
+use crate::FILTER_NAME;
 use gateway_common::client_ip::{ClientAddressConfig, ClientAddressError, ClientAddressResolver};
 use gateway_common::config::ConfigError;
 use gateway_common::error::{codes, GatewayError};
@@ -19,6 +21,7 @@ use gateway_common::host::{Host, RequestFacts};
 use gateway_common::identity;
 use gateway_common::ipset::{CidrEntry, IpSet};
 use gateway_common::matching::{first_match, MatchConfig, Matcher, RequestAttrs};
+use gateway_common::stream::{send_error, Level, Stream, Verdict};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -332,6 +335,115 @@ impl IpAcl {
             RequestFacts::read(host, self.uses_route_name)
         };
         self.check(client, app.as_deref(), &facts.attrs())
+    }
+
+    /// The request-headers step: the decision and its effect on `stream`
+    /// (a refusal answered in the shared error shape, unless in dry run),
+    /// with the counter it increments.
+    pub fn on_request_headers(&self, stream: &mut dyn Stream) -> (Verdict, Metric) {
+        let outcome = self.evaluate(stream);
+        let Some(error) = outcome.error() else {
+            return (Verdict::Continue, Metric::Allowed);
+        };
+        if self.dry_run {
+            stream.log(
+                Level::Info,
+                format_args!("{FILTER_NAME}: dry run, would deny: {outcome:?}"),
+            );
+            return (Verdict::Continue, Metric::DryRunDenied);
+        }
+        if let Outcome::BadForwardedFor(_) = outcome {
+            stream.log(Level::Debug, format_args!("{FILTER_NAME}: {outcome:?}"));
+        }
+        (send_error(stream, &error, &[]), outcome.metric())
+    }
+}
+
+#[cfg(test)]
+mod step_tests {
+    use super::*;
+    use gateway_common::config::parse_json;
+    use gateway_common::host::FakeHost;
+    use gateway_common::stream::{Effect, FakeStream};
+
+    fn acl(json: &str) -> IpAcl {
+        IpAcl::compile(&parse_json::<IpAclConfig>(json.as_bytes()).expect("config"))
+            .expect("compiles")
+    }
+
+    fn from(peer: &str) -> FakeStream {
+        FakeStream::new(
+            FakeHost::new()
+                .with_header(":path", "/admin")
+                .with_header("x-request-id", "r-9")
+                .with_property(&["source", "address"], peer),
+        )
+    }
+
+    #[test]
+    fn an_allowed_client_goes_on_untouched() {
+        let mut stream = from("10.0.0.1:5000");
+        let step = acl(r#"{"allow":["10.0.0.0/8"]}"#).on_request_headers(&mut stream);
+        assert_eq!(step, (Verdict::Continue, Metric::Allowed));
+        assert!(stream.effects.is_empty());
+    }
+
+    #[test]
+    fn a_denied_client_is_answered_403_in_the_shared_shape() {
+        let mut stream = from("192.0.2.1:5000");
+        let step = acl(r#"{"deny":["192.0.2.0/24"]}"#).on_request_headers(&mut stream);
+        assert_eq!(step, (Verdict::Answered, Metric::DeniedDenyList));
+        let [Effect::LocalReply(reply)] = stream.effects.as_slice() else {
+            panic!("one local reply, nothing else: {:?}", stream.effects);
+        };
+        assert_eq!(reply.status, 403);
+        assert_eq!(reply.header("x-ca-error-code"), Some("A403IP"));
+        assert_eq!(reply.json()["request_id"], "r-9");
+    }
+
+    #[test]
+    fn a_client_off_the_allow_list_is_counted_as_not_allowed() {
+        let mut stream = from("192.0.2.1:5000");
+        let step = acl(r#"{"allow":["10.0.0.0/8"]}"#).on_request_headers(&mut stream);
+        assert_eq!(step, (Verdict::Answered, Metric::DeniedNotAllowed));
+        assert_eq!(stream.reply().map(|reply| reply.status), Some(403));
+    }
+
+    #[test]
+    fn a_dry_run_logs_what_it_would_deny_and_lets_the_request_go_on() {
+        let mut stream = from("192.0.2.1:5000");
+        let step =
+            acl(r#"{"deny":["192.0.2.0/24"],"dry_run":true}"#).on_request_headers(&mut stream);
+        assert_eq!(step, (Verdict::Continue, Metric::DryRunDenied));
+        assert!(stream.effects.is_empty());
+        let logs = stream.logs.borrow();
+        assert!(
+            logs.iter()
+                .any(|(level, text)| *level == Level::Info && text.contains("would deny")),
+            "{logs:?}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_forwarded_for_from_a_trusted_proxy_is_answered_400() {
+        let mut stream = FakeStream::new(
+            FakeHost::new()
+                .with_header("x-forwarded-for", "not-an-address")
+                .with_property(&["source", "address"], "127.0.0.1:5000"),
+        );
+        let config =
+            r#"{"client_address":{"trusted_proxies":["127.0.0.1"]},"deny":["192.0.2.0/24"]}"#;
+        let step = acl(config).on_request_headers(&mut stream);
+        assert_eq!(step, (Verdict::Answered, Metric::DeniedBadForwardedFor));
+        assert_eq!(stream.reply().map(|reply| reply.status), Some(400));
+    }
+
+    #[test]
+    fn no_peer_address_is_refused() {
+        let mut stream = FakeStream::new(FakeHost::new());
+        let step = acl(r#"{"deny":["192.0.2.0/24"]}"#).on_request_headers(&mut stream);
+        assert_eq!(step, (Verdict::Answered, Metric::DeniedUnknownClient));
+        assert_eq!(stream.reply().map(|reply| reply.status), Some(403));
     }
 }
 

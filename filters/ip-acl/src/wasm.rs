@@ -1,14 +1,13 @@
 //! The proxy-wasm adapter of ip-acl: the filter as a `.wasm` module
 //! and as the gateway module's section. Re-exported from the crate root.
 
-use crate::policy::{IpAcl, Metric, Outcome};
+use crate::policy::{IpAcl, Metric};
 use crate::*;
-use gateway_common::adapter::{self, Filter};
+use gateway_common::adapter::{self, Filter, ProxyWasmStream};
 use gateway_common::config::ConfigError;
-use gateway_common::host::ProxyWasmHost;
 use gateway_common::metrics::Counter;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, LogLevel};
+use proxy_wasm::types::Action;
 use std::rc::Rc;
 
 /// The counters, defined once per VM.
@@ -28,25 +27,9 @@ impl Metrics {
 /// Applies the policy to the current request: `Continue`, or an error
 /// response sent and `Pause`.
 pub fn on_request_headers(acl: &IpAcl, metrics: &Metrics) -> Action {
-    let outcome = acl.evaluate(&ProxyWasmHost);
-    let Some(error) = outcome.error() else {
-        metrics.inc(Metric::Allowed);
-        return Action::Continue;
-    };
-    if acl.dry_run() {
-        metrics.inc(Metric::DryRunDenied);
-        adapter::log(
-            LogLevel::Info,
-            &format!("{FILTER_NAME}: dry run, would deny: {outcome:?}"),
-        );
-        return Action::Continue;
-    }
-    metrics.inc(outcome.metric());
-    if let Outcome::BadForwardedFor(_) = outcome {
-        adapter::log(LogLevel::Debug, &format!("{FILTER_NAME}: {outcome:?}"));
-    }
-    adapter::send_error(&error);
-    Action::Pause
+    let (verdict, metric) = acl.on_request_headers(&mut ProxyWasmStream);
+    metrics.inc(metric);
+    adapter::action(verdict)
 }
 
 /// The filter, as the shared root context sees it.

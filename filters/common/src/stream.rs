@@ -1,0 +1,298 @@
+//! The seam between a policy and the host it runs in: one request's stream,
+//! with what a policy reads ([`Host`]) and the effects it has on the stream
+//! (headers, a local reply in the shared error shape, the request body,
+//! logs), behind one trait.
+//!
+//! A policy's step is written once against `&mut dyn Stream` and returns
+//! what happens next as a value ([`Verdict`]), with whatever it counted; the
+//! proxy-wasm adapter hands it the proxy-wasm stream, native tests a
+//! [`FakeStream`] that records every effect, so the step's whole behaviour,
+//! effects included, is tested without Envoy.
+
+use crate::error::{render, GatewayError};
+use crate::host::{FakeHost, Host};
+use std::fmt;
+use std::time::SystemTime;
+
+/// What a policy made of one callback: what the host does with the stream
+/// next (the gateway module's pipeline reads it to run the policies after).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Done with this callback; the next policy, then the upstream, go on.
+    Continue,
+    /// Hold the stream (for the request headers: until the body is read;
+    /// for a body: until more of it has arrived; or until an answer the
+    /// policy waits for).
+    Pause,
+    /// The policy answered the request itself ([`Stream::send_local_reply`]);
+    /// nothing after it runs and the upstream is not called.
+    Answered,
+}
+
+/// Log levels, most verbose first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// One request's stream as a policy sees it: the reads of [`Host`] and
+/// every effect. Writes are seen by later reads of the same stream.
+pub trait Stream: Host {
+    /// Sets (`Some`) or removes (`None`) a request header.
+    fn set_request_header(&mut self, name: &str, value: Option<&str>);
+
+    /// The first value of a response header (`name` in lower case).
+    fn response_header(&self, name: &str) -> Option<String>;
+
+    /// Sets (`Some`) or removes (`None`) a response header.
+    fn set_response_header(&mut self, name: &str, value: Option<&str>);
+
+    /// Answers the request from the gateway; the upstream is not called.
+    /// Every local reply of every policy goes through here.
+    fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+
+    /// The first `size` bytes of the request body the host holds.
+    fn request_body(&self, size: usize) -> Vec<u8>;
+
+    /// Replaces the first `old_size` bytes of the request body (the whole
+    /// body a policy was shown) with `body`.
+    fn replace_request_body(&mut self, old_size: usize, body: &[u8]);
+
+    /// Whether a message at `level` would be written: check it before
+    /// building a costly message.
+    fn logs(&self, level: Level) -> bool;
+
+    /// Writes a message; `message` is formatted only when `level` is on.
+    fn log(&self, level: Level, message: fmt::Arguments<'_>);
+}
+
+/// Answers the request with `error` in the shared shape (JSON body and
+/// `X-Ca-Error-*` headers, with the request's `x-request-id`), plus `extra`
+/// response headers (`Retry-After`, a quota…).
+pub fn send_error(
+    stream: &mut dyn Stream,
+    error: &GatewayError,
+    extra: &[(&'static str, String)],
+) -> Verdict {
+    let request_id = stream.request_header("x-request-id");
+    let mut response = render(error, request_id.as_deref());
+    response.headers.extend_from_slice(extra);
+    stream.send_local_reply(response.status, &response.header_pairs(), &response.body);
+    Verdict::Answered
+}
+
+/// An effect a [`FakeStream`] was asked for, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    SetRequestHeader(String, Option<String>),
+    SetResponseHeader(String, Option<String>),
+    LocalReply(LocalReply),
+    ReplaceRequestBody(Vec<u8>),
+}
+
+/// A local reply as a [`FakeStream`] recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl LocalReply {
+    /// The first value of a reply header (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The body as JSON (`Null` when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_default()
+    }
+}
+
+/// A stream made of plain data for native tests: reads come from a
+/// [`FakeHost`] (which header writes update), every effect is recorded.
+#[derive(Debug, Default)]
+pub struct FakeStream {
+    pub host: FakeHost,
+    pub response_headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub effects: Vec<Effect>,
+    /// Messages written at or above [`FakeStream::log_level`].
+    pub logs: std::cell::RefCell<Vec<(Level, String)>>,
+    pub log_level: Option<Level>,
+}
+
+impl FakeStream {
+    pub fn new(host: FakeHost) -> Self {
+        Self {
+            host,
+            log_level: Some(Level::Trace),
+            ..Self::default()
+        }
+    }
+
+    /// The local reply sent, if any.
+    pub fn reply(&self) -> Option<&LocalReply> {
+        self.effects.iter().find_map(|effect| match effect {
+            Effect::LocalReply(reply) => Some(reply),
+            _ => None,
+        })
+    }
+}
+
+fn set(headers: &mut Vec<(String, String)>, name: &str, value: Option<&str>) {
+    headers.retain(|(key, _)| !key.eq_ignore_ascii_case(name));
+    if let Some(value) = value {
+        headers.push((name.to_ascii_lowercase(), value.to_string()));
+    }
+}
+
+impl Host for FakeStream {
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.host.request_header(name)
+    }
+
+    fn request_header_values(&self, name: &str) -> Vec<String> {
+        self.host.request_header_values(name)
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.host.property(path)
+    }
+
+    fn set_property(&self, path: &[&str], value: &[u8]) -> bool {
+        self.host.set_property(path, value)
+    }
+
+    fn now(&self) -> SystemTime {
+        self.host.now()
+    }
+}
+
+impl Stream for FakeStream {
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        set(&mut self.host.headers, name, value);
+        self.effects.push(Effect::SetRequestHeader(
+            name.to_string(),
+            value.map(str::to_string),
+        ));
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.response_headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.clone())
+    }
+
+    fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+        set(&mut self.response_headers, name, value);
+        self.effects.push(Effect::SetResponseHeader(
+            name.to_string(),
+            value.map(str::to_string),
+        ));
+    }
+
+    fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        self.effects.push(Effect::LocalReply(LocalReply {
+            status,
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+            body: body.to_vec(),
+        }));
+    }
+
+    fn request_body(&self, size: usize) -> Vec<u8> {
+        self.body[..size.min(self.body.len())].to_vec()
+    }
+
+    fn replace_request_body(&mut self, old_size: usize, body: &[u8]) {
+        let old_size = old_size.min(self.body.len());
+        self.body.splice(..old_size, body.iter().copied());
+        self.effects.push(Effect::ReplaceRequestBody(body.to_vec()));
+    }
+
+    fn logs(&self, level: Level) -> bool {
+        self.log_level.is_some_and(|lowest| level >= lowest)
+    }
+
+    fn log(&self, level: Level, message: fmt::Arguments<'_>) {
+        if self.logs(level) {
+            self.logs.borrow_mut().push((level, message.to_string()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_writes_are_read_back_and_recorded() {
+        let mut stream = FakeStream::new(FakeHost::new().with_header("X-Old", "1"));
+        stream.set_request_header("x-old", None);
+        stream.set_request_header("X-New", Some("2"));
+        assert_eq!(stream.request_header("x-old"), None);
+        assert_eq!(stream.request_header("x-new").as_deref(), Some("2"));
+        assert_eq!(
+            stream.effects,
+            vec![
+                Effect::SetRequestHeader("x-old".into(), None),
+                Effect::SetRequestHeader("X-New".into(), Some("2".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_error_is_answered_in_the_shared_shape_with_the_request_id() {
+        let mut stream = FakeStream::new(FakeHost::new().with_header("x-request-id", "r-1"));
+        let flow = send_error(
+            &mut stream,
+            &GatewayError::new(429, "A429QE", "Quota exhausted"),
+            &[("retry-after", "7".to_string())],
+        );
+        assert_eq!(flow, Verdict::Answered);
+        let reply = stream.reply().expect("a reply");
+        assert_eq!(reply.status, 429);
+        assert_eq!(reply.header("x-ca-error-code"), Some("A429QE"));
+        assert_eq!(reply.header("retry-after"), Some("7"));
+        assert_eq!(reply.json()["request_id"], "r-1");
+        assert_eq!(reply.json()["code"], "A429QE");
+    }
+
+    #[test]
+    fn a_replaced_body_is_what_later_reads_see() {
+        let mut stream = FakeStream::new(FakeHost::new());
+        stream.body = b"a=1&b=2".to_vec();
+        stream.replace_request_body(7, b"a=1");
+        assert_eq!(stream.request_body(100), b"a=1");
+    }
+
+    #[test]
+    fn messages_below_the_level_are_not_formatted() {
+        struct Panics;
+        impl fmt::Display for Panics {
+            fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+                panic!("formatted below the level")
+            }
+        }
+        let mut stream = FakeStream::new(FakeHost::new());
+        stream.log_level = Some(Level::Info);
+        stream.log(Level::Debug, format_args!("{}", Panics));
+        stream.log(Level::Warn, format_args!("kept {}", 1));
+        assert_eq!(
+            *stream.logs.borrow(),
+            vec![(Level::Warn, "kept 1".to_string())]
+        );
+    }
+}
