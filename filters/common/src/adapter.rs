@@ -11,7 +11,7 @@
 use crate::config::ConfigError;
 use crate::error::{render, GatewayError};
 use crate::host;
-use crate::stream::{Level, Stream, Verdict};
+use crate::stream::{Level, PolicySteps, Stream, Verdict};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
@@ -129,6 +129,13 @@ pub fn send_error_with_headers(error: &GatewayError, extra: &[(&'static str, Str
 /// checks are unanswered is held until they are (see
 /// [`holds_replies`](crate::fleet::client::holds_replies)).
 pub fn send_local_reply(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {
+    reply_now_or_hold(status, headers, body);
+    note(|notes| notes.answered = true);
+}
+
+/// Sends a local reply, or holds it while earlier policies' fleet checks
+/// are unanswered (see [`send_local_reply`]); notes nothing.
+fn reply_now_or_hold(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {
     if crate::fleet::client::holds_replies() {
         crate::fleet::client::hold_reply(crate::fleet::client::LocalReply {
             status,
@@ -141,7 +148,6 @@ pub fn send_local_reply(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {
     } else {
         let _ = hostcalls::send_http_response(status, headers, Some(body));
     }
-    note(|notes| notes.answered = true);
 }
 
 /// Replaces the first `old_size` bytes of the request body (the whole body
@@ -233,10 +239,24 @@ pub trait Filter: 'static {
         false
     }
 
+    /// The policy's part in one request, for a policy written against
+    /// [`Stream`]; `None` for one that still is a proxy-wasm context of its
+    /// own ([`Filter::http_context`]).
+    fn steps(_policy: &Rc<Self::Policy>, _metrics: Self::Metrics) -> Option<Box<dyn PolicySteps>> {
+        None
+    }
+
+    /// The request's proxy-wasm context: by default the policy's
+    /// [`steps`](Filter::steps) over [`ProxyWasmStream`].
     fn http_context(
         policy: Rc<Self::Policy>,
         metrics: Self::Metrics,
-    ) -> Box<dyn proxy_wasm::traits::HttpContext>;
+    ) -> Box<dyn proxy_wasm::traits::HttpContext> {
+        match Self::steps(&policy, metrics) {
+            Some(steps) => Box::new(StreamContext::new(steps)),
+            None => Box::new(NoContext),
+        }
+    }
 
     /// [`Filter::http_context`] for a policy that needs the request's
     /// context id (to be woken by another request).
@@ -273,12 +293,25 @@ pub trait Filter: 'static {
     }
 }
 
+/// The context of a filter that defines neither steps nor a context of its
+/// own: lets every request through.
+struct NoContext;
+
+impl proxy_wasm::traits::Context for NoContext {}
+impl HttpContext for NoContext {}
+
 /// A policy whose configuration is loaded, as a root context holds it: it
 /// makes each request's context and may take part in the root's timer,
 /// HTTP call answers and shutdown. A single filter's root holds one; the
 /// gateway module's root holds one per enabled policy, in order.
 pub trait LoadedPolicy {
     fn http_context(&self, context_id: u32) -> Box<dyn HttpContext>;
+
+    /// The policy's part in one request when it is written against
+    /// [`Stream`] (see [`Filter::steps`]).
+    fn steps(&self) -> Option<Box<dyn PolicySteps>> {
+        None
+    }
 
     /// Its requests may be woken by other requests (see [`crate::wake`]).
     fn wakes(&self) -> bool {
@@ -340,6 +373,10 @@ impl<F: Filter> Loaded<F> {
 impl<F: Filter> LoadedPolicy for Loaded<F> {
     fn http_context(&self, context_id: u32) -> Box<dyn HttpContext> {
         F::http_context_for(Rc::clone(&self.policy), self.metrics, context_id)
+    }
+
+    fn steps(&self) -> Option<Box<dyn PolicySteps>> {
+        F::steps(&self.policy, self.metrics)
     }
 
     fn wakes(&self) -> bool {
@@ -531,11 +568,13 @@ proxy_wasm::main! {{
 
 /// The current request's stream under proxy-wasm: the [`Stream`] every
 /// policy step is handed in a `.wasm` filter and in the gateway module.
-/// Reads are [`host::ProxyWasmHost`]'s (one snapshot per callback scope),
-/// effects go through this module's functions, so the module's pipeline
-/// learns of them as before.
+/// Reads are [`host::ProxyWasmHost`]'s (one snapshot per callback scope).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct ProxyWasmStream;
+pub struct ProxyWasmStream {
+    /// The size of the request body a step replaced, for the policies
+    /// after it in the gateway module.
+    pub resized_to: Option<usize>,
+}
 
 impl host::Host for ProxyWasmStream {
     fn request_header(&self, name: &str) -> Option<String> {
@@ -559,7 +598,19 @@ impl host::Host for ProxyWasmStream {
     }
 }
 
+/// Policies written against [`Stream`] tell their host what they did by
+/// their [`Verdict`], so this stream notes nothing in [`StreamNotes`]: the
+/// gateway module reads their verdicts, and the size of a body they
+/// replace from [`ProxyWasmStream::resized_to`].
 impl Stream for ProxyWasmStream {
+    fn request_header_names(&self) -> Vec<String> {
+        host::ProxyWasmHost
+            .request_headers()
+            .iter()
+            .map(|(name, _)| crate::header_map::text(name))
+            .collect()
+    }
+
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
         set_request_header(name, value);
     }
@@ -573,7 +624,7 @@ impl Stream for ProxyWasmStream {
     }
 
     fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
-        send_local_reply(status, headers.to_vec(), body);
+        reply_now_or_hold(status, headers.to_vec(), body);
     }
 
     fn request_body(&self, size: usize) -> Vec<u8> {
@@ -584,7 +635,12 @@ impl Stream for ProxyWasmStream {
     }
 
     fn replace_request_body(&mut self, old_size: usize, body: &[u8]) {
-        replace_request_body(old_size, body);
+        let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_size, body);
+        self.resized_to = Some(body.len());
+    }
+
+    fn increment(&mut self, counter: crate::metrics::Counter, delta: u64) {
+        counter.add(delta);
     }
 
     fn logs(&self, level: Level) -> bool {
@@ -605,6 +661,60 @@ fn log_level(level: Level) -> LogLevel {
         Level::Info => LogLevel::Info,
         Level::Warn => LogLevel::Warn,
         Level::Error => LogLevel::Error,
+    }
+}
+
+/// A policy written against [`Stream`] as a proxy-wasm HTTP context (a
+/// single `.wasm` filter's): each callback runs the policy's step over
+/// [`ProxyWasmStream`], inside one callback scope of host reads.
+pub struct StreamContext {
+    steps: Box<dyn PolicySteps>,
+}
+
+impl StreamContext {
+    pub fn new(steps: Box<dyn PolicySteps>) -> Self {
+        Self { steps }
+    }
+}
+
+impl proxy_wasm::traits::Context for StreamContext {}
+
+impl HttpContext for StreamContext {
+    fn on_http_request_headers(
+        &mut self,
+        _num_headers: usize,
+        end_of_stream: bool,
+    ) -> proxy_wasm::types::Action {
+        let _reads = host::callback_scope();
+        action(
+            self.steps
+                .on_request_headers(&mut ProxyWasmStream::default(), end_of_stream),
+        )
+    }
+
+    fn on_http_request_body(
+        &mut self,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> proxy_wasm::types::Action {
+        let _reads = host::callback_scope();
+        action(self.steps.on_request_body(
+            &mut ProxyWasmStream::default(),
+            body_size,
+            end_of_stream,
+        ))
+    }
+
+    fn on_http_response_headers(
+        &mut self,
+        _num_headers: usize,
+        end_of_stream: bool,
+    ) -> proxy_wasm::types::Action {
+        let _reads = host::callback_scope();
+        action(
+            self.steps
+                .on_response_headers(&mut ProxyWasmStream::default(), end_of_stream),
+        )
     }
 }
 
@@ -649,42 +759,26 @@ pub fn set_response_header(name: &str, value: Option<&str>) {
     let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
 }
 
-/// Where a request body a filter buffers stands, in `on_http_request_body`.
-#[derive(Debug, PartialEq, Eq)]
-pub enum BufferedBody {
-    /// More is coming: hold the request (`Action::Pause`).
-    Incomplete,
-    /// Over the filter's limit: refuse it (413).
-    TooLarge,
-    /// The whole body.
-    Complete(Vec<u8>),
-}
+pub use crate::stream::BufferedBody;
 
-/// Buffers the request body up to `max_bytes`: the one step sign-auth,
-/// param-validation and request-mapping share when a rule needs the body.
+/// [`crate::stream::buffer_request_body`] over the current request, for
+/// adapters not yet written against [`Stream`].
 pub fn buffer_request_body(
     body_size: usize,
     end_of_stream: bool,
     max_bytes: usize,
 ) -> BufferedBody {
-    if body_size > max_bytes {
-        return BufferedBody::TooLarge;
-    }
-    if !end_of_stream {
-        return BufferedBody::Incomplete;
-    }
-    BufferedBody::Complete(
-        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default(),
+    crate::stream::buffer_request_body(
+        &ProxyWasmStream::default(),
+        body_size,
+        end_of_stream,
+        max_bytes,
     )
 }
 
-/// The request's declared `Content-Length`, if any, so a body over a limit
-/// is refused before it is buffered.
+/// [`crate::stream::declared_body_length`] over the current request.
 pub fn declared_body_length() -> Option<usize> {
-    request_header("content-length").and_then(|v| v.trim().parse().ok())
+    crate::stream::declared_body_length(&ProxyWasmStream::default())
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@ pub mod host;
 pub mod identity;
 pub mod ipset;
 pub mod matching;
-#[cfg(feature = "wasm")]
 pub mod metrics;
 pub mod params;
 pub mod section;

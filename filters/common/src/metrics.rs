@@ -5,14 +5,39 @@
 //! Naming: `gw.<filter>.<what>`, e.g. `gw.ip_acl.denied.deny_list`. Envoy
 //! prefixes Wasm metrics with `wasmcustom.`, so Prometheus sees
 //! `envoy_wasmcustom_gw_ip_acl_denied_deny_list`.
+//!
+//! A policy written against the [`Stream`](crate::stream::Stream) defines
+//! its counters through [`DefineMetrics`] (the host when the configuration
+//! loads, a [`FakeStream`](crate::stream::FakeStream) in tests) and counts
+//! with [`Stream::increment`](crate::stream::Stream::increment).
 
+#[cfg(feature = "wasm")]
 use proxy_wasm::types::MetricType;
 
 /// A counter handle; a failed definition makes a no-op counter rather than a
 /// failed request.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counter(Option<u32>);
 
+/// Where counters are defined: the host, once per configuration.
+pub trait DefineMetrics {
+    /// Defines the counter `gw.<filter>.<name>`.
+    fn define_counter(&mut self, filter: &str, name: &str) -> Counter;
+}
+
+impl Counter {
+    /// A handle to the host's metric `id`.
+    pub const fn from_id(id: u32) -> Self {
+        Self(Some(id))
+    }
+
+    /// The host's metric id (`None`: the definition failed, a no-op).
+    pub const fn id(self) -> Option<u32> {
+        self.0
+    }
+}
+
+#[cfg(feature = "wasm")]
 impl Counter {
     pub fn define(filter: &str, name: &str) -> Self {
         Self(define(MetricType::Counter, filter, name))
@@ -32,10 +57,25 @@ impl Counter {
     }
 }
 
+/// The proxy-wasm host's metrics (also the native module's, whose host
+/// implements proxy-wasm's metric calls).
+#[cfg(feature = "wasm")]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProxyWasmMetrics;
+
+#[cfg(feature = "wasm")]
+impl DefineMetrics for ProxyWasmMetrics {
+    fn define_counter(&mut self, filter: &str, name: &str) -> Counter {
+        Counter::define(filter, name)
+    }
+}
+
 /// A gauge handle (for example a breaker's state, a queue size).
+#[cfg(feature = "wasm")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gauge(Option<u32>);
 
+#[cfg(feature = "wasm")]
 impl Gauge {
     pub fn define(filter: &str, name: &str) -> Self {
         Self(define(MetricType::Gauge, filter, name))
@@ -60,9 +100,11 @@ impl Gauge {
 }
 
 /// A histogram handle (for example a latency in milliseconds).
+#[cfg(feature = "wasm")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Histogram(Option<u32>);
 
+#[cfg(feature = "wasm")]
 impl Histogram {
     pub fn define(filter: &str, name: &str) -> Self {
         Self(define(MetricType::Histogram, filter, name))
@@ -79,12 +121,14 @@ impl Histogram {
 /// reports it (one per worker). Linear memory grows with the heap's peak and
 /// never shrinks, so a gauge that stops growing after warm-up means bounded
 /// state. Natively (the native module) there is no VM and nothing is reported.
+#[cfg(feature = "wasm")]
 #[derive(Debug, Default)]
 pub struct VmMemory {
     gauge: Gauge,
     reported: u64,
 }
 
+#[cfg(feature = "wasm")]
 impl VmMemory {
     pub fn define(filter: &str) -> Self {
         if !cfg!(target_arch = "wasm32") {
@@ -118,6 +162,7 @@ pub fn metric_name(filter: &str, name: &str) -> String {
     format!("gw.{filter}.{name}")
 }
 
+#[cfg(feature = "wasm")]
 fn define(kind: MetricType, filter: &str, name: &str) -> Option<u32> {
     proxy_wasm::hostcalls::define_metric(kind, &metric_name(filter, name)).ok()
 }
@@ -130,18 +175,34 @@ pub struct DenialCounters<const N: usize> {
 }
 
 impl<const N: usize> DenialCounters<N> {
+    #[cfg(feature = "wasm")]
     pub fn define(filter: &str, errors: &[crate::error::GatewayError; N]) -> Self {
+        Self::define_with(&mut ProxyWasmMetrics, filter, errors)
+    }
+
+    pub fn define_with(
+        metrics: &mut dyn DefineMetrics,
+        filter: &str,
+        errors: &[crate::error::GatewayError; N],
+    ) -> Self {
         let codes = errors.each_ref().map(|e| e.code);
         Self {
             codes,
-            counters: codes.map(|code| Counter::define(filter, &format!("denied.{code}"))),
+            counters: codes.map(|code| metrics.define_counter(filter, &format!("denied.{code}"))),
         }
     }
 
+    /// The counter of `error`; codes outside the list have none.
+    pub fn counter(&self, error: &crate::error::GatewayError) -> Option<Counter> {
+        let i = self.codes.iter().position(|code| *code == error.code)?;
+        Some(self.counters[i])
+    }
+
     /// Counts `error`; codes outside the list are not counted.
+    #[cfg(feature = "wasm")]
     pub fn inc(&self, error: &crate::error::GatewayError) {
-        if let Some(i) = self.codes.iter().position(|code| *code == error.code) {
-            self.counters[i].inc();
+        if let Some(counter) = self.counter(error) {
+            counter.inc();
         }
     }
 }

@@ -11,6 +11,8 @@
 
 use crate::error::{render, GatewayError};
 use crate::host::{FakeHost, Host};
+use crate::metrics::{metric_name, Counter, DefineMetrics};
+use std::collections::HashMap;
 use std::fmt;
 use std::time::SystemTime;
 
@@ -42,6 +44,10 @@ pub enum Level {
 /// One request's stream as a policy sees it: the reads of [`Host`] and
 /// every effect. Writes are seen by later reads of the same stream.
 pub trait Stream: Host {
+    /// The names of the request headers, in order, pseudo-headers
+    /// included (a name repeats once per value).
+    fn request_header_names(&self) -> Vec<String>;
+
     /// Sets (`Some`) or removes (`None`) a request header.
     fn set_request_header(&mut self, name: &str, value: Option<&str>);
 
@@ -62,12 +68,76 @@ pub trait Stream: Host {
     /// body a policy was shown) with `body`.
     fn replace_request_body(&mut self, old_size: usize, body: &[u8]);
 
+    /// Adds `delta` to a counter the policy defined ([`DefineMetrics`]).
+    fn increment(&mut self, counter: Counter, delta: u64);
+
     /// Whether a message at `level` would be written: check it before
     /// building a costly message.
     fn logs(&self, level: Level) -> bool;
 
     /// Writes a message; `message` is formatted only when `level` is on.
     fn log(&self, level: Level, message: fmt::Arguments<'_>);
+}
+
+/// One policy's part in one request: a step per stream event it takes part
+/// in, each handed the stream and returning its [`Verdict`]. The host makes
+/// one per request (a single filter's context, a member of the gateway
+/// module's pipeline) and calls the steps in the stream's order.
+pub trait PolicySteps {
+    fn on_request_headers(&mut self, _stream: &mut dyn Stream, _end_of_stream: bool) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// `body_size`: the bytes of the body received so far, all of which the
+    /// host holds while the policy pauses.
+    fn on_request_body(
+        &mut self,
+        _stream: &mut dyn Stream,
+        _body_size: usize,
+        _end_of_stream: bool,
+    ) -> Verdict {
+        Verdict::Continue
+    }
+
+    fn on_response_headers(&mut self, _stream: &mut dyn Stream, _end_of_stream: bool) -> Verdict {
+        Verdict::Continue
+    }
+}
+
+/// Where a request body a policy buffers stands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BufferedBody {
+    /// More is coming: hold the request ([`Verdict::Pause`]).
+    Incomplete,
+    /// Over the policy's limit: refuse it (413).
+    TooLarge,
+    /// The whole body.
+    Complete(Vec<u8>),
+}
+
+/// Buffers the request body up to `max_bytes`: the one step every policy
+/// that reads bodies shares (sign-auth, param-validation, request-mapping).
+pub fn buffer_request_body(
+    stream: &dyn Stream,
+    body_size: usize,
+    end_of_stream: bool,
+    max_bytes: usize,
+) -> BufferedBody {
+    if body_size > max_bytes {
+        return BufferedBody::TooLarge;
+    }
+    if !end_of_stream {
+        return BufferedBody::Incomplete;
+    }
+    BufferedBody::Complete(stream.request_body(body_size))
+}
+
+/// The request's declared `Content-Length`, if any, so a body over a limit
+/// is refused before it is buffered.
+pub fn declared_body_length(stream: &dyn Stream) -> Option<usize> {
+    stream
+        .request_header("content-length")
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// Answers the request with `error` in the shared shape (JSON body and
@@ -128,6 +198,9 @@ pub struct FakeStream {
     /// Messages written at or above [`FakeStream::log_level`].
     pub logs: std::cell::RefCell<Vec<(Level, String)>>,
     pub log_level: Option<Level>,
+    /// The counters defined on it, by id, and what each counted.
+    pub counters: Vec<String>,
+    pub counts: HashMap<u32, u64>,
 }
 
 impl FakeStream {
@@ -137,6 +210,17 @@ impl FakeStream {
             log_level: Some(Level::Trace),
             ..Self::default()
         }
+    }
+
+    /// What the counter `gw.<filter>.<name>` counted (0 if never).
+    pub fn counted(&self, filter: &str, name: &str) -> u64 {
+        let full = metric_name(filter, name);
+        self.counters
+            .iter()
+            .position(|defined| *defined == full)
+            .and_then(|id| self.counts.get(&(id as u32)))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The local reply sent, if any.
@@ -177,7 +261,22 @@ impl Host for FakeStream {
     }
 }
 
+impl DefineMetrics for FakeStream {
+    fn define_counter(&mut self, filter: &str, name: &str) -> Counter {
+        self.counters.push(metric_name(filter, name));
+        Counter::from_id(self.counters.len() as u32 - 1)
+    }
+}
+
 impl Stream for FakeStream {
+    fn request_header_names(&self) -> Vec<String> {
+        self.host
+            .headers
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
         set(&mut self.host.headers, name, value);
         self.effects.push(Effect::SetRequestHeader(
@@ -220,6 +319,12 @@ impl Stream for FakeStream {
         let old_size = old_size.min(self.body.len());
         self.body.splice(..old_size, body.iter().copied());
         self.effects.push(Effect::ReplaceRequestBody(body.to_vec()));
+    }
+
+    fn increment(&mut self, counter: Counter, delta: u64) {
+        if let Some(id) = counter.id() {
+            *self.counts.entry(id).or_default() += delta;
+        }
     }
 
     fn logs(&self, level: Level) -> bool {
@@ -276,6 +381,39 @@ mod tests {
         stream.body = b"a=1&b=2".to_vec();
         stream.replace_request_body(7, b"a=1");
         assert_eq!(stream.request_body(100), b"a=1");
+    }
+
+    #[test]
+    fn counters_count_by_name() {
+        let mut stream = FakeStream::new(FakeHost::new());
+        let passed = stream.define_counter("demo", "passed");
+        let denied = stream.define_counter("demo", "denied");
+        stream.increment(passed, 2);
+        stream.increment(denied, 1);
+        stream.increment(passed, 1);
+        stream.increment(Counter::default(), 5);
+        assert_eq!(stream.counted("demo", "passed"), 3);
+        assert_eq!(stream.counted("demo", "denied"), 1);
+        assert_eq!(stream.counted("demo", "never"), 0);
+    }
+
+    #[test]
+    fn a_body_is_buffered_once_whole_and_refused_over_the_limit() {
+        let mut stream = FakeStream::new(FakeHost::new().with_header("content-length", " 12 "));
+        stream.body = b"hello world!".to_vec();
+        assert_eq!(declared_body_length(&stream), Some(12));
+        assert_eq!(
+            buffer_request_body(&stream, 5, false, 100),
+            BufferedBody::Incomplete
+        );
+        assert_eq!(
+            buffer_request_body(&stream, 12, true, 11),
+            BufferedBody::TooLarge
+        );
+        assert_eq!(
+            buffer_request_body(&stream, 12, true, 100),
+            BufferedBody::Complete(b"hello world!".to_vec())
+        );
     }
 
     #[test]

@@ -7,10 +7,11 @@ use crate::pipeline::{BodyVerdict, CallVerdict, Flow, Member, Pipeline, Verdict}
 use crate::{config, MODULE_NAME};
 use circuit_breaker::CircuitBreakerFilter;
 use ext_auth::ExtAuthFilter;
-use gateway_common::adapter::{self, Filter, Loaded, LoadedPolicy, StreamNotes};
+use gateway_common::adapter::{self, Filter, Loaded, LoadedPolicy, ProxyWasmStream, StreamNotes};
 use gateway_common::fleet::client::{self as fleet_client, Batch};
 use gateway_common::host::{stream_scope, StreamMemory};
 use gateway_common::metrics::VmMemory;
+use gateway_common::stream::PolicySteps;
 use gateway_common::wake::{self, WakeableContext};
 use ip_acl::IpAclFilter;
 use log_push::LogPushWorker;
@@ -147,7 +148,10 @@ impl RootContext for GatewayRoot {
         let members = self
             .policies
             .iter()
-            .map(|policy| PolicyContext(policy.http_context(context_id)))
+            .map(|policy| match policy.steps() {
+                Some(steps) => PolicyContext::Steps(steps),
+                None => PolicyContext::Context(policy.http_context(context_id)),
+            })
             .collect();
         let mut pipeline = Pipeline::new(members);
         // No policy after the last one with fleet checks sees the request
@@ -174,9 +178,14 @@ impl RootContext for GatewayRoot {
     }
 }
 
-/// A policy's own HTTP context, as a member of the pipeline. What the
-/// policy noted during the callback tells a local reply from a `Pause`.
-struct PolicyContext(Box<dyn HttpContext>);
+/// A policy as a member of the pipeline: its steps over the stream seam,
+/// whose verdicts are values, or (for policies not yet written against the
+/// seam) its own HTTP context, whose notes during the callback tell a local
+/// reply from a `Pause`.
+enum PolicyContext {
+    Steps(Box<dyn PolicySteps>),
+    Context(Box<dyn HttpContext>),
+}
 
 fn verdict(action: Action, notes: StreamNotes) -> Verdict {
     match action {
@@ -186,39 +195,74 @@ fn verdict(action: Action, notes: StreamNotes) -> Verdict {
     }
 }
 
-/// The policy's verdict on the callback it just ran.
+/// The verdict of a policy's own context on the callback it just ran.
 fn verdict_of(action: Action) -> Verdict {
     verdict(action, adapter::take_stream_notes())
 }
 
 impl Member for PolicyContext {
     fn request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict {
-        verdict_of(self.0.on_http_request_headers(num_headers, end_of_stream))
+        match self {
+            Self::Steps(steps) => {
+                steps.on_request_headers(&mut ProxyWasmStream::default(), end_of_stream)
+            }
+            Self::Context(http) => {
+                verdict_of(http.on_http_request_headers(num_headers, end_of_stream))
+            }
+        }
     }
 
     fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> BodyVerdict {
-        let action = self.0.on_http_request_body(body_size, end_of_stream);
-        let notes = adapter::take_stream_notes();
-        BodyVerdict {
-            verdict: verdict(action, notes),
-            resized_to: notes.request_body_size,
+        match self {
+            Self::Steps(steps) => {
+                let mut stream = ProxyWasmStream::default();
+                let verdict = steps.on_request_body(&mut stream, body_size, end_of_stream);
+                BodyVerdict {
+                    verdict,
+                    resized_to: stream.resized_to,
+                }
+            }
+            Self::Context(http) => {
+                let action = http.on_http_request_body(body_size, end_of_stream);
+                let notes = adapter::take_stream_notes();
+                BodyVerdict {
+                    verdict: verdict(action, notes),
+                    resized_to: notes.request_body_size,
+                }
+            }
         }
     }
 
     fn request_trailers(&mut self, num_trailers: usize) -> Verdict {
-        verdict_of(self.0.on_http_request_trailers(num_trailers))
+        match self {
+            Self::Steps(_) => Verdict::Continue,
+            Self::Context(http) => verdict_of(http.on_http_request_trailers(num_trailers)),
+        }
     }
 
     fn response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict {
-        verdict_of(self.0.on_http_response_headers(num_headers, end_of_stream))
+        match self {
+            Self::Steps(steps) => {
+                steps.on_response_headers(&mut ProxyWasmStream::default(), end_of_stream)
+            }
+            Self::Context(http) => {
+                verdict_of(http.on_http_response_headers(num_headers, end_of_stream))
+            }
+        }
     }
 
     fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Verdict {
-        verdict_of(self.0.on_http_response_body(body_size, end_of_stream))
+        match self {
+            Self::Steps(_) => Verdict::Continue,
+            Self::Context(http) => verdict_of(http.on_http_response_body(body_size, end_of_stream)),
+        }
     }
 
     fn response_trailers(&mut self, num_trailers: usize) -> Verdict {
-        verdict_of(self.0.on_http_response_trailers(num_trailers))
+        match self {
+            Self::Steps(_) => Verdict::Continue,
+            Self::Context(http) => verdict_of(http.on_http_response_trailers(num_trailers)),
+        }
     }
 
     fn call_response(
@@ -228,8 +272,11 @@ impl Member for PolicyContext {
         body_size: usize,
         trailers: usize,
     ) -> CallVerdict {
-        self.0
-            .on_http_call_response(token, headers, body_size, trailers);
+        let Self::Context(http) = self else {
+            // Steps make no calls.
+            return CallVerdict::Nothing;
+        };
+        http.on_http_call_response(token, headers, body_size, trailers);
         let notes = adapter::take_stream_notes();
         if notes.answered {
             CallVerdict::Answered
@@ -241,7 +288,29 @@ impl Member for PolicyContext {
     }
 
     fn log(&mut self) {
-        self.0.on_log();
+        if let Self::Context(http) = self {
+            http.on_log();
+        }
+    }
+}
+
+impl PolicyContext {
+    /// Shows a fleet answer to the member; whether it answered the request.
+    fn show_fleet_answer(&mut self, token: u32) -> bool {
+        match self {
+            Self::Steps(_) => false,
+            Self::Context(http) => {
+                http.on_http_call_response(token, 0, 0, 0);
+                adapter::take_stream_notes().answered
+            }
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        match self {
+            Self::Steps(_) => true,
+            Self::Context(http) => http.on_done(),
+        }
     }
 }
 
@@ -296,8 +365,7 @@ impl Stream {
     fn show_answer(&mut self, token: u32, answer: fleet_client::Answer) {
         let answered = fleet_client::with_answer(token, answer, || {
             for member in self.pipeline.members_mut() {
-                member.0.on_http_call_response(token, 0, 0, 0);
-                if adapter::take_stream_notes().answered {
+                if member.show_fleet_answer(token) {
                     return true;
                 }
             }
@@ -360,7 +428,7 @@ impl Context for GatewayHttp {
     fn on_done(&mut self) -> bool {
         let mut done = true;
         for member in self.stream.pipeline.members_mut() {
-            done &= member.0.on_done();
+            done &= member.on_done();
         }
         done
     }

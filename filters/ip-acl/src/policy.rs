@@ -21,10 +21,12 @@ use gateway_common::host::{Host, RequestFacts};
 use gateway_common::identity;
 use gateway_common::ipset::{CidrEntry, IpSet};
 use gateway_common::matching::{first_match, MatchConfig, Matcher, RequestAttrs};
-use gateway_common::stream::{send_error, Level, Stream, Verdict};
+use gateway_common::metrics::{Counter, DefineMetrics};
+use gateway_common::stream::{send_error, Level, PolicySteps, Stream, Verdict};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::rc::Rc;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -227,6 +229,34 @@ impl Metric {
             Metric::DeniedUnknownClient => "denied.unknown_client",
             Metric::DryRunDenied => "dry_run.denied",
         }
+    }
+}
+
+/// The counters, defined once per configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Metrics([Counter; Metric::ALL.len()]);
+
+impl Metrics {
+    pub fn define(host: &mut dyn DefineMetrics) -> Self {
+        Self(Metric::ALL.map(|metric| host.define_counter(FILTER_NAME, metric.name())))
+    }
+
+    pub fn counter(&self, metric: Metric) -> Counter {
+        self.0[metric as usize]
+    }
+}
+
+/// ip-acl's part in one request: the decision on the request headers.
+pub struct IpAclSteps {
+    pub acl: Rc<IpAcl>,
+    pub metrics: Metrics,
+}
+
+impl PolicySteps for IpAclSteps {
+    fn on_request_headers(&mut self, stream: &mut dyn Stream, _end_of_stream: bool) -> Verdict {
+        let (verdict, metric) = self.acl.on_request_headers(stream);
+        stream.increment(self.metrics.counter(metric), 1);
+        verdict
     }
 }
 
@@ -436,6 +466,26 @@ mod step_tests {
         let step = acl(config).on_request_headers(&mut stream);
         assert_eq!(step, (Verdict::Answered, Metric::DeniedBadForwardedFor));
         assert_eq!(stream.reply().map(|reply| reply.status), Some(400));
+    }
+
+    #[test]
+    fn the_steps_count_each_decision_on_the_stream() {
+        let acl = Rc::new(acl(r#"{"deny":["192.0.2.0/24"]}"#));
+        for (peer, verdict) in [
+            ("10.0.0.1:1", Verdict::Continue),
+            ("192.0.2.7:1", Verdict::Answered),
+        ] {
+            let mut stream = from(peer);
+            let metrics = Metrics::define(&mut stream);
+            let mut steps = IpAclSteps {
+                acl: Rc::clone(&acl),
+                metrics,
+            };
+            assert_eq!(steps.on_request_headers(&mut stream, true), verdict);
+            let allowed = u64::from(verdict == Verdict::Continue);
+            assert_eq!(stream.counted(FILTER_NAME, "allowed"), allowed);
+            assert_eq!(stream.counted(FILTER_NAME, "denied.deny_list"), 1 - allowed);
+        }
     }
 
     #[test]

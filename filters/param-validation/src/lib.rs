@@ -1,8 +1,10 @@
 //! param-validation: declared parameters checked at the gateway; undefined
 //! query and form parameters never reach the backend. The policy is in
-//! [`policy`]; the proxy-wasm adapter (the `wasm` feature) is in `wasm.rs`.
+//! [`policy`], its part in each request in [`steps`] (written against the
+//! stream seam); the proxy-wasm adapter (the `wasm` feature) is in `wasm.rs`.
 
 pub mod policy;
+pub mod steps;
 
 use gateway_common::config::{parse_json, ConfigError};
 use policy::{Validation, ValidationConfig};
