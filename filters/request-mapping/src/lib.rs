@@ -1,10 +1,12 @@
 //! request-mapping: the frontend request becomes the request the backend
 //! expects (path, host, method, parameters moved between locations,
 //! constants, system parameters), and response headers are adjusted. The
-//! policy is in [`policy`]; the proxy-wasm adapter (the `wasm` feature) is
+//! policy is in [`policy`], its part in each request in [`steps`] (written
+//! against the stream seam); the proxy-wasm adapter (the `wasm` feature) is
 //! in `wasm.rs`.
 
 pub mod policy;
+pub mod steps;
 
 use gateway_common::config::{parse_json, ConfigError};
 use policy::{Mapping, MappingConfig};
