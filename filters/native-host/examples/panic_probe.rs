@@ -6,6 +6,8 @@
 //!
 //! Built by `make build`:
 //! `cargo build --profile native -p native-host --example panic_probe`.
+// Panicking on request is the probe's whole job.
+#![allow(clippy::panic)]
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};

@@ -3,6 +3,7 @@
 //! parses, a policy page's JSON configurations are accepted by that
 //! filter's own parser, and the apis.yaml and OpenAPI examples go through
 //! gatewayctl.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use gatewayctl::check::compile_section;
 use gatewayctl::generate::Section;
