@@ -137,14 +137,7 @@ pub fn send_local_reply(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {
 /// are unanswered (see [`send_local_reply`]); notes nothing.
 fn reply_now_or_hold(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {
     if crate::fleet::client::holds_replies() {
-        crate::fleet::client::hold_reply(crate::fleet::client::LocalReply {
-            status,
-            headers: headers
-                .iter()
-                .map(|(name, value)| (name.to_string(), value.to_string()))
-                .collect(),
-            body: body.to_vec(),
-        });
+        crate::fleet::client::hold_reply(crate::stream::LocalReply::new(status, &headers, body));
     } else {
         let _ = hostcalls::send_http_response(status, headers, Some(body));
     }

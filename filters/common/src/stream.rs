@@ -11,7 +11,7 @@
 
 use crate::error::{render, GatewayError};
 use crate::host::{FakeHost, Host};
-use crate::metrics::{metric_name, Counter, DefineMetrics};
+use crate::metrics::{metric_name, Counter, DefineMetrics, DenialCounters};
 use std::collections::HashMap;
 use std::fmt;
 use std::time::SystemTime;
@@ -155,6 +155,19 @@ pub fn send_error(
     Verdict::Answered
 }
 
+/// Refuses the request: counts `error` in `denied` and answers it in the
+/// shared shape.
+pub fn refuse<const N: usize>(
+    stream: &mut dyn Stream,
+    denied: &DenialCounters<N>,
+    error: &GatewayError,
+) -> Verdict {
+    if let Some(counter) = denied.counter(error) {
+        stream.increment(counter, 1);
+    }
+    send_error(stream, error, &[])
+}
+
 /// An effect a [`FakeStream`] was asked for, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -164,7 +177,8 @@ pub enum Effect {
     ReplaceRequestBody(Vec<u8>),
 }
 
-/// A local reply as a [`FakeStream`] recorded it.
+/// A local reply as data: what a [`FakeStream`] records, and what the
+/// gateway module holds back while earlier policies' fleet checks are out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
     pub status: u32,
@@ -173,6 +187,17 @@ pub struct LocalReply {
 }
 
 impl LocalReply {
+    pub fn new(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Self {
+        Self {
+            status,
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+            body: body.to_vec(),
+        }
+    }
+
     /// The first value of a reply header (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -301,14 +326,8 @@ impl Stream for FakeStream {
     }
 
     fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
-        self.effects.push(Effect::LocalReply(LocalReply {
-            status,
-            headers: headers
-                .iter()
-                .map(|(name, value)| (name.to_string(), value.to_string()))
-                .collect(),
-            body: body.to_vec(),
-        }));
+        self.effects
+            .push(Effect::LocalReply(LocalReply::new(status, headers, body)));
     }
 
     fn request_body(&self, size: usize) -> Vec<u8> {

@@ -11,8 +11,7 @@ use gateway_common::error::GatewayError;
 use gateway_common::host::RequestFacts;
 use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
 use gateway_common::stream::{
-    buffer_request_body, declared_body_length, send_error, BufferedBody, PolicySteps, Stream,
-    Verdict,
+    buffer_request_body, declared_body_length, refuse, BufferedBody, PolicySteps, Stream, Verdict,
 };
 use std::rc::Rc;
 
@@ -67,10 +66,7 @@ impl ValidationSteps {
     }
 
     fn reject(&self, stream: &mut dyn Stream, error: &GatewayError) -> Verdict {
-        if let Some(counter) = self.metrics.denied.counter(error) {
-            stream.increment(counter, 1);
-        }
-        send_error(stream, error, &[])
+        refuse(stream, &self.metrics.denied, error)
     }
 
     fn check(

@@ -11,8 +11,7 @@ use gateway_common::host::{now_ms, RequestFacts, RequestLine};
 use gateway_common::identity;
 use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
 use gateway_common::stream::{
-    buffer_request_body, declared_body_length, send_error, BufferedBody, PolicySteps, Stream,
-    Verdict,
+    buffer_request_body, declared_body_length, refuse, BufferedBody, PolicySteps, Stream, Verdict,
 };
 use std::rc::Rc;
 
@@ -69,10 +68,7 @@ impl MappingSteps {
     }
 
     fn reject(&self, stream: &mut dyn Stream, error: &GatewayError) -> Verdict {
-        if let Some(counter) = self.metrics.denied.counter(error) {
-            stream.increment(counter, 1);
-        }
-        send_error(stream, error, &[])
+        refuse(stream, &self.metrics.denied, error)
     }
 
     fn system_value(

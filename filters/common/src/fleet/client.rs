@@ -227,12 +227,7 @@ pub struct Batch {
 
 /// A local reply a policy made while earlier policies' checks were still
 /// with the store (see [`holds_replies`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalReply {
-    pub status: u32,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
+pub use crate::stream::LocalReply;
 
 impl LocalReply {
     pub fn send(&self) {
