@@ -190,52 +190,23 @@ impl WasmFilter {
     }
 
     /// This filter's entry in Envoy's HTTP filter list (the native module's
-    /// in native mode, for the gateway module).
+    /// in native mode, for the gateway module), as gatewayctl writes it.
     pub fn to_http_filter(&self) -> Value {
         if native_mode() && self.module == "gateway" {
             return native_filter(&self.config);
         }
-        json!({
-            "name": format!("gateway.{}", self.module),
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": self.module,
-                    "root_id": self.module,
-                    "failure_policy": "FAIL_CLOSED",
-                    // Lets a filter hold the headers while it reads the body
-                    // (sign-auth, param-validation); without it Envoy stops
-                    // the body from reaching the filter and the request hangs.
-                    "allow_on_headers_stop_iteration": true,
-                    "vm_config": {
-                        "vm_id": self.module,
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": wasm_module(&self.module)}}
-                    },
-                    "configuration": {
-                        "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": self.config
-                    }
-                }
-            }
-        })
+        gatewayctl::envoy::wasm_filter_entry(
+            &self.module,
+            &wasm_module(&self.module).to_string_lossy(),
+            self.config.clone(),
+        )
     }
 }
 
-/// The gateway module as the native module, configured with `config`.
+/// The gateway module as the native module, configured with `config`, as
+/// gatewayctl writes it.
 fn native_filter(config: &str) -> Value {
-    json!({
-        "name": "gateway.gateway",
-        "typed_config": {
-            "@type": NATIVE_FILTER_TYPE,
-            "dynamic_module_config": {"module": {"local": {"filename": native_module()}}},
-            "filter_name": "gateway",
-            "filter_config": {
-                "@type": "type.googleapis.com/google.protobuf.StringValue",
-                "value": config
-            }
-        }
-    })
+    gatewayctl::envoy::native_filter_entry(&native_module().to_string_lossy(), config.to_string())
 }
 
 const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";

@@ -215,6 +215,35 @@ fn reads_bodies(section: Section) -> bool {
     )
 }
 
+/// The HTTP filter entry of one Wasm module of the suite: a policy's
+/// `.wasm` (`sign_auth`, …) or the gateway module (`gateway`), configured
+/// with `configuration`. The one writer of these entries: the generated
+/// configurations, the real-Envoy tests' harness and the bench use it.
+/// log-push fails open (a record lost never costs a request); the filters
+/// that read request bodies, and the module, may hold the headers meanwhile.
+pub fn wasm_filter_entry(module: &str, file: &str, configuration: String) -> Value {
+    let section = Section::ALL
+        .into_iter()
+        .find(|section| section.key() == module);
+    let fail_open = section == Some(Section::LogPush);
+    let holds_headers = section.map_or(module == "gateway", reads_bodies);
+    wasm_filter(module, file, configuration, fail_open, holds_headers)
+}
+
+/// The HTTP filter entry of the native module (`libgateway.so` at `file`)
+/// configured with `configuration`, the gateway module's document.
+pub fn native_filter_entry(file: &str, configuration: String) -> Value {
+    json!({
+        "name": "gateway.module",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": { "module": { "local": { "filename": file } } },
+            "filter_name": "gateway",
+            "filter_config": { "@type": TYPE_STRING, "value": configuration },
+        },
+    })
+}
+
 fn wasm_filter(
     name: &str,
     file: &str,
@@ -251,33 +280,24 @@ pub fn policy_filters(generated: &Generated, host: Host, artifacts: &Artifacts) 
         return Vec::new();
     }
     match host {
-        Host::Module => vec![wasm_filter(
+        Host::Module => vec![wasm_filter_entry(
             "gateway",
             &format!("{}/gateway.wasm", artifacts.wasm_dir),
             pretty(&module_document(generated)),
-            false,
-            true,
         )],
-        Host::Native => vec![json!({
-            "name": "gateway.module",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-                "dynamic_module_config": { "module": { "local": { "filename": artifacts.native_module } } },
-                "filter_name": "gateway",
-                "filter_config": { "@type": TYPE_STRING, "value": pretty(&module_document(generated)) },
-            },
-        })],
+        Host::Native => vec![native_filter_entry(
+            &artifacts.native_module,
+            pretty(&module_document(generated)),
+        )],
         Host::Chain => generated
             .sections
             .iter()
             .map(|(section, config)| {
                 let key = section.key();
-                wasm_filter(
+                wasm_filter_entry(
                     key,
                     &format!("{}/{key}.wasm", artifacts.wasm_dir),
                     pretty(config),
-                    *section == Section::LogPush,
-                    reads_bodies(*section),
                 )
             })
             .collect(),
