@@ -463,7 +463,10 @@ fn assert_none_failed(outcomes: &[Result<u16, String>], event: &str) {
 
 fn reconfigurable_policies(version: u32) -> Vec<WasmFilter> {
     let mut apps = vec![json!({"key": APP_KEY, "secrets": [APP_SECRET]})];
-    let mut quotas = vec![json!({"name": "per-user", "key": "user", "limit": 10, "window": "1m"})];
+    // An hour, not a minute: windows are UTC-aligned, and a minute that
+    // ended between the counts before and after a push would start them
+    // anew (a test of a few seconds crossed one about once in thirty runs).
+    let mut quotas = vec![json!({"name": "per-user", "key": "user", "limit": 10, "window": "1h"})];
     if version > 1 {
         // Unrelated changes, as a routine push brings.
         apps.push(json!({"key": "203999", "secrets": ["another-secret"]}));
