@@ -446,6 +446,18 @@ fn an_upstream_reset_before_the_headers_trips_the_breaker_and_one_in_the_body_do
         == 0));
 }
 
+/// Waits, when less than `margin` is left of the current UTC hour, until
+/// the next one has begun, so an hourly quota window cannot end mid-test.
+fn clear_of_the_hours_end(margin: Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(3600 - now.as_secs() % 3600);
+    if left < margin {
+        thread::sleep(left + Duration::from_millis(100));
+    }
+}
+
 /// Every answer of a load that ran through `event` was a 200 or a 429.
 fn assert_none_failed(outcomes: &[Result<u16, String>], event: &str) {
     let failed: Vec<_> = outcomes
@@ -463,9 +475,10 @@ fn assert_none_failed(outcomes: &[Result<u16, String>], event: &str) {
 
 fn reconfigurable_policies(version: u32) -> Vec<WasmFilter> {
     let mut apps = vec![json!({"key": APP_KEY, "secrets": [APP_SECRET]})];
-    // An hour, not a minute: windows are UTC-aligned, and a minute that
-    // ended between the counts before and after a push would start them
-    // anew (a test of a few seconds crossed one about once in thirty runs).
+    // An hour, not a minute: windows are UTC-aligned, and a window that
+    // ends between the counts before and after a push starts them anew (a
+    // minute did about once in thirty runs); the test also keeps clear of
+    // an hour's last seconds (`clear_of_the_hours_end`).
     let mut quotas = vec![json!({"name": "per-user", "key": "user", "limit": 10, "window": "1h"})];
     if version > 1 {
         // Unrelated changes, as a routine push brings.
@@ -492,6 +505,7 @@ fn reconfigurable_policies(version: u32) -> Vec<WasmFilter> {
 
 #[test]
 fn a_configuration_pushed_through_ecds_under_load_fails_no_request_and_keeps_counts_and_nonces() {
+    clear_of_the_hours_end(Duration::from_secs(40));
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let dir = tempfile::Builder::new()
         .prefix("gw-ecds-")

@@ -14,6 +14,7 @@ use gateway_common::fleet::{FailureMode, FleetMetrics};
 use gateway_common::host::ProxyWasmHost;
 use gateway_common::metrics::{Counter, Gauge};
 use gateway_common::store::{ProxyWasmStore, StoreError};
+use gateway_common::stream::PolicySteps;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 use std::cell::OnceCell;
@@ -374,6 +375,11 @@ impl Filter for CircuitBreakerFilter {
 
     fn uses_fleet(deployed: &Deployed) -> bool {
         deployed.breaker.fleet().is_some()
+    }
+
+    /// Still a proxy-wasm context of its own (see `http_context`).
+    fn steps(_: &Rc<Self::Policy>, _: Self::Metrics) -> Option<Box<dyn PolicySteps>> {
+        None
     }
 
     fn http_context(deployed: Rc<Deployed>, metrics: Metrics) -> Box<dyn HttpContext> {

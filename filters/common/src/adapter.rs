@@ -234,10 +234,9 @@ pub trait Filter: 'static {
 
     /// The policy's part in one request, for a policy written against
     /// [`Stream`]; `None` for one that still is a proxy-wasm context of its
-    /// own ([`Filter::http_context`]).
-    fn steps(_policy: &Rc<Self::Policy>, _metrics: Self::Metrics) -> Option<Box<dyn PolicySteps>> {
-        None
-    }
+    /// own, which it then makes in [`Filter::http_context`]. Required, so
+    /// every filter says which it is.
+    fn steps(policy: &Rc<Self::Policy>, metrics: Self::Metrics) -> Option<Box<dyn PolicySteps>>;
 
     /// The request's proxy-wasm context: by default the policy's
     /// [`steps`](Filter::steps) over [`ProxyWasmStream`].
@@ -286,12 +285,23 @@ pub trait Filter: 'static {
     }
 }
 
-/// The context of a filter that defines neither steps nor a context of its
-/// own: lets every request through.
+/// The context of a filter that has no steps and does not make a context
+/// of its own (a bug): it fails closed, answering every request with an
+/// internal error, rather than letting requests past a policy.
 struct NoContext;
 
 impl proxy_wasm::traits::Context for NoContext {}
-impl HttpContext for NoContext {}
+
+impl HttpContext for NoContext {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> proxy_wasm::types::Action {
+        log(
+            LogLevel::Error,
+            "a filter has neither steps nor a context of its own: request refused",
+        );
+        send_error(&crate::error::codes::INTERNAL);
+        proxy_wasm::types::Action::Pause
+    }
+}
 
 /// A policy whose configuration is loaded, as a root context holds it: it
 /// makes each request's context and may take part in the root's timer,

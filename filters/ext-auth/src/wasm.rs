@@ -11,6 +11,7 @@ use gateway_common::host::{now_ms, Host, ProxyWasmHost};
 use gateway_common::identity::USER_PROPERTY;
 use gateway_common::metrics::{Counter, DenialCounters};
 use gateway_common::store::ProxyWasmStore;
+use gateway_common::stream::PolicySteps;
 use gateway_common::wake::{self, WAKE_TOKEN};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -93,6 +94,11 @@ impl Filter for ExtAuthFilter {
 
     fn define_metrics() -> Metrics {
         Metrics::define()
+    }
+
+    /// Still a proxy-wasm context of its own (see `http_context`).
+    fn steps(_: &Rc<Self::Policy>, _: Self::Metrics) -> Option<Box<dyn PolicySteps>> {
+        None
     }
 
     fn http_context(worker: Rc<ExtAuthWorker>, metrics: Metrics) -> Box<dyn HttpContext> {

@@ -195,6 +195,14 @@ fn verdict(action: Action, notes: StreamNotes) -> Verdict {
     }
 }
 
+/// A step's verdict is what it did. Notes are for the policies' own
+/// contexts: one a step took all the same (through `adapter`'s functions)
+/// is dropped here, so it can never be read as a later member's.
+fn steps_verdict(verdict: Verdict) -> Verdict {
+    let _ = adapter::take_stream_notes();
+    verdict
+}
+
 /// The verdict of a policy's own context on the callback it just ran.
 fn verdict_of(action: Action) -> Verdict {
     verdict(action, adapter::take_stream_notes())
@@ -203,9 +211,9 @@ fn verdict_of(action: Action) -> Verdict {
 impl Member for PolicyContext {
     fn request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict {
         match self {
-            Self::Steps(steps) => {
-                steps.on_request_headers(&mut ProxyWasmStream::default(), end_of_stream)
-            }
+            Self::Steps(steps) => steps_verdict(
+                steps.on_request_headers(&mut ProxyWasmStream::default(), end_of_stream),
+            ),
             Self::Context(http) => {
                 verdict_of(http.on_http_request_headers(num_headers, end_of_stream))
             }
@@ -216,7 +224,8 @@ impl Member for PolicyContext {
         match self {
             Self::Steps(steps) => {
                 let mut stream = ProxyWasmStream::default();
-                let verdict = steps.on_request_body(&mut stream, body_size, end_of_stream);
+                let verdict =
+                    steps_verdict(steps.on_request_body(&mut stream, body_size, end_of_stream));
                 BodyVerdict {
                     verdict,
                     resized_to: stream.resized_to,
@@ -242,9 +251,9 @@ impl Member for PolicyContext {
 
     fn response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict {
         match self {
-            Self::Steps(steps) => {
-                steps.on_response_headers(&mut ProxyWasmStream::default(), end_of_stream)
-            }
+            Self::Steps(steps) => steps_verdict(
+                steps.on_response_headers(&mut ProxyWasmStream::default(), end_of_stream),
+            ),
             Self::Context(http) => {
                 verdict_of(http.on_http_response_headers(num_headers, end_of_stream))
             }

@@ -14,6 +14,7 @@ use gateway_common::host::ProxyWasmHost;
 use gateway_common::identity::{self, Identity};
 use gateway_common::metrics::{Counter, DenialCounters};
 use gateway_common::store::ProxyWasmStore;
+use gateway_common::stream::PolicySteps;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -72,6 +73,11 @@ impl Filter for SignAuthFilter {
 
     fn uses_fleet(policy: &SignAuth) -> bool {
         policy.fleet().is_some()
+    }
+
+    /// Still a proxy-wasm context of its own (see `http_context`).
+    fn steps(_: &Rc<Self::Policy>, _: Self::Metrics) -> Option<Box<dyn PolicySteps>> {
+        None
     }
 
     fn http_context(policy: Rc<SignAuth>, metrics: Metrics) -> Box<dyn HttpContext> {

@@ -12,6 +12,7 @@ use gateway_common::fleet::{FleetMetrics, Store};
 use gateway_common::host::ProxyWasmHost;
 use gateway_common::metrics::{Counter, DenialCounters, Gauge};
 use gateway_common::store::ProxyWasmStore;
+use gateway_common::stream::PolicySteps;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 use std::cell::OnceCell;
@@ -125,6 +126,11 @@ impl Filter for ThrottlingFilter {
 
     fn uses_fleet(compiled: &Compiled) -> bool {
         compiled.policy.fleet().is_some()
+    }
+
+    /// Still a proxy-wasm context of its own (see `http_context`).
+    fn steps(_: &Rc<Self::Policy>, _: Self::Metrics) -> Option<Box<dyn PolicySteps>> {
+        None
     }
 
     fn http_context(compiled: Rc<Compiled>, metrics: Metrics) -> Box<dyn HttpContext> {
