@@ -678,6 +678,15 @@ impl StreamContext {
     pub fn new(steps: Box<dyn PolicySteps>) -> Self {
         Self { steps }
     }
+
+    /// Runs one step over the stream, inside a callback scope of reads.
+    fn run(
+        &mut self,
+        step: impl FnOnce(&mut dyn PolicySteps, &mut ProxyWasmStream) -> Verdict,
+    ) -> proxy_wasm::types::Action {
+        let _reads = host::callback_scope();
+        action(step(self.steps.as_mut(), &mut ProxyWasmStream::default()))
+    }
 }
 
 impl proxy_wasm::traits::Context for StreamContext {}
@@ -685,14 +694,10 @@ impl proxy_wasm::traits::Context for StreamContext {}
 impl HttpContext for StreamContext {
     fn on_http_request_headers(
         &mut self,
-        _num_headers: usize,
+        _: usize,
         end_of_stream: bool,
     ) -> proxy_wasm::types::Action {
-        let _reads = host::callback_scope();
-        action(
-            self.steps
-                .on_request_headers(&mut ProxyWasmStream::default(), end_of_stream),
-        )
+        self.run(|steps, stream| steps.on_request_headers(stream, end_of_stream))
     }
 
     fn on_http_request_body(
@@ -700,24 +705,15 @@ impl HttpContext for StreamContext {
         body_size: usize,
         end_of_stream: bool,
     ) -> proxy_wasm::types::Action {
-        let _reads = host::callback_scope();
-        action(self.steps.on_request_body(
-            &mut ProxyWasmStream::default(),
-            body_size,
-            end_of_stream,
-        ))
+        self.run(|steps, stream| steps.on_request_body(stream, body_size, end_of_stream))
     }
 
     fn on_http_response_headers(
         &mut self,
-        _num_headers: usize,
+        _: usize,
         end_of_stream: bool,
     ) -> proxy_wasm::types::Action {
-        let _reads = host::callback_scope();
-        action(
-            self.steps
-                .on_response_headers(&mut ProxyWasmStream::default(), end_of_stream),
-        )
+        self.run(|steps, stream| steps.on_response_headers(stream, end_of_stream))
     }
 }
 

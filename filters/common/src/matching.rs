@@ -46,6 +46,29 @@ pub struct RequestAttrs<'a> {
 /// Values captured by a path template, in template order.
 pub type Captures<'a> = Vec<(&'a str, String)>;
 
+/// [`Captures`] kept past the callback that matched them, by a policy that
+/// holds the request until its body has arrived.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeptCaptures(Vec<(String, String)>);
+
+impl KeptCaptures {
+    pub fn keep(captures: Captures<'_>) -> Self {
+        Self(
+            captures
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value))
+                .collect(),
+        )
+    }
+
+    pub fn captures(&self) -> Captures<'_> {
+        self.0
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.clone()))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone)]
 enum HostPattern {
     Exact(String),
@@ -394,6 +417,13 @@ fn hex(b: u8) -> Option<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kept_captures_give_back_the_captures_in_order() {
+        let captures: Captures<'_> = vec![("id", "42".into()), ("order", "a b".into())];
+        let kept = KeptCaptures::keep(captures.clone());
+        assert_eq!(kept.captures(), captures);
+    }
+
     use super::*;
 
     fn matcher(json: &str) -> Matcher {

@@ -9,6 +9,7 @@ use crate::policy::{codes, RequestParts, Rewrite, Rule, Validation};
 use crate::FILTER_NAME;
 use gateway_common::error::GatewayError;
 use gateway_common::host::RequestFacts;
+use gateway_common::matching::KeptCaptures;
 use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
 use gateway_common::stream::{
     buffer_request_body, declared_body_length, refuse, BufferedBody, PolicySteps, Stream, Verdict,
@@ -45,7 +46,7 @@ impl Metrics {
 /// A request held until its body has arrived.
 struct Waiting {
     rule: usize,
-    captures: Vec<(String, String)>,
+    captures: KeptCaptures,
     path_and_query: String,
     content_type: Option<String>,
 }
@@ -161,10 +162,7 @@ impl PolicySteps for ValidationSteps {
             }
             self.waiting = Some(Waiting {
                 rule: index,
-                captures: captures
-                    .into_iter()
-                    .map(|(n, v)| (n.to_string(), v))
-                    .collect(),
+                captures: KeptCaptures::keep(captures),
                 path_and_query: facts.line.path,
                 content_type,
             });
@@ -187,7 +185,7 @@ impl PolicySteps for ValidationSteps {
         body_size: usize,
         end_of_stream: bool,
     ) -> Verdict {
-        let Some(waiting) = &self.waiting else {
+        let Some(waiting) = self.waiting.take() else {
             return Verdict::Continue;
         };
         let validation = Rc::clone(&self.validation);
@@ -195,29 +193,19 @@ impl PolicySteps for ValidationSteps {
             return Verdict::Continue;
         };
         match buffer_request_body(stream, body_size, end_of_stream, rule.max_body_bytes) {
-            BufferedBody::Incomplete => Verdict::Pause,
-            BufferedBody::TooLarge => {
-                self.waiting = None;
-                self.reject(stream, &codes::BODY_TOO_LARGE)
+            BufferedBody::Incomplete => {
+                self.waiting = Some(waiting);
+                Verdict::Pause
             }
-            BufferedBody::Complete(body) => {
-                let Some(waiting) = self.waiting.take() else {
-                    return Verdict::Continue;
-                };
-                let captures: Vec<(&str, String)> = waiting
-                    .captures
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.clone()))
-                    .collect();
-                self.check(
-                    stream,
-                    rule,
-                    &waiting.path_and_query,
-                    &captures,
-                    waiting.content_type.as_deref(),
-                    Some(&body),
-                )
-            }
+            BufferedBody::TooLarge => self.reject(stream, &codes::BODY_TOO_LARGE),
+            BufferedBody::Complete(body) => self.check(
+                stream,
+                rule,
+                &waiting.path_and_query,
+                &waiting.captures.captures(),
+                waiting.content_type.as_deref(),
+                Some(&body),
+            ),
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::FILTER_NAME;
 use gateway_common::error::GatewayError;
 use gateway_common::host::{now_ms, RequestFacts, RequestLine};
 use gateway_common::identity;
+use gateway_common::matching::KeptCaptures;
 use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
 use gateway_common::stream::{
     buffer_request_body, declared_body_length, refuse, BufferedBody, PolicySteps, Stream, Verdict,
@@ -45,7 +46,7 @@ impl Metrics {
 /// What the mapping needs of the request headers, kept while the body arrives.
 struct Waiting {
     line: RequestLine,
-    captures: Vec<(String, String)>,
+    captures: KeptCaptures,
     content_type: Option<String>,
 }
 
@@ -185,10 +186,7 @@ impl PolicySteps for MappingSteps {
             }
             self.waiting = Some(Waiting {
                 line: facts.line,
-                captures: captures
-                    .into_iter()
-                    .map(|(n, v)| (n.to_string(), v))
-                    .collect(),
+                captures: KeptCaptures::keep(captures),
                 content_type,
             });
             return Verdict::Pause;
@@ -208,36 +206,26 @@ impl PolicySteps for MappingSteps {
         body_size: usize,
         end_of_stream: bool,
     ) -> Verdict {
-        if self.waiting.is_none() {
+        let Some(waiting) = self.waiting.take() else {
             return Verdict::Continue;
-        }
+        };
         let max = self
             .rule
             .and_then(|i| self.mapping.rule(i))
             .map_or(0, |r| r.max_body_bytes);
         match buffer_request_body(stream, body_size, end_of_stream, max) {
-            BufferedBody::Incomplete => Verdict::Pause,
-            BufferedBody::TooLarge => {
-                self.waiting = None;
-                self.reject(stream, &codes::BODY_TOO_LARGE)
+            BufferedBody::Incomplete => {
+                self.waiting = Some(waiting);
+                Verdict::Pause
             }
-            BufferedBody::Complete(body) => {
-                let Some(waiting) = self.waiting.take() else {
-                    return Verdict::Continue;
-                };
-                let captures: Vec<(&str, String)> = waiting
-                    .captures
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.clone()))
-                    .collect();
-                self.map(
-                    stream,
-                    &waiting.line,
-                    &captures,
-                    waiting.content_type.as_deref(),
-                    Some(&body),
-                )
-            }
+            BufferedBody::TooLarge => self.reject(stream, &codes::BODY_TOO_LARGE),
+            BufferedBody::Complete(body) => self.map(
+                stream,
+                &waiting.line,
+                &waiting.captures.captures(),
+                waiting.content_type.as_deref(),
+                Some(&body),
+            ),
         }
     }
 
