@@ -3,18 +3,51 @@
 
 use std::net::TcpListener;
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// A loopback port nothing listens on when this returns (a port the kernel
-/// just gave out and took back): for a service about to start, or for a
-/// destination that must refuse connections.
+/// A loopback port nothing listens on when this returns, for a service about
+/// to start or for a destination that must refuse connections.
+///
+/// The port is taken below the kernel's ephemeral range: a port the kernel
+/// gives out for `bind(0)` is also what it picks as the source port of the
+/// next outgoing connection, and with many tests connecting in parallel one
+/// of them took such a port before the service bound it ("Address already
+/// in use"). Each test process walks its own stretch of that range (offset by
+/// its process id) and hands a port out once.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+    let (low, high) = *FIXED_PORTS.get_or_init(fixed_ports);
+    let span = u32::from(high - low);
+    loop {
+        let step = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        assert!(step < span, "no free port left below the ephemeral range");
+        let port = low + ((std::process::id().wrapping_mul(997) + step) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
+
+/// Ports below the kernel's ephemeral range (Linux's default: 32768–60999)
+/// and above the well-known and registered services most machines run.
+fn fixed_ports() -> (u16, u16) {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let high = ephemeral_start.min(32_000);
+    let low = high.saturating_sub(12_000).max(2_000);
+    assert!(
+        low < high,
+        "the ephemeral port range starts at {ephemeral_start}: no room below it"
+    );
+    (low, high)
+}
+
+static FIXED_PORTS: OnceLock<(u16, u16)> = OnceLock::new();
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
 
 /// Stops a child: SIGTERM so it exits cleanly (and a wrapper script passes
 /// it on), then SIGKILL if it is still running after `grace`.
