@@ -570,13 +570,17 @@ proxy_wasm::main! {{
 }}
 
 /// The current request's stream under proxy-wasm: the [`Stream`] every
-/// policy step is handed in a `.wasm` filter and in the gateway module.
-/// Reads are [`host::ProxyWasmHost`]'s (one snapshot per callback scope).
-#[derive(Debug, Default, Clone, Copy)]
+/// policy step is handed in a `.wasm` filter and in the gateway module,
+/// one per step. Reads are [`host::ProxyWasmHost`]'s (one snapshot per
+/// callback scope).
+#[derive(Debug, Default)]
 pub struct ProxyWasmStream {
     /// The size of the request body a step replaced, for the policies
     /// after it in the gateway module.
     pub resized_to: Option<usize>,
+    /// The fleet operations the step sent, for the host to keep until
+    /// their answer.
+    pub fleet: Option<crate::fleet::client::Ticket>,
 }
 
 impl host::Host for ProxyWasmStream {
@@ -646,6 +650,25 @@ impl Stream for ProxyWasmStream {
         counter.add(delta);
     }
 
+    fn shared_data(&self) -> &dyn crate::store::SharedStore {
+        &crate::store::ProxyWasmStore
+    }
+
+    fn send_to_fleet(
+        &mut self,
+        store: &std::sync::Arc<crate::fleet::Store>,
+        ops: Vec<crate::fleet::wire::Op>,
+    ) -> Result<crate::stream::FleetCall, crate::fleet::wire::Failure> {
+        let ticket = crate::fleet::client::submit(store, ops)?;
+        let call = if ticket.holds_request() {
+            crate::stream::FleetCall::Own
+        } else {
+            crate::stream::FleetCall::Batched
+        };
+        self.fleet = Some(ticket);
+        Ok(call)
+    }
+
     fn logs(&self, level: Level) -> bool {
         hostcalls::get_log_level().is_ok_and(|lowest| log_level(level) as u32 >= lowest as u32)
     }
@@ -669,27 +692,53 @@ fn log_level(level: Level) -> LogLevel {
 
 /// A policy written against [`Stream`] as a proxy-wasm HTTP context (a
 /// single `.wasm` filter's): each callback runs the policy's step over
-/// [`ProxyWasmStream`], inside one callback scope of host reads.
+/// [`ProxyWasmStream`], inside one callback scope of host reads. While the
+/// policy's own fleet call is out, the request (body and trailers too) is
+/// held.
 pub struct StreamContext {
     steps: Box<dyn PolicySteps>,
+    fleet: Option<crate::fleet::client::Ticket>,
 }
 
 impl StreamContext {
     pub fn new(steps: Box<dyn PolicySteps>) -> Self {
-        Self { steps }
+        Self { steps, fleet: None }
     }
 
     /// Runs one step over the stream, inside a callback scope of reads.
     fn run(
         &mut self,
         step: impl FnOnce(&mut dyn PolicySteps, &mut ProxyWasmStream) -> Verdict,
-    ) -> proxy_wasm::types::Action {
+    ) -> Verdict {
         let _reads = host::callback_scope();
-        action(step(self.steps.as_mut(), &mut ProxyWasmStream::default()))
+        let mut stream = ProxyWasmStream::default();
+        let verdict = step(self.steps.as_mut(), &mut stream);
+        if let Some(ticket) = stream.fleet {
+            self.fleet = Some(ticket);
+        }
+        verdict
+    }
+
+    fn waits_for_fleet(&self) -> bool {
+        self.fleet.is_some()
     }
 }
 
-impl proxy_wasm::traits::Context for StreamContext {}
+impl proxy_wasm::traits::Context for StreamContext {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        let Some(answer) = self
+            .fleet
+            .as_mut()
+            .and_then(|ticket| ticket.answer(token, body_size))
+        else {
+            return;
+        };
+        self.fleet = None;
+        if self.run(|steps, stream| steps.on_fleet_answer(stream, answer)) == Verdict::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
 
 impl HttpContext for StreamContext {
     fn on_http_request_headers(
@@ -697,7 +746,7 @@ impl HttpContext for StreamContext {
         _: usize,
         end_of_stream: bool,
     ) -> proxy_wasm::types::Action {
-        self.run(|steps, stream| steps.on_request_headers(stream, end_of_stream))
+        action(self.run(|steps, stream| steps.on_request_headers(stream, end_of_stream)))
     }
 
     fn on_http_request_body(
@@ -705,7 +754,17 @@ impl HttpContext for StreamContext {
         body_size: usize,
         end_of_stream: bool,
     ) -> proxy_wasm::types::Action {
-        self.run(|steps, stream| steps.on_request_body(stream, body_size, end_of_stream))
+        if self.waits_for_fleet() {
+            return proxy_wasm::types::Action::Pause;
+        }
+        action(self.run(|steps, stream| steps.on_request_body(stream, body_size, end_of_stream)))
+    }
+
+    fn on_http_request_trailers(&mut self, _: usize) -> proxy_wasm::types::Action {
+        if self.waits_for_fleet() {
+            return proxy_wasm::types::Action::Pause;
+        }
+        proxy_wasm::types::Action::Continue
     }
 
     fn on_http_response_headers(
@@ -713,7 +772,7 @@ impl HttpContext for StreamContext {
         _: usize,
         end_of_stream: bool,
     ) -> proxy_wasm::types::Action {
-        self.run(|steps, stream| steps.on_response_headers(stream, end_of_stream))
+        action(self.run(|steps, stream| steps.on_response_headers(stream, end_of_stream)))
     }
 }
 

@@ -10,10 +10,14 @@
 //! effects included, is tested without Envoy.
 
 use crate::error::{render, GatewayError};
+use crate::fleet::wire::{Answer, Failure, Op};
+use crate::fleet::Store;
 use crate::host::{FakeHost, Host};
 use crate::metrics::{metric_name, Counter, DefineMetrics, DenialCounters};
+use crate::store::{MemoryStore, SharedStore};
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// What a policy made of one callback: what the host does with the stream
@@ -29,6 +33,19 @@ pub enum Verdict {
     /// The policy answered the request itself ([`Stream::send_local_reply`]);
     /// nothing after it runs and the upstream is not called.
     Answered,
+}
+
+/// How the host sends a policy's operations to the fleet store
+/// ([`Stream::send_to_fleet`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetCall {
+    /// As the policy's own call: it holds the request ([`Verdict::Pause`])
+    /// until the answer reaches [`PolicySteps::on_fleet_answer`].
+    Own,
+    /// In the request's one call with the other policies' operations (the
+    /// gateway module): the request goes on to the next policies and the
+    /// module holds it before the upstream; the answer may still refuse it.
+    Batched,
 }
 
 /// Log levels, most verbose first.
@@ -71,6 +88,15 @@ pub trait Stream: Host {
     /// Adds `delta` to a counter the policy defined ([`DefineMetrics`]).
     fn increment(&mut self, counter: Counter, delta: u64);
 
+    /// The state this Envoy's workers share (nonces, quota counters).
+    fn shared_data(&self) -> &dyn SharedStore;
+
+    /// Sends a policy's operations to the fleet store; its answer comes to
+    /// [`PolicySteps::on_fleet_answer`]. An error: the call could not be
+    /// made, no answer will come, and the policy decides by its failure
+    /// mode at once.
+    fn send_to_fleet(&mut self, store: &Arc<Store>, ops: Vec<Op>) -> Result<FleetCall, Failure>;
+
     /// Whether a message at `level` would be written: check it before
     /// building a costly message.
     fn logs(&self, level: Level) -> bool;
@@ -100,6 +126,12 @@ pub trait PolicySteps {
     }
 
     fn on_response_headers(&mut self, _stream: &mut dyn Stream, _end_of_stream: bool) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// The fleet store answered the operations the policy sent. For its
+    /// own call, `Continue` lets the request go on.
+    fn on_fleet_answer(&mut self, _stream: &mut dyn Stream, _answer: Answer) -> Verdict {
         Verdict::Continue
     }
 }
@@ -175,6 +207,7 @@ pub enum Effect {
     SetResponseHeader(String, Option<String>),
     LocalReply(LocalReply),
     ReplaceRequestBody(Vec<u8>),
+    SendToFleet(Vec<Op>),
 }
 
 /// A local reply as data: what a [`FakeStream`] records, and what the
@@ -226,6 +259,13 @@ pub struct FakeStream {
     /// The counters defined on it, by id, and what each counted.
     pub counters: Vec<String>,
     pub counts: HashMap<u32, u64>,
+    /// The workers' shared state.
+    pub shared: MemoryStore,
+    /// How fleet operations are sent: batched (the gateway module) or as
+    /// the policy's own call (a single filter, the default).
+    pub fleet_batches: bool,
+    /// The fleet call cannot be made.
+    pub fleet_unreachable: Option<Failure>,
 }
 
 impl FakeStream {
@@ -246,6 +286,17 @@ impl FakeStream {
             .and_then(|id| self.counts.get(&(id as u32)))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The operations sent to the fleet store, call by call.
+    pub fn sent_to_fleet(&self) -> Vec<&[Op]> {
+        self.effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::SendToFleet(ops) => Some(ops.as_slice()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The local reply sent, if any.
@@ -344,6 +395,22 @@ impl Stream for FakeStream {
         if let Some(id) = counter.id() {
             *self.counts.entry(id).or_default() += delta;
         }
+    }
+
+    fn shared_data(&self) -> &dyn SharedStore {
+        &self.shared
+    }
+
+    fn send_to_fleet(&mut self, _store: &Arc<Store>, ops: Vec<Op>) -> Result<FleetCall, Failure> {
+        if let Some(failure) = &self.fleet_unreachable {
+            return Err(failure.clone());
+        }
+        self.effects.push(Effect::SendToFleet(ops));
+        Ok(if self.fleet_batches {
+            FleetCall::Batched
+        } else {
+            FleetCall::Own
+        })
     }
 
     fn logs(&self, level: Level) -> bool {

@@ -8,7 +8,7 @@ use crate::{config, MODULE_NAME};
 use circuit_breaker::CircuitBreakerFilter;
 use ext_auth::ExtAuthFilter;
 use gateway_common::adapter::{self, Filter, Loaded, LoadedPolicy, ProxyWasmStream, StreamNotes};
-use gateway_common::fleet::client::{self as fleet_client, Batch};
+use gateway_common::fleet::client::{self as fleet_client, Batch, Ticket};
 use gateway_common::host::{stream_scope, StreamMemory};
 use gateway_common::metrics::VmMemory;
 use gateway_common::stream::PolicySteps;
@@ -149,7 +149,7 @@ impl RootContext for GatewayRoot {
             .policies
             .iter()
             .map(|policy| match policy.steps() {
-                Some(steps) => PolicyContext::Steps(steps),
+                Some(steps) => PolicyContext::Steps { steps, fleet: None },
                 None => PolicyContext::Context(policy.http_context(context_id)),
             })
             .collect();
@@ -179,11 +179,14 @@ impl RootContext for GatewayRoot {
 }
 
 /// A policy as a member of the pipeline: its steps over the stream seam,
-/// whose verdicts are values, or (for policies not yet written against the
-/// seam) its own HTTP context, whose notes during the callback tell a local
-/// reply from a `Pause`.
+/// whose verdicts are values, with the fleet operations it sent, or (for
+/// policies not yet written against the seam) its own HTTP context, whose
+/// notes during the callback tell a local reply from a `Pause`.
 enum PolicyContext {
-    Steps(Box<dyn PolicySteps>),
+    Steps {
+        steps: Box<dyn PolicySteps>,
+        fleet: Option<Ticket>,
+    },
     Context(Box<dyn HttpContext>),
 }
 
@@ -195,12 +198,27 @@ fn verdict(action: Action, notes: StreamNotes) -> Verdict {
     }
 }
 
-/// A step's verdict is what it did. Notes are for the policies' own
+/// Runs a step over the stream and keeps the fleet operations it sent. A
+/// step's verdict is what it did. Notes are for the policies' own
 /// contexts: one a step took all the same (through `adapter`'s functions)
 /// is dropped here, so it can never be read as a later member's.
-fn steps_verdict(verdict: Verdict) -> Verdict {
+fn run_step(
+    steps: &mut dyn PolicySteps,
+    fleet: &mut Option<Ticket>,
+    step: impl FnOnce(&mut dyn PolicySteps, &mut ProxyWasmStream) -> Verdict,
+) -> (Verdict, Option<usize>) {
+    let mut stream = ProxyWasmStream::default();
+    let verdict = step(steps, &mut stream);
     let _ = adapter::take_stream_notes();
-    verdict
+    if let Some(ticket) = stream.fleet {
+        *fleet = Some(ticket);
+    }
+    (verdict, stream.resized_to)
+}
+
+/// Whether a member holds the request for its own fleet call.
+fn holds_for_fleet(fleet: &Option<Ticket>) -> bool {
+    fleet.as_ref().is_some_and(Ticket::holds_request)
 }
 
 /// The verdict of a policy's own context on the callback it just ran.
@@ -211,9 +229,12 @@ fn verdict_of(action: Action) -> Verdict {
 impl Member for PolicyContext {
     fn request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict {
         match self {
-            Self::Steps(steps) => steps_verdict(
-                steps.on_request_headers(&mut ProxyWasmStream::default(), end_of_stream),
-            ),
+            Self::Steps { steps, fleet } => {
+                run_step(steps.as_mut(), fleet, |steps, stream| {
+                    steps.on_request_headers(stream, end_of_stream)
+                })
+                .0
+            }
             Self::Context(http) => {
                 verdict_of(http.on_http_request_headers(num_headers, end_of_stream))
             }
@@ -222,13 +243,15 @@ impl Member for PolicyContext {
 
     fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> BodyVerdict {
         match self {
-            Self::Steps(steps) => {
-                let mut stream = ProxyWasmStream::default();
-                let verdict =
-                    steps_verdict(steps.on_request_body(&mut stream, body_size, end_of_stream));
+            // Holding the headers alone would not hold the body back.
+            Self::Steps { fleet, .. } if holds_for_fleet(fleet) => Verdict::Pause.into(),
+            Self::Steps { steps, fleet } => {
+                let (verdict, resized_to) = run_step(steps.as_mut(), fleet, |steps, stream| {
+                    steps.on_request_body(stream, body_size, end_of_stream)
+                });
                 BodyVerdict {
                     verdict,
-                    resized_to: stream.resized_to,
+                    resized_to,
                 }
             }
             Self::Context(http) => {
@@ -244,16 +267,20 @@ impl Member for PolicyContext {
 
     fn request_trailers(&mut self, num_trailers: usize) -> Verdict {
         match self {
-            Self::Steps(_) => Verdict::Continue,
+            Self::Steps { fleet, .. } if holds_for_fleet(fleet) => Verdict::Pause,
+            Self::Steps { .. } => Verdict::Continue,
             Self::Context(http) => verdict_of(http.on_http_request_trailers(num_trailers)),
         }
     }
 
     fn response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict {
         match self {
-            Self::Steps(steps) => steps_verdict(
-                steps.on_response_headers(&mut ProxyWasmStream::default(), end_of_stream),
-            ),
+            Self::Steps { steps, fleet } => {
+                run_step(steps.as_mut(), fleet, |steps, stream| {
+                    steps.on_response_headers(stream, end_of_stream)
+                })
+                .0
+            }
             Self::Context(http) => {
                 verdict_of(http.on_http_response_headers(num_headers, end_of_stream))
             }
@@ -262,18 +289,19 @@ impl Member for PolicyContext {
 
     fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Verdict {
         match self {
-            Self::Steps(_) => Verdict::Continue,
+            Self::Steps { .. } => Verdict::Continue,
             Self::Context(http) => verdict_of(http.on_http_response_body(body_size, end_of_stream)),
         }
     }
 
     fn response_trailers(&mut self, num_trailers: usize) -> Verdict {
         match self {
-            Self::Steps(_) => Verdict::Continue,
+            Self::Steps { .. } => Verdict::Continue,
             Self::Context(http) => verdict_of(http.on_http_response_trailers(num_trailers)),
         }
     }
 
+    /// A member's own call answered: for steps, their own fleet call.
     fn call_response(
         &mut self,
         token: u32,
@@ -281,18 +309,37 @@ impl Member for PolicyContext {
         body_size: usize,
         trailers: usize,
     ) -> CallVerdict {
-        let Self::Context(http) = self else {
-            // Steps make no calls.
-            return CallVerdict::Nothing;
-        };
-        http.on_http_call_response(token, headers, body_size, trailers);
-        let notes = adapter::take_stream_notes();
-        if notes.answered {
-            CallVerdict::Answered
-        } else if notes.resumed {
-            CallVerdict::Resumed
-        } else {
-            CallVerdict::Nothing
+        match self {
+            Self::Steps { steps, fleet } => {
+                let Some(answer) = fleet
+                    .as_mut()
+                    .filter(|ticket| ticket.holds_request())
+                    .and_then(|ticket| ticket.answer(token, body_size))
+                else {
+                    return CallVerdict::Nothing;
+                };
+                *fleet = None;
+                match run_step(steps.as_mut(), fleet, |steps, stream| {
+                    steps.on_fleet_answer(stream, answer)
+                })
+                .0
+                {
+                    Verdict::Continue => CallVerdict::Resumed,
+                    Verdict::Answered => CallVerdict::Answered,
+                    Verdict::Pause => CallVerdict::Nothing,
+                }
+            }
+            Self::Context(http) => {
+                http.on_http_call_response(token, headers, body_size, trailers);
+                let notes = adapter::take_stream_notes();
+                if notes.answered {
+                    CallVerdict::Answered
+                } else if notes.resumed {
+                    CallVerdict::Resumed
+                } else {
+                    CallVerdict::Nothing
+                }
+            }
         }
     }
 
@@ -304,10 +351,20 @@ impl Member for PolicyContext {
 }
 
 impl PolicyContext {
-    /// Shows a fleet answer to the member; whether it answered the request.
-    fn show_fleet_answer(&mut self, token: u32) -> bool {
+    /// Shows the request's fleet answer to the member (its share of it, for
+    /// steps); whether it answered the request.
+    fn show_fleet_answer(&mut self, token: u32, answer: &fleet_client::Answer) -> bool {
         match self {
-            Self::Steps(_) => false,
+            Self::Steps { steps, fleet } => {
+                let Some(share) = fleet.as_ref().and_then(|ticket| ticket.share(answer)) else {
+                    return false;
+                };
+                *fleet = None;
+                let (verdict, _) = run_step(steps.as_mut(), fleet, |steps, stream| {
+                    steps.on_fleet_answer(stream, share)
+                });
+                verdict == Verdict::Answered
+            }
             Self::Context(http) => {
                 http.on_http_call_response(token, 0, 0, 0);
                 adapter::take_stream_notes().answered
@@ -317,7 +374,7 @@ impl PolicyContext {
 
     fn on_done(&mut self) -> bool {
         match self {
-            Self::Steps(_) => true,
+            Self::Steps { .. } => true,
             Self::Context(http) => http.on_done(),
         }
     }
@@ -372,9 +429,9 @@ impl Stream {
     /// them answers the request; a reply held meanwhile goes out unless an
     /// earlier policy's verdict replaced it.
     fn show_answer(&mut self, token: u32, answer: fleet_client::Answer) {
-        let answered = fleet_client::with_answer(token, answer, || {
+        let answered = fleet_client::with_answer(token, answer.clone(), || {
             for member in self.pipeline.members_mut() {
-                if member.show_fleet_answer(token) {
+                if member.show_fleet_answer(token, &answer) {
                     return true;
                 }
             }

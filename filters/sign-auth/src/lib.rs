@@ -1,13 +1,15 @@
 //! sign-auth: app authentication by `X-Ca-*` request signatures, wire
 //! compatible with Alibaba Cloud API Gateway. The scheme is in
 //! [`signature`], the anti-replay store in [`nonce`], the decisions in
-//! [`policy`]; the proxy-wasm adapter (the `wasm` feature) is in `wasm.rs`.
+//! [`policy`], its part in a request against the stream seam in [`steps`];
+//! the proxy-wasm adapter (the `wasm` feature) is in `wasm.rs`.
 
 pub mod backend;
 pub mod client;
 pub mod nonce;
 pub mod policy;
 pub mod signature;
+pub mod steps;
 
 use gateway_common::config::{parse_json, ConfigError};
 use policy::{SignAuth, SignAuthConfig};

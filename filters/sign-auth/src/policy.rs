@@ -766,7 +766,7 @@ fn missing(header: &str) -> GatewayError {
 pub use gateway_common::host::now_ms;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::signature::sign;
     use gateway_common::config::parse_json;
@@ -774,9 +774,9 @@ mod tests {
     use gateway_common::store::MemoryStore;
     use std::time::Duration;
 
-    const NOW_MS: u64 = 1_700_000_000_000;
+    pub(crate) const NOW_MS: u64 = 1_700_000_000_000;
 
-    fn policy(json: &str) -> SignAuth {
+    pub(crate) fn policy(json: &str) -> SignAuth {
         SignAuth::compile(&parse_json(json.as_bytes()).unwrap()).unwrap()
     }
 
@@ -787,7 +787,7 @@ mod tests {
             .to_string()
     }
 
-    const CONFIG: &str = r#"{
+    pub(crate) const CONFIG: &str = r#"{
         "apps": [
             {"key": "203751", "secrets": ["old-secret", "new-secret"], "name": "mobile"},
             {"key": "203752", "secrets": ["web-secret"]},
@@ -800,18 +800,18 @@ mod tests {
     }"#;
 
     /// A request signed as a client SDK would sign it.
-    struct Client {
-        key: &'static str,
-        secret: &'static str,
-        method: &'static str,
-        path: &'static str,
-        headers: Vec<(&'static str, String)>,
-        form: &'static str,
-        timestamp_ms: u64,
-        nonce: String,
+    pub(crate) struct Client {
+        pub key: &'static str,
+        pub secret: &'static str,
+        pub method: &'static str,
+        pub path: &'static str,
+        pub headers: Vec<(&'static str, String)>,
+        pub form: &'static str,
+        pub timestamp_ms: u64,
+        pub nonce: String,
     }
 
-    fn client(method: &'static str, path: &'static str) -> Client {
+    pub(crate) fn client(method: &'static str, path: &'static str) -> Client {
         Client {
             key: "203751",
             secret: "new-secret",
@@ -825,7 +825,7 @@ mod tests {
     }
 
     impl Client {
-        fn host(&self) -> FakeHost {
+        pub(crate) fn host(&self) -> FakeHost {
             let mut parameters = BTreeMap::new();
             let (path, query) = self.path.split_once('?').unwrap_or((self.path, ""));
             add_parameters(query, &mut parameters).unwrap();
@@ -1230,7 +1230,7 @@ mod tests {
         }
     }
 
-    fn fleet_policy(mode: &str) -> SignAuth {
+    pub(crate) fn fleet_policy(mode: &str) -> SignAuth {
         let fleet = format!(
             r#"{{"fleet": {{"store": {{"cluster": "redis", "key_prefix": "t:"}}, "failure_mode": "{mode}"}},"#
         );
@@ -1247,7 +1247,7 @@ mod tests {
         }
     }
 
-    fn answer(state: State) -> Result<Vec<OpResult>, Failure> {
+    pub(crate) fn answer(state: State) -> Result<Vec<OpResult>, Failure> {
         Ok(vec![OpResult {
             state,
             previous: 0,

@@ -1,11 +1,13 @@
 //! throttling: request quotas per API, app, user, client IP or parameter
 //! value, counted in Envoy shared data so they hold across workers. The
 //! window arithmetic is in [`window`], the counter table in [`table`], key
-//! extraction in [`key`], the decisions in [`policy`]; the proxy-wasm
-//! adapter (the `wasm` feature) is in `wasm.rs`.
+//! extraction in [`key`], the decisions in [`policy`], its part in a
+//! request against the stream seam in [`steps`]; the proxy-wasm adapter
+//! (the `wasm` feature) is in `wasm.rs`.
 
 pub mod key;
 pub mod policy;
+pub mod steps;
 pub mod table;
 pub mod window;
 

@@ -19,7 +19,6 @@ use crate::adapter;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// An answer larger than this is refused unread (a script answer is a few
@@ -29,8 +28,7 @@ pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The token a batch's answer is shown with when the call could not be made.
 pub const UNSENT: u32 = u32::MAX;
 
-/// Every result of one call, or why there are none.
-pub type Answer = Result<Vec<OpResult>, Failure>;
+pub use super::wire::Answer;
 
 /// One call in flight.
 #[derive(Debug)]
@@ -156,21 +154,29 @@ impl Ticket {
     pub fn answer(&mut self, token: u32, body_size: usize) -> Option<Answer> {
         match self {
             Ticket::Own(call) => call.0.answer(token, body_size),
-            Ticket::Batched { first, count } => CURRENT_ANSWER.with(|current| {
+            Ticket::Batched { .. } => CURRENT_ANSWER.with(|current| {
                 let current = current.borrow();
                 let (shown, answer) = current.as_ref()?;
                 if *shown != token {
                     return None;
                 }
-                Some(match answer {
-                    Ok(results) => results
-                        .get(*first..*first + *count)
-                        .map(<[OpResult]>::to_vec)
-                        .ok_or_else(|| Failure::BadReply("too few results".into())),
-                    Err(failure) => Err(failure.clone()),
-                })
+                self.share(answer)
             }),
         }
+    }
+
+    /// The policy's share of its batch's answer (`None` for its own call).
+    pub fn share(&self, answer: &Answer) -> Option<Answer> {
+        let Ticket::Batched { first, count } = self else {
+            return None;
+        };
+        Some(match answer {
+            Ok(results) => results
+                .get(*first..*first + *count)
+                .map(<[OpResult]>::to_vec)
+                .ok_or_else(|| Failure::BadReply("too few results".into())),
+            Err(failure) => Err(failure.clone()),
+        })
     }
 }
 
@@ -347,31 +353,10 @@ pub fn with_answer<T>(token: u32, answer: Answer, show: impl FnOnce() -> T) -> T
     result
 }
 
-const FAILURE_LOG_INTERVAL_MS: u64 = 10_000;
-
-thread_local! {
-    /// Per filter: when its last failure line was written, and the failures since.
-    static FAILURE_LOG: RefCell<HashMap<&'static str, (u64, u64)>> = RefCell::new(HashMap::new());
-}
-
 /// Logs a store failure: the first at once, then at most one line per
 /// 10 s and worker with the number of failures since.
 pub fn log_failure(filter: &'static str, failure: &Failure, mode: super::FailureMode, now_ms: u64) {
-    let line = FAILURE_LOG.with(|log| {
-        let mut log = log.borrow_mut();
-        let (last, since) = log.entry(filter).or_insert((0, 0));
-        *since += 1;
-        if *last != 0 && now_ms.saturating_sub(*last) < FAILURE_LOG_INTERVAL_MS {
-            return None;
-        }
-        let count = std::mem::take(since);
-        *last = now_ms.max(1);
-        Some(format!(
-            "{filter}: fleet store failing ({failure}); {count} failed call(s) since the last report, failure mode `{}`",
-            mode.name()
-        ))
-    });
-    if let Some(line) = line {
+    if let Some(line) = super::failure_report(filter, failure, mode, now_ms) {
         adapter::log(LogLevel::Warn, &line);
     }
 }

@@ -19,10 +19,12 @@ pub mod model;
 pub mod wire;
 
 use crate::config::ConfigError;
-#[cfg(feature = "wasm")]
-use crate::metrics::Counter;
+use crate::metrics::{Counter, DefineMetrics};
+use crate::stream::{Level, Stream};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::Duration;
 
 const DEFAULT_KEY_PREFIX: &str = "gw:";
@@ -171,7 +173,6 @@ impl FailureMode {
 
 /// A policy's fleet counters: `fleet.answered`, `fleet.failure.<reason>`
 /// and `fleet.failure_mode.<mode>` (the requests each mode decided).
-#[cfg(feature = "wasm")]
 #[derive(Debug, Clone, Copy)]
 pub struct FleetMetrics {
     answered: Counter,
@@ -179,21 +180,57 @@ pub struct FleetMetrics {
     modes: [Counter; 3],
 }
 
-#[cfg(feature = "wasm")]
 impl FleetMetrics {
-    pub fn define(filter: &str) -> Self {
+    pub fn define_with(metrics: &mut dyn DefineMetrics, filter: &str) -> Self {
         Self {
-            answered: Counter::define(filter, "fleet.answered"),
+            answered: metrics.define_counter(filter, "fleet.answered"),
             failures: wire::Failure::REASONS
-                .map(|reason| Counter::define(filter, &format!("fleet.failure.{reason}"))),
+                .map(|reason| metrics.define_counter(filter, &format!("fleet.failure.{reason}"))),
             modes: [FailureMode::Local, FailureMode::Allow, FailureMode::Deny].map(|mode| {
-                Counter::define(filter, &format!("fleet.failure_mode.{}", mode.name()))
+                metrics.define_counter(filter, &format!("fleet.failure_mode.{}", mode.name()))
             }),
         }
     }
 
     /// Counts how the store answered a request's checks (`failure`: why it
     /// did not decide them) and logs a failure, at most once per interval.
+    pub fn count(
+        &self,
+        stream: &mut dyn Stream,
+        filter: &'static str,
+        failure: Option<&wire::Failure>,
+        mode: FailureMode,
+    ) {
+        let Some(failure) = failure else {
+            stream.increment(self.answered, 1);
+            return;
+        };
+        stream.increment(self.failure_counter(failure), 1);
+        stream.increment(self.modes[mode as usize], 1);
+        let now_ms = crate::host::now_ms(&*stream);
+        if let Some(line) = failure_report(filter, failure, mode, now_ms) {
+            stream.log(Level::Warn, format_args!("{line}"));
+        }
+    }
+
+    fn failure_counter(&self, failure: &wire::Failure) -> Counter {
+        wire::Failure::REASONS
+            .iter()
+            .position(|r| *r == failure.reason())
+            .map(|i| self.failures[i])
+            .unwrap_or_default()
+    }
+}
+
+/// The proxy-wasm host's side, for work outside a request's steps (the
+/// circuit breaker's syncs).
+#[cfg(feature = "wasm")]
+impl FleetMetrics {
+    pub fn define(filter: &str) -> Self {
+        Self::define_with(&mut crate::metrics::ProxyWasmMetrics, filter)
+    }
+
+    /// [`FleetMetrics::count`] straight to the host.
     pub fn note(
         &self,
         filter: &'static str,
@@ -202,7 +239,7 @@ impl FleetMetrics {
         now_ms: u64,
     ) {
         match failure {
-            None => self.answered.inc(),
+            None => self.answered(),
             Some(failure) => {
                 self.call_failed(filter, failure, mode, now_ms);
                 self.decided_by(mode);
@@ -219,12 +256,7 @@ impl FleetMetrics {
         mode: FailureMode,
         now_ms: u64,
     ) {
-        if let Some(i) = wire::Failure::REASONS
-            .iter()
-            .position(|r| *r == failure.reason())
-        {
-            self.failures[i].inc();
-        }
+        self.failure_counter(failure).inc();
         client::log_failure(filter, failure, mode, now_ms);
     }
 
@@ -237,6 +269,38 @@ impl FleetMetrics {
     pub fn decided_by(&self, mode: FailureMode) {
         self.modes[mode as usize].inc();
     }
+}
+
+const FAILURE_LOG_INTERVAL_MS: u64 = 10_000;
+
+thread_local! {
+    /// Per filter: when its last failure line was written, and the failures
+    /// since (a worker's log throttle, not a request's state).
+    static FAILURE_LOG: RefCell<HashMap<&'static str, (u64, u64)>> = RefCell::new(HashMap::new());
+}
+
+/// The line to log for a store failure: the first at once, then at most one
+/// per 10 s and worker, with the number of failures since.
+pub fn failure_report(
+    filter: &'static str,
+    failure: &wire::Failure,
+    mode: FailureMode,
+    now_ms: u64,
+) -> Option<String> {
+    FAILURE_LOG.with(|log| {
+        let mut log = log.borrow_mut();
+        let (last, since) = log.entry(filter).or_insert((0, 0));
+        *since += 1;
+        if *last != 0 && now_ms.saturating_sub(*last) < FAILURE_LOG_INTERVAL_MS {
+            return None;
+        }
+        let count = std::mem::take(since);
+        *last = now_ms.max(1);
+        Some(format!(
+            "{filter}: fleet store failing ({failure}); {count} failed call(s) since the last report, failure mode `{}`",
+            mode.name()
+        ))
+    })
 }
 
 /// 128 bits of SHA-256 over length-prefixed `parts`, in hex: how client

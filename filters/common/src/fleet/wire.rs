@@ -113,6 +113,9 @@ pub struct OpResult {
     pub value: Option<String>,
 }
 
+/// Every result of one call, or why there are none.
+pub type Answer = Result<Vec<OpResult>, Failure>;
+
 /// Why a call gave no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
