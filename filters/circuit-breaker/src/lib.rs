@@ -5,8 +5,9 @@
 //!
 //! The state machine and its shared record are in [`breaker`], the
 //! configuration in [`config`], who answered a call in [`outcome`], the
-//! degraded answer in [`degraded`], the per-request decisions in [`policy`];
-//! the proxy-wasm adapter (the `wasm` feature) is in `wasm.rs`.
+//! degraded answer in [`degraded`], the per-request decisions in [`policy`],
+//! its part in a request against the stream seam in [`steps`]; the
+//! proxy-wasm adapter (the `wasm` feature) is in `wasm.rs`.
 
 pub mod breaker;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod degraded;
 pub mod fleet;
 pub mod outcome;
 pub mod policy;
+pub mod steps;
 
 use gateway_common::config::{parse_json, ConfigError};
 use policy::CircuitBreaker;

@@ -11,7 +11,8 @@
 use crate::config::ConfigError;
 use crate::error::{render, GatewayError};
 use crate::host;
-use crate::stream::{Level, PolicySteps, Stream, Verdict};
+use crate::metrics::ProxyWasmMetrics;
+use crate::stream::{Level, PolicySteps, Stream, Telemetry, Verdict};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
@@ -646,10 +647,6 @@ impl Stream for ProxyWasmStream {
         self.resized_to = Some(body.len());
     }
 
-    fn increment(&mut self, counter: crate::metrics::Counter, delta: u64) {
-        counter.add(delta);
-    }
-
     fn shared_data(&self) -> &dyn crate::store::SharedStore {
         &crate::store::ProxyWasmStore
     }
@@ -669,24 +666,29 @@ impl Stream for ProxyWasmStream {
         Ok(call)
     }
 
-    fn logs(&self, level: Level) -> bool {
-        hostcalls::get_log_level().is_ok_and(|lowest| log_level(level) as u32 >= lowest as u32)
-    }
-
-    fn log(&self, level: Level, message: std::fmt::Arguments<'_>) {
-        if self.logs(level) {
-            log(log_level(level), &message.to_string());
-        }
+    fn clear_route_cache(&mut self) {
+        // Envoy 1.40 already re-routes after a Wasm header change; saying so
+        // explicitly keeps that true where it does not.
+        let _ = hostcalls::call_foreign_function("clear_route_cache", None);
     }
 }
 
-fn log_level(level: Level) -> LogLevel {
-    match level {
-        Level::Trace => LogLevel::Trace,
-        Level::Debug => LogLevel::Debug,
-        Level::Info => LogLevel::Info,
-        Level::Warn => LogLevel::Warn,
-        Level::Error => LogLevel::Error,
+/// The host's own metrics and logs.
+impl Telemetry for ProxyWasmStream {
+    fn increment(&mut self, counter: crate::metrics::Counter, delta: u64) {
+        ProxyWasmMetrics.increment(counter, delta);
+    }
+
+    fn set_gauge(&mut self, gauge: crate::metrics::Gauge, value: u64) {
+        ProxyWasmMetrics.set_gauge(gauge, value);
+    }
+
+    fn logs(&self, level: Level) -> bool {
+        ProxyWasmMetrics.logs(level)
+    }
+
+    fn log(&self, level: Level, message: std::fmt::Arguments<'_>) {
+        ProxyWasmMetrics.log(level, message);
     }
 }
 
@@ -773,6 +775,13 @@ impl HttpContext for StreamContext {
         end_of_stream: bool,
     ) -> proxy_wasm::types::Action {
         action(self.run(|steps, stream| steps.on_response_headers(stream, end_of_stream)))
+    }
+
+    fn on_log(&mut self) {
+        self.run(|steps, stream| {
+            steps.on_log(stream);
+            Verdict::Continue
+        });
     }
 }
 

@@ -19,10 +19,30 @@ use proxy_wasm::types::MetricType;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counter(Option<u32>);
 
-/// Where counters are defined: the host, once per configuration.
+/// Where metrics are defined: the host, once per configuration.
 pub trait DefineMetrics {
     /// Defines the counter `gw.<filter>.<name>`.
     fn define_counter(&mut self, filter: &str, name: &str) -> Counter;
+
+    /// Defines the gauge `gw.<filter>.<name>`.
+    fn define_gauge(&mut self, filter: &str, name: &str) -> Gauge;
+}
+
+/// A gauge handle (for example a breaker's state, a queue size); a failed
+/// definition makes a no-op gauge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gauge(Option<u32>);
+
+impl Gauge {
+    /// A handle to the host's metric `id`.
+    pub const fn from_id(id: u32) -> Self {
+        Self(Some(id))
+    }
+
+    /// The host's metric id (`None`: the definition failed, a no-op).
+    pub const fn id(self) -> Option<u32> {
+        self.0
+    }
 }
 
 impl Counter {
@@ -57,8 +77,9 @@ impl Counter {
     }
 }
 
-/// The proxy-wasm host's metrics (also the native module's, whose host
-/// implements proxy-wasm's metric calls).
+/// The proxy-wasm host's metrics and logs (also the native module's, whose
+/// host implements proxy-wasm's metric calls): where a policy defines its
+/// metrics, and counts and logs work outside a request's steps.
 #[cfg(feature = "wasm")]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProxyWasmMetrics;
@@ -68,12 +89,46 @@ impl DefineMetrics for ProxyWasmMetrics {
     fn define_counter(&mut self, filter: &str, name: &str) -> Counter {
         Counter::define(filter, name)
     }
+
+    fn define_gauge(&mut self, filter: &str, name: &str) -> Gauge {
+        Gauge::define(filter, name)
+    }
 }
 
-/// A gauge handle (for example a breaker's state, a queue size).
 #[cfg(feature = "wasm")]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Gauge(Option<u32>);
+impl crate::stream::Telemetry for ProxyWasmMetrics {
+    fn increment(&mut self, counter: Counter, delta: u64) {
+        counter.add(delta);
+    }
+
+    fn set_gauge(&mut self, gauge: Gauge, value: u64) {
+        gauge.set(value);
+    }
+
+    fn logs(&self, level: crate::stream::Level) -> bool {
+        proxy_wasm::hostcalls::get_log_level()
+            .is_ok_and(|lowest| proxy_wasm_level(level) as u32 >= lowest as u32)
+    }
+
+    fn log(&self, level: crate::stream::Level, message: std::fmt::Arguments<'_>) {
+        if self.logs(level) {
+            let _ = proxy_wasm::hostcalls::log(proxy_wasm_level(level), &message.to_string());
+        }
+    }
+}
+
+#[cfg(feature = "wasm")]
+fn proxy_wasm_level(level: crate::stream::Level) -> proxy_wasm::types::LogLevel {
+    use crate::stream::Level;
+    use proxy_wasm::types::LogLevel;
+    match level {
+        Level::Trace => LogLevel::Trace,
+        Level::Debug => LogLevel::Debug,
+        Level::Info => LogLevel::Info,
+        Level::Warn => LogLevel::Warn,
+        Level::Error => LogLevel::Error,
+    }
+}
 
 #[cfg(feature = "wasm")]
 impl Gauge {

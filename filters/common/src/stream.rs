@@ -13,7 +13,7 @@ use crate::error::{render, GatewayError};
 use crate::fleet::wire::{Answer, Failure, Op};
 use crate::fleet::Store;
 use crate::host::{FakeHost, Host};
-use crate::metrics::{metric_name, Counter, DefineMetrics, DenialCounters};
+use crate::metrics::{metric_name, Counter, DefineMetrics, DenialCounters, Gauge};
 use crate::store::{MemoryStore, SharedStore};
 use std::collections::HashMap;
 use std::fmt;
@@ -58,9 +58,27 @@ pub enum Level {
     Error,
 }
 
+/// Where a policy's counts, gauges and log lines go: the stream of the
+/// request a step runs for, or the host itself for a worker's background
+/// work (a sync, a flush).
+pub trait Telemetry {
+    /// Adds `delta` to a counter the policy defined ([`DefineMetrics`]).
+    fn increment(&mut self, counter: Counter, delta: u64);
+
+    /// Sets a gauge the policy defined.
+    fn set_gauge(&mut self, gauge: Gauge, value: u64);
+
+    /// Whether a message at `level` would be written: check it before
+    /// building a costly message.
+    fn logs(&self, level: Level) -> bool;
+
+    /// Writes a message; `message` is formatted only when `level` is on.
+    fn log(&self, level: Level, message: fmt::Arguments<'_>);
+}
+
 /// One request's stream as a policy sees it: the reads of [`Host`] and
 /// every effect. Writes are seen by later reads of the same stream.
-pub trait Stream: Host {
+pub trait Stream: Host + Telemetry {
     /// The names of the request headers, in order, pseudo-headers
     /// included (a name repeats once per value).
     fn request_header_names(&self) -> Vec<String>;
@@ -85,9 +103,6 @@ pub trait Stream: Host {
     /// body a policy was shown) with `body`.
     fn replace_request_body(&mut self, old_size: usize, body: &[u8]);
 
-    /// Adds `delta` to a counter the policy defined ([`DefineMetrics`]).
-    fn increment(&mut self, counter: Counter, delta: u64);
-
     /// The state this Envoy's workers share (nonces, quota counters).
     fn shared_data(&self) -> &dyn SharedStore;
 
@@ -97,12 +112,9 @@ pub trait Stream: Host {
     /// mode at once.
     fn send_to_fleet(&mut self, store: &Arc<Store>, ops: Vec<Op>) -> Result<FleetCall, Failure>;
 
-    /// Whether a message at `level` would be written: check it before
-    /// building a costly message.
-    fn logs(&self, level: Level) -> bool;
-
-    /// Writes a message; `message` is formatted only when `level` is on.
-    fn log(&self, level: Level, message: fmt::Arguments<'_>);
+    /// Drops the route Envoy chose for the request, so a header a step set
+    /// (a fallback marker) picks it again.
+    fn clear_route_cache(&mut self);
 }
 
 /// One policy's part in one request: a step per stream event it takes part
@@ -128,6 +140,10 @@ pub trait PolicySteps {
     fn on_response_headers(&mut self, _stream: &mut dyn Stream, _end_of_stream: bool) -> Verdict {
         Verdict::Continue
     }
+
+    /// The stream is over (Envoy's access-log time), whether or not a
+    /// response came.
+    fn on_log(&mut self, _stream: &mut dyn Stream) {}
 
     /// The fleet store answered the operations the policy sent. For its
     /// own call, `Continue` lets the request go on.
@@ -208,6 +224,7 @@ pub enum Effect {
     LocalReply(LocalReply),
     ReplaceRequestBody(Vec<u8>),
     SendToFleet(Vec<Op>),
+    ClearRouteCache,
 }
 
 /// A local reply as data: what a [`FakeStream`] records, and what the
@@ -256,9 +273,11 @@ pub struct FakeStream {
     /// Messages written at or above [`FakeStream::log_level`].
     pub logs: std::cell::RefCell<Vec<(Level, String)>>,
     pub log_level: Option<Level>,
-    /// The counters defined on it, by id, and what each counted.
+    /// The metrics defined on it, by id, what each counter counted and
+    /// what each gauge was last set to.
     pub counters: Vec<String>,
     pub counts: HashMap<u32, u64>,
+    pub gauges: HashMap<u32, u64>,
     /// The workers' shared state.
     pub shared: MemoryStore,
     /// How fleet operations are sent: batched (the gateway module) or as
@@ -286,6 +305,13 @@ impl FakeStream {
             .and_then(|id| self.counts.get(&(id as u32)))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// What the gauge `gw.<filter>.<name>` was last set to.
+    pub fn gauge(&self, filter: &str, name: &str) -> Option<u64> {
+        let full = metric_name(filter, name);
+        let id = self.counters.iter().position(|defined| *defined == full)?;
+        self.gauges.get(&(id as u32)).copied()
     }
 
     /// The operations sent to the fleet store, call by call.
@@ -342,6 +368,35 @@ impl DefineMetrics for FakeStream {
         self.counters.push(metric_name(filter, name));
         Counter::from_id(self.counters.len() as u32 - 1)
     }
+
+    fn define_gauge(&mut self, filter: &str, name: &str) -> Gauge {
+        self.counters.push(metric_name(filter, name));
+        Gauge::from_id(self.counters.len() as u32 - 1)
+    }
+}
+
+impl Telemetry for FakeStream {
+    fn increment(&mut self, counter: Counter, delta: u64) {
+        if let Some(id) = counter.id() {
+            *self.counts.entry(id).or_default() += delta;
+        }
+    }
+
+    fn set_gauge(&mut self, gauge: Gauge, value: u64) {
+        if let Some(id) = gauge.id() {
+            self.gauges.insert(id, value);
+        }
+    }
+
+    fn logs(&self, level: Level) -> bool {
+        self.log_level.is_some_and(|lowest| level >= lowest)
+    }
+
+    fn log(&self, level: Level, message: fmt::Arguments<'_>) {
+        if self.logs(level) {
+            self.logs.borrow_mut().push((level, message.to_string()));
+        }
+    }
 }
 
 impl Stream for FakeStream {
@@ -391,12 +446,6 @@ impl Stream for FakeStream {
         self.effects.push(Effect::ReplaceRequestBody(body.to_vec()));
     }
 
-    fn increment(&mut self, counter: Counter, delta: u64) {
-        if let Some(id) = counter.id() {
-            *self.counts.entry(id).or_default() += delta;
-        }
-    }
-
     fn shared_data(&self) -> &dyn SharedStore {
         &self.shared
     }
@@ -413,14 +462,8 @@ impl Stream for FakeStream {
         })
     }
 
-    fn logs(&self, level: Level) -> bool {
-        self.log_level.is_some_and(|lowest| level >= lowest)
-    }
-
-    fn log(&self, level: Level, message: fmt::Arguments<'_>) {
-        if self.logs(level) {
-            self.logs.borrow_mut().push((level, message.to_string()));
-        }
+    fn clear_route_cache(&mut self) {
+        self.effects.push(Effect::ClearRouteCache);
     }
 }
 

@@ -344,8 +344,14 @@ impl Member for PolicyContext {
     }
 
     fn log(&mut self) {
-        if let Self::Context(http) = self {
-            http.on_log();
+        match self {
+            Self::Steps { steps, fleet } => {
+                run_step(steps.as_mut(), fleet, |steps, stream| {
+                    steps.on_log(stream);
+                    Verdict::Continue
+                });
+            }
+            Self::Context(http) => http.on_log(),
         }
     }
 }

@@ -159,9 +159,10 @@ impl SignAuthSteps {
             .map(|f| f.failure_mode)
             .unwrap_or_default();
         let failure = policy::fleet_failure(&answer);
+        let now = now_ms(&*stream);
         self.metrics
             .fleet
-            .count(stream, FILTER_NAME, failure.as_ref(), mode);
+            .count(stream, FILTER_NAME, failure.as_ref(), mode, now);
         self.policy.conclude(check, &answer, stream.shared_data())
     }
 

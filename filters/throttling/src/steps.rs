@@ -171,9 +171,10 @@ impl ThrottlingSteps {
         let policy = &self.compiled.policy;
         let mode = policy.fleet().map(|f| f.failure_mode).unwrap_or_default();
         let failure = policy::fleet_failure(policy, plan, &answer);
+        let now = gateway_common::host::now_ms(&*stream);
         self.metrics
             .fleet
-            .count(stream, FILTER_NAME, failure.as_ref(), mode);
+            .count(stream, FILTER_NAME, failure.as_ref(), mode, now);
         policy.conclude(plan, &answer, stream.shared_data())
     }
 

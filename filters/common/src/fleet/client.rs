@@ -17,7 +17,7 @@ use super::wire::{parse_reply, Arguments, Failure, Op, OpResult};
 use super::Store;
 use crate::adapter;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use proxy_wasm::types::{BufferType, MapType};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -351,12 +351,4 @@ pub fn with_answer<T>(token: u32, answer: Answer, show: impl FnOnce() -> T) -> T
     let result = show();
     CURRENT_ANSWER.with(|current| *current.borrow_mut() = None);
     result
-}
-
-/// Logs a store failure: the first at once, then at most one line per
-/// 10 s and worker with the number of failures since.
-pub fn log_failure(filter: &'static str, failure: &Failure, mode: super::FailureMode, now_ms: u64) {
-    if let Some(line) = super::failure_report(filter, failure, mode, now_ms) {
-        adapter::log(LogLevel::Warn, &line);
-    }
 }

@@ -20,7 +20,7 @@ pub mod wire;
 
 use crate::config::ConfigError;
 use crate::metrics::{Counter, DefineMetrics};
-use crate::stream::{Level, Stream};
+use crate::stream::{Level, Telemetry};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
@@ -193,81 +193,54 @@ impl FleetMetrics {
     }
 
     /// Counts how the store answered a request's checks (`failure`: why it
-    /// did not decide them) and logs a failure, at most once per interval.
+    /// did not decide them, and `mode` decided) and logs a failure, at most
+    /// once per interval.
     pub fn count(
         &self,
-        stream: &mut dyn Stream,
-        filter: &'static str,
-        failure: Option<&wire::Failure>,
-        mode: FailureMode,
-    ) {
-        let Some(failure) = failure else {
-            stream.increment(self.answered, 1);
-            return;
-        };
-        stream.increment(self.failure_counter(failure), 1);
-        stream.increment(self.modes[mode as usize], 1);
-        let now_ms = crate::host::now_ms(&*stream);
-        if let Some(line) = failure_report(filter, failure, mode, now_ms) {
-            stream.log(Level::Warn, format_args!("{line}"));
-        }
-    }
-
-    fn failure_counter(&self, failure: &wire::Failure) -> Counter {
-        wire::Failure::REASONS
-            .iter()
-            .position(|r| *r == failure.reason())
-            .map(|i| self.failures[i])
-            .unwrap_or_default()
-    }
-}
-
-/// The proxy-wasm host's side, for work outside a request's steps (the
-/// circuit breaker's syncs).
-#[cfg(feature = "wasm")]
-impl FleetMetrics {
-    pub fn define(filter: &str) -> Self {
-        Self::define_with(&mut crate::metrics::ProxyWasmMetrics, filter)
-    }
-
-    /// [`FleetMetrics::count`] straight to the host.
-    pub fn note(
-        &self,
+        telemetry: &mut dyn Telemetry,
         filter: &'static str,
         failure: Option<&wire::Failure>,
         mode: FailureMode,
         now_ms: u64,
     ) {
         match failure {
-            None => self.answered(),
+            None => self.count_answered(telemetry),
             Some(failure) => {
-                self.call_failed(filter, failure, mode, now_ms);
-                self.decided_by(mode);
+                self.count_failure(telemetry, filter, failure, mode, now_ms);
+                self.count_decided_by(telemetry, mode);
             }
         }
     }
 
+    /// Counts a call the store answered.
+    pub fn count_answered(&self, telemetry: &mut dyn Telemetry) {
+        telemetry.increment(self.answered, 1);
+    }
+
     /// Counts and logs (at most once per interval) a call without an
     /// answer, such as a background sync that decides no request itself.
-    pub fn call_failed(
+    pub fn count_failure(
         &self,
+        telemetry: &mut dyn Telemetry,
         filter: &'static str,
         failure: &wire::Failure,
         mode: FailureMode,
         now_ms: u64,
     ) {
-        self.failure_counter(failure).inc();
-        client::log_failure(filter, failure, mode, now_ms);
-    }
-
-    /// Counts a call the store answered.
-    pub fn answered(&self) {
-        self.answered.inc();
+        let counter = wire::Failure::REASONS
+            .iter()
+            .position(|r| *r == failure.reason())
+            .map(|i| self.failures[i])
+            .unwrap_or_default();
+        telemetry.increment(counter, 1);
+        if let Some(line) = failure_report(filter, failure, mode, now_ms) {
+            telemetry.log(Level::Warn, format_args!("{line}"));
+        }
     }
 
     /// Counts a request decided by the failure mode.
-    pub fn decided_by(&self, mode: FailureMode) {
-        self.modes[mode as usize].inc();
+    pub fn count_decided_by(&self, telemetry: &mut dyn Telemetry, mode: FailureMode) {
+        telemetry.increment(self.modes[mode as usize], 1);
     }
 }
 
