@@ -172,11 +172,8 @@ impl Filter for CircuitBreakerFilter {
         loaded.deployed.breaker.fleet().is_some()
     }
 
-    fn steps(loaded: &Rc<Loaded>, metrics: Metrics) -> Option<Box<dyn PolicySteps>> {
-        Some(Box::new(BreakerSteps::new(
-            Rc::clone(&loaded.deployed),
-            metrics,
-        )))
+    fn steps(loaded: &Rc<Loaded>, metrics: Metrics) -> Box<dyn PolicySteps> {
+        Box::new(BreakerSteps::new(Rc::clone(&loaded.deployed), metrics))
     }
 
     fn tick_period(loaded: &Loaded) -> Option<Duration> {

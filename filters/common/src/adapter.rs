@@ -233,33 +233,8 @@ pub trait Filter: 'static {
         false
     }
 
-    /// The policy's part in one request, for a policy written against
-    /// [`Stream`]; `None` for one that still is a proxy-wasm context of its
-    /// own, which it then makes in [`Filter::http_context`]. Required, so
-    /// every filter says which it is.
-    fn steps(policy: &Rc<Self::Policy>, metrics: Self::Metrics) -> Option<Box<dyn PolicySteps>>;
-
-    /// The request's proxy-wasm context: by default the policy's
-    /// [`steps`](Filter::steps) over [`ProxyWasmStream`].
-    fn http_context(
-        policy: Rc<Self::Policy>,
-        metrics: Self::Metrics,
-    ) -> Box<dyn proxy_wasm::traits::HttpContext> {
-        match Self::steps(&policy, metrics) {
-            Some(steps) => Box::new(StreamContext::new(steps)),
-            None => Box::new(NoContext),
-        }
-    }
-
-    /// [`Filter::http_context`] for a policy that needs the request's
-    /// context id (to be woken by another request).
-    fn http_context_for(
-        policy: Rc<Self::Policy>,
-        metrics: Self::Metrics,
-        _context_id: u32,
-    ) -> Box<dyn proxy_wasm::traits::HttpContext> {
-        Self::http_context(policy, metrics)
-    }
+    /// The policy's part in one request, written against [`Stream`].
+    fn steps(policy: &Rc<Self::Policy>, metrics: Self::Metrics) -> Box<dyn PolicySteps>;
 
     /// The policy's requests may be woken by other requests (see
     /// [`crate::wake`]).
@@ -283,24 +258,6 @@ pub trait Filter: 'static {
         _body_size: usize,
     ) -> bool {
         false
-    }
-}
-
-/// The context of a filter that has no steps and does not make a context
-/// of its own (a bug): it fails closed, answering every request with an
-/// internal error, rather than letting requests past a policy.
-struct NoContext;
-
-impl proxy_wasm::traits::Context for NoContext {}
-
-impl HttpContext for NoContext {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> proxy_wasm::types::Action {
-        log(
-            LogLevel::Error,
-            "a filter has neither steps nor a context of its own: request refused",
-        );
-        send_error(&crate::error::codes::INTERNAL);
-        proxy_wasm::types::Action::Pause
     }
 }
 
@@ -376,11 +333,14 @@ impl<F: Filter> Loaded<F> {
 
 impl<F: Filter> LoadedPolicy for Loaded<F> {
     fn http_context(&self, context_id: u32) -> Box<dyn HttpContext> {
-        F::http_context_for(Rc::clone(&self.policy), self.metrics, context_id)
+        Box::new(StreamContext::new(
+            F::steps(&self.policy, self.metrics),
+            context_id,
+        ))
     }
 
     fn steps(&self) -> Option<Box<dyn PolicySteps>> {
-        F::steps(&self.policy, self.metrics)
+        Some(F::steps(&self.policy, self.metrics))
     }
 
     fn wakes(&self) -> bool {
@@ -576,12 +536,55 @@ proxy_wasm::main! {{
 /// callback scope).
 #[derive(Debug, Default)]
 pub struct ProxyWasmStream {
+    /// The request's context id.
+    id: u32,
     /// The size of the request body a step replaced, for the policies
     /// after it in the gateway module.
     pub resized_to: Option<usize>,
     /// The fleet operations the step sent, for the host to keep until
     /// their answer.
     pub fleet: Option<crate::fleet::client::Ticket>,
+    /// The token of the call the step made.
+    pub called: Option<u32>,
+}
+
+impl ProxyWasmStream {
+    /// The stream of the request with context id `id`.
+    pub fn new(id: u32) -> Self {
+        Self {
+            id,
+            ..Self::default()
+        }
+    }
+}
+
+/// The answer to the call being reported (`on_http_call_response`).
+pub struct ProxyWasmCallAnswer {
+    pub body_size: usize,
+}
+
+impl crate::stream::CallAnswer for ProxyWasmCallAnswer {
+    fn status(&self) -> Option<u32> {
+        self.header(":status")
+            .and_then(|status| status.trim().parse::<u32>().ok())
+    }
+
+    /// Not the SDK's call, which panics on a reset call (no headers) and
+    /// on a value that is not UTF-8.
+    fn header(&self, name: &str) -> Option<String> {
+        host::header_value(MapType::HttpCallResponseHeaders, name)
+    }
+
+    fn body_size(&self) -> usize {
+        self.body_size
+    }
+
+    fn body(&self) -> Vec<u8> {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, self.body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
 }
 
 impl host::Host for ProxyWasmStream {
@@ -671,6 +674,25 @@ impl Stream for ProxyWasmStream {
         // explicitly keeps that true where it does not.
         let _ = hostcalls::call_foreign_function("clear_route_cache", None);
     }
+
+    fn dispatch_call(
+        &mut self,
+        call: crate::stream::HttpCall<'_>,
+    ) -> Result<(), crate::stream::CallNotMade> {
+        let token =
+            crate::wake::dispatch_http_call(call.cluster, call.headers, call.body, call.timeout)
+                .map_err(|_| crate::stream::CallNotMade)?;
+        self.called = Some(token);
+        Ok(())
+    }
+
+    fn stream_id(&self) -> u32 {
+        self.id
+    }
+
+    fn wake(&mut self, stream_id: u32) {
+        crate::wake::wake_later(stream_id);
+    }
 }
 
 /// The host's own metrics and logs.
@@ -699,12 +721,20 @@ impl Telemetry for ProxyWasmStream {
 /// held.
 pub struct StreamContext {
     steps: Box<dyn PolicySteps>,
+    id: u32,
     fleet: Option<crate::fleet::client::Ticket>,
+    /// The token of the policy's call in flight.
+    call: Option<u32>,
 }
 
 impl StreamContext {
-    pub fn new(steps: Box<dyn PolicySteps>) -> Self {
-        Self { steps, fleet: None }
+    pub fn new(steps: Box<dyn PolicySteps>, id: u32) -> Self {
+        Self {
+            steps,
+            id,
+            fleet: None,
+            call: None,
+        }
     }
 
     /// Runs one step over the stream, inside a callback scope of reads.
@@ -713,10 +743,13 @@ impl StreamContext {
         step: impl FnOnce(&mut dyn PolicySteps, &mut ProxyWasmStream) -> Verdict,
     ) -> Verdict {
         let _reads = host::callback_scope();
-        let mut stream = ProxyWasmStream::default();
+        let mut stream = ProxyWasmStream::new(self.id);
         let verdict = step(self.steps.as_mut(), &mut stream);
         if let Some(ticket) = stream.fleet {
             self.fleet = Some(ticket);
+        }
+        if let Some(token) = stream.called {
+            self.call = Some(token);
         }
         verdict
     }
@@ -726,17 +759,34 @@ impl StreamContext {
     }
 }
 
+impl Drop for StreamContext {
+    fn drop(&mut self) {
+        self.run(|steps, stream| {
+            steps.on_stream_end(stream);
+            Verdict::Continue
+        });
+    }
+}
+
 impl proxy_wasm::traits::Context for StreamContext {
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
-        let Some(answer) = self
+        let verdict = if let Some(answer) = self
             .fleet
             .as_mut()
             .and_then(|ticket| ticket.answer(token, body_size))
-        else {
+        {
+            self.fleet = None;
+            self.run(|steps, stream| steps.on_fleet_answer(stream, answer))
+        } else if self.call == Some(token) {
+            self.call = None;
+            let answer = ProxyWasmCallAnswer { body_size };
+            self.run(|steps, stream| steps.on_call_answer(stream, &answer))
+        } else if token == crate::wake::WAKE_TOKEN {
+            self.run(|steps, stream| steps.on_wake(stream))
+        } else {
             return;
         };
-        self.fleet = None;
-        if self.run(|steps, stream| steps.on_fleet_answer(stream, answer)) == Verdict::Continue {
+        if verdict == Verdict::Continue {
             let _ = hostcalls::resume_http_request();
         }
     }
@@ -766,7 +816,7 @@ impl HttpContext for StreamContext {
         if self.waits_for_fleet() {
             return proxy_wasm::types::Action::Pause;
         }
-        proxy_wasm::types::Action::Continue
+        action(self.run(|steps, stream| steps.on_request_trailers(stream)))
     }
 
     fn on_http_response_headers(

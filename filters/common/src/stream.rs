@@ -18,7 +18,7 @@ use crate::store::{MemoryStore, SharedStore};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// What a policy made of one callback: what the host does with the stream
 /// next (the gateway module's pipeline reads it to run the policies after).
@@ -46,6 +46,30 @@ pub enum FleetCall {
     /// gateway module): the request goes on to the next policies and the
     /// module holds it before the upstream; the answer may still refuse it.
     Batched,
+}
+
+/// An HTTP call to an Envoy cluster a policy makes (ext-auth's authorizer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCall<'a> {
+    pub cluster: &'a str,
+    /// Pseudo-headers (`:method`, `:path`, `:authority`) first.
+    pub headers: Vec<(&'a str, &'a str)>,
+    pub body: Option<&'a [u8]>,
+    pub timeout: Duration,
+}
+
+/// The call could not be made (an unknown cluster…); no answer will come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallNotMade;
+
+/// The answer to a policy's call, read on demand: what the policy does not
+/// ask for is never copied.
+pub trait CallAnswer {
+    /// `None`: no answer came (the timeout passed, the connection failed).
+    fn status(&self) -> Option<u32>;
+    fn header(&self, name: &str) -> Option<String>;
+    fn body_size(&self) -> usize;
+    fn body(&self) -> Vec<u8>;
 }
 
 /// Log levels, most verbose first.
@@ -115,6 +139,19 @@ pub trait Stream: Host + Telemetry {
     /// Drops the route Envoy chose for the request, so a header a step set
     /// (a fallback marker) picks it again.
     fn clear_route_cache(&mut self);
+
+    /// Sends an HTTP call; its answer comes to
+    /// [`PolicySteps::on_call_answer`]. One call per policy and request at
+    /// a time.
+    fn dispatch_call(&mut self, call: HttpCall<'_>) -> Result<(), CallNotMade>;
+
+    /// This request's id among the worker's requests (see [`Stream::wake`]).
+    fn stream_id(&self) -> u32;
+
+    /// Wakes another request of the worker, by its [`Stream::stream_id`],
+    /// once this callback is over: its policies' [`PolicySteps::on_wake`]
+    /// run.
+    fn wake(&mut self, stream_id: u32);
 }
 
 /// One policy's part in one request: a step per stream event it takes part
@@ -137,9 +174,30 @@ pub trait PolicySteps {
         Verdict::Continue
     }
 
+    /// The request trailers arrived.
+    fn on_request_trailers(&mut self, _stream: &mut dyn Stream) -> Verdict {
+        Verdict::Continue
+    }
+
     fn on_response_headers(&mut self, _stream: &mut dyn Stream, _end_of_stream: bool) -> Verdict {
         Verdict::Continue
     }
+
+    /// The answer to the policy's call ([`Stream::dispatch_call`]).
+    /// `Continue` lets the request it held go on.
+    fn on_call_answer(&mut self, _stream: &mut dyn Stream, _answer: &dyn CallAnswer) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// Another request woke this one ([`Stream::wake`]). `Continue` lets
+    /// the request it held go on; `Pause` (the default) changes nothing.
+    fn on_wake(&mut self, _stream: &mut dyn Stream) -> Verdict {
+        Verdict::Pause
+    }
+
+    /// The stream is going away (done, reset or refused): the policy lets
+    /// go of what it holds for other requests.
+    fn on_stream_end(&mut self, _stream: &mut dyn Stream) {}
 
     /// The stream is over (Envoy's access-log time), whether or not a
     /// response came.
@@ -225,6 +283,12 @@ pub enum Effect {
     ReplaceRequestBody(Vec<u8>),
     SendToFleet(Vec<Op>),
     ClearRouteCache,
+    DispatchCall {
+        cluster: String,
+        headers: Vec<(String, String)>,
+        body: Option<Vec<u8>>,
+    },
+    Wake(u32),
 }
 
 /// A local reply as data: what a [`FakeStream`] records, and what the
@@ -262,6 +326,55 @@ impl LocalReply {
     }
 }
 
+/// A call's answer made of plain data, for native tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FakeAnswer {
+    pub status: Option<u32>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl FakeAnswer {
+    pub fn new(status: u32) -> Self {
+        Self {
+            status: Some(status),
+            ..Self::default()
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
+        self
+    }
+
+    pub fn with_body(mut self, body: &[u8]) -> Self {
+        self.body = body.to_vec();
+        self
+    }
+}
+
+impl CallAnswer for FakeAnswer {
+    fn status(&self) -> Option<u32> {
+        self.status
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.clone())
+    }
+
+    fn body_size(&self) -> usize {
+        self.body.len()
+    }
+
+    fn body(&self) -> Vec<u8> {
+        self.body.clone()
+    }
+}
+
 /// A stream made of plain data for native tests: reads come from a
 /// [`FakeHost`] (which header writes update), every effect is recorded.
 #[derive(Debug, Default)]
@@ -285,6 +398,10 @@ pub struct FakeStream {
     pub fleet_batches: bool,
     /// The fleet call cannot be made.
     pub fleet_unreachable: Option<Failure>,
+    /// The stream's id among the worker's requests.
+    pub id: u32,
+    /// Calls to clusters cannot be made.
+    pub calls_fail: bool,
 }
 
 impl FakeStream {
@@ -464,6 +581,30 @@ impl Stream for FakeStream {
 
     fn clear_route_cache(&mut self) {
         self.effects.push(Effect::ClearRouteCache);
+    }
+
+    fn dispatch_call(&mut self, call: HttpCall<'_>) -> Result<(), CallNotMade> {
+        if self.calls_fail {
+            return Err(CallNotMade);
+        }
+        self.effects.push(Effect::DispatchCall {
+            cluster: call.cluster.to_string(),
+            headers: call
+                .headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+            body: call.body.map(<[u8]>::to_vec),
+        });
+        Ok(())
+    }
+
+    fn stream_id(&self) -> u32 {
+        self.id
+    }
+
+    fn wake(&mut self, stream_id: u32) {
+        self.effects.push(Effect::Wake(stream_id));
     }
 }
 

@@ -3,13 +3,14 @@
 //! service over HTTP whether to let a request in, keeps the decisions in a
 //! bounded table in Envoy shared data, and makes one call per worker for a
 //! burst of requests with the same identity. The policy is in [`policy`],
-//! [`cache`] and [`flights`]; the proxy-wasm adapter (the `wasm` feature)
-//! in `wasm.rs`.
+//! [`cache`] and [`flights`], its part in a request against the stream seam
+//! in [`steps`]; the proxy-wasm adapter (the `wasm` feature) in `wasm.rs`.
 
 pub mod cache;
 pub mod config;
 pub mod flights;
 pub mod policy;
+pub mod steps;
 
 use config::ExtAuthConfig;
 use gateway_common::config::{parse_json, ConfigError};

@@ -7,12 +7,14 @@ use crate::pipeline::{BodyVerdict, CallVerdict, Flow, Member, Pipeline, Verdict}
 use crate::{config, MODULE_NAME};
 use circuit_breaker::CircuitBreakerFilter;
 use ext_auth::ExtAuthFilter;
-use gateway_common::adapter::{self, Filter, Loaded, LoadedPolicy, ProxyWasmStream, StreamNotes};
+use gateway_common::adapter::{
+    self, Filter, Loaded, LoadedPolicy, ProxyWasmCallAnswer, ProxyWasmStream, StreamNotes,
+};
 use gateway_common::fleet::client::{self as fleet_client, Batch, Ticket};
 use gateway_common::host::{stream_scope, StreamMemory};
 use gateway_common::metrics::VmMemory;
 use gateway_common::stream::PolicySteps;
-use gateway_common::wake::{self, WakeableContext};
+use gateway_common::wake::{self, WakeableContext, WAKE_TOKEN};
 use ip_acl::IpAclFilter;
 use log_push::LogPushWorker;
 use param_validation::ParamValidationFilter;
@@ -149,7 +151,12 @@ impl RootContext for GatewayRoot {
             .policies
             .iter()
             .map(|policy| match policy.steps() {
-                Some(steps) => PolicyContext::Steps { steps, fleet: None },
+                Some(steps) => PolicyContext::Steps(MemberSteps {
+                    steps,
+                    id: context_id,
+                    fleet: None,
+                    call: None,
+                }),
                 None => PolicyContext::Context(policy.http_context(context_id)),
             })
             .collect();
@@ -179,15 +186,93 @@ impl RootContext for GatewayRoot {
 }
 
 /// A policy as a member of the pipeline: its steps over the stream seam,
-/// whose verdicts are values, with the fleet operations it sent, or (for
-/// policies not yet written against the seam) its own HTTP context, whose
-/// notes during the callback tell a local reply from a `Pause`.
+/// whose verdicts are values, or (for policies not yet written against the
+/// seam) its own HTTP context, whose notes during the callback tell a local
+/// reply from a `Pause`.
 enum PolicyContext {
-    Steps {
-        steps: Box<dyn PolicySteps>,
-        fleet: Option<Ticket>,
-    },
+    Steps(MemberSteps),
     Context(Box<dyn HttpContext>),
+}
+
+/// A policy's steps and what it waits for: the fleet operations it sent
+/// and its call in flight.
+struct MemberSteps {
+    steps: Box<dyn PolicySteps>,
+    /// The request's context id.
+    id: u32,
+    fleet: Option<Ticket>,
+    call: Option<u32>,
+}
+
+impl MemberSteps {
+    /// Runs a step over the stream and keeps the fleet operations and the
+    /// call it sent; the body size it left, if it replaced the body. A
+    /// step's verdict is what it did. Notes are for the policies' own
+    /// contexts: one a step took all the same (through `adapter`'s
+    /// functions) is dropped here, so it can never be read as a later
+    /// member's.
+    fn run(
+        &mut self,
+        step: impl FnOnce(&mut dyn PolicySteps, &mut ProxyWasmStream) -> Verdict,
+    ) -> (Verdict, Option<usize>) {
+        let mut stream = ProxyWasmStream::new(self.id);
+        let verdict = step(self.steps.as_mut(), &mut stream);
+        let _ = adapter::take_stream_notes();
+        if let Some(ticket) = stream.fleet {
+            self.fleet = Some(ticket);
+        }
+        if let Some(token) = stream.called {
+            self.call = Some(token);
+        }
+        (verdict, stream.resized_to)
+    }
+
+    fn verdict(
+        &mut self,
+        step: impl FnOnce(&mut dyn PolicySteps, &mut ProxyWasmStream) -> Verdict,
+    ) -> Verdict {
+        self.run(step).0
+    }
+
+    /// It holds the request for its own fleet call.
+    fn holds_for_fleet(&self) -> bool {
+        self.fleet.as_ref().is_some_and(Ticket::holds_request)
+    }
+
+    /// What the answer to its own fleet call, its call or a wake did.
+    fn call_response(&mut self, token: u32, body_size: usize) -> CallVerdict {
+        let verdict = if let Some(answer) = self
+            .fleet
+            .as_mut()
+            .filter(|ticket| ticket.holds_request())
+            .and_then(|ticket| ticket.answer(token, body_size))
+        {
+            self.fleet = None;
+            self.verdict(|steps, stream| steps.on_fleet_answer(stream, answer))
+        } else if self.call == Some(token) {
+            self.call = None;
+            let answer = ProxyWasmCallAnswer { body_size };
+            self.verdict(|steps, stream| steps.on_call_answer(stream, &answer))
+        } else if token == WAKE_TOKEN {
+            self.verdict(|steps, stream| steps.on_wake(stream))
+        } else {
+            return CallVerdict::Nothing;
+        };
+        match verdict {
+            Verdict::Continue => CallVerdict::Resumed,
+            Verdict::Answered => CallVerdict::Answered,
+            Verdict::Pause => CallVerdict::Nothing,
+        }
+    }
+}
+
+impl Drop for MemberSteps {
+    fn drop(&mut self) {
+        self.run(|steps, stream| {
+            steps.on_stream_end(stream);
+            Verdict::Continue
+        });
+    }
 }
 
 fn verdict(action: Action, notes: StreamNotes) -> Verdict {
@@ -198,29 +283,6 @@ fn verdict(action: Action, notes: StreamNotes) -> Verdict {
     }
 }
 
-/// Runs a step over the stream and keeps the fleet operations it sent. A
-/// step's verdict is what it did. Notes are for the policies' own
-/// contexts: one a step took all the same (through `adapter`'s functions)
-/// is dropped here, so it can never be read as a later member's.
-fn run_step(
-    steps: &mut dyn PolicySteps,
-    fleet: &mut Option<Ticket>,
-    step: impl FnOnce(&mut dyn PolicySteps, &mut ProxyWasmStream) -> Verdict,
-) -> (Verdict, Option<usize>) {
-    let mut stream = ProxyWasmStream::default();
-    let verdict = step(steps, &mut stream);
-    let _ = adapter::take_stream_notes();
-    if let Some(ticket) = stream.fleet {
-        *fleet = Some(ticket);
-    }
-    (verdict, stream.resized_to)
-}
-
-/// Whether a member holds the request for its own fleet call.
-fn holds_for_fleet(fleet: &Option<Ticket>) -> bool {
-    fleet.as_ref().is_some_and(Ticket::holds_request)
-}
-
 /// The verdict of a policy's own context on the callback it just ran.
 fn verdict_of(action: Action) -> Verdict {
     verdict(action, adapter::take_stream_notes())
@@ -229,11 +291,8 @@ fn verdict_of(action: Action) -> Verdict {
 impl Member for PolicyContext {
     fn request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict {
         match self {
-            Self::Steps { steps, fleet } => {
-                run_step(steps.as_mut(), fleet, |steps, stream| {
-                    steps.on_request_headers(stream, end_of_stream)
-                })
-                .0
+            Self::Steps(member) => {
+                member.verdict(|steps, stream| steps.on_request_headers(stream, end_of_stream))
             }
             Self::Context(http) => {
                 verdict_of(http.on_http_request_headers(num_headers, end_of_stream))
@@ -244,11 +303,10 @@ impl Member for PolicyContext {
     fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> BodyVerdict {
         match self {
             // Holding the headers alone would not hold the body back.
-            Self::Steps { fleet, .. } if holds_for_fleet(fleet) => Verdict::Pause.into(),
-            Self::Steps { steps, fleet } => {
-                let (verdict, resized_to) = run_step(steps.as_mut(), fleet, |steps, stream| {
-                    steps.on_request_body(stream, body_size, end_of_stream)
-                });
+            Self::Steps(member) if member.holds_for_fleet() => Verdict::Pause.into(),
+            Self::Steps(member) => {
+                let (verdict, resized_to) = member
+                    .run(|steps, stream| steps.on_request_body(stream, body_size, end_of_stream));
                 BodyVerdict {
                     verdict,
                     resized_to,
@@ -267,19 +325,18 @@ impl Member for PolicyContext {
 
     fn request_trailers(&mut self, num_trailers: usize) -> Verdict {
         match self {
-            Self::Steps { fleet, .. } if holds_for_fleet(fleet) => Verdict::Pause,
-            Self::Steps { .. } => Verdict::Continue,
+            Self::Steps(member) if member.holds_for_fleet() => Verdict::Pause,
+            Self::Steps(member) => {
+                member.verdict(|steps, stream| steps.on_request_trailers(stream))
+            }
             Self::Context(http) => verdict_of(http.on_http_request_trailers(num_trailers)),
         }
     }
 
     fn response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict {
         match self {
-            Self::Steps { steps, fleet } => {
-                run_step(steps.as_mut(), fleet, |steps, stream| {
-                    steps.on_response_headers(stream, end_of_stream)
-                })
-                .0
+            Self::Steps(member) => {
+                member.verdict(|steps, stream| steps.on_response_headers(stream, end_of_stream))
             }
             Self::Context(http) => {
                 verdict_of(http.on_http_response_headers(num_headers, end_of_stream))
@@ -289,19 +346,18 @@ impl Member for PolicyContext {
 
     fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Verdict {
         match self {
-            Self::Steps { .. } => Verdict::Continue,
+            Self::Steps(_) => Verdict::Continue,
             Self::Context(http) => verdict_of(http.on_http_response_body(body_size, end_of_stream)),
         }
     }
 
     fn response_trailers(&mut self, num_trailers: usize) -> Verdict {
         match self {
-            Self::Steps { .. } => Verdict::Continue,
+            Self::Steps(_) => Verdict::Continue,
             Self::Context(http) => verdict_of(http.on_http_response_trailers(num_trailers)),
         }
     }
 
-    /// A member's own call answered: for steps, their own fleet call.
     fn call_response(
         &mut self,
         token: u32,
@@ -310,25 +366,7 @@ impl Member for PolicyContext {
         trailers: usize,
     ) -> CallVerdict {
         match self {
-            Self::Steps { steps, fleet } => {
-                let Some(answer) = fleet
-                    .as_mut()
-                    .filter(|ticket| ticket.holds_request())
-                    .and_then(|ticket| ticket.answer(token, body_size))
-                else {
-                    return CallVerdict::Nothing;
-                };
-                *fleet = None;
-                match run_step(steps.as_mut(), fleet, |steps, stream| {
-                    steps.on_fleet_answer(stream, answer)
-                })
-                .0
-                {
-                    Verdict::Continue => CallVerdict::Resumed,
-                    Verdict::Answered => CallVerdict::Answered,
-                    Verdict::Pause => CallVerdict::Nothing,
-                }
-            }
+            Self::Steps(member) => member.call_response(token, body_size),
             Self::Context(http) => {
                 http.on_http_call_response(token, headers, body_size, trailers);
                 let notes = adapter::take_stream_notes();
@@ -345,8 +383,8 @@ impl Member for PolicyContext {
 
     fn log(&mut self) {
         match self {
-            Self::Steps { steps, fleet } => {
-                run_step(steps.as_mut(), fleet, |steps, stream| {
+            Self::Steps(member) => {
+                member.run(|steps, stream| {
                     steps.on_log(stream);
                     Verdict::Continue
                 });
@@ -361,15 +399,17 @@ impl PolicyContext {
     /// steps); whether it answered the request.
     fn show_fleet_answer(&mut self, token: u32, answer: &fleet_client::Answer) -> bool {
         match self {
-            Self::Steps { steps, fleet } => {
-                let Some(share) = fleet.as_ref().and_then(|ticket| ticket.share(answer)) else {
+            Self::Steps(member) => {
+                let Some(share) = member
+                    .fleet
+                    .as_ref()
+                    .and_then(|ticket| ticket.share(answer))
+                else {
                     return false;
                 };
-                *fleet = None;
-                let (verdict, _) = run_step(steps.as_mut(), fleet, |steps, stream| {
-                    steps.on_fleet_answer(stream, share)
-                });
-                verdict == Verdict::Answered
+                member.fleet = None;
+                member.verdict(|steps, stream| steps.on_fleet_answer(stream, share))
+                    == Verdict::Answered
             }
             Self::Context(http) => {
                 http.on_http_call_response(token, 0, 0, 0);
@@ -380,7 +420,7 @@ impl PolicyContext {
 
     fn on_done(&mut self) -> bool {
         match self {
-            Self::Steps { .. } => true,
+            Self::Steps(_) => true,
             Self::Context(http) => http.on_done(),
         }
     }

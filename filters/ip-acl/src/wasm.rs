@@ -26,11 +26,11 @@ impl Filter for IpAclFilter {
         Metrics::define(&mut ProxyWasmMetrics)
     }
 
-    fn steps(acl: &Rc<IpAcl>, metrics: Metrics) -> Option<Box<dyn PolicySteps>> {
-        Some(Box::new(IpAclSteps {
+    fn steps(acl: &Rc<IpAcl>, metrics: Metrics) -> Box<dyn PolicySteps> {
+        Box::new(IpAclSteps {
             acl: Rc::clone(acl),
             metrics,
-        }))
+        })
     }
 }
 

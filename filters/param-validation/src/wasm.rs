@@ -28,11 +28,8 @@ impl Filter for ParamValidationFilter {
         Metrics::define(&mut ProxyWasmMetrics)
     }
 
-    fn steps(validation: &Rc<Validation>, metrics: Metrics) -> Option<Box<dyn PolicySteps>> {
-        Some(Box::new(ValidationSteps::new(
-            Rc::clone(validation),
-            metrics,
-        )))
+    fn steps(validation: &Rc<Validation>, metrics: Metrics) -> Box<dyn PolicySteps> {
+        Box::new(ValidationSteps::new(Rc::clone(validation), metrics))
     }
 }
 

@@ -28,8 +28,8 @@ impl Filter for RequestMappingFilter {
         Metrics::define(&mut ProxyWasmMetrics)
     }
 
-    fn steps(mapping: &Rc<Mapping>, metrics: Metrics) -> Option<Box<dyn PolicySteps>> {
-        Some(Box::new(MappingSteps::new(Rc::clone(mapping), metrics)))
+    fn steps(mapping: &Rc<Mapping>, metrics: Metrics) -> Box<dyn PolicySteps> {
+        Box::new(MappingSteps::new(Rc::clone(mapping), metrics))
     }
 }
 

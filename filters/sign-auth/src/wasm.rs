@@ -40,8 +40,8 @@ impl Filter for SignAuthFilter {
         policy.fleet().is_some()
     }
 
-    fn steps(policy: &Rc<SignAuth>, metrics: Metrics) -> Option<Box<dyn PolicySteps>> {
-        Some(Box::new(SignAuthSteps::new(Rc::clone(policy), metrics)))
+    fn steps(policy: &Rc<SignAuth>, metrics: Metrics) -> Box<dyn PolicySteps> {
+        Box::new(SignAuthSteps::new(Rc::clone(policy), metrics))
     }
 }
 

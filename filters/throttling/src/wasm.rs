@@ -39,8 +39,8 @@ impl Filter for ThrottlingFilter {
         compiled.policy.fleet().is_some()
     }
 
-    fn steps(compiled: &Rc<Compiled>, metrics: Metrics) -> Option<Box<dyn PolicySteps>> {
-        Some(Box::new(ThrottlingSteps::new(Rc::clone(compiled), metrics)))
+    fn steps(compiled: &Rc<Compiled>, metrics: Metrics) -> Box<dyn PolicySteps> {
+        Box::new(ThrottlingSteps::new(Rc::clone(compiled), metrics))
     }
 }
 
