@@ -1,15 +1,15 @@
-//! The few proxy-wasm steps every filter's adapter repeats: loading the
-//! plugin configuration in `on_configure`, answering with the shared error
-//! shape, and the root context that hands a compiled policy to each request.
+//! The proxy-wasm host of the stream seam: [`ProxyWasmStream`] (a request's
+//! stream as a policy's steps see it), [`StreamContext`] (a policy's steps
+//! as a single filter's HTTP context), and the root context every filter
+//! uses, which loads the plugin configuration in `on_configure` and hands
+//! the compiled policy to each request.
 //!
 //! The same pieces let the gateway module run every policy in one VM: a
-//! policy loads into a [`LoadedPolicy`] whatever root holds it, and the
-//! few things a policy does to the stream that the policies after it must
-//! know (it answered the request, it replaced the request body) are noted
-//! here, where they happen, as [`StreamNotes`].
+//! policy loads into a [`LoadedPolicy`] whatever root holds it, and gives
+//! each request its steps.
 
 use crate::config::ConfigError;
-use crate::error::{render, GatewayError};
+use crate::fleet::client::Batch;
 use crate::host;
 use crate::metrics::ProxyWasmMetrics;
 use crate::stream::{Level, PolicySteps, Stream, Telemetry, Verdict};
@@ -17,7 +17,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
 use std::any::Any;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -108,103 +108,6 @@ pub fn load_config<C>(
     compile_or_log(filter, &plugin_configuration(), compile)
 }
 
-/// Answers the current request with `error` in the shared shape; the caller
-/// then returns `Action::Pause`.
-pub fn send_error(error: &GatewayError) {
-    send_error_with_headers(error, &[]);
-}
-
-/// [`send_error`] with extra response headers (`Retry-After`, a quota…).
-pub fn send_error_with_headers(error: &GatewayError, extra: &[(&'static str, String)]) {
-    let request_id = request_header("x-request-id");
-    let mut response = render(error, request_id.as_deref());
-    response.headers.extend_from_slice(extra);
-    send_local_reply(response.status, response.header_pairs(), &response.body);
-}
-
-/// Answers the current request from the gateway (the upstream is not
-/// called) and notes it in [`StreamNotes::answered`]. Every local reply of
-/// every filter goes through here.
-///
-/// In the gateway module, a reply made while earlier policies' fleet
-/// checks are unanswered is held until they are (see
-/// [`holds_replies`](crate::fleet::client::holds_replies)).
-pub fn send_local_reply(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {
-    reply_now_or_hold(status, headers, body);
-    note(|notes| notes.answered = true);
-}
-
-/// Sends a local reply, or holds it while earlier policies' fleet checks
-/// are unanswered (see [`send_local_reply`]); notes nothing.
-fn reply_now_or_hold(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {
-    if crate::fleet::client::holds_replies() {
-        crate::fleet::client::hold_reply(crate::stream::LocalReply::new(status, &headers, body));
-    } else {
-        let _ = hostcalls::send_http_response(status, headers, Some(body));
-    }
-}
-
-/// Replaces the first `old_size` bytes of the request body (the whole body
-/// a filter was shown) with `body`, and notes the new size in
-/// [`StreamNotes::request_body_size`]. Every request body rewrite goes
-/// through here.
-pub fn replace_request_body(old_size: usize, body: &[u8]) {
-    let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_size, body);
-    note(|notes| notes.request_body_size = Some(body.len()));
-}
-
-/// What a filter did to the stream during one callback that the policies
-/// after it must know when they run in the same module.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StreamNotes {
-    /// It answered the request itself ([`send_local_reply`]).
-    pub answered: bool,
-    /// It replaced the request body, which now has this size.
-    pub request_body_size: Option<usize>,
-    /// It let go of the request it held ([`resume_request`]), outside a
-    /// request callback.
-    pub resumed: bool,
-}
-
-thread_local! {
-    static NOTES: Cell<StreamNotes> = const {
-        Cell::new(StreamNotes { answered: false, request_body_size: None, resumed: false })
-    };
-    /// The policies run as members of the gateway module's pipeline.
-    static IN_PIPELINE: Cell<bool> = const { Cell::new(false) };
-}
-
-/// The gateway module runs the policies of this VM (or thread): a policy
-/// letting go of a request lets the pipeline go on, not the stream.
-pub fn run_policies_in_pipeline() {
-    IN_PIPELINE.set(true);
-}
-
-/// Lets go of a request the policy held (from an HTTP call's answer, or a
-/// wake): the stream goes on, or in the gateway module the policies after
-/// it, which [`StreamNotes::resumed`] tells.
-pub fn resume_request() {
-    if IN_PIPELINE.get() {
-        note(|notes| notes.resumed = true);
-    } else {
-        let _ = hostcalls::resume_http_request();
-    }
-}
-
-fn note(change: impl FnOnce(&mut StreamNotes)) {
-    NOTES.with(|notes| {
-        let mut current = notes.get();
-        change(&mut current);
-        notes.set(current);
-    });
-}
-
-/// The notes taken since the last call, which forgets them. A Wasm VM runs
-/// one callback at a time, so the notes belong to the callback just run.
-pub fn take_stream_notes() -> StreamNotes {
-    NOTES.with(|notes| notes.take())
-}
-
 pub fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
@@ -266,13 +169,8 @@ pub trait Filter: 'static {
 /// HTTP call answers and shutdown. A single filter's root holds one; the
 /// gateway module's root holds one per enabled policy, in order.
 pub trait LoadedPolicy {
-    fn http_context(&self, context_id: u32) -> Box<dyn HttpContext>;
-
-    /// The policy's part in one request when it is written against
-    /// [`Stream`] (see [`Filter::steps`]).
-    fn steps(&self) -> Option<Box<dyn PolicySteps>> {
-        None
-    }
+    /// The policy's part in one request.
+    fn steps(&self) -> Box<dyn PolicySteps>;
 
     /// Its requests may be woken by other requests (see [`crate::wake`]).
     fn wakes(&self) -> bool {
@@ -332,15 +230,8 @@ impl<F: Filter> Loaded<F> {
 }
 
 impl<F: Filter> LoadedPolicy for Loaded<F> {
-    fn http_context(&self, context_id: u32) -> Box<dyn HttpContext> {
-        Box::new(StreamContext::new(
-            F::steps(&self.policy, self.metrics),
-            context_id,
-        ))
-    }
-
-    fn steps(&self) -> Option<Box<dyn PolicySteps>> {
-        Some(F::steps(&self.policy, self.metrics))
+    fn steps(&self) -> Box<dyn PolicySteps> {
+        F::steps(&self.policy, self.metrics)
     }
 
     fn wakes(&self) -> bool {
@@ -431,7 +322,7 @@ impl<F: Filter> proxy_wasm::traits::RootContext for FilterRoot<F> {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let loaded = self.loaded.as_ref()?;
-        let http = loaded.http_context(context_id);
+        let http = Box::new(StreamContext::new(loaded.steps(), context_id));
         if loaded.wakes() {
             return Some(Box::new(crate::wake::WakeableContext::new(
                 context_id, http,
@@ -538,6 +429,8 @@ proxy_wasm::main! {{
 pub struct ProxyWasmStream {
     /// The request's context id.
     id: u32,
+    /// The request's fleet operations, in the gateway module.
+    batch: Option<Rc<RefCell<Batch>>>,
     /// The size of the request body a step replaced, for the policies
     /// after it in the gateway module.
     pub resized_to: Option<usize>,
@@ -553,6 +446,16 @@ impl ProxyWasmStream {
     pub fn new(id: u32) -> Self {
         Self {
             id,
+            ..Self::default()
+        }
+    }
+
+    /// The stream of a request whose policies' fleet operations travel in
+    /// one `batch` (the gateway module's).
+    pub fn in_batch(id: u32, batch: Rc<RefCell<Batch>>) -> Self {
+        Self {
+            id,
+            batch: Some(batch),
             ..Self::default()
         }
     }
@@ -634,8 +537,18 @@ impl Stream for ProxyWasmStream {
         set_response_header(name, value);
     }
 
+    /// In the gateway module, a reply made while earlier policies' fleet
+    /// checks are unanswered is held until they are (see
+    /// [`Batch::holds_replies`](crate::fleet::client::Batch::holds_replies)).
     fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
-        reply_now_or_hold(status, headers.to_vec(), body);
+        if let Some(batch) = &self.batch {
+            let mut batch = batch.borrow_mut();
+            if batch.holds_replies() {
+                batch.hold_reply(crate::stream::LocalReply::new(status, headers, body));
+                return;
+            }
+        }
+        let _ = hostcalls::send_http_response(status, headers.to_vec(), Some(body));
     }
 
     fn request_body(&self, size: usize) -> Vec<u8> {
@@ -659,11 +572,16 @@ impl Stream for ProxyWasmStream {
         store: &std::sync::Arc<crate::fleet::Store>,
         ops: Vec<crate::fleet::wire::Op>,
     ) -> Result<crate::stream::FleetCall, crate::fleet::wire::Failure> {
-        let ticket = crate::fleet::client::submit(store, ops)?;
-        let call = if ticket.holds_request() {
-            crate::stream::FleetCall::Own
-        } else {
-            crate::stream::FleetCall::Batched
+        let batched = self
+            .batch
+            .as_ref()
+            .and_then(|batch| batch.borrow_mut().add(store, &ops));
+        let (ticket, call) = match batched {
+            Some(ticket) => (ticket, crate::stream::FleetCall::Batched),
+            None => (
+                crate::fleet::client::submit(store, ops)?,
+                crate::stream::FleetCall::Own,
+            ),
         };
         self.fleet = Some(ticket);
         Ok(call)
@@ -703,6 +621,10 @@ impl Telemetry for ProxyWasmStream {
 
     fn set_gauge(&mut self, gauge: crate::metrics::Gauge, value: u64) {
         ProxyWasmMetrics.set_gauge(gauge, value);
+    }
+
+    fn add_to_gauge(&mut self, gauge: crate::metrics::Gauge, delta: i64) {
+        ProxyWasmMetrics.add_to_gauge(gauge, delta);
     }
 
     fn logs(&self, level: Level) -> bool {
@@ -843,18 +765,13 @@ pub fn action(verdict: Verdict) -> proxy_wasm::types::Action {
     }
 }
 
-/// Header access for adapters. The SDK's `HttpContext` methods unwrap the
-/// host's answer (a panic aborts the VM, and a header value that is not
-/// UTF-8 is enough); these read a failure as "absent", decode values
-/// lossily and ignore a refused write. Inside a
-/// [`CallbackScope`](crate::host::CallbackScope) reads come from one
-/// snapshot of the map, which writes update.
-pub fn request_header(name: &str) -> Option<String> {
-    host::header_value(MapType::HttpRequestHeaders, name)
-}
-
+/// Header writes of [`ProxyWasmStream`]. The SDK's `HttpContext` methods
+/// unwrap the host's answer (a panic aborts the VM); these ignore a refused
+/// write. Inside a [`CallbackScope`](crate::host::CallbackScope) reads come
+/// from one snapshot of the map, which writes update.
+///
 /// Sets (`Some`) or removes (`None`) a request header.
-pub fn set_request_header(name: &str, value: Option<&str>) {
+fn set_request_header(name: &str, value: Option<&str>) {
     // Stripping headers a client did not send is the common case: no call.
     if value.is_none() && host::known_absent(MapType::HttpRequestHeaders, name) {
         return;
@@ -863,39 +780,19 @@ pub fn set_request_header(name: &str, value: Option<&str>) {
     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
 }
 
-pub fn response_header(name: &str) -> Option<String> {
+/// A response header; a failure reads as "absent", a value that is not
+/// UTF-8 is decoded lossily.
+fn response_header(name: &str) -> Option<String> {
     host::header_value(MapType::HttpResponseHeaders, name)
 }
 
 /// Sets (`Some`) or removes (`None`) a response header.
-pub fn set_response_header(name: &str, value: Option<&str>) {
+fn set_response_header(name: &str, value: Option<&str>) {
     if value.is_none() && host::known_absent(MapType::HttpResponseHeaders, name) {
         return;
     }
     host::note_header_write(MapType::HttpResponseHeaders, name, value);
     let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
-}
-
-pub use crate::stream::BufferedBody;
-
-/// [`crate::stream::buffer_request_body`] over the current request, for
-/// adapters not yet written against [`Stream`].
-pub fn buffer_request_body(
-    body_size: usize,
-    end_of_stream: bool,
-    max_bytes: usize,
-) -> BufferedBody {
-    crate::stream::buffer_request_body(
-        &ProxyWasmStream::default(),
-        body_size,
-        end_of_stream,
-        max_bytes,
-    )
-}
-
-/// [`crate::stream::declared_body_length`] over the current request.
-pub fn declared_body_length() -> Option<usize> {
-    crate::stream::declared_body_length(&ProxyWasmStream::default())
 }
 
 #[cfg(test)]
@@ -912,20 +809,5 @@ mod tests {
         ranked.offer(RootRank::Filter, "sign_auth");
         ranked.offer(RootRank::Module, "a second module");
         assert_eq!(ranked.best(), Some("gateway"));
-    }
-
-    #[test]
-    fn stream_notes_are_forgotten_once_taken() {
-        note(|notes| notes.answered = true);
-        note(|notes| notes.request_body_size = Some(12));
-        assert_eq!(
-            take_stream_notes(),
-            StreamNotes {
-                answered: true,
-                request_body_size: Some(12),
-                resumed: false,
-            }
-        );
-        assert_eq!(take_stream_notes(), StreamNotes::default());
     }
 }

@@ -105,6 +105,10 @@ impl crate::stream::Telemetry for ProxyWasmMetrics {
         gauge.set(value);
     }
 
+    fn add_to_gauge(&mut self, gauge: Gauge, delta: i64) {
+        gauge.add(delta);
+    }
+
     fn logs(&self, level: crate::stream::Level) -> bool {
         proxy_wasm::hostcalls::get_log_level()
             .is_ok_and(|lowest| proxy_wasm_level(level) as u32 >= lowest as u32)

@@ -92,6 +92,11 @@ pub trait Telemetry {
     /// Sets a gauge the policy defined.
     fn set_gauge(&mut self, gauge: Gauge, value: u64);
 
+    /// Moves a gauge by `delta`. Every worker's VM shares the one Envoy
+    /// gauge, so per-worker amounts (a queue's length) add up across
+    /// workers only through deltas, never through `set_gauge`.
+    fn add_to_gauge(&mut self, gauge: Gauge, delta: i64);
+
     /// Whether a message at `level` would be written: check it before
     /// building a costly message.
     fn logs(&self, level: Level) -> bool;
@@ -502,6 +507,13 @@ impl Telemetry for FakeStream {
     fn set_gauge(&mut self, gauge: Gauge, value: u64) {
         if let Some(id) = gauge.id() {
             self.gauges.insert(id, value);
+        }
+    }
+
+    fn add_to_gauge(&mut self, gauge: Gauge, delta: i64) {
+        if let Some(id) = gauge.id() {
+            let value = self.gauges.entry(id).or_default();
+            *value = value.saturating_add_signed(delta);
         }
     }
 

@@ -92,7 +92,7 @@ pub struct Pipeline<M> {
     /// A member answered the request: the request phase is over.
     answered: bool,
     /// No member from this index on starts while the condition holds.
-    barrier: Option<(usize, fn() -> bool)>,
+    barrier: Option<(usize, Box<dyn Fn() -> bool>)>,
     /// The request waits at the barrier.
     at_barrier: bool,
     /// The request headers ended the stream.
@@ -128,8 +128,8 @@ impl<M: Member> Pipeline<M> {
     }
 
     /// Holds the request before `members[index]` while `holds()` is true.
-    pub fn with_barrier(mut self, index: usize, holds: fn() -> bool) -> Self {
-        self.barrier = Some((index, holds));
+    pub fn with_barrier(mut self, index: usize, holds: impl Fn() -> bool + 'static) -> Self {
+        self.barrier = Some((index, Box::new(holds)));
         self
     }
 
@@ -213,8 +213,8 @@ impl<M: Member> Pipeline<M> {
 
     /// Whether the request must wait at the barrier now (and notes it).
     fn stops_at_barrier(&mut self) -> bool {
-        if let Some((at, holds)) = self.barrier {
-            if self.started == at && holds() {
+        if let Some((at, holds)) = &self.barrier {
+            if self.started == *at && holds() {
                 self.at_barrier = true;
             }
         }

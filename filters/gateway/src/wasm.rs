@@ -1,18 +1,19 @@
 //! The proxy-wasm side of the gateway module: its root context, which
 //! loads every section with its filter's code, and each request's pipeline
-//! of the policies' own HTTP contexts. Re-exported from the crate root.
+//! of the policies' steps over the stream seam, whose fleet checks travel
+//! in one call per request. Re-exported from the crate root.
 
 use crate::config::Section;
-use crate::pipeline::{BodyVerdict, CallVerdict, Flow, Member, Pipeline, Verdict};
+use crate::pipeline::{self, BodyVerdict, CallVerdict, Flow, Pipeline, Verdict};
 use crate::{config, MODULE_NAME};
 use circuit_breaker::CircuitBreakerFilter;
 use ext_auth::ExtAuthFilter;
 use gateway_common::adapter::{
-    self, Filter, Loaded, LoadedPolicy, ProxyWasmCallAnswer, ProxyWasmStream, StreamNotes,
+    self, Filter, Loaded, LoadedPolicy, ProxyWasmCallAnswer, ProxyWasmStream,
 };
 use gateway_common::fleet::client::{self as fleet_client, Batch, Ticket};
 use gateway_common::host::{stream_scope, StreamMemory};
-use gateway_common::metrics::VmMemory;
+use gateway_common::metrics::{ProxyWasmMetrics, VmMemory};
 use gateway_common::stream::PolicySteps;
 use gateway_common::wake::{self, WakeableContext, WAKE_TOKEN};
 use ip_acl::IpAclFilter;
@@ -23,6 +24,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use request_mapping::RequestMappingFilter;
 use sign_auth::SignAuthFilter;
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 use throttling::ThrottlingFilter;
 
@@ -42,7 +45,9 @@ fn load(section: Section, bytes: &[u8]) -> Option<Box<dyn LoadedPolicy>> {
         Section::RequestMapping => boxed::<RequestMappingFilter>(bytes),
         Section::CircuitBreaker => boxed::<CircuitBreakerFilter>(bytes),
         Section::LogPush => {
-            let worker = LogPushWorker::load(bytes, log_push::Metrics::define)?;
+            let worker = LogPushWorker::load(bytes, || {
+                log_push::steps::Metrics::define(&mut ProxyWasmMetrics)
+            })?;
             Some(Box::new(worker))
         }
     }
@@ -124,7 +129,6 @@ impl RootContext for GatewayRoot {
         self.vm_memory.withdraw();
         self.vm_memory = VmMemory::define(MODULE_NAME);
         self.vm_memory.report();
-        adapter::run_policies_in_pipeline();
         if policies.iter().any(|p| p.wakes()) {
             wake::open_wake_queue();
         }
@@ -147,17 +151,16 @@ impl RootContext for GatewayRoot {
         if self.policies.is_empty() {
             return None;
         }
+        let batch = Rc::new(RefCell::new(Batch::default()));
         let members = self
             .policies
             .iter()
-            .map(|policy| match policy.steps() {
-                Some(steps) => PolicyContext::Steps(MemberSteps {
-                    steps,
-                    id: context_id,
-                    fleet: None,
-                    call: None,
-                }),
-                None => PolicyContext::Context(policy.http_context(context_id)),
+            .map(|policy| Member {
+                steps: policy.steps(),
+                id: context_id,
+                batch: Rc::clone(&batch),
+                fleet: None,
+                call: None,
             })
             .collect();
         let mut pipeline = Pipeline::new(members);
@@ -165,13 +168,11 @@ impl RootContext for GatewayRoot {
         // before their answer (as in the chain, where those policies decide
         // before the later ones run).
         if let Some(last) = self.policies.iter().rposition(|p| p.uses_fleet()) {
-            pipeline = pipeline.with_barrier(last + 1, fleet_client::holds_replies);
+            let batch = Rc::clone(&batch);
+            pipeline = pipeline.with_barrier(last + 1, move || batch.borrow().holds_replies());
         }
         let http = Box::new(GatewayHttp {
-            stream: Stream {
-                pipeline,
-                batch: Batch::default(),
-            },
+            stream: Stream { pipeline, batch },
             memory: StreamMemory::default(),
         });
         if self.policies.iter().any(|p| p.wakes()) {
@@ -186,38 +187,28 @@ impl RootContext for GatewayRoot {
 }
 
 /// A policy as a member of the pipeline: its steps over the stream seam,
-/// whose verdicts are values, or (for policies not yet written against the
-/// seam) its own HTTP context, whose notes during the callback tell a local
-/// reply from a `Pause`.
-enum PolicyContext {
-    Steps(MemberSteps),
-    Context(Box<dyn HttpContext>),
-}
-
-/// A policy's steps and what it waits for: the fleet operations it sent
-/// and its call in flight.
-struct MemberSteps {
+/// whose verdicts are values, and what it waits for: the fleet operations
+/// it sent (in the request's batch, or as its own call) and its call in
+/// flight.
+struct Member {
     steps: Box<dyn PolicySteps>,
     /// The request's context id.
     id: u32,
+    /// The request's fleet operations.
+    batch: Rc<RefCell<Batch>>,
     fleet: Option<Ticket>,
     call: Option<u32>,
 }
 
-impl MemberSteps {
+impl Member {
     /// Runs a step over the stream and keeps the fleet operations and the
-    /// call it sent; the body size it left, if it replaced the body. A
-    /// step's verdict is what it did. Notes are for the policies' own
-    /// contexts: one a step took all the same (through `adapter`'s
-    /// functions) is dropped here, so it can never be read as a later
-    /// member's.
+    /// call it sent; the body size it left, if it replaced the body.
     fn run(
         &mut self,
         step: impl FnOnce(&mut dyn PolicySteps, &mut ProxyWasmStream) -> Verdict,
     ) -> (Verdict, Option<usize>) {
-        let mut stream = ProxyWasmStream::new(self.id);
+        let mut stream = ProxyWasmStream::in_batch(self.id, Rc::clone(&self.batch));
         let verdict = step(self.steps.as_mut(), &mut stream);
-        let _ = adapter::take_stream_notes();
         if let Some(ticket) = stream.fleet {
             self.fleet = Some(ticket);
         }
@@ -239,12 +230,74 @@ impl MemberSteps {
         self.fleet.as_ref().is_some_and(Ticket::holds_request)
     }
 
-    /// What the answer to its own fleet call, its call or a wake did.
-    fn call_response(&mut self, token: u32, body_size: usize) -> CallVerdict {
+    /// Shows the request's fleet answer to the member, its share of it;
+    /// whether it answered the request.
+    fn show_fleet_answer(&mut self, answer: &fleet_client::Answer) -> bool {
+        let Some(share) = self.fleet.as_ref().and_then(|ticket| ticket.share(answer)) else {
+            return false;
+        };
+        self.fleet = None;
+        self.verdict(|steps, stream| steps.on_fleet_answer(stream, share)) == Verdict::Answered
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.run(|steps, stream| {
+            steps.on_stream_end(stream);
+            Verdict::Continue
+        });
+    }
+}
+
+impl pipeline::Member for Member {
+    fn request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Verdict {
+        self.verdict(|steps, stream| steps.on_request_headers(stream, end_of_stream))
+    }
+
+    fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> BodyVerdict {
+        if self.holds_for_fleet() {
+            // Holding the headers alone would not hold the body back.
+            return Verdict::Pause.into();
+        }
+        let (verdict, resized_to) =
+            self.run(|steps, stream| steps.on_request_body(stream, body_size, end_of_stream));
+        BodyVerdict {
+            verdict,
+            resized_to,
+        }
+    }
+
+    fn request_trailers(&mut self, _num_trailers: usize) -> Verdict {
+        if self.holds_for_fleet() {
+            return Verdict::Pause;
+        }
+        self.verdict(|steps, stream| steps.on_request_trailers(stream))
+    }
+
+    fn response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Verdict {
+        self.verdict(|steps, stream| steps.on_response_headers(stream, end_of_stream))
+    }
+
+    fn response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Verdict {
+        Verdict::Continue
+    }
+
+    fn response_trailers(&mut self, _num_trailers: usize) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// The answer to its own fleet call, its call, or a wake.
+    fn call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) -> CallVerdict {
         let verdict = if let Some(answer) = self
             .fleet
             .as_mut()
-            .filter(|ticket| ticket.holds_request())
             .and_then(|ticket| ticket.answer(token, body_size))
         {
             self.fleet = None;
@@ -264,169 +317,16 @@ impl MemberSteps {
             Verdict::Pause => CallVerdict::Nothing,
         }
     }
-}
 
-impl Drop for MemberSteps {
-    fn drop(&mut self) {
+    fn log(&mut self) {
         self.run(|steps, stream| {
-            steps.on_stream_end(stream);
+            steps.on_log(stream);
             Verdict::Continue
         });
     }
 }
 
-fn verdict(action: Action, notes: StreamNotes) -> Verdict {
-    match action {
-        _ if notes.answered => Verdict::Answered,
-        Action::Pause => Verdict::Pause,
-        _ => Verdict::Continue,
-    }
-}
-
-/// The verdict of a policy's own context on the callback it just ran.
-fn verdict_of(action: Action) -> Verdict {
-    verdict(action, adapter::take_stream_notes())
-}
-
-impl Member for PolicyContext {
-    fn request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict {
-        match self {
-            Self::Steps(member) => {
-                member.verdict(|steps, stream| steps.on_request_headers(stream, end_of_stream))
-            }
-            Self::Context(http) => {
-                verdict_of(http.on_http_request_headers(num_headers, end_of_stream))
-            }
-        }
-    }
-
-    fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> BodyVerdict {
-        match self {
-            // Holding the headers alone would not hold the body back.
-            Self::Steps(member) if member.holds_for_fleet() => Verdict::Pause.into(),
-            Self::Steps(member) => {
-                let (verdict, resized_to) = member
-                    .run(|steps, stream| steps.on_request_body(stream, body_size, end_of_stream));
-                BodyVerdict {
-                    verdict,
-                    resized_to,
-                }
-            }
-            Self::Context(http) => {
-                let action = http.on_http_request_body(body_size, end_of_stream);
-                let notes = adapter::take_stream_notes();
-                BodyVerdict {
-                    verdict: verdict(action, notes),
-                    resized_to: notes.request_body_size,
-                }
-            }
-        }
-    }
-
-    fn request_trailers(&mut self, num_trailers: usize) -> Verdict {
-        match self {
-            Self::Steps(member) if member.holds_for_fleet() => Verdict::Pause,
-            Self::Steps(member) => {
-                member.verdict(|steps, stream| steps.on_request_trailers(stream))
-            }
-            Self::Context(http) => verdict_of(http.on_http_request_trailers(num_trailers)),
-        }
-    }
-
-    fn response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict {
-        match self {
-            Self::Steps(member) => {
-                member.verdict(|steps, stream| steps.on_response_headers(stream, end_of_stream))
-            }
-            Self::Context(http) => {
-                verdict_of(http.on_http_response_headers(num_headers, end_of_stream))
-            }
-        }
-    }
-
-    fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Verdict {
-        match self {
-            Self::Steps(_) => Verdict::Continue,
-            Self::Context(http) => verdict_of(http.on_http_response_body(body_size, end_of_stream)),
-        }
-    }
-
-    fn response_trailers(&mut self, num_trailers: usize) -> Verdict {
-        match self {
-            Self::Steps(_) => Verdict::Continue,
-            Self::Context(http) => verdict_of(http.on_http_response_trailers(num_trailers)),
-        }
-    }
-
-    fn call_response(
-        &mut self,
-        token: u32,
-        headers: usize,
-        body_size: usize,
-        trailers: usize,
-    ) -> CallVerdict {
-        match self {
-            Self::Steps(member) => member.call_response(token, body_size),
-            Self::Context(http) => {
-                http.on_http_call_response(token, headers, body_size, trailers);
-                let notes = adapter::take_stream_notes();
-                if notes.answered {
-                    CallVerdict::Answered
-                } else if notes.resumed {
-                    CallVerdict::Resumed
-                } else {
-                    CallVerdict::Nothing
-                }
-            }
-        }
-    }
-
-    fn log(&mut self) {
-        match self {
-            Self::Steps(member) => {
-                member.run(|steps, stream| {
-                    steps.on_log(stream);
-                    Verdict::Continue
-                });
-            }
-            Self::Context(http) => http.on_log(),
-        }
-    }
-}
-
-impl PolicyContext {
-    /// Shows the request's fleet answer to the member (its share of it, for
-    /// steps); whether it answered the request.
-    fn show_fleet_answer(&mut self, token: u32, answer: &fleet_client::Answer) -> bool {
-        match self {
-            Self::Steps(member) => {
-                let Some(share) = member
-                    .fleet
-                    .as_ref()
-                    .and_then(|ticket| ticket.share(answer))
-                else {
-                    return false;
-                };
-                member.fleet = None;
-                member.verdict(|steps, stream| steps.on_fleet_answer(stream, share))
-                    == Verdict::Answered
-            }
-            Self::Context(http) => {
-                http.on_http_call_response(token, 0, 0, 0);
-                adapter::take_stream_notes().answered
-            }
-        }
-    }
-
-    fn on_done(&mut self) -> bool {
-        match self {
-            Self::Steps(_) => true,
-            Self::Context(http) => http.on_done(),
-        }
-    }
-}
-
-/// One request's context: the pipeline of the policies' own contexts.
+/// One request's context: the pipeline of the policies' steps.
 struct GatewayHttp {
     stream: Stream,
     /// Reads that hold for the whole stream, shared by its callbacks.
@@ -435,27 +335,30 @@ struct GatewayHttp {
 
 /// Where the request stands in the policies and with the fleet store.
 struct Stream {
-    pipeline: Pipeline<PolicyContext>,
-    /// The request's fleet checks.
-    batch: Batch,
+    pipeline: Pipeline<Member>,
+    /// The request's fleet checks, shared with its policies' streams.
+    batch: Rc<RefCell<Batch>>,
 }
 
 impl Stream {
-    /// Runs a request callback of the pipeline with the batch open, then
-    /// sends what the policies gathered and holds the request for it.
-    fn request_step(&mut self, step: impl FnOnce(&mut Pipeline<PolicyContext>) -> Flow) -> Action {
-        let flow = {
-            let _batch = fleet_client::batch_scope(&mut self.batch);
-            step(&mut self.pipeline)
-        };
-        if self.batch.has_unsent() {
-            if let Err(failure) = self.batch.send() {
-                // Every policy decides by its failure mode, now.
-                return action(self.conclude_fleet(fleet_client::UNSENT, Err(failure)));
+    /// Runs a request callback of the pipeline, then sends what the
+    /// policies gathered and holds the request for it.
+    fn request_step(&mut self, step: impl FnOnce(&mut Pipeline<Member>) -> Flow) -> Action {
+        let flow = step(&mut self.pipeline);
+        let sent = {
+            let mut batch = self.batch.borrow_mut();
+            if batch.has_unsent() {
+                Some(batch.send())
+            } else {
+                None
             }
+        };
+        if let Some(Err(failure)) = sent {
+            // Every policy decides by its failure mode, now.
+            return action(self.conclude_fleet(Err(failure)));
         }
         if self.pipeline.answered() {
-            if !self.batch.in_flight() {
+            if !self.batch.borrow().in_flight() {
                 self.release_held_reply();
             }
             return Action::Pause;
@@ -466,26 +369,23 @@ impl Stream {
     /// Shows the fleet's answer to the policies, then lets the request on
     /// past the barrier (unless one of them answered it); the flow after
     /// that (`Continue`: resume it).
-    fn conclude_fleet(&mut self, token: u32, answer: fleet_client::Answer) -> Flow {
-        self.show_answer(token, answer);
+    fn conclude_fleet(&mut self, answer: fleet_client::Answer) -> Flow {
+        self.show_answer(&answer);
         self.pipeline.release()
     }
 
     /// Shows the fleet's answer to the policies, in order, until one of
     /// them answers the request; a reply held meanwhile goes out unless an
     /// earlier policy's verdict replaced it.
-    fn show_answer(&mut self, token: u32, answer: fleet_client::Answer) {
-        let answered = fleet_client::with_answer(token, answer.clone(), || {
-            for member in self.pipeline.members_mut() {
-                if member.show_fleet_answer(token, &answer) {
-                    return true;
-                }
-            }
-            false
-        });
+    fn show_answer(&mut self, answer: &fleet_client::Answer) {
+        let answered = self
+            .pipeline
+            .members_mut()
+            .iter_mut()
+            .any(|member| member.show_fleet_answer(answer));
         if answered {
             // An earlier policy's verdict: a later one's reply is moot.
-            self.batch.take_held_reply();
+            self.batch.borrow_mut().take_held_reply();
             self.pipeline.mark_answered();
         } else {
             self.release_held_reply();
@@ -493,9 +393,10 @@ impl Stream {
     }
 
     /// Sends the local reply a policy made while the fleet's answer was
-    /// not in (see `gateway_common::fleet::client::holds_replies`).
+    /// not in (see `Batch::holds_replies`).
     fn release_held_reply(&mut self) {
-        if let Some(reply) = self.batch.take_held_reply() {
+        let held = self.batch.borrow_mut().take_held_reply();
+        if let Some(reply) = held {
             reply.send();
         }
     }
@@ -519,8 +420,9 @@ impl Context for GatewayHttp {
         trailers: usize,
     ) {
         let _reads = stream_scope(&mut self.memory);
-        if let Some(answer) = self.stream.batch.answer(token, body_size) {
-            if self.stream.conclude_fleet(token, answer) == Flow::Continue {
+        let answer = self.stream.batch.borrow_mut().answer(token, body_size);
+        if let Some(answer) = answer {
+            if self.stream.conclude_fleet(answer) == Flow::Continue {
                 let _ = hostcalls::resume_http_request();
             }
             return;
@@ -529,28 +431,18 @@ impl Context for GatewayHttp {
         // go of the request may send fleet checks, batched as ever.
         let action = self.stream.request_step(|pipeline| {
             pipeline.on_call_response(|member| {
-                member.call_response(token, headers, body_size, trailers)
+                pipeline::Member::call_response(member, token, headers, body_size, trailers)
             })
         });
         if action == Action::Continue {
             let _ = hostcalls::resume_http_request();
         }
     }
-
-    fn on_done(&mut self) -> bool {
-        let mut done = true;
-        for member in self.stream.pipeline.members_mut() {
-            done &= member.on_done();
-        }
-        done
-    }
 }
 
 impl HttpContext for GatewayHttp {
     fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
         let _reads = stream_scope(&mut self.memory);
-        // Notes left by anything before this request are not this request's.
-        adapter::take_stream_notes();
         self.stream
             .request_step(|pipeline| pipeline.on_request_headers(num_headers, end_of_stream))
     }
@@ -601,26 +493,3 @@ gateway_common::declare_root!(
     gateway_common::adapter::RootRank::Module,
     GatewayRoot::default()
 );
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_local_reply_is_told_apart_from_a_pause_by_the_policy_notes() {
-        let answered = StreamNotes {
-            answered: true,
-            ..StreamNotes::default()
-        };
-        assert_eq!(verdict(Action::Pause, answered), Verdict::Answered);
-        assert_eq!(verdict(Action::Continue, answered), Verdict::Answered);
-        assert_eq!(
-            verdict(Action::Pause, StreamNotes::default()),
-            Verdict::Pause
-        );
-        assert_eq!(
-            verdict(Action::Continue, StreamNotes::default()),
-            Verdict::Continue
-        );
-    }
-}

@@ -2,13 +2,15 @@
 //! pushed with `dispatch_http_call` to a sink cluster. The record is built
 //! in `on_log`, after the response is sent, so it never delays a request;
 //! batches leave from the root context's timer. The policy pieces are in
-//! [`config`], [`record`], [`shipper`] and [`format`]; the proxy-wasm
-//! adapter (the `wasm` feature) is in `wasm.rs`.
+//! [`config`], [`record`], [`shipper`] and [`format`], its part in a
+//! request against the stream seam in [`steps`]; the proxy-wasm adapter
+//! (the `wasm` feature) is in `wasm.rs`.
 
 pub mod config;
 pub mod format;
 pub mod record;
 pub mod shipper;
+pub mod steps;
 
 use config::{LogPush, LogPushConfig};
 use gateway_common::config::{parse_json, ConfigError};

@@ -1,24 +1,20 @@
 //! Sends fleet operations through the proxy-wasm host and hands back the
 //! answer; it decides nothing.
 //!
-//! A single filter's request context [`submit`]s its operations and gets a
+//! A single filter's request [`submit`]s its operations and gets a
 //! [`Ticket::Own`] call: it holds the request until the answer arrives in
-//! its `on_http_call_response`. In the gateway module the request's
-//! context keeps a [`Batch`] open around its policies' callbacks
-//! ([`batch_scope`]): every policy's operations join it
-//! ([`Ticket::Batched`]) and the module sends them as one call once the
-//! policies have run, then shows the answer to each policy
-//! ([`with_answer`]).
+//! its `on_http_call_response`. In the gateway module every policy's
+//! operations join the request's [`Batch`] ([`Ticket::Batched`]), which
+//! the module sends as one call once the policies have run; each policy is
+//! then shown its share of the answer ([`Ticket::share`]).
 //!
 //! After `NOSCRIPT` (Redis restarted, or its script cache was flushed) a
 //! call is sent once more with the script itself, which Redis caches again.
 
 use super::wire::{parse_reply, Arguments, Failure, Op, OpResult};
 use super::Store;
-use crate::adapter;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType};
-use std::cell::RefCell;
 use std::sync::Arc;
 
 /// An answer larger than this is refused unread (a script answer is a few
@@ -127,20 +123,10 @@ pub enum Ticket {
 #[derive(Debug)]
 pub struct OwnCall(Call);
 
-/// Sends `ops`, or adds them to the request's open batch (gateway module).
+/// Sends `ops` as a call of their own.
 pub fn submit(store: &Arc<Store>, ops: Vec<Op>) -> Result<Ticket, Failure> {
-    let batched = OPEN_BATCH.with(|open| {
-        open.borrow_mut()
-            .as_mut()
-            .and_then(|batch| batch.add(store, &ops))
-    });
-    match batched {
-        Some(ticket) => Ok(ticket),
-        None => Ok(Ticket::Own(Box::new(OwnCall(Call::send(
-            Arc::clone(store),
-            &ops,
-        )?)))),
-    }
+    let call = Call::send(Arc::clone(store), &ops)?;
+    Ok(Ticket::Own(Box::new(OwnCall(call))))
 }
 
 impl Ticket {
@@ -150,18 +136,12 @@ impl Ticket {
         matches!(self, Ticket::Own(_))
     }
 
-    /// The policy's results, when `token` brings them (see [`Call::answer`]).
+    /// The answer to its own call, when `token` brings it (see
+    /// [`Call::answer`]); a batched ticket's answer is the batch's.
     pub fn answer(&mut self, token: u32, body_size: usize) -> Option<Answer> {
         match self {
             Ticket::Own(call) => call.0.answer(token, body_size),
-            Ticket::Batched { .. } => CURRENT_ANSWER.with(|current| {
-                let current = current.borrow();
-                let (shown, answer) = current.as_ref()?;
-                if *shown != token {
-                    return None;
-                }
-                self.share(answer)
-            }),
+            Ticket::Batched { .. } => None,
         }
     }
 
@@ -214,11 +194,6 @@ impl<T> Waiting<T> {
     }
 }
 
-/// Lets a request go on after its own call was answered.
-pub fn resume_request() {
-    adapter::resume_request();
-}
-
 /// The operations of one request in the gateway module, sent as one call.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -246,32 +221,25 @@ impl LocalReply {
     }
 }
 
-/// Whether a local reply must wait: the request's open batch has checks
-/// of earlier policies that are not answered yet. Their answer comes first,
-/// as in the chain of single filters, where those policies decided before
-/// the one replying ran: a replay is refused as a replay, and what they
-/// record and count is recorded and counted, before a later refusal.
-pub fn holds_replies() -> bool {
-    OPEN_BATCH.with(|open| {
-        open.borrow()
-            .as_ref()
-            .is_some_and(|batch| batch.has_unsent() || batch.in_flight())
-    })
-}
-
-/// Keeps a local reply in the open batch (see [`holds_replies`]).
-pub fn hold_reply(reply: LocalReply) {
-    OPEN_BATCH.with(|open| {
-        if let Some(batch) = open.borrow_mut().as_mut() {
-            batch.held_reply.get_or_insert(reply);
-        }
-    });
-}
-
 impl Batch {
+    /// Whether a local reply must wait: the batch has checks of earlier
+    /// policies that are not answered yet. Their answer comes first, as in
+    /// the chain of single filters, where those policies decided before the
+    /// one replying ran: a replay is refused as a replay, and what they
+    /// record and count is recorded and counted, before a later refusal.
+    pub fn holds_replies(&self) -> bool {
+        self.has_unsent() || self.in_flight()
+    }
+
+    /// Keeps a local reply until the batch is answered (see
+    /// [`Batch::holds_replies`]); the first one made is the one sent.
+    pub fn hold_reply(&mut self, reply: LocalReply) {
+        self.held_reply.get_or_insert(reply);
+    }
+
     /// Adds a policy's operations; `None` when they go to another store or
     /// the batch is already sent (the policy then sends its own call).
-    fn add(&mut self, store: &Arc<Store>, ops: &[Op]) -> Option<Ticket> {
+    pub fn add(&mut self, store: &Arc<Store>, ops: &[Op]) -> Option<Ticket> {
         if self.sent || self.store.as_ref().is_some_and(|s| **s != **store) {
             return None;
         }
@@ -317,38 +285,4 @@ impl Batch {
         self.call = None;
         Some(answer)
     }
-}
-
-thread_local! {
-    static OPEN_BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
-    static CURRENT_ANSWER: RefCell<Option<(u32, Answer)>> = const { RefCell::new(None) };
-}
-
-/// Keeps `batch` open for [`submit`] until dropped.
-#[must_use = "the batch is open as long as the scope lives"]
-pub struct BatchScope<'a> {
-    batch: &'a mut Batch,
-}
-
-pub fn batch_scope(batch: &mut Batch) -> BatchScope<'_> {
-    let open = std::mem::take(batch);
-    OPEN_BATCH.with(|slot| *slot.borrow_mut() = Some(open));
-    BatchScope { batch }
-}
-
-impl Drop for BatchScope<'_> {
-    fn drop(&mut self) {
-        if let Some(open) = OPEN_BATCH.with(|slot| slot.borrow_mut().take()) {
-            *self.batch = open;
-        }
-    }
-}
-
-/// Runs `show` (which tells the policies about `token`) with the batch's
-/// `answer` readable by their [`Ticket::Batched`].
-pub fn with_answer<T>(token: u32, answer: Answer, show: impl FnOnce() -> T) -> T {
-    CURRENT_ANSWER.with(|current| *current.borrow_mut() = Some((token, answer)));
-    let result = show();
-    CURRENT_ANSWER.with(|current| *current.borrow_mut() = None);
-    result
 }
