@@ -706,7 +706,7 @@ fn nonce_table_gateway(upstream: &EchoServer, failure_mode: &str) -> Envoy {
                 ],
                 // One slot: 8 live nonces fill the table.
                 "nonce_slots": 1,
-                "nonce_failure_mode": failure_mode
+                "failure_mode": failure_mode
             }),
         )],
         &[upstream.port()],

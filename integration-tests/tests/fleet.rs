@@ -879,7 +879,14 @@ fn fleet_breakers_open_together_and_half_open_admits_exactly_the_probes_fleet_wi
         envoys.iter().map(breaker_state).collect::<Vec<_>>()
     );
     for envoy in &envoys {
-        assert_eq!(get(envoy, "/", &[]).status, 200);
+        let admitted = get(envoy, "/", &[]);
+        assert_eq!(
+            admitted.status,
+            200,
+            "{:?} {}",
+            admitted.headers,
+            admitted.text()
+        );
     }
     assert!(envoys.iter().any(|e| e
         .log()

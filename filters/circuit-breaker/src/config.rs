@@ -5,7 +5,7 @@ use crate::breaker::{Settings, MAX_BUCKETS, MAX_PROBES};
 use crate::degraded::{DegradedResponse, FallbackRoute, WhenOpen};
 use crate::fleet::{Fleet, DEFAULT_SYNC_MS, MAX_SYNC_MS, MIN_SYNC_MS};
 use crate::policy::{CircuitBreaker, Rule, StatusSet, KEY_PREFIX};
-use gateway_common::config::{is_http_token, ConfigError};
+use gateway_common::config::{is_http_token, ConfigError, OnFailure};
 use gateway_common::fleet::{FailureMode, Store, StoreConfig};
 use gateway_common::matching::{MatchConfig, Matcher};
 use serde::de::{self, Deserializer, Visitor};
@@ -24,9 +24,11 @@ const MAX_RULE_NAME_LEN: usize = 64;
 pub struct CircuitBreakerConfig {
     /// One breaker per rule; the first rule whose `match` holds applies.
     pub rules: Vec<RuleConfig>,
-    /// What a request gets when shared data fails.
-    #[serde(default)]
-    pub store_failure_mode: StoreFailureMode,
+    /// What a request gets when shared data fails: `allow` (through,
+    /// unprotected, counted in `store_errors`; the default) or `deny`
+    /// (500 `X500ER`). Formerly `store_failure_mode`, still accepted.
+    #[serde(default = "OnFailure::allow", alias = "store_failure_mode")]
+    pub failure_mode: OnFailure,
     /// Share every rule's breaker with the fleet through the fleet store.
     #[serde(default)]
     pub fleet: Option<FleetConfig>,
@@ -44,16 +46,6 @@ pub struct FleetConfig {
     /// fleet's state (default 100 ms).
     #[serde(default)]
     pub sync_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StoreFailureMode {
-    /// Let the request through, unprotected (counted in `store_errors`).
-    #[default]
-    Allow,
-    /// Refuse it with 500 `X500ER`.
-    Deny,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -330,7 +322,7 @@ pub fn compile(config: &CircuitBreakerConfig) -> Result<CircuitBreaker, ConfigEr
         }
         rules.push(compiled);
     }
-    Ok(CircuitBreaker::new(rules, config.store_failure_mode, fleet))
+    Ok(CircuitBreaker::new(rules, config.failure_mode, fleet))
 }
 
 fn compile_fleet(config: &FleetConfig) -> Result<Fleet, ConfigError> {
@@ -661,7 +653,7 @@ mod tests {
         assert!(rule.failure_statuses.contains(500) && rule.failure_statuses.contains(599));
         assert!(!rule.failure_statuses.contains(499) && !rule.failure_statuses.contains(200));
         assert!(matches!(rule.when_open, WhenOpen::Respond(_)));
-        assert_eq!(breaker.store_failure_mode(), StoreFailureMode::Allow);
+        assert_eq!(breaker.failure_mode(), OnFailure::Allow);
         assert!(breaker.fallback_headers().is_empty());
     }
 
@@ -725,7 +717,7 @@ mod tests {
             (r#"{"rules":[{"name":"a b"}]}"#.to_string(), "rules[0].name: `a b` is not a valid rule name (1-64 letters, digits, `_` or `-`; it names metrics)"),
             (r#"{"rules":[{"name":"x"},{"name":"x"}]}"#.to_string(), "rules[1].name: `x` is already the name of rules[0]; names must be unique"),
             (r#"{"rules":[{"name":"x","windw":{}}]}"#.to_string(), "rules[0].windw: unknown field `windw`"),
-            (r#"{"rules":[{"name":"x"}],"store_failure_mode":"maybe"}"#.to_string(), "store_failure_mode: unknown variant `maybe`, expected `allow` or `deny`"),
+            (r#"{"rules":[{"name":"x"}],"failure_mode":"maybe"}"#.to_string(), "failure_mode: unknown variant `maybe`, expected `allow` or `deny`"),
             (rule_with(r#""match":{"path":{"prefix":"x"}}"#), "rules[0].match.path.prefix: `x` must start with `/`"),
             (rule_with(r#""failure_statuses":["5xx","6xx"]"#), "rules[0].failure_statuses[1]: `6xx` is not a status code (100-599), a class such as `5xx` or a range such as `500-504`"),
             (rule_with(r#""failure_statuses":[700]"#), "rules[0].failure_statuses[0]: `700` is not a status code"),

@@ -4,10 +4,11 @@
 //! shared data are reached through [`Host`] and [`SharedStore`].
 
 use crate::breaker::{Admission, Breaker, CallOutcome, Settings, State, Ticket, Transition};
-use crate::config::{StatusPattern, StoreFailureMode};
+use crate::config::StatusPattern;
 use crate::degraded::WhenOpen;
 use crate::fleet::Fleet;
 use crate::outcome::Answer;
+use gateway_common::config::OnFailure;
 use gateway_common::error::{codes, GatewayError};
 use gateway_common::host::{Host, RequestFacts};
 use gateway_common::matching::{first_match_index, Matcher};
@@ -150,7 +151,7 @@ impl Rule {
 #[derive(Debug, Clone)]
 pub struct CircuitBreaker {
     rules: Vec<Rule>,
-    store_failure_mode: StoreFailureMode,
+    failure_mode: OnFailure,
     fleet: Option<Fleet>,
     uses_route_name: bool,
     /// Every fallback marker header, stripped from what clients send.
@@ -158,11 +159,7 @@ pub struct CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    pub fn new(
-        rules: Vec<Rule>,
-        store_failure_mode: StoreFailureMode,
-        fleet: Option<Fleet>,
-    ) -> Self {
+    pub fn new(rules: Vec<Rule>, failure_mode: OnFailure, fleet: Option<Fleet>) -> Self {
         let uses_route_name = rules.iter().any(|r| r.matcher.uses_route_name());
         let mut fallback_headers: Vec<String> = Vec::new();
         for rule in &rules {
@@ -174,7 +171,7 @@ impl CircuitBreaker {
         }
         Self {
             rules,
-            store_failure_mode,
+            failure_mode,
             fleet,
             uses_route_name,
             fallback_headers,
@@ -185,16 +182,16 @@ impl CircuitBreaker {
         &self.rules
     }
 
-    pub fn store_failure_mode(&self) -> StoreFailureMode {
-        self.store_failure_mode
+    pub fn failure_mode(&self) -> OnFailure {
+        self.failure_mode
     }
 
     /// What a call gets when shared data fails under it: `None` lets it
     /// through unprotected (`allow`), else the error it is answered (`deny`).
     pub fn on_store_failure(&self) -> Option<GatewayError> {
-        match self.store_failure_mode {
-            StoreFailureMode::Allow => None,
-            StoreFailureMode::Deny => Some(codes::INTERNAL),
+        match self.failure_mode {
+            OnFailure::Allow => None,
+            OnFailure::Deny => Some(codes::INTERNAL),
         }
     }
 
@@ -556,12 +553,15 @@ mod tests {
         let allow = breaker(r#"{"rules":[{"name":"a","trip":{"consecutive_failures":1}}]}"#);
         assert!(allow.rules()[0].admit(&Failing, 0).is_err());
         assert_eq!(allow.on_store_failure(), None, "allow is the default");
-        let deny = breaker(
-            r#"{"rules":[{"name":"a","trip":{"consecutive_failures":1}}],"store_failure_mode":"deny"}"#,
-        );
-        assert!(deny.rules()[0].admit(&Failing, 0).is_err());
-        let error = deny.on_store_failure().expect("deny answers");
-        assert_eq!((error.status, error.code), (500, "X500ER"));
+        // `store_failure_mode`, the field's former name, still reads.
+        for field in ["failure_mode", "store_failure_mode"] {
+            let deny = breaker(&format!(
+                r#"{{"rules":[{{"name":"a","trip":{{"consecutive_failures":1}}}}],"{field}":"deny"}}"#
+            ));
+            assert!(deny.rules()[0].admit(&Failing, 0).is_err());
+            let error = deny.on_store_failure().expect("deny answers");
+            assert_eq!((error.status, error.code), (500, "X500ER"), "{field}");
+        }
     }
 
     #[test]

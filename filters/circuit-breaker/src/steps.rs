@@ -416,11 +416,11 @@ impl BreakerSteps {
 
     fn store_failed(&self, stream: &mut dyn Stream, rule: &Rule, error: StoreError) -> Verdict {
         stream.increment(self.metrics.store_errors, 1);
-        let mode = self.deployed.breaker.store_failure_mode();
+        let mode = self.deployed.breaker.failure_mode();
         stream.log(
             Level::Debug,
             format_args!(
-                "{FILTER_NAME}: {}: shared data failed ({error:?}), store_failure_mode {mode:?}",
+                "{FILTER_NAME}: {}: shared data failed ({error:?}), failure_mode {mode:?}",
                 rule.name()
             ),
         );

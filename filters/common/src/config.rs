@@ -2,7 +2,33 @@
 //! failing field's path in every error, so the log line Envoy shows names it.
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use std::fmt;
+
+/// What a policy does with a request when what it depends on fails (its
+/// authorizer, its shared-data table): the one `failure_mode` of every
+/// policy. Each policy documents its default; fleet stores have their own
+/// three-way mode (`fleet::FailureMode`, which adds `local`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Let the request through (counted).
+    Allow,
+    /// Refuse it with the policy's "unavailable" error.
+    Deny,
+}
+
+impl OnFailure {
+    /// A default of `allow`, for `#[serde(default = "OnFailure::allow")]`.
+    pub fn allow() -> Self {
+        Self::Allow
+    }
+
+    /// A default of `deny`, for `#[serde(default = "OnFailure::deny")]`.
+    pub fn deny() -> Self {
+        Self::Deny
+    }
+}
 
 /// A configuration error: where (a path such as `rules[2].allow[0]`) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

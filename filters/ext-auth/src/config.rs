@@ -1,15 +1,19 @@
 //! ext-auth's configuration as written, and its compiled form.
 
 use gateway_common::client_ip::ClientAddressConfig;
-use gateway_common::config::{
-    is_header_name, is_http_token, is_printable as printable, ConfigError,
-};
+use gateway_common::config::{is_header_name, is_http_token, ConfigError, OnFailure};
 use gateway_common::matching::{MatchConfig, Matcher};
+use gateway_common::upstream::{Upstream, UpstreamFields, UpstreamKind};
 use serde::Deserialize;
-use std::time::Duration;
 
-const DEFAULT_TIMEOUT_MS: u64 = 200;
-const MAX_TIMEOUT_MS: u64 = 10_000;
+/// The authorizer as an upstream: it answers on `/` unless told, within
+/// 200 ms by default.
+const AUTHORIZER: UpstreamKind = UpstreamKind {
+    name: "the authorizer",
+    default_path: Some("/"),
+    default_timeout_ms: 200,
+    max_timeout_ms: 10_000,
+};
 const DEFAULT_MAX_ANSWER_BYTES: usize = 16 * 1024;
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 const DEFAULT_SLOTS: u32 = 4096;
@@ -44,8 +48,10 @@ pub struct ExtAuthConfig {
     /// published as filter state `gw_user`.
     #[serde(default)]
     pub user_header: Option<String>,
-    #[serde(default)]
-    pub failure_mode: FailureMode,
+    /// When the authorizer gives no usable answer: `deny` (503 `A503AU`,
+    /// the default) or `allow` (through, without its headers).
+    #[serde(default = "OnFailure::deny")]
+    pub failure_mode: OnFailure,
     /// Caches decisions; absent, every request asks the authorizer.
     #[serde(default)]
     pub cache: Option<CacheConfig>,
@@ -143,17 +149,6 @@ fn yes() -> bool {
     true
 }
 
-/// What happens when the authorizer cannot answer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureMode {
-    /// Refuse the request (503).
-    #[default]
-    Deny,
-    /// Let it through, without the authorizer's headers.
-    Allow,
-}
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
@@ -179,12 +174,9 @@ pub struct CacheConfig {
 /// A checked [`AuthorizerConfig`].
 #[derive(Debug, Clone)]
 pub struct Authorizer {
-    pub cluster: String,
-    pub authority: String,
-    pub path: String,
+    pub upstream: Upstream,
     pub shape: Shape,
     pub method: String,
-    pub timeout: Duration,
     pub forward_headers: Vec<String>,
     pub max_answer_bytes: usize,
 }
@@ -209,39 +201,22 @@ pub struct Rule {
 impl Authorizer {
     pub fn compile(config: &AuthorizerConfig) -> Result<Self, ConfigError> {
         let at = |field: &str| format!("authorizer.{field}");
-        if !printable(&config.cluster) {
-            return Err(ConfigError::new(
-                at("cluster"),
-                "name the Envoy cluster of the authorizer (printable characters, no spaces)",
-            ));
-        }
-        let authority = config.authority.clone().unwrap_or(config.cluster.clone());
-        if !printable(&authority) {
-            return Err(ConfigError::new(
-                at("authority"),
-                "must be printable characters without spaces",
-            ));
-        }
-        let path = config.path.clone().unwrap_or_else(|| "/".into());
-        if !path.starts_with('/') || !printable(&path) {
-            return Err(ConfigError::new(
-                at("path"),
-                "must start with `/` and have no spaces",
-            ));
-        }
+        let upstream = Upstream::compile(
+            UpstreamFields {
+                cluster: &config.cluster,
+                authority: config.authority.as_deref(),
+                path: config.path.as_deref(),
+                timeout_ms: config.timeout_ms,
+            },
+            AUTHORIZER,
+        )
+        .map_err(|e| e.within("authorizer"))?;
         let method = match &config.method {
             Some(method) if is_http_token(method) => method.to_ascii_uppercase(),
             Some(_) => return Err(ConfigError::new(at("method"), "is not an HTTP method")),
             None if config.shape == Shape::Json => "POST".into(),
             None => "GET".into(),
         };
-        let timeout_ms = config.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
-        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
-            return Err(ConfigError::new(
-                at("timeout_ms"),
-                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
-            ));
-        }
         let forward_headers = header_list(&config.forward_headers, &at("forward_headers"))?;
         if let Some(reserved) = forward_headers
             .iter()
@@ -260,12 +235,9 @@ impl Authorizer {
             ));
         }
         Ok(Self {
-            cluster: config.cluster.clone(),
-            authority,
-            path,
+            upstream,
             shape: config.shape,
             method,
-            timeout: Duration::from_millis(timeout_ms),
             forward_headers,
             max_answer_bytes,
         })

@@ -5,7 +5,7 @@
 use crate::cache::{CacheKey, DecisionCache};
 use crate::config::*;
 use gateway_common::client_ip::{ClientAddressError, ClientAddressResolver};
-use gateway_common::config::ConfigError;
+use gateway_common::config::{ConfigError, OnFailure};
 use gateway_common::error::{codes as common_codes, GatewayError};
 use gateway_common::host::{Host, RequestFacts, RequestLine};
 use gateway_common::identity;
@@ -45,7 +45,7 @@ pub struct ExtAuth {
     /// Every header of an answer the policy reads.
     answer_headers: Vec<String>,
     user_header: Option<String>,
-    failure_mode: FailureMode,
+    failure_mode: OnFailure,
     cache: Option<DecisionCache>,
     client_address: ClientAddressResolver,
     uses_route_name: bool,
@@ -138,13 +138,6 @@ pub enum Decision {
     },
     /// No usable answer: the failure mode decides.
     Failed(Failure),
-}
-
-/// What applying the failure mode comes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fallback {
-    Deny,
-    Allow,
 }
 
 impl ExtAuth {
@@ -243,7 +236,7 @@ impl ExtAuth {
         self.user_header.as_deref()
     }
 
-    pub fn failure_mode(&self) -> FailureMode {
+    pub fn failure_mode(&self) -> OnFailure {
         self.failure_mode
     }
 
@@ -336,8 +329,8 @@ impl ExtAuth {
         let line = &pending.line;
         let mut headers: Vec<(String, String)> = vec![
             (":method".into(), authorizer.method.clone()),
-            (":path".into(), authorizer.path.clone()),
-            (":authority".into(), authorizer.authority.clone()),
+            (":path".into(), authorizer.upstream.path.clone()),
+            (":authority".into(), authorizer.upstream.authority.clone()),
         ];
         match authorizer.shape {
             Shape::Forward => {
@@ -461,14 +454,6 @@ impl ExtAuth {
             .map(|ttl| ttl.min(cache.settings.max_ttl_ms))
             .filter(|ttl| *ttl > 0);
         (decision, ttl)
-    }
-
-    /// What the failure mode makes of a failed call.
-    pub fn fallback(&self) -> Fallback {
-        match self.failure_mode {
-            FailureMode::Deny => Fallback::Deny,
-            FailureMode::Allow => Fallback::Allow,
-        }
     }
 }
 

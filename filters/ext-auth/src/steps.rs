@@ -8,8 +8,9 @@
 
 use crate::cache::Stored;
 use crate::flights::{Flights, Joined};
-use crate::policy::{codes, Answer, Check, Decision, ExtAuth, Failure, Fallback, Pending};
+use crate::policy::{codes, Answer, Check, Decision, ExtAuth, Failure, Pending};
 use crate::FILTER_NAME;
+use gateway_common::config::OnFailure;
 use gateway_common::host::now_ms;
 use gateway_common::identity::USER_PROPERTY;
 use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
@@ -139,14 +140,14 @@ impl ExtAuthSteps {
         let call = policy.call(&pending, &*stream);
         let authorizer = &policy.authorizer;
         let dispatched = stream.dispatch_call(HttpCall {
-            cluster: &authorizer.cluster,
+            cluster: &authorizer.upstream.cluster,
             headers: call
                 .headers
                 .iter()
                 .map(|(name, value)| (name.as_str(), value.as_str()))
                 .collect(),
             body: call.body.as_deref(),
-            timeout: authorizer.timeout,
+            timeout: authorizer.upstream.timeout,
         });
         match dispatched {
             Ok(()) => {
@@ -241,11 +242,11 @@ impl ExtAuthSteps {
                     Level::Debug,
                     format_args!("{FILTER_NAME}: the authorizer failed: {failure}"),
                 );
-                match self.policy().fallback() {
-                    Fallback::Deny => {
+                match self.policy().failure_mode() {
+                    OnFailure::Deny => {
                         refuse(stream, &self.metrics.denied, &codes::AUTHORIZER_FAILED)
                     }
-                    Fallback::Allow => {
+                    OnFailure::Allow => {
                         stream.increment(self.metrics.failure_allowed, 1);
                         Verdict::Continue
                     }

@@ -158,7 +158,6 @@ pub struct LogPush {
     uses_route_name: bool,
 }
 
-const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 /// How often each worker looks at its queue. Size-triggered flushes wait
 /// at most this long.
 const MAX_TICK_MS: u64 = 100;
@@ -281,7 +280,7 @@ impl LogPush {
     }
 
     pub fn timeout_ms(&self) -> u64 {
-        self.sink.timeout_ms
+        u64::try_from(self.sink.upstream.timeout.as_millis()).unwrap_or(u64::MAX)
     }
 
     pub fn uses_route_name(&self) -> bool {
@@ -305,10 +304,6 @@ impl LogPush {
         let rate = rule.and_then(|r| r.sample_rate).unwrap_or(self.sample_rate);
         crate::record::sampled(request_id, rate)
     }
-}
-
-pub(crate) fn default_timeout_ms() -> u64 {
-    DEFAULT_TIMEOUT_MS
 }
 
 #[cfg(test)]
@@ -396,7 +391,7 @@ mod tests {
             ),
             (
                 json!({"sink": {"cluster": "", "format": "ndjson", "path": "/"}}),
-                "sink.cluster: must not be empty",
+                "sink.cluster: name the Envoy cluster of the sink (printable characters, no spaces)",
             ),
             (
                 json!({"sink": {"cluster": "c", "format": "ndjson"}}),

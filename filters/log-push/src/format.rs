@@ -14,9 +14,10 @@
 //! - `otlp`: OpenTelemetry logs over OTLP/HTTP with JSON encoding
 //!   (`/v1/logs`), one log record per call.
 
-use crate::config::{default_timeout_ms, SinkConfig};
+use crate::config::SinkConfig;
 use crate::record::{write_json_str, Field, FieldValue, Layout, Record, TimeStyle};
 use gateway_common::config::{is_header_name, ConfigError};
+use gateway_common::upstream::{Upstream, UpstreamFields, UpstreamKind};
 use serde::Deserialize;
 use std::io::Write;
 
@@ -44,14 +45,20 @@ impl Format {
     }
 }
 
+/// The sink as an upstream: each format has its path (ndjson's is
+/// required), and a batch may take 5 s by default.
+const SINK: UpstreamKind = UpstreamKind {
+    name: "the sink",
+    default_path: None,
+    default_timeout_ms: 5_000,
+    max_timeout_ms: 60_000,
+};
+
 /// A compiled sink: where batches go and how they are written.
 #[derive(Debug, Clone)]
 pub struct Sink {
     pub format: Format,
-    pub cluster: String,
-    pub authority: String,
-    pub path: String,
-    pub timeout_ms: u64,
+    pub upstream: Upstream,
     /// Every request header but the pseudo-headers, content type included.
     pub headers: Vec<(String, String)>,
     index: String,
@@ -87,17 +94,6 @@ fn query_encode(text: &str) -> String {
 impl Sink {
     pub fn compile(config: &SinkConfig) -> Result<Self, ConfigError> {
         let format = config.format;
-        if config.cluster.is_empty() {
-            return Err(ConfigError::new("cluster", "must not be empty"));
-        }
-        if let Some(path) = &config.path {
-            if !path.starts_with('/') || path.chars().any(|c| c.is_control() || c == ' ') {
-                return Err(ConfigError::new(
-                    "path",
-                    "must start with `/` and have no spaces",
-                ));
-            }
-        }
         let mut index = String::new();
         let default_path = match format {
             Format::Clickhouse => {
@@ -128,6 +124,15 @@ impl Sink {
             }
             Format::Otlp => "/v1/logs".to_string(),
         };
+        let upstream = Upstream::compile(
+            UpstreamFields {
+                cluster: &config.cluster,
+                authority: config.authority.as_deref(),
+                path: Some(config.path.as_deref().unwrap_or(&default_path)),
+                timeout_ms: config.timeout_ms,
+            },
+            SINK,
+        )?;
         let content_type = match format {
             Format::Clickhouse | Format::Ndjson | Format::Elasticsearch => "application/x-ndjson",
             Format::KafkaRest => "application/vnd.kafka.json.v2+json",
@@ -164,13 +169,7 @@ impl Sink {
         }
         Ok(Self {
             format,
-            authority: config
-                .authority
-                .clone()
-                .unwrap_or_else(|| config.cluster.clone()),
-            cluster: config.cluster.clone(),
-            path: config.path.clone().unwrap_or(default_path),
-            timeout_ms: config.timeout_ms.unwrap_or_else(default_timeout_ms),
+            upstream,
             headers,
             index,
             key_field,
@@ -481,7 +480,7 @@ mod tests {
     fn clickhouse_gets_an_insert_with_one_object_per_line() {
         let sink = sink(json!({"cluster": "ch", "format": "clickhouse", "table": "gw.calls"}));
         assert_eq!(
-            sink.path,
+            sink.upstream.path,
             "/?query=INSERT%20INTO%20gw.calls%20FORMAT%20JSONEachRow&input_format_skip_unknown_fields=1"
         );
         assert_eq!(
@@ -491,13 +490,13 @@ mod tests {
                  {{\"time\":1795435200,\"record_id\":\"{SECOND_ID}\",\"api\":\"search\",\"method\":\"POST\",\"path\":\"/search\",\"status\":503,\"header_x_tenant\":\"t\\\"2\"}}\n"
             )
         );
-        assert_eq!(sink.authority, "ch");
+        assert_eq!(sink.upstream.authority, "ch");
     }
 
     #[test]
     fn elasticsearch_gets_a_bulk_body_of_create_actions() {
         let sink = sink(json!({"cluster": "es", "format": "elasticsearch", "index": "gw-calls"}));
-        assert_eq!(sink.path, "/_bulk");
+        assert_eq!(sink.upstream.path, "/_bulk");
         let body = text(sink.encode(&layout(), &records()));
         let lines: Vec<&str> = body.split_terminator('\n').collect();
         assert!(body.ends_with('\n'), "the bulk API needs a final newline");
@@ -534,7 +533,7 @@ mod tests {
         assert_eq!(value[0], "1795435200123000000");
         let line: Value = serde_json::from_str(value[1].as_str().unwrap()).unwrap();
         assert_eq!(line["path"], "/orders/1");
-        assert_eq!(sink.path, "/loki/api/v1/push");
+        assert_eq!(sink.upstream.path, "/loki/api/v1/push");
     }
 
     #[test]
@@ -542,7 +541,7 @@ mod tests {
         let sink = sink(
             json!({"cluster": "kafka", "format": "kafka_rest", "topic": "gw calls", "key_field": "api"}),
         );
-        assert_eq!(sink.path, "/topics/gw%20calls");
+        assert_eq!(sink.upstream.path, "/topics/gw%20calls");
         assert!(sink.headers.contains(&(
             "content-type".into(),
             "application/vnd.kafka.json.v2+json".into()

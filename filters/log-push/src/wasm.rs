@@ -37,18 +37,17 @@ fn send_due(worker: &Worker, drain: bool) {
         };
         let Some(batch) = batch else { return };
         let body = sink.encode(&worker.push.layout, batch);
-        let mut headers: Vec<(&str, &str)> = vec![
-            (":method", "POST"),
-            (":path", &sink.path),
-            (":authority", &sink.authority),
-        ];
-        headers.extend(sink.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        proxy_wasm::hostcalls::dispatch_http_call(
-            &sink.cluster,
-            headers,
+        let call = sink.upstream.call(
+            "POST",
+            sink.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             Some(&body),
+        );
+        proxy_wasm::hostcalls::dispatch_http_call(
+            call.cluster,
+            call.headers,
+            call.body,
             vec![],
-            Duration::from_millis(sink.timeout_ms),
+            call.timeout,
         )
     };
     match dispatched {
@@ -58,7 +57,7 @@ fn send_due(worker: &Worker, drain: bool) {
                 worker,
                 &format!(
                     "cannot call cluster `{}` ({status:?}); is it defined?",
-                    sink.cluster
+                    sink.upstream.cluster
                 ),
             );
             finish(worker, false, &[]);

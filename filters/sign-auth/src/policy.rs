@@ -9,7 +9,7 @@ use crate::signature::{
     add_parameters, content_md5, for_error_message, signed_header_names, Secret, SignatureMethod,
     SigningInput,
 };
-use gateway_common::config::ConfigError;
+use gateway_common::config::{ConfigError, OnFailure};
 use gateway_common::error::GatewayError;
 use gateway_common::fleet::wire::{Failure, Op, OpResult, State};
 use gateway_common::fleet::{self, FailureMode as FleetFailureMode, Store, StoreConfig};
@@ -74,7 +74,7 @@ const DEFAULT_WINDOW_SECONDS: u64 = 900;
 const DEFAULT_NONCE_SLOTS: u32 = 16_384;
 const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignAuthConfig {
     pub apps: Vec<AppConfig>,
@@ -107,9 +107,10 @@ pub struct SignAuthConfig {
     pub backend_signature: Option<BackendSignatureConfig>,
     /// What happens when the nonce table cannot record a nonce (slot full or
     /// shared data failing): `deny` (503, the default) or `allow` (the
-    /// request passes without replay protection, and is counted).
-    #[serde(default)]
-    pub nonce_failure_mode: FailureMode,
+    /// request passes without replay protection, and is counted). Formerly
+    /// `nonce_failure_mode`, still accepted.
+    #[serde(default = "OnFailure::deny", alias = "nonce_failure_mode")]
+    pub failure_mode: OnFailure,
     /// Record nonces in the fleet store, so each is accepted once by the
     /// whole fleet (see [`gateway_common::fleet`]).
     #[serde(default)]
@@ -131,14 +132,6 @@ pub struct FleetConfig {
 pub struct Fleet {
     pub store: Arc<Store>,
     pub failure_mode: FleetFailureMode,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureMode {
-    #[default]
-    Deny,
-    Allow,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -196,7 +189,7 @@ pub struct SignAuth {
     uses_route_name: bool,
     forward_identity_headers: bool,
     backend_signer: Option<BackendSigner>,
-    nonce_failure_mode: FailureMode,
+    failure_mode: OnFailure,
     fleet: Option<Fleet>,
 }
 
@@ -213,7 +206,7 @@ pub struct BackendSigner {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     pub identity: Identity,
-    /// The nonce could not be recorded and `nonce_failure_mode` is `allow`.
+    /// The nonce could not be recorded and `failure_mode` is `allow`.
     pub nonce_unchecked: bool,
 }
 
@@ -368,7 +361,7 @@ impl SignAuth {
             uses_route_name,
             forward_identity_headers: config.forward_identity_headers.unwrap_or(true),
             backend_signer,
-            nonce_failure_mode: config.nonce_failure_mode,
+            failure_mode: config.failure_mode,
             fleet: config
                 .fleet
                 .as_ref()
@@ -519,7 +512,7 @@ impl SignAuth {
             Ok(NonceOutcome::SlotFull) => Some(codes::NONCE_STORE_FULL),
             Err(_) => Some(codes::NONCE_STORE_UNAVAILABLE),
         };
-        if let (Some(error), FailureMode::Deny) = (&failure, self.nonce_failure_mode) {
+        if let (Some(error), OnFailure::Deny) = (&failure, self.failure_mode) {
             return Err(error.clone());
         }
         Ok(Verified {
@@ -1007,11 +1000,14 @@ pub(crate) mod tests {
             Step::Reject(error) => assert_eq!((error.status, error.code), (503, "A503NU")),
             other => panic!("{other:?}"),
         }
-        let allow_config = CONFIG.replacen('{', r#"{"nonce_failure_mode": "allow","#, 1);
-        let allow = policy(&allow_config);
-        match allow.begin(&host, &Broken, true) {
-            Step::Pass(Some(verified)) => assert!(verified.nonce_unchecked),
-            other => panic!("{other:?}"),
+        // `nonce_failure_mode`, the field's former name, still reads.
+        for field in ["failure_mode", "nonce_failure_mode"] {
+            let allow_config = CONFIG.replacen('{', &format!(r#"{{"{field}": "allow","#), 1);
+            let allow = policy(&allow_config);
+            match allow.begin(&host, &Broken, true) {
+                Step::Pass(Some(verified)) => assert!(verified.nonce_unchecked, "{field}"),
+                other => panic!("{field}: {other:?}"),
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use crate::key::{client_ip_bytes, KeyHasher, ValueSource};
 use crate::table::{Acquired, Quota, Table, Ticket};
 use crate::window::{whole_seconds, Algorithm, Counting, Counts, Window, MAX_SLIDING_MS};
 use gateway_common::client_ip::{ClientAddressConfig, ClientAddressError, ClientAddressResolver};
-use gateway_common::config::ConfigError;
+use gateway_common::config::{ConfigError, OnFailure};
 use gateway_common::error::{codes as common_codes, GatewayError};
 use gateway_common::fleet::wire::{Failure, Op, OpResult, QuotaCheck, State};
 use gateway_common::fleet::{self, FailureMode as FleetFailureMode, Store, StoreConfig};
@@ -72,8 +72,10 @@ pub struct ThrottlingConfig {
     /// Table size of every keyed rule that does not set its own.
     #[serde(default = "default_slots")]
     pub slots: u32,
-    #[serde(default)]
-    pub failure_mode: FailureMode,
+    /// When shared data fails: `allow` (through, counted in
+    /// `failure.allowed`; the default) or `deny` (503 `A503TU`).
+    #[serde(default = "OnFailure::allow")]
+    pub failure_mode: OnFailure,
     /// `X-RateLimit-Limit/-Remaining/-Reset` on every counted response.
     #[serde(default)]
     pub rate_limit_headers: bool,
@@ -162,16 +164,6 @@ pub enum MissingKey {
     Skip,
     /// Requests without the key share one counter.
     Shared,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureMode {
-    /// Let the request through (counted in `failure.allowed`).
-    #[default]
-    Allow,
-    /// Answer 503 `A503TU`.
-    Deny,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -353,7 +345,7 @@ pub struct Throttling {
     user: Option<ValueSource>,
     client_address: ClientAddressResolver,
     v6_prefix: u8,
-    failure_mode: FailureMode,
+    failure_mode: OnFailure,
     rate_limit_headers: bool,
     dry_run: bool,
     uses_route_name: bool,
@@ -608,7 +600,7 @@ impl Throttling {
                 }
                 Err(_) => {
                     decision.events.push((index, RuleEvent::StoreFailure));
-                    if self.failure_mode == FailureMode::Deny {
+                    if self.failure_mode == OnFailure::Deny {
                         let verdict = Verdict::Unavailable { rule: index };
                         return self.refuse(decision, verdict, store, &tickets);
                     }

@@ -37,16 +37,18 @@ struct Call {
 }
 
 fn dispatch(store: &Store, body: &[u8]) -> Result<u32, Failure> {
-    let mut headers = vec![
-        (":method", "POST"),
-        (":path", store.path.as_str()),
-        (":authority", store.authority.as_str()),
-        ("content-type", "text/plain"),
-    ];
-    if let Some(value) = &store.authorization {
-        headers.push(("authorization", value));
-    }
-    crate::wake::dispatch_http_call(&store.cluster, headers, Some(body), store.timeout)
+    let authorization = store
+        .authorization
+        .as_deref()
+        .map(|value| ("authorization", value));
+    let call = store.upstream.call(
+        "POST",
+        [("content-type", "text/plain")]
+            .into_iter()
+            .chain(authorization),
+        Some(body),
+    );
+    crate::wake::dispatch_http_call(call.cluster, call.headers, call.body, call.timeout)
         .map_err(|_| Failure::Dispatch)
 }
 

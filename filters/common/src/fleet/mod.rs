@@ -21,11 +21,11 @@ pub mod wire;
 use crate::config::ConfigError;
 use crate::metrics::{Counter, DefineMetrics};
 use crate::stream::{Level, Telemetry};
+use crate::upstream::{Upstream, UpstreamFields, UpstreamKind};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::time::Duration;
 
 const DEFAULT_KEY_PREFIX: &str = "gw:";
 const DEFAULT_TIMEOUT_MS: u64 = 50;
@@ -63,37 +63,31 @@ pub struct StoreConfig {
 /// A checked [`StoreConfig`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Store {
-    pub cluster: String,
-    pub authority: String,
-    pub path: String,
+    pub upstream: Upstream,
     pub key_prefix: String,
-    pub timeout: Duration,
     pub authorization: Option<String>,
 }
 
+/// The fleet store as an upstream: Webdis answers on `/`, and a request
+/// waits 50 ms at most by default.
+const STORE: UpstreamKind = UpstreamKind {
+    name: "the store",
+    default_path: Some("/"),
+    default_timeout_ms: DEFAULT_TIMEOUT_MS,
+    max_timeout_ms: MAX_TIMEOUT_MS,
+};
+
 impl Store {
     pub fn compile(config: &StoreConfig) -> Result<Self, ConfigError> {
-        let printable = crate::config::is_printable;
-        if !printable(&config.cluster) {
-            return Err(ConfigError::new(
-                "cluster",
-                "name the Envoy cluster of the store (printable characters, no spaces)",
-            ));
-        }
-        let authority = config.authority.as_ref().unwrap_or(&config.cluster);
-        if !printable(authority) {
-            return Err(ConfigError::new(
-                "authority",
-                "must be printable characters without spaces",
-            ));
-        }
-        let path = config.path.clone().unwrap_or_else(|| "/".into());
-        if !path.starts_with('/') || !printable(&path) {
-            return Err(ConfigError::new(
-                "path",
-                "must start with `/` and have no spaces",
-            ));
-        }
+        let upstream = Upstream::compile(
+            UpstreamFields {
+                cluster: &config.cluster,
+                authority: config.authority.as_deref(),
+                path: config.path.as_deref(),
+                timeout_ms: config.timeout_ms,
+            },
+            STORE,
+        )?;
         let key_prefix = config
             .key_prefix
             .clone()
@@ -108,13 +102,6 @@ impl Store {
                 format!("1 to {MAX_PREFIX} letters, digits and `:_-.`"),
             ));
         }
-        let timeout_ms = config.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
-        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
-            return Err(ConfigError::new(
-                "timeout_ms",
-                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
-            ));
-        }
         if let Some(value) = &config.authorization {
             if value.is_empty() || !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
                 return Err(ConfigError::new(
@@ -124,11 +111,8 @@ impl Store {
             }
         }
         Ok(Self {
-            cluster: config.cluster.clone(),
-            authority: authority.clone(),
-            path,
+            upstream,
             key_prefix,
-            timeout: Duration::from_millis(timeout_ms),
             authorization: config.authorization.clone(),
         })
     }
@@ -334,6 +318,7 @@ pub fn unhex(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn hex_reads_back_what_it_wrote_and_nothing_else() {
@@ -353,10 +338,10 @@ mod tests {
     #[test]
     fn defaults_are_a_short_timeout_and_the_gw_prefix() {
         let store = store(r#"{"cluster": "fleet_store"}"#).unwrap();
-        assert_eq!(store.authority, "fleet_store");
-        assert_eq!(store.path, "/");
+        assert_eq!(store.upstream.authority, "fleet_store");
+        assert_eq!(store.upstream.path, "/");
         assert_eq!(store.key_prefix, "gw:");
-        assert_eq!(store.timeout, Duration::from_millis(50));
+        assert_eq!(store.upstream.timeout, Duration::from_millis(50));
         assert_eq!(store.key(&["n", "ab"]), "gw:n:ab");
     }
 
