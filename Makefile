@@ -2,7 +2,7 @@
 # on a fresh machine, set-up included.
 
 FILTERS      := sign-auth ip-acl ext-auth throttling param-validation request-mapping circuit-breaker log-push gateway
-POLICY_CRATES := sign-auth ip-acl ext-auth throttling param-validation request-mapping circuit-breaker log-push
+POLICY_CRATES := sign-auth ip-acl ext-auth throttling param-validation request-mapping circuit-breaker log-push gateway-registry
 WASM_DIR     := target/wasm32-wasip1/release
 NATIVE_MODULE := target/native/libgateway.so
 CARGO        ?= cargo

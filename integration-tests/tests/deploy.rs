@@ -54,18 +54,9 @@ fn module(filter: &str) -> String {
 
 /// The filter's own configuration parser, exactly what `on_configure` runs.
 fn compile(filter: &str, config: &[u8]) -> Result<(), String> {
-    let result = match filter {
-        "sign-auth" => sign_auth::compile_config(config).map(drop),
-        "ip-acl" => ip_acl::compile_config(config).map(drop),
-        "ext-auth" => ext_auth::compile_config(config).map(drop),
-        "throttling" => throttling::compile_config(config).map(drop),
-        "param-validation" => param_validation::compile_config(config).map(drop),
-        "request-mapping" => request_mapping::compile_config(config).map(drop),
-        "circuit-breaker" => circuit_breaker::compile_config(config).map(drop),
-        "log-push" => log_push::compile_config(config).map(drop),
-        other => panic!("unknown filter `{other}`"),
-    };
-    result.map_err(|e| e.to_string())
+    let section = gateway_registry::Section::from_key(&module(filter))
+        .unwrap_or_else(|| panic!("unknown filter `{filter}`"));
+    gateway_registry::check(section, config).map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-//! The gateway's policies, in the order a request meets them: the gateway
-//! module's sections and the tools that write them share this one list.
+//! The gateway's policies, in the order a request meets them, and what each
+//! needs of where it runs: the gateway module's sections and the tools
+//! that write them share this one list (with each policy's parser, in the
+//! `gateway-registry` crate).
 
 /// A policy of the gateway, in the order a request meets them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -41,4 +43,40 @@ impl Section {
             Section::LogPush => "log_push",
         }
     }
+
+    /// The section named `key` (`ip_acl`).
+    pub fn from_key(key: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|section| section.key() == key)
+    }
+
+    /// What the policy needs of where it runs.
+    pub const fn needs(self) -> Needs {
+        let (fleet_store, client_address, body) = match self {
+            Section::SignAuth => (true, false, true),
+            Section::IpAcl => (false, true, false),
+            Section::ExtAuth => (false, true, false),
+            Section::Throttling => (true, true, false),
+            Section::ParamValidation => (false, false, true),
+            Section::RequestMapping => (false, true, true),
+            Section::CircuitBreaker => (true, false, false),
+            Section::LogPush => (false, true, false),
+        };
+        Needs {
+            fleet_store,
+            client_address,
+            body,
+        }
+    }
+}
+
+/// What a policy needs of where it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    /// It may keep state in the fleet store (a `fleet` section), so the
+    /// gateway module shares one store among such sections.
+    pub fleet_store: bool,
+    /// It resolves the client's address (a `client_address` section).
+    pub client_address: bool,
+    /// It may hold the request for its body, so Envoy must let it.
+    pub body: bool,
 }

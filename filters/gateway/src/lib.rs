@@ -15,8 +15,10 @@
 //! nonce is used up), and its reply waits for the answer, so that an
 //! earlier policy's verdict (a replay) comes first.
 
-pub mod config;
 pub mod pipeline;
+
+/// The module's configuration document, a section per policy.
+pub use gateway_registry::document as config;
 
 /// Names the module in its own log lines (a policy's lines carry the
 /// policy's name, as the single filter's do).

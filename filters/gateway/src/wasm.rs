@@ -3,7 +3,6 @@
 //! of the policies' steps over the stream seam, whose fleet checks travel
 //! in one call per request. Re-exported from the crate root.
 
-use crate::config::Section;
 use crate::pipeline::{self, BodyVerdict, CallVerdict, Flow, Pipeline, Verdict};
 use crate::{config, MODULE_NAME};
 use circuit_breaker::CircuitBreakerFilter;
@@ -16,6 +15,7 @@ use gateway_common::host::{stream_scope, StreamMemory};
 use gateway_common::metrics::{ProxyWasmMetrics, VmMemory};
 use gateway_common::stream::PolicySteps;
 use gateway_common::wake::{self, WakeableContext, WAKE_TOKEN};
+use gateway_registry::Section;
 use ip_acl::IpAclFilter;
 use log_push::LogPushWorker;
 use param_validation::ParamValidationFilter;

@@ -7,18 +7,7 @@ use gateway_common::config::ConfigError;
 use serde_json::Value;
 
 /// Compiles a section's configuration as its filter does when Envoy loads it.
-pub fn compile_section(section: Section, bytes: &[u8]) -> Result<(), ConfigError> {
-    match section {
-        Section::SignAuth => sign_auth::compile_config(bytes).map(drop),
-        Section::IpAcl => ip_acl::compile_config(bytes).map(drop),
-        Section::ExtAuth => ext_auth::compile_config(bytes).map(drop),
-        Section::Throttling => throttling::compile_config(bytes).map(drop),
-        Section::ParamValidation => param_validation::compile_config(bytes).map(drop),
-        Section::RequestMapping => request_mapping::compile_config(bytes).map(drop),
-        Section::CircuitBreaker => circuit_breaker::compile_config(bytes).map(drop),
-        Section::LogPush => log_push::compile_config(bytes).map(drop),
-    }
-}
+pub use gateway_registry::check as compile_section;
 
 /// Checks every section; the first error of each section, in policy order.
 pub fn check(generated: &Generated, source: &Source) -> Vec<SourceError> {

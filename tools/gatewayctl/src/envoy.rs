@@ -209,10 +209,7 @@ fn write_json(out: &mut String, value: &Value, indent: usize) {
 
 /// Which filters read request bodies (their headers are held meanwhile).
 fn reads_bodies(section: Section) -> bool {
-    matches!(
-        section,
-        Section::SignAuth | Section::ParamValidation | Section::RequestMapping
-    )
+    section.needs().body
 }
 
 /// The HTTP filter entry of one Wasm module of the suite: a policy's

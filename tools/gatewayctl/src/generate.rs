@@ -13,22 +13,12 @@ pub use gateway_common::section::Section;
 
 /// The filters that resolve the client's address.
 fn has_client_address(section: Section) -> bool {
-    matches!(
-        section,
-        Section::IpAcl
-            | Section::ExtAuth
-            | Section::Throttling
-            | Section::RequestMapping
-            | Section::LogPush
-    )
+    section.needs().client_address
 }
 
 /// The filters that may keep state in the fleet store.
 fn has_fleet(section: Section) -> bool {
-    matches!(
-        section,
-        Section::SignAuth | Section::Throttling | Section::CircuitBreaker
-    )
+    section.needs().fleet_store
 }
 
 /// Where generated parts came from: `throttling.rules[2]` from

@@ -8,8 +8,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-/// A policy of the module, in the order a request meets them.
-pub use gateway_common::section::Section;
+use gateway_common::section::Section;
 
 /// The document as written: each section kept as its exact JSON text.
 #[derive(Deserialize)]
@@ -64,13 +63,6 @@ pub fn split(bytes: &[u8]) -> Result<Vec<(Section, Vec<u8>)>, ConfigError> {
     Ok(sections)
 }
 
-/// Sections that may count in the fleet store.
-const FLEET_SECTIONS: [Section; 3] = [
-    Section::SignAuth,
-    Section::Throttling,
-    Section::CircuitBreaker,
-];
-
 fn share_fleet_store(
     sections: &mut [(Section, Vec<u8>)],
     fleet_store: Option<Value>,
@@ -79,7 +71,7 @@ fn share_fleet_store(
         fleet_store.map(|store| ("fleet_store".into(), store));
     let mut users = 0;
     for (section, bytes) in sections.iter_mut() {
-        if !FLEET_SECTIONS.contains(section) {
+        if !section.needs().fleet_store {
             continue;
         }
         // A section that is not an object is left to its own parser to refuse.
@@ -174,21 +166,6 @@ mod tests {
             Ok(_) => panic!("accepted: {json}"),
             Err(err) => err.to_string(),
         }
-    }
-
-    #[test]
-    fn section_keys_are_the_filter_names_in_the_order_policies_run() {
-        let names = [
-            sign_auth::FILTER_NAME,
-            ip_acl::FILTER_NAME,
-            ext_auth::FILTER_NAME,
-            throttling::FILTER_NAME,
-            param_validation::FILTER_NAME,
-            request_mapping::FILTER_NAME,
-            circuit_breaker::FILTER_NAME,
-            log_push::FILTER_NAME,
-        ];
-        assert_eq!(Section::ALL.map(Section::key), names);
     }
 
     #[test]
