@@ -636,36 +636,43 @@ impl Telemetry for ProxyWasmStream {
     }
 }
 
-/// A policy written against [`Stream`] as a proxy-wasm HTTP context (a
-/// single `.wasm` filter's): each callback runs the policy's step over
-/// [`ProxyWasmStream`], inside one callback scope of host reads. While the
-/// policy's own fleet call is out, the request (body and trailers too) is
-/// held.
-pub struct StreamContext {
+/// A policy's steps for one request under proxy-wasm, with what they wait
+/// for: their own fleet call and their call to a cluster. A single
+/// filter's context and the gateway module's pipeline member both run a
+/// policy's steps through it; when it goes, the steps are told the stream
+/// ended.
+pub struct HostedSteps {
     steps: Box<dyn PolicySteps>,
+    /// The request's context id.
     id: u32,
+    /// The request's fleet batch, in the gateway module.
+    batch: Option<Rc<RefCell<Batch>>>,
     fleet: Option<crate::fleet::client::Ticket>,
-    /// The token of the policy's call in flight.
     call: Option<u32>,
 }
 
-impl StreamContext {
-    pub fn new(steps: Box<dyn PolicySteps>, id: u32) -> Self {
+impl HostedSteps {
+    pub fn new(steps: Box<dyn PolicySteps>, id: u32, batch: Option<Rc<RefCell<Batch>>>) -> Self {
         Self {
             steps,
             id,
+            batch,
             fleet: None,
             call: None,
         }
     }
 
-    /// Runs one step over the stream, inside a callback scope of reads.
-    fn run(
+    /// Runs one step over the request's stream and keeps the fleet
+    /// operations and the call it sent; the body size it left, if it
+    /// replaced the body.
+    pub fn run(
         &mut self,
         step: impl FnOnce(&mut dyn PolicySteps, &mut ProxyWasmStream) -> Verdict,
-    ) -> Verdict {
-        let _reads = host::callback_scope();
-        let mut stream = ProxyWasmStream::new(self.id);
+    ) -> (Verdict, Option<usize>) {
+        let mut stream = match &self.batch {
+            Some(batch) => ProxyWasmStream::in_batch(self.id, Rc::clone(batch)),
+            None => ProxyWasmStream::new(self.id),
+        };
         let verdict = step(self.steps.as_mut(), &mut stream);
         if let Some(ticket) = stream.fleet {
             self.fleet = Some(ticket);
@@ -673,15 +680,58 @@ impl StreamContext {
         if let Some(token) = stream.called {
             self.call = Some(token);
         }
-        verdict
+        (verdict, stream.resized_to)
     }
 
-    fn waits_for_fleet(&self) -> bool {
-        self.fleet.is_some()
+    /// [`HostedSteps::run`]'s verdict alone.
+    pub fn verdict(
+        &mut self,
+        step: impl FnOnce(&mut dyn PolicySteps, &mut ProxyWasmStream) -> Verdict,
+    ) -> Verdict {
+        self.run(step).0
+    }
+
+    /// It holds the request for its own fleet call (the body and trailers
+    /// too: holding the headers alone would not hold them back).
+    pub fn holds_for_fleet(&self) -> bool {
+        self.fleet
+            .as_ref()
+            .is_some_and(crate::fleet::client::Ticket::holds_request)
+    }
+
+    /// Shows an HTTP call's answer (or a wake) to the steps it is for:
+    /// their own fleet call, their call, or [`WAKE_TOKEN`](crate::wake::WAKE_TOKEN);
+    /// the step's verdict, `None` when the token is none of theirs.
+    pub fn call_response(&mut self, token: u32, body_size: usize) -> Option<Verdict> {
+        if let Some(answer) = self
+            .fleet
+            .as_mut()
+            .and_then(|ticket| ticket.answer(token, body_size))
+        {
+            self.fleet = None;
+            return Some(self.verdict(|steps, stream| steps.on_fleet_answer(stream, answer)));
+        }
+        if self.call == Some(token) {
+            self.call = None;
+            let answer = ProxyWasmCallAnswer { body_size };
+            return Some(self.verdict(|steps, stream| steps.on_call_answer(stream, &answer)));
+        }
+        if token == crate::wake::WAKE_TOKEN {
+            return Some(self.verdict(|steps, stream| steps.on_wake(stream)));
+        }
+        None
+    }
+
+    /// Shows the request's batched fleet answer to the steps, their share
+    /// of it; the step's verdict, `None` when they had nothing in it.
+    pub fn show_fleet_answer(&mut self, answer: &crate::fleet::wire::Answer) -> Option<Verdict> {
+        let share = self.fleet.as_ref()?.share(answer)?;
+        self.fleet = None;
+        Some(self.verdict(|steps, stream| steps.on_fleet_answer(stream, share)))
     }
 }
 
-impl Drop for StreamContext {
+impl Drop for HostedSteps {
     fn drop(&mut self) {
         self.run(|steps, stream| {
             steps.on_stream_end(stream);
@@ -690,25 +740,35 @@ impl Drop for StreamContext {
     }
 }
 
+/// A policy written against [`Stream`] as a proxy-wasm HTTP context (a
+/// single `.wasm` filter's): each callback runs the policy's step inside
+/// one callback scope of host reads. While the policy's own fleet call is
+/// out, the request (body and trailers too) is held.
+pub struct StreamContext {
+    hosted: HostedSteps,
+}
+
+impl StreamContext {
+    pub fn new(steps: Box<dyn PolicySteps>, id: u32) -> Self {
+        Self {
+            hosted: HostedSteps::new(steps, id, None),
+        }
+    }
+
+    /// Runs one step, inside a callback scope of reads.
+    fn run(
+        &mut self,
+        step: impl FnOnce(&mut dyn PolicySteps, &mut ProxyWasmStream) -> Verdict,
+    ) -> Verdict {
+        let _reads = host::callback_scope();
+        self.hosted.verdict(step)
+    }
+}
+
 impl proxy_wasm::traits::Context for StreamContext {
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
-        let verdict = if let Some(answer) = self
-            .fleet
-            .as_mut()
-            .and_then(|ticket| ticket.answer(token, body_size))
-        {
-            self.fleet = None;
-            self.run(|steps, stream| steps.on_fleet_answer(stream, answer))
-        } else if self.call == Some(token) {
-            self.call = None;
-            let answer = ProxyWasmCallAnswer { body_size };
-            self.run(|steps, stream| steps.on_call_answer(stream, &answer))
-        } else if token == crate::wake::WAKE_TOKEN {
-            self.run(|steps, stream| steps.on_wake(stream))
-        } else {
-            return;
-        };
-        if verdict == Verdict::Continue {
+        let _reads = host::callback_scope();
+        if self.hosted.call_response(token, body_size) == Some(Verdict::Continue) {
             let _ = hostcalls::resume_http_request();
         }
     }
@@ -728,14 +788,14 @@ impl HttpContext for StreamContext {
         body_size: usize,
         end_of_stream: bool,
     ) -> proxy_wasm::types::Action {
-        if self.waits_for_fleet() {
+        if self.hosted.holds_for_fleet() {
             return proxy_wasm::types::Action::Pause;
         }
         action(self.run(|steps, stream| steps.on_request_body(stream, body_size, end_of_stream)))
     }
 
     fn on_http_request_trailers(&mut self, _: usize) -> proxy_wasm::types::Action {
-        if self.waits_for_fleet() {
+        if self.hosted.holds_for_fleet() {
             return proxy_wasm::types::Action::Pause;
         }
         action(self.run(|steps, stream| steps.on_request_trailers(stream)))

@@ -7,14 +7,11 @@ use crate::pipeline::{self, BodyVerdict, CallVerdict, Flow, Pipeline, Verdict};
 use crate::{config, MODULE_NAME};
 use circuit_breaker::CircuitBreakerFilter;
 use ext_auth::ExtAuthFilter;
-use gateway_common::adapter::{
-    self, Filter, Loaded, LoadedPolicy, ProxyWasmCallAnswer, ProxyWasmStream,
-};
-use gateway_common::fleet::client::{self as fleet_client, Batch, Ticket};
+use gateway_common::adapter::{self, Filter, HostedSteps, Loaded, LoadedPolicy};
+use gateway_common::fleet::client::{self as fleet_client, Batch};
 use gateway_common::host::{stream_scope, StreamMemory};
 use gateway_common::metrics::{ProxyWasmMetrics, VmMemory};
-use gateway_common::stream::PolicySteps;
-use gateway_common::wake::{self, WakeableContext, WAKE_TOKEN};
+use gateway_common::wake::{self, WakeableContext};
 use gateway_registry::Section;
 use ip_acl::IpAclFilter;
 use log_push::LogPushWorker;
@@ -155,12 +152,12 @@ impl RootContext for GatewayRoot {
         let members = self
             .policies
             .iter()
-            .map(|policy| Member {
-                steps: policy.steps(),
-                id: context_id,
-                batch: Rc::clone(&batch),
-                fleet: None,
-                call: None,
+            .map(|policy| {
+                Member(HostedSteps::new(
+                    policy.steps(),
+                    context_id,
+                    Some(Rc::clone(&batch)),
+                ))
             })
             .collect();
         let mut pipeline = Pipeline::new(members);
@@ -187,81 +184,22 @@ impl RootContext for GatewayRoot {
 }
 
 /// A policy as a member of the pipeline: its steps over the stream seam,
-/// whose verdicts are values, and what it waits for: the fleet operations
-/// it sent (in the request's batch, or as its own call) and its call in
-/// flight.
-struct Member {
-    steps: Box<dyn PolicySteps>,
-    /// The request's context id.
-    id: u32,
-    /// The request's fleet operations.
-    batch: Rc<RefCell<Batch>>,
-    fleet: Option<Ticket>,
-    call: Option<u32>,
-}
-
-impl Member {
-    /// Runs a step over the stream and keeps the fleet operations and the
-    /// call it sent; the body size it left, if it replaced the body.
-    fn run(
-        &mut self,
-        step: impl FnOnce(&mut dyn PolicySteps, &mut ProxyWasmStream) -> Verdict,
-    ) -> (Verdict, Option<usize>) {
-        let mut stream = ProxyWasmStream::in_batch(self.id, Rc::clone(&self.batch));
-        let verdict = step(self.steps.as_mut(), &mut stream);
-        if let Some(ticket) = stream.fleet {
-            self.fleet = Some(ticket);
-        }
-        if let Some(token) = stream.called {
-            self.call = Some(token);
-        }
-        (verdict, stream.resized_to)
-    }
-
-    fn verdict(
-        &mut self,
-        step: impl FnOnce(&mut dyn PolicySteps, &mut ProxyWasmStream) -> Verdict,
-    ) -> Verdict {
-        self.run(step).0
-    }
-
-    /// It holds the request for its own fleet call.
-    fn holds_for_fleet(&self) -> bool {
-        self.fleet.as_ref().is_some_and(Ticket::holds_request)
-    }
-
-    /// Shows the request's fleet answer to the member, its share of it;
-    /// whether it answered the request.
-    fn show_fleet_answer(&mut self, answer: &fleet_client::Answer) -> bool {
-        let Some(share) = self.fleet.as_ref().and_then(|ticket| ticket.share(answer)) else {
-            return false;
-        };
-        self.fleet = None;
-        self.verdict(|steps, stream| steps.on_fleet_answer(stream, share)) == Verdict::Answered
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.run(|steps, stream| {
-            steps.on_stream_end(stream);
-            Verdict::Continue
-        });
-    }
-}
+/// whose verdicts are values, sharing the request's fleet batch.
+struct Member(HostedSteps);
 
 impl pipeline::Member for Member {
     fn request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Verdict {
-        self.verdict(|steps, stream| steps.on_request_headers(stream, end_of_stream))
+        self.0
+            .verdict(|steps, stream| steps.on_request_headers(stream, end_of_stream))
     }
 
     fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> BodyVerdict {
-        if self.holds_for_fleet() {
-            // Holding the headers alone would not hold the body back.
+        if self.0.holds_for_fleet() {
             return Verdict::Pause.into();
         }
-        let (verdict, resized_to) =
-            self.run(|steps, stream| steps.on_request_body(stream, body_size, end_of_stream));
+        let (verdict, resized_to) = self
+            .0
+            .run(|steps, stream| steps.on_request_body(stream, body_size, end_of_stream));
         BodyVerdict {
             verdict,
             resized_to,
@@ -269,14 +207,16 @@ impl pipeline::Member for Member {
     }
 
     fn request_trailers(&mut self, _num_trailers: usize) -> Verdict {
-        if self.holds_for_fleet() {
+        if self.0.holds_for_fleet() {
             return Verdict::Pause;
         }
-        self.verdict(|steps, stream| steps.on_request_trailers(stream))
+        self.0
+            .verdict(|steps, stream| steps.on_request_trailers(stream))
     }
 
     fn response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Verdict {
-        self.verdict(|steps, stream| steps.on_response_headers(stream, end_of_stream))
+        self.0
+            .verdict(|steps, stream| steps.on_response_headers(stream, end_of_stream))
     }
 
     fn response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Verdict {
@@ -295,31 +235,15 @@ impl pipeline::Member for Member {
         body_size: usize,
         _trailers: usize,
     ) -> CallVerdict {
-        let verdict = if let Some(answer) = self
-            .fleet
-            .as_mut()
-            .and_then(|ticket| ticket.answer(token, body_size))
-        {
-            self.fleet = None;
-            self.verdict(|steps, stream| steps.on_fleet_answer(stream, answer))
-        } else if self.call == Some(token) {
-            self.call = None;
-            let answer = ProxyWasmCallAnswer { body_size };
-            self.verdict(|steps, stream| steps.on_call_answer(stream, &answer))
-        } else if token == WAKE_TOKEN {
-            self.verdict(|steps, stream| steps.on_wake(stream))
-        } else {
-            return CallVerdict::Nothing;
-        };
-        match verdict {
-            Verdict::Continue => CallVerdict::Resumed,
-            Verdict::Answered => CallVerdict::Answered,
-            Verdict::Pause => CallVerdict::Nothing,
+        match self.0.call_response(token, body_size) {
+            Some(Verdict::Continue) => CallVerdict::Resumed,
+            Some(Verdict::Answered) => CallVerdict::Answered,
+            Some(Verdict::Pause) | None => CallVerdict::Nothing,
         }
     }
 
     fn log(&mut self) {
-        self.run(|steps, stream| {
+        self.0.verdict(|steps, stream| {
             steps.on_log(stream);
             Verdict::Continue
         });
@@ -382,7 +306,7 @@ impl Stream {
             .pipeline
             .members_mut()
             .iter_mut()
-            .any(|member| member.show_fleet_answer(answer));
+            .any(|member| member.0.show_fleet_answer(answer) == Some(Verdict::Answered));
         if answered {
             // An earlier policy's verdict: a later one's reply is moot.
             self.batch.borrow_mut().take_held_reply();
