@@ -46,12 +46,14 @@ impl Format {
 }
 
 /// The sink as an upstream: each format has its path (ndjson's is
-/// required), and a batch may take 5 s by default.
+/// required), and a batch may take 5 s by default, an hour at most (a
+/// sink's timeout was never bounded before; large batches to a slow
+/// warehouse may need minutes).
 const SINK: UpstreamKind = UpstreamKind {
     name: "the sink",
     default_path: None,
     default_timeout_ms: 5_000,
-    max_timeout_ms: 60_000,
+    max_timeout_ms: 3_600_000,
 };
 
 /// A compiled sink: where batches go and how they are written.
