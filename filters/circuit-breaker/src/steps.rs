@@ -13,16 +13,15 @@ use crate::fleet::{self, Claim, ClaimVerdict, FleetAdmission, Outcomes, View};
 use crate::outcome::ResponseFacts;
 use crate::policy::{now_ms, CircuitBreaker, Rule};
 use crate::FILTER_NAME;
-use gateway_common::fleet::wire::Answer;
+use gateway_common::fleet::wire::{Answer, Failure};
 use gateway_common::fleet::{FailureMode, FleetMetrics};
 use gateway_common::metrics::{Counter, DefineMetrics, Gauge};
 use gateway_common::store::{SharedStore, StoreError};
-use gateway_common::stream::{
-    send_error, FleetCall, Level, PolicySteps, Stream, Telemetry, Verdict,
-};
+use gateway_common::stream::{send_error, Level, PolicySteps, Stream, Telemetry, Verdict};
+use gateway_common::sync::lock;
 use std::cell::OnceCell;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A rule's counters, `gw.circuit_breaker.<rule>.<name>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,14 +201,9 @@ impl Deployed {
             .unwrap_or_default()
     }
 
-    /// The worker's queues of fleet outcomes. A panic that poisoned them
-    /// (answered as an internal error where it happened) leaves nothing
-    /// half-done the next user cannot take up.
+    /// The worker's queues of fleet outcomes.
     pub fn outcomes(&self) -> MutexGuard<'_, Vec<Outcomes>> {
-        self.outcomes
-            .get_or_init(|| Arc::new(self.new_outcomes()))
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(self.outcomes.get_or_init(|| Arc::new(self.new_outcomes())))
     }
 
     /// Queues a fleet rule's call outcome for the next sync.
@@ -548,6 +542,29 @@ impl BreakerSteps {
         }
     }
 
+    /// A fleet rule's claim the store did not decide: counted and logged,
+    /// then the failure mode decides the call started at `started_ms`.
+    fn fleet_failed(
+        &mut self,
+        stream: &mut dyn Stream,
+        index: usize,
+        rule: &Rule,
+        failure: &Failure,
+        now: u64,
+        started_ms: u64,
+    ) -> Verdict {
+        let mode = self
+            .deployed
+            .breaker
+            .fleet()
+            .map(|fleet| fleet.failure_mode)
+            .unwrap_or_default();
+        self.metrics
+            .fleet
+            .count_failure(stream, FILTER_NAME, failure, mode, now);
+        self.by_failure_mode(stream, index, rule, started_ms, mode)
+    }
+
     /// How the fleet breaker's admitted calls are recorded.
     fn by_fleet(&self) -> Admitted {
         let also_local = self
@@ -591,21 +608,9 @@ impl BreakerSteps {
                             claim: *claim,
                             started_ms: now,
                         }));
-                        match call {
-                            FleetCall::Own => Verdict::Pause,
-                            FleetCall::Batched => Verdict::Continue,
-                        }
+                        call.verdict()
                     }
-                    Err(failure) => {
-                        self.metrics.fleet.count_failure(
-                            stream,
-                            FILTER_NAME,
-                            &failure,
-                            fleet.failure_mode,
-                            now,
-                        );
-                        self.by_failure_mode(stream, index, rule, now, fleet.failure_mode)
-                    }
+                    Err(failure) => self.fleet_failed(stream, index, rule, &failure, now, now),
                 }
             }
         }
@@ -620,7 +625,7 @@ impl BreakerSteps {
     ) -> Verdict {
         let deployed = Rc::clone(&self.deployed);
         let index = pending.rule;
-        let (Some(rule), Some(fleet)) = (
+        let (Some(rule), Some(_)) = (
             deployed.breaker.rules().get(index),
             deployed.breaker.fleet(),
         ) else {
@@ -669,14 +674,7 @@ impl BreakerSteps {
             // An earlier policy's check refused the request; it answers.
             ClaimVerdict::NotRun => Verdict::Pause,
             ClaimVerdict::Failed(failure) => {
-                self.metrics.fleet.count_failure(
-                    stream,
-                    FILTER_NAME,
-                    &failure,
-                    fleet.failure_mode,
-                    now,
-                );
-                self.by_failure_mode(stream, index, rule, pending.started_ms, fleet.failure_mode)
+                self.fleet_failed(stream, index, rule, &failure, now, pending.started_ms)
             }
         }
     }

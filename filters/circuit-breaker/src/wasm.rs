@@ -15,6 +15,7 @@ use gateway_common::host::ProxyWasmHost;
 use gateway_common::metrics::ProxyWasmMetrics;
 use gateway_common::store::ProxyWasmStore;
 use gateway_common::stream::{PolicySteps, Telemetry};
+use gateway_common::sync::lock;
 use std::cell::OnceCell;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -39,7 +40,7 @@ impl Loaded {
         let Some(in_flight) = self.sync.get() else {
             return;
         };
-        let mut in_flight = adapter::lock(in_flight);
+        let mut in_flight = lock(in_flight);
         if in_flight.is_waiting() {
             return;
         }
@@ -91,7 +92,7 @@ impl Loaded {
         let (Some(fleet), Some(in_flight)) = (breaker.fleet(), self.sync.get()) else {
             return false;
         };
-        let answered = adapter::lock(in_flight).answered(token, body_size);
+        let answered = lock(in_flight).answered(token, body_size);
         let Some((plan, _ticket, answer)) = answered else {
             return false;
         };

@@ -13,13 +13,14 @@ use crate::fleet::client::Batch;
 use crate::host;
 use crate::metrics::ProxyWasmMetrics;
 use crate::stream::{Level, PolicySteps, Stream, Telemetry, Verdict};
+use crate::sync::lock;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// The plugin configuration Envoy handed over (empty when there is none).
@@ -63,13 +64,6 @@ pub fn shared_by_roots<T: Send + Sync + 'static>(
     let erased: Arc<dyn Any + Send + Sync> = value.clone();
     shared.push((configuration, name, Arc::downgrade(&erased)));
     value
-}
-
-/// Locks state shared by roots; a panic that poisoned it (answered as an
-/// internal error where it happened) leaves nothing half-done the next
-/// user cannot take up.
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The host's id of the configuration being loaded, where roots share state.

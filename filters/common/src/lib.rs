@@ -18,6 +18,7 @@ pub mod params;
 pub mod section;
 pub mod store;
 pub mod stream;
+pub mod sync;
 pub mod upstream;
 #[cfg(feature = "wasm")]
 pub mod wake;

@@ -72,6 +72,17 @@ pub trait CallAnswer {
     fn body(&self) -> Vec<u8>;
 }
 
+impl FleetCall {
+    /// What the step that sent the operations answers meanwhile: its own
+    /// call holds the request, a batched one lets it go on.
+    pub fn verdict(self) -> Verdict {
+        match self {
+            FleetCall::Own => Verdict::Pause,
+            FleetCall::Batched => Verdict::Continue,
+        }
+    }
+}
+
 /// Log levels, most verbose first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {

@@ -12,8 +12,9 @@ use gateway_common::host::{now_ms, route_name, Host, RequestFacts, RequestLine};
 use gateway_common::identity::{self, Identity};
 use gateway_common::metrics::{Counter, DefineMetrics, Gauge};
 use gateway_common::stream::{PolicySteps, Stream, Telemetry, Verdict};
+use gateway_common::sync::lock;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 /// The counters and gauges, defined once per configuration.
 #[derive(Debug, Clone, Copy)]
@@ -71,13 +72,6 @@ pub struct Worker {
     /// The token of the batch on its way to the sink.
     pub in_flight: Mutex<Option<u32>>,
     pub sink_failing: AtomicBool,
-}
-
-/// Locks a worker's state; a panic that poisoned it (answered as an
-/// internal error where it happened) leaves nothing half-done the next
-/// user cannot take up.
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Worker {

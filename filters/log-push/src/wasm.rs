@@ -5,12 +5,13 @@
 //! answers. Re-exported from the crate root.
 
 use crate::shipper::Finished;
-use crate::steps::{lock, LogPushSteps, Metrics, Worker};
+use crate::steps::{LogPushSteps, Metrics, Worker};
 use crate::*;
 use gateway_common::adapter::{self, LoadedPolicy, ProxyWasmCallAnswer, StreamContext};
 use gateway_common::host::ProxyWasmHost;
 use gateway_common::metrics::ProxyWasmMetrics;
 use gateway_common::stream::{CallAnswer, Level, PolicySteps, Telemetry};
+use gateway_common::sync::lock;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::sync::atomic::Ordering;

@@ -11,7 +11,7 @@ use crate::FILTER_NAME;
 use gateway_common::fleet::wire::Answer;
 use gateway_common::fleet::{FleetMetrics, Store};
 use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
-use gateway_common::stream::{send_error, FleetCall, Level, PolicySteps, Stream, Verdict};
+use gateway_common::stream::{send_error, Level, PolicySteps, Stream, Verdict};
 use std::cell::OnceCell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -155,10 +155,7 @@ impl ThrottlingSteps {
         match stream.send_to_fleet(store, ops) {
             Ok(call) => {
                 self.fleet = Some(plan);
-                match call {
-                    FleetCall::Own => Verdict::Pause,
-                    FleetCall::Batched => Verdict::Continue,
-                }
+                call.verdict()
             }
             Err(failure) => {
                 let decision = self.conclude(stream, &plan, Err(failure));

@@ -13,8 +13,9 @@
 
 use super::wire::{parse_reply, Arguments, Failure, Op, OpResult};
 use super::Store;
+use crate::adapter::ProxyWasmCallAnswer;
+use crate::stream::CallAnswer;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType};
 use std::sync::Arc;
 
 /// An answer larger than this is refused unread (a script answer is a few
@@ -91,21 +92,16 @@ impl Call {
 /// with 200 only), to tell a timeout or an HTTP error from a bad body: one
 /// host call fewer per request.
 fn read_answer(body_size: usize, expected: usize) -> Answer {
+    let answer = ProxyWasmCallAnswer { body_size };
     let from_body = if body_size > MAX_ANSWER_BYTES {
         Err(Failure::BadReply(format!("{body_size} bytes")))
     } else {
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        parse_reply(Some(200), &body, expected)
+        parse_reply(Some(200), &answer.body(), expected)
     };
     let Err(body_failure) = from_body else {
         return from_body;
     };
-    let status = crate::host::header_value(MapType::HttpCallResponseHeaders, ":status")
-        .and_then(|status| status.trim().parse::<u32>().ok());
-    match status {
+    match answer.status() {
         Some(200) => Err(body_failure),
         None => Err(Failure::NoAnswer),
         Some(other) => Err(Failure::Status(other)),
@@ -181,11 +177,6 @@ impl<T> Waiting<T> {
     /// Checks were sent and are not answered yet.
     pub fn is_waiting(&self) -> bool {
         self.0.is_some()
-    }
-
-    /// The request is held for the policy's own call.
-    pub fn holds_request(&self) -> bool {
-        self.0.as_ref().is_some_and(|(_, t)| t.holds_request())
     }
 
     /// What waited, its ticket and the answer, when `token` brings it.
