@@ -19,8 +19,10 @@ setup:
 ## module as a native Envoy dynamic module (native profile), with their sizes
 build: setup
 	$(CARGO) build --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS))
-	$(CARGO) build --profile native -p gateway --features native
+	$(CARGO) build --profile native -p gateway --no-default-features --features native
 	$(CARGO) build --profile native -p native-host --example panic_probe
+	@if nm -D --defined-only $(NATIVE_MODULE) | grep -q ' proxy_'; then \
+	  echo "build: the native module defines proxy-wasm functions" >&2; exit 1; fi
 	@printf '%-40s %10s\n' "module" "bytes"
 	@for f in $(subst -,_,$(FILTERS)); do printf '%-40s %10s\n' "$(WASM_DIR)/$$f.wasm" "$$(wc -c < $(WASM_DIR)/$$f.wasm)"; done
 	@printf '%-40s %10s\n' "$(NATIVE_MODULE)" "$$(wc -c < $(NATIVE_MODULE))"
@@ -70,7 +72,11 @@ lint:
 	CARGO_TARGET_DIR=target/fuzz/clippy $(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -p empty-filter -p host-call-probe -- -D warnings
-	$(CARGO) clippy -p gateway --features native -- -D warnings
+	$(CARGO) clippy -p gateway --no-default-features --features native --all-targets -- -D warnings
+	# The native module runs the policies over Envoy's dynamic-module ABI
+	# directly: no proxy-wasm linked into it.
+	@if $(CARGO) tree -e normal -p gateway --no-default-features --features native | grep -q proxy-wasm; then \
+	  echo "lint: the native module depends on proxy-wasm" >&2; exit 1; fi
 	# The policy layer alone, as a host other than proxy-wasm links it: no
 	# proxy-wasm in it (a native module must not import the Wasm ABI).
 	$(CARGO) clippy -p gateway-common $(addprefix -p ,$(POLICY_CRATES)) -p gateway --no-default-features --all-targets -- -D warnings

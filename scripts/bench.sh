@@ -62,7 +62,7 @@ for f in "${FILTERS[@]}"; do packages+=(-p "$f"); done
 say "building the modules and the bench tools"
 "$CARGO" build --release --target wasm32-wasip1 "${packages[@]}"
 # The native module and its do-nothing baseline (Envoy dynamic modules).
-"$CARGO" build --profile native -p gateway --features native
+"$CARGO" build --profile native -p gateway --no-default-features --features native
 "$CARGO" build --profile native -p empty-filter --features native
 tools=(-p gatewayctl -p policy-bench -p integration-tests --bins)
 

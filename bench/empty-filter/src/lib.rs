@@ -6,8 +6,8 @@
 //! same SDK, the same release profile and the same stream callbacks as the
 //! filters, so the difference is the policy work alone.
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
 
 /// One per request. Every callback keeps the SDK's default: continue.
 #[derive(Debug, Default, Clone, Copy)]
@@ -20,31 +20,56 @@ impl HttpContext for EmptyHttp {}
 /// What the filter does with a request or response: nothing.
 pub const ACTION: Action = Action::Continue;
 
-/// The native module's root: the native host makes HTTP contexts through a
-/// root (the `.wasm` module names its HTTP context directly).
-#[derive(Debug, Default)]
-pub struct EmptyRoot;
-
-impl Context for EmptyRoot {}
-
-impl RootContext for EmptyRoot {
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(EmptyHttp))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
+/// The native module's baseline: a module whose every stream callback
+/// continues.
 #[cfg(feature = "native")]
-native_host::module!(|_| Box::new(EmptyRoot), |_| {
-    native_host::InternalErrorReply {
-        status: 500,
-        headers: Vec::new(),
-        body: Vec::new(),
+mod native {
+    use gateway_common::hosting::{RequestHost, RootHost};
+    use native_host::{InternalErrorReply, Module, ModuleRequest, ModuleRoot};
+
+    pub struct Empty;
+
+    impl Module for Empty {
+        fn load(&self, _: &[u8], _: &mut dyn RootHost) -> Option<Box<dyn ModuleRoot>> {
+            Some(Box::new(Empty))
+        }
+
+        fn internal_error(&self, _: Option<&str>) -> InternalErrorReply {
+            InternalErrorReply {
+                status: 500,
+                headers: Vec::new(),
+                body: Vec::new(),
+            }
+        }
     }
-});
+
+    impl ModuleRoot for Empty {
+        fn request(&self) -> Option<Box<dyn ModuleRequest>> {
+            Some(Box::new(Empty))
+        }
+    }
+
+    impl ModuleRequest for Empty {
+        fn on_request_headers(&mut self, _: &mut dyn RequestHost, _: bool) -> bool {
+            true
+        }
+
+        fn on_request_body(&mut self, _: &mut dyn RequestHost, _: usize, _: bool) -> bool {
+            true
+        }
+
+        fn on_request_trailers(&mut self, _: &mut dyn RequestHost) -> bool {
+            true
+        }
+
+        fn on_response_headers(&mut self, _: &mut dyn RequestHost, _: bool) -> bool {
+            true
+        }
+    }
+
+    static EMPTY: Empty = Empty;
+    native_host::module!(EMPTY);
+}
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
@@ -66,10 +91,5 @@ mod tests {
         assert_eq!(http.on_http_response_headers(2, false), ACTION);
         assert_eq!(http.on_http_response_body(10, true), ACTION);
         assert_eq!(http.on_http_response_trailers(0), ACTION);
-    }
-
-    #[test]
-    fn the_native_root_makes_http_contexts() {
-        assert_eq!(EmptyRoot.get_type(), Some(ContextType::HttpContext));
     }
 }

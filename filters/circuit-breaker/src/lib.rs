@@ -6,8 +6,8 @@
 //! The state machine and its shared record are in [`breaker`], the
 //! configuration in [`config`], who answered a call in [`outcome`], the
 //! degraded answer in [`degraded`], the per-request decisions in [`policy`],
-//! its part in a request against the stream seam in [`steps`]; the
-//! proxy-wasm adapter (the `wasm` feature) is in `wasm.rs`.
+//! its part in a request against the stream seam in [`steps`]; how a host
+//! loads it in `filter.rs`.
 
 pub mod breaker;
 pub mod config;
@@ -27,7 +27,5 @@ pub fn compile_config(bytes: &[u8]) -> Result<CircuitBreaker, ConfigError> {
     config::compile(&parse_json::<config::CircuitBreakerConfig>(bytes)?)
 }
 
-#[cfg(feature = "wasm")]
-mod wasm;
-#[cfg(feature = "wasm")]
-pub use wasm::*;
+mod filter;
+pub use filter::*;

@@ -171,26 +171,24 @@ impl Deployed {
         let _ = self.outcomes.set(outcomes);
     }
 
-    /// Defines each rule's metrics and shows its state.
-    pub fn define_rule_metrics(
-        &self,
-        host: &mut dyn DefineMetrics,
-        telemetry: &mut dyn Telemetry,
-        store: &dyn SharedStore,
-    ) {
+    /// Defines each rule's metrics.
+    pub fn define_rule_metrics(&self, host: &mut dyn DefineMetrics) {
         let metrics = self
             .breaker
             .rules()
             .iter()
-            .map(|rule| {
-                let metrics = RuleMetrics::define(host, rule.name());
-                if let Ok(state) = rule.state(store) {
-                    telemetry.set_gauge(metrics.state, state.gauge_value());
-                }
-                metrics
-            })
+            .map(|rule| RuleMetrics::define(host, rule.name()))
             .collect();
         let _ = self.rule_metrics.set(metrics);
+    }
+
+    /// Shows each rule's state in its gauge.
+    pub fn show_rule_states(&self, telemetry: &mut dyn Telemetry, store: &dyn SharedStore) {
+        for (index, rule) in self.breaker.rules().iter().enumerate() {
+            if let Ok(state) = rule.state(store) {
+                telemetry.set_gauge(self.metrics(index).state, state.gauge_value());
+            }
+        }
     }
 
     pub fn metrics(&self, rule: usize) -> RuleMetrics {
@@ -745,8 +743,8 @@ mod tests {
             let deployed = deployed(json);
             let shared = MemoryStore::new();
             deployed.breaker.initialize(&shared, T0).unwrap();
-            let mut names = FakeStream::default();
-            deployed.define_rule_metrics(&mut FakeStream::default(), &mut names, &shared);
+            deployed.define_rule_metrics(&mut FakeStream::default());
+            deployed.show_rule_states(&mut FakeStream::default(), &shared);
             Self { deployed, shared }
         }
 
@@ -763,11 +761,7 @@ mod tests {
             // Rule metrics are defined once per configuration: define them
             // again on this stream, so it counts them by name.
             let deployed = Rc::new(Deployed::new(self.deployed.breaker.clone()));
-            deployed.define_rule_metrics(
-                &mut stream,
-                &mut FakeStream::default(),
-                &MemoryStore::new(),
-            );
+            deployed.define_rule_metrics(&mut stream);
             deployed.keep_outcomes_in(Arc::clone(self.outcomes()));
             (stream, BreakerSteps::new(deployed, metrics))
         }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod fleet;
 pub mod header_map;
 pub mod host;
+pub mod hosting;
 pub mod identity;
 pub mod ipset;
 pub mod matching;

@@ -70,7 +70,8 @@ pub fn ensure_initialized<S: SharedStore + ?Sized>(
     }
 }
 
-/// In-memory store with Envoy's shared-data semantics, for native tests.
+/// In-memory store with Envoy's shared-data semantics: the native module's
+/// shared data (one for the process), and native tests'.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     data: Mutex<MemoryData>,
@@ -113,7 +114,17 @@ impl SharedStore for MemoryStore {
         }
         data.next_cas = data.next_cas.wrapping_add(1).max(1);
         let next = data.next_cas;
-        data.entries.insert(key.to_string(), (value.to_vec(), next));
+        match data.entries.get_mut(key) {
+            // The entry's buffer is reused: no allocation per update.
+            Some(entry) => {
+                entry.0.clear();
+                entry.0.extend_from_slice(value);
+                entry.1 = next;
+            }
+            None => {
+                data.entries.insert(key.to_string(), (value.to_vec(), next));
+            }
+        }
         Ok(())
     }
 }

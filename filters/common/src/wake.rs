@@ -9,8 +9,6 @@
 //! in `on_http_call_response`, with the host acting on it
 //! (`set_effective_context`).
 //!
-//! - Natively the wakes run at once: the native host makes the woken
-//!   stream current, and a call it makes then is its own.
 //! - Under Envoy's Wasm host they run in a callback of the worker's root
 //!   (the asking context enqueues to the root's wake queue). Envoy makes
 //!   every HTTP call from the root and the SDK answers it to the context

@@ -285,7 +285,7 @@ pub fn header_value(map: MapType, name: &str) -> Option<String> {
 mod raw {
     use proxy_wasm::types::MapType;
 
-    #[cfg(any(target_arch = "wasm32", feature = "native"))]
+    #[cfg(target_arch = "wasm32")]
     #[link(wasm_import_module = "env")]
     extern "C" {
         fn proxy_get_header_map_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
@@ -300,7 +300,7 @@ mod raw {
 
     /// Takes ownership of a buffer the host allocated through this module's
     /// `proxy_on_memory_allocate` (a boxed slice of `size` bytes).
-    #[cfg(any(target_arch = "wasm32", feature = "native"))]
+    #[cfg(target_arch = "wasm32")]
     fn adopt(status: u32, data: *mut u8, size: usize) -> Option<Vec<u8>> {
         if status != 0 {
             return None;
@@ -313,7 +313,7 @@ mod raw {
     }
 
     /// The serialized map; empty when the host refuses (no such map now).
-    #[cfg(any(target_arch = "wasm32", feature = "native"))]
+    #[cfg(target_arch = "wasm32")]
     pub fn header_map_pairs(map: MapType) -> Vec<u8> {
         let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
         // SAFETY: out-pointers to locals; the host writes a buffer it allocated.
@@ -321,7 +321,7 @@ mod raw {
         adopt(status, data, size).unwrap_or_default()
     }
 
-    #[cfg(any(target_arch = "wasm32", feature = "native"))]
+    #[cfg(target_arch = "wasm32")]
     pub fn header_map_value(map: MapType, name: &str) -> Option<Vec<u8>> {
         let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
         // SAFETY: as above; `name` outlives the call.
@@ -331,12 +331,12 @@ mod raw {
         adopt(status, data, size)
     }
 
-    #[cfg(not(any(target_arch = "wasm32", feature = "native")))]
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn header_map_pairs(_map: MapType) -> Vec<u8> {
         Vec::new()
     }
 
-    #[cfg(not(any(target_arch = "wasm32", feature = "native")))]
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn header_map_value(_map: MapType, _name: &str) -> Option<Vec<u8>> {
         None
     }

@@ -4,7 +4,7 @@
 //! bounded table in Envoy shared data, and makes one call per worker for a
 //! burst of requests with the same identity. The policy is in [`policy`],
 //! [`cache`] and [`flights`], its part in a request against the stream seam
-//! in [`steps`]; the proxy-wasm adapter (the `wasm` feature) in `wasm.rs`.
+//! in [`steps`]; how a host loads it in `filter.rs`.
 
 pub mod cache;
 pub mod config;
@@ -23,10 +23,8 @@ pub fn compile_config(bytes: &[u8]) -> Result<ExtAuth, ConfigError> {
     ExtAuth::compile(&parse_json::<ExtAuthConfig>(bytes)?, bytes)
 }
 
-#[cfg(feature = "wasm")]
-mod wasm;
-#[cfg(feature = "wasm")]
-pub use wasm::*;
+mod filter;
+pub use filter::*;
 
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,7 @@
 //! nonce is used up), and its reply waits for the answer, so that an
 //! earlier policy's verdict (a replay) comes first.
 
+pub mod module;
 pub mod pipeline;
 
 /// The module's configuration document, a section per policy.
@@ -30,21 +31,6 @@ mod wasm;
 pub use wasm::*;
 
 #[cfg(feature = "native")]
-native_host::module!(|_| Box::new(GatewayRoot::default()), internal_error);
-
-/// The shared error shape, for a request whose policy code panicked in the
-/// native module.
+mod native;
 #[cfg(feature = "native")]
-fn internal_error(request_id: Option<&str>) -> native_host::InternalErrorReply {
-    let rendered =
-        gateway_common::error::render(&gateway_common::error::codes::INTERNAL, request_id);
-    native_host::InternalErrorReply {
-        status: rendered.status,
-        headers: rendered
-            .headers
-            .into_iter()
-            .map(|(name, value)| (name.to_string(), value))
-            .collect(),
-        body: rendered.body,
-    }
-}
+pub use native::GatewayModule;

@@ -60,22 +60,16 @@ pub enum Flow {
     Pause,
 }
 
-/// One policy's context for one request.
-pub trait Member {
-    fn request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict;
-    fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> BodyVerdict;
-    fn request_trailers(&mut self, num_trailers: usize) -> Verdict;
-    fn response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Verdict;
-    fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Verdict;
-    fn response_trailers(&mut self, num_trailers: usize) -> Verdict;
-    fn call_response(
-        &mut self,
-        token: u32,
-        headers: usize,
-        body_size: usize,
-        trailers: usize,
-    ) -> CallVerdict;
-    fn log(&mut self);
+/// One policy's context for one request; each callback is handed the
+/// host of the callback that runs.
+pub trait Member<H: ?Sized> {
+    fn request_headers(&mut self, host: &mut H, end_of_stream: bool) -> Verdict;
+    fn request_body(&mut self, host: &mut H, body_size: usize, end_of_stream: bool) -> BodyVerdict;
+    fn request_trailers(&mut self, host: &mut H) -> Verdict;
+    fn response_headers(&mut self, host: &mut H, end_of_stream: bool) -> Verdict;
+    fn response_body(&mut self, host: &mut H, body_size: usize, end_of_stream: bool) -> Verdict;
+    fn response_trailers(&mut self, host: &mut H) -> Verdict;
+    fn log(&mut self, host: &mut H);
 }
 
 /// The policies' contexts for one request, in order, and how far the
@@ -88,7 +82,6 @@ pub struct Pipeline<M> {
     /// member holding the body sees it again as it grows; the members before
     /// it already let it pass.
     body_from: usize,
-    num_headers: usize,
     /// A member answered the request: the request phase is over.
     answered: bool,
     /// No member from this index on starts while the condition holds.
@@ -100,30 +93,29 @@ pub struct Pipeline<M> {
     /// The body held at the barrier (size, end of stream), for the members
     /// after it.
     body_seen: Option<(usize, bool)>,
-    /// Trailers that came while the request waited at the barrier.
-    trailers_seen: Option<usize>,
+    /// Trailers came while the request waited at the barrier.
+    trailers_seen: bool,
     /// The last body callback the member holding the request held, for
     /// the members after it once it lets go outside a callback.
     held_body: Option<(usize, bool)>,
-    /// Trailers the member holding the request held.
-    held_trailers: Option<usize>,
+    /// The member holding the request held the trailers.
+    held_trailers: bool,
 }
 
-impl<M: Member> Pipeline<M> {
+impl<M> Pipeline<M> {
     pub fn new(members: Vec<M>) -> Self {
         Self {
             members,
             started: 0,
             body_from: 0,
-            num_headers: 0,
             answered: false,
             barrier: None,
             at_barrier: false,
             headers_end_stream: false,
             body_seen: None,
-            trailers_seen: None,
+            trailers_seen: false,
             held_body: None,
-            held_trailers: None,
+            held_trailers: false,
         }
     }
 
@@ -141,34 +133,46 @@ impl<M: Member> Pipeline<M> {
     /// Lets a request waiting at the barrier through (its condition no
     /// longer holds): the members after it get the headers, then the body
     /// seen so far. `Continue` when the request may go on to the upstream.
-    pub fn release(&mut self) -> Flow {
+    pub fn release<H: ?Sized>(&mut self, host: &mut H) -> Flow
+    where
+        M: Member<H>,
+    {
         if !self.at_barrier || self.answered {
             return Flow::Pause;
         }
         self.at_barrier = false;
-        let (body, trailers) = (self.body_seen.take(), self.trailers_seen.take());
-        self.start_after_hold(body, trailers)
+        let body = self.body_seen.take();
+        let trailers = std::mem::take(&mut self.trailers_seen);
+        self.start_after_hold(host, body, trailers)
     }
 
     /// The members from `started` on get the request after a hold: the
     /// headers, or at once the body held so far (the members before let it
     /// pass), then the trailers held (Envoy does not repeat them).
     /// `Continue` when the request may go on to the upstream.
-    fn start_after_hold(&mut self, body: Option<(usize, bool)>, trailers: Option<usize>) -> Flow {
+    fn start_after_hold<H: ?Sized>(
+        &mut self,
+        host: &mut H,
+        body: Option<(usize, bool)>,
+        trailers: bool,
+    ) -> Flow
+    where
+        M: Member<H>,
+    {
         let first = self.started;
         let mut flow = match body {
             Some((size, end_of_stream)) => {
                 self.body_from = first;
-                self.on_request_body(size, end_of_stream)
+                self.on_request_body(host, size, end_of_stream)
             }
-            None => self.start_members(self.headers_end_stream),
+            None => self.start_members(host, self.headers_end_stream),
         };
-        if let Some(num_trailers) = trailers {
+        if trailers {
             if self.answered {
                 return Flow::Pause;
             }
             for member in &mut self.members[first..self.started] {
-                match member.request_trailers(num_trailers) {
+                match member.request_trailers(host) {
                     Verdict::Continue => {}
                     Verdict::Pause => return Flow::Pause,
                     Verdict::Answered => {
@@ -190,12 +194,19 @@ impl<M: Member> Pipeline<M> {
     /// member holding the request lets go, the members after it get the
     /// request headers, then the body and trailers it held; `Continue`
     /// when the request may then go on to the upstream.
-    pub fn on_call_response(&mut self, mut show: impl FnMut(&mut M) -> CallVerdict) -> Flow {
+    pub fn on_call_response<H: ?Sized>(
+        &mut self,
+        host: &mut H,
+        mut show: impl FnMut(&mut M, &mut H) -> CallVerdict,
+    ) -> Flow
+    where
+        M: Member<H>,
+    {
         let holder = self.body_from;
         let mut answered = false;
         let mut resumed = false;
         for (index, member) in self.members.iter_mut().enumerate() {
-            match show(member) {
+            match show(member, host) {
                 CallVerdict::Nothing => {}
                 CallVerdict::Answered => answered = true,
                 CallVerdict::Resumed => resumed |= index == holder,
@@ -207,8 +218,9 @@ impl<M: Member> Pipeline<M> {
         if self.answered || !resumed || self.at_barrier || holder + 1 != self.started {
             return Flow::Pause;
         }
-        let (body, trailers) = (self.held_body.take(), self.held_trailers.take());
-        self.start_after_hold(body, trailers)
+        let body = self.held_body.take();
+        let trailers = std::mem::take(&mut self.held_trailers);
+        self.start_after_hold(host, body, trailers)
     }
 
     /// Whether the request must wait at the barrier now (and notes it).
@@ -237,15 +249,20 @@ impl<M: Member> Pipeline<M> {
         self.answered
     }
 
-    pub fn on_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Flow {
-        self.num_headers = num_headers;
+    pub fn on_request_headers<H: ?Sized>(&mut self, host: &mut H, end_of_stream: bool) -> Flow
+    where
+        M: Member<H>,
+    {
         self.headers_end_stream = end_of_stream;
-        self.start_members(end_of_stream)
+        self.start_members(host, end_of_stream)
     }
 
     /// Gives the request headers to the members that have not seen them
     /// yet, until one holds the request or answers it.
-    fn start_members(&mut self, end_of_stream: bool) -> Flow {
+    fn start_members<H: ?Sized>(&mut self, host: &mut H, end_of_stream: bool) -> Flow
+    where
+        M: Member<H>,
+    {
         loop {
             if self.stops_at_barrier() {
                 return Flow::Pause;
@@ -255,7 +272,7 @@ impl<M: Member> Pipeline<M> {
             };
             let index = self.started;
             self.started += 1;
-            match member.request_headers(self.num_headers, end_of_stream) {
+            match member.request_headers(host, end_of_stream) {
                 Verdict::Continue => {}
                 Verdict::Pause => {
                     self.body_from = index;
@@ -269,7 +286,15 @@ impl<M: Member> Pipeline<M> {
         }
     }
 
-    pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
+    pub fn on_request_body<H: ?Sized>(
+        &mut self,
+        host: &mut H,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow
+    where
+        M: Member<H>,
+    {
         if self.answered {
             return Flow::Pause;
         }
@@ -277,7 +302,7 @@ impl<M: Member> Pipeline<M> {
         self.held_body = None;
         loop {
             while let Some(member) = self.members[..self.started].get_mut(self.body_from) {
-                let verdict = member.request_body(body_size, end_of_stream);
+                let verdict = member.request_body(host, body_size, end_of_stream);
                 if let Some(size) = verdict.resized_to {
                     body_size = size;
                 }
@@ -310,7 +335,7 @@ impl<M: Member> Pipeline<M> {
             // it see the headers now, then the body held so far (those
             // started up to a barrier too).
             let first_new = self.started;
-            self.start_members(false);
+            self.start_members(host, false);
             if self.answered {
                 return Flow::Pause;
             }
@@ -318,15 +343,18 @@ impl<M: Member> Pipeline<M> {
         }
     }
 
-    pub fn on_request_trailers(&mut self, num_trailers: usize) -> Flow {
+    pub fn on_request_trailers<H: ?Sized>(&mut self, host: &mut H) -> Flow
+    where
+        M: Member<H>,
+    {
         if self.answered {
             return Flow::Pause;
         }
         for member in &mut self.members[..self.started] {
-            match member.request_trailers(num_trailers) {
+            match member.request_trailers(host) {
                 Verdict::Continue => {}
                 Verdict::Pause => {
-                    self.held_trailers = Some(num_trailers);
+                    self.held_trailers = true;
                     return Flow::Pause;
                 }
                 Verdict::Answered => {
@@ -336,7 +364,7 @@ impl<M: Member> Pipeline<M> {
             }
         }
         if self.at_barrier || self.stops_at_barrier() {
-            self.trailers_seen = Some(num_trailers);
+            self.trailers_seen = true;
             return Flow::Pause;
         }
         if self.started < self.members.len() {
@@ -346,16 +374,30 @@ impl<M: Member> Pipeline<M> {
         }
     }
 
-    pub fn on_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Flow {
-        self.every_member_last_first(|member| member.response_headers(num_headers, end_of_stream))
+    pub fn on_response_headers<H: ?Sized>(&mut self, host: &mut H, end_of_stream: bool) -> Flow
+    where
+        M: Member<H>,
+    {
+        self.every_member_last_first(|member| member.response_headers(host, end_of_stream))
     }
 
-    pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
-        self.every_member_last_first(|member| member.response_body(body_size, end_of_stream))
+    pub fn on_response_body<H: ?Sized>(
+        &mut self,
+        host: &mut H,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow
+    where
+        M: Member<H>,
+    {
+        self.every_member_last_first(|member| member.response_body(host, body_size, end_of_stream))
     }
 
-    pub fn on_response_trailers(&mut self, num_trailers: usize) -> Flow {
-        self.every_member_last_first(|member| member.response_trailers(num_trailers))
+    pub fn on_response_trailers<H: ?Sized>(&mut self, host: &mut H) -> Flow
+    where
+        M: Member<H>,
+    {
+        self.every_member_last_first(|member| member.response_trailers(host))
     }
 
     /// No policy holds a response: each one is given the callback, and the
@@ -370,9 +412,12 @@ impl<M: Member> Pipeline<M> {
         flow
     }
 
-    pub fn on_log(&mut self) {
+    pub fn on_log<H: ?Sized>(&mut self, host: &mut H)
+    where
+        M: Member<H>,
+    {
         for member in &mut self.members {
-            member.log();
+            member.log(host);
         }
     }
 }
@@ -405,36 +450,44 @@ mod tests {
         }
     }
 
-    impl Member for Fake {
-        fn request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Verdict {
-            self.note(format!("headers eos={end_of_stream}"));
-            self.headers.pop_front().unwrap_or(Verdict::Continue)
-        }
-        fn request_body(&mut self, body_size: usize, end_of_stream: bool) -> BodyVerdict {
-            self.note(format!("body {body_size} eos={end_of_stream}"));
-            self.body.pop_front().unwrap_or(Verdict::Continue.into())
-        }
-        fn request_trailers(&mut self, _num_trailers: usize) -> Verdict {
-            self.note("trailers".into());
-            self.trailers.pop_front().unwrap_or(Verdict::Continue)
-        }
-        fn call_response(&mut self, token: u32, _: usize, _: usize, _: usize) -> CallVerdict {
+    impl Fake {
+        fn call_response(&mut self, token: u32) -> CallVerdict {
             self.note(format!("call {token}"));
             self.calls.pop_front().unwrap_or(CallVerdict::Nothing)
         }
-        fn response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Verdict {
+    }
+
+    impl Member<()> for Fake {
+        fn request_headers(&mut self, _: &mut (), end_of_stream: bool) -> Verdict {
+            self.note(format!("headers eos={end_of_stream}"));
+            self.headers.pop_front().unwrap_or(Verdict::Continue)
+        }
+        fn request_body(
+            &mut self,
+            _: &mut (),
+            body_size: usize,
+            end_of_stream: bool,
+        ) -> BodyVerdict {
+            self.note(format!("body {body_size} eos={end_of_stream}"));
+            self.body.pop_front().unwrap_or(Verdict::Continue.into())
+        }
+        fn request_trailers(&mut self, _: &mut ()) -> Verdict {
+            self.note("trailers".into());
+            self.trailers.pop_front().unwrap_or(Verdict::Continue)
+        }
+        fn response_headers(&mut self, _: &mut (), _end_of_stream: bool) -> Verdict {
             self.note("response headers".into());
             Verdict::Continue
         }
-        fn response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Verdict {
+        fn response_body(&mut self, _: &mut (), body_size: usize, _end_of_stream: bool) -> Verdict {
             self.note(format!("response body {body_size}"));
             Verdict::Continue
         }
-        fn response_trailers(&mut self, _num_trailers: usize) -> Verdict {
+        fn response_trailers(&mut self, _: &mut ()) -> Verdict {
             self.note("response trailers".into());
             Verdict::Continue
         }
-        fn log(&mut self) {
+        fn log(&mut self, _: &mut ()) {
             self.note("log".into());
         }
     }
@@ -500,7 +553,7 @@ mod tests {
     #[test]
     fn request_headers_reach_every_policy_in_order() {
         let (mut pipeline, journal) = policies(&["a", "b", "c"]).start();
-        assert_eq!(pipeline.on_request_headers(5, true), Flow::Continue);
+        assert_eq!(pipeline.on_request_headers(&mut (), true), Flow::Continue);
         assert_eq!(
             taken(&journal),
             [
@@ -516,15 +569,15 @@ mod tests {
         let (mut pipeline, journal) = policies(&["auth", "acl", "log"])
             .headers(1, &[ANSWER])
             .start();
-        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
-        assert_eq!(pipeline.on_request_body(10, true), Flow::Pause);
-        assert_eq!(pipeline.on_request_trailers(1), Flow::Pause);
+        assert_eq!(pipeline.on_request_headers(&mut (), false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(&mut (), 10, true), Flow::Pause);
+        assert_eq!(pipeline.on_request_trailers(&mut ()), Flow::Pause);
         assert_eq!(
             taken(&journal),
             ["auth headers eos=false", "acl headers eos=false"]
         );
-        assert_eq!(pipeline.on_response_headers(3, false), Flow::Continue);
-        pipeline.on_log();
+        assert_eq!(pipeline.on_response_headers(&mut (), false), Flow::Continue);
+        pipeline.on_log(&mut ());
         assert_eq!(
             taken(&journal),
             [
@@ -545,17 +598,17 @@ mod tests {
             .headers(0, &[HOLD])
             .body(0, &[pause, pause])
             .start();
-        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_headers(&mut (), false), Flow::Pause);
         assert_eq!(taken(&journal), ["auth headers eos=false"]);
         // The body grows while auth holds it; nobody else sees it yet.
-        assert_eq!(pipeline.on_request_body(4, false), Flow::Pause);
-        assert_eq!(pipeline.on_request_body(9, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(&mut (), 4, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(&mut (), 9, false), Flow::Pause);
         assert_eq!(
             taken(&journal),
             ["auth body 4 eos=false", "auth body 9 eos=false"]
         );
         // Auth lets it go: the others see the headers, then the whole body.
-        assert_eq!(pipeline.on_request_body(12, true), Flow::Continue);
+        assert_eq!(pipeline.on_request_body(&mut (), 12, true), Flow::Continue);
         assert_eq!(
             taken(&journal),
             [
@@ -574,8 +627,8 @@ mod tests {
             .headers(0, &[HOLD])
             .headers(2, &[HOLD])
             .start();
-        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
-        assert_eq!(pipeline.on_request_body(7, true), Flow::Continue);
+        assert_eq!(pipeline.on_request_headers(&mut (), false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(&mut (), 7, true), Flow::Continue);
         assert_eq!(
             taken(&journal),
             [
@@ -598,10 +651,10 @@ mod tests {
             .headers(1, &[HOLD])
             .body(1, &[HOLD.into()])
             .start();
-        pipeline.on_request_headers(5, false);
+        pipeline.on_request_headers(&mut (), false);
         // Auth let the first chunk go before the end of the body.
-        assert_eq!(pipeline.on_request_body(3, false), Flow::Pause);
-        assert_eq!(pipeline.on_request_body(8, true), Flow::Continue);
+        assert_eq!(pipeline.on_request_body(&mut (), 3, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(&mut (), 8, true), Flow::Continue);
         assert_eq!(
             taken(&journal),
             [
@@ -626,8 +679,8 @@ mod tests {
             .headers(0, &[HOLD])
             .body(0, &[resized])
             .start();
-        pipeline.on_request_headers(5, false);
-        assert_eq!(pipeline.on_request_body(12, true), Flow::Continue);
+        pipeline.on_request_headers(&mut (), false);
+        assert_eq!(pipeline.on_request_body(&mut (), 12, true), Flow::Continue);
         assert_eq!(
             taken(&journal),
             [
@@ -645,23 +698,23 @@ mod tests {
             .headers(0, &[HOLD])
             .body(0, &[ANSWER.into()])
             .start();
-        pipeline.on_request_headers(5, false);
-        assert_eq!(pipeline.on_request_body(12, true), Flow::Pause);
-        assert_eq!(pipeline.on_request_body(12, true), Flow::Pause);
+        pipeline.on_request_headers(&mut (), false);
+        assert_eq!(pipeline.on_request_body(&mut (), 12, true), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(&mut (), 12, true), Flow::Pause);
         assert_eq!(
             taken(&journal),
             ["auth headers eos=false", "auth body 12 eos=true"]
         );
-        pipeline.on_log();
+        pipeline.on_log(&mut ());
         assert_eq!(taken(&journal), ["auth log", "acl log"]);
     }
 
     #[test]
     fn a_streamed_body_reaches_every_policy_once_per_chunk() {
         let (mut pipeline, journal) = policies(&["a", "b"]).start();
-        pipeline.on_request_headers(5, false);
-        assert_eq!(pipeline.on_request_body(4, false), Flow::Continue);
-        assert_eq!(pipeline.on_request_body(6, true), Flow::Continue);
+        pipeline.on_request_headers(&mut (), false);
+        assert_eq!(pipeline.on_request_body(&mut (), 4, false), Flow::Continue);
+        assert_eq!(pipeline.on_request_body(&mut (), 6, true), Flow::Continue);
         assert_eq!(
             taken(&journal),
             [
@@ -678,9 +731,9 @@ mod tests {
     #[test]
     fn a_policy_holding_a_streamed_body_is_shown_it_again_as_it_grows() {
         let (mut pipeline, journal) = policies(&["a", "b", "c"]).body(1, &[HOLD.into()]).start();
-        pipeline.on_request_headers(5, false);
-        assert_eq!(pipeline.on_request_body(4, false), Flow::Pause);
-        assert_eq!(pipeline.on_request_body(9, true), Flow::Continue);
+        pipeline.on_request_headers(&mut (), false);
+        assert_eq!(pipeline.on_request_body(&mut (), 4, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(&mut (), 9, true), Flow::Continue);
         assert_eq!(
             &taken(&journal)[3..],
             [
@@ -698,9 +751,9 @@ mod tests {
             .headers(0, &[HOLD])
             .body(0, &[HOLD.into()])
             .start();
-        pipeline.on_request_headers(5, false);
-        pipeline.on_request_body(3, false);
-        assert_eq!(pipeline.on_request_trailers(1), Flow::Pause);
+        pipeline.on_request_headers(&mut (), false);
+        pipeline.on_request_body(&mut (), 3, false);
+        assert_eq!(pipeline.on_request_trailers(&mut ()), Flow::Pause);
         assert_eq!(
             taken(&journal),
             [
@@ -727,28 +780,28 @@ mod tests {
     fn no_member_after_the_barrier_starts_until_it_is_released() {
         let (mut pipeline, journal) =
             policies(&["auth", "quota", "breaker", "log"]).start_with_barrier(2);
-        assert_eq!(pipeline.on_request_headers(5, true), Flow::Pause);
+        assert_eq!(pipeline.on_request_headers(&mut (), true), Flow::Pause);
         assert!(pipeline.at_barrier());
         assert_eq!(
             taken(&journal),
             ["auth headers eos=true", "quota headers eos=true"]
         );
         set_store_pending(false);
-        assert_eq!(pipeline.release(), Flow::Continue);
+        assert_eq!(pipeline.release(&mut ()), Flow::Continue);
         assert_eq!(
             taken(&journal),
             ["breaker headers eos=true", "log headers eos=true"]
         );
-        assert_eq!(pipeline.release(), Flow::Pause, "released once");
+        assert_eq!(pipeline.release(&mut ()), Flow::Pause, "released once");
     }
 
     #[test]
     fn a_body_arriving_at_the_barrier_is_held_and_shown_to_the_later_members_on_release() {
         let (mut pipeline, journal) =
             policies(&["auth", "quota", "validate"]).start_with_barrier(2);
-        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
-        assert_eq!(pipeline.on_request_body(4, false), Flow::Pause);
-        assert_eq!(pipeline.on_request_body(9, true), Flow::Pause);
+        assert_eq!(pipeline.on_request_headers(&mut (), false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(&mut (), 4, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(&mut (), 9, true), Flow::Pause);
         // The members before the barrier let the first chunk pass; the
         // grown buffer is for the member after it.
         assert_eq!(
@@ -756,7 +809,7 @@ mod tests {
             ["auth body 4 eos=false", "quota body 4 eos=false"]
         );
         set_store_pending(false);
-        assert_eq!(pipeline.release(), Flow::Continue);
+        assert_eq!(pipeline.release(&mut ()), Flow::Continue);
         assert_eq!(
             taken(&journal),
             ["validate headers eos=false", "validate body 9 eos=true"]
@@ -766,15 +819,15 @@ mod tests {
     #[test]
     fn a_barrier_after_the_last_member_holds_a_body_and_trailers_too() {
         let (mut pipeline, journal) = policies(&["auth", "quota"]).start_with_barrier(2);
-        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
-        assert_eq!(pipeline.on_request_body(4, false), Flow::Pause);
-        assert_eq!(pipeline.on_request_trailers(1), Flow::Pause);
+        assert_eq!(pipeline.on_request_headers(&mut (), false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(&mut (), 4, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_trailers(&mut ()), Flow::Pause);
         taken(&journal);
         set_store_pending(false);
-        assert_eq!(pipeline.release(), Flow::Continue);
+        assert_eq!(pipeline.release(&mut ()), Flow::Continue);
         assert!(taken(&journal).is_empty(), "nobody after the barrier");
         // After the release, new data is for everyone.
-        assert_eq!(pipeline.on_request_body(6, true), Flow::Continue);
+        assert_eq!(pipeline.on_request_body(&mut (), 6, true), Flow::Continue);
         assert_eq!(
             taken(&journal),
             ["auth body 6 eos=true", "quota body 6 eos=true"]
@@ -786,8 +839,8 @@ mod tests {
         let (mut pipeline, journal) = policies(&["auth", "acl", "quota", "validate"])
             .headers(0, &[HOLD])
             .start_with_barrier(3);
-        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
-        assert_eq!(pipeline.on_request_body(7, true), Flow::Pause);
+        assert_eq!(pipeline.on_request_headers(&mut (), false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(&mut (), 7, true), Flow::Pause);
         assert_eq!(
             taken(&journal),
             [
@@ -800,7 +853,7 @@ mod tests {
             ]
         );
         set_store_pending(false);
-        assert_eq!(pipeline.release(), Flow::Continue);
+        assert_eq!(pipeline.release(&mut ()), Flow::Continue);
         assert_eq!(
             taken(&journal),
             ["validate headers eos=false", "validate body 7 eos=true"]
@@ -810,9 +863,9 @@ mod tests {
     #[test]
     fn trailers_at_the_barrier_reach_the_members_after_it_on_release() {
         let (mut pipeline, journal) = policies(&["auth", "validate"]).start_with_barrier(1);
-        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
-        assert_eq!(pipeline.on_request_body(3, false), Flow::Pause);
-        assert_eq!(pipeline.on_request_trailers(2), Flow::Pause);
+        assert_eq!(pipeline.on_request_headers(&mut (), false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(&mut (), 3, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_trailers(&mut ()), Flow::Pause);
         assert_eq!(
             taken(&journal),
             [
@@ -822,7 +875,7 @@ mod tests {
             ]
         );
         set_store_pending(false);
-        assert_eq!(pipeline.release(), Flow::Continue);
+        assert_eq!(pipeline.release(&mut ()), Flow::Continue);
         assert_eq!(
             taken(&journal),
             [
@@ -836,10 +889,10 @@ mod tests {
     #[test]
     fn a_release_before_the_body_leaves_every_chunk_for_everyone() {
         let (mut pipeline, journal) = policies(&["auth", "validate"]).start_with_barrier(1);
-        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_headers(&mut (), false), Flow::Pause);
         set_store_pending(false);
-        assert_eq!(pipeline.release(), Flow::Continue);
-        assert_eq!(pipeline.on_request_body(4, true), Flow::Continue);
+        assert_eq!(pipeline.release(&mut ()), Flow::Continue);
+        assert_eq!(pipeline.on_request_body(&mut (), 4, true), Flow::Continue);
         assert_eq!(
             taken(&journal),
             [
@@ -856,9 +909,9 @@ mod tests {
         let (mut pipeline, journal) = policies(&["auth", "breaker", "log"])
             .headers(1, &[ANSWER])
             .start_with_barrier(1);
-        assert_eq!(pipeline.on_request_headers(5, true), Flow::Pause);
+        assert_eq!(pipeline.on_request_headers(&mut (), true), Flow::Pause);
         set_store_pending(false);
-        assert_eq!(pipeline.release(), Flow::Pause);
+        assert_eq!(pipeline.release(&mut ()), Flow::Pause);
         assert!(pipeline.answered());
         assert_eq!(
             taken(&journal),
@@ -870,7 +923,7 @@ mod tests {
     fn a_barrier_whose_condition_does_not_hold_changes_nothing() {
         let (mut pipeline, journal) = policies(&["auth", "quota", "breaker"]).start_with_barrier(2);
         set_store_pending(false);
-        assert_eq!(pipeline.on_request_headers(5, true), Flow::Continue);
+        assert_eq!(pipeline.on_request_headers(&mut (), true), Flow::Continue);
         assert!(!pipeline.at_barrier());
         assert_eq!(taken(&journal).len(), 3);
     }
@@ -878,20 +931,20 @@ mod tests {
     #[test]
     fn a_barrier_after_the_last_member_holds_the_request_itself() {
         let (mut pipeline, journal) = policies(&["auth", "quota"]).start_with_barrier(2);
-        assert_eq!(pipeline.on_request_headers(5, true), Flow::Pause);
+        assert_eq!(pipeline.on_request_headers(&mut (), true), Flow::Pause);
         set_store_pending(false);
-        assert_eq!(pipeline.release(), Flow::Continue);
+        assert_eq!(pipeline.release(&mut ()), Flow::Continue);
         assert_eq!(taken(&journal).len(), 2);
     }
 
     #[test]
     fn response_callbacks_reach_every_policy_last_first() {
         let (mut pipeline, journal) = policies(&["a", "b", "c"]).start();
-        pipeline.on_request_headers(5, true);
+        pipeline.on_request_headers(&mut (), true);
         taken(&journal);
-        assert_eq!(pipeline.on_response_headers(3, false), Flow::Continue);
-        assert_eq!(pipeline.on_response_body(8, true), Flow::Continue);
-        assert_eq!(pipeline.on_response_trailers(1), Flow::Continue);
+        assert_eq!(pipeline.on_response_headers(&mut (), false), Flow::Continue);
+        assert_eq!(pipeline.on_response_body(&mut (), 8, true), Flow::Continue);
+        assert_eq!(pipeline.on_response_trailers(&mut ()), Flow::Continue);
         assert_eq!(
             taken(&journal),
             [
@@ -909,7 +962,7 @@ mod tests {
     }
 
     fn call(pipeline: &mut Pipeline<Fake>, token: u32) -> Flow {
-        pipeline.on_call_response(|member| member.call_response(token, 0, 0, 0))
+        pipeline.on_call_response(&mut (), |member, _| member.call_response(token))
     }
 
     #[test]
@@ -918,7 +971,7 @@ mod tests {
             .headers(1, &[HOLD])
             .calls(1, &[CallVerdict::Nothing, CallVerdict::Resumed])
             .start();
-        assert_eq!(pipeline.on_request_headers(5, true), Flow::Pause);
+        assert_eq!(pipeline.on_request_headers(&mut (), true), Flow::Pause);
         assert_eq!(
             taken(&journal),
             ["auth headers eos=true", "ext headers eos=true"]
@@ -947,9 +1000,9 @@ mod tests {
             .body(0, &[HOLD.into(), HOLD.into()])
             .calls(0, &[CallVerdict::Resumed])
             .start();
-        assert_eq!(pipeline.on_request_headers(5, false), Flow::Pause);
-        assert_eq!(pipeline.on_request_body(4, false), Flow::Pause);
-        assert_eq!(pipeline.on_request_body(9, true), Flow::Pause);
+        assert_eq!(pipeline.on_request_headers(&mut (), false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(&mut (), 4, false), Flow::Pause);
+        assert_eq!(pipeline.on_request_body(&mut (), 9, true), Flow::Pause);
         taken(&journal);
         assert_eq!(call(&mut pipeline, 7), Flow::Continue);
         assert_eq!(
@@ -962,7 +1015,7 @@ mod tests {
             ]
         );
         // New data is for everyone again.
-        assert_eq!(pipeline.on_request_body(12, true), Flow::Continue);
+        assert_eq!(pipeline.on_request_body(&mut (), 12, true), Flow::Continue);
         assert_eq!(
             taken(&journal),
             ["ext body 12 eos=true", "validate body 12 eos=true"]
@@ -977,9 +1030,9 @@ mod tests {
             .trailers(0, &[HOLD])
             .calls(0, &[CallVerdict::Resumed])
             .start();
-        pipeline.on_request_headers(5, false);
-        pipeline.on_request_body(3, false);
-        assert_eq!(pipeline.on_request_trailers(1), Flow::Pause);
+        pipeline.on_request_headers(&mut (), false);
+        pipeline.on_request_body(&mut (), 3, false);
+        assert_eq!(pipeline.on_request_trailers(&mut ()), Flow::Pause);
         taken(&journal);
         assert_eq!(call(&mut pipeline, 7), Flow::Continue);
         assert_eq!(
@@ -1002,9 +1055,9 @@ mod tests {
             .body(1, &[HOLD.into()])
             .calls(0, &[CallVerdict::Resumed])
             .start();
-        pipeline.on_request_headers(5, false);
-        pipeline.on_request_body(3, false);
-        pipeline.on_request_trailers(1);
+        pipeline.on_request_headers(&mut (), false);
+        pipeline.on_request_body(&mut (), 3, false);
+        pipeline.on_request_trailers(&mut ());
         taken(&journal);
         assert_eq!(call(&mut pipeline, 7), Flow::Continue);
         assert_eq!(
@@ -1023,7 +1076,7 @@ mod tests {
             .headers(0, &[HOLD])
             .calls(0, &[CallVerdict::Answered])
             .start();
-        pipeline.on_request_headers(5, true);
+        pipeline.on_request_headers(&mut (), true);
         assert_eq!(call(&mut pipeline, 7), Flow::Pause);
         assert!(pipeline.answered());
         assert_eq!(
@@ -1038,7 +1091,7 @@ mod tests {
             .headers(1, &[HOLD])
             .calls(0, &[CallVerdict::Resumed])
             .start();
-        pipeline.on_request_headers(5, true);
+        pipeline.on_request_headers(&mut (), true);
         assert_eq!(call(&mut pipeline, 7), Flow::Pause);
         assert!(!taken(&journal)
             .iter()
@@ -1051,12 +1104,12 @@ mod tests {
             .headers(0, &[HOLD])
             .calls(0, &[CallVerdict::Resumed])
             .start_with_barrier(2);
-        pipeline.on_request_headers(5, true);
+        pipeline.on_request_headers(&mut (), true);
         assert_eq!(call(&mut pipeline, 7), Flow::Pause);
         assert!(pipeline.at_barrier());
         taken(&journal);
         set_store_pending(false);
-        assert_eq!(pipeline.release(), Flow::Continue);
+        assert_eq!(pipeline.release(&mut ()), Flow::Continue);
         assert_eq!(taken(&journal), ["map headers eos=true"]);
     }
 }

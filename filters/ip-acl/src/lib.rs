@@ -1,6 +1,5 @@
 //! ip-acl: allow and deny lists of client addresses for Envoy. The policy is
-//! in [`policy`]; the proxy-wasm adapter (the `wasm` feature) is in
-//! `wasm.rs`.
+//! in [`policy`]; how a host loads it in `filter.rs`.
 
 pub mod policy;
 
@@ -14,7 +13,5 @@ pub fn compile_config(bytes: &[u8]) -> Result<IpAcl, ConfigError> {
     IpAcl::compile(&parse_json::<IpAclConfig>(bytes)?)
 }
 
-#[cfg(feature = "wasm")]
-mod wasm;
-#[cfg(feature = "wasm")]
-pub use wasm::*;
+mod filter;
+pub use filter::*;

@@ -2,9 +2,9 @@
 //! pushed with `dispatch_http_call` to a sink cluster. The record is built
 //! in `on_log`, after the response is sent, so it never delays a request;
 //! batches leave from the root context's timer. The policy pieces are in
-//! [`config`], [`record`], [`shipper`] and [`format`], its part in a
-//! request against the stream seam in [`steps`]; the proxy-wasm adapter
-//! (the `wasm` feature) is in `wasm.rs`.
+//! [`config`], [`record`], [`shipper`] and [`format`], its part in a request
+//! against the stream seam in [`steps`]; how a root runs it in `worker.rs`,
+//! and its own `.wasm` root in `wasm.rs`.
 
 pub mod config;
 pub mod format;
@@ -22,6 +22,8 @@ pub fn compile_config(bytes: &[u8]) -> Result<LogPush, ConfigError> {
     LogPush::compile(&parse_json::<LogPushConfig>(bytes)?)
 }
 
+mod worker;
+pub use worker::*;
 #[cfg(feature = "wasm")]
 mod wasm;
 #[cfg(feature = "wasm")]

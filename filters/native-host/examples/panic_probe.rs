@@ -1,5 +1,5 @@
-//! A dynamic module whose policy code panics on request: the proof, in a
-//! real Envoy, that a panic in a native module costs one request and never
+//! A dynamic module whose code panics on request: the proof, in a real
+//! Envoy, that a panic in a native module costs one request and never
 //! Envoy (integration-tests/tests/native_host.rs). `x-panic: request`
 //! panics in the request headers, `x-panic: response` in the response
 //! headers, `x-panic: log` at the end of the stream; anything else passes.
@@ -9,57 +9,66 @@
 // Panicking on request is the probe's whole job.
 #![allow(clippy::panic)]
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+use gateway_common::hosting::{RequestHost, RootHost};
+use native_host::{InternalErrorReply, Module, ModuleRequest, ModuleRoot};
 
-struct ProbeRoot;
+struct Probe;
 
-impl Context for ProbeRoot {}
-
-impl RootContext for ProbeRoot {
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Probe { panic_at: None }))
+impl Module for Probe {
+    fn load(&self, _configuration: &[u8], _host: &mut dyn RootHost) -> Option<Box<dyn ModuleRoot>> {
+        Some(Box::new(Probe))
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn internal_error(&self, request_id: Option<&str>) -> InternalErrorReply {
+        InternalErrorReply {
+            status: 500,
+            headers: vec![("x-probe-error".into(), "panicked".into())],
+            body: format!("{{\"request_id\":{request_id:?}}}").into_bytes(),
+        }
     }
 }
 
-struct Probe {
+impl ModuleRoot for Probe {
+    fn request(&self) -> Option<Box<dyn ModuleRequest>> {
+        Some(Box::new(ProbeRequest { panic_at: None }))
+    }
+}
+
+struct ProbeRequest {
     panic_at: Option<String>,
 }
 
-impl Context for Probe {}
-
-impl HttpContext for Probe {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        self.panic_at = self.get_http_request_header("x-panic");
+impl ModuleRequest for ProbeRequest {
+    fn on_request_headers(&mut self, host: &mut dyn RequestHost, _end_of_stream: bool) -> bool {
+        self.panic_at = host.request_header("x-panic");
         if self.panic_at.as_deref() == Some("request") {
             panic!("panic probe: in the request headers");
         }
-        Action::Continue
+        true
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_request_body(&mut self, _: &mut dyn RequestHost, _: usize, _: bool) -> bool {
+        true
+    }
+
+    fn on_request_trailers(&mut self, _: &mut dyn RequestHost) -> bool {
+        true
+    }
+
+    fn on_response_headers(&mut self, host: &mut dyn RequestHost, _end_of_stream: bool) -> bool {
         if self.panic_at.as_deref() == Some("response") {
             panic!("panic probe: in the response headers");
         }
-        self.set_http_response_header("x-probe", Some("passed"));
-        Action::Continue
+        host.set_response_header("x-probe", Some("passed"));
+        true
     }
 
-    fn on_log(&mut self) {
+    fn on_log(&mut self, _: &mut dyn RequestHost) {
         if self.panic_at.as_deref() == Some("log") {
             panic!("panic probe: at the end of the stream");
         }
     }
 }
 
-native_host::module!(|_| Box::new(ProbeRoot), |request_id| {
-    native_host::InternalErrorReply {
-        status: 500,
-        headers: vec![("x-probe-error".into(), "panicked".into())],
-        body: format!("{{\"request_id\":{request_id:?}}}").into_bytes(),
-    }
-});
+static PROBE: Probe = Probe;
+native_host::module!(PROBE);

@@ -13,6 +13,8 @@ pub type ConfigEnvoyPtr = *mut c_void;
 pub type FilterEnvoyPtr = *mut c_void;
 /// A config-level scheduler; the module must delete it.
 pub type ConfigSchedulerPtr = *mut c_void;
+/// A stream's scheduler; the module must delete it.
+pub type FilterSchedulerPtr = *mut c_void;
 
 /// Bytes owned by Envoy, valid until the hook returns or a setter runs.
 #[repr(C)]
@@ -79,12 +81,12 @@ pub struct ModuleHeader {
 
 impl ModuleHeader {
     /// The headers as Envoy takes them; valid while `headers` lives.
-    pub fn list(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<Self> {
+    pub fn list(headers: &[(&str, &str)]) -> Vec<Self> {
         headers
             .iter()
             .map(|(key, value)| Self {
-                key: ModuleBuffer::of(key),
-                value: ModuleBuffer::of(value),
+                key: ModuleBuffer::of(key.as_bytes()),
+                value: ModuleBuffer::of(value.as_bytes()),
             })
             .collect()
     }
@@ -311,6 +313,7 @@ extern "C" {
     // --- logging (Envoy's `dynamic_modules` logger) ---
 
     pub fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+    pub fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;
     /// Envoy's current level for that logger (0 trace … 6 off).
     pub fn envoy_dynamic_module_callback_get_log_level() -> u32;
 
@@ -349,5 +352,18 @@ extern "C" {
     );
     pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
         scheduler: ConfigSchedulerPtr,
+    );
+
+    // --- a stream's scheduler: commit runs `on_http_filter_scheduled` on its worker ---
+
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_new(
+        filter: FilterEnvoyPtr,
+    ) -> FilterSchedulerPtr;
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        scheduler: FilterSchedulerPtr,
+        event_id: u64,
+    );
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_delete(
+        scheduler: FilterSchedulerPtr,
     );
 }

@@ -1,16 +1,35 @@
-//! The hooks Envoy calls (`envoy_dynamic_module_on_http_filter_*`). Each
-//! one hands over to [`crate::host`], which catches panics; the hooks the
-//! suite has no use for (streamed callouts, per-stream schedulers,
-//! watermarks) must still exist for Envoy 1.40 to load the module.
+//! The hooks Envoy calls (`envoy_dynamic_module_on_http_filter_*`): each
+//! takes back the pointers it handed Envoy and passes them to
+//! [`crate::host`], which catches panics in module code; a panic in the
+//! host itself gives the hook's harmless answer. The hooks the host has no
+//! use for (streamed callouts, watermarks) must still exist for Envoy 1.40
+//! to load the module.
 
 use crate::abi::*;
-use crate::host::{self, Config, Stream, StreamHook};
+use crate::envoy::{EnvoyAnswer, EnvoyConfig, EnvoyFilter};
+use crate::host::{self, Hook, NativeStream};
+use crate::root::{self, Config};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-/// Runs `hook`; a panic outside the proxy-wasm code (a host bug) gives `fallback`.
+/// Runs `hook`; a panic outside module code (a host bug) gives `fallback`.
 fn guarded<R>(fallback: R, hook: impl FnOnce() -> R) -> R {
     catch_unwind(AssertUnwindSafe(hook)).unwrap_or(fallback)
+}
+
+/// The configuration behind the pointer config-new returned.
+///
+/// # Safety
+/// `config` is that pointer, and Envoy has not destroyed it (it does so
+/// only after the configuration's streams and outside its hooks).
+unsafe fn config_of<'a>(config: *const c_void) -> &'a Config {
+    &*config.cast::<Config>()
+}
+
+/// The stream behind the pointer filter-new returned; `None` for a
+/// stream the module left alone (filter-new returned null).
+fn stream_of(stream: *const c_void) -> Option<*mut NativeStream> {
+    (!stream.is_null()).then(|| stream.cast_mut().cast::<NativeStream>())
 }
 
 #[no_mangle]
@@ -20,14 +39,20 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     config: EnvoyBuffer,
 ) -> *const c_void {
     guarded(std::ptr::null(), || {
-        let bytes = unsafe { config.bytes() };
-        host::config_new(config_envoy, bytes).map_or(std::ptr::null(), |c| c.cast())
+        // SAFETY: the configuration's bytes, read during config-new; the
+        // handle is dropped with the configuration (config-destroy).
+        let (bytes, envoy) = unsafe { (config.bytes(), EnvoyConfig::new(config_envoy)) };
+        root::config_new(envoy, bytes).map_or(std::ptr::null(), |c| Box::into_raw(c).cast())
     })
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
-    guarded((), || host::config_destroy(config.cast()))
+    guarded((), || {
+        // SAFETY: the pointer config-new returned, destroyed once, here.
+        let config = unsafe { Box::from_raw(config.cast_mut().cast::<Config>()) };
+        root::config_destroy(*config);
+    })
 }
 
 #[no_mangle]
@@ -36,9 +61,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     config: *const c_void,
     _event_id: u64,
 ) {
-    guarded((), || {
-        host::config_tick(unsafe { &*config.cast::<Config>() })
-    })
+    // SAFETY: a hook of the live configuration.
+    guarded((), || host::config_scheduled(unsafe { config_of(config) }))
 }
 
 #[no_mangle]
@@ -53,9 +77,15 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     chunks_size: usize,
 ) {
     guarded((), || {
-        let response =
-            unsafe { host::copy_response(result == 0, headers, headers_size, chunks, chunks_size) };
-        host::config_answer(config.cast(), callout_id, response);
+        // SAFETY: Envoy's answer, viewed only during this hook; a hook of
+        // the live configuration.
+        let (answer, config) = unsafe {
+            (
+                EnvoyAnswer::new(result, headers, headers_size, chunks, chunks_size),
+                config_of(config),
+            )
+        };
+        host::config_callout_done(config, callout_id, &answer);
     })
 }
 
@@ -64,86 +94,104 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config: *const c_void,
     filter: FilterEnvoyPtr,
 ) -> *const c_void {
+    let _ = filter;
     guarded(std::ptr::null(), || {
-        let config = unsafe { &*config.cast::<Config>() };
-        host::stream_new(config, filter).map_or(std::ptr::null(), |s| s.cast_const().cast())
+        // SAFETY: the live configuration.
+        let config = unsafe { config_of(config) };
+        host::stream_new(config).map_or(std::ptr::null(), |s| Box::into_raw(s).cast())
     })
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(stream: *const c_void) {
-    guarded((), || host::stream_destroy(stream.cast_mut().cast()))
+    guarded((), || {
+        let Some(stream) = stream_of(stream) else {
+            return;
+        };
+        // SAFETY: the pointer filter-new returned, destroyed once, here.
+        host::stream_destroy(unsafe { Box::from_raw(stream) });
+    })
 }
 
-fn hook(stream: *const c_void, hook: StreamHook) -> u32 {
+fn hook(filter: FilterEnvoyPtr, stream: *const c_void, hook: Hook) -> u32 {
     guarded(0, || {
-        host::stream_hook(stream.cast_mut().cast::<Stream>(), hook)
+        let Some(stream) = stream_of(stream) else {
+            return 0;
+        };
+        // SAFETY: a hook of the live stream, with its filter.
+        unsafe { host::stream_hook(stream, EnvoyFilter::new(filter), hook) }
     })
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
-    _filter: FilterEnvoyPtr,
+    filter: FilterEnvoyPtr,
     stream: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    hook(stream, StreamHook::RequestHeaders { end_of_stream })
+    hook(filter, stream, Hook::RequestHeaders { end_of_stream })
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
-    _filter: FilterEnvoyPtr,
+    filter: FilterEnvoyPtr,
     stream: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    hook(stream, StreamHook::RequestBody { end_of_stream })
+    hook(filter, stream, Hook::RequestBody { end_of_stream })
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
-    _filter: FilterEnvoyPtr,
+    filter: FilterEnvoyPtr,
     stream: *const c_void,
 ) -> u32 {
-    hook(stream, StreamHook::RequestTrailers)
+    hook(filter, stream, Hook::RequestTrailers)
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
-    _filter: FilterEnvoyPtr,
+    filter: FilterEnvoyPtr,
     stream: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    hook(stream, StreamHook::ResponseHeaders { end_of_stream })
+    hook(filter, stream, Hook::ResponseHeaders { end_of_stream })
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
-    _filter: FilterEnvoyPtr,
+    filter: FilterEnvoyPtr,
     stream: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    hook(stream, StreamHook::ResponseBody { end_of_stream })
+    hook(filter, stream, Hook::ResponseBody { end_of_stream })
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
-    _filter: FilterEnvoyPtr,
+    filter: FilterEnvoyPtr,
     stream: *const c_void,
 ) -> u32 {
-    hook(stream, StreamHook::ResponseTrailers)
+    hook(filter, stream, Hook::ResponseTrailers)
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
-    _filter: FilterEnvoyPtr,
+    filter: FilterEnvoyPtr,
     stream: *const c_void,
 ) {
-    guarded((), || host::stream_complete(stream.cast_mut().cast()))
+    guarded((), || {
+        let Some(stream) = stream_of(stream) else {
+            return;
+        };
+        // SAFETY: a hook of the live stream, with its filter.
+        unsafe { host::stream_complete(stream, EnvoyFilter::new(filter)) };
+    })
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _filter: FilterEnvoyPtr,
+    filter: FilterEnvoyPtr,
     stream: *const c_void,
     callout_id: u64,
     result: u32,
@@ -153,13 +201,34 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     chunks_size: usize,
 ) {
     guarded((), || {
-        let response =
-            unsafe { host::copy_response(result == 0, headers, headers_size, chunks, chunks_size) };
-        host::stream_answer(stream.cast_mut().cast(), callout_id, response);
+        let Some(stream) = stream_of(stream) else {
+            return;
+        };
+        // SAFETY: Envoy's answer, viewed only during this hook of the live
+        // stream, with its filter.
+        unsafe {
+            let answer = EnvoyAnswer::new(result, headers, headers_size, chunks, chunks_size);
+            host::stream_callout_done(stream, EnvoyFilter::new(filter), callout_id, &answer);
+        }
     })
 }
 
-// ---- required by Envoy 1.40, unused by the suite ----
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    filter: FilterEnvoyPtr,
+    stream: *const c_void,
+    _event_id: u64,
+) {
+    guarded((), || {
+        let Some(stream) = stream_of(stream) else {
+            return;
+        };
+        // SAFETY: a hook of the live stream, with its filter.
+        unsafe { host::stream_scheduled(stream, EnvoyFilter::new(filter)) };
+    })
+}
+
+// ---- required by Envoy 1.40, unused by the host ----
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
@@ -207,14 +276,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
     _stream: *const c_void,
     _stream_id: u64,
     _reason: u32,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _filter: FilterEnvoyPtr,
-    _stream: *const c_void,
-    _event_id: u64,
 ) {
 }
 

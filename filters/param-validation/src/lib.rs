@@ -1,7 +1,7 @@
 //! param-validation: declared parameters checked at the gateway; undefined
 //! query and form parameters never reach the backend. The policy is in
 //! [`policy`], its part in each request in [`steps`] (written against the
-//! stream seam); the proxy-wasm adapter (the `wasm` feature) is in `wasm.rs`.
+//! stream seam); how a host loads it in `filter.rs`.
 
 pub mod policy;
 pub mod steps;
@@ -16,7 +16,5 @@ pub fn compile_config(bytes: &[u8]) -> Result<Validation, ConfigError> {
     Validation::compile(&parse_json::<ValidationConfig>(bytes)?)
 }
 
-#[cfg(feature = "wasm")]
-mod wasm;
-#[cfg(feature = "wasm")]
-pub use wasm::*;
+mod filter;
+pub use filter::*;

@@ -2,8 +2,7 @@
 //! expects (path, host, method, parameters moved between locations,
 //! constants, system parameters), and response headers are adjusted. The
 //! policy is in [`policy`], its part in each request in [`steps`] (written
-//! against the stream seam); the proxy-wasm adapter (the `wasm` feature) is
-//! in `wasm.rs`.
+//! against the stream seam); how a host loads it in `filter.rs`.
 
 pub mod policy;
 pub mod steps;
@@ -18,7 +17,5 @@ pub fn compile_config(bytes: &[u8]) -> Result<Mapping, ConfigError> {
     Mapping::compile(&parse_json::<MappingConfig>(bytes)?)
 }
 
-#[cfg(feature = "wasm")]
-mod wasm;
-#[cfg(feature = "wasm")]
-pub use wasm::*;
+mod filter;
+pub use filter::*;

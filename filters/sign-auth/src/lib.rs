@@ -2,7 +2,7 @@
 //! compatible with Alibaba Cloud API Gateway. The scheme is in
 //! [`signature`], the anti-replay store in [`nonce`], the decisions in
 //! [`policy`], its part in a request against the stream seam in [`steps`];
-//! the proxy-wasm adapter (the `wasm` feature) is in `wasm.rs`.
+//! how a host loads it in `filter.rs`.
 
 pub mod backend;
 pub mod client;
@@ -25,7 +25,5 @@ pub fn compile_config(bytes: &[u8]) -> Result<SignAuth, ConfigError> {
     SignAuth::compile(&parse_json::<SignAuthConfig>(bytes)?)
 }
 
-#[cfg(feature = "wasm")]
-mod wasm;
-#[cfg(feature = "wasm")]
-pub use wasm::*;
+mod filter;
+pub use filter::*;

@@ -1,9 +1,8 @@
 //! throttling: request quotas per API, app, user, client IP or parameter
 //! value, counted in Envoy shared data so they hold across workers. The
 //! window arithmetic is in [`window`], the counter table in [`table`], key
-//! extraction in [`key`], the decisions in [`policy`], its part in a
-//! request against the stream seam in [`steps`]; the proxy-wasm adapter
-//! (the `wasm` feature) is in `wasm.rs`.
+//! extraction in [`key`], the decisions in [`policy`], its part in a request
+//! against the stream seam in [`steps`]; how a host loads it in `filter.rs`.
 
 pub mod key;
 pub mod policy;
@@ -21,7 +20,5 @@ pub fn compile_config(bytes: &[u8]) -> Result<Throttling, ConfigError> {
     Throttling::compile(&parse_json::<ThrottlingConfig>(bytes)?)
 }
 
-#[cfg(feature = "wasm")]
-mod wasm;
-#[cfg(feature = "wasm")]
-pub use wasm::*;
+mod filter;
+pub use filter::*;

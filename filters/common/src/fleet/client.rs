@@ -1,4 +1,4 @@
-//! Sends fleet operations through the proxy-wasm host and hands back the
+//! Sends fleet operations through the host's calls and hands back the
 //! answer; it decides nothing.
 //!
 //! A single filter's request [`submit`]s its operations and gets a
@@ -13,9 +13,8 @@
 
 use super::wire::{parse_reply, Arguments, Failure, Op, OpResult};
 use super::Store;
-use crate::adapter::ProxyWasmCallAnswer;
+use crate::hosting::Caller;
 use crate::stream::CallAnswer;
-use proxy_wasm::hostcalls;
 use std::sync::Arc;
 
 /// An answer larger than this is refused unread (a script answer is a few
@@ -37,7 +36,7 @@ struct Call {
     resent: bool,
 }
 
-fn dispatch(store: &Store, body: &[u8]) -> Result<u32, Failure> {
+fn dispatch(store: &Store, body: &[u8], caller: &mut dyn Caller) -> Result<u32, Failure> {
     let authorization = store
         .authorization
         .as_deref()
@@ -49,14 +48,13 @@ fn dispatch(store: &Store, body: &[u8]) -> Result<u32, Failure> {
             .chain(authorization),
         Some(body),
     );
-    crate::wake::dispatch_http_call(call.cluster, call.headers, call.body, call.timeout)
-        .map_err(|_| Failure::Dispatch)
+    caller.dispatch_call(call).map_err(|_| Failure::Dispatch)
 }
 
 impl Call {
-    fn send(store: Arc<Store>, ops: &[Op]) -> Result<Self, Failure> {
+    fn send(store: Arc<Store>, ops: &[Op], caller: &mut dyn Caller) -> Result<Self, Failure> {
         let arguments = Arguments::new(ops);
-        let token = dispatch(&store, &arguments.by_sha())?;
+        let token = dispatch(&store, &arguments.by_sha(), caller)?;
         Ok(Self {
             token,
             store,
@@ -68,14 +66,19 @@ impl Call {
 
     /// The answer, if `token` is this call's; `None` for another call's
     /// answer, or when the call was sent again with the script.
-    fn answer(&mut self, token: u32, body_size: usize) -> Option<Answer> {
+    fn answer(
+        &mut self,
+        token: u32,
+        answer: &dyn CallAnswer,
+        caller: &mut dyn Caller,
+    ) -> Option<Answer> {
         if token != self.token {
             return None;
         }
-        let answer = read_answer(body_size, self.results);
+        let answer = read_answer(answer, self.results);
         if answer == Err(Failure::NoScript) && !self.resent {
             self.resent = true;
-            return match dispatch(&self.store, &self.arguments.with_script()) {
+            return match dispatch(&self.store, &self.arguments.with_script(), caller) {
                 Ok(token) => {
                     self.token = token;
                     None
@@ -87,12 +90,12 @@ impl Call {
     }
 }
 
-/// The answer of the call being reported, read from the host. The status
+/// The answer of the call being reported. The status
 /// is read only when the body is not a script answer (Webdis sends one
 /// with 200 only), to tell a timeout or an HTTP error from a bad body: one
 /// host call fewer per request.
-fn read_answer(body_size: usize, expected: usize) -> Answer {
-    let answer = ProxyWasmCallAnswer { body_size };
+fn read_answer(answer: &dyn CallAnswer, expected: usize) -> Answer {
+    let body_size = answer.body_size();
     let from_body = if body_size > MAX_ANSWER_BYTES {
         Err(Failure::BadReply(format!("{body_size} bytes")))
     } else {
@@ -122,8 +125,12 @@ pub enum Ticket {
 pub struct OwnCall(Call);
 
 /// Sends `ops` as a call of their own.
-pub fn submit(store: &Arc<Store>, ops: Vec<Op>) -> Result<Ticket, Failure> {
-    let call = Call::send(Arc::clone(store), &ops)?;
+pub fn submit(
+    store: &Arc<Store>,
+    ops: Vec<Op>,
+    caller: &mut dyn Caller,
+) -> Result<Ticket, Failure> {
+    let call = Call::send(Arc::clone(store), &ops, caller)?;
     Ok(Ticket::Own(Box::new(OwnCall(call))))
 }
 
@@ -136,9 +143,14 @@ impl Ticket {
 
     /// The answer to its own call, when `token` brings it (see
     /// [`Call::answer`]); a batched ticket's answer is the batch's.
-    pub fn answer(&mut self, token: u32, body_size: usize) -> Option<Answer> {
+    pub fn answer(
+        &mut self,
+        token: u32,
+        answer: &dyn CallAnswer,
+        caller: &mut dyn Caller,
+    ) -> Option<Answer> {
         match self {
-            Ticket::Own(call) => call.0.answer(token, body_size),
+            Ticket::Own(call) => call.0.answer(token, answer, caller),
             Ticket::Batched { .. } => None,
         }
     }
@@ -180,8 +192,13 @@ impl<T> Waiting<T> {
     }
 
     /// What waited, its ticket and the answer, when `token` brings it.
-    pub fn answered(&mut self, token: u32, body_size: usize) -> Option<(T, Ticket, Answer)> {
-        let answer = self.0.as_mut()?.1.answer(token, body_size)?;
+    pub fn answered(
+        &mut self,
+        token: u32,
+        answer: &dyn CallAnswer,
+        caller: &mut dyn Caller,
+    ) -> Option<(T, Ticket, Answer)> {
+        let answer = self.0.as_mut()?.1.answer(token, answer, caller)?;
         let (pending, ticket) = self.0.take()?;
         Some((pending, ticket, answer))
     }
@@ -202,17 +219,6 @@ pub struct Batch {
 /// A local reply a policy made while earlier policies' checks were still
 /// with the store (see [`holds_replies`]).
 pub use crate::stream::LocalReply;
-
-impl LocalReply {
-    pub fn send(&self) {
-        let headers = self
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_str()))
-            .collect();
-        let _ = hostcalls::send_http_response(self.status, headers, Some(&self.body));
-    }
-}
 
 impl Batch {
     /// Whether a local reply must wait: the batch has checks of earlier
@@ -258,12 +264,12 @@ impl Batch {
     }
 
     /// Sends the operations as one call.
-    pub fn send(&mut self) -> Result<(), Failure> {
+    pub fn send(&mut self, caller: &mut dyn Caller) -> Result<(), Failure> {
         self.sent = true;
         let Some(store) = self.store.clone() else {
             return Ok(());
         };
-        self.call = Some(Call::send(store, &std::mem::take(&mut self.ops))?);
+        self.call = Some(Call::send(store, &std::mem::take(&mut self.ops), caller)?);
         Ok(())
     }
 
@@ -273,8 +279,13 @@ impl Batch {
     }
 
     /// The answer, if `token` brings the batch's (see [`Call::answer`]).
-    pub fn answer(&mut self, token: u32, body_size: usize) -> Option<Answer> {
-        let answer = self.call.as_mut()?.answer(token, body_size)?;
+    pub fn answer(
+        &mut self,
+        token: u32,
+        answer: &dyn CallAnswer,
+        caller: &mut dyn Caller,
+    ) -> Option<Answer> {
+        let answer = self.call.as_mut()?.answer(token, answer, caller)?;
         self.call = None;
         Some(answer)
     }

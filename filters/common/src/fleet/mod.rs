@@ -13,7 +13,6 @@
 //! digest ([`digest`]). When the store fails, each policy applies its
 //! [`FailureMode`].
 
-#[cfg(feature = "wasm")]
 pub mod client;
 pub mod model;
 pub mod wire;

@@ -1,14 +1,12 @@
-//! The proxy-wasm adapter of ext-auth: the filter as a `.wasm` module and
-//! as the gateway module's section. The request's work is
-//! [`ExtAuthSteps`], written against the stream seam. Re-exported from the
-//! crate root.
+//! ext-auth as a host loads it: its `.wasm` filter, the gateway module's
+//! section and the native module. The request's work is [`ExtAuthSteps`],
+//! written against the stream seam. Re-exported from the crate root.
 
 use crate::steps::{ExtAuthSteps, ExtAuthWorker, Metrics};
 use crate::*;
-use gateway_common::adapter::Filter;
 use gateway_common::config::ConfigError;
-use gateway_common::metrics::ProxyWasmMetrics;
-use gateway_common::store::ProxyWasmStore;
+use gateway_common::hosting::{Filter, RootHost};
+use gateway_common::metrics::DefineMetrics;
 use gateway_common::stream::PolicySteps;
 use std::rc::Rc;
 
@@ -24,17 +22,17 @@ impl Filter for ExtAuthFilter {
         Ok(ExtAuthWorker::new(compile_config(bytes)?))
     }
 
-    fn prepare(worker: &ExtAuthWorker) -> Result<(), String> {
+    fn prepare(worker: &ExtAuthWorker, host: &mut dyn RootHost) -> Result<(), String> {
         match worker.policy.cache() {
             Some(cache) => cache
-                .initialize(&ProxyWasmStore)
+                .initialize(host.shared_data())
                 .map_err(|e| format!("cannot create the decision cache in shared data: {e:?}")),
             None => Ok(()),
         }
     }
 
-    fn define_metrics() -> Metrics {
-        Metrics::define(&mut ProxyWasmMetrics)
+    fn define_metrics(metrics: &mut dyn DefineMetrics) -> Metrics {
+        Metrics::define(metrics)
     }
 
     fn steps(worker: &Rc<ExtAuthWorker>, metrics: Metrics) -> Box<dyn PolicySteps> {

@@ -1,15 +1,13 @@
-//! The proxy-wasm adapter of sign-auth: the filter as a `.wasm` module
-//! and as the gateway module's section. The request's work is
-//! [`SignAuthSteps`], written against the stream seam. Re-exported from the
-//! crate root.
+//! sign-auth as a host loads it: its `.wasm` filter, the gateway module's
+//! section and the native module. The request's work is [`SignAuthSteps`],
+//! written against the stream seam. Re-exported from the crate root.
 
 use crate::policy::SignAuth;
 use crate::steps::{Metrics, SignAuthSteps};
 use crate::*;
-use gateway_common::adapter::Filter;
 use gateway_common::config::ConfigError;
-use gateway_common::metrics::ProxyWasmMetrics;
-use gateway_common::store::ProxyWasmStore;
+use gateway_common::hosting::{Filter, RootHost};
+use gateway_common::metrics::DefineMetrics;
 use gateway_common::stream::PolicySteps;
 use std::rc::Rc;
 
@@ -25,15 +23,15 @@ impl Filter for SignAuthFilter {
         compile_config(bytes)
     }
 
-    fn prepare(policy: &SignAuth) -> Result<(), String> {
+    fn prepare(policy: &SignAuth, host: &mut dyn RootHost) -> Result<(), String> {
         policy
             .nonce_table()
-            .initialize(&ProxyWasmStore)
+            .initialize(host.shared_data())
             .map_err(|e| format!("cannot create the nonce table in shared data: {e:?}"))
     }
 
-    fn define_metrics() -> Metrics {
-        Metrics::define(&mut ProxyWasmMetrics)
+    fn define_metrics(metrics: &mut dyn DefineMetrics) -> Metrics {
+        Metrics::define(metrics)
     }
 
     fn uses_fleet(policy: &SignAuth) -> bool {

@@ -1,14 +1,14 @@
-//! The proxy-wasm adapter of request-mapping: the filter as a `.wasm` module
-//! and as the gateway module's section. The request's work is
+//! request-mapping as a host loads it: its `.wasm` filter, the gateway
+//! module's section and the native module. The request's work is
 //! [`MappingSteps`], written against the stream seam. Re-exported from the
 //! crate root.
 
 use crate::policy::Mapping;
 use crate::steps::{MappingSteps, Metrics};
 use crate::*;
-use gateway_common::adapter::Filter;
 use gateway_common::config::ConfigError;
-use gateway_common::metrics::ProxyWasmMetrics;
+use gateway_common::hosting::Filter;
+use gateway_common::metrics::DefineMetrics;
 use gateway_common::stream::PolicySteps;
 use std::rc::Rc;
 
@@ -24,8 +24,8 @@ impl Filter for RequestMappingFilter {
         compile_config(bytes)
     }
 
-    fn define_metrics() -> Metrics {
-        Metrics::define(&mut ProxyWasmMetrics)
+    fn define_metrics(metrics: &mut dyn DefineMetrics) -> Metrics {
+        Metrics::define(metrics)
     }
 
     fn steps(mapping: &Rc<Mapping>, metrics: Metrics) -> Box<dyn PolicySteps> {

@@ -1,14 +1,14 @@
-//! The proxy-wasm adapter of param-validation: the filter as a `.wasm`
-//! module and as the gateway module's section. The request's work is
+//! param-validation as a host loads it: its `.wasm` filter, the gateway
+//! module's section and the native module. The request's work is
 //! [`ValidationSteps`], written against the stream seam. Re-exported from
 //! the crate root.
 
 use crate::policy::Validation;
 use crate::steps::{Metrics, ValidationSteps};
 use crate::*;
-use gateway_common::adapter::Filter;
 use gateway_common::config::ConfigError;
-use gateway_common::metrics::ProxyWasmMetrics;
+use gateway_common::hosting::Filter;
+use gateway_common::metrics::DefineMetrics;
 use gateway_common::stream::PolicySteps;
 use std::rc::Rc;
 
@@ -24,8 +24,8 @@ impl Filter for ParamValidationFilter {
         compile_config(bytes)
     }
 
-    fn define_metrics() -> Metrics {
-        Metrics::define(&mut ProxyWasmMetrics)
+    fn define_metrics(metrics: &mut dyn DefineMetrics) -> Metrics {
+        Metrics::define(metrics)
     }
 
     fn steps(validation: &Rc<Validation>, metrics: Metrics) -> Box<dyn PolicySteps> {

@@ -1,12 +1,12 @@
-//! The proxy-wasm adapter of ip-acl: the filter as a `.wasm` module and as
-//! the gateway module's section. The request's work is [`IpAclSteps`],
+//! ip-acl as a host loads it: its `.wasm` filter, the gateway module's
+//! section and the native module. The request's work is [`IpAclSteps`],
 //! written against the stream seam. Re-exported from the crate root.
 
 use crate::policy::{IpAcl, IpAclSteps, Metrics};
 use crate::*;
-use gateway_common::adapter::Filter;
 use gateway_common::config::ConfigError;
-use gateway_common::metrics::ProxyWasmMetrics;
+use gateway_common::hosting::Filter;
+use gateway_common::metrics::DefineMetrics;
 use gateway_common::stream::PolicySteps;
 use std::rc::Rc;
 
@@ -22,8 +22,8 @@ impl Filter for IpAclFilter {
         compile_config(bytes)
     }
 
-    fn define_metrics() -> Metrics {
-        Metrics::define(&mut ProxyWasmMetrics)
+    fn define_metrics(metrics: &mut dyn DefineMetrics) -> Metrics {
+        Metrics::define(metrics)
     }
 
     fn steps(acl: &Rc<IpAcl>, metrics: Metrics) -> Box<dyn PolicySteps> {

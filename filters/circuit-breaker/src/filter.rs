@@ -1,20 +1,17 @@
-//! The proxy-wasm adapter of circuit-breaker: the filter as a `.wasm` module
-//! and as the gateway module's section. The request's work is
+//! circuit-breaker as a host loads it: its `.wasm` filter, the gateway
+//! module's section and the native module. The request's work is
 //! [`BreakerSteps`], written against the stream seam; here is the worker's
-//! fleet sync, which the root sends on its timer. Re-exported from the
-//! crate root.
+//! fleet sync, which the root sends on its timer. Re-exported from the crate
+//! root.
 
 use crate::fleet::{Outcomes, SyncPlan};
-use crate::policy::now_ms;
 use crate::steps::{BreakerSteps, Deployed, Metrics};
 use crate::*;
-use gateway_common::adapter::{self, Filter};
 use gateway_common::config::ConfigError;
 use gateway_common::fleet::client::{self as fleet_client, Waiting};
-use gateway_common::host::ProxyWasmHost;
-use gateway_common::metrics::ProxyWasmMetrics;
-use gateway_common::store::ProxyWasmStore;
-use gateway_common::stream::{PolicySteps, Telemetry};
+use gateway_common::hosting::{self, Filter, RootHost};
+use gateway_common::metrics::DefineMetrics;
+use gateway_common::stream::{CallAnswer, PolicySteps};
 use gateway_common::sync::lock;
 use std::cell::OnceCell;
 use std::rc::Rc;
@@ -32,7 +29,7 @@ pub struct Loaded {
 impl Loaded {
     /// Sends the worker's outcomes and reads stale views, unless a sync is
     /// in flight.
-    fn sync(&self, metrics: &Metrics) {
+    fn sync(&self, metrics: &Metrics, host: &mut dyn RootHost) {
         let breaker = &self.deployed.breaker;
         let Some(fleet) = breaker.fleet() else {
             return;
@@ -49,10 +46,10 @@ impl Loaded {
             .iter()
             .map(|rule| {
                 rule.fleet_key()
-                    .and_then(|_| rule.view(&ProxyWasmStore).ok().flatten())
+                    .and_then(|_| rule.view(host.shared_data()).ok().flatten())
             })
             .collect();
-        let now = now_ms(&ProxyWasmHost);
+        let now = hosting::root_now_ms(host);
         let (ops, plan) = {
             let mut outcomes = self.deployed.outcomes();
             breaker.sync_ops(
@@ -66,7 +63,7 @@ impl Loaded {
         if ops.is_empty() {
             return;
         }
-        match fleet_client::submit(&fleet.store, ops) {
+        match fleet_client::submit(&fleet.store, ops, host) {
             Ok(ticket) => in_flight.start(plan, ticket),
             Err(failure) => {
                 let (synced, _) = breaker.conclude_sync(
@@ -74,55 +71,54 @@ impl Loaded {
                     &Err(failure.clone()),
                     &mut self.deployed.outcomes(),
                 );
-                ProxyWasmMetrics.increment(metrics.outcomes_dropped, synced.dropped);
-                metrics.fleet.count_failure(
-                    &mut ProxyWasmMetrics,
-                    FILTER_NAME,
-                    &failure,
-                    fleet.failure_mode,
-                    now,
-                );
+                host.increment(metrics.outcomes_dropped, synced.dropped);
+                metrics
+                    .fleet
+                    .count_failure(host, FILTER_NAME, &failure, fleet.failure_mode, now);
             }
         }
     }
 
     /// The sync's answer, if `token` brings it; returns whether it did.
-    fn synced(&self, metrics: &Metrics, token: u32, body_size: usize) -> bool {
+    fn synced(
+        &self,
+        metrics: &Metrics,
+        token: u32,
+        answer: &dyn CallAnswer,
+        host: &mut dyn RootHost,
+    ) -> bool {
         let breaker = &self.deployed.breaker;
         let (Some(fleet), Some(in_flight)) = (breaker.fleet(), self.sync.get()) else {
             return false;
         };
-        let answered = lock(in_flight).answered(token, body_size);
+        let answered = lock(in_flight).answered(token, answer, host);
         let Some((plan, _ticket, answer)) = answered else {
             return false;
         };
-        let now = now_ms(&ProxyWasmHost);
+        let now = hosting::root_now_ms(host);
         let (synced, failure) = breaker.conclude_sync(plan, &answer, &mut self.deployed.outcomes());
-        let telemetry = &mut ProxyWasmMetrics;
-        telemetry.increment(metrics.outcomes_dropped, synced.dropped);
+        host.increment(metrics.outcomes_dropped, synced.dropped);
         match &failure {
-            Some(failure) => metrics.fleet.count_failure(
-                telemetry,
-                FILTER_NAME,
-                failure,
-                fleet.failure_mode,
-                now,
-            ),
-            None => metrics.fleet.count_answered(telemetry),
+            Some(failure) => {
+                metrics
+                    .fleet
+                    .count_failure(host, FILTER_NAME, failure, fleet.failure_mode, now)
+            }
+            None => metrics.fleet.count_answered(host),
         }
         for update in &synced.updates {
             let changes = self.deployed.keep_view(
-                &ProxyWasmStore,
+                host.shared_data(),
                 update.rule,
                 &update.view,
                 &update.transitions,
                 now,
             );
             self.deployed
-                .report_changes(telemetry, metrics, update.rule, changes);
+                .report_changes(host, metrics, update.rule, changes);
         }
         if synced.again {
-            self.sync(metrics);
+            self.sync(metrics, host);
         }
         true
     }
@@ -143,30 +139,28 @@ impl Filter for CircuitBreakerFilter {
         })
     }
 
-    fn prepare(loaded: &Loaded) -> Result<(), String> {
+    fn prepare(loaded: &Loaded, host: &mut dyn RootHost) -> Result<(), String> {
         let deployed = &loaded.deployed;
-        let _ = loaded
-            .sync
-            .set(adapter::shared_by_roots("circuit_breaker.sync", || {
-                Mutex::new(Waiting::default())
-            }));
+        let _ = loaded.sync.set(hosting::shared_by_roots(
+            host,
+            "circuit_breaker.sync",
+            || Mutex::new(Waiting::default()),
+        ));
         let outcomes: Arc<Mutex<Vec<Outcomes>>> =
-            adapter::shared_by_roots("circuit_breaker.outcomes", || deployed.new_outcomes());
+            hosting::shared_by_roots(host, "circuit_breaker.outcomes", || deployed.new_outcomes());
         deployed.keep_outcomes_in(outcomes);
         deployed
             .breaker
-            .initialize(&ProxyWasmStore, now_ms(&ProxyWasmHost))
+            .initialize(host.shared_data(), hosting::root_now_ms(host))
             .map_err(|e| format!("cannot create the breakers in shared data: {e:?}"))?;
-        deployed.define_rule_metrics(
-            &mut ProxyWasmMetrics,
-            &mut ProxyWasmMetrics,
-            &ProxyWasmStore,
-        );
+        deployed.define_rule_metrics(host);
+        let store = host.shared_data();
+        deployed.show_rule_states(host, store);
         Ok(())
     }
 
-    fn define_metrics() -> Metrics {
-        Metrics::define(&mut ProxyWasmMetrics)
+    fn define_metrics(metrics: &mut dyn DefineMetrics) -> Metrics {
+        Metrics::define(metrics)
     }
 
     fn uses_fleet(loaded: &Loaded) -> bool {
@@ -182,19 +176,18 @@ impl Filter for CircuitBreakerFilter {
         Some(Duration::from_millis(fleet.sync_ms))
     }
 
-    fn on_tick(loaded: &Loaded, metrics: Metrics) {
-        let _reads = gateway_common::host::callback_scope();
-        loaded.sync(&metrics);
+    fn on_tick(loaded: &Loaded, metrics: Metrics, host: &mut dyn RootHost) {
+        loaded.sync(&metrics, host);
     }
 
-    fn on_http_call_response(
+    fn on_call_answer(
         loaded: &Loaded,
         metrics: Metrics,
         token: u32,
-        body_size: usize,
+        answer: &dyn CallAnswer,
+        host: &mut dyn RootHost,
     ) -> bool {
-        let _reads = gateway_common::host::callback_scope();
-        loaded.synced(&metrics, token, body_size)
+        loaded.synced(&metrics, token, answer, host)
     }
 }
 

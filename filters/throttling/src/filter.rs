@@ -1,14 +1,12 @@
-//! The proxy-wasm adapter of throttling: the filter as a `.wasm` module
-//! and as the gateway module's section. The request's work is
-//! [`ThrottlingSteps`], written against the stream seam. Re-exported from
-//! the crate root.
+//! throttling as a host loads it: its `.wasm` filter, the gateway module's
+//! section and the native module. The request's work is [`ThrottlingSteps`],
+//! written against the stream seam. Re-exported from the crate root.
 
 use crate::steps::{Compiled, Metrics, ThrottlingSteps};
 use crate::*;
-use gateway_common::adapter::Filter;
 use gateway_common::config::ConfigError;
-use gateway_common::metrics::{Gauge, ProxyWasmMetrics};
-use gateway_common::store::ProxyWasmStore;
+use gateway_common::hosting::{Filter, RootHost};
+use gateway_common::metrics::DefineMetrics;
 use gateway_common::stream::PolicySteps;
 use std::rc::Rc;
 
@@ -24,15 +22,16 @@ impl Filter for ThrottlingFilter {
         Ok(Compiled::new(compile_config(bytes)?))
     }
 
-    fn prepare(compiled: &Compiled) -> Result<(), String> {
-        compiled.policy.initialize(&ProxyWasmStore)?;
-        compiled.define_rule_counters(&mut ProxyWasmMetrics);
-        Gauge::define(FILTER_NAME, "shared_data_keys").set(compiled.policy.shared_data_keys());
+    fn prepare(compiled: &Compiled, host: &mut dyn RootHost) -> Result<(), String> {
+        compiled.policy.initialize(host.shared_data())?;
+        compiled.define_rule_counters(host);
+        let keys = host.define_gauge(FILTER_NAME, "shared_data_keys");
+        host.set_gauge(keys, compiled.policy.shared_data_keys());
         Ok(())
     }
 
-    fn define_metrics() -> Metrics {
-        Metrics::define(&mut ProxyWasmMetrics)
+    fn define_metrics(metrics: &mut dyn DefineMetrics) -> Metrics {
+        Metrics::define(metrics)
     }
 
     fn uses_fleet(compiled: &Compiled) -> bool {

@@ -1,0 +1,563 @@
+//! Hosting a policy, whatever the host: what a host provides (a request's
+//! primitives, [`RequestHost`]; its own work outside requests,
+//! [`RootHost`]), how a policy is loaded from its configuration section
+//! ([`Filter`], [`LoadedPolicy`]), and how its steps run for one request
+//! ([`HostedSteps`]), with the request's fleet batch, held replies and calls
+//! kept here once for every host.
+//!
+//! Three hosts implement these traits: the proxy-wasm host of a single
+//! `.wasm` filter and of the gateway module (`adapter`), and the native
+//! module's host over Envoy's dynamic-module ABI (`filters/native-host`).
+
+use crate::config::ConfigError;
+use crate::fleet::client::{self as fleet_client, Batch, Ticket};
+use crate::fleet::wire::{Answer, Failure, Op};
+use crate::fleet::Store;
+use crate::host::Host;
+use crate::metrics::{Counter, DefineMetrics, Gauge};
+use crate::store::SharedStore;
+use crate::stream::{
+    CallAnswer, CallNotMade, FleetCall, HttpCall, Level, LocalReply, PolicySteps, Stream,
+    Telemetry, Verdict,
+};
+use crate::sync::lock;
+use std::any::Any;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+/// Sends an HTTP call to an Envoy cluster; the host hands the answer back
+/// with the token it returns.
+pub trait Caller {
+    fn dispatch_call(&mut self, call: HttpCall<'_>) -> Result<u32, CallNotMade>;
+}
+
+/// A host's primitives for one request, from which [`HostedSteps`] makes
+/// the [`Stream`] a policy's step is handed. Writes are seen by later reads.
+pub trait RequestHost: Host + Telemetry + Caller {
+    /// The names of the request headers, in order, pseudo-headers included.
+    fn request_header_names(&self) -> Vec<String>;
+    /// Sets (`Some`) or removes (`None`) a request header.
+    fn set_request_header(&mut self, name: &str, value: Option<&str>);
+    /// The first value of a response header (`name` in lower case).
+    fn response_header(&self, name: &str) -> Option<String>;
+    /// Sets (`Some`) or removes (`None`) a response header.
+    fn set_response_header(&mut self, name: &str, value: Option<&str>);
+    /// Answers the request from the gateway.
+    fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+    /// The first `size` bytes of the request body the host holds.
+    fn request_body(&self, size: usize) -> Vec<u8>;
+    /// Replaces the first `old_size` bytes of the request body with `body`.
+    fn replace_request_body(&mut self, old_size: usize, body: &[u8]);
+    /// The state this Envoy's workers share.
+    fn shared_data(&self) -> &dyn SharedStore;
+    /// Drops the route Envoy chose for the request.
+    fn clear_route_cache(&mut self);
+    /// This request's id among the worker's requests.
+    fn stream_id(&self) -> u32;
+    /// Wakes another request of the worker once this callback is over.
+    fn wake(&mut self, stream_id: u32);
+}
+
+/// The host outside a request: where a policy defines its metrics when its
+/// configuration loads, and does its background work (a timer's work, the
+/// answers to the calls it made from there).
+pub trait RootHost: Telemetry + DefineMetrics + Caller {
+    /// The state this Envoy's workers share (the process's, for as long
+    /// as it runs).
+    fn shared_data(&self) -> &'static dyn SharedStore;
+    fn now(&self) -> SystemTime;
+    /// The host's id of the configuration being loaded, where the roots of
+    /// one configuration share state (see [`shared_by_roots`]); `None`
+    /// where each root is alone.
+    fn configuration_id(&self) -> Option<u64>;
+}
+
+/// The host clock of a [`RootHost`] in milliseconds since the Unix epoch.
+pub fn root_now_ms(host: &dyn RootHost) -> u64 {
+    host.now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// State every root of one configuration shares, made by `make` for the
+/// first and handed to the others.
+///
+/// Envoy's Wasm host runs a VM per worker, each with its own root, and
+/// nothing is shared: every root gets a value of its own. The native
+/// module runs every worker's root in one process, and only the main
+/// thread's root has a timer and calls out, so what the workers' requests
+/// leave for their root to send (log records, breaker outcomes) must be
+/// the main root's: there, every root of one configuration gets the same
+/// value. `make` must not call this function.
+pub fn shared_by_roots<T: Send + Sync + 'static>(
+    host: &dyn RootHost,
+    name: &'static str,
+    make: impl FnOnce() -> T,
+) -> Arc<T> {
+    type Entry = (u64, &'static str, Weak<dyn Any + Send + Sync>);
+    static SHARED: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+    let Some(configuration) = host.configuration_id() else {
+        return Arc::new(make());
+    };
+    let mut shared = lock(&SHARED);
+    shared.retain(|(_, _, value)| value.strong_count() > 0);
+    let existing = shared
+        .iter()
+        .find(|(id, entry, _)| *id == configuration && *entry == name)
+        .and_then(|(_, _, value)| value.upgrade());
+    if let Some(value) = existing.and_then(|value| value.downcast::<T>().ok()) {
+        return value;
+    }
+    let value = Arc::new(make());
+    let erased: Arc<dyn Any + Send + Sync> = value.clone();
+    shared.push((configuration, name, Arc::downgrade(&erased)));
+    value
+}
+
+/// Compiles a configuration. On error, logs
+/// `<filter>: invalid configuration: <path>: <reason>` and returns `None`,
+/// so the host refuses the configuration.
+pub fn compile_or_log<C>(
+    host: &dyn Telemetry,
+    filter: &str,
+    bytes: &[u8],
+    compile: impl FnOnce(&[u8]) -> Result<C, ConfigError>,
+) -> Option<C> {
+    match compile(bytes) {
+        Ok(config) => Some(config),
+        Err(err) => {
+            host.log(
+                Level::Error,
+                format_args!("{filter}: invalid configuration: {err}"),
+            );
+            None
+        }
+    }
+}
+
+/// What a policy tells the host about itself.
+pub trait Filter: 'static {
+    /// Names the filter in logs and metrics (`ip_acl`).
+    const NAME: &'static str;
+    /// The compiled, immutable configuration.
+    type Policy: 'static;
+    /// The counters, defined once per root.
+    type Metrics: Copy + 'static;
+
+    fn compile(bytes: &[u8]) -> Result<Self::Policy, ConfigError>;
+
+    /// Work with the host once the policy is compiled (e.g. creating shared
+    /// data); an error refuses the configuration.
+    fn prepare(_policy: &Self::Policy, _host: &mut dyn RootHost) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn define_metrics(metrics: &mut dyn DefineMetrics) -> Self::Metrics;
+
+    /// The policy sends checks to the fleet store.
+    fn uses_fleet(_policy: &Self::Policy) -> bool {
+        false
+    }
+
+    /// The policy's part in one request, written against [`Stream`].
+    fn steps(policy: &Rc<Self::Policy>, metrics: Self::Metrics) -> Box<dyn PolicySteps>;
+
+    /// The policy's requests may be woken by other requests.
+    fn wakes(_policy: &Self::Policy) -> bool {
+        false
+    }
+
+    /// How often the root calls [`Filter::on_tick`].
+    fn tick_period(_policy: &Self::Policy) -> Option<Duration> {
+        None
+    }
+
+    /// Background work of the root.
+    fn on_tick(_policy: &Self::Policy, _metrics: Self::Metrics, _host: &mut dyn RootHost) {}
+
+    /// A call the root made answered; returns whether it was the policy's.
+    fn on_call_answer(
+        _policy: &Self::Policy,
+        _metrics: Self::Metrics,
+        _token: u32,
+        _answer: &dyn CallAnswer,
+        _host: &mut dyn RootHost,
+    ) -> bool {
+        false
+    }
+}
+
+/// A policy whose configuration is loaded, as a root holds it: it makes
+/// each request's steps and may take part in the root's timer, call
+/// answers and shutdown. A single filter's root holds one; the gateway
+/// module's root holds one per enabled policy, in order.
+pub trait LoadedPolicy {
+    /// The policy's part in one request.
+    fn steps(&self) -> Box<dyn PolicySteps>;
+
+    /// Its requests may be woken by other requests.
+    fn wakes(&self) -> bool {
+        false
+    }
+
+    /// The policy sends checks to the fleet store.
+    fn uses_fleet(&self) -> bool {
+        false
+    }
+
+    /// How often the policy wants [`LoadedPolicy::on_tick`].
+    fn tick_period(&self) -> Option<Duration> {
+        None
+    }
+
+    fn on_tick(&mut self, _host: &mut dyn RootHost) {}
+
+    /// A call the root made answered; returns whether it was this policy's.
+    fn on_call_answer(
+        &mut self,
+        _token: u32,
+        _answer: &dyn CallAnswer,
+        _host: &mut dyn RootHost,
+    ) -> bool {
+        false
+    }
+
+    /// The host is removing the configuration; returns whether the policy
+    /// is done at once (else it finishes later and becomes
+    /// [`idle`](Self::idle)).
+    fn on_done(&mut self, _host: &mut dyn RootHost) -> bool {
+        true
+    }
+
+    /// Nothing in flight and nothing left to send.
+    fn idle(&self) -> bool {
+        true
+    }
+}
+
+/// A [`Filter`]'s compiled policy and its metrics.
+pub struct Loaded<F: Filter> {
+    policy: Rc<F::Policy>,
+    metrics: F::Metrics,
+}
+
+impl<F: Filter> Loaded<F> {
+    /// Compiles `bytes`, prepares the host and gets the metrics. On error,
+    /// logs `<filter>: invalid configuration: …` (or `<filter>: <reason>`
+    /// when the host cannot be prepared) and returns `None`.
+    pub fn load(
+        bytes: &[u8],
+        host: &mut dyn RootHost,
+        metrics: impl FnOnce(&mut dyn RootHost) -> F::Metrics,
+    ) -> Option<Self> {
+        let policy = compile_or_log(host, F::NAME, bytes, F::compile)?;
+        if let Err(reason) = F::prepare(&policy, host) {
+            host.log(Level::Error, format_args!("{}: {reason}", F::NAME));
+            return None;
+        }
+        Some(Self {
+            policy: Rc::new(policy),
+            metrics: metrics(host),
+        })
+    }
+
+    /// Loads a section of the gateway module (metrics defined anew).
+    pub fn boxed(bytes: &[u8], host: &mut dyn RootHost) -> Option<Box<dyn LoadedPolicy>> {
+        let loaded = Self::load(bytes, host, |host| F::define_metrics(host))?;
+        Some(Box::new(loaded))
+    }
+}
+
+impl<F: Filter> LoadedPolicy for Loaded<F> {
+    fn steps(&self) -> Box<dyn PolicySteps> {
+        F::steps(&self.policy, self.metrics)
+    }
+
+    fn wakes(&self) -> bool {
+        F::wakes(&self.policy)
+    }
+
+    fn uses_fleet(&self) -> bool {
+        F::uses_fleet(&self.policy)
+    }
+
+    fn tick_period(&self) -> Option<Duration> {
+        F::tick_period(&self.policy)
+    }
+
+    fn on_tick(&mut self, host: &mut dyn RootHost) {
+        F::on_tick(&self.policy, self.metrics, host);
+    }
+
+    fn on_call_answer(
+        &mut self,
+        token: u32,
+        answer: &dyn CallAnswer,
+        host: &mut dyn RootHost,
+    ) -> bool {
+        F::on_call_answer(&self.policy, self.metrics, token, answer, host)
+    }
+}
+
+/// What a step did that its host keeps: the body size it left, the fleet
+/// operations and the call it sent.
+#[derive(Default)]
+struct StepEffects {
+    resized_to: Option<usize>,
+    fleet: Option<Ticket>,
+    called: Option<u32>,
+}
+
+/// The [`Stream`] a step is handed: the host's primitives, and what every
+/// host does alike (the request's fleet batch, replies held for it, the
+/// call a step makes).
+struct HostedStream<'a> {
+    host: &'a mut dyn RequestHost,
+    batch: Option<&'a RefCell<Batch>>,
+    effects: StepEffects,
+}
+
+impl Host for HostedStream<'_> {
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.host.request_header(name)
+    }
+
+    fn request_header_values(&self, name: &str) -> Vec<String> {
+        self.host.request_header_values(name)
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.host.property(path)
+    }
+
+    fn set_property(&self, path: &[&str], value: &[u8]) -> bool {
+        self.host.set_property(path, value)
+    }
+
+    fn now(&self) -> SystemTime {
+        self.host.now()
+    }
+}
+
+impl Telemetry for HostedStream<'_> {
+    fn increment(&mut self, counter: Counter, delta: u64) {
+        self.host.increment(counter, delta);
+    }
+
+    fn set_gauge(&mut self, gauge: Gauge, value: u64) {
+        self.host.set_gauge(gauge, value);
+    }
+
+    fn add_to_gauge(&mut self, gauge: Gauge, delta: i64) {
+        self.host.add_to_gauge(gauge, delta);
+    }
+
+    fn logs(&self, level: Level) -> bool {
+        self.host.logs(level)
+    }
+
+    fn log(&self, level: Level, message: std::fmt::Arguments<'_>) {
+        self.host.log(level, message);
+    }
+}
+
+impl Stream for HostedStream<'_> {
+    fn request_header_names(&self) -> Vec<String> {
+        self.host.request_header_names()
+    }
+
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        self.host.set_request_header(name, value);
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.host.response_header(name)
+    }
+
+    fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+        self.host.set_response_header(name, value);
+    }
+
+    /// In the gateway module, a reply made while earlier policies' fleet
+    /// checks are unanswered is held until they are (see
+    /// [`Batch::holds_replies`]).
+    fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        if let Some(batch) = self.batch {
+            let mut batch = batch.borrow_mut();
+            if batch.holds_replies() {
+                batch.hold_reply(LocalReply::new(status, headers, body));
+                return;
+            }
+        }
+        self.host.send_local_reply(status, headers, body);
+    }
+
+    fn request_body(&self, size: usize) -> Vec<u8> {
+        self.host.request_body(size)
+    }
+
+    fn replace_request_body(&mut self, old_size: usize, body: &[u8]) {
+        self.host.replace_request_body(old_size, body);
+        self.effects.resized_to = Some(body.len());
+    }
+
+    fn shared_data(&self) -> &dyn SharedStore {
+        self.host.shared_data()
+    }
+
+    fn send_to_fleet(&mut self, store: &Arc<Store>, ops: Vec<Op>) -> Result<FleetCall, Failure> {
+        let batched = self
+            .batch
+            .and_then(|batch| batch.borrow_mut().add(store, &ops));
+        let (ticket, call) = match batched {
+            Some(ticket) => (ticket, FleetCall::Batched),
+            None => (
+                fleet_client::submit(store, ops, &mut *self.host)?,
+                FleetCall::Own,
+            ),
+        };
+        self.effects.fleet = Some(ticket);
+        Ok(call)
+    }
+
+    fn clear_route_cache(&mut self) {
+        self.host.clear_route_cache();
+    }
+
+    fn dispatch_call(&mut self, call: HttpCall<'_>) -> Result<(), CallNotMade> {
+        let token = self.host.dispatch_call(call)?;
+        self.effects.called = Some(token);
+        Ok(())
+    }
+
+    fn stream_id(&self) -> u32 {
+        self.host.stream_id()
+    }
+
+    fn wake(&mut self, stream_id: u32) {
+        self.host.wake(stream_id);
+    }
+}
+
+/// A policy's steps for one request, with what they wait for: their own
+/// fleet call and their call to a cluster. A single filter's context and
+/// the gateway module's pipeline member both run a policy's steps through
+/// it, over the host of the callback that runs; the host calls
+/// [`HostedSteps::end`] when the stream goes.
+pub struct HostedSteps {
+    steps: Box<dyn PolicySteps>,
+    /// The request's fleet batch, in the gateway module.
+    batch: Option<Rc<RefCell<Batch>>>,
+    fleet: Option<Ticket>,
+    call: Option<u32>,
+    ended: bool,
+}
+
+impl HostedSteps {
+    pub fn new(steps: Box<dyn PolicySteps>, batch: Option<Rc<RefCell<Batch>>>) -> Self {
+        Self {
+            steps,
+            batch,
+            fleet: None,
+            call: None,
+            ended: false,
+        }
+    }
+
+    /// Runs one step over the request's stream and keeps the fleet
+    /// operations and the call it sent; the body size it left, if it
+    /// replaced the body.
+    pub fn run(
+        &mut self,
+        host: &mut dyn RequestHost,
+        step: impl FnOnce(&mut dyn PolicySteps, &mut dyn Stream) -> Verdict,
+    ) -> (Verdict, Option<usize>) {
+        let mut stream = HostedStream {
+            host,
+            batch: self.batch.as_deref(),
+            effects: StepEffects::default(),
+        };
+        let verdict = step(self.steps.as_mut(), &mut stream);
+        let effects = stream.effects;
+        if let Some(ticket) = effects.fleet {
+            self.fleet = Some(ticket);
+        }
+        if let Some(token) = effects.called {
+            self.call = Some(token);
+        }
+        (verdict, effects.resized_to)
+    }
+
+    /// [`HostedSteps::run`]'s verdict alone.
+    pub fn verdict(
+        &mut self,
+        host: &mut dyn RequestHost,
+        step: impl FnOnce(&mut dyn PolicySteps, &mut dyn Stream) -> Verdict,
+    ) -> Verdict {
+        self.run(host, step).0
+    }
+
+    /// It holds the request for its own fleet call (the body and trailers
+    /// too: holding the headers alone would not hold them back).
+    pub fn holds_for_fleet(&self) -> bool {
+        self.fleet.as_ref().is_some_and(Ticket::holds_request)
+    }
+
+    /// Shows a call's answer to the steps it is for: their own fleet call
+    /// or their call; the step's verdict, `None` when the token is none of
+    /// theirs.
+    pub fn call_answer(
+        &mut self,
+        host: &mut dyn RequestHost,
+        token: u32,
+        answer: &dyn CallAnswer,
+    ) -> Option<Verdict> {
+        if let Some(fleet_answer) = self
+            .fleet
+            .as_mut()
+            .and_then(|ticket| ticket.answer(token, answer, &mut *host))
+        {
+            self.fleet = None;
+            return Some(self.verdict(host, |steps, stream| {
+                steps.on_fleet_answer(stream, fleet_answer)
+            }));
+        }
+        if self.call == Some(token) {
+            self.call = None;
+            return Some(self.verdict(host, |steps, stream| steps.on_call_answer(stream, answer)));
+        }
+        None
+    }
+
+    /// Another request woke this one.
+    pub fn wake(&mut self, host: &mut dyn RequestHost) -> Verdict {
+        self.verdict(host, |steps, stream| steps.on_wake(stream))
+    }
+
+    /// Shows the request's batched fleet answer to the steps, their share
+    /// of it; the step's verdict, `None` when they had nothing in it.
+    pub fn show_fleet_answer(
+        &mut self,
+        host: &mut dyn RequestHost,
+        answer: &Answer,
+    ) -> Option<Verdict> {
+        let share = self.fleet.as_ref()?.share(answer)?;
+        self.fleet = None;
+        Some(self.verdict(host, |steps, stream| steps.on_fleet_answer(stream, share)))
+    }
+
+    /// The stream is going away: the steps let go of what they hold for
+    /// other requests (once).
+    pub fn end(&mut self, host: &mut dyn RequestHost) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        self.run(host, |steps, stream| {
+            steps.on_stream_end(stream);
+            Verdict::Continue
+        });
+    }
+}
