@@ -72,7 +72,7 @@ lint:
 	CARGO_TARGET_DIR=target/fuzz/clippy $(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -p empty-filter -p host-call-probe -- -D warnings
-	$(CARGO) clippy -p gateway --no-default-features --features native --all-targets -- -D warnings
+	$(CARGO) clippy -p gateway -p empty-filter --no-default-features --features native --all-targets -- -D warnings
 	# The native module runs the policies over Envoy's dynamic-module ABI
 	# directly: no proxy-wasm linked into it.
 	@if $(CARGO) tree -e normal -p gateway --no-default-features --features native | grep -q proxy-wasm; then \

@@ -63,7 +63,7 @@ say "building the modules and the bench tools"
 "$CARGO" build --release --target wasm32-wasip1 "${packages[@]}"
 # The native module and its do-nothing baseline (Envoy dynamic modules).
 "$CARGO" build --profile native -p gateway --no-default-features --features native
-"$CARGO" build --profile native -p empty-filter --features native
+"$CARGO" build --profile native -p empty-filter --no-default-features --features native
 tools=(-p gatewayctl -p policy-bench -p integration-tests --bins)
 
 if [ -n "$smoke" ]; then

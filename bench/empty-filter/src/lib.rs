@@ -6,19 +6,32 @@
 //! same SDK, the same release profile and the same stream callbacks as the
 //! filters, so the difference is the policy work alone.
 
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+#[cfg(feature = "wasm")]
+pub use wasm::*;
 
-/// One per request. Every callback keeps the SDK's default: continue.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct EmptyHttp;
+#[cfg(feature = "wasm")]
+mod wasm {
+    use proxy_wasm::traits::{Context, HttpContext};
+    use proxy_wasm::types::Action;
 
-impl Context for EmptyHttp {}
+    /// One per request. Every callback keeps the SDK's default: continue.
+    #[derive(Debug, Default, Clone, Copy)]
+    pub struct EmptyHttp;
 
-impl HttpContext for EmptyHttp {}
+    impl Context for EmptyHttp {}
 
-/// What the filter does with a request or response: nothing.
-pub const ACTION: Action = Action::Continue;
+    impl HttpContext for EmptyHttp {}
+
+    /// What the filter does with a request or response: nothing.
+    pub const ACTION: Action = Action::Continue;
+
+    #[cfg(target_arch = "wasm32")]
+    proxy_wasm::main! {{
+        proxy_wasm::set_http_context(|_context_id, _root_context_id| -> Box<dyn HttpContext> {
+            Box::new(EmptyHttp)
+        });
+    }}
+}
 
 /// The native module's baseline: a module whose every stream callback
 /// continues.
@@ -71,16 +84,10 @@ mod native {
     native_host::module!(EMPTY);
 }
 
-#[cfg(target_arch = "wasm32")]
-proxy_wasm::main! {{
-    proxy_wasm::set_http_context(|_context_id, _root_context_id| -> Box<dyn HttpContext> {
-        Box::new(EmptyHttp)
-    });
-}}
-
-#[cfg(test)]
+#[cfg(all(test, feature = "wasm"))]
 mod tests {
     use super::*;
+    use proxy_wasm::traits::HttpContext;
 
     #[test]
     fn every_stream_callback_continues() {
