@@ -17,6 +17,7 @@ pub mod matching;
 pub mod metrics;
 pub mod params;
 pub mod section;
+pub mod slots;
 pub mod store;
 pub mod stream;
 pub mod sync;

@@ -8,7 +8,8 @@
 
 use crate::config::CacheSettings;
 use crate::policy::Decision;
-use gateway_common::store::{ensure_initialized, update, SharedStore, StoreError};
+use gateway_common::slots::SlotTable;
+use gateway_common::store::{SharedStore, StoreError};
 
 pub const ENTRIES_PER_SLOT: usize = 4;
 const MAX_CAS_ATTEMPTS: u32 = 16;
@@ -27,15 +28,15 @@ impl CacheKey {
         u64::from_le_bytes(self.0[..8].try_into().unwrap_or_default()).max(1)
     }
 
-    fn slot(&self, slots: u32) -> u32 {
-        let hash = u64::from_le_bytes(self.0[8..].try_into().unwrap_or_default());
-        (hash % u64::from(slots.max(1))) as u32
+    fn slot_hash(&self) -> u64 {
+        u64::from_le_bytes(self.0[8..].try_into().unwrap_or_default())
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct DecisionCache {
     pub settings: CacheSettings,
+    table: SlotTable,
 }
 
 /// What storing a decision did.
@@ -56,19 +57,13 @@ struct Entry {
 
 impl DecisionCache {
     pub fn new(settings: CacheSettings) -> Self {
-        Self { settings }
-    }
-
-    fn key(slot: u32) -> String {
-        format!("{KEY_PREFIX}{slot}")
+        let table = SlotTable::new(KEY_PREFIX, settings.slots);
+        Self { settings, table }
     }
 
     /// Creates every slot; call when the configuration loads.
     pub fn initialize(&self, store: &dyn SharedStore) -> Result<(), StoreError> {
-        for slot in 0..self.settings.slots {
-            ensure_initialized(store, &Self::key(slot), &[])?;
-        }
-        Ok(())
+        self.table.initialize(store, &[])
     }
 
     /// The live decision for `key`, if any.
@@ -78,7 +73,9 @@ impl DecisionCache {
         key: &CacheKey,
         now_ms: u64,
     ) -> Result<Option<Decision>, StoreError> {
-        let (value, _) = store.get(&Self::key(key.slot(self.settings.slots)))?;
+        let value = self
+            .table
+            .read(store, self.table.slot_of(key.slot_hash()))?;
         let fingerprint = key.fingerprint();
         Ok(decode_slot(value.as_deref().unwrap_or_default())
             .into_iter()
@@ -103,8 +100,8 @@ impl DecisionCache {
             return Ok(Stored::TooLarge);
         }
         let fingerprint = key.fingerprint();
-        let slot_key = Self::key(key.slot(self.settings.slots));
-        update(store, &slot_key, MAX_CAS_ATTEMPTS, |current| {
+        let slot = self.table.slot_of(key.slot_hash());
+        self.table.update(store, slot, MAX_CAS_ATTEMPTS, |current| {
             let mut entries = decode_slot(current.unwrap_or_default());
             entries.retain(|e| e.expires_ms > now_ms && e.fingerprint != fingerprint);
             let mut outcome = Stored::Kept;

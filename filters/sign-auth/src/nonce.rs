@@ -7,7 +7,8 @@
 //! slot whose entries are all still live refuses the new nonce (fail closed):
 //! size the table for the request rate times the timestamp window.
 
-use gateway_common::store::{ensure_initialized, update, SharedStore, StoreError};
+use gateway_common::slots::SlotTable;
+use gateway_common::store::{SharedStore, StoreError};
 use sha2::{Digest, Sha256};
 
 pub const ENTRIES_PER_SLOT: usize = 8;
@@ -27,26 +28,19 @@ pub enum NonceOutcome {
 
 #[derive(Debug, Clone)]
 pub struct NonceTable {
-    slots: u32,
+    table: SlotTable,
 }
 
 impl NonceTable {
     pub fn new(slots: u32) -> Self {
         Self {
-            slots: slots.max(1),
+            table: SlotTable::new(KEY_PREFIX, slots),
         }
-    }
-
-    fn key(slot: u32) -> String {
-        format!("{KEY_PREFIX}{slot}")
     }
 
     /// Creates every slot; call when the configuration loads.
     pub fn initialize(&self, store: &dyn SharedStore) -> Result<(), StoreError> {
-        for slot in 0..self.slots {
-            ensure_initialized(store, &Self::key(slot), &[])?;
-        }
-        Ok(())
+        self.table.initialize(store, &[])
     }
 
     /// Records `nonce` of `app_key` until `expires_ms`, unless it is live already.
@@ -65,8 +59,8 @@ impl NonceTable {
             .finalize();
         let fingerprint = u64::from_le_bytes(digest[0..8].try_into().unwrap_or_default()).max(1);
         let slot_hash = u64::from_le_bytes(digest[8..16].try_into().unwrap_or_default());
-        let slot = (slot_hash % u64::from(self.slots)) as u32;
-        update(store, &Self::key(slot), MAX_CAS_ATTEMPTS, |current| {
+        let slot = self.table.slot_of(slot_hash);
+        self.table.update(store, slot, MAX_CAS_ATTEMPTS, |current| {
             let mut entries = decode(current.unwrap_or_default());
             entries.retain(|(_, expiry)| *expiry > now_ms);
             if entries.iter().any(|(fp, _)| *fp == fingerprint) {
@@ -150,7 +144,7 @@ mod tests {
             table.check_and_record(&store, "a", "n", 100, 200).unwrap(),
             NonceOutcome::Fresh
         );
-        let (value, _) = store.get(&NonceTable::key(0)).unwrap();
+        let (value, _) = store.get(&table.table.key(0)).unwrap();
         assert_eq!(value.unwrap().len(), ENTRY_BYTES);
     }
 
@@ -175,7 +169,7 @@ mod tests {
         assert_eq!(fresh, 8 * ENTRIES_PER_SLOT);
         assert_eq!(full, 10_000 - fresh);
         for slot in 0..8 {
-            let (value, _) = store.get(&NonceTable::key(slot)).unwrap();
+            let (value, _) = store.get(&table.table.key(slot)).unwrap();
             assert!(value.unwrap().len() <= ENTRIES_PER_SLOT * ENTRY_BYTES);
         }
         // Once they expire, the slots take new nonces again.

@@ -20,7 +20,8 @@
 //! [`MAX_CAS_ATTEMPTS`] times, so counts are exact across Envoy's workers.
 
 use crate::window::{Algorithm, Counting, Counts};
-use gateway_common::store::{ensure_initialized, update, SharedStore, StoreError};
+use gateway_common::slots::{SlotKey, SlotTable};
+use gateway_common::store::{SharedStore, StoreError};
 
 /// Entries per slot.
 pub const WAYS: usize = 4;
@@ -183,37 +184,34 @@ pub enum Acquired {
 /// One rule's slots: keys `<prefix><n>` for n in `0..slots`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
-    prefix: String,
-    slots: u32,
+    table: SlotTable,
 }
 
 impl Table {
     pub fn new(prefix: String, slots: u32) -> Self {
         Self {
-            prefix,
-            slots: slots.max(1),
+            table: SlotTable::new(prefix, slots),
         }
     }
 
     pub fn slots(&self) -> u32 {
-        self.slots
+        self.table.slots()
     }
 
     /// The shared-data key of a slot; the only keys this table ever writes.
-    pub fn key(&self, slot: u32) -> String {
-        format!("{}{}", self.prefix, slot % self.slots)
+    pub fn key(&self, slot: u32) -> SlotKey {
+        self.table.key(slot)
     }
 
     /// The slot a key hash falls in.
     pub fn slot_of(&self, slot_hash: u64) -> u32 {
-        u32::try_from(slot_hash % u64::from(self.slots)).unwrap_or(0)
+        self.table.slot_of(slot_hash)
     }
 
     /// Creates every slot (empty) unless it exists; call when the
     /// configuration loads, so shared data holds exactly `slots` keys.
     pub fn initialize(&self, store: &dyn SharedStore) -> Result<(), StoreError> {
-        let empty = encode(&Slot::default());
-        (0..self.slots).try_for_each(|slot| ensure_initialized(store, &self.key(slot), &empty))
+        self.table.initialize(store, &encode(&Slot::default()))
     }
 
     /// Counts one request of the key with `fingerprint` (never 0) in `slot`,
@@ -229,7 +227,7 @@ impl Table {
         let window = counting.window.index(now_ms);
         let algorithm = counting.algorithm;
         let reset_ms = counting.window.until_end(now_ms);
-        update(store, &self.key(slot), MAX_CAS_ATTEMPTS, |current| {
+        self.table.update(store, slot, MAX_CAS_ATTEMPTS, |current| {
             let mut entries = decode(current);
             let (way, shared) = locate(&entries, fingerprint, window, algorithm);
             let mut entry = entries[way].brought_to(window, algorithm);
@@ -274,20 +272,21 @@ impl Table {
     /// Takes back an admitted request, if its entry still counts the same
     /// key in the same window.
     pub fn release(&self, store: &dyn SharedStore, ticket: &Ticket) -> Result<(), StoreError> {
-        update(store, &self.key(ticket.slot), MAX_CAS_ATTEMPTS, |current| {
-            let mut entries = decode(current);
-            let Some(entry) = entries.get_mut(ticket.way) else {
-                return (None, ());
-            };
-            if entry.fingerprint != ticket.fingerprint
-                || entry.window != ticket.window
-                || entry.count == 0
-            {
-                return (None, ());
-            }
-            entry.count -= 1;
-            (Some(encode(&entries)), ())
-        })
+        self.table
+            .update(store, ticket.slot, MAX_CAS_ATTEMPTS, |current| {
+                let mut entries = decode(current);
+                let Some(entry) = entries.get_mut(ticket.way) else {
+                    return (None, ());
+                };
+                if entry.fingerprint != ticket.fingerprint
+                    || entry.window != ticket.window
+                    || entry.count == 0
+                {
+                    return (None, ());
+                }
+                entry.count -= 1;
+                (Some(encode(&entries)), ())
+            })
     }
 }
 
