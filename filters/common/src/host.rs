@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[cfg(feature = "wasm")]
@@ -18,6 +19,20 @@ pub trait Host {
     /// Publishes a property (filter state) for later filters.
     fn set_property(&self, path: &[&str], value: &[u8]) -> bool;
     fn now(&self) -> SystemTime;
+
+    /// The request line; a host whose policies share a request (the
+    /// gateway module) reads it once for all of them.
+    fn request_line(&self) -> Rc<RequestLine> {
+        Rc::new(RequestLine::from_headers(self))
+    }
+
+    /// Envoy's route name for the request (`xds.route_name`), shared as
+    /// [`Host::request_line`] is.
+    fn route_name(&self) -> Option<Rc<str>> {
+        self.property(&["xds", "route_name"])
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .map(Rc::from)
+    }
 }
 
 /// 64 random bits. Std's hasher keys come from the host's random source
@@ -103,7 +118,13 @@ pub struct RequestLine {
 }
 
 impl RequestLine {
-    pub fn read(host: &dyn Host) -> Self {
+    /// The request line as the host shares it (see [`Host::request_line`]).
+    pub fn read(host: &dyn Host) -> Rc<Self> {
+        host.request_line()
+    }
+
+    /// Reads the three pseudo-headers.
+    pub fn from_headers<H: Host + ?Sized>(host: &H) -> Self {
         Self {
             authority: host.request_header(":authority").unwrap_or_default(),
             method: host.request_header(":method").unwrap_or_default(),
@@ -113,9 +134,8 @@ impl RequestLine {
 }
 
 /// Envoy's route name for the request (`xds.route_name`).
-pub fn route_name(host: &dyn Host) -> Option<String> {
-    host.property(&["xds", "route_name"])
-        .and_then(|bytes| String::from_utf8(bytes).ok())
+pub fn route_name(host: &dyn Host) -> Option<Rc<str>> {
+    host.route_name()
 }
 
 /// The downstream peer's `ip:port` as Envoy reports it (`source.address`).
@@ -128,16 +148,16 @@ pub fn peer_address(host: &dyn Host) -> Option<String> {
 /// Envoy's route name. Read once per request.
 #[derive(Debug, Clone, Default)]
 pub struct RequestFacts {
-    pub line: RequestLine,
-    pub route_name: Option<String>,
+    pub line: Rc<RequestLine>,
+    pub route_name: Option<Rc<str>>,
 }
 
 impl RequestFacts {
     pub fn read(host: &dyn Host, with_route_name: bool) -> Self {
         Self {
-            line: RequestLine::read(host),
+            line: host.request_line(),
             route_name: if with_route_name {
-                route_name(host)
+                host.route_name()
             } else {
                 None
             },

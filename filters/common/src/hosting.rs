@@ -13,7 +13,7 @@ use crate::config::ConfigError;
 use crate::fleet::client::{self as fleet_client, Batch, Ticket};
 use crate::fleet::wire::{Answer, Failure, Op};
 use crate::fleet::Store;
-use crate::host::Host;
+use crate::host::{Host, RequestLine};
 use crate::metrics::{Counter, DefineMetrics, Gauge};
 use crate::store::SharedStore;
 use crate::stream::{
@@ -302,6 +302,43 @@ impl<F: Filter> LoadedPolicy for Loaded<F> {
     }
 }
 
+/// What the policies of one request share in the gateway module: the
+/// request's fleet batch, and the reads every policy makes (the request
+/// line, the route name), read once and read again after a policy changed
+/// what they depend on.
+#[derive(Default)]
+pub struct SharedRequest {
+    pub batch: RefCell<Batch>,
+    line: RefCell<Option<Rc<RequestLine>>>,
+    route_name: RefCell<Option<Option<Rc<str>>>>,
+}
+
+impl SharedRequest {
+    fn request_line(&self, host: &dyn RequestHost) -> Rc<RequestLine> {
+        Rc::clone(
+            self.line
+                .borrow_mut()
+                .get_or_insert_with(|| host.request_line()),
+        )
+    }
+
+    fn route_name(&self, host: &dyn RequestHost) -> Option<Rc<str>> {
+        self.route_name
+            .borrow_mut()
+            .get_or_insert_with(|| host.route_name())
+            .clone()
+    }
+
+    /// A request header changed: Envoy may pick another route, and the
+    /// request line is read again if a pseudo-header changed.
+    fn header_changed(&self, name: &str) {
+        if name.starts_with(':') {
+            self.line.borrow_mut().take();
+        }
+        self.route_name.borrow_mut().take();
+    }
+}
+
 /// What a step did that its host keeps: the body size it left, the fleet
 /// operations and the call it sent.
 #[derive(Default)]
@@ -316,7 +353,7 @@ struct StepEffects {
 /// call a step makes).
 struct HostedStream<'a> {
     host: &'a mut dyn RequestHost,
-    batch: Option<&'a RefCell<Batch>>,
+    shared: Option<&'a SharedRequest>,
     effects: StepEffects,
 }
 
@@ -339,6 +376,20 @@ impl Host for HostedStream<'_> {
 
     fn now(&self) -> SystemTime {
         self.host.now()
+    }
+
+    fn request_line(&self) -> Rc<RequestLine> {
+        match self.shared {
+            Some(shared) => shared.request_line(&*self.host),
+            None => self.host.request_line(),
+        }
+    }
+
+    fn route_name(&self) -> Option<Rc<str>> {
+        match self.shared {
+            Some(shared) => shared.route_name(&*self.host),
+            None => self.host.route_name(),
+        }
     }
 }
 
@@ -371,6 +422,9 @@ impl Stream for HostedStream<'_> {
 
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
         self.host.set_request_header(name, value);
+        if let Some(shared) = self.shared {
+            shared.header_changed(name);
+        }
     }
 
     fn response_header(&self, name: &str) -> Option<String> {
@@ -385,8 +439,8 @@ impl Stream for HostedStream<'_> {
     /// checks are unanswered is held until they are (see
     /// [`Batch::holds_replies`]).
     fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
-        if let Some(batch) = self.batch {
-            let mut batch = batch.borrow_mut();
+        if let Some(shared) = self.shared {
+            let mut batch = shared.batch.borrow_mut();
             if batch.holds_replies() {
                 batch.hold_reply(LocalReply::new(status, headers, body));
                 return;
@@ -410,8 +464,8 @@ impl Stream for HostedStream<'_> {
 
     fn send_to_fleet(&mut self, store: &Arc<Store>, ops: Vec<Op>) -> Result<FleetCall, Failure> {
         let batched = self
-            .batch
-            .and_then(|batch| batch.borrow_mut().add(store, &ops));
+            .shared
+            .and_then(|shared| shared.batch.borrow_mut().add(store, &ops));
         let (ticket, call) = match batched {
             Some(ticket) => (ticket, FleetCall::Batched),
             None => (
@@ -425,6 +479,9 @@ impl Stream for HostedStream<'_> {
 
     fn clear_route_cache(&mut self) {
         self.host.clear_route_cache();
+        if let Some(shared) = self.shared {
+            shared.route_name.borrow_mut().take();
+        }
     }
 
     fn dispatch_call(&mut self, call: HttpCall<'_>) -> Result<(), CallNotMade> {
@@ -449,18 +506,18 @@ impl Stream for HostedStream<'_> {
 /// [`HostedSteps::end`] when the stream goes.
 pub struct HostedSteps {
     steps: Box<dyn PolicySteps>,
-    /// The request's fleet batch, in the gateway module.
-    batch: Option<Rc<RefCell<Batch>>>,
+    /// What the request's policies share, in the gateway module.
+    shared: Option<Rc<SharedRequest>>,
     fleet: Option<Ticket>,
     call: Option<u32>,
     ended: bool,
 }
 
 impl HostedSteps {
-    pub fn new(steps: Box<dyn PolicySteps>, batch: Option<Rc<RefCell<Batch>>>) -> Self {
+    pub fn new(steps: Box<dyn PolicySteps>, shared: Option<Rc<SharedRequest>>) -> Self {
         Self {
             steps,
-            batch,
+            shared,
             fleet: None,
             call: None,
             ended: false,
@@ -477,7 +534,7 @@ impl HostedSteps {
     ) -> (Verdict, Option<usize>) {
         let mut stream = HostedStream {
             host,
-            batch: self.batch.as_deref(),
+            shared: self.shared.as_deref(),
             effects: StepEffects::default(),
         };
         let verdict = step(self.steps.as_mut(), &mut stream);
@@ -559,5 +616,178 @@ impl HostedSteps {
             steps.on_stream_end(stream);
             Verdict::Continue
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use std::cell::Cell;
+
+    /// A request's primitives over a header list, counting the reads.
+    #[derive(Default)]
+    struct CountingHost {
+        headers: Vec<(String, String)>,
+        header_reads: Cell<usize>,
+        route_reads: Cell<usize>,
+        shared: MemoryStore,
+    }
+
+    impl Host for CountingHost {
+        fn request_header(&self, name: &str) -> Option<String> {
+            self.header_reads.set(self.header_reads.get() + 1);
+            self.headers
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        }
+        fn request_header_values(&self, name: &str) -> Vec<String> {
+            self.request_header(name).into_iter().collect()
+        }
+        fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+            self.route_reads.set(self.route_reads.get() + 1);
+            (path == ["xds", "route_name"]).then(|| b"orders".to_vec())
+        }
+        fn set_property(&self, _: &[&str], _: &[u8]) -> bool {
+            true
+        }
+        fn now(&self) -> SystemTime {
+            SystemTime::UNIX_EPOCH
+        }
+    }
+
+    impl Telemetry for CountingHost {
+        fn increment(&mut self, _: Counter, _: u64) {}
+        fn set_gauge(&mut self, _: Gauge, _: u64) {}
+        fn add_to_gauge(&mut self, _: Gauge, _: i64) {}
+        fn logs(&self, _: Level) -> bool {
+            false
+        }
+        fn log(&self, _: Level, _: std::fmt::Arguments<'_>) {}
+    }
+
+    impl Caller for CountingHost {
+        fn dispatch_call(&mut self, _: HttpCall<'_>) -> Result<u32, CallNotMade> {
+            Err(CallNotMade)
+        }
+    }
+
+    impl RequestHost for CountingHost {
+        fn request_header_names(&self) -> Vec<String> {
+            self.headers.iter().map(|(name, _)| name.clone()).collect()
+        }
+        fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+            self.headers.retain(|(key, _)| key != name);
+            if let Some(value) = value {
+                self.headers.push((name.to_string(), value.to_string()));
+            }
+        }
+        fn response_header(&self, _: &str) -> Option<String> {
+            None
+        }
+        fn set_response_header(&mut self, _: &str, _: Option<&str>) {}
+        fn send_local_reply(&mut self, _: u32, _: &[(&str, &str)], _: &[u8]) {}
+        fn request_body(&self, _: usize) -> Vec<u8> {
+            Vec::new()
+        }
+        fn replace_request_body(&mut self, _: usize, _: &[u8]) {}
+        fn shared_data(&self) -> &dyn SharedStore {
+            &self.shared
+        }
+        fn clear_route_cache(&mut self) {}
+        fn stream_id(&self) -> u32 {
+            1
+        }
+        fn wake(&mut self, _: u32) {}
+    }
+
+    /// A step that reads the request line and the route name, and may
+    /// rewrite the path.
+    struct Reader {
+        seen: Rc<RefCell<Vec<String>>>,
+        rewrite: Option<&'static str>,
+    }
+
+    impl PolicySteps for Reader {
+        fn on_request_headers(&mut self, stream: &mut dyn Stream, _: bool) -> Verdict {
+            let line = stream.request_line();
+            let route = stream
+                .route_name()
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            self.seen
+                .borrow_mut()
+                .push(format!("{} {}", line.path, route));
+            if let Some(path) = self.rewrite {
+                stream.set_request_header(":path", Some(path));
+            }
+            Verdict::Continue
+        }
+    }
+
+    fn host() -> CountingHost {
+        CountingHost {
+            headers: [
+                (":authority", "shop"),
+                (":method", "GET"),
+                (":path", "/orders/1"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            ..CountingHost::default()
+        }
+    }
+
+    #[test]
+    fn the_policies_of_a_request_share_its_line_and_route_until_one_changes_them() {
+        let mut host = host();
+        let shared = Rc::new(SharedRequest::default());
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let mut members: Vec<HostedSteps> = [None, Some("/v2/orders/1"), None]
+            .into_iter()
+            .map(|rewrite| {
+                let steps = Box::new(Reader {
+                    seen: Rc::clone(&seen),
+                    rewrite,
+                });
+                HostedSteps::new(steps, Some(Rc::clone(&shared)))
+            })
+            .collect();
+        for member in &mut members {
+            member.verdict(&mut host, |steps, stream| {
+                steps.on_request_headers(stream, false)
+            });
+        }
+        assert_eq!(
+            *seen.borrow(),
+            [
+                "/orders/1 orders",
+                "/orders/1 orders",
+                "/v2/orders/1 orders"
+            ]
+        );
+        // The line was read once before the rewrite and once after it; the
+        // route once before and once after the header change.
+        assert_eq!(host.header_reads.get(), 6);
+        assert_eq!(host.route_reads.get(), 2);
+    }
+
+    #[test]
+    fn a_policy_on_its_own_reads_through_to_the_host() {
+        let mut host = host();
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        for _ in 0..2 {
+            let steps = Box::new(Reader {
+                seen: Rc::clone(&seen),
+                rewrite: None,
+            });
+            HostedSteps::new(steps, None).verdict(&mut host, |steps, stream| {
+                steps.on_request_headers(stream, false)
+            });
+        }
+        assert_eq!(host.header_reads.get(), 6);
+        assert_eq!(host.route_reads.get(), 2);
     }
 }

@@ -68,7 +68,7 @@ pub enum Check {
 #[derive(Debug, Clone)]
 pub struct Pending {
     pub key: CacheKey,
-    pub line: RequestLine,
+    pub line: std::rc::Rc<RequestLine>,
     /// Each identity source's value, in the configured order.
     pub values: Vec<String>,
 }

@@ -9,8 +9,10 @@ use crate::pipeline::{self, BodyVerdict, CallVerdict, Flow, Pipeline, Verdict};
 use crate::{config, MODULE_NAME};
 use circuit_breaker::CircuitBreakerFilter;
 use ext_auth::ExtAuthFilter;
-use gateway_common::fleet::client::{Answer, Batch};
-use gateway_common::hosting::{HostedSteps, Loaded, LoadedPolicy, RequestHost, RootHost};
+use gateway_common::fleet::client::Answer;
+use gateway_common::hosting::{
+    HostedSteps, Loaded, LoadedPolicy, RequestHost, RootHost, SharedRequest,
+};
 use gateway_common::stream::{CallAnswer, Level};
 use gateway_registry::Section;
 use ip_acl::IpAclFilter;
@@ -18,7 +20,6 @@ use log_push::LogPushWorker;
 use param_validation::ParamValidationFilter;
 use request_mapping::RequestMappingFilter;
 use sign_auth::SignAuthFilter;
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 use throttling::ThrottlingFilter;
@@ -128,21 +129,22 @@ impl GatewayPolicies {
         if self.policies.is_empty() {
             return None;
         }
-        let batch = Rc::new(RefCell::new(Batch::default()));
+        let shared = Rc::new(SharedRequest::default());
         let members = self
             .policies
             .iter()
-            .map(|policy| Member(HostedSteps::new(policy.steps(), Some(Rc::clone(&batch)))))
+            .map(|policy| Member(HostedSteps::new(policy.steps(), Some(Rc::clone(&shared)))))
             .collect();
         let mut pipeline = Pipeline::new(members);
         // No policy after the last one with fleet checks sees the request
         // before their answer (as in the chain, where those policies decide
         // before the later ones run).
         if let Some(last) = self.policies.iter().rposition(|p| p.uses_fleet()) {
-            let batch = Rc::clone(&batch);
-            pipeline = pipeline.with_barrier(last + 1, move || batch.borrow().holds_replies());
+            let shared = Rc::clone(&shared);
+            pipeline =
+                pipeline.with_barrier(last + 1, move || shared.batch.borrow().holds_replies());
         }
-        Some(GatewayRequest { pipeline, batch })
+        Some(GatewayRequest { pipeline, shared })
     }
 }
 
@@ -227,8 +229,9 @@ fn call_verdict(verdict: Option<Verdict>) -> CallVerdict {
 /// resumed when the callback was not Envoy's request callback).
 pub struct GatewayRequest {
     pipeline: Pipeline<Member>,
-    /// The request's fleet checks, shared with its policies' streams.
-    batch: Rc<RefCell<Batch>>,
+    /// The request's fleet checks and reads, shared with its policies'
+    /// streams.
+    shared: Rc<SharedRequest>,
 }
 
 impl GatewayRequest {
@@ -279,7 +282,11 @@ impl GatewayRequest {
         token: u32,
         answer: &dyn CallAnswer,
     ) -> Flow {
-        let fleet_answer = self.batch.borrow_mut().answer(token, answer, &mut *host);
+        let fleet_answer = self
+            .shared
+            .batch
+            .borrow_mut()
+            .answer(token, answer, &mut *host);
         if let Some(fleet_answer) = fleet_answer {
             return self.conclude_fleet(host, fleet_answer);
         }
@@ -319,7 +326,7 @@ impl GatewayRequest {
     ) -> Flow {
         let flow = step(&mut self.pipeline, host);
         let sent = {
-            let mut batch = self.batch.borrow_mut();
+            let mut batch = self.shared.batch.borrow_mut();
             if batch.has_unsent() {
                 Some(batch.send(&mut *host))
             } else {
@@ -331,7 +338,7 @@ impl GatewayRequest {
             return self.conclude_fleet(host, Err(failure));
         }
         if self.pipeline.answered() {
-            if !self.batch.borrow().in_flight() {
+            if !self.shared.batch.borrow().in_flight() {
                 self.release_held_reply(host);
             }
             return Flow::Pause;
@@ -357,7 +364,7 @@ impl GatewayRequest {
             .any(|member| member.0.show_fleet_answer(host, answer) == Some(Verdict::Answered));
         if answered {
             // An earlier policy's verdict: a later one's reply is moot.
-            self.batch.borrow_mut().take_held_reply();
+            self.shared.batch.borrow_mut().take_held_reply();
             self.pipeline.mark_answered();
         } else {
             self.release_held_reply(host);
@@ -367,7 +374,7 @@ impl GatewayRequest {
     /// Sends the local reply a policy made while the fleet's answer was
     /// not in (see `Batch::holds_replies`).
     fn release_held_reply(&mut self, host: &mut dyn RequestHost) {
-        let held = self.batch.borrow_mut().take_held_reply();
+        let held = self.shared.batch.borrow_mut().take_held_reply();
         if let Some(reply) = held {
             let headers: Vec<(&str, &str)> = reply
                 .headers

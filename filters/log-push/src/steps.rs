@@ -13,6 +13,7 @@ use gateway_common::identity::{self, Identity};
 use gateway_common::metrics::{Counter, DefineMetrics, Gauge};
 use gateway_common::stream::{PolicySteps, Stream, Telemetry, Verdict};
 use gateway_common::sync::lock;
+use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -114,7 +115,7 @@ impl Worker {
 
 /// What a record needs of the request, read as it arrives.
 struct SeenRequest {
-    line: RequestLine,
+    line: Rc<RequestLine>,
     request_id: String,
     user_agent: String,
     stage: String,
@@ -304,8 +305,9 @@ impl PolicySteps for LogPushSteps {
         let mut line = std::mem::take(&mut seen.line);
         // The client's request line, when request-mapping rewrote it.
         if let Some((method, path)) = identity::original_request(&*stream) {
-            line.method = method;
-            line.path = path;
+            let original = Rc::make_mut(&mut line);
+            original.method = method;
+            original.path = path;
         }
         let facts = RequestFacts {
             line,
@@ -338,8 +340,8 @@ impl PolicySteps for LogPushSteps {
                 .as_ref()
                 .and_then(|i| i.api.clone())
                 .or_else(|| match &facts.route_name {
-                    Some(name) => Some(name.clone()),
-                    None => route_name(&*stream),
+                    Some(name) => Some(name.to_string()),
+                    None => route_name(&*stream).map(|name| name.to_string()),
                 })
                 .unwrap_or_default(),
         };

@@ -57,10 +57,20 @@ pub(crate) struct NativeRequest<'a> {
     pub after: &'a mut After,
 }
 
-/// Filter state keys of published properties, as Envoy's Wasm host names
-/// them (so `%FILTER_STATE(wasm.gw_app)%` reads the same in every form).
-fn filter_state_key(name: &str) -> String {
-    format!("wasm.{name}")
+/// The filter state key of a published property, as Envoy's Wasm host
+/// names it (so `%FILTER_STATE(wasm.gw_app)%` reads the same in every
+/// form), handed to `use_key`; written in place for the suite's short names.
+fn with_filter_state_key<R>(name: &str, use_key: impl FnOnce(&str) -> R) -> R {
+    const PREFIX: &str = "wasm.";
+    let mut buffer = [0u8; 64];
+    let len = PREFIX.len() + name.len();
+    if len > buffer.len() {
+        return use_key(&format!("{PREFIX}{name}"));
+    }
+    buffer[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
+    buffer[PREFIX.len()..len].copy_from_slice(name.as_bytes());
+    // A `&str` after an ASCII prefix.
+    use_key(std::str::from_utf8(&buffer[..len]).unwrap_or_default())
 }
 
 fn int(value: Option<u64>) -> Option<Vec<u8>> {
@@ -95,7 +105,7 @@ impl Host for NativeRequest<'_> {
             }
             ["response", "flags"] => int(envoy.attribute_int(attribute::RESPONSE_FLAGS)),
             ["response", "total_size"] => int(envoy.attribute_int(attribute::RESPONSE_TOTAL_SIZE)),
-            [name] => envoy.filter_state(&filter_state_key(name)),
+            [name] => with_filter_state_key(name, |key| envoy.filter_state(key)),
             _ => None,
         }
     }
@@ -105,7 +115,7 @@ impl Host for NativeRequest<'_> {
     fn set_property(&self, path: &[&str], value: &[u8]) -> bool {
         match (self.envoy, path) {
             (Some(envoy), [name]) if !name.is_empty() => {
-                envoy.set_filter_state(&filter_state_key(name), value)
+                with_filter_state_key(name, |key| envoy.set_filter_state(key, value))
             }
             _ => false,
         }

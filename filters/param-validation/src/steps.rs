@@ -163,7 +163,7 @@ impl PolicySteps for ValidationSteps {
             self.waiting = Some(Waiting {
                 rule: index,
                 captures: KeptCaptures::keep(captures),
-                path_and_query: facts.line.path,
+                path_and_query: facts.line.path.clone(),
                 content_type,
             });
             return Verdict::Pause;

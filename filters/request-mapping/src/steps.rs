@@ -45,7 +45,7 @@ impl Metrics {
 
 /// What the mapping needs of the request headers, kept while the body arrives.
 struct Waiting {
-    line: RequestLine,
+    line: Rc<RequestLine>,
     captures: KeptCaptures,
     content_type: Option<String>,
 }
