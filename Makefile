@@ -2,6 +2,9 @@
 # on a fresh machine, set-up included.
 
 FILTERS      := sign-auth ip-acl ext-auth throttling param-validation request-mapping circuit-breaker log-push gateway
+# The shipped modules, each a thin crate under modules/: a .wasm per policy,
+# gateway.wasm, and libgateway.so (gateway-native).
+WASM_MODULES := $(addsuffix -wasm,$(FILTERS))
 POLICY_CRATES := sign-auth ip-acl ext-auth throttling param-validation request-mapping circuit-breaker log-push gateway-registry
 WASM_DIR     := target/wasm32-wasip1/release
 NATIVE_MODULE := target/native/libgateway.so
@@ -18,8 +21,8 @@ setup:
 ## build: every filter as a .wasm module (release profile), and the gateway
 ## module as a native Envoy dynamic module (native profile), with their sizes
 build: setup
-	$(CARGO) build --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS))
-	$(CARGO) build --profile native -p gateway --no-default-features --features native
+	$(CARGO) build --release --target wasm32-wasip1 $(addprefix -p ,$(WASM_MODULES))
+	$(CARGO) build --profile native -p gateway-native
 	$(CARGO) build --profile native -p native-host --example panic_probe
 	@if nm -D --defined-only $(NATIVE_MODULE) | grep -q ' proxy_'; then \
 	  echo "build: the native module defines proxy-wasm functions" >&2; exit 1; fi
@@ -71,17 +74,18 @@ lint:
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	CARGO_TARGET_DIR=target/fuzz/clippy $(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -p empty-filter -p host-call-probe -- -D warnings
-	$(CARGO) clippy -p gateway -p empty-filter --no-default-features --features native --all-targets -- -D warnings
+	$(CARGO) clippy --release --target wasm32-wasip1 $(addprefix -p ,$(WASM_MODULES)) -p empty-filter -p host-call-probe -- -D warnings
+	$(CARGO) clippy -p gateway-native --all-targets -- -D warnings
+	$(CARGO) clippy -p empty-filter --no-default-features --features native --all-targets -- -D warnings
 	# The native module runs the policies over Envoy's dynamic-module ABI
 	# directly: no proxy-wasm linked into it.
-	@if $(CARGO) tree -e normal -p gateway --no-default-features --features native | grep -q proxy-wasm; then \
+	@if $(CARGO) tree -e normal -p gateway-native | grep -q proxy-wasm; then \
 	  echo "lint: the native module depends on proxy-wasm" >&2; exit 1; fi
 	# The policy layer alone, as a host other than proxy-wasm links it: no
 	# proxy-wasm in it (a native module must not import the Wasm ABI).
 	$(CARGO) clippy -p gateway-common $(addprefix -p ,$(POLICY_CRATES)) -p gateway --no-default-features --all-targets -- -D warnings
 	@if $(CARGO) tree -e normal --no-default-features -p gateway-common $(addprefix -p ,$(POLICY_CRATES)) -p gateway | grep -q proxy-wasm; then \
-	  echo "lint: the policy crates without their wasm feature still depend on proxy-wasm" >&2; exit 1; fi
+	  echo "lint: the policy crates depend on proxy-wasm" >&2; exit 1; fi
 
 unit:
 	$(CARGO) test --workspace --exclude integration-tests

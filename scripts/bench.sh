@@ -58,11 +58,11 @@ if ! "$PY" -c 'import yaml' >/dev/null 2>&1; then
 fi
 
 packages=(-p empty-filter -p host-call-probe)
-for f in "${FILTERS[@]}"; do packages+=(-p "$f"); done
+for f in "${FILTERS[@]}"; do packages+=(-p "$f-wasm"); done
 say "building the modules and the bench tools"
 "$CARGO" build --release --target wasm32-wasip1 "${packages[@]}"
 # The native module and its do-nothing baseline (Envoy dynamic modules).
-"$CARGO" build --profile native -p gateway --no-default-features --features native
+"$CARGO" build --profile native -p gateway-native
 "$CARGO" build --profile native -p empty-filter --no-default-features --features native
 tools=(-p gatewayctl -p policy-bench -p integration-tests --bins)
 

@@ -190,9 +190,3 @@ impl Filter for CircuitBreakerFilter {
         loaded.synced(&metrics, token, answer, host)
     }
 }
-
-#[cfg(feature = "entrypoint")]
-gateway_common::declare_root!(
-    gateway_common::adapter::RootRank::Filter,
-    gateway_common::adapter::FilterRoot::<CircuitBreakerFilter>::default()
-);

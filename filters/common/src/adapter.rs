@@ -1,9 +1,10 @@
 //! The proxy-wasm host: [`ProxyWasmRequest`] (a request's primitives,
 //! from which [`HostedSteps`] makes the stream a policy's steps see),
 //! [`ProxyWasmRoot`] (a root context's), [`StreamContext`] (a policy's
-//! steps as a single filter's HTTP context), and the root context every
-//! filter uses, which loads the plugin configuration in `on_configure` and
-//! hands the compiled policy to each request.
+//! steps as a single filter's HTTP context), [`PolicyRoot`] (a single
+//! filter's root context, which loads the plugin configuration in
+//! `on_configure` and hands the policy's steps to each request), and
+//! [`wasm_module!`](crate::wasm_module), a `.wasm` module's entry point.
 //!
 //! The gateway module runs every policy in one VM over the same pieces.
 
@@ -15,9 +16,8 @@ pub use crate::hosting::{
 use crate::metrics::ProxyWasmMetrics;
 use crate::stream::{CallNotMade, HttpCall, Level, PolicySteps, Stream, Telemetry, Verdict};
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{HttpContext, RootContext};
+use proxy_wasm::traits::HttpContext;
 use proxy_wasm::types::{BufferType, MapType};
-use std::cell::Cell;
 
 /// The plugin configuration Envoy handed over (empty when there is none).
 pub fn plugin_configuration() -> Vec<u8> {
@@ -54,24 +54,30 @@ impl RootHost for ProxyWasmRoot {
     }
 }
 
-/// The root context every filter uses: compiles the configuration in
-/// `on_configure` (refusing it with a logged reason) and hands the compiled
-/// policy to each request's context.
-pub struct FilterRoot<F: Filter> {
-    loaded: Option<Loaded<F>>,
-    metrics: Option<F::Metrics>,
+/// Loads a policy from its configuration section (for [`PolicyRoot`]).
+pub type LoadPolicy = fn(&[u8], &mut dyn RootHost) -> Option<Box<dyn LoadedPolicy>>;
+
+/// The root context of a single policy's `.wasm` filter: loads the plugin
+/// configuration in `on_configure` (refusing it with a logged reason),
+/// hands each request the policy's steps, and gives the policy the root's
+/// timer, call answers and shutdown.
+pub struct PolicyRoot {
+    load: LoadPolicy,
+    loaded: Option<Box<dyn LoadedPolicy>>,
+    shutting_down: bool,
 }
 
-impl<F: Filter> Default for FilterRoot<F> {
-    fn default() -> Self {
+impl PolicyRoot {
+    pub fn new(load: LoadPolicy) -> Self {
         Self {
+            load,
             loaded: None,
-            metrics: None,
+            shutting_down: false,
         }
     }
 }
 
-impl<F: Filter> proxy_wasm::traits::Context for FilterRoot<F> {
+impl proxy_wasm::traits::Context for PolicyRoot {
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -82,32 +88,39 @@ impl<F: Filter> proxy_wasm::traits::Context for FilterRoot<F> {
         if crate::wake::forward_call_answer(token, headers, body_size, trailers) {
             return;
         }
-        if let Some(loaded) = &mut self.loaded {
-            let answer = ProxyWasmCallAnswer { body_size };
-            loaded.on_call_answer(token, &answer, &mut ProxyWasmRoot);
+        let Some(loaded) = &mut self.loaded else {
+            return;
+        };
+        let answer = ProxyWasmCallAnswer { body_size };
+        if loaded.on_call_answer(token, &answer, &mut ProxyWasmRoot)
+            && self.shutting_down
+            && loaded.idle()
+        {
+            self.done();
         }
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.shutting_down = true;
+        self.loaded
+            .as_mut()
+            .is_none_or(|loaded| loaded.on_done(&mut ProxyWasmRoot))
     }
 }
 
-impl<F: Filter> proxy_wasm::traits::RootContext for FilterRoot<F> {
+impl proxy_wasm::traits::RootContext for PolicyRoot {
     fn on_configure(&mut self, _config_size: usize) -> bool {
-        let metrics = &mut self.metrics;
-        let loaded = Loaded::<F>::load(&plugin_configuration(), &mut ProxyWasmRoot, |host| {
-            *metrics.get_or_insert_with(|| F::define_metrics(host))
-        });
-        match loaded {
-            Some(loaded) => {
-                if let Some(period) = loaded.tick_period() {
-                    self.set_tick_period(period);
-                }
-                if loaded.wakes() {
-                    crate::wake::open_wake_queue();
-                }
-                self.loaded = Some(loaded);
-                true
-            }
-            None => false,
+        let Some(loaded) = (self.load)(&plugin_configuration(), &mut ProxyWasmRoot) else {
+            return false;
+        };
+        if let Some(period) = loaded.tick_period() {
+            self.set_tick_period(period);
         }
+        if loaded.wakes() {
+            crate::wake::open_wake_queue();
+        }
+        self.loaded = Some(loaded);
+        true
     }
 
     fn on_tick(&mut self) {
@@ -136,90 +149,18 @@ impl<F: Filter> proxy_wasm::traits::RootContext for FilterRoot<F> {
     }
 }
 
-/// Which root context a `.wasm` module runs when several crates linked
-/// into it declare one (see [`declare_root!`](crate::declare_root)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum RootRank {
-    /// A single filter's root.
-    Filter,
-    /// The gateway module's root, which runs every filter. It links every
-    /// filter crate, and Cargo builds a crate once per command with the
-    /// union of the features asked for, so when the gateway module is built
-    /// together with the single filters, their declarations are linked in
-    /// too; this rank wins over them.
-    Module,
-}
-
-/// Makes a module's root context (given its context id).
-pub type RootFactory = fn(u32) -> Box<dyn RootContext>;
-
-/// The highest-ranked of the things offered; of equal ranks, the first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ranked<T>(Option<(RootRank, T)>);
-
-impl<T: Copy> Ranked<T> {
-    pub const NONE: Self = Self(None);
-
-    pub fn offer(&mut self, rank: RootRank, value: T) {
-        match self.0 {
-            Some((kept, _)) if kept >= rank => {}
-            _ => self.0 = Some((rank, value)),
-        }
-    }
-
-    pub fn best(&self) -> Option<T> {
-        self.0.map(|(_, value)| value)
-    }
-}
-
-thread_local! {
-    static DECLARED_ROOT: Cell<Ranked<RootFactory>> = const { Cell::new(Ranked::NONE) };
-}
-
-/// Records a declared root (see [`Ranked`]).
-pub fn declare_root(rank: RootRank, factory: RootFactory) {
-    DECLARED_ROOT.with(|declared| {
-        let mut ranked = declared.get();
-        ranked.offer(rank, factory);
-        declared.set(ranked);
-    });
-}
-
-/// The root context the module runs, once every declaration has run.
-pub fn declared_root() -> Option<RootFactory> {
-    DECLARED_ROOT.with(|declared| declared.get().best())
-}
-
-/// Declares the root context of the `.wasm` module this crate is linked
-/// into: `declare_root!(RootRank::Filter, FilterRoot::<IpAclFilter>::default())`.
-///
-/// Every module's one entry point is `_initialize`, defined once here in
-/// `gateway-common`: a `#[no_mangle]` entry point per filter crate would be
-/// defined twice in the gateway module, which links them all. Declarations
-/// are module constructors (`.init_array`), run by `_initialize` before it
-/// picks the highest-ranked root.
+/// A `.wasm` module's entry point: the proxy-wasm SDK's, starting `root`
+/// (Envoy's Wasm host calls `_initialize` once per VM).
 #[macro_export]
-macro_rules! declare_root {
-    ($rank:expr, $root:expr) => {
+macro_rules! wasm_module {
+    ($root:expr) => {
         #[cfg(target_arch = "wasm32")]
-        const _: () = {
-            extern "C" fn declare() {
-                $crate::adapter::declare_root($rank, |_| Box::new($root));
-            }
-            #[used]
-            #[link_section = ".init_array"]
-            static DECLARE: extern "C" fn() = declare;
-        };
+        ::proxy_wasm::main! {{
+            ::proxy_wasm::set_log_level(::proxy_wasm::types::LogLevel::Info);
+            ::proxy_wasm::set_root_context(|_| ::std::boxed::Box::new($root));
+        }}
     };
 }
-
-#[cfg(target_arch = "wasm32")]
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    if let Some(factory) = declared_root() {
-        proxy_wasm::set_root_context(factory);
-    }
-}}
 
 /// The proxy-wasm host of one request: the [`RequestHost`] every policy
 /// step runs over in a `.wasm` filter and in the gateway module. Reads are
@@ -501,21 +442,4 @@ fn set_response_header(name: &str, value: Option<&str>) {
     }
     host::note_header_write(MapType::HttpResponseHeaders, name, value);
     let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_module_root_wins_over_filter_roots_declared_before_or_after_it() {
-        let mut ranked = Ranked::NONE;
-        assert_eq!(ranked.best(), None);
-        ranked.offer(RootRank::Filter, "ip_acl");
-        assert_eq!(ranked.best(), Some("ip_acl"));
-        ranked.offer(RootRank::Module, "gateway");
-        ranked.offer(RootRank::Filter, "sign_auth");
-        ranked.offer(RootRank::Module, "a second module");
-        assert_eq!(ranked.best(), Some("gateway"));
-    }
 }

@@ -43,9 +43,3 @@ impl Filter for ExtAuthFilter {
         true
     }
 }
-
-#[cfg(feature = "entrypoint")]
-gateway_common::declare_root!(
-    gateway_common::adapter::RootRank::Filter,
-    gateway_common::adapter::FilterRoot::<ExtAuthFilter>::default()
-);

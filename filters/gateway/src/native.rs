@@ -119,6 +119,3 @@ impl ModuleRequest for NativeRequest {
         self.0.end(host);
     }
 }
-
-static MODULE: GatewayModule = GatewayModule;
-native_host::module!(MODULE);

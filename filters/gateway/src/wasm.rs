@@ -188,9 +188,3 @@ impl HttpContext for GatewayHttp {
         self.request.on_log(&mut self.host);
     }
 }
-
-#[cfg(feature = "entrypoint")]
-gateway_common::declare_root!(
-    gateway_common::adapter::RootRank::Module,
-    GatewayRoot::default()
-);

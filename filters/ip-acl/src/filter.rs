@@ -33,9 +33,3 @@ impl Filter for IpAclFilter {
         })
     }
 }
-
-#[cfg(feature = "entrypoint")]
-gateway_common::declare_root!(
-    gateway_common::adapter::RootRank::Filter,
-    gateway_common::adapter::FilterRoot::<IpAclFilter>::default()
-);

@@ -3,8 +3,7 @@
 //! in `on_log`, after the response is sent, so it never delays a request;
 //! batches leave from the root context's timer. The policy pieces are in
 //! [`config`], [`record`], [`shipper`] and [`format`], its part in a request
-//! against the stream seam in [`steps`]; how a root runs it in `worker.rs`,
-//! and its own `.wasm` root in `wasm.rs`.
+//! against the stream seam in [`steps`]; how a root runs it in `worker.rs`.
 
 pub mod config;
 pub mod format;
@@ -24,7 +23,3 @@ pub fn compile_config(bytes: &[u8]) -> Result<LogPush, ConfigError> {
 
 mod worker;
 pub use worker::*;
-#[cfg(feature = "wasm")]
-mod wasm;
-#[cfg(feature = "wasm")]
-pub use wasm::*;

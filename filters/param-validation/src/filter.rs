@@ -32,9 +32,3 @@ impl Filter for ParamValidationFilter {
         Box::new(ValidationSteps::new(Rc::clone(validation), metrics))
     }
 }
-
-#[cfg(feature = "entrypoint")]
-gateway_common::declare_root!(
-    gateway_common::adapter::RootRank::Filter,
-    gateway_common::adapter::FilterRoot::<ParamValidationFilter>::default()
-);

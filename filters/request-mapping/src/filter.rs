@@ -32,9 +32,3 @@ impl Filter for RequestMappingFilter {
         Box::new(MappingSteps::new(Rc::clone(mapping), metrics))
     }
 }
-
-#[cfg(feature = "entrypoint")]
-gateway_common::declare_root!(
-    gateway_common::adapter::RootRank::Filter,
-    gateway_common::adapter::FilterRoot::<RequestMappingFilter>::default()
-);

@@ -42,9 +42,3 @@ impl Filter for SignAuthFilter {
         Box::new(SignAuthSteps::new(Rc::clone(policy), metrics))
     }
 }
-
-#[cfg(feature = "entrypoint")]
-gateway_common::declare_root!(
-    gateway_common::adapter::RootRank::Filter,
-    gateway_common::adapter::FilterRoot::<SignAuthFilter>::default()
-);

@@ -42,9 +42,3 @@ impl Filter for ThrottlingFilter {
         Box::new(ThrottlingSteps::new(Rc::clone(compiled), metrics))
     }
 }
-
-#[cfg(feature = "entrypoint")]
-gateway_common::declare_root!(
-    gateway_common::adapter::RootRank::Filter,
-    gateway_common::adapter::FilterRoot::<ThrottlingFilter>::default()
-);
