@@ -7,7 +7,7 @@ use crate::fleet::{Fleet, DEFAULT_SYNC_MS, MAX_SYNC_MS, MIN_SYNC_MS};
 use crate::policy::{CircuitBreaker, Rule, StatusSet, KEY_PREFIX};
 use gateway_common::config::{is_http_token, ConfigError, OnFailure};
 use gateway_common::fleet::{FailureMode, Store, StoreConfig};
-use gateway_common::matching::{MatchConfig, Matcher};
+use gateway_common::matching::{compile_rule_match, rule_path, MatchConfig};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -299,7 +299,7 @@ pub fn compile(config: &CircuitBreakerConfig) -> Result<CircuitBreaker, ConfigEr
         .map_err(|err| err.within("fleet"))?;
     let mut rules: Vec<Rule> = Vec::with_capacity(config.rules.len());
     for (index, rule) in config.rules.iter().enumerate() {
-        let at = format!("rules[{index}]");
+        let at = rule_path(index);
         let mut compiled = compile_rule(rule).map_err(|err| err.within(&at))?;
         match (&fleet, rule.fleet) {
             (Some(fleet), None | Some(true)) => compiled.fleet_key = Some(fleet.key(&compiled)),
@@ -339,7 +339,7 @@ fn compile_fleet(config: &FleetConfig) -> Result<Fleet, ConfigError> {
 
 fn compile_rule(rule: &RuleConfig) -> Result<Rule, ConfigError> {
     check_rule_name(&rule.name)?;
-    let matcher = Matcher::compile(&rule.matcher).map_err(|err| err.within("match"))?;
+    let matcher = compile_rule_match(&rule.matcher)?;
     let failure_statuses = match &rule.failure_statuses {
         Some(patterns) => StatusSet::from_patterns(patterns),
         None => StatusSet::from_patterns(&[StatusPattern {

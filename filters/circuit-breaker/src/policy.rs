@@ -11,7 +11,7 @@ use crate::outcome::Answer;
 use gateway_common::config::OnFailure;
 use gateway_common::error::{codes, GatewayError};
 use gateway_common::host::{Host, RequestFacts};
-use gateway_common::matching::{first_match_index, Matcher};
+use gateway_common::matching::{any_by_route_name, first_match_index, Matcher};
 use gateway_common::store::{ensure_initialized, update, SharedStore, StoreError};
 
 /// Shared-data keys are `gw.circuit_breaker.<rule name>`.
@@ -160,7 +160,7 @@ pub struct CircuitBreaker {
 
 impl CircuitBreaker {
     pub fn new(rules: Vec<Rule>, failure_mode: OnFailure, fleet: Option<Fleet>) -> Self {
-        let uses_route_name = rules.iter().any(|r| r.matcher.uses_route_name());
+        let uses_route_name = any_by_route_name(&rules, |r| &r.matcher);
         let mut fallback_headers: Vec<String> = Vec::new();
         for rule in &rules {
             if let WhenOpen::Fallback(route) = &rule.when_open {

@@ -196,6 +196,28 @@ impl Matcher {
     }
 }
 
+/// Where rule `index` is in a policy's configuration (`rules[i]`): the
+/// start of its errors' paths, and its name when it has none.
+pub fn rule_path(index: usize) -> String {
+    format!("rules[{index}]")
+}
+
+/// A rule's name: the one given, or its path.
+pub fn rule_name(name: Option<&str>, at: &str) -> String {
+    name.map_or_else(|| at.to_string(), str::to_string)
+}
+
+/// A rule's `match`, compiled; its errors' paths start with `match`.
+pub fn compile_rule_match(config: &MatchConfig) -> Result<Matcher, ConfigError> {
+    Matcher::compile(config).map_err(|err| err.within("match"))
+}
+
+/// Whether any rule matches by Envoy's route name (the policy then reads
+/// it for each request).
+pub fn any_by_route_name<R>(rules: &[R], matcher: impl Fn(&R) -> &Matcher) -> bool {
+    rules.iter().any(|rule| matcher(rule).uses_route_name())
+}
+
 /// Ordered rules with first-match semantics, shared by every filter: the
 /// index of the first rule whose `match` holds, and its captures.
 pub fn first_match_index<'r, R>(

@@ -9,7 +9,9 @@ use gateway_common::config::{ConfigError, OnFailure};
 use gateway_common::error::{codes as common_codes, GatewayError};
 use gateway_common::host::{Host, RequestFacts, RequestLine};
 use gateway_common::identity;
-use gateway_common::matching::{first_match_index, Matcher};
+use gateway_common::matching::{
+    any_by_route_name, compile_rule_match, first_match_index, rule_name, rule_path,
+};
 use gateway_common::params::parse_pairs;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -145,11 +147,10 @@ impl ExtAuth {
         let authorizer = Authorizer::compile(&config.authorizer)?;
         let mut rules = Vec::with_capacity(config.rules.len());
         for (i, rule) in config.rules.iter().enumerate() {
-            let at = format!("rules[{i}]");
+            let at = rule_path(i);
             rules.push(Rule {
-                name: rule.name.clone().unwrap_or_else(|| at.clone()),
-                matcher: Matcher::compile(&rule.matcher)
-                    .map_err(|e| e.within(&format!("{at}.match")))?,
+                name: rule_name(rule.name.as_deref(), &at),
+                matcher: compile_rule_match(&rule.matcher).map_err(|e| e.within(&at))?,
                 authorize: rule.authorize,
             });
         }
@@ -203,7 +204,7 @@ impl ExtAuth {
         Ok(Self {
             authorizer,
             identity: config.identity.clone(),
-            uses_route_name: rules.iter().any(|r| r.matcher.uses_route_name()),
+            uses_route_name: any_by_route_name(&rules, |r| &r.matcher),
             rules,
             upstream_headers,
             client_headers,

@@ -20,7 +20,10 @@ use gateway_common::error::{codes, GatewayError};
 use gateway_common::host::{Host, RequestFacts};
 use gateway_common::identity;
 use gateway_common::ipset::{CidrEntry, IpSet};
-use gateway_common::matching::{first_match, MatchConfig, Matcher, RequestAttrs};
+use gateway_common::matching::{
+    any_by_route_name, compile_rule_match, first_match, rule_name, rule_path, MatchConfig, Matcher,
+    RequestAttrs,
+};
 use gateway_common::metrics::{Counter, DefineMetrics};
 use gateway_common::stream::{send_error, Level, PolicySteps, Stream, Verdict};
 use serde::Deserialize;
@@ -276,19 +279,18 @@ impl IpAcl {
         let global = Scope::compile(&config.allow, &config.deny, &config.apps)?;
         let mut rules = Vec::with_capacity(config.rules.len());
         for (index, rule) in config.rules.iter().enumerate() {
-            let at = format!("rules[{index}]");
-            let matcher =
-                Matcher::compile(&rule.matcher).map_err(|err| err.within("match").within(&at))?;
+            let at = rule_path(index);
+            let matcher = compile_rule_match(&rule.matcher).map_err(|err| err.within(&at))?;
             let scope = Scope::compile(&rule.allow, &rule.deny, &rule.apps)
                 .map_err(|err| err.within(&at))?;
             rules.push(Rule {
-                name: rule.name.clone().unwrap_or_else(|| at.clone()),
+                name: rule_name(rule.name.as_deref(), &at),
                 matcher,
                 scope,
             });
         }
         let uses_apps = !global.apps.is_empty() || rules.iter().any(|r| !r.scope.apps.is_empty());
-        let uses_route_name = rules.iter().any(|r| r.matcher.uses_route_name());
+        let uses_route_name = any_by_route_name(&rules, |r| &r.matcher);
         Ok(Self {
             global,
             rules,

@@ -7,7 +7,10 @@ use crate::record::{
 use crate::shipper::Limits;
 use gateway_common::client_ip::{ClientAddressConfig, ClientAddressResolver};
 use gateway_common::config::{is_header_name, ConfigError};
-use gateway_common::matching::{first_match, MatchConfig, Matcher, RequestAttrs};
+use gateway_common::matching::{
+    any_by_route_name, compile_rule_match, first_match, rule_path, MatchConfig, Matcher,
+    RequestAttrs,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -249,11 +252,10 @@ impl LogPush {
         }
         let mut rules = Vec::with_capacity(config.rules.len());
         for (i, rule) in config.rules.iter().enumerate() {
-            let at = format!("rules[{i}]");
+            let at = rule_path(i);
             rules.push(Rule {
                 name: rule.name.clone(),
-                matcher: Matcher::compile(&rule.matcher)
-                    .map_err(|e| e.within("match").within(&at))?,
+                matcher: compile_rule_match(&rule.matcher).map_err(|e| e.within(&at))?,
                 sample_rate: rate(rule.sample_rate, &format!("{at}.sample_rate"))?,
             });
         }
@@ -273,7 +275,7 @@ impl LogPush {
                 .chain(config.redact.query.iter().cloned())
                 .collect(),
             client_address: ClientAddressResolver::new(&config.client_address),
-            uses_route_name: rules.iter().any(|r| r.matcher.uses_route_name()),
+            uses_route_name: any_by_route_name(&rules, |r| &r.matcher),
             rules,
             sink,
         })

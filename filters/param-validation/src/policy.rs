@@ -5,7 +5,8 @@ use gateway_common::config::{is_header_name, ConfigError};
 use gateway_common::error::GatewayError;
 use gateway_common::host::HeaderLookup;
 use gateway_common::matching::{
-    first_match, first_match_index, Captures, MatchConfig, Matcher, RequestAttrs,
+    any_by_route_name, compile_rule_match, first_match, first_match_index, rule_path, Captures,
+    MatchConfig, Matcher, RequestAttrs,
 };
 use gateway_common::params::{
     body_kind, encode_component, parse_pairs, retain_raw_pairs, url_decode, BodyKind,
@@ -266,10 +267,10 @@ impl Validation {
     pub fn compile(config: &ValidationConfig) -> Result<Self, ConfigError> {
         let mut rules = Vec::with_capacity(config.rules.len());
         for (i, rule) in config.rules.iter().enumerate() {
-            let at = format!("rules[{i}]");
+            let at = rule_path(i);
             rules.push(compile_rule(rule, &at)?);
         }
-        let uses_route_name = rules.iter().any(|r| r.matcher.uses_route_name());
+        let uses_route_name = any_by_route_name(&rules, |r| &r.matcher);
         Ok(Self {
             rules,
             uses_route_name,
@@ -303,7 +304,7 @@ impl Validation {
 }
 
 fn compile_rule(rule: &RuleConfig, at: &str) -> Result<Rule, ConfigError> {
-    let matcher = Matcher::compile(&rule.matcher).map_err(|e| e.within("match").within(at))?;
+    let matcher = compile_rule_match(&rule.matcher).map_err(|e| e.within(at))?;
     let variables = matcher.template_variables();
     let mut parameters = Vec::with_capacity(rule.parameters.len());
     let mut seen = HashSet::new();

@@ -10,7 +10,10 @@ use gateway_common::client_ip::{ClientAddressConfig, ClientAddressResolver};
 use gateway_common::config::{is_header_name, ConfigError};
 use gateway_common::error::GatewayError;
 use gateway_common::host::HeaderLookup;
-use gateway_common::matching::{first_match_index, Captures, MatchConfig, Matcher, RequestAttrs};
+use gateway_common::matching::{
+    any_by_route_name, compile_rule_match, first_match_index, rule_path, Captures, MatchConfig,
+    Matcher, RequestAttrs,
+};
 use gateway_common::params::{
     body_kind, encode_component, parse_pairs, retain_raw_pairs, url_decode, BodyKind,
 };
@@ -350,10 +353,10 @@ impl Mapping {
     pub fn compile(config: &MappingConfig) -> Result<Self, ConfigError> {
         let mut rules = Vec::with_capacity(config.rules.len());
         for (i, rule) in config.rules.iter().enumerate() {
-            rules.push(compile_rule(rule, &format!("rules[{i}]"))?);
+            rules.push(compile_rule(rule, &rule_path(i))?);
         }
         Ok(Self {
-            uses_route_name: rules.iter().any(|r| r.matcher.uses_route_name()),
+            uses_route_name: any_by_route_name(&rules, |r| &r.matcher),
             rules,
             client_address: ClientAddressResolver::new(&config.client_address),
         })
@@ -387,7 +390,7 @@ fn constant_check(value: &Json, target: Location) -> Result<(), &'static str> {
 }
 
 fn compile_rule(rule: &RuleConfig, at: &str) -> Result<Rule, ConfigError> {
-    let matcher = Matcher::compile(&rule.matcher).map_err(|e| e.within("match").within(at))?;
+    let matcher = compile_rule_match(&rule.matcher).map_err(|e| e.within(at))?;
     let template_vars = matcher.template_variables();
     let backend_path = rule
         .backend

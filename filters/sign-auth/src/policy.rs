@@ -15,7 +15,10 @@ use gateway_common::fleet::wire::{Failure, Op, OpResult, State};
 use gateway_common::fleet::{self, FailureMode as FleetFailureMode, Store, StoreConfig};
 use gateway_common::host::{Host, RequestFacts, RequestLine};
 use gateway_common::identity::Identity;
-use gateway_common::matching::{first_match_index, MatchConfig, Matcher};
+use gateway_common::matching::{
+    any_by_route_name, compile_rule_match, first_match_index, rule_name, rule_path, MatchConfig,
+    Matcher,
+};
 use gateway_common::params::{body_kind, BodyKind};
 use gateway_common::store::{SharedStore, StoreError};
 use serde::Deserialize;
@@ -284,9 +287,8 @@ impl SignAuth {
         }
         let mut rules = Vec::with_capacity(config.rules.len());
         for (i, rule) in config.rules.iter().enumerate() {
-            let at = format!("rules[{i}]");
-            let matcher =
-                Matcher::compile(&rule.matcher).map_err(|e| e.within("match").within(&at))?;
+            let at = rule_path(i);
+            let matcher = compile_rule_match(&rule.matcher).map_err(|e| e.within(&at))?;
             if let Some(keys) = &rule.apps {
                 if let Some((j, key)) = keys
                     .iter()
@@ -300,7 +302,7 @@ impl SignAuth {
                 }
             }
             rules.push(Rule {
-                name: rule.name.clone().unwrap_or_else(|| at.clone()),
+                name: rule_name(rule.name.as_deref(), &at),
                 matcher,
                 apps: rule
                     .apps
@@ -342,7 +344,7 @@ impl SignAuth {
                 "must be between 1 and 1048576",
             ));
         }
-        let uses_route_name = rules.iter().any(|r| r.matcher.uses_route_name());
+        let uses_route_name = any_by_route_name(&rules, |r| &r.matcher);
         let backend_signer = config
             .backend_signature
             .as_ref()

@@ -17,7 +17,9 @@ use gateway_common::fleet::wire::{Failure, Op, OpResult, QuotaCheck, State};
 use gateway_common::fleet::{self, FailureMode as FleetFailureMode, Store, StoreConfig};
 use gateway_common::host::{Host, RequestFacts};
 use gateway_common::identity;
-use gateway_common::matching::{all_matches, Captures, MatchConfig, Matcher};
+use gateway_common::matching::{
+    all_matches, any_by_route_name, compile_rule_match, rule_path, Captures, MatchConfig, Matcher,
+};
 use gateway_common::store::SharedStore;
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -421,7 +423,7 @@ impl Throttling {
         }
         let mut rules: Vec<Rule> = Vec::with_capacity(config.rules.len());
         for (index, rule) in config.rules.iter().enumerate() {
-            let at = format!("rules[{index}]");
+            let at = rule_path(index);
             let compiled =
                 compile_rule(rule, config, user.is_some()).map_err(|err| err.within(&at))?;
             if let Some(first) = rules.iter().position(|r| r.name == compiled.name) {
@@ -433,7 +435,7 @@ impl Throttling {
             }
             rules.push(compiled);
         }
-        let uses_route_name = rules.iter().any(|r| r.matcher.uses_route_name());
+        let uses_route_name = any_by_route_name(&rules, |r| &r.matcher);
         Ok(Self {
             rules,
             user,
@@ -1049,7 +1051,7 @@ fn compile_rule(
             format!("`{name}` must be 1 to {MAX_RULE_NAME} letters, digits, `-` or `_`"),
         ));
     }
-    let matcher = Matcher::compile(&rule.matcher).map_err(|err| err.within("match"))?;
+    let matcher = compile_rule_match(&rule.matcher)?;
     let limit = check_limit(rule.limit).map_err(|m| ConfigError::new("limit", m))?;
     let window = Window::parse(&rule.window).map_err(|m| ConfigError::new("window", m))?;
     if rule.algorithm == Algorithm::Sliding && window.ms() > MAX_SLIDING_MS {
