@@ -414,7 +414,7 @@ pub fn action(verdict: Verdict) -> proxy_wasm::types::Action {
     }
 }
 
-/// Header writes of [`ProxyWasmStream`]. The SDK's `HttpContext` methods
+/// Header writes of [`ProxyWasmRequest`]. The SDK's `HttpContext` methods
 /// unwrap the host's answer (a panic aborts the VM); these ignore a refused
 /// write. Inside a [`CallbackScope`](crate::host::CallbackScope) reads come
 /// from one snapshot of the map, which writes update.

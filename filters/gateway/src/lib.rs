@@ -1,15 +1,19 @@
-//! gateway: every policy in one proxy-wasm module, one VM and one pass:
-//! sign-auth → ip-acl → ext-auth → throttling → param-validation → request-mapping →
+//! gateway: every policy in one module, one pass: sign-auth → ip-acl →
+//! ext-auth → throttling → param-validation → request-mapping →
 //! circuit-breaker → log-push, configured by one JSON object with a section
-//! per policy (see [`config`]). Each section is loaded by its own filter's
-//! code and each request goes through the filters' own HTTP contexts, in
-//! the order [`pipeline`] keeps; this file is the proxy-wasm adapter.
+//! per policy (see [`config`]). Each section is loaded by its own policy's
+//! code and each request goes through the policies' steps in the order
+//! [`pipeline`] keeps ([`module`], over any host); `wasm.rs` is its
+//! proxy-wasm root (`gateway.wasm`), `native.rs` its native module
+//! (`libgateway.so`).
 //!
 //! The fleet checks of a request (sign-auth's nonce, throttling's
-//! counters, the circuit breaker's claim of a probe) travel in one call: while the policies run, their checks
-//! gather in the request's [`Batch`]; the request stops at a barrier after
-//! the last policy with fleet checks, the batch is sent, and each policy
-//! reads its verdict from the answer before the request goes on. A policy
+//! counters, the circuit breaker's claim of a probe) travel in one call:
+//! while the policies run, their checks gather in the request's batch
+//! (`gateway_common::fleet::client::Batch`); the request stops at a
+//! barrier after the last policy with fleet checks, the batch is sent, and
+//! each policy reads its verdict from the answer before the request goes
+//! on. A policy
 //! in between that answers the request (ip-acl refusing it, say) still has
 //! the gathered checks sent, as the chain of single filters would (the
 //! nonce is used up), and its reply waits for the answer, so that an

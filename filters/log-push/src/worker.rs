@@ -92,7 +92,7 @@ fn finish(worker: &Worker, ok: bool, body: &[u8], telemetry: &mut dyn RootHost) 
 
 /// log-push's part of a root context: the worker's queue, the flush timer's
 /// work, the sink's answers and the last batch at shutdown. The filter's own
-/// root ([`LogPushRoot`]) holds one, and so does the gateway module's root.
+/// root (`modules/log-push`) holds one, and so does the gateway module's.
 pub struct LogPushWorker {
     worker: Arc<Worker>,
     shutting_down: bool,
