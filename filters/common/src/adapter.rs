@@ -184,11 +184,6 @@ pub struct ProxyWasmCallAnswer {
 }
 
 impl crate::stream::CallAnswer for ProxyWasmCallAnswer {
-    fn status(&self) -> Option<u32> {
-        self.header(":status")
-            .and_then(|status| status.trim().parse::<u32>().ok())
-    }
-
     /// Not the SDK's call, which panics on a reset call (no headers) and
     /// on a value that is not UTF-8.
     fn header(&self, name: &str) -> Option<String> {

@@ -45,8 +45,12 @@ pub fn random_u64() -> u64 {
 
 /// The host clock in milliseconds since the Unix epoch (0 if it is before).
 pub fn now_ms(host: &dyn Host) -> u64 {
-    host.now()
-        .duration_since(UNIX_EPOCH)
+    epoch_ms(host.now())
+}
+
+/// `time` in milliseconds since the Unix epoch (0 if it is before).
+pub fn epoch_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
         .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }

@@ -76,10 +76,7 @@ pub trait RootHost: Telemetry + DefineMetrics + Caller {
 
 /// The host clock of a [`RootHost`] in milliseconds since the Unix epoch.
 pub fn root_now_ms(host: &dyn RootHost) -> u64 {
-    host.now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    crate::host::epoch_ms(host.now())
 }
 
 /// State every root of one configuration shares, made by `make` for the

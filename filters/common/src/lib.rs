@@ -13,6 +13,7 @@ pub mod host;
 pub mod hosting;
 pub mod identity;
 pub mod ipset;
+pub mod key;
 pub mod matching;
 pub mod metrics;
 pub mod params;

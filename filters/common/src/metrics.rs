@@ -63,10 +63,6 @@ impl Counter {
         Self(define(MetricType::Counter, filter, name))
     }
 
-    pub fn inc(self) {
-        self.add(1);
-    }
-
     /// Adds `n` in one host call (a batch's records, not one call each).
     pub fn add(self, n: u64) {
         if let (Some(id), Ok(delta)) = (self.0, i64::try_from(n)) {
@@ -77,9 +73,9 @@ impl Counter {
     }
 }
 
-/// The proxy-wasm host's metrics and logs (also the native module's, whose
-/// host implements proxy-wasm's metric calls): where a policy defines its
-/// metrics, and counts and logs work outside a request's steps.
+/// The proxy-wasm host's metrics and logs: where a policy defines its
+/// metrics, and counts and logs work outside a request's steps (the
+/// proxy-wasm root's host, `adapter::ProxyWasmRoot`).
 #[cfg(feature = "wasm")]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProxyWasmMetrics;
@@ -158,28 +154,10 @@ impl Gauge {
     }
 }
 
-/// A histogram handle (for example a latency in milliseconds).
-#[cfg(feature = "wasm")]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Histogram(Option<u32>);
-
-#[cfg(feature = "wasm")]
-impl Histogram {
-    pub fn define(filter: &str, name: &str) -> Self {
-        Self(define(MetricType::Histogram, filter, name))
-    }
-
-    pub fn record(self, value: u64) {
-        if let Some(id) = self.0 {
-            let _ = proxy_wasm::hostcalls::record_metric(id, value);
-        }
-    }
-}
-
 /// The gauge of the Wasm VM's linear memory, summed over every VM that
 /// reports it (one per worker). Linear memory grows with the heap's peak and
 /// never shrinks, so a gauge that stops growing after warm-up means bounded
-/// state. Natively (the native module) there is no VM and nothing is reported.
+/// state.
 #[cfg(feature = "wasm")]
 #[derive(Debug, Default)]
 pub struct VmMemory {
@@ -190,9 +168,6 @@ pub struct VmMemory {
 #[cfg(feature = "wasm")]
 impl VmMemory {
     pub fn define(filter: &str) -> Self {
-        if !cfg!(target_arch = "wasm32") {
-            return Self::default();
-        }
         Self {
             gauge: Gauge::define(filter, "vm_memory_bytes"),
             reported: 0,
@@ -234,11 +209,6 @@ pub struct DenialCounters<const N: usize> {
 }
 
 impl<const N: usize> DenialCounters<N> {
-    #[cfg(feature = "wasm")]
-    pub fn define(filter: &str, errors: &[crate::error::GatewayError; N]) -> Self {
-        Self::define_with(&mut ProxyWasmMetrics, filter, errors)
-    }
-
     pub fn define_with(
         metrics: &mut dyn DefineMetrics,
         filter: &str,
@@ -255,13 +225,5 @@ impl<const N: usize> DenialCounters<N> {
     pub fn counter(&self, error: &crate::error::GatewayError) -> Option<Counter> {
         let i = self.codes.iter().position(|code| *code == error.code)?;
         Some(self.counters[i])
-    }
-
-    /// Counts `error`; codes outside the list are not counted.
-    #[cfg(feature = "wasm")]
-    pub fn inc(&self, error: &crate::error::GatewayError) {
-        if let Some(counter) = self.counter(error) {
-            counter.inc();
-        }
     }
 }

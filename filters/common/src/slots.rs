@@ -9,6 +9,7 @@
 //! expire) and changes only by compare-and-swap ([`update`]), so every
 //! worker sees every change exactly once.
 
+use crate::key::ShortKey;
 use crate::store::{ensure_initialized, update, SharedStore, StoreError};
 
 /// A table of `slots` shared-data keys.
@@ -37,8 +38,8 @@ impl SlotTable {
     }
 
     /// The shared-data key of a slot; the only keys the table ever writes.
-    pub fn key(&self, slot: u32) -> SlotKey {
-        SlotKey::new(&self.prefix, slot % self.slots)
+    pub fn key(&self, slot: u32) -> ShortKey {
+        ShortKey::format(format_args!("{}{}", self.prefix, slot % self.slots))
     }
 
     /// Creates every slot with `empty` unless it exists (a configuration
@@ -65,73 +66,6 @@ impl SlotTable {
     }
 }
 
-/// Keys up to this length are made without a heap allocation.
-const INLINE_KEY: usize = 64;
-
-/// A slot's key, written in place when it is short (every request reads or
-/// writes a slot: no allocation for it).
-pub enum SlotKey {
-    Inline { bytes: [u8; INLINE_KEY], len: usize },
-    Heap(String),
-}
-
-impl SlotKey {
-    fn new(prefix: &str, slot: u32) -> Self {
-        // A u32 has at most 10 digits.
-        if prefix.len() + 10 > INLINE_KEY {
-            return SlotKey::Heap(format!("{prefix}{slot}"));
-        }
-        let mut bytes = [0u8; INLINE_KEY];
-        bytes[..prefix.len()].copy_from_slice(prefix.as_bytes());
-        let mut digits = [0u8; 10];
-        let mut n = slot;
-        let mut count = 0;
-        loop {
-            digits[count] = b'0' + (n % 10) as u8;
-            count += 1;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for (i, digit) in digits[..count].iter().rev().enumerate() {
-            bytes[prefix.len() + i] = *digit;
-        }
-        SlotKey::Inline {
-            bytes,
-            len: prefix.len() + count,
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            // Made of a `&str` and ASCII digits.
-            SlotKey::Inline { bytes, len } => std::str::from_utf8(&bytes[..*len]).unwrap_or(""),
-            SlotKey::Heap(key) => key,
-        }
-    }
-}
-
-impl std::ops::Deref for SlotKey {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Debug for SlotKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::fmt::Display for SlotKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,9 +83,9 @@ mod tests {
             table.key(u32::MAX - 1).as_str(),
             format!("{long}{}", u32::MAX - 1)
         );
-        let table = SlotTable::new("x".repeat(INLINE_KEY - 10), u32::MAX);
+        let table = SlotTable::new("x".repeat(crate::key::INLINE_KEY - 10), u32::MAX);
         let key = table.key(4_294_967_294);
-        assert!(matches!(key, SlotKey::Inline { .. }));
+        assert!(matches!(key, ShortKey::Inline { .. }));
         assert!(key.ends_with("4294967294"));
     }
 

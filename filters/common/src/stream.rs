@@ -66,7 +66,9 @@ pub struct CallNotMade;
 /// ask for is never copied.
 pub trait CallAnswer {
     /// `None`: no answer came (the timeout passed, the connection failed).
-    fn status(&self) -> Option<u32>;
+    fn status(&self) -> Option<u32> {
+        self.header(":status")?.trim().parse().ok()
+    }
     fn header(&self, name: &str) -> Option<String>;
     fn body_size(&self) -> usize;
     fn body(&self) -> Vec<u8>;

@@ -55,9 +55,6 @@ pub fn wake_later(context_id: u32) {
 /// root. A reconfigured VM gets a new root: registering the name again
 /// makes Envoy signal that root.
 pub fn open_wake_queue() {
-    if !cfg!(target_arch = "wasm32") {
-        return;
-    }
     let name = QUEUE_NAME.with(|name| {
         name.borrow_mut()
             .get_or_insert_with(|| format!("gw.wake.{:016x}", random_u64()))
@@ -106,10 +103,8 @@ pub fn dispatch_http_call(
     timeout: Duration,
 ) -> Result<u32, Status> {
     let token = hostcalls::dispatch_http_call(upstream, headers, body, vec![], timeout)?;
-    if cfg!(target_arch = "wasm32") {
-        if let Some(owner) = WAKING.get() {
-            CALL_OWNERS.with(|owners| owners.borrow_mut().insert(token, owner));
-        }
+    if let Some(owner) = WAKING.get() {
+        CALL_OWNERS.with(|owners| owners.borrow_mut().insert(token, owner));
     }
     Ok(token)
 }
@@ -156,12 +151,10 @@ fn flush(own: u32) {
     if PENDING.with(|pending| pending.borrow().is_empty()) {
         return;
     }
-    if cfg!(target_arch = "wasm32") {
-        if let Some(queue) = QUEUE.get() {
-            if SIGNALLED.get() || hostcalls::enqueue_shared_queue(queue, Some(b"wake")).is_ok() {
-                SIGNALLED.set(true);
-                return;
-            }
+    if let Some(queue) = QUEUE.get() {
+        if SIGNALLED.get() || hostcalls::enqueue_shared_queue(queue, Some(b"wake")).is_ok() {
+            SIGNALLED.set(true);
+            return;
         }
     }
     // No queue (or it refused the signal): at once, the calls' answers

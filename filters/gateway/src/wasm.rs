@@ -58,16 +58,10 @@ impl RootContext for GatewayRoot {
         let Some(policies) = GatewayPolicies::load(&document, &mut ProxyWasmRoot) else {
             return false;
         };
-        // Natively there is no VM to report, so no tick of its own.
-        let vm_memory_period = cfg!(target_arch = "wasm32").then_some(VM_MEMORY_PERIOD);
-        if let Some(period) = policies
+        let period = policies
             .tick_period()
-            .into_iter()
-            .chain(vm_memory_period)
-            .min()
-        {
-            self.set_tick_period(period);
-        }
+            .map_or(VM_MEMORY_PERIOD, |period| period.min(VM_MEMORY_PERIOD));
+        self.set_tick_period(period);
         self.vm_memory.withdraw();
         self.vm_memory = VmMemory::define(MODULE_NAME);
         self.vm_memory.report();

@@ -307,22 +307,14 @@ impl EnvoyFilter {
 
     /// Starts an HTTP call; Envoy's id for it, `None` when it could not.
     pub fn callout(self, call: &HttpCall<'_>) -> Option<u64> {
-        let request = CalloutRequest::of(call);
-        let mut pairs = ModuleHeader::list(&call.headers);
-        let mut callout = 0u64;
-        // SAFETY: a live filter; Envoy copies the request during the call.
-        let started = unsafe {
-            envoy_dynamic_module_callback_http_filter_http_callout(
+        // SAFETY: a live filter.
+        unsafe {
+            callout(
+                envoy_dynamic_module_callback_http_filter_http_callout,
                 self.0,
-                &mut callout,
-                request.cluster,
-                pairs.as_mut_ptr(),
-                pairs.len(),
-                request.body,
-                request.timeout_ms,
+                call,
             )
-        };
-        (started == CALLOUT_INIT_SUCCESS).then_some(callout)
+        }
     }
 
     /// A scheduler for this stream (see [`StreamScheduler`]).
@@ -333,21 +325,41 @@ impl EnvoyFilter {
     }
 }
 
-/// A call's parts as Envoy's callout takes them.
-struct CalloutRequest {
-    cluster: ModuleBuffer,
-    body: ModuleBuffer,
-    timeout_ms: u64,
-}
+/// Envoy's callout of a stream or of a configuration (the same signature).
+type CalloutFn = unsafe extern "C" fn(
+    *mut std::ffi::c_void,
+    *mut u64,
+    ModuleBuffer,
+    *mut ModuleHeader,
+    usize,
+    ModuleBuffer,
+    u64,
+) -> u32;
 
-impl CalloutRequest {
-    fn of(call: &HttpCall<'_>) -> Self {
-        Self {
-            cluster: ModuleBuffer::of(call.cluster.as_bytes()),
-            body: ModuleBuffer::of(call.body.unwrap_or_default()),
-            timeout_ms: u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX),
-        }
-    }
+/// Starts `call` with `start` for `owner`; Envoy's id for it, `None` when
+/// it could not.
+///
+/// # Safety
+/// `owner` is what `start` takes, live, on the thread `start` allows.
+unsafe fn callout(
+    start: CalloutFn,
+    owner: *mut std::ffi::c_void,
+    call: &HttpCall<'_>,
+) -> Option<u64> {
+    let mut pairs = ModuleHeader::list(&call.headers);
+    let mut callout = 0u64;
+    let timeout_ms = u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX);
+    // Envoy copies the request during the call.
+    let started = start(
+        owner,
+        &mut callout,
+        ModuleBuffer::of(call.cluster.as_bytes()),
+        pairs.as_mut_ptr(),
+        pairs.len(),
+        ModuleBuffer::of(call.body.unwrap_or_default()),
+        timeout_ms,
+    );
+    (started == CALLOUT_INIT_SUCCESS).then_some(callout)
 }
 
 /// Wakes a stream on its worker: each [`StreamScheduler::commit`] makes
@@ -468,23 +480,14 @@ impl EnvoyConfig {
 
     /// Starts an HTTP call from the configuration (main thread only).
     pub fn callout(self, call: &HttpCall<'_>) -> Option<u64> {
-        let request = CalloutRequest::of(call);
-        let mut pairs = ModuleHeader::list(&call.headers);
-        let mut callout = 0u64;
-        // SAFETY: a live configuration on the main thread; Envoy copies the
-        // request.
-        let started = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_http_callout(
+        // SAFETY: a live configuration, on the main thread.
+        unsafe {
+            callout(
+                envoy_dynamic_module_callback_http_filter_config_http_callout,
                 self.0,
-                &mut callout,
-                request.cluster,
-                pairs.as_mut_ptr(),
-                pairs.len(),
-                request.body,
-                request.timeout_ms,
+                call,
             )
-        };
-        (started == CALLOUT_INIT_SUCCESS).then_some(callout)
+        }
     }
 
     /// A scheduler for the configuration's timer.

@@ -80,7 +80,7 @@ pub(crate) fn wake(stream_id: u32) {
 }
 
 /// Whose call an answer that had to wait is for.
-enum Caller {
+enum AnswerFor {
     /// A stream, by its module pointer, and Envoy's filter.
     Stream(*mut NativeStream, EnvoyFilter),
     /// A configuration's main root.
@@ -88,7 +88,7 @@ enum Caller {
 }
 
 struct Deferred {
-    caller: Caller,
+    owner: AnswerFor,
     callout: u64,
     answer: OwnedAnswer,
 }
@@ -104,23 +104,23 @@ fn deliver_deferred() {
             (!deferred.is_empty()).then(|| deferred.remove(0))
         });
         let Some(Deferred {
-            caller,
+            owner,
             callout,
             answer,
         }) = next
         else {
             return;
         };
-        match caller {
+        match owner {
             // SAFETY: a deferred answer of a stream is dropped when the
             // stream is destroyed (see `stream_destroy`), so the pointer is
             // live.
-            Caller::Stream(stream, envoy) => unsafe {
+            AnswerFor::Stream(stream, envoy) => unsafe {
                 stream_answer(stream, envoy, callout, &answer)
             },
             // SAFETY: Envoy destroys a configuration only after its streams
             // and never during its own hooks, which is where this runs.
-            Caller::Config(config) => unsafe { config_answer(&*config, callout, &answer) },
+            AnswerFor::Config(config) => unsafe { config_answer(&*config, callout, &answer) },
         }
     }
 }
@@ -348,7 +348,7 @@ pub(crate) unsafe fn stream_callout_done(
     if in_module_code() {
         DEFERRED.with(|deferred| {
             deferred.borrow_mut().push(Deferred {
-                caller: Caller::Stream(stream, envoy),
+                owner: AnswerFor::Stream(stream, envoy),
                 callout,
                 answer: answer.copied(),
             })
@@ -421,7 +421,7 @@ pub(crate) fn stream_destroy(mut stream: Box<NativeStream>) {
     DEFERRED.with(|deferred| {
         deferred
             .borrow_mut()
-            .retain(|answer| !matches!(answer.caller, Caller::Stream(s, _) if s == pointer))
+            .retain(|answer| !matches!(answer.owner, AnswerFor::Stream(s, _) if s == pointer))
     });
     WAKEABLE.with(|wakeable| wakeable.borrow_mut().remove(&stream.id));
     if !stream.completed {
@@ -442,7 +442,7 @@ pub(crate) fn config_callout_done(config: &Config, callout: u64, answer: &EnvoyA
         let config: *const Config = config;
         DEFERRED.with(|deferred| {
             deferred.borrow_mut().push(Deferred {
-                caller: Caller::Config(config),
+                owner: AnswerFor::Config(config),
                 callout,
                 answer: answer.copied(),
             })

@@ -7,6 +7,7 @@ use crate::host;
 use crate::root::{next_token, Config};
 use gateway_common::host::Host;
 use gateway_common::hosting::{Caller, RequestHost};
+use gateway_common::key::ShortKey;
 use gateway_common::metrics::{Counter, Gauge};
 use gateway_common::store::SharedStore;
 use gateway_common::stream::{CallAnswer, CallNotMade, HttpCall, Level, Telemetry};
@@ -59,18 +60,9 @@ pub(crate) struct NativeRequest<'a> {
 
 /// The filter state key of a published property, as Envoy's Wasm host
 /// names it (so `%FILTER_STATE(wasm.gw_app)%` reads the same in every
-/// form), handed to `use_key`; written in place for the suite's short names.
-fn with_filter_state_key<R>(name: &str, use_key: impl FnOnce(&str) -> R) -> R {
-    const PREFIX: &str = "wasm.";
-    let mut buffer = [0u8; 64];
-    let len = PREFIX.len() + name.len();
-    if len > buffer.len() {
-        return use_key(&format!("{PREFIX}{name}"));
-    }
-    buffer[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
-    buffer[PREFIX.len()..len].copy_from_slice(name.as_bytes());
-    // A `&str` after an ASCII prefix.
-    use_key(std::str::from_utf8(&buffer[..len]).unwrap_or_default())
+/// form).
+fn filter_state_key(name: &str) -> ShortKey {
+    ShortKey::format(format_args!("wasm.{name}"))
 }
 
 fn int(value: Option<u64>) -> Option<Vec<u8>> {
@@ -105,7 +97,7 @@ impl Host for NativeRequest<'_> {
             }
             ["response", "flags"] => int(envoy.attribute_int(attribute::RESPONSE_FLAGS)),
             ["response", "total_size"] => int(envoy.attribute_int(attribute::RESPONSE_TOTAL_SIZE)),
-            [name] => with_filter_state_key(name, |key| envoy.filter_state(key)),
+            [name] => envoy.filter_state(&filter_state_key(name)),
             _ => None,
         }
     }
@@ -115,7 +107,7 @@ impl Host for NativeRequest<'_> {
     fn set_property(&self, path: &[&str], value: &[u8]) -> bool {
         match (self.envoy, path) {
             (Some(envoy), [name]) if !name.is_empty() => {
-                with_filter_state_key(name, |key| envoy.set_filter_state(key, value))
+                envoy.set_filter_state(&filter_state_key(name), value)
             }
             _ => false,
         }
@@ -128,15 +120,15 @@ impl Host for NativeRequest<'_> {
 
 impl Telemetry for NativeRequest<'_> {
     fn increment(&mut self, counter: Counter, delta: u64) {
-        self.config.increment(counter, delta);
+        self.config.metrics().increment(counter, delta);
     }
 
     fn set_gauge(&mut self, gauge: Gauge, value: u64) {
-        self.config.set_gauge(gauge, value);
+        self.config.metrics().set_gauge(gauge, value);
     }
 
     fn add_to_gauge(&mut self, gauge: Gauge, delta: i64) {
-        self.config.add_to_gauge(gauge, delta);
+        self.config.metrics().add_to_gauge(gauge, delta);
     }
 
     fn logs(&self, level: Level) -> bool {
@@ -245,6 +237,7 @@ impl RequestHost for NativeRequest<'_> {
 }
 
 impl CallAnswer for EnvoyAnswer<'_> {
+    /// Read in place (no copy of the header).
     fn status(&self) -> Option<u32> {
         let status = std::str::from_utf8(self.header(":status")?).ok()?;
         status.trim().parse().ok()
@@ -264,11 +257,6 @@ impl CallAnswer for EnvoyAnswer<'_> {
 }
 
 impl CallAnswer for OwnedAnswer {
-    fn status(&self) -> Option<u32> {
-        let status = self.header(":status")?;
-        status.trim().parse().ok()
-    }
-
     fn header(&self, name: &str) -> Option<String> {
         if !self.succeeded {
             return None;

@@ -40,27 +40,45 @@ pub(crate) struct Config {
     callouts: Mutex<Vec<(u64, u32)>>,
 }
 
+/// A configuration's metrics as counts and gauges reach them (a handle's
+/// id is its index).
+#[derive(Clone, Copy)]
+pub(crate) struct MetricTable<'a> {
+    envoy: EnvoyConfig,
+    metrics: &'a [Metric],
+}
+
+impl MetricTable<'_> {
+    /// Envoy's id of the metric behind a handle's id.
+    fn envoy_id(self, id: Option<u32>) -> Option<usize> {
+        let metric = self.metrics.get(usize::try_from(id?).ok()?)?;
+        Some(metric.envoy_id)
+    }
+
+    pub fn increment(self, counter: Counter, delta: u64) {
+        if let Some(id) = self.envoy_id(counter.id()).filter(|_| delta > 0) {
+            self.envoy.increment_counter(id, delta);
+        }
+    }
+
+    pub fn set_gauge(self, gauge: Gauge, value: u64) {
+        if let Some(id) = self.envoy_id(gauge.id()) {
+            self.envoy.set_gauge(id, value);
+        }
+    }
+
+    pub fn add_to_gauge(self, gauge: Gauge, delta: i64) {
+        if let Some(id) = self.envoy_id(gauge.id()) {
+            self.envoy.add_to_gauge(id, delta);
+        }
+    }
+}
+
 impl Config {
-    /// The metric behind a handle's id.
-    fn metric(&self, id: Option<u32>) -> Option<&Metric> {
-        self.metrics.get(usize::try_from(id?).ok()?)
-    }
-
-    pub fn increment(&self, counter: Counter, delta: u64) {
-        if let Some(metric) = self.metric(counter.id()).filter(|_| delta > 0) {
-            self.envoy.increment_counter(metric.envoy_id, delta);
-        }
-    }
-
-    pub fn set_gauge(&self, gauge: Gauge, value: u64) {
-        if let Some(metric) = self.metric(gauge.id()) {
-            self.envoy.set_gauge(metric.envoy_id, value);
-        }
-    }
-
-    pub fn add_to_gauge(&self, gauge: Gauge, delta: i64) {
-        if let Some(metric) = self.metric(gauge.id()) {
-            self.envoy.add_to_gauge(metric.envoy_id, delta);
+    pub fn metrics(&self) -> MetricTable<'_> {
+        MetricTable {
+            envoy: self.envoy,
+            metrics: &self.metrics,
         }
     }
 
@@ -109,12 +127,15 @@ pub(crate) struct NativeRoot<'a> {
 }
 
 impl NativeRoot<'_> {
-    fn metric(&self, id: Option<u32>) -> Option<&Metric> {
+    fn table(&self) -> MetricTable<'_> {
         let metrics = match &self.metrics {
             Metrics::Defining(metrics) => &metrics[..],
             Metrics::Defined(metrics) => metrics,
         };
-        metrics.get(usize::try_from(id?).ok()?)
+        MetricTable {
+            envoy: self.envoy,
+            metrics,
+        }
     }
 
     /// A metric by name: defined in Envoy during config-new, afterwards the
@@ -143,21 +164,15 @@ impl NativeRoot<'_> {
 
 impl Telemetry for NativeRoot<'_> {
     fn increment(&mut self, counter: Counter, delta: u64) {
-        if let Some(metric) = self.metric(counter.id()).filter(|_| delta > 0) {
-            self.envoy.increment_counter(metric.envoy_id, delta);
-        }
+        self.table().increment(counter, delta);
     }
 
     fn set_gauge(&mut self, gauge: Gauge, value: u64) {
-        if let Some(metric) = self.metric(gauge.id()) {
-            self.envoy.set_gauge(metric.envoy_id, value);
-        }
+        self.table().set_gauge(gauge, value);
     }
 
     fn add_to_gauge(&mut self, gauge: Gauge, delta: i64) {
-        if let Some(metric) = self.metric(gauge.id()) {
-            self.envoy.add_to_gauge(metric.envoy_id, delta);
-        }
+        self.table().add_to_gauge(gauge, delta);
     }
 
     fn logs(&self, level: Level) -> bool {

@@ -20,7 +20,8 @@
 //! [`MAX_CAS_ATTEMPTS`] times, so counts are exact across Envoy's workers.
 
 use crate::window::{Algorithm, Counting, Counts};
-use gateway_common::slots::{SlotKey, SlotTable};
+use gateway_common::key::ShortKey;
+use gateway_common::slots::SlotTable;
 use gateway_common::store::{SharedStore, StoreError};
 
 /// Entries per slot.
@@ -199,7 +200,7 @@ impl Table {
     }
 
     /// The shared-data key of a slot; the only keys this table ever writes.
-    pub fn key(&self, slot: u32) -> SlotKey {
+    pub fn key(&self, slot: u32) -> ShortKey {
         self.table.key(slot)
     }
 
