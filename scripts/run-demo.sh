@@ -141,6 +141,15 @@ Demo gateway is up: two instances, :8080 and :8081, sharing one Redis (logs in .
   target/release/ca-sign --key 203751 --secret demo-secret --curl http://127.0.0.1:8080/orders/42 | sh
   target/release/ca-sign --key 203751 --secret demo-secret --explain http://127.0.0.1:8080/orders/42
 
+  # /partner takes every credential of the app: an X-Ca or a Huawei SDK-HMAC-SHA256 signature,
+  # an AppCode (Alibaba's or Huawei's header) or Basic, the last two over HTTPS only
+  target/release/ca-sign --huawei --key demo-hw-key --secret demo-hw-secret --curl http://127.0.0.1:8080/partner/1 | sh
+  curl -sk https://127.0.0.1:8443/partner/1 -H 'Authorization: APPCODE demo-appcode'
+  curl -sk https://127.0.0.1:8443/partner/1 -H 'X-Apig-AppCode: demo-appcode'
+  curl -si http://127.0.0.1:8080/partner/1 -H 'X-Apig-AppCode: demo-appcode'
+  curl -sk https://127.0.0.1:8443/partner/1 -u demo-user:demo-password
+  curl -sik https://127.0.0.1:8443/partner/1 -u demo-user:wrong
+
   # a fleet of two: a signed request accepted by :8080 is a replay for :8081 (400 A400IN),
   # because both record nonces in the one Redis
   req=$(target/release/ca-sign --key 203751 --secret demo-secret --curl http://127.0.0.1:8080/orders/42)

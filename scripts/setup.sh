@@ -73,6 +73,19 @@ else
   fi
 fi
 
+# Huawei Cloud's own Python SDK core signs the requests of the Huawei
+# signature tests (its signer only, so installed without the SDK's other
+# dependencies).
+HUAWEI_SDK_CORE_VERSION=3.1.219
+installed=$(.venv/bin/pip show huaweicloudsdkcore 2>/dev/null | sed -n 's/^Version: //p' || true)
+if [ "$installed" != "$HUAWEI_SDK_CORE_VERSION" ]; then
+  command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+  [ -x .venv/bin/pip ] || python3 -m venv .venv || { apt_install python3-venv && python3 -m venv .venv; }
+  say "installing huaweicloudsdkcore==$HUAWEI_SDK_CORE_VERSION (its signer) into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps \
+    "huaweicloudsdkcore==$HUAWEI_SDK_CORE_VERSION" six==1.17.0 pyasn1==0.6.5
+fi
+
 if [ "${1:-}" = "--report" ] || [ ! -f .venv/.setup-reported ]; then
   say "$(rustc --version), target wasm32-wasip1 installed"
   say "envoy $("$ENVOY_BIN" --version 2>/dev/null | sed -n 's/.*version: [^/]*\/\([^/]*\)\/.*/\1/p') ($ENVOY_BIN)"

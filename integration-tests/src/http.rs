@@ -15,6 +15,19 @@ pub struct Response {
 }
 
 impl Response {
+    /// Asserts an answer of the gateway's own: the status, and the code in
+    /// both `X-Ca-Error-Code` and the JSON body.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(
+            self.header("x-ca-error-code"),
+            Some(code),
+            "{}",
+            self.text()
+        );
+        assert_eq!(self.json()["code"], code);
+    }
+
     /// The first value of a header (case-insensitive name).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

@@ -63,3 +63,74 @@ pub fn pairs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect()
 }
+
+/// A request signed by Huawei Cloud's own Python SDK core (installed by
+/// `make setup`): what to send.
+#[derive(Debug, Clone)]
+pub struct HuaweiSigned {
+    /// The path and the canonical query the SDK sends.
+    pub uri: String,
+    /// Every header to send, `Authorization` and `X-Sdk-Date` included.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A request for Huawei's SDK to sign: to `host` (as the HTTP client will
+/// send `Host`), with `query` pairs, `headers` and a text `body`.
+#[derive(Debug, Clone, Default)]
+pub struct HuaweiSdkRequest<'a> {
+    pub key: &'a str,
+    pub secret: &'a str,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: &'a [(&'a str, &'a str)],
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: &'a str,
+}
+
+/// Signs `request` with Huawei's SDK.
+pub fn huawei_sdk_signed(request: &HuaweiSdkRequest) -> HuaweiSigned {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let root = crate::envoy::workspace_root();
+    let spec = serde_json::json!({
+        "key": request.key, "secret": request.secret, "method": request.method,
+        "host": request.host, "path": request.path, "query": request.query,
+        "headers": request.headers.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        "body": request.body,
+    });
+    let python = root.join(".venv/bin/python");
+    let mut child = Command::new(&python)
+        .arg(root.join("integration-tests/scripts/huawei_sdk_sign.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}; run `make setup`", python.display()));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(spec.to_string().as_bytes())
+        .expect("write the request to sign");
+    let output = child.wait_with_output().expect("the SDK signer");
+    assert!(
+        output.status.success(),
+        "Huawei's SDK signer failed (run `make setup`): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let signed: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the signer's JSON");
+    HuaweiSigned {
+        uri: signed["uri"].as_str().unwrap_or_default().to_string(),
+        headers: signed["headers"]
+            .as_object()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}

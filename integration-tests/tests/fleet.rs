@@ -878,15 +878,19 @@ fn fleet_breakers_open_together_and_half_open_admits_exactly_the_probes_fleet_wi
         "every Envoy sees the breaker closed: {:?}",
         envoys.iter().map(breaker_state).collect::<Vec<_>>()
     );
+    // The gauge is the Envoy's; each of its workers learns the closing at
+    // its own next sync, so a call may still meet an open breaker for a
+    // sync period or two.
     for envoy in &envoys {
-        let admitted = get(envoy, "/", &[]);
-        assert_eq!(
-            admitted.status,
-            200,
-            "{:?} {}",
-            admitted.headers,
-            admitted.text()
-        );
+        let mut last = None;
+        let admitted = eventually(Duration::from_secs(2), || {
+            let response = get(envoy, "/", &[]);
+            let ok = response.status == 200;
+            last = Some(response);
+            ok
+        });
+        let last = last.expect("a response");
+        assert!(admitted, "{:?} {}", last.headers, last.text());
     }
     assert!(envoys.iter().any(|e| e
         .log()

@@ -130,17 +130,6 @@ fn send_call(gw: &Gateway, call: &Call) -> Response {
 /// (what is tampered with, method sent, headers sent, body sent, expected code)
 type TamperCase<'a> = (&'a str, &'a str, Vec<(String, String)>, &'a [u8], &'a str);
 
-fn assert_error(response: &Response, status: u16, code: &str) {
-    assert_eq!(response.status, status, "{}", response.text());
-    assert_eq!(
-        response.header("x-ca-error-code"),
-        Some(code),
-        "{}",
-        response.text()
-    );
-    assert_eq!(response.json()["code"], code);
-}
-
 #[test]
 fn a_signed_request_reaches_the_upstream_with_the_verified_identity() {
     let gw = gateway();
@@ -238,7 +227,7 @@ fn a_bad_signature_reports_the_server_string_to_sign() {
     headers.retain(|(k, _)| k != "x-ca-signature");
     headers.push(("x-ca-signature".into(), "AAAA".into()));
     let response = send(&gw, "GET", "/orders/1?x=1", &headers, b"");
-    assert_error(&response, 400, "A400IS");
+    response.assert_error(400, "A400IS");
     let message = response.header("x-ca-error-message").unwrap_or_default();
     assert!(
         message.starts_with("Invalid Signature, Server StringToSign:`GET#"),
@@ -263,7 +252,7 @@ fn a_body_that_does_not_match_content_md5_is_rejected() {
         &call.signed_headers(),
         br#"{"qty":9}"#,
     );
-    assert_error(&tampered, 400, "A400IM");
+    tampered.assert_error(400, "A400IM");
     assert_eq!(gw.upstream.request_count(), 1);
 }
 
@@ -272,7 +261,7 @@ fn a_replayed_request_is_rejected() {
     let gw = gateway();
     let headers = call("GET", "/orders/7").signed_headers();
     assert_eq!(send(&gw, "GET", "/orders/7", &headers, b"").status, 200);
-    assert_error(&send(&gw, "GET", "/orders/7", &headers, b""), 400, "A400IN");
+    send(&gw, "GET", "/orders/7", &headers, b"").assert_error(400, "A400IN");
     assert_eq!(gw.upstream.request_count(), 1);
 }
 
@@ -315,7 +304,7 @@ fn both_secrets_work_during_rotation() {
     assert_eq!(send_call(&gw, &old).status, 200);
     let mut retired = call("GET", "/orders/7");
     retired.secret = "retired";
-    assert_error(&send_call(&gw, &retired), 400, "A400IS");
+    send_call(&gw, &retired).assert_error(400, "A400IS");
 }
 
 #[test]
@@ -324,7 +313,7 @@ fn an_app_not_authorized_for_the_api_gets_403() {
     let mut web = call("GET", "/orders/7");
     web.key = "203752";
     web.secret = "web-secret";
-    assert_error(&send_call(&gw, &web), 403, "A403UA");
+    send_call(&gw, &web).assert_error(403, "A403UA");
     web.path = "/profile".into();
     assert_eq!(send_call(&gw, &web).status, 200);
     assert_eq!(gw.upstream.request_count(), 1);
@@ -333,7 +322,7 @@ fn an_app_not_authorized_for_the_api_gets_403() {
 #[test]
 fn unsigned_requests_are_refused_except_on_anonymous_apis() {
     let gw = gateway();
-    assert_error(&send(&gw, "GET", "/orders/7", &[], b""), 401, "A401MH");
+    send(&gw, "GET", "/orders/7", &[], b"").assert_error(401, "A401MH");
     assert_eq!(send(&gw, "GET", "/public/info", &[], b"").status, 200);
 }
 
@@ -363,7 +352,7 @@ fn a_body_over_the_limit_gets_413() {
     let gw = gateway();
     let big = "x=".to_string() + &"a".repeat(2000);
     let response = send_call(&gw, &call("POST", "/orders/7").form(&big));
-    assert_error(&response, 413, "A413BL");
+    response.assert_error(413, "A413BL");
     assert_eq!(gw.upstream.request_count(), 0);
 }
 
@@ -488,11 +477,7 @@ fn hmac_sha1_and_extra_signed_headers_verify_and_a_changed_signed_header_does_no
             (k.clone(), v)
         })
         .collect();
-    assert_error(
-        &send(&gw, "GET", "/orders/7", &tampered, b""),
-        400,
-        "A400IS",
-    );
+    send(&gw, "GET", "/orders/7", &tampered, b"").assert_error(400, "A400IS");
     assert_eq!(send(&gw, "GET", "/orders/7", &headers, b"").status, 200);
     assert_eq!(gw.upstream.request_count(), 1);
 }

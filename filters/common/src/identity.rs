@@ -45,6 +45,8 @@ pub struct Identity {
     pub app_key: String,
     pub app_name: Option<String>,
     pub api: Option<String>,
+    /// The user within the app (a Basic username), where there is one.
+    pub user: Option<String>,
 }
 
 /// Publishes the identity; false when the host refused a write.
@@ -55,6 +57,9 @@ pub fn publish(host: &dyn Host, identity: &Identity) -> bool {
     }
     if let Some(api) = &identity.api {
         ok &= host.set_property(&[API_PROPERTY], api.as_bytes());
+    }
+    if let Some(user) = &identity.user {
+        ok &= host.set_property(&[USER_PROPERTY], user.as_bytes());
     }
     ok
 }
@@ -70,6 +75,7 @@ pub fn read_identity(host: &dyn Host) -> Option<Identity> {
         app_key: app_key(host)?,
         app_name: read(host, APP_NAME_PROPERTY),
         api: read(host, API_PROPERTY),
+        user: read(host, USER_PROPERTY),
     })
 }
 
@@ -91,6 +97,7 @@ mod tests {
             app_key: "203751".into(),
             app_name: Some("mobile".into()),
             api: Some("orders".into()),
+            user: None,
         };
         assert!(publish(&host, &identity));
         assert_eq!(read_identity(&host), Some(identity));

@@ -286,10 +286,21 @@ pub fn refuse<const N: usize>(
     denied: &DenialCounters<N>,
     error: &GatewayError,
 ) -> Verdict {
+    refuse_with(stream, denied, error, &[])
+}
+
+/// [`refuse`] with `extra` headers in the answer (a `WWW-Authenticate`
+/// challenge).
+pub fn refuse_with<const N: usize>(
+    stream: &mut dyn Stream,
+    denied: &DenialCounters<N>,
+    error: &GatewayError,
+    extra: &[(&'static str, String)],
+) -> Verdict {
     if let Some(counter) = denied.counter(error) {
         stream.increment(counter, 1);
     }
-    send_error(stream, error, &[])
+    send_error(stream, error, extra)
 }
 
 /// An effect a [`FakeStream`] was asked for, in order.

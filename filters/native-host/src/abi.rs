@@ -117,6 +117,7 @@ pub mod attribute {
     pub const RESPONSE_FLAGS: u32 = 17;
     pub const RESPONSE_TOTAL_SIZE: u32 = 22;
     pub const SOURCE_ADDRESS: u32 = 24;
+    pub const CONNECTION_TLS_VERSION: u32 = 31;
     pub const UPSTREAM_ADDRESS: u32 = 41;
     pub const XDS_CLUSTER_NAME: u32 = 57;
     pub const XDS_ROUTE_NAME: u32 = 61;

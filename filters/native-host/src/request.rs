@@ -86,6 +86,9 @@ impl Host for NativeRequest<'_> {
         let envoy = self.envoy?;
         match path {
             ["source", "address"] => envoy.attribute_string(attribute::SOURCE_ADDRESS),
+            ["connection", "tls_version"] => {
+                envoy.attribute_string(attribute::CONNECTION_TLS_VERSION)
+            }
             ["xds", "route_name"] => envoy.attribute_string(attribute::XDS_ROUTE_NAME),
             ["xds", "cluster_name"] => envoy.attribute_string(attribute::XDS_CLUSTER_NAME),
             ["upstream", "address"] => envoy.attribute_string(attribute::UPSTREAM_ADDRESS),

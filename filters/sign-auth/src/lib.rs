@@ -6,6 +6,10 @@
 
 pub mod backend;
 pub mod client;
+pub mod huawei;
+pub mod modes;
+#[cfg(test)]
+mod modes_tests;
 pub mod nonce;
 pub mod policy;
 pub mod signature;
@@ -16,9 +20,9 @@ use policy::{SignAuth, SignAuthConfig};
 
 pub const FILTER_NAME: &str = "sign_auth";
 
-/// Headers that carry the verified identity to the upstream; never trusted
-/// from a client.
-pub const IDENTITY_HEADERS: [&str; 3] = ["x-gw-app-key", "x-gw-app-name", "x-gw-api"];
+/// Headers that carry the verified identity to the upstream (the user is a
+/// Basic username); never trusted from a client.
+pub const IDENTITY_HEADERS: [&str; 4] = ["x-gw-app-key", "x-gw-app-name", "x-gw-api", "x-gw-user"];
 
 /// Parses and compiles a JSON configuration.
 pub fn compile_config(bytes: &[u8]) -> Result<SignAuth, ConfigError> {

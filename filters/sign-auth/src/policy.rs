@@ -4,6 +4,11 @@
 //! check, [`SignAuth::finish`] with the body. No proxy-wasm calls here.
 
 use crate::backend::{BackendKey, BackendSignatureConfig};
+use crate::huawei;
+use crate::modes::{
+    basic_credentials, presented, BasicUserConfig, Credentials, HuaweiKeyConfig, HuaweiRequest,
+    Mode, Modes, Presented, Source,
+};
 use crate::nonce::{NonceOutcome, NonceTable};
 use crate::signature::{
     add_parameters, content_md5, for_error_message, signed_header_names, Secret, SignatureMethod,
@@ -52,9 +57,29 @@ pub mod codes {
         GatewayError::new(503, "A503NS", "Nonce Store Full, retry later");
     pub const NONCE_STORE_UNAVAILABLE: GatewayError =
         GatewayError::new(503, "A503NU", "Nonce Store Unavailable");
+    pub const MISSING_CREDENTIALS: GatewayError =
+        GatewayError::new(401, "A401MC", "Missing Credentials");
+    pub const INVALID_BODY_DIGEST: GatewayError = GatewayError::new(
+        400,
+        "A400IB",
+        "Invalid Body Digest: X-Sdk-Content-Sha256 does not match the body",
+    );
+    pub const UNSIGNED_PAYLOAD: GatewayError = GatewayError::new(
+        400,
+        "A400UP",
+        "Unsigned Payload Not Allowed: sign the body's SHA-256",
+    );
+    pub const INVALID_APPCODE: GatewayError = GatewayError::new(401, "A401AC", "Invalid AppCode");
+    pub const INVALID_BASIC: GatewayError =
+        GatewayError::new(401, "A401BC", "Invalid Basic Credentials");
+    pub const TLS_REQUIRED: GatewayError = GatewayError::new(
+        403,
+        "A403TL",
+        "TLS Required: this API takes AppCode and Basic credentials over HTTPS only",
+    );
 
     /// Every code, for per-code counters.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 20;
     pub const ALL: [GatewayError; COUNT] = [
         MISSING_HEADER,
         INVALID_HEADER,
@@ -70,6 +95,12 @@ pub mod codes {
         BODY_TOO_LARGE,
         NONCE_STORE_FULL,
         NONCE_STORE_UNAVAILABLE,
+        MISSING_CREDENTIALS,
+        INVALID_BODY_DIGEST,
+        UNSIGNED_PAYLOAD,
+        INVALID_APPCODE,
+        INVALID_BASIC,
+        TLS_REQUIRED,
     ];
 }
 
@@ -86,6 +117,16 @@ pub struct SignAuthConfig {
     /// Requests matching no rule may come without a signature.
     #[serde(default)]
     pub anonymous: bool,
+    /// How requests matching no rule authenticate (default `app`).
+    #[serde(default)]
+    pub modes: Option<Vec<Mode>>,
+    /// Accept each Huawei signature once within the timestamp window (the
+    /// scheme has no nonce), in this Envoy's nonce table or the fleet's.
+    #[serde(default)]
+    pub huawei_replay_protection: bool,
+    /// The realm of the `WWW-Authenticate: Basic` challenge.
+    #[serde(default)]
+    pub basic_realm: Option<String>,
     #[serde(default)]
     pub timestamp_window_seconds: Option<u64>,
     /// Accepted `X-Ca-Signature-Method` values (default both).
@@ -140,13 +181,25 @@ pub struct Fleet {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
+    /// The app's identity, and its Alibaba AppKey (`X-Ca-Key`).
     pub key: String,
-    /// Several secrets are accepted at once, for rotation without downtime.
+    /// Alibaba AppSecrets; several are accepted at once, for rotation
+    /// without downtime. None: the app does not sign with `X-Ca-*`.
+    #[serde(default)]
     pub secrets: Vec<String>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
     pub disabled: bool,
+    /// Huawei AppKeys and AppSecrets (`SDK-HMAC-SHA256`).
+    #[serde(default)]
+    pub huawei: Vec<HuaweiKeyConfig>,
+    /// AppCodes, each as is or `sha256:<hex>`.
+    #[serde(default)]
+    pub appcodes: Vec<String>,
+    /// Basic usernames and passwords (as is or `sha256:<hex>`).
+    #[serde(default)]
+    pub basic: Vec<BasicUserConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -162,6 +215,21 @@ pub struct RuleConfig {
     /// Unsigned requests are let through (signed ones are still verified).
     #[serde(default)]
     pub anonymous: bool,
+    /// How callers of this API authenticate (default: the top-level `modes`).
+    #[serde(default)]
+    pub modes: Option<Vec<Mode>>,
+    /// An AppCode may also come in this query parameter.
+    #[serde(default)]
+    pub appcode_query: Option<String>,
+    /// AppCode and Basic credentials are accepted over TLS only.
+    #[serde(default)]
+    pub require_tls: bool,
+    /// A Huawei signature may sign `UNSIGNED-PAYLOAD` instead of the body.
+    #[serde(default)]
+    pub unsigned_payload: bool,
+    /// Forward the client's credentials to the upstream.
+    #[serde(default)]
+    pub keep_credentials: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -177,13 +245,22 @@ struct Rule {
     matcher: Matcher,
     apps: Option<HashSet<String>>,
     anonymous: bool,
+    modes: Modes,
+    appcode_query: Option<String>,
+    require_tls: bool,
+    unsigned_payload: bool,
+    keep_credentials: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct SignAuth {
     apps: HashMap<String, App>,
+    credentials: Credentials,
     rules: Vec<Rule>,
     anonymous: bool,
+    modes: Modes,
+    huawei_replay_protection: bool,
+    basic_challenge: String,
     window_ms: u64,
     methods: Vec<SignatureMethod>,
     strip_signature_headers: bool,
@@ -211,6 +288,9 @@ pub struct Verified {
     pub identity: Identity,
     /// The nonce could not be recorded and `failure_mode` is `allow`.
     pub nonce_unchecked: bool,
+    /// Where the credential came from, to remove before the upstream;
+    /// `None` when the API keeps credentials.
+    pub strip: Option<Source>,
 }
 
 /// What the adapter does next.
@@ -219,6 +299,9 @@ pub enum Step {
     /// Authenticated (or anonymous allowed, `None`).
     Pass(Option<Verified>),
     Reject(GatewayError),
+    /// A 401 on an API that takes Basic credentials: with the challenge
+    /// ([`SignAuth::basic_challenge`]).
+    Challenge(GatewayError),
     /// Buffer the body (up to `max_body_bytes`) and call `finish`.
     NeedBody(Box<Pending>),
     /// The signature checks out; the fleet store must record the nonce:
@@ -237,7 +320,24 @@ pub struct FleetCheck {
 
 /// A request waiting for its body.
 #[derive(Debug)]
-pub struct Pending {
+pub enum Pending {
+    Alibaba(AlibabaPending),
+    Huawei {
+        request: HuaweiRequest,
+        rule: Option<usize>,
+    },
+}
+
+/// What a check decided before the nonce.
+enum Checked {
+    /// Nothing to record.
+    Done(Verified),
+    Nonce(FleetCheck),
+}
+
+/// An `X-Ca-*` signed request waiting for its body.
+#[derive(Debug)]
+pub struct AlibabaPending {
     app_key: String,
     method: SignatureMethod,
     signature: String,
@@ -258,17 +358,29 @@ pub struct Pending {
 impl SignAuth {
     pub fn compile(config: &SignAuthConfig) -> Result<Self, ConfigError> {
         let mut apps = HashMap::with_capacity(config.apps.len());
+        let mut credentials = Credentials::default();
         for (i, app) in config.apps.iter().enumerate() {
             let at = format!("apps[{i}]");
             if app.key.trim().is_empty() {
                 return Err(ConfigError::new(format!("{at}.key"), "must not be empty"));
             }
-            if app.secrets.is_empty() || app.secrets.iter().any(String::is_empty) {
+            if app.secrets.iter().any(String::is_empty) {
                 return Err(ConfigError::new(
                     format!("{at}.secrets"),
-                    "needs at least one secret, and no empty secret",
+                    "no secret may be empty",
                 ));
             }
+            if app.secrets.is_empty()
+                && app.huawei.is_empty()
+                && app.appcodes.is_empty()
+                && app.basic.is_empty()
+            {
+                return Err(ConfigError::new(
+                    at,
+                    "has no credential: give `secrets`, `huawei`, `appcodes` or `basic`",
+                ));
+            }
+            credentials.add(&at, &app.key, &app.huawei, &app.appcodes, &app.basic)?;
             let compiled = App {
                 name: app.name.clone(),
                 secrets: app
@@ -284,6 +396,14 @@ impl SignAuth {
                     format!("app key `{}` is defined twice", app.key),
                 ));
             }
+        }
+        let modes = compile_modes(config.modes.as_deref(), "modes")?.unwrap_or(Modes::APP);
+        let realm = config.basic_realm.as_deref().unwrap_or("gateway");
+        if realm.contains(|c: char| c == '"' || c == '\\' || c.is_control()) {
+            return Err(ConfigError::new(
+                "basic_realm",
+                "must not contain quotes, backslashes or control characters",
+            ));
         }
         let mut rules = Vec::with_capacity(config.rules.len());
         for (i, rule) in config.rules.iter().enumerate() {
@@ -301,6 +421,12 @@ impl SignAuth {
                     ));
                 }
             }
+            if rule.appcode_query.as_deref().is_some_and(str::is_empty) {
+                return Err(ConfigError::new(
+                    format!("{at}.appcode_query"),
+                    "must name a query parameter",
+                ));
+            }
             rules.push(Rule {
                 name: rule_name(rule.name.as_deref(), &at),
                 matcher,
@@ -309,6 +435,12 @@ impl SignAuth {
                     .as_ref()
                     .map(|keys| keys.iter().cloned().collect()),
                 anonymous: rule.anonymous,
+                modes: compile_modes(rule.modes.as_deref(), &format!("{at}.modes"))?
+                    .unwrap_or(modes),
+                appcode_query: rule.appcode_query.clone(),
+                require_tls: rule.require_tls,
+                unsigned_payload: rule.unsigned_payload,
+                keep_credentials: rule.keep_credentials,
             });
         }
         let methods = match &config.signature_methods {
@@ -353,8 +485,12 @@ impl SignAuth {
             .map_err(|e| e.within("backend_signature"))?;
         Ok(Self {
             apps,
+            credentials,
             rules,
             anonymous: config.anonymous,
+            modes,
+            huawei_replay_protection: config.huawei_replay_protection,
+            basic_challenge: format!("Basic realm=\"{realm}\", charset=\"UTF-8\""),
             window_ms: window * 1000,
             methods,
             strip_signature_headers: config.strip_signature_headers.unwrap_or(true),
@@ -399,30 +535,144 @@ impl SignAuth {
         self.backend_signer.as_ref()
     }
 
+    /// The `WWW-Authenticate` value of a [`Step::Challenge`].
+    pub fn basic_challenge(&self) -> &str {
+        &self.basic_challenge
+    }
+
     /// Verifies what the headers allow; `end_of_stream` says there is no body.
     pub fn begin(&self, host: &dyn Host, store: &dyn SharedStore, end_of_stream: bool) -> Step {
         let facts = RequestFacts::read(host, self.uses_route_name);
         let attrs = facts.attrs();
         let line = &facts.line;
-        let rule = first_match_index(&self.rules, |r| &r.matcher, &attrs).map(|(index, _)| index);
-        let anonymous = rule.map_or(self.anonymous, |i| self.rules[i].anonymous);
+        let index = first_match_index(&self.rules, |r| &r.matcher, &attrs).map(|(index, _)| index);
+        let rule = index.map(|i| &self.rules[i]);
+        let modes = rule.map_or(self.modes, |r| r.modes);
+        let appcode_query = rule.and_then(|r| r.appcode_query.as_deref());
+        let step = match presented(host, line, modes, appcode_query) {
+            Presented::None if rule.map_or(self.anonymous, |r| r.anonymous) => Step::Pass(None),
+            Presented::None if modes == Modes::APP => Step::Reject(missing("X-Ca-Key")),
+            Presented::None => Step::Reject(codes::MISSING_CREDENTIALS.with_message(format!(
+                "Missing Credentials: this API takes {}",
+                modes.credentials()
+            ))),
+            Presented::Alibaba(app_key) => match self.read_headers(host, line, app_key, index) {
+                Ok(pending) => {
+                    let body_needed =
+                        !end_of_stream && (pending.form_body || pending.content_md5.is_some());
+                    self.check_or_wait(Pending::Alibaba(pending), body_needed, host, store)
+                }
+                Err(error) => Step::Reject(error),
+            },
+            Presented::Huawei(authorization) => {
+                let unsigned_payload = rule.is_some_and(|r| r.unsigned_payload);
+                match HuaweiRequest::read(host, line, &authorization, unsigned_payload) {
+                    Ok(request) => {
+                        let body_needed = !end_of_stream && request.needs_body();
+                        let pending = Pending::Huawei {
+                            request,
+                            rule: index,
+                        };
+                        self.check_or_wait(pending, body_needed, host, store)
+                    }
+                    Err(error) => Step::Reject(error),
+                }
+            }
+            Presented::AppCode(code, source) => {
+                let app = self.credentials.appcode_app(&code);
+                self.check_plain(host, index, app.ok_or(codes::INVALID_APPCODE), source, None)
+            }
+            Presented::Basic(encoded) => {
+                let (app, user) = match basic_credentials(&encoded) {
+                    Some((user, password)) => (
+                        self.credentials
+                            .basic_app(&user, &password)
+                            .ok_or(codes::INVALID_BASIC),
+                        Some(user),
+                    ),
+                    None => (Err(codes::INVALID_BASIC), None),
+                };
+                self.check_plain(host, index, app, Source::Authorization, user)
+            }
+        };
+        match step {
+            Step::Reject(error) if error.status == 401 && modes.contains(Mode::Basic) => {
+                Step::Challenge(error)
+            }
+            step => step,
+        }
+    }
 
-        let Some(app_key) = host.request_header("x-ca-key") else {
-            return if anonymous {
-                Step::Pass(None)
-            } else {
-                Step::Reject(missing("X-Ca-Key"))
-            };
-        };
-        let pending = match self.read_headers(host, line, app_key, rule) {
-            Ok(pending) => pending,
-            Err(error) => return Step::Reject(error),
-        };
-        let body_needed = !end_of_stream && (pending.form_body || pending.content_md5.is_some());
+    fn check_or_wait(
+        &self,
+        pending: Pending,
+        body_needed: bool,
+        host: &dyn Host,
+        store: &dyn SharedStore,
+    ) -> Step {
         if body_needed {
             return Step::NeedBody(Box::new(pending));
         }
         self.complete(pending, None, store, now_ms(host))
+    }
+
+    /// Decides an AppCode or Basic credential: `app` is the app it names.
+    fn check_plain(
+        &self,
+        host: &dyn Host,
+        rule: Option<usize>,
+        app: Result<&str, GatewayError>,
+        source: Source,
+        user: Option<String>,
+    ) -> Step {
+        if rule.is_some_and(|i| self.rules[i].require_tls) && !is_tls(host) {
+            return Step::Reject(codes::TLS_REQUIRED);
+        }
+        let verified = app.and_then(|app| {
+            Ok(Verified {
+                identity: self.identify(app, rule, user)?,
+                nonce_unchecked: false,
+                strip: self.strip(rule, source),
+            })
+        });
+        Step::from(verified)
+    }
+
+    /// The identity of app `key` calling the API of `rule`, if the app is
+    /// enabled and may call it.
+    fn identify(
+        &self,
+        key: &str,
+        rule: Option<usize>,
+        user: Option<String>,
+    ) -> Result<Identity, GatewayError> {
+        let app = self.app(key)?;
+        let rule = rule.and_then(|i| self.rules.get(i));
+        if rule
+            .and_then(|r| r.apps.as_ref())
+            .is_some_and(|apps| !apps.contains(key))
+        {
+            return Err(codes::UNAUTHORIZED);
+        }
+        Ok(Identity {
+            app_key: key.to_string(),
+            app_name: app.name.clone(),
+            api: rule.map(|r| r.name.clone()),
+            user,
+        })
+    }
+
+    fn app(&self, key: &str) -> Result<&App, GatewayError> {
+        let app = self.apps.get(key).ok_or(codes::INVALID_APP_KEY)?;
+        if app.disabled {
+            return Err(codes::APP_DISABLED);
+        }
+        Ok(app)
+    }
+
+    /// What to remove before the upstream, unless the API keeps credentials.
+    fn strip(&self, rule: Option<usize>, source: Source) -> Option<Source> {
+        (!rule.is_some_and(|i| self.rules[i].keep_credentials)).then_some(source)
     }
 
     /// Completes a request that needed its body.
@@ -529,7 +779,7 @@ impl SignAuth {
         line: &RequestLine,
         app_key: String,
         rule: Option<usize>,
-    ) -> Result<Pending, GatewayError> {
+    ) -> Result<AlibabaPending, GatewayError> {
         let header = |name: &str| host.request_header(name);
         let signature = header("x-ca-signature").ok_or_else(|| missing("X-Ca-Signature"))?;
         let method = SignatureMethod::from_header(header("x-ca-signature-method").as_deref())
@@ -565,7 +815,7 @@ impl SignAuth {
         add_parameters(query, &mut parameters).map_err(|_| codes::INVALID_PARAMETER)?;
         let content_type = header("content-type");
         let form_body = body_kind(content_type.as_deref()) == BodyKind::Form;
-        Ok(Pending {
+        Ok(AlibabaPending {
             app_key,
             method,
             signature,
@@ -591,36 +841,82 @@ impl SignAuth {
         store: &dyn SharedStore,
         now_ms: u64,
     ) -> Step {
-        let check = match self.verify(pending, body, now_ms) {
-            Ok(check) => check,
-            Err(error) => return Step::Reject(error),
+        let checked = match pending {
+            Pending::Alibaba(pending) => self.verify(pending, body, now_ms),
+            Pending::Huawei { request, rule } => self.verify_huawei(request, rule, body, now_ms),
         };
-        if self.fleet.is_some() {
-            return Step::CheckFleet(Box::new(check));
+        match checked {
+            Ok(Checked::Done(verified)) => Step::Pass(Some(verified)),
+            Ok(Checked::Nonce(check)) if self.fleet.is_some() => Step::CheckFleet(Box::new(check)),
+            Ok(Checked::Nonce(check)) => Step::from(self.record_locally(check, store)),
+            Err(error) => Step::Reject(error),
         }
-        Step::from(self.record_locally(check, store))
     }
 
-    /// Every check but the nonce's.
-    fn verify(
-        &self,
-        mut pending: Pending,
-        body: Option<&[u8]>,
-        now_ms: u64,
-    ) -> Result<FleetCheck, GatewayError> {
-        let app = self
-            .apps
-            .get(&pending.app_key)
-            .ok_or(codes::INVALID_APP_KEY)?;
-        if app.disabled {
-            return Err(codes::APP_DISABLED);
-        }
-        if now_ms.abs_diff(pending.timestamp_ms) > self.window_ms {
+    fn check_window(&self, signed_ms: u64, now_ms: u64) -> Result<(), GatewayError> {
+        if now_ms.abs_diff(signed_ms) > self.window_ms {
             return Err(codes::INVALID_TIMESTAMP.with_message(format!(
                 "Invalid Timestamp: more than {} s from the gateway clock",
                 self.window_ms / 1000
             )));
         }
+        Ok(())
+    }
+
+    /// Every check of a Huawei signature but the (optional) replay check.
+    fn verify_huawei(
+        &self,
+        request: HuaweiRequest,
+        rule: Option<usize>,
+        body: Option<&[u8]>,
+        now_ms: u64,
+    ) -> Result<Checked, GatewayError> {
+        let key = self
+            .credentials
+            .huawei_key(&request.access)
+            .ok_or(codes::INVALID_APP_KEY)?;
+        self.app(&key.app)?;
+        self.check_window(request.date_ms, now_ms)?;
+        let canonical_request = request.canonical_request(body)?;
+        let string_to_sign = huawei::string_to_sign(&request.sdk_date, &canonical_request);
+        if !key
+            .secrets
+            .iter()
+            .any(|secret| secret.verifies(&string_to_sign, &request.signature))
+        {
+            return Err(codes::INVALID_SIGNATURE.with_message(format!(
+                "Invalid Signature, Server CanonicalRequest:`{}`",
+                canonical_request.replace('\n', "|")
+            )));
+        }
+        let verified = Verified {
+            identity: self.identify(&key.app, rule, None)?,
+            nonce_unchecked: false,
+            strip: self.strip(rule, Source::Authorization),
+        };
+        if !self.huawei_replay_protection {
+            return Ok(Checked::Done(verified));
+        }
+        Ok(Checked::Nonce(FleetCheck {
+            verified,
+            nonce: format!("hw:{}", request.signature.to_ascii_lowercase()),
+            now_ms,
+            expires_ms: request.date_ms.max(now_ms) + self.window_ms,
+        }))
+    }
+
+    /// Every check of an `X-Ca-*` signature but the nonce's.
+    fn verify(
+        &self,
+        mut pending: AlibabaPending,
+        body: Option<&[u8]>,
+        now_ms: u64,
+    ) -> Result<Checked, GatewayError> {
+        let app = self.app(&pending.app_key)?;
+        if app.secrets.is_empty() {
+            return Err(codes::INVALID_APP_KEY);
+        }
+        self.check_window(pending.timestamp_ms, now_ms)?;
         if let Some(body) = body {
             if pending.form_body {
                 let text = std::str::from_utf8(body).map_err(|_| codes::INVALID_PARAMETER)?;
@@ -659,26 +955,16 @@ impl SignAuth {
                 for_error_message(&string_to_sign)
             )));
         }
-        let rule = pending.rule.and_then(|i| self.rules.get(i));
-        if rule
-            .and_then(|r| r.apps.as_ref())
-            .is_some_and(|apps| !apps.contains(&pending.app_key))
-        {
-            return Err(codes::UNAUTHORIZED);
-        }
-        Ok(FleetCheck {
+        Ok(Checked::Nonce(FleetCheck {
             verified: Verified {
-                identity: Identity {
-                    app_key: pending.app_key,
-                    app_name: app.name.clone(),
-                    api: rule.map(|r| r.name.clone()),
-                },
+                identity: self.identify(&pending.app_key, pending.rule, None)?,
                 nonce_unchecked: false,
+                strip: self.strip(pending.rule, Source::CaHeaders),
             },
             nonce: pending.nonce,
             now_ms,
             expires_ms: pending.timestamp_ms.max(now_ms) + self.window_ms,
-        })
+        }))
     }
 }
 
@@ -752,6 +1038,24 @@ fn compile_backend_signer(config: &BackendSignatureConfig) -> Result<BackendSign
         secret,
         headers,
     })
+}
+
+/// The modes of a list (`None`: not given); an empty list is refused.
+fn compile_modes(list: Option<&[Mode]>, at: &str) -> Result<Option<Modes>, ConfigError> {
+    match list {
+        Some([]) => Err(ConfigError::new(
+            at,
+            "needs at least one of app, huawei_app, appcode, basic",
+        )),
+        Some(list) => Ok(Some(Modes::of(list))),
+        None => Ok(None),
+    }
+}
+
+/// Whether the request came over TLS to this Envoy.
+fn is_tls(host: &dyn Host) -> bool {
+    host.property(&["connection", "tls_version"])
+        .is_some_and(|version| !version.is_empty())
 }
 
 fn missing(header: &str) -> GatewayError {
@@ -879,7 +1183,7 @@ pub(crate) mod tests {
     ) -> Result<Option<Identity>, GatewayError> {
         match policy.begin(host, store, body.is_none()) {
             Step::Pass(verified) => Ok(verified.map(|v| v.identity)),
-            Step::Reject(error) => Err(error),
+            Step::Reject(error) | Step::Challenge(error) => Err(error),
             Step::NeedBody(pending) => {
                 match policy.finish(*pending, body.unwrap_or_default(), store, NOW_MS) {
                     Step::Pass(verified) => Ok(verified.map(|v| v.identity)),
@@ -911,7 +1215,8 @@ pub(crate) mod tests {
             Identity {
                 app_key: "203751".into(),
                 app_name: Some("mobile".into()),
-                api: Some("orders".into())
+                api: Some("orders".into()),
+                user: None,
             }
         );
     }
@@ -1179,7 +1484,47 @@ pub(crate) mod tests {
         let cases = [
             (
                 r#"{"apps":[{"key":"a","secrets":[]}]}"#,
-                "apps[0].secrets: needs at least one secret, and no empty secret",
+                "apps[0]: has no credential: give `secrets`, `huawei`, `appcodes` or `basic`",
+            ),
+            (
+                r#"{"apps":[{"key":"a","secrets":["s",""]}]}"#,
+                "apps[0].secrets: no secret may be empty",
+            ),
+            (
+                r#"{"apps":[{"key":"a","huawei":[{"key":"h","secrets":[]}]}]}"#,
+                "apps[0].huawei[0].secrets: needs at least one secret, and no empty secret",
+            ),
+            (
+                r#"{"apps":[{"key":"a","huawei":[{"key":"h","secrets":["s"]}]},{"key":"b","huawei":[{"key":"h","secrets":["t"]}]}]}"#,
+                "apps[1].huawei[0].key: Huawei AppKey `h` is defined twice",
+            ),
+            (
+                r#"{"apps":[{"key":"a","appcodes":["sha256:12"]}]}"#,
+                "apps[0].appcodes[0]: `sha256:` must be followed by 64 hex digits",
+            ),
+            (
+                r#"{"apps":[{"key":"a","basic":[{"username":"u:v","password":"p"}]}]}"#,
+                "apps[0].basic[0].username: must not be empty nor contain `:`",
+            ),
+            (
+                r#"{"apps":[{"key":"a","basic":[{"username":"u","password":""}]}]}"#,
+                "apps[0].basic[0].password: must not be empty",
+            ),
+            (
+                r#"{"apps":[],"rules":[{"modes":[]}]}"#,
+                "rules[0].modes: needs at least one of app, huawei_app, appcode, basic",
+            ),
+            (
+                r#"{"apps":[],"modes":["jwt"]}"#,
+                "modes[0]: unknown variant `jwt`",
+            ),
+            (
+                r#"{"apps":[],"rules":[{"appcode_query":""}]}"#,
+                "rules[0].appcode_query: must name a query parameter",
+            ),
+            (
+                r#"{"apps":[],"basic_realm":"a\"b"}"#,
+                "basic_realm: must not contain quotes",
             ),
             (
                 r#"{"apps":[{"key":"a","secrets":["s"]},{"key":"a","secrets":["t"]}]}"#,

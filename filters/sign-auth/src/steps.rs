@@ -8,6 +8,7 @@
 use crate::backend::{
     self, KEY_ID_HEADER, SIGNATURE_HEADER, SIGNED_HEADERS_HEADER, TIMESTAMP_HEADER,
 };
+use crate::modes::{Source, APPCODE_HEADER};
 use crate::policy::{self, codes, now_ms, FleetCheck, Pending, SignAuth, Step, Verified};
 use crate::{FILTER_NAME, IDENTITY_HEADERS};
 use gateway_common::error::GatewayError;
@@ -15,9 +16,10 @@ use gateway_common::fleet::wire::{Answer, Failure};
 use gateway_common::fleet::FleetMetrics;
 use gateway_common::identity::{self, Identity};
 use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
+use gateway_common::params::retain_raw_pairs;
 use gateway_common::stream::{
-    buffer_request_body, declared_body_length, refuse, BufferedBody, FleetCall, PolicySteps,
-    Stream, Verdict,
+    buffer_request_body, declared_body_length, refuse, refuse_with, BufferedBody, FleetCall,
+    PolicySteps, Stream, Verdict,
 };
 use std::rc::Rc;
 
@@ -74,6 +76,15 @@ impl SignAuthSteps {
         match step {
             Step::Pass(verified) => self.pass(stream, verified.as_ref()),
             Step::Reject(error) => refuse(stream, &self.metrics.denied, &error),
+            Step::Challenge(error) => {
+                let challenge = self.policy.basic_challenge().to_string();
+                refuse_with(
+                    stream,
+                    &self.metrics.denied,
+                    &error,
+                    &[("www-authenticate", challenge)],
+                )
+            }
             Step::NeedBody(pending) => {
                 // Only the headers step asks for the body.
                 self.pending = Some(pending);
@@ -103,10 +114,17 @@ impl SignAuthSteps {
 
     /// What the upstream sees of a request let through.
     fn forward(&self, stream: &mut dyn Stream, verified: Option<&Verified>) {
-        if self.policy.strip_signature_headers() {
+        let keeps_credentials = verified.is_some_and(|v| v.strip.is_none());
+        if self.policy.strip_signature_headers() && !keeps_credentials {
             for name in SIGNATURE_HEADERS {
                 stream.set_request_header(name, None);
             }
+        }
+        match verified.and_then(|v| v.strip.as_ref()) {
+            Some(Source::Authorization) => stream.set_request_header("authorization", None),
+            Some(Source::AppCodeHeader) => stream.set_request_header(APPCODE_HEADER, None),
+            Some(Source::Query(name)) => remove_query_parameter(stream, name),
+            Some(Source::CaHeaders) | None => {}
         }
         if let Some(verified) = verified {
             self.publish(stream, &verified.identity);
@@ -176,6 +194,9 @@ impl SignAuthSteps {
             if let Some(api) = &identity.api {
                 stream.set_request_header(IDENTITY_HEADERS[2], Some(api));
             }
+            if let Some(user) = &identity.user {
+                stream.set_request_header(IDENTITY_HEADERS[3], Some(user));
+            }
         }
     }
 
@@ -218,6 +239,18 @@ impl SignAuthSteps {
                 stream.set_request_header(name, Some(&value));
             }
         }
+    }
+}
+
+/// Removes the query parameter `name` from the request's path.
+fn remove_query_parameter(stream: &mut dyn Stream, name: &str) {
+    let line = stream.request_line();
+    let Some((path, query)) = line.path.split_once('?') else {
+        return;
+    };
+    if let Some(kept) = retain_raw_pairs(query, |key| key != name) {
+        let separator = if kept.is_empty() { "" } else { "?" };
+        stream.set_request_header(":path", Some(&format!("{path}{separator}{kept}")));
     }
 }
 

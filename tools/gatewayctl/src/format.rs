@@ -290,16 +290,83 @@ pub struct Settings {
     pub log_push: Option<Map<String, Value>>,
 }
 
-/// Who may call an API.
+/// One way to call an API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Auth {
-    /// A signature of one of the API's apps (sign-auth).
+pub enum AuthMode {
+    /// An Alibaba `X-Ca-*` signature of one of the API's apps (sign-auth).
     App,
-    /// Anyone.
+    /// A Huawei `SDK-HMAC-SHA256` signature of one of the API's apps.
+    HuaweiApp,
+    /// An AppCode of one of the API's apps.
+    Appcode,
+    /// Basic credentials of a user of one of the API's apps.
+    Basic,
+    /// Anyone; with other modes, credentials are optional (and checked).
     Anonymous,
     /// The authorizer of `settings.ext_auth` decides.
     ExtAuth,
+}
+
+impl AuthMode {
+    /// Its name in `apis.yaml` (and, for the app modes, in sign-auth).
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMode::App => "app",
+            AuthMode::HuaweiApp => "huawei_app",
+            AuthMode::Appcode => "appcode",
+            AuthMode::Basic => "basic",
+            AuthMode::Anonymous => "anonymous",
+            AuthMode::ExtAuth => "ext_auth",
+        }
+    }
+
+    /// The modes sign-auth checks, by their name there.
+    pub fn sign_auth_name(self) -> Option<&'static str> {
+        match self {
+            AuthMode::Anonymous | AuthMode::ExtAuth => None,
+            mode => Some(mode.name()),
+        }
+    }
+}
+
+/// Who may call an API: one mode (`auth: app`) or several (`auth: [app,
+/// appcode]`, any of which lets a caller in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    pub modes: Vec<AuthMode>,
+}
+
+impl Auth {
+    pub fn has(&self, mode: AuthMode) -> bool {
+        self.modes.contains(&mode)
+    }
+
+    /// The sign-auth modes, in sign-auth's names.
+    pub fn sign_auth_modes(&self) -> Vec<&'static str> {
+        self.modes
+            .iter()
+            .filter_map(|mode| mode.sign_auth_name())
+            .collect()
+    }
+}
+
+impl<'de> Deserialize<'de> for Auth {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(AuthMode),
+            Many(Vec<AuthMode>),
+        }
+        match OneOrMany::deserialize(deserializer) {
+            Ok(OneOrMany::One(mode)) => Ok(Auth { modes: vec![mode] }),
+            Ok(OneOrMany::Many(modes)) => Ok(Auth { modes }),
+            Err(_) => Err(serde::de::Error::custom(
+                "`auth` is one of app, huawei_app, appcode, basic, anonymous, ext_auth, or a list of them",
+            )),
+        }
+    }
 }
 
 /// What an API's group gives each of its APIs that does not say otherwise.
@@ -350,9 +417,13 @@ pub struct Api {
     pub mock: Option<Mock>,
     #[serde(default)]
     pub auth: Option<Auth>,
-    /// The app keys allowed (with `auth: app`); every app when absent.
+    /// The app keys allowed (with an app mode); every app when absent.
     #[serde(default)]
     pub apps: Option<Vec<String>>,
+    /// sign-auth's per-API options: `appcode_query`, `require_tls`,
+    /// `unsigned_payload`, `keep_credentials`.
+    #[serde(default)]
+    pub auth_options: Option<Map<String, Value>>,
     #[serde(default)]
     pub policies: Vec<String>,
     /// Declared parameters, in param-validation's shape.

@@ -3,7 +3,7 @@
 //! each generated part came from, so a filter's error is reported against
 //! the source (`Provenance::locate`).
 
-use crate::format::{Api, Auth, Document, Group, MatchBy, Policy, PolicyKind, VERSION};
+use crate::format::{Api, Auth, AuthMode, Document, Group, MatchBy, Policy, PolicyKind, VERSION};
 use crate::source::{Source, SourceError};
 use gateway_common::config::join_path;
 use serde_json::{json, Map, Value};
@@ -198,6 +198,8 @@ struct ResolvedApi<'a> {
     backend: Option<String>,
     stages: BTreeMap<String, String>,
     auth: Auth,
+    /// Where `auth` was written (the API's or its group's).
+    auth_at: String,
     /// The allowed apps and where they were written.
     apps: Option<(Vec<String>, String)>,
     /// Bound policies with the path of the binding.
@@ -460,12 +462,23 @@ impl Generator<'_> {
             }
             self.require_backend(target, &field)?;
         }
-        let auth = api.auth.or(group.and_then(|(_, g)| g.auth)).ok_or_else(|| {
-            self.error(
-                &at,
-                "who may call the API is not said: set `auth` (app, anonymous or ext_auth) on it or its group",
-            )
-        })?;
+        let auth_at = if api.auth.is_some() {
+            format!("{at}.auth")
+        } else {
+            format!("groups[{}].auth", group.map_or(0, |(g, _)| g))
+        };
+        let auth = api
+            .auth
+            .clone()
+            .or_else(|| group.and_then(|(_, g)| g.auth.clone()))
+            .ok_or_else(|| {
+                self.error(
+                    &at,
+                    "who may call the API is not said: set `auth` (app, huawei_app, appcode, basic, anonymous, ext_auth, or a list of them) on it or its group",
+                )
+            })?;
+        self.check_auth(&auth, &auth_at)?;
+        let signs = !auth.sign_auth_modes().is_empty();
         let apps = match (
             &api.apps,
             group.and_then(|(g, group)| group.apps.as_ref().map(|a| (g, a))),
@@ -474,10 +487,19 @@ impl Generator<'_> {
             (None, Some((g, apps))) => Some((apps.clone(), format!("groups[{g}].apps"))),
             (None, None) => None,
         };
-        if let (Some((_, apps_at)), false) = (&apps, auth == Auth::App) {
-            return Err(self.error(apps_at, "apps are allowed only with `auth: app`"));
+        if let (Some((_, apps_at)), false) = (&apps, signs) {
+            return Err(self.error(
+                apps_at,
+                "apps are allowed only with an app mode in `auth` (app, huawei_app, appcode, basic)",
+            ));
         }
-        if auth == Auth::ExtAuth && self.document.settings.ext_auth.is_none() {
+        if let (Some(_), false) = (&api.auth_options, signs) {
+            return Err(self.error(
+                &format!("{at}.auth_options"),
+                "auth_options are allowed only with an app mode in `auth` (app, huawei_app, appcode, basic)",
+            ));
+        }
+        if auth.has(AuthMode::ExtAuth) && self.document.settings.ext_auth.is_none() {
             return Err(self.error(
                 &format!("{at}.auth"),
                 "`ext_auth` needs the authorizer in `settings.ext_auth`",
@@ -542,6 +564,7 @@ impl Generator<'_> {
             backend,
             stages,
             auth,
+            auth_at,
             apps,
             policies,
             log,
@@ -736,6 +759,28 @@ impl Generator<'_> {
         }
     }
 
+    /// A list of modes makes sense: not empty, no mode twice, `ext_auth`
+    /// and `anonymous` alone or `anonymous` with app modes.
+    fn check_auth(&self, auth: &Auth, at: &str) -> Result<(), SourceError> {
+        let mut seen = Vec::new();
+        for mode in &auth.modes {
+            if seen.contains(mode) {
+                return Err(self.error(at, format!("`{}` is listed twice", mode.name())));
+            }
+            seen.push(*mode);
+        }
+        if auth.modes.is_empty() {
+            return Err(self.error(at, "needs at least one mode"));
+        }
+        if auth.has(AuthMode::ExtAuth) && auth.modes.len() > 1 {
+            return Err(self.error(
+                at,
+                "`ext_auth` stands alone: the authorizer decides every call of the API",
+            ));
+        }
+        Ok(())
+    }
+
     fn record_rule(
         &mut self,
         section: Section,
@@ -785,30 +830,43 @@ impl Generator<'_> {
                 list.push(Value::Object(rule));
                 list.len() - 1
             };
-            match api.auth {
-                Auth::App => {
-                    let mut body = Map::new();
-                    if let Some((apps, apps_at)) = &api.apps {
-                        body.insert("apps".into(), json!(apps));
-                        let rule =
-                            push(self, Section::SignAuth, name.clone(), body, api.at(), None);
-                        self.provenance
-                            .add(format!("sign_auth.rules[{rule}].apps"), apps_at.clone());
-                    } else {
-                        push(self, Section::SignAuth, name.clone(), body, api.at(), None);
-                    }
+            let modes = api.auth.sign_auth_modes();
+            if !modes.is_empty() {
+                let mut body = api.api.auth_options.clone().unwrap_or_default();
+                let body_at = match &api.api.auth_options {
+                    Some(_) => format!("{}.auth_options", api.at()),
+                    None => api.at(),
+                };
+                if modes != ["app"] {
+                    body.insert("modes".into(), json!(modes));
                 }
-                Auth::ExtAuth => {
-                    push(
-                        self,
-                        Section::ExtAuth,
-                        name.clone(),
-                        Map::new(),
-                        api.at(),
-                        None,
+                if api.auth.has(AuthMode::Anonymous) {
+                    body.insert("anonymous".into(), Value::Bool(true));
+                }
+                if let Some((apps, _)) = &api.apps {
+                    body.insert("apps".into(), json!(apps));
+                }
+                let rule = push(self, Section::SignAuth, name.clone(), body, body_at, None);
+                if let Some((_, apps_at)) = &api.apps {
+                    self.provenance
+                        .add(format!("sign_auth.rules[{rule}].apps"), apps_at.clone());
+                }
+                for field in ["modes", "anonymous"] {
+                    self.provenance.add(
+                        format!("sign_auth.rules[{rule}].{field}"),
+                        api.auth_at.clone(),
                     );
                 }
-                Auth::Anonymous => {}
+            }
+            if api.auth.has(AuthMode::ExtAuth) {
+                push(
+                    self,
+                    Section::ExtAuth,
+                    name.clone(),
+                    Map::new(),
+                    api.at(),
+                    None,
+                );
             }
             for (p, binding) in &api.policies {
                 let policy = &doc.policies[*p];

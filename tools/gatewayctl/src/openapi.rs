@@ -340,8 +340,11 @@ impl Importer<'_> {
         if let Some(backend) = backend {
             api.insert("backend".into(), json!(backend));
         }
-        let auth = self.auth(at, operation, default_auth)?;
-        api.insert("auth".into(), json!(auth));
+        let (auth, auth_options) = self.auth(at, operation, default_auth)?;
+        api.insert("auth".into(), auth);
+        if let Some(options) = auth_options {
+            api.insert("auth_options".into(), Value::Object(options));
+        }
         let parameters = self.parameters(at, item, operation)?;
         if !parameters.is_empty() {
             api.insert("parameters".into(), Value::Array(parameters));
@@ -381,42 +384,117 @@ impl Importer<'_> {
         Ok(Some(Value::Object(api)))
     }
 
+    /// The API's `auth` (and `auth_options`) from the operation's
+    /// `security` (else the document's): each scheme an alternative way in.
     fn auth(
         &mut self,
         at: &[&str],
         operation: &Value,
         default: Option<&str>,
-    ) -> Result<String, SourceError> {
-        let requirements = operation
-            .get("security")
-            .or_else(|| self.root.get("security"));
-        let schemes: Vec<String> = requirements
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_object)
-            .flat_map(|requirement| requirement.keys().cloned())
-            .collect();
+    ) -> Result<(Value, Option<Map<String, Value>>), SourceError> {
         if let Some(auth) = operation
             .get("x-gateway-auth")
             .and_then(Value::as_str)
             .or(default)
         {
-            return Ok(auth.to_string());
+            return Ok((json!(auth), None));
         }
-        if schemes.is_empty() {
-            return Ok("anonymous".into());
+        let requirements: Vec<&Map<String, Value>> = operation
+            .get("security")
+            .or_else(|| self.root.get("security"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object)
+            .collect();
+        if requirements.is_empty() {
+            return Ok((json!("anonymous"), None));
         }
         let mut note_at = at.to_vec();
         note_at.push("security");
-        self.note(
-            &note_at,
-            format!(
-                "security {} noted: the gateway asks for an app signature (x-gateway-auth chooses app, anonymous or ext_auth)",
-                schemes.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
-            ),
-        );
-        Ok("app".into())
+        let mut modes: Vec<&str> = Vec::new();
+        let mut options = Map::new();
+        let mut untranslated = Vec::new();
+        for requirement in &requirements {
+            if requirement.is_empty() {
+                modes.push("anonymous");
+                continue;
+            }
+            if requirement.len() > 1 {
+                self.note(
+                    &note_at,
+                    "schemes required together are taken as alternatives: the gateway checks one credential",
+                );
+            }
+            for name in requirement.keys() {
+                let scheme = self
+                    .root
+                    .pointer(&format!(
+                        "/components/securitySchemes/{}",
+                        escape_token(name)
+                    ))
+                    .map(|scheme| self.resolve(scheme, &["components", "securitySchemes", name]))
+                    .transpose()?;
+                let field = |key: &str| {
+                    scheme
+                        .and_then(|s| s.get(key))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_ascii_lowercase()
+                };
+                let mode = match (field("type").as_str(), field("in").as_str()) {
+                    ("apikey", "header") => {
+                        let header = field("name");
+                        if header != "authorization" && header != "x-apig-appcode" {
+                            self.note(
+                                &note_at,
+                                format!(
+                                    "`{name}`: an API key in `{header}` becomes an AppCode, which clients send in `Authorization: APPCODE …` or `X-Apig-AppCode`"
+                                ),
+                            );
+                        }
+                        Some("appcode")
+                    }
+                    ("apikey", "query") => {
+                        let parameter = scheme
+                            .and_then(|s| s.get("name"))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        options.insert("appcode_query".into(), json!(parameter));
+                        Some("appcode")
+                    }
+                    ("http", _) if field("scheme") == "basic" => Some("basic"),
+                    _ => None,
+                };
+                match mode {
+                    Some(mode) => modes.push(mode),
+                    None => untranslated.push(format!("`{name}`")),
+                }
+            }
+        }
+        modes.sort_unstable();
+        modes.dedup();
+        let app_modes = modes.iter().filter(|m| **m != "anonymous").count();
+        if !untranslated.is_empty() {
+            let fallback = if app_modes == 0 {
+                modes.push("app");
+                "; the gateway asks for an app signature"
+            } else {
+                ""
+            };
+            self.note(
+                &note_at,
+                format!(
+                    "security {} has no gateway equivalent yet (bearer tokens, OAuth 2, OpenID Connect, cookies){fallback} (x-gateway-auth chooses)",
+                    untranslated.join(", ")
+                ),
+            );
+        }
+        let auth = match modes.as_slice() {
+            [one] => json!(one),
+            many => json!(many),
+        };
+        Ok((auth, (!options.is_empty()).then_some(options)))
     }
 
     /// Path-level parameters, overridden by the operation's (same name and place).
@@ -1034,7 +1112,7 @@ mod tests {
             doc.untranslated,
             [
                 "#/paths/~1a~1{user-id}/get: the path variable `user-id` is not a name Envoy's URI templates take (a letter, then letters, digits or `_`, at most 16); the operation is left out",
-                "#/paths/~1b/get/security: security `key` noted: the gateway asks for an app signature (x-gateway-auth chooses app, anonymous or ext_auth)",
+                "#/paths/~1b/get/security: security `key` has no gateway equivalent yet (bearer tokens, OAuth 2, OpenID Connect, cookies); the gateway asks for an app signature (x-gateway-auth chooses)",
                 "#/paths/~1b/get/parameters/0: `c` is a `cookie` parameter, which the gateway does not check; left out",
                 "#/paths/~1b/get/parameters/1/style: `style` is not read: the value is checked as a plain query value",
                 "#/paths/~1b/get/parameters/1/explode: `explode` is not read: the value is checked as a plain query value",
@@ -1042,5 +1120,42 @@ mod tests {
             ]
         );
         assert_eq!(doc.document["apis"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn security_schemes_become_the_auth_modes_that_take_their_credentials() {
+        let doc = imported(&format!(
+            "{HEAD}components:
+  securitySchemes:
+    code: {{ type: apiKey, in: header, name: X-Apig-AppCode }}
+    key: {{ type: apiKey, in: query, name: AppCode }}
+    other: {{ type: apiKey, in: header, name: X-Api-Key }}
+    users: {{ type: http, scheme: basic }}
+    token: {{ type: http, scheme: bearer, bearerFormat: JWT }}
+paths:
+  /a:
+    get: {{ security: [ {{ code: [] }}, {{ users: [] }} ] }}
+  /b:
+    get: {{ security: [ {{ key: [] }}, {{}} ] }}
+  /c:
+    get: {{ security: [ {{ token: [] }} ] }}
+  /d:
+    get: {{ security: [ {{ other: [] }}, {{ token: [] }} ] }}
+"
+        ));
+        let apis = &doc.document["apis"];
+        assert_eq!(apis[0]["auth"], json!(["appcode", "basic"]));
+        assert_eq!(apis[1]["auth"], json!(["anonymous", "appcode"]));
+        assert_eq!(apis[1]["auth_options"], json!({"appcode_query": "AppCode"}));
+        assert_eq!(apis[2]["auth"], json!("app"));
+        assert_eq!(apis[3]["auth"], json!("appcode"));
+        assert_eq!(
+            doc.untranslated,
+            [
+                "#/paths/~1c/get/security: security `token` has no gateway equivalent yet (bearer tokens, OAuth 2, OpenID Connect, cookies); the gateway asks for an app signature (x-gateway-auth chooses)",
+                "#/paths/~1d/get/security: `other`: an API key in `x-api-key` becomes an AppCode, which clients send in `Authorization: APPCODE …` or `X-Apig-AppCode`",
+                "#/paths/~1d/get/security: security `token` has no gateway equivalent yet (bearer tokens, OAuth 2, OpenID Connect, cookies) (x-gateway-auth chooses)",
+            ]
+        );
     }
 }

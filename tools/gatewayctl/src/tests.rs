@@ -151,12 +151,12 @@ fn who_may_call_an_api_must_be_said() {
     let text = document("apis:\n  - name: a\n    path: /a\n    backend: shop\n");
     assert_eq!(
         error_of(&text),
-        "apis.yaml:8: apis[0] (a): who may call the API is not said: set `auth` (app, anonymous or ext_auth) on it or its group"
+        "apis.yaml:8: apis[0] (a): who may call the API is not said: set `auth` (app, huawei_app, appcode, basic, anonymous, ext_auth, or a list of them) on it or its group"
     );
     let text = document("apis:\n  - name: a\n    path: /a\n    backend: shop\n    auth: anonymous\n    apps: [\"203751\"]\n");
     assert_eq!(
         error_of(&text),
-        "apis.yaml:12: apis[0] (a): apps: apps are allowed only with `auth: app`"
+        "apis.yaml:12: apis[0] (a): apps: apps are allowed only with an app mode in `auth` (app, huawei_app, appcode, basic)"
     );
     let text =
         document("apis:\n  - name: a\n    path: /a\n    backend: shop\n    auth: ext_auth\n");
@@ -284,6 +284,63 @@ apis:
     assert_eq!(throttling["fleet"], json!({"store": {"cluster": "shop"}}));
     let routes: Vec<&str> = generated.routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(routes, ["a", "b", "c", "gateway.no-such-api"]);
+}
+
+#[test]
+fn auth_lists_become_sign_auth_modes_with_their_options() {
+    let text = document(
+        "apis:
+  - { name: a, path: /a, backend: shop, auth: [huawei_app, appcode, basic], apps: [\"203751\"],
+      auth_options: { appcode_query: AppCode, require_tls: true } }
+  - { name: b, path: /b, backend: shop, auth: [basic, anonymous] }
+  - { name: c, path: /c, backend: shop, auth: [app] }
+",
+    );
+    let rules = &section(&generated(&text), Section::SignAuth)["rules"];
+    assert_eq!(
+        rules,
+        &json!([
+            {"name": "a", "match": {"route_names": ["a"]}, "modes": ["huawei_app", "appcode", "basic"],
+             "apps": ["203751"], "appcode_query": "AppCode", "require_tls": true},
+            {"name": "b", "match": {"route_names": ["b"]}, "modes": ["basic"], "anonymous": true},
+            {"name": "c", "match": {"route_names": ["c"]}},
+        ])
+    );
+}
+
+#[test]
+fn auth_lists_that_make_no_sense_are_refused_at_their_line() {
+    for (auth, error) in [
+        (
+            "[app, ext_auth]",
+            "apis.yaml:12: apis[0] (a): auth: `ext_auth` stands alone: the authorizer decides every call of the API",
+        ),
+        (
+            "[basic, basic]",
+            "apis.yaml:12: apis[0] (a): auth: `basic` is listed twice",
+        ),
+        ("[]", "apis.yaml:12: apis[0] (a): auth: needs at least one mode"),
+        (
+            "jwt",
+            "apis.yaml:12: apis[0] (a): auth: `auth` is one of app, huawei_app, appcode, basic, anonymous, ext_auth, or a list of them",
+        ),
+    ] {
+        let text = document(&format!(
+            "settings: {{ ext_auth: {{ authorizer: {{ cluster: shop }} }} }}\napis:\n  - name: a\n    path: /a\n    backend: shop\n    auth: {auth}\n"
+        ));
+        assert_eq!(error_of(&text), error, "{auth}");
+    }
+    let text = document("apis:\n  - name: a\n    path: /a\n    backend: shop\n    auth: anonymous\n    auth_options: { require_tls: true }\n");
+    assert_eq!(
+        error_of(&text),
+        "apis.yaml:12: apis[0] (a): auth_options: auth_options are allowed only with an app mode in `auth` (app, huawei_app, appcode, basic)"
+    );
+    // sign-auth's own check of an option names the option's line.
+    let text = document("apis:\n  - name: a\n    path: /a\n    backend: shop\n    auth: appcode\n    auth_options:\n      appcode_query: \"\"\n");
+    assert_eq!(
+        error_of(&text),
+        "apis.yaml:13: apis[0] (a): auth_options.appcode_query: must name a query parameter"
+    );
 }
 
 #[test]
