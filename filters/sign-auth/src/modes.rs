@@ -370,16 +370,20 @@ pub struct HuaweiRequest {
     pub date_ms: u64,
     /// `X-Sdk-Content-Sha256`, when sent.
     content_sha256: Option<String>,
+    /// The API takes `UNSIGNED-PAYLOAD`.
+    unsigned_allowed: bool,
 }
 
 impl HuaweiRequest {
-    /// Reads what the signature covers; `unsigned_payload` says whether
-    /// the API accepts `UNSIGNED-PAYLOAD`.
+    /// Reads what the signature covers; `unsigned_allowed` says whether
+    /// the API takes `UNSIGNED-PAYLOAD`, `end_of_stream` that there is no
+    /// body.
     pub fn read(
         host: &dyn Host,
         line: &RequestLine,
         authorization: &str,
-        unsigned_payload: bool,
+        unsigned_allowed: bool,
+        end_of_stream: bool,
     ) -> Result<Self, GatewayError> {
         let invalid = |why: &str| {
             codes::INVALID_HEADER.with_message(format!("Invalid Header `Authorization`: {why}"))
@@ -396,7 +400,8 @@ impl HuaweiRequest {
         let content_sha256 = host
             .request_header(huawei::CONTENT_SHA256_HEADER)
             .map(|v| v.trim().to_string());
-        if content_sha256.as_deref() == Some(huawei::UNSIGNED_PAYLOAD) && !unsigned_payload {
+        let unsigned = content_sha256.as_deref() == Some(huawei::UNSIGNED_PAYLOAD);
+        if unsigned && !unsigned_allowed && !end_of_stream {
             return Err(codes::UNSIGNED_PAYLOAD);
         }
         let header_values = names
@@ -416,6 +421,7 @@ impl HuaweiRequest {
             sdk_date: sdk_date.trim().to_string(),
             date_ms,
             content_sha256,
+            unsigned_allowed,
         })
     }
 
@@ -424,26 +430,46 @@ impl HuaweiRequest {
         self.content_sha256.as_deref() != Some(huawei::UNSIGNED_PAYLOAD)
     }
 
-    /// The canonical request, with the body (`None`: the request has none).
-    pub fn canonical_request(&self, body: Option<&[u8]>) -> Result<String, GatewayError> {
-        let payload_hash = match &self.content_sha256 {
-            Some(unsigned) if unsigned == huawei::UNSIGNED_PAYLOAD => unsigned.clone(),
+    /// The canonical requests the client may have signed, with the body
+    /// (`None`: the request has none): one, but two for a request without
+    /// a body that says `UNSIGNED-PAYLOAD`, as Huawei's SDKs differ there
+    /// (the Python SDK core signs the empty body's hash, the APIG signing
+    /// samples the header's value).
+    pub fn canonical_requests(&self, body: Option<&[u8]>) -> Result<Vec<String>, GatewayError> {
+        let body = body.unwrap_or_default();
+        let hashes = match self.content_sha256.as_deref() {
+            Some(huawei::UNSIGNED_PAYLOAD) if body.is_empty() && self.unsigned_allowed => {
+                vec![
+                    huawei::UNSIGNED_PAYLOAD.to_string(),
+                    huawei::payload_hash(b""),
+                ]
+            }
+            Some(huawei::UNSIGNED_PAYLOAD) if body.is_empty() => vec![huawei::payload_hash(b"")],
+            Some(huawei::UNSIGNED_PAYLOAD) if self.unsigned_allowed => {
+                vec![huawei::UNSIGNED_PAYLOAD.to_string()]
+            }
+            Some(huawei::UNSIGNED_PAYLOAD) => return Err(codes::UNSIGNED_PAYLOAD),
             Some(claimed) => {
-                if !claimed.eq_ignore_ascii_case(&huawei::payload_hash(body.unwrap_or_default())) {
+                if !claimed.eq_ignore_ascii_case(&huawei::payload_hash(body)) {
                     return Err(codes::INVALID_BODY_DIGEST);
                 }
-                claimed.clone()
+                vec![claimed.to_string()]
             }
-            None => huawei::payload_hash(body.unwrap_or_default()),
+            None => vec![huawei::payload_hash(body)],
         };
-        Ok(huawei::CanonicalInput {
-            method: &self.method,
-            path_and_query: &self.path_and_query,
-            signed_headers: &self.signed_headers,
-            header_values: self.header_values.clone(),
-            payload_hash: &payload_hash,
-        }
-        .canonical_request())
+        Ok(hashes
+            .iter()
+            .map(|payload_hash| {
+                huawei::CanonicalInput {
+                    method: &self.method,
+                    path_and_query: &self.path_and_query,
+                    signed_headers: &self.signed_headers,
+                    header_values: self.header_values.clone(),
+                    payload_hash,
+                }
+                .canonical_request()
+            })
+            .collect())
     }
 }
 

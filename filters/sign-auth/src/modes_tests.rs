@@ -276,6 +276,49 @@ fn the_body_digest_header_must_match_and_unsigned_payloads_need_the_apis_consent
             .collect();
         request("PUT", path, &pairs)
     };
+    // Without a body, UNSIGNED-PAYLOAD signed as the empty body's hash (as
+    // Huawei's Python SDK core does) passes anywhere, and signed as is
+    // where the API takes it.
+    let empty_hash_signed = |path: &str| {
+        let headers = vec![
+            ("host".to_string(), "api.example.com".to_string()),
+            (
+                "x-sdk-content-sha256".to_string(),
+                "UNSIGNED-PAYLOAD".to_string(),
+            ),
+        ];
+        let signed = huawei::sign_request(
+            "hw-key",
+            "hw-new",
+            &ClientRequest {
+                method: "GET",
+                path_and_query: path,
+                headers: &headers,
+                body: b"",
+                unsigned_payload: false,
+            },
+            NOW_MS,
+        );
+        let mut pairs = vec![("x-sdk-content-sha256", "UNSIGNED-PAYLOAD")];
+        pairs.extend(signed.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        request("GET", path, &pairs)
+    };
+    assert_eq!(
+        code(&decide(&p, &empty_hash_signed("/orders/1"), &store, None)),
+        "OK"
+    );
+    assert_eq!(
+        code(&decide(&p, &empty_hash_signed("/upload/1"), &store, None)),
+        "OK"
+    );
+    assert_eq!(
+        code(&decide(&p, &sign_unsigned("/upload/2"), &store, None)),
+        "OK"
+    );
+    assert_eq!(
+        code(&decide(&p, &sign_unsigned("/orders/2"), &store, None)),
+        "A400IS"
+    );
     // Unsigned: the body is not read.
     let upload = sign_unsigned("/upload/1");
     assert!(matches!(

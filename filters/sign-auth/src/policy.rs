@@ -565,8 +565,15 @@ impl SignAuth {
                 Err(error) => Step::Reject(error),
             },
             Presented::Huawei(authorization) => {
-                let unsigned_payload = rule.is_some_and(|r| r.unsigned_payload);
-                match HuaweiRequest::read(host, line, &authorization, unsigned_payload) {
+                let unsigned_allowed = rule.is_some_and(|r| r.unsigned_payload);
+                let read = HuaweiRequest::read(
+                    host,
+                    line,
+                    &authorization,
+                    unsigned_allowed,
+                    end_of_stream,
+                );
+                match read {
                     Ok(request) => {
                         let body_needed = !end_of_stream && request.needs_body();
                         let pending = Pending::Huawei {
@@ -877,16 +884,17 @@ impl SignAuth {
             .ok_or(codes::INVALID_APP_KEY)?;
         self.app(&key.app)?;
         self.check_window(request.date_ms, now_ms)?;
-        let canonical_request = request.canonical_request(body)?;
-        let string_to_sign = huawei::string_to_sign(&request.sdk_date, &canonical_request);
-        if !key
-            .secrets
-            .iter()
-            .any(|secret| secret.verifies(&string_to_sign, &request.signature))
-        {
+        let canonical_requests = request.canonical_requests(body)?;
+        let signed = canonical_requests.iter().any(|canonical_request| {
+            let string_to_sign = huawei::string_to_sign(&request.sdk_date, canonical_request);
+            key.secrets
+                .iter()
+                .any(|secret| secret.verifies(&string_to_sign, &request.signature))
+        });
+        if !signed {
             return Err(codes::INVALID_SIGNATURE.with_message(format!(
                 "Invalid Signature, Server CanonicalRequest:`{}`",
-                canonical_request.replace('\n', "|")
+                canonical_requests[0].replace('\n', "|")
             )));
         }
         let verified = Verified {
