@@ -33,7 +33,7 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-for port in 8080 8081 8443 8444 9901 9902 18081 18082 18084 18123 19000 16379 17379; do
+for port in 8080 8081 8443 8444 9901 9902 18081 18082 18084 18085 18123 19000 16379 17379; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is in use; stop whatever listens there first" >&2
     exit 1
@@ -87,6 +87,9 @@ target/release/echo-upstream --id backend-2 --listen 127.0.0.1:18082 > .run/back
 pids+=($!)
 # ext-auth's third-party authorizer: knows one token.
 target/release/echo-upstream --id authorizer --listen 127.0.0.1:18084 --authorize demo-token=demo-user > .run/authorizer.log 2>&1 &
+pids+=($!)
+# The token issuer of /me: its JWKS and fresh tokens (sign-auth's JWT mode).
+target/release/echo-upstream --id issuer --listen 127.0.0.1:18085 --issuer http://127.0.0.1:18085 > .run/issuer.log 2>&1 &
 pids+=($!)
 "$ENVOY_BIN" -c "$CONFIG" --disable-hot-restart --log-level info > .run/envoy.log 2>&1 &
 envoy_pid=$!
@@ -149,6 +152,12 @@ Demo gateway is up: two instances, :8080 and :8081, sharing one Redis (logs in .
   curl -si http://127.0.0.1:8080/partner/1 -H 'X-Apig-AppCode: demo-appcode'
   curl -sk https://127.0.0.1:8443/partner/1 -u demo-user:demo-password
   curl -sik https://127.0.0.1:8443/partner/1 -u demo-user:wrong
+
+  # /me takes a JWT of the demo issuer (keys fetched from its JWKS); each token is good
+  # for one call, fleet-wide (jti): the second call with it is 400 A400IN
+  TOKEN=$(curl -s http://127.0.0.1:18085/token)
+  curl -s  http://127.0.0.1:8080/me -H "Authorization: Bearer $TOKEN"
+  curl -si http://127.0.0.1:8081/me -H "Authorization: Bearer $TOKEN"
 
   # a fleet of two: a signed request accepted by :8080 is a replay for :8081 (400 A400IN),
   # because both record nonces in the one Redis

@@ -1,5 +1,6 @@
 //! sign-auth's other modes: the Huawei `Authorization` parser and
-//! canonicalisation, AppCodes and Basic credentials. With `@huawei`, the
+//! canonicalisation, AppCodes, Basic credentials and tokens (their parts,
+//! header, claims and keys). With `@huawei`, the
 //! request is signed correctly by the crate's Huawei client (the fuzzer
 //! picks the method, path, query, headers and body) and must pass; anything
 //! else must get an error of sign-auth's own, never a panic.
@@ -20,8 +21,13 @@ fn policy() -> &'static SignAuth {
                 "apps": [{ "key": "203751", "name": "fuzz",
                            "huawei": [{ "key": "hw", "secrets": ["hw-secret"] }],
                            "appcodes": ["code-1"],
-                           "basic": [{ "username": "alice", "password": "pw" }] }],
-                "modes": ["app", "huawei_app", "appcode", "basic"],
+                           "basic": [{ "username": "alice", "password": "pw" }],
+                           "jwt": [{ "issuer": "fuzz", "clients": ["fz"] }] }],
+                "jwt": { "issuers": [{ "name": "fuzz", "issuer": "fuzz", "jwks": { "keys": [
+                            { "kty": "oct", "kid": "k", "k": "ZnV6ei1zZWNyZXQtb2YtdGhpcnR5LXR3by1ieXRlcyE" }
+                         ] } }],
+                         "from": [{ "header": "authorization" }, { "query": "token" }, { "cookie": "t" }] },
+                "modes": ["app", "huawei_app", "appcode", "basic", "jwt"],
                 "rules": [{ "name": "q", "match": { "path": { "prefix": "/q" } },
                             "modes": ["appcode"], "appcode_query": "AppCode" },
                           { "name": "open", "match": { "path": { "prefix": "/open" } },
@@ -72,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
     let host = request.host(&first);
     match run(policy, &host, &request.body) {
         Step::Pass(_) => {}
-        Step::Reject(error) | Step::Challenge(error) => {
+        Step::Reject(error) | Step::Challenge(error, _) => {
             assert!(
                 codes::ALL.iter().any(|code| code.code == error.code),
                 "an error sign-auth does not document: {error:?}"

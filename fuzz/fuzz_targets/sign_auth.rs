@@ -152,7 +152,7 @@ fuzz_target!(|data: &[u8]| {
     let step = run(policy, &host, &store, &input.request.body);
     match step {
         Step::Pass(_) => {}
-        Step::Reject(error) | Step::Challenge(error) => {
+        Step::Reject(error) | Step::Challenge(error, _) => {
             assert!(
                 codes::ALL.iter().any(|code| code.code == error.code),
                 "an error sign-auth does not document: {error:?}"

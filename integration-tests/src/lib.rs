@@ -10,3 +10,4 @@ pub mod process;
 pub mod redis;
 pub mod registry;
 pub mod signing;
+pub mod tokens;

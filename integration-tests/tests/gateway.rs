@@ -13,6 +13,7 @@ use integration_tests::envoy::{
 use integration_tests::http;
 use integration_tests::process::free_port;
 use integration_tests::redis::FleetStore;
+use integration_tests::tokens::token_issuer;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -84,6 +85,8 @@ struct Demo {
     upstreams: [EchoServer; 2],
     /// ext-auth's authorizer, as `make run` starts it.
     authorizer: EchoServer,
+    /// The token issuer, as `make run` starts it.
+    issuer: EchoServer,
     cert: Vec<u8>,
     _certs: tempfile::TempDir,
     /// The demo's fleet store (Redis behind Webdis).
@@ -119,6 +122,8 @@ fn demo_with_store(file: &str, sink_port: u16, store: std::rc::Rc<FleetStore>) -
         bearer_authorizer(vec![("demo-token".into(), "demo-user".into())]),
     )
     .expect("authorizer");
+    let issuer = EchoServer::start_scripted("issuer", token_issuer(DEMO_ISSUER.into()))
+        .expect("token issuer");
     let (certs, cert) = make_certs();
     let text = shipped_config(
         file,
@@ -138,6 +143,10 @@ fn demo_with_store(file: &str, sink_port: u16, store: std::rc::Rc<FleetStore>) -
                 "port_value: 18084",
                 format!("port_value: {}", authorizer.port()),
             ),
+            (
+                "port_value: 18085",
+                format!("port_value: {}", issuer.port()),
+            ),
             (".run/tls/", format!("{}/", certs.path().display())),
             ("port_value: 18123", format!("port_value: {sink_port}")),
             (
@@ -151,6 +160,7 @@ fn demo_with_store(file: &str, sink_port: u16, store: std::rc::Rc<FleetStore>) -
         envoy,
         upstreams,
         authorizer,
+        issuer,
         cert,
         _certs: certs,
         store,
@@ -410,6 +420,52 @@ fn the_demo_partner_api_takes_every_credential_of_its_app() {
     )
     .expect("TLS response");
     assert_eq!(user.json()["headers"]["x-gw-user"], "demo-user");
+}
+
+/// The `iss` of the demo issuer's tokens (`scripts/run-demo.sh`).
+const DEMO_ISSUER: &str = "http://127.0.0.1:18085";
+
+#[test]
+fn the_demo_me_api_takes_a_fresh_token_of_the_demo_issuer_once() {
+    let demo = demo_gateway();
+    let token = || {
+        http::get(
+            &format!("http://127.0.0.1:{}/token", demo.issuer.port()),
+            &[],
+        )
+        .expect("a token")
+        .text()
+    };
+    let call = |token: &str| {
+        http::get(
+            &demo.http_url("/me"),
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .expect("response")
+    };
+    // The keys are fetched from the issuer when the configuration loads.
+    let first = token();
+    assert!(
+        demo.envoy
+            .wait_for(Duration::from_secs(5), |_| call(&token()).status == 200),
+        "{}",
+        demo.envoy.log()
+    );
+    let response = call(&first);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = response.json();
+    assert_eq!(seen["headers"]["x-gw-app-name"], "demo-app");
+    assert_eq!(seen["headers"]["x-user-sub"], "demo-user");
+    // The same token again: its jti was used.
+    let replayed = call(&first);
+    assert_eq!(replayed.status, 400, "{}", replayed.text());
+    assert_eq!(replayed.header("x-ca-error-code"), Some("A400IN"));
+    let bare = http::get(&demo.http_url("/me"), &[]).expect("response");
+    assert_eq!(bare.status, 401);
+    assert_eq!(
+        bare.header("www-authenticate"),
+        Some("Bearer realm=\"gateway\"")
+    );
 }
 
 #[test]

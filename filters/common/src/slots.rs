@@ -66,6 +66,153 @@ impl SlotTable {
     }
 }
 
+/// A digest naming a cache entry: 8 bytes that tell entries of one slot
+/// apart, 8 that pick the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey(pub [u8; 16]);
+
+impl CacheKey {
+    fn fingerprint(&self) -> u64 {
+        u64::from_le_bytes(self.0[..8].try_into().unwrap_or_default()).max(1)
+    }
+
+    fn slot_hash(&self) -> u64 {
+        u64::from_le_bytes(self.0[8..].try_into().unwrap_or_default())
+    }
+}
+
+/// What storing an entry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Kept,
+    /// Kept, and a live entry made room for it.
+    Evicted,
+    /// Larger than the table's `max_entry_bytes`: not kept.
+    TooLarge,
+}
+
+/// A bounded cache over a [`SlotTable`] (ext-auth's decisions, sign-auth's
+/// verified tokens): a key hashes to one slot, which holds up to
+/// `entries_per_slot` payloads with their expiry. Expired entries make room
+/// first; when all are live, the one expiring soonest is evicted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiringCache {
+    table: SlotTable,
+    entries_per_slot: usize,
+    max_entry_bytes: usize,
+}
+
+/// fingerprint, expiry, payload length.
+const ENTRY_HEADER: usize = 8 + 8 + 4;
+const MAX_CAS_ATTEMPTS: u32 = 16;
+
+struct Entry {
+    fingerprint: u64,
+    expires_ms: u64,
+    payload: Vec<u8>,
+}
+
+impl ExpiringCache {
+    pub fn new(
+        prefix: impl Into<String>,
+        slots: u32,
+        entries_per_slot: usize,
+        max_entry_bytes: usize,
+    ) -> Self {
+        Self {
+            table: SlotTable::new(prefix, slots),
+            entries_per_slot: entries_per_slot.max(1),
+            max_entry_bytes,
+        }
+    }
+
+    /// Creates every slot; call when the configuration loads.
+    pub fn initialize(&self, store: &dyn SharedStore) -> Result<(), StoreError> {
+        self.table.initialize(store, &[])
+    }
+
+    /// The live payload of `key`, if any.
+    pub fn lookup(
+        &self,
+        store: &dyn SharedStore,
+        key: &CacheKey,
+        now_ms: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = self
+            .table
+            .read(store, self.table.slot_of(key.slot_hash()))?;
+        let fingerprint = key.fingerprint();
+        Ok(decode_slot(value.as_deref().unwrap_or_default())
+            .into_iter()
+            .find(|entry| entry.fingerprint == fingerprint && entry.expires_ms > now_ms)
+            .map(|entry| entry.payload))
+    }
+
+    /// Keeps `payload` for `key` until `expires_ms`.
+    pub fn store(
+        &self,
+        store: &dyn SharedStore,
+        key: &CacheKey,
+        payload: &[u8],
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<Stored, StoreError> {
+        if payload.len() + ENTRY_HEADER > self.max_entry_bytes {
+            return Ok(Stored::TooLarge);
+        }
+        let fingerprint = key.fingerprint();
+        let slot = self.table.slot_of(key.slot_hash());
+        self.table.update(store, slot, MAX_CAS_ATTEMPTS, |current| {
+            let mut entries = decode_slot(current.unwrap_or_default());
+            entries.retain(|e| e.expires_ms > now_ms && e.fingerprint != fingerprint);
+            let mut outcome = Stored::Kept;
+            if entries.len() >= self.entries_per_slot {
+                if let Some(soonest) = (0..entries.len()).min_by_key(|&i| entries[i].expires_ms) {
+                    entries.swap_remove(soonest);
+                    outcome = Stored::Evicted;
+                }
+            }
+            entries.push(Entry {
+                fingerprint,
+                expires_ms,
+                payload: payload.to_vec(),
+            });
+            (Some(encode_slot(&entries)), outcome)
+        })
+    }
+}
+
+fn decode_slot(bytes: &[u8]) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= ENTRY_HEADER {
+        let fingerprint = u64::from_le_bytes(rest[..8].try_into().unwrap_or_default());
+        let expires_ms = u64::from_le_bytes(rest[8..16].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(rest[16..20].try_into().unwrap_or_default()) as usize;
+        let Some(payload) = rest.get(ENTRY_HEADER..ENTRY_HEADER + len) else {
+            break;
+        };
+        entries.push(Entry {
+            fingerprint,
+            expires_ms,
+            payload: payload.to_vec(),
+        });
+        rest = &rest[ENTRY_HEADER + len..];
+    }
+    entries
+}
+
+fn encode_slot(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.iter().map(|e| ENTRY_HEADER + e.payload.len()).sum());
+    for entry in entries {
+        out.extend_from_slice(&entry.fingerprint.to_le_bytes());
+        out.extend_from_slice(&entry.expires_ms.to_le_bytes());
+        out.extend_from_slice(&(entry.payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&entry.payload);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,10 @@
 pub mod backend;
 pub mod client;
 pub mod huawei;
+pub mod jwks;
+pub mod jwt;
+#[cfg(test)]
+mod jwt_tests;
 pub mod modes;
 #[cfg(test)]
 mod modes_tests;

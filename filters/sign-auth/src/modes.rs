@@ -6,6 +6,7 @@
 //! decisions are in [`crate::policy`].
 
 use crate::huawei::{self, HuaweiSecret};
+use crate::jwt::{cookie_value, Jwt, TokenPlace};
 use crate::policy::codes;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -31,10 +32,18 @@ pub enum Mode {
     Appcode,
     /// `Authorization: Basic …` with a username and password of an app.
     Basic,
+    /// A JSON Web Token of a configured issuer ([`crate::jwt`]).
+    Jwt,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::App, Mode::HuaweiApp, Mode::Appcode, Mode::Basic];
+    const ALL: [Mode; 5] = [
+        Mode::App,
+        Mode::HuaweiApp,
+        Mode::Appcode,
+        Mode::Jwt,
+        Mode::Basic,
+    ];
 
     fn bit(self) -> u8 {
         1 << self as u8
@@ -46,6 +55,7 @@ impl Mode {
             Mode::HuaweiApp => "an SDK-HMAC-SHA256 signature",
             Mode::Appcode => "an AppCode",
             Mode::Basic => "Basic credentials",
+            Mode::Jwt => "a JWT",
         }
     }
 }
@@ -92,6 +102,17 @@ pub struct BasicUserConfig {
     pub password: String,
 }
 
+/// The token clients of an app: values of an issuer's app claims.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtClientConfig {
+    /// The issuer's `name` in `jwt.issuers`.
+    pub issuer: String,
+    /// Values of the issuer's `app_claims` (`azp` or `client_id` by
+    /// default) that name the app.
+    pub clients: Vec<String>,
+}
+
 /// The credentials of every app but the Alibaba key's, looked up by what a
 /// request presents; each names its app by the app's key.
 #[derive(Debug, Clone, Default)]
@@ -100,6 +121,8 @@ pub struct Credentials {
     /// SHA-256 of each AppCode.
     appcodes: HashMap<[u8; 32], String>,
     basic: HashMap<String, BasicUser>,
+    /// (issuer index, client) to app.
+    token_clients: HashMap<(usize, String), String>,
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +242,55 @@ impl Credentials {
         Ok(())
     }
 
+    /// Adds the token clients of the app `key` configured at `at`.
+    pub fn add_token_clients(
+        &mut self,
+        at: &str,
+        key: &str,
+        clients: &[JwtClientConfig],
+        jwt: Option<&Jwt>,
+    ) -> Result<(), ConfigError> {
+        for (i, entry) in clients.iter().enumerate() {
+            let field = format!("{at}.jwt[{i}]");
+            let issuer = jwt
+                .and_then(|jwt| jwt.issuer_index(&entry.issuer))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{field}.issuer"),
+                        format!("`{}` names no issuer in `jwt`", entry.issuer),
+                    )
+                })?;
+            if entry.clients.is_empty() || entry.clients.iter().any(String::is_empty) {
+                return Err(ConfigError::new(
+                    format!("{field}.clients"),
+                    "needs at least one client, and no empty one",
+                ));
+            }
+            for client in &entry.clients {
+                if let Some(other) = self
+                    .token_clients
+                    .insert((issuer, client.clone()), key.to_string())
+                {
+                    return Err(ConfigError::new(
+                        format!("{field}.clients"),
+                        format!(
+                            "`{client}` of `{}` is app `{other}`'s already",
+                            entry.issuer
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The app of a token client of the issuer.
+    pub fn token_app(&self, issuer: usize, client: &str) -> Option<&str> {
+        self.token_clients
+            .get(&(issuer, client.to_string()))
+            .map(String::as_str)
+    }
+
     pub fn huawei_key(&self, access: &str) -> Option<&HuaweiKey> {
         self.huawei.get(access)
     }
@@ -250,10 +322,19 @@ impl Credentials {
 pub enum Source {
     /// The `X-Ca-*` headers.
     CaHeaders,
-    Authorization,
-    AppCodeHeader,
+    /// The header of that (lower-case) name.
+    Header(String),
     /// The query parameter of that name.
     Query(String),
+    /// A cookie, which stays (the other cookies of its header are not the
+    /// gateway's to drop).
+    Cookie,
+}
+
+impl Source {
+    pub fn authorization() -> Self {
+        Source::Header("authorization".into())
+    }
 }
 
 /// The credential a request presents, of the modes its API accepts.
@@ -267,20 +348,28 @@ pub enum Presented {
     AppCode(String, Source),
     /// What follows `Basic ` in `Authorization`.
     Basic(String),
+    /// A token, and where it was.
+    Jwt(String, Source),
 }
 
 pub const APPCODE_HEADER: &str = "x-apig-appcode";
 
+/// Where an API looks for credentials besides the fixed places.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Places<'a> {
+    /// The query parameter of an AppCode.
+    pub appcode_query: Option<&'a str>,
+    /// Where tokens are, in order.
+    pub tokens: &'a [TokenPlace],
+}
+
 /// The first credential of an accepted mode the request carries: a Huawei
 /// signature, an `X-Ca-*` signature, an AppCode (`Authorization`, then
-/// `X-Apig-AppCode`, then the query parameter `appcode_query`), Basic.
-pub fn presented(
-    host: &dyn Host,
-    line: &RequestLine,
-    modes: Modes,
-    appcode_query: Option<&str>,
-) -> Presented {
-    let authorization = [Mode::HuaweiApp, Mode::Appcode, Mode::Basic]
+/// `X-Apig-AppCode`, then the query parameter), a token (its places in
+/// order), Basic.
+pub fn presented(host: &dyn Host, line: &RequestLine, modes: Modes, places: Places) -> Presented {
+    let appcode_query = places.appcode_query;
+    let authorization = [Mode::HuaweiApp, Mode::Appcode, Mode::Basic, Mode::Jwt]
         .into_iter()
         .any(|mode| modes.contains(mode))
         .then(|| host.request_header("authorization"))
@@ -298,15 +387,23 @@ pub fn presented(
     }
     if modes.contains(Mode::Appcode) {
         if let Some(code) = authorization.and_then(|v| scheme_value(v, "APPCODE")) {
-            return Presented::AppCode(code.to_string(), Source::Authorization);
+            return Presented::AppCode(code.to_string(), Source::authorization());
         }
         if let Some(code) = host.request_header(APPCODE_HEADER) {
-            return Presented::AppCode(code.trim().to_string(), Source::AppCodeHeader);
+            return Presented::AppCode(
+                code.trim().to_string(),
+                Source::Header(APPCODE_HEADER.into()),
+            );
         }
         if let Some(name) = appcode_query {
             if let Some(code) = query_value(&line.path, name) {
                 return Presented::AppCode(code, Source::Query(name.to_string()));
             }
+        }
+    }
+    if modes.contains(Mode::Jwt) {
+        if let Some((token, source)) = token_of(host, line, authorization, places.tokens) {
+            return Presented::Jwt(token, source);
         }
     }
     if modes.contains(Mode::Basic) {
@@ -315,6 +412,36 @@ pub fn presented(
         }
     }
     Presented::None
+}
+
+/// The first token in `places`.
+fn token_of(
+    host: &dyn Host,
+    line: &RequestLine,
+    authorization: Option<&str>,
+    places: &[TokenPlace],
+) -> Option<(String, Source)> {
+    places.iter().find_map(|place| match place {
+        TokenPlace::Header { name, prefix } => {
+            let value = match name.as_str() {
+                "authorization" => authorization.map(str::to_string),
+                name => host.request_header(name),
+            }?;
+            let token = value
+                .get(..prefix.len())
+                .filter(|head| head.eq_ignore_ascii_case(prefix))
+                .map(|_| value[prefix.len()..].trim())?;
+            Some((token.to_string(), Source::Header(name.clone())))
+        }
+        TokenPlace::Query(name) => {
+            query_value(&line.path, name).map(|token| (token, Source::Query(name.clone())))
+        }
+        TokenPlace::Cookie(name) => host
+            .request_header_values("cookie")
+            .iter()
+            .find_map(|cookies| cookie_value(cookies, name).map(str::to_string))
+            .map(|token| (token, Source::Cookie)),
+    })
 }
 
 /// The value after `scheme ` in an `Authorization` value (scheme in any case).
@@ -486,7 +613,7 @@ mod tests {
         }
     }
 
-    const EVERY: [Mode; 4] = Mode::ALL;
+    const EVERY: [Mode; 5] = Mode::ALL;
 
     #[test]
     fn the_first_credential_of_an_accepted_mode_is_taken() {
@@ -514,19 +641,19 @@ mod tests {
                 vec![("authorization", "APPCODE abc ")],
                 "/",
                 every,
-                Presented::AppCode("abc".into(), Source::Authorization),
+                Presented::AppCode("abc".into(), Source::authorization()),
             ),
             (
                 vec![("authorization", "appcode abc")],
                 "/",
                 every,
-                Presented::AppCode("abc".into(), Source::Authorization),
+                Presented::AppCode("abc".into(), Source::authorization()),
             ),
             (
                 vec![("x-apig-appcode", "def")],
                 "/",
                 every,
-                Presented::AppCode("def".into(), Source::AppCodeHeader),
+                Presented::AppCode("def".into(), Source::Header(APPCODE_HEADER.into())),
             ),
             (
                 vec![],
@@ -555,7 +682,15 @@ mod tests {
         ] {
             let host = host(&headers);
             assert_eq!(
-                presented(&host, &line(path), modes, Some("AppCode")),
+                presented(
+                    &host,
+                    &line(path),
+                    modes,
+                    Places {
+                        appcode_query: Some("AppCode"),
+                        tokens: &[]
+                    }
+                ),
                 expected,
                 "{headers:?} {path}"
             );

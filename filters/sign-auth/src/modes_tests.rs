@@ -117,7 +117,7 @@ fn decide(
     match step {
         Step::Pass(verified) => Ok(verified),
         Step::Reject(error) => Err((error, false)),
-        Step::Challenge(error) => Err((error, true)),
+        Step::Challenge(error, _) => Err((error, true)),
         other => panic!("not a local decision: {other:?}"),
     }
 }
@@ -145,7 +145,7 @@ fn a_huawei_signed_request_authenticates_its_app_and_strips_the_authorization() 
     assert_eq!(v.identity.app_key, "203751");
     assert_eq!(v.identity.app_name.as_deref(), Some("mobile"));
     assert_eq!(v.identity.api.as_deref(), Some("orders"));
-    assert_eq!(v.strip, Some(Source::Authorization));
+    assert_eq!(v.strip, Some(Source::authorization()));
     // Rotation: the older secret verifies too.
     let host = huawei_signed("hw-key", "hw-old", "GET", "/orders/7", b"", NOW_MS);
     assert_eq!(code(&decide(&p, &host, &store, None)), "OK");
@@ -352,12 +352,12 @@ fn appcodes_come_in_either_gateways_header_or_the_apis_query_parameter() {
         (
             "/orders/1",
             vec![("authorization", "APPCODE code-mobile")],
-            Source::Authorization,
+            Source::authorization(),
         ),
         (
             "/orders/1",
             vec![("x-apig-appcode", "code-mobile")],
-            Source::AppCodeHeader,
+            Source::Header("x-apig-appcode".into()),
         ),
         (
             "/q?x=1&AppCode=code-mobile",
@@ -414,10 +414,13 @@ fn basic_credentials_name_the_user_and_bad_ones_get_a_challenge() {
         let (error, challenged) = decide(&p, &host, &store, None).unwrap_err();
         assert_eq!((error.code, challenged), ("A401BC", true), "{bad}");
     }
-    assert_eq!(
-        p.basic_challenge(),
-        "Basic realm=\"gateway\", charset=\"UTF-8\""
-    );
+    let wrong = request("GET", "/x", &[("authorization", &basic("alice:wrong"))]);
+    match p.begin(&wrong, &store, true) {
+        Step::Challenge(_, challenge) => {
+            assert_eq!(challenge, "Basic realm=\"gateway\", charset=\"UTF-8\"")
+        }
+        other => panic!("no challenge: {other:?}"),
+    }
     // Kept where the API says so.
     let host = request("GET", "/kept", &[("authorization", &basic("bob:bob-pw"))]);
     assert_eq!(verified(decide(&p, &host, &store, None)).strip, None);

@@ -5,9 +5,10 @@
 
 use crate::backend::{BackendKey, BackendSignatureConfig};
 use crate::huawei;
+use crate::jwt::{CacheUse, Jwt, JwtConfig, TokenError};
 use crate::modes::{
     basic_credentials, presented, BasicUserConfig, Credentials, HuaweiKeyConfig, HuaweiRequest,
-    Mode, Modes, Presented, Source,
+    JwtClientConfig, Mode, Modes, Places, Presented, Source,
 };
 use crate::nonce::{NonceOutcome, NonceTable};
 use crate::signature::{
@@ -27,6 +28,7 @@ use gateway_common::matching::{
 use gateway_common::params::{body_kind, BodyKind};
 use gateway_common::store::{SharedStore, StoreError};
 use serde::Deserialize;
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -77,9 +79,26 @@ pub mod codes {
         "A403TL",
         "TLS Required: this API takes AppCode and Basic credentials over HTTPS only",
     );
+    pub const INVALID_TOKEN: GatewayError = GatewayError::new(401, "A401JT", "Invalid Token");
+    pub const UNKNOWN_TOKEN_KEY: GatewayError = GatewayError::new(
+        401,
+        "A401JK",
+        "Invalid Token: no key of the issuer has its kid and algorithm",
+    );
+    pub const INVALID_TOKEN_SIGNATURE: GatewayError =
+        GatewayError::new(401, "A401JS", "Invalid Token Signature");
+    pub const TOKEN_EXPIRED: GatewayError =
+        GatewayError::new(401, "A401JE", "Token Expired or Not Yet Valid");
+    pub const INVALID_TOKEN_CLAIMS: GatewayError =
+        GatewayError::new(401, "A401JC", "Invalid Token Claims");
+    pub const TOKEN_KEYS_UNAVAILABLE: GatewayError = GatewayError::new(
+        503,
+        "A503JK",
+        "Token Keys Unavailable: the issuer's keys are not fetched yet",
+    );
 
     /// Every code, for per-code counters.
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 26;
     pub const ALL: [GatewayError; COUNT] = [
         MISSING_HEADER,
         INVALID_HEADER,
@@ -101,6 +120,12 @@ pub mod codes {
         INVALID_APPCODE,
         INVALID_BASIC,
         TLS_REQUIRED,
+        INVALID_TOKEN,
+        UNKNOWN_TOKEN_KEY,
+        INVALID_TOKEN_SIGNATURE,
+        TOKEN_EXPIRED,
+        INVALID_TOKEN_CLAIMS,
+        TOKEN_KEYS_UNAVAILABLE,
     ];
 }
 
@@ -124,9 +149,12 @@ pub struct SignAuthConfig {
     /// scheme has no nonce), in this Envoy's nonce table or the fleet's.
     #[serde(default)]
     pub huawei_replay_protection: bool,
-    /// The realm of the `WWW-Authenticate: Basic` challenge.
+    /// The realm of the `WWW-Authenticate` challenges (Basic, Bearer).
     #[serde(default)]
-    pub basic_realm: Option<String>,
+    pub realm: Option<String>,
+    /// JSON Web Token issuers and where tokens are (see [`crate::jwt`]).
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
     #[serde(default)]
     pub timestamp_window_seconds: Option<u64>,
     /// Accepted `X-Ca-Signature-Method` values (default both).
@@ -200,6 +228,9 @@ pub struct AppConfig {
     /// Basic usernames and passwords (as is or `sha256:<hex>`).
     #[serde(default)]
     pub basic: Vec<BasicUserConfig>,
+    /// The token clients of the app, per issuer.
+    #[serde(default)]
+    pub jwt: Vec<JwtClientConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -230,6 +261,20 @@ pub struct RuleConfig {
     /// Forward the client's credentials to the upstream.
     #[serde(default)]
     pub keep_credentials: bool,
+    /// The issuers whose tokens this API takes (default: every issuer).
+    #[serde(default)]
+    pub jwt_issuers: Option<Vec<String>>,
+    /// Token claims sent to the upstream as headers.
+    #[serde(default)]
+    pub claims_to_headers: Vec<ClaimHeaderConfig>,
+}
+
+/// A token claim and the request header that carries it upstream.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimHeaderConfig {
+    pub claim: String,
+    pub header: String,
 }
 
 #[derive(Debug, Clone)]
@@ -250,6 +295,9 @@ struct Rule {
     require_tls: bool,
     unsigned_payload: bool,
     keep_credentials: bool,
+    /// Indices of the issuers taken (`None`: every issuer).
+    jwt_issuers: Option<Vec<usize>>,
+    claims_to_headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -260,7 +308,10 @@ pub struct SignAuth {
     anonymous: bool,
     modes: Modes,
     huawei_replay_protection: bool,
-    basic_challenge: String,
+    realm: String,
+    jwt: Option<Arc<Jwt>>,
+    /// Every header `claims_to_headers` writes, removed from every request.
+    claim_headers: Vec<String>,
     window_ms: u64,
     methods: Vec<SignatureMethod>,
     strip_signature_headers: bool,
@@ -291,6 +342,10 @@ pub struct Verified {
     /// Where the credential came from, to remove before the upstream;
     /// `None` when the API keeps credentials.
     pub strip: Option<Source>,
+    /// Headers to send upstream (a token's claims).
+    pub headers: Vec<(String, String)>,
+    /// What the verified-token table did, for a token.
+    pub token_cache: Option<CacheUse>,
 }
 
 /// What the adapter does next.
@@ -299,9 +354,9 @@ pub enum Step {
     /// Authenticated (or anonymous allowed, `None`).
     Pass(Option<Verified>),
     Reject(GatewayError),
-    /// A 401 on an API that takes Basic credentials: with the challenge
-    /// ([`SignAuth::basic_challenge`]).
-    Challenge(GatewayError),
+    /// A 401 on an API that takes Basic credentials or tokens, with the
+    /// `WWW-Authenticate` value.
+    Challenge(GatewayError, String),
     /// Buffer the body (up to `max_body_bytes`) and call `finish`.
     NeedBody(Box<Pending>),
     /// The signature checks out; the fleet store must record the nonce:
@@ -357,6 +412,12 @@ pub struct AlibabaPending {
 
 impl SignAuth {
     pub fn compile(config: &SignAuthConfig) -> Result<Self, ConfigError> {
+        let jwt = config
+            .jwt
+            .as_ref()
+            .map(|jwt| Jwt::compile(jwt).map(Arc::new))
+            .transpose()
+            .map_err(|e| e.within("jwt"))?;
         let mut apps = HashMap::with_capacity(config.apps.len());
         let mut credentials = Credentials::default();
         for (i, app) in config.apps.iter().enumerate() {
@@ -374,13 +435,15 @@ impl SignAuth {
                 && app.huawei.is_empty()
                 && app.appcodes.is_empty()
                 && app.basic.is_empty()
+                && app.jwt.is_empty()
             {
                 return Err(ConfigError::new(
                     at,
-                    "has no credential: give `secrets`, `huawei`, `appcodes` or `basic`",
+                    "has no credential: give `secrets`, `huawei`, `appcodes`, `basic` or `jwt`",
                 ));
             }
             credentials.add(&at, &app.key, &app.huawei, &app.appcodes, &app.basic)?;
+            credentials.add_token_clients(&at, &app.key, &app.jwt, jwt.as_deref())?;
             let compiled = App {
                 name: app.name.clone(),
                 secrets: app
@@ -398,10 +461,16 @@ impl SignAuth {
             }
         }
         let modes = compile_modes(config.modes.as_deref(), "modes")?.unwrap_or(Modes::APP);
-        let realm = config.basic_realm.as_deref().unwrap_or("gateway");
+        if modes.contains(Mode::Jwt) && jwt.is_none() {
+            return Err(ConfigError::new(
+                "modes",
+                "`jwt` needs the issuers in `jwt`",
+            ));
+        }
+        let realm = config.realm.as_deref().unwrap_or("gateway");
         if realm.contains(|c: char| c == '"' || c == '\\' || c.is_control()) {
             return Err(ConfigError::new(
-                "basic_realm",
+                "realm",
                 "must not contain quotes, backslashes or control characters",
             ));
         }
@@ -421,6 +490,21 @@ impl SignAuth {
                     ));
                 }
             }
+            let jwt_issuers = rule
+                .jwt_issuers
+                .as_ref()
+                .map(|names| issuer_indices(names, jwt.as_deref()))
+                .transpose()
+                .map_err(|e| e.within(&format!("{at}.jwt_issuers")))?;
+            let claims_to_headers = rule
+                .claims_to_headers
+                .iter()
+                .enumerate()
+                .map(|(j, mapping)| {
+                    claim_header(mapping)
+                        .map_err(|e| e.within(&format!("{at}.claims_to_headers[{j}]")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             if rule.appcode_query.as_deref().is_some_and(str::is_empty) {
                 return Err(ConfigError::new(
                     format!("{at}.appcode_query"),
@@ -441,7 +525,16 @@ impl SignAuth {
                 require_tls: rule.require_tls,
                 unsigned_payload: rule.unsigned_payload,
                 keep_credentials: rule.keep_credentials,
+                jwt_issuers,
+                claims_to_headers,
             });
+            let last = rules.len() - 1;
+            if rules[last].modes.contains(Mode::Jwt) && jwt.is_none() {
+                return Err(ConfigError::new(
+                    format!("{at}.modes"),
+                    "`jwt` needs the issuers in `jwt`",
+                ));
+            }
         }
         let methods = match &config.signature_methods {
             None => vec![SignatureMethod::HmacSha256, SignatureMethod::HmacSha1],
@@ -477,6 +570,12 @@ impl SignAuth {
             ));
         }
         let uses_route_name = any_by_route_name(&rules, |r| &r.matcher);
+        let mut claim_headers: Vec<String> = rules
+            .iter()
+            .flat_map(|r| r.claims_to_headers.iter().map(|(_, h)| h.clone()))
+            .collect();
+        claim_headers.sort();
+        claim_headers.dedup();
         let backend_signer = config
             .backend_signature
             .as_ref()
@@ -490,7 +589,9 @@ impl SignAuth {
             anonymous: config.anonymous,
             modes,
             huawei_replay_protection: config.huawei_replay_protection,
-            basic_challenge: format!("Basic realm=\"{realm}\", charset=\"UTF-8\""),
+            realm: realm.to_string(),
+            claim_headers,
+            jwt,
             window_ms: window * 1000,
             methods,
             strip_signature_headers: config.strip_signature_headers.unwrap_or(true),
@@ -535,9 +636,30 @@ impl SignAuth {
         self.backend_signer.as_ref()
     }
 
-    /// The `WWW-Authenticate` value of a [`Step::Challenge`].
-    pub fn basic_challenge(&self) -> &str {
-        &self.basic_challenge
+    /// The token settings, if the policy takes tokens.
+    pub fn jwt(&self) -> Option<&Arc<Jwt>> {
+        self.jwt.as_ref()
+    }
+
+    /// The headers `claims_to_headers` writes: a client's copies never
+    /// reach the upstream.
+    pub fn claim_headers(&self) -> &[String] {
+        &self.claim_headers
+    }
+
+    /// The `WWW-Authenticate` value of a refusal on an API taking `modes`
+    /// (`token`: a token was presented and refused).
+    fn challenge(&self, modes: Modes, token: bool) -> Option<String> {
+        let realm = &self.realm;
+        if token {
+            return Some(format!("Bearer realm=\"{realm}\", error=\"invalid_token\""));
+        }
+        if modes.contains(Mode::Basic) {
+            return Some(format!("Basic realm=\"{realm}\", charset=\"UTF-8\""));
+        }
+        modes
+            .contains(Mode::Jwt)
+            .then(|| format!("Bearer realm=\"{realm}\""))
     }
 
     /// Verifies what the headers allow; `end_of_stream` says there is no body.
@@ -548,8 +670,13 @@ impl SignAuth {
         let index = first_match_index(&self.rules, |r| &r.matcher, &attrs).map(|(index, _)| index);
         let rule = index.map(|i| &self.rules[i]);
         let modes = rule.map_or(self.modes, |r| r.modes);
-        let appcode_query = rule.and_then(|r| r.appcode_query.as_deref());
-        let step = match presented(host, line, modes, appcode_query) {
+        let places = Places {
+            appcode_query: rule.and_then(|r| r.appcode_query.as_deref()),
+            tokens: self.jwt.as_ref().map_or(&[], |jwt| &jwt.places),
+        };
+        let presented = presented(host, line, modes, places);
+        let token = matches!(presented, Presented::Jwt(..));
+        let step = match presented {
             Presented::None if rule.map_or(self.anonymous, |r| r.anonymous) => Step::Pass(None),
             Presented::None if modes == Modes::APP => Step::Reject(missing("X-Ca-Key")),
             Presented::None => Step::Reject(codes::MISSING_CREDENTIALS.with_message(format!(
@@ -599,14 +726,112 @@ impl SignAuth {
                     ),
                     None => (Err(codes::INVALID_BASIC), None),
                 };
-                self.check_plain(host, index, app, Source::Authorization, user)
+                self.check_plain(host, index, app, Source::authorization(), user)
             }
+            Presented::Jwt(token, source) => self.settle(
+                self.check_token(&token, source, index, store, now_ms(host)),
+                store,
+            ),
         };
         match step {
-            Step::Reject(error) if error.status == 401 && modes.contains(Mode::Basic) => {
-                Step::Challenge(error)
-            }
+            Step::Reject(error) if error.status == 401 => match self.challenge(modes, token) {
+                Some(challenge) => Step::Challenge(error, challenge),
+                None => Step::Reject(error),
+            },
             step => step,
+        }
+    }
+
+    /// Verifies a token and names its app and user.
+    fn check_token(
+        &self,
+        token: &str,
+        source: Source,
+        rule: Option<usize>,
+        store: &dyn SharedStore,
+        now_ms: u64,
+    ) -> Result<Checked, GatewayError> {
+        let Some(jwt) = &self.jwt else {
+            return Err(codes::INVALID_TOKEN);
+        };
+        let allowed = rule.and_then(|i| self.rules[i].jwt_issuers.as_deref());
+        let verified = jwt
+            .verify(token, allowed, store, now_ms)
+            .map_err(|error| self.token_error(jwt, error))?;
+        let issuer = &jwt.issuers[verified.issuer];
+        let client = issuer.app_claim(&verified.claims);
+        let app = client
+            .and_then(|client| self.credentials.token_app(verified.issuer, client))
+            .ok_or_else(|| {
+                codes::INVALID_APP_KEY.with_message(format!(
+                    "Invalid AppKey: the token's {} names no app",
+                    issuer.app_claims.join(" or ")
+                ))
+            })?;
+        let user = verified
+            .claims
+            .get(&issuer.user_claim)
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let headers = rule
+            .map(|i| claim_values(&self.rules[i].claims_to_headers, &verified.claims))
+            .unwrap_or_default();
+        let checked = Verified {
+            identity: self.identify(app, rule, user)?,
+            nonce_unchecked: false,
+            strip: self.strip(rule, source),
+            headers,
+            token_cache: Some(verified.cache),
+        };
+        if !issuer.prevent_jti_replay {
+            return Ok(Checked::Done(checked));
+        }
+        let jti = verified
+            .claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .filter(|jti| !jti.is_empty() && jti.len() <= 256)
+            .ok_or_else(|| {
+                codes::INVALID_TOKEN_CLAIMS.with_message(
+                    "Invalid Token Claims: a `jti` of 1 to 256 characters is required",
+                )
+            })?;
+        let expires_ms = verified
+            .claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .map_or(now_ms + self.window_ms, |exp| exp.saturating_mul(1000))
+            .clamp(now_ms + 1000, now_ms + 86_400_000);
+        Ok(Checked::Nonce(FleetCheck {
+            verified: checked,
+            nonce: format!("jwt:{}:{jti}", issuer.name),
+            now_ms,
+            expires_ms,
+        }))
+    }
+
+    /// The refusal of a token, asking for the issuer's keys again when it
+    /// names a key id they lack.
+    fn token_error(&self, jwt: &Jwt, error: TokenError) -> GatewayError {
+        match error {
+            TokenError::Malformed(why) => {
+                codes::INVALID_TOKEN.with_message(format!("Invalid Token: {why}"))
+            }
+            TokenError::KeysUnavailable(_) => codes::TOKEN_KEYS_UNAVAILABLE,
+            TokenError::UnknownKey(issuer) => {
+                if let Some(state) = jwt.state.get() {
+                    gateway_common::sync::lock(state).want(issuer);
+                }
+                codes::UNKNOWN_TOKEN_KEY
+            }
+            TokenError::BadSignature => codes::INVALID_TOKEN_SIGNATURE,
+            TokenError::Expired => codes::TOKEN_EXPIRED.with_message("Token Expired"),
+            TokenError::NotYetValid => {
+                codes::TOKEN_EXPIRED.with_message("Token Not Yet Valid (nbf)")
+            }
+            TokenError::Claims(why) => {
+                codes::INVALID_TOKEN_CLAIMS.with_message(format!("Invalid Token Claims: {why}"))
+            }
         }
     }
 
@@ -640,6 +865,8 @@ impl SignAuth {
                 identity: self.identify(app, rule, user)?,
                 nonce_unchecked: false,
                 strip: self.strip(rule, source),
+                headers: Vec::new(),
+                token_cache: None,
             })
         });
         Step::from(verified)
@@ -852,6 +1079,12 @@ impl SignAuth {
             Pending::Alibaba(pending) => self.verify(pending, body, now_ms),
             Pending::Huawei { request, rule } => self.verify_huawei(request, rule, body, now_ms),
         };
+        self.settle(checked, store)
+    }
+
+    /// What a check leads to: passing, recording the nonce (in the fleet
+    /// store or this Envoy's table) or refusing.
+    fn settle(&self, checked: Result<Checked, GatewayError>, store: &dyn SharedStore) -> Step {
         match checked {
             Ok(Checked::Done(verified)) => Step::Pass(Some(verified)),
             Ok(Checked::Nonce(check)) if self.fleet.is_some() => Step::CheckFleet(Box::new(check)),
@@ -900,7 +1133,9 @@ impl SignAuth {
         let verified = Verified {
             identity: self.identify(&key.app, rule, None)?,
             nonce_unchecked: false,
-            strip: self.strip(rule, Source::Authorization),
+            strip: self.strip(rule, Source::authorization()),
+            headers: Vec::new(),
+            token_cache: None,
         };
         if !self.huawei_replay_protection {
             return Ok(Checked::Done(verified));
@@ -968,6 +1203,8 @@ impl SignAuth {
                 identity: self.identify(&pending.app_key, pending.rule, None)?,
                 nonce_unchecked: false,
                 strip: self.strip(pending.rule, Source::CaHeaders),
+                headers: Vec::new(),
+                token_cache: None,
             },
             nonce: pending.nonce,
             now_ms,
@@ -1048,12 +1285,74 @@ fn compile_backend_signer(config: &BackendSignatureConfig) -> Result<BackendSign
     })
 }
 
+/// The indices of the issuers named.
+fn issuer_indices(names: &[String], jwt: Option<&Jwt>) -> Result<Vec<usize>, ConfigError> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            jwt.and_then(|jwt| jwt.issuer_index(name)).ok_or_else(|| {
+                ConfigError::new(
+                    format!("[{i}]"),
+                    format!("`{name}` names no issuer in `jwt`"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// A claim and the header it goes to, checked.
+fn claim_header(mapping: &ClaimHeaderConfig) -> Result<(String, String), ConfigError> {
+    if mapping.claim.is_empty() {
+        return Err(ConfigError::new("claim", "must name a claim"));
+    }
+    let header = mapping.header.to_ascii_lowercase();
+    let token = !header.is_empty()
+        && header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !token || crate::IDENTITY_HEADERS.contains(&header.as_str()) || header == "host" {
+        return Err(ConfigError::new(
+            "header",
+            format!(
+                "`{}` is not a header the gateway may set for a claim",
+                mapping.header
+            ),
+        ));
+    }
+    Ok((mapping.claim.clone(), header))
+}
+
+/// Longest claim value sent in a header.
+const MAX_CLAIM_HEADER_BYTES: usize = 4096;
+
+/// The headers of `mappings` a token's claims fill: strings as they are,
+/// other values as JSON; a value with control characters or longer than
+/// 4 KiB is left out.
+fn claim_values(
+    mappings: &[(String, String)],
+    claims: &serde_json::Map<String, Value>,
+) -> Vec<(String, String)> {
+    mappings
+        .iter()
+        .filter_map(|(claim, header)| {
+            let value = match claims.get(claim)? {
+                Value::String(text) => text.clone(),
+                Value::Null => return None,
+                other => other.to_string(),
+            };
+            (value.len() <= MAX_CLAIM_HEADER_BYTES && !value.chars().any(char::is_control))
+                .then(|| (header.clone(), value))
+        })
+        .collect()
+}
+
 /// The modes of a list (`None`: not given); an empty list is refused.
 fn compile_modes(list: Option<&[Mode]>, at: &str) -> Result<Option<Modes>, ConfigError> {
     match list {
         Some([]) => Err(ConfigError::new(
             at,
-            "needs at least one of app, huawei_app, appcode, basic",
+            "needs at least one of app, huawei_app, appcode, basic, jwt",
         )),
         Some(list) => Ok(Some(Modes::of(list))),
         None => Ok(None),
@@ -1191,7 +1490,7 @@ pub(crate) mod tests {
     ) -> Result<Option<Identity>, GatewayError> {
         match policy.begin(host, store, body.is_none()) {
             Step::Pass(verified) => Ok(verified.map(|v| v.identity)),
-            Step::Reject(error) | Step::Challenge(error) => Err(error),
+            Step::Reject(error) | Step::Challenge(error, _) => Err(error),
             Step::NeedBody(pending) => {
                 match policy.finish(*pending, body.unwrap_or_default(), store, NOW_MS) {
                     Step::Pass(verified) => Ok(verified.map(|v| v.identity)),
@@ -1492,7 +1791,7 @@ pub(crate) mod tests {
         let cases = [
             (
                 r#"{"apps":[{"key":"a","secrets":[]}]}"#,
-                "apps[0]: has no credential: give `secrets`, `huawei`, `appcodes` or `basic`",
+                "apps[0]: has no credential: give `secrets`, `huawei`, `appcodes`, `basic` or `jwt`",
             ),
             (
                 r#"{"apps":[{"key":"a","secrets":["s",""]}]}"#,
@@ -1520,19 +1819,19 @@ pub(crate) mod tests {
             ),
             (
                 r#"{"apps":[],"rules":[{"modes":[]}]}"#,
-                "rules[0].modes: needs at least one of app, huawei_app, appcode, basic",
+                "rules[0].modes: needs at least one of app, huawei_app, appcode, basic, jwt",
             ),
             (
-                r#"{"apps":[],"modes":["jwt"]}"#,
-                "modes[0]: unknown variant `jwt`",
+                r#"{"apps":[],"modes":["oauth"]}"#,
+                "modes[0]: unknown variant `oauth`",
             ),
             (
                 r#"{"apps":[],"rules":[{"appcode_query":""}]}"#,
                 "rules[0].appcode_query: must name a query parameter",
             ),
             (
-                r#"{"apps":[],"basic_realm":"a\"b"}"#,
-                "basic_realm: must not contain quotes",
+                r#"{"apps":[],"realm":"a\"b"}"#,
+                "realm: must not contain quotes",
             ),
             (
                 r#"{"apps":[{"key":"a","secrets":["s"]},{"key":"a","secrets":["t"]}]}"#,

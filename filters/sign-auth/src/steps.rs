@@ -8,7 +8,8 @@
 use crate::backend::{
     self, KEY_ID_HEADER, SIGNATURE_HEADER, SIGNED_HEADERS_HEADER, TIMESTAMP_HEADER,
 };
-use crate::modes::{Source, APPCODE_HEADER};
+use crate::jwt::CacheUse;
+use crate::modes::Source;
 use crate::policy::{self, codes, now_ms, FleetCheck, Pending, SignAuth, Step, Verified};
 use crate::{FILTER_NAME, IDENTITY_HEADERS};
 use gateway_common::error::GatewayError;
@@ -17,6 +18,7 @@ use gateway_common::fleet::FleetMetrics;
 use gateway_common::identity::{self, Identity};
 use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
 use gateway_common::params::retain_raw_pairs;
+use gateway_common::slots::Stored;
 use gateway_common::stream::{
     buffer_request_body, declared_body_length, refuse, refuse_with, BufferedBody, FleetCall,
     PolicySteps, Stream, Verdict,
@@ -37,6 +39,11 @@ pub struct Metrics {
     allowed: Counter,
     anonymous: Counter,
     nonce_unchecked: Counter,
+    token_cache_hit: Counter,
+    token_cache_miss: Counter,
+    token_cache_evicted: Counter,
+    pub(crate) jwks_fetched: Counter,
+    pub(crate) jwks_failed: Counter,
     denied: DenialCounters<{ codes::COUNT }>,
     fleet: FleetMetrics,
 }
@@ -47,6 +54,11 @@ impl Metrics {
             allowed: host.define_counter(FILTER_NAME, "allowed"),
             anonymous: host.define_counter(FILTER_NAME, "anonymous"),
             nonce_unchecked: host.define_counter(FILTER_NAME, "nonce_unchecked"),
+            token_cache_hit: host.define_counter(FILTER_NAME, "jwt.cache_hit"),
+            token_cache_miss: host.define_counter(FILTER_NAME, "jwt.cache_miss"),
+            token_cache_evicted: host.define_counter(FILTER_NAME, "jwt.cache_evicted"),
+            jwks_fetched: host.define_counter(FILTER_NAME, "jwt.jwks_fetched"),
+            jwks_failed: host.define_counter(FILTER_NAME, "jwt.jwks_failed"),
             denied: DenialCounters::define_with(host, FILTER_NAME, &codes::ALL),
             fleet: FleetMetrics::define_with(host, FILTER_NAME),
         }
@@ -76,15 +88,12 @@ impl SignAuthSteps {
         match step {
             Step::Pass(verified) => self.pass(stream, verified.as_ref()),
             Step::Reject(error) => refuse(stream, &self.metrics.denied, &error),
-            Step::Challenge(error) => {
-                let challenge = self.policy.basic_challenge().to_string();
-                refuse_with(
-                    stream,
-                    &self.metrics.denied,
-                    &error,
-                    &[("www-authenticate", challenge)],
-                )
-            }
+            Step::Challenge(error, challenge) => refuse_with(
+                stream,
+                &self.metrics.denied,
+                &error,
+                &[("www-authenticate", challenge)],
+            ),
             Step::NeedBody(pending) => {
                 // Only the headers step asks for the body.
                 self.pending = Some(pending);
@@ -107,6 +116,16 @@ impl SignAuthSteps {
                 if verified.nonce_unchecked {
                     stream.increment(self.metrics.nonce_unchecked, 1);
                 }
+                match verified.token_cache {
+                    Some(CacheUse::Hit) => stream.increment(self.metrics.token_cache_hit, 1),
+                    Some(CacheUse::Missed(stored)) => {
+                        stream.increment(self.metrics.token_cache_miss, 1);
+                        if stored == Stored::Evicted {
+                            stream.increment(self.metrics.token_cache_evicted, 1);
+                        }
+                    }
+                    None => {}
+                }
             }
             None => stream.increment(self.metrics.anonymous, 1),
         }
@@ -121,13 +140,15 @@ impl SignAuthSteps {
             }
         }
         match verified.and_then(|v| v.strip.as_ref()) {
-            Some(Source::Authorization) => stream.set_request_header("authorization", None),
-            Some(Source::AppCodeHeader) => stream.set_request_header(APPCODE_HEADER, None),
+            Some(Source::Header(name)) => stream.set_request_header(name, None),
             Some(Source::Query(name)) => remove_query_parameter(stream, name),
-            Some(Source::CaHeaders) | None => {}
+            Some(Source::CaHeaders | Source::Cookie) | None => {}
         }
         if let Some(verified) = verified {
             self.publish(stream, &verified.identity);
+            for (name, value) in &verified.headers {
+                stream.set_request_header(name, Some(value));
+            }
         }
         if self.policy.backend_signer().is_some() {
             self.sign_for_backend(stream);
@@ -257,6 +278,9 @@ fn remove_query_parameter(stream: &mut dyn Stream, name: &str) {
 impl PolicySteps for SignAuthSteps {
     fn on_request_headers(&mut self, stream: &mut dyn Stream, end_of_stream: bool) -> Verdict {
         for name in IDENTITY_HEADERS {
+            stream.set_request_header(name, None);
+        }
+        for name in self.policy.claim_headers() {
             stream.set_request_header(name, None);
         }
         let step = self

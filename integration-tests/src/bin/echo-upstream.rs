@@ -1,7 +1,8 @@
 //! Runs the echo upstream until the process is killed:
-//! `echo-upstream [--id NAME] [--listen HOST:PORT] [--authorize TOKEN=USER,…]`.
+//! `echo-upstream [--id NAME] [--listen HOST:PORT] [--authorize TOKEN=USER,… | --issuer ISS]`.
 //! With `--authorize` it is the demo's third-party authorizer instead
-//! ([`bearer_authorizer`]).
+//! ([`bearer_authorizer`]); with `--issuer` the demo's token issuer
+//! ([`token_issuer`]: its JWKS and fresh tokens whose `iss` is ISS).
 //!
 //! Prints `echo-upstream NAME listening on ADDR` once it accepts connections,
 //! so scripts can wait for that line.
@@ -14,9 +15,10 @@ use std::thread;
 use std::time::Duration;
 
 use integration_tests::echo::{bearer_authorizer, EchoServer};
+use integration_tests::tokens::token_issuer;
 
 const USAGE: &str =
-    "usage: echo-upstream [--id NAME] [--listen HOST:PORT] [--authorize TOKEN=USER,...]\n\
+    "usage: echo-upstream [--id NAME] [--listen HOST:PORT] [--authorize TOKEN=USER,... | --issuer ISS]\n\
                      defaults: --id echo --listen 127.0.0.1:8081";
 
 struct Options {
@@ -24,6 +26,8 @@ struct Options {
     listen: String,
     /// Token → user: an authorizer instead of an echo.
     authorize: Option<Vec<(String, String)>>,
+    /// A token issuer of this `iss` instead of an echo.
+    issuer: Option<String>,
 }
 
 /// `Ok(None)` means help was asked for.
@@ -32,6 +36,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Option<Options
         id: "echo".to_string(),
         listen: "127.0.0.1:8081".to_string(),
         authorize: None,
+        issuer: None,
     };
     let mut authorize = None;
     let mut args = args.into_iter();
@@ -53,6 +58,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Option<Options
             "--id" => &mut options.id,
             "--listen" => &mut options.listen,
             "--authorize" => authorize.get_or_insert_with(String::new),
+            "--issuer" => options.issuer.get_or_insert_with(String::new),
             _ => return Err(format!("unknown argument {flag:?}")),
         };
         let value = match inline_value {
@@ -76,6 +82,13 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Option<Options
             })
             .collect::<Result<Vec<_>, _>>()?;
         options.authorize = Some(users);
+    }
+    match (&options.authorize, &options.issuer) {
+        (Some(_), Some(_)) => {
+            return Err("--authorize and --issuer are two servers: give one".into())
+        }
+        (_, Some(iss)) if iss.is_empty() => return Err("--issuer needs the tokens' `iss`".into()),
+        _ => {}
     }
     if options.id.is_empty() || options.id.chars().any(char::is_control) {
         return Err("--id must be non-empty printable text".to_string());
@@ -101,11 +114,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let started = match options.authorize {
-        Some(users) => {
+    let started = match (options.authorize, options.issuer) {
+        (Some(users), _) => {
             EchoServer::start_scripted_on(&options.id, &options.listen, bearer_authorizer(users))
         }
-        None => EchoServer::start_on(&options.id, &options.listen),
+        (None, Some(iss)) => {
+            EchoServer::start_scripted_on(&options.id, &options.listen, token_issuer(iss))
+        }
+        (None, None) => EchoServer::start_on(&options.id, &options.listen),
     };
     let server = match started {
         Ok(server) => server,

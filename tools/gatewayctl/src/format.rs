@@ -302,6 +302,9 @@ pub enum AuthMode {
     Appcode,
     /// Basic credentials of a user of one of the API's apps.
     Basic,
+    /// A JSON Web Token of an issuer in `settings.sign_auth.jwt`, of a
+    /// client of one of the API's apps.
+    Jwt,
     /// Anyone; with other modes, credentials are optional (and checked).
     Anonymous,
     /// The authorizer of `settings.ext_auth` decides.
@@ -316,6 +319,7 @@ impl AuthMode {
             AuthMode::HuaweiApp => "huawei_app",
             AuthMode::Appcode => "appcode",
             AuthMode::Basic => "basic",
+            AuthMode::Jwt => "jwt",
             AuthMode::Anonymous => "anonymous",
             AuthMode::ExtAuth => "ext_auth",
         }
@@ -363,7 +367,7 @@ impl<'de> Deserialize<'de> for Auth {
             Ok(OneOrMany::One(mode)) => Ok(Auth { modes: vec![mode] }),
             Ok(OneOrMany::Many(modes)) => Ok(Auth { modes }),
             Err(_) => Err(serde::de::Error::custom(
-                "`auth` is one of app, huawei_app, appcode, basic, anonymous, ext_auth, or a list of them",
+                "`auth` is one of app, huawei_app, appcode, basic, jwt, anonymous, ext_auth, or a list of them",
             )),
         }
     }
@@ -421,7 +425,8 @@ pub struct Api {
     #[serde(default)]
     pub apps: Option<Vec<String>>,
     /// sign-auth's per-API options: `appcode_query`, `require_tls`,
-    /// `unsigned_payload`, `keep_credentials`.
+    /// `unsigned_payload`, `keep_credentials`, `jwt_issuers`,
+    /// `claims_to_headers`.
     #[serde(default)]
     pub auth_options: Option<Map<String, Value>>,
     #[serde(default)]

@@ -328,6 +328,26 @@ impl Generator<'_> {
                 self.require_backend(cluster, &format!("{at}.{object}.cluster"))?;
             }
         }
+        // The clusters sign-auth fetches JWT issuers' keys from.
+        let issuers = doc
+            .settings
+            .sign_auth
+            .as_ref()
+            .and_then(|s| s.get("jwt"))
+            .and_then(|jwt| jwt.get("issuers"))
+            .and_then(Value::as_array);
+        for (i, issuer) in issuers.into_iter().flatten().enumerate() {
+            for endpoint in ["jwks_uri", "discovery"] {
+                let cluster = issuer
+                    .get(endpoint)
+                    .and_then(|e| e.get("cluster"))
+                    .and_then(Value::as_str);
+                if let Some(cluster) = cluster {
+                    let at = format!("settings.sign_auth.jwt.issuers[{i}].{endpoint}.cluster");
+                    self.require_backend(cluster, &at)?;
+                }
+            }
+        }
         for section in Section::ALL {
             let at = format!("settings.{}", section.key());
             let Some(settings) = self.settings(section) else {
@@ -474,7 +494,7 @@ impl Generator<'_> {
             .ok_or_else(|| {
                 self.error(
                     &at,
-                    "who may call the API is not said: set `auth` (app, huawei_app, appcode, basic, anonymous, ext_auth, or a list of them) on it or its group",
+                    "who may call the API is not said: set `auth` (app, huawei_app, appcode, basic, jwt, anonymous, ext_auth, or a list of them) on it or its group",
                 )
             })?;
         self.check_auth(&auth, &auth_at)?;
@@ -490,13 +510,13 @@ impl Generator<'_> {
         if let (Some((_, apps_at)), false) = (&apps, signs) {
             return Err(self.error(
                 apps_at,
-                "apps are allowed only with an app mode in `auth` (app, huawei_app, appcode, basic)",
+                "apps are allowed only with an app mode in `auth` (app, huawei_app, appcode, basic, jwt)",
             ));
         }
         if let (Some(_), false) = (&api.auth_options, signs) {
             return Err(self.error(
                 &format!("{at}.auth_options"),
-                "auth_options are allowed only with an app mode in `auth` (app, huawei_app, appcode, basic)",
+                "auth_options are allowed only with an app mode in `auth` (app, huawei_app, appcode, basic, jwt)",
             ));
         }
         if auth.has(AuthMode::ExtAuth) && self.document.settings.ext_auth.is_none() {

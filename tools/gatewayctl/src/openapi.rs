@@ -412,6 +412,10 @@ impl Importer<'_> {
         }
         let mut note_at = at.to_vec();
         note_at.push("security");
+        let issuers = self
+            .root
+            .pointer("/x-gateway/settings/sign_auth/jwt")
+            .is_some();
         let mut modes: Vec<&str> = Vec::new();
         let mut options = Map::new();
         let mut untranslated = Vec::new();
@@ -464,6 +468,8 @@ impl Importer<'_> {
                         Some("appcode")
                     }
                     ("http", _) if field("scheme") == "basic" => Some("basic"),
+                    ("http", _) if field("scheme") == "bearer" && issuers => Some("jwt"),
+                    ("openidconnect" | "oauth2", _) if issuers => Some("jwt"),
                     _ => None,
                 };
                 match mode {
@@ -485,7 +491,7 @@ impl Importer<'_> {
             self.note(
                 &note_at,
                 format!(
-                    "security {} has no gateway equivalent yet (bearer tokens, OAuth 2, OpenID Connect, cookies){fallback} (x-gateway-auth chooses)",
+                    "security {} is not translated (bearer tokens, OAuth 2 and OpenID Connect become `jwt` when `x-gateway` gives `settings.sign_auth.jwt`; cookie keys have no equivalent){fallback} (x-gateway-auth chooses)",
                     untranslated.join(", ")
                 ),
             );
@@ -1112,7 +1118,7 @@ mod tests {
             doc.untranslated,
             [
                 "#/paths/~1a~1{user-id}/get: the path variable `user-id` is not a name Envoy's URI templates take (a letter, then letters, digits or `_`, at most 16); the operation is left out",
-                "#/paths/~1b/get/security: security `key` has no gateway equivalent yet (bearer tokens, OAuth 2, OpenID Connect, cookies); the gateway asks for an app signature (x-gateway-auth chooses)",
+                "#/paths/~1b/get/security: security `key` is not translated (bearer tokens, OAuth 2 and OpenID Connect become `jwt` when `x-gateway` gives `settings.sign_auth.jwt`; cookie keys have no equivalent); the gateway asks for an app signature (x-gateway-auth chooses)",
                 "#/paths/~1b/get/parameters/0: `c` is a `cookie` parameter, which the gateway does not check; left out",
                 "#/paths/~1b/get/parameters/1/style: `style` is not read: the value is checked as a plain query value",
                 "#/paths/~1b/get/parameters/1/explode: `explode` is not read: the value is checked as a plain query value",
@@ -1149,12 +1155,22 @@ paths:
         assert_eq!(apis[1]["auth_options"], json!({"appcode_query": "AppCode"}));
         assert_eq!(apis[2]["auth"], json!("app"));
         assert_eq!(apis[3]["auth"], json!("appcode"));
+        // With the issuers given, bearer tokens are JWTs.
+        let with_issuers = imported(&format!(
+            "{HEAD}x-gateway:\n  settings: {{ sign_auth: {{ jwt: {{ issuers: [ {{ name: idp, jwks_uri: {{ cluster: backend, path: /keys }} }} ] }} }} }}\ncomponents:\n  securitySchemes:\n    token: {{ type: http, scheme: bearer }}\n    oidc: {{ type: openIdConnect, openIdConnectUrl: 'https://idp.example/.well-known/openid-configuration' }}\npaths:\n  /c:\n    get: {{ security: [ {{ token: [] }}, {{ oidc: [] }} ] }}\n"
+        ));
+        assert_eq!(with_issuers.document["apis"][0]["auth"], json!("jwt"));
+        assert!(
+            with_issuers.untranslated.is_empty(),
+            "{:?}",
+            with_issuers.untranslated
+        );
         assert_eq!(
             doc.untranslated,
             [
-                "#/paths/~1c/get/security: security `token` has no gateway equivalent yet (bearer tokens, OAuth 2, OpenID Connect, cookies); the gateway asks for an app signature (x-gateway-auth chooses)",
+                "#/paths/~1c/get/security: security `token` is not translated (bearer tokens, OAuth 2 and OpenID Connect become `jwt` when `x-gateway` gives `settings.sign_auth.jwt`; cookie keys have no equivalent); the gateway asks for an app signature (x-gateway-auth chooses)",
                 "#/paths/~1d/get/security: `other`: an API key in `x-api-key` becomes an AppCode, which clients send in `Authorization: APPCODE …` or `X-Apig-AppCode`",
-                "#/paths/~1d/get/security: security `token` has no gateway equivalent yet (bearer tokens, OAuth 2, OpenID Connect, cookies) (x-gateway-auth chooses)",
+                "#/paths/~1d/get/security: security `token` is not translated (bearer tokens, OAuth 2 and OpenID Connect become `jwt` when `x-gateway` gives `settings.sign_auth.jwt`; cookie keys have no equivalent) (x-gateway-auth chooses)",
             ]
         );
     }

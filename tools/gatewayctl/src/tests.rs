@@ -151,12 +151,12 @@ fn who_may_call_an_api_must_be_said() {
     let text = document("apis:\n  - name: a\n    path: /a\n    backend: shop\n");
     assert_eq!(
         error_of(&text),
-        "apis.yaml:8: apis[0] (a): who may call the API is not said: set `auth` (app, huawei_app, appcode, basic, anonymous, ext_auth, or a list of them) on it or its group"
+        "apis.yaml:8: apis[0] (a): who may call the API is not said: set `auth` (app, huawei_app, appcode, basic, jwt, anonymous, ext_auth, or a list of them) on it or its group"
     );
     let text = document("apis:\n  - name: a\n    path: /a\n    backend: shop\n    auth: anonymous\n    apps: [\"203751\"]\n");
     assert_eq!(
         error_of(&text),
-        "apis.yaml:12: apis[0] (a): apps: apps are allowed only with an app mode in `auth` (app, huawei_app, appcode, basic)"
+        "apis.yaml:12: apis[0] (a): apps: apps are allowed only with an app mode in `auth` (app, huawei_app, appcode, basic, jwt)"
     );
     let text =
         document("apis:\n  - name: a\n    path: /a\n    backend: shop\n    auth: ext_auth\n");
@@ -309,6 +309,26 @@ fn auth_lists_become_sign_auth_modes_with_their_options() {
 }
 
 #[test]
+fn jwt_apis_take_the_issuers_of_the_settings_and_their_clusters_must_be_backends() {
+    let settings = "settings:\n  sign_auth:\n    jwt:\n      issuers:\n        - { name: idp, jwks_uri: { cluster: CLUSTER, path: /keys } }\n";
+    let api = "apis:\n  - { name: a, path: /a, backend: shop, auth: jwt, auth_options: { jwt_issuers: [idp], claims_to_headers: [ { claim: sub, header: x-user } ] } }\n";
+    let text = document(&format!("{}{api}", settings.replace("CLUSTER", "shop")));
+    let generated = generated(&text);
+    let sign_auth = section(&generated, Section::SignAuth);
+    assert_eq!(sign_auth["jwt"]["issuers"][0]["name"], "idp");
+    assert_eq!(
+        sign_auth["rules"][0],
+        json!({"name": "a", "match": {"route_names": ["a"]}, "modes": ["jwt"], "jwt_issuers": ["idp"],
+               "claims_to_headers": [{"claim": "sub", "header": "x-user"}]})
+    );
+    let text = document(&format!("{}{api}", settings.replace("CLUSTER", "idp")));
+    assert_eq!(
+        error_of(&text),
+        "apis.yaml:11: settings.sign_auth.jwt.issuers[0] (idp): jwks_uri.cluster: `idp` names no backend"
+    );
+}
+
+#[test]
 fn auth_lists_that_make_no_sense_are_refused_at_their_line() {
     for (auth, error) in [
         (
@@ -321,8 +341,8 @@ fn auth_lists_that_make_no_sense_are_refused_at_their_line() {
         ),
         ("[]", "apis.yaml:12: apis[0] (a): auth: needs at least one mode"),
         (
-            "jwt",
-            "apis.yaml:12: apis[0] (a): auth: `auth` is one of app, huawei_app, appcode, basic, anonymous, ext_auth, or a list of them",
+            "oauth",
+            "apis.yaml:12: apis[0] (a): auth: `auth` is one of app, huawei_app, appcode, basic, jwt, anonymous, ext_auth, or a list of them",
         ),
     ] {
         let text = document(&format!(
@@ -333,7 +353,7 @@ fn auth_lists_that_make_no_sense_are_refused_at_their_line() {
     let text = document("apis:\n  - name: a\n    path: /a\n    backend: shop\n    auth: anonymous\n    auth_options: { require_tls: true }\n");
     assert_eq!(
         error_of(&text),
-        "apis.yaml:12: apis[0] (a): auth_options: auth_options are allowed only with an app mode in `auth` (app, huawei_app, appcode, basic)"
+        "apis.yaml:12: apis[0] (a): auth_options: auth_options are allowed only with an app mode in `auth` (app, huawei_app, appcode, basic, jwt)"
     );
     // sign-auth's own check of an option names the option's line.
     let text = document("apis:\n  - name: a\n    path: /a\n    backend: shop\n    auth: appcode\n    auth_options:\n      appcode_query: \"\"\n");
