@@ -548,13 +548,137 @@ def flush_fleet_store(redis_port):
 
 
 class Scenario:
-    """One Envoy configuration measured: `config` is its whole bootstrap."""
+    """One Envoy configuration measured: `config` is its whole bootstrap.
+    `fixed` (method, path, [(name, value)]): the scenario gets that one
+    request again and again instead of the signed mix."""
 
-    def __init__(self, key, label, group, config, wasm=(), baseline=None, note=""):
+    def __init__(self, key, label, group, config, wasm=(), baseline=None, note="", fixed=None):
         self.key, self.label, self.group = key, label, group
         self.config, self.wasm = config, list(wasm)
         self.baseline, self.status, self.note = baseline, "ok", note
+        self.fixed = fixed
         self.runs = []
+
+
+# --------------------------------------------------------------------------
+# sign-auth's ways in, one request each, beside Envoy's jwt_authn
+
+BENCH_ISSUER = "https://bench.example"
+JWT_AUTHN_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+# The demo's AppCode and Basic user (examples/demo.yaml keeps their digests).
+DEMO_APPCODE = "demo-appcode"
+DEMO_BASIC = "Basic ZGVtby11c2VyOmRlbW8tcGFzc3dvcmQ="
+
+
+def policy_bench(*args):
+    return subprocess.run([str(NATIVE_DIR / "policy-bench"), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def huawei_signed(key, secret, method, path):
+    """Headers of a request signed with Huawei APIG's SDK-HMAC-SHA256, only
+    `x-sdk-date` signed (the bench does not know the listener's port, so the
+    Host is left out): the scheme of docs/policies/sign-auth.md, written
+    again here."""
+    import hashlib, hmac
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    uri = path if path.endswith("/") else path + "/"
+    canonical = "\n".join([method, uri, "", f"x-sdk-date:{date}", "", "x-sdk-date",
+                           hashlib.sha256(b"").hexdigest()])
+    to_sign = f"SDK-HMAC-SHA256\n{date}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    signature = hmac.new(secret.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
+    return [("X-Sdk-Date", date),
+            ("Authorization", f"SDK-HMAC-SHA256 Access={key}, SignedHeaders=x-sdk-date, Signature={signature}")]
+
+
+def auth_section(sign_auth, mode, jwt=None):
+    """The demo's sign-auth section taking `mode` only, on every API and
+    without TLS, app lists, the fleet store or the backend signature; a day
+    of timestamp window (a Huawei signature is made once per run)."""
+    c = copy.deepcopy(sign_auth)
+    for field in ("fleet", "backend_signature"):
+        c.pop(field, None)
+    c["timestamp_window_seconds"] = 86400
+    c["anonymous"] = False
+    c["modes"] = [mode]
+    for rule in c.get("rules", []):
+        rule["modes"] = [mode]
+        for field in ("require_tls", "apps", "anonymous", "jwt_issuers"):
+            rule.pop(field, None)
+    if jwt is not None:
+        c["jwt"] = jwt
+        c["apps"][0]["jwt"] = [{"issuer": "bench", "clients": ["bench-web"]}]
+    return c
+
+
+def auth_scenarios(chain, native, configs):
+    """sign-auth alone in the native module, each mode on its own request,
+    and Envoy's jwt_authn on the JWT request: what one check costs."""
+    sign_auth = configs.get("sign_auth")
+    if not sign_auth:
+        return []
+    jwks = policy_bench("--jwks")
+    token = policy_bench("--token", BENCH_ISSUER, "bench-web", "86400")
+    issuer = {"name": "bench", "issuer": BENCH_ISSUER, "audiences": ["gateway"], "jwks": json.loads(jwks)}
+    bearer = [("Authorization", f"Bearer {token}")]
+    app = sign_auth["apps"][0]
+    hw = app.get("huawei", [{}])[0]
+    native_entry = native.filters[0]
+
+    def native_auth(section):
+        return native.config([with_document(native_entry, {"sign_auth": section})])
+
+    out = [Scenario("auth-bare", "bare Envoy, one request", "auth", chain.config([]),
+                    fixed=("GET", "/me", bearer),
+                    note="the baseline of the auth rows: bare Envoy given the JWT request")]
+    rows = [
+        ("auth-huawei", "native, Huawei signature", auth_section(sign_auth, "huawei_app"),
+         ("GET", "/partner/1", huawei_signed(hw.get("key", ""), (hw.get("secrets") or [""])[0], "GET", "/partner/1")),
+         "SDK-HMAC-SHA256 over x-sdk-date, no body"),
+        ("auth-appcode", "native, AppCode", auth_section(sign_auth, "appcode"),
+         ("GET", "/partner/1", [("Authorization", f"APPCODE {DEMO_APPCODE}")]), ""),
+        ("auth-basic", "native, Basic", auth_section(sign_auth, "basic"),
+         ("GET", "/partner/1", [("Authorization", DEMO_BASIC)]), ""),
+        ("auth-jwt-warm", "native, JWT (verified before)",
+         auth_section(sign_auth, "jwt", {"issuers": [issuer]}), ("GET", "/me", bearer),
+         "EdDSA token; the verified-token table answers"),
+        ("auth-jwt-cold", "native, JWT (verified each time)",
+         auth_section(sign_auth, "jwt", {"issuers": [issuer], "cache_max_ttl_seconds": 0}),
+         ("GET", "/me", bearer), "EdDSA token; the table off: a signature check per request"),
+    ]
+    for key, label, section, fixed, note in rows:
+        out.append(Scenario(key, label, "auth", native_auth(section), baseline="auth-bare", fixed=fixed,
+                            note=note))
+    for key, label, cache in (("jwt-authn", "Envoy jwt_authn", None),
+                              ("jwt-authn-cached", "Envoy jwt_authn, its JWT cache on", {"jwt_cache_size": 1000})):
+        provider = {"issuer": BENCH_ISSUER, "audiences": ["gateway"], "local_jwks": {"inline_string": jwks},
+                    "forward": False, "claim_to_headers": [{"header_name": "x-user-sub", "claim_name": "sub"}]}
+        if cache:
+            provider["jwt_cache_config"] = cache
+        filt = {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+            "@type": JWT_AUTHN_TYPE, "providers": {"bench": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}]}}
+        out.append(Scenario(key, label, "auth", chain.config([filt]), baseline="auth-bare",
+                            fixed=("GET", "/me", bearer), note="the same EdDSA token, the same JWKS inline"))
+    return out
+
+
+class FixedRequests:
+    """One request, sent again and again (a credential without a nonce)."""
+
+    def __init__(self, fixed):
+        method, path, headers = fixed
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in headers)
+        self.raw = (head + "\r\n").encode()
+
+    def request(self, index):
+        return self.raw
+
+
+def requests_of(work, scenario):
+    """What a scenario is sent: its fixed request, or the signed mix."""
+    return FixedRequests(scenario.fixed) if scenario.fixed else SignedRequests(work)
 
 
 NATIVE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
@@ -627,6 +751,7 @@ def scenarios(chain, module, module_fleet, native):
     out.append(Scenario("native-local-ratelimit", "native local_ratelimit (vs throttling)", "native",
                         chain.config([local_ratelimit_filter()]), baseline="bare",
                         note="one token bucket for every request, limit 1e9/s (never refuses)"))
+    out += auth_scenarios(chain, native, configs)
     for kind in PROBE_KINDS:
         out.append(Scenario(f"probe-{kind}", f"host call: {kind}" if kind != "none" else "host-call probe, no call",
                             "probe", chain.config([probe_entry(kind)]), ["host_call_probe.wasm"],
@@ -722,6 +847,7 @@ class Envoy:
         if self.admin_path.exists():
             self.admin_path.unlink()
         self.cursor = 0  # next unused signed request (nonce) for this Envoy
+        self.fixed = scenario.fixed
         self.proc = spawn(taskset(args.envoy_cpu) + [
             args.envoy, "-c", str(self.config_path), "--admin-address-path", str(self.admin_path),
             "--disable-hot-restart", "--concurrency", "1", "--log-level", args.envoy_log_level],
@@ -738,12 +864,19 @@ class Envoy:
         stop(self.proc)
 
 
-def wrk(args, port, duration, first, last, latency):
+def wrk(args, port, duration, first, last, latency, fixed=None):
     cmd = taskset(args.client_cpu) + ["wrk", "-t", str(args.threads), "-c", str(args.connections),
                                       "-d", f"{duration}s", "--timeout", "5s"]
     if latency:
         cmd.append("--latency")
-    cmd += ["-s", str(args.lua), f"http://127.0.0.1:{port}/", "--", str(first), str(last), str(args.threads)]
+    if fixed:
+        method, path, headers = fixed
+        for name, value in headers:
+            cmd += ["-H", f"{name}: {value}"]
+        cmd.append(f"http://127.0.0.1:{port}{path}")
+    else:
+        cmd += ["-s", str(args.lua), f"http://127.0.0.1:{port}/", "--", str(first), str(last),
+                str(args.threads)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
@@ -760,7 +893,7 @@ def load(args, envoy, duration, latency):
     before = envoy_stats(envoy.admin)
     busy0, client0, children0 = busy_now(), client_cpu(None), children_cpu()
     cpu0, t0 = cpu_seconds(envoy.proc.pid), time.time()
-    out = wrk(args, envoy.port, duration, first, last, latency)
+    out = wrk(args, envoy.port, duration, first, last, latency, envoy.fixed)
     cpu1, t1 = cpu_seconds(envoy.proc.pid), time.time()
     ours = cpu1 - cpu0 + client_cpu(client0) + children_cpu() - children0
     foreign = foreign_cpu(busy0, busy_now(), ours, t1 - t0)
@@ -949,10 +1082,9 @@ def real_envoy_binary(path):
 
 
 def count_instructions(args, work, scenarios_to_count, configs_by_key):
-    requests = SignedRequests(work)
-
     def one(s):
         try:
+            requests = requests_of(work, s)
             value, allocations, bad = instructions_per_request(args, work, s, configs_by_key[s.key], requests)
             s.instructions, s.allocations, s.instr_non_2xx = value, allocations, bad
             say(f"{s.key:<24} {value:10,.0f} instructions/request, {allocations:6.1f} malloc calls/request"
@@ -1205,8 +1337,11 @@ def write_results(args, work, rows, decisions, meta, runs, changes):
               f"connections, {meta['rounds']} interleaved rounds of {meta['duration']} s "
               f"(after {meta['warmup']} s warm-up) per scenario. {meta['pinning']}")
     md.append("")
-    md.append("Traffic (every scenario): " + ", ".join(f"`{m.split('|')[0]}`" for m in MIX) +
-              "; every request signed (`X-Ca-*`, HmacSHA256, a unique nonce each).")
+    md.append("Traffic (every scenario but the auth rows): " + ", ".join(f"`{m.split('|')[0]}`" for m in MIX) +
+              "; every request signed (`X-Ca-*`, HmacSHA256, a unique nonce each). The auth rows (sign-auth "
+              "alone in the native module, one mode each, and Envoy's jwt_authn) get one request again and "
+              "again: `GET /partner/1` with the mode's credential, `GET /me` with an EdDSA token; their "
+              "× empty is against bare Envoy given that request (`auth-bare`).")
     md.append("")
     md.append("| scenario | instructions/req | × bare | × empty | malloc/req | CPU µs/req min | median | × bare "
               "| × empty | req/s | p50 | p99 | RSS MB | .wasm |")
@@ -1357,7 +1492,7 @@ def chart(work, rows, decisions, meta):
     except ImportError:
         return svg_chart(work, measured, decisions)
     colors = {"baseline": "#7f7f7f", "filter": "#1f77b4", "chain": "#ff7f0e", "module": "#2ca02c",
-              "native": "#9467bd"}
+              "native": "#9467bd", "auth": "#8c564b"}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 7.5), gridspec_kw={"width_ratios": [1.35, 1]})
     labels = [r["label"] for r in measured][::-1]
     med = [r["cpu_us_median"] for r in measured][::-1]
@@ -1483,7 +1618,6 @@ def smoke(args, work, all_scenarios, ports, app):
     and comes out as expected; no load, no callgrind. Returns the exit status."""
     rounds = 2
     sign_requests(work, app, len(MIX) * rounds)
-    requests = SignedRequests(work)
     failures = []
     procs = []
     try:
@@ -1496,7 +1630,7 @@ def smoke(args, work, all_scenarios, ports, app):
                     raise RuntimeError(s.note)
                 envoy = Envoy(args, work, s, s.config)
                 envoy.ready(timeout=120.0)
-                statuses = send_sequentially(envoy.port, requests, 0, len(MIX) * rounds)
+                statuses = send_sequentially(envoy.port, requests_of(work, s), 0, len(MIX) * rounds)
                 envoy.alive()
                 bad = {status: n for status, n in statuses.items() if not status.startswith("2")}
                 if bad:

@@ -4,7 +4,13 @@
 //! ```text
 //! policy-bench --configs DIR DECISION ITERATIONS
 //! policy-bench --list
+//! policy-bench --token ISSUER CLIENT LIFETIME_S     an EdDSA token of the bench issuer
+//! policy-bench --jwks                               the bench issuer's JWKS
 //! ```
+//!
+//! The bench issuer's key is RFC 8037's published Ed25519 test key: the
+//! load runs' tokens (sign-auth's JWT mode and Envoy's `jwt_authn` side by
+//! side) are made with it.
 //!
 //! `DIR` holds each filter's JSON configuration as `<filter>.json`
 //! (`sign_auth.json`, `ip_acl.json`…): `make bench` writes there the very
@@ -53,6 +59,31 @@ const DECISIONS: &[Decision] = &[
         name: "sign_auth.begin",
         about: "whole header-phase decision of a signed GET /orders/42: headers read, string to sign, signature, app rule, nonce recorded in shared data",
         run: sign_auth_begin,
+    },
+    Decision {
+        name: "sign_auth.huawei",
+        about: "whole header-phase decision of a Huawei SDK-HMAC-SHA256 signed GET /partner/1 (host, content-type and x-sdk-date signed; no body)",
+        run: sign_auth_huawei,
+    },
+    Decision {
+        name: "sign_auth.appcode",
+        about: "whole header-phase decision of GET /partner/1 with Authorization: APPCODE (over TLS): digest lookup, app rule",
+        run: sign_auth_appcode,
+    },
+    Decision {
+        name: "sign_auth.basic",
+        about: "whole header-phase decision of GET /partner/1 with Basic credentials (over TLS): Base64, user lookup, password digest",
+        run: sign_auth_basic,
+    },
+    Decision {
+        name: "sign_auth.jwt_warm",
+        about: "whole header-phase decision of GET /me with an RS256 token (RFC 7515 A.2) verified before: digest, table lookup, claims",
+        run: sign_auth_jwt_warm,
+    },
+    Decision {
+        name: "sign_auth.jwt_cold",
+        about: "the same with the verified-token table off: header, claims, RS256 signature check every time",
+        run: sign_auth_jwt_cold,
     },
     Decision {
         name: "ip_acl.check",
@@ -124,6 +155,8 @@ fn route_of(path: &str) -> &'static str {
         ("/search", "search"),
         ("/v1/users/", "public-profile"),
         ("/flaky", "flaky"),
+        ("/partner", "partner"),
+        ("/me", "me"),
     ]
     .iter()
     .find(|(prefix, _)| path.starts_with(prefix))
@@ -257,6 +290,139 @@ fn sign_auth_begin(configs: &Configs, n: usize) -> Result<u64, String> {
         passed += 1;
     }
     Ok(passed)
+}
+
+/// Runs sign-auth's header-phase decision on `hosts` (cycled), each of which
+/// must authenticate app `203751`; `config` edits the bench's sign-auth
+/// configuration first.
+fn sign_auth_passes(
+    configs: &Configs,
+    n: usize,
+    config: impl FnOnce(&mut serde_json::Value),
+    hosts: &[FakeHost],
+) -> Result<u64, String> {
+    use sign_auth::policy::{SignAuth, SignAuthConfig, Step};
+    let mut document = configs.value("sign_auth")?;
+    config(&mut document);
+    let policy = SignAuth::compile(
+        &parse_json::<SignAuthConfig>(document.to_string().as_bytes())
+            .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let store = MemoryStore::new();
+    if let Some(jwt) = policy.jwt() {
+        jwt.initialize(&store)
+            .map_err(|e| format!("token table: {e:?}"))?;
+    }
+    let mut passed = 0;
+    for i in 0..n {
+        let step = policy.begin(black_box(&hosts[i % hosts.len()]), &store, true);
+        expect(
+            matches!(&step, Step::Pass(Some(v)) if v.identity.app_key == "203751"),
+            &format!("not authenticated: {step:?}"),
+            i,
+        )?;
+        passed += 1;
+    }
+    Ok(passed)
+}
+
+/// `request(path)` over TLS (AppCode and Basic need it on /partner).
+fn tls_request(path: &str, headers: &[(&str, &str)]) -> FakeHost {
+    headers
+        .iter()
+        .fold(request(path), |host, (name, value)| {
+            host.with_header(name, value)
+        })
+        .with_property(&["connection", "tls_version"], "TLSv1.3")
+}
+
+fn sign_auth_huawei(configs: &Configs, n: usize) -> Result<u64, String> {
+    use sign_auth::huawei::{sign_request, ClientRequest};
+    let config = configs.value("sign_auth")?;
+    let pair = &config["apps"][0]["huawei"][0];
+    let (Some(key), Some(secret)) = (pair["key"].as_str(), pair["secrets"][0].as_str()) else {
+        return Err("sign_auth.json: apps[0].huawei[0] needs a key and a secret".into());
+    };
+    let headers = [
+        ("host".to_string(), AUTHORITY.to_string()),
+        ("content-type".to_string(), "application/json".to_string()),
+    ];
+    let signed = sign_request(
+        key,
+        secret,
+        &ClientRequest {
+            method: "GET",
+            path_and_query: "/partner/1",
+            headers: &headers,
+            body: b"",
+            unsigned_payload: false,
+        },
+        NOW_MS,
+    );
+    let host = signed
+        .headers
+        .iter()
+        .fold(request("/partner/1"), |host, (name, value)| {
+            host.with_header(name, value)
+        })
+        .with_header("content-type", "application/json");
+    sign_auth_passes(configs, n, |_| {}, &[host])
+}
+
+/// The demo's AppCode and Basic password (`examples/demo.yaml` keeps their
+/// SHA-256 digests).
+const DEMO_APPCODE: &str = "demo-appcode";
+const DEMO_BASIC: &str = "Basic ZGVtby11c2VyOmRlbW8tcGFzc3dvcmQ=";
+
+fn sign_auth_appcode(configs: &Configs, n: usize) -> Result<u64, String> {
+    let host = tls_request(
+        "/partner/1",
+        &[("authorization", &format!("APPCODE {DEMO_APPCODE}"))],
+    );
+    sign_auth_passes(configs, n, |_| {}, &[host])
+}
+
+fn sign_auth_basic(configs: &Configs, n: usize) -> Result<u64, String> {
+    let host = tls_request("/partner/1", &[("authorization", DEMO_BASIC)]);
+    sign_auth_passes(configs, n, |_| {}, &[host])
+}
+
+/// RFC 7515 appendix A.2: an RS256 token of `joe` (expired in 2011) and
+/// its key.
+const RS256_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw";
+const RS256_N: &str = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ";
+
+/// The bench's sign-auth configuration with the demo issuer's keys given
+/// inline as the RFC's, its client `joe` (`iss`) the first app's, and the
+/// verified-token table kept for `ttl` seconds (0: off).
+fn rs256_issuer(config: &mut serde_json::Value, ttl: u64) {
+    config["jwt"] = serde_json::json!({
+        "issuers": [{
+            "name": "demo-idp",
+            "jwks": {"keys": [{"kty": "RSA", "n": RS256_N, "e": "AQAB"}]},
+            "app_claims": ["iss"],
+            "required_claims": [],
+            "ignore_expiration": true
+        }],
+        "cache_max_ttl_seconds": ttl
+    });
+    config["apps"][0]["jwt"] = serde_json::json!([{"issuer": "demo-idp", "clients": ["joe"]}]);
+}
+
+fn jwt_host() -> FakeHost {
+    tls_request(
+        "/me",
+        &[("authorization", &format!("Bearer {RS256_TOKEN}"))],
+    )
+}
+
+fn sign_auth_jwt_warm(configs: &Configs, n: usize) -> Result<u64, String> {
+    sign_auth_passes(configs, n, |c| rs256_issuer(c, 300), &[jwt_host()])
+}
+
+fn sign_auth_jwt_cold(configs: &Configs, n: usize) -> Result<u64, String> {
+    sign_auth_passes(configs, n, |c| rs256_issuer(c, 0), &[jwt_host()])
 }
 
 fn ip_acl_check(configs: &Configs, n: usize) -> Result<u64, String> {
@@ -455,11 +621,67 @@ fn log_push_format(configs: &Configs, n: usize) -> Result<u64, String> {
     Ok(bytes)
 }
 
-const USAGE: &str =
-    "usage: policy-bench --configs DIR DECISION ITERATIONS\n       policy-bench --list";
+const USAGE: &str = "usage: policy-bench --configs DIR DECISION ITERATIONS\n       policy-bench --list\n       policy-bench --token ISSUER CLIENT LIFETIME_S\n       policy-bench --jwks";
+
+/// RFC 8037 appendix A.1: the Ed25519 test key (seed `d`, public `x`).
+const BENCH_ED_D: &str = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A";
+const BENCH_ED_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+
+/// A token of `issuer` for `client` valid `lifetime_s` from now.
+fn bench_token(issuer: &str, client: &str, lifetime_s: u64) -> Result<String, String> {
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let seed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(BENCH_ED_D)
+        .map_err(|e| e.to_string())?;
+    // PKCS#8 of an Ed25519 seed: a fixed prefix, then the 32 bytes.
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend(seed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some("bench".into());
+    let claims = serde_json::json!({
+        "iss": issuer, "aud": "gateway", "azp": client, "sub": "bench-user",
+        "iat": now, "exp": now + lifetime_s,
+    });
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&der))
+        .map_err(|e| e.to_string())
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [flag] if flag == "--jwks" => {
+            let jwks = serde_json::json!({"keys": [
+                {"kty": "OKP", "crv": "Ed25519", "x": BENCH_ED_X, "kid": "bench", "alg": "EdDSA"}
+            ]});
+            println!("{jwks}");
+            return ExitCode::SUCCESS;
+        }
+        [flag, issuer, client, lifetime] if flag == "--token" => {
+            let token = lifetime
+                .parse()
+                .map_err(|e| format!("LIFETIME_S: {e}"))
+                .and_then(|lifetime| bench_token(issuer, client, lifetime));
+            return match token {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("policy-bench: {message}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     if args.first().map(String::as_str) == Some("--list") {
         for decision in DECISIONS {
             println!("{}\t{}", decision.name, decision.about);
