@@ -362,3 +362,72 @@ fn a_per_app_quota_counts_the_app_whatever_credential_it_came_with() {
     let web = gw.send("GET", "/x", &[("x-apig-appcode", "code-web")], b"");
     assert_eq!(web.status, 200, "{}", web.text());
 }
+
+#[test]
+fn a_backend_signature_in_huaweis_form_verifies_at_the_upstream() {
+    use gateway_common::host::FakeHost;
+    use gateway_common::store::MemoryStore;
+    use sign_auth::policy::{SignAuth, SignAuthConfig, Step};
+    let mut signing = config();
+    signing["backend_signature"] =
+        json!({"format": "huawei", "keys": [{"id": "gw-2026", "secret": "backend-secret"}]});
+    let gw = gateway_with(&[WasmFilter::json("sign_auth", &signing)]);
+    let response = gw.send(
+        "GET",
+        "/orders/1?b=2&a=x%20y",
+        &[("x-apig-appcode", "code-mobile")],
+        b"",
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = response.json();
+    let authorization = seen["headers"]["authorization"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        authorization.starts_with("SDK-HMAC-SHA256 Access=gw-2026, SignedHeaders=host;"),
+        "{authorization}"
+    );
+    // The upstream checks it as sign-auth checks a Huawei client: what it
+    // received, read by a sign-auth of its own that knows the gateway's key.
+    let backend = SignAuth::compile(
+        &serde_json::from_value::<SignAuthConfig>(json!({
+            "apps": [{"key": "gateway", "huawei": [{"key": "gw-2026", "secrets": ["backend-secret"]}]}],
+            "modes": ["huawei_app"], "rules": [{"unsigned_payload": true}]
+        }))
+        .expect("a backend configuration"),
+    )
+    .expect("compiled");
+    let received = |path: &str| {
+        let host = seen["header_list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|pair| Some((pair[0].as_str()?, pair[1].as_str()?)))
+            .fold(
+                FakeHost::new()
+                    .with_header(":method", "GET")
+                    .with_header(":path", path)
+                    .with_header(
+                        ":authority",
+                        seen["headers"]["host"].as_str().unwrap_or_default(),
+                    ),
+                |host, (name, value)| host.with_header(name, value),
+            );
+        host.clock.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        host
+    };
+    let uri = seen["uri"].as_str().unwrap_or_default().to_string();
+    let store = MemoryStore::new();
+    assert!(matches!(
+        backend.begin(&received(&uri), &store, true),
+        Step::Pass(Some(v)) if v.identity.app_key == "gateway"
+    ));
+    assert!(!matches!(
+        backend.begin(&received("/orders/2?b=2&a=x%20y"), &store, true),
+        Step::Pass(_)
+    ));
+}

@@ -38,12 +38,26 @@ pub struct BackendKey {
     pub secret: String,
 }
 
+/// How forwarded requests are signed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendFormat {
+    /// The `x-gw-signature*` headers (this module).
+    #[default]
+    Gateway,
+    /// Huawei APIG's `SDK-HMAC-SHA256` (its "signature key" policy): the key
+    /// id as `Access`, the body left out (`UNSIGNED-PAYLOAD`).
+    Huawei,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSignatureConfig {
     /// The first key signs; list the next key first to rotate, keep the old
     /// one second until every backend knows the new one.
     pub keys: Vec<BackendKey>,
+    #[serde(default)]
+    pub format: BackendFormat,
     /// Request headers to sign besides the request line (default: the
     /// identity headers `x-gw-app-key`, `x-gw-app-name`, `x-gw-api`).
     #[serde(default)]

@@ -231,6 +231,11 @@ impl HuaweiSecret {
             .map(Self)
     }
 
+    /// The empty key (HMAC takes any key; this one never fails).
+    fn empty() -> Self {
+        Self(<Hmac<Sha256> as KeyInit>::new(&Default::default()))
+    }
+
     /// Lower-case hex of the MAC of `string_to_sign`.
     pub fn sign(&self, string_to_sign: &str) -> String {
         hex(&self
@@ -376,6 +381,15 @@ pub struct Signed {
 
 /// Signs `request` at `now_ms` with `key` and `secret`.
 pub fn sign_request(key: &str, secret: &str, request: &ClientRequest, now_ms: u64) -> Signed {
+    match HuaweiSecret::new(secret.as_bytes()) {
+        Some(secret) => sign_with(key, &secret, request, now_ms),
+        None => sign_with(key, &HuaweiSecret::empty(), request, now_ms),
+    }
+}
+
+/// [`sign_request`] with a secret prepared once (the gateway's backend
+/// signature).
+pub fn sign_with(key: &str, secret: &HuaweiSecret, request: &ClientRequest, now_ms: u64) -> Signed {
     let date = format_sdk_date(now_ms);
     let mut all: Vec<(String, String)> = request
         .headers
@@ -414,9 +428,7 @@ pub fn sign_request(key: &str, secret: &str, request: &ClientRequest, now_ms: u6
     }
     .canonical_request();
     let string_to_sign = string_to_sign(&date, &canonical_request);
-    let signature = HuaweiSecret::new(secret.as_bytes())
-        .map(|s| s.sign(&string_to_sign))
-        .unwrap_or_default();
+    let signature = secret.sign(&string_to_sign);
     let mut headers = vec![
         (DATE_HEADER.to_string(), date),
         (

@@ -301,9 +301,12 @@ impl Jwt {
             }
         }
         let (issuer, claims) = self.verify_signature(token, allowed, now_ms)?;
+        // An issuer that ignores expiration keeps an expired token for the
+        // cap, as it would pass again anyway.
         let expires_ms = claims
             .get("exp")
             .and_then(Value::as_u64)
+            .filter(|_| !self.issuers[issuer].ignore_expiration)
             .map(|exp| exp.saturating_mul(1000));
         let until = expires_ms
             .unwrap_or(u64::MAX)

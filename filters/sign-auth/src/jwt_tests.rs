@@ -183,7 +183,16 @@ fn time_claims_are_checked_with_leeway() {
     assert!(verify(&lax, &token(no_exp)).is_ok());
     let mut old = claims();
     old["exp"] = json!(NOW - 86_400);
-    assert!(verify(&lax, &token(old)).is_ok());
+    assert!(verify(&lax, &token(old.clone())).is_ok());
+    // Remembered for the cap all the same.
+    let store = MemoryStore::new();
+    lax.initialize(&store).unwrap();
+    let expired = token(old);
+    lax.verify(&expired, None, &store, NOW_MS).unwrap();
+    assert_eq!(
+        lax.verify(&expired, None, &store, NOW_MS).unwrap().cache,
+        CacheUse::Hit
+    );
 }
 
 #[test]

@@ -540,6 +540,66 @@ mod forwarded {
     }
 
     #[test]
+    fn a_backend_signature_in_huaweis_form_verifies_as_a_huawei_signature() {
+        let mut stream = FakeStream::new(request(
+            "POST",
+            "/orders/9?b=2&a=1",
+            &[
+                ("x-apig-appcode", "code-mobile"),
+                ("content-type", "text/plain"),
+            ],
+        ));
+        let signing = policy_with(
+            r#""backend_signature": {"format": "huawei", "keys": [{"id": "gw-2026", "secret": "backend-secret"}]},"#,
+        );
+        let mut steps = SignAuthSteps::new(Rc::new(signing), Metrics::define(&mut stream));
+        assert_eq!(
+            steps.on_request_headers(&mut stream, false),
+            Verdict::Continue
+        );
+        let authorization = stream.request_header("authorization").expect("signed");
+        assert!(authorization.starts_with(
+            "SDK-HMAC-SHA256 Access=gw-2026, SignedHeaders=host;x-gw-api;x-gw-app-key;x-gw-app-name;x-sdk-content-sha256;x-sdk-date, Signature="
+        ), "{authorization}");
+        // The backend checks it as sign-auth checks a Huawei client's, the
+        // body unsigned: what reached it, read by a sign-auth of its own.
+        let backend = SignAuth::compile(
+            &parse_json::<SignAuthConfig>(
+                br#"{"apps": [{"key": "gateway", "huawei": [{"key": "gw-2026", "secrets": ["backend-secret"]}]}],
+                     "modes": ["huawei_app"], "rules": [{"unsigned_payload": true}]}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let received = |path: Option<&str>| {
+            let host = stream
+                .host
+                .headers
+                .iter()
+                .filter(|(name, _)| path.is_none() || name != ":path")
+                .fold(FakeHost::new(), |host, (name, value)| {
+                    host.with_header(name, value)
+                });
+            let host = match path {
+                Some(path) => host.with_header(":path", path),
+                None => host,
+            };
+            host.clock.set(Duration::from_millis(NOW_MS));
+            host
+        };
+        let store = MemoryStore::new();
+        assert!(matches!(
+            backend.begin(&received(None), &store, false),
+            Step::Pass(Some(v)) if v.identity.app_key == "gateway"
+        ));
+        let moved = received(Some("/orders/10"));
+        assert!(matches!(
+            backend.begin(&moved, &store, false),
+            Step::Reject(_) | Step::Challenge(..)
+        ));
+    }
+
+    #[test]
     fn a_huawei_request_goes_on_without_its_authorization() {
         let host = huawei_signed("hw-key", "hw-new", "GET", "/orders/1", b"", NOW_MS);
         let (stream, verdict) = through_steps(host);

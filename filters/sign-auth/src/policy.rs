@@ -3,8 +3,8 @@
 //! body is part of the signature (urlencoded form) or of a `Content-MD5`
 //! check, [`SignAuth::finish`] with the body. No proxy-wasm calls here.
 
-use crate::backend::{BackendKey, BackendSignatureConfig};
-use crate::huawei;
+use crate::backend::{BackendFormat, BackendKey, BackendSignatureConfig};
+use crate::huawei::{self, HuaweiSecret};
 use crate::jwt::{CacheUse, Jwt, JwtConfig, TokenError};
 use crate::modes::{
     basic_credentials, presented, BasicUserConfig, Credentials, HuaweiKeyConfig, HuaweiRequest,
@@ -330,6 +330,9 @@ pub struct BackendSigner {
     pub key: BackendKey,
     /// The key's HMAC state, prepared once.
     pub secret: Secret,
+    /// The same key for Huawei's form.
+    pub huawei_secret: HuaweiSecret,
+    pub format: BackendFormat,
     pub headers: Vec<String>,
 }
 
@@ -1272,7 +1275,31 @@ fn compile_backend_signer(config: &BackendSignatureConfig) -> Result<BackendSign
             format!("`{bad}` is not a header name"),
         ));
     }
+    if config.format == BackendFormat::Huawei {
+        let reserved = [
+            "host",
+            "authorization",
+            huawei::DATE_HEADER,
+            huawei::CONTENT_SHA256_HEADER,
+        ];
+        if let Some(bad) = headers.iter().find(|n| {
+            n.contains(';')
+                || huawei::signed_header_names(n).is_err()
+                || reserved.contains(&n.as_str())
+        }) {
+            return Err(ConfigError::new(
+                "headers",
+                format!("`{bad}` cannot be signed in Huawei's form (host, Authorization and X-Sdk-* are signed or set by the gateway)"),
+            ));
+        }
+    }
     let secret = Secret::new(key.secret.as_bytes()).ok_or_else(|| {
+        ConfigError::new(
+            "backend_signature.keys[0].secret",
+            "not usable as an HMAC key",
+        )
+    })?;
+    let huawei_secret = HuaweiSecret::new(key.secret.as_bytes()).ok_or_else(|| {
         ConfigError::new(
             "backend_signature.keys[0].secret",
             "not usable as an HMAC key",
@@ -1281,6 +1308,8 @@ fn compile_backend_signer(config: &BackendSignatureConfig) -> Result<BackendSign
     Ok(BackendSigner {
         key: key.clone(),
         secret,
+        huawei_secret,
+        format: config.format,
         headers,
     })
 }

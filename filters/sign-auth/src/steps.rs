@@ -6,11 +6,14 @@
 //! and, when configured, signed again for the backend.
 
 use crate::backend::{
-    self, KEY_ID_HEADER, SIGNATURE_HEADER, SIGNED_HEADERS_HEADER, TIMESTAMP_HEADER,
+    self, BackendFormat, KEY_ID_HEADER, SIGNATURE_HEADER, SIGNED_HEADERS_HEADER, TIMESTAMP_HEADER,
 };
+use crate::huawei;
 use crate::jwt::CacheUse;
 use crate::modes::Source;
-use crate::policy::{self, codes, now_ms, FleetCheck, Pending, SignAuth, Step, Verified};
+use crate::policy::{
+    self, codes, now_ms, BackendSigner, FleetCheck, Pending, SignAuth, Step, Verified,
+};
 use crate::{FILTER_NAME, IDENTITY_HEADERS};
 use gateway_common::error::GatewayError;
 use gateway_common::fleet::wire::{Answer, Failure};
@@ -236,6 +239,10 @@ impl SignAuthSteps {
         }
         let method = stream.request_header(":method").unwrap_or_default();
         let path = stream.request_header(":path").unwrap_or_default();
+        if signer.format == BackendFormat::Huawei {
+            self.sign_as_huawei(stream, signer, &method, &path);
+            return;
+        }
         let headers: Vec<(String, String)> = signer
             .headers
             .iter()
@@ -259,6 +266,51 @@ impl SignAuthSteps {
             for (name, value) in signed {
                 stream.set_request_header(name, Some(&value));
             }
+        }
+    }
+}
+
+impl SignAuthSteps {
+    /// Huawei's form: `Authorization: SDK-HMAC-SHA256 Access=<key id>, …`
+    /// over the host, the listed headers present and `X-Sdk-Date`, the body
+    /// left out (`X-Sdk-Content-Sha256: UNSIGNED-PAYLOAD`).
+    fn sign_as_huawei(
+        &self,
+        stream: &mut dyn Stream,
+        signer: &BackendSigner,
+        method: &str,
+        path: &str,
+    ) {
+        for name in [
+            "authorization",
+            huawei::DATE_HEADER,
+            huawei::CONTENT_SHA256_HEADER,
+        ] {
+            stream.set_request_header(name, None);
+        }
+        let mut headers = vec![(
+            "host".to_string(),
+            stream.request_header(":authority").unwrap_or_default(),
+        )];
+        headers.extend(signer.headers.iter().filter_map(|name| {
+            stream
+                .request_header(name)
+                .map(|value| (name.clone(), value))
+        }));
+        let signed = huawei::sign_with(
+            &signer.key.id,
+            &signer.huawei_secret,
+            &huawei::ClientRequest {
+                method,
+                path_and_query: path,
+                headers: &headers,
+                body: b"",
+                unsigned_payload: true,
+            },
+            now_ms(&*stream),
+        );
+        for (name, value) in signed.headers {
+            stream.set_request_header(&name, Some(&value));
         }
     }
 }
