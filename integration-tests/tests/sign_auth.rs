@@ -411,7 +411,7 @@ fn the_backend_can_verify_that_a_request_came_through_the_gateway() {
     }
     assert_eq!(
         received[1].header("x-gw-signed-headers"),
-        Some("x-gw-app-key,x-gw-app-name,x-gw-api")
+        Some("x-gw-app-key,x-gw-app-name,x-gw-api,x-gw-user")
     );
     // A backend that only knows the retired key refuses the new one.
     let old_only = &backend_keys[1..];

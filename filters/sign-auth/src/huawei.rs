@@ -115,6 +115,11 @@ pub fn signed_header_names(list: &str) -> Result<Vec<&str>, &'static str> {
     if !names.iter().all(valid) {
         return Err("SignedHeaders lists lower-case header names separated by `;`");
     }
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|pair| pair[0] == pair[1]) {
+        return Err("SignedHeaders names a header twice");
+    }
     Ok(names)
 }
 
@@ -626,6 +631,10 @@ mod tests {
         assert!(signed_header_names("Host;x-sdk-date").is_err());
         assert!(signed_header_names("host;;x").is_err());
         assert!(signed_header_names("host:x").is_err());
+        assert!(
+            signed_header_names("host;x-big;x-big").is_err(),
+            "a header twice"
+        );
         let many = vec!["x"; 1000].join(";");
         assert!(signed_header_names(&many).is_err());
     }

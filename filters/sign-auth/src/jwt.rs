@@ -16,7 +16,7 @@ use gateway_common::upstream::{Upstream, UpstreamFields, UpstreamKind};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::str::FromStr;
@@ -32,7 +32,7 @@ const CACHE_ENTRIES_PER_SLOT: usize = 4;
 const CACHE_PREFIX: &str = "gw.sign_auth.jwt.";
 
 /// `jwt` in sign-auth's configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     pub issuers: Vec<IssuerConfig>,
@@ -51,7 +51,7 @@ pub struct JwtConfig {
     pub max_token_bytes: Option<usize>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     /// How apps and rules name the issuer.
@@ -96,7 +96,7 @@ pub struct IssuerConfig {
 }
 
 /// An Envoy cluster and path.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     pub cluster: String,
@@ -109,7 +109,7 @@ pub struct EndpointConfig {
 
 /// One place a token may be: exactly one of `header` (with a `prefix`,
 /// default `Bearer `), `query` or `cookie`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     #[serde(default)]
@@ -142,6 +142,11 @@ pub struct Jwt {
     cache: ExpiringCache,
     cache_max_ttl_ms: u64,
     max_token_bytes: usize,
+    /// A digest of the whole `jwt` configuration, part of every table key:
+    /// shared data outlives a configuration, and a token another
+    /// configuration (other issuers, in another order) verified must not
+    /// pass here unchecked.
+    fingerprint: [u8; 32],
     /// Fetched keys, shared by the roots of the configuration (set when it
     /// loads, see [`crate::jwks`]).
     pub state: OnceLock<Arc<Mutex<JwksState>>>,
@@ -155,7 +160,7 @@ pub struct Issuer {
     /// Keys given inline.
     pub inline: Option<Arc<KeySet>>,
     pub fetch: Option<Fetch>,
-    leeway_s: u64,
+    pub leeway_s: u64,
     pub app_claims: Vec<String>,
     pub user_claim: String,
     required: Vec<String>,
@@ -192,6 +197,14 @@ impl Jwt {
                 return Err(ConfigError::new(
                     format!("issuers[{i}].name"),
                     format!("`{}` names another issuer", compiled.name),
+                ));
+            }
+            if compiled.issuer.is_some()
+                && issuers.iter().any(|known| known.issuer == compiled.issuer)
+            {
+                return Err(ConfigError::new(
+                    format!("issuers[{i}].issuer"),
+                    "another issuer has this `iss`: a token could not tell them apart",
                 ));
             }
             issuers.push(compiled);
@@ -233,9 +246,11 @@ impl Jwt {
                 "must be between 64 and 65536",
             ));
         }
+        let fingerprint = Sha256::digest(serde_json::to_vec(config).unwrap_or_default()).into();
         Ok(Self {
             issuers,
             places,
+            fingerprint,
             cache: ExpiringCache::new(CACHE_PREFIX, slots, CACHE_ENTRIES_PER_SLOT, 64),
             cache_max_ttl_ms: max_ttl * 1000,
             max_token_bytes,
@@ -280,7 +295,7 @@ impl Jwt {
         if token.bytes().filter(|b| *b == b'.').count() != 2 {
             return Err(TokenError::Malformed("not three parts"));
         }
-        let key = cache_key(token);
+        let key = cache_key(&self.fingerprint, token);
         if self.cache_max_ttl_ms > 0 {
             if let Ok(Some(payload)) = self.cache.lookup(store, &key, now_ms) {
                 let issuer = usize::from(u16::from_le_bytes(
@@ -289,7 +304,8 @@ impl Jwt {
                         .and_then(|b| b.try_into().ok())
                         .unwrap_or_default(),
                 ));
-                if allowed.is_none_or(|list| list.contains(&issuer)) {
+                if issuer < self.issuers.len() && allowed.is_none_or(|list| list.contains(&issuer))
+                {
                     let claims = claims_unverified(token)
                         .map_err(|_| TokenError::Malformed("unreadable claims"))?;
                     return Ok(Verified {
@@ -500,9 +516,12 @@ pub enum TokenError {
     Claims(String),
 }
 
-/// The digest a token is remembered by.
-fn cache_key(token: &str) -> CacheKey {
-    let digest = Sha256::digest(token.as_bytes());
+/// The digest a token is remembered by, within a configuration.
+fn cache_key(fingerprint: &[u8; 32], token: &str) -> CacheKey {
+    let digest = Sha256::new()
+        .chain_update(fingerprint)
+        .chain_update(token.as_bytes())
+        .finalize();
     let mut key = [0u8; 16];
     key.copy_from_slice(&digest[..16]);
     CacheKey(key)
@@ -677,6 +696,18 @@ fn compile_issuer(config: &IssuerConfig) -> Result<Issuer, ConfigError> {
         }
         _ => {}
     }
+    let required = config
+        .required_claims
+        .clone()
+        .unwrap_or_else(|| vec!["exp".into()]);
+    if config.prevent_jti_replay
+        && (config.ignore_expiration || !required.iter().any(|claim| claim == "exp"))
+    {
+        return Err(ConfigError::new(
+            "prevent_jti_replay",
+            "needs tokens that expire: keep `exp` required and expiration checked, so a used jti is kept as long as its token passes",
+        ));
+    }
     let leeway_s = config.leeway_seconds.unwrap_or(DEFAULT_LEEWAY_SECONDS);
     if leeway_s > 3600 {
         return Err(ConfigError::new("leeway_seconds", "must be at most 3600"));
@@ -694,10 +725,7 @@ fn compile_issuer(config: &IssuerConfig) -> Result<Issuer, ConfigError> {
         leeway_s,
         app_claims,
         user_claim: config.user_claim.clone().unwrap_or_else(|| "sub".into()),
-        required: config
-            .required_claims
-            .clone()
-            .unwrap_or_else(|| vec!["exp".into()]),
+        required,
         ignore_expiration: config.ignore_expiration,
         prevent_jti_replay: config.prevent_jti_replay,
     })

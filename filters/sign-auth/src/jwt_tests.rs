@@ -150,6 +150,36 @@ fn a_valid_token_verifies_once_and_is_then_taken_from_the_table() {
 }
 
 #[test]
+fn a_token_another_configuration_verified_is_checked_again() {
+    let store = MemoryStore::new();
+    let first = jwt();
+    first.initialize(&store).unwrap();
+    let token = token(claims());
+    first.verify(&token, None, &store, NOW_MS).unwrap();
+    assert_eq!(
+        first.verify(&token, None, &store, NOW_MS).unwrap().cache,
+        CacheUse::Hit
+    );
+    // Another configuration on the same shared data: an issuer first whose
+    // keys do not verify the token.
+    let other = Jwt::compile(
+        &parse_json::<JwtConfig>(
+            json!({"issuers": [
+                {"name": "corp", "jwks": {"keys": [{"kty": "oct", "k": B64URL.encode(b"corp-secret"), "kid": "ed-1"}]}},
+                issuer_config()
+            ]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let again = other.verify(&token, None, &store, NOW_MS).unwrap();
+    assert_eq!(again.cache, CacheUse::Missed(Stored::Kept));
+    assert_eq!(again.issuer, 1, "the token's own issuer, by its iss");
+}
+
+#[test]
 fn time_claims_are_checked_with_leeway() {
     let jwt = jwt();
     let with = |changes: Value| {
@@ -337,6 +367,15 @@ fn bad_jwt_configs_are_refused_with_the_field_named() {
             json!({"issuers": [issuer_config()], "max_token_bytes": 1}),
             "max_token_bytes: must be between 64 and 65536",
         ),
+        (
+            json!({"issuers": [issuer_config(), {"name": "twin", "issuer": "https://idp.example", "jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": ED_X}]}}]}),
+            "issuers[1].issuer: another issuer has this `iss`",
+        ),
+        (
+            json!({"issuers": [{"name": "a", "jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": ED_X}]},
+                                "prevent_jti_replay": true, "ignore_expiration": true}]}),
+            "issuers[0].prevent_jti_replay: needs tokens that expire",
+        ),
     ] {
         let got = error(config.clone());
         assert!(
@@ -503,6 +542,11 @@ mod policy {
         no_jti.as_object_mut().unwrap().remove("jti");
         let host = request("/orders/1", &[("authorization", &bearer(&token(no_jti)))]);
         assert_eq!(refusal(&p, &host).0, "A401JC");
+        // A used jti is kept only a day: a token living longer is refused.
+        let mut long = claims();
+        long["exp"] = json!(NOW + 2 * 86_400);
+        let host = request("/orders/1", &[("authorization", &bearer(&token(long)))]);
+        assert_eq!(refusal(&p, &host).0, "A401JC");
     }
 
     #[test]
@@ -544,6 +588,10 @@ mod policy {
             (
                 json!({"apps": [], "jwt": jwt, "rules": [{"claims_to_headers": [{"claim": "sub", "header": "x-gw-app-key"}]}]}),
                 "rules[0].claims_to_headers[0].header: `x-gw-app-key` is not a header",
+            ),
+            (
+                json!({"apps": [], "jwt": jwt, "rules": [{"claims_to_headers": [{"claim": "sub", "header": "Authorization"}]}]}),
+                "rules[0].claims_to_headers[0].header: `Authorization` is not a header",
             ),
         ] {
             let got = error(config.clone());

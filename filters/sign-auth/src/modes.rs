@@ -214,10 +214,13 @@ impl Credentials {
         }
         for (i, user) in basic.iter().enumerate() {
             let field = format!("{at}.basic[{i}]");
-            if user.username.is_empty() || user.username.contains(':') {
+            if user.username.is_empty()
+                || user.username.contains(':')
+                || user.username.chars().any(char::is_control)
+            {
                 return Err(ConfigError::new(
                     format!("{field}.username"),
-                    "must not be empty nor contain `:`",
+                    "must not be empty nor contain `:` or control characters",
                 ));
             }
             let digest = secret_digest(&user.password)

@@ -761,7 +761,10 @@ impl SignAuth {
         let verified = jwt
             .verify(token, allowed, store, now_ms)
             .map_err(|error| self.token_error(jwt, error))?;
-        let issuer = &jwt.issuers[verified.issuer];
+        let issuer = jwt
+            .issuers
+            .get(verified.issuer)
+            .ok_or(codes::INVALID_TOKEN)?;
         let client = issuer.app_claim(&verified.claims);
         let app = client
             .and_then(|client| self.credentials.token_app(verified.issuer, client))
@@ -775,6 +778,7 @@ impl SignAuth {
             .claims
             .get(&issuer.user_claim)
             .and_then(Value::as_str)
+            .filter(|user| header_value_fits(user))
             .map(str::to_string);
         let headers = rule
             .map(|i| claim_values(&self.rules[i].claims_to_headers, &verified.claims))
@@ -799,12 +803,21 @@ impl SignAuth {
                     "Invalid Token Claims: a `jti` of 1 to 256 characters is required",
                 )
             })?;
-        let expires_ms = verified
+        // Kept as long as the token passes: its exp and the leeway (an
+        // issuer that prevents replays requires exp and checks it).
+        let passes_until_ms = verified
             .claims
             .get("exp")
             .and_then(Value::as_u64)
-            .map_or(now_ms + self.window_ms, |exp| exp.saturating_mul(1000))
-            .clamp(now_ms + 1000, now_ms + 86_400_000);
+            .unwrap_or(0)
+            .saturating_add(issuer.leeway_s)
+            .saturating_mul(1000);
+        if passes_until_ms > now_ms + MAX_JTI_LIFETIME_MS {
+            return Err(codes::INVALID_TOKEN_CLAIMS.with_message(
+                "Invalid Token Claims: a token whose jti is checked may live at most a day",
+            ));
+        }
+        let expires_ms = passes_until_ms.max(now_ms + 1000);
         Ok(Checked::Nonce(FleetCheck {
             verified: checked,
             nonce: format!("jwt:{}:{jti}", issuer.name),
@@ -1262,9 +1275,7 @@ fn compile_backend_signer(config: &BackendSignatureConfig) -> Result<BackendSign
             .iter()
             .map(|n| n.trim().to_ascii_lowercase())
             .collect(),
-        None => ["x-gw-app-key", "x-gw-app-name", "x-gw-api"]
-            .map(String::from)
-            .to_vec(),
+        None => crate::IDENTITY_HEADERS.map(String::from).to_vec(),
     };
     if let Some(bad) = headers
         .iter()
@@ -1340,7 +1351,14 @@ fn claim_header(mapping: &ClaimHeaderConfig) -> Result<(String, String), ConfigE
         && header
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !token || crate::IDENTITY_HEADERS.contains(&header.as_str()) || header == "host" {
+    // Claim headers are removed from every request before the check, so a
+    // credential's header cannot be one.
+    let credential = matches!(
+        header.as_str(),
+        "host" | "authorization" | "cookie" | "x-apig-appcode" | "content-md5" | "date"
+    ) || header.starts_with("x-ca-")
+        || header.starts_with("x-sdk-");
+    if !token || crate::IDENTITY_HEADERS.contains(&header.as_str()) || credential {
         return Err(ConfigError::new(
             "header",
             format!(
@@ -1354,6 +1372,16 @@ fn claim_header(mapping: &ClaimHeaderConfig) -> Result<(String, String), ConfigE
 
 /// Longest claim value sent in a header.
 const MAX_CLAIM_HEADER_BYTES: usize = 4096;
+
+/// Longest a used jti is kept, and so the longest a token whose jti is
+/// checked may live.
+const MAX_JTI_LIFETIME_MS: u64 = 86_400_000;
+
+/// Whether a value may go into a header: no control characters, at most
+/// 4 KiB.
+fn header_value_fits(value: &str) -> bool {
+    value.len() <= MAX_CLAIM_HEADER_BYTES && !value.chars().any(char::is_control)
+}
 
 /// The headers of `mappings` a token's claims fill: strings as they are,
 /// other values as JSON; a value with control characters or longer than
@@ -1370,8 +1398,7 @@ fn claim_values(
                 Value::Null => return None,
                 other => other.to_string(),
             };
-            (value.len() <= MAX_CLAIM_HEADER_BYTES && !value.chars().any(char::is_control))
-                .then(|| (header.clone(), value))
+            header_value_fits(&value).then(|| (header.clone(), value))
         })
         .collect()
 }

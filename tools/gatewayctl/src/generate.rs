@@ -191,6 +191,15 @@ pub fn generate_for(source: &Source, target: Target) -> Result<Generated, Source
     })
 }
 
+/// The fields of `auth_options`, sign-auth's per-API options.
+const AUTH_OPTIONS: [&str; 6] = [
+    "appcode_query",
+    "require_tls",
+    "unsigned_payload",
+    "keep_credentials",
+    "jwt_issuers",
+    "claims_to_headers",
+];
 /// An API with its group's defaults applied.
 struct ResolvedApi<'a> {
     index: usize,
@@ -512,6 +521,17 @@ impl Generator<'_> {
                 apps_at,
                 "apps are allowed only with an app mode in `auth` (app, huawei_app, appcode, basic, jwt)",
             ));
+        }
+        if let Some(options) = &api.auth_options {
+            if let Some(key) = options
+                .keys()
+                .find(|key| !AUTH_OPTIONS.contains(&key.as_str()))
+            {
+                return Err(self.error(
+                    &format!("{at}.auth_options.{key}"),
+                    format!("not an auth option: {}", AUTH_OPTIONS.join(", ")),
+                ));
+            }
         }
         if let (Some(_), false) = (&api.auth_options, signs) {
             return Err(self.error(
@@ -857,9 +877,7 @@ impl Generator<'_> {
                     Some(_) => format!("{}.auth_options", api.at()),
                     None => api.at(),
                 };
-                if modes != ["app"] {
-                    body.insert("modes".into(), json!(modes));
-                }
+                body.insert("modes".into(), json!(modes));
                 if api.auth.has(AuthMode::Anonymous) {
                     body.insert("anonymous".into(), Value::Bool(true));
                 }

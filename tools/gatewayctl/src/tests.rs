@@ -270,8 +270,8 @@ apis:
     assert_eq!(
         sign_auth["rules"],
         json!([
-            {"name": "a", "match": {"route_names": ["a"], "path": {"template": "/a/{id}"}}},
-            {"name": "b", "match": {"route_names": ["b"]}, "apps": ["203751"]},
+            {"name": "a", "match": {"route_names": ["a"], "path": {"template": "/a/{id}"}}, "modes": ["app"]},
+            {"name": "b", "match": {"route_names": ["b"]}, "apps": ["203751"], "modes": ["app"]},
         ])
     );
     let throttling = section(&generated, Section::Throttling);
@@ -303,7 +303,7 @@ fn auth_lists_become_sign_auth_modes_with_their_options() {
             {"name": "a", "match": {"route_names": ["a"]}, "modes": ["huawei_app", "appcode", "basic"],
              "apps": ["203751"], "appcode_query": "AppCode", "require_tls": true},
             {"name": "b", "match": {"route_names": ["b"]}, "modes": ["basic"], "anonymous": true},
-            {"name": "c", "match": {"route_names": ["c"]}},
+            {"name": "c", "match": {"route_names": ["c"]}, "modes": ["app"]},
         ])
     );
 }
@@ -350,6 +350,11 @@ fn auth_lists_that_make_no_sense_are_refused_at_their_line() {
         ));
         assert_eq!(error_of(&text), error, "{auth}");
     }
+    let text = document("apis:\n  - name: a\n    path: /a\n    backend: shop\n    auth: appcode\n    auth_options: { anonymous: true }\n");
+    assert_eq!(
+        error_of(&text),
+        "apis.yaml:12: apis[0] (a): auth_options.anonymous: not an auth option: appcode_query, require_tls, unsigned_payload, keep_credentials, jwt_issuers, claims_to_headers"
+    );
     let text = document("apis:\n  - name: a\n    path: /a\n    backend: shop\n    auth: anonymous\n    auth_options: { require_tls: true }\n");
     assert_eq!(
         error_of(&text),
