@@ -12,6 +12,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use gateway_common::config::ConfigError;
 use gateway_common::error::GatewayError;
+use gateway_common::fleet::unhex;
 use gateway_common::host::{Host, RequestLine};
 use gateway_common::params::url_decoded;
 use serde::Deserialize;
@@ -143,24 +144,9 @@ struct BasicUser {
 /// the secret); anything else is the secret itself.
 pub fn secret_digest(value: &str) -> Result<[u8; 32], &'static str> {
     match value.strip_prefix("sha256:") {
-        Some(hex) => {
-            let mut digest = [0u8; 32];
-            let valid = hex.len() == 64
-                && hex
-                    .as_bytes()
-                    .chunks(2)
-                    .zip(&mut digest)
-                    .all(|(pair, out)| {
-                        std::str::from_utf8(pair)
-                            .ok()
-                            .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                            .map(|byte| *out = byte)
-                            .is_some()
-                    });
-            valid
-                .then_some(digest)
-                .ok_or("`sha256:` must be followed by 64 hex digits")
-        }
+        Some(hex) => unhex(&hex.to_ascii_lowercase())
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .ok_or("`sha256:` must be followed by 64 hex digits"),
         None if value.is_empty() => Err("must not be empty"),
         None => Ok(Sha256::digest(value.as_bytes()).into()),
     }
@@ -594,7 +580,7 @@ impl HuaweiRequest {
                     method: &self.method,
                     path_and_query: &self.path_and_query,
                     signed_headers: &self.signed_headers,
-                    header_values: self.header_values.clone(),
+                    header_values: &self.header_values,
                     payload_hash,
                 }
                 .canonical_request()

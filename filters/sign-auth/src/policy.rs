@@ -784,11 +784,9 @@ impl SignAuth {
             .map(|i| claim_values(&self.rules[i].claims_to_headers, &verified.claims))
             .unwrap_or_default();
         let checked = Verified {
-            identity: self.identify(app, rule, user)?,
-            nonce_unchecked: false,
-            strip: self.strip(rule, source),
             headers,
             token_cache: Some(verified.cache),
+            ..self.verified(app, rule, user, source)?
         };
         if !issuer.prevent_jti_replay {
             return Ok(Checked::Done(checked));
@@ -876,16 +874,7 @@ impl SignAuth {
         if rule.is_some_and(|i| self.rules[i].require_tls) && !is_tls(host) {
             return Step::Reject(codes::TLS_REQUIRED);
         }
-        let verified = app.and_then(|app| {
-            Ok(Verified {
-                identity: self.identify(app, rule, user)?,
-                nonce_unchecked: false,
-                strip: self.strip(rule, source),
-                headers: Vec::new(),
-                token_cache: None,
-            })
-        });
-        Step::from(verified)
+        Step::from(app.and_then(|app| self.verified(app, rule, user, source)))
     }
 
     /// The identity of app `key` calling the API of `rule`, if the app is
@@ -918,6 +907,25 @@ impl SignAuth {
             return Err(codes::APP_DISABLED);
         }
         Ok(app)
+    }
+
+    /// A request of app `key` (and `user`) with its credential from
+    /// `source`, as every mode passes it: identified and authorized for the
+    /// API of `rule`.
+    fn verified(
+        &self,
+        key: &str,
+        rule: Option<usize>,
+        user: Option<String>,
+        source: Source,
+    ) -> Result<Verified, GatewayError> {
+        Ok(Verified {
+            identity: self.identify(key, rule, user)?,
+            nonce_unchecked: false,
+            strip: self.strip(rule, source),
+            headers: Vec::new(),
+            token_cache: None,
+        })
     }
 
     /// What to remove before the upstream, unless the API keeps credentials.
@@ -1146,13 +1154,7 @@ impl SignAuth {
                 canonical_requests[0].replace('\n', "|")
             )));
         }
-        let verified = Verified {
-            identity: self.identify(&key.app, rule, None)?,
-            nonce_unchecked: false,
-            strip: self.strip(rule, Source::authorization()),
-            headers: Vec::new(),
-            token_cache: None,
-        };
+        let verified = self.verified(&key.app, rule, None, Source::authorization())?;
         if !self.huawei_replay_protection {
             return Ok(Checked::Done(verified));
         }
@@ -1215,13 +1217,7 @@ impl SignAuth {
             )));
         }
         Ok(Checked::Nonce(FleetCheck {
-            verified: Verified {
-                identity: self.identify(&pending.app_key, pending.rule, None)?,
-                nonce_unchecked: false,
-                strip: self.strip(pending.rule, Source::CaHeaders),
-                headers: Vec::new(),
-                token_cache: None,
-            },
+            verified: self.verified(&pending.app_key, pending.rule, None, Source::CaHeaders)?,
             nonce: pending.nonce,
             now_ms,
             expires_ms: pending.timestamp_ms.max(now_ms) + self.window_ms,
