@@ -18,10 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The filters, in the order the gateway runs them.
-const FILTERS: [&str; 8] = [
+const FILTERS: [&str; 9] = [
     "sign-auth",
     "ip-acl",
     "ext-auth",
+    "access-control",
     "throttling",
     "param-validation",
     "request-mapping",
@@ -30,7 +31,12 @@ const FILTERS: [&str; 8] = [
 ];
 
 /// The filters that read request bodies while holding the headers.
-const BODY_READERS: [&str; 3] = ["sign-auth", "param-validation", "request-mapping"];
+const BODY_READERS: [&str; 4] = [
+    "sign-auth",
+    "access-control",
+    "param-validation",
+    "request-mapping",
+];
 
 /// The repository the manifests pull from (a placeholder users replace).
 const REPOSITORY: &str = "registry.example.com/gateway-filters";
@@ -352,9 +358,8 @@ fn wasm_plugins_run_in_the_gateway_order_with_their_fail_strategies() {
         let expected = match filter {
             // Authentication and access control, and the filters whose
             // absence would let unchecked or wrongly shaped requests through.
-            "sign-auth" | "ip-acl" | "ext-auth" | "param-validation" | "request-mapping" => {
-                "FAIL_CLOSE"
-            }
+            "sign-auth" | "ip-acl" | "ext-auth" | "access-control" | "param-validation"
+            | "request-mapping" => "FAIL_CLOSE",
             // Capacity protection and logging: their failure must not
             // become an outage.
             "throttling" | "circuit-breaker" | "log-push" => "FAIL_OPEN",

@@ -420,6 +420,16 @@ fn the_demo_partner_api_takes_every_credential_of_its_app() {
     )
     .expect("TLS response");
     assert_eq!(user.json()["headers"]["x-gw-user"], "demo-user");
+    // The demo's notes: access-control lets a user read their own only.
+    let notes = |path: &str| {
+        http::get(&demo.http_url(path), &[("authorization", basic.as_str())]).expect("response")
+    };
+    let own = notes("/users/demo-user/notes");
+    assert_eq!(own.status, 200, "{}", own.text());
+    let other = notes("/users/someone/notes");
+    assert_eq!(other.status, 403, "{}", other.text());
+    assert_eq!(other.header("x-ca-error-code"), Some("A403AC"));
+    assert_eq!(other.json()["message"], "Only your own notes");
 }
 
 /// The `iss` of the demo issuer's tokens (`scripts/run-demo.sh`).

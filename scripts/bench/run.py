@@ -649,6 +649,14 @@ def auth_scenarios(chain, native, configs):
     for key, label, section, fixed, note in rows:
         out.append(Scenario(key, label, "auth", native_auth(section), baseline="auth-bare", fixed=fixed,
                             note=note))
+    access = configs.get("access_control")
+    if access:
+        # The demo's own-notes check after Basic: minus the Basic row, what the check costs.
+        document = {"sign_auth": auth_section(sign_auth, "basic"), "access_control": access}
+        out.append(Scenario("auth-basic-access", "native, Basic then access-control", "auth",
+                            native.config([with_document(native_entry, document)]), baseline="auth-bare",
+                            fixed=("GET", "/users/demo-user/notes", [("Authorization", DEMO_BASIC)]),
+                            note="the demo's `user == param.userId` check after Basic"))
     for key, label, cache in (("jwt-authn", "Envoy jwt_authn", None),
                               ("jwt-authn-cached", "Envoy jwt_authn, its JWT cache on", {"jwt_cache_size": 1000})):
         provider = {"issuer": BENCH_ISSUER, "audiences": ["gateway"], "local_jwks": {"inline_string": jwks},

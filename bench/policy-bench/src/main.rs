@@ -91,6 +91,11 @@ const DECISIONS: &[Decision] = &[
         run: ip_acl_check,
     },
     Decision {
+        name: "access_control.decide",
+        about: "whole decision of the demo's notes rule for GET /users/demo-user/notes of a Basic user: rule match with the path template, user == param.userId",
+        run: access_control_decide,
+    },
+    Decision {
         name: "ip_acl.evaluate",
         about: "whole decision: client address from the peer and a trusted X-Forwarded-For, rule match, CIDR lookups",
         run: ip_acl_evaluate,
@@ -157,6 +162,7 @@ fn route_of(path: &str) -> &'static str {
         ("/flaky", "flaky"),
         ("/partner", "partner"),
         ("/me", "me"),
+        ("/users/", "notes"),
     ]
     .iter()
     .find(|(prefix, _)| path.starts_with(prefix))
@@ -452,6 +458,48 @@ fn ip_acl_evaluate(configs: &Configs, n: usize) -> Result<u64, String> {
         expect(
             matches!(outcome, Outcome::Allowed),
             &format!("{outcome:?}"),
+            i,
+        )?;
+        allowed += 1;
+    }
+    Ok(allowed)
+}
+
+fn access_control_decide(configs: &Configs, n: usize) -> Result<u64, String> {
+    use access_control::policy::{
+        AccessControl, AccessControlConfig, Body, Decision, RequestValues,
+    };
+    use gateway_common::host::RequestLine;
+    use gateway_common::identity::{publish, Identity};
+    let policy = AccessControl::compile(&configs.parse::<AccessControlConfig>("access_control")?)
+        .map_err(|e| e.to_string())?;
+    let path = "/users/demo-user/notes";
+    let host = request(path);
+    publish(
+        &host,
+        &Identity {
+            app_key: "203751".into(),
+            user: Some("demo-user".into()),
+            ..Identity::default()
+        },
+    );
+    let mut allowed = 0;
+    for i in 0..n {
+        let line = RequestLine::from_headers(&host);
+        let (index, captures) = policy
+            .rule_for(black_box(&attrs(path)))
+            .ok_or("no rule for the notes")?;
+        let rule = policy.rule(index).ok_or("no rule")?;
+        let decision = rule.decide(RequestValues::new(
+            &host,
+            &line,
+            &captures,
+            &Body::None,
+            policy.client_address(),
+        ));
+        expect(
+            matches!(decision, Decision::Allowed { .. }),
+            &format!("{decision:?}"),
             i,
         )?;
         allowed += 1;

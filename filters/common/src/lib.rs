@@ -5,6 +5,7 @@
 #[cfg(feature = "wasm")]
 pub mod adapter;
 pub mod client_ip;
+pub mod condition;
 pub mod config;
 pub mod error;
 pub mod fleet;

@@ -9,6 +9,7 @@ pub enum Section {
     SignAuth,
     IpAcl,
     ExtAuth,
+    AccessControl,
     Throttling,
     ParamValidation,
     RequestMapping,
@@ -18,10 +19,11 @@ pub enum Section {
 
 impl Section {
     /// Every policy, in the order they run.
-    pub const ALL: [Section; 8] = [
+    pub const ALL: [Section; 9] = [
         Section::SignAuth,
         Section::IpAcl,
         Section::ExtAuth,
+        Section::AccessControl,
         Section::Throttling,
         Section::ParamValidation,
         Section::RequestMapping,
@@ -36,6 +38,7 @@ impl Section {
             Section::SignAuth => "sign_auth",
             Section::IpAcl => "ip_acl",
             Section::ExtAuth => "ext_auth",
+            Section::AccessControl => "access_control",
             Section::Throttling => "throttling",
             Section::ParamValidation => "param_validation",
             Section::RequestMapping => "request_mapping",
@@ -55,6 +58,7 @@ impl Section {
             Section::SignAuth => (true, false, true),
             Section::IpAcl => (false, true, false),
             Section::ExtAuth => (false, true, false),
+            Section::AccessControl => (false, true, true),
             Section::Throttling => (true, true, false),
             Section::ParamValidation => (false, false, true),
             Section::RequestMapping => (false, true, true),

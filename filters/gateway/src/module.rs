@@ -7,6 +7,7 @@
 
 use crate::pipeline::{self, BodyVerdict, CallVerdict, Flow, Pipeline, Verdict};
 use crate::{config, MODULE_NAME};
+use access_control::AccessControlFilter;
 use circuit_breaker::CircuitBreakerFilter;
 use ext_auth::ExtAuthFilter;
 use gateway_common::fleet::client::Answer;
@@ -31,6 +32,7 @@ fn load(section: Section, bytes: &[u8], host: &mut dyn RootHost) -> Option<Box<d
         Section::SignAuth => Loaded::<SignAuthFilter>::boxed(bytes, host),
         Section::IpAcl => Loaded::<IpAclFilter>::boxed(bytes, host),
         Section::ExtAuth => Loaded::<ExtAuthFilter>::boxed(bytes, host),
+        Section::AccessControl => Loaded::<AccessControlFilter>::boxed(bytes, host),
         Section::Throttling => Loaded::<ThrottlingFilter>::boxed(bytes, host),
         Section::ParamValidation => Loaded::<ParamValidationFilter>::boxed(bytes, host),
         Section::RequestMapping => Loaded::<RequestMappingFilter>::boxed(bytes, host),

@@ -72,6 +72,12 @@ fn policies() -> Vec<WasmFilter> {
             &json!({"client_address": trusted, "deny": ["203.0.113.0/24"]}),
         ),
         WasmFilter::json(
+            "access_control",
+            &json!({"rules": [{"name": "orders", "match": orders, "checks": [
+                {"condition": "app != null && param.id matches '^[0-9]+$'", "if_false": "deny"}
+            ]}]}),
+        ),
+        WasmFilter::json(
             "throttling",
             &json!({
                 "user": {"header": "x-user-id"},

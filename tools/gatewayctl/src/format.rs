@@ -234,6 +234,9 @@ pub struct Policy {
     /// A circuit-breaker rule: `window`, `trip`, `open`, `half_open`, `when_open`, …
     #[serde(default)]
     pub breaker: Option<Map<String, Value>>,
+    /// An access-control rule: `parameters`, `checks`, `otherwise`.
+    #[serde(default)]
+    pub access_control: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +244,7 @@ pub enum PolicyKind {
     Quota,
     IpControl,
     Breaker,
+    AccessControl,
 }
 
 impl PolicyKind {
@@ -249,6 +253,7 @@ impl PolicyKind {
             PolicyKind::Quota => "quota",
             PolicyKind::IpControl => "ip_control",
             PolicyKind::Breaker => "breaker",
+            PolicyKind::AccessControl => "access_control",
         }
     }
 }
@@ -260,6 +265,7 @@ impl Policy {
             (PolicyKind::Quota, &self.quota),
             (PolicyKind::IpControl, &self.ip_control),
             (PolicyKind::Breaker, &self.breaker),
+            (PolicyKind::AccessControl, &self.access_control),
         ]
         .into_iter()
         .filter_map(|(kind, body)| body.as_ref().map(|body| (kind, body)))
@@ -278,6 +284,8 @@ pub struct Settings {
     pub ip_acl: Option<Map<String, Value>>,
     #[serde(default)]
     pub ext_auth: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub access_control: Option<Map<String, Value>>,
     #[serde(default)]
     pub throttling: Option<Map<String, Value>>,
     #[serde(default)]

@@ -391,7 +391,7 @@ impl Generator<'_> {
             if kinds.len() != 1 {
                 return Err(self.error(
                     &format!("policies[{index}]"),
-                    "a policy is exactly one of `quota`, `ip_control` or `breaker`",
+                    "a policy is exactly one of `quota`, `ip_control`, `breaker` or `access_control`",
                 ));
             }
             for field in ["name", "match"] {
@@ -412,6 +412,7 @@ impl Generator<'_> {
             Section::SignAuth => s.sign_auth.as_ref(),
             Section::IpAcl => s.ip_acl.as_ref(),
             Section::ExtAuth => s.ext_auth.as_ref(),
+            Section::AccessControl => s.access_control.as_ref(),
             Section::Throttling => s.throttling.as_ref(),
             Section::ParamValidation => s.param_validation.as_ref(),
             Section::RequestMapping => s.request_mapping.as_ref(),
@@ -913,6 +914,7 @@ impl Generator<'_> {
                     PolicyKind::Quota => (Section::Throttling, format!("{name}_{}", policy.name)),
                     PolicyKind::IpControl => (Section::IpAcl, name.clone()),
                     PolicyKind::Breaker => (Section::CircuitBreaker, name.clone()),
+                    PolicyKind::AccessControl => (Section::AccessControl, name.clone()),
                 };
                 let body_at = format!("policies[{p}].{}", kind.field());
                 let bound = format!(

@@ -107,6 +107,33 @@ fn a_bound_policy_error_names_the_policy_and_the_api() {
 }
 
 #[test]
+fn an_access_control_policy_becomes_the_apis_rule_and_its_errors_name_the_check() {
+    let policy = "policies:\n  - name: own\n    access_control:\n      checks:\n        - { condition: \"user == param.id\", if_false: deny }\n";
+    let text = document(&format!(
+        "{policy}apis:\n  - name: notes\n    path: /users/{{id}}/notes\n    backend: shop\n    auth: anonymous\n    policies: [own]\n"
+    ));
+    let access = section(&generated(&text), Section::AccessControl);
+    assert_eq!(access["rules"][0]["name"], "notes");
+    assert_eq!(
+        access["rules"][0]["checks"][0]["condition"],
+        "user == param.id"
+    );
+    // A path variable the API lacks, and a condition that does not parse.
+    let wrong_path = text.replace("/users/{id}/notes", "/notes");
+    assert_eq!(
+        error_of(&wrong_path),
+        "apis.yaml:11: policies[0] (own): access_control.checks: `param.id`: the rule's path has \
+         no variable `{id}` (its variables: none) (as bound to apis[0] (notes) by apis[0].policies[0])"
+    );
+    let bad = text.replace("user == param.id", "user == ");
+    let err = error_of(&bad);
+    assert!(
+        err.starts_with("apis.yaml:11: policies[0] (own): access_control.checks[0].condition: at the end: a value expected"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_unknown_app_is_reported_where_the_apps_were_written() {
     let err = error_of(&document(
         "groups:\n  - name: g\n    auth: app\n    apps: [\"999\"]\napis:\n  - name: a\n    group: g\n    path: /a\n    backend: shop\n",
@@ -186,7 +213,7 @@ fn policies_are_one_kind_and_an_api_has_one_ip_control_and_one_breaker() {
     let text = document("policies:\n  - { name: p, quota: { limit: 1, window: 1s }, ip_control: { allow: [10.0.0.0/8] } }\napis:\n  - { name: a, path: /a, backend: shop, auth: anonymous, policies: [p] }\n");
     assert_eq!(
         error_of(&text),
-        "apis.yaml:8: policies[0] (p): a policy is exactly one of `quota`, `ip_control` or `breaker`"
+        "apis.yaml:8: policies[0] (p): a policy is exactly one of `quota`, `ip_control`, `breaker` or `access_control`"
     );
     let text = document("policies:\n  - { name: p, ip_control: { allow: [10.0.0.0/8] } }\n  - { name: q, ip_control: { deny: [10.0.0.0/8] } }\ngroups:\n  - { name: g, policies: [p] }\napis:\n  - { name: a, group: g, path: /a, backend: shop, auth: anonymous, policies: [q] }\n");
     assert_eq!(

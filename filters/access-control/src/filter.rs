@@ -1,0 +1,34 @@
+//! access-control as a host loads it: its `.wasm` filter, the gateway
+//! module's section and the native module. The request's work is
+//! [`AccessControlSteps`], written against the stream seam. Re-exported
+//! from the crate root.
+
+use crate::policy::AccessControl;
+use crate::steps::{AccessControlSteps, Metrics};
+use crate::*;
+use gateway_common::config::ConfigError;
+use gateway_common::hosting::Filter;
+use gateway_common::metrics::DefineMetrics;
+use gateway_common::stream::PolicySteps;
+use std::rc::Rc;
+
+/// The filter, as the shared root context sees it.
+pub struct AccessControlFilter;
+
+impl Filter for AccessControlFilter {
+    const NAME: &'static str = FILTER_NAME;
+    type Policy = AccessControl;
+    type Metrics = Metrics;
+
+    fn compile(bytes: &[u8]) -> Result<AccessControl, ConfigError> {
+        compile_config(bytes)
+    }
+
+    fn define_metrics(metrics: &mut dyn DefineMetrics) -> Metrics {
+        Metrics::define(metrics)
+    }
+
+    fn steps(policy: &Rc<AccessControl>, metrics: Metrics) -> Box<dyn PolicySteps> {
+        Box::new(AccessControlSteps::new(Rc::clone(policy), metrics))
+    }
+}

@@ -1,0 +1,166 @@
+//! access-control's part in one request, written against the stream seam:
+//! the rule is chosen on the request headers and its checks run there, or,
+//! when a check reads a form or JSON body field, once the body has arrived
+//! (the request held meanwhile).
+
+use crate::policy::{codes, AccessControl, Body, Decision, RequestValues};
+use crate::FILTER_NAME;
+use gateway_common::error::GatewayError;
+use gateway_common::host::RequestFacts;
+use gateway_common::matching::{Captures, KeptCaptures};
+use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
+use gateway_common::stream::{
+    buffer_request_body, declared_body_length, refuse, BufferedBody, Level, PolicySteps, Stream,
+    Verdict,
+};
+use std::rc::Rc;
+
+const DENIAL_CODES: [GatewayError; 2] = [codes::DENIED, codes::BODY_TOO_LARGE];
+
+/// `allowed`, `unmatched` (no rule), `denied.<code>`, `dry_run.denied`.
+#[derive(Debug, Clone, Copy)]
+pub struct Metrics {
+    allowed: Counter,
+    unmatched: Counter,
+    dry_run_denied: Counter,
+    denied: DenialCounters<2>,
+}
+
+impl Metrics {
+    pub fn define(host: &mut dyn DefineMetrics) -> Self {
+        Self {
+            allowed: host.define_counter(FILTER_NAME, "allowed"),
+            unmatched: host.define_counter(FILTER_NAME, "unmatched"),
+            dry_run_denied: host.define_counter(FILTER_NAME, "dry_run.denied"),
+            denied: DenialCounters::define_with(host, FILTER_NAME, &DENIAL_CODES),
+        }
+    }
+}
+
+/// A request held until its body has arrived.
+struct Waiting {
+    rule: usize,
+    captures: KeptCaptures,
+    content_type: Option<String>,
+}
+
+pub struct AccessControlSteps {
+    policy: Rc<AccessControl>,
+    metrics: Metrics,
+    waiting: Option<Waiting>,
+}
+
+impl AccessControlSteps {
+    pub fn new(policy: Rc<AccessControl>, metrics: Metrics) -> Self {
+        Self {
+            policy,
+            metrics,
+            waiting: None,
+        }
+    }
+
+    fn decide(
+        &self,
+        stream: &mut dyn Stream,
+        rule: usize,
+        captures: &Captures<'_>,
+        body: &Body,
+    ) -> Verdict {
+        let Some(rule) = self.policy.rule(rule) else {
+            return Verdict::Continue;
+        };
+        let decision = {
+            let host: &dyn Stream = stream;
+            let line = host.request_line();
+            rule.decide(RequestValues::new(
+                host,
+                &line,
+                captures,
+                body,
+                self.policy.client_address(),
+            ))
+        };
+        match decision {
+            Decision::Allowed { .. } => {
+                stream.increment(self.metrics.allowed, 1);
+                Verdict::Continue
+            }
+            Decision::Denied { by, error } => {
+                let by = by.as_deref().unwrap_or("otherwise");
+                if self.policy.dry_run {
+                    stream.log(
+                        Level::Info,
+                        format_args!(
+                            "{FILTER_NAME}: dry run: {} `{by}` would deny the request",
+                            rule.name
+                        ),
+                    );
+                    stream.increment(self.metrics.dry_run_denied, 1);
+                    return Verdict::Continue;
+                }
+                stream.log(
+                    Level::Debug,
+                    format_args!("{FILTER_NAME}: {} `{by}` denied the request", rule.name),
+                );
+                refuse(stream, &self.metrics.denied, &error)
+            }
+        }
+    }
+}
+
+impl PolicySteps for AccessControlSteps {
+    fn on_request_headers(&mut self, stream: &mut dyn Stream, end_of_stream: bool) -> Verdict {
+        let policy = Rc::clone(&self.policy);
+        let facts = RequestFacts::read(stream, policy.uses_route_name());
+        let Some((index, captures)) = policy.rule_for(&facts.attrs()) else {
+            stream.increment(self.metrics.unmatched, 1);
+            return Verdict::Continue;
+        };
+        let reads_body = policy.rule(index).is_some_and(|rule| rule.reads_body());
+        let content_type = stream.request_header("content-type");
+        if reads_body && !end_of_stream && Body::readable(content_type.as_deref()) {
+            if declared_body_length(stream).is_some_and(|len| len > policy.max_body_bytes) {
+                return refuse(stream, &self.metrics.denied, &codes::BODY_TOO_LARGE);
+            }
+            self.waiting = Some(Waiting {
+                rule: index,
+                captures: KeptCaptures::keep(captures),
+                content_type,
+            });
+            return Verdict::Pause;
+        }
+        self.decide(stream, index, &captures, &Body::None)
+    }
+
+    fn on_request_body(
+        &mut self,
+        stream: &mut dyn Stream,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Verdict {
+        let Some(waiting) = self.waiting.take() else {
+            return Verdict::Continue;
+        };
+        match buffer_request_body(stream, body_size, end_of_stream, self.policy.max_body_bytes) {
+            BufferedBody::Incomplete => {
+                self.waiting = Some(waiting);
+                Verdict::Pause
+            }
+            BufferedBody::TooLarge => refuse(stream, &self.metrics.denied, &codes::BODY_TOO_LARGE),
+            BufferedBody::Complete(bytes) => {
+                let body = Body::parse(waiting.content_type.as_deref(), &bytes);
+                self.decide(stream, waiting.rule, &waiting.captures.captures(), &body)
+            }
+        }
+    }
+
+    /// Trailers end a body that did not say it had ended.
+    fn on_request_trailers(&mut self, stream: &mut dyn Stream) -> Verdict {
+        let Some(waiting) = self.waiting.take() else {
+            return Verdict::Continue;
+        };
+        let bytes = stream.request_body(self.policy.max_body_bytes);
+        let body = Body::parse(waiting.content_type.as_deref(), &bytes);
+        self.decide(stream, waiting.rule, &waiting.captures.captures(), &body)
+    }
+}
