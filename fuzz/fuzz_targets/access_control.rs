@@ -5,8 +5,7 @@
 //! is compiled or refused, and any request decided, without a panic.
 #![no_main]
 
-use access_control::policy::{Body, RequestValues};
-use gateway_common::client_ip::{ClientAddressConfig, ClientAddressResolver};
+use access_control::policy::{decide, Body};
 use gateway_common::host::RequestLine;
 use gateway_fuzz::{Request, AUTHORITY};
 use libfuzzer_sys::fuzz_target;
@@ -22,10 +21,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(policy) = access_control::compile_config(config.to_string().as_bytes()) else {
         return;
     };
-    let Some((index, captures)) = policy.rule_for(&request.attrs()) else {
+    let Some((index, captures)) = policy.rules.rule_for(&request.attrs()) else {
         return;
     };
-    let Some(rule) = policy.rule(index) else {
+    let Some(rule) = policy.rules.rule(index) else {
         return;
     };
     let host = request
@@ -37,6 +36,6 @@ fuzz_target!(|data: &[u8]| {
         path: request.path.clone(),
     };
     let body = Body::parse(request.header("content-type"), &request.body);
-    let client = ClientAddressResolver::new(&ClientAddressConfig::default());
-    let _ = rule.decide(RequestValues::new(&host, &line, &captures, &body, &client));
+    let values = policy.rules.request_values(&host, &line, &captures, &body);
+    let _ = decide(rule, values);
 });

@@ -73,11 +73,12 @@ pub const MODULE_MODE_VAR: &str = "GATEWAY_MODULE";
 
 /// The gateway module's policies (its configuration's sections, named like
 /// the single filters' modules), in the fixed order it runs them.
-pub const MODULE_ORDER: [&str; 9] = [
+pub const MODULE_ORDER: [&str; 10] = [
     "sign_auth",
     "ip_acl",
     "ext_auth",
     "access_control",
+    "routing",
     "throttling",
     "param_validation",
     "request_mapping",

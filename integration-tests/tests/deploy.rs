@@ -18,11 +18,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The filters, in the order the gateway runs them.
-const FILTERS: [&str; 9] = [
+const FILTERS: [&str; 10] = [
     "sign-auth",
     "ip-acl",
     "ext-auth",
     "access-control",
+    "routing",
     "throttling",
     "param-validation",
     "request-mapping",
@@ -358,8 +359,8 @@ fn wasm_plugins_run_in_the_gateway_order_with_their_fail_strategies() {
         let expected = match filter {
             // Authentication and access control, and the filters whose
             // absence would let unchecked or wrongly shaped requests through.
-            "sign-auth" | "ip-acl" | "ext-auth" | "access-control" | "param-validation"
-            | "request-mapping" => "FAIL_CLOSE",
+            "sign-auth" | "ip-acl" | "ext-auth" | "access-control" | "routing"
+            | "param-validation" | "request-mapping" => "FAIL_CLOSE",
             // Capacity protection and logging: their failure must not
             // become an outage.
             "throttling" | "circuit-breaker" | "log-push" => "FAIL_OPEN",

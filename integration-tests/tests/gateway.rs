@@ -831,3 +831,51 @@ fn the_demos_two_instances_share_nonces_and_quotas_through_its_redis() {
         );
     }
 }
+
+#[test]
+fn the_demo_catalog_is_routed_by_region_and_half_mirrored_to_staging() {
+    let demo = demo_gateway();
+    let upstream_of = |path: &str, headers: &[(&str, &str)]| {
+        let response = http::get(&demo.http_url(path), headers).expect("response");
+        assert_eq!(response.status, 200, "{path}: {}", response.text());
+        response.json()["upstream"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // European regions go to staging (backend-2) every time.
+    for _ in 0..4 {
+        assert_eq!(upstream_of("/catalog/fr/items", &[]), "backend-2");
+    }
+    // Others are balanced over both, whatever x-gw-route the client sends.
+    let seen: std::collections::BTreeSet<String> = (0..16)
+        .map(|_| upstream_of("/catalog/us/items", &[("x-gw-route", "eu")]))
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let maintenance = http::get(
+        &demo.http_url("/catalog/us/items"),
+        &[("x-maintenance", "on")],
+    )
+    .expect("response");
+    assert_eq!(maintenance.status, 503);
+    assert_eq!(maintenance.json()["message"], "back soon");
+    // Half of the calls to a backend are copied to staging (of 20, some
+    // and not all; the copies carry Host `127.0.0.1-shadow:port`).
+    let copies = || {
+        demo.upstreams[1]
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.headers
+                    .iter()
+                    .any(|(k, v)| k == "host" && v.contains("-shadow"))
+            })
+            .count()
+    };
+    assert!(
+        demo.envoy
+            .wait_for(Duration::from_secs(5), |_| copies() >= 1),
+        "no copy reached staging"
+    );
+    assert!(copies() < 20, "{} copies of 20 calls", copies());
+}

@@ -517,3 +517,103 @@ fn the_istio_envoy_filter_of_the_demo_passes_envoy_validation() {
     let (ok, output) = validate(&config.to_string(), "json");
     assert!(ok && output.contains("OK"), "{output}\n{manifest}");
 }
+
+/// Waits up to 5 s for an upstream to have seen `count` requests.
+fn seen(upstream: &EchoServer, count: usize) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if upstream.request_count() >= count {
+            return upstream.request_count() == count;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn routing_and_mirroring_policies_send_requests_where_they_say() {
+    let main = EchoServer::start("main").expect("echo");
+    let eu = EchoServer::start("eu").expect("echo");
+    let copy = EchoServer::start("copy").expect("echo");
+    // alice's password is `alice-pw`.
+    let text = format!(
+        r#"version: 1
+gateway:
+  admin: 127.0.0.1:0
+  listeners: [ {{ name: http, address: "127.0.0.1:0" }} ]
+backends:
+  - {{ name: main, endpoints: ["127.0.0.1:{main}"] }}
+  - {{ name: eu, endpoints: ["127.0.0.1:{eu}"] }}
+  - {{ name: copy, endpoints: ["127.0.0.1:{copy}"] }}
+apps:
+  - key: "203751"
+    secrets: [s]
+    basic: [ {{ username: alice, password: "sha256:cefd4bcd86ca3d6d9d1064593870b4cd4fdb3fef0136b1c43684cb7f58a29036" }} ]
+policies:
+  - name: by-region
+    routing:
+      routes:
+        - {{ name: maintenance, condition: "header.x-maintenance == 'on'", mock: {{ status: 503, body: "back soon" }} }}
+        - {{ name: eu, condition: "param.region == 'eu' || user == 'alice'", backend: eu }}
+  - name: copy-all
+    mirror: {{ backend: copy }}
+apis:
+  - {{ name: catalog, path: "/catalog/{{region}}/items", backend: main, auth: [basic, anonymous], apps: ["203751"], policies: [by-region, copy-all] }}
+"#,
+        main = main.port(),
+        eu = eu.port(),
+        copy = copy.port()
+    );
+    let config = build(&text, "routing.yaml", host());
+    let (ok, output) = validate(&config, "yaml");
+    assert!(ok, "refused:\n{output}\n{config}");
+    let envoy = start_yaml(&config, 1);
+    let get = |path: &str, headers: &[(&str, &str)]| send(&envoy, "GET", path, headers, None);
+
+    // No route holds: the API's backend, and a copy to the mirror.
+    assert_eq!(get("/catalog/us/items", &[]).status, 200);
+    assert!(seen(&main, 1) && seen(&copy, 1), "main and its copy");
+    // A route holds: its backend (and the copy).
+    assert_eq!(get("/catalog/eu/items", &[]).status, 200);
+    assert!(seen(&eu, 1) && seen(&copy, 2), "eu and its copy");
+    let mirrored = copy.requests();
+    assert!(
+        mirrored.iter().all(|r| r
+            .headers
+            .iter()
+            .any(|(k, v)| k == "host" && v.contains("-shadow:"))),
+        "{mirrored:?}"
+    );
+    // A route may depend on the verified user.
+    let alice = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "alice:alice-pw")
+    );
+    assert_eq!(
+        get("/catalog/us/items", &[("authorization", &alice)]).status,
+        200
+    );
+    assert!(seen(&eu, 2), "alice goes to eu");
+    // The client cannot choose: its x-gw-route is removed.
+    assert_eq!(
+        get("/catalog/us/items", &[("x-gw-route", "eu")]).status,
+        200
+    );
+    assert!(seen(&main, 2), "the spoofed route is not taken");
+    assert_eq!(eu.request_count(), 2);
+    assert!(seen(&copy, 4));
+    // A mock route answers without a backend, and is not mirrored: the
+    // next copy is the fifth.
+    let mock = get("/catalog/us/items", &[("x-maintenance", "on")]);
+    assert_eq!((mock.status, mock.text().as_str()), (503, "back soon"));
+    assert_eq!(get("/catalog/us/items", &[]).status, 200);
+    assert!(
+        seen(&main, 3) && seen(&copy, 5),
+        "the mock was not mirrored"
+    );
+    assert_eq!(eu.request_count(), 2);
+    // The mirror's failure never fails the call.
+    drop(copy);
+    assert_eq!(get("/catalog/us/items", &[]).status, 200);
+    assert!(seen(&main, 4));
+}

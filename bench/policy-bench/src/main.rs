@@ -96,6 +96,11 @@ const DECISIONS: &[Decision] = &[
         run: access_control_decide,
     },
     Decision {
+        name: "routing.choose",
+        about: "whole decision of the demo's catalog rule for GET /catalog/fr/items: rule match with the path template, the maintenance header read, `param.region in [..]` chooses eu",
+        run: routing_choose,
+    },
+    Decision {
         name: "ip_acl.evaluate",
         about: "whole decision: client address from the peer and a trusted X-Forwarded-For, rule match, CIDR lookups",
         run: ip_acl_evaluate,
@@ -163,6 +168,7 @@ fn route_of(path: &str) -> &'static str {
         ("/partner", "partner"),
         ("/me", "me"),
         ("/users/", "notes"),
+        ("/catalog/", "catalog"),
     ]
     .iter()
     .find(|(prefix, _)| path.starts_with(prefix))
@@ -466,9 +472,7 @@ fn ip_acl_evaluate(configs: &Configs, n: usize) -> Result<u64, String> {
 }
 
 fn access_control_decide(configs: &Configs, n: usize) -> Result<u64, String> {
-    use access_control::policy::{
-        AccessControl, AccessControlConfig, Body, Decision, RequestValues,
-    };
+    use access_control::policy::{decide, AccessControl, AccessControlConfig, Body, Decision};
     use gateway_common::host::RequestLine;
     use gateway_common::identity::{publish, Identity};
     let policy = AccessControl::compile(&configs.parse::<AccessControlConfig>("access_control")?)
@@ -487,16 +491,14 @@ fn access_control_decide(configs: &Configs, n: usize) -> Result<u64, String> {
     for i in 0..n {
         let line = RequestLine::from_headers(&host);
         let (index, captures) = policy
+            .rules
             .rule_for(black_box(&attrs(path)))
             .ok_or("no rule for the notes")?;
-        let rule = policy.rule(index).ok_or("no rule")?;
-        let decision = rule.decide(RequestValues::new(
-            &host,
-            &line,
-            &captures,
-            &Body::None,
-            policy.client_address(),
-        ));
+        let rule = policy.rules.rule(index).ok_or("no rule")?;
+        let values = policy
+            .rules
+            .request_values(&host, &line, &captures, &Body::None);
+        let decision = decide(rule, values);
         expect(
             matches!(decision, Decision::Allowed { .. }),
             &format!("{decision:?}"),
@@ -505,6 +507,32 @@ fn access_control_decide(configs: &Configs, n: usize) -> Result<u64, String> {
         allowed += 1;
     }
     Ok(allowed)
+}
+
+fn routing_choose(configs: &Configs, n: usize) -> Result<u64, String> {
+    use gateway_common::condition::Body;
+    use gateway_common::host::RequestLine;
+    use routing::policy::{choose, Routing, RoutingConfig};
+    let policy =
+        Routing::compile(&configs.parse::<RoutingConfig>("routing")?).map_err(|e| e.to_string())?;
+    let path = "/catalog/fr/items";
+    let host = request(path);
+    let mut routed = 0;
+    for i in 0..n {
+        let line = RequestLine::from_headers(&host);
+        let (index, captures) = policy
+            .rules
+            .rule_for(black_box(&attrs(path)))
+            .ok_or("no rule for the catalog")?;
+        let rule = policy.rules.rule(index).ok_or("no rule")?;
+        let values = policy
+            .rules
+            .request_values(&host, &line, &captures, &Body::None);
+        let chosen = choose(rule, values);
+        expect(chosen == Some("eu"), &format!("{chosen:?}"), i)?;
+        routed += 1;
+    }
+    Ok(routed)
 }
 
 fn param_validation_validate(configs: &Configs, n: usize) -> Result<u64, String> {

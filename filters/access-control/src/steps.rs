@@ -3,7 +3,7 @@
 //! when a check reads a form or JSON body field, once the body has arrived
 //! (the request held meanwhile).
 
-use crate::policy::{codes, AccessControl, Body, Decision, RequestValues};
+use crate::policy::{codes, decide, AccessControl, Body, Decision};
 use crate::FILTER_NAME;
 use gateway_common::error::GatewayError;
 use gateway_common::host::RequestFacts;
@@ -66,19 +66,18 @@ impl AccessControlSteps {
         captures: &Captures<'_>,
         body: &Body,
     ) -> Verdict {
-        let Some(rule) = self.policy.rule(rule) else {
+        let Some(rule) = self.policy.rules.rule(rule) else {
             return Verdict::Continue;
         };
         let decision = {
             let host: &dyn Stream = stream;
             let line = host.request_line();
-            rule.decide(RequestValues::new(
-                host,
-                &line,
-                captures,
-                body,
-                self.policy.client_address(),
-            ))
+            decide(
+                rule,
+                self.policy
+                    .rules
+                    .request_values(host, &line, captures, body),
+            )
         };
         match decision {
             Decision::Allowed { .. } => {
@@ -111,12 +110,15 @@ impl AccessControlSteps {
 impl PolicySteps for AccessControlSteps {
     fn on_request_headers(&mut self, stream: &mut dyn Stream, end_of_stream: bool) -> Verdict {
         let policy = Rc::clone(&self.policy);
-        let facts = RequestFacts::read(stream, policy.uses_route_name());
-        let Some((index, captures)) = policy.rule_for(&facts.attrs()) else {
+        let facts = RequestFacts::read(stream, policy.rules.uses_route_name());
+        let Some((index, captures)) = policy.rules.rule_for(&facts.attrs()) else {
             stream.increment(self.metrics.unmatched, 1);
             return Verdict::Continue;
         };
-        let reads_body = policy.rule(index).is_some_and(|rule| rule.reads_body());
+        let reads_body = policy
+            .rules
+            .rule(index)
+            .is_some_and(|rule| rule.reads_body());
         let content_type = stream.request_header("content-type");
         if reads_body && !end_of_stream && Body::readable(content_type.as_deref()) {
             if declared_body_length(stream).is_some_and(|len| len > policy.max_body_bytes) {

@@ -10,6 +10,7 @@ pub enum Section {
     IpAcl,
     ExtAuth,
     AccessControl,
+    Routing,
     Throttling,
     ParamValidation,
     RequestMapping,
@@ -19,11 +20,12 @@ pub enum Section {
 
 impl Section {
     /// Every policy, in the order they run.
-    pub const ALL: [Section; 9] = [
+    pub const ALL: [Section; 10] = [
         Section::SignAuth,
         Section::IpAcl,
         Section::ExtAuth,
         Section::AccessControl,
+        Section::Routing,
         Section::Throttling,
         Section::ParamValidation,
         Section::RequestMapping,
@@ -39,6 +41,7 @@ impl Section {
             Section::IpAcl => "ip_acl",
             Section::ExtAuth => "ext_auth",
             Section::AccessControl => "access_control",
+            Section::Routing => "routing",
             Section::Throttling => "throttling",
             Section::ParamValidation => "param_validation",
             Section::RequestMapping => "request_mapping",
@@ -59,6 +62,7 @@ impl Section {
             Section::IpAcl => (false, true, false),
             Section::ExtAuth => (false, true, false),
             Section::AccessControl => (false, true, true),
+            Section::Routing => (false, true, false),
             Section::Throttling => (true, true, false),
             Section::ParamValidation => (false, false, true),
             Section::RequestMapping => (false, true, true),

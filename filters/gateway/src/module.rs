@@ -20,6 +20,7 @@ use ip_acl::IpAclFilter;
 use log_push::LogPushWorker;
 use param_validation::ParamValidationFilter;
 use request_mapping::RequestMappingFilter;
+use routing::RoutingFilter;
 use sign_auth::SignAuthFilter;
 use std::rc::Rc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ fn load(section: Section, bytes: &[u8], host: &mut dyn RootHost) -> Option<Box<d
         Section::IpAcl => Loaded::<IpAclFilter>::boxed(bytes, host),
         Section::ExtAuth => Loaded::<ExtAuthFilter>::boxed(bytes, host),
         Section::AccessControl => Loaded::<AccessControlFilter>::boxed(bytes, host),
+        Section::Routing => Loaded::<RoutingFilter>::boxed(bytes, host),
         Section::Throttling => Loaded::<ThrottlingFilter>::boxed(bytes, host),
         Section::ParamValidation => Loaded::<ParamValidationFilter>::boxed(bytes, host),
         Section::RequestMapping => Loaded::<RequestMappingFilter>::boxed(bytes, host),

@@ -18,6 +18,7 @@ struct Document {
     ip_acl: Option<Box<RawValue>>,
     ext_auth: Option<Box<RawValue>>,
     access_control: Option<Box<RawValue>>,
+    routing: Option<Box<RawValue>>,
     throttling: Option<Box<RawValue>>,
     param_validation: Option<Box<RawValue>>,
     request_mapping: Option<Box<RawValue>>,
@@ -34,6 +35,7 @@ impl Document {
             Section::IpAcl => self.ip_acl.take(),
             Section::ExtAuth => self.ext_auth.take(),
             Section::AccessControl => self.access_control.take(),
+            Section::Routing => self.routing.take(),
             Section::Throttling => self.throttling.take(),
             Section::ParamValidation => self.param_validation.take(),
             Section::RequestMapping => self.request_mapping.take(),
@@ -225,7 +227,7 @@ mod tests {
         assert_eq!(
             error_of(r#"{"ip-acl": {}}"#),
             "ip-acl: unknown field `ip-acl`, expected one of `sign_auth`, `ip_acl`, \
-             `ext_auth`, `access_control`, `throttling`, `param_validation`, `request_mapping`, \
+             `ext_auth`, `access_control`, `routing`, `throttling`, `param_validation`, `request_mapping`, \
              `circuit_breaker`, `log_push`, `fleet_store` \
              at line 1 column 9"
         );
@@ -258,7 +260,7 @@ mod tests {
         assert_eq!(
             error_of("{}"),
             "no policy is configured; expected at least one of the sections `sign_auth`, \
-             `ip_acl`, `ext_auth`, `access_control`, `throttling`, `param_validation`, `request_mapping`, \
+             `ip_acl`, `ext_auth`, `access_control`, `routing`, `throttling`, `param_validation`, `request_mapping`, \
              `circuit_breaker`, `log_push`"
         );
     }

@@ -345,6 +345,9 @@ fn route_match(route: &Route) -> Value {
             }));
         }
     }
+    if let Some(chosen) = &route.chosen_by_routing {
+        headers.push(json!({ "name": "x-gw-route", "string_match": { "exact": chosen } }));
+    }
     if !headers.is_empty() {
         matcher.insert("headers".into(), Value::Array(headers));
     }
@@ -391,6 +394,15 @@ fn route(route: &Route, document: &Document) -> Value {
                     policy["per_try_timeout"] = json!(seconds(per_try));
                 }
                 action["retry_policy"] = policy;
+            }
+            if let Some(mirror) = &route.mirror {
+                action["request_mirror_policies"] = json!([{
+                    "cluster": mirror.backend,
+                    "runtime_fraction": { "default_value": {
+                        "numerator": mirror.per_ten_thousand,
+                        "denominator": "TEN_THOUSAND",
+                    } },
+                }]);
             }
             out["route"] = action;
         }

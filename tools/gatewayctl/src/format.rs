@@ -237,6 +237,13 @@ pub struct Policy {
     /// An access-control rule: `parameters`, `checks`, `otherwise`.
     #[serde(default)]
     pub access_control: Option<Map<String, Value>>,
+    /// Conditional routing: `parameters`, and `routes` (each a `name`, a
+    /// `condition`, and a `backend` or a `mock`).
+    #[serde(default)]
+    pub routing: Option<Map<String, Value>>,
+    /// Traffic mirroring: `backend`, `percent`.
+    #[serde(default)]
+    pub mirror: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +252,8 @@ pub enum PolicyKind {
     IpControl,
     Breaker,
     AccessControl,
+    Routing,
+    Mirror,
 }
 
 impl PolicyKind {
@@ -254,6 +263,8 @@ impl PolicyKind {
             PolicyKind::IpControl => "ip_control",
             PolicyKind::Breaker => "breaker",
             PolicyKind::AccessControl => "access_control",
+            PolicyKind::Routing => "routing",
+            PolicyKind::Mirror => "mirror",
         }
     }
 }
@@ -266,6 +277,8 @@ impl Policy {
             (PolicyKind::IpControl, &self.ip_control),
             (PolicyKind::Breaker, &self.breaker),
             (PolicyKind::AccessControl, &self.access_control),
+            (PolicyKind::Routing, &self.routing),
+            (PolicyKind::Mirror, &self.mirror),
         ]
         .into_iter()
         .filter_map(|(kind, body)| body.as_ref().map(|body| (kind, body)))
@@ -286,6 +299,8 @@ pub struct Settings {
     pub ext_auth: Option<Map<String, Value>>,
     #[serde(default)]
     pub access_control: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub routing: Option<Map<String, Value>>,
     #[serde(default)]
     pub throttling: Option<Map<String, Value>>,
     #[serde(default)]

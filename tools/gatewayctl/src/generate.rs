@@ -6,6 +6,7 @@
 use crate::format::{Api, Auth, AuthMode, Document, Group, MatchBy, Policy, PolicyKind, VERSION};
 use crate::source::{Source, SourceError};
 use gateway_common::config::join_path;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 
@@ -75,7 +76,19 @@ pub struct Route {
     pub method: Option<String>,
     /// Header conditions: (name, exact value, inverted).
     pub stage: StageMatch,
+    /// The routing policy's choice this route takes (`x-gw-route`).
+    pub chosen_by_routing: Option<String>,
     pub action: RouteAction,
+    /// A share of the requests copied to another backend.
+    pub mirror: Option<Mirror>,
+}
+
+/// Envoy's request mirroring of a route: `per_ten_thousand` of its
+/// requests copied to `backend`, the answers dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    pub backend: String,
+    pub per_ten_thousand: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +195,7 @@ pub fn generate_for(source: &Source, target: Target) -> Result<Generated, Source
     generator.add_not_found();
     generator.add_sections(&apis)?;
     generator.warn_unbound(&apis);
+    generator.warn_istio_routes(&apis);
     Ok(Generated {
         sections: generator.sections.into_iter().collect(),
         provenance: generator.provenance,
@@ -215,6 +229,9 @@ struct ResolvedApi<'a> {
     policies: Vec<(usize, String)>,
     log: bool,
     route_names: Vec<String>,
+    /// The routing policy's routes: (name, where to).
+    routed: Vec<(String, RouteAction)>,
+    mirror: Option<Mirror>,
     /// request-mapping's rule, its backend path and host moved to the route.
     mapping: Option<Map<String, Value>>,
     path_rewrite: Option<String>,
@@ -391,7 +408,8 @@ impl Generator<'_> {
             if kinds.len() != 1 {
                 return Err(self.error(
                     &format!("policies[{index}]"),
-                    "a policy is exactly one of `quota`, `ip_control`, `breaker` or `access_control`",
+                    "a policy is exactly one of `quota`, `ip_control`, `breaker`, `access_control`, \
+                     `routing` or `mirror`",
                 ));
             }
             for field in ["name", "match"] {
@@ -413,6 +431,7 @@ impl Generator<'_> {
             Section::IpAcl => s.ip_acl.as_ref(),
             Section::ExtAuth => s.ext_auth.as_ref(),
             Section::AccessControl => s.access_control.as_ref(),
+            Section::Routing => s.routing.as_ref(),
             Section::Throttling => s.throttling.as_ref(),
             Section::ParamValidation => s.param_validation.as_ref(),
             Section::RequestMapping => s.request_mapping.as_ref(),
@@ -579,6 +598,8 @@ impl Generator<'_> {
         let log = api.log.or(group.and_then(|(_, g)| g.log)).unwrap_or(true);
         let mut route_names = vec![api.name.clone()];
         route_names.extend(stages.keys().map(|stage| stage_route(&api.name, stage)));
+        let (routed, mirror) = self.routes_of_policies(&policies)?;
+        route_names.extend(routed.iter().map(|(name, _)| routed_route(&api.name, name)));
         let (mapping, path_rewrite, host_rewrite) = self.split_mapping(index, api)?;
         let maps_path = mapping
             .as_ref()
@@ -610,6 +631,119 @@ impl Generator<'_> {
             policies,
             log,
             route_names,
+            routed,
+            mirror,
+        })
+    }
+
+    /// The routes an API's routing policy adds and its mirror, checked.
+    #[allow(clippy::type_complexity)]
+    fn routes_of_policies(
+        &self,
+        policies: &[(usize, String)],
+    ) -> Result<(Vec<(String, RouteAction)>, Option<Mirror>), SourceError> {
+        let mut routed = Vec::new();
+        let mut mirror = None;
+        for (p, _) in policies {
+            let policy = &self.document.policies[*p];
+            let kind = policy.kinds()[0].0;
+            // On Istio the routes are the VirtualServices' (warn_istio_routes).
+            if self.target == Target::Istio {
+                continue;
+            }
+            match kind {
+                PolicyKind::Routing => {
+                    let body = self.routing_policy(*p)?;
+                    for route in body.routes {
+                        let action = match route.mock {
+                            Some(mock) => RouteAction::Respond {
+                                status: mock.status,
+                                body: mock.body,
+                                headers: mock.headers.into_iter().collect(),
+                            },
+                            None => {
+                                let backend = route.backend.unwrap_or_default();
+                                RouteAction::Backend {
+                                    timeout: self.backend_timeout(&backend),
+                                    backend,
+                                    path_rewrite: None,
+                                    host_rewrite: None,
+                                }
+                            }
+                        };
+                        routed.push((route.name, action));
+                    }
+                }
+                PolicyKind::Mirror => mirror = Some(self.mirror_policy(*p)?),
+                _ => {}
+            }
+        }
+        Ok((routed, mirror))
+    }
+
+    fn backend_timeout(&self, name: &str) -> String {
+        self.document
+            .backends
+            .iter()
+            .find(|b| b.name == name)
+            .map(|b| b.timeout.clone())
+            .unwrap_or_default()
+    }
+
+    /// A routing policy's body, checked: each route named once, going to
+    /// a backend of the document or answered by a mock.
+    fn routing_policy(&self, p: usize) -> Result<RoutingPolicy, SourceError> {
+        let at = format!("policies[{p}].routing");
+        let body = self.document.policies[p]
+            .routing
+            .clone()
+            .unwrap_or_default();
+        let policy: RoutingPolicy = typed(Value::Object(body))
+            .map_err(|(path, err)| self.error(&join_path(&at, &path), err))?;
+        if policy.routes.is_empty() {
+            return Err(self.error(&format!("{at}.routes"), "routing needs at least one route"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, route) in policy.routes.iter().enumerate() {
+            let at = format!("{at}.routes[{i}]");
+            if !is_name(&route.name) {
+                return Err(self.error(&format!("{at}.name"), NAME_RULE));
+            }
+            if !names.insert(route.name.as_str()) {
+                return Err(self.error(
+                    &format!("{at}.name"),
+                    format!("`{}` names another route of the policy", route.name),
+                ));
+            }
+            match (&route.backend, &route.mock) {
+                (Some(backend), None) => self.require_backend(backend, &format!("{at}.backend"))?,
+                (None, Some(_)) => {}
+                _ => {
+                    return Err(self.error(
+                        &at,
+                        "a route goes to a `backend` or answers with a `mock` (one of them)",
+                    ))
+                }
+            }
+        }
+        Ok(policy)
+    }
+
+    fn mirror_policy(&self, p: usize) -> Result<Mirror, SourceError> {
+        let at = format!("policies[{p}].mirror");
+        let body = self.document.policies[p].mirror.clone().unwrap_or_default();
+        let policy: MirrorPolicy = typed(Value::Object(body))
+            .map_err(|(path, err)| self.error(&join_path(&at, &path), err))?;
+        self.require_backend(&policy.backend, &format!("{at}.backend"))?;
+        if !(policy.percent > 0.0 && policy.percent <= 100.0) {
+            return Err(self.error(
+                &format!("{at}.percent"),
+                "a share of the requests: more than 0, at most 100",
+            ));
+        }
+        Ok(Mirror {
+            backend: policy.backend,
+            per_ten_thousand: (policy.percent * 100.0).round().max(1.0) as u32,
         })
     }
 
@@ -712,14 +846,41 @@ impl Generator<'_> {
                     .unwrap_or_default()
             })
         };
+        let mirror = |action: &RouteAction| match action {
+            RouteAction::Backend { .. } => api.mirror.clone(),
+            RouteAction::Respond { .. } => None,
+        };
         let route = |name: String, stage: StageMatch, action: RouteAction| Route {
             name,
             path: path.clone(),
             method: method.clone(),
             stage,
+            chosen_by_routing: None,
+            mirror: mirror(&action),
             action,
         };
         let mut routes = Vec::new();
+        // The routing policy's choices first: they match only the header
+        // the policy sets (and removes when the client sends it).
+        for (name, action) in &api.routed {
+            let mut action = action.clone();
+            if let RouteAction::Backend {
+                path_rewrite,
+                host_rewrite,
+                timeout,
+                ..
+            } = &mut action
+            {
+                path_rewrite.clone_from(&api.path_rewrite);
+                host_rewrite.clone_from(&api.host_rewrite);
+                if let Some(own) = &api.api.timeout {
+                    timeout.clone_from(own);
+                }
+            }
+            let mut chosen = route(routed_route(&api.api.name, name), StageMatch::Any, action);
+            chosen.chosen_by_routing = Some(name.clone());
+            routes.push(chosen);
+        }
         for (stage, backend) in &api.stages {
             routes.push(route(
                 stage_route(&api.api.name, stage),
@@ -768,7 +929,9 @@ impl Generator<'_> {
             path: PathKind::Prefix("/".into()),
             method: None,
             stage: StageMatch::Any,
+            chosen_by_routing: None,
             action: error_response(404, "S404NF", "No Such API"),
+            mirror: None,
         });
     }
 
@@ -915,13 +1078,21 @@ impl Generator<'_> {
                     PolicyKind::IpControl => (Section::IpAcl, name.clone()),
                     PolicyKind::Breaker => (Section::CircuitBreaker, name.clone()),
                     PolicyKind::AccessControl => (Section::AccessControl, name.clone()),
+                    PolicyKind::Routing => (Section::Routing, name.clone()),
+                    // Envoy mirrors: the API's routes carry it.
+                    PolicyKind::Mirror => continue,
+                };
+                let body = if kind == PolicyKind::Routing {
+                    routing_section_rule(body)
+                } else {
+                    body.clone()
                 };
                 let body_at = format!("policies[{p}].{}", kind.field());
                 let bound = format!(
                     "as bound to {} by {binding}",
                     self.source.describe(&api.at())
                 );
-                push(self, section, rule_name, body.clone(), body_at, Some(bound));
+                push(self, section, rule_name, body, body_at, Some(bound));
             }
             let validates = !api.api.parameters.is_empty()
                 || api.api.body_schema.is_some()
@@ -1032,6 +1203,36 @@ impl Generator<'_> {
         Ok(())
     }
 
+    /// On Istio, gatewayctl writes no routes: a routing policy's filter
+    /// sets `x-gw-route` for the VirtualService to match, and mirroring is
+    /// the VirtualService's own.
+    fn warn_istio_routes(&mut self, apis: &[ResolvedApi]) {
+        if self.target != Target::Istio {
+            return;
+        }
+        for (index, policy) in self.document.policies.iter().enumerate() {
+            let bound = apis
+                .iter()
+                .any(|api| api.policies.iter().any(|(p, _)| *p == index));
+            let what = match policy.kinds().first().map(|(kind, _)| *kind) {
+                Some(PolicyKind::Routing) => {
+                    "the routing filter sets `x-gw-route`: match it in the VirtualService's \
+                     http routes (docs/policies/routing.md)"
+                }
+                Some(PolicyKind::Mirror) => {
+                    "left out: use the VirtualService's `mirror` and `mirrorPercentage`"
+                }
+                _ => continue,
+            };
+            if bound {
+                self.warnings.push(format!(
+                    "{}: policies[{index}] ({}): on Istio the routes are the VirtualServices': {what}",
+                    self.source.file, policy.name
+                ));
+            }
+        }
+    }
+
     fn warn_unbound(&mut self, apis: &[ResolvedApi]) {
         for (index, policy) in self.document.policies.iter().enumerate() {
             if !apis
@@ -1112,6 +1313,74 @@ pub(crate) fn variables(path: &str) -> Vec<&str> {
 /// Route names the gateway adds hold a `.`, which API names cannot.
 fn stage_route(api: &str, stage: &str) -> String {
     format!("{api}.stage.{}", stage.to_ascii_lowercase())
+}
+
+/// The Envoy route of a routing policy's choice `route` for `api`.
+fn routed_route(api: &str, route: &str) -> String {
+    format!("{api}.route.{route}")
+}
+
+/// A routing policy as apis.yaml writes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutingPolicy {
+    #[serde(default)]
+    #[allow(dead_code)]
+    parameters: Map<String, Value>,
+    routes: Vec<RoutingRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutingRoute {
+    name: String,
+    #[allow(dead_code)]
+    condition: String,
+    #[serde(default)]
+    backend: Option<String>,
+    #[serde(default)]
+    mock: Option<crate::format::Mock>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorPolicy {
+    backend: String,
+    #[serde(default = "all_requests")]
+    percent: f64,
+}
+
+fn all_requests() -> f64 {
+    100.0
+}
+
+/// A value of the document read as `T`; an error with its path inside.
+fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        (
+            if path == "." { String::new() } else { path },
+            err.into_inner().to_string(),
+        )
+    })
+}
+
+/// The routing filter's rule from the policy: the parameters, and each
+/// route's condition with the name Envoy's route matches.
+fn routing_section_rule(body: &Map<String, Value>) -> Map<String, Value> {
+    let mut rule = Map::new();
+    if let Some(parameters) = body.get("parameters") {
+        rule.insert("parameters".into(), parameters.clone());
+    }
+    let routes: Vec<Value> = body
+        .get("routes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|route| json!({ "condition": route.get("condition"), "to": route.get("name") }))
+        .collect();
+    rule.insert("routes".into(), Value::Array(routes));
+    rule
 }
 
 /// A local answer in the gateway's error shape.

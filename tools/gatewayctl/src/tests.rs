@@ -213,7 +213,7 @@ fn policies_are_one_kind_and_an_api_has_one_ip_control_and_one_breaker() {
     let text = document("policies:\n  - { name: p, quota: { limit: 1, window: 1s }, ip_control: { allow: [10.0.0.0/8] } }\napis:\n  - { name: a, path: /a, backend: shop, auth: anonymous, policies: [p] }\n");
     assert_eq!(
         error_of(&text),
-        "apis.yaml:8: policies[0] (p): a policy is exactly one of `quota`, `ip_control`, `breaker` or `access_control`"
+        "apis.yaml:8: policies[0] (p): a policy is exactly one of `quota`, `ip_control`, `breaker`, `access_control`, `routing` or `mirror`"
     );
     let text = document("policies:\n  - { name: p, ip_control: { allow: [10.0.0.0/8] } }\n  - { name: q, ip_control: { deny: [10.0.0.0/8] } }\ngroups:\n  - { name: g, policies: [p] }\napis:\n  - { name: a, group: g, path: /a, backend: shop, auth: anonymous, policies: [q] }\n");
     assert_eq!(
@@ -434,6 +434,162 @@ fn provenance_finds_the_longest_prefix_on_a_path_boundary() {
         "settings.ip_acl.deny[0]"
     );
     assert_eq!(provenance.locate("log_push.sink").0, "log_push.sink");
+}
+
+fn routes_of(config: &Value) -> Vec<Value> {
+    config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+const ROUTING: &str = "  - name: by-region
+    routing:
+      parameters: { tier: \"Header:X-Tier\" }
+      routes:
+        - { name: down, condition: \"header.x-maintenance == 'on'\", mock: { status: 503, body: later } }
+        - { name: eu, condition: \"param.region == 'eu' && $tier\", backend: shop-eu }
+  - name: copy
+    mirror: { backend: shop-eu, percent: 12.5 }
+";
+
+fn routing_document(policies: &str, api: &str) -> String {
+    format!(
+        "version: 1\nbackends:\n  - name: shop\n    endpoints: [127.0.0.1:18081]\n  - name: shop-eu\n    endpoints: [127.0.0.1:18082]\npolicies:\n{policies}apis:\n{api}"
+    )
+}
+
+#[test]
+fn routing_writes_a_route_per_choice_before_the_apis_own_and_the_filter_its_conditions() {
+    let text = routing_document(
+        ROUTING,
+        "  - { name: catalog, path: \"/catalog/{region}\", backend: shop, auth: anonymous, stages: { TEST: shop }, policies: [by-region, copy] }\n",
+    );
+    let generated = generated(&text);
+    let config = bootstrap(&generated, Host::Module, &Artifacts::default());
+    let routes = routes_of(&config);
+    let names: Vec<&str> = routes.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "catalog.route.down",
+            "catalog.route.eu",
+            "catalog.stage.test",
+            "catalog.unknown-stage",
+            "catalog",
+            "gateway.no-such-api"
+        ]
+    );
+    assert_eq!(
+        routes[1]["match"]["headers"],
+        json!([{"name": "x-gw-route", "string_match": {"exact": "eu"}}])
+    );
+    assert_eq!(routes[0]["direct_response"]["status"], 503);
+    assert_eq!(routes[1]["route"]["cluster"], "shop-eu");
+    // The mirror on every route to a backend, not on answers.
+    let mirror = json!([{"cluster": "shop-eu", "runtime_fraction": {"default_value": {
+        "numerator": 1250, "denominator": "TEN_THOUSAND"}}}]);
+    for i in [1, 2, 4] {
+        assert_eq!(routes[i]["route"]["request_mirror_policies"], mirror, "{i}");
+    }
+    assert!(routes[0].get("route").is_none());
+    // The filter's rule: the conditions and the names the routes match,
+    // and every policy knows the routing routes as the API's.
+    let routing = section(&generated, Section::Routing);
+    assert_eq!(
+        routing["rules"][0]["routes"],
+        json!([
+            {"condition": "header.x-maintenance == 'on'", "to": "down"},
+            {"condition": "param.region == 'eu' && $tier", "to": "eu"}
+        ])
+    );
+    assert_eq!(
+        routing["rules"][0]["parameters"],
+        json!({"tier": "Header:X-Tier"})
+    );
+    assert_eq!(
+        routing["rules"][0]["match"]["route_names"],
+        json!([
+            "catalog",
+            "catalog.stage.test",
+            "catalog.route.down",
+            "catalog.route.eu"
+        ])
+    );
+}
+
+#[test]
+fn routing_and_mirror_mistakes_are_reported_at_the_policy() {
+    let api = "  - { name: catalog, path: \"/catalog/{region}\", backend: shop, auth: anonymous, policies: [by-region] }\n";
+    for (from, to, expected) in [
+        (
+            "backend: shop-eu }",
+            "backend: nowhere }",
+            "policies[0] (by-region): routing.routes[1].backend: `nowhere` names no backend",
+        ),
+        (
+            ", backend: shop-eu }",
+            " }",
+            "policies[0] (by-region): routing.routes[1]: a route goes to a `backend` or answers with a `mock` (one of them)",
+        ),
+        (
+            "name: eu,",
+            "name: down,",
+            "policies[0] (by-region): routing.routes[1].name: `down` names another route of the policy",
+        ),
+        (
+            "name: eu,",
+            "name: \"e u\",",
+            "policies[0] (by-region): routing.routes[1].name: must be 1 to 64 letters",
+        ),
+        (
+            "name: eu,",
+            "name: eu, weight: 3,",
+            "policies[0] (by-region): routing.routes[1].weight: unknown field `weight`",
+        ),
+        (
+            "&& $tier\",",
+            "&& $tier ==\",",
+            "policies[0] (by-region): routing.routes[1].condition: at the end: a value expected",
+        ),
+        (
+            "percent: 12.5",
+            "percent: 0",
+            "policies[1] (copy): mirror.percent: a share of the requests: more than 0, at most 100",
+        ),
+    ] {
+        let policies = ROUTING.replace(from, to);
+        assert_ne!(policies, ROUTING, "{from}");
+        let api = if from.starts_with("percent") {
+            api.replace("[by-region]", "[copy]")
+        } else {
+            api.to_string()
+        };
+        let err = error_of(&routing_document(&policies, &api));
+        assert!(err.contains(expected), "{from} -> {to}:\n{err}");
+    }
+}
+
+#[test]
+fn routing_and_mirroring_on_istio_point_to_the_virtual_service() {
+    let text = routing_document(
+        ROUTING,
+        "  - { name: catalog, path: \"/catalog/{region}\", backend: shop, auth: anonymous, policies: [by-region, copy] }\n",
+    );
+    let source = Source::parse("apis.yaml", &text).unwrap();
+    let generated = crate::load_for(&source, crate::generate::Target::Istio).unwrap();
+    assert!(generated
+        .routes
+        .iter()
+        .all(|r| r.chosen_by_routing.is_none() && r.mirror.is_none()));
+    assert_eq!(
+        section(&generated, Section::Routing)["rules"][0]["routes"][1]["to"],
+        "eu"
+    );
+    let warnings = generated.warnings.join("\n");
+    assert!(warnings.contains("policies[0] (by-region): on Istio the routes are the VirtualServices': the routing filter sets `x-gw-route`"), "{warnings}");
+    assert!(warnings.contains("policies[1] (copy): on Istio the routes are the VirtualServices': left out: use the VirtualService's `mirror` and `mirrorPercentage`"), "{warnings}");
 }
 
 #[test]

@@ -66,6 +66,27 @@ pub enum Reference {
     Json(Vec<String>),
 }
 
+impl std::fmt::Display for Reference {
+    /// As a condition names it (`query.q`, `json.a.b`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reference::Method => f.write_str("method"),
+            Reference::Path => f.write_str("path"),
+            Reference::Host => f.write_str("host"),
+            Reference::Stage => f.write_str("stage"),
+            Reference::App => f.write_str("app"),
+            Reference::AppName => f.write_str("app_name"),
+            Reference::User => f.write_str("user"),
+            Reference::ClientIp => f.write_str("client_ip"),
+            Reference::Query(name) => write!(f, "query.{name}"),
+            Reference::Header(name) => write!(f, "header.{name}"),
+            Reference::Param(name) => write!(f, "param.{name}"),
+            Reference::Form(name) => write!(f, "form.{name}"),
+            Reference::Json(path) => write!(f, "json.{}", path.join(".")),
+        }
+    }
+}
+
 impl Reference {
     /// Read from the request body.
     pub fn in_body(&self) -> bool {
@@ -424,6 +445,26 @@ impl Compiler {
             return Err(format!("at {}: unexpected {}", token.at + 1, token.kind));
         }
         Ok(Condition { expr })
+    }
+
+    /// Every `param.` value the conditions read is a variable of the
+    /// rule's path template (`variables`).
+    pub fn check_path_variables(&self, variables: &[&str]) -> Result<(), String> {
+        for reference in &self.references {
+            if let Reference::Param(name) = reference {
+                if !variables.contains(&name.as_str()) {
+                    let known = if variables.is_empty() {
+                        "none".to_string()
+                    } else {
+                        variables.join(", ")
+                    };
+                    return Err(format!(
+                        "`param.{name}`: the rule's path has no variable `{{{name}}}` (its variables: {known})"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The values the compiled conditions read, by index.
@@ -890,6 +931,9 @@ fn is_keyword(word: &str) -> bool {
     )
 }
 
+mod request;
+pub mod rules;
+pub use request::{Body, RequestValues};
+
 #[cfg(test)]
-#[path = "condition_tests.rs"]
 mod tests;
