@@ -698,3 +698,80 @@ fn an_unreachable_upstream_is_recorded_with_envoy_response_flags() {
     assert_eq!(record["upstream_cluster"], "backend");
     assert!(record.get("upstream_latency_ms").is_none(), "{record}");
 }
+
+#[test]
+fn masked_values_never_reach_clickhouse() {
+    let clickhouse = ClickHouse::start();
+    clickhouse.create_log_tables(&["header_x_phone"]);
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let mut config = clickhouse_config();
+    config["headers"] = json!(["x-phone"]);
+    config["mask"] = json!({
+        "headers": {"x-phone": "last4"},
+        "query": {"email": "digest"},
+        "patterns": [
+            {"kind": "id_number"}, {"kind": "card", "as": "last4"},
+            {"kind": "email", "as": "digest"}, {"kind": "phone"}
+        ],
+        "digest_key": "a-key-of-the-test-0123456789"
+    });
+    let envoy = gateway(config, clickhouse.http_port(), &upstream);
+    let calls: u64 = 6;
+    for n in 0..calls {
+        let response = http::get(
+            &envoy.url(&format!(
+                "/users/alice{n}@example.com/orders?email=bob{n}%40example.com&card=4111111111111111&q=138001380{n:02}"
+            )),
+            &[
+                ("x-phone", &format!("139001390{n:02}")),
+                ("user-agent", "agent 440301199001011234"),
+            ],
+        )
+        .expect("response");
+        assert_eq!(response.status, 200);
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || count_rows(&clickhouse, "1")
+            >= calls),
+        "rows: {}\n{}",
+        count_rows(&clickhouse, "1"),
+        envoy.log()
+    );
+    // What the backend got is untouched: masking is for the record only.
+    assert!(upstream.requests()[0].path.contains("alice0@example.com"));
+    let leaked = "path LIKE '%@example.com%' OR query LIKE '%example.com%' \
+                  OR query LIKE '%4111111111111111%' OR query LIKE '%13800138%' \
+                  OR user_agent LIKE '%440301199001011234%' OR header_x_phone LIKE '%13900139%'";
+    assert_eq!(
+        count_rows(&clickhouse, leaked),
+        0,
+        "a masked value was stored"
+    );
+    let row: Value = serde_json::from_str(
+        clickhouse
+            .query("SELECT path, query, user_agent, header_x_phone FROM gateway_calls WHERE path LIKE '/users/#%' LIMIT 1 FORMAT JSONEachRow")
+            .trim(),
+    )
+    .expect("a JSON row");
+    let path = row["path"].as_str().unwrap();
+    assert!(
+        path.starts_with("/users/#") && path.ends_with("/orders"),
+        "{row}"
+    );
+    let query = row["query"].as_str().unwrap();
+    assert!(
+        query.contains("card=****1111") && query.contains("q=****"),
+        "{row}"
+    );
+    assert!(query.starts_with("email=%23"), "a digest: {row}");
+    assert_eq!(row["user_agent"], "agent ****");
+    assert!(
+        row["header_x_phone"].as_str().unwrap().starts_with("****"),
+        "{row}"
+    );
+    // The same value digests the same in every record: joins still work.
+    assert_eq!(
+        count(&clickhouse, "SELECT uniqExact(path) FROM gateway_calls"),
+        calls
+    );
+}

@@ -1,6 +1,7 @@
 //! The log-push configuration and its compiled form.
 
 use crate::format::{Format, Sink};
+use crate::mask::{MaskConfig, Masking};
 use crate::record::{
     header_column, Field, FieldSet, Layout, CREDENTIAL_HEADERS, CREDENTIAL_QUERY_PARAMETERS,
 };
@@ -38,6 +39,9 @@ pub struct LogPushConfig {
     pub headers: Vec<String>,
     #[serde(default)]
     pub redact: RedactConfig,
+    /// Values masked before a record leaves Envoy.
+    #[serde(default)]
+    pub mask: MaskConfig,
     #[serde(default)]
     pub client_address: ClientAddressConfig,
     /// Names APIs (and may sample them differently); first match wins.
@@ -156,6 +160,7 @@ pub struct LogPush {
     /// Extra headers to record (lower case), with whether each is redacted.
     pub headers: Vec<(String, bool)>,
     pub redacted_query: Vec<String>,
+    pub masking: Masking,
     pub client_address: ClientAddressResolver,
     rules: Vec<Rule>,
     uses_route_name: bool,
@@ -250,6 +255,8 @@ impl LogPush {
             let redacted = redacted_headers.contains(&lower);
             headers.push((lower, redacted));
         }
+        let recorded: Vec<String> = headers.iter().map(|(h, _)| h.clone()).collect();
+        let masking = Masking::compile(&config.mask, &recorded)?;
         let mut rules = Vec::with_capacity(config.rules.len());
         for (i, rule) in config.rules.iter().enumerate() {
             let at = rule_path(i);
@@ -274,6 +281,7 @@ impl LogPush {
                 .map(|q| q.to_string())
                 .chain(config.redact.query.iter().cloned())
                 .collect(),
+            masking,
             client_address: ClientAddressResolver::new(&config.client_address),
             uses_route_name: any_by_route_name(&rules, |r| &r.matcher),
             rules,

@@ -2,11 +2,12 @@
 //! pushed with `dispatch_http_call` to a sink cluster. The record is built
 //! in `on_log`, after the response is sent, so it never delays a request;
 //! batches leave from the root context's timer. The policy pieces are in
-//! [`config`], [`record`], [`shipper`] and [`format`], its part in a request
+//! [`config`], [`record`], [`mask`], [`shipper`] and [`format`], its part in a request
 //! against the stream seam in [`steps`]; how a root runs it in `worker.rs`.
 
 pub mod config;
 pub mod format;
+pub mod mask;
 pub mod record;
 pub mod shipper;
 pub mod steps;

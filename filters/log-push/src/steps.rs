@@ -226,7 +226,7 @@ impl LogPushSteps {
         let started_ms = property_int(stream, &["request", "time"])
             .map(|nanos| u64::try_from(nanos / 1_000_000).unwrap_or(0))
             .unwrap_or(now);
-        Record {
+        let mut record = Record {
             timestamp_ms: started_ms,
             record_id: self.worker.record_ids.next(),
             request_id: seen.request_id,
@@ -279,7 +279,9 @@ impl LogPushSteps {
                 String::new()
             },
             headers: seen.headers,
-        }
+        };
+        push.masking.apply(&mut record);
+        record
     }
 }
 
