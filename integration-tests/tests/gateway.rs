@@ -631,8 +631,12 @@ fn the_demo_records_every_call_in_clickhouse() {
     assert_eq!(ok.status, 200);
     let denied = http::get(&demo.http_url("/orders/42"), &[]).expect("response");
     assert_eq!(denied.status, 401);
-    let mapped = http::get(&demo.http_url("/v1/users/7"), &[]).expect("response");
-    assert_eq!(mapped.json()["path"], "/internal/accounts/7/profile");
+    let mapped =
+        http::get(&demo.http_url("/v1/users/alice@example.com"), &[]).expect("response");
+    assert_eq!(
+        mapped.json()["path"],
+        "/internal/accounts/alice@example.com/profile"
+    );
     let rows = || {
         clickhouse.query(
             "SELECT api, method, path, status, error_code, header_x_tenant FROM gateway_calls \
@@ -646,13 +650,19 @@ fn the_demo_records_every_call_in_clickhouse() {
         rows(),
         demo.envoy.log()
     );
-    // The client's request line, even where request-mapping rewrote it.
-    assert_eq!(
-        rows(),
-        "orders\tGET\t/orders/42\t401\tA401MH\t\n\
-         public-profile\tGET\t/v1/users/7\t200\t\t\n\
-         search\tGET\t/search\t200\t\tacme\n"
+    // The client's request line, even where request-mapping rewrote it,
+    // with the e-mail address masked (a keyed digest) before it left Envoy.
+    let rows = rows();
+    let lines: Vec<&str> = rows.lines().collect();
+    assert_eq!(lines[0], "orders\tGET\t/orders/42\t401\tA401MH\t");
+    let profile: Vec<&str> = lines[1].split('\t').collect();
+    assert_eq!(profile[0], "public-profile");
+    let masked = profile[2].strip_prefix("/v1/users/#").unwrap_or_default();
+    assert!(
+        masked.len() == 16 && masked.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{rows}"
     );
+    assert_eq!(lines[2], "search\tGET\t/search\t200\t\tacme");
 }
 
 #[test]
