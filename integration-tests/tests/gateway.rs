@@ -631,8 +631,7 @@ fn the_demo_records_every_call_in_clickhouse() {
     assert_eq!(ok.status, 200);
     let denied = http::get(&demo.http_url("/orders/42"), &[]).expect("response");
     assert_eq!(denied.status, 401);
-    let mapped =
-        http::get(&demo.http_url("/v1/users/alice@example.com"), &[]).expect("response");
+    let mapped = http::get(&demo.http_url("/v1/users/alice@example.com"), &[]).expect("response");
     assert_eq!(
         mapped.json()["path"],
         "/internal/accounts/alice@example.com/profile"
@@ -657,7 +656,7 @@ fn the_demo_records_every_call_in_clickhouse() {
     assert_eq!(lines[0], "orders\tGET\t/orders/42\t401\tA401MH\t");
     let profile: Vec<&str> = lines[1].split('\t').collect();
     assert_eq!(profile[0], "public-profile");
-    let masked = profile[2].strip_prefix("/v1/users/#").unwrap_or_default();
+    let masked = profile[2].strip_prefix("/v1/users/~").unwrap_or_default();
     assert!(
         masked.len() == 16 && masked.bytes().all(|b| b.is_ascii_hexdigit()),
         "{rows}"

@@ -107,6 +107,22 @@ impl AccessControlSteps {
     }
 }
 
+impl AccessControlSteps {
+    /// A body over `max_body_bytes`: refused (413), or under `dry_run`
+    /// logged, counted and let through.
+    fn body_too_large(&self, stream: &mut dyn Stream) -> Verdict {
+        if self.policy.dry_run {
+            stream.log(
+                Level::Info,
+                format_args!("{FILTER_NAME}: dry run: a body over max_body_bytes would be refused"),
+            );
+            stream.increment(self.metrics.dry_run_denied, 1);
+            return Verdict::Continue;
+        }
+        refuse(stream, &self.metrics.denied, &codes::BODY_TOO_LARGE)
+    }
+}
+
 impl PolicySteps for AccessControlSteps {
     fn on_request_headers(&mut self, stream: &mut dyn Stream, end_of_stream: bool) -> Verdict {
         let policy = Rc::clone(&self.policy);
@@ -122,7 +138,7 @@ impl PolicySteps for AccessControlSteps {
         let content_type = stream.request_header("content-type");
         if reads_body && !end_of_stream && Body::readable(content_type.as_deref()) {
             if declared_body_length(stream).is_some_and(|len| len > policy.max_body_bytes) {
-                return refuse(stream, &self.metrics.denied, &codes::BODY_TOO_LARGE);
+                return self.body_too_large(stream);
             }
             self.waiting = Some(Waiting {
                 rule: index,
@@ -148,7 +164,7 @@ impl PolicySteps for AccessControlSteps {
                 self.waiting = Some(waiting);
                 Verdict::Pause
             }
-            BufferedBody::TooLarge => refuse(stream, &self.metrics.denied, &codes::BODY_TOO_LARGE),
+            BufferedBody::TooLarge => self.body_too_large(stream),
             BufferedBody::Complete(bytes) => {
                 let body = Body::parse(waiting.content_type.as_deref(), &bytes);
                 self.decide(stream, waiting.rule, &waiting.captures.captures(), &body)

@@ -248,6 +248,13 @@ fn otherwise_decides_what_no_check_did() {
     assert_eq!(open.0, Verdict::Continue);
     let shut = run(CONFIG, request("GET", "/closed?token=nope"), None);
     assert_eq!(status(&shut), Some((403, "A403AC".into())));
+    // A bad escape elsewhere in the query hides nothing.
+    let bad_escape = run(
+        CONFIG,
+        request("GET", "/closed?x=%zz&token=open-sesame&%=1"),
+        None,
+    );
+    assert_eq!(bad_escape.0, Verdict::Continue);
 }
 
 #[test]
@@ -277,6 +284,15 @@ fn dry_run_counts_and_logs_but_lets_through() {
         .borrow()
         .iter()
         .any(|(_, line)| line.contains("`owner` would deny")));
+    let large = run(
+        &config,
+        request("POST", "/reports")
+            .with_header("content-type", "application/json")
+            .with_header("content-length", "100000"),
+        Some("{}"),
+    );
+    assert_eq!(large.0, Verdict::Continue, "not refused under dry_run");
+    assert_eq!(large.1.counted(FILTER_NAME, "dry_run.denied"), 1);
 }
 
 #[test]

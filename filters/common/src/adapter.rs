@@ -375,14 +375,19 @@ impl HttpContext for StreamContext {
         if self.hosted.holds_for_fleet() {
             return proxy_wasm::types::Action::Pause;
         }
-        action(self.run(|steps, stream| steps.on_request_body(stream, body_size, end_of_stream)))
+        let _reads = host::callback_scope();
+        let (verdict, _) = self
+            .hosted
+            .request_body(&mut self.host, body_size, end_of_stream);
+        action(verdict)
     }
 
     fn on_http_request_trailers(&mut self, _: usize) -> proxy_wasm::types::Action {
         if self.hosted.holds_for_fleet() {
             return proxy_wasm::types::Action::Pause;
         }
-        action(self.run(|steps, stream| steps.on_request_trailers(stream)))
+        let _reads = host::callback_scope();
+        action(self.hosted.request_trailers(&mut self.host))
     }
 
     fn on_http_response_headers(

@@ -113,6 +113,20 @@ impl Host for FakeHost {
     }
 }
 
+/// The stage a request calls, from its `X-Ca-Stage` header: trimmed, upper
+/// case (Envoy's stage routes match it in any case), at most 32
+/// characters, `RELEASE` when absent or empty.
+pub fn stage(header: Option<&str>) -> String {
+    match header.map(str::trim).filter(|value| !value.is_empty()) {
+        Some(value) => value
+            .chars()
+            .take(32)
+            .collect::<String>()
+            .to_ascii_uppercase(),
+        None => "RELEASE".into(),
+    }
+}
+
 /// The request facts most filters need, read once per request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestLine {

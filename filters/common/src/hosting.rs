@@ -507,6 +507,8 @@ pub struct HostedSteps {
     shared: Option<Rc<SharedRequest>>,
     fleet: Option<Ticket>,
     call: Option<u32>,
+    /// The steps hold a body that has not ended (its size so far).
+    unfinished_body: Option<usize>,
     ended: bool,
 }
 
@@ -517,8 +519,41 @@ impl HostedSteps {
             shared,
             fleet: None,
             call: None,
+            unfinished_body: None,
             ended: false,
         }
+    }
+
+    /// The request body step; a body held before its end is remembered
+    /// for [`HostedSteps::request_trailers`]. The verdict, and the body
+    /// size the step left if it replaced the body.
+    pub fn request_body(
+        &mut self,
+        host: &mut dyn RequestHost,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> (Verdict, Option<usize>) {
+        let (verdict, resized_to) = self.run(host, |steps, stream| {
+            steps.on_request_body(stream, body_size, end_of_stream)
+        });
+        self.unfinished_body =
+            (verdict == Verdict::Pause && !end_of_stream).then(|| resized_to.unwrap_or(body_size));
+        (verdict, resized_to)
+    }
+
+    /// Trailers end the request: steps holding a body that never said it
+    /// ended are shown it whole first (so a client cannot skip a body
+    /// check by sending trailers), then the trailers.
+    pub fn request_trailers(&mut self, host: &mut dyn RequestHost) -> Verdict {
+        if let Some(body_size) = self.unfinished_body.take() {
+            let verdict = self.verdict(host, |steps, stream| {
+                steps.on_request_body(stream, body_size, true)
+            });
+            if verdict != Verdict::Continue {
+                return verdict;
+            }
+        }
+        self.verdict(host, |steps, stream| steps.on_request_trailers(stream))
     }
 
     /// Runs one step over the request's stream and keeps the fleet
@@ -769,6 +804,55 @@ mod tests {
         // route once before and once after the header change.
         assert_eq!(host.header_reads.get(), 6);
         assert_eq!(host.route_reads.get(), 2);
+    }
+
+    /// A step that waits for the whole body, then refuses it.
+    struct WholeBody {
+        seen: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl PolicySteps for WholeBody {
+        fn on_request_body(&mut self, _: &mut dyn Stream, size: usize, end: bool) -> Verdict {
+            self.seen
+                .borrow_mut()
+                .push(format!("body {size} end={end}"));
+            if end {
+                Verdict::Answered
+            } else {
+                Verdict::Pause
+            }
+        }
+
+        fn on_request_trailers(&mut self, _: &mut dyn Stream) -> Verdict {
+            self.seen.borrow_mut().push("trailers".into());
+            Verdict::Continue
+        }
+    }
+
+    #[test]
+    fn trailers_end_a_held_body_so_its_check_is_never_skipped() {
+        let mut host = host();
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let steps = Box::new(WholeBody {
+            seen: Rc::clone(&seen),
+        });
+        let mut hosted = HostedSteps::new(steps, None);
+        assert_eq!(hosted.request_body(&mut host, 5, false).0, Verdict::Pause);
+        assert_eq!(hosted.request_body(&mut host, 9, false).0, Verdict::Pause);
+        assert_eq!(hosted.request_trailers(&mut host), Verdict::Answered);
+        assert_eq!(
+            *seen.borrow(),
+            ["body 5 end=false", "body 9 end=false", "body 9 end=true"]
+        );
+        // A body that ended is not shown again.
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let steps = Box::new(WholeBody {
+            seen: Rc::clone(&seen),
+        });
+        let mut hosted = HostedSteps::new(steps, None);
+        hosted.request_body(&mut host, 4, true);
+        assert_eq!(hosted.request_trailers(&mut host), Verdict::Continue);
+        assert_eq!(*seen.borrow(), ["body 4 end=true", "trailers"]);
     }
 
     #[test]

@@ -24,6 +24,21 @@ pub fn parse_pairs(encoded: &str) -> Result<Vec<(String, String)>, ParameterErro
         .collect()
 }
 
+/// [`parse_pairs`] that never fails: a name or value that does not decode
+/// (a bad `%` escape, not UTF-8) is kept as sent, and the other pairs are
+/// read all the same, so one bad pair cannot hide the others.
+pub fn parse_pairs_lenient(encoded: &str) -> Vec<(String, String)> {
+    encoded
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |text: &str| url_decode(text).unwrap_or_else(|_| text.to_string());
+            (decode(key), decode(value))
+        })
+        .collect()
+}
+
 /// Keeps the raw `key=value` pairs whose decoded key passes `keep`, in
 /// order and with their original encoding; `None` when nothing is removed.
 pub fn retain_raw_pairs(encoded: &str, keep: impl Fn(&str) -> bool) -> Option<String> {
@@ -139,6 +154,20 @@ mod tests {
             ]
         );
         assert!(parse_pairs("a=%zz").is_err());
+    }
+
+    #[test]
+    fn lenient_pairs_keep_what_does_not_decode_and_read_the_rest() {
+        assert_eq!(
+            parse_pairs_lenient("action=delete&x=%zz&%=1&b=%E5%8C%97&c=%FF"),
+            vec![
+                ("action".into(), "delete".into()),
+                ("x".into(), "%zz".into()),
+                ("%".into(), "1".into()),
+                ("b".into(), "北".into()),
+                ("c".into(), "%FF".into()),
+            ]
+        );
     }
 
     #[test]

@@ -176,9 +176,7 @@ impl<'h> pipeline::Member<dyn RequestHost + 'h> for Member {
         if self.0.holds_for_fleet() {
             return Verdict::Pause.into();
         }
-        let (verdict, resized_to) = self.0.run(host, |steps, stream| {
-            steps.on_request_body(stream, body_size, end_of_stream)
-        });
+        let (verdict, resized_to) = self.0.request_body(host, body_size, end_of_stream);
         BodyVerdict {
             verdict,
             resized_to,
@@ -189,8 +187,7 @@ impl<'h> pipeline::Member<dyn RequestHost + 'h> for Member {
         if self.0.holds_for_fleet() {
             return Verdict::Pause;
         }
-        self.0
-            .verdict(host, |steps, stream| steps.on_request_trailers(stream))
+        self.0.request_trailers(host)
     }
 
     fn response_headers(

@@ -368,10 +368,13 @@ impl<M> Pipeline<M> {
             return Flow::Pause;
         }
         if self.started < self.members.len() {
-            Flow::Pause
-        } else {
-            Flow::Continue
+            // The member that held the request let it go on the trailers:
+            // the members after it see the headers, the body held so far
+            // and the trailers now.
+            let body = self.held_body.take();
+            return self.start_after_hold(host, body, true);
         }
+        Flow::Continue
     }
 
     pub fn on_response_headers<H: ?Sized>(&mut self, host: &mut H, end_of_stream: bool) -> Flow
@@ -750,6 +753,7 @@ mod tests {
         let (mut pipeline, journal) = policies(&["auth", "acl"])
             .headers(0, &[HOLD])
             .body(0, &[HOLD.into()])
+            .trailers(0, &[HOLD])
             .start();
         pipeline.on_request_headers(&mut (), false);
         pipeline.on_request_body(&mut (), 3, false);
@@ -760,6 +764,28 @@ mod tests {
                 "auth headers eos=false",
                 "auth body 3 eos=false",
                 "auth trailers"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_policy_letting_the_request_go_on_the_trailers_starts_the_ones_after_it() {
+        let (mut pipeline, journal) = policies(&["auth", "acl"])
+            .headers(0, &[HOLD])
+            .body(0, &[HOLD.into()])
+            .start();
+        pipeline.on_request_headers(&mut (), false);
+        pipeline.on_request_body(&mut (), 3, false);
+        assert_eq!(pipeline.on_request_trailers(&mut ()), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            [
+                "auth headers eos=false",
+                "auth body 3 eos=false",
+                "auth trailers",
+                "acl headers eos=false",
+                "acl body 3 eos=false",
+                "acl trailers"
             ]
         );
     }

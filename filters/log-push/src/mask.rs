@@ -24,7 +24,7 @@ pub enum Style {
     /// `****` and the last four characters (`****1234`); shorter values
     /// are masked fully.
     Last4,
-    /// `#` and 16 hex digits of HMAC-SHA256 under `digest_key`: the same
+    /// `~` and 16 hex digits of HMAC-SHA256 under `digest_key`: the same
     /// value always masks the same, so records can still be joined.
     Digest,
 }
@@ -158,22 +158,41 @@ impl Masking {
                 *value = self.mask(value, *style);
             }
         }
-        if !self.query.is_empty() && !record.query.is_empty() {
+        if !record.query.is_empty() {
             record.query = self.mask_query(&record.query);
         }
         if self.patterns.is_empty() {
             return;
         }
-        let fields = [
-            &mut record.path,
-            &mut record.query,
-            &mut record.user_agent,
-            &mut record.user,
-        ];
+        record.path = self.mask_path(&record.path);
+        let fields = [&mut record.user_agent, &mut record.user];
         for field in fields.into_iter().chain(record.headers.iter_mut()) {
             if let Cow::Owned(masked) = self.mask_patterns(field) {
                 *field = masked;
             }
+        }
+    }
+
+    /// The path with each segment's patterns masked as the backend decodes
+    /// it (`%40`, `%2B`…), the masked segment encoded again.
+    fn mask_path(&self, path: &str) -> String {
+        let segments: Vec<String> = path
+            .split('/')
+            .map(|segment| {
+                self.mask_encoded(segment)
+                    .unwrap_or_else(|| segment.to_string())
+            })
+            .collect();
+        segments.join("/")
+    }
+
+    /// An encoded component with its patterns masked, decoded first;
+    /// `None` when nothing is found.
+    fn mask_encoded(&self, component: &str) -> Option<String> {
+        let decoded = url_decode(component).unwrap_or_else(|_| component.to_string());
+        match self.mask_patterns(&decoded) {
+            Cow::Owned(masked) => Some(url_component(&masked)),
+            Cow::Borrowed(_) => None,
         }
     }
 
@@ -199,7 +218,7 @@ impl Masking {
                 mac.update(value.as_bytes());
                 let digest = mac.finalize().into_bytes();
                 let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-                format!("#{hex}")
+                format!("~{hex}")
             }
         }
     }
@@ -219,49 +238,78 @@ impl Masking {
                 .iter()
                 .find(|(n, _)| *n == decoded_name)
                 .map(|(_, s)| *s);
-            match style {
+            let masked = match style {
                 Some(style) if !value.is_empty() => {
                     // A value that does not decode is masked as it was sent.
                     let plain = url_decode(value).unwrap_or_else(|_| value.to_string());
-                    out.push_str(name);
-                    out.push('=');
-                    out.push_str(&encode_component(&self.mask(&plain, style)));
+                    Some(url_component(&self.mask(&plain, style)))
                 }
-                _ => out.push_str(pair),
+                _ => self.mask_encoded(value),
+            };
+            match masked {
+                Some(masked) => {
+                    out.push_str(name);
+                    if pair.contains('=') {
+                        out.push('=');
+                    }
+                    out.push_str(&masked);
+                }
+                None => out.push_str(pair),
             }
         }
         out
     }
 
-    /// `text` with every value of a configured kind masked.
+    /// `text` with every value of a configured kind masked. Where found
+    /// values overlap, their union is masked, in the style of the kind
+    /// listed first.
     pub fn mask_patterns<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        let mut found: Vec<(usize, usize, Style)> = Vec::new();
-        for (kind, style) in &self.patterns {
+        // (start, end, the pattern's position in the configuration)
+        let mut found: Vec<(usize, usize, usize)> = Vec::new();
+        for (priority, (kind, _)) in self.patterns.iter().enumerate() {
             let spans = match kind {
                 Kind::Email => emails(text),
                 Kind::Phone | Kind::Card | Kind::IdNumber => numbers(text, *kind),
             };
-            for (start, end) in spans {
-                // The first configured kind that claims a span keeps it.
-                if !found.iter().any(|(s, e, _)| start < *e && *s < end) {
-                    found.push((start, end, *style));
-                }
-            }
+            found.extend(spans.into_iter().map(|(start, end)| (start, end, priority)));
         }
         if found.is_empty() {
             return Cow::Borrowed(text);
         }
-        found.sort_unstable_by_key(|(start, _, _)| *start);
+        found.sort_unstable();
+        let mut merged: Vec<(usize, usize, usize)> = Vec::with_capacity(found.len());
+        for (start, end, priority) in found {
+            match merged.last_mut() {
+                Some(last) if start < last.1 => {
+                    last.1 = last.1.max(end);
+                    last.2 = last.2.min(priority);
+                }
+                _ => merged.push((start, end, priority)),
+            }
+        }
         let mut out = String::with_capacity(text.len());
         let mut at = 0;
-        for (start, end, style) in found {
+        for (start, end, priority) in merged {
+            let (kind, style) = self.patterns[priority];
             out.push_str(&text[at..start]);
-            out.push_str(&self.mask(&text[start..end], style));
+            let value = &text[start..end];
+            // An address is one whatever its case.
+            if kind == Kind::Email && style == Style::Digest {
+                out.push_str(&self.mask(&value.to_ascii_lowercase(), style));
+            } else {
+                out.push_str(&self.mask(value, style));
+            }
             at = end;
         }
         out.push_str(&text[at..]);
         Cow::Owned(out)
     }
+}
+
+/// A masked value in a URL: percent-encoded but for `*`, which paths and
+/// queries take as it is (`****1234`, `~3f…` stay readable).
+fn url_component(text: &str) -> String {
+    encode_component(text).replace("%2A", "*")
 }
 
 /// Byte spans of e-mail addresses: a local part of letters, digits and
@@ -281,12 +329,14 @@ fn emails(text: &str) -> Vec<(usize, usize)> {
             i += 1;
             continue;
         };
+        // Local parts are at most 64 bytes and domains 255 (RFC 5321):
+        // the scans are bounded, so a text of many `@` stays linear.
         let mut start = i;
-        while start > 0 && local(bytes[start - 1]) {
+        while start > 0 && i - start < 64 && local(bytes[start - 1]) {
             start -= 1;
         }
         let mut end = i + at_len;
-        while end < bytes.len() && domain(bytes[end]) {
+        while end < bytes.len() && end - (i + at_len) < 255 && domain(bytes[end]) {
             end += 1;
         }
         while end > i + at_len && bytes[end - 1] == b'.' {
@@ -455,6 +505,43 @@ mod tests {
     }
 
     #[test]
+    fn values_are_found_as_the_backend_decodes_the_path_and_query() {
+        let m = all_kinds("full");
+        let mut record = Record {
+            path: "/u/alice%40example.com/%2B8613800138000".into(),
+            query: "cards=4111111111111111%2C5500000000000004&p=138%200013%208000&x=1".into(),
+            ..Record::default()
+        };
+        m.apply(&mut record);
+        assert_eq!(record.path, "/u/****/****");
+        assert_eq!(record.query, "cards=****%2C****&p=****&x=1");
+    }
+
+    #[test]
+    fn overlapping_values_are_masked_whole_and_addresses_digest_in_any_case() {
+        let m = masking(
+            serde_json::json!({"patterns": [{"kind": "phone"}, {"kind": "email"}]}),
+            &[],
+        );
+        assert_eq!(m.mask_patterns("john.13800138000@example.com"), "****");
+        let d = all_kinds("digest");
+        assert_eq!(
+            d.mask_patterns("Alice@Example.COM"),
+            d.mask_patterns("alice@example.com")
+        );
+    }
+
+    #[test]
+    fn an_address_is_looked_for_at_most_64_bytes_back() {
+        // What keeps a text of many `@` (or `%40`) linear to scan.
+        let m = all_kinds("full");
+        let long = format!("{}@example.com", "a".repeat(100));
+        assert_eq!(m.mask_patterns(&long), format!("{}****", "a".repeat(36)));
+        let hostile = "%40".repeat(2_000);
+        assert_eq!(m.mask_patterns(&hostile), hostile);
+    }
+
+    #[test]
     fn lookalikes_are_left_alone() {
         let m = all_kinds("full");
         for text in [
@@ -495,7 +582,7 @@ mod tests {
         assert_eq!(m.mask("abc", Style::Last4), "****");
         let d = all_kinds("digest");
         let one = d.mask_patterns("alice@example.com");
-        assert!(one.starts_with('#') && one.len() == 17, "{one}");
+        assert!(one.starts_with('~') && one.len() == 17, "{one}");
         assert_eq!(d.mask_patterns("alice@example.com"), one, "stable");
         assert_ne!(d.mask_patterns("bob@example.com"), one);
         let other_key = masking(
@@ -526,7 +613,7 @@ mod tests {
         let digest = m.mask("a@b.cn", Style::Digest);
         assert_eq!(
             record.query,
-            format!("card=%2A%2A%2A%2A&email=%23{}&page=2&card", &digest[1..])
+            format!("card=****&email={digest}&page=2&card")
         );
     }
 

@@ -346,16 +346,7 @@ impl Layout {
 
 /// The stage a request called, as Alibaba's `X-Ca-Stage` names it: the
 /// header upper-cased (at most 32 characters), `RELEASE` when absent.
-pub fn stage(header: Option<&str>) -> String {
-    match header.map(str::trim).filter(|value| !value.is_empty()) {
-        Some(value) => value
-            .chars()
-            .take(32)
-            .collect::<String>()
-            .to_ascii_uppercase(),
-        None => "RELEASE".into(),
-    }
-}
+pub use gateway_common::host::stage;
 
 /// Column name for an extra header: `X-Tenant` → `header_x_tenant`.
 pub fn header_column(name: &str) -> String {

@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 /// The request header carrying the chosen route to Envoy's route table.
 pub const ROUTE_HEADER: &str = "x-gw-route";
 
-/// A route's name: what Envoy's routes match in [`ROUTE_HEADER`].
-const MAX_ROUTE_NAME: usize = 64;
+/// The longest route name (gatewayctl writes `<api>.route.<name>`).
+const MAX_ROUTE_NAME: usize = 160;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

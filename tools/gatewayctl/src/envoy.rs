@@ -356,6 +356,10 @@ fn route_match(route: &Route) -> Value {
 
 fn route(route: &Route, document: &Document) -> Value {
     let mut out = json!({ "name": route.name, "match": route_match(route) });
+    if route.chosen_by_routing.is_some() {
+        // The routing filter's choice stays at the gateway.
+        out["request_headers_to_remove"] = json!(["x-gw-route"]);
+    }
     match &route.action {
         RouteAction::Backend {
             backend,

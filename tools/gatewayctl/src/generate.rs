@@ -647,13 +647,14 @@ impl Generator<'_> {
         for (p, _) in policies {
             let policy = &self.document.policies[*p];
             let kind = policy.kinds()[0].0;
-            // On Istio the routes are the VirtualServices' (warn_istio_routes).
-            if self.target == Target::Istio {
-                continue;
-            }
             match kind {
                 PolicyKind::Routing => {
                     let body = self.routing_policy(*p)?;
+                    // On Istio the routes are the VirtualServices'
+                    // (warn_istio_routes): checked, not written.
+                    if self.target == Target::Istio {
+                        continue;
+                    }
                     for route in body.routes {
                         let action = match route.mock {
                             Some(mock) => RouteAction::Respond {
@@ -674,7 +675,12 @@ impl Generator<'_> {
                         routed.push((route.name, action));
                     }
                 }
-                PolicyKind::Mirror => mirror = Some(self.mirror_policy(*p)?),
+                PolicyKind::Mirror => {
+                    let checked = self.mirror_policy(*p)?;
+                    if self.target != Target::Istio {
+                        mirror = Some(checked);
+                    }
+                }
                 _ => {}
             }
         }
@@ -864,21 +870,23 @@ impl Generator<'_> {
         // the policy sets (and removes when the client sends it).
         for (name, action) in &api.routed {
             let mut action = action.clone();
+            // The API's path rewriting and timeout; the Host is the other
+            // backend's own.
             if let RouteAction::Backend {
                 path_rewrite,
-                host_rewrite,
                 timeout,
                 ..
             } = &mut action
             {
                 path_rewrite.clone_from(&api.path_rewrite);
-                host_rewrite.clone_from(&api.host_rewrite);
                 if let Some(own) = &api.api.timeout {
                     timeout.clone_from(own);
                 }
             }
-            let mut chosen = route(routed_route(&api.api.name, name), StageMatch::Any, action);
-            chosen.chosen_by_routing = Some(name.clone());
+            let route_name = routed_route(&api.api.name, name);
+            let mut chosen = route(route_name.clone(), StageMatch::Any, action);
+            // The route's full name: no other API's route can take it.
+            chosen.chosen_by_routing = Some(route_name);
             routes.push(chosen);
         }
         for (stage, backend) in &api.stages {
@@ -1083,7 +1091,7 @@ impl Generator<'_> {
                     PolicyKind::Mirror => continue,
                 };
                 let body = if kind == PolicyKind::Routing {
-                    routing_section_rule(body)
+                    routing_section_rule(&name, body)
                 } else {
                     body.clone()
                 };
@@ -1365,9 +1373,9 @@ fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, (String, Str
     })
 }
 
-/// The routing filter's rule from the policy: the parameters, and each
-/// route's condition with the name Envoy's route matches.
-fn routing_section_rule(body: &Map<String, Value>) -> Map<String, Value> {
+/// The routing filter's rule for `api` from the policy: the parameters,
+/// and each route's condition with the name of the Envoy route it chooses.
+fn routing_section_rule(api: &str, body: &Map<String, Value>) -> Map<String, Value> {
     let mut rule = Map::new();
     if let Some(parameters) = body.get("parameters") {
         rule.insert("parameters".into(), parameters.clone());
@@ -1377,7 +1385,13 @@ fn routing_section_rule(body: &Map<String, Value>) -> Map<String, Value> {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .map(|route| json!({ "condition": route.get("condition"), "to": route.get("name") }))
+        .map(|route| {
+            let name = route
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            json!({ "condition": route.get("condition"), "to": routed_route(api, name) })
+        })
         .collect();
     rule.insert("routes".into(), Value::Array(routes));
     rule

@@ -483,7 +483,11 @@ fn routing_writes_a_route_per_choice_before_the_apis_own_and_the_filter_its_cond
     );
     assert_eq!(
         routes[1]["match"]["headers"],
-        json!([{"name": "x-gw-route", "string_match": {"exact": "eu"}}])
+        json!([{"name": "x-gw-route", "string_match": {"exact": "catalog.route.eu"}}])
+    );
+    assert_eq!(
+        routes[1]["request_headers_to_remove"],
+        json!(["x-gw-route"])
     );
     assert_eq!(routes[0]["direct_response"]["status"], 503);
     assert_eq!(routes[1]["route"]["cluster"], "shop-eu");
@@ -500,8 +504,8 @@ fn routing_writes_a_route_per_choice_before_the_apis_own_and_the_filter_its_cond
     assert_eq!(
         routing["rules"][0]["routes"],
         json!([
-            {"condition": "header.x-maintenance == 'on'", "to": "down"},
-            {"condition": "param.region == 'eu' && $tier", "to": "eu"}
+            {"condition": "header.x-maintenance == 'on'", "to": "catalog.route.down"},
+            {"condition": "param.region == 'eu' && $tier", "to": "catalog.route.eu"}
         ])
     );
     assert_eq!(
@@ -585,7 +589,18 @@ fn routing_and_mirroring_on_istio_point_to_the_virtual_service() {
         .all(|r| r.chosen_by_routing.is_none() && r.mirror.is_none()));
     assert_eq!(
         section(&generated, Section::Routing)["rules"][0]["routes"][1]["to"],
-        "eu"
+        "catalog.route.eu"
+    );
+    // Checked on Istio too.
+    let wrong = routing_document(
+        &ROUTING.replace("backend: shop-eu }", "backend: nowhere }"),
+        "  - { name: catalog, path: \"/catalog/{region}\", backend: shop, auth: anonymous, policies: [by-region] }\n",
+    );
+    let source = Source::parse("apis.yaml", &wrong).unwrap();
+    let errors = crate::load_for(&source, crate::generate::Target::Istio).unwrap_err();
+    assert!(
+        errors[0].to_string().contains("`nowhere` names no backend"),
+        "{errors:?}"
     );
     let warnings = generated.warnings.join("\n");
     assert!(warnings.contains("policies[0] (by-region): on Istio the routes are the VirtualServices': the routing filter sets `x-gw-route`"), "{warnings}");

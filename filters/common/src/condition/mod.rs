@@ -17,12 +17,16 @@
 //! the API's path template), `form.N`, `json.a.b.0` (a field of a JSON
 //! body). A value the request does not have is `null`.
 //!
-//! Operators: `==` (or `=`), `!=`, `<`, `<=`, `>`, `>=` (numbers when both
-//! sides are numbers, else text), `in [..]`, `not in [..]`, `matches` (or
-//! `=~`) and `!~` with a regular expression, `contains`, `starts_with`,
-//! `ends_with`; `&&`/`and`, `||`/`or`, `!`/`not`, parentheses. A value alone
-//! holds when the request has it and it is not empty. Any comparison but
-//! `!=` and `== null` is false when a side is `null`.
+//! Operators: `==` (or `=`), `!=`, `<`, `<=`, `>`, `>=`, `in [..]`,
+//! `not in [..]`, `matches` (or `=~`) and `!~` with a regular expression,
+//! `contains`, `starts_with`, `ends_with`; `&&`/`and`, `||`/`or`,
+//! `!`/`not`, parentheses. A number written as one (`31`, not `'31'`)
+//! compares as a number, and a value that is not a number fails the
+//! comparison; otherwise `==` and `!=` compare text exactly and the
+//! orderings compare numbers when both sides are numbers, else text.
+//! Whole numbers compare exactly, however long. A value alone holds when
+//! the request has it and it is not empty. Any comparison but `!=` is false
+//! when a side is `null`, except `== null` itself.
 
 use crate::config::ConfigError;
 use regex_lite::{Regex, RegexBuilder};
@@ -256,19 +260,30 @@ impl<F: Facts> Values<F> {
     }
 }
 
-/// A constant of a condition: text (a number is kept as written, and
-/// compared as a number with a value that is one), or `null`.
+/// A constant of a condition: text, a number (kept as written; what it
+/// is compared with must be a number too), or `null`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Literal {
     Text(String),
+    Number(String),
     Null,
 }
 
 impl Literal {
     fn as_text(&self) -> Option<&str> {
         match self {
-            Literal::Text(text) => Some(text),
-            _ => None,
+            Literal::Text(text) | Literal::Number(text) => Some(text),
+            Literal::Null => None,
+        }
+    }
+
+    /// Whether `value` is this constant: the same text, the same number,
+    /// never for `null`.
+    fn equals(&self, value: &str) -> bool {
+        match self {
+            Literal::Text(text) => text == value,
+            Literal::Number(number) => compare_numbers(value, number) == Some(Ordering::Equal),
+            Literal::Null => false,
         }
     }
 }
@@ -277,6 +292,12 @@ impl Literal {
 enum Operand {
     Value(usize),
     Literal(Literal),
+}
+
+impl Operand {
+    fn is(&self, literal: fn(&Literal) -> bool) -> bool {
+        matches!(self, Operand::Literal(l) if literal(l))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,19 +352,34 @@ fn eval<F: Facts>(expr: &Expr, refs: &[Reference], values: &mut Values<F>) -> bo
         Expr::Not(inner) => !eval(inner, refs, values),
         Expr::All(all) => all.iter().all(|e| eval(e, refs, values)),
         Expr::Any(any) => any.iter().any(|e| eval(e, refs, values)),
-        Expr::Compare(left, op, right) => match values.pair(refs, left, right) {
-            (Some(left), Some(right)) => op.holds(compare(left, right)),
-            (left, right) => match op {
-                Compare::Eq => left.is_none() && right.is_none(),
-                Compare::Ne => left.is_some() || right.is_some(),
-                _ => false,
-            },
-        },
-        Expr::In(left, items) => match values.pair(refs, left, left).0 {
-            Some(left) => items
+        Expr::Compare(left_operand, op, right_operand) => {
+            // A number written as one asks for numbers: a value that is not
+            // one fails the comparison (`!=` holds), as `null` does.
+            let numeric = [left_operand, right_operand]
                 .iter()
-                .filter_map(Literal::as_text)
-                .any(|item| compare(left, item) == Ordering::Equal),
+                .any(|o| o.is(|l| matches!(l, Literal::Number(_))));
+            let with_null = [left_operand, right_operand]
+                .iter()
+                .any(|o| o.is(|l| *l == Literal::Null));
+            let ordering = match values.pair(refs, left_operand, right_operand) {
+                (Some(left), Some(right)) if numeric => compare_numbers(left, right),
+                (Some(left), Some(right)) if matches!(op, Compare::Eq | Compare::Ne) => {
+                    Some(left.cmp(right))
+                }
+                (Some(left), Some(right)) => {
+                    Some(compare_numbers(left, right).unwrap_or_else(|| left.cmp(right)))
+                }
+                // `null == null`, and a value the request lacks `== null`.
+                (None, None) if with_null => Some(Ordering::Equal),
+                _ => None,
+            };
+            match ordering {
+                Some(ordering) => op.holds(ordering),
+                None => *op == Compare::Ne,
+            }
+        }
+        Expr::In(left, items) => match values.pair(refs, left, left).0 {
+            Some(left) => items.iter().any(|item| item.equals(left)),
             None => items.contains(&Literal::Null),
         },
         Expr::Matches(left, regex) => values
@@ -361,11 +397,39 @@ fn eval<F: Facts>(expr: &Expr, refs: &[Reference], values: &mut Values<F>) -> bo
     }
 }
 
-/// Numbers when both sides are numbers, else text.
-fn compare(left: &str, right: &str) -> Ordering {
-    match (number(left), number(right)) {
-        (Some(l), Some(r)) => l.partial_cmp(&r).unwrap_or(Ordering::Equal),
-        _ => left.cmp(right),
+/// Two numbers compared, `None` when either is not one. Whole numbers
+/// are compared exactly, however long (`12345678901234567` and
+/// `12345678901234568` differ); others as 64-bit floats.
+fn compare_numbers(left: &str, right: &str) -> Option<Ordering> {
+    if let (Some(l), Some(r)) = (integer(left), integer(right)) {
+        return Some(compare_integers(l, r));
+    }
+    number(left)?.partial_cmp(&number(right)?)
+}
+
+/// A whole number as (negative, digits without leading zeros).
+fn integer(text: &str) -> Option<(bool, &str)> {
+    let text = text.trim();
+    let (negative, digits) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = digits.trim_start_matches('0');
+    // -0 is 0.
+    Some((negative && !digits.is_empty(), digits))
+}
+
+fn compare_integers((l_negative, l): (bool, &str), (r_negative, r): (bool, &str)) -> Ordering {
+    let magnitude = l.len().cmp(&r.len()).then_with(|| l.cmp(r));
+    match (l_negative, r_negative) {
+        (false, false) => magnitude,
+        (true, true) => magnitude.reverse(),
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
     }
 }
 
@@ -658,9 +722,14 @@ fn string(text: &str, start: usize) -> Result<(String, usize), String> {
     let mut chars = text[start + 1..].char_indices();
     while let Some((offset, ch)) = chars.next() {
         match ch {
-            '\\' => match chars.next() {
-                Some((_, escaped)) => value.push(escaped),
-                None => break,
+            // Only quotes and the backslash are escaped: a regular
+            // expression keeps its own backslashes (`'^\d+$'`).
+            '\\' => match chars.clone().next() {
+                Some((_, escaped @ ('\'' | '"' | '\\'))) => {
+                    chars.next();
+                    value.push(escaped);
+                }
+                _ => value.push('\\'),
             },
             c if c == quote => return Ok((value, start + 1 + offset + 1)),
             c => value.push(c),
@@ -825,7 +894,7 @@ impl Parser<'_> {
         let at = token.at + 1;
         let reference = match token.kind {
             Kind::Text(text) => return Ok(Operand::Literal(Literal::Text(text))),
-            Kind::Number(number) => return Ok(Operand::Literal(Literal::Text(number))),
+            Kind::Number(number) => return Ok(Operand::Literal(Literal::Number(number))),
             Kind::Word(word) if word == "null" => return Ok(Operand::Literal(Literal::Null)),
             Kind::Declared(name) => self
                 .compiler
@@ -876,7 +945,7 @@ impl Parser<'_> {
             }
             let item = match self.tokens.get(self.at).map(|t| &t.kind) {
                 Some(Kind::Text(text)) => Literal::Text(text.clone()),
-                Some(Kind::Number(number)) => Literal::Text(number.clone()),
+                Some(Kind::Number(number)) => Literal::Number(number.clone()),
                 Some(Kind::Word(word)) if word == "null" => Literal::Null,
                 _ => return Err(self.unexpected("a string, number or null expected in a list")),
             };

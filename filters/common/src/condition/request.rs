@@ -6,7 +6,7 @@ use crate::client_ip::ClientAddressResolver;
 use crate::host::{Host, RequestLine};
 use crate::identity;
 use crate::matching::host_without_port;
-use crate::params::{body_kind, parse_pairs, BodyKind};
+use crate::params::{body_kind, parse_pairs_lenient, BodyKind};
 use serde_json::Value;
 
 /// A request body a check reads, parsed once.
@@ -20,15 +20,13 @@ pub enum Body {
 }
 
 impl Body {
-    /// Parses a whole body by its `Content-Type`; a body that does not
-    /// parse has no fields (a check then sees `null`).
+    /// Parses a whole body by its `Content-Type`: a JSON body that does not
+    /// parse has no fields (a check then sees `null`); a form's pairs that
+    /// do not decode are kept as sent, the others read all the same.
     pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Self {
         match body_kind(content_type) {
             BodyKind::Json => serde_json::from_slice(bytes).map_or(Body::None, Body::Json),
-            BodyKind::Form => std::str::from_utf8(bytes)
-                .ok()
-                .and_then(|text| parse_pairs(text).ok())
-                .map_or(Body::None, Body::Form),
+            BodyKind::Form => Body::Form(parse_pairs_lenient(&String::from_utf8_lossy(bytes))),
             BodyKind::Other => Body::None,
         }
     }
@@ -112,11 +110,9 @@ impl Facts for RequestValues<'_> {
             Reference::Method => Some(self.line.method.clone()),
             Reference::Path => Some(path.to_string()),
             Reference::Host => Some(host_without_port(&self.line.authority).to_ascii_lowercase()),
-            Reference::Stage => Some(
-                self.host
-                    .request_header("x-ca-stage")
-                    .unwrap_or_else(|| "RELEASE".into()),
-            ),
+            Reference::Stage => Some(crate::host::stage(
+                self.host.request_header("x-ca-stage").as_deref(),
+            )),
             Reference::App => identity::app_key(self.host),
             Reference::AppName => identity::read_identity(self.host)?.app_name,
             Reference::User => identity::user(self.host),
@@ -126,10 +122,7 @@ impl Facts for RequestValues<'_> {
                 .ok()
                 .map(|ip| ip.to_string()),
             Reference::Query(name) => {
-                // A query that does not decode has no parameters.
-                let pairs = self
-                    .query
-                    .get_or_insert_with(|| parse_pairs(query).unwrap_or_default());
+                let pairs = self.query.get_or_insert_with(|| parse_pairs_lenient(query));
                 first(pairs, name)
             }
             Reference::Header(name) => self.host.request_header(name),

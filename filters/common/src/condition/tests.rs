@@ -78,6 +78,53 @@ fn comparisons_of_text_and_numbers() {
 }
 
 #[test]
+fn a_number_written_as_one_asks_for_a_number() {
+    let r = [
+        (q("days"), "100d"),
+        (q("n"), "01"),
+        (q("big"), "12345678901234567"),
+        (q("other"), "12345678901234568"),
+    ];
+    for (text, expected) in [
+        // Not a number: every comparison with a number fails but `!=`.
+        ("query.days <= 31", false),
+        ("query.days > 31", false),
+        ("query.days == 100", false),
+        ("query.days != 100", true),
+        ("query.days in [100]", false),
+        // Text against text is exact; a number literal compares numbers.
+        ("query.n == '1'", false),
+        ("query.n == 1", true),
+        ("query.n in ['1']", false),
+        ("query.n in [1]", true),
+        // Long whole numbers are compared exactly, not as floats.
+        ("query.big == query.other", false),
+        ("query.big == 12345678901234568", false),
+        ("query.big < query.other", true),
+        ("query.big < 12345678901234568", true),
+        ("-0 == 0", true),
+    ] {
+        assert_eq!(holds(text, &r), expected, "{text}");
+    }
+}
+
+#[test]
+fn two_values_the_request_lacks_are_not_equal() {
+    assert!(!holds("query.x == query.y", &[]));
+    assert!(holds("query.x != query.y", &[]));
+    assert!(holds("query.x == null && null == query.y", &[]));
+}
+
+#[test]
+fn a_regular_expression_keeps_its_backslashes() {
+    let r = [(Reference::Path, "/v1/42/admin"), (q("a"), "a.b")];
+    assert!(holds(r"path matches '^/v1/\d+/admin$'", &r));
+    assert!(holds(r"query.a matches '^a\.b$'", &r));
+    assert!(!holds(r"query.a matches '^a\.c$'", &r));
+    assert!(holds(r"query.a == 'a.b' && 'x\\y' == 'x\\y'", &r));
+}
+
+#[test]
 fn null_is_a_value_the_request_lacks() {
     let r = [(q("empty"), "")];
     for (text, expected) in [
