@@ -6,6 +6,10 @@ FILTERS      := sign-auth ip-acl ext-auth access-control routing throttling para
 # gateway.wasm, and libgateway.so (gateway-native).
 WASM_MODULES := $(addsuffix -wasm,$(FILTERS))
 POLICY_CRATES := sign-auth ip-acl ext-auth access-control routing throttling param-validation request-mapping circuit-breaker log-push gateway-registry
+# The integration tests that run once per form; deploy.rs checks the
+# shipped manifests and images, the same whatever the form, and the
+# harness's own unit tests run with the first form only.
+MODE_TESTS   := $(addprefix --test ,$(filter-out deploy,$(basename $(notdir $(wildcard integration-tests/tests/*.rs)))))
 WASM_DIR     := target/wasm32-wasip1/release
 NATIVE_MODULE := target/native/libgateway.so
 CARGO        ?= cargo
@@ -97,9 +101,9 @@ integration:
 	@echo "== integration tests: the chain of single filters =="
 	$(CARGO) test -p integration-tests
 	@echo "== integration tests: the gateway module (GATEWAY_MODULE=1) =="
-	GATEWAY_MODULE=1 $(CARGO) test -p integration-tests
+	GATEWAY_MODULE=1 $(CARGO) test -p integration-tests $(MODE_TESTS)
 	@echo "== integration tests: the native module (GATEWAY_NATIVE=1) =="
-	GATEWAY_NATIVE=1 $(CARGO) test -p integration-tests
+	GATEWAY_NATIVE=1 $(CARGO) test -p integration-tests $(MODE_TESTS)
 
 fmt:
 	$(CARGO) fmt --all

@@ -529,7 +529,11 @@ fn routing_choose(configs: &Configs, n: usize) -> Result<u64, String> {
             .rules
             .request_values(&host, &line, &captures, &Body::None);
         let chosen = choose(rule, values);
-        expect(chosen == Some("eu"), &format!("{chosen:?}"), i)?;
+        expect(
+            chosen == Some("catalog.route.eu"),
+            &format!("{chosen:?}"),
+            i,
+        )?;
         routed += 1;
     }
     Ok(routed)
