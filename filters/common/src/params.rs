@@ -33,8 +33,7 @@ pub fn parse_pairs_lenient(encoded: &str) -> Vec<(String, String)> {
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |text: &str| url_decode(text).unwrap_or_else(|_| text.to_string());
-            (decode(key), decode(value))
+            (url_decode_lenient(key), url_decode_lenient(value))
         })
         .collect()
 }
@@ -60,6 +59,12 @@ pub fn retain_raw_pairs(encoded: &str, keep: impl Fn(&str) -> bool) -> Option<St
 /// `URLEncoder` write it).
 pub fn url_decode(text: &str) -> Result<String, ParameterError> {
     url_decoded(text).map(Cow::into_owned)
+}
+
+/// [`url_decode`] that never fails: text that does not decode (a bad `%`
+/// escape, not UTF-8) is kept as sent.
+pub fn url_decode_lenient(text: &str) -> String {
+    url_decode(text).unwrap_or_else(|_| text.to_string())
 }
 
 /// [`url_decode`] that borrows `text` when there is nothing to decode.

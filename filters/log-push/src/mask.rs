@@ -8,7 +8,7 @@
 
 use crate::record::Record;
 use gateway_common::config::ConfigError;
-use gateway_common::params::{encode_component, url_decode};
+use gateway_common::params::{encode_component, url_decode, url_decode_lenient, url_decoded};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
@@ -164,7 +164,9 @@ impl Masking {
         if self.patterns.is_empty() {
             return;
         }
-        record.path = self.mask_path(&record.path);
+        if let Some(masked) = self.mask_path(&record.path) {
+            record.path = masked;
+        }
         let fields = [&mut record.user_agent, &mut record.user];
         for field in fields.into_iter().chain(record.headers.iter_mut()) {
             if let Cow::Owned(masked) = self.mask_patterns(field) {
@@ -174,22 +176,31 @@ impl Masking {
     }
 
     /// The path with each segment's patterns masked as the backend decodes
-    /// it (`%40`, `%2B`…), the masked segment encoded again.
-    fn mask_path(&self, path: &str) -> String {
-        let segments: Vec<String> = path
-            .split('/')
-            .map(|segment| {
-                self.mask_encoded(segment)
-                    .unwrap_or_else(|| segment.to_string())
-            })
-            .collect();
-        segments.join("/")
+    /// it (`%40`, `%2B`…), the masked segment encoded again; `None` (and
+    /// nothing allocated) when nothing is found, as for most records.
+    fn mask_path(&self, path: &str) -> Option<String> {
+        let mut masked: Option<String> = None;
+        for (index, segment) in path.split('/').enumerate() {
+            let found = self.mask_encoded(segment);
+            if masked.is_none() && found.is_none() {
+                continue;
+            }
+            let out = masked.get_or_insert_with(|| {
+                // The segments before this one, unchanged.
+                path.split('/').take(index).collect::<Vec<_>>().join("/")
+            });
+            if index > 0 {
+                out.push('/');
+            }
+            out.push_str(found.as_deref().unwrap_or(segment));
+        }
+        masked
     }
 
     /// An encoded component with its patterns masked, decoded first;
     /// `None` when nothing is found.
     fn mask_encoded(&self, component: &str) -> Option<String> {
-        let decoded = url_decode(component).unwrap_or_else(|_| component.to_string());
+        let decoded = url_decoded(component).unwrap_or(Cow::Borrowed(component));
         match self.mask_patterns(&decoded) {
             Cow::Owned(masked) => Some(url_component(&masked)),
             Cow::Borrowed(_) => None,
@@ -241,7 +252,7 @@ impl Masking {
             let masked = match style {
                 Some(style) if !value.is_empty() => {
                     // A value that does not decode is masked as it was sent.
-                    let plain = url_decode(value).unwrap_or_else(|_| value.to_string());
+                    let plain = url_decode_lenient(value);
                     Some(url_component(&self.mask(&plain, style)))
                 }
                 _ => self.mask_encoded(value),

@@ -843,14 +843,10 @@ impl Generator<'_> {
         };
         let method = api.api.method.as_ref().map(|m| m.to_ascii_uppercase());
         let backend_timeout = |name: &str| {
-            api.api.timeout.clone().unwrap_or_else(|| {
-                self.document
-                    .backends
-                    .iter()
-                    .find(|b| b.name == name)
-                    .map(|b| b.timeout.clone())
-                    .unwrap_or_default()
-            })
+            api.api
+                .timeout
+                .clone()
+                .unwrap_or_else(|| self.backend_timeout(name))
         };
         let mirror = |action: &RouteAction| match action {
             RouteAction::Backend { .. } => api.mirror.clone(),
@@ -873,15 +869,14 @@ impl Generator<'_> {
             // The API's path rewriting and timeout; the Host is the other
             // backend's own.
             if let RouteAction::Backend {
+                backend,
                 path_rewrite,
                 timeout,
                 ..
             } = &mut action
             {
                 path_rewrite.clone_from(&api.path_rewrite);
-                if let Some(own) = &api.api.timeout {
-                    timeout.clone_from(own);
-                }
+                *timeout = backend_timeout(backend);
             }
             let route_name = routed_route(&api.api.name, name);
             let mut chosen = route(route_name.clone(), StageMatch::Any, action);
