@@ -91,6 +91,8 @@ impl Fields {
             stage,
             user,
             headers: vec![self.tenant],
+            backend_status: Some(self.status).filter(|status| status % 2 == 1),
+            backend_error_code: String::new(),
         }
     }
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The filters, in the order the gateway runs them.
-const FILTERS: [&str; 10] = [
+const FILTERS: [&str; 11] = [
     "sign-auth",
     "ip-acl",
     "ext-auth",
@@ -26,16 +26,19 @@ const FILTERS: [&str; 10] = [
     "routing",
     "throttling",
     "param-validation",
+    "error-mapping",
     "request-mapping",
     "circuit-breaker",
     "log-push",
 ];
 
-/// The filters that read request bodies while holding the headers.
-const BODY_READERS: [&str; 4] = [
+/// The filters that read bodies while holding the headers (error-mapping
+/// a response's).
+const BODY_READERS: [&str; 5] = [
     "sign-auth",
     "access-control",
     "param-validation",
+    "error-mapping",
     "request-mapping",
 ];
 
@@ -363,7 +366,7 @@ fn wasm_plugins_run_in_the_gateway_order_with_their_fail_strategies() {
             | "param-validation" | "request-mapping" => "FAIL_CLOSE",
             // Capacity protection and logging: their failure must not
             // become an outage.
-            "throttling" | "circuit-breaker" | "log-push" => "FAIL_OPEN",
+            "throttling" | "error-mapping" | "circuit-breaker" | "log-push" => "FAIL_OPEN",
             other => panic!("{other}"),
         };
         assert_eq!(strategy, expected, "{filter}: failStrategy");

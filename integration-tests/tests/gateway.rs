@@ -599,7 +599,7 @@ fn the_demo_search_api_validates_its_parameters() {
 }
 
 #[test]
-fn the_demo_profile_api_is_mapped_onto_the_backend_shape() {
+fn the_demo_maps_the_profile_request_and_the_legacy_backends_errors() {
     let demo = demo_gateway();
     let response = http::get(
         &demo.http_url("/v1/users/42?lang=zh"),
@@ -619,6 +619,26 @@ fn the_demo_profile_api_is_mapped_onto_the_backend_shape() {
     assert_eq!(seen["query"], format!("trace={request_id}"));
     assert_eq!(seen["headers"]["x-lang"], "zh");
     assert_eq!(seen["headers"]["x-client-ip"], "198.51.100.8");
+
+    // error-mapping: the legacy backend's 404 is the API's 410, in the
+    // shared error shape; its 503 a 502; a success passes untouched.
+    let legacy = |status: &str| {
+        http::get(
+            &demo.http_url("/legacy/orders/42"),
+            &[("x-echo-status", status)],
+        )
+        .expect("response")
+    };
+    let gone = legacy("404");
+    assert_eq!(gone.status, 410, "{}", gone.text());
+    assert_eq!(gone.header("x-ca-error-code"), Some("B410LG"));
+    assert_eq!(gone.json()["message"], "Order 42 is gone");
+    let down = legacy("503");
+    assert_eq!(down.status, 502);
+    assert_eq!(down.json()["code"], "B502EM");
+    let fine = legacy("200");
+    assert_eq!(fine.status, 200);
+    assert_eq!(fine.json()["path"], "/legacy/orders/42");
 }
 
 #[test]

@@ -245,6 +245,9 @@ http {{
     listen 127.0.0.1:{backend};
     default_type application/json;
     location / {{ return 200 '{{"upstream":"nginx","ok":true}}\\n'; }}
+    # error-mapping's rows: a plain 404, and a 200 carrying an error code.
+    location /legacy/ {{ return 404 '{{"upstream":"nginx","ok":false}}\\n'; }}
+    location /roles/ {{ return 200 '{{"req_msg_id":"m1","result_code":"ROLE_NOT_EXISTS"}}\\n'; }}
   }}
   server {{
     listen 127.0.0.1:{sink};
@@ -557,14 +560,21 @@ def flush_fleet_store(redis_port):
 class Scenario:
     """One Envoy configuration measured: `config` is its whole bootstrap.
     `fixed` (method, path, [(name, value)]): the scenario gets that one
-    request again and again instead of the signed mix."""
+    request again and again instead of the signed mix. `answers`: the class
+    of status every answer has (`2`: 2xx; error-mapping's rows answer 4xx
+    on purpose); any other is counted as a failure."""
 
-    def __init__(self, key, label, group, config, wasm=(), baseline=None, note="", fixed=None):
+    def __init__(self, key, label, group, config, wasm=(), baseline=None, note="", fixed=None, answers="2"):
         self.key, self.label, self.group = key, label, group
         self.config, self.wasm = config, list(wasm)
         self.baseline, self.status, self.note = baseline, "ok", note
         self.fixed = fixed
+        self.answers = answers
         self.runs = []
+
+    def unexpected(self, statuses):
+        """How many of `statuses` (status text → count) are not of the class asked."""
+        return sum(n for status, n in statuses.items() if not status.startswith(self.answers))
 
 
 # --------------------------------------------------------------------------
@@ -671,6 +681,31 @@ def auth_scenarios(chain, native, configs):
                             baseline="auth-bare", fixed=("GET", "/catalog/fr/items", []),
                             note="the demo's by-region policy sends the request to its eu route: "
                                  "the header set, Envoy's route chosen again; no mirror in the bench"))
+    # error-mapping: a backend's 404 mapped by status (decided on the
+    # headers), and a 200 whose JSON body carries an error code (the headers
+    # held, the body read, the error body written in its place).
+    mapping = {"rules": [
+        {"name": "legacy", "match": {"path": {"template": "/legacy/orders/{orderId}"}},
+         "mappings": [{"code": "404", "status": 410, "message": "Order ${param.orderId} is gone"}]},
+        {"name": "roles", "match": {"path": {"prefix": "/roles/"}},
+         "parameters": {"resultCode": "BodyJsonField:$.result_code", "resultId": "BodyJsonField:$.req_msg_id"},
+         "condition": "status == 200 && $resultCode != 'OK'", "error_code": "resultCode",
+         "mappings": [{"code": "ROLE_NOT_EXISTS", "status": 404, "message": "Role Not Exists, RequestId=${resultId}"}]},
+    ]}
+    mapping_config = native.config([with_document(native_entry, {"error_mapping": mapping})])
+    legacy = ("GET", "/legacy/orders/42", [("x-echo-status", "404")])
+    roles = ("GET", "/roles/7", [])
+    out.append(Scenario("map-bare-404", "bare Envoy, the backend's 404", "auth", chain.config([]), fixed=legacy,
+                        answers="4", note="the baseline of the 404 mapped by status: the same answer passed on"))
+    out.append(Scenario("map-status", "native, error-mapping (a 404 mapped by status)", "auth", mapping_config,
+                        baseline="map-bare-404", fixed=legacy, answers="4",
+                        note="decided on the headers; the backend's body dropped, the error body sent"))
+    out.append(Scenario("map-bare-200", "bare Envoy, the backend's 200 with an error code", "auth",
+                        chain.config([]), fixed=roles,
+                        note="the baseline of the JSON body read: the same answer passed on"))
+    out.append(Scenario("map-body", "native, error-mapping (a JSON body read)", "auth", mapping_config,
+                        baseline="map-bare-200", fixed=roles, answers="4",
+                        note="nginx's 200 with `result_code`: headers held, body read, mapped to 404"))
     for key, label, cache in (("jwt-authn", "Envoy jwt_authn", None),
                               ("jwt-authn-cached", "Envoy jwt_authn, its JWT cache on", {"jwt_cache_size": 1000})):
         provider = {"issuer": BENCH_ISSUER, "audiences": ["gateway"], "local_jwks": {"inline_string": jwks},
@@ -931,8 +966,7 @@ def measure(args, envoy, scenario, round_no):
     if served <= 0:
         served = parsed["requests"]
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-    bad = sum(delta.get(k, 0) for k in ("downstream_rq_1xx", "downstream_rq_3xx", "downstream_rq_4xx",
-                                        "downstream_rq_5xx"))
+    bad = sum(delta.get(f"downstream_rq_{c}xx", 0) for c in "12345" if c != scenario.answers)
     return {
         "scenario": scenario.key, "round": round_no, "requests": served, "non_2xx": bad,
         "cpu_s": cpu, "wall_s": wall,
@@ -986,6 +1020,20 @@ class SignedRequests:
         return before + str(index).encode() + middle + self.signatures[index] + after
 
 
+def skip_chunked(conn, pending):
+    """Reads past a chunked body (no trailers) on `conn`; what follows it."""
+    while True:
+        while b"\r\n" not in pending:
+            pending += conn.recv(65536)
+        size_line, pending = pending.split(b"\r\n", 1)
+        size = int(size_line.split(b";")[0], 16)
+        while len(pending) < size + 2:
+            pending += conn.recv(65536)
+        pending = pending[size + 2:]
+        if size == 0:
+            return pending
+
+
 def send_sequentially(port, requests, first, count):
     """Sends requests first..first+count one at a time on one connection; status counts."""
     statuses = {}
@@ -999,11 +1047,14 @@ def send_sequentially(port, requests, first, count):
                     raise RuntimeError("Envoy closed the connection")
                 pending += chunk
             head, pending = pending.split(b"\r\n\r\n", 1)
-            length = re.search(rb"(?i)content-length: *(\d+)", head)
-            length = int(length.group(1)) if length else 0
-            while len(pending) < length:
-                pending += conn.recv(65536)
-            pending = pending[length:]
+            if re.search(rb"(?i)\r\ntransfer-encoding: *chunked", head):
+                pending = skip_chunked(conn, pending)
+            else:
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                length = int(length.group(1)) if length else 0
+                while len(pending) < length:
+                    pending += conn.recv(65536)
+                pending = pending[length:]
             status = head.split(b" ", 2)[1].decode()
             statuses[status] = statuses.get(status, 0) + 1
     return statuses
@@ -1050,8 +1101,7 @@ def instructions_per_request(args, work, scenario, config, requests):
             if line.startswith("summary:"):
                 total += int(line.split()[1])
         allocations += heap_allocations(text)
-    bad = sum(n for status, n in statuses.items() if not status.startswith("2"))
-    bad += sum(n for status, n in warm.items() if not status.startswith("2"))
+    bad = scenario.unexpected(statuses) + scenario.unexpected(warm)
     return total / args.instr_requests, allocations / args.instr_requests, bad
 
 
@@ -1654,9 +1704,9 @@ def smoke(args, work, all_scenarios, ports, app):
                 envoy.ready(timeout=120.0)
                 statuses = send_sequentially(envoy.port, requests_of(work, s), 0, len(MIX) * rounds)
                 envoy.alive()
-                bad = {status: n for status, n in statuses.items() if not status.startswith("2")}
+                bad = {status: n for status, n in statuses.items() if not status.startswith(s.answers)}
                 if bad:
-                    raise RuntimeError(f"non-2xx answers {bad} (Envoy's log: {envoy.log_path})")
+                    raise RuntimeError(f"answers not {s.answers}xx {bad} (Envoy's log: {envoy.log_path})")
                 say(f"smoke {s.key:<24} ok ({sum(statuses.values())} requests)")
             except Exception as error:
                 failures.append(f"{s.key}: {str(error).splitlines()[0][:400]}")

@@ -101,6 +101,11 @@ const DECISIONS: &[Decision] = &[
         run: routing_choose,
     },
     Decision {
+        name: "error_mapping.decide",
+        about: "whole decision of the demo's legacy-orders rule on a 404 answer to GET /legacy/orders/42: rule match with the path template, `status >= 400`, the mapping by status, the message with ${param.orderId}",
+        run: error_mapping_decide,
+    },
+    Decision {
         name: "ip_acl.evaluate",
         about: "whole decision: client address from the peer and a trusted X-Forwarded-For, rule match, CIDR lookups",
         run: ip_acl_evaluate,
@@ -169,6 +174,7 @@ fn route_of(path: &str) -> &'static str {
         ("/me", "me"),
         ("/users/", "notes"),
         ("/catalog/", "catalog"),
+        ("/legacy/orders/", "legacy-orders"),
     ]
     .iter()
     .find(|(prefix, _)| path.starts_with(prefix))
@@ -539,6 +545,43 @@ fn routing_choose(configs: &Configs, n: usize) -> Result<u64, String> {
     Ok(routed)
 }
 
+fn error_mapping_decide(configs: &Configs, n: usize) -> Result<u64, String> {
+    use error_mapping::policy::{
+        decide, Body, Decision, ErrorMapping, ErrorMappingConfig, ResponseValues,
+    };
+    use gateway_common::host::RequestLine;
+    let policy = ErrorMapping::compile(&configs.parse::<ErrorMappingConfig>("error_mapping")?)
+        .map_err(|e| e.to_string())?;
+    let path = "/legacy/orders/42";
+    let host = request(path);
+    let no_header = |_: &str| None;
+    let mut mapped = 0;
+    for i in 0..n {
+        let line = RequestLine::from_headers(&host);
+        let (index, captures) = policy
+            .rules
+            .rule_for(black_box(&attrs(path)))
+            .ok_or("no rule for the legacy orders")?;
+        let rule = policy.rules.rule(index).ok_or("no rule")?;
+        let values = ResponseValues {
+            request: policy
+                .rules
+                .request_values(&host, &line, &captures, &Body::None),
+            status: Some(black_box(404)),
+            headers: &no_header,
+            body: &Body::None,
+        };
+        let decision = decide(rule, values);
+        expect(
+            matches!(&decision, Decision::Mapped(m) if m.status == 410),
+            &format!("{decision:?}"),
+            i,
+        )?;
+        mapped += 1;
+    }
+    Ok(mapped)
+}
+
 fn param_validation_validate(configs: &Configs, n: usize) -> Result<u64, String> {
     use param_validation::policy::{RequestParts, Validation, ValidationConfig};
     let validation = Validation::compile(&configs.parse::<ValidationConfig>("param_validation")?)
@@ -689,6 +732,8 @@ fn log_push_format(configs: &Configs, n: usize) -> Result<u64, String> {
         stage: "RELEASE".into(),
         user: String::new(),
         headers: vec!["acme".into()],
+        backend_status: None,
+        backend_error_code: String::new(),
     };
     let mut bytes = 0;
     for i in 0..n {

@@ -253,6 +253,30 @@ impl RequestHost for ProxyWasmRequest {
         set_response_header(name, value);
     }
 
+    fn response_headers(&self) -> Vec<(String, String)> {
+        host::ProxyWasmHost
+            .response_headers()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    crate::header_map::text(name),
+                    crate::header_map::text(value),
+                )
+            })
+            .collect()
+    }
+
+    fn response_body(&self, size: usize) -> Vec<u8> {
+        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn replace_response_body(&mut self, old_size: usize, body: &[u8]) {
+        let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, old_size, body);
+    }
+
     fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
         let _ = hostcalls::send_http_response(status, headers.to_vec(), Some(body));
     }
@@ -396,6 +420,23 @@ impl HttpContext for StreamContext {
         end_of_stream: bool,
     ) -> proxy_wasm::types::Action {
         action(self.run(|steps, stream| steps.on_response_headers(stream, end_of_stream)))
+    }
+
+    fn on_http_response_body(
+        &mut self,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> proxy_wasm::types::Action {
+        let _reads = host::callback_scope();
+        let (verdict, _) = self
+            .hosted
+            .response_body(&mut self.host, body_size, end_of_stream);
+        action(verdict)
+    }
+
+    fn on_http_response_trailers(&mut self, _: usize) -> proxy_wasm::types::Action {
+        let _reads = host::callback_scope();
+        action(self.hosted.response_trailers(&mut self.host))
     }
 
     fn on_log(&mut self) {

@@ -61,10 +61,22 @@ impl ErrorResponse {
 
 /// Renders `error` for the client. `request_id` is Envoy's `x-request-id`.
 pub fn render(error: &GatewayError, request_id: Option<&str>) -> ErrorResponse {
-    let message = header_safe(&error.message);
+    render_parts(error.status, error.code, &error.message, request_id)
+}
+
+/// [`render`] of a status, code and message made at run time (a backend's
+/// error mapped for the client).
+pub fn render_parts(
+    status: u16,
+    code: &str,
+    message: &str,
+    request_id: Option<&str>,
+) -> ErrorResponse {
+    let code = header_safe(code);
+    let message = header_safe(message);
     let request_id = request_id.map(header_safe);
     let body = serde_json::json!({
-        "code": error.code,
+        "code": code,
         "message": message,
         "request_id": request_id,
     });
@@ -73,14 +85,14 @@ pub fn render(error: &GatewayError, request_id: Option<&str>) -> ErrorResponse {
             "content-type",
             "application/json; charset=utf-8".to_string(),
         ),
-        ("x-ca-error-code", error.code.to_string()),
+        ("x-ca-error-code", code),
         ("x-ca-error-message", message.clone()),
     ];
     if let Some(id) = request_id {
         headers.push(("x-ca-request-id", id));
     }
     ErrorResponse {
-        status: u32::from(error.status),
+        status: u32::from(status),
         headers,
         body: body.to_string().into_bytes(),
     }

@@ -44,6 +44,12 @@ pub trait RequestHost: Host + Telemetry + Caller {
     fn response_header(&self, name: &str) -> Option<String>;
     /// Sets (`Some`) or removes (`None`) a response header.
     fn set_response_header(&mut self, name: &str, value: Option<&str>);
+    /// The response headers, in order, `:status` included.
+    fn response_headers(&self) -> Vec<(String, String)>;
+    /// The first `size` bytes of the response body the host holds.
+    fn response_body(&self, size: usize) -> Vec<u8>;
+    /// Replaces the first `old_size` bytes of the response body with `body`.
+    fn replace_response_body(&mut self, old_size: usize, body: &[u8]);
     /// Answers the request from the gateway.
     fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
     /// The first `size` bytes of the request body the host holds.
@@ -432,10 +438,25 @@ impl Stream for HostedStream<'_> {
         self.host.set_response_header(name, value);
     }
 
+    fn response_headers(&self) -> Vec<(String, String)> {
+        self.host.response_headers()
+    }
+
+    fn response_body(&self, size: usize) -> Vec<u8> {
+        self.host.response_body(size)
+    }
+
+    fn replace_response_body(&mut self, old_size: usize, body: &[u8]) {
+        self.host.replace_response_body(old_size, body);
+        self.effects.resized_to = Some(body.len());
+    }
+
     /// In the gateway module, a reply made while earlier policies' fleet
     /// checks are unanswered is held until they are (see
-    /// [`Batch::holds_replies`]).
+    /// [`Batch::holds_replies`]). Either way the request is marked as
+    /// answered by the gateway (see [`crate::identity::LOCAL_REPLY_PROPERTY`]).
     fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        crate::identity::mark_local_reply(&*self.host);
         if let Some(shared) = self.shared {
             let mut batch = shared.batch.borrow_mut();
             if batch.holds_replies() {
@@ -507,8 +528,10 @@ pub struct HostedSteps {
     shared: Option<Rc<SharedRequest>>,
     fleet: Option<Ticket>,
     call: Option<u32>,
-    /// The steps hold a body that has not ended (its size so far).
+    /// The steps hold a request body that has not ended (its size so far).
     unfinished_body: Option<usize>,
+    /// The same for the response body.
+    unfinished_response_body: Option<usize>,
     ended: bool,
 }
 
@@ -520,6 +543,7 @@ impl HostedSteps {
             fleet: None,
             call: None,
             unfinished_body: None,
+            unfinished_response_body: None,
             ended: false,
         }
     }
@@ -554,6 +578,35 @@ impl HostedSteps {
             }
         }
         self.verdict(host, |steps, stream| steps.on_request_trailers(stream))
+    }
+
+    /// The response body step, as [`HostedSteps::request_body`].
+    pub fn response_body(
+        &mut self,
+        host: &mut dyn RequestHost,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> (Verdict, Option<usize>) {
+        let (verdict, resized_to) = self.run(host, |steps, stream| {
+            steps.on_response_body(stream, body_size, end_of_stream)
+        });
+        self.unfinished_response_body =
+            (verdict == Verdict::Pause && !end_of_stream).then(|| resized_to.unwrap_or(body_size));
+        (verdict, resized_to)
+    }
+
+    /// Trailers end the response: steps holding a body that never said it
+    /// ended are shown it whole first, then the trailers.
+    pub fn response_trailers(&mut self, host: &mut dyn RequestHost) -> Verdict {
+        if let Some(body_size) = self.unfinished_response_body.take() {
+            let verdict = self.verdict(host, |steps, stream| {
+                steps.on_response_body(stream, body_size, true)
+            });
+            if verdict != Verdict::Continue {
+                return verdict;
+            }
+        }
+        self.verdict(host, |steps, stream| steps.on_response_trailers(stream))
     }
 
     /// Runs one step over the request's stream and keeps the fleet
@@ -719,6 +772,13 @@ mod tests {
             None
         }
         fn set_response_header(&mut self, _: &str, _: Option<&str>) {}
+        fn response_headers(&self) -> Vec<(String, String)> {
+            Vec::new()
+        }
+        fn response_body(&self, _: usize) -> Vec<u8> {
+            Vec::new()
+        }
+        fn replace_response_body(&mut self, _: usize, _: &[u8]) {}
         fn send_local_reply(&mut self, _: u32, _: &[(&str, &str)], _: &[u8]) {}
         fn request_body(&self, _: usize) -> Vec<u8> {
             Vec::new()
@@ -853,6 +913,62 @@ mod tests {
         hosted.request_body(&mut host, 4, true);
         assert_eq!(hosted.request_trailers(&mut host), Verdict::Continue);
         assert_eq!(*seen.borrow(), ["body 4 end=true", "trailers"]);
+    }
+
+    /// A step that holds the response body to its end, then rewrites it.
+    struct WholeResponse {
+        seen: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl PolicySteps for WholeResponse {
+        fn on_response_body(&mut self, stream: &mut dyn Stream, size: usize, end: bool) -> Verdict {
+            self.seen
+                .borrow_mut()
+                .push(format!("response body {size} end={end}"));
+            if !end {
+                return Verdict::Pause;
+            }
+            stream.replace_response_body(size, b"new");
+            Verdict::Continue
+        }
+
+        fn on_response_trailers(&mut self, _: &mut dyn Stream) -> Verdict {
+            self.seen.borrow_mut().push("response trailers".into());
+            Verdict::Continue
+        }
+    }
+
+    #[test]
+    fn response_trailers_end_a_held_response_body_and_a_rewrite_reports_its_size() {
+        let mut host = host();
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let steps = Box::new(WholeResponse {
+            seen: Rc::clone(&seen),
+        });
+        let mut hosted = HostedSteps::new(steps, None);
+        assert_eq!(
+            hosted.response_body(&mut host, 5, false),
+            (Verdict::Pause, None)
+        );
+        assert_eq!(hosted.response_trailers(&mut host), Verdict::Continue);
+        assert_eq!(
+            *seen.borrow(),
+            [
+                "response body 5 end=false",
+                "response body 5 end=true",
+                "response trailers"
+            ]
+        );
+        let mut hosted = HostedSteps::new(
+            Box::new(WholeResponse {
+                seen: Rc::new(RefCell::new(Vec::new())),
+            }),
+            None,
+        );
+        assert_eq!(
+            hosted.response_body(&mut host, 8, true),
+            (Verdict::Continue, Some(3))
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub enum Section {
     Routing,
     Throttling,
     ParamValidation,
+    ErrorMapping,
     RequestMapping,
     CircuitBreaker,
     LogPush,
@@ -20,7 +21,7 @@ pub enum Section {
 
 impl Section {
     /// Every policy, in the order they run.
-    pub const ALL: [Section; 10] = [
+    pub const ALL: [Section; 11] = [
         Section::SignAuth,
         Section::IpAcl,
         Section::ExtAuth,
@@ -28,6 +29,7 @@ impl Section {
         Section::Routing,
         Section::Throttling,
         Section::ParamValidation,
+        Section::ErrorMapping,
         Section::RequestMapping,
         Section::CircuitBreaker,
         Section::LogPush,
@@ -44,6 +46,7 @@ impl Section {
             Section::Routing => "routing",
             Section::Throttling => "throttling",
             Section::ParamValidation => "param_validation",
+            Section::ErrorMapping => "error_mapping",
             Section::RequestMapping => "request_mapping",
             Section::CircuitBreaker => "circuit_breaker",
             Section::LogPush => "log_push",
@@ -65,6 +68,7 @@ impl Section {
             Section::Routing => (false, true, false),
             Section::Throttling => (true, true, false),
             Section::ParamValidation => (false, false, true),
+            Section::ErrorMapping => (false, true, true),
             Section::RequestMapping => (false, true, true),
             Section::CircuitBreaker => (true, false, false),
             Section::LogPush => (false, true, false),
@@ -85,6 +89,7 @@ pub struct Needs {
     pub fleet_store: bool,
     /// It resolves the client's address (a `client_address` section).
     pub client_address: bool,
-    /// It may hold the request for its body, so Envoy must let it.
+    /// It may hold the headers until the body has arrived (the request's;
+    /// error mapping a response's), so Envoy must let it.
     pub body: bool,
 }

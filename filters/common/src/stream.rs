@@ -1,7 +1,7 @@
 //! The seam between a policy and the host it runs in: one request's stream,
 //! with what a policy reads ([`Host`]) and the effects it has on the stream
-//! (headers, a local reply in the shared error shape, the request body,
-//! logs), behind one trait.
+//! (headers, a local reply in the shared error shape, the request and
+//! response bodies, logs), behind one trait.
 //!
 //! A policy's step is written once against `&mut dyn Stream` and returns
 //! what happens next as a value ([`Verdict`]), with whatever it counted; the
@@ -131,8 +131,21 @@ pub trait Stream: Host + Telemetry {
     /// The first value of a response header (`name` in lower case).
     fn response_header(&self, name: &str) -> Option<String>;
 
-    /// Sets (`Some`) or removes (`None`) a response header.
+    /// Sets (`Some`) or removes (`None`) a response header (`:status`
+    /// too, while the response headers are held or being read).
     fn set_response_header(&mut self, name: &str, value: Option<&str>);
+
+    /// The response headers, in order, `:status` included (names in lower
+    /// case; a name repeats once per value).
+    fn response_headers(&self) -> Vec<(String, String)>;
+
+    /// The first `size` bytes of the response body the host holds.
+    fn response_body(&self, size: usize) -> Vec<u8>;
+
+    /// Replaces the first `old_size` bytes of the response body (the whole
+    /// body a policy was shown) with `body`. A policy that changes the
+    /// body's length held the response headers and sets `content-length`.
+    fn replace_response_body(&mut self, old_size: usize, body: &[u8]);
 
     /// Answers the request from the gateway; the upstream is not called.
     /// Every local reply of every policy goes through here.
@@ -197,7 +210,26 @@ pub trait PolicySteps {
         Verdict::Continue
     }
 
+    /// `Pause` holds the response headers (until the body is read, say),
+    /// so they can still change.
     fn on_response_headers(&mut self, _stream: &mut dyn Stream, _end_of_stream: bool) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// As [`PolicySteps::on_request_body`], for the response: `Pause` holds
+    /// the body received so far (and the headers, if they were held).
+    fn on_response_body(
+        &mut self,
+        _stream: &mut dyn Stream,
+        _body_size: usize,
+        _end_of_stream: bool,
+    ) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// The response trailers arrived (a body held before them was shown
+    /// whole first, as ended).
+    fn on_response_trailers(&mut self, _stream: &mut dyn Stream) -> Verdict {
         Verdict::Continue
     }
 
@@ -247,13 +279,42 @@ pub fn buffer_request_body(
     end_of_stream: bool,
     max_bytes: usize,
 ) -> BufferedBody {
+    buffer_body(body_size, end_of_stream, max_bytes, |size| {
+        stream.request_body(size)
+    })
+}
+
+/// [`buffer_request_body`] for the response body (error mapping, the
+/// response cache).
+pub fn buffer_response_body(
+    stream: &dyn Stream,
+    body_size: usize,
+    end_of_stream: bool,
+    max_bytes: usize,
+) -> BufferedBody {
+    buffer_body(body_size, end_of_stream, max_bytes, |size| {
+        stream.response_body(size)
+    })
+}
+
+fn buffer_body(
+    body_size: usize,
+    end_of_stream: bool,
+    max_bytes: usize,
+    read: impl FnOnce(usize) -> Vec<u8>,
+) -> BufferedBody {
     if body_size > max_bytes {
         return BufferedBody::TooLarge;
     }
     if !end_of_stream {
         return BufferedBody::Incomplete;
     }
-    BufferedBody::Complete(stream.request_body(body_size))
+    BufferedBody::Complete(read(body_size))
+}
+
+/// The response's status (`:status`), if it is a number.
+pub fn response_status(stream: &dyn Stream) -> Option<u16> {
+    stream.response_header(":status")?.trim().parse().ok()
 }
 
 /// The request's declared `Content-Length`, if any, so a body over a limit
@@ -310,6 +371,7 @@ pub enum Effect {
     SetResponseHeader(String, Option<String>),
     LocalReply(LocalReply),
     ReplaceRequestBody(Vec<u8>),
+    ReplaceResponseBody(Vec<u8>),
     SendToFleet(Vec<Op>),
     ClearRouteCache,
     DispatchCall {
@@ -410,7 +472,9 @@ impl CallAnswer for FakeAnswer {
 pub struct FakeStream {
     pub host: FakeHost,
     pub response_headers: Vec<(String, String)>,
+    /// The request body.
     pub body: Vec<u8>,
+    pub response_body: Vec<u8>,
     pub effects: Vec<Effect>,
     /// Messages written at or above [`FakeStream::log_level`].
     pub logs: std::cell::RefCell<Vec<(Level, String)>>,
@@ -582,6 +646,21 @@ impl Stream for FakeStream {
             name.to_string(),
             value.map(str::to_string),
         ));
+    }
+
+    fn response_headers(&self) -> Vec<(String, String)> {
+        self.response_headers.clone()
+    }
+
+    fn response_body(&self, size: usize) -> Vec<u8> {
+        self.response_body[..size.min(self.response_body.len())].to_vec()
+    }
+
+    fn replace_response_body(&mut self, old_size: usize, body: &[u8]) {
+        let old_size = old_size.min(self.response_body.len());
+        self.response_body.splice(..old_size, body.iter().copied());
+        self.effects
+            .push(Effect::ReplaceResponseBody(body.to_vec()));
     }
 
     fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {

@@ -9,6 +9,7 @@ use crate::pipeline::{self, BodyVerdict, CallVerdict, Flow, Pipeline, Verdict};
 use crate::{config, MODULE_NAME};
 use access_control::AccessControlFilter;
 use circuit_breaker::CircuitBreakerFilter;
+use error_mapping::ErrorMappingFilter;
 use ext_auth::ExtAuthFilter;
 use gateway_common::fleet::client::Answer;
 use gateway_common::hosting::{
@@ -34,6 +35,7 @@ fn load(section: Section, bytes: &[u8], host: &mut dyn RootHost) -> Option<Box<d
         Section::IpAcl => Loaded::<IpAclFilter>::boxed(bytes, host),
         Section::ExtAuth => Loaded::<ExtAuthFilter>::boxed(bytes, host),
         Section::AccessControl => Loaded::<AccessControlFilter>::boxed(bytes, host),
+        Section::ErrorMapping => Loaded::<ErrorMappingFilter>::boxed(bytes, host),
         Section::Routing => Loaded::<RoutingFilter>::boxed(bytes, host),
         Section::Throttling => Loaded::<ThrottlingFilter>::boxed(bytes, host),
         Section::ParamValidation => Loaded::<ParamValidationFilter>::boxed(bytes, host),
@@ -200,12 +202,21 @@ impl<'h> pipeline::Member<dyn RequestHost + 'h> for Member {
         })
     }
 
-    fn response_body(&mut self, _: &mut (dyn RequestHost + 'h), _: usize, _: bool) -> Verdict {
-        Verdict::Continue
+    fn response_body(
+        &mut self,
+        host: &mut (dyn RequestHost + 'h),
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> BodyVerdict {
+        let (verdict, resized_to) = self.0.response_body(host, body_size, end_of_stream);
+        BodyVerdict {
+            verdict,
+            resized_to,
+        }
     }
 
-    fn response_trailers(&mut self, _: &mut (dyn RequestHost + 'h)) -> Verdict {
-        Verdict::Continue
+    fn response_trailers(&mut self, host: &mut (dyn RequestHost + 'h)) -> Verdict {
+        self.0.response_trailers(host)
     }
 
     fn log(&mut self, host: &mut (dyn RequestHost + 'h)) {

@@ -24,7 +24,7 @@
 
 pub use gateway_common::stream::Verdict;
 
-/// What a policy made of a request body callback.
+/// What a policy made of a body callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyVerdict {
     pub verdict: Verdict,
@@ -67,7 +67,8 @@ pub trait Member<H: ?Sized> {
     fn request_body(&mut self, host: &mut H, body_size: usize, end_of_stream: bool) -> BodyVerdict;
     fn request_trailers(&mut self, host: &mut H) -> Verdict;
     fn response_headers(&mut self, host: &mut H, end_of_stream: bool) -> Verdict;
-    fn response_body(&mut self, host: &mut H, body_size: usize, end_of_stream: bool) -> Verdict;
+    fn response_body(&mut self, host: &mut H, body_size: usize, end_of_stream: bool)
+        -> BodyVerdict;
     fn response_trailers(&mut self, host: &mut H) -> Verdict;
     fn log(&mut self, host: &mut H);
 }
@@ -393,7 +394,15 @@ impl<M> Pipeline<M> {
     where
         M: Member<H>,
     {
-        self.every_member_last_first(|member| member.response_body(host, body_size, end_of_stream))
+        // Each member is shown the body as the ones before it left it.
+        let mut body_size = body_size;
+        self.every_member_last_first(|member| {
+            let verdict = member.response_body(host, body_size, end_of_stream);
+            if let Some(size) = verdict.resized_to {
+                body_size = size;
+            }
+            verdict.verdict
+        })
     }
 
     pub fn on_response_trailers<H: ?Sized>(&mut self, host: &mut H) -> Flow
@@ -441,6 +450,7 @@ mod tests {
         journal: Journal,
         headers: VecDeque<Verdict>,
         body: VecDeque<BodyVerdict>,
+        response_body: VecDeque<BodyVerdict>,
         trailers: VecDeque<Verdict>,
         calls: VecDeque<CallVerdict>,
     }
@@ -482,9 +492,16 @@ mod tests {
             self.note("response headers".into());
             Verdict::Continue
         }
-        fn response_body(&mut self, _: &mut (), body_size: usize, _end_of_stream: bool) -> Verdict {
+        fn response_body(
+            &mut self,
+            _: &mut (),
+            body_size: usize,
+            _end_of_stream: bool,
+        ) -> BodyVerdict {
             self.note(format!("response body {body_size}"));
-            Verdict::Continue
+            self.response_body
+                .pop_front()
+                .unwrap_or(Verdict::Continue.into())
         }
         fn response_trailers(&mut self, _: &mut ()) -> Verdict {
             self.note("response trailers".into());
@@ -509,6 +526,7 @@ mod tests {
                 journal: Rc::clone(&journal),
                 headers: VecDeque::new(),
                 body: VecDeque::new(),
+                response_body: VecDeque::new(),
                 trailers: VecDeque::new(),
                 calls: VecDeque::new(),
             })
@@ -523,6 +541,10 @@ mod tests {
         }
         fn body(mut self, index: usize, verdicts: &[BodyVerdict]) -> Self {
             self.fakes[index].body.extend(verdicts);
+            self
+        }
+        fn response_body(mut self, index: usize, verdicts: &[BodyVerdict]) -> Self {
+            self.fakes[index].response_body.extend(verdicts);
             self
         }
         fn trailers(mut self, index: usize, verdicts: &[Verdict]) -> Self {
@@ -983,6 +1005,37 @@ mod tests {
                 "c response trailers",
                 "b response trailers",
                 "a response trailers"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_response_body_rewritten_by_one_policy_reaches_the_next_at_its_new_size() {
+        let (mut pipeline, journal) = policies(&["a", "b", "c"])
+            .response_body(
+                2,
+                &[
+                    Verdict::Pause.into(),
+                    BodyVerdict {
+                        verdict: Verdict::Continue,
+                        resized_to: Some(3),
+                    },
+                ],
+            )
+            .start();
+        pipeline.on_request_headers(&mut (), true);
+        taken(&journal);
+        assert_eq!(pipeline.on_response_body(&mut (), 8, false), Flow::Pause);
+        assert_eq!(pipeline.on_response_body(&mut (), 20, true), Flow::Continue);
+        assert_eq!(
+            taken(&journal),
+            [
+                "c response body 8",
+                "b response body 8",
+                "a response body 8",
+                "c response body 20",
+                "b response body 3",
+                "a response body 3",
             ]
         );
     }

@@ -31,10 +31,14 @@ pub enum Field {
     ResponseFlags,
     Stage,
     User,
+    /// The backend's own status, when error mapping changed it.
+    BackendStatus,
+    /// The backend's own error code, when error mapping read one.
+    BackendErrorCode,
 }
 
 impl Field {
-    pub const ALL: [Field; 24] = [
+    pub const ALL: [Field; 26] = [
         Field::Time,
         Field::TimestampMs,
         Field::RecordId,
@@ -59,6 +63,8 @@ impl Field {
         Field::ResponseFlags,
         Field::Stage,
         Field::User,
+        Field::BackendStatus,
+        Field::BackendErrorCode,
     ];
 
     pub fn name(self) -> &'static str {
@@ -87,6 +93,8 @@ impl Field {
             Field::ResponseFlags => "response_flags",
             Field::Stage => "stage",
             Field::User => "user",
+            Field::BackendStatus => "backend_status",
+            Field::BackendErrorCode => "backend_error_code",
         }
     }
 
@@ -105,9 +113,13 @@ impl Field {
 pub struct FieldSet(u32);
 
 impl FieldSet {
-    /// Everything but the query string, which may carry personal data.
+    /// Everything but the query string, which may carry personal data,
+    /// and the fields of error mapping (a store's table gains them when it
+    /// asks for them).
     pub fn default_set() -> Self {
-        Self(Field::ALL.iter().map(|f| f.bit()).sum::<u32>() & !Field::Query.bit())
+        let left_out =
+            Field::Query.bit() | Field::BackendStatus.bit() | Field::BackendErrorCode.bit();
+        Self(Field::ALL.iter().map(|f| f.bit()).sum::<u32>() & !left_out)
     }
 
     pub fn of(fields: &[Field]) -> Self {
@@ -159,6 +171,10 @@ pub struct Record {
     pub user: String,
     /// Values of the configured extra headers, in configuration order.
     pub headers: Vec<String>,
+    /// The backend's status and error code when error mapping changed
+    /// what the client saw.
+    pub backend_status: Option<u16>,
+    pub backend_error_code: String,
 }
 
 pub enum FieldValue<'a> {
@@ -194,6 +210,10 @@ impl Record {
             Field::ResponseFlags => Text(&self.response_flags),
             Field::Stage => Text(&self.stage),
             Field::User => Text(&self.user),
+            Field::BackendStatus => self
+                .backend_status
+                .map_or(Absent, |status| Int(u64::from(status))),
+            Field::BackendErrorCode => Text(&self.backend_error_code),
         }
     }
 
@@ -216,6 +236,7 @@ impl Record {
             &self.response_flags,
             &self.stage,
             &self.user,
+            &self.backend_error_code,
         ];
         std::mem::size_of::<Record>()
             + texts.iter().map(|t| t.capacity()).sum::<usize>()
@@ -514,10 +535,12 @@ mod tests {
     }
 
     #[test]
-    fn the_default_field_set_leaves_out_the_query() {
+    fn the_default_field_set_leaves_out_the_query_and_the_backends_own_answer() {
         let set = FieldSet::default_set();
-        assert!(!set.contains(Field::Query));
-        assert_eq!(set.iter().count(), Field::ALL.len() - 1);
+        for left_out in [Field::Query, Field::BackendStatus, Field::BackendErrorCode] {
+            assert!(!set.contains(left_out));
+        }
+        assert_eq!(set.iter().count(), Field::ALL.len() - 3);
         assert_eq!(Field::from_name("latency_ms"), Some(Field::LatencyMs));
         assert_eq!(Field::from_name("password"), None);
     }

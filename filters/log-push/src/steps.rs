@@ -279,7 +279,14 @@ impl LogPushSteps {
                 String::new()
             },
             headers: seen.headers,
+            backend_status: None,
+            backend_error_code: String::new(),
         };
+        if wants(record::Field::BackendStatus) || wants(record::Field::BackendErrorCode) {
+            let (status, code) = identity::backend_answer(stream);
+            record.backend_status = status;
+            record.backend_error_code = code.unwrap_or_default();
+        }
         push.masking.apply(&mut record);
         record
     }
@@ -449,6 +456,40 @@ mod tests {
         assert_eq!(record.latency_ms, 25);
         assert_eq!(record.headers, ["acme", REDACTED]);
         assert_eq!(stream.counted(FILTER_NAME, "records.queued"), 1);
+    }
+
+    #[test]
+    fn the_backends_own_answer_is_recorded_when_asked_for_and_error_mapping_changed_it() {
+        let mut with_fields = config();
+        with_fields["fields"] = json!([
+            "status",
+            "error_code",
+            "backend_status",
+            "backend_error_code"
+        ]);
+        for (fields, expected) in [
+            (with_fields, (Some(200), "ROLE_NOT_EXISTS")),
+            (config(), (None, "")),
+        ] {
+            let mut stream = stream("/orders/7");
+            let worker = worker(fields, &mut stream);
+            let mut steps = LogPushSteps::new(Arc::clone(&worker));
+            steps.on_request_headers(&mut stream, true);
+            identity::publish_backend_answer(&stream, Some(200), Some("ROLE_NOT_EXISTS"));
+            stream
+                .response_headers
+                .push((":status".into(), "404".into()));
+            steps.on_log(&mut stream);
+            let records = queued(&worker);
+            let [record] = records.as_slice() else {
+                panic!("one record: {records:?}")
+            };
+            assert_eq!(record.status, 404);
+            assert_eq!(
+                (record.backend_status, record.backend_error_code.as_str()),
+                expected
+            );
+        }
     }
 
     #[test]

@@ -221,7 +221,7 @@ fn run(
     stream: &mut NativeStream,
     envoy: Option<EnvoyFilter>,
     in_request: bool,
-    in_request_body: bool,
+    in_body: Option<envoy::Direction>,
     code: impl FnOnce(&mut dyn ModuleRequest, &mut dyn RequestHost) -> bool,
 ) -> (Ran, After) {
     // SAFETY: Envoy destroys a configuration only after its streams.
@@ -241,7 +241,8 @@ fn run(
         config,
         id: stream.id,
         started_nanos: stream.started_nanos,
-        in_request_body,
+        in_request_body: in_body == Some(envoy::Direction::Request),
+        in_response_body: in_body == Some(envoy::Direction::Response),
         callouts: &mut stream.callouts,
         after: &mut after,
     };
@@ -291,7 +292,11 @@ fn internal_error(envoy: EnvoyFilter) -> Option<Reply> {
 /// # Safety
 /// As [`with_stream`].
 pub(crate) unsafe fn stream_hook(stream: *mut NativeStream, envoy: EnvoyFilter, hook: Hook) -> u32 {
-    let in_body = matches!(hook, Hook::RequestBody { .. });
+    let in_body = match hook {
+        Hook::RequestBody { .. } => Some(envoy::Direction::Request),
+        Hook::ResponseBody { .. } => Some(envoy::Direction::Response),
+        _ => None,
+    };
     let (ran, after) = with_stream(stream, |stream| {
         run(
             stream,
@@ -369,7 +374,7 @@ unsafe fn stream_answer(
 ) {
     let ran = with_stream(stream, |stream| {
         let token = take_token(&mut stream.callouts, callout)?;
-        Some(run(stream, Some(envoy), true, false, |request, host| {
+        Some(run(stream, Some(envoy), true, None, |request, host| {
             request.on_call_answer(host, token, answer)
         }))
     });
@@ -384,7 +389,7 @@ unsafe fn stream_answer(
 /// As [`with_stream`].
 pub(crate) unsafe fn stream_scheduled(stream: *mut NativeStream, envoy: EnvoyFilter) {
     let (ran, after) = with_stream(stream, |stream| {
-        run(stream, Some(envoy), true, false, |request, host| {
+        run(stream, Some(envoy), true, None, |request, host| {
             request.on_wake(host)
         })
     });
@@ -402,11 +407,11 @@ pub(crate) unsafe fn stream_complete(stream: *mut NativeStream, envoy: EnvoyFilt
             return;
         }
         // Replies are moot now: what the runs ask for is dropped.
-        let _ = run(stream, Some(envoy), false, false, |request, host| {
+        let _ = run(stream, Some(envoy), false, None, |request, host| {
             request.on_log(host);
             true
         });
-        let _ = run(stream, Some(envoy), false, false, |request, host| {
+        let _ = run(stream, Some(envoy), false, None, |request, host| {
             request.on_end(host);
             true
         });
@@ -425,7 +430,7 @@ pub(crate) fn stream_destroy(mut stream: Box<NativeStream>) {
     });
     WAKEABLE.with(|wakeable| wakeable.borrow_mut().remove(&stream.id));
     if !stream.completed {
-        let _ = run(&mut stream, None, false, false, |request, host| {
+        let _ = run(&mut stream, None, false, None, |request, host| {
             request.on_end(host);
             true
         });

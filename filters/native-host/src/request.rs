@@ -53,6 +53,8 @@ pub(crate) struct NativeRequest<'a> {
     pub started_nanos: u64,
     /// Inside the request body hook (the bytes just received are readable).
     pub in_request_body: bool,
+    /// Inside the response body hook.
+    pub in_response_body: bool,
     /// The stream's calls in flight: Envoy's callout id, the token.
     pub callouts: &'a mut Vec<(u64, u32)>,
     pub after: &'a mut After,
@@ -155,6 +157,24 @@ impl Caller for NativeRequest<'_> {
     }
 }
 
+impl NativeRequest<'_> {
+    /// Replaces the first `old_size` bytes of a body with `body`.
+    fn replace_body(&self, direction: Direction, in_hook: bool, old_size: usize, body: &[u8]) {
+        let Some(envoy) = self.envoy else { return };
+        let old = envoy.body(direction, in_hook, usize::MAX);
+        let kept = old.get(old_size..).unwrap_or_default();
+        let mut new = Vec::with_capacity(body.len() + kept.len());
+        new.extend_from_slice(body);
+        new.extend_from_slice(kept);
+        if !envoy.replace_body(direction, in_hook, &new) {
+            self.log(
+                Level::Error,
+                format_args!("native module: Envoy refused a body rewrite"),
+            );
+        }
+    }
+}
+
 impl RequestHost for NativeRequest<'_> {
     fn request_header_names(&self) -> Vec<String> {
         let mut names = Vec::new();
@@ -185,6 +205,29 @@ impl RequestHost for NativeRequest<'_> {
         }
     }
 
+    fn response_headers(&self) -> Vec<(String, String)> {
+        let mut headers = Vec::new();
+        if let Some(envoy) = self.envoy {
+            envoy.headers(header_type::RESPONSE_HEADER, |name, value| {
+                headers.push((
+                    String::from_utf8_lossy(name).into_owned(),
+                    String::from_utf8_lossy(value).into_owned(),
+                ))
+            });
+        }
+        headers
+    }
+
+    fn response_body(&self, size: usize) -> Vec<u8> {
+        self.envoy
+            .map(|envoy| envoy.body(Direction::Response, self.in_response_body, size))
+            .unwrap_or_default()
+    }
+
+    fn replace_response_body(&mut self, old_size: usize, body: &[u8]) {
+        self.replace_body(Direction::Response, self.in_response_body, old_size, body);
+    }
+
     /// Sent once the hook's code has returned (Envoy runs the reply
     /// through this filter's hooks at once); the first reply wins.
     fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
@@ -206,18 +249,7 @@ impl RequestHost for NativeRequest<'_> {
     }
 
     fn replace_request_body(&mut self, old_size: usize, body: &[u8]) {
-        let Some(envoy) = self.envoy else { return };
-        let old = envoy.body(Direction::Request, self.in_request_body, usize::MAX);
-        let kept = old.get(old_size..).unwrap_or_default();
-        let mut new = Vec::with_capacity(body.len() + kept.len());
-        new.extend_from_slice(body);
-        new.extend_from_slice(kept);
-        if !envoy.replace_body(Direction::Request, self.in_request_body, &new) {
-            self.log(
-                Level::Error,
-                format_args!("native module: Envoy refused a body rewrite"),
-            );
-        }
+        self.replace_body(Direction::Request, self.in_request_body, old_size, body);
     }
 
     fn shared_data(&self) -> &dyn SharedStore {

@@ -103,6 +103,11 @@ fn policies() -> Vec<WasmFilter> {
             ]}),
         ),
         WasmFilter::json(
+            "error_mapping",
+            &json!({"rules": [{"name": "orders", "match": orders,
+                "mappings": [{"code": "503", "status": 502, "message": "Orders unavailable"}]}]}),
+        ),
+        WasmFilter::json(
             "request_mapping",
             &json!({"rules": [{"name": "items", "match": items,
                 "backend": {"path": "/internal/items"},

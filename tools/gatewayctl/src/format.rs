@@ -244,6 +244,10 @@ pub struct Policy {
     /// Traffic mirroring: `backend`, `percent`.
     #[serde(default)]
     pub mirror: Option<Map<String, Value>>,
+    /// Error-code mapping: `parameters`, `condition`, `error_code`,
+    /// `mappings`, `default`, `body`.
+    #[serde(default)]
+    pub error_mapping: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +258,7 @@ pub enum PolicyKind {
     AccessControl,
     Routing,
     Mirror,
+    ErrorMapping,
 }
 
 impl PolicyKind {
@@ -265,6 +270,7 @@ impl PolicyKind {
             PolicyKind::AccessControl => "access_control",
             PolicyKind::Routing => "routing",
             PolicyKind::Mirror => "mirror",
+            PolicyKind::ErrorMapping => "error_mapping",
         }
     }
 }
@@ -279,6 +285,7 @@ impl Policy {
             (PolicyKind::AccessControl, &self.access_control),
             (PolicyKind::Routing, &self.routing),
             (PolicyKind::Mirror, &self.mirror),
+            (PolicyKind::ErrorMapping, &self.error_mapping),
         ]
         .into_iter()
         .filter_map(|(kind, body)| body.as_ref().map(|body| (kind, body)))
@@ -305,6 +312,8 @@ pub struct Settings {
     pub throttling: Option<Map<String, Value>>,
     #[serde(default)]
     pub param_validation: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub error_mapping: Option<Map<String, Value>>,
     #[serde(default)]
     pub request_mapping: Option<Map<String, Value>>,
     #[serde(default)]

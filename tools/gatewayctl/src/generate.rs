@@ -409,7 +409,7 @@ impl Generator<'_> {
                 return Err(self.error(
                     &format!("policies[{index}]"),
                     "a policy is exactly one of `quota`, `ip_control`, `breaker`, `access_control`, \
-                     `routing` or `mirror`",
+                     `routing`, `mirror` or `error_mapping`",
                 ));
             }
             for field in ["name", "match"] {
@@ -434,6 +434,7 @@ impl Generator<'_> {
             Section::Routing => s.routing.as_ref(),
             Section::Throttling => s.throttling.as_ref(),
             Section::ParamValidation => s.param_validation.as_ref(),
+            Section::ErrorMapping => s.error_mapping.as_ref(),
             Section::RequestMapping => s.request_mapping.as_ref(),
             Section::CircuitBreaker => s.circuit_breaker.as_ref(),
             Section::LogPush => s.log_push.as_ref(),
@@ -1082,6 +1083,7 @@ impl Generator<'_> {
                     PolicyKind::Breaker => (Section::CircuitBreaker, name.clone()),
                     PolicyKind::AccessControl => (Section::AccessControl, name.clone()),
                     PolicyKind::Routing => (Section::Routing, name.clone()),
+                    PolicyKind::ErrorMapping => (Section::ErrorMapping, name.clone()),
                     // Envoy mirrors: the API's routes carry it.
                     PolicyKind::Mirror => continue,
                 };

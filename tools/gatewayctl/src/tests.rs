@@ -134,6 +134,23 @@ fn an_access_control_policy_becomes_the_apis_rule_and_its_errors_name_the_check(
 }
 
 #[test]
+fn an_error_mapping_policy_becomes_the_apis_rule_and_its_errors_name_the_field() {
+    let policy = "policies:\n  - name: gone\n    error_mapping:\n      mappings:\n        - { code: \"404\", status: 410, message: \"Order ${param.id} is gone\" }\n";
+    let text = document(&format!(
+        "{policy}apis:\n  - name: orders\n    path: /orders/{{id}}\n    backend: shop\n    auth: anonymous\n    policies: [gone]\n"
+    ));
+    let mapping = section(&generated(&text), Section::ErrorMapping);
+    assert_eq!(mapping["rules"][0]["name"], "orders");
+    assert_eq!(mapping["rules"][0]["mappings"][0]["status"], 410);
+    let bad = text.replace("status: 410", "status: 700");
+    assert_eq!(
+        error_of(&bad),
+        "apis.yaml:11: policies[0] (gone): error_mapping.mappings[0].status: a status is 200 to 599, \
+         not 700 (as bound to apis[0] (orders) by apis[0].policies[0])"
+    );
+}
+
+#[test]
 fn an_unknown_app_is_reported_where_the_apps_were_written() {
     let err = error_of(&document(
         "groups:\n  - name: g\n    auth: app\n    apps: [\"999\"]\napis:\n  - name: a\n    group: g\n    path: /a\n    backend: shop\n",
@@ -213,7 +230,7 @@ fn policies_are_one_kind_and_an_api_has_one_ip_control_and_one_breaker() {
     let text = document("policies:\n  - { name: p, quota: { limit: 1, window: 1s }, ip_control: { allow: [10.0.0.0/8] } }\napis:\n  - { name: a, path: /a, backend: shop, auth: anonymous, policies: [p] }\n");
     assert_eq!(
         error_of(&text),
-        "apis.yaml:8: policies[0] (p): a policy is exactly one of `quota`, `ip_control`, `breaker`, `access_control`, `routing` or `mirror`"
+        "apis.yaml:8: policies[0] (p): a policy is exactly one of `quota`, `ip_control`, `breaker`, `access_control`, `routing`, `mirror` or `error_mapping`"
     );
     let text = document("policies:\n  - { name: p, ip_control: { allow: [10.0.0.0/8] } }\n  - { name: q, ip_control: { deny: [10.0.0.0/8] } }\ngroups:\n  - { name: g, policies: [p] }\napis:\n  - { name: a, group: g, path: /a, backend: shop, auth: anonymous, policies: [q] }\n");
     assert_eq!(

@@ -17,7 +17,11 @@
 //! the API's path template), `form.N`, `json.a.b.0` (a field of a JSON
 //! body). A value the request does not have is `null`.
 //!
-//! Operators: `==` (or `=`), `!=`, `<`, `<=`, `>`, `>=`, `in [..]`,
+//! A response condition (error mapping) reads the response too: `status`,
+//! `response.header.N` and `response.json.a.b` (a field of a JSON response
+//! body), with the request's values but its body's.
+//!
+//! Operators: `==` (or `=`), `!=` (or `<>`), `<`, `<=`, `>`, `>=`, `in [..]`,
 //! `not in [..]`, `matches` (or `=~`) and `!~` with a regular expression,
 //! `contains`, `starts_with`, `ends_with`; `&&`/`and`, `||`/`or`,
 //! `!`/`not`, parentheses. A number written as one (`31`, not `'31'`)
@@ -68,6 +72,21 @@ pub enum Reference {
     Form(String),
     /// A field of a JSON body: object keys, and array indexes as numbers.
     Json(Vec<String>),
+    /// The response's status.
+    Status,
+    /// A response header, by lower-case name.
+    ResponseHeader(String),
+    /// A field of a JSON response body.
+    ResponseJson(Vec<String>),
+}
+
+/// What a condition is evaluated on: a request (access control, routing),
+/// or a response with the request it answers (error mapping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Phase {
+    #[default]
+    Request,
+    Response,
 }
 
 impl std::fmt::Display for Reference {
@@ -87,6 +106,9 @@ impl std::fmt::Display for Reference {
             Reference::Param(name) => write!(f, "param.{name}"),
             Reference::Form(name) => write!(f, "form.{name}"),
             Reference::Json(path) => write!(f, "json.{}", path.join(".")),
+            Reference::Status => f.write_str("status"),
+            Reference::ResponseHeader(name) => write!(f, "response.header.{name}"),
+            Reference::ResponseJson(path) => write!(f, "response.json.{}", path.join(".")),
         }
     }
 }
@@ -95,6 +117,31 @@ impl Reference {
     /// Read from the request body.
     pub fn in_body(&self) -> bool {
         matches!(self, Reference::Form(_) | Reference::Json(_))
+    }
+
+    /// Read from the response body.
+    pub fn in_response_body(&self) -> bool {
+        matches!(self, Reference::ResponseJson(_))
+    }
+
+    /// Whether a condition of `phase` can read it: the response's values
+    /// exist only for a response; a request body is not kept for it.
+    fn readable_in(&self, phase: Phase) -> Result<(), String> {
+        let of_response = matches!(
+            self,
+            Reference::Status | Reference::ResponseHeader(_) | Reference::ResponseJson(_)
+        );
+        match phase {
+            Phase::Request if of_response => Err(format!(
+                "`{self}` is a value of the response: only a response condition (error \
+                 mapping) reads it"
+            )),
+            Phase::Response if self.in_body() => Err(format!(
+                "`{self}`: the request body is not kept for the response (read \
+                 `response.json.N` for the response's)"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// A named value (`query.q`, `json.a.b`, `app`).
@@ -116,6 +163,24 @@ impl Reference {
             "app_name" => no_name(Reference::AppName),
             "user" => no_name(Reference::User),
             "client_ip" => no_name(Reference::ClientIp),
+            "status" => no_name(Reference::Status),
+            "response" => {
+                let name = needs_name(name)?;
+                let (part, rest) = name.split_once('.').unwrap_or((&name, ""));
+                match part {
+                    "status" if rest.is_empty() => Ok(Reference::Status),
+                    "header" if !rest.is_empty() => {
+                        Ok(Reference::ResponseHeader(rest.to_ascii_lowercase()))
+                    }
+                    "json" if !rest.is_empty() => Ok(Reference::ResponseJson(
+                        rest.split('.').map(str::to_string).collect(),
+                    )),
+                    _ => Err(format!(
+                        "`response.{name}`: the response's values are `status`, \
+                         `response.header.N` and `response.json.N`"
+                    )),
+                }
+            }
             "query" => Ok(Reference::Query(needs_name(name)?)),
             "header" => Ok(Reference::Header(needs_name(name)?.to_ascii_lowercase())),
             "param" => Ok(Reference::Param(needs_name(name)?)),
@@ -125,14 +190,17 @@ impl Reference {
             )),
             other => Err(format!(
                 "unknown value `{other}` (method, path, host, stage, app, app_name, user, \
-                 client_ip, query.N, header.N, param.N, form.N, json.N)"
+                 client_ip, query.N, header.N, param.N, form.N, json.N; for a response \
+                 status, response.header.N, response.json.N)"
             )),
         }
     }
 
     /// A parameter declared Alibaba-style, `Location` or `Location:Name`
-    /// (`Query:action`, `System:CaAppKey`, `BodyJsonField:$.a.b`).
-    pub fn from_location(location: &str) -> Result<Self, String> {
+    /// (`Query:action`, `System:CaAppKey`, `BodyJsonField:$.a.b`). For a
+    /// response (`phase`), `StatusCode`, and `Header` and `BodyJsonField`
+    /// are the response's, as in Alibaba's error mapping.
+    pub fn from_location(location: &str, phase: Phase) -> Result<Self, String> {
         let (place, name) = match location.split_once(':') {
             Some((place, name)) => (place.trim(), Some(name.trim())),
             None => (location.trim(), None),
@@ -142,7 +210,15 @@ impl Reference {
                 .map(str::to_string)
                 .ok_or_else(|| format!("`{place}` needs a name: `{place}:NAME`"))
         };
+        let response = phase == Phase::Response;
         match place.to_ascii_lowercase().as_str() {
+            "statuscode" if response => Ok(Reference::Status),
+            "header" if response => {
+                Ok(Reference::ResponseHeader(named(name)?.to_ascii_lowercase()))
+            }
+            "bodyjsonfield" | "bodyjson" if response => {
+                json_path(&named(name)?).map(Reference::ResponseJson)
+            }
             "method" => Ok(Reference::Method),
             "path" if name.is_none() => Ok(Reference::Path),
             "path" | "parameter" => Ok(Reference::Param(named(name)?)),
@@ -170,9 +246,15 @@ impl Reference {
                  claims_to_headers and read `Header:NAME`"
                     .into(),
             ),
+            "statuscode" => Err(
+                "`StatusCode` is the response's: only a response condition (error mapping) \
+                 reads it"
+                    .into(),
+            ),
             _ => Err(format!(
                 "unknown location `{place}` (Method, Path, Header, Query, Form, Parameter, \
-                 BodyJsonField, System)"
+                 BodyJsonField, System{})",
+                if response { ", StatusCode" } else { "" }
             )),
         }
     }
@@ -253,6 +335,12 @@ impl<F: Facts> Values<F> {
             Operand::Value(index) => self.cache.get(*index)?.as_ref()?.as_deref(),
             Operand::Literal(literal) => literal.as_text(),
         }
+    }
+
+    /// A value's text by its index ([`Compiler::value`]); `None` when the
+    /// request or response lacks it.
+    pub fn text(&mut self, references: &[Reference], index: usize) -> Option<&str> {
+        self.value(references, index)
     }
 
     pub fn facts(&mut self) -> &mut F {
@@ -464,12 +552,21 @@ impl Compare {
 pub struct Compiler {
     declared: BTreeMap<String, Reference>,
     references: Vec<Reference>,
+    phase: Phase,
 }
 
 impl Compiler {
     /// `parameters`: name → `Location:Name`; an error names the parameter
     /// (`parameters.userId`).
     pub fn new(parameters: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        Self::with_phase(parameters, Phase::Request)
+    }
+
+    /// A compiler of conditions on a response (and its request).
+    pub fn with_phase(
+        parameters: &BTreeMap<String, String>,
+        phase: Phase,
+    ) -> Result<Self, ConfigError> {
         let mut declared = BTreeMap::new();
         for (name, location) in parameters {
             let at = format!("parameters.{name}");
@@ -479,14 +576,41 @@ impl Compiler {
                     "a parameter's name is letters, digits and `_`, not starting with a digit",
                 ));
             }
-            let reference =
-                Reference::from_location(location).map_err(|err| ConfigError::new(at, err))?;
+            let reference = Reference::from_location(location, phase)
+                .and_then(|reference| reference.readable_in(phase).map(|()| reference))
+                .map_err(|err| ConfigError::new(at, err))?;
             declared.insert(name.clone(), reference);
         }
         Ok(Self {
             declared,
             references: Vec::new(),
+            phase,
         })
+    }
+
+    /// Whether `name` is a declared parameter.
+    pub fn declares(&self, name: &str) -> bool {
+        self.declared.contains_key(name)
+    }
+
+    /// Compiles a single value (`$name`, `response.json.code`, `status`),
+    /// read later with [`Values::text`]; its index among the references.
+    pub fn value(&mut self, text: &str) -> Result<usize, String> {
+        let tokens = lex(text)?;
+        let mut parser = Parser {
+            tokens,
+            at: 0,
+            depth: 0,
+            compiler: self,
+        };
+        let operand = parser.operand()?;
+        if let Some(token) = parser.tokens.get(parser.at) {
+            return Err(format!("at {}: unexpected {}", token.at + 1, token.kind));
+        }
+        match operand {
+            Operand::Value(index) => Ok(index),
+            Operand::Literal(_) => Err("a value is expected, not a literal".into()),
+        }
     }
 
     /// Compiles `text`; an error says where in it and why.
@@ -598,8 +722,8 @@ struct Token {
     at: usize,
 }
 
-const OPERATORS: [&str; 12] = [
-    "==", "!=", "<=", ">=", "=~", "!~", "&&", "||", "<", ">", "=", "!",
+const OPERATORS: [&str; 13] = [
+    "==", "!=", "<>", "<=", ">=", "=~", "!~", "&&", "||", "<", ">", "=", "!",
 ];
 
 fn lex(text: &str) -> Result<Vec<Token>, String> {
@@ -837,7 +961,7 @@ impl Parser<'_> {
         let left = self.operand()?;
         let compare = match self.peek() {
             Some(Kind::Op("==" | "=")) => Some(Compare::Eq),
-            Some(Kind::Op("!=")) => Some(Compare::Ne),
+            Some(Kind::Op("!=" | "<>")) => Some(Compare::Ne),
             Some(Kind::Op("<")) => Some(Compare::Lt),
             Some(Kind::Op("<=")) => Some(Compare::Le),
             Some(Kind::Op(">")) => Some(Compare::Gt),
@@ -925,7 +1049,13 @@ impl Parser<'_> {
                 } else {
                     name
                 };
-                Reference::named(&space, name).map_err(|err| format!("at {at}: {err}"))?
+                Reference::named(&space, name)
+                    .and_then(|reference| {
+                        reference
+                            .readable_in(self.compiler.phase)
+                            .map(|()| reference)
+                    })
+                    .map_err(|err| format!("at {at}: {err}"))?
             }
             other => return Err(format!("at {at}: a value expected, not {other}")),
         };
@@ -1002,7 +1132,7 @@ fn is_keyword(word: &str) -> bool {
 
 mod request;
 pub mod rules;
-pub use request::{Body, RequestValues};
+pub use request::{Body, RequestValues, ResponseValues};
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! A request's values for conditions, read from the host on demand: what
-//! access control and routing evaluate their conditions over.
+//! access control and routing evaluate their conditions over; and a
+//! response's, with its request's, for error mapping.
 
 use super::{Facts, Reference};
 use crate::client_ip::ClientAddressResolver;
@@ -133,6 +134,30 @@ impl Facts for RequestValues<'_> {
                 .map(|(_, value)| value.clone()),
             Reference::Form(name) => self.body.form(name),
             Reference::Json(path) => self.body.json(path),
+            // Never compiled into a request condition.
+            Reference::Status | Reference::ResponseHeader(_) | Reference::ResponseJson(_) => None,
+        }
+    }
+}
+
+/// A response's values, and its request's (whose body is not kept).
+pub struct ResponseValues<'r> {
+    pub request: RequestValues<'r>,
+    pub status: Option<u16>,
+    /// The response headers.
+    pub headers: &'r dyn Fn(&str) -> Option<String>,
+    /// The response body, when a condition reads it.
+    pub body: &'r Body,
+}
+
+impl Facts for ResponseValues<'_> {
+    fn lookup(&mut self, reference: &Reference) -> Option<String> {
+        match reference {
+            Reference::Status => self.status.map(|status| status.to_string()),
+            Reference::ResponseHeader(name) => (self.headers)(name),
+            Reference::ResponseJson(path) => self.body.json(path),
+            Reference::Form(_) | Reference::Json(_) => None,
+            other => self.request.lookup(other),
         }
     }
 }

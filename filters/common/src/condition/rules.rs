@@ -4,7 +4,7 @@
 //! `match` holds applies, and `client_ip` is resolved by the policy's
 //! `client_address`.
 
-use super::{Body, Compiler, Facts, Reference, RequestValues, Values};
+use super::{Body, Compiler, Facts, Phase, Reference, RequestValues, Values};
 use crate::client_ip::{ClientAddressConfig, ClientAddressResolver};
 use crate::config::ConfigError;
 use crate::host::{Host, RequestLine};
@@ -48,6 +48,11 @@ impl<T> ConditionRule<T> {
     pub fn reads_body(&self) -> bool {
         self.references.iter().any(Reference::in_body)
     }
+
+    /// A response condition reads a JSON response body field.
+    pub fn reads_response_body(&self) -> bool {
+        self.references.iter().any(Reference::in_response_body)
+    }
 }
 
 /// A policy's compiled rules.
@@ -69,13 +74,24 @@ impl<T> ConditionRules<T> {
         source: impl Fn(&C) -> RuleSource<'_>,
         body: impl Fn(&C, &mut Compiler) -> Result<T, ConfigError>,
     ) -> Result<Self, ConfigError> {
+        Self::compile_for(Phase::Request, configs, client_address, source, body)
+    }
+
+    /// [`ConditionRules::compile`] for conditions of `phase`.
+    pub fn compile_for<C>(
+        phase: Phase,
+        configs: &[C],
+        client_address: &ClientAddressConfig,
+        source: impl Fn(&C) -> RuleSource<'_>,
+        body: impl Fn(&C, &mut Compiler) -> Result<T, ConfigError>,
+    ) -> Result<Self, ConfigError> {
         let mut rules = Vec::with_capacity(configs.len());
         for (index, config) in configs.iter().enumerate() {
             let at = rule_path(index);
             let compile = || {
                 let source = source(config);
                 let matcher = compile_rule_match(source.matcher)?;
-                let mut compiler = Compiler::new(source.parameters)?;
+                let mut compiler = Compiler::with_phase(source.parameters, phase)?;
                 let body = body(config, &mut compiler)?;
                 compiler
                     .check_path_variables(&matcher.template_variables())

@@ -1,0 +1,355 @@
+//! error-mapping's part in one request, written against the stream seam.
+//! The rule is chosen on the request headers. On the response headers, a
+//! rule that reads no response body decides at once; one that reads the
+//! JSON body holds the headers until the body has arrived (up to
+//! `max_body_bytes`), then decides. A mapped response gets the mapping's
+//! status and `X-Ca-Error-*` headers and, in the error shape, the shared
+//! JSON body in place of the backend's (the headers held until the
+//! backend's body has ended, so the new one goes with its length). The
+//! gateway's own answers (a refusal) are never mapped.
+
+use crate::policy::{decide, Body, Decision, ErrorMapping, Mapped, ResponseValues, Shape};
+use crate::FILTER_NAME;
+use gateway_common::condition::Reference;
+use gateway_common::error::render_parts;
+use gateway_common::host::{Host, RequestFacts, RequestLine};
+use gateway_common::identity;
+use gateway_common::matching::KeptCaptures;
+use gateway_common::metrics::{Counter, DefineMetrics};
+use gateway_common::stream::{
+    buffer_response_body, response_status, BufferedBody, Level, PolicySteps, Stream, Verdict,
+};
+use std::rc::Rc;
+use std::time::SystemTime;
+
+/// `mapped`, `unmapped` (an error no mapping names), `body_too_large` (a
+/// response body over `max_body_bytes`, passed unmapped).
+#[derive(Debug, Clone, Copy)]
+pub struct Metrics {
+    mapped: Counter,
+    unmapped: Counter,
+    body_too_large: Counter,
+}
+
+impl Metrics {
+    pub fn define(host: &mut dyn DefineMetrics) -> Self {
+        Self {
+            mapped: host.define_counter(FILTER_NAME, "mapped"),
+            unmapped: host.define_counter(FILTER_NAME, "unmapped"),
+            body_too_large: host.define_counter(FILTER_NAME, "body_too_large"),
+        }
+    }
+}
+
+/// The request's rule, with what its conditions read of the request as
+/// the client sent it (a later policy may rewrite the path; Envoy's Wasm
+/// host shows no request headers on the way back).
+struct Matched {
+    rule: usize,
+    captures: KeptCaptures,
+    line: Rc<RequestLine>,
+    /// The request headers the rule reads, and `x-request-id`.
+    headers: Vec<(String, String)>,
+}
+
+/// The request headers a rule's values read (and the request id).
+fn kept_header_names(references: &[Reference]) -> Vec<&str> {
+    let mut names = vec!["x-request-id"];
+    for reference in references {
+        let name = match reference {
+            Reference::Header(name) => name.as_str(),
+            Reference::Stage => "x-ca-stage",
+            Reference::ClientIp => "x-forwarded-for",
+            _ => continue,
+        };
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// The request as kept: its headers from [`Matched`], the rest (properties:
+/// the app, the client's address) from the stream.
+struct KeptRequest<'s> {
+    headers: &'s [(String, String)],
+    stream: &'s dyn Stream,
+}
+
+impl Host for KeptRequest<'_> {
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    }
+
+    fn request_header_values(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .collect()
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.stream.property(path)
+    }
+
+    fn set_property(&self, path: &[&str], value: &[u8]) -> bool {
+        self.stream.set_property(path, value)
+    }
+
+    fn now(&self) -> SystemTime {
+        self.stream.now()
+    }
+}
+
+/// Where the response stands.
+enum Response {
+    /// Not (or no longer) this policy's concern.
+    Passing,
+    /// Headers held until the JSON body has arrived.
+    AwaitingBody { content_type: Option<String> },
+    /// Mapped to the error shape on the headers: they are held with the
+    /// backend's body until its end, which this body then replaces (with
+    /// its `Content-Length`).
+    Holding { body: Vec<u8> },
+    /// As `Holding`, for a backend body over `max_body_bytes`: the headers
+    /// have gone with this body's length, and the backend's body is
+    /// dropped as it streams.
+    Replacing { body: Vec<u8> },
+}
+
+pub struct ErrorMappingSteps {
+    policy: Rc<ErrorMapping>,
+    metrics: Metrics,
+    matched: Option<Matched>,
+    response: Response,
+}
+
+impl ErrorMappingSteps {
+    pub fn new(policy: Rc<ErrorMapping>, metrics: Metrics) -> Self {
+        Self {
+            policy,
+            metrics,
+            matched: None,
+            response: Response::Passing,
+        }
+    }
+
+    /// The rule's decision on the response, `body` read or not.
+    fn decide(&self, stream: &dyn Stream, matched: &Matched, body: &Body) -> Option<Decision> {
+        let rules = &self.policy.rules;
+        let rule = rules.rule(matched.rule)?;
+        let captures = matched.captures.captures();
+        let headers = |name: &str| stream.response_header(name);
+        let request = KeptRequest {
+            headers: &matched.headers,
+            stream,
+        };
+        let values = ResponseValues {
+            request: rules.request_values(&request, &matched.line, &captures, &Body::None),
+            status: response_status(stream),
+            headers: &headers,
+            body,
+        };
+        Some(decide(rule, values))
+    }
+
+    /// Counts the decision, and on a mapping sets the response's status
+    /// and headers; the error body to send, in the error shape.
+    fn apply(&mut self, stream: &mut dyn Stream, decision: Option<Decision>) -> Option<Vec<u8>> {
+        let mapped = match decision? {
+            Decision::Passed => return None,
+            Decision::Unmapped { .. } => {
+                stream.increment(self.metrics.unmapped, 1);
+                return None;
+            }
+            Decision::Mapped(mapped) => mapped,
+        };
+        stream.increment(self.metrics.mapped, 1);
+        let backend_status = response_status(stream);
+        identity::publish_backend_answer(stream, backend_status, mapped.backend_code.as_deref());
+        if stream.logs(Level::Debug) {
+            stream.log(
+                Level::Debug,
+                format_args!(
+                    "{FILTER_NAME}: backend {} {} mapped to {} {}",
+                    backend_status.map_or_else(|| "-".to_string(), |s| s.to_string()),
+                    mapped.backend_code.as_deref().unwrap_or("-"),
+                    mapped.status,
+                    mapped.error_code
+                ),
+            );
+        }
+        let matched = self.matched.as_ref()?;
+        let shape = self
+            .policy
+            .rules
+            .rule(matched.rule)
+            .map_or(Shape::Error, |rule| rule.body.shape);
+        let request_id = KeptRequest {
+            headers: &matched.headers,
+            stream,
+        }
+        .request_header("x-request-id");
+        Some(set_headers(stream, &mapped, shape, request_id.as_deref()))
+            .filter(|_| shape == Shape::Error)
+    }
+}
+
+/// Sets the mapped status and headers; the error shape's body.
+fn set_headers(
+    stream: &mut dyn Stream,
+    mapped: &Mapped,
+    shape: Shape,
+    request_id: Option<&str>,
+) -> Vec<u8> {
+    let rendered = render_parts(
+        mapped.status,
+        &mapped.error_code,
+        &mapped.message,
+        request_id,
+    );
+    stream.set_response_header(":status", Some(&mapped.status.to_string()));
+    for (name, value) in &rendered.headers {
+        if shape == Shape::Backend && *name == "content-type" {
+            continue;
+        }
+        stream.set_response_header(name, Some(value));
+    }
+    rendered.body
+}
+
+impl PolicySteps for ErrorMappingSteps {
+    fn on_request_headers(&mut self, stream: &mut dyn Stream, _end_of_stream: bool) -> Verdict {
+        let rules = &self.policy.rules;
+        let facts = RequestFacts::read(stream, rules.uses_route_name());
+        if let Some((index, captures)) = rules.rule_for(&facts.attrs()) {
+            let names = rules
+                .rule(index)
+                .map(|rule| kept_header_names(rule.references()))
+                .unwrap_or_default();
+            let headers = names
+                .into_iter()
+                .flat_map(|name| {
+                    stream
+                        .request_header_values(name)
+                        .into_iter()
+                        .map(move |value| (name.to_string(), value))
+                })
+                .collect();
+            self.matched = Some(Matched {
+                rule: index,
+                captures: KeptCaptures::keep(captures),
+                line: facts.line,
+                headers,
+            });
+        }
+        Verdict::Continue
+    }
+
+    fn on_response_headers(&mut self, stream: &mut dyn Stream, end_of_stream: bool) -> Verdict {
+        let Some(matched) = &self.matched else {
+            return Verdict::Continue;
+        };
+        if identity::answered_locally(stream) {
+            self.matched = None;
+            return Verdict::Continue;
+        }
+        let reads_body = self
+            .policy
+            .rules
+            .rule(matched.rule)
+            .is_some_and(|rule| rule.reads_response_body());
+        let content_type = stream.response_header("content-type");
+        if reads_body && !end_of_stream && Body::readable(content_type.as_deref()) {
+            let declared = stream
+                .response_header("content-length")
+                .and_then(|value| value.trim().parse::<usize>().ok());
+            if declared.is_some_and(|length| length > self.policy.max_body_bytes) {
+                stream.increment(self.metrics.body_too_large, 1);
+                self.matched = None;
+                return Verdict::Continue;
+            }
+            self.response = Response::AwaitingBody { content_type };
+            return Verdict::Pause;
+        }
+        let decision = self.decide(stream, matched, &Body::None);
+        let Some(body) = self.apply(stream, decision) else {
+            return Verdict::Continue;
+        };
+        if end_of_stream {
+            return Verdict::Continue;
+        }
+        self.response = Response::Holding { body };
+        Verdict::Pause
+    }
+
+    fn on_response_body(
+        &mut self,
+        stream: &mut dyn Stream,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Verdict {
+        match std::mem::replace(&mut self.response, Response::Passing) {
+            Response::Passing => Verdict::Continue,
+            Response::Holding { body } => {
+                if !end_of_stream && body_size <= self.policy.max_body_bytes {
+                    self.response = Response::Holding { body };
+                    return Verdict::Pause;
+                }
+                stream.set_response_header("content-length", Some(&body.len().to_string()));
+                if end_of_stream {
+                    stream.replace_response_body(body_size, &body);
+                } else {
+                    stream.replace_response_body(body_size, &[]);
+                    self.response = Response::Replacing { body };
+                }
+                Verdict::Continue
+            }
+            Response::Replacing { body } => {
+                if end_of_stream {
+                    stream.replace_response_body(body_size, &body);
+                } else {
+                    stream.replace_response_body(body_size, &[]);
+                    self.response = Response::Replacing { body };
+                }
+                Verdict::Continue
+            }
+            Response::AwaitingBody { content_type } => {
+                match buffer_response_body(
+                    stream,
+                    body_size,
+                    end_of_stream,
+                    self.policy.max_body_bytes,
+                ) {
+                    BufferedBody::Incomplete => {
+                        self.response = Response::AwaitingBody { content_type };
+                        Verdict::Pause
+                    }
+                    BufferedBody::TooLarge => {
+                        stream.increment(self.metrics.body_too_large, 1);
+                        Verdict::Continue
+                    }
+                    BufferedBody::Complete(bytes) => {
+                        let body = Body::parse(content_type.as_deref(), &bytes);
+                        let decision = self
+                            .matched
+                            .as_ref()
+                            .and_then(|matched| self.decide(stream, matched, &body));
+                        if let Some(error_body) = self.apply(stream, decision) {
+                            stream.set_response_header(
+                                "content-length",
+                                Some(&error_body.len().to_string()),
+                            );
+                            stream.replace_response_body(body_size, &error_body);
+                        }
+                        Verdict::Continue
+                    }
+                }
+            }
+        }
+    }
+}
