@@ -73,7 +73,7 @@ pub const MODULE_MODE_VAR: &str = "GATEWAY_MODULE";
 
 /// The gateway module's policies (its configuration's sections, named like
 /// the single filters' modules), in the fixed order it runs them.
-pub const MODULE_ORDER: [&str; 11] = [
+pub const MODULE_ORDER: [&str; 12] = [
     "sign_auth",
     "ip_acl",
     "ext_auth",
@@ -81,6 +81,7 @@ pub const MODULE_ORDER: [&str; 11] = [
     "routing",
     "throttling",
     "param_validation",
+    "response_cache",
     "error_mapping",
     "request_mapping",
     "circuit_breaker",

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The filters, in the order the gateway runs them.
-const FILTERS: [&str; 11] = [
+const FILTERS: [&str; 12] = [
     "sign-auth",
     "ip-acl",
     "ext-auth",
@@ -26,6 +26,7 @@ const FILTERS: [&str; 11] = [
     "routing",
     "throttling",
     "param-validation",
+    "response-cache",
     "error-mapping",
     "request-mapping",
     "circuit-breaker",
@@ -366,7 +367,9 @@ fn wasm_plugins_run_in_the_gateway_order_with_their_fail_strategies() {
             | "param-validation" | "request-mapping" => "FAIL_CLOSE",
             // Capacity protection and logging: their failure must not
             // become an outage.
-            "throttling" | "error-mapping" | "circuit-breaker" | "log-push" => "FAIL_OPEN",
+            "throttling" | "response-cache" | "error-mapping" | "circuit-breaker" | "log-push" => {
+                "FAIL_OPEN"
+            }
             other => panic!("{other}"),
         };
         assert_eq!(strategy, expected, "{filter}: failStrategy");

@@ -599,7 +599,7 @@ fn the_demo_search_api_validates_its_parameters() {
 }
 
 #[test]
-fn the_demo_maps_the_profile_request_and_the_legacy_backends_errors() {
+fn the_demo_maps_requests_and_errors_and_serves_products_from_its_cache() {
     let demo = demo_gateway();
     let response = http::get(
         &demo.http_url("/v1/users/42?lang=zh"),
@@ -639,6 +639,16 @@ fn the_demo_maps_the_profile_request_and_the_legacy_backends_errors() {
     let fine = legacy("200");
     assert_eq!(fine.status, 200);
     assert_eq!(fine.json()["path"], "/legacy/orders/42");
+
+    // response-cache: a product's second call is answered without a backend.
+    let received = || -> usize { demo.upstreams.iter().map(EchoServer::request_count).sum() };
+    let first = http::get(&demo.http_url("/products/7"), &[]).expect("response");
+    let before = received();
+    let second = http::get(&demo.http_url("/products/7"), &[]).expect("response");
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("x-ca-caching"), Some("true"));
+    assert_eq!(second.body, first.body);
+    assert_eq!(received(), before, "the hit reached no backend");
 }
 
 #[test]

@@ -247,7 +247,7 @@ http {{
     location / {{ return 200 '{{"upstream":"nginx","ok":true}}\\n'; }}
     # error-mapping's rows: a plain 404, and a 200 carrying an error code.
     location /legacy/ {{ return 404 '{{"upstream":"nginx","ok":false}}\\n'; }}
-    location /roles/ {{ return 200 '{{"req_msg_id":"m1","result_code":"ROLE_NOT_EXISTS"}}\\n'; }}
+    location /roles/ {{ return 200 '{{"req_msg_id":"m1","result_code":"$http_x_result_code"}}\\n'; }}
   }}
   server {{
     listen 127.0.0.1:{sink};
@@ -687,14 +687,18 @@ def auth_scenarios(chain, native, configs):
     mapping = {"rules": [
         {"name": "legacy", "match": {"path": {"template": "/legacy/orders/{orderId}"}},
          "mappings": [{"code": "404", "status": 410, "message": "Order ${param.orderId} is gone"}]},
+        # nginx answers the code the request names in `result_code`; the
+        # echo upstream (make bench-smoke) shows it among the headers.
         {"name": "roles", "match": {"path": {"prefix": "/roles/"}},
-         "parameters": {"resultCode": "BodyJsonField:$.result_code", "resultId": "BodyJsonField:$.req_msg_id"},
-         "condition": "status == 200 && $resultCode != 'OK'", "error_code": "resultCode",
-         "mappings": [{"code": "ROLE_NOT_EXISTS", "status": 404, "message": "Role Not Exists, RequestId=${resultId}"}]},
+         "parameters": {"resultCode": "BodyJsonField:$.result_code",
+                        "echoed": "BodyJsonField:$.headers.x-result-code",
+                        "resultId": "BodyJsonField:$.req_msg_id"},
+         "condition": "status == 200 && ($resultCode == 'ROLE_NOT_EXISTS' || $echoed == 'ROLE_NOT_EXISTS')",
+         "default": {"status": 404, "message": "Role Not Exists, RequestId=${resultId}"}},
     ]}
     mapping_config = native.config([with_document(native_entry, {"error_mapping": mapping})])
     legacy = ("GET", "/legacy/orders/42", [("x-echo-status", "404")])
-    roles = ("GET", "/roles/7", [])
+    roles = ("GET", "/roles/7", [("x-result-code", "ROLE_NOT_EXISTS")])
     out.append(Scenario("map-bare-404", "bare Envoy, the backend's 404", "auth", chain.config([]), fixed=legacy,
                         answers="4", note="the baseline of the 404 mapped by status: the same answer passed on"))
     out.append(Scenario("map-status", "native, error-mapping (a 404 mapped by status)", "auth", mapping_config,
@@ -706,6 +710,31 @@ def auth_scenarios(chain, native, configs):
     out.append(Scenario("map-body", "native, error-mapping (a JSON body read)", "auth", mapping_config,
                         baseline="map-bare-200", fixed=roles, answers="4",
                         note="nginx's 200 with `result_code`: headers held, body read, mapped to 404"))
+    # response-cache: a warm hit next to Envoy's own direct_response of a
+    # body of the same size, and a miss passed to the upstream (its 404 not
+    # stored) next to bare Envoy proxying the same request.
+    caching = {"rules": [
+        {"name": "products", "match": {"path": {"prefix": "/products/"}}, "ttl_seconds": 3600},
+        {"name": "legacy", "match": {"path": {"prefix": "/legacy/"}}, "ttl_seconds": 3600},
+    ]}
+    cache_config = native.config([with_document(native_entry, {"response_cache": caching})])
+    product = ("GET", "/products/7", [])
+    nginx_body = '{"upstream":"nginx","ok":true}\n'
+
+    def direct_response(route_config):
+        for host in route_config.get("virtual_hosts", []):
+            host["routes"].insert(0, {"match": {"prefix": "/products/"}, "direct_response": {
+                "status": 200, "body": {"inline_string": nginx_body}}})
+
+    out.append(Scenario("cache-direct", "bare Envoy, direct_response", "auth",
+                        chain.config([], routes=direct_response), fixed=product,
+                        note="the baseline of a hit: Envoy answers the same body itself"))
+    out.append(Scenario("cache-hit", "native, response-cache (a warm hit)", "auth", cache_config,
+                        baseline="cache-direct", fixed=product,
+                        note="key, one shared-data read, the stored answer replayed with Age"))
+    out.append(Scenario("cache-miss", "native, response-cache (a miss, not stored)", "auth", cache_config,
+                        baseline="map-bare-404", fixed=legacy, answers="4",
+                        note="looked up, passed to the upstream, its 404 not stored"))
     for key, label, cache in (("jwt-authn", "Envoy jwt_authn", None),
                               ("jwt-authn-cached", "Envoy jwt_authn, its JWT cache on", {"jwt_cache_size": 1000})):
         provider = {"issuer": BENCH_ISSUER, "audiences": ["gateway"], "local_jwks": {"inline_string": jwks},

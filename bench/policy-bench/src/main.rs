@@ -106,6 +106,11 @@ const DECISIONS: &[Decision] = &[
         run: error_mapping_decide,
     },
     Decision {
+        name: "response_cache.hit",
+        about: "a warm hit of the demo's products rule for GET /products/7: rule match, the key (SHA-256 over the path, the route, the language header), one shared-data read, the stored answer decoded (31-byte body)",
+        run: response_cache_hit,
+    },
+    Decision {
         name: "ip_acl.evaluate",
         about: "whole decision: client address from the peer and a trusted X-Forwarded-For, rule match, CIDR lookups",
         run: ip_acl_evaluate,
@@ -175,6 +180,7 @@ fn route_of(path: &str) -> &'static str {
         ("/users/", "notes"),
         ("/catalog/", "catalog"),
         ("/legacy/orders/", "legacy-orders"),
+        ("/products/", "products"),
     ]
     .iter()
     .find(|(prefix, _)| path.starts_with(prefix))
@@ -580,6 +586,53 @@ fn error_mapping_decide(configs: &Configs, n: usize) -> Result<u64, String> {
         mapped += 1;
     }
     Ok(mapped)
+}
+
+fn response_cache_hit(configs: &Configs, n: usize) -> Result<u64, String> {
+    use gateway_common::host::RequestLine;
+    use gateway_common::store::MemoryStore;
+    use response_cache::entry::CachedResponse;
+    use response_cache::policy::{ResponseCache, ResponseCacheConfig};
+    let policy = ResponseCache::compile(&configs.parse::<ResponseCacheConfig>("response_cache")?)
+        .map_err(|e| e.to_string())?;
+    let path = "/products/7";
+    let host = request(path);
+    let store = MemoryStore::new();
+    policy
+        .table
+        .initialize(&store)
+        .map_err(|e| format!("{e:?}"))?;
+    let line = RequestLine::from_headers(&host);
+    let index = policy
+        .rule_for(&attrs(path))
+        .ok_or("no rule for the products")?;
+    let key = policy.key(index, &host, &line).ok_or("no key")?;
+    let answer = CachedResponse {
+        status: 200,
+        stored_at_ms: NOW_MS,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: br#"{"upstream":"nginx","ok":true}"#.to_vec(),
+    };
+    policy
+        .table
+        .store(&store, &key, &answer.encode(), NOW_MS, NOW_MS + 60_000)
+        .map_err(|e| format!("{e:?}"))?;
+    let mut hits = 0;
+    for i in 0..n {
+        let line = RequestLine::from_headers(&host);
+        let index = policy
+            .rule_for(black_box(&attrs(path)))
+            .ok_or("no rule for the products")?;
+        let key = policy.key(index, &host, &line).ok_or("no key")?;
+        let payload = policy
+            .table
+            .lookup(&store, &key, NOW_MS + 1)
+            .map_err(|e| format!("{e:?}"))?;
+        let hit = payload.as_deref().and_then(CachedResponse::decode);
+        expect(hit.is_some_and(|h| h.status == 200), "a miss", i)?;
+        hits += 1;
+    }
+    Ok(hits)
 }
 
 fn param_validation_validate(configs: &Configs, n: usize) -> Result<u64, String> {

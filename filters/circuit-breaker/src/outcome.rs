@@ -38,7 +38,7 @@ pub const UPSTREAM_MAX_STREAM_DURATION_REACHED: u64 = 0x80000;
 pub const UPSTREAM_PROTOCOL_ERROR: u64 = 0x80_0000;
 
 /// `response.code_details` of a response that came from the upstream.
-pub const VIA_UPSTREAM: &str = "via_upstream";
+pub use gateway_common::host::VIA_UPSTREAM;
 
 /// Details Envoy gives upstream failures, in case a flag is missing.
 const UPSTREAM_FAILURE_DETAILS: [&str; 5] = [

@@ -151,6 +151,16 @@ impl RequestLine {
     }
 }
 
+/// Envoy's response code details of an answer that came from the upstream.
+pub const VIA_UPSTREAM: &str = "via_upstream";
+
+/// Whether the response is the upstream's answer, as Envoy's router passed
+/// it on (not a policy's reply, a mock, or Envoy's own 503 or 504).
+pub fn from_upstream(host: &dyn Host) -> bool {
+    host.property(&["response", "code_details"])
+        .is_some_and(|details| details == VIA_UPSTREAM.as_bytes())
+}
+
 /// Envoy's route name for the request (`xds.route_name`).
 pub fn route_name(host: &dyn Host) -> Option<Rc<str>> {
     host.route_name()

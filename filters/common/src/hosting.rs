@@ -453,10 +453,8 @@ impl Stream for HostedStream<'_> {
 
     /// In the gateway module, a reply made while earlier policies' fleet
     /// checks are unanswered is held until they are (see
-    /// [`Batch::holds_replies`]). Either way the request is marked as
-    /// answered by the gateway (see [`crate::identity::LOCAL_REPLY_PROPERTY`]).
+    /// [`Batch::holds_replies`]).
     fn send_local_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
-        crate::identity::mark_local_reply(&*self.host);
         if let Some(shared) = self.shared {
             let mut batch = shared.batch.borrow_mut();
             if batch.holds_replies() {
@@ -517,6 +515,28 @@ impl Stream for HostedStream<'_> {
     }
 }
 
+/// Which way a body goes.
+#[derive(Debug, Clone, Copy)]
+enum Way {
+    Request,
+    Response,
+}
+
+impl Way {
+    fn body(
+        self,
+        steps: &mut dyn PolicySteps,
+        stream: &mut dyn Stream,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Verdict {
+        match self {
+            Way::Request => steps.on_request_body(stream, body_size, end_of_stream),
+            Way::Response => steps.on_response_body(stream, body_size, end_of_stream),
+        }
+    }
+}
+
 /// A policy's steps for one request, with what they wait for: their own
 /// fleet call and their call to a cluster. A single filter's context and
 /// the gateway module's pipeline member both run a policy's steps through
@@ -557,27 +577,14 @@ impl HostedSteps {
         body_size: usize,
         end_of_stream: bool,
     ) -> (Verdict, Option<usize>) {
-        let (verdict, resized_to) = self.run(host, |steps, stream| {
-            steps.on_request_body(stream, body_size, end_of_stream)
-        });
-        self.unfinished_body =
-            (verdict == Verdict::Pause && !end_of_stream).then(|| resized_to.unwrap_or(body_size));
-        (verdict, resized_to)
+        self.body(host, Way::Request, body_size, end_of_stream)
     }
 
     /// Trailers end the request: steps holding a body that never said it
     /// ended are shown it whole first (so a client cannot skip a body
     /// check by sending trailers), then the trailers.
     pub fn request_trailers(&mut self, host: &mut dyn RequestHost) -> Verdict {
-        if let Some(body_size) = self.unfinished_body.take() {
-            let verdict = self.verdict(host, |steps, stream| {
-                steps.on_request_body(stream, body_size, true)
-            });
-            if verdict != Verdict::Continue {
-                return verdict;
-            }
-        }
-        self.verdict(host, |steps, stream| steps.on_request_trailers(stream))
+        self.trailers(host, Way::Request)
     }
 
     /// The response body step, as [`HostedSteps::request_body`].
@@ -587,26 +594,50 @@ impl HostedSteps {
         body_size: usize,
         end_of_stream: bool,
     ) -> (Verdict, Option<usize>) {
+        self.body(host, Way::Response, body_size, end_of_stream)
+    }
+
+    /// Trailers end the response, as [`HostedSteps::request_trailers`].
+    pub fn response_trailers(&mut self, host: &mut dyn RequestHost) -> Verdict {
+        self.trailers(host, Way::Response)
+    }
+
+    fn body(
+        &mut self,
+        host: &mut dyn RequestHost,
+        way: Way,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> (Verdict, Option<usize>) {
         let (verdict, resized_to) = self.run(host, |steps, stream| {
-            steps.on_response_body(stream, body_size, end_of_stream)
+            way.body(steps, stream, body_size, end_of_stream)
         });
-        self.unfinished_response_body =
+        *self.unfinished(way) =
             (verdict == Verdict::Pause && !end_of_stream).then(|| resized_to.unwrap_or(body_size));
         (verdict, resized_to)
     }
 
-    /// Trailers end the response: steps holding a body that never said it
-    /// ended are shown it whole first, then the trailers.
-    pub fn response_trailers(&mut self, host: &mut dyn RequestHost) -> Verdict {
-        if let Some(body_size) = self.unfinished_response_body.take() {
+    fn trailers(&mut self, host: &mut dyn RequestHost, way: Way) -> Verdict {
+        if let Some(body_size) = self.unfinished(way).take() {
             let verdict = self.verdict(host, |steps, stream| {
-                steps.on_response_body(stream, body_size, true)
+                way.body(steps, stream, body_size, true)
             });
             if verdict != Verdict::Continue {
                 return verdict;
             }
         }
-        self.verdict(host, |steps, stream| steps.on_response_trailers(stream))
+        self.verdict(host, |steps, stream| match way {
+            Way::Request => steps.on_request_trailers(stream),
+            Way::Response => steps.on_response_trailers(stream),
+        })
+    }
+
+    /// The size of the body the steps hold unfinished, one way.
+    fn unfinished(&mut self, way: Way) -> &mut Option<usize> {
+        match way {
+            Way::Request => &mut self.unfinished_body,
+            Way::Response => &mut self.unfinished_response_body,
+        }
     }
 
     /// Runs one step over the request's stream and keeps the fleet

@@ -40,33 +40,25 @@ pub fn original_request(host: &dyn Host) -> Option<(String, String)> {
     ))
 }
 
-/// Set when the gateway answered the request itself (a refusal), so a
-/// policy on the response (error mapping) leaves that answer alone. Every
-/// policy's local reply sets it (`hosting`'s stream).
-pub const LOCAL_REPLY_PROPERTY: &str = "gw_local_reply";
-
-/// Marks the request as answered by the gateway.
-pub fn mark_local_reply(host: &dyn Host) -> bool {
-    host.set_property(&[LOCAL_REPLY_PROPERTY], b"1")
-}
-
-/// Whether a policy answered the request itself.
-pub fn answered_locally(host: &dyn Host) -> bool {
-    read(host, LOCAL_REPLY_PROPERTY).is_some()
-}
+/// The routing policy's choice of route, which Envoy's routes match (and
+/// the response cache keys answers by); a client's own is removed.
+pub const ROUTE_HEADER: &str = "x-gw-route";
 
 /// The backend's own status and error code when error mapping changed
 /// what the client sees, published for log-push.
 pub const BACKEND_STATUS_PROPERTY: &str = "gw_backend_status";
 pub const BACKEND_CODE_PROPERTY: &str = "gw_backend_code";
 
-/// Publishes the backend's status and code before they are mapped.
+/// Publishes the backend's status and code before they are mapped; the
+/// code as a header value would be (no control characters, 512 bytes at
+/// most), since it goes on to logs.
 pub fn publish_backend_answer(host: &dyn Host, status: Option<u16>, code: Option<&str>) -> bool {
     let mut ok = true;
     if let Some(status) = status {
         ok &= host.set_property(&[BACKEND_STATUS_PROPERTY], status.to_string().as_bytes());
     }
     if let Some(code) = code.filter(|code| !code.is_empty()) {
+        let code = crate::error::header_safe(code);
         ok &= host.set_property(&[BACKEND_CODE_PROPERTY], code.as_bytes());
     }
     ok

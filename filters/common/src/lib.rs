@@ -9,6 +9,7 @@ pub mod condition;
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod flights;
 pub mod header_map;
 pub mod host;
 pub mod hosting;

@@ -13,6 +13,7 @@ pub enum Section {
     Routing,
     Throttling,
     ParamValidation,
+    ResponseCache,
     ErrorMapping,
     RequestMapping,
     CircuitBreaker,
@@ -21,7 +22,7 @@ pub enum Section {
 
 impl Section {
     /// Every policy, in the order they run.
-    pub const ALL: [Section; 11] = [
+    pub const ALL: [Section; 12] = [
         Section::SignAuth,
         Section::IpAcl,
         Section::ExtAuth,
@@ -29,6 +30,7 @@ impl Section {
         Section::Routing,
         Section::Throttling,
         Section::ParamValidation,
+        Section::ResponseCache,
         Section::ErrorMapping,
         Section::RequestMapping,
         Section::CircuitBreaker,
@@ -46,6 +48,7 @@ impl Section {
             Section::Routing => "routing",
             Section::Throttling => "throttling",
             Section::ParamValidation => "param_validation",
+            Section::ResponseCache => "response_cache",
             Section::ErrorMapping => "error_mapping",
             Section::RequestMapping => "request_mapping",
             Section::CircuitBreaker => "circuit_breaker",
@@ -68,6 +71,7 @@ impl Section {
             Section::Routing => (false, true, false),
             Section::Throttling => (true, true, false),
             Section::ParamValidation => (false, false, true),
+            Section::ResponseCache => (false, false, false),
             Section::ErrorMapping => (false, true, true),
             Section::RequestMapping => (false, true, true),
             Section::CircuitBreaker => (true, false, false),

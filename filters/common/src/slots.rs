@@ -72,6 +72,15 @@ impl SlotTable {
 pub struct CacheKey(pub [u8; 16]);
 
 impl CacheKey {
+    /// The key of `parts` (each length-prefixed, so no two lists of parts
+    /// share a key): the first 16 bytes of their SHA-256.
+    pub fn of(parts: &[&[u8]]) -> Self {
+        let digest = crate::fleet::sha256(parts);
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        Self(key)
+    }
+
     fn fingerprint(&self) -> u64 {
         u64::from_le_bytes(self.0[..8].try_into().unwrap_or_default()).max(1)
     }

@@ -325,6 +325,13 @@ pub fn declared_body_length(stream: &dyn Stream) -> Option<usize> {
         .and_then(|value| value.trim().parse().ok())
 }
 
+/// The response's declared `Content-Length`, if any.
+pub fn declared_response_length(stream: &dyn Stream) -> Option<usize> {
+    stream
+        .response_header("content-length")
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// Answers the request with `error` in the shared shape (JSON body and
 /// `X-Ca-Error-*` headers, with the request's `x-request-id`), plus `extra`
 /// response headers (`Retry-After`, a quota…).

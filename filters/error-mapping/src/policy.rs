@@ -22,6 +22,8 @@ pub const DEFAULT_CONDITION: &str = "status >= 400";
 const MAX_TEMPLATE_BYTES: usize = 512;
 /// A rule has at most this many mappings.
 pub const MAX_MAPPINGS: usize = 4096;
+/// `max_body_bytes` at most (Envoy buffers what a rule reads).
+pub const MAX_BODY_BYTES: usize = 16 << 20;
 
 fn default_max_body_bytes() -> usize {
     64 * 1024
@@ -53,17 +55,17 @@ pub struct RuleConfig {
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
     /// When the response is an error to map (default `status >= 400`).
-    #[serde(default)]
+    #[serde(default, alias = "errorCondition")]
     pub condition: Option<String>,
     /// The value whose text picks a mapping (`$resultCode`,
     /// `response.json.code`); the status when absent.
-    #[serde(default)]
+    #[serde(default, alias = "errorCode")]
     pub error_code: Option<String>,
     #[serde(default)]
     pub mappings: Vec<MappingConfig>,
     /// For an error no mapping names; without it such a response passes
     /// as the backend sent it.
-    #[serde(default)]
+    #[serde(default, alias = "defaultMapping")]
     pub default: Option<MappingConfig>,
     /// `error`: the shared error shape (JSON body and `X-Ca-Error-*`
     /// headers); `backend`: the backend's body, with the new status and
@@ -80,6 +82,7 @@ pub struct MappingConfig {
     #[serde(default)]
     pub code: Option<String>,
     /// The status the client sees.
+    #[serde(alias = "statusCode")]
     pub status: u16,
     /// The error code the client sees (`B<status>EM` when absent); may
     /// name values (`${resultCode}`).
@@ -87,7 +90,7 @@ pub struct MappingConfig {
     pub error_code: Option<String>,
     /// The message the client sees; may name values (`${resultId}`,
     /// `${response.json.msg}`).
-    #[serde(default)]
+    #[serde(default, alias = "errorMessage")]
     pub message: Option<String>,
 }
 
@@ -134,13 +137,8 @@ impl Template {
             let name = after[..end].trim();
             // `${resultId}` names a declared parameter, as Alibaba writes
             // it; `${app}`, `${response.json.msg}` a value.
-            let value = if compiler.declares(name) {
-                format!("${name}")
-            } else {
-                name.to_string()
-            };
             let index = compiler
-                .value(&value)
+                .named_value(name)
                 .map_err(|err| format!("`${{{name}}}`: {err}"))?;
             parts.push(Part::Value(index));
             rest = &after[end + 1..];
@@ -218,9 +216,7 @@ pub enum Decision {
     /// The condition does not hold: not an error.
     Passed,
     /// An error no mapping names, and the rule has no default.
-    Unmapped {
-        backend_code: Option<String>,
-    },
+    Unmapped,
     Mapped(Mapped),
 }
 
@@ -238,8 +234,11 @@ impl ErrorMapping {
             },
             Mappings::compile,
         )?;
-        if config.max_body_bytes == 0 {
-            return Err(ConfigError::new("max_body_bytes", "must be at least 1"));
+        if config.max_body_bytes == 0 || config.max_body_bytes > MAX_BODY_BYTES {
+            return Err(ConfigError::new(
+                "max_body_bytes",
+                format!("must be 1 to {MAX_BODY_BYTES} (and within Envoy's buffer limit)"),
+            ));
         }
         Ok(Self {
             rules,
@@ -256,15 +255,7 @@ impl Mappings {
         let error_code = config
             .error_code
             .as_deref()
-            .map(|text| {
-                // `resultCode`, as Alibaba names the parameter, or a value.
-                let text = if compiler.declares(text) {
-                    format!("${text}")
-                } else {
-                    text.to_string()
-                };
-                compiler.value(&text)
-            })
+            .map(|text| compiler.named_value(text))
             .transpose()
             .map_err(|err| ConfigError::new("error_code", err))?;
         if config.mappings.is_empty() && config.default.is_none() {
@@ -319,10 +310,13 @@ impl Mappings {
 
 impl Mapping {
     fn compile(config: &MappingConfig, compiler: &mut Compiler) -> Result<Self, ConfigError> {
-        if !(200..=599).contains(&config.status) {
+        if !(200..=599).contains(&config.status) || [204, 205, 304].contains(&config.status) {
             return Err(ConfigError::new(
                 "status",
-                format!("a status is 200 to 599, not {}", config.status),
+                format!(
+                    "a status is 200 to 599 and may have a body (not 204, 205 or 304), not {}",
+                    config.status
+                ),
             ));
         }
         let error_code = match &config.error_code {
@@ -369,7 +363,7 @@ pub fn decide<F: Facts>(rule: &Rule, facts: F) -> Decision {
         }
     };
     let Some(mapping) = mappings.by_code.get(&code).or(mappings.default.as_ref()) else {
-        return Decision::Unmapped { backend_code };
+        return Decision::Unmapped;
     };
     Decision::Mapped(Mapped {
         status: mapping.status,

@@ -1,34 +1,41 @@
 //! error-mapping's part in one request, written against the stream seam.
-//! The rule is chosen on the request headers. On the response headers, a
-//! rule that reads no response body decides at once; one that reads the
-//! JSON body holds the headers until the body has arrived (up to
-//! `max_body_bytes`), then decides. A mapped response gets the mapping's
-//! status and `X-Ca-Error-*` headers and, in the error shape, the shared
-//! JSON body in place of the backend's (the headers held until the
-//! backend's body has ended, so the new one goes with its length). The
-//! gateway's own answers (a refusal) are never mapped.
+//! The rule is chosen on the request headers, and what its values read of
+//! the request is kept. Only the upstream's own answers are looked at (not
+//! a policy's reply, a mock or Envoy's own 503). A rule that reads no
+//! response body decides on the response headers; one that reads the JSON
+//! body holds the headers until the body has arrived (up to
+//! `max_body_bytes`; an answer without a readable body passes), then
+//! decides. A mapped answer gets the mapping's status and `X-Ca-Error-*`
+//! headers and, in the error shape, the shared JSON body in place of the
+//! backend's: the headers are held until the backend's body has ended, so
+//! the new one goes with its length (a backend body over `max_body_bytes`
+//! is dropped as it comes, the held buffer kept empty).
 
 use crate::policy::{decide, Body, Decision, ErrorMapping, Mapped, ResponseValues, Shape};
 use crate::FILTER_NAME;
-use gateway_common::condition::Reference;
+use gateway_common::condition::request_headers_read;
 use gateway_common::error::render_parts;
-use gateway_common::host::{Host, RequestFacts, RequestLine};
+use gateway_common::host::{from_upstream, Host, RequestFacts, RequestLine};
 use gateway_common::identity;
 use gateway_common::matching::KeptCaptures;
 use gateway_common::metrics::{Counter, DefineMetrics};
 use gateway_common::stream::{
-    buffer_response_body, response_status, BufferedBody, Level, PolicySteps, Stream, Verdict,
+    buffer_response_body, declared_response_length, response_status, BufferedBody, Level,
+    PolicySteps, Stream, Verdict,
 };
 use std::rc::Rc;
 use std::time::SystemTime;
 
 /// `mapped`, `unmapped` (an error no mapping names), `body_too_large` (a
-/// response body over `max_body_bytes`, passed unmapped).
+/// response body over `max_body_bytes`, passed unmapped), `unreadable` (a
+/// rule reads the body and the answer has none it can read: HEAD, no
+/// body, compressed).
 #[derive(Debug, Clone, Copy)]
 pub struct Metrics {
     mapped: Counter,
     unmapped: Counter,
     body_too_large: Counter,
+    unreadable: Counter,
 }
 
 impl Metrics {
@@ -37,36 +44,34 @@ impl Metrics {
             mapped: host.define_counter(FILTER_NAME, "mapped"),
             unmapped: host.define_counter(FILTER_NAME, "unmapped"),
             body_too_large: host.define_counter(FILTER_NAME, "body_too_large"),
+            unreadable: host.define_counter(FILTER_NAME, "unreadable"),
         }
     }
 }
 
-/// The request's rule, with what its conditions read of the request as
-/// the client sent it (a later policy may rewrite the path; Envoy's Wasm
-/// host shows no request headers on the way back).
+/// Headers of the backend's body that do not describe the error body put
+/// in its place.
+const BODY_HEADERS: [&str; 9] = [
+    "content-encoding",
+    "content-range",
+    "content-md5",
+    "content-digest",
+    "repr-digest",
+    "digest",
+    "etag",
+    "last-modified",
+    "accept-ranges",
+];
+
+/// The request's rule, with what its values read of the request as the
+/// client sent it (a later policy may rewrite the path; Envoy's Wasm host
+/// shows no request headers on the way back).
 struct Matched {
     rule: usize,
     captures: KeptCaptures,
     line: Rc<RequestLine>,
     /// The request headers the rule reads, and `x-request-id`.
     headers: Vec<(String, String)>,
-}
-
-/// The request headers a rule's values read (and the request id).
-fn kept_header_names(references: &[Reference]) -> Vec<&str> {
-    let mut names = vec!["x-request-id"];
-    for reference in references {
-        let name = match reference {
-            Reference::Header(name) => name.as_str(),
-            Reference::Stage => "x-ca-stage",
-            Reference::ClientIp => "x-forwarded-for",
-            _ => continue,
-        };
-        if !names.contains(&name) {
-            names.push(name);
-        }
-    }
-    names
 }
 
 /// The request as kept: its headers from [`Matched`], the rest (properties:
@@ -111,14 +116,12 @@ enum Response {
     Passing,
     /// Headers held until the JSON body has arrived.
     AwaitingBody { content_type: Option<String> },
-    /// Mapped to the error shape on the headers: they are held with the
-    /// backend's body until its end, which this body then replaces (with
-    /// its `Content-Length`).
+    /// Mapped to the error shape: the headers and the backend's body are
+    /// held until it ends, which `body` then replaces (with its length).
     Holding { body: Vec<u8> },
-    /// As `Holding`, for a backend body over `max_body_bytes`: the headers
-    /// have gone with this body's length, and the backend's body is
-    /// dropped as it streams.
-    Replacing { body: Vec<u8> },
+    /// As `Holding`, for a backend body over `max_body_bytes`: each chunk
+    /// is dropped as it comes, the headers still held.
+    Draining { body: Vec<u8> },
 }
 
 pub struct ErrorMappingSteps {
@@ -162,12 +165,13 @@ impl ErrorMappingSteps {
     fn apply(&mut self, stream: &mut dyn Stream, decision: Option<Decision>) -> Option<Vec<u8>> {
         let mapped = match decision? {
             Decision::Passed => return None,
-            Decision::Unmapped { .. } => {
+            Decision::Unmapped => {
                 stream.increment(self.metrics.unmapped, 1);
                 return None;
             }
             Decision::Mapped(mapped) => mapped,
         };
+        let matched = self.matched.as_ref()?;
         stream.increment(self.metrics.mapped, 1);
         let backend_status = response_status(stream);
         identity::publish_backend_answer(stream, backend_status, mapped.backend_code.as_deref());
@@ -183,7 +187,6 @@ impl ErrorMappingSteps {
                 ),
             );
         }
-        let matched = self.matched.as_ref()?;
         let shape = self
             .policy
             .rules
@@ -194,18 +197,26 @@ impl ErrorMappingSteps {
             stream,
         }
         .request_header("x-request-id");
-        Some(set_headers(stream, &mapped, shape, request_id.as_deref()))
-            .filter(|_| shape == Shape::Error)
+        set_headers(stream, &mapped, shape, request_id.as_deref())
+    }
+
+    /// Whether the request was a HEAD (its answer has no body to replace).
+    fn head(&self) -> bool {
+        self.matched
+            .as_ref()
+            .is_some_and(|matched| matched.line.method == "HEAD")
     }
 }
 
-/// Sets the mapped status and headers; the error shape's body.
+/// Sets the mapped status and `X-Ca-Error-*` headers; in the error shape,
+/// also its content type, drops what described the backend's body, and
+/// returns the body to send.
 fn set_headers(
     stream: &mut dyn Stream,
     mapped: &Mapped,
     shape: Shape,
     request_id: Option<&str>,
-) -> Vec<u8> {
+) -> Option<Vec<u8>> {
     let rendered = render_parts(
         mapped.status,
         &mapped.error_code,
@@ -219,34 +230,50 @@ fn set_headers(
         }
         stream.set_response_header(name, Some(value));
     }
-    rendered.body
+    if shape == Shape::Backend {
+        return None;
+    }
+    for name in BODY_HEADERS {
+        stream.set_response_header(name, None);
+    }
+    Some(rendered.body)
+}
+
+/// Whether the body of an answer can be read: JSON (or a form), not
+/// compressed.
+fn readable(stream: &dyn Stream, content_type: Option<&str>) -> bool {
+    let encoded = stream
+        .response_header("content-encoding")
+        .is_some_and(|encoding| !encoding.trim().eq_ignore_ascii_case("identity"));
+    !encoded && Body::readable(content_type)
 }
 
 impl PolicySteps for ErrorMappingSteps {
     fn on_request_headers(&mut self, stream: &mut dyn Stream, _end_of_stream: bool) -> Verdict {
         let rules = &self.policy.rules;
         let facts = RequestFacts::read(stream, rules.uses_route_name());
-        if let Some((index, captures)) = rules.rule_for(&facts.attrs()) {
-            let names = rules
-                .rule(index)
-                .map(|rule| kept_header_names(rule.references()))
-                .unwrap_or_default();
-            let headers = names
-                .into_iter()
-                .flat_map(|name| {
-                    stream
-                        .request_header_values(name)
-                        .into_iter()
-                        .map(move |value| (name.to_string(), value))
-                })
-                .collect();
-            self.matched = Some(Matched {
-                rule: index,
-                captures: KeptCaptures::keep(captures),
-                line: facts.line,
-                headers,
-            });
+        let Some((index, captures)) = rules.rule_for(&facts.attrs()) else {
+            return Verdict::Continue;
+        };
+        let mut names = vec!["x-request-id"];
+        if let Some(rule) = rules.rule(index) {
+            names.extend(request_headers_read(rule.references()));
         }
+        let headers = names
+            .into_iter()
+            .flat_map(|name| {
+                stream
+                    .request_header_values(name)
+                    .into_iter()
+                    .map(move |value| (name.to_string(), value))
+            })
+            .collect();
+        self.matched = Some(Matched {
+            rule: index,
+            captures: KeptCaptures::keep(captures),
+            line: facts.line,
+            headers,
+        });
         Verdict::Continue
     }
 
@@ -254,7 +281,7 @@ impl PolicySteps for ErrorMappingSteps {
         let Some(matched) = &self.matched else {
             return Verdict::Continue;
         };
-        if identity::answered_locally(stream) {
+        if !from_upstream(stream) {
             self.matched = None;
             return Verdict::Continue;
         }
@@ -263,12 +290,16 @@ impl PolicySteps for ErrorMappingSteps {
             .rules
             .rule(matched.rule)
             .is_some_and(|rule| rule.reads_response_body());
-        let content_type = stream.response_header("content-type");
-        if reads_body && !end_of_stream && Body::readable(content_type.as_deref()) {
-            let declared = stream
-                .response_header("content-length")
-                .and_then(|value| value.trim().parse::<usize>().ok());
-            if declared.is_some_and(|length| length > self.policy.max_body_bytes) {
+        if reads_body {
+            let content_type = stream.response_header("content-type");
+            if end_of_stream || self.head() || !readable(stream, content_type.as_deref()) {
+                // Deciding on fields it cannot read would map successes.
+                stream.increment(self.metrics.unreadable, 1);
+                self.matched = None;
+                return Verdict::Continue;
+            }
+            if declared_response_length(stream).is_some_and(|len| len > self.policy.max_body_bytes)
+            {
                 stream.increment(self.metrics.body_too_large, 1);
                 self.matched = None;
                 return Verdict::Continue;
@@ -281,6 +312,10 @@ impl PolicySteps for ErrorMappingSteps {
             return Verdict::Continue;
         };
         if end_of_stream {
+            if self.head() {
+                // What a GET would get.
+                stream.set_response_header("content-length", Some(&body.len().to_string()));
+            }
             return Verdict::Continue;
         }
         self.response = Response::Holding { body };
@@ -295,28 +330,20 @@ impl PolicySteps for ErrorMappingSteps {
     ) -> Verdict {
         match std::mem::replace(&mut self.response, Response::Passing) {
             Response::Passing => Verdict::Continue,
-            Response::Holding { body } => {
-                if !end_of_stream && body_size <= self.policy.max_body_bytes {
-                    self.response = Response::Holding { body };
-                    return Verdict::Pause;
-                }
+            Response::Holding { body } | Response::Draining { body } if end_of_stream => {
                 stream.set_response_header("content-length", Some(&body.len().to_string()));
-                if end_of_stream {
-                    stream.replace_response_body(body_size, &body);
-                } else {
-                    stream.replace_response_body(body_size, &[]);
-                    self.response = Response::Replacing { body };
-                }
+                stream.replace_response_body(body_size, &body);
                 Verdict::Continue
             }
-            Response::Replacing { body } => {
-                if end_of_stream {
-                    stream.replace_response_body(body_size, &body);
-                } else {
-                    stream.replace_response_body(body_size, &[]);
-                    self.response = Response::Replacing { body };
-                }
-                Verdict::Continue
+            Response::Holding { body } if body_size <= self.policy.max_body_bytes => {
+                self.response = Response::Holding { body };
+                Verdict::Pause
+            }
+            Response::Holding { body } | Response::Draining { body } => {
+                // Dropped as it comes: what is held stays empty.
+                stream.replace_response_body(body_size, &[]);
+                self.response = Response::Draining { body };
+                Verdict::Pause
             }
             Response::AwaitingBody { content_type } => {
                 match buffer_response_body(
@@ -351,5 +378,17 @@ impl PolicySteps for ErrorMappingSteps {
                 }
             }
         }
+    }
+
+    /// Trailers without a body: the held headers go as they are (an
+    /// answer whose body a rule reads passes unmapped). A held body was
+    /// shown whole, as ended, before.
+    fn on_response_trailers(&mut self, stream: &mut dyn Stream) -> Verdict {
+        if let Response::AwaitingBody { .. } =
+            std::mem::replace(&mut self.response, Response::Passing)
+        {
+            stream.increment(self.metrics.unreadable, 1);
+        }
+        Verdict::Continue
     }
 }

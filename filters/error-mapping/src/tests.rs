@@ -1,7 +1,7 @@
 use crate::compile_config;
 use crate::steps::{ErrorMappingSteps, Metrics};
 use crate::FILTER_NAME;
-use gateway_common::host::FakeHost;
+use gateway_common::host::{FakeHost, Host};
 use gateway_common::identity::{self, Identity};
 use gateway_common::stream::{Effect, FakeStream, PolicySteps, Verdict};
 use proptest::prelude::*;
@@ -124,6 +124,14 @@ fn run(config: &str, host: FakeHost, answer: Answer<'_>) -> Outcome {
                 .map(|(name, value)| (name.to_string(), value.to_string())),
         )
         .collect();
+    // The upstream's answer, unless the test says who answered.
+    if stream
+        .host
+        .property(&["response", "code_details"])
+        .is_none()
+    {
+        stream.set_property(&["response", "code_details"], b"via_upstream");
+    }
     verdicts.push(steps.on_response_headers(&mut stream, answer.chunks.is_empty()));
     let mut sent = Vec::new();
     let mut holding = verdicts.last() == Some(&Verdict::Pause);
@@ -294,7 +302,7 @@ fn a_body_over_the_limit_passes_unmapped_and_counted() {
 }
 
 #[test]
-fn a_body_that_is_not_json_is_not_held_and_its_fields_are_missing() {
+fn a_body_that_is_not_json_is_not_held_and_passes_unmapped() {
     let outcome = run(
         CONFIG,
         request("/roles/7"),
@@ -304,18 +312,11 @@ fn a_body_that_is_not_json_is_not_held_and_its_fields_are_missing() {
             chunks: &["result_code=ROLE_NOT_EXISTS"],
         },
     );
-    // `null <> 'OK'` holds: the default maps it, from the headers alone
-    // (which are held for the backend's body to be replaced).
-    assert_eq!(
-        outcome.verdicts,
-        [Verdict::Continue, Verdict::Pause, Verdict::Continue]
-    );
-    assert_eq!(outcome.status().as_deref(), Some("500"));
-    assert_eq!(
-        outcome.header("content-length"),
-        Some(outcome.body().len().to_string())
-    );
-    assert_eq!(outcome.json()["code"], "B500EM");
+    // Its fields would be null, and `null <> 'OK'` would map a success.
+    assert_eq!(outcome.verdicts, [Verdict::Continue; 3]);
+    assert_eq!(outcome.status().as_deref(), Some("200"));
+    assert_eq!(outcome.body(), "result_code=ROLE_NOT_EXISTS");
+    assert_eq!(outcome.counted("unreadable"), 1);
 }
 
 #[test]
@@ -429,14 +430,16 @@ fn a_backend_error_body_over_the_limit_is_dropped_as_it_streams() {
             chunks: &["<html>", &big, "more", "</html>"],
         },
     );
+    // Held until it is over the limit, then dropped as it comes, the
+    // headers still held so the error body goes with its length.
     assert_eq!(
         outcome.verdicts,
         [
             Verdict::Continue,
             Verdict::Pause,
             Verdict::Pause,
-            Verdict::Continue,
-            Verdict::Continue,
+            Verdict::Pause,
+            Verdict::Pause,
             Verdict::Continue
         ]
     );
@@ -492,9 +495,9 @@ fn by_a_response_header_and_the_verified_app() {
 }
 
 #[test]
-fn the_gateways_own_answer_is_never_mapped() {
-    let host = request("/legacy/items");
-    identity::mark_local_reply(&host);
+fn only_the_upstreams_own_answers_are_mapped() {
+    // A policy's reply, a mock, Envoy's own 503: not the backend's answer.
+    let host = request("/legacy/items").with_property(&["response", "code_details"], "wasm_filter");
     let outcome = run(
         CONFIG,
         host,
@@ -539,6 +542,111 @@ fn hostile_backend_values_cannot_inject_headers_or_break_the_body() {
 }
 
 #[test]
+fn an_answer_whose_body_cannot_be_read_passes_unmapped() {
+    // HEAD, a body-less answer, a compressed one: `$resultCode` would be
+    // null and `null <> 'OK'` would map a success.
+    let head = FakeHost::new()
+        .with_header(":method", "HEAD")
+        .with_header(":path", "/roles/7")
+        .with_header(":authority", "shop");
+    let gzip = Answer {
+        status: 200,
+        headers: &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        chunks: &["(gzip bytes)"],
+    };
+    for (host, answer) in [
+        (head, Answer::json(200, &[])),
+        (request("/roles/7"), Answer::json(200, &[])),
+        (request("/roles/7"), gzip),
+    ] {
+        let outcome = run(CONFIG, host, answer);
+        assert_eq!(outcome.status().as_deref(), Some("200"));
+        assert_eq!(outcome.counted("unreadable"), 1);
+        assert_eq!(outcome.counted("mapped"), 0);
+    }
+}
+
+#[test]
+fn trailers_without_a_body_let_held_headers_go_unmapped() {
+    let mut stream = FakeStream::new(request("/roles/7"));
+    let mut steps = steps(CONFIG, &mut stream);
+    steps.on_request_headers(&mut stream, true);
+    stream.set_property(&["response", "code_details"], b"via_upstream");
+    stream.response_headers = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), "application/json".into()),
+    ];
+    assert_eq!(
+        steps.on_response_headers(&mut stream, false),
+        Verdict::Pause
+    );
+    assert_eq!(steps.on_response_trailers(&mut stream), Verdict::Continue);
+    assert_eq!(stream.counted(FILTER_NAME, "unreadable"), 1);
+    assert!(stream.effects.is_empty(), "{:?}", stream.effects);
+}
+
+#[test]
+fn a_mapped_head_gets_the_length_a_get_would_get_and_no_backend_body_headers() {
+    let error_shape = CONFIG.replace(r#""body": "backend""#, r#""body": "error""#);
+    let head = FakeHost::new()
+        .with_header(":method", "HEAD")
+        .with_header(":path", "/legacy/gone")
+        .with_header(":authority", "shop")
+        .with_header("x-request-id", "req-7");
+    let outcome = run(
+        &error_shape,
+        head,
+        Answer {
+            status: 404,
+            headers: &[
+                ("content-length", "9"),
+                ("etag", "\"v1\""),
+                ("content-encoding", "br"),
+            ],
+            chunks: &[],
+        },
+    );
+    assert_eq!(outcome.status().as_deref(), Some("410"));
+    let get = run(
+        &error_shape,
+        request("/legacy/gone"),
+        Answer {
+            status: 404,
+            headers: &[],
+            chunks: &["not found"],
+        },
+    );
+    assert_eq!(
+        outcome.header("content-length"),
+        get.header("content-length")
+    );
+    assert_eq!(outcome.header("etag"), None);
+    assert_eq!(outcome.header("content-encoding"), None);
+}
+
+#[test]
+fn alibabas_own_field_names_are_read_as_written() {
+    let alibaba = r#"{"rules": [{
+        "match": {"path": {"prefix": "/roles"}},
+        "parameters": {"statusCode": "StatusCode", "resultCode": "BodyJsonField:$.result_code"},
+        "errorCondition": "$statusCode = 200 and $resultCode <> 'OK'",
+        "errorCode": "resultCode",
+        "mappings": [{"code": "ROLE_NOT_EXISTS", "statusCode": 404, "errorMessage": "Role Not Exists"}],
+        "defaultMapping": {"statusCode": 500, "errorMessage": "Unknown Error, ${resultCode}"}
+    }]}"#;
+    let outcome = run(
+        alibaba,
+        request("/roles/7"),
+        Answer::json(200, &[r#"{"result_code":"ROLE_NOT_EXISTS"}"#]),
+    );
+    assert_eq!(outcome.status().as_deref(), Some("404"));
+    assert_eq!(outcome.json()["message"], "Role Not Exists");
+}
+
+#[test]
 fn a_bad_configuration_names_the_field() {
     for (config, field, says) in [
         (
@@ -555,6 +663,16 @@ fn a_bad_configuration_names_the_field() {
             r#"{"rules":[{"mappings":[{"code":"1","status":700}]}]}"#,
             "rules[0].mappings[0].status",
             "200 to 599",
+        ),
+        (
+            r#"{"rules":[{"mappings":[{"code":"1","status":304}]}]}"#,
+            "rules[0].mappings[0].status",
+            "not 204, 205 or 304",
+        ),
+        (
+            r#"{"max_body_bytes":999999999,"rules":[]}"#,
+            "max_body_bytes",
+            "buffer limit",
         ),
         (
             r#"{"rules":[{"mappings":[{"code":"1","status":404},{"code":"1","status":400}]}]}"#,
@@ -599,7 +717,7 @@ fn a_bad_configuration_names_the_field() {
         (
             r#"{"max_body_bytes":0,"rules":[]}"#,
             "max_body_bytes",
-            "at least 1",
+            "must be 1 to",
         ),
         (
             r#"{"rules":[{"default":{"status":500}, "extra":1}]}"#,
@@ -626,24 +744,32 @@ fn a_request_condition_cannot_read_the_response() {
 }
 
 proptest! {
-    /// Whatever the backend answers, the policy answers with a verdict and
-    /// a response whose status is a number and whose headers carry no line
-    /// breaks.
+    /// Whatever codes and ids a backend's JSON carries, the mapped answer's
+    /// headers carry no line break and its body is the shared shape, with
+    /// the backend's id in the message as far as it is header-safe.
     #[test]
-    fn any_backend_answer_is_handled(
-        status in 100u16..600,
-        body in proptest::collection::vec(any::<u8>(), 0..400),
-        split in 0usize..400,
-        path in prop_oneof![Just("/roles/1"), Just("/legacy/x"), Just("/apps/y")],
+    fn any_backend_values_give_a_safe_mapped_answer(
+        code in prop_oneof![Just("ROLE_NOT_EXISTS".to_string()), Just("INVALID_PARAMETER".to_string()), "\\PC{0,40}"],
+        id in "\\PC{0,600}",
+        split in 0usize..200,
     ) {
-        let text = String::from_utf8_lossy(&body).into_owned();
-        let split = text.char_indices().map(|(i, _)| i).find(|i| *i >= split).unwrap_or(text.len());
-        let (head, tail) = text.split_at(split);
-        let outcome = run(CONFIG, request(path), Answer::json(status, &[head, tail]));
-        let status = outcome.status().unwrap_or_default();
-        prop_assert!(status.parse::<u16>().is_ok());
-        for (name, value) in &outcome.stream.response_headers {
-            prop_assert!(!value.contains('\n') && !value.contains('\r'), "{name}: {value}");
+        let body = serde_json::json!({"req_msg_id": id, "result_code": code}).to_string();
+        let split = body.char_indices().map(|(i, _)| i).find(|i| *i >= split).unwrap_or(body.len());
+        let (head, tail) = body.split_at(split);
+        let outcome = run(CONFIG, request("/roles/1"), Answer::json(200, &[head, tail]));
+        if code == "OK" {
+            return Ok(());
         }
+        if body.len() > 256 {
+            prop_assert_eq!(outcome.counted("body_too_large"), 1);
+            return Ok(());
+        }
+        prop_assert_eq!(outcome.counted("mapped"), 1);
+        for (name, value) in &outcome.stream.response_headers {
+            prop_assert!(!value.contains('\n') && !value.contains('\r'), "{}: {}", name, value);
+            prop_assert!(value.len() <= 512, "{}", name);
+        }
+        let json = outcome.json();
+        prop_assert!(json["code"].is_string() && json["message"].is_string());
     }
 }

@@ -8,7 +8,6 @@
 
 pub mod cache;
 pub mod config;
-pub mod flights;
 pub mod policy;
 pub mod steps;
 

@@ -7,10 +7,10 @@
 //! with the authorizer's status, headers and body.
 
 use crate::cache::Stored;
-use crate::flights::{Flights, Joined};
 use crate::policy::{codes, Answer, Check, Decision, ExtAuth, Failure, Pending};
 use crate::FILTER_NAME;
 use gateway_common::config::OnFailure;
+use gateway_common::flights::{Flights, Joined};
 use gateway_common::host::now_ms;
 use gateway_common::identity::USER_PROPERTY;
 use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
@@ -66,7 +66,7 @@ impl Metrics {
 /// The compiled policy and the worker's calls in flight.
 pub struct ExtAuthWorker {
     pub policy: ExtAuth,
-    flights: RefCell<Flights>,
+    flights: RefCell<Flights<Rc<Decision>>>,
 }
 
 impl ExtAuthWorker {

@@ -1,7 +1,7 @@
 use crate::cache::{CacheKey, Stored, ENTRIES_PER_SLOT};
-use crate::flights::{Flights, Joined};
 use crate::policy::*;
 use crate::*;
+use gateway_common::flights::{Flights, Joined};
 use gateway_common::host::FakeHost;
 use gateway_common::store::MemoryStore;
 use serde_json::{json, Value};
@@ -542,7 +542,7 @@ fn a_corrupt_slot_reads_as_empty() {
 
 #[test]
 fn the_first_request_for_a_key_leads_and_the_others_wait_for_its_decision() {
-    let mut flights = Flights::default();
+    let mut flights = Flights::<Rc<Decision>>::default();
     assert_eq!(flights.join(key(1), 10), Joined::Lead);
     assert_eq!(flights.join(key(1), 11), Joined::Wait);
     assert_eq!(flights.join(key(1), 12), Joined::Wait);
@@ -565,7 +565,7 @@ fn the_first_request_for_a_key_leads_and_the_others_wait_for_its_decision() {
 
 #[test]
 fn waiters_of_a_leader_that_went_away_ask_again_without_a_decision() {
-    let mut flights = Flights::default();
+    let mut flights = Flights::<Rc<Decision>>::default();
     flights.join(key(1), 10);
     flights.join(key(1), 11);
     flights.join(key(1), 12);

@@ -1,6 +1,6 @@
 //! gateway: every policy in one module, one pass: sign-auth → ip-acl →
 //! ext-auth → access-control → routing → throttling → param-validation →
-//! error-mapping → request-mapping →
+//! response-cache → error-mapping → request-mapping →
 //! circuit-breaker → log-push, configured by one JSON object with a section
 //! per policy (see [`config`]). Each section is loaded by its own policy's
 //! code and each request goes through the policies' steps in the order

@@ -21,6 +21,7 @@ use ip_acl::IpAclFilter;
 use log_push::LogPushWorker;
 use param_validation::ParamValidationFilter;
 use request_mapping::RequestMappingFilter;
+use response_cache::ResponseCacheFilter;
 use routing::RoutingFilter;
 use sign_auth::SignAuthFilter;
 use std::rc::Rc;
@@ -35,6 +36,7 @@ fn load(section: Section, bytes: &[u8], host: &mut dyn RootHost) -> Option<Box<d
         Section::IpAcl => Loaded::<IpAclFilter>::boxed(bytes, host),
         Section::ExtAuth => Loaded::<ExtAuthFilter>::boxed(bytes, host),
         Section::AccessControl => Loaded::<AccessControlFilter>::boxed(bytes, host),
+        Section::ResponseCache => Loaded::<ResponseCacheFilter>::boxed(bytes, host),
         Section::ErrorMapping => Loaded::<ErrorMappingFilter>::boxed(bytes, host),
         Section::Routing => Loaded::<RoutingFilter>::boxed(bytes, host),
         Section::Throttling => Loaded::<ThrottlingFilter>::boxed(bytes, host),

@@ -12,6 +12,11 @@
 //!   encoder filters; `on_log` reaches every policy, first first, as Envoy
 //!   runs access loggers. A policy whose request phase never ran has nothing
 //!   to do there, except log-push, which records refused requests too.
+//!   Unlike a chain, a policy holding the response (error-mapping, the
+//!   response cache) does not hold it back from the policies before it:
+//!   each is given every callback, a body at the size the ones after it
+//!   left it, so a policy that reads the body holds it to its end and reads
+//!   it whole then (every callback shows it all while it is held).
 //!
 //! - A barrier may stand before a member (the gateway module puts one after
 //!   the last policy with fleet checks): while the barrier's condition holds
@@ -412,8 +417,8 @@ impl<M> Pipeline<M> {
         self.every_member_last_first(|member| member.response_trailers(host))
     }
 
-    /// No policy holds a response: each one is given the callback, and the
-    /// response is held if any of them asked for it.
+    /// Each policy is given the callback, last first, and the response is
+    /// held if any of them asked for it.
     fn every_member_last_first(&mut self, mut callback: impl FnMut(&mut M) -> Verdict) -> Flow {
         let mut flow = Flow::Continue;
         for member in self.members.iter_mut().rev() {

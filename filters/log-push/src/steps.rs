@@ -164,10 +164,10 @@ fn property_text(host: &dyn Host, path: &[&str]) -> String {
 
 /// The status the client got: the response's `:status` (a local reply has
 /// one too), else Envoy's `response.code` (0 when no response was sent).
-fn response_status(stream: &dyn Stream) -> u16 {
-    stream
-        .response_header(":status")
-        .and_then(|status| status.trim().parse().ok())
+/// The status sent: the `:status` header, else Envoy's response code (a
+/// stream reset before any response).
+fn status_sent(stream: &dyn Stream) -> u16 {
+    gateway_common::stream::response_status(stream)
         .or_else(|| property_int(stream, &["response", "code"]).and_then(|c| u16::try_from(c).ok()))
         .unwrap_or(0)
 }
@@ -305,7 +305,7 @@ impl PolicySteps for LogPushSteps {
 
     fn on_log(&mut self, stream: &mut dyn Stream) {
         let push = Arc::clone(&self.worker.push);
-        let status = response_status(&*stream);
+        let status = status_sent(&*stream);
         // Seen in the request phase, unless a filter before this one answered.
         let mut seen = self
             .request

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// The request header carrying the chosen route to Envoy's route table.
-pub const ROUTE_HEADER: &str = "x-gw-route";
+pub use gateway_common::identity::ROUTE_HEADER;
 
 /// The longest route name (gatewayctl writes `<api>.route.<name>`).
 const MAX_ROUTE_NAME: usize = 160;

@@ -207,7 +207,8 @@ fn write_json(out: &mut String, value: &Value, indent: usize) {
     }
 }
 
-/// Which filters read request bodies (their headers are held meanwhile).
+/// Which filters read bodies while holding the headers (error-mapping a
+/// response's).
 fn reads_bodies(section: Section) -> bool {
     section.needs().body
 }
@@ -216,13 +217,18 @@ fn reads_bodies(section: Section) -> bool {
 /// `.wasm` (`sign_auth`, …) or the gateway module (`gateway`), configured
 /// with `configuration`. The one writer of these entries: the generated
 /// configurations, the real-Envoy tests' harness and the bench use it.
-/// log-push fails open (a record lost never costs a request); the filters
-/// that read request bodies, and the module, may hold the headers meanwhile.
+/// log-push, response-cache and error-mapping fail open (a record, a hit or
+/// a mapping lost never costs a request); the filters that read bodies
+/// while holding the headers, and the module, may hold them.
 pub fn wasm_filter_entry(module: &str, file: &str, configuration: String) -> Value {
     let section = Section::ALL
         .into_iter()
         .find(|section| section.key() == module);
-    let fail_open = section == Some(Section::LogPush);
+    // Logging, caching and error mapping are not worth a refused request.
+    let fail_open = matches!(
+        section,
+        Some(Section::LogPush | Section::ResponseCache | Section::ErrorMapping)
+    );
     let holds_headers = section.map_or(module == "gateway", reads_bodies);
     wasm_filter(module, file, configuration, fail_open, holds_headers)
 }

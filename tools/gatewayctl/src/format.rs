@@ -248,6 +248,9 @@ pub struct Policy {
     /// `mappings`, `default`, `body`.
     #[serde(default)]
     pub error_mapping: Option<Map<String, Value>>,
+    /// A response cache rule: `ttl_seconds`, `key`, `statuses`, …
+    #[serde(default)]
+    pub cache: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,6 +262,7 @@ pub enum PolicyKind {
     Routing,
     Mirror,
     ErrorMapping,
+    Cache,
 }
 
 impl PolicyKind {
@@ -271,6 +275,7 @@ impl PolicyKind {
             PolicyKind::Routing => "routing",
             PolicyKind::Mirror => "mirror",
             PolicyKind::ErrorMapping => "error_mapping",
+            PolicyKind::Cache => "cache",
         }
     }
 }
@@ -286,6 +291,7 @@ impl Policy {
             (PolicyKind::Routing, &self.routing),
             (PolicyKind::Mirror, &self.mirror),
             (PolicyKind::ErrorMapping, &self.error_mapping),
+            (PolicyKind::Cache, &self.cache),
         ]
         .into_iter()
         .filter_map(|(kind, body)| body.as_ref().map(|body| (kind, body)))
@@ -312,6 +318,8 @@ pub struct Settings {
     pub throttling: Option<Map<String, Value>>,
     #[serde(default)]
     pub param_validation: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub response_cache: Option<Map<String, Value>>,
     #[serde(default)]
     pub error_mapping: Option<Map<String, Value>>,
     #[serde(default)]

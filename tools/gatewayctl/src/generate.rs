@@ -409,7 +409,7 @@ impl Generator<'_> {
                 return Err(self.error(
                     &format!("policies[{index}]"),
                     "a policy is exactly one of `quota`, `ip_control`, `breaker`, `access_control`, \
-                     `routing`, `mirror` or `error_mapping`",
+                     `routing`, `mirror`, `error_mapping` or `cache`",
                 ));
             }
             for field in ["name", "match"] {
@@ -434,6 +434,7 @@ impl Generator<'_> {
             Section::Routing => s.routing.as_ref(),
             Section::Throttling => s.throttling.as_ref(),
             Section::ParamValidation => s.param_validation.as_ref(),
+            Section::ResponseCache => s.response_cache.as_ref(),
             Section::ErrorMapping => s.error_mapping.as_ref(),
             Section::RequestMapping => s.request_mapping.as_ref(),
             Section::CircuitBreaker => s.circuit_breaker.as_ref(),
@@ -1084,13 +1085,14 @@ impl Generator<'_> {
                     PolicyKind::AccessControl => (Section::AccessControl, name.clone()),
                     PolicyKind::Routing => (Section::Routing, name.clone()),
                     PolicyKind::ErrorMapping => (Section::ErrorMapping, name.clone()),
+                    PolicyKind::Cache => (Section::ResponseCache, name.clone()),
                     // Envoy mirrors: the API's routes carry it.
                     PolicyKind::Mirror => continue,
                 };
-                let body = if kind == PolicyKind::Routing {
-                    routing_section_rule(&name, body)
-                } else {
-                    body.clone()
+                let body = match kind {
+                    PolicyKind::Routing => routing_section_rule(&name, body),
+                    PolicyKind::Cache => cache_section_rule(body, &api.api.parameters),
+                    _ => body.clone(),
                 };
                 let body_at = format!("policies[{p}].{}", kind.field());
                 let bound = format!(
@@ -1391,6 +1393,27 @@ fn routing_section_rule(api: &str, body: &Map<String, Value>) -> Map<String, Val
         })
         .collect();
     rule.insert("routes".into(), Value::Array(routes));
+    rule
+}
+
+/// The response cache's rule from a `cache` policy: as written, its key's
+/// query parameters by default the ones the API declares (a parameter it
+/// does not declare never tells answers apart; param-validation drops it).
+fn cache_section_rule(body: &Map<String, Value>, parameters: &[Value]) -> Map<String, Value> {
+    let mut rule = body.clone();
+    let declared: Vec<Value> = parameters
+        .iter()
+        .filter(|p| p.get("in").and_then(Value::as_str) == Some("query"))
+        .filter_map(|p| p.get("name").cloned())
+        .collect();
+    let key = rule
+        .entry("key")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(key) = key.as_object_mut() {
+        if !declared.is_empty() && !key.contains_key("query") {
+            key.insert("query".into(), Value::Array(declared));
+        }
+    }
     rule
 }
 

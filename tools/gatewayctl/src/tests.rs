@@ -145,8 +145,40 @@ fn an_error_mapping_policy_becomes_the_apis_rule_and_its_errors_name_the_field()
     let bad = text.replace("status: 410", "status: 700");
     assert_eq!(
         error_of(&bad),
-        "apis.yaml:11: policies[0] (gone): error_mapping.mappings[0].status: a status is 200 to 599, \
-         not 700 (as bound to apis[0] (orders) by apis[0].policies[0])"
+        "apis.yaml:11: policies[0] (gone): error_mapping.mappings[0].status: a status is 200 to 599 \
+         and may have a body (not 204, 205 or 304), not 700 (as bound to apis[0] (orders) by apis[0].policies[0])"
+    );
+}
+
+#[test]
+fn a_cache_policy_keys_answers_by_the_apis_declared_query_parameters() {
+    let policy = "policies:\n  - name: minute\n    cache: { ttl_seconds: 60 }\n";
+    let text = document(&format!(
+        "{policy}apis:\n  - name: items\n    path: /items\n    backend: shop\n    auth: anonymous\n    parameters:\n      - {{ name: page, in: query, type: integer }}\n      - {{ name: x-lang, in: header }}\n    policies: [minute]\n"
+    ));
+    let cache = section(&generated(&text), Section::ResponseCache);
+    assert_eq!(cache["rules"][0]["name"], "items");
+    assert_eq!(
+        cache["rules"][0]["key"]["query"],
+        serde_json::json!(["page"])
+    );
+    // What the policy says wins; errors point at the policy.
+    let own = text.replace(
+        "{ ttl_seconds: 60 }",
+        "{ ttl_seconds: 60, key: { query: [sort] } }",
+    );
+    let cache = section(&generated(&own), Section::ResponseCache);
+    assert_eq!(
+        cache["rules"][0]["key"]["query"],
+        serde_json::json!(["sort"])
+    );
+    let bad = text.replace("ttl_seconds: 60", "ttl_seconds: 0");
+    assert!(
+        error_of(&bad).starts_with(
+            "apis.yaml:9: policies[0] (minute): cache.ttl_seconds: must be 1 to 86400"
+        ),
+        "{}",
+        error_of(&bad)
     );
 }
 
@@ -230,7 +262,7 @@ fn policies_are_one_kind_and_an_api_has_one_ip_control_and_one_breaker() {
     let text = document("policies:\n  - { name: p, quota: { limit: 1, window: 1s }, ip_control: { allow: [10.0.0.0/8] } }\napis:\n  - { name: a, path: /a, backend: shop, auth: anonymous, policies: [p] }\n");
     assert_eq!(
         error_of(&text),
-        "apis.yaml:8: policies[0] (p): a policy is exactly one of `quota`, `ip_control`, `breaker`, `access_control`, `routing`, `mirror` or `error_mapping`"
+        "apis.yaml:8: policies[0] (p): a policy is exactly one of `quota`, `ip_control`, `breaker`, `access_control`, `routing`, `mirror`, `error_mapping` or `cache`"
     );
     let text = document("policies:\n  - { name: p, ip_control: { allow: [10.0.0.0/8] } }\n  - { name: q, ip_control: { deny: [10.0.0.0/8] } }\ngroups:\n  - { name: g, policies: [p] }\napis:\n  - { name: a, group: g, path: /a, backend: shop, auth: anonymous, policies: [q] }\n");
     assert_eq!(

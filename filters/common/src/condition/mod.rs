@@ -305,7 +305,9 @@ impl<F: Facts> Values<F> {
         }
     }
 
-    fn value(&mut self, references: &[Reference], index: usize) -> Option<&str> {
+    /// A value's text by its index (see [`Compiler::value`]), read once;
+    /// `None` when the request or response lacks it.
+    pub fn text(&mut self, references: &[Reference], index: usize) -> Option<&str> {
         let slot = self.cache.get_mut(index)?;
         if slot.is_none() {
             let reference = references.get(index)?;
@@ -324,7 +326,7 @@ impl<F: Facts> Values<F> {
     ) -> (Option<&'v str>, Option<&'v str>) {
         for operand in [left, right] {
             if let Operand::Value(index) = operand {
-                self.value(references, *index);
+                self.text(references, *index);
             }
         }
         (self.cached(left), self.cached(right))
@@ -335,12 +337,6 @@ impl<F: Facts> Values<F> {
             Operand::Value(index) => self.cache.get(*index)?.as_ref()?.as_deref(),
             Operand::Literal(literal) => literal.as_text(),
         }
-    }
-
-    /// A value's text by its index ([`Compiler::value`]); `None` when the
-    /// request or response lacks it.
-    pub fn text(&mut self, references: &[Reference], index: usize) -> Option<&str> {
-        self.value(references, index)
     }
 
     pub fn facts(&mut self) -> &mut F {
@@ -436,7 +432,7 @@ impl Condition {
 fn eval<F: Facts>(expr: &Expr, refs: &[Reference], values: &mut Values<F>) -> bool {
     match expr {
         Expr::Constant(value) => *value,
-        Expr::Present(index) => values.value(refs, *index).is_some_and(|v| !v.is_empty()),
+        Expr::Present(index) => values.text(refs, *index).is_some_and(|v| !v.is_empty()),
         Expr::Not(inner) => !eval(inner, refs, values),
         Expr::All(all) => all.iter().all(|e| eval(e, refs, values)),
         Expr::Any(any) => any.iter().any(|e| eval(e, refs, values)),
@@ -588,9 +584,15 @@ impl Compiler {
         })
     }
 
-    /// Whether `name` is a declared parameter.
-    pub fn declares(&self, name: &str) -> bool {
-        self.declared.contains_key(name)
+    /// [`Compiler::value`] of a declared parameter named as Alibaba names
+    /// it (`resultCode`), or of a value (`$resultCode`, `app`,
+    /// `response.json.code`).
+    pub fn named_value(&mut self, text: &str) -> Result<usize, String> {
+        if self.declared.contains_key(text.trim()) {
+            self.value(&format!("${}", text.trim()))
+        } else {
+            self.value(text)
+        }
     }
 
     /// Compiles a single value (`$name`, `response.json.code`, `status`),
@@ -1132,7 +1134,7 @@ fn is_keyword(word: &str) -> bool {
 
 mod request;
 pub mod rules;
-pub use request::{Body, RequestValues, ResponseValues};
+pub use request::{request_headers_read, Body, RequestValues, ResponseValues};
 
 #[cfg(test)]
 mod tests;

@@ -140,6 +140,24 @@ impl Facts for RequestValues<'_> {
     }
 }
 
+/// The request headers [`RequestValues`] reads for `references` (besides
+/// the request line), so a policy that decides later can keep them.
+pub fn request_headers_read(references: &[Reference]) -> Vec<&str> {
+    let mut names = Vec::new();
+    for reference in references {
+        let name = match reference {
+            Reference::Header(name) => name.as_str(),
+            Reference::Stage => "x-ca-stage",
+            Reference::ClientIp => "x-forwarded-for",
+            _ => continue,
+        };
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 /// A response's values, and its request's (whose body is not kept).
 pub struct ResponseValues<'r> {
     pub request: RequestValues<'r>,

@@ -277,7 +277,7 @@ pub fn mix(parts: &[&[u8]]) -> u64 {
 
 /// SHA-256 over `parts`, each prefixed with its length, so no two lists of
 /// parts hash the same input.
-fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update((part.len() as u64).to_le_bytes());
