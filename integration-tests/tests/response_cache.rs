@@ -112,6 +112,11 @@ fn a_second_request_is_answered_without_the_upstream_and_keys_tell_answers_apart
     assert_eq!(head.status, 200);
     assert_eq!(head.header("x-ca-caching"), Some("true"));
     assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(first.body.len().to_string().as_str()),
+        "the GET's length"
+    );
     assert_eq!(gw.upstream.request_count(), 4);
 
     // Another method is not the cache's.

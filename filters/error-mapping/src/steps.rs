@@ -7,9 +7,8 @@
 //! `max_body_bytes`; an answer without a readable body passes), then
 //! decides. A mapped answer gets the mapping's status and `X-Ca-Error-*`
 //! headers and, in the error shape, the shared JSON body in place of the
-//! backend's: the headers are held until the backend's body has ended, so
-//! the new one goes with its length (a backend body over `max_body_bytes`
-//! is dropped as it comes, the held buffer kept empty).
+//! backend's: the headers are held until the backend's body has ended
+//! (its chunks dropped as they come), so the new one goes with its length.
 
 use crate::policy::{decide, Body, Decision, ErrorMapping, Mapped, ResponseValues, Shape};
 use crate::FILTER_NAME;
@@ -116,12 +115,10 @@ enum Response {
     Passing,
     /// Headers held until the JSON body has arrived.
     AwaitingBody { content_type: Option<String> },
-    /// Mapped to the error shape: the headers and the backend's body are
-    /// held until it ends, which `body` then replaces (with its length).
+    /// Mapped to the error shape: the headers are held until the backend's
+    /// body ends, each chunk of it dropped as it comes (nothing is kept),
+    /// then `body` takes its place, with its length.
     Holding { body: Vec<u8> },
-    /// As `Holding`, for a backend body over `max_body_bytes`: each chunk
-    /// is dropped as it comes, the headers still held.
-    Draining { body: Vec<u8> },
 }
 
 pub struct ErrorMappingSteps {
@@ -330,19 +327,14 @@ impl PolicySteps for ErrorMappingSteps {
     ) -> Verdict {
         match std::mem::replace(&mut self.response, Response::Passing) {
             Response::Passing => Verdict::Continue,
-            Response::Holding { body } | Response::Draining { body } if end_of_stream => {
+            Response::Holding { body } if end_of_stream => {
                 stream.set_response_header("content-length", Some(&body.len().to_string()));
                 stream.replace_response_body(body_size, &body);
                 Verdict::Continue
             }
-            Response::Holding { body } if body_size <= self.policy.max_body_bytes => {
-                self.response = Response::Holding { body };
-                Verdict::Pause
-            }
-            Response::Holding { body } | Response::Draining { body } => {
-                // Dropped as it comes: what is held stays empty.
+            Response::Holding { body } => {
                 stream.replace_response_body(body_size, &[]);
-                self.response = Response::Draining { body };
+                self.response = Response::Holding { body };
                 Verdict::Pause
             }
             Response::AwaitingBody { content_type } => {

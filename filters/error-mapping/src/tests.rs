@@ -418,7 +418,7 @@ fn a_status_mapped_on_the_headers_holds_the_backends_body_and_replaces_it_with_i
 }
 
 #[test]
-fn a_backend_error_body_over_the_limit_is_dropped_as_it_streams() {
+fn a_large_backend_error_body_is_dropped_as_it_streams() {
     let error_shape = CONFIG.replace(r#""body": "backend""#, r#""body": "error""#);
     let big = "x".repeat(300);
     let outcome = run(
@@ -430,8 +430,8 @@ fn a_backend_error_body_over_the_limit_is_dropped_as_it_streams() {
             chunks: &["<html>", &big, "more", "</html>"],
         },
     );
-    // Held until it is over the limit, then dropped as it comes, the
-    // headers still held so the error body goes with its length.
+    // Dropped as it comes, the headers held so the error body goes with
+    // its length.
     assert_eq!(
         outcome.verdicts,
         [

@@ -41,15 +41,21 @@ pub fn kept(name: &str) -> bool {
 }
 
 impl CachedResponse {
-    /// The answer's headers as a stream lists them, less those not kept
-    /// (at most [`MAX_HEADERS`]).
-    pub fn keep_headers(headers: Vec<(String, String)>) -> Vec<(String, String)> {
-        headers
+    /// The answer's headers as a stream lists them, less those not kept;
+    /// `None` when more than [`MAX_HEADERS`] are left (an answer stored
+    /// without some of them could not be read), or a name is longer than
+    /// a header name can be.
+    pub fn keep_headers(headers: Vec<(String, String)>) -> Option<Vec<(String, String)>> {
+        let kept: Vec<_> = headers
             .into_iter()
             .map(|(name, value)| (name.to_ascii_lowercase(), value))
             .filter(|(name, _)| kept(name))
-            .take(MAX_HEADERS)
-            .collect()
+            .collect();
+        let fits = kept.len() <= MAX_HEADERS
+            && kept
+                .iter()
+                .all(|(name, _)| name.len() <= usize::from(u16::MAX));
+        fits.then_some(kept)
     }
 
     /// The bytes a slot keeps.
@@ -69,12 +75,13 @@ impl CachedResponse {
         out.push(VERSION);
         out.extend_from_slice(&self.status.to_le_bytes());
         out.extend_from_slice(&self.stored_at_ms.to_le_bytes());
+        // `keep_headers` bounds what is stored: at most MAX_HEADERS names
+        // that fit a u16.
         let headers = &self.headers[..self.headers.len().min(MAX_HEADERS)];
         out.extend_from_slice(&(headers.len() as u16).to_le_bytes());
         for (name, value) in headers {
-            let name = &name.as_bytes()[..name.len().min(usize::from(u16::MAX))];
             out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            out.extend_from_slice(name);
+            out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(&(value.len() as u32).to_le_bytes());
             out.extend_from_slice(value.as_bytes());
         }
@@ -197,22 +204,39 @@ mod tests {
         ]);
         assert_eq!(
             kept,
-            [
+            Some(vec![
                 ("content-type".to_string(), "text/plain".to_string()),
                 ("etag".to_string(), "\"v1\"".to_string())
-            ]
+            ])
         );
         let many = (0..100)
             .map(|i| (format!("x-{i}"), String::new()))
             .collect();
-        assert_eq!(CachedResponse::keep_headers(many).len(), MAX_HEADERS);
+        assert_eq!(
+            CachedResponse::keep_headers(many),
+            None,
+            "never stored cut short"
+        );
     }
 
     proptest! {
+        /// An entry with a byte changed, cut short or lengthened decodes to
+        /// an entry that encodes back to those bytes, or is refused.
         #[test]
-        fn any_bytes_decode_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            if let Some(answer) = CachedResponse::decode(&bytes) {
-                prop_assert_eq!(answer.encode(), bytes);
+        fn damaged_entries_decode_or_are_refused(
+            at in 0usize..200,
+            byte in any::<u8>(),
+            cut in 0usize..200,
+            extra in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let mut bytes = answer().encode();
+            let at = at % bytes.len();
+            bytes[at] = byte;
+            let keep = bytes.len() - cut % bytes.len();
+            bytes.truncate(keep);
+            bytes.extend_from_slice(&extra);
+            if let Some(decoded) = CachedResponse::decode(&bytes) {
+                prop_assert_eq!(decoded.encode(), bytes);
             }
         }
     }

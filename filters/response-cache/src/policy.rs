@@ -10,8 +10,8 @@ use gateway_common::config::ConfigError;
 use gateway_common::host::{Host, RequestLine};
 use gateway_common::identity;
 use gateway_common::matching::{
-    any_by_route_name, compile_rule_match, first_match_index, rule_name, rule_path, MatchConfig,
-    Matcher, RequestAttrs,
+    any_by_route_name, compile_rule_match, first_match_index, host_without_port, rule_name,
+    rule_path, MatchConfig, Matcher, RequestAttrs,
 };
 use gateway_common::params::parse_pairs_lenient;
 use gateway_common::slots::{CacheKey, ExpiringCache};
@@ -25,15 +25,16 @@ const ENTRIES_PER_SLOT: u32 = 2;
 const SLOT_PREFIX: &str = "gw.response_cache.";
 /// At most this many entries (slots × 2).
 pub const MAX_ENTRIES: u32 = 1 << 22;
-/// An entry is at most this large, whatever the configuration says.
-pub const MAX_ENTRY_BYTES: usize = 64 << 20;
+/// An entry is at most this large, whatever the configuration says (a miss
+/// is held whole: keep it within Envoy's buffer limit).
+pub const MAX_ENTRY_BYTES: usize = 16 << 20;
 
 fn default_max_entries() -> u32 {
-    4096
+    1024
 }
 
 fn default_max_entry_bytes() -> usize {
-    1 << 20
+    128 << 10
 }
 
 fn default_statuses() -> Vec<u16> {
@@ -94,6 +95,10 @@ pub struct KeyConfig {
     /// Each app has answers of its own.
     #[serde(default)]
     pub app: bool,
+    /// Each user (a Basic user, a token's subject, the authorizer's user)
+    /// has answers of their own.
+    #[serde(default)]
+    pub user: bool,
 }
 
 /// A compiled rule.
@@ -107,7 +112,11 @@ pub struct Rule {
     /// Lower case.
     headers: Vec<String>,
     per_app: bool,
+    per_user: bool,
     statuses: Vec<u16>,
+    /// The rule as configured: a changed rule never reads what the one
+    /// before stored.
+    digest: [u8; 16],
     pub cache_authorized: bool,
     pub cache_set_cookie: bool,
 }
@@ -133,6 +142,8 @@ pub enum NotStored {
     SetCookie,
     /// `Vary` names a header the key does not read.
     Vary,
+    /// More headers than an entry keeps.
+    Headers,
 }
 
 /// Why a request does not use the cache.
@@ -140,7 +151,12 @@ pub enum NotStored {
 pub enum Bypass {
     /// Not GET or HEAD.
     Method,
-    /// It carries `Authorization` or `Cookie`.
+    /// A GET with a body, which the key does not read.
+    Body,
+    /// A `Range` request: a part of an answer.
+    Range,
+    /// It carries `Authorization` or `Cookie`, or authentication found an
+    /// app or a user, and the rule does not say `cache_authorized`.
     Credentials,
 }
 
@@ -195,18 +211,26 @@ impl ResponseCache {
         self.rules.get(index)
     }
 
-    /// The key of a request under rule `index`: the generation, the rule,
-    /// the path, the query parameters and headers the rule reads, the app.
-    /// GET and HEAD share it.
+    /// The key of a request under rule `index`: the generation, the rule
+    /// (as configured), the host, Envoy's route, the path, the query
+    /// parameters and headers the rule reads (every value, in order), the
+    /// routing policy's choice, the app and the user. GET and HEAD share it.
     pub fn key(&self, index: usize, host: &dyn Host, line: &RequestLine) -> Option<CacheKey> {
         let rule = self.rules.get(index)?;
         let (path, query) = line.path.split_once('?').unwrap_or((&line.path, ""));
-        let index_bytes = (index as u64).to_le_bytes();
-        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let absent = || vec![0xff];
+        let mut parts: Vec<Vec<u8>> = vec![
+            host_without_port(&line.authority)
+                .to_ascii_lowercase()
+                .into_bytes(),
+            host.route_name()
+                .map_or_else(absent, |route| route.as_bytes().to_vec()),
+        ];
         let mut pairs = parse_pairs_lenient(query);
         match &rule.query {
             None => {
-                pairs.sort();
+                // By name; a name's values keep their order.
+                pairs.sort_by(|a, b| a.0.cmp(&b.0));
                 for (name, value) in pairs {
                     parts.push(name.into_bytes());
                     parts.push(value.into_bytes());
@@ -214,29 +238,40 @@ impl ResponseCache {
             }
             Some(names) => {
                 for name in names {
+                    let values: Vec<&str> = pairs
+                        .iter()
+                        .filter(|(key, _)| key == name)
+                        .map(|(_, value)| value.as_str())
+                        .collect();
                     // A parameter absent and one present but empty differ.
-                    match pairs.iter_mut().find(|(key, _)| key == name) {
-                        Some((_, value)) => parts.push(std::mem::take(value).into_bytes()),
-                        None => parts.push(vec![0xff]),
-                    }
+                    parts.push(if values.is_empty() {
+                        absent()
+                    } else {
+                        values.join("&").into_bytes()
+                    });
                 }
             }
         }
         for name in &rule.headers {
-            parts.push(
-                host.request_header(name)
-                    .map_or_else(|| vec![0xff], String::into_bytes),
-            );
+            let values = host.request_header_values(name);
+            parts.push(if values.is_empty() {
+                absent()
+            } else {
+                values.join(",").into_bytes()
+            });
         }
         // The route the routing policy chose: another backend's answers.
         parts.push(
             host.request_header(identity::ROUTE_HEADER)
-                .map_or_else(|| vec![0xff], String::into_bytes),
+                .map_or_else(absent, String::into_bytes),
         );
         if rule.per_app {
-            parts.push(identity::app_key(host).map_or_else(|| vec![0xff], String::into_bytes));
+            parts.push(identity::app_key(host).map_or_else(absent, String::into_bytes));
         }
-        let mut all: Vec<&[u8]> = vec![&self.generation, &index_bytes, path.as_bytes()];
+        if rule.per_user {
+            parts.push(identity::user(host).map_or_else(absent, String::into_bytes));
+        }
+        let mut all: Vec<&[u8]> = vec![&self.generation, &rule.digest, path.as_bytes()];
         all.extend(parts.iter().map(Vec::as_slice));
         Some(CacheKey::of(&all))
     }
@@ -255,12 +290,20 @@ impl Rule {
             return Err(ConfigError::new("statuses", "name at least one status"));
         }
         for (i, status) in config.statuses.iter().enumerate() {
-            if !(200..=599).contains(status) {
+            if !(200..=599).contains(status) || [206, 304].contains(status) {
                 return Err(ConfigError::new(
                     format!("statuses[{i}]"),
-                    format!("a status is 200 to 599, not {status}"),
+                    format!(
+                        "a status is 200 to 599 and a whole answer (not 206 or 304), not {status}"
+                    ),
                 ));
             }
+        }
+        if config.cache_authorized && !config.key.app && !config.key.user {
+            return Err(ConfigError::new(
+                "cache_authorized",
+                "needs `key.app` or `key.user`: else one caller's answers would be served to others",
+            ));
         }
         let query = config.key.query.clone().map(|mut names| {
             names.sort();
@@ -285,24 +328,39 @@ impl Rule {
             query,
             headers,
             per_app: config.key.app,
+            per_user: config.key.user,
             statuses: config.statuses.clone(),
+            digest: CacheKey::of(&[format!("{config:?}").as_bytes()]).0,
             cache_authorized: config.cache_authorized,
             cache_set_cookie: config.cache_set_cookie,
         })
     }
 
-    /// Whether a request may use the cache.
-    pub fn bypass(&self, method: &str, host: &dyn Host) -> Option<Bypass> {
+    /// Whether a request may use the cache (`end_of_stream`: its headers
+    /// end it).
+    pub fn bypass(&self, method: &str, host: &dyn Host, end_of_stream: bool) -> Option<Bypass> {
         if method != "GET" && method != "HEAD" {
             return Some(Bypass::Method);
         }
+        if !end_of_stream {
+            return Some(Bypass::Body);
+        }
+        if host.request_header("range").is_some() {
+            return Some(Bypass::Range);
+        }
+        if self.cache_authorized {
+            return None;
+        }
         let credentials = host.request_header("authorization").is_some()
-            || host.request_header("cookie").is_some();
-        (credentials && !self.cache_authorized).then_some(Bypass::Credentials)
+            || host.request_header("cookie").is_some()
+            || identity::app_key(host).is_some()
+            || identity::user(host).is_some();
+        credentials.then_some(Bypass::Credentials)
     }
 
     /// How long an answer may be kept, from its status and headers
-    /// (`header`: a response header by lower-case name).
+    /// (`header`: a response header by lower-case name, every line of it
+    /// joined with `,`).
     pub fn storable(
         &self,
         status: Option<u16>,

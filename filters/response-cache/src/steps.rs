@@ -76,8 +76,8 @@ enum State {
         rule: usize,
     },
     /// Its answer may be stored: held until it ends. `seen`: its status
-    /// and headers as they were on the way back, should Envoy not show
-    /// them any more (its Wasm host does not once they have gone on).
+    /// and headers as they were on the way back (Envoy's Wasm host shows
+    /// them no more once they have gone on).
     Collecting {
         key: CacheKey,
         rule: usize,
@@ -86,30 +86,47 @@ enum State {
     /// Another request fetches the same key.
     Waiting {
         key: CacheKey,
-        head: bool,
     },
 }
 
 /// An answer's status, how long it may be kept, and its headers to keep.
 pub struct Seen {
     status: u16,
+    /// The upstream's `Age`.
+    age_ms: u64,
     ttl_ms: u64,
     headers: Vec<(String, String)>,
 }
 
 impl Seen {
-    /// What the stream shows of the answer now (nothing if it shows no
-    /// status), or why it may not be stored.
-    fn read(rule: &Rule, stream: &dyn Stream) -> Option<Result<Self, NotStored>> {
-        let status = response_status(stream)?;
-        Some(
-            rule.storable(Some(status), &|name| stream.response_header(name))
-                .map(|ttl_ms| Seen {
-                    status,
-                    ttl_ms,
-                    headers: CachedResponse::keep_headers(stream.response_headers()),
-                }),
-        )
+    /// The answer as the stream shows it on its way back, or why it may
+    /// not be stored. A header's lines are read together; the upstream's
+    /// `Age` counts against its lifetime.
+    fn read(rule: &Rule, stream: &dyn Stream) -> Result<Self, NotStored> {
+        let status = response_status(stream).ok_or(NotStored::Status)?;
+        let headers = stream.response_headers();
+        let header = |name: &str| {
+            let values: Vec<&str> = headers
+                .iter()
+                .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+                .map(|(_, value)| value.as_str())
+                .collect();
+            (!values.is_empty()).then(|| values.join(","))
+        };
+        let lifetime_ms = rule.storable(Some(status), &header)?;
+        let age_ms = header("age")
+            .and_then(|age| age.trim().parse::<u64>().ok())
+            .map_or(0, |seconds| seconds.saturating_mul(1000));
+        if age_ms >= lifetime_ms {
+            return Err(NotStored::CacheControl);
+        }
+        let headers = CachedResponse::keep_headers(headers).ok_or(NotStored::Headers)?;
+        Ok(Seen {
+            status,
+            age_ms,
+            ttl_ms: lifetime_ms - age_ms,
+            headers,
+        })
     }
 }
 
@@ -130,12 +147,7 @@ impl CacheSteps {
 
     /// The stored answer of `key`, replayed; `None` on a miss (a table
     /// that cannot be read, or an entry that does not decode, is one).
-    fn answer_from_cache(
-        &self,
-        stream: &mut dyn Stream,
-        key: &CacheKey,
-        head: bool,
-    ) -> Option<Verdict> {
+    fn answer_from_cache(&self, stream: &mut dyn Stream, key: &CacheKey) -> Option<Verdict> {
         let now = now_ms(&*stream);
         let payload = self
             .worker
@@ -153,9 +165,10 @@ impl CacheSteps {
             .collect();
         headers.push(("age", &age));
         headers.push(("x-ca-caching", "true"));
-        let body: &[u8] = if head { &[] } else { &cached.body };
+        // A HEAD gets the GET's body too: Envoy sends a local reply to a
+        // HEAD without it, with its length.
         stream.increment(self.metrics.hit, 1);
-        stream.send_local_reply(u32::from(cached.status), &headers, body);
+        stream.send_local_reply(u32::from(cached.status), &headers, &cached.body);
         Some(Verdict::Answered)
     }
 
@@ -184,10 +197,11 @@ impl CacheSteps {
         self.hand_back(stream, key);
     }
 
-    /// Stores the whole answer as the client gets it, and wakes the
-    /// waiters to be answered from it: its headers as they are now where
-    /// the stream still shows them (in the gateway module a policy nearer
-    /// the client may have changed them since), else as they were seen.
+    /// Stores the whole answer, its status and headers as they were seen
+    /// on the way back (the same in every host: what policies nearer the
+    /// client add is theirs per request), and wakes the waiters to be
+    /// answered from it. An answer whose status a later policy changed
+    /// (error-mapping) is not stored.
     fn store(
         &mut self,
         stream: &mut dyn Stream,
@@ -198,19 +212,17 @@ impl CacheSteps {
     ) {
         let worker = Rc::clone(&self.worker);
         let policy = &worker.policy;
-        let Some(rule) = policy.rule(rule) else {
+        let Some(_) = policy.rule(rule) else {
             return self.hand_back(stream, &key);
         };
-        let seen = match Seen::read(rule, &*stream) {
-            Some(Ok(now)) => now,
-            Some(Err(why)) => return self.not_stored(stream, &key, why),
-            None => seen,
-        };
+        if response_status(&*stream).is_some_and(|status| status != seen.status) {
+            return self.not_stored(stream, &key, NotStored::Status);
+        }
         let now = now_ms(&*stream);
         let ttl_ms = seen.ttl_ms;
         let answer = CachedResponse {
             status: seen.status,
-            stored_at_ms: now,
+            stored_at_ms: now.saturating_sub(seen.age_ms),
             headers: seen.headers,
             body,
         };
@@ -265,7 +277,7 @@ impl CacheSteps {
             }
             Joined::Wait => {
                 stream.increment(self.metrics.coalesced, 1);
-                self.state = State::Waiting { key, head };
+                self.state = State::Waiting { key };
                 Verdict::Pause
             }
         }
@@ -284,7 +296,7 @@ impl CacheSteps {
 }
 
 impl PolicySteps for CacheSteps {
-    fn on_request_headers(&mut self, stream: &mut dyn Stream, _end_of_stream: bool) -> Verdict {
+    fn on_request_headers(&mut self, stream: &mut dyn Stream, end_of_stream: bool) -> Verdict {
         let worker = Rc::clone(&self.worker);
         let policy = &worker.policy;
         let facts = RequestFacts::read(&*stream, policy.uses_route_name());
@@ -294,9 +306,9 @@ impl PolicySteps for CacheSteps {
         let Some(rule) = policy.rule(index) else {
             return Verdict::Continue;
         };
-        match rule.bypass(&facts.line.method, &*stream) {
+        match rule.bypass(&facts.line.method, &*stream, end_of_stream) {
             Some(Bypass::Method) => return Verdict::Continue,
-            Some(Bypass::Credentials) => {
+            Some(Bypass::Body | Bypass::Range | Bypass::Credentials) => {
                 stream.increment(self.metrics.bypass, 1);
                 return Verdict::Continue;
             }
@@ -306,7 +318,7 @@ impl PolicySteps for CacheSteps {
             return Verdict::Continue;
         };
         let head = facts.line.method == "HEAD";
-        if let Some(verdict) = self.answer_from_cache(stream, &key, head) {
+        if let Some(verdict) = self.answer_from_cache(stream, &key) {
             return verdict;
         }
         stream.increment(self.metrics.miss, 1);
@@ -322,14 +334,20 @@ impl PolicySteps for CacheSteps {
     }
 
     fn on_wake(&mut self, stream: &mut dyn Stream) -> Verdict {
-        let State::Waiting { key, head } = std::mem::replace(&mut self.state, State::Idle) else {
-            return Verdict::Pause;
+        let key = match std::mem::replace(&mut self.state, State::Idle) {
+            State::Waiting { key } => key,
+            // Not its wake (the gateway module shows a wake to every
+            // policy): nothing changes.
+            other => {
+                self.state = other;
+                return Verdict::Pause;
+            }
         };
         self.worker
             .flights
             .borrow_mut()
             .take_mail(stream.stream_id());
-        if let Some(verdict) = self.answer_from_cache(stream, &key, head) {
+        if let Some(verdict) = self.answer_from_cache(stream, &key) {
             return verdict;
         }
         // Nothing was stored: this request goes to the upstream itself.
@@ -351,13 +369,9 @@ impl PolicySteps for CacheSteps {
             return Verdict::Continue;
         };
         let seen = match Seen::read(policy_rule, &*stream) {
-            Some(Ok(seen)) => seen,
-            Some(Err(why)) => {
+            Ok(seen) => seen,
+            Err(why) => {
                 self.not_stored(stream, &key, why);
-                return Verdict::Continue;
-            }
-            None => {
-                self.not_stored(stream, &key, NotStored::Status);
                 return Verdict::Continue;
             }
         };

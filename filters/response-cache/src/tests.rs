@@ -85,14 +85,7 @@ impl Cache {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Call {
-        let mut host = FakeHost::new()
-            .with_header(":method", method)
-            .with_header(":path", path)
-            .with_header(":authority", "shop");
-        for (name, value) in headers {
-            host = host.with_header(name, value);
-        }
-        host.clock.set(Duration::from_millis(self.now_ms));
+        let host = self.host(method, path, headers, &[]);
         if let Some(app) = app {
             identity::publish(
                 &host,
@@ -102,6 +95,48 @@ impl Cache {
                 },
             );
         }
+        self.start_on(host)
+    }
+
+    /// [`Cache::start`] with Envoy properties (`xds.route_name`…).
+    fn start_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        properties: &[(&[&str], &str)],
+    ) -> Call {
+        let host = self.host(method, path, headers, properties);
+        self.start_on(host)
+    }
+
+    fn host(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        properties: &[(&[&str], &str)],
+    ) -> FakeHost {
+        let authority = headers
+            .iter()
+            .find(|(name, _)| *name == ":authority")
+            .map_or("shop", |(_, value)| value);
+        let mut host = FakeHost::new()
+            .with_header(":method", method)
+            .with_header(":path", path)
+            .with_header(":authority", authority);
+        for (name, value) in headers.iter().filter(|(name, _)| *name != ":authority") {
+            host = host.with_header(name, value);
+        }
+        for (path, value) in properties {
+            host = host.with_property(path, value);
+        }
+        host.clock.set(Duration::from_millis(self.now_ms));
+        host
+    }
+
+    /// The request's headers through the policy.
+    fn start_on(&mut self, host: FakeHost) -> Call {
         let mut stream = FakeStream::new(host);
         self.next_id += 1;
         stream.id = self.next_id;
@@ -255,6 +290,119 @@ fn the_key_is_the_path_and_the_query_and_headers_the_rule_names() {
         .call_with("GET", "/search", &fr, ok("x"))
         .hit()
         .is_none());
+}
+
+#[test]
+fn the_host_the_envoy_route_and_every_value_of_a_parameter_are_in_the_key() {
+    let mut cache = Cache::new(CONFIG);
+    cache.call_with("GET", "/items/1", &[(":authority", "a.example")], ok("[a]"));
+    let other_host = cache.call_with("GET", "/items/1", &[(":authority", "b.example")], ok("x"));
+    assert!(other_host.hit().is_none());
+    // Envoy's route (a stage picks another): another key.
+    let staged = |cache: &mut Cache| {
+        let mut call = cache.start_with(
+            "GET",
+            "/items/9",
+            &[],
+            &[(&["xds", "route_name"][..], "items.stage.test")],
+        );
+        if call.verdict == Verdict::Continue {
+            cache.answer(&mut call, ok("[test]"));
+        }
+        call
+    };
+    cache.call("/items/9", ok("[release]"));
+    assert!(staged(&mut cache).hit().is_none());
+    assert!(staged(&mut cache)
+        .hit()
+        .is_some_and(|r| r.body == b"[test]"));
+    // Repeated parameters: every value, in order.
+    cache.call("/items/2?id=1&id=2", ok("[2]"));
+    assert!(cache.call("/items/2?id=1", ok("x")).hit().is_none());
+    assert!(cache.call("/items/2?id=2&id=1", ok("x")).hit().is_none());
+    cache.call_with("GET", "/search?q=a&q=b", &[], ok("[ab]"));
+    assert!(cache
+        .call_with("GET", "/search?q=a", &[], ok("x"))
+        .hit()
+        .is_none());
+}
+
+#[test]
+fn a_request_with_a_body_a_range_or_an_identity_does_not_use_the_cache() {
+    let mut cache = Cache::new(CONFIG);
+    cache.call("/items/1", ok("[1]"));
+    let mut with_body = cache.start("GET", "/items/1", &[]);
+    with_body.stream.shared = cache.store.take().unwrap();
+    assert_eq!(
+        with_body
+            .steps
+            .on_request_headers(&mut with_body.stream, false),
+        Verdict::Continue
+    );
+    assert_eq!(with_body.stream.counted(FILTER_NAME, "bypass"), 1);
+    cache.store = Some(std::mem::take(&mut with_body.stream.shared));
+    let range = cache.call_with("GET", "/items/1", &[("range", "bytes=0-1")], ok("x"));
+    assert!(range.hit().is_none());
+    // An app authentication found, on a rule without `key.app`.
+    let app = cache.start_as(Some("203751"), "GET", "/items/1", &[]);
+    assert!(app.hit().is_none());
+    assert_eq!(app.counted("bypass"), 1);
+}
+
+#[test]
+fn the_upstreams_age_counts_against_the_lifetime_and_shows_on_a_hit() {
+    let mut cache = Cache::new(CONFIG);
+    let aged = Answer {
+        status: 200,
+        headers: &[("cache-control", "max-age=10"), ("age", "4")],
+        body: "[1]",
+    };
+    cache.call("/items/1", aged);
+    let hit = cache.call("/items/1", ok("x"));
+    assert_eq!(hit.hit().and_then(|r| r.header("age")), Some("4"));
+    cache.advance(6_001);
+    assert!(
+        cache.call("/items/1", ok("x")).hit().is_none(),
+        "10 s in all"
+    );
+    let stale = Answer {
+        status: 200,
+        headers: &[("cache-control", "max-age=10"), ("age", "10")],
+        body: "[1]",
+    };
+    assert_eq!(cache.call("/items/2", stale).counted("not_stored"), 1);
+}
+
+#[test]
+fn every_line_of_cache_control_and_vary_is_read() {
+    let mut cache = Cache::new(CONFIG);
+    let split = Answer {
+        status: 200,
+        headers: &[
+            ("cache-control", "max-age=60"),
+            ("cache-control", "private"),
+        ],
+        body: "[1]",
+    };
+    assert_eq!(cache.call("/items/1", split).counted("not_stored"), 1);
+    let vary = Answer {
+        status: 200,
+        headers: &[("vary", "accept-language"), ("vary", "accept-encoding")],
+        body: "[1]",
+    };
+    assert_eq!(cache.call("/search?q=x", vary).counted("not_stored"), 1);
+}
+
+#[test]
+fn a_wake_that_is_not_its_own_changes_nothing() {
+    let mut cache = Cache::new(CONFIG);
+    let mut leader = cache.start("GET", "/items/1", &[]);
+    let mut waiter = cache.start("GET", "/items/1", &[]);
+    // The gateway module shows a wake to every policy of the request.
+    assert_eq!(cache.wake(&mut leader), Verdict::Pause);
+    cache.answer(&mut leader, ok("[1]"));
+    assert_eq!(leader.woke(), [waiter.stream.id]);
+    assert_eq!(cache.wake(&mut waiter), Verdict::Answered);
 }
 
 #[test]
@@ -456,8 +604,9 @@ fn concurrent_misses_wait_for_one_fetch_and_are_answered_from_it() {
         Some(b"[1]".to_vec())
     );
     assert_eq!(cache.wake(&mut head), Verdict::Answered);
+    // Envoy sends a HEAD's local reply without the body, with its length.
     let head_reply = head.stream.reply().expect("a reply");
-    assert!(head_reply.body.is_empty());
+    assert_eq!(head_reply.body, b"[1]");
     assert_eq!(head_reply.header("content-type"), Some("application/json"));
     // An answer that is not stored lets the waiters go to the upstream.
     let mut leader = cache.start("GET", "/items/2", &[]);
@@ -491,7 +640,10 @@ fn a_head_request_is_answered_from_a_gets_entry_and_never_stored() {
     let head = cache.call_with("HEAD", "/items/1", &[], ok(""));
     let reply = head.hit().expect("a hit");
     assert_eq!(reply.status, 200);
-    assert!(reply.body.is_empty());
+    assert_eq!(
+        reply.body, b"[1]",
+        "Envoy drops it for a HEAD, keeping its length"
+    );
 }
 
 #[test]
@@ -597,6 +749,16 @@ fn a_bad_configuration_names_the_field() {
             "not a header name",
         ),
         (r#"{"max_entries":0}"#, "max_entries", "1 to"),
+        (
+            r#"{"rules":[{"ttl_seconds":1,"statuses":[206]}]}"#,
+            "rules[0].statuses[0]",
+            "not 206 or 304",
+        ),
+        (
+            r#"{"rules":[{"ttl_seconds":1,"cache_authorized":true}]}"#,
+            "rules[0].cache_authorized",
+            "key.app",
+        ),
         (r#"{"max_entry_bytes":10}"#, "max_entry_bytes", "64 to"),
         (
             r#"{"rules":[{"ttl_seconds":1,"key":{"cookies":true}}]}"#,

@@ -1091,7 +1091,9 @@ impl Generator<'_> {
                 };
                 let body = match kind {
                     PolicyKind::Routing => routing_section_rule(&name, body),
-                    PolicyKind::Cache => cache_section_rule(body, &api.api.parameters),
+                    PolicyKind::Cache => {
+                        cache_section_rule(body, &api.api.parameters, api.api.validation.as_ref())
+                    }
                     _ => body.clone(),
                 };
                 let body_at = format!("policies[{p}].{}", kind.field());
@@ -1396,22 +1398,38 @@ fn routing_section_rule(api: &str, body: &Map<String, Value>) -> Map<String, Val
     rule
 }
 
-/// The response cache's rule from a `cache` policy: as written, its key's
-/// query parameters by default the ones the API declares (a parameter it
-/// does not declare never tells answers apart; param-validation drops it).
-fn cache_section_rule(body: &Map<String, Value>, parameters: &[Value]) -> Map<String, Value> {
+/// The response cache's rule from a `cache` policy: as written, its key by
+/// default the API's declared parameters: its query parameters (when
+/// param-validation drops the others, so no other reaches the backend) and
+/// its header parameters.
+fn cache_section_rule(
+    body: &Map<String, Value>,
+    parameters: &[Value],
+    validation: Option<&Map<String, Value>>,
+) -> Map<String, Value> {
+    let declared = |place: &str| -> Vec<Value> {
+        parameters
+            .iter()
+            .filter(|p| p.get("in").and_then(Value::as_str) == Some(place))
+            .filter_map(|p| p.get("name").cloned())
+            .collect()
+    };
+    let drops_undeclared = validation
+        .and_then(|v| v.get("drop_undefined"))
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     let mut rule = body.clone();
-    let declared: Vec<Value> = parameters
-        .iter()
-        .filter(|p| p.get("in").and_then(Value::as_str) == Some("query"))
-        .filter_map(|p| p.get("name").cloned())
-        .collect();
     let key = rule
         .entry("key")
         .or_insert_with(|| Value::Object(Map::new()));
     if let Some(key) = key.as_object_mut() {
-        if !declared.is_empty() && !key.contains_key("query") {
-            key.insert("query".into(), Value::Array(declared));
+        let query = declared("query");
+        if drops_undeclared && !query.is_empty() && !key.contains_key("query") {
+            key.insert("query".into(), Value::Array(query));
+        }
+        let headers = declared("header");
+        if !headers.is_empty() && !key.contains_key("headers") {
+            key.insert("headers".into(), Value::Array(headers));
         }
     }
     rule

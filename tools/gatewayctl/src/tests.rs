@@ -159,6 +159,10 @@ fn a_cache_policy_keys_answers_by_the_apis_declared_query_parameters() {
     let cache = section(&generated(&text), Section::ResponseCache);
     assert_eq!(cache["rules"][0]["name"], "items");
     assert_eq!(
+        cache["rules"][0]["key"]["headers"],
+        serde_json::json!(["x-lang"])
+    );
+    assert_eq!(
         cache["rules"][0]["key"]["query"],
         serde_json::json!(["page"])
     );
