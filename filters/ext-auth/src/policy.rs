@@ -14,7 +14,6 @@ use gateway_common::matching::{
 };
 use gateway_common::params::parse_pairs;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 /// The error codes ext-auth answers with itself (a denial by the
 /// authorizer is its own answer, passed on).
@@ -198,9 +197,7 @@ impl ExtAuth {
                 answer_headers.push(name.clone());
             }
         }
-        let digest = Sha256::digest(config_bytes);
-        let mut config_digest = [0u8; 16];
-        config_digest.copy_from_slice(&digest[..16]);
+        let config_digest = CacheKey::of(&[config_bytes]).0;
         Ok(Self {
             authorizer,
             identity: config.identity.clone(),
@@ -311,17 +308,10 @@ impl ExtAuth {
 
     /// The cache key: the configuration, the rule and every source's value.
     fn key(&self, rule: u32, values: &[String]) -> CacheKey {
-        let mut hasher = Sha256::new();
-        hasher.update(self.config_digest);
-        hasher.update(rule.to_le_bytes());
-        for value in values {
-            hasher.update(u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes());
-            hasher.update(value.as_bytes());
-        }
-        let digest = hasher.finalize();
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&digest[..16]);
-        CacheKey(key)
+        let rule = rule.to_le_bytes();
+        let mut parts: Vec<&[u8]> = vec![&self.config_digest, &rule];
+        parts.extend(values.iter().map(String::as_bytes));
+        CacheKey::of(&parts)
     }
 
     /// The authorizer call for `pending`; `host` gives the forwarded headers.

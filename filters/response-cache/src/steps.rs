@@ -80,7 +80,6 @@ enum State {
     /// them no more once they have gone on).
     Collecting {
         key: CacheKey,
-        rule: usize,
         seen: Box<Seen>,
     },
     /// Another request fetches the same key.
@@ -202,19 +201,9 @@ impl CacheSteps {
     /// client add is theirs per request), and wakes the waiters to be
     /// answered from it. An answer whose status a later policy changed
     /// (error-mapping) is not stored.
-    fn store(
-        &mut self,
-        stream: &mut dyn Stream,
-        key: CacheKey,
-        rule: usize,
-        seen: Seen,
-        body: Vec<u8>,
-    ) {
+    fn store(&mut self, stream: &mut dyn Stream, key: CacheKey, seen: Seen, body: Vec<u8>) {
         let worker = Rc::clone(&self.worker);
         let policy = &worker.policy;
-        let Some(_) = policy.rule(rule) else {
-            return self.hand_back(stream, &key);
-        };
         if response_status(&*stream).is_some_and(|status| status != seen.status) {
             return self.not_stored(stream, &key, NotStored::Status);
         }
@@ -382,12 +371,11 @@ impl PolicySteps for CacheSteps {
             return Verdict::Continue;
         }
         if end_of_stream {
-            self.store(stream, key, rule, seen, Vec::new());
+            self.store(stream, key, seen, Vec::new());
             return Verdict::Continue;
         }
         self.state = State::Collecting {
             key,
-            rule,
             seen: Box::new(seen),
         };
         Verdict::Continue
@@ -399,14 +387,14 @@ impl PolicySteps for CacheSteps {
         body_size: usize,
         end_of_stream: bool,
     ) -> Verdict {
-        let State::Collecting { key, rule, seen } = std::mem::replace(&mut self.state, State::Idle)
+        let State::Collecting { key, seen } = std::mem::replace(&mut self.state, State::Idle)
         else {
             return Verdict::Continue;
         };
         let max = self.worker.policy.max_entry_bytes;
         match buffer_response_body(&*stream, body_size, end_of_stream, max) {
             BufferedBody::Incomplete => {
-                self.state = State::Collecting { key, rule, seen };
+                self.state = State::Collecting { key, seen };
                 Verdict::Pause
             }
             BufferedBody::TooLarge => {
@@ -415,7 +403,7 @@ impl PolicySteps for CacheSteps {
                 Verdict::Continue
             }
             BufferedBody::Complete(body) => {
-                self.store(stream, key, rule, *seen, body);
+                self.store(stream, key, *seen, body);
                 Verdict::Continue
             }
         }
