@@ -3,11 +3,16 @@
 //! timer: at load, every `refresh_seconds`, sooner after a failure (1 s,
 //! doubling to a minute) and when a token names a key id the issuer does
 //! not have (at most every 30 s). A failed fetch keeps the keys there are.
+//!
 //! The state is shared by the roots of a configuration (in the native
-//! module, the main thread's root fetches for every worker).
+//! module, the main thread's root fetches for every worker). Under Wasm each
+//! worker's VM has roots of its own: a root that fetched keys leaves the
+//! JWKS in shared data and the others take it at their next tick, so a
+//! rotation one worker saw reaches every worker within a tick.
 
 use crate::jwt::{Jwt, KeySet};
 use gateway_common::hosting::RootHost;
+use gateway_common::store::{self, SharedStore};
 use gateway_common::stream::CallAnswer;
 use gateway_common::sync::lock;
 use serde_json::Value;
@@ -36,6 +41,8 @@ struct IssuerKeys {
     /// A token named a key id the keys lack.
     wanted: bool,
     last_wanted_fetch_ms: u64,
+    /// The generation of the shared entry these keys are (0: none yet).
+    generation: u64,
 }
 
 #[derive(Debug)]
@@ -95,6 +102,12 @@ pub fn tick(jwt: &Jwt, host: &mut dyn RootHost, now_ms: u64) -> Vec<Fetched> {
         let (Some(fetch), Some(keys)) = (&config.fetch, state.issuers.get_mut(issuer)) else {
             continue;
         };
+        adopt(
+            keys,
+            host.shared_data(),
+            &jwt.shared_keys_entry(issuer),
+            fetch.refresh_ms,
+        );
         if keys.in_flight.is_some() {
             continue;
         }
@@ -192,6 +205,15 @@ pub fn answered(
             keys.keys = Some(Arc::new(set));
             keys.failures = 0;
             keys.next_ms = now_ms + fetch.refresh_ms;
+            let published = publish(
+                host.shared_data(),
+                &jwt.shared_keys_entry(issuer),
+                now_ms,
+                &serde_json::to_vec(&document).unwrap_or_default(),
+            );
+            if let Some(generation) = published {
+                keys.generation = generation;
+            }
             Fetched::Keys { issuer, count }
         }
         Err(why) => {
@@ -202,6 +224,57 @@ pub fn answered(
             }
         }
     })
+}
+
+/// A shared entry: its generation and when it was fetched (big-endian
+/// `u64`s), then the JWKS.
+const ENTRY_HEADER: usize = 16;
+
+fn read_entry(entry: &[u8]) -> Option<(u64, u64, &[u8])> {
+    let generation = u64::from_be_bytes(entry.get(..8)?.try_into().ok()?);
+    let fetched_ms = u64::from_be_bytes(entry.get(8..ENTRY_HEADER)?.try_into().ok()?);
+    Some((generation, fetched_ms, entry.get(ENTRY_HEADER..)?))
+}
+
+/// Leaves a fetched JWKS for the other roots; returns its generation
+/// (`None` when shared data refused it: the others fetch for themselves).
+fn publish(store: &dyn SharedStore, key: &str, fetched_ms: u64, jwks: &[u8]) -> Option<u64> {
+    store::update(store, key, 8, |current| {
+        let generation = current.and_then(read_entry).map_or(0, |(g, _, _)| g) + 1;
+        let mut entry = Vec::with_capacity(ENTRY_HEADER + jwks.len());
+        entry.extend_from_slice(&generation.to_be_bytes());
+        entry.extend_from_slice(&fetched_ms.to_be_bytes());
+        entry.extend_from_slice(jwks);
+        (Some(entry), generation)
+    })
+    .ok()
+}
+
+/// Takes the keys another root left, when they are newer than these: the
+/// next fetch is then due a refresh after theirs, and a key id wanted is
+/// looked for in them first. Returns whether it took them.
+fn adopt(keys: &mut IssuerKeys, store: &dyn SharedStore, key: &str, refresh_ms: u64) -> bool {
+    let Ok((Some(entry), _)) = store.get(key) else {
+        return false;
+    };
+    let Some((generation, fetched_ms, jwks)) = read_entry(&entry) else {
+        return false;
+    };
+    if generation <= keys.generation {
+        return false;
+    }
+    keys.generation = generation;
+    let set = serde_json::from_slice(jwks)
+        .ok()
+        .and_then(|document| KeySet::from_jwks(&document).ok());
+    let Some(set) = set else {
+        return false;
+    };
+    keys.keys = Some(Arc::new(set));
+    keys.failures = 0;
+    keys.next_ms = fetched_ms + refresh_ms;
+    keys.wanted = false;
+    true
 }
 
 /// A failed fetch: the keys stay, the next try comes sooner than a refresh.
@@ -248,6 +321,52 @@ mod tests {
         assert_eq!(path_of("/keys"), Some("/keys"));
         assert_eq!(path_of("https://idp.example"), None);
         assert_eq!(path_of("https://idp.example/a b"), None);
+    }
+
+    #[test]
+    fn keys_one_root_fetched_reach_the_others_once_and_newer_ones_again() {
+        let store = gateway_common::store::MemoryStore::default();
+        let entry = "gw.sign_auth.jwt.keys.test.0";
+        let jwks = |kid: &str| {
+            format!(
+                r#"{{"keys":[{{"kty":"oct","k":"c2VjcmV0LWtleS1vZi10aGlydHktdHdvLWJ5dGVzISE","kid":"{kid}","alg":"HS256"}}]}}"#
+            )
+        };
+        let mut other = IssuerKeys {
+            wanted: true,
+            failures: 3,
+            ..IssuerKeys::default()
+        };
+        assert!(
+            !adopt(&mut other, &store, entry, 10_000),
+            "nothing left yet"
+        );
+
+        assert_eq!(publish(&store, entry, 5_000, jwks("a").as_bytes()), Some(1));
+        assert!(adopt(&mut other, &store, entry, 10_000));
+        let kids = |keys: &IssuerKeys| keys.keys.as_ref().map(|set| set.len());
+        assert_eq!(kids(&other), Some(1));
+        assert_eq!(
+            (
+                other.generation,
+                other.next_ms,
+                other.failures,
+                other.wanted
+            ),
+            (1, 15_000, 0, false)
+        );
+        assert!(!adopt(&mut other, &store, entry, 10_000), "taken once");
+
+        assert_eq!(publish(&store, entry, 7_000, jwks("b").as_bytes()), Some(2));
+        assert!(adopt(&mut other, &store, entry, 10_000));
+        assert_eq!((other.generation, other.next_ms), (2, 17_000));
+
+        // An entry that is no JWKS is passed over, once, and the keys stay.
+        assert_eq!(publish(&store, entry, 8_000, b"not json"), Some(3));
+        assert!(!adopt(&mut other, &store, entry, 10_000));
+        assert_eq!((other.generation, kids(&other)), (3, Some(1)));
+        store.set(entry, b"short", None).unwrap();
+        assert!(!adopt(&mut other, &store, entry, 10_000));
     }
 
     #[test]
