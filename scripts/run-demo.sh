@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
 # The demo gateway: two echo upstreams, a ClickHouse for log-push's records,
-# Redis behind Webdis as the fleet store, and two Envoys with
-# envoy/gateway.yaml (the second on :8081, :8444 and admin :9902) sharing
-# that store: a fleet of two.
+# Redis behind Webdis as the fleet store, and two Envoys (the second on
+# :8081, :8444 and admin :9902) sharing that store: a fleet of two. Both read
+# their routes, clusters and policies from .run/published, where
+# `gatewayctl publish` puts examples/demo.yaml (what envoy/gateway.yaml holds
+# inline), so a publish changes both without a restart.
 # Started by `make run` (after set-up and build); Ctrl-C stops everything.
-# GATEWAY_MODULE=1 runs envoy/gateway-module.yaml (every policy in
-# gateway.wasm) instead, GATEWAY_NATIVE=1 envoy/gateway-native.yaml (the same
-# module as the native libgateway.so): same listeners, policies and curl lines.
+# GATEWAY_MODULE=1 runs every policy in gateway.wasm instead of a filter
+# each, GATEWAY_NATIVE=1 in the native libgateway.so: same listeners,
+# policies and curl lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ENVOY_BIN="${ENVOY_BIN:-.venv/bin/envoy}"
-CONFIG=envoy/gateway.yaml
+FORM=--chain
 if [ "${GATEWAY_NATIVE:-}" = 1 ]; then
-  CONFIG=envoy/gateway-native.yaml
+  FORM=--native
 elif [ "${GATEWAY_MODULE:-}" = 1 ]; then
-  CONFIG=envoy/gateway-module.yaml
+  FORM=
 fi
-echo "demo configuration: $CONFIG"
 mkdir -p .run
 bash scripts/make-certs.sh .run/tls
 cargo build --quiet --release -p integration-tests -p gatewayctl --bins
+# Each run starts a new history: version 1 is examples/demo.yaml.
+rm -rf .run/published
+target/release/gatewayctl publish examples/demo.yaml --dir .run/published --author demo -m 'make run'
+CONFIG=.run/gateway.yaml
+target/release/gatewayctl build examples/demo.yaml --dynamic "$PWD/.run/published" $FORM -o "$CONFIG"
+echo "demo configuration: $CONFIG (${FORM:-module}), published in .run/published"
 
 pids=()
 stop() {
@@ -203,6 +210,16 @@ Demo gateway is up: two instances, :8080 and :8081, sharing one Redis (logs in .
 
   # the filters' counters
   curl -s http://127.0.0.1:9901/stats/prometheus | grep gw_
+
+  # publish a new version without a restart: both Envoys read .run/published, so a new
+  # API (/hello-v2, a mock) answers on both at once; history lists the versions; a
+  # rollback publishes version 1 again and /hello-v2 goes to the backend once more
+  sed '/# Everything else: the backend/i\  - { name: hello-v2, path: /hello-v2, auth: anonymous, mock: { body: "hello from version 2" } }' examples/demo.yaml > .run/demo-next.yaml
+  target/release/gatewayctl publish .run/demo-next.yaml --dir .run/published --author you -m 'hello-v2'
+  curl -s http://127.0.0.1:8080/hello-v2; echo; curl -s http://127.0.0.1:8081/hello-v2; echo
+  target/release/gatewayctl history --dir .run/published
+  target/release/gatewayctl rollback --dir .run/published
+  curl -s http://127.0.0.1:8081/hello-v2
 
 Ctrl-C stops the demo.
 MSG

@@ -237,15 +237,18 @@ pub fn wasm_filter_entry(module: &str, file: &str, configuration: String) -> Val
 /// configured with `configuration`, the gateway module's document.
 pub fn native_filter_entry(file: &str, configuration: String) -> Value {
     json!({
-        "name": "gateway.module",
+        "name": NATIVE_FILTER,
         "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "@type": NATIVE_TYPE,
             "dynamic_module_config": { "module": { "local": { "filename": file } } },
             "filter_name": "gateway",
             "filter_config": { "@type": TYPE_STRING, "value": configuration },
         },
     })
 }
+
+/// The native module's filter entry name.
+const NATIVE_FILTER: &str = "gateway.module";
 
 fn wasm_filter(
     name: &str,
@@ -271,7 +274,7 @@ fn wasm_filter(
     json!({
         "name": format!("gateway.{name}"),
         "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "@type": WASM_TYPE,
             "config": config,
         },
     })
@@ -465,7 +468,9 @@ fn cors_policy(cors: &Cors) -> Value {
     policy
 }
 
-fn connection_manager(generated: &Generated, host: Host, artifacts: &Artifacts) -> Value {
+/// The route table (`gateway`): a virtual host with a route per API and
+/// stage, then the not-found answers.
+pub fn route_configuration(generated: &Generated) -> Value {
     let document = &generated.document;
     let gateway = &document.gateway;
     let mut virtual_host = json!({
@@ -473,22 +478,35 @@ fn connection_manager(generated: &Generated, host: Host, artifacts: &Artifacts) 
         "domains": if gateway.hosts.is_empty() { vec!["*".to_string()] } else { gateway.hosts.clone() },
         "routes": generated.routes.iter().map(|r| route(r, document)).collect::<Vec<_>>(),
     });
-    let mut filters = Vec::new();
     if let Some(cors) = &gateway.cors {
         virtual_host["typed_per_filter_config"] =
             json!({ "envoy.filters.http.cors": cors_policy(cors) });
+    }
+    json!({ "name": ROUTE_CONFIGURATION, "virtual_hosts": [virtual_host] })
+}
+
+/// The name of the one route table.
+const ROUTE_CONFIGURATION: &str = "gateway";
+
+/// The connection manager with `policies` (the policy filters) and
+/// `routes` (the field naming the route table: `route_config` inline or
+/// `rds`).
+fn connection_manager(generated: &Generated, policies: Vec<Value>, routes: (&str, Value)) -> Value {
+    let gateway = &generated.document.gateway;
+    let mut filters = Vec::new();
+    if gateway.cors.is_some() {
         filters.push(json!({
             "name": "envoy.filters.http.cors",
             "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors" },
         }));
     }
-    filters.extend(policy_filters(generated, host, artifacts));
+    filters.extend(policies);
     filters.push(json!({
         "name": "envoy.filters.http.router",
         "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
     }));
     let timeouts = &gateway.timeouts;
-    json!({
+    let mut manager = json!({
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -507,10 +525,11 @@ fn connection_manager(generated: &Generated, host: Host, artifacts: &Artifacts) 
                 "headers_with_underscores_action": "REJECT_REQUEST",
             },
             "http2_protocol_options": { "max_concurrent_streams": 100 },
-            "route_config": { "name": "gateway", "virtual_hosts": [virtual_host] },
             "http_filters": filters,
         },
-    })
+    });
+    manager["typed_config"][routes.0] = routes.1;
+    manager
 }
 
 fn listener(listener: &Listener, manager: &Value, buffer_limit: u32) -> Value {
@@ -598,8 +617,169 @@ pub fn cluster(backend: &Backend) -> Value {
 
 /// The complete bootstrap.
 pub fn bootstrap(generated: &Generated, host: Host, artifacts: &Artifacts) -> Value {
+    let manager = connection_manager(
+        generated,
+        policy_filters(generated, host, artifacts),
+        ("route_config", route_configuration(generated)),
+    );
+    let mut out = with_listeners(generated, &manager);
+    out["static_resources"]["clusters"] = json!(generated
+        .document
+        .backends
+        .iter()
+        .map(cluster)
+        .collect::<Vec<_>>());
+    out
+}
+
+/// The bootstrap of a gateway whose routes, clusters and policy
+/// configurations are published into `dir` (see [`crate::publish`]): the
+/// listeners, the admin address and the connection manager's settings are
+/// here, taken from the document; the rest is read from `dir` and read
+/// again whenever a publish swaps it.
+pub fn dynamic_bootstrap(generated: &Generated, host: Host, dir: &str) -> Value {
+    let policies = dynamic_filters(host)
+        .into_iter()
+        .map(|(name, type_url)| {
+            json!({
+                "name": name,
+                "config_discovery": {
+                    "config_source": watched(dir, &format!("{name}.json")),
+                    "type_urls": type_url,
+                },
+            })
+        })
+        .collect();
+    let rds = json!({
+        "route_config_name": ROUTE_CONFIGURATION,
+        "config_source": watched(dir, ROUTES_FILE),
+    });
+    let manager = connection_manager(generated, policies, ("rds", rds));
+    let mut out = with_listeners(generated, &manager);
+    out["node"] = json!({ "id": "gateway", "cluster": "gateway" });
+    out["dynamic_resources"] = json!({ "cds_config": watched(dir, CLUSTERS_FILE) });
+    out
+}
+
+/// The file of the published route table.
+pub const ROUTES_FILE: &str = "routes.json";
+/// The file of the published clusters.
+pub const CLUSTERS_FILE: &str = "clusters.json";
+
+const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const NATIVE_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+/// What an unused policy's filter is in a published chain: Envoy's header
+/// mutation filter with nothing to do, a native no-op.
+const NO_OP_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation";
+
+/// The policy filters of a dynamic bootstrap, each with the configuration
+/// types it takes: the module's one filter, or every policy's (a document
+/// published later may use a policy this one does not).
+fn dynamic_filters(host: Host) -> Vec<(String, Vec<&'static str>)> {
+    match host {
+        Host::Module => vec![("gateway.gateway".into(), vec![WASM_TYPE])],
+        Host::Native => vec![(NATIVE_FILTER.into(), vec![NATIVE_TYPE])],
+        Host::Chain => Section::ALL
+            .into_iter()
+            .map(|section| {
+                (
+                    format!("gateway.{}", section.key()),
+                    vec![WASM_TYPE, NO_OP_TYPE],
+                )
+            })
+            .collect(),
+    }
+}
+
+/// A resource file in the published directory, read again when an entry
+/// is moved into the directory (a publish swaps `..data`, as Kubernetes
+/// swaps a mounted ConfigMap's).
+fn watched(dir: &str, file: &str) -> Value {
+    json!({
+        "path_config_source": {
+            "path": format!("{}/{file}", dir.trim_end_matches('/')),
+            "watched_directory": { "path": dir },
+        },
+        "resource_api_version": "V3",
+    })
+}
+
+/// The published resources of a checked document, each with the file it
+/// goes in: the route table, the clusters, and a configuration for every
+/// policy filter a dynamic bootstrap of any form subscribes to.
+pub fn dynamic_resources(generated: &Generated, artifacts: &Artifacts) -> Vec<(String, Value)> {
+    let resources = |items: Vec<Value>, type_url: &str| {
+        let items: Vec<Value> = items
+            .into_iter()
+            .map(|mut item| {
+                let mut typed = Map::new();
+                typed.insert("@type".into(), json!(type_url));
+                typed.extend(item.as_object_mut().map(std::mem::take).unwrap_or_default());
+                Value::Object(typed)
+            })
+            .collect();
+        json!({ "resources": items })
+    };
+    let mut files = vec![
+        (
+            ROUTES_FILE.to_string(),
+            resources(
+                vec![route_configuration(generated)],
+                "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            ),
+        ),
+        (
+            CLUSTERS_FILE.to_string(),
+            resources(
+                generated.document.backends.iter().map(cluster).collect(),
+                "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            ),
+        ),
+    ];
+    let document = pretty(&module_document(generated));
+    let mut filters = vec![
+        wasm_filter_entry(
+            "gateway",
+            &format!("{}/gateway.wasm", artifacts.wasm_dir),
+            document.clone(),
+        ),
+        native_filter_entry(&artifacts.native_module, document),
+    ];
+    for section in Section::ALL {
+        let key = section.key();
+        let configured = generated.sections.iter().find(|(s, _)| *s == section);
+        filters.push(match configured {
+            Some((_, config)) => wasm_filter_entry(
+                key,
+                &format!("{}/{key}.wasm", artifacts.wasm_dir),
+                pretty(config),
+            ),
+            None => json!({
+                "name": format!("gateway.{key}"),
+                "typed_config": { "@type": NO_OP_TYPE },
+            }),
+        });
+    }
+    for filter in filters {
+        let name = filter["name"].as_str().unwrap_or_default().to_string();
+        let extension = json!({ "name": name, "typed_config": filter["typed_config"] });
+        files.push((
+            format!("{name}.json"),
+            resources(
+                vec![extension],
+                "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            ),
+        ));
+    }
+    files
+}
+
+/// The listeners of the document (or one on :8080) with `manager`, and
+/// the admin address.
+fn with_listeners(generated: &Generated, manager: &Value) -> Value {
     let document = &generated.document;
-    let manager = connection_manager(generated, host, artifacts);
     let default_listener = [Listener {
         name: "http".into(),
         address: "0.0.0.0:8080".into(),
@@ -614,9 +794,8 @@ pub fn bootstrap(generated: &Generated, host: Host, artifacts: &Artifacts) -> Va
         "static_resources": {
             "listeners": listeners
                 .iter()
-                .map(|l| listener(l, &manager, document.gateway.buffer_limit_bytes))
+                .map(|l| listener(l, manager, document.gateway.buffer_limit_bytes))
                 .collect::<Vec<_>>(),
-            "clusters": document.backends.iter().map(cluster).collect::<Vec<_>>(),
         },
     });
     if let Some(admin) = &document.gateway.admin {

@@ -1,6 +1,7 @@
-//! gatewayctl: `check` and `build` an apis.yaml, `sign` a request.
+//! gatewayctl: `check`, `build` and `publish` an apis.yaml, `sign` a request.
 
 use gatewayctl::envoy::{Artifacts, Host};
+use gatewayctl::publish;
 use gatewayctl::source::Source;
 use gatewayctl::{EXIT_INVALID, EXIT_OUTPUT, EXIT_USAGE};
 use std::process::ExitCode;
@@ -10,12 +11,22 @@ const USAGE: &str = "usage: gatewayctl COMMAND ...
   check FILE                 read FILE (apis.yaml), expand it and check every
                              generated policy with the filters' own parsers
   build FILE [-o OUT] [--chain | --native] [--istio [--namespace NS]]
-             [--wasm-dir DIR] [--native-module PATH]
+             [--dynamic DIR] [--wasm-dir DIR] [--native-module PATH]
                              write the Envoy bootstrap (default: every policy in
                              the gateway module gateway.wasm; --chain: one filter
                              per policy; --native: the native libgateway.so);
                              --istio: an EnvoyFilter for the Istio ingress gateway
-                             (the policies and the clusters they call)
+                             (the policies and the clusters they call);
+                             --dynamic: routes, clusters and policies read from
+                             DIR, where `publish` puts them (no restart)
+  publish FILE --dir DIR [--author NAME] [-m MESSAGE] [--wasm-dir DIR]
+             [--native-module PATH]
+                             check FILE and make it the next version in DIR,
+                             which the Envoys of `build --dynamic DIR` read at once
+  history --dir DIR          the versions published in DIR, the current one marked
+  rollback --dir DIR [VERSION] [--author NAME] [-m MESSAGE]
+                             publish VERSION (default: the one before the
+                             current) again, as a new version
   import OPENAPI [-o OUT]     an OpenAPI 3.0/3.1 document (YAML or JSON) as an
                              apis.yaml; what cannot be translated is listed
                              with its JSON Pointer (on top of OUT and on stderr)
@@ -88,6 +99,7 @@ fn build(args: &[String]) -> ExitCode {
     let mut artifacts = Artifacts::default();
     let mut wasm_dir = None;
     let mut istio = false;
+    let mut dynamic = None;
     let mut placement = gatewayctl::istio::Placement::default();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -108,6 +120,7 @@ fn build(args: &[String]) -> ExitCode {
                 Ok(())
             }
             "--namespace" => value("--namespace").map(|v| placement.namespace = v),
+            "--dynamic" => value("--dynamic").map(|v| dynamic = Some(v)),
             "--native-module" => value("--native-module").map(|v| artifacts.native_module = v),
             other if !other.starts_with('-') && file.is_none() => {
                 file = Some(other.to_string());
@@ -122,6 +135,9 @@ fn build(args: &[String]) -> ExitCode {
     let Some(file) = file else {
         return usage_error("build needs a FILE");
     };
+    if istio && dynamic.is_some() {
+        return usage_error("--istio and --dynamic do not go together (istiod pushes Istio's)");
+    }
     let target = if istio {
         gatewayctl::generate::Target::Istio
     } else {
@@ -135,6 +151,8 @@ fn build(args: &[String]) -> ExitCode {
         // Where the gateway pods mount the modules.
         artifacts.wasm_dir = wasm_dir.unwrap_or_else(|| "/var/local/wasm".into());
         gatewayctl::build_istio(&generated, &file, host, &artifacts, &placement)
+    } else if let Some(dir) = dynamic {
+        gatewayctl::build_dynamic(&generated, &file, host, &dir)
     } else {
         if let Some(dir) = wasm_dir {
             artifacts.wasm_dir = dir;
@@ -153,6 +171,165 @@ fn build(args: &[String]) -> ExitCode {
                 ExitCode::from(EXIT_OUTPUT)
             }
         },
+    }
+}
+
+/// The options `publish`, `history` and `rollback` share.
+#[derive(Default)]
+struct PublishArgs {
+    dir: Option<String>,
+    positional: Option<String>,
+    signature: publish::Signature,
+    artifacts: Artifacts,
+}
+
+fn publish_args(command: &str, args: &[String]) -> Result<PublishArgs, String> {
+    let mut parsed = PublishArgs::default();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().cloned().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--dir" => parsed.dir = Some(value("--dir")?),
+            "--author" if command != "history" => {
+                parsed.signature.author = Some(value("--author")?)
+            }
+            "-m" | "--message" if command != "history" => {
+                parsed.signature.message = Some(value("-m")?)
+            }
+            "--wasm-dir" if command == "publish" => {
+                parsed.artifacts.wasm_dir = value("--wasm-dir")?
+            }
+            "--native-module" if command == "publish" => {
+                parsed.artifacts.native_module = value("--native-module")?
+            }
+            other if !other.starts_with('-') && parsed.positional.is_none() => {
+                parsed.positional = Some(other.to_string())
+            }
+            other => return Err(format!("unexpected argument `{other}`")),
+        }
+    }
+    if parsed.dir.is_none() {
+        return Err(format!("{command} needs --dir DIR"));
+    }
+    Ok(parsed)
+}
+
+/// Prints what a publish or rollback did; the exit code.
+fn report_published(result: Result<publish::Published, publish::PublishError>) -> ExitCode {
+    match result {
+        Ok(published) => {
+            let version = &published.version;
+            println!("version {}: {}", version.version, version.changes);
+            if published.needs_restart {
+                eprintln!(
+                    "warning: gateway: listeners, admin, timeouts, the buffer limit or whether CORS \
+                     is on changed; those are the bootstrap's: they take effect when each Envoy \
+                     restarts with a bootstrap from `gatewayctl build --dynamic`"
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err @ publish::PublishError::NoVersion(_)) => {
+            eprintln!("gatewayctl: {err}");
+            ExitCode::from(EXIT_INVALID)
+        }
+        Err(err) => {
+            eprintln!("gatewayctl: {err}");
+            ExitCode::from(EXIT_OUTPUT)
+        }
+    }
+}
+
+fn publish_command(args: &[String]) -> ExitCode {
+    let args = match publish_args("publish", args) {
+        Ok(args) => args,
+        Err(message) => return usage_error(&message),
+    };
+    let (Some(file), Some(dir)) = (args.positional, args.dir) else {
+        return usage_error("publish needs a FILE");
+    };
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        // `load` names the file and the reason.
+        return load(&file).err().unwrap_or(ExitCode::from(EXIT_INVALID));
+    };
+    let generated = match load(&file) {
+        Ok(generated) => generated,
+        Err(code) => return code,
+    };
+    let source = match Source::parse(&file, &text) {
+        Ok(source) => source,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let publication = publish::Publication {
+        generated: &generated,
+        source: &source,
+        text: &text,
+        artifacts: &args.artifacts,
+    };
+    report_published(publish::publish(
+        std::path::Path::new(&dir),
+        &publication,
+        args.signature,
+    ))
+}
+
+fn rollback_command(args: &[String]) -> ExitCode {
+    let args = match publish_args("rollback", args) {
+        Ok(args) => args,
+        Err(message) => return usage_error(&message),
+    };
+    let to = match args.positional.as_deref().map(str::parse::<u32>) {
+        None => None,
+        Some(Ok(version)) => Some(version),
+        Some(Err(_)) => return usage_error("VERSION is a number (see `gatewayctl history`)"),
+    };
+    let dir = args.dir.unwrap_or_default();
+    report_published(publish::rollback(
+        std::path::Path::new(&dir),
+        to,
+        args.signature,
+    ))
+}
+
+fn history_command(args: &[String]) -> ExitCode {
+    let args = match publish_args("history", args) {
+        Ok(args) if args.positional.is_none() => args,
+        Ok(_) => return usage_error("history takes only --dir DIR"),
+        Err(message) => return usage_error(&message),
+    };
+    let dir = args.dir.unwrap_or_default();
+    match publish::history(std::path::Path::new(&dir)) {
+        Ok((versions, current)) => {
+            println!("  VERSION  PUBLISHED             AUTHOR      CHANGES");
+            for version in versions {
+                let mark = if Some(version.version) == current {
+                    '*'
+                } else {
+                    ' '
+                };
+                let mut changes = version.changes.clone();
+                if let Some(to) = version.rollback_of {
+                    changes = format!("rollback to {to}: {changes}");
+                }
+                if let Some(message) = &version.message {
+                    changes = format!("{changes} ({message})");
+                }
+                println!(
+                    "{mark} {:>7}  {:<20}  {:<10}  {changes}",
+                    version.version,
+                    version.published,
+                    version.author.as_deref().unwrap_or("-"),
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("gatewayctl: {err}");
+            ExitCode::from(EXIT_OUTPUT)
+        }
     }
 }
 
@@ -216,6 +393,9 @@ fn main() -> ExitCode {
         "check" => check(rest),
         "build" => build(rest),
         "import" => import(rest),
+        "publish" => publish_command(rest),
+        "history" => history_command(rest),
+        "rollback" => rollback_command(rest),
         "sign" => gatewayctl::sign::main(rest.iter().cloned(), "gatewayctl sign"),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");

@@ -162,3 +162,105 @@ fn import_writes_an_apis_yaml_and_lists_what_it_left_out() {
         format!("{swagger}:1: openapi: Swagger 2.0 is not read: convert it to OpenAPI 3 first\n")
     );
 }
+
+#[test]
+fn publish_history_and_rollback_keep_versions_and_a_bad_document_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let published = dir.path().join("published").display().to_string();
+    let file = dir.path().join("apis.yaml").display().to_string();
+    let document = |apis: &str| {
+        format!(
+            "version: 1\nbackends: [ {{ name: b, endpoints: [\"127.0.0.1:1\"] }} ]\napis:\n{apis}"
+        )
+    };
+    let a = "  - { name: a, path: /a, backend: b, auth: anonymous }\n";
+    let b = "  - { name: b, path: /b, backend: b, auth: anonymous }\n";
+    std::fs::write(&file, document(a)).expect("write");
+    let first = gatewayctl(&["publish", &file, "--dir", &published, "--author", "ann"]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout),
+        "version 1: first version: 1 APIs\n"
+    );
+    std::fs::write(&file, document(&format!("{a}{b}"))).expect("write");
+    let second = gatewayctl(&["publish", &file, "--dir", &published, "-m", "add b"]);
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout),
+        "version 2: apis +b\n"
+    );
+
+    // A document with an error: exit 1, the error, and no version 3.
+    std::fs::write(
+        &file,
+        document("  - { name: c, path: /c, backend: nope, auth: anonymous }\n"),
+    )
+    .expect("write");
+    let refused = gatewayctl(&["publish", &file, "--dir", &published]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(
+        stderr(&refused),
+        format!("{file}:4: apis[0] (c): backend: `nope` names no backend\n")
+    );
+    let link = std::fs::read_link(dir.path().join("published/..data")).expect("..data");
+    assert_eq!(link, std::path::Path::new("versions/000002"));
+
+    let rolled = gatewayctl(&["rollback", "--dir", &published, "--author", "bob"]);
+    assert_eq!(rolled.status.code(), Some(0), "{}", stderr(&rolled));
+    assert_eq!(
+        String::from_utf8_lossy(&rolled.stdout),
+        "version 3: apis -b\n"
+    );
+    let history = gatewayctl(&["history", "--dir", &published]);
+    let text = String::from_utf8_lossy(&history.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[1].starts_with("        1  20")
+            && lines[1].ends_with("ann         first version: 1 APIs"),
+        "{text}"
+    );
+    assert!(lines[2].ends_with("-           apis +b (add b)"), "{text}");
+    assert!(
+        lines[3].starts_with("*       3  ")
+            && lines[3].ends_with("bob         rollback to 1: apis -b"),
+        "{text}"
+    );
+
+    let unknown = gatewayctl(&["rollback", "--dir", &published, "9"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("there is no version 9"),
+        "{}",
+        stderr(&unknown)
+    );
+    let usage = gatewayctl(&["publish", &file]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(
+        stderr(&usage).contains("publish needs --dir DIR"),
+        "{}",
+        stderr(&usage)
+    );
+}
+
+#[test]
+fn build_dynamic_reads_routes_clusters_and_policies_from_the_directory() {
+    let output = gatewayctl(&[
+        "build",
+        "examples/shop.yaml",
+        "--dynamic",
+        "/etc/gateway/published",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        "path: /etc/gateway/published/routes.json",
+        "path: /etc/gateway/published/clusters.json",
+        "path: /etc/gateway/published/gateway.gateway.json",
+        "route_config_name: gateway",
+    ] {
+        assert!(text.contains(expected), "no `{expected}` in\n{text}");
+    }
+    assert!(!text.contains("static_resources:\n  clusters"), "{text}");
+    let istio = gatewayctl(&["build", "examples/shop.yaml", "--dynamic", "d", "--istio"]);
+    assert_eq!(istio.status.code(), Some(2));
+}

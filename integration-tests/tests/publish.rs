@@ -1,0 +1,247 @@
+//! `gatewayctl publish` and `rollback` on a running Envoy: a bootstrap from
+//! `build --dynamic DIR` (the chain of single filters with no env, the
+//! gateway module with GATEWAY_MODULE=1, the native module with
+//! GATEWAY_NATIVE=1), started, and under continuous load from several
+//! connections given new versions of its document: each change is seen
+//! within 2 s, no request of the load fails, and the quota counts stay.
+
+use gatewayctl::envoy::{Artifacts, Host};
+use gatewayctl::publish::{self, Publication, Signature};
+use gatewayctl::source::Source;
+use integration_tests::echo::EchoServer;
+use integration_tests::envoy::{
+    module_mode, native_mode, start_yaml, validate, wasm_module, Envoy,
+};
+use integration_tests::http;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+fn host() -> Host {
+    if native_mode() {
+        Host::Native
+    } else if module_mode() {
+        Host::Module
+    } else {
+        Host::Chain
+    }
+}
+
+fn artifacts() -> Artifacts {
+    Artifacts {
+        wasm_dir: wasm_module("gateway")
+            .parent()
+            .expect("wasm dir")
+            .display()
+            .to_string(),
+        native_module: integration_tests::envoy::native_module()
+            .display()
+            .to_string(),
+    }
+}
+
+/// The document of the test: `hello` and `search` always, what `extra`
+/// adds, the quota `few` at `limit`, `search`'s `q` at most `max_q` long.
+fn document(backend: u16, limit: u32, max_q: u32, extra: &str) -> String {
+    format!(
+        "version: 1
+gateway:
+  admin: 127.0.0.1:0
+  listeners: [ {{ name: http, address: 127.0.0.1:0 }} ]
+backends:
+  - {{ name: backend, endpoints: [127.0.0.1:{backend}] }}
+policies:
+  - name: few
+    quota: {{ key: client_ip, limit: {limit}, window: 1h }}
+apis:
+  - {{ name: hello, method: GET, path: /hello, backend: backend, auth: anonymous }}
+  - name: search
+    method: GET
+    path: /search
+    backend: backend
+    auth: anonymous
+    parameters: [ {{ name: q, in: query, required: true, max_length: {max_q} }} ]
+  - {{ name: limited, method: GET, path: /limited, backend: backend, auth: anonymous, policies: [few] }}
+{extra}"
+    )
+}
+
+const BYE: &str = "  - { name: bye, method: GET, path: /bye, backend: backend, auth: anonymous }\n";
+
+fn publish(dir: &Path, text: &str, message: &str) -> publish::Published {
+    let source = Source::parse("apis.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+    let generated = gatewayctl::load(&source).unwrap_or_else(|errors| {
+        panic!(
+            "{}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    let publication = Publication {
+        generated: &generated,
+        source: &source,
+        text,
+        artifacts: &artifacts(),
+    };
+    let signature = Signature {
+        author: Some("test".into()),
+        message: Some(message.into()),
+    };
+    publish::publish(dir, &publication, signature).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn status(envoy: &Envoy, path: &str) -> u16 {
+    let url = format!("http://127.0.0.1:{}{path}", envoy.listener_port("http"));
+    http::get(&url, &[]).map_or(0, |response| response.status)
+}
+
+/// How long until `path` answers `expected` (panics after 2 s).
+fn seen_within_2s(envoy: &Envoy, path: &str, expected: u16) -> Duration {
+    let start = Instant::now();
+    loop {
+        if status(envoy, path) == expected {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{path} did not answer {expected} within 2 s: {}",
+            envoy.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Requests on `connections` kept-alive connections until `stop`; every
+/// answer that is not 200 (or no answer) is kept.
+fn load(
+    envoy: &Envoy,
+    connections: usize,
+    stop: &AtomicBool,
+    failures: &Mutex<Vec<String>>,
+) -> usize {
+    let port = envoy.listener_port("http");
+    thread::scope(|scope| {
+        let workers: Vec<_> = (0..connections)
+            .map(|i| {
+                scope.spawn(move || {
+                    let agent = http::agent();
+                    let path = if i % 2 == 0 {
+                        "/hello"
+                    } else {
+                        "/search?q=abc"
+                    };
+                    let url = format!("http://127.0.0.1:{port}{path}");
+                    let mut sent = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        sent += 1;
+                        match http::send(&agent, "GET", &url, &[], None) {
+                            Ok(response) if response.status == 200 => {}
+                            Ok(response) => failures.lock().unwrap().push(format!(
+                                "{path}: {} {}",
+                                response.status,
+                                response.text()
+                            )),
+                            Err(err) => failures.lock().unwrap().push(format!("{path}: {err}")),
+                        }
+                    }
+                    sent
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("load")).sum()
+    })
+}
+
+#[test]
+fn publishes_and_a_rollback_take_effect_under_load_without_a_failed_request() {
+    let backend = EchoServer::start("backend").expect("echo");
+    let port = backend.port();
+    let dir = tempfile::tempdir().expect("dir");
+    let dir_name = dir.path().display().to_string();
+
+    let first = publish(dir.path(), &document(port, 5, 3, ""), "first");
+    assert_eq!(first.version.version, 1);
+    let source = Source::parse("apis.yaml", &document(port, 5, 3, "")).expect("parse");
+    let generated = gatewayctl::load(&source).expect("load");
+    let bootstrap = gatewayctl::build_dynamic(&generated, "apis.yaml", host(), &dir_name);
+    let (ok, output) = validate(&bootstrap, "yaml");
+    assert!(
+        ok,
+        "the dynamic bootstrap is refused:\n{output}\n{bootstrap}"
+    );
+    let envoy = start_yaml(&bootstrap, 2);
+    assert_eq!(status(&envoy, "/hello"), 200, "{}", envoy.log());
+    assert_eq!(status(&envoy, "/bye"), 404);
+    for _ in 0..5 {
+        assert_eq!(status(&envoy, "/limited"), 200);
+    }
+    assert_eq!(status(&envoy, "/limited"), 429);
+    assert_eq!(status(&envoy, "/search?q=abcdef"), 400);
+
+    let stop = AtomicBool::new(false);
+    let failures = Mutex::new(Vec::new());
+    let mut seen = Vec::new();
+    let sent = thread::scope(|scope| {
+        let load = scope.spawn(|| load(&envoy, 4, &stop, &failures));
+        thread::sleep(Duration::from_millis(300));
+
+        // A new API.
+        publish(dir.path(), &document(port, 5, 3, BYE), "add bye");
+        seen.push(("a new API", seen_within_2s(&envoy, "/bye", 200)));
+        // A quota raised: the 5 calls counted stay counted, 3 more pass.
+        publish(dir.path(), &document(port, 8, 3, BYE), "more quota");
+        seen.push(("a quota", seen_within_2s(&envoy, "/limited", 200)));
+        assert_eq!(status(&envoy, "/limited"), 200);
+        assert_eq!(status(&envoy, "/limited"), 200);
+        assert_eq!(
+            status(&envoy, "/limited"),
+            429,
+            "the counts survive a publish"
+        );
+        // A policy's configuration: longer queries pass.
+        publish(dir.path(), &document(port, 8, 10, BYE), "longer q");
+        seen.push(("a policy", seen_within_2s(&envoy, "/search?q=abcdef", 200)));
+        // An API removed.
+        let removed = publish(dir.path(), &document(port, 8, 10, ""), "remove bye");
+        assert_eq!(removed.version.changes, "apis -bye");
+        seen.push(("an API removed", seen_within_2s(&envoy, "/bye", 404)));
+        // Rolled back to the version before: bye is back.
+        let rolled = publish::rollback(dir.path(), None, Signature::default()).expect("rollback");
+        assert_eq!(rolled.version.rollback_of, Some(4));
+        assert_eq!(rolled.version.changes, "apis +bye");
+        seen.push(("a rollback", seen_within_2s(&envoy, "/bye", 200)));
+
+        thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        load.join().expect("load")
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed during the publishes: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(sent > 100, "only {sent} requests under load");
+    eprintln!("{sent} requests under load, none failed; seen after: {seen:?}");
+
+    let (versions, current) = publish::history(dir.path()).expect("history");
+    assert_eq!(current, Some(6));
+    let changes: Vec<&str> = versions.iter().map(|v| v.changes.as_str()).collect();
+    assert_eq!(
+        changes,
+        [
+            "first version: 3 APIs",
+            "apis +bye",
+            "policies ~few",
+            "apis ~search",
+            "apis -bye",
+            "apis +bye",
+        ]
+    );
+}
