@@ -245,3 +245,79 @@ fn publishes_and_a_rollback_take_effect_under_load_without_a_failed_request() {
         ]
     );
 }
+
+#[test]
+fn a_route_published_before_its_policies_reach_the_filters_needs_credentials() {
+    let backend = EchoServer::start("backend").expect("echo");
+    let dir = tempfile::tempdir().expect("dir");
+    let dir_name = dir.path().display().to_string();
+    let document = |extra: &str| {
+        format!(
+            "version: 1
+gateway:
+  admin: 127.0.0.1:0
+  listeners: [ {{ name: http, address: 127.0.0.1:0 }} ]
+backends:
+  - {{ name: backend, endpoints: [127.0.0.1:{}] }}
+apps:
+  - {{ key: \"203751\", name: web, secrets: [s1] }}
+apis:
+  - {{ name: hello, method: GET, path: /hello, backend: backend, auth: anonymous }}
+  - {{ name: orders, method: GET, path: /orders, backend: backend, auth: app }}
+{extra}",
+            backend.port()
+        )
+    };
+    let first = document("");
+    publish(dir.path(), &first, "first");
+    let source = Source::parse("apis.yaml", &first).expect("parse");
+    let bootstrap = gatewayctl::build_dynamic(
+        &gatewayctl::load(&source).expect("load"),
+        "apis.yaml",
+        host(),
+        &dir_name,
+    );
+    let envoy = start_yaml(&bootstrap, 2);
+    assert_eq!(status(&envoy, "/hello"), 200, "{}", envoy.log());
+    assert_eq!(status(&envoy, "/orders"), 401);
+    assert_eq!(status(&envoy, "/reports"), 404);
+
+    // The moment of a swap when Envoy has the new route table and not yet
+    // the new policies: the next version's routes alone.
+    let next = document(
+        "  - { name: reports, method: GET, path: /reports, backend: backend, auth: app }\n",
+    );
+    let source = Source::parse("apis.yaml", &next).expect("parse");
+    let resources = gatewayctl::envoy::dynamic_resources(
+        &gatewayctl::load(&source).expect("load"),
+        &artifacts(),
+    );
+    let (_, routes) = resources
+        .iter()
+        .find(|(file, _)| file == gatewayctl::envoy::ROUTES_FILE)
+        .expect("routes");
+    let current = dir.path().join("versions/000001");
+    std::fs::write(current.join("routes.json.tmp"), routes.to_string()).expect("write");
+    std::fs::rename(current.join("routes.json.tmp"), current.join("routes.json")).expect("move");
+    // Envoy reads the directory again when an entry is moved into it.
+    std::fs::write(dir.path().join(".touch.tmp"), "").expect("write");
+    std::fs::rename(dir.path().join(".touch.tmp"), dir.path().join(".touch")).expect("move");
+    let start = Instant::now();
+    while status(&envoy, "/reports") == 404 {
+        assert!(start.elapsed() < Duration::from_secs(2), "{}", envoy.log());
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        status(&envoy, "/reports"),
+        401,
+        "a route sign-auth does not know needs credentials"
+    );
+    assert_eq!(status(&envoy, "/hello"), 200);
+    assert!(
+        backend
+            .requests()
+            .iter()
+            .all(|seen| seen.path != "/reports"),
+        "the new API was reached unchecked"
+    );
+}

@@ -134,6 +134,14 @@ pub struct Generated {
     pub warnings: Vec<String>,
 }
 
+/// The route answering a request no API matches.
+const NOT_FOUND_ROUTE: &str = "gateway.no-such-api";
+
+/// The route answering an API's unknown stage.
+fn unknown_stage_route(api: &str) -> String {
+    format!("{api}.unknown-stage")
+}
+
 /// A name the filters can carry into metrics: 1-64 letters, digits, `-`, `_`.
 fn is_name(name: &str) -> bool {
     name.len() <= 64 && gateway_common::config::is_header_name(name)
@@ -900,7 +908,7 @@ impl Generator<'_> {
         }
         if !api.stages.is_empty() {
             routes.push(route(
-                format!("{}.unknown-stage", api.api.name),
+                unknown_stage_route(&api.api.name),
                 StageMatch::Unknown,
                 error_response(404, "S404ST", "No Such Stage"),
             ));
@@ -930,7 +938,7 @@ impl Generator<'_> {
     /// A request no API matches: 404 in the gateway's error shape.
     fn add_not_found(&mut self) {
         self.routes.push(Route {
-            name: "gateway.no-such-api".into(),
+            name: NOT_FOUND_ROUTE.into(),
             path: PathKind::Prefix("/".into()),
             method: None,
             stage: StageMatch::Any,
@@ -938,6 +946,39 @@ impl Generator<'_> {
             action: error_response(404, "S404NF", "No Such API"),
             mirror: None,
         });
+    }
+
+    /// With policies matched by Envoy's route names, sign-auth lets a call
+    /// in without credentials only on the routes it knows to take them:
+    /// every API without an app mode gets a rule taking anonymous calls, the
+    /// not-found and unknown-stage answers another, and a route sign-auth
+    /// does not know (one published a moment before its policies reach the
+    /// filters, see docs/publishing.md) needs credentials.
+    fn admit_known_routes(&self, apis: &[ResolvedApi], sign_auth: &mut Vec<Value>) {
+        let with_rule: Vec<String> = sign_auth
+            .iter()
+            .filter_map(|rule| rule["name"].as_str().map(String::from))
+            .collect();
+        for api in apis {
+            if !with_rule.contains(&api.api.name) {
+                sign_auth.push(json!({
+                    "name": api.api.name,
+                    "match": self.api_match(api),
+                    "anonymous": true,
+                }));
+            }
+        }
+        let mut answers = vec![NOT_FOUND_ROUTE.to_string()];
+        answers.extend(
+            apis.iter()
+                .filter(|api| !api.stages.is_empty())
+                .map(|api| unknown_stage_route(&api.api.name)),
+        );
+        sign_auth.push(json!({
+            "name": "gateway-answers",
+            "match": { "route_names": answers },
+            "anonymous": true,
+        }));
     }
 
     /// The `match` of an API in every section, and where its parts came from.
@@ -1159,6 +1200,11 @@ impl Generator<'_> {
                 );
             }
         }
+        if self.match_by == MatchBy::Route {
+            if let Some(sign_auth) = rules.get_mut(&Section::SignAuth) {
+                self.admit_known_routes(apis, sign_auth);
+            }
+        }
         for section in Section::ALL {
             let settings = self.settings(section).cloned();
             let section_rules = rules.remove(&section);
@@ -1182,7 +1228,10 @@ impl Generator<'_> {
             );
             if section == Section::SignAuth {
                 config.insert("apps".into(), Value::Array(doc.apps.clone()));
-                config.entry("anonymous").or_insert(Value::Bool(true));
+                // See `admit_known_routes`.
+                config
+                    .entry("anonymous")
+                    .or_insert(Value::Bool(self.match_by == MatchBy::Request));
                 self.provenance.add("sign_auth.apps", "apps");
             }
             if has_client_address(section) && !config.contains_key("client_address") {

@@ -344,16 +344,23 @@ apis:
     assert_eq!(keys, ["sign_auth", "throttling"]);
     let sign_auth = section(&generated, Section::SignAuth);
     assert_eq!(
-        sign_auth["anonymous"], true,
-        "APIs with no rule are anonymous"
+        sign_auth["anonymous"], false,
+        "a route sign-auth does not know needs credentials"
     );
     assert_eq!(
         sign_auth["rules"],
         json!([
             {"name": "a", "match": {"route_names": ["a"], "path": {"template": "/a/{id}"}}, "modes": ["app"]},
             {"name": "b", "match": {"route_names": ["b"]}, "apps": ["203751"], "modes": ["app"]},
+            {"name": "c", "match": {"route_names": ["c"]}, "anonymous": true},
+            {"name": "gateway-answers", "match": {"route_names": ["gateway.no-such-api"]}, "anonymous": true},
         ])
     );
+    // Matched by method and path, a request no rule matches is anonymous.
+    let by_request = self::generated(&text.replace("gateway:\n", "gateway:\n  match: request\n"));
+    let sign_auth = section(&by_request, Section::SignAuth);
+    assert_eq!(sign_auth["anonymous"], true);
+    assert_eq!(sign_auth["rules"].as_array().map(Vec::len), Some(2));
     let throttling = section(&generated, Section::Throttling);
     assert_eq!(throttling["rules"][1]["name"], "b_per-app");
     assert_eq!(throttling["rules"][1]["limit"], 10);
@@ -384,6 +391,7 @@ fn auth_lists_become_sign_auth_modes_with_their_options() {
              "apps": ["203751"], "appcode_query": "AppCode", "require_tls": true},
             {"name": "b", "match": {"route_names": ["b"]}, "modes": ["basic"], "anonymous": true},
             {"name": "c", "match": {"route_names": ["c"]}, "modes": ["app"]},
+            {"name": "gateway-answers", "match": {"route_names": ["gateway.no-such-api"]}, "anonymous": true},
         ])
     );
 }
