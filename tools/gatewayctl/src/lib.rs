@@ -3,6 +3,7 @@
 //! complete Envoy bootstrap; and sign requests for sign-auth.
 
 pub mod check;
+pub mod ecma;
 pub mod envoy;
 pub mod format;
 pub mod generate;

@@ -27,9 +27,13 @@ const USAGE: &str = "usage: gatewayctl COMMAND ...
   rollback --dir DIR [VERSION] [--author NAME] [-m MESSAGE]
                              publish VERSION (default: the one before the
                              current) again, as a new version
-  import OPENAPI [-o OUT]     an OpenAPI 3.0/3.1 document (YAML or JSON) as an
-                             apis.yaml; what cannot be translated is listed
-                             with its JSON Pointer (on top of OUT and on stderr)
+  import OPENAPI [-o OUT] [--strict]
+                             an OpenAPI 3.0/3.1 document (YAML or JSON) as an
+                             apis.yaml; what cannot be translated is carried as
+                             closely as it safely can or left out, and listed
+                             with its JSON Pointer (on top of OUT and on stderr);
+                             an operation that cannot be imported is left out
+                             (--strict: the import fails instead)
   sign ...                   sign a request for sign-auth (`gatewayctl sign --help`)
 
 Exit codes: 0 success, 1 the input has errors (each printed as
@@ -334,53 +338,61 @@ fn history_command(args: &[String]) -> ExitCode {
 }
 
 fn import(args: &[String]) -> ExitCode {
-    let (file, out) = match args {
-        [file] => (file, None),
-        [file, flag, out] if flag == "-o" || flag == "--output" => (file, Some(out)),
-        _ => return usage_error("import takes OPENAPI [-o OUT]"),
+    let mut file = None;
+    let mut out = None;
+    let mut strict = false;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-o" | "--output" => match args.next() {
+                Some(path) => out = Some(path.clone()),
+                None => return usage_error("-o needs a value"),
+            },
+            "--strict" => strict = true,
+            other if !other.starts_with('-') && file.is_none() => file = Some(other.to_string()),
+            _ => return usage_error("import takes OPENAPI [-o OUT] [--strict]"),
+        }
+    }
+    let Some(file) = file else {
+        return usage_error("import takes OPENAPI [-o OUT] [--strict]");
     };
-    let source = match Source::read(file) {
+    let source = match Source::read(&file) {
         Ok(source) => source,
         Err(err) => {
             eprintln!("{err}");
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let imported = match gatewayctl::openapi::import(&source) {
-        Ok(imported) => imported,
+    // The result must itself check; its errors name the imported file.
+    let name = out.as_deref().unwrap_or("the imported document");
+    let checked = match gatewayctl::openapi::import_checked(&source, name, strict) {
+        Ok(checked) => checked,
         Err(err) => {
             eprintln!("{err}");
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    for line in &imported.untranslated {
+    for line in &checked.imported.untranslated {
         eprintln!("not translated: {file}: {line}");
     }
-    let text = gatewayctl::openapi::to_apis_yaml(&imported, file);
-    // The result must itself check; its errors name the imported file.
-    let name = out.map_or("the imported document", String::as_str);
-    let checked = Source::parse(name, &text)
-        .map_err(|err| vec![err])
-        .and_then(|source| gatewayctl::load(&source).map(drop));
-    let written = match out {
+    let written = match &out {
         None => {
-            print!("{text}");
+            print!("{}", checked.text);
             Ok(())
         }
-        Some(path) => std::fs::write(path, &text),
+        Some(path) => std::fs::write(path, &checked.text),
     };
     if let Err(err) = written {
         eprintln!("gatewayctl: {name}: cannot be written: {err}");
         return ExitCode::from(EXIT_OUTPUT);
     }
-    match checked {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(errors) => {
-            for err in errors {
-                eprintln!("{err}");
-            }
-            ExitCode::from(EXIT_INVALID)
+    if checked.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for err in checked.errors {
+            eprintln!("{err}");
         }
+        ExitCode::from(EXIT_INVALID)
     }
 }
 

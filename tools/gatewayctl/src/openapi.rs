@@ -33,6 +33,8 @@ pub struct Imported {
     pub document: Value,
     /// `#/json/pointer: what was left out and why`.
     pub untranslated: Vec<String>,
+    /// The JSON Pointer of the operation each API comes from.
+    pub origins: Vec<String>,
 }
 
 /// A JSON Pointer reference token: `~` as `~0`, `/` as `~1`.
@@ -73,8 +75,32 @@ impl<'a> Importer<'a> {
     fn note(&mut self, parts: &[&str], message: impl AsRef<str>) {
         // Written as comment lines: a newline from the document stays text.
         let note = format!("{}: {}", pointer(parts), message.as_ref());
-        self.untranslated
-            .push(note.replace('\r', "\\r").replace('\n', "\\n"));
+        let note = note.replace('\r', "\\r").replace('\n', "\\n");
+        // A path-level parameter is read once per operation.
+        if !self.untranslated.contains(&note) {
+            self.untranslated.push(note);
+        }
+    }
+
+    /// `values` with each kept once (JSON Schema wants an `enum` without
+    /// repeats); what was repeated is noted.
+    fn once_each(&mut self, at: &[&str], values: Vec<Value>) -> Vec<Value> {
+        let mut kept: Vec<Value> = Vec::with_capacity(values.len());
+        let mut repeated = Vec::new();
+        for value in values {
+            if kept.contains(&value) {
+                repeated.push(value.to_string());
+            } else {
+                kept.push(value);
+            }
+        }
+        if !repeated.is_empty() {
+            self.note(
+                at,
+                format!("repeats {}: each value is kept once", repeated.join(", ")),
+            );
+        }
+        kept
     }
 
     fn error(&self, parts: &[&str], message: impl Into<String>) -> SourceError {
@@ -113,8 +139,16 @@ impl<'a> Importer<'a> {
     }
 }
 
-/// Reads the OpenAPI document of `source`.
+/// Reads the OpenAPI document of `source`: what cannot be carried exactly
+/// is carried as closely as it safely can or left out, and noted; an
+/// operation that cannot be imported at all is left out with a note.
 pub fn import(source: &Source) -> Result<Imported, SourceError> {
+    import_with(source, false)
+}
+
+/// [`import`], or with `strict` the first operation that cannot be
+/// imported is an error.
+pub fn import_with(source: &Source, strict: bool) -> Result<Imported, SourceError> {
     let root = &source.value;
     let version = root.get("openapi").and_then(Value::as_str).unwrap_or("");
     if !(version.starts_with("3.0") || version.starts_with("3.1")) {
@@ -161,6 +195,7 @@ pub fn import(source: &Source) -> Result<Imported, SourceError> {
     };
     let base_path = importer.base_path();
     let mut apis = Vec::new();
+    let mut origins = Vec::new();
     let mut names = BTreeSet::new();
     let empty = Map::new();
     let paths = root
@@ -190,7 +225,7 @@ pub fn import(source: &Source) -> Result<Imported, SourceError> {
                 continue;
             };
             let at = ["paths", path.as_str(), method];
-            if let Some(api) = importer.operation(
+            let api = importer.operation(
                 &at,
                 item,
                 operation,
@@ -198,8 +233,23 @@ pub fn import(source: &Source) -> Result<Imported, SourceError> {
                 backend.as_deref(),
                 default_auth.as_deref(),
                 &mut names,
-            )? {
-                apis.push(api);
+            );
+            match api {
+                Ok(Some(api)) => {
+                    apis.push(api);
+                    origins.push(pointer(&at));
+                }
+                Ok(None) => {}
+                Err(err) if !strict => {
+                    let within = err.path.strip_prefix(&pointer(&at)).unwrap_or(&err.path);
+                    let within = if within.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (at {within})")
+                    };
+                    importer.note(&at, format!("operation left out: {}{within}", err.message));
+                }
+                Err(err) => return Err(err),
             }
         }
     }
@@ -209,13 +259,84 @@ pub fn import(source: &Source) -> Result<Imported, SourceError> {
         }
     }
     if apis.is_empty() {
-        return Err(importer.error(&["paths"], "no operation to import"));
+        let left_out = importer
+            .untranslated
+            .iter()
+            .find(|note| note.contains(": operation left out: "));
+        let message = match left_out {
+            Some(note) => format!("no operation could be imported: {note}"),
+            None => "no operation to import".into(),
+        };
+        return Err(importer.error(&["paths"], message));
     }
     document.insert("apis".into(), Value::Array(apis));
     Ok(Imported {
         document: Value::Object(document),
         untranslated: importer.untranslated,
+        origins,
     })
+}
+
+/// An import as an apis.yaml, checked as `check` does.
+pub struct Checked {
+    pub imported: Imported,
+    /// The apis.yaml text.
+    pub text: String,
+    /// What the check found (none: the import checks).
+    pub errors: Vec<SourceError>,
+}
+
+/// Imports `source` and checks the result (named `name` in errors). Unless
+/// `strict`, an API the check refuses is left out with a note naming the
+/// reason and the rest is checked again, so a valid document always gives
+/// an apis.yaml that checks, with as many of its operations as can be.
+pub fn import_checked(source: &Source, name: &str, strict: bool) -> Result<Checked, SourceError> {
+    let mut imported = import_with(source, strict)?;
+    loop {
+        let text = to_apis_yaml(&imported, &source.file);
+        let errors = match Source::parse(name, &text) {
+            Ok(checked) => crate::load(&checked).err().unwrap_or_default(),
+            Err(error) => vec![error],
+        };
+        let refused: BTreeMap<usize, &SourceError> = errors
+            .iter()
+            .filter_map(|error| Some((api_index(&error.path)?, error)))
+            .collect();
+        let apis = imported.document["apis"].as_array().map_or(0, Vec::len);
+        if errors.is_empty() || strict || refused.len() != errors.len() || refused.len() == apis {
+            return Ok(Checked {
+                imported,
+                text,
+                errors,
+            });
+        }
+        let notes: Vec<(usize, String)> = refused
+            .iter()
+            .map(|(index, error)| {
+                let within = error.path.split_once("): ").map(|(_, rest)| rest);
+                let why = match within {
+                    Some(field) => format!("{} (at {field})", error.message),
+                    None => error.message.clone(),
+                };
+                (*index, why)
+            })
+            .collect();
+        for (index, why) in notes.into_iter().rev() {
+            if let Some(apis) = imported.document["apis"].as_array_mut() {
+                apis.remove(index);
+            }
+            let origin = imported.origins.remove(index);
+            imported
+                .untranslated
+                .push(format!("{origin}: operation left out: {why}"));
+        }
+    }
+}
+
+/// The index of the API an error's path is in (`apis[3] (name)…`).
+fn api_index(path: &str) -> Option<usize> {
+    let rest = path.strip_prefix("apis[")?;
+    rest[..rest.find(']')?].parse().ok()
 }
 
 impl Importer<'_> {
@@ -585,6 +706,13 @@ impl Importer<'_> {
             schema_at.push("schema");
             let schema = self.inline_schema(&schema_at, schema, 0)?;
             self.constraints(&schema_at, &schema, &mut out, true);
+            if place == "path" && out.remove("default").is_some() {
+                schema_at.push("default");
+                self.note(
+                    &schema_at,
+                    format!("`{name}` is a path variable, which always has a value: its default is left out"),
+                );
+            }
         }
         Ok(Some(Value::Object(out)))
     }
@@ -700,14 +828,23 @@ impl Importer<'_> {
             }
         }
         if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
-            out.insert("pattern".into(), json!(pattern));
+            match crate::ecma::translate(pattern) {
+                Ok(pattern) => {
+                    out.insert("pattern".into(), json!(pattern));
+                }
+                Err(why) => self.note(
+                    &[at, &["pattern"]].concat(),
+                    format!("`{pattern}` is not checked: {why}"),
+                ),
+            }
         }
         if let Some(values) = schema.get("enum").and_then(Value::as_array) {
-            let values: Vec<Value> = values
+            let texts = values
                 .iter()
                 .filter(|v| !v.is_null())
                 .map(|v| json!(scalar_text(v)))
                 .collect();
+            let values = self.once_each(&[at, &["enum"]].concat(), texts);
             out.insert("enum".into(), Value::Array(values));
         }
         if let Some(constant) = schema.get("const") {
@@ -775,7 +912,7 @@ impl Importer<'_> {
     /// A schema with every `#/components/schemas/X` it reaches copied into
     /// `definitions` and its references pointed there; OpenAPI 3.0's
     /// `nullable` becomes a `null` type.
-    fn portable_schema(&self, at: &[&str], schema: &Value) -> Result<Value, SourceError> {
+    fn portable_schema(&mut self, at: &[&str], schema: &Value) -> Result<Value, SourceError> {
         let mut definitions = Map::new();
         let mut pending = Vec::new();
         let mut out = self.rewrite(at, schema, &mut pending)?;
@@ -818,7 +955,7 @@ impl Importer<'_> {
     /// A schema rewritten for draft 7; only keyword positions are touched
     /// (a property may be called `deprecated` or `$ref`).
     fn rewrite(
-        &self,
+        &mut self,
         at: &[&str],
         schema: &Value,
         pending: &mut Vec<String>,
@@ -828,6 +965,7 @@ impl Importer<'_> {
         };
         let mut out = Map::new();
         for (key, value) in object {
+            let key_at = [at, &[key.as_str()]].concat();
             match key.as_str() {
                 "$ref" => {
                     let reference = value.as_str().unwrap_or("");
@@ -846,19 +984,51 @@ impl Importer<'_> {
                 "example" | "examples" | "xml" | "externalDocs" | "discriminator"
                 | "deprecated" => {}
                 // Maps of names to schemas.
-                "properties" | "patternProperties" | "definitions" | "$defs"
-                | "dependentSchemas" => {
+                "properties" | "definitions" | "$defs" | "dependentSchemas" => {
                     let mut named = Map::new();
                     for (name, child) in value.as_object().into_iter().flatten() {
-                        named.insert(name.clone(), self.rewrite(at, child, pending)?);
+                        let child_at = [&key_at[..], &[name.as_str()]].concat();
+                        named.insert(name.clone(), self.rewrite(&child_at, child, pending)?);
                     }
                     out.insert(key.clone(), Value::Object(named));
+                }
+                // Patterns to schemas.
+                "patternProperties" => {
+                    let mut named = Map::new();
+                    for (pattern, child) in value.as_object().into_iter().flatten() {
+                        let child_at = [&key_at[..], &[pattern.as_str()]].concat();
+                        match crate::ecma::translate(pattern) {
+                            Ok(translated) => {
+                                named.insert(translated, self.rewrite(&child_at, child, pending)?);
+                            }
+                            Err(why) => self.note(
+                                &child_at,
+                                format!("the property pattern is not checked: {why}; left out"),
+                            ),
+                        }
+                    }
+                    out.insert(key.clone(), Value::Object(named));
+                }
+                "pattern" => match value.as_str().map(crate::ecma::translate) {
+                    Some(Ok(pattern)) => {
+                        out.insert(key.clone(), json!(pattern));
+                    }
+                    Some(Err(why)) => self.note(&key_at, format!("not checked: {why}")),
+                    None => {
+                        out.insert(key.clone(), value.clone());
+                    }
+                },
+                "enum" => {
+                    let values = value.as_array().cloned().unwrap_or_default();
+                    out.insert(key.clone(), Value::Array(self.once_each(&key_at, values)));
                 }
                 // Lists of schemas.
                 "allOf" | "anyOf" | "oneOf" | "prefixItems" => {
                     let mut items = Vec::new();
-                    for child in value.as_array().into_iter().flatten() {
-                        items.push(self.rewrite(at, child, pending)?);
+                    for (i, child) in value.as_array().into_iter().flatten().enumerate() {
+                        let index = i.to_string();
+                        let child_at = [&key_at[..], &[index.as_str()]].concat();
+                        items.push(self.rewrite(&child_at, child, pending)?);
                     }
                     out.insert(key.clone(), Value::Array(items));
                 }
@@ -872,7 +1042,7 @@ impl Importer<'_> {
                 | "then"
                 | "else"
                 | "additionalItems" => {
-                    out.insert(key.clone(), self.rewrite(at, value, pending)?);
+                    out.insert(key.clone(), self.rewrite(&key_at, value, pending)?);
                 }
                 // Values (enum, const, default, required, bounds, …) as written.
                 _ => {
@@ -961,7 +1131,7 @@ mod tests {
 
     fn import_text(text: &str) -> Result<Imported, String> {
         let source = Source::parse("openapi.yaml", text).map_err(|e| e.to_string())?;
-        import(&source).map_err(|e| e.to_string())
+        import_with(&source, true).map_err(|e| e.to_string())
     }
 
     fn imported(text: &str) -> Imported {
@@ -1079,6 +1249,47 @@ mod tests {
         let doc = imported(&format!("{HEAD}paths:\n  /a:\n    get:\n      parameters: [ {{ name: q, in: query, schema: {{ format: \"x\\nversion: 9\" }} }} ]\n"));
         assert_eq!(doc.untranslated, ["#/paths/~1a/get/parameters/0/schema/format: format `x\\nversion: 9` is not checked by the gateway"]);
         assert!(!to_apis_yaml(&doc, "o.yaml").contains("\nversion: 9"));
+    }
+
+    #[test]
+    fn a_valid_document_always_imports_what_it_can_and_lists_the_rest() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/openapi/awkward-3.0.yaml"
+        );
+        let text = std::fs::read_to_string(path).expect("test document");
+        let source = Source::parse("awkward.yaml", &text).expect("parse");
+        let checked = import_checked(&source, "apis.yaml", false).expect("imported");
+        assert!(checked.errors.is_empty(), "{:?}", checked.errors);
+        let names: Vec<&str> = checked.imported.document["apis"]
+            .as_array()
+            .expect("apis")
+            .iter()
+            .filter_map(|api| api["name"].as_str())
+            .collect();
+        assert_eq!(names, ["health", "getItem", "createThing"]);
+        let notes = checked.imported.untranslated.join("\n");
+        for expected in [
+            "#/paths/~1elsewhere/get: operation left out: `common.yaml#/components/parameters/Page` is in another document",
+            "#/paths/~1anything~1{id}~1{action}~1{id}/get: operation left out: variable `id` appears twice",
+            "#/paths/~1items~1{itemId}/get/parameters/0/schema/default: `itemId` is a path variable",
+            "#/paths/~1items~1{itemId}/get/parameters/1/schema/enum: repeats \"asc\": each value is kept once",
+            "#/paths/~1items~1{itemId}/get/parameters/2/schema/pattern: `^(?=.*[0-9])[a-z0-9]+$` is not checked: lookaround",
+            "#/paths/~1things/post/requestBody/content/application~1json/schema/properties/kind/enum: repeats \"a\"",
+            "schema/patternProperties/^x-(?!internal): the property pattern is not checked: lookaround",
+        ] {
+            assert!(notes.contains(expected), "no `{expected}` in\n{notes}");
+        }
+        let body = &checked.imported.document["apis"][2]["body_schema"];
+        assert_eq!(
+            body["properties"]["guid"]["pattern"],
+            "^(?:\\{[0-9a-fA-F]{8}\\}|\\{[0-9a-fA-F]{4}\\})$"
+        );
+        // --strict: the first operation that cannot be imported fails it.
+        let strict = import_checked(&source, "apis.yaml", true)
+            .err()
+            .expect("refused");
+        assert!(strict.message.contains("common.yaml"), "{strict}");
     }
 
     #[test]

@@ -264,3 +264,23 @@ fn build_dynamic_reads_routes_clusters_and_policies_from_the_directory() {
     let istio = gatewayctl(&["build", "examples/shop.yaml", "--dynamic", "d", "--istio"]);
     assert_eq!(istio.status.code(), Some(2));
 }
+
+#[test]
+fn import_leaves_out_what_it_cannot_carry_unless_strict() {
+    let file = "tools/gatewayctl/tests/openapi/awkward-3.0.yaml";
+    let lenient = gatewayctl(&["import", file]);
+    assert_eq!(lenient.status.code(), Some(0), "{}", stderr(&lenient));
+    let notes = stderr(&lenient);
+    assert!(
+        notes.contains("#/paths/~1anything~1{id}~1{action}~1{id}/get: operation left out"),
+        "{notes}"
+    );
+    assert!(String::from_utf8_lossy(&lenient.stdout).contains("name: createThing"));
+    let strict = gatewayctl(&["import", file, "--strict"]);
+    assert_eq!(strict.status.code(), Some(1));
+    assert!(
+        stderr(&strict).contains("common.yaml"),
+        "{}",
+        stderr(&strict)
+    );
+}
