@@ -40,7 +40,7 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-for port in 8080 8081 8443 8444 9901 9902 18081 18082 18084 18085 18123 19000 16379 17379; do
+for port in 8080 8081 8443 8444 9901 9902 18081 18082 18084 18085 18123 19000 16379 17379 19090; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is in use; stop whatever listens there first" >&2
     exit 1
@@ -107,6 +107,13 @@ sed -e 's/port_value: 8080/port_value: 8081/' -e 's/port_value: 8443/port_value:
 "$ENVOY_BIN" -c .run/gateway-2.yaml --disable-hot-restart --log-level info > .run/envoy-2.log 2>&1 &
 envoy2_pid=$!
 pids+=($envoy2_pid)
+
+# A private Prometheus scraping both Envoys every 5 s with the rules of
+# monitoring/ (docs/monitoring.md); data in .run/prometheus.
+sed -e 's/15s/5s/g' -e 's|rules/|../monitoring/rules/|' monitoring/prometheus.yml > .run/prometheus.yml
+"${PROMETHEUS_BIN:-/usr/bin/prometheus}" --config.file=.run/prometheus.yml --storage.tsdb.path=.run/prometheus \
+  --web.listen-address=127.0.0.1:19090 > .run/prometheus.log 2>&1 &
+pids+=($!)
 
 for admin in 9901 9902; do
   for _ in $(seq 1 200); do
@@ -210,6 +217,14 @@ Demo gateway is up: two instances, :8080 and :8081, sharing one Redis (logs in .
 
   # the filters' counters
   curl -s http://127.0.0.1:9901/stats/prometheus | grep gw_
+
+  # monitoring: a private Prometheus (:19090) scrapes both Envoys and records per-API series
+  # (a minute of traffic makes the rates); alerts (pending or firing) on /api/v1/alerts
+  curl -s http://127.0.0.1:19090/api/v1/query --data-urlencode 'query=gateway_api:requests:rate1m'
+  curl -s http://127.0.0.1:19090/api/v1/query --data-urlencode 'query=gateway_api:errors_5xx:ratio_rate1m'
+  curl -s http://127.0.0.1:19090/api/v1/query --data-urlencode 'query=gateway_api:latency_ms:p99'
+  curl -s http://127.0.0.1:19090/api/v1/query --data-urlencode 'query=gateway:refusals:rate1m'
+  curl -s http://127.0.0.1:19090/api/v1/alerts
 
   # publish a new version without a restart: both Envoys read .run/published, so a new
   # API (/hello-v2, a mock) answers on both at once; history lists the versions; a

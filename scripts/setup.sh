@@ -60,6 +60,11 @@ command -v curl >/dev/null 2>&1 || apt_install curl
 [ -x "${REDIS_SERVER_BIN:-/usr/bin/redis-server}" ] || apt_install redis-server
 [ -x "${WEBDIS_BIN:-/usr/bin/webdis}" ] || apt_install webdis
 
+# The monitoring tests and the demo start their own Prometheus (with promtool
+# for the rules' unit tests); the package's service is never used.
+[ -x "${PROMETHEUS_BIN:-/usr/bin/prometheus}" ] && [ -x "${PROMTOOL_BIN:-/usr/bin/promtool}" ] \
+  || apt_install prometheus
+
 if [ -n "${ENVOY_BIN:-}" ]; then
   [ -x "$ENVOY_BIN" ] || { say "ENVOY_BIN=$ENVOY_BIN is not an executable" >&2; exit 1; }
 else

@@ -7,6 +7,7 @@ pub mod envoy;
 pub mod http;
 pub mod istio;
 pub mod process;
+pub mod prometheus;
 pub mod redis;
 pub mod registry;
 pub mod signing;

@@ -365,6 +365,11 @@ fn route_match(route: &Route) -> Value {
 
 fn route(route: &Route, document: &Document) -> Value {
     let mut out = json!({ "name": route.name, "match": route_match(route) });
+    // Envoy's per-route stats, one set per API (its stages and routed
+    // choices together): `envoy_vhost_route_upstream_rq_*{envoy_route="<api>"}`.
+    if let Some(api) = route.api() {
+        out["stat_prefix"] = json!(api);
+    }
     if route.chosen_by_routing.is_some() {
         // The routing filter's choice stays at the gateway.
         out["request_headers_to_remove"] = json!(["x-gw-route"]);
@@ -776,8 +781,38 @@ pub fn dynamic_resources(generated: &Generated, artifacts: &Artifacts) -> Vec<(S
     files
 }
 
-/// The listeners of the document (or one on :8080) with `manager`, and
-/// the admin address.
+/// How Envoy names the suite's stats for Prometheus: the same in the Wasm
+/// and native forms (`envoy_gw_<filter>_<what>`, the form in `gw_host`),
+/// and the parts that vary (the policy and code of a refusal, a rule) as
+/// labels, so a recording rule sums them:
+/// `envoy_gw_denied{gw_policy="throttling",gw_code="A429IP"}`,
+/// `envoy_gw_fleet_failure{gw_policy="throttling",gw_code="no_answer"}`,
+/// `envoy_gw_throttling_rule_throttled{gw_rule="search_per-client"}`,
+/// `envoy_gw_circuit_breaker_state{gw_breaker="flaky"}` (two extractors
+/// of one tag name make Envoy warn at every start). `/stats` keeps the
+/// full names. The monitoring rules (`monitoring/`) rely on these.
+pub fn stats_tags() -> Value {
+    const HOST: &str = "(?:wasmcustom|dynamicmodulescustom)";
+    json!([
+        { "tag_name": "gw_host", "regex": "^((wasmcustom|dynamicmodulescustom)\\.)gw\\." },
+        {
+            "tag_name": "gw_policy",
+            "regex": format!("^{HOST}\\.gw(\\.(\\w+))\\.(?:denied|fleet\\.failure)\\.\\w+$"),
+        },
+        {
+            "tag_name": "gw_code",
+            "regex": format!("^{HOST}\\.gw\\.\\w+\\.(?:denied|fleet\\.failure)(\\.(\\w+))$"),
+        },
+        { "tag_name": "gw_rule", "regex": format!("^{HOST}\\.gw\\.throttling\\.rule(\\.([^.]+))\\.") },
+        {
+            "tag_name": "gw_breaker",
+            "regex": format!("^{HOST}\\.gw\\.circuit_breaker(\\.([^.]+))\\.(?:calls|degraded|open_duration_ms|probes|state|transitions)"),
+        },
+    ])
+}
+
+/// The listeners of the document (or one on :8080) with `manager`, the
+/// admin address and the stats' names.
 fn with_listeners(generated: &Generated, manager: &Value) -> Value {
     let document = &generated.document;
     let default_listener = [Listener {
@@ -801,6 +836,7 @@ fn with_listeners(generated: &Generated, manager: &Value) -> Value {
     if let Some(admin) = &document.gateway.admin {
         out["admin"] = json!({ "address": socket_address(admin) });
     }
+    out["stats_config"] = json!({ "stats_tags": stats_tags() });
     out
 }
 

@@ -83,6 +83,14 @@ pub struct Route {
     pub mirror: Option<Mirror>,
 }
 
+impl Route {
+    /// The API the route is one of (its name, or its name's first part:
+    /// API names hold no `.`); none for the gateway's not-found route.
+    pub fn api(&self) -> Option<&str> {
+        (self.name != NOT_FOUND_ROUTE).then(|| self.name.split('.').next().unwrap_or(&self.name))
+    }
+}
+
 /// Envoy's request mirroring of a route: `per_ten_thousand` of its
 /// requests copied to `backend`, the answers dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]

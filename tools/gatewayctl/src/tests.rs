@@ -700,6 +700,27 @@ fn the_bootstrap_has_a_route_per_api_and_stage_then_not_found() {
     );
     assert_eq!(routes[3]["direct_response"]["status"], 201);
     assert_eq!(routes[4]["direct_response"]["status"], 404);
+    // Envoy's per-route stats: one set per API, none for the not-found route.
+    let prefixes: Vec<&Value> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["stat_prefix"])
+        .collect();
+    assert_eq!(
+        prefixes,
+        [
+            &json!("a"),
+            &json!("a"),
+            &json!("a"),
+            &json!("m"),
+            &Value::Null
+        ]
+    );
+    assert_eq!(
+        config["stats_config"]["stats_tags"],
+        crate::envoy::stats_tags()
+    );
     // The module is one filter, anonymous APIs only: no policy section.
     let filters = &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         ["typed_config"]["http_filters"];
