@@ -4,6 +4,7 @@
 pub mod clickhouse;
 pub mod echo;
 pub mod envoy;
+pub mod gatewayctl;
 pub mod http;
 pub mod istio;
 pub mod process;

@@ -4,24 +4,13 @@
 //! with test ports, and driven with requests whose outcome is asserted at
 //! the echo upstreams.
 
-use gatewayctl::envoy::{Artifacts, Host};
+use gatewayctl::envoy::Host;
 use gatewayctl::source::Source;
 use integration_tests::echo::EchoServer;
-use integration_tests::envoy::{
-    module_mode, native_mode, start_yaml, validate, wasm_module, workspace_root, Envoy,
-};
+use integration_tests::envoy::{start_yaml, validate, workspace_root, Envoy};
+use integration_tests::gatewayctl::{artifacts, host, load};
 use integration_tests::http;
 use integration_tests::signing::{pairs, signed_headers};
-
-fn host() -> Host {
-    if native_mode() {
-        Host::Native
-    } else if module_mode() {
-        Host::Module
-    } else {
-        Host::Chain
-    }
-}
 
 /// A file of the repository with some of its text replaced.
 fn read_replaced(file: &str, replacements: &[(&str, String)]) -> String {
@@ -41,33 +30,8 @@ fn built_example(replacements: &[(&str, String)], host: Host) -> String {
 
 /// An apis.yaml's text, checked and built for `host`.
 fn build(text: &str, name: &str, host: Host) -> String {
-    let source = Source::parse(name, text).unwrap_or_else(|e| panic!("{e}"));
-    let generated = gatewayctl::load(&source).unwrap_or_else(|errors| {
-        panic!(
-            "{}",
-            errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
+    let (_, generated) = load(name, text);
     gatewayctl::build_envoy(&generated, name, host, &artifacts())
-}
-
-/// Where this build's modules are.
-fn artifacts() -> Artifacts {
-    let wasm_dir = wasm_module("gateway")
-        .parent()
-        .expect("wasm dir")
-        .display()
-        .to_string();
-    Artifacts {
-        wasm_dir,
-        native_module: integration_tests::envoy::native_module()
-            .display()
-            .to_string(),
-    }
 }
 
 /// An OpenAPI document of the tests imported, built for the mode under test,
@@ -629,6 +593,9 @@ fn a_document_with_constructs_the_gateway_cannot_carry_imports_the_rest_and_runs
     assert_eq!(get("/items/0").status, 400, "minimum: 1");
     // An enum that repeated a value is kept once each.
     assert_eq!(get("/items/5?sort=up").status, 400);
+    // A pattern is searched for in the value, as OpenAPI means it.
+    assert_eq!(get("/items/5?ref=a1b").status, 200);
+    assert_eq!(get("/items/5?ref=abc").status, 400);
     // A pattern with lookahead is not checked, not refused.
     assert_eq!(get("/items/5?code=abc").status, 200);
     // The body schema: its enum and its ECMA-262 pattern, translated.
@@ -642,7 +609,7 @@ fn a_document_with_constructs_the_gateway_cannot_carry_imports_the_rest_and_runs
     let anything = get("/anything/1/go/1");
     assert_eq!(anything.status, 404);
     assert_eq!(anything.header("x-ca-error-code"), Some("S404NF"));
-    assert_eq!(backend.request_count(), 5);
+    assert_eq!(backend.request_count(), 6);
 }
 
 #[test]

@@ -5,10 +5,10 @@
 //! whose recorded series are queried. The Grafana dashboard's queries name
 //! recorded series that exist.
 
-use gatewayctl::envoy::{Artifacts, Host};
 use gatewayctl::source::Source;
 use integration_tests::echo::EchoServer;
-use integration_tests::envoy::{module_mode, native_mode, start_yaml, wasm_module, workspace_root};
+use integration_tests::envoy::{start_yaml, workspace_root};
+use integration_tests::gatewayctl::build;
 use integration_tests::http;
 use integration_tests::prometheus::{promtool, Prometheus};
 use serde_json::Value;
@@ -79,16 +79,6 @@ fn every_dashboard_query_reads_recorded_series_that_exist() {
     assert!(used.len() >= 8, "the dashboard shows only {used:?}");
 }
 
-fn host() -> Host {
-    if native_mode() {
-        Host::Native
-    } else if module_mode() {
-        Host::Module
-    } else {
-        Host::Chain
-    }
-}
-
 #[test]
 fn a_real_prometheus_records_the_gateways_series_from_a_real_envoy() {
     let backend = EchoServer::start("backend").expect("echo");
@@ -114,20 +104,7 @@ apis:
 ",
         backend.port()
     );
-    let source = Source::parse("apis.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
-    let generated = gatewayctl::load(&source).unwrap_or_else(|errors| panic!("{errors:?}"));
-    let artifacts = Artifacts {
-        wasm_dir: wasm_module("gateway")
-            .parent()
-            .expect("dir")
-            .display()
-            .to_string(),
-        native_module: integration_tests::envoy::native_module()
-            .display()
-            .to_string(),
-    };
-    let config = gatewayctl::build_envoy(&generated, "apis.yaml", host(), &artifacts);
-    let envoy = start_yaml(&config, 1);
+    let envoy = start_yaml(&build("apis.yaml", &text), 1);
     let prometheus = Prometheus::start(&[envoy.admin_address()]);
     // A first scrape before the traffic, so its increase is a rate.
     assert!(

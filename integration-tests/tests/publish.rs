@@ -5,42 +5,16 @@
 //! connections given new versions of its document: each change is seen
 //! within 2 s, no request of the load fails, and the quota counts stay.
 
-use gatewayctl::envoy::{Artifacts, Host};
 use gatewayctl::publish::{self, Publication, Signature};
-use gatewayctl::source::Source;
 use integration_tests::echo::EchoServer;
-use integration_tests::envoy::{
-    module_mode, native_mode, start_yaml, validate, wasm_module, Envoy,
-};
+use integration_tests::envoy::{start_yaml, validate, Envoy};
+use integration_tests::gatewayctl::{artifacts, host, load};
 use integration_tests::http;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
-
-fn host() -> Host {
-    if native_mode() {
-        Host::Native
-    } else if module_mode() {
-        Host::Module
-    } else {
-        Host::Chain
-    }
-}
-
-fn artifacts() -> Artifacts {
-    Artifacts {
-        wasm_dir: wasm_module("gateway")
-            .parent()
-            .expect("wasm dir")
-            .display()
-            .to_string(),
-        native_module: integration_tests::envoy::native_module()
-            .display()
-            .to_string(),
-    }
-}
 
 /// The document of the test: `hello` and `search` always, what `extra`
 /// adds, the quota `few` at `limit`, `search`'s `q` at most `max_q` long.
@@ -71,17 +45,7 @@ apis:
 const BYE: &str = "  - { name: bye, method: GET, path: /bye, backend: backend, auth: anonymous }\n";
 
 fn publish(dir: &Path, text: &str, message: &str) -> publish::Published {
-    let source = Source::parse("apis.yaml", text).unwrap_or_else(|e| panic!("{e}"));
-    let generated = gatewayctl::load(&source).unwrap_or_else(|errors| {
-        panic!(
-            "{}",
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
+    let (source, generated) = load("apis.yaml", text);
     let publication = Publication {
         generated: &generated,
         source: &source,
@@ -118,7 +82,7 @@ fn seen_within_2s(envoy: &Envoy, path: &str, expected: u16) -> Duration {
 
 /// Requests on `connections` kept-alive connections until `stop`; every
 /// answer that is not 200 (or no answer) is kept.
-fn load(
+fn keep_calling(
     envoy: &Envoy,
     connections: usize,
     stop: &AtomicBool,
@@ -166,8 +130,7 @@ fn publishes_and_a_rollback_take_effect_under_load_without_a_failed_request() {
 
     let first = publish(dir.path(), &document(port, 5, 3, ""), "first");
     assert_eq!(first.version.version, 1);
-    let source = Source::parse("apis.yaml", &document(port, 5, 3, "")).expect("parse");
-    let generated = gatewayctl::load(&source).expect("load");
+    let (_, generated) = load("apis.yaml", &document(port, 5, 3, ""));
     let bootstrap = gatewayctl::build_dynamic(&generated, "apis.yaml", host(), &dir_name);
     let (ok, output) = validate(&bootstrap, "yaml");
     assert!(
@@ -187,7 +150,7 @@ fn publishes_and_a_rollback_take_effect_under_load_without_a_failed_request() {
     let failures = Mutex::new(Vec::new());
     let mut seen = Vec::new();
     let sent = thread::scope(|scope| {
-        let load = scope.spawn(|| load(&envoy, 4, &stop, &failures));
+        let load = scope.spawn(|| keep_calling(&envoy, 4, &stop, &failures));
         thread::sleep(Duration::from_millis(300));
 
         // A new API.
@@ -270,13 +233,8 @@ apis:
     };
     let first = document("");
     publish(dir.path(), &first, "first");
-    let source = Source::parse("apis.yaml", &first).expect("parse");
-    let bootstrap = gatewayctl::build_dynamic(
-        &gatewayctl::load(&source).expect("load"),
-        "apis.yaml",
-        host(),
-        &dir_name,
-    );
+    let bootstrap =
+        gatewayctl::build_dynamic(&load("apis.yaml", &first).1, "apis.yaml", host(), &dir_name);
     let envoy = start_yaml(&bootstrap, 2);
     assert_eq!(status(&envoy, "/hello"), 200, "{}", envoy.log());
     assert_eq!(status(&envoy, "/orders"), 401);
@@ -287,11 +245,7 @@ apis:
     let next = document(
         "  - { name: reports, method: GET, path: /reports, backend: backend, auth: app }\n",
     );
-    let source = Source::parse("apis.yaml", &next).expect("parse");
-    let resources = gatewayctl::envoy::dynamic_resources(
-        &gatewayctl::load(&source).expect("load"),
-        &artifacts(),
-    );
+    let resources = gatewayctl::envoy::dynamic_resources(&load("apis.yaml", &next).1, &artifacts());
     let (_, routes) = resources
         .iter()
         .find(|(file, _)| file == gatewayctl::envoy::ROUTES_FILE)
@@ -319,5 +273,65 @@ apis:
             .iter()
             .all(|seen| seen.path != "/reports"),
         "the new API was reached unchecked"
+    );
+}
+
+#[test]
+fn an_open_breaker_stays_open_across_a_publish() {
+    let backend = EchoServer::start("backend").expect("echo");
+    let dir = tempfile::tempdir().expect("dir");
+    let dir_name = dir.path().display().to_string();
+    let document = |extra: &str| {
+        format!(
+            "version: 1
+gateway:
+  admin: 127.0.0.1:0
+  listeners: [ {{ name: http, address: 127.0.0.1:0 }} ]
+backends:
+  - {{ name: backend, endpoints: [127.0.0.1:{}] }}
+policies:
+  - name: fragile
+    breaker:
+      window: {{ duration_ms: 60000, buckets: 6 }}
+      trip: {{ min_calls: 3, failure_rate_percent: 50 }}
+      open: {{ duration_ms: 60000 }}
+apis:
+  - {{ name: flaky, method: GET, path: /flaky, backend: backend, auth: anonymous, policies: [fragile] }}
+{extra}",
+            backend.port()
+        )
+    };
+    let first = document("");
+    publish(dir.path(), &first, "first");
+    let bootstrap =
+        gatewayctl::build_dynamic(&load("apis.yaml", &first).1, "apis.yaml", host(), &dir_name);
+    let envoy = start_yaml(&bootstrap, 2);
+    let url = format!("http://127.0.0.1:{}/flaky", envoy.listener_port("http"));
+    for _ in 0..4 {
+        http::get(&url, &[("x-echo-status", "503")]).expect("answer");
+    }
+    let open = http::get(&url, &[]).expect("answer");
+    assert_eq!(
+        open.header("x-ca-error-code"),
+        Some("A503CB"),
+        "{}",
+        envoy.log()
+    );
+    let calls = backend.request_count();
+
+    publish(dir.path(), &document(BYE), "add bye");
+    seen_within_2s(&envoy, "/bye", 200);
+    for _ in 0..5 {
+        let still = http::get(&url, &[]).expect("answer");
+        assert_eq!(
+            still.header("x-ca-error-code"),
+            Some("A503CB"),
+            "the breaker stays open"
+        );
+    }
+    assert_eq!(
+        backend.request_count(),
+        calls + 1,
+        "only /bye reached the backend"
     );
 }

@@ -50,6 +50,8 @@ struct InFlight {
     token: u32,
     /// Fetching the discovery document (else the JWKS).
     discovery: bool,
+    /// When the fetch was sent: its keys are as new as that.
+    sent_ms: u64,
 }
 
 /// What an answer did, for the counters and the log.
@@ -128,6 +130,7 @@ pub fn tick(jwt: &Jwt, host: &mut dyn RootHost, now_ms: u64) -> Vec<Fetched> {
                 keys.in_flight = Some(InFlight {
                     token,
                     discovery: fetch.discovery,
+                    sent_ms: now_ms,
                 })
             }
             Err(_) => {
@@ -187,6 +190,7 @@ pub fn answered(
                 keys.in_flight = Some(InFlight {
                     token,
                     discovery: false,
+                    sent_ms: in_flight.sent_ms,
                 });
                 Fetched::Discovered { issuer }
             }
@@ -205,14 +209,14 @@ pub fn answered(
             keys.keys = Some(Arc::new(set));
             keys.failures = 0;
             keys.next_ms = now_ms + fetch.refresh_ms;
-            let published = publish(
-                host.shared_data(),
-                &jwt.shared_keys_entry(issuer),
-                now_ms,
-                &serde_json::to_vec(&document).unwrap_or_default(),
-            );
-            if let Some(generation) = published {
-                keys.generation = generation;
+            let entry = jwt.shared_keys_entry(issuer);
+            let jwks = serde_json::to_vec(&document).unwrap_or_default();
+            match publish(host.shared_data(), &entry, in_flight.sent_ms, &jwks) {
+                Some(generation) => keys.generation = generation,
+                // Another root's keys were fetched later than these.
+                None => {
+                    adopt(keys, host.shared_data(), &entry, fetch.refresh_ms);
+                }
             }
             Fetched::Keys { issuer, count }
         }
@@ -236,18 +240,31 @@ fn read_entry(entry: &[u8]) -> Option<(u64, u64, &[u8])> {
     Some((generation, fetched_ms, entry.get(ENTRY_HEADER..)?))
 }
 
-/// Leaves a fetched JWKS for the other roots; returns its generation
-/// (`None` when shared data refused it: the others fetch for themselves).
+/// The empty entry [`crate::jwt::Jwt::initialize`] creates, so that every
+/// publish is a compare-and-swap.
+pub const EMPTY_ENTRY: [u8; ENTRY_HEADER] = [0; ENTRY_HEADER];
+
+/// Leaves a JWKS fetched by a call sent at `fetched_ms` for the other
+/// roots; returns its generation. `None` when the entry holds keys fetched
+/// later (an older fetch answered last must not bring retired keys back)
+/// or shared data refused it (the other roots fetch for themselves).
 fn publish(store: &dyn SharedStore, key: &str, fetched_ms: u64, jwks: &[u8]) -> Option<u64> {
     store::update(store, key, 8, |current| {
-        let generation = current.and_then(read_entry).map_or(0, |(g, _, _)| g) + 1;
+        let (generation, newest_ms) = current
+            .and_then(read_entry)
+            .map_or((0, 0), |(g, f, _)| (g, f));
+        if newest_ms > fetched_ms {
+            return (None, None);
+        }
+        let generation = generation + 1;
         let mut entry = Vec::with_capacity(ENTRY_HEADER + jwks.len());
         entry.extend_from_slice(&generation.to_be_bytes());
         entry.extend_from_slice(&fetched_ms.to_be_bytes());
         entry.extend_from_slice(jwks);
-        (Some(entry), generation)
+        (Some(entry), Some(generation))
     })
     .ok()
+    .flatten()
 }
 
 /// Takes the keys another root left, when they are newer than these: the
@@ -361,6 +378,9 @@ mod tests {
         assert!(adopt(&mut other, &store, entry, 10_000));
         assert_eq!((other.generation, other.next_ms), (2, 17_000));
 
+        // Keys from a fetch sent before the entry's are not published.
+        assert_eq!(publish(&store, entry, 6_000, jwks("old").as_bytes()), None);
+        assert!(!adopt(&mut other, &store, entry, 10_000));
         // An entry that is no JWKS is passed over, once, and the keys stay.
         assert_eq!(publish(&store, entry, 8_000, b"not json"), Some(3));
         assert!(!adopt(&mut other, &store, entry, 10_000));

@@ -268,12 +268,23 @@ impl Jwt {
         format!("{CACHE_PREFIX}keys.{configuration}.{issuer}")
     }
 
-    /// Creates the verified-token table; call when the configuration loads.
+    /// Creates the verified-token table and the entries where fetched keys
+    /// are shared; call when the configuration loads.
     pub fn initialize(
         &self,
         store: &dyn SharedStore,
     ) -> Result<(), gateway_common::store::StoreError> {
-        self.cache.initialize(store)
+        self.cache.initialize(store)?;
+        for (issuer, config) in self.issuers.iter().enumerate() {
+            if config.fetch.is_some() {
+                gateway_common::store::ensure_initialized(
+                    store,
+                    &self.shared_keys_entry(issuer),
+                    &crate::jwks::EMPTY_ENTRY,
+                )?;
+            }
+        }
+        Ok(())
     }
 
     pub fn issuer_index(&self, name: &str) -> Option<usize> {

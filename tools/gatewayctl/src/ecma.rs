@@ -6,10 +6,16 @@
 /// Why a pattern cannot be carried.
 pub type Untranslatable = String;
 
-/// `pattern` in the engines' syntax. A `{` or `}` that is no quantifier,
+/// `pattern` in the engines' syntax, matching what it matches in
+/// ECMA-262 (searched, as OpenAPI's patterns are: the caller anchors it if
+/// its engine matches whole values). A `{` or `}` that is no quantifier,
 /// and a `[` inside a class, are literals in ECMA-262 and are escaped;
-/// `\/` is `/`; `\uXXXX` is `\x{XXXX}`; `[^]` is any character. Lookaround,
-/// backreferences and `\c` have no equivalent and are refused.
+/// `\d` and `\w` are ASCII as in ECMA-262 (the `regex` crate's are
+/// Unicode); an escaped punctuation mark or letter without a meaning is the
+/// character itself (`\<` is a word boundary in the engines); `\uXXXX` is
+/// `\x{XXXX}`; `[^]` is any character. Lookaround, backreferences, octal
+/// and control escapes, Unicode property classes and `--` inside a class
+/// have no safe equivalent and are refused.
 pub fn translate(pattern: &str) -> Result<String, Untranslatable> {
     let chars: Vec<char> = pattern.chars().collect();
     let mut out = String::with_capacity(pattern.len() + 8);
@@ -24,6 +30,36 @@ pub fn translate(pattern: &str) -> Result<String, Untranslatable> {
                 };
                 i += 2;
                 match next {
+                    'd' => out.push_str(if in_class { "0-9" } else { "[0-9]" }),
+                    'w' => out.push_str(if in_class {
+                        "0-9A-Za-z_"
+                    } else {
+                        "[0-9A-Za-z_]"
+                    }),
+                    'D' | 'W' if in_class => {
+                        return Err(format!("`\\{next}` inside a class is not supported"))
+                    }
+                    'D' => out.push_str("[^0-9]"),
+                    'W' => out.push_str("[^0-9A-Za-z_]"),
+                    's' | 'S' | 'n' | 'r' | 't' | 'f' | 'v' => {
+                        out.push('\\');
+                        out.push(next);
+                    }
+                    'b' | 'B' if !in_class => {
+                        out.push('\\');
+                        out.push(next);
+                    }
+                    // Inside a class, ECMA-262's `\b` is a backspace.
+                    'b' => out.push_str("\\x08"),
+                    'x' => {
+                        let hex: String = chars.iter().skip(i).take(2).collect();
+                        if hex.len() == 2 && hex.chars().all(|h| h.is_ascii_hexdigit()) {
+                            out.push_str(&format!("\\x{hex}"));
+                            i += 2;
+                        } else {
+                            out.push('x');
+                        }
+                    }
                     '1'..='9' => return Err("backreferences (`\\1`) are not supported".into()),
                     'c' => return Err("control escapes (`\\cX`) are not supported".into()),
                     'k' if chars.get(i) == Some(&'<') => {
@@ -41,16 +77,12 @@ pub fn translate(pattern: &str) -> Result<String, Untranslatable> {
                             out.push('u');
                         }
                     }
-                    '/' => out.push('/'),
-                    // ECMA's `\-` only means `-`; outside a class the
-                    // engines refuse the escape.
-                    '-' if !in_class => out.push('-'),
+                    '0' if chars.get(i).is_some_and(char::is_ascii_digit) => {
+                        return Err("octal escapes (`\\012`) are not supported".into())
+                    }
                     // `\0` is NUL in ECMA-262.
                     '0' => out.push_str("\\x00"),
-                    other => {
-                        out.push('\\');
-                        out.push(other);
-                    }
+                    other => literal(&mut out, other, in_class),
                 }
                 continue;
             }
@@ -82,7 +114,9 @@ pub fn translate(pattern: &str) -> Result<String, Untranslatable> {
                 out.push('\\');
                 out.push(c);
             }
-            '-' if in_class && chars.get(i + 1) == Some(&'-') => out.push_str("\\-"),
+            '-' if in_class && chars.get(i + 1) == Some(&'-') => {
+                return Err("`--` inside a class is not supported".into())
+            }
             '{' if !in_class => match quantifier_end(&chars, i) {
                 Some(end) => {
                     out.extend(&chars[i..=end]);
@@ -110,6 +144,20 @@ pub fn translate(pattern: &str) -> Result<String, Untranslatable> {
     regex_lite::Regex::new(&out).map_err(|e| format!("the gateway's engine refuses it: {e}"))?;
     regex::Regex::new(&out).map_err(|e| format!("the gateway's engine refuses it: {e}"))?;
     Ok(out)
+}
+
+/// `c` as a literal: escaped when it means something to the engines
+/// where it stands.
+fn literal(out: &mut String, c: char, in_class: bool) {
+    let special = if in_class {
+        "\\[]^-&~"
+    } else {
+        "\\.+*?()|[]{}^$"
+    };
+    if special.contains(c) {
+        out.push('\\');
+    }
+    out.push(c);
 }
 
 /// The index of the `}` closing a quantifier `{n}`, `{n,}` or `{n,m}`
@@ -141,12 +189,11 @@ mod tests {
     fn what_both_dialects_read_alike_is_kept() {
         for pattern in [
             "^[a-z]+$",
-            "^\\d{3}-\\d{4}$",
             "^[A-Z]{2,}$",
             "^a{1,3}b{2}$",
-            "^(?<year>\\d{4})-\\d{2}$",
-            "^[\\w.+-]+@[\\w-]+\\.[\\w.]+$",
             "^\\S+$",
+            "^\\bword\\b",
+            "^\\x41\\t$",
         ] {
             assert_eq!(translate(pattern).as_deref(), Ok(pattern), "{pattern}");
         }
@@ -168,6 +215,13 @@ mod tests {
             ("^\\u00e9+$", "^\\x{00e9}+$"),
             ("^[^]$", "^(?s:.)$"),
             ("^a\\-b$", "^a-b$"),
+            ("^\\d{4}$", "^[0-9]{4}$"),
+            ("^[\\w.+-]+@[\\w-]+$", "^[0-9A-Za-z_.+-]+@[0-9A-Za-z_-]+$"),
+            ("^(?<year>\\d{4})\\D$", "^(?<year>[0-9]{4})[^0-9]$"),
+            // Escapes without a meaning in ECMA-262 are the character.
+            ("^\\<a\\>\\a\\z$", "^<a>az$"),
+            ("^\\.\\$$", "^\\.\\$$"),
+            ("^[\\b]$", "^[\\x08]$"),
         ] {
             assert_eq!(translate(ecma).as_deref(), Ok(engines), "{ecma}");
         }
@@ -185,6 +239,9 @@ mod tests {
             ("^[a-z$", "not closed"),
             ("\\", "lone"),
             ("^(a$", "refuses it"),
+            ("^\\012$", "octal"),
+            ("^[+--]$", "`--`"),
+            ("^[\\W]$", "inside a class"),
         ] {
             let refused = translate(pattern).expect_err(pattern);
             assert!(refused.contains(why), "{pattern}: {refused}");

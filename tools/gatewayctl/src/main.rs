@@ -49,6 +49,17 @@ fn load(file: &str) -> Result<gatewayctl::generate::Generated, ExitCode> {
     load_for(file, gatewayctl::generate::Target::Envoy)
 }
 
+/// Reads `text` (the document `file` holds) and checks it; prints
+/// warnings, and errors when it fails.
+fn checked(file: &str, text: &str) -> Result<(Source, gatewayctl::generate::Generated), ExitCode> {
+    let source = Source::parse(file, text).map_err(|err| {
+        eprintln!("{err}");
+        ExitCode::from(EXIT_INVALID)
+    })?;
+    let generated = checked_source(&source, gatewayctl::generate::Target::Envoy)?;
+    Ok((source, generated))
+}
+
 fn load_for(
     file: &str,
     target: gatewayctl::generate::Target,
@@ -57,7 +68,14 @@ fn load_for(
         eprintln!("{err}");
         ExitCode::from(EXIT_INVALID)
     })?;
-    match gatewayctl::load_for(&source, target) {
+    checked_source(&source, target)
+}
+
+fn checked_source(
+    source: &Source,
+    target: gatewayctl::generate::Target,
+) -> Result<gatewayctl::generate::Generated, ExitCode> {
+    match gatewayctl::load_for(source, target) {
         Ok(generated) => {
             for warning in &generated.warnings {
                 eprintln!("warning: {warning}");
@@ -142,6 +160,13 @@ fn build(args: &[String]) -> ExitCode {
     if istio && dynamic.is_some() {
         return usage_error("--istio and --dynamic do not go together (istiod pushes Istio's)");
     }
+    let names_modules =
+        wasm_dir.is_some() || artifacts.native_module != Artifacts::default().native_module;
+    if dynamic.is_some() && names_modules {
+        return usage_error(
+            "with --dynamic the modules are named by `publish` (--wasm-dir, --native-module there)",
+        );
+    }
     let target = if istio {
         gatewayctl::generate::Target::Istio
     } else {
@@ -224,6 +249,9 @@ fn report_published(result: Result<publish::Published, publish::PublishError>) -
         Ok(published) => {
             let version = &published.version;
             println!("version {}: {}", version.version, version.changes);
+            for warning in &published.warnings {
+                eprintln!("warning: {warning}");
+            }
             if published.needs_restart {
                 eprintln!(
                     "warning: gateway: listeners, admin, timeouts, the buffer limit or whether CORS \
@@ -252,20 +280,17 @@ fn publish_command(args: &[String]) -> ExitCode {
     let (Some(file), Some(dir)) = (args.positional, args.dir) else {
         return usage_error("publish needs a FILE");
     };
-    let Ok(text) = std::fs::read_to_string(&file) else {
-        // `load` names the file and the reason.
-        return load(&file).err().unwrap_or(ExitCode::from(EXIT_INVALID));
-    };
-    let generated = match load(&file) {
-        Ok(generated) => generated,
-        Err(code) => return code,
-    };
-    let source = match Source::parse(&file, &text) {
-        Ok(source) => source,
+    // Read once: the document kept with the version is the one published.
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
         Err(err) => {
-            eprintln!("{err}");
+            eprintln!("{file}: cannot be read: {err}");
             return ExitCode::from(EXIT_INVALID);
         }
+    };
+    let (source, generated) = match checked(&file, &text) {
+        Ok(checked) => checked,
+        Err(code) => return code,
     };
     let publication = publish::Publication {
         generated: &generated,

@@ -829,8 +829,13 @@ impl Importer<'_> {
         }
         if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
             match crate::ecma::translate(pattern) {
+                // OpenAPI's pattern is searched for; param-validation's
+                // matches the whole value.
                 Ok(pattern) => {
-                    out.insert("pattern".into(), json!(pattern));
+                    out.insert(
+                        "pattern".into(),
+                        json!(format!("(?s:.)*(?:{pattern})(?s:.)*")),
+                    );
                 }
                 Err(why) => self.note(
                     &[at, &["pattern"]].concat(),
@@ -964,6 +969,7 @@ impl Importer<'_> {
             return Ok(schema.clone());
         };
         let mut out = Map::new();
+        let mut dropped_property_pattern = false;
         for (key, value) in object {
             let key_at = [at, &[key.as_str()]].concat();
             match key.as_str() {
@@ -1001,10 +1007,13 @@ impl Importer<'_> {
                             Ok(translated) => {
                                 named.insert(translated, self.rewrite(&child_at, child, pending)?);
                             }
-                            Err(why) => self.note(
-                                &child_at,
-                                format!("the property pattern is not checked: {why}; left out"),
-                            ),
+                            Err(why) => {
+                                self.note(
+                                    &child_at,
+                                    format!("the property pattern is not checked: {why}; left out"),
+                                );
+                                dropped_property_pattern = true;
+                            }
                         }
                     }
                     out.insert(key.clone(), Value::Object(named));
@@ -1049,6 +1058,14 @@ impl Importer<'_> {
                     out.insert(key.clone(), value.clone());
                 }
             }
+        }
+        // Properties the dropped pattern described must not fall to
+        // `additionalProperties` (which may refuse them).
+        if dropped_property_pattern && out.remove("additionalProperties").is_some() {
+            self.note(
+                &[at, &["additionalProperties"]].concat(),
+                "left out with the property pattern it completes",
+            );
         }
         if out.remove("nullable") == Some(Value::Bool(true)) {
             if let Some(Value::String(kind)) = out.get("type").cloned() {
@@ -1196,7 +1213,7 @@ mod tests {
             doc.document["apis"][0]["parameters"],
             json!([
                 {"name": "id", "in": "path", "type": "integer", "exclusive_minimum": 0},
-                {"name": "q", "in": "query", "required": true, "min_length": 1, "max_length": 9, "pattern": "^[a-z]+$", "default": "x"},
+                {"name": "q", "in": "query", "required": true, "min_length": 1, "max_length": 9, "pattern": "(?s:.)*(?:^[a-z]+$)(?s:.)*", "default": "x"},
                 {"name": "n", "in": "query", "type": "number", "maximum": 9.5, "enum": ["1", "2.5"]},
                 {"name": "f", "in": "query", "type": "array", "min_items": 1, "items": {"type": "boolean"}},
                 {"name": "X-Id", "in": "header"},

@@ -113,6 +113,8 @@ pub struct Published {
     /// The document changes what only a restart applies (the bootstrap's
     /// part of `gateway`).
     pub needs_restart: bool,
+    /// What went wrong after the version was live (removing old versions).
+    pub warnings: Vec<String>,
 }
 
 /// Publishes a checked document as the next version of `dir` (created if
@@ -148,10 +150,11 @@ pub fn publish(
     let needs_restart = before
         .as_ref()
         .is_some_and(|before| bootstrap_part(before) != bootstrap_part(after));
-    install(dir, &version, files)?;
+    let warnings = install(dir, &version, files)?;
     Ok(Published {
         version,
         needs_restart,
+        warnings,
     })
 }
 
@@ -162,6 +165,7 @@ pub fn rollback(
     to: Option<u32>,
     signature: Signature,
 ) -> Result<Published, PublishError> {
+    existing(dir)?;
     let _lock = Lock::take(dir)?;
     let current = current(dir)?.ok_or_else(|| {
         PublishError::NoVersion(format!("{}: nothing is published there", dir.display()))
@@ -207,15 +211,29 @@ pub fn rollback(
     };
     let needs_restart =
         before.is_some_and(|before| bootstrap_part(&before) != bootstrap_part(&after));
-    install(dir, &version, files)?;
+    let warnings = install(dir, &version, files)?;
     Ok(Published {
         version,
         needs_restart,
+        warnings,
     })
+}
+
+/// `dir` must be a directory something was published into.
+fn existing(dir: &Path) -> Result<(), PublishError> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(PublishError::NoVersion(format!(
+            "{}: no such directory (nothing is published there)",
+            dir.display()
+        )))
+    }
 }
 
 /// Every version kept, oldest first, and the current one's number.
 pub fn history(dir: &Path) -> Result<(Vec<Version>, Option<u32>), PublishError> {
+    existing(dir)?;
     let current = current(dir)?.map(|v| v.version);
     let mut versions: Vec<Version> = numbers(dir)?
         .into_iter()
@@ -235,25 +253,19 @@ pub fn current(dir: &Path) -> Result<Option<Version>, PublishError> {
     }
 }
 
-/// Writes the version's directory, links its files and swaps it in.
+/// Makes `version` current: its directory written and synced, a link to
+/// each of its resource files, then the swap. Removing old versions after
+/// that is best effort: what fails is returned as a warning, the version
+/// being live.
 fn install(
     dir: &Path,
     version: &Version,
     mut files: Vec<(String, Vec<u8>)>,
-) -> Result<(), PublishError> {
-    let name = version_name(version.version);
-    let staging = dir.join(VERSIONS).join(format!(".{name}.tmp"));
-    let _ = fs::remove_dir_all(&staging);
-    fs::create_dir_all(&staging).map_err(io_error(&staging))?;
+) -> Result<Vec<String>, PublishError> {
     let mut record = serde_json::to_vec_pretty(version).unwrap_or_default();
     record.push(b'\n');
     files.push((RECORD.into(), record));
-    for (file, bytes) in &files {
-        let path = staging.join(file);
-        fs::write(&path, bytes).map_err(io_error(&path))?;
-    }
-    let final_dir = dir.join(VERSIONS).join(&name);
-    fs::rename(&staging, &final_dir).map_err(io_error(&final_dir))?;
+    let name = write_version(dir, version.version, &files)?;
     // The links Envoy's paths name, made once per resource file.
     for (file, _) in &files {
         if file.ends_with(".json") && file != RECORD {
@@ -261,7 +273,45 @@ fn install(
         }
     }
     replace_link(dir, CURRENT, &format!("{VERSIONS}/{name}"))?;
-    prune(dir, version.version)
+    sync_dir(dir)?;
+    Ok(prune(dir, version.version)
+        .err()
+        .map(|error| format!("old versions were not all removed: {error}"))
+        .into_iter()
+        .collect())
+}
+
+/// Writes a version's files into `versions/.N.tmp`, syncs them, and renames
+/// the directory to `versions/N`; its name.
+fn write_version(
+    dir: &Path,
+    version: u32,
+    files: &[(String, Vec<u8>)],
+) -> Result<String, PublishError> {
+    let name = version_name(version);
+    let versions = dir.join(VERSIONS);
+    let staging = versions.join(format!(".{name}.tmp"));
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(&staging).map_err(io_error(&staging))?;
+    for (file, bytes) in files {
+        let path = staging.join(file);
+        let mut out = fs::File::create(&path).map_err(io_error(&path))?;
+        io::Write::write_all(&mut out, bytes).map_err(io_error(&path))?;
+        out.sync_all().map_err(io_error(&path))?;
+    }
+    sync_dir(&staging)?;
+    let final_dir = versions.join(&name);
+    fs::rename(&staging, &final_dir).map_err(io_error(&final_dir))?;
+    sync_dir(&versions)?;
+    Ok(name)
+}
+
+/// Makes a directory's entries durable (a crash after a publish must not
+/// leave `..data` naming files that were never written).
+fn sync_dir(dir: &Path) -> Result<(), PublishError> {
+    fs::File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(io_error(dir))
 }
 
 /// Points `dir/name` at `target` with one rename (what Envoy's directory
