@@ -46,3 +46,12 @@ pub fn build(name: &str, text: &str) -> String {
     let (_, generated) = load(name, text);
     gatewayctl::build_envoy(&generated, name, host(), &artifacts())
 }
+
+/// A test's apis.yaml: the gateway on test ports (its listener `http`),
+/// one backend `backend` on `backend_port`, then `rest` (policies, apis…).
+pub fn test_document(backend_port: u16, rest: &str) -> String {
+    format!(
+        "version: 1\ngateway:\n  admin: 127.0.0.1:0\n  listeners: [ {{ name: http, address: 127.0.0.1:0 }} ]\n\
+         backends:\n  - {{ name: backend, endpoints: [127.0.0.1:{backend_port}] }}\n{rest}"
+    )
+}

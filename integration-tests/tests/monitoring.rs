@@ -8,7 +8,7 @@
 use gatewayctl::source::Source;
 use integration_tests::echo::EchoServer;
 use integration_tests::envoy::{start_yaml, workspace_root};
-use integration_tests::gatewayctl::build;
+use integration_tests::gatewayctl::{build, test_document};
 use integration_tests::http;
 use integration_tests::prometheus::{promtool, Prometheus};
 use serde_json::Value;
@@ -82,27 +82,21 @@ fn every_dashboard_query_reads_recorded_series_that_exist() {
 #[test]
 fn a_real_prometheus_records_the_gateways_series_from_a_real_envoy() {
     let backend = EchoServer::start("backend").expect("echo");
-    let text = format!(
-        "version: 1
-gateway:
-  admin: 127.0.0.1:0
-  listeners: [ {{ name: http, address: 127.0.0.1:0 }} ]
-backends:
-  - {{ name: backend, endpoints: [127.0.0.1:{}] }}
-policies:
+    let text = test_document(
+        backend.port(),
+        "policies:
   - name: two
-    quota: {{ key: client_ip, limit: 2, window: 1h }}
+    quota: { key: client_ip, limit: 2, window: 1h }
   - name: fragile
     breaker:
-      window: {{ duration_ms: 60000, buckets: 6 }}
-      trip: {{ min_calls: 3, failure_rate_percent: 50 }}
-      open: {{ duration_ms: 60000 }}
+      window: { duration_ms: 60000, buckets: 6 }
+      trip: { min_calls: 3, failure_rate_percent: 50 }
+      open: { duration_ms: 60000 }
 apis:
-  - {{ name: hello, method: GET, path: /hello, backend: backend, auth: anonymous }}
-  - {{ name: limited, method: GET, path: /limited, backend: backend, auth: anonymous, policies: [two] }}
-  - {{ name: flaky, method: GET, path: /flaky, backend: backend, auth: anonymous, policies: [fragile] }}
+  - { name: hello, method: GET, path: /hello, backend: backend, auth: anonymous }
+  - { name: limited, method: GET, path: /limited, backend: backend, auth: anonymous, policies: [two] }
+  - { name: flaky, method: GET, path: /flaky, backend: backend, auth: anonymous, policies: [fragile] }
 ",
-        backend.port()
     );
     let envoy = start_yaml(&build("apis.yaml", &text), 1);
     let prometheus = Prometheus::start(&[envoy.admin_address()]);

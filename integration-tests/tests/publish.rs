@@ -8,7 +8,7 @@
 use gatewayctl::publish::{self, Publication, Signature};
 use integration_tests::echo::EchoServer;
 use integration_tests::envoy::{start_yaml, validate, Envoy};
-use integration_tests::gatewayctl::{artifacts, host, load};
+use integration_tests::gatewayctl::{artifacts, host, load, test_document};
 use integration_tests::http;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,14 +19,10 @@ use std::time::{Duration, Instant};
 /// The document of the test: `hello` and `search` always, what `extra`
 /// adds, the quota `few` at `limit`, `search`'s `q` at most `max_q` long.
 fn document(backend: u16, limit: u32, max_q: u32, extra: &str) -> String {
-    format!(
-        "version: 1
-gateway:
-  admin: 127.0.0.1:0
-  listeners: [ {{ name: http, address: 127.0.0.1:0 }} ]
-backends:
-  - {{ name: backend, endpoints: [127.0.0.1:{backend}] }}
-policies:
+    test_document(
+        backend,
+        &format!(
+            "policies:
   - name: few
     quota: {{ key: client_ip, limit: {limit}, window: 1h }}
 apis:
@@ -39,6 +35,7 @@ apis:
     parameters: [ {{ name: q, in: query, required: true, max_length: {max_q} }} ]
   - {{ name: limited, method: GET, path: /limited, backend: backend, auth: anonymous, policies: [few] }}
 {extra}"
+        ),
     )
 }
 
@@ -215,20 +212,16 @@ fn a_route_published_before_its_policies_reach_the_filters_needs_credentials() {
     let dir = tempfile::tempdir().expect("dir");
     let dir_name = dir.path().display().to_string();
     let document = |extra: &str| {
-        format!(
-            "version: 1
-gateway:
-  admin: 127.0.0.1:0
-  listeners: [ {{ name: http, address: 127.0.0.1:0 }} ]
-backends:
-  - {{ name: backend, endpoints: [127.0.0.1:{}] }}
-apps:
+        test_document(
+            backend.port(),
+            &format!(
+                "apps:
   - {{ key: \"203751\", name: web, secrets: [s1] }}
 apis:
   - {{ name: hello, method: GET, path: /hello, backend: backend, auth: anonymous }}
   - {{ name: orders, method: GET, path: /orders, backend: backend, auth: app }}
-{extra}",
-            backend.port()
+{extra}"
+            ),
         )
     };
     let first = document("");
@@ -282,14 +275,10 @@ fn an_open_breaker_stays_open_across_a_publish() {
     let dir = tempfile::tempdir().expect("dir");
     let dir_name = dir.path().display().to_string();
     let document = |extra: &str| {
-        format!(
-            "version: 1
-gateway:
-  admin: 127.0.0.1:0
-  listeners: [ {{ name: http, address: 127.0.0.1:0 }} ]
-backends:
-  - {{ name: backend, endpoints: [127.0.0.1:{}] }}
-policies:
+        test_document(
+            backend.port(),
+            &format!(
+                "policies:
   - name: fragile
     breaker:
       window: {{ duration_ms: 60000, buckets: 6 }}
@@ -297,8 +286,8 @@ policies:
       open: {{ duration_ms: 60000 }}
 apis:
   - {{ name: flaky, method: GET, path: /flaky, backend: backend, auth: anonymous, policies: [fragile] }}
-{extra}",
-            backend.port()
+{extra}"
+            ),
         )
     };
     let first = document("");
