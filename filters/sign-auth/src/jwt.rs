@@ -261,10 +261,7 @@ impl Jwt {
     /// The shared-data key where a root leaves an issuer's fetched keys for
     /// the others (see [`crate::jwks`]).
     pub(crate) fn shared_keys_entry(&self, issuer: usize) -> String {
-        let configuration: String = self.fingerprint[..8]
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        let configuration = gateway_common::fleet::hex(&self.fingerprint[..8]);
         format!("{CACHE_PREFIX}keys.{configuration}.{issuer}")
     }
 

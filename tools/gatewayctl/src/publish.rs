@@ -137,25 +137,13 @@ pub fn publish(
             .map(|(name, value)| (name, pretty_bytes(&value)))
             .collect();
     files.push((DOCUMENT.into(), publication.text.as_bytes().to_vec()));
-    let version = Version {
-        version: next_version(dir)?,
-        published: now(),
-        author: signature.author,
-        message: signature.message,
+    let next = Next {
         source: publication.source.file.clone(),
-        previous: current.as_ref().map(|v| v.version),
+        previous: current.map(|v| v.version),
         rollback_of: None,
-        changes: changes(before.as_ref(), after),
+        signature,
     };
-    let needs_restart = before
-        .as_ref()
-        .is_some_and(|before| bootstrap_part(before) != bootstrap_part(after));
-    let warnings = install(dir, &version, files)?;
-    Ok(Published {
-        version,
-        needs_restart,
-        warnings,
-    })
+    commit(dir, next, before.as_ref(), after, files)
 }
 
 /// Publishes version `to` again as a new version (`None`: the version that
@@ -199,18 +187,44 @@ pub fn rollback(
     }
     let before = read_document(dir, current.version);
     let after = read_document(dir, to).unwrap_or(Value::Null);
-    let version = Version {
-        version: next_version(dir)?,
-        published: now(),
-        author: signature.author,
-        message: signature.message,
+    let next = Next {
         source: record.source,
         previous: Some(current.version),
         rollback_of: Some(to),
-        changes: changes(before.as_ref(), &after),
+        signature,
+    };
+    commit(dir, next, before.as_ref(), &after, files)
+}
+
+/// What the next version's record says of where it comes from.
+struct Next {
+    source: String,
+    previous: Option<u32>,
+    rollback_of: Option<u32>,
+    signature: Signature,
+}
+
+/// Records and installs the next version, `after` being its document and
+/// `before` the current one's.
+fn commit(
+    dir: &Path,
+    next: Next,
+    before: Option<&Value>,
+    after: &Value,
+    files: Vec<(String, Vec<u8>)>,
+) -> Result<Published, PublishError> {
+    let version = Version {
+        version: next_version(dir)?,
+        published: now(),
+        author: next.signature.author,
+        message: next.signature.message,
+        source: next.source,
+        previous: next.previous,
+        rollback_of: next.rollback_of,
+        changes: changes(before, after),
     };
     let needs_restart =
-        before.is_some_and(|before| bootstrap_part(&before) != bootstrap_part(&after));
+        before.is_some_and(|before| bootstrap_part(before) != bootstrap_part(after));
     let warnings = install(dir, &version, files)?;
     Ok(Published {
         version,
