@@ -235,6 +235,9 @@ Demo gateway is up: two instances, :8080 and :8081, sharing one Redis (logs in .
   target/release/gatewayctl history --dir .run/published
   target/release/gatewayctl rollback --dir .run/published
   curl -s http://127.0.0.1:8081/hello-v2
+  # publish one stage only: TEST (X-Ca-Stage: TEST) gets /hello-v2, RELEASE keeps the backend
+  target/release/gatewayctl publish .run/demo-next.yaml --dir .run/published --stage TEST -m 'hello-v2 on TEST'
+  curl -s -H 'X-Ca-Stage: TEST' http://127.0.0.1:8080/hello-v2; echo; curl -s http://127.0.0.1:8080/hello-v2
 
 Ctrl-C stops the demo.
 MSG

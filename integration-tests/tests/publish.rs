@@ -42,12 +42,18 @@ apis:
 const BYE: &str = "  - { name: bye, method: GET, path: /bye, backend: backend, auth: anonymous }\n";
 
 fn publish(dir: &Path, text: &str, message: &str) -> publish::Published {
+    publish_to(dir, None, text, message)
+}
+
+/// [`publish`] to one stage (none: every stage).
+fn publish_to(dir: &Path, stage: Option<&str>, text: &str, message: &str) -> publish::Published {
     let (source, generated) = load("apis.yaml", text);
     let publication = Publication {
         generated: &generated,
         source: &source,
         text,
         artifacts: &artifacts(),
+        stage,
     };
     let signature = Signature {
         author: Some("test".into()),
@@ -57,8 +63,14 @@ fn publish(dir: &Path, text: &str, message: &str) -> publish::Published {
 }
 
 fn status(envoy: &Envoy, path: &str) -> u16 {
+    status_of_stage(envoy, None, path)
+}
+
+/// The status of a GET of `path` sent with `X-Ca-Stage: stage`.
+fn status_of_stage(envoy: &Envoy, stage: Option<&str>, path: &str) -> u16 {
     let url = format!("http://127.0.0.1:{}{path}", envoy.listener_port("http"));
-    http::get(&url, &[]).map_or(0, |response| response.status)
+    let headers: Vec<(&str, &str)> = stage.map(|s| ("x-ca-stage", s)).into_iter().collect();
+    http::get(&url, &headers).map_or(0, |response| response.status)
 }
 
 /// How long until `path` answers `expected` (panics after 2 s).
@@ -323,4 +335,68 @@ apis:
         calls + 1,
         "only /bye reached the backend"
     );
+}
+
+#[test]
+fn a_stage_published_alone_changes_that_stage_and_leaves_the_others() {
+    let backend = EchoServer::start("backend").expect("echo");
+    let port = backend.port();
+    let dir = tempfile::tempdir().expect("dir");
+    let dir_name = dir.path().display().to_string();
+    let release = document(port, 2, 3, "");
+    publish(dir.path(), &release, "first");
+    let bootstrap = gatewayctl::build_dynamic(
+        &load("apis.yaml", &release).1,
+        "apis.yaml",
+        host(),
+        &dir_name,
+    );
+    let envoy = start_yaml(&bootstrap, 2);
+    assert_eq!(status(&envoy, "/hello"), 200, "{}", envoy.log());
+
+    // TEST gets a new API, a larger quota and longer queries.
+    let test = document(port, 4, 10, BYE);
+    let staged = publish_to(dir.path(), Some("TEST"), &test, "try bye");
+    assert_eq!(
+        staged.version.changes,
+        "stage TEST: apis ~search +bye; policies ~few"
+    );
+    let test_stage = Some("test");
+    let start = Instant::now();
+    while status_of_stage(&envoy, test_stage, "/bye") != 200 {
+        assert!(start.elapsed() < Duration::from_secs(2), "{}", envoy.log());
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status(&envoy, "/bye"), 404, "RELEASE has no bye");
+    assert_eq!(status_of_stage(&envoy, Some("PRE"), "/bye"), 404);
+    assert_eq!(status_of_stage(&envoy, test_stage, "/search?q=abcdef"), 200);
+    assert_eq!(
+        status(&envoy, "/search?q=abcdef"),
+        400,
+        "RELEASE keeps its limit"
+    );
+    // Each stage counts its own quota.
+    for _ in 0..2 {
+        assert_eq!(status(&envoy, "/limited"), 200);
+    }
+    assert_eq!(status(&envoy, "/limited"), 429);
+    for _ in 0..4 {
+        assert_eq!(status_of_stage(&envoy, test_stage, "/limited"), 200);
+    }
+    assert_eq!(status_of_stage(&envoy, test_stage, "/limited"), 429);
+    let byes = backend
+        .requests()
+        .iter()
+        .filter(|seen| seen.path == "/bye")
+        .count();
+    assert!(byes >= 1, "TEST's bye reached the backend");
+
+    // The whole document to every stage: RELEASE has bye too now.
+    let whole = publish(dir.path(), &test, "promote");
+    assert_eq!(
+        whole.version.changes,
+        "apis ~search +bye; policies ~few; stage documents dropped: TEST"
+    );
+    seen_within_2s(&envoy, "/bye", 200);
+    assert_eq!(status(&envoy, "/search?q=abcdef"), 200);
 }

@@ -8,7 +8,7 @@ use crate::source::{Source, SourceError};
 use gateway_common::config::join_path;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use gateway_common::section::Section;
 
@@ -87,7 +87,8 @@ impl Route {
     /// The API the route is one of (its name, or its name's first part:
     /// API names hold no `.`); none for the gateway's not-found route.
     pub fn api(&self) -> Option<&str> {
-        (self.name != NOT_FOUND_ROUTE).then(|| self.name.split('.').next().unwrap_or(&self.name))
+        (!self.name.starts_with(GATEWAY_ROUTES))
+            .then(|| self.name.split('.').next().unwrap_or(&self.name))
     }
 }
 
@@ -142,8 +143,16 @@ pub struct Generated {
     pub warnings: Vec<String>,
 }
 
+/// The first part of the name of a route the gateway answers itself.
+const GATEWAY_ROUTES: &str = "gateway.";
 /// The route answering a request no API matches.
 const NOT_FOUND_ROUTE: &str = "gateway.no-such-api";
+
+/// The route answering a request of a stage published on its own
+/// (see [`crate::stages`]) that none of that stage's APIs matches.
+fn stage_not_found_route(stage: &str) -> String {
+    format!("{GATEWAY_ROUTES}{}.no-such-api", stage.to_ascii_lowercase())
+}
 
 /// The route answering an API's unknown stage.
 fn unknown_stage_route(api: &str) -> String {
@@ -176,6 +185,26 @@ pub fn generate(source: &Source) -> Result<Generated, SourceError> {
 
 /// Reads, checks and expands a document.
 pub fn generate_for(source: &Source, target: Target) -> Result<Generated, SourceError> {
+    generate_with(source, target, &BTreeMap::new())
+}
+
+/// [`generate`] for a document some of whose APIs serve one stage only
+/// (`stage_only`: API name → stage): a stage published on its own, merged
+/// by [`crate::stages::merge`]. Their routes come first and match only
+/// their stage's `X-Ca-Stage`; a request of that stage none of them
+/// matches is answered 404, never served by another stage's API.
+pub fn generate_staged(
+    source: &Source,
+    stage_only: &BTreeMap<String, String>,
+) -> Result<Generated, SourceError> {
+    generate_with(source, Target::Envoy, stage_only)
+}
+
+fn generate_with(
+    source: &Source,
+    target: Target,
+    stage_only: &BTreeMap<String, String>,
+) -> Result<Generated, SourceError> {
     let document: Document = source.deserialize("")?;
     if document.version != VERSION {
         return Err(source.error(
@@ -196,6 +225,7 @@ pub fn generate_for(source: &Source, target: Target) -> Result<Generated, Source
             Target::Istio => MatchBy::Request,
         },
         target,
+        stage_only,
     };
     generator.check_names()?;
     generator.check_references()?;
@@ -205,7 +235,17 @@ pub fn generate_for(source: &Source, target: Target) -> Result<Generated, Source
         .enumerate()
         .map(|(index, api)| generator.resolve(index, api))
         .collect::<Result<_, _>>()?;
-    for api in &apis {
+    // A stage's own APIs first, then its 404, then every other stage's.
+    let (staged, shared): (Vec<&ResolvedApi>, Vec<&ResolvedApi>) = apis
+        .iter()
+        .partition(|api| stage_only.contains_key(&api.api.name));
+    for api in staged {
+        generator.add_routes(api);
+    }
+    for stage in stage_only.values().collect::<BTreeSet<_>>() {
+        generator.add_stage_not_found(stage);
+    }
+    for api in shared {
         generator.add_routes(api);
     }
     generator.add_not_found();
@@ -269,6 +309,8 @@ struct Generator<'a> {
     warnings: Vec<String>,
     match_by: MatchBy,
     target: Target,
+    /// APIs serving one stage only: name → stage.
+    stage_only: &'a BTreeMap<String, String>,
 }
 
 impl Generator<'_> {
@@ -485,7 +527,7 @@ impl Generator<'_> {
             }
             _ => return Err(self.error(&at, "an API has exactly one of `path` or `path_prefix`")),
         }
-        let backend = api
+        let mut backend = api
             .backend
             .clone()
             .or_else(|| group.and_then(|(_, g)| g.backend.clone()));
@@ -508,7 +550,7 @@ impl Generator<'_> {
         }
         let mut stages = group.map(|(_, g)| g.stages.clone()).unwrap_or_default();
         stages.extend(api.stages.clone());
-        let mut lowered = std::collections::BTreeSet::new();
+        let mut lowered = BTreeSet::new();
         for (stage, target) in &stages {
             if !lowered.insert(stage.to_ascii_lowercase()) {
                 return Err(self.error(
@@ -528,6 +570,16 @@ impl Generator<'_> {
                 ));
             }
             self.require_backend(target, &field)?;
+        }
+        // An API of one stage only: that stage's backend, no stage routes.
+        if let Some(only) = self.stage_only.get(&api.name) {
+            if let Some((_, stage_backend)) = stages
+                .iter()
+                .find(|(stage, _)| stage.eq_ignore_ascii_case(only))
+            {
+                backend = Some(stage_backend.clone());
+            }
+            stages.clear();
         }
         let auth_at = if api.auth.is_some() {
             format!("{at}.auth")
@@ -727,7 +779,7 @@ impl Generator<'_> {
         if policy.routes.is_empty() {
             return Err(self.error(&format!("{at}.routes"), "routing needs at least one route"));
         }
-        let mut names = std::collections::BTreeSet::new();
+        let mut names = BTreeSet::new();
         for (i, route) in policy.routes.iter().enumerate() {
             let at = format!("{at}.routes[{i}]");
             if !is_name(&route.name) {
@@ -870,11 +922,15 @@ impl Generator<'_> {
             RouteAction::Backend { .. } => api.mirror.clone(),
             RouteAction::Respond { .. } => None,
         };
+        let only_stage = self.stage_only.get(&api.api.name);
         let route = |name: String, stage: StageMatch, action: RouteAction| Route {
             name,
             path: path.clone(),
             method: method.clone(),
-            stage,
+            stage: match only_stage {
+                Some(only) => StageMatch::Stage(only.clone()),
+                None => stage,
+            },
             chosen_by_routing: None,
             mirror: mirror(&action),
             action,
@@ -943,6 +999,20 @@ impl Generator<'_> {
         self.routes.extend(routes);
     }
 
+    /// A request of a stage published on its own that none of its APIs
+    /// matches: 404, as for any API not published to that stage.
+    fn add_stage_not_found(&mut self, stage: &str) {
+        self.routes.push(Route {
+            name: stage_not_found_route(stage),
+            path: PathKind::Prefix("/".into()),
+            method: None,
+            stage: StageMatch::Stage(stage.to_string()),
+            chosen_by_routing: None,
+            action: error_response(404, "S404NF", "No Such API"),
+            mirror: None,
+        });
+    }
+
     /// A request no API matches: 404 in the gateway's error shape.
     fn add_not_found(&mut self) {
         self.routes.push(Route {
@@ -978,6 +1048,13 @@ impl Generator<'_> {
             }
         }
         let mut answers = vec![NOT_FOUND_ROUTE.to_string()];
+        answers.extend(
+            self.stage_only
+                .values()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .map(|stage| stage_not_found_route(stage)),
+        );
         answers.extend(
             apis.iter()
                 .filter(|api| !api.stages.is_empty())

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod publish;
 pub mod sign;
 pub mod source;
+pub mod stages;
 pub mod yaml;
 
 use source::{Source, SourceError};

@@ -19,10 +19,12 @@ const USAGE: &str = "usage: gatewayctl COMMAND ...
                              (the policies and the clusters they call);
                              --dynamic: routes, clusters and policies read from
                              DIR, where `publish` puts them (no restart)
-  publish FILE --dir DIR [--author NAME] [-m MESSAGE] [--wasm-dir DIR]
-             [--native-module PATH]
+  publish FILE --dir DIR [--stage STAGE] [--author NAME] [-m MESSAGE]
+             [--wasm-dir DIR] [--native-module PATH]
                              check FILE and make it the next version in DIR,
-                             which the Envoys of `build --dynamic DIR` read at once
+                             which the Envoys of `build --dynamic DIR` read at once;
+                             --stage: FILE serves that X-Ca-Stage only (RELEASE:
+                             the base document), the other stages left as they are
   history --dir DIR          the versions published in DIR, the current one marked
   rollback --dir DIR [VERSION] [--author NAME] [-m MESSAGE]
                              publish VERSION (default: the one before the
@@ -210,6 +212,7 @@ struct PublishArgs {
     positional: Option<String>,
     signature: publish::Signature,
     artifacts: Artifacts,
+    stage: Option<String>,
 }
 
 fn publish_args(command: &str, args: &[String]) -> Result<PublishArgs, String> {
@@ -230,6 +233,11 @@ fn publish_args(command: &str, args: &[String]) -> Result<PublishArgs, String> {
             }
             "--native-module" if command == "publish" => {
                 parsed.artifacts.native_module = value("--native-module")?
+            }
+            "--stage" if command == "publish" => {
+                let stage = value("--stage")?;
+                gatewayctl::stages::check_stage(&stage)?;
+                parsed.stage = Some(stage);
             }
             other if !other.starts_with('-') && parsed.positional.is_none() => {
                 parsed.positional = Some(other.to_string())
@@ -265,6 +273,12 @@ fn report_published(result: Result<publish::Published, publish::PublishError>) -
             eprintln!("gatewayctl: {err}");
             ExitCode::from(EXIT_INVALID)
         }
+        Err(publish::PublishError::Invalid(errors)) => {
+            for error in errors {
+                eprintln!("{error}");
+            }
+            ExitCode::from(EXIT_INVALID)
+        }
         Err(err) => {
             eprintln!("gatewayctl: {err}");
             ExitCode::from(EXIT_OUTPUT)
@@ -297,6 +311,7 @@ fn publish_command(args: &[String]) -> ExitCode {
         source: &source,
         text: &text,
         artifacts: &args.artifacts,
+        stage: args.stage.as_deref(),
     };
     report_published(publish::publish(
         std::path::Path::new(&dir),

@@ -12,12 +12,18 @@
 //!
 //! Versions are kept (the newest [`KEPT_VERSIONS`]); a rollback publishes an
 //! earlier version's files again as a new version, so history only grows.
+//!
+//! A version serves a base document and, for each stage published on its
+//! own (`--stage TEST`), that stage's document (`apis.TEST.yaml`): see
+//! [`crate::stages`].
 
 use crate::envoy::{self, Artifacts};
-use crate::generate::Generated;
-use crate::source::Source;
+use crate::generate::{self, Generated};
+use crate::source::{Source, SourceError};
+use crate::stages::{self, RELEASE};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -30,9 +36,14 @@ pub const KEPT_VERSIONS: usize = 50;
 const CURRENT: &str = "..data";
 const VERSIONS: &str = "versions";
 const LOCK: &str = ".publish.lock";
-/// Each version's record and document.
+/// Each version's record and base document.
 const RECORD: &str = "version.json";
 const DOCUMENT: &str = "apis.yaml";
+
+/// The file of a stage's own document in a version.
+fn stage_document(stage: &str) -> String {
+    format!("apis.{stage}.yaml")
+}
 
 /// What a version is: written as `version.json` in its directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +63,9 @@ pub struct Version {
     /// The version whose files this one publishes again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<u32>,
+    /// The one stage this version published to (none: every stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
     /// What changed from `previous`, for people (`apis +orders ~search`).
     pub changes: String,
 }
@@ -72,6 +86,8 @@ pub enum PublishError {
     Locked(PathBuf),
     /// No such version, or nothing to roll back to.
     NoVersion(String),
+    /// The stage's document does not go with the others published.
+    Invalid(Vec<SourceError>),
 }
 
 impl fmt::Display for PublishError {
@@ -84,6 +100,10 @@ impl fmt::Display for PublishError {
                 path.display()
             ),
             Self::NoVersion(why) => f.write_str(why),
+            Self::Invalid(errors) => {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                f.write_str(&lines.join("\n"))
+            }
         }
     }
 }
@@ -104,6 +124,96 @@ pub struct Publication<'a> {
     /// The document's text, kept with the version.
     pub text: &'a str,
     pub artifacts: &'a Artifacts,
+    /// Published to this stage only, the others left as they are; none:
+    /// to every stage (the stages' own documents are dropped).
+    pub stage: Option<&'a str>,
+}
+
+/// The documents a version serves: the base one, and each stage's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Documents {
+    pub base: String,
+    /// Stage → its document's text.
+    pub stages: BTreeMap<String, String>,
+}
+
+impl Documents {
+    /// These documents with `text` published to `stage`: RELEASE's is the
+    /// base document (the stages' own stay).
+    fn with(mut self, stage: &str, text: &str) -> Self {
+        if stage.eq_ignore_ascii_case(RELEASE) {
+            self.base = text.to_string();
+        } else {
+            // One document per stage, whatever case it was named in.
+            self.stages.retain(|s, _| !s.eq_ignore_ascii_case(stage));
+            self.stages.insert(stage.to_string(), text.to_string());
+        }
+        self
+    }
+
+    /// The configuration serving all of them at once, checked; its errors
+    /// are reported under `file`, the document being published.
+    pub fn load(&self, file: &str) -> Result<Generated, Vec<SourceError>> {
+        let error = |message: String| {
+            vec![SourceError {
+                file: file.to_string(),
+                line: None,
+                path: String::new(),
+                message,
+            }]
+        };
+        let parse = |name: &str, text: &str| {
+            Source::parse(name, text)
+                .map(|source| source.value)
+                .map_err(|err| vec![err])
+        };
+        let base = parse(DOCUMENT, &self.base)?;
+        let mut stage_values = BTreeMap::new();
+        for (stage, text) in &self.stages {
+            stage_values.insert(stage.clone(), parse(&stage_document(stage), text)?);
+        }
+        let (merged, stage_only) = stages::merge(&base, &stage_values).map_err(error)?;
+        let source = Source::unlocated(
+            &format!("{file} (with the documents of the other stages)"),
+            merged,
+        );
+        let generated = generate::generate_staged(&source, &stage_only).map_err(|e| vec![e])?;
+        let errors = crate::check::check(&generated, &source);
+        if errors.is_empty() {
+            Ok(generated)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// The documents the current version of `dir` serves, if any.
+pub fn current_documents(dir: &Path) -> Result<Option<Documents>, PublishError> {
+    let Some(version) = current(dir)? else {
+        return Ok(None);
+    };
+    documents_of(&version_dir(dir, version.version)).map(Some)
+}
+
+fn documents_of(version_dir: &Path) -> Result<Documents, PublishError> {
+    let read = |path: PathBuf| fs::read_to_string(&path).map_err(io_error(&path));
+    let mut documents = Documents {
+        base: read(version_dir.join(DOCUMENT))?,
+        stages: BTreeMap::new(),
+    };
+    for entry in fs::read_dir(version_dir).map_err(io_error(version_dir))? {
+        let entry = entry.map_err(io_error(version_dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(stage) = name
+            .strip_prefix("apis.")
+            .and_then(|rest| rest.strip_suffix(".yaml"))
+        {
+            documents
+                .stages
+                .insert(stage.to_string(), read(entry.path())?);
+        }
+    }
+    Ok(documents)
 }
 
 /// What a publish did.
@@ -127,23 +237,73 @@ pub fn publish(
     fs::create_dir_all(dir.join(VERSIONS)).map_err(io_error(dir))?;
     let _lock = Lock::take(dir)?;
     let current = current(dir)?;
-    let before = current
-        .as_ref()
-        .and_then(|version| read_document(dir, version.version));
+    let before = match &current {
+        Some(version) => Some(documents_of(&version_dir(dir, version.version))?),
+        None => None,
+    };
+    let value = |text: &str| Source::parse(DOCUMENT, text).ok().map(|s| s.value);
     let after = &publication.source.value;
+    let (documents, change) = match (publication.stage, &before) {
+        (None, _) => {
+            let mut change = changes(before.as_ref().and_then(|b| value(&b.base)).as_ref(), after);
+            if let Some(dropped) = before.as_ref().filter(|b| !b.stages.is_empty()) {
+                let names: Vec<&str> = dropped.stages.keys().map(String::as_str).collect();
+                change.push_str(&format!("; stage documents dropped: {}", names.join(", ")));
+            }
+            let documents = Documents {
+                base: publication.text.to_string(),
+                stages: BTreeMap::new(),
+            };
+            (documents, change)
+        }
+        (Some(stage), None) => {
+            return Err(PublishError::NoVersion(format!(
+                "{}: nothing is published there yet: publish the whole document (without \
+                 --stage {stage}) first",
+                dir.display()
+            )))
+        }
+        (Some(stage), Some(before)) => {
+            let was = before
+                .stages
+                .iter()
+                .find(|(s, _)| s.eq_ignore_ascii_case(stage))
+                .map_or(&before.base, |(_, text)| text);
+            let change = format!("stage {stage}: {}", changes(value(was).as_ref(), after));
+            (before.clone().with(stage, publication.text), change)
+        }
+    };
+    let merged;
+    let generated = if documents.stages.is_empty() {
+        publication.generated
+    } else {
+        merged = documents
+            .load(&publication.source.file)
+            .map_err(PublishError::Invalid)?;
+        &merged
+    };
     let mut files: Vec<(String, Vec<u8>)> =
-        envoy::dynamic_resources(publication.generated, publication.artifacts)
+        envoy::dynamic_resources(generated, publication.artifacts)
             .into_iter()
             .map(|(name, value)| (name, pretty_bytes(&value)))
             .collect();
-    files.push((DOCUMENT.into(), publication.text.as_bytes().to_vec()));
+    files.push((DOCUMENT.into(), documents.base.as_bytes().to_vec()));
+    for (stage, text) in &documents.stages {
+        files.push((stage_document(stage), text.as_bytes().to_vec()));
+    }
+    let needs_restart = before
+        .as_ref()
+        .and_then(|b| value(&b.base))
+        .zip(value(&documents.base))
+        .is_some_and(|(was, now)| bootstrap_part(&was) != bootstrap_part(&now));
     let next = Next {
         source: publication.source.file.clone(),
         previous: current.map(|v| v.version),
         rollback_of: None,
+        stage: publication.stage.map(String::from),
         signature,
     };
-    commit(dir, next, before.as_ref(), after, files)
+    commit(dir, next, change, needs_restart, files)
 }
 
 /// Publishes version `to` again as a new version (`None`: the version that
@@ -187,13 +347,23 @@ pub fn rollback(
     }
     let before = read_document(dir, current.version);
     let after = read_document(dir, to).unwrap_or(Value::Null);
+    let needs_restart = before
+        .as_ref()
+        .is_some_and(|before| bootstrap_part(before) != bootstrap_part(&after));
     let next = Next {
         source: record.source,
         previous: Some(current.version),
         rollback_of: Some(to),
+        stage: None,
         signature,
     };
-    commit(dir, next, before.as_ref(), &after, files)
+    commit(
+        dir,
+        next,
+        changes(before.as_ref(), &after),
+        needs_restart,
+        files,
+    )
 }
 
 /// What the next version's record says of where it comes from.
@@ -201,16 +371,16 @@ struct Next {
     source: String,
     previous: Option<u32>,
     rollback_of: Option<u32>,
+    stage: Option<String>,
     signature: Signature,
 }
 
-/// Records and installs the next version, `after` being its document and
-/// `before` the current one's.
+/// Records and installs the next version.
 fn commit(
     dir: &Path,
     next: Next,
-    before: Option<&Value>,
-    after: &Value,
+    changes: String,
+    needs_restart: bool,
     files: Vec<(String, Vec<u8>)>,
 ) -> Result<Published, PublishError> {
     let version = Version {
@@ -221,10 +391,9 @@ fn commit(
         source: next.source,
         previous: next.previous,
         rollback_of: next.rollback_of,
-        changes: changes(before, after),
+        stage: next.stage,
+        changes,
     };
-    let needs_restart =
-        before.is_some_and(|before| bootstrap_part(before) != bootstrap_part(after));
     let warnings = install(dir, &version, files)?;
     Ok(Published {
         version,
@@ -517,6 +686,10 @@ mod tests {
     const B: &str = "  - { name: b, path: /b, backend: b, auth: anonymous }\n";
 
     fn publish_text(dir: &Path, text: &str) -> Result<Published, PublishError> {
+        publish_to(dir, None, text)
+    }
+
+    fn publish_to(dir: &Path, stage: Option<&str>, text: &str) -> Result<Published, PublishError> {
         let source = Source::parse("apis.yaml", text).expect("parse");
         let generated = crate::load(&source).expect("valid");
         let publication = Publication {
@@ -524,8 +697,92 @@ mod tests {
             source: &source,
             text,
             artifacts: &Artifacts::default(),
+            stage,
         };
         publish(dir, &publication, Signature::default())
+    }
+
+    /// The route names of the current version, in Envoy's order.
+    fn route_names(dir: &Path) -> Vec<String> {
+        let routes: Value =
+            serde_json::from_slice(&fs::read(dir.join("routes.json")).expect("routes"))
+                .expect("json");
+        routes["resources"][0]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .expect("routes")
+            .iter()
+            .map(|route| route["name"].as_str().expect("name").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_stage_published_alone_is_served_by_its_document_and_the_others_stay() {
+        let dir = tempfile::tempdir().expect("dir");
+        let release = document(A, "0.0.0.0:8080");
+        assert!(matches!(
+            publish_to(dir.path(), Some("TEST"), &release),
+            Err(PublishError::NoVersion(why)) if why.contains("nothing is published there yet")
+        ));
+        publish_text(dir.path(), &release).expect("publish");
+        let test = document(&format!("{A}{B}"), "0.0.0.0:8080");
+        let staged = publish_to(dir.path(), Some("TEST"), &test).expect("stage");
+        assert_eq!(staged.version.changes, "stage TEST: apis +b");
+        assert_eq!(staged.version.stage.as_deref(), Some("TEST"));
+        assert!(!staged.needs_restart);
+        // The stage's APIs, then its 404, then the base document's.
+        assert_eq!(
+            route_names(dir.path()),
+            [
+                "a--test",
+                "b--test",
+                "gateway.test.no-such-api",
+                "a",
+                "gateway.no-such-api"
+            ]
+        );
+        let documents = current_documents(dir.path()).expect("read").expect("some");
+        assert_eq!(documents.base, release);
+        assert_eq!(
+            documents.stages,
+            BTreeMap::from([("TEST".into(), test.clone())])
+        );
+        // RELEASE alone replaces the base document; TEST keeps its own.
+        let both = document(&format!("{A}{B}"), "0.0.0.0:8080");
+        let released = publish_to(dir.path(), Some("RELEASE"), &both).expect("release");
+        assert_eq!(released.version.changes, "stage RELEASE: apis +b");
+        assert_eq!(
+            route_names(dir.path()),
+            [
+                "a--test",
+                "b--test",
+                "gateway.test.no-such-api",
+                "a",
+                "b",
+                "gateway.no-such-api"
+            ]
+        );
+        // A stage's document sharing what every stage shares, or nothing.
+        let moved = document(A, "0.0.0.0:9090");
+        let Err(PublishError::Invalid(errors)) = publish_to(dir.path(), Some("TEST"), &moved)
+        else {
+            panic!("a stage's own listeners are refused")
+        };
+        assert!(
+            errors[0]
+                .to_string()
+                .contains("stage TEST: `gateway` differs"),
+            "{errors:?}"
+        );
+        // The whole document to every stage: the stage's own is dropped.
+        let whole = publish_text(dir.path(), &release).expect("publish");
+        assert_eq!(
+            whole.version.changes,
+            "apis -b; stage documents dropped: TEST"
+        );
+        assert_eq!(route_names(dir.path()), ["a", "gateway.no-such-api"]);
+        // A rollback brings the stage's document back with its version.
+        rollback(dir.path(), Some(3), Signature::default()).expect("rollback");
+        assert_eq!(route_names(dir.path())[0], "a--test");
     }
 
     fn current_version(dir: &Path) -> Option<u32> {

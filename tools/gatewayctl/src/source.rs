@@ -84,6 +84,16 @@ impl Source {
         })
     }
 
+    /// A document made by the tool (no lines to name): its errors name
+    /// `file` and the path.
+    pub fn unlocated(file: &str, value: Value) -> Self {
+        Self {
+            file: file.to_string(),
+            value,
+            lines: HashMap::new(),
+        }
+    }
+
     /// Reads a file from disk.
     pub fn read(file: &str) -> Result<Self, SourceError> {
         let text = std::fs::read_to_string(file).map_err(|err| SourceError {
