@@ -239,6 +239,10 @@ Demo gateway is up: two instances, :8080 and :8081, sharing one Redis (logs in .
   target/release/gatewayctl publish .run/demo-next.yaml --dir .run/published --stage TEST -m 'hello-v2 on TEST'
   curl -s -H 'X-Ca-Stage: TEST' http://127.0.0.1:8080/hello-v2; echo; curl -s http://127.0.0.1:8080/hello-v2
 
+  # the APIs' reference for callers (open .run/docs/index.html) and OpenAPI 3.1 for SDK generators
+  target/release/gatewayctl docs examples/demo.yaml --server http://127.0.0.1:8080 -o .run/docs
+  target/release/gatewayctl export openapi examples/demo.yaml --server http://127.0.0.1:8080 -o .run/openapi.yaml
+
 Ctrl-C stops the demo.
 MSG
 wait "$envoy_pid" "$envoy2_pid"

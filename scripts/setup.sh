@@ -65,6 +65,9 @@ command -v curl >/dev/null 2>&1 || apt_install curl
 [ -x "${PROMETHEUS_BIN:-/usr/bin/prometheus}" ] && [ -x "${PROMTOOL_BIN:-/usr/bin/promtool}" ] \
   || apt_install prometheus
 
+# The API reference test renders `gatewayctl docs` pages in a headless browser.
+[ -x "${CHROMIUM_BIN:-/usr/bin/chromium}" ] || apt_install chromium
+
 if [ -n "${ENVOY_BIN:-}" ]; then
   [ -x "$ENVOY_BIN" ] || { say "ENVOY_BIN=$ENVOY_BIN is not an executable" >&2; exit 1; }
 else
@@ -89,6 +92,16 @@ if [ "$installed" != "$HUAWEI_SDK_CORE_VERSION" ]; then
   say "installing huaweicloudsdkcore==$HUAWEI_SDK_CORE_VERSION (its signer) into .venv"
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps \
     "huaweicloudsdkcore==$HUAWEI_SDK_CORE_VERSION" six==1.17.0 pyasn1==0.6.5
+fi
+
+# An OpenAPI validator of its own kind checks what `gatewayctl export
+# openapi` writes (the export tests).
+OPENAPI_VALIDATOR_VERSION=0.9.0
+installed=$(.venv/bin/pip show openapi-spec-validator 2>/dev/null | sed -n 's/^Version: //p' || true)
+if [ "$installed" != "$OPENAPI_VALIDATOR_VERSION" ]; then
+  say "installing openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check \
+    "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
 fi
 
 if [ "${1:-}" = "--report" ] || [ ! -f .venv/.setup-reported ]; then

@@ -1,6 +1,7 @@
 //! Test support: a real Envoy per test and an echo upstream that reports
 //! exactly what it received.
 
+pub mod browser;
 pub mod clickhouse;
 pub mod echo;
 pub mod envoy;

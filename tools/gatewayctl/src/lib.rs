@@ -5,11 +5,14 @@
 pub mod check;
 pub mod ecma;
 pub mod envoy;
+pub mod export;
 pub mod format;
 pub mod generate;
+pub mod html;
 pub mod istio;
 pub mod openapi;
 pub mod publish;
+pub mod reference;
 pub mod sign;
 pub mod source;
 pub mod stages;

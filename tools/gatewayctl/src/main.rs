@@ -29,6 +29,20 @@ const USAGE: &str = "usage: gatewayctl COMMAND ...
   rollback --dir DIR [VERSION] [--author NAME] [-m MESSAGE]
                              publish VERSION (default: the one before the
                              current) again, as a new version
+  export openapi FILE [-o OUT] [--group NAME] [--stage STAGE] [--server URL]...
+             [--title TITLE] [--complete]
+                             FILE's APIs as OpenAPI 3.1 for callers (YAML, or JSON
+                             when OUT ends in .json): operations, parameters and
+                             bodies, the gateway as server (default: one per
+                             listener), a security scheme per auth mode, the error
+                             codes; --stage: the APIs that stage serves, with
+                             X-Ca-Stage; --complete: with everything the gateway
+                             needs (x-gateway, app secrets included), so `import`
+                             gives the same APIs back
+  docs FILE -o DIR [--group NAME] [--stage STAGE] [--server URL]... [--title TITLE]
+                             a static HTML reference of FILE's APIs for callers
+                             (DIR/index.html, no network needed to read it) beside
+                             the OpenAPI document (DIR/openapi.yaml)
   import OPENAPI [-o OUT] [--strict]
                              an OpenAPI 3.0/3.1 document (YAML or JSON) as an
                              apis.yaml; what cannot be translated is carried as
@@ -377,6 +391,144 @@ fn history_command(args: &[String]) -> ExitCode {
     }
 }
 
+/// The options `export openapi` and `docs` share.
+#[derive(Default)]
+struct ReferenceArgs {
+    file: Option<String>,
+    out: Option<String>,
+    options: gatewayctl::export::Options,
+}
+
+fn reference_args(command: &str, args: &[String]) -> Result<ReferenceArgs, String> {
+    let mut parsed = ReferenceArgs::default();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().cloned().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "-o" | "--output" => parsed.out = Some(value("-o")?),
+            "--group" => parsed.options.group = Some(value("--group")?),
+            "--stage" => parsed.options.stage = Some(value("--stage")?),
+            "--server" => parsed.options.servers.push(value("--server")?),
+            "--title" => parsed.options.title = Some(value("--title")?),
+            "--complete" if command == "export" => parsed.options.complete = true,
+            other if !other.starts_with('-') && parsed.file.is_none() => {
+                parsed.file = Some(other.to_string())
+            }
+            other => return Err(format!("unexpected argument `{other}`")),
+        }
+    }
+    if parsed.file.is_none() {
+        return Err(format!("{command} needs a FILE"));
+    }
+    Ok(parsed)
+}
+
+/// Writes `text` to `out` (stdout when none).
+fn write_output(out: Option<&str>, text: &str) -> ExitCode {
+    match out {
+        None => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Some(path) => match std::fs::write(path, text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("gatewayctl: {path}: cannot be written: {err}");
+                ExitCode::from(EXIT_OUTPUT)
+            }
+        },
+    }
+}
+
+/// Reads and checks FILE of `export` or `docs`, and exports its APIs.
+fn exported(
+    args: &ReferenceArgs,
+) -> Result<
+    (
+        Source,
+        gatewayctl::generate::Generated,
+        gatewayctl::export::Exported,
+    ),
+    ExitCode,
+> {
+    let file = args.file.clone().unwrap_or_default();
+    let source = Source::read(&file).map_err(|err| {
+        eprintln!("{err}");
+        ExitCode::from(EXIT_INVALID)
+    })?;
+    let generated = checked_source(&source, gatewayctl::generate::Target::Envoy)?;
+    let exported =
+        gatewayctl::export::openapi(&source, &generated, &args.options).map_err(|message| {
+            eprintln!("gatewayctl: {message}");
+            ExitCode::from(EXIT_INVALID)
+        })?;
+    for warning in &exported.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok((source, generated, exported))
+}
+
+fn export(args: &[String]) -> ExitCode {
+    let Some(("openapi", rest)) = args.split_first().map(|(kind, rest)| (kind.as_str(), rest))
+    else {
+        return usage_error("export takes `openapi FILE`");
+    };
+    let args = match reference_args("export", rest) {
+        Ok(args) => args,
+        Err(message) => return usage_error(&message),
+    };
+    let (source, _, exported) = match exported(&args) {
+        Ok(done) => done,
+        Err(code) => return code,
+    };
+    let text = if args.out.as_deref().is_some_and(|o| o.ends_with(".json")) {
+        let mut text = serde_json::to_string_pretty(&exported.document).unwrap_or_default();
+        text.push('\n');
+        text
+    } else {
+        gatewayctl::export::to_yaml(&source.file, &exported)
+    };
+    write_output(args.out.as_deref(), &text)
+}
+
+fn docs(args: &[String]) -> ExitCode {
+    let args = match reference_args("docs", args) {
+        Ok(args) if args.out.is_some() => args,
+        Ok(_) => return usage_error("docs needs -o DIR"),
+        Err(message) => return usage_error(&message),
+    };
+    let file = args.file.clone().unwrap_or_default();
+    let source = match Source::read(&file) {
+        Ok(source) => source,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let generated = match checked_source(&source, gatewayctl::generate::Target::Envoy) {
+        Ok(generated) => generated,
+        Err(code) => return code,
+    };
+    let dir = std::path::PathBuf::from(args.out.unwrap_or_default());
+    match gatewayctl::html::write(&dir, &source, &generated, &args.options) {
+        Ok(warnings) => {
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!("{}", dir.join(gatewayctl::html::PAGE).display());
+            ExitCode::SUCCESS
+        }
+        Err(gatewayctl::html::DocsError::Selection(message)) => {
+            eprintln!("gatewayctl: {message}");
+            ExitCode::from(EXIT_INVALID)
+        }
+        Err(err) => {
+            eprintln!("gatewayctl: {err}");
+            ExitCode::from(EXIT_OUTPUT)
+        }
+    }
+}
+
 fn import(args: &[String]) -> ExitCode {
     let mut file = None;
     let mut out = None;
@@ -445,6 +597,8 @@ fn main() -> ExitCode {
         "check" => check(rest),
         "build" => build(rest),
         "import" => import(rest),
+        "export" => export(rest),
+        "docs" => docs(rest),
         "publish" => publish_command(rest),
         "history" => history_command(rest),
         "rollback" => rollback_command(rest),

@@ -14,8 +14,10 @@ const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
 
-/// Operation-level extensions and the `apis.yaml` field each sets.
-const OPERATION_EXTENSIONS: [(&str, &str); 9] = [
+/// Operation-level extensions and the `apis.yaml` field each sets (what
+/// `export openapi --complete` writes; `x-gateway-parameters` and
+/// `x-gateway-body-schema` replace what the operation's own say).
+pub const OPERATION_EXTENSIONS: [(&str, &str); 14] = [
     ("x-gateway-name", "name"),
     ("x-gateway-auth", "auth"),
     ("x-gateway-apps", "apps"),
@@ -25,7 +27,25 @@ const OPERATION_EXTENSIONS: [(&str, &str); 9] = [
     ("x-gateway-stages", "stages"),
     ("x-gateway-timeout", "timeout"),
     ("x-gateway-backend", "backend"),
+    ("x-gateway-parameters", "parameters"),
+    ("x-gateway-body-schema", "body_schema"),
+    ("x-gateway-mock", "mock"),
+    ("x-gateway-log", "log"),
+    ("x-gateway-auth-options", "auth_options"),
 ];
+
+/// The modes a security scheme's `x-gateway-auth` (as `export` writes it)
+/// may name.
+const EXPORTED_MODES: [&str; 6] = ["app", "huawei_app", "appcode", "basic", "jwt", "ext_auth"];
+
+/// Operation-level extensions saying how the API matches: any method (the
+/// operation's is one of them), or every path under the operation's.
+const MATCH_EXTENSIONS: [&str; 2] = ["x-gateway-any-method", "x-gateway-path-prefix"];
+
+/// The operation-level extension giving the API's place in the document
+/// (where paths overlap, the API listed first takes the calls); APIs
+/// without one follow, in the OpenAPI document's order.
+const ORDER_EXTENSION: &str = "x-gateway-order";
 
 /// The translated document and what could not be translated.
 #[derive(Debug, Clone)]
@@ -234,9 +254,18 @@ pub fn import_with(source: &Source, strict: bool) -> Result<Imported, SourceErro
                 default_auth.as_deref(),
                 &mut names,
             );
+            let place = match operation.get(ORDER_EXTENSION) {
+                None => u64::MAX,
+                Some(place) => place.as_u64().ok_or_else(|| {
+                    importer.error(
+                        &[&at[..], &[ORDER_EXTENSION]].concat(),
+                        "must be a whole number",
+                    )
+                })?,
+            };
             match api {
                 Ok(Some(api)) => {
-                    apis.push(api);
+                    apis.push((place, api));
                     origins.push(pointer(&at));
                 }
                 Ok(None) => {}
@@ -269,6 +298,17 @@ pub fn import_with(source: &Source, strict: bool) -> Result<Imported, SourceErro
         };
         return Err(importer.error(&["paths"], message));
     }
+    // A stable sort: the document's order where no place is given.
+    let mut placed: Vec<(u64, Value, String)> = apis
+        .into_iter()
+        .zip(origins)
+        .map(|((place, api), origin)| (place, api, origin))
+        .collect();
+    placed.sort_by_key(|(place, _, _)| *place);
+    let (apis, origins): (Vec<Value>, Vec<String>) = placed
+        .into_iter()
+        .map(|(_, api, origin)| (api, origin))
+        .unzip();
     document.insert("apis".into(), Value::Array(apis));
     Ok(Imported {
         document: Value::Object(document),
@@ -490,8 +530,28 @@ impl Importer<'_> {
             }
             let mut ext_at = at.to_vec();
             ext_at.push(key);
+            if key == ORDER_EXTENSION {
+                continue;
+            }
+            if MATCH_EXTENSIONS.contains(&key.as_str()) {
+                match value {
+                    Value::Bool(true) if key == "x-gateway-any-method" => {
+                        api.remove("method");
+                    }
+                    Value::Bool(true) => {
+                        if let Some(path) = api.remove("path") {
+                            api.insert("path_prefix".into(), path);
+                        }
+                    }
+                    Value::Bool(false) => {}
+                    _ => return Err(self.error(&ext_at, "must be true or false")),
+                }
+                continue;
+            }
             let Some((_, field)) = OPERATION_EXTENSIONS.iter().find(|(ext, _)| ext == key) else {
-                let known: Vec<&str> = OPERATION_EXTENSIONS.iter().map(|(e, _)| *e).collect();
+                let mut known: Vec<&str> = OPERATION_EXTENSIONS.iter().map(|(e, _)| *e).collect();
+                known.extend(MATCH_EXTENSIONS);
+                known.push(ORDER_EXTENSION);
                 return Err(self.error(
                     &ext_at,
                     format!(
@@ -500,7 +560,12 @@ impl Importer<'_> {
                     ),
                 ));
             };
-            api.insert((*field).into(), value.clone());
+            if value.is_null() {
+                // The API has none (what the operation says otherwise aside).
+                api.remove(*field);
+            } else {
+                api.insert((*field).into(), value.clone());
+            }
         }
         Ok(Some(Value::Object(api)))
     }
@@ -567,7 +632,20 @@ impl Importer<'_> {
                         .unwrap_or_default()
                         .to_ascii_lowercase()
                 };
+                let exported = scheme
+                    .and_then(|s| s.get("x-gateway-auth"))
+                    .and_then(Value::as_str)
+                    .filter(|mode| EXPORTED_MODES.contains(mode));
                 let mode = match (field("type").as_str(), field("in").as_str()) {
+                    ("apikey", "query") if exported.is_none_or(|mode| mode == "appcode") => {
+                        let parameter = scheme
+                            .and_then(|s| s.get("name"))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        options.insert("appcode_query".into(), json!(parameter));
+                        Some("appcode")
+                    }
+                    _ if exported.is_some() => exported,
                     ("apikey", "header") => {
                         let header = field("name");
                         if header != "authorization" && header != "x-apig-appcode" {
@@ -578,14 +656,6 @@ impl Importer<'_> {
                                 ),
                             );
                         }
-                        Some("appcode")
-                    }
-                    ("apikey", "query") => {
-                        let parameter = scheme
-                            .and_then(|s| s.get("name"))
-                            .and_then(Value::as_str)
-                            .unwrap_or_default();
-                        options.insert("appcode_query".into(), json!(parameter));
                         Some("appcode")
                     }
                     ("http", _) if field("scheme") == "basic" => Some("basic"),
@@ -1243,7 +1313,58 @@ mod tests {
             error_of(&format!("{HEAD}paths:\n  /a:\n    get:\n      x-gateway-quota: 3\n")),
             "openapi.yaml:7: #/paths/~1a/get/x-gateway-quota: unknown extension `x-gateway-quota`, expected one of \
              x-gateway-name, x-gateway-auth, x-gateway-apps, x-gateway-policies, x-gateway-mapping, \
-             x-gateway-validation, x-gateway-stages, x-gateway-timeout, x-gateway-backend"
+             x-gateway-validation, x-gateway-stages, x-gateway-timeout, x-gateway-backend, \
+             x-gateway-parameters, x-gateway-body-schema, x-gateway-mock, x-gateway-log, \
+             x-gateway-auth-options, x-gateway-any-method, x-gateway-path-prefix, x-gateway-order"
+        );
+    }
+
+    #[test]
+    fn the_extensions_export_writes_give_the_api_back_exactly() {
+        let doc = imported(&format!(
+            "{HEAD}paths:
+  /files:
+    get:
+      x-gateway-any-method: true
+      x-gateway-path-prefix: true
+      x-gateway-order: 1
+      security: [ {{ key: [] }} ]
+      x-gateway-auth-options: null
+  /a/{{id}}:
+    put:
+      x-gateway-order: 0
+      parameters: [ {{ name: id, in: path, required: true, schema: {{ type: integer }} }} ]
+      requestBody: {{ content: {{ application/json: {{ schema: {{ type: object }} }} }} }}
+      x-gateway-parameters: [ {{ name: id, in: path, pattern: '[0-9]+' }} ]
+      x-gateway-body-schema: null
+components:
+  securitySchemes:
+    key: {{ type: apiKey, in: query, name: code, x-gateway-auth: appcode }}
+"
+        ));
+        let apis = &doc.document["apis"];
+        // Placed by x-gateway-order, not by path.
+        assert_eq!(apis[0]["path"], "/v2/a/{id}", "under the server's path");
+        assert_eq!(
+            apis[0]["parameters"],
+            json!([{"name": "id", "in": "path", "pattern": "[0-9]+"}])
+        );
+        assert!(
+            apis[0].get("body_schema").is_none(),
+            "null: the API has none"
+        );
+        assert_eq!(apis[1]["path_prefix"], "/v2/files");
+        assert!(apis[1].get("path").is_none() && apis[1].get("method").is_none());
+        assert_eq!(apis[1]["auth"], "appcode");
+        assert!(
+            apis[1].get("auth_options").is_none(),
+            "null: the API has none"
+        );
+        assert_eq!(
+            error_of(&format!(
+                "{HEAD}paths:\n  /a:\n    get:\n      x-gateway-order: first\n"
+            )),
+            "openapi.yaml:7: #/paths/~1a/get/x-gateway-order: must be a whole number"
         );
     }
 

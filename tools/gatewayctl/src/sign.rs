@@ -297,10 +297,17 @@ fn run(args: Args) -> Result<String, String> {
     Ok(print(&args, &headers))
 }
 
+/// What `sign` prints for its arguments (after the command's name): the
+/// headers, the curl command or the explanation; an error says why not
+/// (empty: the usage was asked for).
+pub fn output(args: impl Iterator<Item = String>) -> Result<String, String> {
+    parse_args(args).and_then(run)
+}
+
 /// Runs `sign` with its arguments (after the command's name); `program` is
 /// the name errors are reported under (`gatewayctl sign` or `ca-sign`).
 pub fn main(args: impl Iterator<Item = String>, program: &str) -> ExitCode {
-    match parse_args(args).and_then(run) {
+    match output(args) {
         Ok(output) => {
             println!("{output}");
             ExitCode::SUCCESS

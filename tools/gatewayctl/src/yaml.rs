@@ -11,8 +11,21 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use yaml_rust2::Yaml;
 
-/// Keys written before the others (which follow in sorted order).
-const FIRST_KEYS: [&str; 4] = ["version", "name", "@type", "match"];
+/// Keys written before the others (which follow in sorted order); the
+/// last ones those of an OpenAPI document and its operations.
+const FIRST_KEYS: [&str; 11] = [
+    "version",
+    "name",
+    "@type",
+    "match",
+    "openapi",
+    "info",
+    "servers",
+    "tags",
+    "paths",
+    "operationId",
+    "summary",
+];
 
 /// Flow style up to this many characters.
 const FLOW_WIDTH: usize = 72;
@@ -21,8 +34,20 @@ const FLOW_WIDTH: usize = 72;
 const SHARED_BYTES: usize = 400;
 
 pub fn to_yaml(value: &Value) -> String {
+    write(value, true)
+}
+
+/// [`to_yaml`] with every subtree written out (no anchors), for documents
+/// other tools read.
+pub fn to_yaml_without_anchors(value: &Value) -> String {
+    write(value, false)
+}
+
+fn write(value: &Value, share: bool) -> String {
     let mut counts = HashMap::new();
-    count_subtrees(value, &mut counts);
+    if share {
+        count_subtrees(value, &mut counts);
+    }
     let mut writer = Writer {
         out: String::new(),
         repeated: counts

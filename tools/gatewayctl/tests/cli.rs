@@ -284,3 +284,37 @@ fn import_leaves_out_what_it_cannot_carry_unless_strict() {
         stderr(&strict)
     );
 }
+
+#[test]
+fn export_and_docs_write_their_files_and_name_what_selects_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("shop.json").display().to_string();
+    let output = gatewayctl(&["export", "openapi", "examples/shop.yaml", "-o", &json]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let exported: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("written")).expect("JSON");
+    assert_eq!(exported["openapi"], "3.1.0");
+    let output = gatewayctl(&["export", "openapi", "examples/shop.yaml", "--stage", "PRE"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "APIs without stages serve PRE"
+    );
+    let output = gatewayctl(&["export", "openapi", "examples/shop.yaml", "--group", "nope"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "gatewayctl: --group nope: the document has no such group\n"
+    );
+    let output = gatewayctl(&["export", "swagger", "examples/shop.yaml"]);
+    assert_eq!(output.status.code(), Some(2));
+
+    let site = dir.path().join("site").display().to_string();
+    let output = gatewayctl(&["docs", "examples/shop.yaml", "-o", &site]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    for file in ["index.html", "openapi.yaml"] {
+        assert!(dir.path().join("site").join(file).is_file(), "{file}");
+    }
+    let output = gatewayctl(&["docs", "examples/shop.yaml"]);
+    assert_eq!(output.status.code(), Some(2), "docs needs -o DIR");
+}
