@@ -11,15 +11,7 @@ const RENDER_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// `CHROMIUM_BIN`, else Debian's.
 pub fn chromium_bin() -> PathBuf {
-    let path = std::env::var_os("CHROMIUM_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    assert!(
-        path.is_file(),
-        "{} not found: run `make setup` (it installs chromium) or set CHROMIUM_BIN",
-        path.display()
-    );
-    path
+    process::installed("CHROMIUM_BIN", "/usr/bin/chromium", "chromium")
 }
 
 /// The DOM of a local page once rendered (scripts run, styles applied), as

@@ -14,15 +14,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The server binary: `CLICKHOUSE_BIN`, else Debian's.
 pub fn clickhouse_bin() -> PathBuf {
-    let path = std::env::var_os("CLICKHOUSE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/sbin/clickhouse-server"));
-    assert!(
-        path.is_file(),
-        "ClickHouse not found at {}: run `make setup` (it installs clickhouse-server) or set CLICKHOUSE_BIN",
-        path.display()
-    );
-    path
+    crate::process::installed(
+        "CLICKHOUSE_BIN",
+        "/usr/sbin/clickhouse-server",
+        "clickhouse-server",
+    )
 }
 
 pub struct ClickHouse {

@@ -2,6 +2,7 @@
 //! registry.
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
@@ -48,6 +49,20 @@ fn fixed_ports() -> (u16, u16) {
 
 static FIXED_PORTS: OnceLock<(u16, u16)> = OnceLock::new();
 static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// A program the tests run: the path in environment `variable`, else
+/// `default`; panics, naming what installs it, when it is not there.
+pub fn installed(variable: &str, default: &str, installed_by: &str) -> PathBuf {
+    let path = std::env::var_os(variable)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default));
+    assert!(
+        path.is_file(),
+        "{} not found: run `make setup` (it installs {installed_by}) or set {variable}",
+        path.display()
+    );
+    path
+}
 
 /// Stops a child: SIGTERM so it exits cleanly (and a wrapper script passes
 /// it on), then SIGKILL if it is still running after `grace`.

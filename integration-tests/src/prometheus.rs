@@ -13,17 +13,7 @@ use std::time::{Duration, Instant};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn binary(variable: &str, default: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os(variable)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(default));
-    assert!(
-        path.is_file(),
-        "{} not found: run `make setup` (it installs {package}) or set {variable}",
-        path.display()
-    );
-    path
-}
+use crate::process::installed as binary;
 
 /// The server: `PROMETHEUS_BIN`, else Debian's.
 pub fn prometheus_bin() -> PathBuf {

@@ -10,7 +10,6 @@ use serde_json::json;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,17 +19,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const WEBDIS_THREADS: usize = 2;
 const WEBDIS_POOL_SIZE: usize = 8;
 
-fn binary(var: &str, default: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(default));
-    assert!(
-        path.is_file(),
-        "{} not found: run `make setup` (it installs {package}) or set {var}",
-        path.display()
-    );
-    path
-}
+use crate::process::installed as binary;
 
 pub struct FleetStore {
     dir: tempfile::TempDir,

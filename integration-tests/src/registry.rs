@@ -15,28 +15,16 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The registry server: `DOCKER_REGISTRY_BIN`, else Debian's.
 pub fn registry_bin() -> PathBuf {
-    let path = std::env::var_os("DOCKER_REGISTRY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/docker-registry"));
-    assert!(
-        path.is_file(),
-        "docker-registry not found at {}: run `make setup` (it installs Debian's docker-registry) or set DOCKER_REGISTRY_BIN",
-        path.display()
-    );
-    path
+    crate::process::installed(
+        "DOCKER_REGISTRY_BIN",
+        "/usr/bin/docker-registry",
+        "Debian's docker-registry",
+    )
 }
 
 /// `skopeo`: `SKOPEO_BIN`, else Debian's.
 pub fn skopeo_bin() -> PathBuf {
-    let path = std::env::var_os("SKOPEO_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/skopeo"));
-    assert!(
-        path.is_file(),
-        "skopeo not found at {}: run `make setup` (it installs Debian's skopeo) or set SKOPEO_BIN",
-        path.display()
-    );
-    path
+    crate::process::installed("SKOPEO_BIN", "/usr/bin/skopeo", "Debian's skopeo")
 }
 
 /// A running registry; stopped when dropped (its log printed if the test failed).

@@ -17,15 +17,12 @@ use std::process::Command;
 
 /// openapi-spec-validator, which `scripts/setup.sh` installs into .venv.
 fn openapi_validator() -> PathBuf {
-    let path = std::env::var_os("OPENAPI_VALIDATOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".venv/bin/openapi-spec-validator"));
-    assert!(
-        path.is_file(),
-        "{} not found: run `make setup` (it installs openapi-spec-validator)",
-        path.display()
-    );
-    path
+    let default = workspace_root().join(".venv/bin/openapi-spec-validator");
+    integration_tests::process::installed(
+        "OPENAPI_VALIDATOR_BIN",
+        &default.to_string_lossy(),
+        "openapi-spec-validator",
+    )
 }
 
 fn validate_openapi(file: &Path) {

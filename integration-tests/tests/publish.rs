@@ -399,4 +399,13 @@ fn a_stage_published_alone_changes_that_stage_and_leaves_the_others() {
     );
     seen_within_2s(&envoy, "/bye", 200);
     assert_eq!(status(&envoy, "/search?q=abcdef"), 200);
+    // TEST is served by the base document again: one quota count for both
+    // (RELEASE's 2 calls, and 2 more under the new limit of 4).
+    assert_eq!(status_of_stage(&envoy, test_stage, "/limited"), 200);
+    assert_eq!(status_of_stage(&envoy, test_stage, "/limited"), 200);
+    assert_eq!(
+        status(&envoy, "/limited"),
+        429,
+        "TEST's calls counted with RELEASE's"
+    );
 }

@@ -88,7 +88,8 @@ pub fn select(
     let selected: Vec<ApiReference> = reference::apis(&source.value, document)
         .into_iter()
         .filter(|api| options.group.is_none() || api.group == options.group)
-        .filter(|api| match &options.stage {
+        .filter(|api| match stage_header(options) {
+            // Every API serves RELEASE.
             None => true,
             // An API without stages takes every stage's calls.
             Some(stage) => {
@@ -108,6 +109,15 @@ pub fn to_yaml(file: &str, exported: &Exported) -> String {
         "# Written by `gatewayctl export openapi` from {file}.\n{}",
         crate::yaml::to_yaml_without_anchors(&exported.document)
     )
+}
+
+/// The `X-Ca-Stage` a caller of the selected stage sends (none for
+/// RELEASE, the stage of a request without it).
+pub fn stage_header(options: &Options) -> Option<&str> {
+    options
+        .stage
+        .as_deref()
+        .filter(|stage| !stage.eq_ignore_ascii_case(crate::stages::RELEASE))
 }
 
 /// The gateway's URLs: those given, else one per listener.
@@ -136,6 +146,15 @@ pub fn openapi(
     options: &Options,
 ) -> Result<Exported, String> {
     let selected = select(source, generated, options)?;
+    let servers = servers(generated, options);
+    if options.complete {
+        if let Some(url) = servers.iter().find(|url| url_path(url).is_some()) {
+            return Err(format!(
+                "--complete with the server {url}: its path would be put before every API's \
+                 path by `import`; give the server without a path"
+            ));
+        }
+    }
     let mut exporter = Exporter {
         options,
         schemas: Map::new(),
@@ -158,8 +177,8 @@ pub fn openapi(
         };
         let Some(method) = method.filter(|m| !item.contains_key(m)) else {
             exporter.warnings.push(format!(
-                "apis.{}: {} {} is another API's operation already (the API listed first takes \
-                 its calls); left out",
+                "apis.{}: OpenAPI has one operation per method and path, and {} {} is another \
+                 API's already; left out",
                 api.name,
                 api.method.as_deref().unwrap_or("any method"),
                 api.path
@@ -202,7 +221,6 @@ pub fn openapi(
             ),
         }),
     );
-    let servers = servers(generated, options);
     out.insert(
         "servers".into(),
         Value::Array(
@@ -253,6 +271,14 @@ pub fn openapi(
         document: Value::Object(out),
         warnings: exporter.warnings,
     })
+}
+
+/// The path of a URL, when it has one other than `/`.
+fn url_path(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.find('/')
+        .map(|at| &rest[at..])
+        .filter(|path| *path != "/")
 }
 
 /// One server per listener: `localhost` unless the gateway names its hosts.
@@ -382,7 +408,7 @@ impl Exporter<'_> {
                 }
             }
         }
-        if let Some(stage) = &self.options.stage {
+        if let Some(stage) = stage_header(self.options) {
             out.push(json!({
                 "name": "X-Ca-Stage",
                 "in": "header",
@@ -698,6 +724,50 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_complete_export_refuses_a_server_path_import_would_add() {
+        let (source, generated) = example("shop.yaml");
+        let options = Options {
+            complete: true,
+            servers: vec!["https://api.example.com/v1".into()],
+            ..Options::default()
+        };
+        let error = openapi(&source, &generated, &options)
+            .err()
+            .expect("refused");
+        assert!(error.contains("give the server without a path"), "{error}");
+    }
+
+    #[test]
+    fn a_stage_selects_the_apis_serving_it() {
+        let (source, generated) = example("shop.yaml");
+        let all = select(&source, &generated, &Options::default()).expect("all");
+        let names = |stage: &str| -> Vec<String> {
+            let options = Options {
+                stage: Some(stage.into()),
+                ..Options::default()
+            };
+            select(&source, &generated, &options)
+                .expect("some")
+                .into_iter()
+                .map(|api| api.name)
+                .collect()
+        };
+        assert_eq!(
+            names("release").len(),
+            all.len(),
+            "every API serves RELEASE"
+        );
+        let staged = all.iter().filter(|api| !api.stages.is_empty()).count();
+        assert!(staged > 0 && staged < all.len());
+        assert_eq!(names("PRE").len(), all.len() - staged, "none has PRE");
+        assert_eq!(
+            names("test").len(),
+            all.len(),
+            "the staged APIs all have TEST"
+        );
     }
 
     #[test]

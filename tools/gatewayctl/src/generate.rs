@@ -343,6 +343,12 @@ impl Generator<'_> {
                     .collect(),
             ),
         ];
+        if let Some(index) = doc.apis.iter().position(|api| api.name == "gateway") {
+            return Err(self.error(
+                &format!("apis[{index}].name"),
+                "`gateway` names the gateway's own routes (gateway.no-such-api…): give the API another name",
+            ));
+        }
         for (list, names) in lists {
             let mut seen = HashMap::new();
             for (index, name) in names.iter().enumerate() {

@@ -164,7 +164,7 @@ pub fn page(title: &str, apis: &[ApiReference], servers: &[String], options: &Op
         .collect();
     out.push_str(&urls.join(", "));
     out.push_str("</p>\n");
-    if let Some(stage) = &options.stage {
+    if let Some(stage) = export::stage_header(options) {
         let _ = writeln!(
             out,
             "<p>Stage <strong>{}</strong>: send <code>X-Ca-Stage: {0}</code> with every request.</p>",
@@ -542,7 +542,10 @@ pub fn example_request(
     let mut path = api.path.clone();
     for parameter in by_place("path") {
         let name = parameter["name"].as_str().unwrap_or_default();
-        path = path.replace(&format!("{{{name}}}"), &example_value(parameter));
+        path = path.replace(
+            &format!("{{{name}}}"),
+            &percent_encode(&example_value(parameter)),
+        );
     }
     for variable in crate::generate::variables(&api.path.clone()) {
         path = path.replace(&format!("{{{variable}}}"), "1");
@@ -553,7 +556,7 @@ pub fn example_request(
         .map(|p| {
             format!(
                 "{}={}",
-                p["name"].as_str().unwrap_or_default(),
+                percent_encode(p["name"].as_str().unwrap_or_default()),
                 percent_encode(&example_value(p))
             )
         })
@@ -573,7 +576,7 @@ pub fn example_request(
             )
         })
         .collect();
-    if let Some(stage) = &options.stage {
+    if let Some(stage) = export::stage_header(options) {
         headers.push(format!("X-Ca-Stage: {stage}"));
     }
     let form: Vec<String> = by_place("form")
@@ -641,10 +644,14 @@ pub fn example_request(
     }
     words.push(url);
     let command = words.iter().map(|w| shell(w)).collect::<Vec<_>>().join(" ");
-    if signing {
-        format!("# prints the signed curl command (each run a fresh nonce and time)\n{command}")
-    } else {
-        command
+    match mode {
+        AuthMode::App | AuthMode::HuaweiApp => {
+            format!("# prints the signed curl command (each run a fresh nonce and time)\n{command}")
+        }
+        AuthMode::ExtAuth => format!(
+            "# the credentials your provider gave you, where it told you to send them\n{command}"
+        ),
+        _ => command,
     }
 }
 

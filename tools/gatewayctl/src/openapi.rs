@@ -255,16 +255,16 @@ pub fn import_with(source: &Source, strict: bool) -> Result<Imported, SourceErro
                 &mut names,
             );
             let place = match operation.get(ORDER_EXTENSION) {
-                None => u64::MAX,
+                None => Ok(u64::MAX),
                 Some(place) => place.as_u64().ok_or_else(|| {
                     importer.error(
                         &[&at[..], &[ORDER_EXTENSION]].concat(),
                         "must be a whole number",
                     )
-                })?,
+                }),
             };
-            match api {
-                Ok(Some(api)) => {
+            match place.and_then(|place| api.map(|api| api.map(|api| (place, api)))) {
+                Ok(Some((place, api))) => {
                     apis.push((place, api));
                     origins.push(pointer(&at));
                 }
@@ -632,10 +632,18 @@ impl Importer<'_> {
                         .unwrap_or_default()
                         .to_ascii_lowercase()
                 };
-                let exported = scheme
-                    .and_then(|s| s.get("x-gateway-auth"))
-                    .and_then(Value::as_str)
-                    .filter(|mode| EXPORTED_MODES.contains(mode));
+                let exported = match scheme.and_then(|s| s.get("x-gateway-auth")) {
+                    None => None,
+                    Some(Value::String(mode)) if EXPORTED_MODES.contains(&mode.as_str()) => {
+                        Some(mode.as_str())
+                    }
+                    Some(_) => {
+                        return Err(self.error(
+                            &["components", "securitySchemes", name, "x-gateway-auth"],
+                            format!("must be one of {}", EXPORTED_MODES.join(", ")),
+                        ))
+                    }
+                };
                 let mode = match (field("type").as_str(), field("in").as_str()) {
                     ("apikey", "query") if exported.is_none_or(|mode| mode == "appcode") => {
                         let parameter = scheme
@@ -1365,6 +1373,16 @@ components:
                 "{HEAD}paths:\n  /a:\n    get:\n      x-gateway-order: first\n"
             )),
             "openapi.yaml:7: #/paths/~1a/get/x-gateway-order: must be a whole number"
+        );
+        // Unless strict, only that operation is left out.
+        let text = format!(
+            "{HEAD}paths:\n  /a:\n    get:\n      x-gateway-order: first\n  /b:\n    get: {{}}\n"
+        );
+        let lenient = import(&Source::parse("openapi.yaml", &text).unwrap()).unwrap();
+        assert_eq!(lenient.document["apis"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            lenient.untranslated,
+            ["#/paths/~1a/get: operation left out: must be a whole number (at /x-gateway-order)"]
         );
     }
 

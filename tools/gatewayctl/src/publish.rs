@@ -40,6 +40,9 @@ const LOCK: &str = ".publish.lock";
 const RECORD: &str = "version.json";
 const DOCUMENT: &str = "apis.yaml";
 
+/// What `changes` says of two equal documents.
+const NO_CHANGE: &str = "no change";
+
 /// The file of a stage's own document in a version.
 fn stage_document(stage: &str) -> String {
     format!("apis.{stage}.yaml")
@@ -153,7 +156,7 @@ impl Documents {
 
     /// The configuration serving all of them at once, checked; its errors
     /// are reported under `file`, the document being published.
-    pub fn load(&self, file: &str) -> Result<Generated, Vec<SourceError>> {
+    pub fn load(&self, file: &str, publishing: &str) -> Result<Generated, Vec<SourceError>> {
         let error = |message: String| {
             vec![SourceError {
                 file: file.to_string(),
@@ -172,7 +175,8 @@ impl Documents {
         for (stage, text) in &self.stages {
             stage_values.insert(stage.clone(), parse(&stage_document(stage), text)?);
         }
-        let (merged, stage_only) = stages::merge(&base, &stage_values).map_err(error)?;
+        let (merged, stage_only) =
+            stages::merge(&base, &stage_values, Some(publishing)).map_err(error)?;
         let source = Source::unlocated(
             &format!("{file} (with the documents of the other stages)"),
             merged,
@@ -245,15 +249,11 @@ pub fn publish(
     let after = &publication.source.value;
     let (documents, change) = match (publication.stage, &before) {
         (None, _) => {
-            let mut change = changes(before.as_ref().and_then(|b| value(&b.base)).as_ref(), after);
-            if let Some(dropped) = before.as_ref().filter(|b| !b.stages.is_empty()) {
-                let names: Vec<&str> = dropped.stages.keys().map(String::as_str).collect();
-                change.push_str(&format!("; stage documents dropped: {}", names.join(", ")));
-            }
             let documents = Documents {
                 base: publication.text.to_string(),
                 stages: BTreeMap::new(),
             };
+            let change = documents_changes(before.as_ref(), &documents);
             (documents, change)
         }
         (Some(stage), None) => {
@@ -278,7 +278,10 @@ pub fn publish(
         publication.generated
     } else {
         merged = documents
-            .load(&publication.source.file)
+            .load(
+                &publication.source.file,
+                publication.stage.unwrap_or(RELEASE),
+            )
             .map_err(PublishError::Invalid)?;
         &merged
     };
@@ -350,6 +353,12 @@ pub fn rollback(
     let needs_restart = before
         .as_ref()
         .is_some_and(|before| bootstrap_part(before) != bootstrap_part(&after));
+    let change = documents_changes(
+        documents_of(&version_dir(dir, current.version))
+            .ok()
+            .as_ref(),
+        &documents_of(&from)?,
+    );
     let next = Next {
         source: record.source,
         previous: Some(current.version),
@@ -357,13 +366,48 @@ pub fn rollback(
         stage: None,
         signature,
     };
-    commit(
-        dir,
-        next,
-        changes(before.as_ref(), &after),
-        needs_restart,
-        files,
-    )
+    commit(dir, next, change, needs_restart, files)
+}
+
+/// What changed between the documents two versions serve: the base
+/// document's changes, then each stage's own document added, changed or
+/// dropped.
+fn documents_changes(before: Option<&Documents>, after: &Documents) -> String {
+    let value = |text: &str| Source::parse(DOCUMENT, text).ok().map(|s| s.value);
+    let base_after = value(&after.base).unwrap_or(Value::Null);
+    let Some(before) = before else {
+        return changes(None, &base_after);
+    };
+    let mut parts = vec![changes(value(&before.base).as_ref(), &base_after)];
+    let (mut added, mut dropped) = (Vec::new(), Vec::new());
+    for (stage, text) in &after.stages {
+        match before.stages.get(stage) {
+            None => added.push(stage.as_str()),
+            Some(was) if was != text => {
+                let now = value(text).unwrap_or(Value::Null);
+                parts.push(format!(
+                    "stage {stage}: {}",
+                    changes(value(was).as_ref(), &now)
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for stage in before.stages.keys() {
+        if !after.stages.contains_key(stage) {
+            dropped.push(stage.as_str());
+        }
+    }
+    if !added.is_empty() {
+        parts.push(format!("stage documents back: {}", added.join(", ")));
+    }
+    if !dropped.is_empty() {
+        parts.push(format!("stage documents dropped: {}", dropped.join(", ")));
+    }
+    if parts.len() > 1 && parts[0] == NO_CHANGE {
+        parts.remove(0);
+    }
+    parts.join("; ")
 }
 
 /// What the next version's record says of where it comes from.
@@ -639,7 +683,7 @@ pub fn changes(before: Option<&Value>, after: &Value) -> String {
         }
     }
     if parts.is_empty() {
-        "no change".into()
+        NO_CHANGE.into()
     } else {
         parts.join("; ")
     }
@@ -773,15 +817,22 @@ mod tests {
                 .contains("stage TEST: `gateway` differs"),
             "{errors:?}"
         );
+        // The base document may change them for every stage, keeping
+        // TEST's own document.
+        let moved_both = document(&format!("{A}{B}"), "0.0.0.0:9090");
+        let shared = publish_to(dir.path(), Some("RELEASE"), &moved_both).expect("release");
+        assert!(shared.needs_restart);
+        assert_eq!(route_names(dir.path())[0], "a--test");
         // The whole document to every stage: the stage's own is dropped.
         let whole = publish_text(dir.path(), &release).expect("publish");
         assert_eq!(
             whole.version.changes,
-            "apis -b; stage documents dropped: TEST"
+            "apis -b; gateway ~; stage documents dropped: TEST"
         );
         assert_eq!(route_names(dir.path()), ["a", "gateway.no-such-api"]);
         // A rollback brings the stage's document back with its version.
-        rollback(dir.path(), Some(3), Signature::default()).expect("rollback");
+        let back = rollback(dir.path(), Some(3), Signature::default()).expect("rollback");
+        assert_eq!(back.version.changes, "apis +b; stage documents back: TEST");
         assert_eq!(route_names(dir.path())[0], "a--test");
     }
 

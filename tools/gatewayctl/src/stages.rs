@@ -10,13 +10,18 @@
 //! quota counters and per-API series, and the generator gives those APIs
 //! routes that match only their stage's `X-Ca-Stage`. What every stage
 //! shares (`gateway`, `settings`, `apps`, and a backend of the same name)
-//! must be the same in each document.
+//! is the base document's: a stage's document being published must have
+//! the same (so what it was written against is what serves it); a base
+//! document published later may change them for every stage.
 
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 /// The stage every request without `X-Ca-Stage` is of.
 pub const RELEASE: &str = "RELEASE";
+
+/// The longest name of an API, policy or group.
+const MAX_NAME: usize = 64;
 
 /// The parts of a document every stage shares.
 const SHARED: [&str; 4] = ["version", "gateway", "settings", "apps"];
@@ -45,11 +50,13 @@ pub fn check_stage(stage: &str) -> Result<(), String> {
 
 /// One document serving the base document's stages and each of `stages`'
 /// own (stage → its document), and which APIs serve one stage only (API
-/// name → stage). An error names the stage and the field that cannot be
-/// merged.
+/// name → stage). `publishing` is the stage whose document is being
+/// published: its shared parts must be the base's. An error names the
+/// stage and the field that cannot be merged.
 pub fn merge(
     base: &Value,
     stages: &BTreeMap<String, Value>,
+    publishing: Option<&str>,
 ) -> Result<(Value, BTreeMap<String, String>), String> {
     let mut merged = base.clone();
     let mut stage_only = BTreeMap::new();
@@ -74,23 +81,26 @@ pub fn merge(
                 "stage {stage}: another stage has this name in another case"
             ));
         }
+        let checked = publishing.is_some_and(|p| p.eq_ignore_ascii_case(stage));
         for field in SHARED {
-            if document[field] != base[field] {
+            if checked && document[field] != base[field] {
                 return Err(format!(
                     "stage {stage}: `{field}` differs from the base document's; every stage \
-                     shares it: publish the whole document (without --stage) to change it"
+                     shares it: publish it with the base document (--stage RELEASE, or \
+                     without --stage), then this document with the same"
                 ));
             }
         }
         for backend in list(document, "backends") {
             let name = backend["name"].as_str().unwrap_or_default();
             match list(&merged, "backends").iter().find(|b| b["name"] == name) {
-                Some(shared) if *shared != backend => {
+                Some(shared) if checked && *shared != backend => {
                     return Err(format!(
                         "stage {stage}: backends.{name} differs from the base document's; \
                          backends are shared by every stage: give the stage's a name of its own"
                     ))
                 }
+                // The shared one: the base's, or the stage's that came first.
                 Some(_) => {}
                 None => push(&mut merged, "backends", backend),
             }
@@ -99,6 +109,18 @@ pub fn merge(
             Some(name) => Value::String(staged_name(name, &lowered)),
             None => value.clone(),
         };
+        for field in ["apis", "policies", "groups"] {
+            if let Some(long) = list(document, field).iter().find_map(|entry| {
+                let name = entry["name"].as_str()?;
+                (staged_name(name, stage).len() > MAX_NAME).then(|| name.to_string())
+            }) {
+                return Err(format!(
+                    "stage {stage}: {field}: `{long}` becomes `{}` in the stage, longer than \
+                     {MAX_NAME} characters: give it a shorter name",
+                    staged_name(&long, stage)
+                ));
+            }
+        }
         let rename_list = |value: &mut Value| {
             if let Some(names) = value.as_array_mut() {
                 for name in names {
@@ -182,7 +204,7 @@ mod tests {
         test["policies"][0]["quota"]["limit"] = json!(50);
         test["apis"][0]["backend"] = json!("shop-next");
         let stages = BTreeMap::from([("TEST".to_string(), test)]);
-        let (merged, stage_only) = merge(&base(), &stages).unwrap();
+        let (merged, stage_only) = merge(&base(), &stages, Some("TEST")).unwrap();
         let names = |field: &str| -> Vec<String> {
             list(&merged, field)
                 .iter()
@@ -205,31 +227,44 @@ mod tests {
     }
 
     #[test]
-    fn what_every_stage_shares_must_be_the_same() {
+    fn what_every_stage_shares_is_the_base_documents() {
         let mut test = base();
         test["settings"] = json!({ "log_push": { "sink": "x" } });
-        let error = merge(&base(), &BTreeMap::from([("TEST".into(), test)])).unwrap_err();
+        let stages = BTreeMap::from([("TEST".to_string(), test)]);
+        let error = merge(&base(), &stages, Some("TEST")).unwrap_err();
         assert!(
             error.starts_with("stage TEST: `settings` differs"),
             "{error}"
         );
+        // A base published later changes them for every stage.
+        let (merged, _) = merge(&base(), &stages, Some("RELEASE")).expect("the base's win");
+        assert!(merged.get("settings").is_none());
 
         let mut test = base();
         test["backends"][0]["endpoints"] = json!(["127.0.0.1:9999"]);
-        let error = merge(&base(), &BTreeMap::from([("TEST".into(), test)])).unwrap_err();
+        let stages = BTreeMap::from([("TEST".to_string(), test)]);
+        let error = merge(&base(), &stages, Some("TEST")).unwrap_err();
         assert!(
             error.starts_with("stage TEST: backends.shop differs"),
             "{error}"
         );
+        let (merged, _) = merge(&base(), &stages, None).expect("the base's win");
+        assert_eq!(merged["backends"], base()["backends"]);
 
         let mut by_request = base();
         by_request["gateway"] = json!({ "match": "request" });
-        let error = merge(
-            &by_request,
-            &BTreeMap::from([("TEST".into(), by_request.clone())]),
-        )
-        .unwrap_err();
+        let stages = BTreeMap::from([("TEST".to_string(), by_request.clone())]);
+        let error = merge(&by_request, &stages, Some("TEST")).unwrap_err();
         assert!(error.starts_with("gateway.match:"), "{error}");
+    }
+
+    #[test]
+    fn a_staged_name_longer_than_names_may_be_is_refused() {
+        let mut long = base();
+        long["apis"][0]["name"] = json!("a".repeat(60));
+        let stages = BTreeMap::from([("TEST".to_string(), long)]);
+        let error = merge(&base(), &stages, Some("TEST")).unwrap_err();
+        assert!(error.contains("longer than 64 characters"), "{error}");
     }
 
     #[test]
@@ -239,7 +274,8 @@ mod tests {
             .as_array_mut()
             .unwrap()
             .push(json!({ "name": "search--test", "path": "/s", "backend": "shop" }));
-        let error = merge(&with_clash, &BTreeMap::from([("TEST".into(), base())])).unwrap_err();
+        let stages = BTreeMap::from([("TEST".to_string(), base())]);
+        let error = merge(&with_clash, &stages, Some("TEST")).unwrap_err();
         assert!(
             error.contains("`search--test`, the name of an API"),
             "{error}"
