@@ -15,6 +15,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The Redis user of the native module's own connection.
+const DIRECT_USER: &str = "gateway";
+const DIRECT_PASSWORD: &str = "gateway-secret";
 /// Webdis's threads and its Redis connections per thread.
 const WEBDIS_THREADS: usize = 2;
 const WEBDIS_POOL_SIZE: usize = 8;
@@ -52,6 +55,49 @@ impl FleetStore {
         self.webdis_port
     }
 
+    /// A `fleet.store.redis` for the native module's own connection: Redis's
+    /// address and the user allowed the filters' two commands.
+    pub fn redis_config(&self) -> serde_json::Value {
+        json!({
+            "address": format!("127.0.0.1:{}", self.redis_port),
+            "username": DIRECT_USER,
+            "password": DIRECT_PASSWORD,
+        })
+    }
+
+    /// Freezes Redis (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause_redis(&self) {
+        self.signal_redis("-STOP");
+    }
+
+    /// Lets a frozen Redis go on (SIGCONT).
+    pub fn resume_redis(&self) {
+        self.signal_redis("-CONT");
+    }
+
+    fn signal_redis(&self, signal: &str) {
+        let pid = self.redis.as_ref().expect("Redis runs").id().to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// How many times Redis ran `command` (lower case: `evalsha`), from
+    /// `INFO commandstats`.
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let Reply::Bulk(Some(info)) = self.command(&["INFO", "commandstats"]) else {
+            panic!("INFO commandstats");
+        };
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|calls| calls.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Starts Redis (again) on its port, empty.
     pub fn start_redis(&mut self) {
         assert!(self.redis.is_none(), "Redis is already running");
@@ -64,6 +110,13 @@ impl FleetStore {
         .arg(self.redis_port.to_string())
         .args(["--save", "", "--appendonly", "no", "--dir"])
         .arg(self.dir.path())
+        // The native module's own connection signs in as this user, which
+        // may run the filters' two commands (and the script's) on their keys.
+        .args(["--user", DIRECT_USER, "on"])
+        .arg(format!(">{DIRECT_PASSWORD}"))
+        .args(["~gw:*", "+evalsha", "+eval"])
+        // What the script runs (Redis checks a script's own calls too).
+        .args(["+get", "+set", "+incr", "+pexpire", "+hmget", "+hset"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -289,7 +289,7 @@ def yaml_load(text):
     return yaml.load(text, Loader=Loader)
 
 
-def bench_apis(ports, fleet):
+def bench_apis(ports, fleet, key_prefix="gw:"):
     """examples/demo.yaml with the bench's changes, as an apis.yaml document,
     and the changes in words:
 
@@ -303,10 +303,14 @@ def bench_apis(ports, fleet):
       so the table needs about as many slots as live nonces or its fullest
       slots refuse (503 A503NS);
     - without `fleet`, the fleet store is taken out: every scenario but
-      `module-fleet` measures the local state (shared data); with it, the
+      the fleet ones measures the local state (shared data); with it, the
       fleet calls wait up to 1 s (Envoy runs under callgrind too) and a
       failure refuses the request, so a store problem shows as non-2xx
-      answers instead of a quietly local run.
+      answers instead of a quietly local run. `fleet="webdis"` calls Redis
+      through Webdis (every form), `fleet="direct"` on the native module's
+      own connection to Redis; each fleet scenario keys its state under its
+      own `key_prefix`, so scenarios sharing the Redis never see each
+      other's nonces (the signed requests are the same).
     """
     doc = yaml_load(DEMO_APIS.read_text())
     changes = ["the demo's apis.yaml (examples/demo.yaml) built by gatewayctl, with one plain HTTP listener; "
@@ -337,11 +341,18 @@ def bench_apis(ports, fleet):
                    "RSS of the scenarios with sign-auth")
     fleet_users = [name for name, section in settings.items() if isinstance(section, dict) and "fleet" in section]
     for name in fleet_users:
-        if fleet:
-            settings[name]["fleet"] = {"store": {"cluster": gateway["fleet_store"], "timeout_ms": 1000},
+        if fleet == "webdis":
+            settings[name]["fleet"] = {"store": {"cluster": gateway["fleet_store"], "timeout_ms": 1000,
+                                                 "key_prefix": key_prefix},
+                                       "failure_mode": "deny"}
+        elif fleet == "direct":
+            settings[name]["fleet"] = {"store": {"redis": {"address": f"127.0.0.1:{ports['redis']}"},
+                                                 "timeout_ms": 1000, "key_prefix": key_prefix},
                                        "failure_mode": "deny"}
         else:
             del settings[name]["fleet"]
+    if fleet == "direct":
+        gateway.pop("fleet_store", None)
     if not fleet:
         gateway.pop("fleet_store", None)
         changes.append(f"{', '.join(fleet_users)}: `fleet` removed (local state); the `module-fleet` scenario "
@@ -525,10 +536,9 @@ def local_ratelimit_filter():
     }
 
 
-def start_fleet_store(work, cpu, webdis_port):
-    """Redis (no persistence) and Webdis (on `webdis_port`) on loopback:
-    (Redis port, [procs], description)."""
-    redis_port = free_port()
+def start_fleet_store(work, cpu, webdis_port, redis_port):
+    """Redis (no persistence, on `redis_port`) and Webdis (on `webdis_port`)
+    on loopback: (Redis port, [procs], description)."""
     redis = spawn(taskset(cpu) + [os.environ.get("REDIS_SERVER_BIN", "/usr/bin/redis-server"),
                                   "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
                                   "--appendonly", "no", "--dir", str(work)], work / "redis.log")
@@ -790,7 +800,7 @@ def with_document(entry, document):
     return out
 
 
-def scenarios(chain, module, module_fleet, native):
+def scenarios(chain, module, module_fleet, native, native_fleets=()):
     """Every scenario's bootstrap: the policy filters as gatewayctl writes them
     (the chain, one filter of it, the module, the native module), and the
     baselines beside them, on the same listener, routes and clusters."""
@@ -819,6 +829,9 @@ def scenarios(chain, module, module_fleet, native):
     out.append(Scenario("native-module", "native gateway module", "module", native.config(native.filters),
                         baseline="native-empty",
                         note="libgateway.so: the gateway module as an Envoy dynamic module, no Wasm VM"))
+    for key, label, bootstrap, note in native_fleets:
+        out.append(Scenario(key, label, "module", bootstrap.config(bootstrap.filters), baseline="native-module",
+                            note=note))
     # One policy alone in the native module, against Envoy's own filter for the same job.
     for name, rival in (("ip_acl", "; compare native RBAC"), ("throttling", "; compare native local_ratelimit"),
                         ("ext_auth", " (the authorizer's decisions cached)")):
@@ -1698,14 +1711,18 @@ def sign_requests(work, app, count):
     subprocess.run(cmd, check=True)
 
 
+# The scenarios that need Redis (and Webdis) running.
+FLEET_SCENARIOS = ("module-fleet", "native-fleet", "native-fleet-direct")
+
+
 def start_services(args, work, all_scenarios, ports):
     """The upstream, the log sink and, when `module-fleet` runs, the fleet
     store: ([procs], description, Redis port or None)."""
     backend, sink, procs, description = start_upstream(args.upstream, work, args.client_cpu, ports)
     say(f"upstream: {description} on 127.0.0.1:{backend} (log sink :{sink})")
     redis = None
-    if any(s.key == "module-fleet" and s.status == "ok" for s in all_scenarios):
-        redis, store_procs, store_desc = start_fleet_store(work, args.client_cpu, ports["store"])
+    if any(s.key in FLEET_SCENARIOS and s.status == "ok" for s in all_scenarios):
+        redis, store_procs, store_desc = start_fleet_store(work, args.client_cpu, ports["store"], ports["redis"])
         procs += store_procs
         say(f"fleet store: {store_desc} on 127.0.0.1:{ports['store']}")
         description += f"; fleet store: {store_desc}"
@@ -1818,17 +1835,28 @@ def main():
                if pin else "No CPU pinning.")
 
     # The configurations: the demo's apis.yaml, changed for the bench, built by gatewayctl.
-    ports = {"backend": free_port(), "sink": free_port(), "store": free_port()}
-    apis, changes = bench_apis(ports, fleet=False)
-    fleet_apis, _ = bench_apis(ports, fleet=True)
+    ports = {"backend": free_port(), "sink": free_port(), "store": free_port(), "redis": free_port()}
+    apis, changes = bench_apis(ports, fleet=None)
+    fleet_apis, _ = bench_apis(ports, fleet="webdis", key_prefix="gw:module:")
+    native_fleet_apis, _ = bench_apis(ports, fleet="webdis", key_prefix="gw:native:")
+    direct_apis, _ = bench_apis(ports, fleet="direct", key_prefix="gw:direct:")
     built = {mode: Bootstrap(gatewayctl_build(work, "bench", apis, mode)) for mode in ("chain", "module", "native")}
     module_fleet = Bootstrap(gatewayctl_build(work, "bench-fleet", fleet_apis, "module"))
+    native_fleets = [
+        ("native-fleet", "native module, fleet store through Webdis",
+         Bootstrap(gatewayctl_build(work, "bench-native-fleet", native_fleet_apis, "native")),
+         "the module-fleet configuration in the native module: the store called through Envoy's async client "
+         "and Webdis"),
+        ("native-fleet-direct", "native module, fleet store on its own connection",
+         Bootstrap(gatewayctl_build(work, "bench-fleet-direct", direct_apis, "native")),
+         "the same on the native module's own pipelined connection to Redis (no Webdis)"),
+    ]
     configs = filter_configs(built["chain"])
     (work / "configs").mkdir(exist_ok=True)
     for name, config in configs.items():
         (work / "configs" / f"{name}.json").write_text(json.dumps(config, indent=1))
 
-    all_scenarios = scenarios(built["chain"], built["module"], module_fleet, built["native"])
+    all_scenarios = scenarios(built["chain"], built["module"], module_fleet, built["native"], native_fleets)
     if args.only:
         keep = set(args.only.split(","))
         unknown = keep - {s.key for s in all_scenarios}

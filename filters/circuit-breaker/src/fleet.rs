@@ -78,7 +78,7 @@ impl Fleet {
     /// views at least every two periods; four and a timeout leave room for
     /// ticks that a loaded worker runs late.
     pub fn stale_after_ms(&self) -> u64 {
-        let timeout_ms = u64::try_from(self.store.upstream.timeout.as_millis()).unwrap_or(u64::MAX);
+        let timeout_ms = u64::try_from(self.store.timeout.as_millis()).unwrap_or(u64::MAX);
         self.sync_ms.saturating_mul(4).saturating_add(timeout_ms)
     }
 }

@@ -367,11 +367,22 @@ unsafe fn callout(
 /// stream is gone).
 pub struct StreamScheduler(FilterSchedulerPtr);
 
+/// The scheduler event of a wake or a tick (other events: see
+/// `redis::ANSWERS`).
+pub const WAKE: u64 = 0;
+
+// SAFETY: Envoy allows a commit from any thread; the owner deletes it (the
+// drop) on the stream's worker, after no other thread can commit it (see
+// `redis::Mailbox::close`).
+unsafe impl Send for StreamScheduler {}
+unsafe impl Sync for StreamScheduler {}
+
 impl StreamScheduler {
-    pub fn commit(&self) {
+    /// Runs the stream's scheduled hook with `event_id`.
+    pub fn commit(&self, event_id: u64) {
         // SAFETY: a scheduler Envoy made and not yet deleted; committing is
         // allowed from any thread.
-        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, 0) };
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, event_id) };
     }
 }
 
@@ -509,9 +520,12 @@ unsafe impl Send for ConfigScheduler {}
 unsafe impl Sync for ConfigScheduler {}
 
 impl ConfigScheduler {
-    pub fn commit(&self) {
+    /// Runs the configuration's scheduled hook with `event_id`.
+    pub fn commit(&self, event_id: u64) {
         // SAFETY: not yet deleted (the drop deletes it).
-        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, 0) };
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event_id)
+        };
     }
 }
 

@@ -59,10 +59,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     _config_envoy: ConfigEnvoyPtr,
     config: *const c_void,
-    _event_id: u64,
+    event_id: u64,
 ) {
     // SAFETY: a hook of the live configuration.
-    guarded((), || host::config_scheduled(unsafe { config_of(config) }))
+    guarded((), || {
+        host::config_scheduled(unsafe { config_of(config) }, event_id)
+    })
 }
 
 #[no_mangle]
@@ -217,14 +219,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     filter: FilterEnvoyPtr,
     stream: *const c_void,
-    _event_id: u64,
+    event_id: u64,
 ) {
     guarded((), || {
         let Some(stream) = stream_of(stream) else {
             return;
         };
         // SAFETY: a hook of the live stream, with its filter.
-        unsafe { host::stream_scheduled(stream, EnvoyFilter::new(filter)) };
+        unsafe { host::stream_scheduled(stream, EnvoyFilter::new(filter), event_id) };
     })
 }
 

@@ -5,6 +5,7 @@
 
 use crate::abi::header_type;
 use crate::envoy::{self, EnvoyAnswer, EnvoyFilter, OwnedAnswer, StreamScheduler};
+use crate::redis::{self, Mailbox};
 use crate::request::{After, NativeRequest, Reply};
 use crate::root::{self, take_token, with_root, Config};
 use crate::{Module, ModuleRequest};
@@ -14,7 +15,7 @@ use gateway_common::stream::{CallAnswer, Level};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 pub(crate) static MODULE: OnceLock<&'static dyn Module> = OnceLock::new();
 
@@ -74,7 +75,7 @@ fn in_module_code() -> bool {
 pub(crate) fn wake(stream_id: u32) {
     WAKEABLE.with(|wakeable| {
         if let Some(scheduler) = wakeable.borrow().get(&stream_id) {
-            scheduler.commit();
+            scheduler.commit(envoy::WAKE);
         }
     });
 }
@@ -133,6 +134,8 @@ pub(crate) struct NativeStream {
     id: u32,
     started_nanos: u64,
     callouts: Vec<(u64, u32)>,
+    /// Where its Redis commands' answers go (made with its first command).
+    mailbox: Option<Arc<Mailbox>>,
     /// Other streams may wake it: its scheduler is made in its first hook
     /// (where Envoy's dispatcher is surely set).
     wakes: bool,
@@ -196,6 +199,7 @@ pub(crate) fn stream_new(config: &Config) -> Option<Box<NativeStream>> {
         id,
         started_nanos,
         callouts: Vec::new(),
+        mailbox: None,
         wakes,
         registered: false,
         completed: false,
@@ -244,6 +248,7 @@ fn run(
         in_request_body: in_body == Some(envoy::Direction::Request),
         in_response_body: in_body == Some(envoy::Direction::Response),
         callouts: &mut stream.callouts,
+        mailbox: &mut stream.mailbox,
         after: &mut after,
     };
     let result = guarded(|| code(&mut *request, &mut host));
@@ -383,18 +388,56 @@ unsafe fn stream_answer(
     }
 }
 
-/// Another stream woke this one.
+/// Another stream woke this one (`envoy::WAKE`), or answers of its Redis
+/// commands are in (`redis::ANSWERS`).
 ///
 /// # Safety
 /// As [`with_stream`].
-pub(crate) unsafe fn stream_scheduled(stream: *mut NativeStream, envoy: EnvoyFilter) {
-    let (ran, after) = with_stream(stream, |stream| {
-        run(stream, Some(envoy), true, None, |request, host| {
-            request.on_wake(host)
-        })
-    });
-    conclude(envoy, ran, after);
+pub(crate) unsafe fn stream_scheduled(stream: *mut NativeStream, envoy: EnvoyFilter, event: u64) {
+    if event == redis::ANSWERS {
+        let answers = with_stream(stream, |stream| {
+            stream.mailbox.as_ref().map(|mailbox| mailbox.take())
+        });
+        for (token, answer) in answers.unwrap_or_default() {
+            let answer = StoreAnswer(answer);
+            let (ran, after) = with_stream(stream, |stream| {
+                run(stream, Some(envoy), true, None, |request, host| {
+                    request.on_call_answer(host, token, &answer)
+                })
+            });
+            conclude(envoy, ran, after);
+        }
+    } else {
+        let (ran, after) = with_stream(stream, |stream| {
+            run(stream, Some(envoy), true, None, |request, host| {
+                request.on_wake(host)
+            })
+        });
+        conclude(envoy, ran, after);
+    }
     deliver_deferred();
+}
+
+/// A Redis reply as a call's answer: the reply is the body; no status when
+/// none came.
+struct StoreAnswer(redis::Answer);
+
+impl CallAnswer for StoreAnswer {
+    fn status(&self) -> Option<u32> {
+        self.0.as_ref().map(|_| 200)
+    }
+
+    fn header(&self, _name: &str) -> Option<String> {
+        None
+    }
+
+    fn body_size(&self) -> usize {
+        self.0.as_ref().map_or(0, Vec::len)
+    }
+
+    fn body(&self) -> Vec<u8> {
+        self.0.clone().unwrap_or_default()
+    }
 }
 
 /// The stream is over: the module logs it, then lets go of it.
@@ -429,6 +472,9 @@ pub(crate) fn stream_destroy(mut stream: Box<NativeStream>) {
             .retain(|answer| !matches!(answer.owner, AnswerFor::Stream(s, _) if s == pointer))
     });
     WAKEABLE.with(|wakeable| wakeable.borrow_mut().remove(&stream.id));
+    if let Some(mailbox) = stream.mailbox.take() {
+        mailbox.close();
+    }
     if !stream.completed {
         let _ = run(&mut stream, None, false, None, |request, host| {
             request.on_end(host);
@@ -467,8 +513,19 @@ fn config_answer(config: &Config, callout: u64, answer: &dyn CallAnswer) {
     });
 }
 
-/// The timer's tick.
-pub(crate) fn config_scheduled(config: &Config) {
-    root::config_tick(config);
+/// The timer's tick (`envoy::WAKE`), or answers of the main root's Redis
+/// commands (`redis::ANSWERS`).
+pub(crate) fn config_scheduled(config: &Config, event: u64) {
+    if event == redis::ANSWERS {
+        let answers = config.mailbox.as_ref().map(|mailbox| mailbox.take());
+        for (token, answer) in answers.unwrap_or_default() {
+            let answer = StoreAnswer(answer);
+            with_root(config, false, |root, host| {
+                root.on_call_answer(token, &answer, host)
+            });
+        }
+    } else {
+        root::config_tick(config);
+    }
     deliver_deferred();
 }

@@ -4,14 +4,17 @@
 use crate::abi::{attribute, header_type};
 use crate::envoy::{Direction, EnvoyAnswer, EnvoyFilter, OwnedAnswer};
 use crate::host;
+use crate::redis::{self, Mailbox};
 use crate::root::{next_token, Config};
+use gateway_common::fleet::RedisTarget;
 use gateway_common::host::Host;
 use gateway_common::hosting::{Caller, RequestHost};
 use gateway_common::key::ShortKey;
 use gateway_common::metrics::{Counter, Gauge};
 use gateway_common::store::SharedStore;
 use gateway_common::stream::{CallAnswer, CallNotMade, HttpCall, Level, Telemetry};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 /// What a hook's code asked for that runs the filter chain (a local
 /// reply), done once the code has returned.
@@ -57,6 +60,8 @@ pub(crate) struct NativeRequest<'a> {
     pub in_response_body: bool,
     /// The stream's calls in flight: Envoy's callout id, the token.
     pub callouts: &'a mut Vec<(u64, u32)>,
+    /// Where the stream's Redis answers go (made with its first command).
+    pub mailbox: &'a mut Option<Arc<Mailbox>>,
     pub after: &'a mut After,
 }
 
@@ -153,6 +158,30 @@ impl Caller for NativeRequest<'_> {
         let callout = envoy.callout(&call).ok_or(CallNotMade)?;
         let token = next_token();
         self.callouts.push((callout, token));
+        Ok(token)
+    }
+
+    /// The answer comes through the stream's scheduler; none comes after
+    /// the stream ends (its mailbox is closed).
+    fn dispatch_redis(
+        &mut self,
+        target: &RedisTarget,
+        command: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<u32, CallNotMade> {
+        if self.mailbox.is_none() {
+            let scheduler = self
+                .envoy
+                .ok_or(CallNotMade)?
+                .scheduler()
+                .ok_or(CallNotMade)?;
+            *self.mailbox = Some(Mailbox::new(Box::new(move || {
+                scheduler.commit(redis::ANSWERS)
+            })));
+        }
+        let mailbox = self.mailbox.as_ref().ok_or(CallNotMade)?;
+        let token = next_token();
+        redis::send(target, command, timeout, mailbox, token);
         Ok(token)
     }
 }

@@ -5,7 +5,9 @@
 
 use crate::envoy::{self, ConfigScheduler, EnvoyConfig, MetricKind};
 use crate::host::{self, MODULE};
+use crate::redis::{self, Mailbox};
 use crate::ModuleRoot;
+use gateway_common::fleet::RedisTarget;
 use gateway_common::hosting::{Caller, RootHost};
 use gateway_common::metrics::{metric_name, Counter, DefineMetrics, Gauge};
 use gateway_common::store::SharedStore;
@@ -38,6 +40,9 @@ pub(crate) struct Config {
     ticker: Option<Ticker>,
     /// The main root's calls in flight: Envoy's callout id, the token.
     callouts: Mutex<Vec<(u64, u32)>>,
+    /// The answers of the main root's Redis commands (with a timer only:
+    /// its scheduler wakes the main thread).
+    pub mailbox: Option<Arc<Mailbox>>,
 }
 
 /// A configuration's metrics as counts and gauges reach them (a handle's
@@ -124,6 +129,8 @@ pub(crate) struct NativeRoot<'a> {
     metrics: Metrics<'a>,
     /// The main root's calls in flight; a worker's root cannot call.
     callouts: Option<&'a Mutex<Vec<(u64, u32)>>>,
+    /// Where the main root's Redis answers go.
+    mailbox: Option<&'a Arc<Mailbox>>,
 }
 
 impl NativeRoot<'_> {
@@ -204,6 +211,18 @@ impl Caller for NativeRoot<'_> {
         lock(callouts).push((callout, token));
         Ok(token)
     }
+
+    fn dispatch_redis(
+        &mut self,
+        target: &RedisTarget,
+        command: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<u32, CallNotMade> {
+        let mailbox = self.mailbox.ok_or(CallNotMade)?;
+        let token = next_token();
+        redis::send(target, command, timeout, mailbox, token);
+        Ok(token)
+    }
 }
 
 impl RootHost for NativeRoot<'_> {
@@ -257,6 +276,7 @@ fn create_root(config: &Config) -> bool {
         configuration_id: config.id,
         metrics: Metrics::Defined(&config.metrics),
         callouts: config.on_main_thread().then_some(&config.callouts),
+        mailbox: config.main_mailbox(),
     };
     let loaded = host::guarded(|| module.load(&config.configuration, &mut host));
     let Ok(Some(root)) = loaded else {
@@ -275,6 +295,11 @@ fn create_root(config: &Config) -> bool {
 impl Config {
     fn on_main_thread(&self) -> bool {
         thread::current().id() == self.main_thread
+    }
+
+    /// The mailbox of the main thread's root (others cannot call).
+    fn main_mailbox(&self) -> Option<&Arc<Mailbox>> {
+        self.mailbox.as_ref().filter(|_| self.on_main_thread())
     }
 }
 
@@ -305,6 +330,7 @@ pub(crate) fn with_root<R>(
         configuration_id: config.id,
         metrics: Metrics::Defined(&config.metrics),
         callouts: config.on_main_thread().then_some(&config.callouts),
+        mailbox: config.main_mailbox(),
     };
     let result = host::guarded(|| code(&mut *root, &mut host));
     if result.is_ok() {
@@ -344,6 +370,7 @@ pub(crate) fn config_new(envoy: EnvoyConfig, configuration: &[u8]) -> Option<Box
             configuration_id: id,
             metrics: Metrics::Defining(&mut metrics),
             callouts: Some(&callouts),
+            mailbox: None,
         };
         host::guarded(|| module.load(configuration, &mut host))
     };
@@ -355,6 +382,10 @@ pub(crate) fn config_new(envoy: EnvoyConfig, configuration: &[u8]) -> Option<Box
         .tick_period()
         .filter(|period| !period.is_zero())
         .and_then(|period| Ticker::start(envoy, period));
+    let mailbox = ticker.as_ref().map(|ticker| {
+        let scheduler = Arc::clone(&ticker.scheduler);
+        Mailbox::new(Box::new(move || scheduler.commit(redis::ANSWERS)))
+    });
     ROOTS.with(|roots| {
         roots.borrow_mut().push(Root {
             config: id,
@@ -371,12 +402,17 @@ pub(crate) fn config_new(envoy: EnvoyConfig, configuration: &[u8]) -> Option<Box
         alive,
         ticker,
         callouts,
+        mailbox,
     }))
 }
 
 /// config-destroy: stops the timer; each thread deletes its root.
 pub(crate) fn config_destroy(config: Config) {
     config.alive.store(false, Ordering::Release);
+    // Before the timer's scheduler is deleted: no answer commits it after.
+    if let Some(mailbox) = &config.mailbox {
+        mailbox.close();
+    }
     if let Some(ticker) = config.ticker {
         ticker.stop();
     }
@@ -450,6 +486,6 @@ fn tick(state: &TickerState, scheduler: &ConfigScheduler, period: Duration) {
         if *stopped {
             break;
         }
-        scheduler.commit();
+        scheduler.commit(envoy::WAKE);
     }
 }

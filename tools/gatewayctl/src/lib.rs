@@ -47,6 +47,16 @@ pub fn load_for(
     }
 }
 
+/// The first section whose fleet store is Redis itself, which only the
+/// native module can call.
+pub fn redis_store_section(generated: &generate::Generated) -> Option<&'static str> {
+    generated
+        .sections
+        .iter()
+        .find(|(_, config)| config.pointer("/fleet/store/redis").is_some())
+        .map(|(section, _)| section.key())
+}
+
 /// The Istio manifest of a document checked for Istio, as YAML.
 pub fn build_istio(
     generated: &generate::Generated,

@@ -192,6 +192,15 @@ fn build(args: &[String]) -> ExitCode {
         Ok(generated) => generated,
         Err(code) => return code,
     };
+    if istio || host != Host::Native {
+        if let Some(section) = gatewayctl::redis_store_section(&generated) {
+            eprintln!(
+                "{file}: settings.{section}.fleet.store.redis: the native module's own connection to \
+                 Redis; build with --native, or give the Wasm modules Webdis (`gateway.fleet_store`)"
+            );
+            return ExitCode::from(EXIT_INVALID);
+        }
+    }
     let text = if istio {
         // Where the gateway pods mount the modules.
         artifacts.wasm_dir = wasm_dir.unwrap_or_else(|| "/var/local/wasm".into());

@@ -318,3 +318,31 @@ fn export_and_docs_write_their_files_and_name_what_selects_nothing() {
     let output = gatewayctl(&["docs", "examples/shop.yaml"]);
     assert_eq!(output.status.code(), Some(2), "docs needs -o DIR");
 }
+
+#[test]
+fn a_redis_fleet_store_builds_for_the_native_module_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("apis.yaml").display().to_string();
+    std::fs::write(
+        &file,
+        "version: 1\nbackends: [ { name: b, endpoints: [\"127.0.0.1:1\"] } ]\n\
+         policies: [ { name: few, quota: { limit: 5, window: 1m } } ]\n\
+         settings:\n  throttling: { fleet: { store: { redis: { address: \"127.0.0.1:6379\" } } } }\n\
+         apis:\n  - { name: a, path: /a, backend: b, auth: anonymous, policies: [few] }\n",
+    )
+    .expect("write");
+    let native = gatewayctl(&["build", &file, "--native"]);
+    assert_eq!(native.status.code(), Some(0), "{}", stderr(&native));
+    for form in [&["--chain"][..], &[]] {
+        let mut args = vec!["build", file.as_str()];
+        args.extend_from_slice(form);
+        let output = gatewayctl(&args);
+        assert_eq!(output.status.code(), Some(1), "{form:?}");
+        assert!(
+            stderr(&output)
+                .contains("settings.throttling.fleet.store.redis: the native module's own"),
+            "{}",
+            stderr(&output)
+        );
+    }
+}

@@ -11,8 +11,8 @@
 //! After `NOSCRIPT` (Redis restarted, or its script cache was flushed) a
 //! call is sent once more with the script itself, which Redis caches again.
 
-use super::wire::{parse_reply, Arguments, Failure, Op, OpResult};
-use super::Store;
+use super::wire::{parse_reply, parse_resp_reply, Arguments, Failure, Op, OpResult};
+use super::{Store, Target};
 use crate::hosting::Caller;
 use crate::stream::CallAnswer;
 use std::sync::Arc;
@@ -36,25 +36,49 @@ struct Call {
     resent: bool,
 }
 
-fn dispatch(store: &Store, body: &[u8], caller: &mut dyn Caller) -> Result<u32, Failure> {
-    let authorization = store
-        .authorization
-        .as_deref()
-        .map(|value| ("authorization", value));
-    let call = store.upstream.call(
-        "POST",
-        [("content-type", "text/plain")]
-            .into_iter()
-            .chain(authorization),
-        Some(body),
-    );
-    caller.dispatch_call(call).map_err(|_| Failure::Dispatch)
+/// Sends the call (by the script's SHA-1, or `with_script`) to the store.
+fn dispatch(
+    store: &Store,
+    arguments: &Arguments,
+    with_script: bool,
+    caller: &mut dyn Caller,
+) -> Result<u32, Failure> {
+    match &store.target {
+        Target::Webdis(upstream) => {
+            let body = if with_script {
+                arguments.with_script()
+            } else {
+                arguments.by_sha()
+            };
+            let authorization = store
+                .authorization
+                .as_deref()
+                .map(|value| ("authorization", value));
+            let call = upstream.call(
+                "POST",
+                [("content-type", "text/plain")]
+                    .into_iter()
+                    .chain(authorization),
+                Some(&body),
+            );
+            caller.dispatch_call(call)
+        }
+        Target::Redis(redis) => {
+            let command = if with_script {
+                arguments.resp_with_script()
+            } else {
+                arguments.resp_by_sha()
+            };
+            caller.dispatch_redis(redis, command, store.timeout)
+        }
+    }
+    .map_err(|_| Failure::Dispatch)
 }
 
 impl Call {
     fn send(store: Arc<Store>, ops: &[Op], caller: &mut dyn Caller) -> Result<Self, Failure> {
         let arguments = Arguments::new(ops);
-        let token = dispatch(&store, &arguments.by_sha(), caller)?;
+        let token = dispatch(&store, &arguments, false, caller)?;
         Ok(Self {
             token,
             store,
@@ -75,10 +99,10 @@ impl Call {
         if token != self.token {
             return None;
         }
-        let answer = read_answer(answer, self.results);
+        let answer = read_answer(&self.store, answer, self.results);
         if answer == Err(Failure::NoScript) && !self.resent {
             self.resent = true;
-            return match dispatch(&self.store, &self.arguments.with_script(), caller) {
+            return match dispatch(&self.store, &self.arguments, true, caller) {
                 Ok(token) => {
                     self.token = token;
                     None
@@ -93,11 +117,17 @@ impl Call {
 /// The answer of the call being reported. The status
 /// is read only when the body is not a script answer (Webdis sends one
 /// with 200 only), to tell a timeout or an HTTP error from a bad body: one
-/// host call fewer per request.
-fn read_answer(answer: &dyn CallAnswer, expected: usize) -> Answer {
+/// host call fewer per request. Redis's own answer is its reply (RESP), or
+/// no status when none came in time.
+fn read_answer(store: &Store, answer: &dyn CallAnswer, expected: usize) -> Answer {
     let body_size = answer.body_size();
     let from_body = if body_size > MAX_ANSWER_BYTES {
         Err(Failure::BadReply(format!("{body_size} bytes")))
+    } else if matches!(store.target, Target::Redis(_)) {
+        return match answer.status() {
+            None => Err(Failure::NoAnswer),
+            Some(_) => parse_resp_reply(&answer.body(), expected),
+        };
     } else {
         parse_reply(Some(200), &answer.body(), expected)
     };

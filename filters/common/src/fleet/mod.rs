@@ -1,7 +1,8 @@
 //! Fleet-wide state: nonces and quota counters that hold for every Envoy of
 //! a fleet, in Redis, reached over HTTP through Webdis and an Envoy cluster
 //! the user names (Envoy pools, times out, balances and health-checks the
-//! calls like any other upstream).
+//! calls like any other upstream), or, in the native module, by Redis's own
+//! protocol on the module's connection ([`Target::Redis`]).
 //!
 //! A policy turns a request's checks into [`wire::Op`]s; all of one
 //! request's operations travel in one call of one atomic Lua script
@@ -15,6 +16,7 @@
 
 pub mod client;
 pub mod model;
+pub mod resp;
 pub mod wire;
 
 use crate::config::ConfigError;
@@ -34,12 +36,17 @@ const MAX_PREFIX: usize = 64;
 /// are a little behind the others'.
 pub const CLOCK_GRACE_MS: u64 = 1_000;
 
-/// Where the fleet store is: an Envoy cluster in front of Webdis.
+/// Where the fleet store is: an Envoy cluster in front of Webdis, or (the
+/// native module) Redis itself.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// The Envoy cluster of the Webdis servers.
-    pub cluster: String,
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Redis itself, which the native module calls on its own connection.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
     /// The `:authority` of the calls (default: the cluster name).
     #[serde(default)]
     pub authority: Option<String>,
@@ -59,12 +66,49 @@ pub struct StoreConfig {
     pub authorization: Option<String>,
 }
 
+/// A Redis server the native module calls itself.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `host:port`.
+    pub address: String,
+    /// An ACL user (Redis 6); with `password` only, the default user.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The database number (default 0).
+    #[serde(default)]
+    pub database: Option<u32>,
+}
+
+/// A checked [`RedisConfig`]: one connection per process serves every
+/// configuration naming the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RedisTarget {
+    pub address: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub database: u32,
+}
+
+/// Where a checked store is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Webdis behind an Envoy cluster, called over HTTP.
+    Webdis(Upstream),
+    /// Redis, called by the native module itself.
+    Redis(RedisTarget),
+}
+
 /// A checked [`StoreConfig`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Store {
-    pub upstream: Upstream,
+    pub target: Target,
     pub key_prefix: String,
     pub authorization: Option<String>,
+    /// How long a request waits for the store's answer.
+    pub timeout: std::time::Duration,
 }
 
 /// The fleet store as an upstream: Webdis answers on `/`, and a request
@@ -78,15 +122,37 @@ const STORE: UpstreamKind = UpstreamKind {
 
 impl Store {
     pub fn compile(config: &StoreConfig) -> Result<Self, ConfigError> {
-        let upstream = Upstream::compile(
-            UpstreamFields {
-                cluster: &config.cluster,
-                authority: config.authority.as_deref(),
-                path: config.path.as_deref(),
-                timeout_ms: config.timeout_ms,
-            },
-            STORE,
-        )?;
+        let target = match (&config.cluster, &config.redis) {
+            (Some(cluster), None) => Target::Webdis(Upstream::compile(
+                UpstreamFields {
+                    cluster,
+                    authority: config.authority.as_deref(),
+                    path: config.path.as_deref(),
+                    timeout_ms: config.timeout_ms,
+                },
+                STORE,
+            )?),
+            (None, Some(redis)) => Target::Redis(redis_target(config, redis)?),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "redis",
+                    "give `cluster` (Webdis) or `redis`, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "cluster",
+                    "required: the Envoy cluster of Webdis (or, in the native module, `redis`)",
+                ))
+            }
+        };
+        let timeout_ms = config.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(ConfigError::new(
+                "timeout_ms",
+                format!("1 to {MAX_TIMEOUT_MS}"),
+            ));
+        }
         let key_prefix = config
             .key_prefix
             .clone()
@@ -110,9 +176,10 @@ impl Store {
             }
         }
         Ok(Self {
-            upstream,
+            target,
             key_prefix,
             authorization: config.authorization.clone(),
+            timeout: std::time::Duration::from_millis(timeout_ms),
         })
     }
 
@@ -127,6 +194,61 @@ impl Store {
         }
         key
     }
+}
+
+/// A checked `redis` store: the Wasm modules cannot open connections of
+/// their own, and Webdis's fields have no place.
+fn redis_target(config: &StoreConfig, redis: &RedisConfig) -> Result<RedisTarget, ConfigError> {
+    if cfg!(target_arch = "wasm32") {
+        return Err(ConfigError::new(
+            "redis",
+            "the Wasm modules reach the store through Webdis: give `cluster` (`redis` is the native module's)",
+        ));
+    }
+    for (field, given) in [
+        ("authority", config.authority.is_some()),
+        ("path", config.path.is_some()),
+        ("authorization", config.authorization.is_some()),
+    ] {
+        if given {
+            return Err(ConfigError::new(
+                field,
+                "Webdis's: with `redis`, give `redis.username` and `redis.password`",
+            ));
+        }
+    }
+    let port = redis
+        .address
+        .rsplit_once(':')
+        .and_then(|(host, port)| (!host.is_empty()).then_some(port))
+        .and_then(|port| port.parse::<u16>().ok())
+        .filter(|port| *port > 0);
+    if port.is_none() || redis.address.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            "redis.address",
+            format!("`{}` is not host:port", redis.address),
+        ));
+    }
+    for (field, value) in [
+        ("redis.username", &redis.username),
+        ("redis.password", &redis.password),
+    ] {
+        if value.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::new(field, "must not be empty"));
+        }
+    }
+    if redis.username.is_some() && redis.password.is_none() {
+        return Err(ConfigError::new(
+            "redis.password",
+            "required with `redis.username`",
+        ));
+    }
+    Ok(RedisTarget {
+        address: redis.address.clone(),
+        username: redis.username.clone(),
+        password: redis.password.clone(),
+        database: redis.database.unwrap_or(0),
+    })
 }
 
 /// What a policy does with a request when the store gives no usable answer
@@ -337,11 +459,34 @@ mod tests {
     #[test]
     fn defaults_are_a_short_timeout_and_the_gw_prefix() {
         let store = store(r#"{"cluster": "fleet_store"}"#).unwrap();
-        assert_eq!(store.upstream.authority, "fleet_store");
-        assert_eq!(store.upstream.path, "/");
+        let Target::Webdis(upstream) = &store.target else {
+            panic!("webdis")
+        };
+        assert_eq!(upstream.authority, "fleet_store");
+        assert_eq!(upstream.path, "/");
         assert_eq!(store.key_prefix, "gw:");
-        assert_eq!(store.upstream.timeout, Duration::from_millis(50));
+        assert_eq!(store.timeout, Duration::from_millis(50));
+        assert_eq!(upstream.timeout, store.timeout);
         assert_eq!(store.key(&["n", "ab"]), "gw:n:ab");
+    }
+
+    #[test]
+    fn a_redis_store_is_the_native_modules() {
+        let store = store(
+            r#"{"redis": {"address": "redis:6379", "username": "gw", "password": "s", "database": 2},
+                "timeout_ms": 20}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            store.target,
+            Target::Redis(RedisTarget {
+                address: "redis:6379".into(),
+                username: Some("gw".into()),
+                password: Some("s".into()),
+                database: 2,
+            })
+        );
+        assert_eq!(store.timeout, Duration::from_millis(20));
     }
 
     #[test]
@@ -364,6 +509,25 @@ mod tests {
             (
                 r#"{"cluster": "c", "authorization": "a\r\nb"}"#,
                 "authorization",
+            ),
+            (r#"{}"#, "cluster"),
+            (r#"{"cluster": "c", "redis": {"address": "r:1"}}"#, "redis"),
+            (r#"{"redis": {"address": "r"}}"#, "redis.address"),
+            (r#"{"redis": {"address": ":6379"}}"#, "redis.address"),
+            (r#"{"redis": {"address": "r:0"}}"#, "redis.address"),
+            (r#"{"redis": {"address": "r :1"}}"#, "redis.address"),
+            (
+                r#"{"redis": {"address": "r:1", "username": "u"}}"#,
+                "redis.password",
+            ),
+            (
+                r#"{"redis": {"address": "r:1", "password": ""}}"#,
+                "redis.password",
+            ),
+            (r#"{"redis": {"address": "r:1"}, "path": "/"}"#, "path"),
+            (
+                r#"{"redis": {"address": "r:1"}, "timeout_ms": 0}"#,
+                "timeout_ms",
             ),
         ];
         for (json, field) in cases {

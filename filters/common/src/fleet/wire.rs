@@ -169,10 +169,11 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// The command part of a call after the script (`<numkeys>/<keys…>/<args…>`),
-/// kept so a call can be sent again with the script text after `NOSCRIPT`.
+/// The command part of a call after the script (`<numkeys>`, the keys, the
+/// arguments), kept so a call can be sent again with the script text after
+/// `NOSCRIPT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Arguments(String);
+pub struct Arguments(Vec<String>);
 
 impl Arguments {
     pub fn new(ops: &[Op]) -> Self {
@@ -220,26 +221,49 @@ impl Arguments {
                 }
             }
         }
-        let mut text = keys.len().to_string();
-        for part in keys.iter().copied().chain(args.iter().map(String::as_str)) {
-            text.push('/');
-            percent_encode(part, &mut text);
+        let mut parts = Vec::with_capacity(1 + keys.len() + args.len());
+        parts.push(keys.len().to_string());
+        parts.extend(keys.iter().map(|key| key.to_string()));
+        parts.extend(args);
+        Self(parts)
+    }
+
+    /// Webdis's path of the command: its parts percent-encoded, joined by `/`.
+    fn webdis(&self, command: &str, script: &str) -> Vec<u8> {
+        let mut body = String::from(command);
+        for part in std::iter::once(script).chain(self.0.iter().map(String::as_str)) {
+            body.push('/');
+            percent_encode(part, &mut body);
         }
-        Self(text)
-    }
-
-    /// The body that calls the cached script by its SHA-1.
-    pub fn by_sha(&self) -> Vec<u8> {
-        format!("EVALSHA/{SCRIPT_SHA1}/{}", self.0).into_bytes()
-    }
-
-    /// The body that sends the script itself (Redis caches it on the way).
-    pub fn with_script(&self) -> Vec<u8> {
-        let mut body = String::from("EVAL/");
-        percent_encode(SCRIPT, &mut body);
-        body.push('/');
-        body.push_str(&self.0);
         body.into_bytes()
+    }
+
+    /// The Webdis body that calls the cached script by its SHA-1.
+    pub fn by_sha(&self) -> Vec<u8> {
+        self.webdis("EVALSHA", SCRIPT_SHA1)
+    }
+
+    /// The Webdis body that sends the script itself (Redis caches it on the way).
+    pub fn with_script(&self) -> Vec<u8> {
+        self.webdis("EVAL", SCRIPT)
+    }
+
+    /// [`Arguments::by_sha`] as a Redis command.
+    pub fn resp_by_sha(&self) -> Vec<u8> {
+        self.resp("EVALSHA", SCRIPT_SHA1)
+    }
+
+    /// [`Arguments::with_script`] as a Redis command.
+    pub fn resp_with_script(&self) -> Vec<u8> {
+        self.resp("EVAL", SCRIPT)
+    }
+
+    fn resp(&self, command: &str, script: &str) -> Vec<u8> {
+        super::resp::command(
+            [command.as_bytes(), script.as_bytes()]
+                .into_iter()
+                .chain(self.0.iter().map(String::as_bytes)),
+        )
     }
 }
 
@@ -285,12 +309,60 @@ pub fn parse_reply(
     };
     // Webdis answers a Redis error as `[false, "<message>"]`.
     if let [Value::Bool(false), Value::String(message)] = items.as_slice() {
-        return Err(if message.starts_with("NOSCRIPT") {
-            Failure::NoScript
-        } else {
-            Failure::Error(message.chars().take(200).collect())
-        });
+        return Err(redis_error(message));
     }
+    let items: Vec<Item> = items
+        .iter()
+        .map(|item| match item {
+            Value::String(text) => Item::Text(text.clone()),
+            other => Item::Integer(other.as_i64()),
+        })
+        .collect();
+    results(&items, expected)
+}
+
+/// An error Redis answered.
+fn redis_error(message: &str) -> Failure {
+    if message.starts_with("NOSCRIPT") {
+        Failure::NoScript
+    } else {
+        Failure::Error(message.chars().take(200).collect())
+    }
+}
+
+/// Reads Redis's own answer (RESP) to a call expecting `expected` results.
+pub fn parse_resp_reply(body: &[u8], expected: usize) -> Result<Vec<OpResult>, Failure> {
+    use super::resp::{parse, Reply};
+    let reply = match parse(body) {
+        Ok(Some((reply, length))) if length == body.len() => reply,
+        Ok(_) => return Err(Failure::BadReply("not one whole reply".into())),
+        Err(why) => return Err(Failure::BadReply(why)),
+    };
+    let items = match reply {
+        Reply::Error(message) => return Err(redis_error(&message)),
+        Reply::Array(Some(items)) => items,
+        _ => return Err(Failure::BadReply("not a list".into())),
+    };
+    let items: Vec<Item> = items
+        .into_iter()
+        .map(|item| match item {
+            Reply::Integer(n) => Item::Integer(Some(n)),
+            Reply::Bulk(Some(bytes)) => Item::Text(String::from_utf8_lossy(&bytes).into_owned()),
+            _ => Item::Integer(None),
+        })
+        .collect();
+    results(&items, expected)
+}
+
+/// One value of the script's answer: a number, or a record's text (`None`:
+/// neither).
+enum Item {
+    Integer(Option<i64>),
+    Text(String),
+}
+
+/// The script's answer as `expected` results.
+fn results(items: &[Item], expected: usize) -> Result<Vec<OpResult>, Failure> {
     if items.len() != expected * RESULT_WIDTH {
         return Err(Failure::BadReply(format!(
             "{} values for {expected} checks",
@@ -300,11 +372,11 @@ pub fn parse_reply(
     items
         .chunks_exact(RESULT_WIDTH)
         .map(|triple| {
-            let int = |v: &Value| {
-                v.as_i64()
-                    .ok_or_else(|| Failure::BadReply("not an integer".into()))
+            let int = |v: &Item| match v {
+                Item::Integer(Some(n)) => Ok(*n),
+                _ => Err(Failure::BadReply("not an integer".into())),
             };
-            let count = |v: &Value| {
+            let count = |v: &Item| {
                 int(v).and_then(|n| {
                     u64::try_from(n).map_err(|_| Failure::BadReply("a negative count".into()))
                 })
@@ -319,7 +391,7 @@ pub fn parse_reply(
             };
             // A record's triple ends with its value, a string ('' for none).
             let (previous, current, value) = match &triple[2] {
-                Value::String(text) => (
+                Item::Text(text) => (
                     0,
                     count(&triple[1])?,
                     (!text.is_empty()).then(|| text.clone()),
@@ -417,6 +489,68 @@ mod tests {
         assert_eq!(
             parse_reply(Some(200), body, 1).unwrap()[0].state,
             State::Refused
+        );
+    }
+
+    #[test]
+    fn redis_s_own_answers_read_as_webdis_s_do() {
+        let reply = b"*6\r\n:1\r\n:0\r\n:5\r\n:0\r\n:9\r\n$4\r\n0a1b\r\n";
+        let results = parse_resp_reply(reply, 2).unwrap();
+        assert_eq!(
+            (results[0].state, results[0].previous, results[0].current),
+            (State::Done, 0, 5)
+        );
+        assert_eq!(
+            (
+                results[1].state,
+                results[1].current,
+                results[1].value.as_deref()
+            ),
+            (State::Refused, 9, Some("0a1b"))
+        );
+        assert_eq!(
+            parse_resp_reply(b"-NOSCRIPT No matching script.\r\n", 1),
+            Err(Failure::NoScript)
+        );
+        assert_eq!(
+            parse_resp_reply(b"-NOPERM this user has no permissions\r\n", 1),
+            Err(Failure::Error("NOPERM this user has no permissions".into()))
+        );
+        for bad in [
+            &b"*3\r\n:1\r\n:0\r\n"[..],
+            b":1\r\n",
+            b"*3\r\n:1\r\n:0\r\n:0\r\n+x",
+        ] {
+            assert!(matches!(
+                parse_resp_reply(bad, 1),
+                Err(Failure::BadReply(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_redis_command_carries_the_same_parts_unencoded() {
+        let args = Arguments::new(&[Op::Nonce {
+            key: "gw:n/1".into(),
+            ttl_ms: 900,
+        }]);
+        let expected = format!(
+            "*6\r\n$7\r\nEVALSHA\r\n$40\r\n{SCRIPT_SHA1}\r\n$1\r\n1\r\n$6\r\ngw:n/1\r\n$1\r\nn\r\n$3\r\n900\r\n"
+        );
+        assert_eq!(String::from_utf8(args.resp_by_sha()).unwrap(), expected);
+        let with_script = args.resp_with_script();
+        let (reply, length) = super::super::resp::parse(&with_script).unwrap().unwrap();
+        assert_eq!(length, with_script.len());
+        let super::super::resp::Reply::Array(Some(parts)) = reply else {
+            panic!("an array")
+        };
+        assert_eq!(
+            parts[0],
+            super::super::resp::Reply::Bulk(Some(b"EVAL".to_vec()))
+        );
+        assert_eq!(
+            parts[1],
+            super::super::resp::Reply::Bulk(Some(SCRIPT.as_bytes().to_vec()))
         );
     }
 

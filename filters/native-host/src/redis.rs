@@ -1,0 +1,547 @@
+//! The fleet store's Redis, called by the native module itself: one
+//! connection per Redis server in the process, owned by a thread of its own
+//! (never a worker's), with the commands of every request pipelined on it.
+//! A command's answer (or its absence, once its timeout passed) is handed
+//! to a [`Mailbox`], whose owner's worker runs it later through Envoy's
+//! scheduler.
+//!
+//! While the server cannot be reached, a command is answered at once with
+//! no answer (its policy applies its failure mode without waiting), and the
+//! connection is tried again after a growing pause.
+
+use gateway_common::fleet::resp::{self, Reply};
+use gateway_common::fleet::RedisTarget;
+use gateway_common::sync::lock;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The scheduler event of a mailbox with answers (0: a wake or a tick).
+pub const ANSWERS: u64 = 1;
+
+/// How long connecting (and signing in) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The pause before connecting again, doubling up to the longest.
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+const LONGEST_RETRY: Duration = Duration::from_secs(2);
+/// A connection whose oldest command waited this long past its timeout is
+/// stuck (the server stopped answering): it is closed and made again.
+const STUCK: Duration = Duration::from_secs(1);
+/// How often the connection's thread looks for commands past their timeout.
+const SWEEP: Duration = Duration::from_millis(5);
+/// The most commands written in one go.
+const BATCH: usize = 256;
+
+/// What a command's answer is: the reply's bytes, or `None` (no answer in
+/// time, or no connection).
+pub type Answer = Option<Vec<u8>>;
+
+/// Wakes the mailbox's owner on its thread (commits its scheduler with
+/// [`ANSWERS`]); dropped on the owner's thread when the mailbox closes.
+pub(crate) type Waker = Box<dyn Fn() + Send + Sync>;
+
+/// The answers of one stream's (or one configuration's) commands, and how
+/// to wake its thread. Closed when its owner ends: later answers are
+/// dropped, and no scheduler is used after its owner deleted it.
+pub(crate) struct Mailbox(Mutex<MailboxState>);
+
+struct MailboxState {
+    waker: Option<Waker>,
+    answers: Vec<(u32, Answer)>,
+}
+
+impl Mailbox {
+    pub fn new(waker: Waker) -> Arc<Self> {
+        Arc::new(Self(Mutex::new(MailboxState {
+            waker: Some(waker),
+            answers: Vec::new(),
+        })))
+    }
+
+    fn deliver(&self, token: u32, answer: Answer) {
+        let mut state = lock(&self.0);
+        if state.waker.is_some() {
+            state.answers.push((token, answer));
+        }
+        if let Some(waker) = &state.waker {
+            waker();
+        }
+    }
+
+    /// The answers in, oldest first.
+    pub fn take(&self) -> Vec<(u32, Answer)> {
+        std::mem::take(&mut lock(&self.0).answers)
+    }
+
+    /// No more answers; the waker is dropped here, on the owner's thread.
+    pub fn close(&self) {
+        let waker = {
+            let mut state = lock(&self.0);
+            state.answers.clear();
+            state.waker.take()
+        };
+        drop(waker);
+    }
+}
+
+/// Sends `command` to `target`'s connection; its answer reaches `mailbox`
+/// with `token`, within `timeout`.
+pub(crate) fn send(
+    target: &RedisTarget,
+    command: Vec<u8>,
+    timeout: Duration,
+    mailbox: &Arc<Mailbox>,
+    token: u32,
+) {
+    let job = Job {
+        command,
+        deadline: Instant::now() + timeout,
+        mailbox: Arc::clone(mailbox),
+        token,
+    };
+    let connection = connection(target);
+    let sent = lock(&connection).send(job);
+    if let Err(mpsc::SendError(job)) = sent {
+        job.answer(None);
+    }
+}
+
+/// One command on its way.
+struct Job {
+    command: Vec<u8>,
+    deadline: Instant,
+    mailbox: Arc<Mailbox>,
+    token: u32,
+}
+
+impl Job {
+    fn answer(self, answer: Answer) {
+        self.mailbox.deliver(self.token, answer);
+    }
+}
+
+/// The sending end of a connection thread.
+type Jobs = Arc<Mutex<Sender<Job>>>;
+
+/// The sending end of a server's connection thread (made on first use).
+fn connection(target: &RedisTarget) -> Jobs {
+    static CONNECTIONS: OnceLock<Mutex<HashMap<RedisTarget, Jobs>>> = OnceLock::new();
+    let mut connections = lock(CONNECTIONS.get_or_init(Default::default));
+    if let Some(sender) = connections.get(target) {
+        return Arc::clone(sender);
+    }
+    let (sender, jobs) = mpsc::channel();
+    let owned = target.clone();
+    let started = thread::Builder::new()
+        .name("gateway-redis".into())
+        .spawn(move || run(&owned, &jobs));
+    if let Err(error) = started {
+        log(&format!("cannot start the Redis thread: {error}"));
+    }
+    let sender = Arc::new(Mutex::new(sender));
+    connections.insert(target.clone(), Arc::clone(&sender));
+    sender
+}
+
+/// The commands written whose replies have not come, oldest first, each
+/// with its deadline; a command answered already (its timeout passed) is
+/// kept without its job, so the replies that follow find their commands.
+type Pending = Arc<Mutex<VecDeque<(Instant, Option<Job>)>>>;
+
+/// The connection thread: connects, serves until the connection fails,
+/// then connects again after a pause, answering meanwhile at once.
+fn run(target: &RedisTarget, jobs: &Receiver<Job>) {
+    let mut retry = FIRST_RETRY;
+    let mut next_try = Instant::now();
+    let mut reported = false;
+    loop {
+        // Without a connection: answer what comes, until it is time to try.
+        while Instant::now() < next_try {
+            match jobs.recv_timeout(next_try - Instant::now()) {
+                Ok(job) => job.answer(None),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        match connect(target) {
+            Ok(stream) => {
+                if reported {
+                    log(&format!("connected to Redis at {} again", target.address));
+                    reported = false;
+                }
+                retry = FIRST_RETRY;
+                if serve(stream, jobs) == Served::Disconnected {
+                    return;
+                }
+                next_try = Instant::now();
+            }
+            Err(error) => {
+                if !reported {
+                    log(&format!(
+                        "cannot use Redis at {}: {error}; commands get no answer until it can",
+                        target.address
+                    ));
+                    reported = true;
+                }
+                next_try = Instant::now() + retry;
+                retry = (retry * 2).min(LONGEST_RETRY);
+            }
+        }
+    }
+}
+
+fn log(message: &str) {
+    if cfg!(test) {
+        eprintln!("{message}");
+    } else {
+        crate::envoy::log(
+            crate::envoy::level::WARN,
+            &format!("native module: {message}"),
+        );
+    }
+}
+
+/// Connects, signs in and selects the database.
+fn connect(target: &RedisTarget) -> io::Result<TcpStream> {
+    let address = target
+        .address
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+    let mut stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
+    let mut setup: Vec<Vec<&[u8]>> = Vec::new();
+    match (&target.username, &target.password) {
+        (Some(user), Some(password)) => {
+            setup.push(vec![b"AUTH", user.as_bytes(), password.as_bytes()])
+        }
+        (None, Some(password)) => setup.push(vec![b"AUTH", password.as_bytes()]),
+        _ => {}
+    }
+    let database = target.database.to_string();
+    if target.database != 0 {
+        setup.push(vec![b"SELECT", database.as_bytes()]);
+    }
+    let mut buffer = Vec::new();
+    for command in setup {
+        let name = String::from_utf8_lossy(command[0]).into_owned();
+        stream.write_all(&resp::command(command))?;
+        match read_reply(&mut stream, &mut buffer)? {
+            Reply::Simple(_) => {}
+            Reply::Error(message) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{name}: {message}"),
+                ))
+            }
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{name}: unexpected reply {other:?}"),
+                ))
+            }
+        }
+    }
+    // A server that stops reading cannot block the writer past STUCK.
+    stream.set_write_timeout(Some(STUCK))?;
+    Ok(stream)
+}
+
+/// Reads one whole reply (during set-up).
+fn read_reply(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<Reply> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match resp::parse(buffer) {
+            Ok(Some((reply, length))) => {
+                buffer.drain(..length);
+                return Ok(reply);
+            }
+            Ok(None) => {}
+            Err(why) => return Err(io::Error::new(io::ErrorKind::InvalidData, why)),
+        }
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Served {
+    /// The connection failed: connect again.
+    Failed,
+    /// Nobody can send commands any more.
+    Disconnected,
+}
+
+/// Writes the commands as they come (each batch in one write) while a
+/// reader thread hands the replies to their commands in order; answers
+/// the commands past their timeout; closes a stuck connection.
+fn serve(stream: TcpStream, jobs: &Receiver<Job>) -> Served {
+    let pending: Pending = Arc::default();
+    let closed = Arc::new(AtomicBool::new(false));
+    let reader = match stream.try_clone() {
+        Ok(reading) => {
+            let (pending, closed) = (Arc::clone(&pending), Arc::clone(&closed));
+            thread::Builder::new()
+                .name("gateway-redis-read".into())
+                .spawn(move || read_replies(reading, &pending, &closed))
+        }
+        Err(error) => Err(error),
+    };
+    let Ok(reader) = reader else {
+        return Served::Failed;
+    };
+    let mut writing = stream;
+    let mut batch = Vec::new();
+    let served = loop {
+        if closed.load(Ordering::Acquire) {
+            break Served::Failed;
+        }
+        let first = match jobs.recv_timeout(SWEEP) {
+            Ok(job) => Some(job),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break Served::Disconnected,
+        };
+        if sweep(&pending) {
+            break Served::Failed;
+        }
+        let Some(first) = first else { continue };
+        batch.clear();
+        let mut queue = lock(&pending);
+        for job in std::iter::once(first).chain(jobs.try_iter().take(BATCH - 1)) {
+            if job.deadline <= Instant::now() {
+                job.answer(None);
+                continue;
+            }
+            batch.extend_from_slice(&job.command);
+            queue.push_back((job.deadline, Some(job)));
+        }
+        drop(queue);
+        if writing.write_all(&batch).is_err() {
+            break Served::Failed;
+        }
+    };
+    closed.store(true, Ordering::Release);
+    let _ = writing.shutdown(Shutdown::Both);
+    let _ = reader.join();
+    for (_, job) in lock(&pending).drain(..) {
+        if let Some(job) = job {
+            job.answer(None);
+        }
+    }
+    served
+}
+
+/// Answers the commands past their timeout; whether the connection is
+/// stuck (the oldest reply is overdue by [`STUCK`]).
+fn sweep(pending: &Pending) -> bool {
+    let now = Instant::now();
+    let mut queue = lock(pending);
+    for (deadline, job) in queue.iter_mut() {
+        if *deadline > now {
+            // Deadlines grow along the queue only roughly (timeouts differ).
+            continue;
+        }
+        if let Some(job) = job.take() {
+            job.answer(None);
+        }
+    }
+    queue
+        .front()
+        .is_some_and(|(deadline, _)| now.duration_since(*deadline) >= STUCK)
+}
+
+/// Reads replies and gives each to the oldest command written.
+fn read_replies(mut stream: TcpStream, pending: &Pending, closed: &AtomicBool) {
+    let mut buffer: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let _ = stream.set_read_timeout(None);
+    loop {
+        let read = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        buffer.extend_from_slice(&chunk[..read]);
+        let mut used = 0;
+        loop {
+            match resp::parse(&buffer[used..]) {
+                Ok(Some((_, length))) => {
+                    let reply = buffer[used..used + length].to_vec();
+                    used += length;
+                    let next = lock(pending).pop_front();
+                    match next {
+                        Some((_, Some(job))) => job.answer(Some(reply)),
+                        // Its command was answered already (timed out).
+                        Some((_, None)) => {}
+                        // A reply to no command: the connection is confused.
+                        None => {
+                            closed.store(true, Ordering::Release);
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    closed.store(true, Ordering::Release);
+                    return;
+                }
+            }
+        }
+        buffer.drain(..used);
+    }
+    closed.store(true, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A mailbox that counts its wakes.
+    fn mailbox() -> (Arc<Mailbox>, Arc<AtomicUsize>) {
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&wakes);
+        let waker: Waker = Box::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        (Mailbox::new(waker), wakes)
+    }
+
+    /// Waits until `mailbox` has `n` answers and returns them by token.
+    fn answers(mailbox: &Mailbox, n: usize) -> HashMap<u32, Answer> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = HashMap::new();
+        while got.len() < n {
+            assert!(Instant::now() < deadline, "{} of {n} answers", got.len());
+            got.extend(mailbox.take());
+            thread::sleep(Duration::from_millis(2));
+        }
+        got
+    }
+
+    fn target(port: u16) -> RedisTarget {
+        RedisTarget {
+            address: format!("127.0.0.1:{port}"),
+            username: None,
+            password: None,
+            database: 0,
+        }
+    }
+
+    /// A server answering each command `GET <n>` with `:<n>`, after
+    /// `delay` when n is in `slow`; returns its port.
+    fn server(slow: &'static [i64], delay: Duration) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                thread::spawn(move || {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(read) = stream.read(&mut chunk) {
+                        if read == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..read]);
+                        while let Ok(Some((command, length))) = resp::parse(&buffer) {
+                            buffer.drain(..length);
+                            let Reply::Array(Some(parts)) = command else {
+                                return;
+                            };
+                            let Some(Reply::Bulk(Some(n))) = parts.get(1) else {
+                                return;
+                            };
+                            let n: i64 = String::from_utf8_lossy(n).parse().unwrap_or(-1);
+                            if slow.contains(&n) {
+                                thread::sleep(delay);
+                            }
+                            let _ = stream.write_all(format!(":{n}\r\n").as_bytes());
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    fn get(n: i64) -> Vec<u8> {
+        resp::command([&b"GET"[..], n.to_string().as_bytes()])
+    }
+
+    #[test]
+    fn pipelined_replies_reach_their_own_commands() {
+        let redis = target(server(&[], Duration::ZERO));
+        let (mailbox, wakes) = mailbox();
+        thread::scope(|scope| {
+            for sender in 0..4 {
+                let (redis, mailbox) = (&redis, &mailbox);
+                scope.spawn(move || {
+                    for i in 0..50 {
+                        let n = sender * 50 + i;
+                        let token = u32::try_from(n).expect("token");
+                        send(redis, get(n), Duration::from_secs(5), mailbox, token);
+                    }
+                });
+            }
+        });
+        let got = answers(&mailbox, 200);
+        for (token, answer) in got {
+            assert_eq!(answer, Some(format!(":{token}\r\n").into_bytes()));
+        }
+        assert!(wakes.load(Ordering::SeqCst) >= 1);
+    }
+
+    #[test]
+    fn a_late_reply_is_dropped_and_the_next_command_gets_its_own() {
+        let redis = target(server(&[1], Duration::from_millis(300)));
+        let (mailbox, _) = mailbox();
+        send(&redis, get(1), Duration::from_millis(50), &mailbox, 1);
+        let started = Instant::now();
+        let first = answers(&mailbox, 1);
+        assert_eq!(first[&1], None, "past its timeout");
+        assert!(
+            started.elapsed() < Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
+        send(&redis, get(2), Duration::from_secs(5), &mailbox, 2);
+        assert_eq!(answers(&mailbox, 1)[&2], Some(b":2\r\n".to_vec()));
+    }
+
+    #[test]
+    fn no_server_is_no_answer_at_once_and_a_closed_mailbox_takes_nothing() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("address")
+            .port();
+        let redis = target(port);
+        let (mailbox, _) = mailbox();
+        let started = Instant::now();
+        for token in 0..5 {
+            send(&redis, get(1), Duration::from_secs(5), &mailbox, token);
+        }
+        let got = answers(&mailbox, 5);
+        assert!(got.values().all(Option::is_none));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        mailbox.close();
+        send(&redis, get(1), Duration::from_secs(5), &mailbox, 9);
+        thread::sleep(Duration::from_millis(100));
+        assert!(mailbox.take().is_empty(), "closed");
+    }
+}

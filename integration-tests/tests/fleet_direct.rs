@@ -1,0 +1,266 @@
+//! The native module's own Redis connection (`fleet.store.redis`): several
+//! Envoys with the native module (`GATEWAY_NATIVE=1`), two workers each,
+//! share one real Redis with no Webdis and no store cluster in between;
+//! the connection signs in as an ACL user allowed only `EVALSHA` and
+//! `EVAL`. The Wasm forms cannot open connections of their own: with the
+//! chain or the gateway module, each test checks that Envoy refuses the
+//! configuration and names the field (their fleet tests are `fleet.rs`).
+
+use gateway_common::fleet::wire::SCRIPT;
+use integration_tests::echo::EchoServer;
+use integration_tests::envoy::{gateway_config, native_mode, Envoy, WasmFilter};
+use integration_tests::http::{self, Response};
+use integration_tests::redis::FleetStore;
+use integration_tests::signing::{pairs, signed_headers};
+use serde_json::{json, Value};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const WORKERS: u32 = 2;
+const APP: (&str, &str) = ("203751", "fleet-secret");
+
+/// The store of every test: Redis itself, a timeout long enough for a
+/// loaded 2-core machine.
+fn store(fleet: &FleetStore, timeout_ms: u64) -> Value {
+    json!({"redis": fleet.redis_config(), "timeout_ms": timeout_ms})
+}
+
+fn throttling(store: Value, limit: u32, failure_mode: &str) -> WasmFilter {
+    WasmFilter::json(
+        "throttling",
+        &json!({
+            "rules": [{"name": "api", "limit": limit, "window": "1h"}],
+            "fleet": {"store": store, "failure_mode": failure_mode}
+        }),
+    )
+}
+
+/// Envoys of the native module with `filters`; in the Wasm forms, checks
+/// that Envoy refuses them and returns `None`.
+fn fleet(n: usize, filters: &[WasmFilter], upstream: &EchoServer) -> Option<Vec<Envoy>> {
+    let config = gateway_config(filters, &[upstream.port()]);
+    if !native_mode() {
+        let log = Envoy::expect_refused(&config);
+        assert!(
+            log.contains("the Wasm modules reach the store through Webdis"),
+            "the refusal names why: {log}"
+        );
+        return None;
+    }
+    Some(
+        (0..n)
+            .map(|_| Envoy::start_with(&config, WORKERS).unwrap_or_else(|e| panic!("{e}")))
+            .collect(),
+    )
+}
+
+fn get(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) -> Response {
+    http::get(&envoy.url(path), headers).expect("response from Envoy")
+}
+
+/// `per_envoy` requests to every Envoy at once, each on its own connection.
+fn storm(envoys: &[Envoy], per_envoy: usize, headers: &[(String, String)]) -> Vec<Response> {
+    thread::scope(|scope| {
+        let handles: Vec<_> = envoys
+            .iter()
+            .flat_map(|envoy| (0..per_envoy).map(move |_| envoy))
+            .map(|envoy| {
+                scope.spawn(move || {
+                    http::get(&envoy.url("/a"), &pairs(headers)).expect("response from Envoy")
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("request thread"))
+            .collect()
+    })
+}
+
+fn count(responses: &[Response], status: u16) -> usize {
+    responses.iter().filter(|r| r.status == status).count()
+}
+
+fn stat(envoy: &Envoy, filter: &str, name: &str) -> u64 {
+    envoy.stat(&format!("wasmcustom.gw.{filter}.{name}"))
+}
+
+#[test]
+fn a_quota_storm_over_three_envoys_is_exact_on_the_direct_connection() {
+    let redis = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let Some(envoys) = fleet(3, &[throttling(store(&redis, 2000), 25, "deny")], &upstream) else {
+        return;
+    };
+    // Cached beforehand, so every request is one EVALSHA.
+    redis.command(&["SCRIPT", "LOAD", SCRIPT]);
+    let (evalsha, eval) = (redis.command_calls("evalsha"), redis.command_calls("eval"));
+    let responses = storm(&envoys, 20, &[]);
+    assert_eq!(count(&responses, 200), 25);
+    assert_eq!(count(&responses, 429), 35);
+    assert_eq!(upstream.request_count(), 25);
+    assert_eq!(
+        redis.command_calls("evalsha") - evalsha,
+        60,
+        "one call per request"
+    );
+    assert_eq!(redis.command_calls("eval"), eval);
+    let answered: u64 = envoys
+        .iter()
+        .map(|e| stat(e, "throttling", "fleet.answered"))
+        .sum();
+    assert_eq!(answered, 60);
+    assert_eq!(redis.keys("gw:q:api:*").len(), 1);
+}
+
+#[test]
+fn a_replayed_signature_passes_once_across_the_fleet() {
+    let redis = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let sign_auth = WasmFilter::json(
+        "sign_auth",
+        &json!({
+            "apps": [{"key": APP.0, "secrets": [APP.1]}],
+            "fleet": {"store": store(&redis, 2000), "failure_mode": "deny"}
+        }),
+    );
+    let Some(envoys) = fleet(3, &[sign_auth], &upstream) else {
+        return;
+    };
+    let headers = vec![("accept".to_string(), "application/json".to_string())];
+    let request = signed_headers(APP.0, APP.1, "GET", "/a", &headers, None);
+    let responses = storm(&envoys, 10, &request);
+    assert_eq!(count(&responses, 200), 1, "one of 30 copies passes");
+    assert_eq!(count(&responses, 400), 29);
+    assert!(responses
+        .iter()
+        .filter(|r| r.status == 400)
+        .all(|r| r.header("x-ca-error-code") == Some("A400IN")));
+    assert_eq!(upstream.request_count(), 1);
+}
+
+#[test]
+fn redis_down_or_frozen_is_answered_by_the_failure_mode_and_the_connection_comes_back() {
+    let mut redis = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let Some(envoys) = fleet(1, &[throttling(store(&redis, 200), 4, "deny")], &upstream) else {
+        return;
+    };
+    let envoy = &envoys[0];
+    assert_eq!(get(envoy, "/", &[]).status, 200);
+
+    // Down: refused connections are answered at once.
+    redis.stop_redis();
+    let started = Instant::now();
+    for _ in 0..5 {
+        let denied = get(envoy, "/", &[]);
+        assert_eq!(
+            (denied.status, denied.header("x-ca-error-code")),
+            (503, Some("A503TU"))
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "five refusals took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stat(envoy, "throttling", "fleet.failure.no_answer"), 5);
+    assert!(
+        envoy.log().contains("cannot use Redis at"),
+        "{}",
+        envoy.log()
+    );
+
+    // Back: the connection is made again by itself, and counts are exact
+    // (the first call counted, 4 in all).
+    redis.start_redis();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(envoy, "/", &[]).status != 200 {
+        assert!(Instant::now() < deadline, "not back: {}", envoy.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let back: Vec<u16> = (0..4).map(|_| get(envoy, "/", &[]).status).collect();
+    assert_eq!(back, [200, 200, 200, 429], "Redis started empty: 4 in all");
+
+    // Frozen: each request waits its timeout (200 ms), never longer.
+    redis.pause_redis();
+    let started = Instant::now();
+    let frozen: Vec<u16> = (0..3).map(|_| get(envoy, "/", &[]).status).collect();
+    let waited = started.elapsed();
+    redis.resume_redis();
+    assert_eq!(frozen, [503, 503, 503]);
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_secs(3),
+        "three timeouts of 200 ms took {waited:?}"
+    );
+    assert!(stat(envoy, "throttling", "fleet.failure.no_answer") >= 8);
+    // Thawed: answered again (the connection kept or made again).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(envoy, "/", &[]).status != 429 {
+        assert!(Instant::now() < deadline, "not back: {}", envoy.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_flushed_script_cache_is_filled_again_and_nothing_is_lost() {
+    let redis = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let Some(envoys) = fleet(1, &[throttling(store(&redis, 2000), 6, "deny")], &upstream) else {
+        return;
+    };
+    let envoy = &envoys[0];
+    let first: Vec<u16> = (0..3).map(|_| get(envoy, "/", &[]).status).collect();
+    redis.command(&["SCRIPT", "FLUSH"]);
+    let then: Vec<u16> = (0..4).map(|_| get(envoy, "/", &[]).status).collect();
+    assert_eq!(first, [200, 200, 200], "{}", envoy.log());
+    assert_eq!(then, [200, 200, 200, 429]);
+    assert_eq!(stat(envoy, "throttling", "fleet.failure.no_script"), 0);
+    assert!(
+        redis.command_calls("eval") >= 1,
+        "sent again with the script"
+    );
+}
+
+#[test]
+fn fleet_breakers_share_their_state_on_the_direct_connection() {
+    let redis = FleetStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let breaker = WasmFilter::json(
+        "circuit_breaker",
+        &json!({
+            "rules": [{
+                "name": "api",
+                "trip": {"consecutive_failures": 4},
+                "open": {"duration_ms": 60000}
+            }],
+            "fleet": {"store": store(&redis, 2000), "sync_ms": 50}
+        }),
+    );
+    let Some(envoys) = fleet(2, &[breaker], &upstream) else {
+        return;
+    };
+    // Four failures in a row for the fleet, two on each Envoy.
+    upstream.set_forced_status(Some(500));
+    for envoy in [&envoys[0], &envoys[1], &envoys[0], &envoys[1]] {
+        assert_eq!(get(envoy, "/", &[]).status, 500);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while envoys
+        .iter()
+        .any(|e| stat(e, "circuit_breaker", "api.state") != 1)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the breaker is open on every Envoy: {}",
+            envoys[1].log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    for envoy in &envoys {
+        let refused = get(envoy, "/", &[]);
+        assert_eq!(refused.header("x-ca-error-code"), Some("A503CB"));
+    }
+    assert_eq!(upstream.request_count(), 4);
+    assert_eq!(redis.keys("gw:b:api:*").len(), 1);
+}
