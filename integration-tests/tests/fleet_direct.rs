@@ -143,7 +143,7 @@ fn a_replayed_signature_passes_once_across_the_fleet() {
 fn redis_down_or_frozen_is_answered_by_the_failure_mode_and_the_connection_comes_back() {
     let mut redis = FleetStore::start();
     let upstream = EchoServer::start("echo").expect("echo upstream");
-    let Some(envoys) = fleet(1, &[throttling(store(&redis, 200), 4, "deny")], &upstream) else {
+    let Some(envoys) = fleet(1, &[throttling(store(&redis, 500), 4, "deny")], &upstream) else {
         return;
     };
     let envoy = &envoys[0];
@@ -182,18 +182,26 @@ fn redis_down_or_frozen_is_answered_by_the_failure_mode_and_the_connection_comes
     let back: Vec<u16> = (0..4).map(|_| get(envoy, "/", &[]).status).collect();
     assert_eq!(back, [200, 200, 200, 429], "Redis started empty: 4 in all");
 
-    // Frozen: each request waits its timeout (200 ms), never longer.
+    // Frozen, for longer than a connection may stay stuck (1 s): each
+    // request is answered by the failure mode within its timeout (500 ms),
+    // whether it waits on the stuck connection or on one being made again.
     redis.pause_redis();
-    let started = Instant::now();
-    let frozen: Vec<u16> = (0..3).map(|_| get(envoy, "/", &[]).status).collect();
-    let waited = started.elapsed();
+    let mut slowest = Duration::ZERO;
+    let frozen: Vec<u16> = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            let status = get(envoy, "/", &[]).status;
+            slowest = slowest.max(started.elapsed());
+            status
+        })
+        .collect();
     redis.resume_redis();
-    assert_eq!(frozen, [503, 503, 503]);
+    assert_eq!(frozen, [503; 5]);
     assert!(
-        waited >= Duration::from_millis(600) && waited < Duration::from_secs(3),
-        "three timeouts of 200 ms took {waited:?}"
+        slowest < Duration::from_millis(1500),
+        "a request waited {slowest:?} (timeout 500 ms)"
     );
-    assert!(stat(envoy, "throttling", "fleet.failure.no_answer") >= 8);
+    assert!(stat(envoy, "throttling", "fleet.failure.no_answer") >= 10);
     // Thawed: answered again (the connection kept or made again).
     let deadline = Instant::now() + Duration::from_secs(5);
     while get(envoy, "/", &[]).status != 429 {
@@ -211,14 +219,16 @@ fn a_flushed_script_cache_is_filled_again_and_nothing_is_lost() {
     };
     let envoy = &envoys[0];
     let first: Vec<u16> = (0..3).map(|_| get(envoy, "/", &[]).status).collect();
+    let eval = redis.command_calls("eval");
     redis.command(&["SCRIPT", "FLUSH"]);
     let then: Vec<u16> = (0..4).map(|_| get(envoy, "/", &[]).status).collect();
     assert_eq!(first, [200, 200, 200], "{}", envoy.log());
     assert_eq!(then, [200, 200, 200, 429]);
     assert_eq!(stat(envoy, "throttling", "fleet.failure.no_script"), 0);
-    assert!(
-        redis.command_calls("eval") >= 1,
-        "sent again with the script"
+    assert_eq!(
+        redis.command_calls("eval"),
+        eval + 1,
+        "sent again with the script once, then cached"
     );
 }
 

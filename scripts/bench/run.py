@@ -1712,7 +1712,7 @@ def sign_requests(work, app, count):
 
 
 # The scenarios that need Redis (and Webdis) running.
-FLEET_SCENARIOS = ("module-fleet", "native-fleet", "native-fleet-direct")
+FLEET_SCENARIOS = ("module-fleet", "native-fleet-direct")
 
 
 def start_services(args, work, all_scenarios, ports):
@@ -1838,18 +1838,14 @@ def main():
     ports = {"backend": free_port(), "sink": free_port(), "store": free_port(), "redis": free_port()}
     apis, changes = bench_apis(ports, fleet=None)
     fleet_apis, _ = bench_apis(ports, fleet="webdis", key_prefix="gw:module:")
-    native_fleet_apis, _ = bench_apis(ports, fleet="webdis", key_prefix="gw:native:")
     direct_apis, _ = bench_apis(ports, fleet="direct", key_prefix="gw:direct:")
     built = {mode: Bootstrap(gatewayctl_build(work, "bench", apis, mode)) for mode in ("chain", "module", "native")}
     module_fleet = Bootstrap(gatewayctl_build(work, "bench-fleet", fleet_apis, "module"))
     native_fleets = [
-        ("native-fleet", "native module, fleet store through Webdis",
-         Bootstrap(gatewayctl_build(work, "bench-native-fleet", native_fleet_apis, "native")),
-         "the module-fleet configuration in the native module: the store called through Envoy's async client "
-         "and Webdis"),
         ("native-fleet-direct", "native module, fleet store on its own connection",
          Bootstrap(gatewayctl_build(work, "bench-fleet-direct", direct_apis, "native")),
-         "the same on the native module's own pipelined connection to Redis (no Webdis)"),
+         "the module-fleet configuration in the native module, the store on its own pipelined connection "
+         "to Redis (no Webdis)"),
     ]
     configs = filter_configs(built["chain"])
     (work / "configs").mkdir(exist_ok=True)

@@ -395,16 +395,18 @@ unsafe fn stream_answer(
 /// As [`with_stream`].
 pub(crate) unsafe fn stream_scheduled(stream: *mut NativeStream, envoy: EnvoyFilter, event: u64) {
     if event == redis::ANSWERS {
-        let answers = with_stream(stream, |stream| {
-            stream.mailbox.as_ref().map(|mailbox| mailbox.take())
-        });
-        for (token, answer) in answers.unwrap_or_default() {
+        // One answer per wake: concluding may end the stream (and free it).
+        let ran = with_stream(stream, |stream| {
+            if stream.completed {
+                return None;
+            }
+            let (token, answer) = stream.mailbox.as_ref()?.take_one()?;
             let answer = StoreAnswer(answer);
-            let (ran, after) = with_stream(stream, |stream| {
-                run(stream, Some(envoy), true, None, |request, host| {
-                    request.on_call_answer(host, token, &answer)
-                })
-            });
+            Some(run(stream, Some(envoy), true, None, |request, host| {
+                request.on_call_answer(host, token, &answer)
+            }))
+        });
+        if let Some((ran, after)) = ran {
             conclude(envoy, ran, after);
         }
     } else {

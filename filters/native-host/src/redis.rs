@@ -78,6 +78,21 @@ impl Mailbox {
         std::mem::take(&mut lock(&self.0).answers)
     }
 
+    /// The oldest answer in; when more are in, the owner is woken again
+    /// for them (a stream handles one answer per wake: what it does with
+    /// one may end it).
+    pub fn take_one(&self) -> Option<(u32, Answer)> {
+        let mut state = lock(&self.0);
+        if state.answers.is_empty() {
+            return None;
+        }
+        let first = state.answers.remove(0);
+        if let (false, Some(waker)) = (state.answers.is_empty(), &state.waker) {
+            waker();
+        }
+        Some(first)
+    }
+
     /// No more answers; the waker is dropped here, on the owner's thread.
     pub fn close(&self) {
         let waker = {
@@ -154,44 +169,99 @@ fn connection(target: &RedisTarget) -> Jobs {
 type Pending = Arc<Mutex<VecDeque<(Instant, Option<Job>)>>>;
 
 /// The connection thread: connects, serves until the connection fails,
-/// then connects again after a pause, answering meanwhile at once.
+/// then connects again after a pause. While a connection is being made (on
+/// a helper thread) commands wait for it within their timeouts; during the
+/// pause after a failed attempt, every command is answered at once with no
+/// answer.
 fn run(target: &RedisTarget, jobs: &Receiver<Job>) {
     let mut retry = FIRST_RETRY;
     let mut next_try = Instant::now();
     let mut reported = false;
     loop {
-        // Without a connection: answer what comes, until it is time to try.
+        // Until it is time to try again, and while trying.
         while Instant::now() < next_try {
-            match jobs.recv_timeout(next_try - Instant::now()) {
-                Ok(job) => job.answer(None),
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => return,
+            if !answer_at_once(jobs, next_try - Instant::now()) {
+                return;
             }
         }
-        match connect(target) {
-            Ok(stream) => {
-                if reported {
-                    log(&format!("connected to Redis at {} again", target.address));
-                    reported = false;
+        let (made, connecting) = mpsc::channel();
+        let owned = target.clone();
+        let helper = thread::Builder::new()
+            .name("gateway-redis-connect".into())
+            .spawn(move || {
+                let _ = made.send(connect(&owned));
+            });
+        let mut waiting: Vec<Job> = Vec::new();
+        let outcome = loop {
+            match (helper.is_ok(), connecting.try_recv()) {
+                (true, Ok(outcome)) => break outcome,
+                (true, Err(mpsc::TryRecvError::Empty)) => {
+                    match jobs.recv_timeout(SWEEP) {
+                        Ok(job) => waiting.push(job),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    waiting.extend(jobs.try_iter());
+                    let now = Instant::now();
+                    let (late, on_time): (Vec<Job>, Vec<Job>) =
+                        waiting.drain(..).partition(|job| job.deadline <= now);
+                    waiting = on_time;
+                    for job in late {
+                        job.answer(None);
+                    }
                 }
-                retry = FIRST_RETRY;
-                if serve(stream, jobs) == Served::Disconnected {
-                    return;
-                }
-                next_try = Instant::now();
+                _ => break Err(io::Error::other("cannot start connecting")),
             }
-            Err(error) => {
-                if !reported {
-                    log(&format!(
-                        "cannot use Redis at {}: {error}; commands get no answer until it can",
-                        target.address
-                    ));
-                    reported = true;
-                }
-                next_try = Instant::now() + retry;
-                retry = (retry * 2).min(LONGEST_RETRY);
+        };
+        if outcome.is_err() {
+            for job in waiting.drain(..) {
+                job.answer(None);
             }
         }
+        let failure = match outcome {
+            Ok(stream) => match serve(stream, jobs, waiting) {
+                Served::Disconnected => return,
+                // A connection that answered: connect again at once.
+                Served::Failed { answered: true } => {
+                    if reported {
+                        log(&format!("connected to Redis at {} again", target.address));
+                        reported = false;
+                    }
+                    retry = FIRST_RETRY;
+                    next_try = Instant::now();
+                    continue;
+                }
+                Served::Failed { answered: false } => {
+                    "the connection was made but nothing was answered".to_string()
+                }
+            },
+            Err(error) => error.to_string(),
+        };
+        if !reported {
+            log(&format!(
+                "cannot use Redis at {}: {failure}; commands get no answer until it can",
+                target.address
+            ));
+            reported = true;
+        }
+        next_try = Instant::now() + retry;
+        retry = (retry * 2).min(LONGEST_RETRY);
+    }
+}
+
+/// Answers with no answer the commands that come within `wait`; false when
+/// nobody can send commands any more.
+fn answer_at_once(jobs: &Receiver<Job>, wait: Duration) -> bool {
+    match jobs.recv_timeout(wait) {
+        Ok(job) => {
+            job.answer(None);
+            for job in jobs.try_iter() {
+                job.answer(None);
+            }
+            true
+        }
+        Err(RecvTimeoutError::Timeout) => true,
+        Err(RecvTimeoutError::Disconnected) => false,
     }
 }
 
@@ -276,49 +346,74 @@ fn read_reply(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<Reply>
 
 #[derive(PartialEq, Eq)]
 enum Served {
-    /// The connection failed: connect again.
-    Failed,
+    /// The connection failed (`answered`: after at least one reply).
+    Failed { answered: bool },
     /// Nobody can send commands any more.
     Disconnected,
 }
 
+/// The work of one of a connection's threads.
+type ConnectionWork = Box<dyn FnOnce(TcpStream, &Connection) + Send>;
+
+/// What the connection's threads share.
+struct Connection {
+    pending: Pending,
+    /// Set by any of them when the connection is done for.
+    closed: AtomicBool,
+    /// A reply came on it.
+    answered: AtomicBool,
+}
+
 /// Writes the commands as they come (each batch in one write) while a
-/// reader thread hands the replies to their commands in order; answers
-/// the commands past their timeout; closes a stuck connection.
-fn serve(stream: TcpStream, jobs: &Receiver<Job>) -> Served {
-    let pending: Pending = Arc::default();
-    let closed = Arc::new(AtomicBool::new(false));
-    let reader = match stream.try_clone() {
-        Ok(reading) => {
-            let (pending, closed) = (Arc::clone(&pending), Arc::clone(&closed));
-            thread::Builder::new()
-                .name("gateway-redis-read".into())
-                .spawn(move || read_replies(reading, &pending, &closed))
-        }
-        Err(error) => Err(error),
+/// reader thread hands the replies to their commands in order and a
+/// sweeper answers the commands past their timeout (and closes a stuck
+/// connection).
+fn serve(stream: TcpStream, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
+    let connection = Arc::new(Connection {
+        pending: Arc::default(),
+        closed: AtomicBool::new(false),
+        answered: AtomicBool::new(false),
+    });
+    let spawn = |name: &str, work: ConnectionWork| {
+        let stream = stream.try_clone()?;
+        let shared = Arc::clone(&connection);
+        thread::Builder::new()
+            .name(name.into())
+            .spawn(move || work(stream, &shared))
     };
-    let Ok(reader) = reader else {
-        return Served::Failed;
+    let reader = spawn("gateway-redis-read", Box::new(read_replies));
+    let sweeper = spawn("gateway-redis-sweep", Box::new(sweep));
+    let (Ok(reader), Ok(sweeper)) = (reader, sweeper) else {
+        connection.closed.store(true, Ordering::Release);
+        let _ = stream.shutdown(Shutdown::Both);
+        for job in waiting {
+            job.answer(None);
+        }
+        return Served::Failed { answered: false };
     };
     let mut writing = stream;
     let mut batch = Vec::new();
+    // What waited for the connection goes first.
+    let mut waiting = waiting.into_iter();
     let served = loop {
-        if closed.load(Ordering::Acquire) {
-            break Served::Failed;
+        if connection.closed.load(Ordering::Acquire) {
+            break Served::Failed {
+                answered: connection.answered.load(Ordering::Acquire),
+            };
         }
-        let first = match jobs.recv_timeout(SWEEP) {
-            Ok(job) => Some(job),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break Served::Disconnected,
+        let first = match waiting.next() {
+            Some(job) => job,
+            None => match jobs.recv_timeout(SWEEP) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break Served::Disconnected,
+            },
         };
-        if sweep(&pending) {
-            break Served::Failed;
-        }
-        let Some(first) = first else { continue };
         batch.clear();
-        let mut queue = lock(&pending);
-        for job in std::iter::once(first).chain(jobs.try_iter().take(BATCH - 1)) {
-            if job.deadline <= Instant::now() {
+        let mut queue = lock(&connection.pending);
+        let more = waiting.by_ref().chain(jobs.try_iter()).take(BATCH - 1);
+        for job in std::iter::once(first).chain(more) {
+            if job.deadline <= Instant::now() || connection.closed.load(Ordering::Acquire) {
                 job.answer(None);
                 continue;
             }
@@ -326,14 +421,20 @@ fn serve(stream: TcpStream, jobs: &Receiver<Job>) -> Served {
             queue.push_back((job.deadline, Some(job)));
         }
         drop(queue);
-        if writing.write_all(&batch).is_err() {
-            break Served::Failed;
+        // Not written on a connection given up meanwhile: those commands
+        // are answered below, and must not run later.
+        if connection.closed.load(Ordering::Acquire) || writing.write_all(&batch).is_err() {
+            connection.closed.store(true, Ordering::Release);
         }
     };
-    closed.store(true, Ordering::Release);
+    connection.closed.store(true, Ordering::Release);
+    for job in waiting {
+        job.answer(None);
+    }
     let _ = writing.shutdown(Shutdown::Both);
     let _ = reader.join();
-    for (_, job) in lock(&pending).drain(..) {
+    let _ = sweeper.join();
+    for (_, job) in lock(&connection.pending).drain(..) {
         if let Some(job) = job {
             job.answer(None);
         }
@@ -341,31 +442,42 @@ fn serve(stream: TcpStream, jobs: &Receiver<Job>) -> Served {
     served
 }
 
-/// Answers the commands past their timeout; whether the connection is
-/// stuck (the oldest reply is overdue by [`STUCK`]).
-fn sweep(pending: &Pending) -> bool {
-    let now = Instant::now();
-    let mut queue = lock(pending);
-    for (deadline, job) in queue.iter_mut() {
-        if *deadline > now {
-            // Deadlines grow along the queue only roughly (timeouts differ).
-            continue;
-        }
-        if let Some(job) = job.take() {
+/// Every [`SWEEP`], answers the commands past their timeout; closes the
+/// connection when the oldest reply is [`STUCK`] overdue (the server
+/// stopped answering).
+fn sweep(stream: TcpStream, connection: &Connection) {
+    while !connection.closed.load(Ordering::Acquire) {
+        thread::sleep(SWEEP);
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let stuck = {
+            let mut queue = lock(&connection.pending);
+            for (deadline, job) in queue.iter_mut() {
+                // Deadlines grow along the queue only roughly (timeouts differ).
+                if *deadline <= now {
+                    expired.extend(job.take());
+                }
+            }
+            queue
+                .front()
+                .is_some_and(|(deadline, _)| now.duration_since(*deadline) >= STUCK)
+        };
+        for job in expired {
             job.answer(None);
         }
+        if stuck {
+            connection.closed.store(true, Ordering::Release);
+            let _ = stream.shutdown(Shutdown::Both);
+        }
     }
-    queue
-        .front()
-        .is_some_and(|(deadline, _)| now.duration_since(*deadline) >= STUCK)
 }
 
 /// Reads replies and gives each to the oldest command written.
-fn read_replies(mut stream: TcpStream, pending: &Pending, closed: &AtomicBool) {
+fn read_replies(mut stream: TcpStream, connection: &Connection) {
     let mut buffer: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 16 * 1024];
     let _ = stream.set_read_timeout(None);
-    loop {
+    'reading: loop {
         let read = match stream.read(&mut chunk) {
             Ok(0) | Err(_) => break,
             Ok(read) => read,
@@ -377,28 +489,24 @@ fn read_replies(mut stream: TcpStream, pending: &Pending, closed: &AtomicBool) {
                 Ok(Some((_, length))) => {
                     let reply = buffer[used..used + length].to_vec();
                     used += length;
-                    let next = lock(pending).pop_front();
+                    connection.answered.store(true, Ordering::Release);
+                    let next = lock(&connection.pending).pop_front();
                     match next {
                         Some((_, Some(job))) => job.answer(Some(reply)),
                         // Its command was answered already (timed out).
                         Some((_, None)) => {}
                         // A reply to no command: the connection is confused.
-                        None => {
-                            closed.store(true, Ordering::Release);
-                            return;
-                        }
+                        None => break 'reading,
                     }
                 }
                 Ok(None) => break,
-                Err(_) => {
-                    closed.store(true, Ordering::Release);
-                    return;
-                }
+                Err(_) => break 'reading,
             }
         }
         buffer.drain(..used);
     }
-    closed.store(true, Ordering::Release);
+    connection.closed.store(true, Ordering::Release);
+    let _ = stream.shutdown(Shutdown::Both);
 }
 
 #[cfg(test)]
@@ -499,7 +607,7 @@ mod tests {
         for (token, answer) in got {
             assert_eq!(answer, Some(format!(":{token}\r\n").into_bytes()));
         }
-        assert!(wakes.load(Ordering::SeqCst) >= 1);
+        assert_eq!(wakes.load(Ordering::SeqCst), 200, "woken once per answer");
     }
 
     #[test]
@@ -520,13 +628,40 @@ mod tests {
     }
 
     #[test]
-    fn no_server_is_no_answer_at_once_and_a_closed_mailbox_takes_nothing() {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("address")
-            .port();
+    fn a_server_that_stops_answering_is_left_and_commands_keep_their_timeouts() {
+        // Accepts, reads, never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+            }
+        });
         let redis = target(port);
+        let (mailbox, _) = mailbox();
+        let started = Instant::now();
+        let mut token = 0;
+        // For longer than a connection may stay stuck.
+        while started.elapsed() < STUCK + Duration::from_millis(500) {
+            token += 1;
+            let sent = Instant::now();
+            send(&redis, get(1), Duration::from_millis(100), &mailbox, token);
+            let got = answers(&mailbox, 1);
+            assert_eq!(got[&token], None);
+            assert!(
+                sent.elapsed() < Duration::from_millis(600),
+                "command {token} waited {:?}",
+                sent.elapsed()
+            );
+        }
+        assert!(token >= 8, "{token} commands");
+    }
+
+    #[test]
+    fn no_server_is_no_answer_at_once_and_a_closed_mailbox_takes_nothing() {
+        // Port 1: nothing listens there.
+        let redis = target(1);
         let (mailbox, _) = mailbox();
         let started = Instant::now();
         for token in 0..5 {
