@@ -62,6 +62,19 @@ fn publish_to(dir: &Path, stage: Option<&str>, text: &str, message: &str) -> pub
     publish::publish(dir, &publication, signature).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Publishes `text` as the first version in `dir` and starts an Envoy
+/// (two workers) reading it.
+fn start_published(dir: &Path, text: &str) -> Envoy {
+    publish(dir, text, "first");
+    let bootstrap = gatewayctl::build_dynamic(
+        &load("apis.yaml", text).1,
+        "apis.yaml",
+        host(),
+        &dir.display().to_string(),
+    );
+    start_yaml(&bootstrap, 2)
+}
+
 fn status(envoy: &Envoy, path: &str) -> u16 {
     status_of_stage(envoy, None, path)
 }
@@ -222,7 +235,6 @@ fn publishes_and_a_rollback_take_effect_under_load_without_a_failed_request() {
 fn a_route_published_before_its_policies_reach_the_filters_needs_credentials() {
     let backend = EchoServer::start("backend").expect("echo");
     let dir = tempfile::tempdir().expect("dir");
-    let dir_name = dir.path().display().to_string();
     let document = |extra: &str| {
         test_document(
             backend.port(),
@@ -236,11 +248,7 @@ apis:
             ),
         )
     };
-    let first = document("");
-    publish(dir.path(), &first, "first");
-    let bootstrap =
-        gatewayctl::build_dynamic(&load("apis.yaml", &first).1, "apis.yaml", host(), &dir_name);
-    let envoy = start_yaml(&bootstrap, 2);
+    let envoy = start_published(dir.path(), &document(""));
     assert_eq!(status(&envoy, "/hello"), 200, "{}", envoy.log());
     assert_eq!(status(&envoy, "/orders"), 401);
     assert_eq!(status(&envoy, "/reports"), 404);
@@ -285,7 +293,6 @@ apis:
 fn an_open_breaker_stays_open_across_a_publish() {
     let backend = EchoServer::start("backend").expect("echo");
     let dir = tempfile::tempdir().expect("dir");
-    let dir_name = dir.path().display().to_string();
     let document = |extra: &str| {
         test_document(
             backend.port(),
@@ -302,11 +309,7 @@ apis:
             ),
         )
     };
-    let first = document("");
-    publish(dir.path(), &first, "first");
-    let bootstrap =
-        gatewayctl::build_dynamic(&load("apis.yaml", &first).1, "apis.yaml", host(), &dir_name);
-    let envoy = start_yaml(&bootstrap, 2);
+    let envoy = start_published(dir.path(), &document(""));
     let url = format!("http://127.0.0.1:{}/flaky", envoy.listener_port("http"));
     for _ in 0..4 {
         http::get(&url, &[("x-echo-status", "503")]).expect("answer");
@@ -342,16 +345,7 @@ fn a_stage_published_alone_changes_that_stage_and_leaves_the_others() {
     let backend = EchoServer::start("backend").expect("echo");
     let port = backend.port();
     let dir = tempfile::tempdir().expect("dir");
-    let dir_name = dir.path().display().to_string();
-    let release = document(port, 2, 3, "");
-    publish(dir.path(), &release, "first");
-    let bootstrap = gatewayctl::build_dynamic(
-        &load("apis.yaml", &release).1,
-        "apis.yaml",
-        host(),
-        &dir_name,
-    );
-    let envoy = start_yaml(&bootstrap, 2);
+    let envoy = start_published(dir.path(), &document(port, 2, 3, ""));
     assert_eq!(status(&envoy, "/hello"), 200, "{}", envoy.log());
 
     // TEST gets a new API, a larger quota and longer queries.

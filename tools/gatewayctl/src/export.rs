@@ -32,6 +32,8 @@ pub struct Options {
 pub struct Exported {
     pub document: Value,
     pub warnings: Vec<String>,
+    /// The APIs exported, as callers see them.
+    pub apis: Vec<ApiReference>,
 }
 
 /// The methods an operation can be listed under, in the order a
@@ -270,6 +272,7 @@ pub fn openapi(
     Ok(Exported {
         document: Value::Object(out),
         warnings: exporter.warnings,
+        apis: selected,
     })
 }
 
@@ -542,11 +545,11 @@ fn retarget(schema: &mut Value, renamed: &BTreeMap<String, String>) {
                 match (key.as_str(), value.as_str()) {
                     ("$ref", Some(reference)) => {
                         if let Some(name) = reference.strip_prefix("#/definitions/") {
-                            let name = name.replace("~1", "/").replace("~0", "~");
+                            let name = crate::openapi::unescape_token(name);
                             let target = renamed.get(&name).cloned().unwrap_or(name);
                             *value = json!(format!(
                                 "#/components/schemas/{}",
-                                target.replace('~', "~0").replace('/', "~1")
+                                crate::openapi::escape_token(&target)
                             ));
                         }
                     }

@@ -7,8 +7,9 @@
 use crate::export::{self, Options};
 use crate::format::AuthMode;
 use crate::generate::Generated;
-use crate::reference::{self, ApiReference, ERROR_CODES};
+use crate::reference::{self, ApiReference, ErrorCode, ERROR_CODES};
 use crate::source::Source;
+use gateway_common::params::encode_component;
 use serde_json::{json, Map, Value};
 use std::fmt::{self, Write};
 use std::path::{Path, PathBuf};
@@ -74,11 +75,10 @@ pub fn write(
         complete: false,
         ..options.clone()
     };
-    let apis = export::select(source, generated, &callers).map_err(DocsError::Selection)?;
     let exported = export::openapi(source, generated, &callers).map_err(DocsError::Selection)?;
     let page = page(
         &export::title(source, &callers),
-        &apis,
+        &exported.apis,
         &export::servers(generated, &callers),
         &callers,
     );
@@ -122,7 +122,7 @@ fn shell(word: &str) -> String {
     if plain {
         word.to_string()
     } else {
-        format!("'{}'", word.replace('\'', "'\\''"))
+        crate::sign::shell_quote(word)
     }
 }
 
@@ -349,19 +349,9 @@ fn api_section(out: &mut String, api: &ApiReference, server: &str, options: &Opt
     }
     if !api.errors.is_empty() {
         out.push_str(
-            "<h3>Errors</h3>\n<p>Besides the backend's own answers, in the <a href=\"#errors\">gateway's error shape</a>:</p>\n\
-             <table>\n<tr><th>code</th><th>status</th><th>message</th></tr>\n",
+            "<h3>Errors</h3>\n<p>Besides the backend's own answers, in the <a href=\"#errors\">gateway's error shape</a>:</p>\n",
         );
-        for error in &api.errors {
-            let _ = writeln!(
-                out,
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-                error.code,
-                error.status,
-                escape(error.message)
-            );
-        }
-        out.push_str("</table>\n");
+        error_table(out, api.errors.iter().copied());
     }
     out.push_str("</section>\n");
 }
@@ -544,7 +534,7 @@ pub fn example_request(
         let name = parameter["name"].as_str().unwrap_or_default();
         path = path.replace(
             &format!("{{{name}}}"),
-            &percent_encode(&example_value(parameter)),
+            &encode_component(&example_value(parameter)),
         );
     }
     for variable in crate::generate::variables(&api.path.clone()) {
@@ -556,8 +546,8 @@ pub fn example_request(
         .map(|p| {
             format!(
                 "{}={}",
-                percent_encode(p["name"].as_str().unwrap_or_default()),
-                percent_encode(&example_value(p))
+                encode_component(p["name"].as_str().unwrap_or_default()),
+                encode_component(&example_value(p))
             )
         })
         .collect();
@@ -586,7 +576,7 @@ pub fn example_request(
             format!(
                 "{}={}",
                 p["name"].as_str().unwrap_or_default(),
-                percent_encode(&example_value(p))
+                encode_component(&example_value(p))
             )
         })
         .collect();
@@ -655,19 +645,6 @@ pub fn example_request(
     }
 }
 
-/// Percent-encodes a query or form value.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
-}
-
 fn errors(out: &mut String) {
     out.push_str(
         "<section id=\"errors\">\n<h2>Error responses</h2>\n\
@@ -676,10 +653,16 @@ fn errors(out: &mut String) {
          x-ca-error-message: Throttled by IP Flow Control\nx-ca-request-id: 7c1b9c43-0a55-4a4e-9d9b-8f1f7d6f1a0e\n\
          retry-after: 17\ncontent-type: application/json; charset=utf-8\n\n\
          {&quot;code&quot;:&quot;A429IP&quot;,&quot;message&quot;:&quot;Throttled by IP Flow Control&quot;,&quot;request_id&quot;:&quot;7c1b9c43-0a55-4a4e-9d9b-8f1f7d6f1a0e&quot;}</pre>\n\
-         <p>Give the <code>request_id</code> when you ask your provider about a call. The codes:</p>\n\
-         <table>\n<tr><th>code</th><th>status</th><th>message</th></tr>\n",
+         <p>Give the <code>request_id</code> when you ask your provider about a call. The codes:</p>\n",
     );
-    for error in &ERROR_CODES {
+    error_table(out, &ERROR_CODES);
+    out.push_str("</section>\n");
+}
+
+/// A table of error codes: code, status, message.
+fn error_table<'a>(out: &mut String, errors: impl IntoIterator<Item = &'a ErrorCode>) {
+    out.push_str("<table>\n<tr><th>code</th><th>status</th><th>message</th></tr>\n");
+    for error in errors {
         let _ = writeln!(
             out,
             "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
@@ -688,7 +671,7 @@ fn errors(out: &mut String) {
             escape(error.message)
         );
     }
-    out.push_str("</table>\n</section>\n");
+    out.push_str("</table>\n");
 }
 
 #[cfg(test)]

@@ -80,11 +80,20 @@ fn load_for(
     file: &str,
     target: gatewayctl::generate::Target,
 ) -> Result<gatewayctl::generate::Generated, ExitCode> {
+    read_checked(file, target).map(|(_, generated)| generated)
+}
+
+/// Reads FILE and checks it; prints warnings, and errors when it fails.
+fn read_checked(
+    file: &str,
+    target: gatewayctl::generate::Target,
+) -> Result<(Source, gatewayctl::generate::Generated), ExitCode> {
     let source = Source::read(file).map_err(|err| {
         eprintln!("{err}");
         ExitCode::from(EXIT_INVALID)
     })?;
-    checked_source(&source, target)
+    let generated = checked_source(&source, target)?;
+    Ok((source, generated))
 }
 
 fn checked_source(
@@ -450,22 +459,9 @@ fn write_output(out: Option<&str>, text: &str) -> ExitCode {
 }
 
 /// Reads and checks FILE of `export` or `docs`, and exports its APIs.
-fn exported(
-    args: &ReferenceArgs,
-) -> Result<
-    (
-        Source,
-        gatewayctl::generate::Generated,
-        gatewayctl::export::Exported,
-    ),
-    ExitCode,
-> {
+fn exported(args: &ReferenceArgs) -> Result<(Source, gatewayctl::export::Exported), ExitCode> {
     let file = args.file.clone().unwrap_or_default();
-    let source = Source::read(&file).map_err(|err| {
-        eprintln!("{err}");
-        ExitCode::from(EXIT_INVALID)
-    })?;
-    let generated = checked_source(&source, gatewayctl::generate::Target::Envoy)?;
+    let (source, generated) = read_checked(&file, gatewayctl::generate::Target::Envoy)?;
     let exported =
         gatewayctl::export::openapi(&source, &generated, &args.options).map_err(|message| {
             eprintln!("gatewayctl: {message}");
@@ -474,7 +470,7 @@ fn exported(
     for warning in &exported.warnings {
         eprintln!("warning: {warning}");
     }
-    Ok((source, generated, exported))
+    Ok((source, exported))
 }
 
 fn export(args: &[String]) -> ExitCode {
@@ -486,7 +482,7 @@ fn export(args: &[String]) -> ExitCode {
         Ok(args) => args,
         Err(message) => return usage_error(&message),
     };
-    let (source, _, exported) = match exported(&args) {
+    let (source, exported) = match exported(&args) {
         Ok(done) => done,
         Err(code) => return code,
     };
@@ -507,15 +503,8 @@ fn docs(args: &[String]) -> ExitCode {
         Err(message) => return usage_error(&message),
     };
     let file = args.file.clone().unwrap_or_default();
-    let source = match Source::read(&file) {
-        Ok(source) => source,
-        Err(err) => {
-            eprintln!("{err}");
-            return ExitCode::from(EXIT_INVALID);
-        }
-    };
-    let generated = match checked_source(&source, gatewayctl::generate::Target::Envoy) {
-        Ok(generated) => generated,
+    let (source, generated) = match read_checked(&file, gatewayctl::generate::Target::Envoy) {
+        Ok(checked) => checked,
         Err(code) => return code,
     };
     let dir = std::path::PathBuf::from(args.out.unwrap_or_default());

@@ -58,8 +58,13 @@ pub struct Imported {
 }
 
 /// A JSON Pointer reference token: `~` as `~0`, `/` as `~1`.
-fn escape_token(token: &str) -> String {
+pub(crate) fn escape_token(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
+}
+
+/// A JSON Pointer reference token read back: `~1` as `/`, `~0` as `~`.
+pub(crate) fn unescape_token(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
 }
 
 /// `/paths/~1orders/get` from its parts.
@@ -1059,7 +1064,7 @@ impl Importer<'_> {
                             format!("`{reference}`: a body schema may refer only to #/components/schemas/"),
                         ));
                     };
-                    let name = name.replace("~1", "/").replace("~0", "~");
+                    let name = unescape_token(name);
                     let escaped = escape_token(&name);
                     pending.push(name);
                     out.insert(key.clone(), json!(format!("#/definitions/{escaped}")));

@@ -245,7 +245,6 @@ pub fn publish(
         Some(version) => Some(documents_of(&version_dir(dir, version.version))?),
         None => None,
     };
-    let value = |text: &str| Source::parse(DOCUMENT, text).ok().map(|s| s.value);
     let after = &publication.source.value;
     let (documents, change) = match (publication.stage, &before) {
         (None, _) => {
@@ -269,7 +268,10 @@ pub fn publish(
                 .iter()
                 .find(|(s, _)| s.eq_ignore_ascii_case(stage))
                 .map_or(&before.base, |(_, text)| text);
-            let change = format!("stage {stage}: {}", changes(value(was).as_ref(), after));
+            let change = format!(
+                "stage {stage}: {}",
+                changes(document_value(was).as_ref(), after)
+            );
             (before.clone().with(stage, publication.text), change)
         }
     };
@@ -296,8 +298,8 @@ pub fn publish(
     }
     let needs_restart = before
         .as_ref()
-        .and_then(|b| value(&b.base))
-        .zip(value(&documents.base))
+        .and_then(|b| document_value(&b.base))
+        .zip(document_value(&documents.base))
         .is_some_and(|(was, now)| bootstrap_part(&was) != bootstrap_part(&now));
     let next = Next {
         source: publication.source.file.clone(),
@@ -373,21 +375,20 @@ pub fn rollback(
 /// document's changes, then each stage's own document added, changed or
 /// dropped.
 fn documents_changes(before: Option<&Documents>, after: &Documents) -> String {
-    let value = |text: &str| Source::parse(DOCUMENT, text).ok().map(|s| s.value);
-    let base_after = value(&after.base).unwrap_or(Value::Null);
+    let base_after = document_value(&after.base).unwrap_or(Value::Null);
     let Some(before) = before else {
         return changes(None, &base_after);
     };
-    let mut parts = vec![changes(value(&before.base).as_ref(), &base_after)];
+    let mut parts = vec![changes(document_value(&before.base).as_ref(), &base_after)];
     let (mut added, mut dropped) = (Vec::new(), Vec::new());
     for (stage, text) in &after.stages {
         match before.stages.get(stage) {
             None => added.push(stage.as_str()),
             Some(was) if was != text => {
-                let now = value(text).unwrap_or(Value::Null);
+                let now = document_value(text).unwrap_or(Value::Null);
                 parts.push(format!(
                     "stage {stage}: {}",
-                    changes(value(was).as_ref(), &now)
+                    changes(document_value(was).as_ref(), &now)
                 ));
             }
             Some(_) => {}
@@ -608,9 +609,13 @@ fn read_record(version_dir: &Path) -> Option<Version> {
 
 /// A version's document, as read for the diff.
 fn read_document(dir: &Path, version: u32) -> Option<Value> {
-    let path = version_dir(dir, version).join(DOCUMENT);
-    let text = fs::read_to_string(&path).ok()?;
-    Source::parse(&path.to_string_lossy(), &text)
+    document_value(&fs::read_to_string(version_dir(dir, version).join(DOCUMENT)).ok()?)
+}
+
+/// A published document's text as read for the diff (published documents
+/// were checked, so one that no longer parses has nothing to compare).
+fn document_value(text: &str) -> Option<Value> {
+    Source::parse(DOCUMENT, text)
         .ok()
         .map(|source| source.value)
 }

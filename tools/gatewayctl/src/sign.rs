@@ -140,7 +140,8 @@ fn nonce() -> String {
     )
 }
 
-fn shell_quote(text: &str) -> String {
+/// A shell word in single quotes (a quote inside as `'\''`).
+pub(crate) fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 

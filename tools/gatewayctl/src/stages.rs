@@ -14,7 +14,7 @@
 //! the same (so what it was written against is what serves it); a base
 //! document published later may change them for every stage.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The stage every request without `X-Ca-Stage` is of.
@@ -167,14 +167,12 @@ fn list(document: &Value, field: &str) -> Vec<Value> {
 }
 
 fn push(document: &mut Value, field: &str, entry: Value) {
-    if let Value::Object(map) = document {
+    // A document's top level is a mapping (`Source` reads no other).
+    if let Some(map) = document.as_object_mut() {
         let list = map.entry(field).or_insert_with(|| Value::Array(Vec::new()));
         if let Value::Array(entries) = list {
             entries.push(entry);
         }
-    } else {
-        *document = Value::Object(Map::new());
-        push(document, field, entry);
     }
 }
 
