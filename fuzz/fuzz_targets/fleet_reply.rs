@@ -10,6 +10,9 @@ use circuit_breaker::fleet::View;
 use gateway_common::fleet::wire::parse_reply;
 use libfuzzer_sys::fuzz_target;
 
+/// The call id the answer must start with (a seed may carry it).
+const CALL_ID: &str = "00000000000000ab";
+
 // First byte: the checks the call expected (low 3 bits) and the answer's
 // status (high bits: 0 → 200, 1 → no answer, else 500 + n); second byte:
 // the breaker's bucket count; the rest is the body.
@@ -23,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         1 => None,
         n => Some(500 + u32::from(n)),
     };
-    if let Ok(results) = parse_reply(status, body, expected) {
+    if let Ok(results) = parse_reply(status, body, CALL_ID, expected) {
         assert_eq!(results.len(), expected);
     }
 

@@ -606,7 +606,7 @@ fn the_script_in_redis_answers_as_its_model() {
         }))
         .collect();
     for (i, ops) in calls.iter().enumerate() {
-        let args = Arguments::new(ops);
+        let args = Arguments::new(ops, i as u64);
         // The first call loads the script, the others run it by its SHA-1.
         let body = if i == 0 {
             args.with_script()
@@ -615,8 +615,13 @@ fn the_script_in_redis_answers_as_its_model() {
         };
         let response = http::post(&url, &[], &body).expect("webdis");
         let expected = ops.iter().map(Op::results).sum();
-        let answer = parse_reply(Some(u32::from(response.status)), &response.body, expected)
-            .unwrap_or_else(|e| panic!("call {i}: {e}: {}", response.text()));
+        let answer = parse_reply(
+            Some(u32::from(response.status)),
+            &response.body,
+            args.id(),
+            expected,
+        )
+        .unwrap_or_else(|e| panic!("call {i}: {e}: {}", response.text()));
         assert_eq!(answer, model.run(ops), "call {i}");
     }
 }

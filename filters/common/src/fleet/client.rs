@@ -77,7 +77,7 @@ fn dispatch(
 
 impl Call {
     fn send(store: Arc<Store>, ops: &[Op], caller: &mut dyn Caller) -> Result<Self, Failure> {
-        let arguments = Arguments::new(ops);
+        let arguments = Arguments::new(ops, crate::host::random_u64());
         let token = dispatch(&store, &arguments, false, caller)?;
         Ok(Self {
             token,
@@ -99,7 +99,7 @@ impl Call {
         if token != self.token {
             return None;
         }
-        let answer = read_answer(&self.store, answer, self.results);
+        let answer = read_answer(&self.store, answer, self.arguments.id(), self.results);
         if answer == Err(Failure::NoScript) && !self.resent {
             self.resent = true;
             return match dispatch(&self.store, &self.arguments, true, caller) {
@@ -119,17 +119,17 @@ impl Call {
 /// with 200 only), to tell a timeout or an HTTP error from a bad body: one
 /// host call fewer per request. Redis's own answer is its reply (RESP), or
 /// no status when none came in time.
-fn read_answer(store: &Store, answer: &dyn CallAnswer, expected: usize) -> Answer {
+fn read_answer(store: &Store, answer: &dyn CallAnswer, id: &str, expected: usize) -> Answer {
     let body_size = answer.body_size();
     let from_body = if body_size > MAX_ANSWER_BYTES {
         Err(Failure::BadReply(format!("{body_size} bytes")))
     } else if matches!(store.target, Target::Redis(_)) {
         return match answer.status() {
             None => Err(Failure::NoAnswer),
-            Some(_) => parse_resp_reply(&answer.body(), expected),
+            Some(_) => parse_resp_reply(&answer.body(), id, expected),
         };
     } else {
-        parse_reply(Some(200), &answer.body(), expected)
+        parse_reply(Some(200), &answer.body(), id, expected)
     };
     let Err(body_failure) = from_body else {
         return from_body;

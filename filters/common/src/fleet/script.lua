@@ -1,4 +1,6 @@
 -- The fleet checks of one request, run atomically by Redis (see fleet/wire.rs).
+-- ARGV[1] is the call's id, which the reply starts with, so a caller can tell
+-- its own answer from another call's (a proxy may mix them up). The rest of
 -- ARGV is a list of operations, KEYS their keys in the same order:
 --   'n', ttl_ms                       nonce: SET key NX PX ttl_ms; KEYS: the nonce
 --   'g', m, then m rules of 6 values  quota group; each rule:
@@ -11,7 +13,7 @@
 --       record starts at version `first`, a random number from the caller,
 --       so a record that expired and is made again never repeats a version
 --       an Envoy still holds (versions stay below 2^53); KEYS: the record
--- The reply has three values per nonce, per rule and per record:
+-- After the id, the reply has three values per nonce, per rule and per record:
 --   nonce:  state, 0, 0; 1 fresh (recorded), 0 replayed, -1 not run
 --   rule:   state, previous, current; 1 counted, 0 over its limit, 2 over its
 --           limit in dry run, 3 within its limit but not counted (another rule
@@ -23,7 +25,7 @@
 -- A rule admits while previous * left + (current + 1) * window <= limit * window
 -- (the sliding estimate in integers); fixed windows are sent with window 1 and
 -- left 0, so for them that is current < limit.
-local out, k, a = {}, 1, 1
+local out, k, a = { ARGV[1] }, 1, 2
 local stopped = false
 local function push(state, previous, current)
   out[#out + 1] = state

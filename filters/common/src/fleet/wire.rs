@@ -8,7 +8,7 @@ use serde_json::Value;
 /// The Lua script every call runs: nonces, quota groups and records, in order.
 pub const SCRIPT: &str = include_str!("script.lua");
 /// SHA-1 of [`SCRIPT`], the name Redis caches it under (a test checks it).
-pub const SCRIPT_SHA1: &str = "06ce2d1e6e4a11c09019f0b46e8235616b523fd4";
+pub const SCRIPT_SHA1: &str = "55d33ba08b7aead800aaa6304533bf256e6a7cab";
 
 /// The values of one operation's result.
 pub const RESULT_WIDTH: usize = 3;
@@ -170,15 +170,20 @@ impl std::fmt::Display for Failure {
 }
 
 /// The command part of a call after the script (`<numkeys>`, the keys, the
-/// arguments), kept so a call can be sent again with the script text after
-/// `NOSCRIPT`.
+/// call's id, the arguments), kept so a call can be sent again with the
+/// script text after `NOSCRIPT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Arguments(Vec<String>);
+pub struct Arguments {
+    parts: Vec<String>,
+    /// Where the id is in `parts`.
+    id_at: usize,
+}
 
 impl Arguments {
-    pub fn new(ops: &[Op]) -> Self {
+    /// `call_id`: random bits the answer must echo (see [`Arguments::id`]).
+    pub fn new(ops: &[Op], call_id: u64) -> Self {
         let mut keys: Vec<&str> = Vec::new();
-        let mut args: Vec<String> = Vec::new();
+        let mut args: Vec<String> = vec![format!("{call_id:016x}")];
         for op in ops {
             match op {
                 Op::Nonce { key, ttl_ms } => {
@@ -224,14 +229,22 @@ impl Arguments {
         let mut parts = Vec::with_capacity(1 + keys.len() + args.len());
         parts.push(keys.len().to_string());
         parts.extend(keys.iter().map(|key| key.to_string()));
+        let id_at = parts.len();
         parts.extend(args);
-        Self(parts)
+        Self { parts, id_at }
+    }
+
+    /// The call's id, the first value of its answer: an answer that starts
+    /// with another is another call's, which Webdis can deliver to a new
+    /// connection after its own client closed (a cancelled or timed-out call).
+    pub fn id(&self) -> &str {
+        &self.parts[self.id_at]
     }
 
     /// Webdis's path of the command: its parts percent-encoded, joined by `/`.
     fn webdis(&self, command: &str, script: &str) -> Vec<u8> {
         let mut body = String::from(command);
-        for part in std::iter::once(script).chain(self.0.iter().map(String::as_str)) {
+        for part in std::iter::once(script).chain(self.parts.iter().map(String::as_str)) {
             body.push('/');
             percent_encode(part, &mut body);
         }
@@ -262,7 +275,7 @@ impl Arguments {
         super::resp::command(
             [command.as_bytes(), script.as_bytes()]
                 .into_iter()
-                .chain(self.0.iter().map(String::as_bytes)),
+                .chain(self.parts.iter().map(String::as_bytes)),
         )
     }
 }
@@ -282,11 +295,12 @@ fn percent_encode(text: &str, out: &mut String) {
     }
 }
 
-/// Reads Webdis's answer to a call expecting `expected` results: `status`
-/// is the HTTP status (`None` when there was no answer).
+/// Reads Webdis's answer to the call `id` expecting `expected` results:
+/// `status` is the HTTP status (`None` when there was no answer).
 pub fn parse_reply(
     status: Option<u32>,
     body: &[u8],
+    id: &str,
     expected: usize,
 ) -> Result<Vec<OpResult>, Failure> {
     match status {
@@ -318,7 +332,7 @@ pub fn parse_reply(
             other => Item::Integer(other.as_i64()),
         })
         .collect();
-    results(&items, expected)
+    results(&items, id, expected)
 }
 
 /// An error Redis answered.
@@ -330,8 +344,9 @@ fn redis_error(message: &str) -> Failure {
     }
 }
 
-/// Reads Redis's own answer (RESP) to a call expecting `expected` results.
-pub fn parse_resp_reply(body: &[u8], expected: usize) -> Result<Vec<OpResult>, Failure> {
+/// Reads Redis's own answer (RESP) to the call `id` expecting `expected`
+/// results.
+pub fn parse_resp_reply(body: &[u8], id: &str, expected: usize) -> Result<Vec<OpResult>, Failure> {
     use super::resp::{parse, Reply};
     let reply = match parse(body) {
         Ok(Some((reply, length))) if length == body.len() => reply,
@@ -351,7 +366,7 @@ pub fn parse_resp_reply(body: &[u8], expected: usize) -> Result<Vec<OpResult>, F
             _ => Item::Integer(None),
         })
         .collect();
-    results(&items, expected)
+    results(&items, id, expected)
 }
 
 /// One value of the script's answer: a number, or a record's text (`None`:
@@ -361,8 +376,14 @@ enum Item {
     Text(String),
 }
 
-/// The script's answer as `expected` results.
-fn results(items: &[Item], expected: usize) -> Result<Vec<OpResult>, Failure> {
+/// The script's answer to the call `id` as `expected` results.
+fn results(items: &[Item], id: &str, expected: usize) -> Result<Vec<OpResult>, Failure> {
+    let Some((Item::Text(answered), items)) = items.split_first() else {
+        return Err(Failure::BadReply("no call id".into()));
+    };
+    if answered != id {
+        return Err(Failure::BadReply("the answer of another call".into()));
+    }
     if items.len() != expected * RESULT_WIDTH {
         return Err(Failure::BadReply(format!(
             "{} values for {expected} checks",
@@ -413,6 +434,8 @@ mod tests {
     use super::*;
     use sha1::{Digest, Sha1};
 
+    const ID: &str = "id";
+
     #[test]
     fn the_script_sha1_is_the_scripts() {
         let digest = Sha1::digest(SCRIPT.as_bytes());
@@ -453,12 +476,13 @@ mod tests {
                 },
             ]),
         ];
-        let args = Arguments::new(&ops);
+        let args = Arguments::new(&ops, 0xab);
+        assert_eq!(args.id(), "00000000000000ab");
         assert_eq!(
             String::from_utf8(args.by_sha()).unwrap(),
             format!(
                 "EVALSHA/{SCRIPT_SHA1}/4/gw%3An%2F1/gw%3Aq%3Aa/gw%3Aq%3Ab%3A10/gw%3Aq%3Ab%3A9\
-                 /n/900000/g/2/f/5/1/0/2000/0/s/7/60000/1000/2000/1"
+                 /00000000000000ab/n/900000/g/2/f/5/1/0/2000/0/s/7/60000/1000/2000/1"
             )
         );
         let with_script = String::from_utf8(args.with_script()).unwrap();
@@ -469,8 +493,8 @@ mod tests {
 
     #[test]
     fn results_are_read_in_triples() {
-        let body = br#"{"EVALSHA":[1,0,0,1,0,3,0,0,5,3,2,4,2,0,9,-1,0,0]}"#;
-        let results = parse_reply(Some(200), body, 6).unwrap();
+        let body = br#"{"EVALSHA":["id",1,0,0,1,0,3,0,0,5,3,2,4,2,0,9,-1,0,0]}"#;
+        let results = parse_reply(Some(200), body, ID, 6).unwrap();
         let states: Vec<State> = results.iter().map(|r| r.state).collect();
         assert_eq!(
             states,
@@ -485,17 +509,17 @@ mod tests {
         );
         assert_eq!((results[3].previous, results[3].current), (2, 4));
         // The EVAL answer after a reload reads the same.
-        let body = br#"{"EVAL":[0,0,0]}"#;
+        let body = br#"{"EVAL":["id",0,0,0]}"#;
         assert_eq!(
-            parse_reply(Some(200), body, 1).unwrap()[0].state,
+            parse_reply(Some(200), body, ID, 1).unwrap()[0].state,
             State::Refused
         );
     }
 
     #[test]
     fn redis_s_own_answers_read_as_webdis_s_do() {
-        let reply = b"*6\r\n:1\r\n:0\r\n:5\r\n:0\r\n:9\r\n$4\r\n0a1b\r\n";
-        let results = parse_resp_reply(reply, 2).unwrap();
+        let reply = b"*7\r\n$2\r\nid\r\n:1\r\n:0\r\n:5\r\n:0\r\n:9\r\n$4\r\n0a1b\r\n";
+        let results = parse_resp_reply(reply, ID, 2).unwrap();
         assert_eq!(
             (results[0].state, results[0].previous, results[0].current),
             (State::Done, 0, 5)
@@ -509,20 +533,22 @@ mod tests {
             (State::Refused, 9, Some("0a1b"))
         );
         assert_eq!(
-            parse_resp_reply(b"-NOSCRIPT No matching script.\r\n", 1),
+            parse_resp_reply(b"-NOSCRIPT No matching script.\r\n", ID, 1),
             Err(Failure::NoScript)
         );
         assert_eq!(
-            parse_resp_reply(b"-NOPERM this user has no permissions\r\n", 1),
+            parse_resp_reply(b"-NOPERM this user has no permissions\r\n", ID, 1),
             Err(Failure::Error("NOPERM this user has no permissions".into()))
         );
         for bad in [
-            &b"*3\r\n:1\r\n:0\r\n"[..],
+            &b"*3\r\n$2\r\nid\r\n:1\r\n:0\r\n"[..],
+            b"*4\r\n$2\r\nix\r\n:1\r\n:0\r\n:0\r\n",
+            b"*3\r\n:1\r\n:0\r\n:0\r\n",
             b":1\r\n",
-            b"*3\r\n:1\r\n:0\r\n:0\r\n+x",
+            b"*4\r\n$2\r\nid\r\n:1\r\n:0\r\n:0\r\n+x",
         ] {
             assert!(matches!(
-                parse_resp_reply(bad, 1),
+                parse_resp_reply(bad, ID, 1),
                 Err(Failure::BadReply(_))
             ));
         }
@@ -530,12 +556,16 @@ mod tests {
 
     #[test]
     fn a_redis_command_carries_the_same_parts_unencoded() {
-        let args = Arguments::new(&[Op::Nonce {
-            key: "gw:n/1".into(),
-            ttl_ms: 900,
-        }]);
+        let args = Arguments::new(
+            &[Op::Nonce {
+                key: "gw:n/1".into(),
+                ttl_ms: 900,
+            }],
+            0x1f,
+        );
         let expected = format!(
-            "*6\r\n$7\r\nEVALSHA\r\n$40\r\n{SCRIPT_SHA1}\r\n$1\r\n1\r\n$6\r\ngw:n/1\r\n$1\r\nn\r\n$3\r\n900\r\n"
+            "*7\r\n$7\r\nEVALSHA\r\n$40\r\n{SCRIPT_SHA1}\r\n$1\r\n1\r\n$6\r\ngw:n/1\r\n\
+             $16\r\n000000000000001f\r\n$1\r\nn\r\n$3\r\n900\r\n"
         );
         assert_eq!(String::from_utf8(args.resp_by_sha()).unwrap(), expected);
         let with_script = args.resp_with_script();
@@ -565,12 +595,12 @@ mod tests {
                 first_version: 12_345,
             })
         };
-        let body = Arguments::new(&[swap(Some("0a1b")), swap(None)]).by_sha();
+        let body = Arguments::new(&[swap(Some("0a1b")), swap(None)], 1).by_sha();
         assert_eq!(
             String::from_utf8(body).unwrap(),
             format!(
                 "EVALSHA/{SCRIPT_SHA1}/2/gw%3Ab%3Aorders/gw%3Ab%3Aorders\
-                 /r/7/0a1b/60000/12345/r/7/-/60000/12345"
+                 /0000000000000001/r/7/0a1b/60000/12345/r/7/-/60000/12345"
             )
         );
     }
@@ -585,8 +615,8 @@ mod tests {
 
     #[test]
     fn a_record_result_carries_its_version_and_the_stored_value() {
-        let body = br#"{"EVALSHA":[1,8,"",0,9,"00ff",0,9,"",-1,0,""]}"#;
-        let results = parse_reply(Some(200), body, 4).unwrap();
+        let body = br#"{"EVALSHA":["id",1,8,"",0,9,"00ff",0,9,"",-1,0,""]}"#;
+        let results = parse_reply(Some(200), body, ID, 4).unwrap();
         let read = |r: &OpResult| (r.state, r.previous, r.current, r.value.clone());
         assert_eq!(read(&results[0]), (State::Done, 0, 8, None));
         assert_eq!(
@@ -596,7 +626,7 @@ mod tests {
         assert_eq!(read(&results[2]), (State::Refused, 0, 9, None));
         assert_eq!(read(&results[3]), (State::NotRun, 0, 0, None));
         assert_eq!(
-            parse_reply(Some(200), br#"{"EVALSHA":[0,"9",""]}"#, 1),
+            parse_reply(Some(200), br#"{"EVALSHA":["id",0,"9",""]}"#, ID, 1),
             Err(Failure::BadReply("not an integer".into()))
         );
     }
@@ -634,23 +664,23 @@ mod tests {
             ),
             (
                 Some(200),
-                br#"{"EVALSHA":[1,0]}"#,
+                br#"{"EVALSHA":["id",1,0]}"#,
                 Failure::BadReply("2 values for 1 checks".into()),
             ),
             (
                 Some(200),
-                br#"{"EVALSHA":[7,0,0]}"#,
+                br#"{"EVALSHA":["id",7,0,0]}"#,
                 Failure::BadReply("unknown state 7".into()),
             ),
             (
                 Some(200),
-                br#"{"EVALSHA":[1,-4,0]}"#,
+                br#"{"EVALSHA":["id",1,-4,0]}"#,
                 Failure::BadReply("a negative count".into()),
             ),
         ];
         for (status, body, expected) in cases {
             assert_eq!(
-                parse_reply(status, body, 1),
+                parse_reply(status, body, ID, 1),
                 Err(expected),
                 "{}",
                 String::from_utf8_lossy(body)
@@ -659,9 +689,27 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_without_the_calls_id_is_refused() {
+        let another = br#"{"EVALSHA":["other",1,0,0]}"#;
+        assert_eq!(
+            parse_reply(Some(200), another, ID, 1),
+            Err(Failure::BadReply("the answer of another call".into()))
+        );
+        // An answer of the script before call ids, or of another script.
+        assert_eq!(
+            parse_reply(Some(200), br#"{"EVALSHA":[1,0,0]}"#, ID, 1),
+            Err(Failure::BadReply("no call id".into()))
+        );
+        assert_eq!(
+            parse_resp_reply(b"*4\r\n$5\r\nother\r\n:1\r\n:0\r\n:0\r\n", ID, 1),
+            Err(Failure::BadReply("the answer of another call".into()))
+        );
+    }
+
+    #[test]
     fn a_long_error_message_is_cut() {
         let body = format!(r#"{{"EVAL":[false,"{}"]}}"#, "x".repeat(10_000));
-        match parse_reply(Some(200), body.as_bytes(), 1) {
+        match parse_reply(Some(200), body.as_bytes(), ID, 1) {
             Err(Failure::Error(message)) => assert_eq!(message.len(), 200),
             other => panic!("{other:?}"),
         }
@@ -670,7 +718,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn no_body_makes_the_parser_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..64), expected in 0usize..4) {
-            let _ = parse_reply(Some(200), &body, expected);
+            let _ = parse_reply(Some(200), &body, ID, expected);
         }
 
         #[test]
