@@ -10,6 +10,7 @@ use serde_json::json;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -101,33 +102,7 @@ impl FleetStore {
     /// Starts Redis (again) on its port, empty.
     pub fn start_redis(&mut self) {
         assert!(self.redis.is_none(), "Redis is already running");
-        let child = Command::new(binary(
-            "REDIS_SERVER_BIN",
-            "/usr/bin/redis-server",
-            "redis-server",
-        ))
-        .args(["--bind", "127.0.0.1", "--port"])
-        .arg(self.redis_port.to_string())
-        .args(["--save", "", "--appendonly", "no", "--dir"])
-        .arg(self.dir.path())
-        // The native module's own connection signs in as this user, which
-        // may run the filters' two commands (and the script's) on their keys.
-        .args(["--user", DIRECT_USER, "on"])
-        .arg(format!(">{DIRECT_PASSWORD}"))
-        .args(["~gw:*", "+evalsha", "+eval"])
-        // What the script runs (Redis checks a script's own calls too).
-        .args(["+get", "+set", "+incr", "+pexpire", "+hmget", "+hset"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start redis-server: {e}"));
-        self.redis = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        while self.try_command(&["PING"]).is_err() {
-            assert!(Instant::now() < deadline, "Redis did not start");
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.redis = Some(start_redis_server(self.redis_port, self.dir.path(), &[]));
         if self.webdis.is_some() {
             self.wait_for_webdis();
         }
@@ -223,17 +198,7 @@ impl FleetStore {
     }
 
     fn try_command(&self, args: &[&str]) -> Result<Reply, String> {
-        let stream =
-            TcpStream::connect(("127.0.0.1", self.redis_port)).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        let mut request = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
-        }
-        (&stream).write_all(&request).map_err(|e| e.to_string())?;
-        read_reply(&mut BufReader::new(&stream))
+        command_at(self.redis_port, args)
     }
 
     /// The keys stored under `pattern` (e.g. `gw:q:*`).
@@ -265,6 +230,237 @@ impl Drop for FleetStore {
         }
         self.stop_redis();
     }
+}
+
+/// Starts Redis on `port` (in `dir`, nothing saved) with `extra`
+/// arguments, and waits until it answers. The native module's own
+/// connection signs in as [`DIRECT_USER`], which may run the filters' two
+/// commands (and the script's) on their keys.
+fn start_redis_server(port: u16, dir: &Path, extra: &[&str]) -> Child {
+    let mut child = Command::new(binary(
+        "REDIS_SERVER_BIN",
+        "/usr/bin/redis-server",
+        "redis-server",
+    ))
+    .args(["--bind", "127.0.0.1", "--port"])
+    .arg(port.to_string())
+    .args(["--save", "", "--appendonly", "no", "--dir"])
+    .arg(dir)
+    .args(["--user", DIRECT_USER, "on"])
+    .arg(format!(">{DIRECT_PASSWORD}"))
+    .args(["~gw:*", "+evalsha", "+eval"])
+    // What the script runs (Redis checks a script's own calls too).
+    .args(["+get", "+set", "+incr", "+pexpire", "+hmget", "+hset"])
+    .args(extra)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap_or_else(|e| panic!("start redis-server: {e}"));
+    let deadline = Instant::now() + START_TIMEOUT;
+    while command_at(port, &["PING"]).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("redis-server on {port} exited: {status}");
+        }
+        assert!(Instant::now() < deadline, "Redis did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// A Redis command's reply from the server (or Sentinel) on `port`.
+pub fn command_at(port: u16, args: &[&str]) -> Result<Reply, String> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+    }
+    (&stream).write_all(&request).map_err(|e| e.to_string())?;
+    read_reply(&mut BufReader::new(&stream))
+}
+
+/// A replicated fleet store: a Redis primary, a replica and three
+/// Sentinels (quorum 2) watching them as [`SENTINEL_MASTER`], on loopback,
+/// stopped when dropped. A Sentinel declares the primary down after
+/// [`DOWN_AFTER_MS`] without an answer, and the three fail over to the
+/// replica.
+pub struct ReplicatedStore {
+    dir: tempfile::TempDir,
+    primary_port: u16,
+    replica_port: u16,
+    sentinel_ports: Vec<u16>,
+    primary: Option<Child>,
+    replica: Option<Child>,
+    sentinels: Vec<Child>,
+}
+
+/// The name the Sentinels monitor the primary by.
+pub const SENTINEL_MASTER: &str = "gw";
+/// How long the Sentinels wait for a silent primary before failing over.
+pub const DOWN_AFTER_MS: u64 = 1000;
+
+impl ReplicatedStore {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("gw-sentinel-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let (primary_port, replica_port) = (free_port(), free_port());
+        let sub = |name: &str| {
+            let path = dir.path().join(name);
+            fs::create_dir_all(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            path
+        };
+        let primary = start_redis_server(primary_port, &sub("primary"), &[]);
+        let replica = start_redis_server(
+            replica_port,
+            &sub("replica"),
+            &["--replicaof", "127.0.0.1", &primary_port.to_string()],
+        );
+        let mut store = Self {
+            primary_port,
+            replica_port,
+            sentinel_ports: Vec::new(),
+            primary: Some(primary),
+            replica: Some(replica),
+            sentinels: Vec::new(),
+            dir,
+        };
+        store.wait_until("the replica is in sync", |store| {
+            info_field(store.replica_port, "replication", "master_link_status")
+                .is_some_and(|status| status == "up")
+        });
+        for i in 0..3 {
+            let port = free_port();
+            let path = store.dir.path().join(format!("sentinel-{i}.conf"));
+            let config = format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} {DOWN_AFTER_MS}\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 5000\n\
+                 sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                dir = store.dir.path().display()
+            );
+            fs::write(&path, config).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let child = Command::new(binary(
+                "REDIS_SERVER_BIN",
+                "/usr/bin/redis-server",
+                "redis-server",
+            ))
+            .arg(&path)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start redis-server --sentinel: {e}"));
+            store.sentinels.push(child);
+            store.sentinel_ports.push(port);
+        }
+        // Every Sentinel knows the replica and the two other Sentinels, so
+        // a failover can be agreed on.
+        store.wait_until("the Sentinels know each other and the replica", |store| {
+            store.sentinel_ports.iter().all(|port| {
+                let count =
+                    |what: &str| match command_at(*port, &["SENTINEL", what, SENTINEL_MASTER]) {
+                        Ok(Reply::Array(items)) => items.len(),
+                        _ => 0,
+                    };
+                count("replicas") == 1 && count("sentinels") == 2
+            })
+        });
+        store
+    }
+
+    fn wait_until(&self, what: &str, ready: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !ready(self) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not in {START_TIMEOUT:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A `fleet.store.redis` naming the Sentinels, with the user allowed
+    /// the filters' commands.
+    pub fn redis_config(&self) -> serde_json::Value {
+        let addresses: Vec<String> = self
+            .sentinel_ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        json!({
+            "sentinel": {"addresses": addresses, "master": SENTINEL_MASTER},
+            "username": DIRECT_USER,
+            "password": DIRECT_PASSWORD,
+        })
+    }
+
+    pub fn primary_port(&self) -> u16 {
+        self.primary_port
+    }
+
+    pub fn replica_port(&self) -> u16 {
+        self.replica_port
+    }
+
+    /// The port of the primary the first Sentinel names now.
+    pub fn named_primary(&self) -> Option<u16> {
+        match command_at(
+            self.sentinel_ports[0],
+            &["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER],
+        ) {
+            Ok(Reply::Array(parts)) => match parts.as_slice() {
+                [_, Reply::Bulk(Some(port))] => port.parse().ok(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Kills the primary (SIGKILL: no goodbye to anyone).
+    pub fn kill_primary(&mut self) {
+        if let Some(mut child) = self.primary.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A command's reply from the Redis on `port`.
+    pub fn command(&self, port: u16, args: &[&str]) -> Reply {
+        command_at(port, args).unwrap_or_else(|e| panic!("redis {port} {args:?}: {e}"))
+    }
+}
+
+impl Drop for ReplicatedStore {
+    fn drop(&mut self) {
+        for mut child in self.sentinels.drain(..) {
+            process::stop(&mut child, Duration::from_secs(3));
+        }
+        for child in [self.primary.take(), self.replica.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut child = child;
+            process::stop(&mut child, Duration::from_secs(3));
+        }
+    }
+}
+
+/// A field of `INFO <section>` of the Redis on `port`.
+fn info_field(port: u16, section: &str, field: &str) -> Option<String> {
+    let Ok(Reply::Bulk(Some(info))) = command_at(port, &["INFO", section]) else {
+        return None;
+    };
+    let prefix = format!("{field}:");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|value| value.trim().to_string())
 }
 
 /// A RESP reply.

@@ -10,9 +10,10 @@ use gateway_common::fleet::wire::SCRIPT;
 use integration_tests::echo::EchoServer;
 use integration_tests::envoy::{gateway_config, native_mode, Envoy, WasmFilter};
 use integration_tests::http::{self, Response};
-use integration_tests::redis::FleetStore;
+use integration_tests::redis::{FleetStore, ReplicatedStore};
 use integration_tests::signing::{pairs, signed_headers};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -273,4 +274,165 @@ fn fleet_breakers_share_their_state_on_the_direct_connection() {
     }
     assert_eq!(upstream.request_count(), 4);
     assert_eq!(redis.keys("gw:b:api:*").len(), 1);
+}
+
+/// One request of a storm: when it was sent (since the storm began), how
+/// long it took, its answer, and its signed headers (to replay it).
+struct Sent {
+    at: Duration,
+    took: Duration,
+    status: u16,
+    code: Option<String>,
+    envoy: usize,
+    headers: Vec<(String, String)>,
+}
+
+#[test]
+fn a_primary_killed_during_a_storm_fails_over_and_the_checks_follow_it() {
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let sign_auth = |store: Value| {
+        WasmFilter::json(
+            "sign_auth",
+            &json!({
+                "apps": [{"key": APP.0, "secrets": [APP.1]}],
+                "fleet": {"store": store, "failure_mode": "deny"}
+            }),
+        )
+    };
+    if !native_mode() {
+        let unused = json!({"redis": {"sentinel": {"addresses": ["127.0.0.1:1"], "master": "gw"}}});
+        assert!(fleet(1, &[sign_auth(unused)], &upstream).is_none());
+        return;
+    }
+    let mut redis = ReplicatedStore::start();
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    let store = json!({"redis": redis.redis_config(), "timeout_ms": TIMEOUT.as_millis()});
+    let envoys = fleet(2, &[sign_auth(store)], &upstream).expect("the native module");
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let (sent, killed_at, promoted_at) = thread::scope(|scope| {
+        let clients: Vec<_> = (0..6)
+            .map(|client| {
+                let (envoys, stop) = (&envoys, &stop);
+                scope.spawn(move || {
+                    let mut sent = Vec::new();
+                    let envoy = client % envoys.len();
+                    while !stop.load(Ordering::Relaxed) {
+                        let accept = [("accept".to_string(), "application/json".to_string())];
+                        let headers = signed_headers(APP.0, APP.1, "GET", "/a", &accept, None);
+                        let at = started.elapsed();
+                        let response = get(&envoys[envoy], "/a", &pairs(&headers));
+                        sent.push(Sent {
+                            at,
+                            took: started.elapsed() - at,
+                            status: response.status,
+                            code: response.header("x-ca-error-code").map(String::from),
+                            envoy,
+                            headers,
+                        });
+                    }
+                    sent
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_secs(2));
+        redis.kill_primary();
+        let killed_at = started.elapsed();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while redis.named_primary() != Some(redis.replica_port()) {
+            assert!(Instant::now() < deadline, "no failover in 30 s");
+            thread::sleep(Duration::from_millis(10));
+        }
+        let promoted_at = started.elapsed();
+        // Long enough for every Envoy to ask the Sentinels again.
+        thread::sleep(Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+        let sent: Vec<Sent> = clients
+            .into_iter()
+            .flat_map(|client| client.join().expect("client"))
+            .collect();
+        (sent, killed_at, promoted_at)
+    });
+
+    // No request hung: each was answered within the store's timeout (and
+    // Envoy's own time), by the store or by the failure mode.
+    let slowest = sent.iter().map(|s| s.took).max().unwrap_or_default();
+    assert!(
+        slowest < TIMEOUT + Duration::from_secs(1),
+        "a request took {slowest:?}"
+    );
+    for s in &sent {
+        assert!(
+            s.status == 200 || (s.status == 503 && s.code.as_deref() == Some("A503NU")),
+            "{} {:?} at {:?}",
+            s.status,
+            s.code,
+            s.at
+        );
+    }
+    let refused = sent.iter().filter(|s| s.status == 503).count();
+    assert!(refused > 0, "the outage was seen");
+    // The checks came back by themselves, on the promoted replica.
+    let first_back = sent
+        .iter()
+        .filter(|s| s.at > killed_at && s.status == 200)
+        .map(|s| s.at)
+        .min()
+        .expect("requests passed after the failover");
+    let settled = promoted_at + Duration::from_millis(1500);
+    let late: Vec<&Sent> = sent.iter().filter(|s| s.at > settled).collect();
+    assert!(
+        late.len() > 20,
+        "{} requests after the failover",
+        late.len()
+    );
+    assert!(
+        late.iter().all(|s| s.status == 200),
+        "refused after the failover settled: {}",
+        late.iter().filter(|s| s.status != 200).count()
+    );
+    let reader = &envoys[0];
+    let replay = |s: &Sent| get(reader, "/a", &pairs(&s.headers)).status;
+    assert_eq!(replay(late[0]), 400, "the promoted replica records nonces");
+
+    // What asynchronous replication lost: nonces accepted before the kill
+    // that the promoted replica does not have pass once more. Those older
+    // than a second were replicated long before (loopback).
+    let accepted_before: Vec<&Sent> = sent
+        .iter()
+        .filter(|s| s.at < killed_at && s.status == 200)
+        .collect();
+    let old: Vec<&&Sent> = accepted_before
+        .iter()
+        .filter(|s| s.at + Duration::from_secs(1) < killed_at)
+        .rev()
+        .take(50)
+        .collect();
+    assert!(
+        old.iter().all(|s| replay(s) == 400),
+        "an old nonce was lost"
+    );
+    let last_second: Vec<&&Sent> = accepted_before
+        .iter()
+        .filter(|s| s.at + Duration::from_secs(1) >= killed_at)
+        .collect();
+    let lost = last_second.iter().filter(|s| replay(s) == 200).count();
+    let by_envoy = |e: usize| sent.iter().filter(|s| s.envoy == e).count();
+    eprintln!(
+        "failover: {} requests ({} and {} per Envoy), {refused} refused by the failure mode, \
+         slowest {slowest:?}; Sentinel promoted the replica {:?} after the kill, the first \
+         request passed again {:?} after it; nonces lost: {lost} of the {} accepted in the \
+         last second before the kill",
+        sent.len(),
+        by_envoy(0),
+        by_envoy(1),
+        promoted_at - killed_at,
+        first_back - killed_at,
+        last_second.len()
+    );
+    assert!(
+        envoys[0].log().contains("now at"),
+        "the new primary is logged: {}",
+        envoys[0].log()
+    );
 }

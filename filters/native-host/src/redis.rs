@@ -10,7 +10,7 @@
 //! connection is tried again after a growing pause.
 
 use gateway_common::fleet::resp::{self, Reply};
-use gateway_common::fleet::RedisTarget;
+use gateway_common::fleet::{RedisServers, RedisTarget};
 use gateway_common::sync::lock;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -29,6 +29,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// The pause before connecting again, doubling up to the longest.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const LONGEST_RETRY: Duration = Duration::from_secs(2);
+/// With Sentinel, a failed primary is replaced within seconds: its
+/// successor is asked for more often.
+const LONGEST_RETRY_SENTINEL: Duration = Duration::from_millis(500);
 /// A connection whose oldest command waited this long past its timeout is
 /// stuck (the server stopped answering): it is closed and made again.
 const STUCK: Duration = Duration::from_secs(1);
@@ -174,9 +177,15 @@ type Pending = Arc<Mutex<VecDeque<(Instant, Option<Job>)>>>;
 /// pause after a failed attempt, every command is answered at once with no
 /// answer.
 fn run(target: &RedisTarget, jobs: &Receiver<Job>) {
+    let longest_retry = match target.servers {
+        RedisServers::Address(_) => LONGEST_RETRY,
+        RedisServers::Sentinel { .. } => LONGEST_RETRY_SENTINEL,
+    };
     let mut retry = FIRST_RETRY;
     let mut next_try = Instant::now();
     let mut reported = false;
+    // The primary last connected to (Sentinel may name another one).
+    let mut primary: Option<String> = None;
     loop {
         // Until it is time to try again, and while trying.
         while Instant::now() < next_try {
@@ -219,33 +228,46 @@ fn run(target: &RedisTarget, jobs: &Receiver<Job>) {
             }
         }
         let failure = match outcome {
-            Ok(stream) => match serve(stream, jobs, waiting) {
-                Served::Disconnected => return,
-                // A connection that answered: connect again at once.
-                Served::Failed { answered: true } => {
-                    if reported {
-                        log(&format!("connected to Redis at {} again", target.address));
-                        reported = false;
+            Ok((stream, address)) => {
+                if primary.as_ref().is_some_and(|last| *last != address) {
+                    log(&format!(
+                        "{}: now at {address} (was {})",
+                        target.servers.describe(),
+                        primary.as_deref().unwrap_or_default()
+                    ));
+                }
+                primary = Some(address);
+                match serve(stream, jobs, waiting) {
+                    Served::Disconnected => return,
+                    // A connection that answered: connect again at once.
+                    Served::Failed { answered: true } => {
+                        if reported {
+                            log(&format!(
+                                "connected to Redis at {} again",
+                                primary.as_deref().unwrap_or_default()
+                            ));
+                            reported = false;
+                        }
+                        retry = FIRST_RETRY;
+                        next_try = Instant::now();
+                        continue;
                     }
-                    retry = FIRST_RETRY;
-                    next_try = Instant::now();
-                    continue;
+                    Served::Failed { answered: false } => {
+                        "the connection was made but nothing was answered".to_string()
+                    }
                 }
-                Served::Failed { answered: false } => {
-                    "the connection was made but nothing was answered".to_string()
-                }
-            },
+            }
             Err(error) => error.to_string(),
         };
         if !reported {
             log(&format!(
                 "cannot use Redis at {}: {failure}; commands get no answer until it can",
-                target.address
+                target.servers.describe()
             ));
             reported = true;
         }
         next_try = Instant::now() + retry;
-        retry = (retry * 2).min(LONGEST_RETRY);
+        retry = (retry * 2).min(longest_retry);
     }
 }
 
@@ -276,52 +298,145 @@ fn log(message: &str) {
     }
 }
 
-/// Connects, signs in and selects the database.
-fn connect(target: &RedisTarget) -> io::Result<TcpStream> {
-    let address = target
-        .address
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-    let mut stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
-    let mut setup: Vec<Vec<&[u8]>> = Vec::new();
-    match (&target.username, &target.password) {
-        (Some(user), Some(password)) => {
-            setup.push(vec![b"AUTH", user.as_bytes(), password.as_bytes()])
-        }
-        (None, Some(password)) => setup.push(vec![b"AUTH", password.as_bytes()]),
-        _ => {}
-    }
-    let database = target.database.to_string();
+/// Finds the primary, connects, signs in and selects the database; the
+/// stream and the address it reached.
+fn connect(target: &RedisTarget) -> io::Result<(TcpStream, String)> {
+    let address = match &target.servers {
+        RedisServers::Address(address) => address.clone(),
+        RedisServers::Sentinel {
+            addresses,
+            master,
+            username,
+            password,
+        } => ask_sentinels(addresses, master, username.as_deref(), password.as_deref())?,
+    };
+    let (mut stream, mut buffer) = open(&address)?;
+    sign_in(
+        &mut stream,
+        &mut buffer,
+        target.username.as_deref(),
+        target.password.as_deref(),
+    )?;
     if target.database != 0 {
-        setup.push(vec![b"SELECT", database.as_bytes()]);
+        let database = target.database.to_string();
+        expect_ok(
+            &mut stream,
+            &mut buffer,
+            vec![b"SELECT", database.as_bytes()],
+        )?;
     }
-    let mut buffer = Vec::new();
-    for command in setup {
-        let name = String::from_utf8_lossy(command[0]).into_owned();
-        stream.write_all(&resp::command(command))?;
-        match read_reply(&mut stream, &mut buffer)? {
-            Reply::Simple(_) => {}
-            Reply::Error(message) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("{name}: {message}"),
-                ))
-            }
-            other => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{name}: unexpected reply {other:?}"),
-                ))
+    if matches!(target.servers, RedisServers::Sentinel { .. }) {
+        // Sentinel may name a primary that was just demoted. A user not
+        // allowed ROLE is taken at Sentinel's word: a replica's
+        // READONLY answer sends the connection back to the Sentinels.
+        stream.write_all(&resp::command([&b"ROLE"[..]]))?;
+        if let Reply::Array(Some(role)) = read_reply(&mut stream, &mut buffer)? {
+            if role.first() != Some(&Reply::Bulk(Some(b"master".to_vec()))) {
+                return Err(io::Error::other(format!(
+                    "{address}, named by Sentinel, is not a primary"
+                )));
             }
         }
     }
     // A server that stops reading cannot block the writer past STUCK.
     stream.set_write_timeout(Some(STUCK))?;
-    Ok(stream)
+    Ok((stream, address))
+}
+
+/// The primary's `host:port` from the first Sentinel that names it.
+fn ask_sentinels(
+    sentinels: &[String],
+    master: &str,
+    username: Option<&str>,
+    password: Option<&str>,
+) -> io::Result<String> {
+    let mut failures = Vec::new();
+    for sentinel in sentinels {
+        let asked = open(sentinel).and_then(|(mut stream, mut buffer)| {
+            sign_in(&mut stream, &mut buffer, username, password)?;
+            let question = [
+                &b"SENTINEL"[..],
+                b"get-master-addr-by-name",
+                master.as_bytes(),
+            ];
+            stream.write_all(&resp::command(question))?;
+            match read_reply(&mut stream, &mut buffer)? {
+                Reply::Array(Some(parts)) => match parts.as_slice() {
+                    [Reply::Bulk(Some(host)), Reply::Bulk(Some(port))] => {
+                        let (host, port) =
+                            (String::from_utf8_lossy(host), String::from_utf8_lossy(port));
+                        Ok(if host.contains(':') {
+                            format!("[{host}]:{port}")
+                        } else {
+                            format!("{host}:{port}")
+                        })
+                    }
+                    _ => Err(io::Error::other("an answer that is not host and port")),
+                },
+                Reply::Array(None) | Reply::Bulk(None) => {
+                    Err(io::Error::other(format!("does not know `{master}`")))
+                }
+                Reply::Error(message) => Err(io::Error::other(message)),
+                other => Err(io::Error::other(format!("unexpected reply {other:?}"))),
+            }
+        });
+        match asked {
+            Ok(address) => return Ok(address),
+            Err(error) => failures.push(format!("{sentinel}: {error}")),
+        }
+    }
+    Err(io::Error::other(format!(
+        "no Sentinel named the primary `{master}` ({})",
+        failures.join("; ")
+    )))
+}
+
+/// A connection to `address` with set-up timeouts, and its read buffer.
+fn open(address: &str) -> io::Result<(TcpStream, Vec<u8>)> {
+    let socket = address
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+    let stream = TcpStream::connect_timeout(&socket, CONNECT_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
+    Ok((stream, Vec::new()))
+}
+
+/// `AUTH` with a user and password, or a password only; nothing without.
+fn sign_in(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    username: Option<&str>,
+    password: Option<&str>,
+) -> io::Result<()> {
+    match (username, password) {
+        (Some(user), Some(password)) => expect_ok(
+            stream,
+            buffer,
+            vec![b"AUTH", user.as_bytes(), password.as_bytes()],
+        ),
+        (None, Some(password)) => expect_ok(stream, buffer, vec![b"AUTH", password.as_bytes()]),
+        _ => Ok(()),
+    }
+}
+
+/// Sends a set-up command that answers `+OK`.
+fn expect_ok(stream: &mut TcpStream, buffer: &mut Vec<u8>, command: Vec<&[u8]>) -> io::Result<()> {
+    let name = String::from_utf8_lossy(command[0]).into_owned();
+    stream.write_all(&resp::command(command))?;
+    match read_reply(stream, buffer)? {
+        Reply::Simple(_) => Ok(()),
+        Reply::Error(message) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{name}: {message}"),
+        )),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{name}: unexpected reply {other:?}"),
+        )),
+    }
 }
 
 /// Reads one whole reply (during set-up).
@@ -490,6 +605,8 @@ fn read_replies(mut stream: TcpStream, connection: &Connection) {
                     let reply = buffer[used..used + length].to_vec();
                     used += length;
                     connection.answered.store(true, Ordering::Release);
+                    // A primary demoted to a replica: another one is asked for.
+                    let demoted = reply.starts_with(b"-READONLY");
                     let next = lock(&connection.pending).pop_front();
                     match next {
                         Some((_, Some(job))) => job.answer(Some(reply)),
@@ -497,6 +614,9 @@ fn read_replies(mut stream: TcpStream, connection: &Connection) {
                         Some((_, None)) => {}
                         // A reply to no command: the connection is confused.
                         None => break 'reading,
+                    }
+                    if demoted {
+                        break 'reading;
                     }
                 }
                 Ok(None) => break,
@@ -513,7 +633,7 @@ fn read_replies(mut stream: TcpStream, connection: &Connection) {
 mod tests {
     use super::*;
     use std::net::TcpListener;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicU16, AtomicUsize};
 
     /// A mailbox that counts its wakes.
     fn mailbox() -> (Arc<Mailbox>, Arc<AtomicUsize>) {
@@ -539,21 +659,24 @@ mod tests {
 
     fn target(port: u16) -> RedisTarget {
         RedisTarget {
-            address: format!("127.0.0.1:{port}"),
+            servers: RedisServers::Address(format!("127.0.0.1:{port}")),
             username: None,
             password: None,
             database: 0,
         }
     }
 
-    /// A server answering each command `GET <n>` with `:<n>`, after
-    /// `delay` when n is in `slow`; returns its port.
-    fn server(slow: &'static [i64], delay: Duration) -> u16 {
+    /// What a scripted server answers to a command (its parts).
+    type Script = Arc<dyn Fn(&[Vec<u8>]) -> Vec<u8> + Send + Sync>;
+
+    /// A server answering each command with `script`; returns its port.
+    fn scripted(script: Script) -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("address").port();
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };
+                let script = Arc::clone(&script);
                 thread::spawn(move || {
                     let mut buffer = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -567,20 +690,134 @@ mod tests {
                             let Reply::Array(Some(parts)) = command else {
                                 return;
                             };
-                            let Some(Reply::Bulk(Some(n))) = parts.get(1) else {
-                                return;
-                            };
-                            let n: i64 = String::from_utf8_lossy(n).parse().unwrap_or(-1);
-                            if slow.contains(&n) {
-                                thread::sleep(delay);
-                            }
-                            let _ = stream.write_all(format!(":{n}\r\n").as_bytes());
+                            let parts: Vec<Vec<u8>> = parts
+                                .into_iter()
+                                .filter_map(|part| match part {
+                                    Reply::Bulk(Some(bytes)) => Some(bytes),
+                                    _ => None,
+                                })
+                                .collect();
+                            let _ = stream.write_all(&script(&parts));
                         }
                     }
                 });
             }
         });
         port
+    }
+
+    /// A primary answering `ROLE` with `master` and each `GET <n>` with
+    /// `:<n>`, after `delay` when n is in `slow`; once `demoted`, a
+    /// replica (`READONLY`). Returns its port.
+    fn primary(slow: &'static [i64], delay: Duration, demoted: Arc<AtomicBool>) -> u16 {
+        scripted(Arc::new(move |parts| {
+            let demoted = demoted.load(Ordering::SeqCst);
+            match parts {
+                [role] if role == b"ROLE" => {
+                    let role = if demoted { "slave" } else { "master" };
+                    format!("*1\r\n${}\r\n{role}\r\n", role.len()).into_bytes()
+                }
+                [_, _] if demoted => {
+                    b"-READONLY You can't write against a read only replica.\r\n".to_vec()
+                }
+                [_, n] => {
+                    let n: i64 = String::from_utf8_lossy(n).parse().unwrap_or(-1);
+                    if slow.contains(&n) {
+                        thread::sleep(delay);
+                    }
+                    format!(":{n}\r\n").into_bytes()
+                }
+                _ => b"-ERR unknown\r\n".to_vec(),
+            }
+        }))
+    }
+
+    fn server(slow: &'static [i64], delay: Duration) -> u16 {
+        primary(slow, delay, Arc::default())
+    }
+
+    /// A Sentinel naming 127.0.0.1:`primary` as the primary `gw` (and no other).
+    fn sentinel(primary: Arc<AtomicU16>) -> u16 {
+        scripted(Arc::new(move |parts| match parts {
+            [sentinel, _, name] if sentinel == b"SENTINEL" && name == b"gw" => {
+                let port = primary.load(Ordering::SeqCst).to_string();
+                format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{port}\r\n", port.len()).into_bytes()
+            }
+            [sentinel, ..] if sentinel == b"SENTINEL" => b"*-1\r\n".to_vec(),
+            _ => b"-ERR unknown\r\n".to_vec(),
+        }))
+    }
+
+    fn sentinel_target(sentinels: Vec<u16>, master: &str) -> RedisTarget {
+        RedisTarget {
+            servers: RedisServers::Sentinel {
+                addresses: sentinels
+                    .into_iter()
+                    .map(|port| format!("127.0.0.1:{port}"))
+                    .collect(),
+                master: master.into(),
+                username: None,
+                password: None,
+            },
+            username: None,
+            password: None,
+            database: 0,
+        }
+    }
+
+    /// Sends `GET n` until it is answered with something, within 5 s.
+    fn answered(redis: &RedisTarget, mailbox: &Arc<Mailbox>, n: i64) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let token = u32::try_from(n).expect("token");
+            send(redis, get(n), Duration::from_secs(1), mailbox, token);
+            if let Some(reply) = answers(mailbox, 1).remove(&token).flatten() {
+                return reply;
+            }
+            assert!(Instant::now() < deadline, "GET {n} never answered");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn sentinel_names_the_primary_and_a_demoted_one_sends_the_connection_back() {
+        let demoted = Arc::new(AtomicBool::new(false));
+        let first = primary(&[], Duration::ZERO, Arc::clone(&demoted));
+        let second = server(&[], Duration::ZERO);
+        let named = Arc::new(AtomicU16::new(first));
+        // The first Sentinel is down, the second knows another name only.
+        let sentinels = vec![
+            1,
+            scripted(Arc::new(|_| b"*-1\r\n".to_vec())),
+            sentinel(Arc::clone(&named)),
+        ];
+        let redis = sentinel_target(sentinels, "gw");
+        let (mailbox, _) = mailbox();
+        assert_eq!(answered(&redis, &mailbox, 1), b":1\r\n");
+        // A failover: the first primary is now a replica, Sentinel names
+        // the second. The command sent to the replica gets its READONLY
+        // error (its policy applies its failure mode); the next ones go to
+        // the new primary.
+        demoted.store(true, Ordering::SeqCst);
+        named.store(second, Ordering::SeqCst);
+        assert!(answered(&redis, &mailbox, 2).starts_with(b"-READONLY"));
+        assert_eq!(answered(&redis, &mailbox, 3), b":3\r\n");
+    }
+
+    #[test]
+    fn a_replica_named_by_sentinel_or_an_unknown_primary_is_no_connection() {
+        let replica = primary(&[], Duration::ZERO, Arc::new(AtomicBool::new(true)));
+        let named = Arc::new(AtomicU16::new(replica));
+        for redis in [
+            sentinel_target(vec![sentinel(Arc::clone(&named))], "gw"),
+            sentinel_target(vec![sentinel(Arc::clone(&named))], "other"),
+        ] {
+            let (mailbox, _) = mailbox();
+            for token in 0..3 {
+                send(&redis, get(1), Duration::from_secs(2), &mailbox, token);
+            }
+            assert!(answers(&mailbox, 3).values().all(Option::is_none));
+        }
     }
 
     fn get(n: i64) -> Vec<u8> {

@@ -66,12 +66,17 @@ pub struct StoreConfig {
     pub authorization: Option<String>,
 }
 
-/// A Redis server the native module calls itself.
+/// A Redis server the native module calls itself: at `address`, or the
+/// primary Redis Sentinel names.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `host:port`.
-    pub address: String,
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The Sentinels that name the primary (instead of `address`).
+    #[serde(default)]
+    pub sentinel: Option<SentinelConfig>,
     /// An ACL user (Redis 6); with `password` only, the default user.
     #[serde(default)]
     pub username: Option<String>,
@@ -82,15 +87,59 @@ pub struct RedisConfig {
     pub database: Option<u32>,
 }
 
+/// Redis Sentinel: where the Sentinels are and the name they monitor the
+/// primary by.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// `host:port` of each Sentinel, asked in this order.
+    pub addresses: Vec<String>,
+    /// The name of the monitored primary (`sentinel monitor <name> …`).
+    pub master: String,
+    /// The Sentinels' own ACL user and password, when they require one.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
 /// A checked [`RedisConfig`]: one connection per process serves every
 /// configuration naming the same one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RedisTarget {
-    pub address: String,
+    pub servers: RedisServers,
     pub username: Option<String>,
     pub password: Option<String>,
     pub database: u32,
 }
+
+/// Where the Redis primary is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RedisServers {
+    /// At this `host:port`.
+    Address(String),
+    /// Wherever these Sentinels say the primary `master` is, asked again
+    /// each time a connection is made.
+    Sentinel {
+        addresses: Vec<String>,
+        master: String,
+        username: Option<String>,
+        password: Option<String>,
+    },
+}
+
+impl RedisServers {
+    /// How logs name them.
+    pub fn describe(&self) -> String {
+        match self {
+            RedisServers::Address(address) => address.clone(),
+            RedisServers::Sentinel { master, .. } => format!("the primary `{master}` (Sentinel)"),
+        }
+    }
+}
+
+/// The most Sentinels a store may list.
+const MAX_SENTINELS: usize = 16;
 
 /// Where a checked store is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,38 +266,99 @@ fn redis_target(config: &StoreConfig, redis: &RedisConfig) -> Result<RedisTarget
             ));
         }
     }
-    let port = redis
-        .address
-        .rsplit_once(':')
-        .and_then(|(host, port)| (!host.is_empty()).then_some(port))
-        .and_then(|port| port.parse::<u16>().ok())
-        .filter(|port| *port > 0);
-    if port.is_none() || redis.address.bytes().any(|b| !b.is_ascii_graphic()) {
-        return Err(ConfigError::new(
-            "redis.address",
-            format!("`{}` is not host:port", redis.address),
-        ));
-    }
-    for (field, value) in [
-        ("redis.username", &redis.username),
-        ("redis.password", &redis.password),
-    ] {
-        if value.as_deref().is_some_and(str::is_empty) {
-            return Err(ConfigError::new(field, "must not be empty"));
+    let servers = match (&redis.address, &redis.sentinel) {
+        (Some(address), None) => {
+            check_address("redis.address", address)?;
+            RedisServers::Address(address.clone())
         }
-    }
-    if redis.username.is_some() && redis.password.is_none() {
-        return Err(ConfigError::new(
-            "redis.password",
-            "required with `redis.username`",
-        ));
-    }
+        (None, Some(sentinel)) => sentinel_servers(sentinel)?,
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "redis.sentinel",
+                "give `address` or `sentinel`, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                "redis.address",
+                "required: Redis's host:port (or `sentinel`)",
+            ))
+        }
+    };
+    check_credentials("redis", &redis.username, &redis.password)?;
     Ok(RedisTarget {
-        address: redis.address.clone(),
+        servers,
         username: redis.username.clone(),
         password: redis.password.clone(),
         database: redis.database.unwrap_or(0),
     })
+}
+
+fn sentinel_servers(sentinel: &SentinelConfig) -> Result<RedisServers, ConfigError> {
+    if sentinel.addresses.is_empty() || sentinel.addresses.len() > MAX_SENTINELS {
+        return Err(ConfigError::new(
+            "redis.sentinel.addresses",
+            format!("1 to {MAX_SENTINELS} Sentinels"),
+        ));
+    }
+    for (i, address) in sentinel.addresses.iter().enumerate() {
+        check_address(&format!("redis.sentinel.addresses[{i}]"), address)?;
+    }
+    if sentinel.master.is_empty()
+        || sentinel.master.len() > 64
+        || !sentinel.master.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ConfigError::new(
+            "redis.sentinel.master",
+            "1 to 64 visible ASCII characters: the name Sentinel monitors the primary by",
+        ));
+    }
+    check_credentials("redis.sentinel", &sentinel.username, &sentinel.password)?;
+    Ok(RedisServers::Sentinel {
+        addresses: sentinel.addresses.clone(),
+        master: sentinel.master.clone(),
+        username: sentinel.username.clone(),
+        password: sentinel.password.clone(),
+    })
+}
+
+/// `address` is `host:port` with a port that is not 0.
+fn check_address(field: &str, address: &str) -> Result<(), ConfigError> {
+    let port = address
+        .rsplit_once(':')
+        .and_then(|(host, port)| (!host.is_empty()).then_some(port))
+        .and_then(|port| port.parse::<u16>().ok())
+        .filter(|port| *port > 0);
+    if port.is_none() || address.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            field,
+            format!("`{address}` is not host:port"),
+        ));
+    }
+    Ok(())
+}
+
+/// A user goes with a password, and neither is empty.
+fn check_credentials(
+    section: &str,
+    username: &Option<String>,
+    password: &Option<String>,
+) -> Result<(), ConfigError> {
+    for (field, value) in [("username", username), ("password", password)] {
+        if value.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::new(
+                format!("{section}.{field}"),
+                "must not be empty",
+            ));
+        }
+    }
+    if username.is_some() && password.is_none() {
+        return Err(ConfigError::new(
+            format!("{section}.password"),
+            format!("required with `{section}.username`"),
+        ));
+    }
+    Ok(())
 }
 
 /// What a policy does with a request when the store gives no usable answer
@@ -472,21 +582,39 @@ mod tests {
 
     #[test]
     fn a_redis_store_is_the_native_modules() {
-        let store = store(
+        let direct = store(
             r#"{"redis": {"address": "redis:6379", "username": "gw", "password": "s", "database": 2},
                 "timeout_ms": 20}"#,
         )
         .unwrap();
         assert_eq!(
-            store.target,
+            direct.target,
             Target::Redis(RedisTarget {
-                address: "redis:6379".into(),
+                servers: RedisServers::Address("redis:6379".into()),
                 username: Some("gw".into()),
                 password: Some("s".into()),
                 database: 2,
             })
         );
-        assert_eq!(store.timeout, Duration::from_millis(20));
+        assert_eq!(direct.timeout, Duration::from_millis(20));
+        let sentinel = store(
+            r#"{"redis": {"sentinel": {"addresses": ["s1:26379", "s2:26379"], "master": "gw",
+                "password": "sp"}, "username": "gw", "password": "s"}}"#,
+        )
+        .unwrap();
+        let Target::Redis(target) = sentinel.target else {
+            panic!("redis")
+        };
+        assert_eq!(
+            target.servers,
+            RedisServers::Sentinel {
+                addresses: vec!["s1:26379".into(), "s2:26379".into()],
+                master: "gw".into(),
+                username: None,
+                password: Some("sp".into()),
+            }
+        );
+        assert_eq!(target.username.as_deref(), Some("gw"));
     }
 
     #[test]
@@ -525,6 +653,31 @@ mod tests {
                 "redis.password",
             ),
             (r#"{"redis": {"address": "r:1"}, "path": "/"}"#, "path"),
+            (r#"{"redis": {}}"#, "redis.address"),
+            (
+                r#"{"redis": {"address": "r:1", "sentinel": {"addresses": ["s:1"], "master": "m"}}}"#,
+                "redis.sentinel",
+            ),
+            (
+                r#"{"redis": {"sentinel": {"addresses": [], "master": "m"}}}"#,
+                "redis.sentinel.addresses",
+            ),
+            (
+                r#"{"redis": {"sentinel": {"addresses": ["s:1", "s"], "master": "m"}}}"#,
+                "redis.sentinel.addresses[1]",
+            ),
+            (
+                r#"{"redis": {"sentinel": {"addresses": ["s:1"], "master": ""}}}"#,
+                "redis.sentinel.master",
+            ),
+            (
+                r#"{"redis": {"sentinel": {"addresses": ["s:1"], "master": "a b"}}}"#,
+                "redis.sentinel.master",
+            ),
+            (
+                r#"{"redis": {"sentinel": {"addresses": ["s:1"], "master": "m", "username": "u"}}}"#,
+                "redis.sentinel.password",
+            ),
             (
                 r#"{"redis": {"address": "r:1"}, "timeout_ms": 0}"#,
                 "timeout_ms",
