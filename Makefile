@@ -96,7 +96,8 @@ unit:
 
 ## integration: every real-Envoy test three times, against the chain of single
 ## filters, the gateway module (GATEWAY_MODULE=1) and the native module
-## (GATEWAY_NATIVE=1), so the three cannot drift apart
+## (GATEWAY_NATIVE=1), so the three cannot drift apart; the native module's
+## fleet tests run on its own Redis connection, and once more through Webdis
 integration:
 	@echo "== integration tests: the chain of single filters =="
 	$(CARGO) test -p integration-tests
@@ -104,6 +105,8 @@ integration:
 	GATEWAY_MODULE=1 $(CARGO) test -p integration-tests $(MODE_TESTS)
 	@echo "== integration tests: the native module (GATEWAY_NATIVE=1) =="
 	GATEWAY_NATIVE=1 $(CARGO) test -p integration-tests $(MODE_TESTS)
+	@echo "== the fleet tests: the native module through Webdis (GATEWAY_FLEET_STORE=webdis) =="
+	GATEWAY_NATIVE=1 GATEWAY_FLEET_STORE=webdis $(CARGO) test -p integration-tests --test fleet
 
 fmt:
 	$(CARGO) fmt --all

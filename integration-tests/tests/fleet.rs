@@ -1,12 +1,16 @@
 //! Fleet-wide state in real Envoys: several Envoys (two workers each)
-//! sharing one real Redis behind Webdis, an echo upstream counting what got
-//! through. Run against the chain of single filters and against the gateway
-//! module (`GATEWAY_MODULE=1`), like every integration test.
+//! sharing one real Redis, an echo upstream counting what got through. Run
+//! against the chain of single filters and the gateway module
+//! (`GATEWAY_MODULE=1`), which reach Redis through Webdis, and against the
+//! native module (`GATEWAY_NATIVE=1`), which reaches it on its own
+//! connection, or through Webdis too with `GATEWAY_FLEET_STORE=webdis`.
 
 use gateway_common::fleet::model::ScriptModel;
 use gateway_common::fleet::wire::{parse_reply, Arguments, Op, QuotaCheck, RecordSwap};
 use integration_tests::echo::{EchoServer, Reply as EchoReply};
-use integration_tests::envoy::{add_cluster, gateway_config, module_mode, Envoy, WasmFilter};
+use integration_tests::envoy::{
+    add_cluster, gateway_config, module_mode, native_mode, Envoy, WasmFilter,
+};
 use integration_tests::http::{self, Response};
 use integration_tests::redis::{FleetStore, Reply};
 use integration_tests::signing::{now_ms, pairs, signed_headers};
@@ -22,10 +26,75 @@ const WORKERS: u32 = 2;
 const STORE_CLUSTER: &str = "fleet_store";
 const APP: (&str, &str) = ("203751", "fleet-secret");
 
+/// Whether the filters reach Redis on the native module's own connection
+/// (`fleet.store.redis`) rather than through Webdis and the store cluster.
+fn direct() -> bool {
+    native_mode() && std::env::var("GATEWAY_FLEET_STORE").map_or(true, |store| store != "webdis")
+}
+
+thread_local! {
+    /// The `fleet.store.redis` of the test's store (each test is a thread).
+    static REDIS: std::cell::RefCell<Option<Value>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The test's store; [`store`] then names it.
+fn start_store() -> FleetStore {
+    let store = FleetStore::start();
+    REDIS.with(|redis| *redis.borrow_mut() = Some(store.redis_config()));
+    store
+}
+
 /// The store settings of every test: a timeout long enough for a loaded
 /// 2-core machine, so exactness is not traded for the failure mode.
 fn store() -> Value {
-    json!({"cluster": STORE_CLUSTER, "timeout_ms": 2000})
+    store_with(2000)
+}
+
+/// Waits until the native module's own connection of each Envoy is made
+/// again after an outage: it is tried again after a pause (up to 2 s), and
+/// until then every request gets the failure mode. Webdis reconnects as
+/// soon as Redis is back ([`FleetStore::start_redis`] waits for it).
+fn reconnected(envoys: &[&Envoy]) {
+    if !direct() {
+        return;
+    }
+    for envoy in envoys {
+        assert!(
+            eventually(Duration::from_secs(5), || envoy
+                .log()
+                .contains("connected to Redis at")),
+            "not connected again: {}",
+            envoy.log()
+        );
+    }
+}
+
+/// The failure counted while Redis is down, and how it is logged: Webdis
+/// answers 503; the native module's own connection has none to send on.
+fn down_reason() -> &'static str {
+    if direct() {
+        "fleet.failure.no_answer"
+    } else {
+        "fleet.failure.status"
+    }
+}
+
+fn down_log(filter: &str) -> String {
+    let failure = if direct() {
+        "no answer in time"
+    } else {
+        "HTTP status 503"
+    };
+    format!("{filter}: fleet store failing ({failure})")
+}
+
+fn store_with(timeout_ms: u64) -> Value {
+    if direct() {
+        let redis = REDIS.with(|redis| redis.borrow().clone());
+        json!({"redis": redis.expect("start_store() first"), "timeout_ms": timeout_ms})
+    } else {
+        json!({"cluster": STORE_CLUSTER, "timeout_ms": timeout_ms})
+    }
 }
 
 fn sign_auth(failure_mode: &str) -> WasmFilter {
@@ -114,7 +183,7 @@ fn signed(path: &str) -> Vec<(String, String)> {
 
 #[test]
 fn requests_woken_by_ext_auth_send_their_fleet_checks() {
-    let store = FleetStore::start();
+    let store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let authorizer = EchoServer::start_scripted("authorizer", |_| {
         EchoReply::new(200, "")
@@ -151,7 +220,7 @@ fn requests_woken_by_ext_auth_send_their_fleet_checks() {
 
 #[test]
 fn a_replay_storm_over_three_envoys_is_accepted_exactly_once() {
-    let store = FleetStore::start();
+    let store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let envoys = fleet(3, &[sign_auth("deny")], &upstream, &store);
     let request = signed("/orders/1");
@@ -194,7 +263,7 @@ fn a_replay_storm_over_three_envoys_is_accepted_exactly_once() {
 
 #[test]
 fn a_quota_storm_over_three_envoys_admits_exactly_the_limit() {
-    let store = FleetStore::start();
+    let store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let rules = json!([{"name": "all", "limit": 25, "window": "1h"}]);
     let envoys = fleet(
@@ -232,7 +301,7 @@ fn a_quota_storm_over_three_envoys_admits_exactly_the_limit() {
 
 #[test]
 fn per_app_quotas_and_nonces_of_a_request_travel_in_one_call_in_the_module() {
-    let store = FleetStore::start();
+    let store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let rules = json!([
         {"name": "per-app", "key": "app", "limit": 3, "window": "1h"},
@@ -243,6 +312,8 @@ fn per_app_quotas_and_nonces_of_a_request_travel_in_one_call_in_the_module() {
         throttling(rules, json!({"failure_mode": "deny"})),
     ];
     let envoys = fleet(2, &filters, &upstream, &store);
+    let redis_calls = || store.command_calls("evalsha") + store.command_calls("eval");
+    let before = redis_calls();
     let mut outcomes = Vec::new();
     for i in 0..5 {
         let request = signed("/orders/1");
@@ -254,10 +325,14 @@ fn per_app_quotas_and_nonces_of_a_request_travel_in_one_call_in_the_module() {
     let first = get(&envoys[0], "/orders/1", &pairs(&replayed));
     let again = get(&envoys[1], "/orders/1", &pairs(&replayed));
     assert_eq!((first.status, again.status), (429, 400));
-    let calls: u64 = envoys
-        .iter()
-        .map(|e| e.stat(&format!("cluster.{STORE_CLUSTER}.upstream_rq_total")))
-        .sum();
+    let calls: u64 = if direct() {
+        redis_calls() - before
+    } else {
+        envoys
+            .iter()
+            .map(|e| e.stat(&format!("cluster.{STORE_CLUSTER}.upstream_rq_total")))
+            .sum()
+    };
     // The first call finds the script not loaded (NOSCRIPT) and is sent
     // again with it: one call more.
     if module_mode() {
@@ -271,7 +346,7 @@ fn per_app_quotas_and_nonces_of_a_request_travel_in_one_call_in_the_module() {
 
 #[test]
 fn a_sliding_window_is_one_window_for_the_whole_fleet() {
-    let store = FleetStore::start();
+    let store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let rules = json!([{"name": "smooth", "limit": 8, "window": "4s", "algorithm": "sliding"}]);
     let envoys = fleet(
@@ -306,7 +381,7 @@ fn a_sliding_window_is_one_window_for_the_whole_fleet() {
 
 #[test]
 fn a_day_quota_survives_an_envoy_restart() {
-    let store = FleetStore::start();
+    let store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let rules = json!([{"name": "daily", "limit": 3, "window": "1d"}]);
     let filters = [throttling(rules, json!({"failure_mode": "deny"}))];
@@ -336,7 +411,7 @@ fn a_day_quota_survives_an_envoy_restart() {
 
 #[test]
 fn counters_expire_with_their_window() {
-    let store = FleetStore::start();
+    let store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let rules = json!([{"name": "per-ip", "key": "client_ip", "limit": 50, "window": "1s"}]);
     let envoys = fleet(
@@ -364,7 +439,7 @@ fn counters_expire_with_their_window() {
 
 #[test]
 fn redis_down_applies_each_failure_mode_and_the_fleet_is_exact_again_when_it_is_back() {
-    let mut store = FleetStore::start();
+    let mut store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let rule = |name: &str| json!([{"name": name, "limit": 4, "window": "1h"}]);
     let deny = envoy(
@@ -394,16 +469,21 @@ fn redis_down_applies_each_failure_mode_and_the_fleet_is_exact_again_when_it_is_
     // `local`: this Envoy's counters, with the fleet limit of 4 split over 2 replicas.
     let local_statuses: Vec<u16> = (0..4).map(|_| get(&local, "/", &[]).status).collect();
     assert_eq!(local_statuses, [200, 200, 429, 429]);
-    assert_eq!(stat(&deny, "throttling", "fleet.failure.status"), 3);
+    assert_eq!(stat(&deny, "throttling", down_reason()), 3);
     assert_eq!(stat(&deny, "throttling", "fleet.failure_mode.deny"), 3);
     assert_eq!(stat(&allow, "throttling", "fleet.failure_mode.allow"), 6);
     assert_eq!(stat(&local, "throttling", "fleet.failure_mode.local"), 4);
     // Logged at once, then at most every 10 s by each worker: not per request.
-    assert!(deny.log().contains("fleet store failing (HTTP status 503)"));
+    assert!(
+        deny.log().contains(&down_log("throttling")),
+        "{}",
+        deny.log()
+    );
     let lines = deny.log().matches("fleet store failing").count();
     assert!((1..=WORKERS as usize).contains(&lines), "{lines} lines");
     // Back: counted in Redis again, exactly.
     store.start_redis();
+    reconnected(&[&deny]);
     let back: Vec<u16> = (0..6).map(|_| get(&deny, "/", &[]).status).collect();
     assert_eq!(back, [200, 200, 200, 200, 429, 429]);
     assert_eq!(stat(&deny, "throttling", "fleet.answered"), 6);
@@ -411,7 +491,7 @@ fn redis_down_applies_each_failure_mode_and_the_fleet_is_exact_again_when_it_is_
 
 #[test]
 fn sign_auth_falls_back_to_each_envoys_own_nonces_when_redis_is_down() {
-    let mut store = FleetStore::start();
+    let mut store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let envoys = fleet(2, &[sign_auth("local")], &upstream, &store);
     store.stop_redis();
@@ -425,6 +505,7 @@ fn sign_auth_falls_back_to_each_envoys_own_nonces_when_redis_is_down() {
     // What `local` cannot see: the other Envoy's nonces (README, "Fleets").
     assert_eq!(get(&envoys[1], "/a", &pairs(&request)).status, 200);
     store.start_redis();
+    reconnected(&[&envoys[0], &envoys[1]]);
     let request = signed("/b");
     assert_eq!(get(&envoys[0], "/b", &pairs(&request)).status, 200);
     assert_eq!(
@@ -480,7 +561,7 @@ impl Drop for FakeStore {
 fn a_slow_or_garbled_store_is_a_failure_not_a_hang() {
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let rules = json!([{"name": "all", "limit": 100, "window": "1h"}]);
-    let cases: [(&[u8], Duration, &str); 3] = [
+    let webdis_cases: [(&[u8], Duration, &str); 3] = [
         (
             b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{\"EVALSHA",
             Duration::ZERO,
@@ -498,10 +579,30 @@ fn a_slow_or_garbled_store_is_a_failure_not_a_hang() {
             "status",
         ),
     ];
-    for (answer, delay, reason) in cases {
+    // Redis's own protocol, on the native module's connection (no AUTH).
+    let redis_cases: [(&[u8], Duration, &str); 4] = [
+        (
+            b"*4\r\n$5\r\nother\r\n:1\r\n:0\r\n:0\r\n",
+            Duration::ZERO,
+            "bad_reply",
+        ),
+        (b"*2\r\n:1\r\n:2\r\n", Duration::ZERO, "bad_reply"),
+        (b"-ERR boom\r\n", Duration::ZERO, "error"),
+        (b"+OK\r\n", Duration::from_millis(1500), "no_answer"),
+    ];
+    let cases = if direct() {
+        &redis_cases[..]
+    } else {
+        &webdis_cases[..]
+    };
+    for &(answer, delay, reason) in cases {
         let fake = FakeStore::start(answer, delay);
         let mut fleet_settings = json!({"failure_mode": "deny"});
-        fleet_settings["store"] = json!({"cluster": STORE_CLUSTER, "timeout_ms": 100});
+        fleet_settings["store"] = if direct() {
+            json!({"redis": {"address": format!("127.0.0.1:{}", fake.port)}, "timeout_ms": 100})
+        } else {
+            json!({"cluster": STORE_CLUSTER, "timeout_ms": 100})
+        };
         let filter = WasmFilter::json(
             "throttling",
             &json!({"rules": rules, "fleet": fleet_settings}),
@@ -521,7 +622,7 @@ fn a_slow_or_garbled_store_is_a_failure_not_a_hang() {
 
 #[test]
 fn a_flushed_script_cache_is_loaded_again() {
-    let store = FleetStore::start();
+    let store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let rules = json!([{"name": "all", "limit": 3, "window": "1h"}]);
     let envoys = fleet(
@@ -546,7 +647,7 @@ fn a_flushed_script_cache_is_loaded_again() {
 #[test]
 fn the_script_in_redis_answers_as_its_model() {
     const BIG: u64 = (1 << 40) - 3;
-    let store = FleetStore::start();
+    let store = start_store();
     let url = format!("http://127.0.0.1:{}/", store.webdis_port());
     let mut model = ScriptModel::new();
     let quota = |key: &str, limit: u32, sliding: bool, dry_run: bool| QuotaCheck {
@@ -628,7 +729,7 @@ fn the_script_in_redis_answers_as_its_model() {
 
 #[test]
 fn a_request_refused_after_sign_auth_still_uses_up_its_nonce() {
-    let store = FleetStore::start();
+    let store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let acl = WasmFilter::json(
         "ip_acl",
@@ -654,7 +755,7 @@ fn a_request_refused_after_sign_auth_still_uses_up_its_nonce() {
 
 #[test]
 fn a_signed_form_body_is_checked_once_across_the_fleet() {
-    let store = FleetStore::start();
+    let store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let rules = json!([{"name": "orders", "key": "app", "limit": 10, "window": "1h"}]);
     let filters = [
@@ -689,7 +790,7 @@ fn a_signed_form_body_is_checked_once_across_the_fleet() {
 
 #[test]
 fn a_request_the_fleet_refuses_never_reaches_the_policies_after_it() {
-    let store = FleetStore::start();
+    let store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let rules = json!([{"name": "all", "limit": 2, "window": "1h"}]);
     let breaker = WasmFilter::json(
@@ -723,6 +824,10 @@ fn a_request_the_fleet_refuses_never_reaches_the_policies_after_it() {
 
 #[test]
 fn a_store_cluster_envoy_does_not_know_is_a_counted_failure() {
+    if direct() {
+        // No cluster: a Redis that cannot be reached is tested in fleet_direct.rs.
+        return;
+    }
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let mut settings = json!({"failure_mode": "deny"});
     settings["store"] = json!({"cluster": "no_such_cluster"});
@@ -744,7 +849,7 @@ fn a_store_cluster_envoy_does_not_know_is_a_counted_failure() {
 
 #[test]
 fn a_signed_form_body_waits_for_the_store_with_sign_auth_alone() {
-    let store = FleetStore::start();
+    let store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let envoys = fleet(2, &[sign_auth("deny")], &upstream, &store);
     let form = "qty=1";
@@ -810,7 +915,7 @@ fn breaker_total(envoys: &[Envoy], name: &str) -> u64 {
 
 #[test]
 fn fleet_breakers_open_together_and_half_open_admits_exactly_the_probes_fleet_wide() {
-    let store = FleetStore::start();
+    let store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let rule = json!({
         "name": "api",
@@ -916,14 +1021,14 @@ fn fleet_breakers_open_together_and_half_open_admits_exactly_the_probes_fleet_wi
 
 #[test]
 fn a_fleet_breaker_applies_its_failure_mode_while_redis_is_down_and_shares_again_after() {
-    let mut store = FleetStore::start();
+    let mut store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let rule =
         json!({"name": "api", "trip": {"consecutive_failures": 2}, "open": {"duration_ms": 60000}});
     // A short timeout: the views are stale 4 × 50 + 200 ms after the last call answered.
     let fleet_with = |mode: &str| {
         json!({"sync_ms": 50, "failure_mode": mode,
-               "store": {"cluster": STORE_CLUSTER, "timeout_ms": 200}})
+               "store": store_with(200)})
     };
     let deny = envoy(
         &[breaker(rule.clone(), fleet_with("deny"))],
@@ -948,10 +1053,12 @@ fn a_fleet_breaker_applies_its_failure_mode_while_redis_is_down_and_shares_again
         "deny: the degraded answer once the view is stale"
     );
     assert!(stat(&deny, "circuit_breaker", "fleet.failure_mode.deny") > 0);
-    assert!(stat(&deny, "circuit_breaker", "fleet.failure.status") > 0);
-    assert!(deny
-        .log()
-        .contains("circuit_breaker: fleet store failing (HTTP status 503)"));
+    assert!(stat(&deny, "circuit_breaker", down_reason()) > 0);
+    assert!(
+        deny.log().contains(&down_log("circuit_breaker")),
+        "{}",
+        deny.log()
+    );
     // local: this Envoy's own breaker trips on its own two failures.
     thread::sleep(Duration::from_millis(400));
     upstream.set_forced_status(Some(500));
@@ -981,7 +1088,7 @@ fn a_fleet_breaker_applies_its_failure_mode_while_redis_is_down_and_shares_again
 
 #[test]
 fn a_replayed_request_never_takes_a_probe_of_the_fleet_breaker() {
-    let store = FleetStore::start();
+    let store = start_store();
     let upstream = EchoServer::start("echo").expect("echo upstream");
     let rule = json!({
         "name": "api",

@@ -236,18 +236,15 @@ fn run(target: &RedisTarget, jobs: &Receiver<Job>) {
                         primary.as_deref().unwrap_or_default()
                     ));
                 }
+                if reported {
+                    log(&format!("connected to Redis at {address} again"));
+                    reported = false;
+                }
                 primary = Some(address);
                 match serve(stream, jobs, waiting) {
                     Served::Disconnected => return,
                     // A connection that answered: connect again at once.
                     Served::Failed { answered: true } => {
-                        if reported {
-                            log(&format!(
-                                "connected to Redis at {} again",
-                                primary.as_deref().unwrap_or_default()
-                            ));
-                            reported = false;
-                        }
                         retry = FIRST_RETRY;
                         next_try = Instant::now();
                         continue;
