@@ -250,7 +250,9 @@ fn start_redis_server(port: u16, dir: &Path, extra: &[&str]) -> Child {
     .arg(format!(">{DIRECT_PASSWORD}"))
     .args(["~gw:*", "+evalsha", "+eval"])
     // What the script runs (Redis checks a script's own calls too).
-    .args(["+get", "+set", "+incr", "+pexpire", "+hmget", "+hset"])
+    .args([
+        "+get", "+set", "+incr", "+incrby", "+pexpire", "+hmget", "+hset",
+    ])
     .args(extra)
     .stdin(Stdio::null())
     .stdout(Stdio::null())

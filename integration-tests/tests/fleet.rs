@@ -6,7 +6,7 @@
 //! connection, or through Webdis too with `GATEWAY_FLEET_STORE=webdis`.
 
 use gateway_common::fleet::model::ScriptModel;
-use gateway_common::fleet::wire::{parse_reply, Arguments, Op, QuotaCheck, RecordSwap};
+use gateway_common::fleet::wire::{parse_reply, Arguments, LeaseAsk, Op, QuotaCheck, RecordSwap};
 use integration_tests::echo::{EchoServer, Reply as EchoReply};
 use integration_tests::envoy::{
     add_cluster, gateway_config, module_mode, native_mode, Envoy, WasmFilter,
@@ -297,6 +297,85 @@ fn a_quota_storm_over_three_envoys_admits_exactly_the_limit() {
         assert!((1..=3600).contains(&retry), "{retry}");
     }
     assert_eq!(store.keys("gw:q:all:*").len(), 1);
+}
+
+/// The value of the one counter under `pattern` (0 when there is none).
+fn counter(store: &FleetStore, pattern: &str) -> u64 {
+    match store.keys(pattern).as_slice() {
+        [] => 0,
+        [key] => match store.command(&["GET", key]) {
+            Reply::Bulk(Some(value)) => value.parse().expect("a count"),
+            other => panic!("GET {key}: {other:?}"),
+        },
+        keys => panic!("one counter expected: {keys:?}"),
+    }
+}
+
+/// Redis's script calls so far (`EVALSHA` and `EVAL`).
+fn script_calls(store: &FleetStore) -> u64 {
+    store.command_calls("evalsha") + store.command_calls("eval")
+}
+
+#[test]
+fn a_leased_quota_storm_never_passes_the_limit_and_reaches_it_exactly() {
+    let store = start_store();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let rules = json!([{"name": "all", "limit": 60, "window": "1h"}]);
+    // 3 Envoys × 2 workers may each hold up to 5 units.
+    let lease = json!({"failure_mode": "deny", "lease": {"units": 5, "holders": 6}});
+    let envoys = fleet(3, &[throttling(rules, lease)], &upstream, &store);
+    let responses = storm(&envoys, 40, &[], "/");
+    let admitted = count(&responses, 200);
+    let counted = counter(&store, "gw:q:all:*");
+    assert_eq!(admitted + count(&responses, 429), 120);
+    assert!(counted <= 60, "counted {counted}: never past the limit");
+    assert!(admitted as u64 <= counted);
+    // Units still held are at most 4 per worker (the request's fifth used).
+    assert!(
+        counted - admitted as u64 <= 6 * 4,
+        "{admitted} admitted, {counted} counted"
+    );
+    // Requests to every worker use up what they hold: exactly the limit.
+    let mut more = 0;
+    for i in 0..120 {
+        if get(&envoys[i % 3], "/", &[]).status == 200 {
+            more += 1;
+        }
+    }
+    assert_eq!(admitted + more, 60, "the limit, exactly");
+    assert_eq!(upstream.request_count(), 60);
+    assert_eq!(counter(&store, "gw:q:all:*"), 60);
+    let leased: u64 = envoys
+        .iter()
+        .map(|e| stat(e, "throttling", "fleet.leased"))
+        .sum();
+    assert!(leased > 0, "some requests were admitted from a lease");
+}
+
+#[test]
+fn a_trickle_far_from_its_limit_calls_the_store_once_per_lease() {
+    let store = start_store();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let rules = json!([{"name": "all", "limit": 100_000, "window": "1h"}]);
+    let lease = json!({"failure_mode": "deny", "lease": {"units": 20, "holders": 16}});
+    let envoys = fleet(1, &[throttling(rules, lease)], &upstream, &store);
+    let before = script_calls(&store);
+    for _ in 0..100 {
+        assert_eq!(get(&envoys[0], "/", &[]).status, 200);
+    }
+    let calls = script_calls(&store) - before;
+    // One call per 20 requests on each of the two workers, the script
+    // loaded once (NOSCRIPT, then EVAL), and a partly used lease each.
+    assert!(
+        calls <= 5 + 2 + 2 + 1,
+        "{calls} store calls for 100 requests"
+    );
+    assert!(stat(&envoys[0], "throttling", "fleet.leased") >= 88);
+    assert_eq!(
+        stat(&envoys[0], "throttling", "fleet.lease_units"),
+        counter(&store, "gw:q:all:*")
+    );
+    assert!(counter(&store, "gw:q:all:*") <= 100 + 2 * 19);
 }
 
 #[test]
@@ -658,6 +737,15 @@ fn the_script_in_redis_answers_as_its_model() {
         previous_weight: if sliding { 2_500 } else { 0 },
         ttl_ms: 60_000,
         dry_run,
+        lease: None,
+    };
+    // A lease of up to 4 units, at most half of what is left.
+    let leased = |key: &str, limit: u32| QuotaCheck {
+        lease: Some(LeaseAsk {
+            units: 4,
+            holders: 2,
+        }),
+        ..quota(key, limit, false, false)
     };
     // Records start at version 1 here, except `big`, which starts where a
     // random first version may (written as text by the script, exactly).
@@ -690,6 +778,7 @@ fn the_script_in_redis_answers_as_its_model() {
                 ]),
                 Op::Quotas(vec![quota("b", 7, false, false)]),
                 record("m:r:late", i / 2, i % 3 != 0),
+                Op::Quotas(vec![leased("l", 23), quota("l2", 40, false, false)]),
             ]
         }))
         // Records alone: written while the version sent is the stored one,

@@ -289,7 +289,7 @@ def yaml_load(text):
     return yaml.load(text, Loader=Loader)
 
 
-def bench_apis(ports, fleet, key_prefix="gw:"):
+def bench_apis(ports, fleet, key_prefix="gw:", lease_units=None):
     """examples/demo.yaml with the bench's changes, as an apis.yaml document,
     and the changes in words:
 
@@ -310,7 +310,10 @@ def bench_apis(ports, fleet, key_prefix="gw:"):
       through Webdis (every form), `fleet="direct"` on the native module's
       own connection to Redis; each fleet scenario keys its state under its
       own `key_prefix`, so scenarios sharing the Redis never see each
-      other's nonces (the signed requests are the same).
+      other's nonces (the signed requests are the same);
+    - `lease_units`: only throttling counts in the fleet, leasing that many
+      units at a time (sign-auth and the breaker keep their local state), so
+      the scenario measures a quota far from its limit.
     """
     doc = yaml_load(DEMO_APIS.read_text())
     changes = ["the demo's apis.yaml (examples/demo.yaml) built by gatewayctl, with one plain HTTP listener; "
@@ -351,6 +354,11 @@ def bench_apis(ports, fleet, key_prefix="gw:"):
                                        "failure_mode": "deny"}
         else:
             del settings[name]["fleet"]
+        if lease_units and "fleet" in settings[name]:
+            if name == "throttling":
+                settings[name]["fleet"]["lease"] = {"units": lease_units, "holders": 16}
+            else:
+                del settings[name]["fleet"]
     if fleet == "direct":
         gateway.pop("fleet_store", None)
     if not fleet:
@@ -1712,7 +1720,7 @@ def sign_requests(work, app, count):
 
 
 # The scenarios that need Redis (and Webdis) running.
-FLEET_SCENARIOS = ("module-fleet", "native-fleet-direct")
+FLEET_SCENARIOS = ("module-fleet", "native-fleet-direct", "native-fleet-lease")
 
 
 def start_services(args, work, all_scenarios, ports):
@@ -1839,6 +1847,7 @@ def main():
     apis, changes = bench_apis(ports, fleet=None)
     fleet_apis, _ = bench_apis(ports, fleet="webdis", key_prefix="gw:module:")
     direct_apis, _ = bench_apis(ports, fleet="direct", key_prefix="gw:direct:")
+    lease_apis, _ = bench_apis(ports, fleet="direct", key_prefix="gw:lease:", lease_units=100)
     built = {mode: Bootstrap(gatewayctl_build(work, "bench", apis, mode)) for mode in ("chain", "module", "native")}
     module_fleet = Bootstrap(gatewayctl_build(work, "bench-fleet", fleet_apis, "module"))
     native_fleets = [
@@ -1846,6 +1855,10 @@ def main():
          Bootstrap(gatewayctl_build(work, "bench-fleet-direct", direct_apis, "native")),
          "the module-fleet configuration in the native module, the store on its own pipelined connection "
          "to Redis (no Webdis)"),
+        ("native-fleet-lease", "native module, fleet quotas leased",
+         Bootstrap(gatewayctl_build(work, "bench-fleet-lease", lease_apis, "native")),
+         "only throttling in the fleet store (own connection), leasing 100 units at a time of quotas far "
+         "from their limits; sign-auth and the breaker local, as in native-module"),
     ]
     configs = filter_configs(built["chain"])
     (work / "configs").mkdir(exist_ok=True)

@@ -8,12 +8,13 @@
 //! so only admitted requests use quota.
 
 use crate::key::{client_ip_bytes, KeyHasher, ValueSource};
+use crate::lease::{LeaseConfig, Leases};
 use crate::table::{Acquired, Quota, Table, Ticket};
 use crate::window::{whole_seconds, Algorithm, Counting, Counts, Window, MAX_SLIDING_MS};
 use gateway_common::client_ip::{ClientAddressConfig, ClientAddressError, ClientAddressResolver};
 use gateway_common::config::{ConfigError, OnFailure};
 use gateway_common::error::{codes as common_codes, GatewayError};
-use gateway_common::fleet::wire::{Failure, Op, OpResult, QuotaCheck, State};
+use gateway_common::fleet::wire::{Failure, LeaseAsk, Op, OpResult, QuotaCheck, State};
 use gateway_common::fleet::{self, FailureMode as FleetFailureMode, Store, StoreConfig};
 use gateway_common::host::{Host, RequestFacts};
 use gateway_common::identity;
@@ -102,6 +103,10 @@ pub struct FleetConfig {
     /// (the number of replicas; default 1).
     #[serde(default)]
     pub replicas: Option<u32>,
+    /// Take several units of a fixed-window quota per store call (see
+    /// [`crate::lease`]).
+    #[serde(default)]
+    pub lease: Option<LeaseConfig>,
 }
 
 /// The compiled fleet settings.
@@ -110,6 +115,8 @@ pub struct Fleet {
     pub store: Arc<Store>,
     pub failure_mode: FleetFailureMode,
     pub replicas: u32,
+    /// Leases of fixed-window counters (never in dry run).
+    pub lease: Option<LeaseAsk>,
 }
 
 /// The sliding estimate is compared in the script's doubles: the sum of two
@@ -314,6 +321,8 @@ pub struct Decision {
     /// For the `X-RateLimit-*` headers: the tightest quota among the rules
     /// that counted the request, or the quota of the rule that refused it.
     pub quota: Option<Quota>,
+    /// Units the fleet store counted for leases, the request's included.
+    pub leased_units: u64,
 }
 
 impl Decision {
@@ -322,6 +331,7 @@ impl Decision {
             verdict: Verdict::Allowed,
             events: Vec::new(),
             quota: None,
+            leased_units: 0,
         }
     }
 
@@ -364,6 +374,8 @@ pub struct Plan {
     /// A malformed `X-Forwarded-For` met at that rule: everything counted
     /// before it is given back and the request refused.
     stop: Option<Verdict>,
+    /// The units each counter's store call asked for, when leased.
+    asked: Vec<Option<u32>>,
 }
 
 #[derive(Debug, Clone)]
@@ -513,6 +525,7 @@ impl Throttling {
             now_ms,
             steps: Vec::new(),
             stop: None,
+            asked: Vec::new(),
         };
         let matching = all_matches(&self.rules, |r| &r.matcher, &request.facts.attrs());
         for (index, captures) in matching {
@@ -615,9 +628,60 @@ impl Throttling {
         decision
     }
 
+    /// The store key of a planned counter in the window `window_index`.
+    fn fleet_key(&self, fleet: &Fleet, planned: &Planned, window_index: u64) -> String {
+        let rule = &self.rules[planned.rule];
+        let digest = planned.key.fleet_digest(rule);
+        fleet
+            .store
+            .key(&["q", &rule.name, &digest, &window_index.to_string()])
+    }
+
+    /// The lease asked for a planned counter, if it can be leased: a fixed
+    /// window, outside dry run.
+    fn lease_of(&self, planned: &Planned) -> Option<LeaseAsk> {
+        let fleet = self.fleet.as_ref()?;
+        let fixed = planned.counting.algorithm == Algorithm::Fixed;
+        fleet.lease.filter(|_| fixed && !self.dry_run)
+    }
+
+    /// Admits the request from this worker's leases, without a store call,
+    /// when every counter of the plan has a unit left; `None` otherwise
+    /// (nothing is taken).
+    pub fn admit_leased(&self, plan: &Plan, leases: &mut Leases) -> Option<Decision> {
+        let fleet = self.fleet.as_ref()?;
+        if !plan.counts() || plan.counted().any(|p| self.lease_of(p).is_none()) {
+            return None;
+        }
+        let now_ms = plan.now_ms;
+        let keys: Vec<String> = plan
+            .counted()
+            .map(|p| self.fleet_key(fleet, p, p.counting.window.index(now_ms)))
+            .collect();
+        let left = leases.take_each(&keys, now_ms)?;
+        let mut decision = Decision::new();
+        let mut left = left.into_iter();
+        for step in &plan.steps {
+            match step {
+                PlanStep::Event(index, event) => decision.events.push((*index, *event)),
+                PlanStep::Count(planned) => {
+                    decision.events.push((planned.rule, RuleEvent::Allowed));
+                    decision.tighten(Quota {
+                        limit: planned.counting.limit,
+                        remaining: left.next().unwrap_or(0),
+                        reset_ms: planned.counting.window.until_end(now_ms),
+                    });
+                }
+            }
+        }
+        Some(decision)
+    }
+
     /// The fleet operations of a plan: one group of every counter, counted
-    /// all or none, atomically.
-    pub fn fleet_ops(&self, plan: &Plan) -> Vec<Op> {
+    /// all or none, atomically; a leased counter asks for the units this
+    /// worker lacks (what it asked is kept in the plan until
+    /// [`Throttling::conclude`]).
+    pub fn fleet_ops(&self, plan: &mut Plan, leases: &mut Leases) -> Vec<Op> {
         let Some(fleet) = &self.fleet else {
             return Vec::new();
         };
@@ -625,23 +689,24 @@ impl Throttling {
             return Vec::new();
         }
         let now_ms = plan.now_ms;
+        let mut asked = Vec::new();
         let checks = plan
             .counted()
             .map(|planned| {
-                let rule = &self.rules[planned.rule];
                 let window = planned.counting.window;
                 let index = window.index(now_ms);
-                let digest = planned.key.fleet_digest(rule);
-                let key = |window_index: u64| {
-                    fleet
-                        .store
-                        .key(&["q", &rule.name, &digest, &window_index.to_string()])
-                };
+                let key = self.fleet_key(fleet, planned, index);
                 let until_end = window.until_end(now_ms);
                 let sliding = planned.counting.algorithm == Algorithm::Sliding;
+                let lease = self.lease_of(planned).map(|ask| LeaseAsk {
+                    units: leases.ask(&key, ask.units, now_ms + until_end, now_ms),
+                    ..ask
+                });
+                asked.push(lease.map(|lease| lease.units));
                 QuotaCheck {
-                    key: key(index),
-                    previous_key: sliding.then(|| key(index.wrapping_sub(1))),
+                    previous_key: sliding
+                        .then(|| self.fleet_key(fleet, planned, index.wrapping_sub(1))),
+                    key,
                     limit: planned.counting.limit,
                     window_weight: if sliding { window.ms() } else { 1 },
                     previous_weight: if sliding { until_end } else { 0 },
@@ -649,24 +714,72 @@ impl Throttling {
                         + if sliding { window.ms() } else { 0 }
                         + fleet::CLOCK_GRACE_MS,
                     dry_run: self.dry_run,
+                    lease,
                 }
             })
             .collect();
+        plan.asked = asked;
         vec![Op::Quotas(checks)]
     }
 
+    /// Settles what the plan's call asked for: the units granted beyond
+    /// the request's own join `leases` (none when the call failed). Returns
+    /// how many units the store counted for leases.
+    fn settle_leases(&self, plan: &Plan, results: Option<&[OpResult]>, leases: &mut Leases) -> u64 {
+        let Some(fleet) = &self.fleet else {
+            return 0;
+        };
+        let now_ms = plan.now_ms;
+        let mut counted = 0;
+        for (i, (planned, want)) in plan.counted().zip(&plan.asked).enumerate() {
+            let Some(want) = *want else {
+                continue;
+            };
+            let result = results.and_then(|results| results.get(i));
+            // A fixed window's `previous` is the units counted.
+            let granted = match result {
+                Some(result) if result.state == State::Done => result.previous,
+                _ => 0,
+            };
+            counted += granted;
+            let left = result.map_or(0, |result| {
+                u64::from(planned.counting.limit).saturating_sub(result.current)
+            });
+            let key = self.fleet_key(fleet, planned, planned.counting.window.index(now_ms));
+            leases.answered(
+                &key,
+                want,
+                u32::try_from(granted).unwrap_or(0),
+                u32::try_from(left).unwrap_or(u32::MAX),
+                now_ms,
+            );
+        }
+        counted
+    }
+
     /// The decision from the fleet store's answer to [`Throttling::fleet_ops`];
-    /// when the store failed, by the fleet failure mode.
+    /// when the store failed, by the fleet failure mode. The units of a
+    /// lease granted join `leases`.
     pub fn conclude(
         &self,
         plan: &Plan,
         answer: &Result<Vec<OpResult>, Failure>,
         store: &dyn SharedStore,
+        leases: &mut Leases,
     ) -> Decision {
         let results = match fleet_results(plan, answer, self.dry_run) {
             Ok(results) => results,
-            Err(_) => return self.decide_on_failure(plan, store),
+            Err(_) => {
+                self.settle_leases(plan, None, leases);
+                return self.decide_on_failure(plan, store);
+            }
         };
+        let mut decision = self.decide_from(plan, results);
+        decision.leased_units = self.settle_leases(plan, Some(results), leases);
+        decision
+    }
+
+    fn decide_from(&self, plan: &Plan, results: &[OpResult]) -> Decision {
         let now_ms = plan.now_ms;
         let mut decision = Decision::new();
         let mut results = results.iter();
@@ -684,7 +797,11 @@ impl Throttling {
             let index = planned.rule;
             let counting = &planned.counting;
             let counts = Counts {
-                previous: u32::try_from(result.previous).unwrap_or(u32::MAX),
+                // A fixed window's `previous` is the units counted, not a count.
+                previous: match counting.algorithm {
+                    Algorithm::Fixed => 0,
+                    Algorithm::Sliding => u32::try_from(result.previous).unwrap_or(u32::MAX),
+                },
                 current: u32::try_from(result.current).unwrap_or(u32::MAX),
             };
             let reset_ms = counting.window.until_end(now_ms);
@@ -696,9 +813,14 @@ impl Throttling {
             match result.state {
                 State::Done => {
                     decision.events.push((index, RuleEvent::Allowed));
+                    // Units leased beyond the request's are this worker's to admit.
+                    let leased = match self.lease_of(planned) {
+                        Some(_) => u32::try_from(result.previous.saturating_sub(1)).unwrap_or(0),
+                        None => 0,
+                    };
                     decision.tighten(Quota {
                         limit: counting.limit,
-                        remaining: counting.remaining(counts, now_ms),
+                        remaining: counting.remaining(counts, now_ms).saturating_add(leased),
                         reset_ms,
                     });
                 }
@@ -975,10 +1097,22 @@ fn compile_fleet(config: &FleetConfig, rules: &[RuleConfig]) -> Result<Fleet, Co
             ));
         }
     }
+    let lease = config
+        .lease
+        .as_ref()
+        .map(|lease| lease.compile().map_err(|e| e.within("fleet.lease")))
+        .transpose()?;
+    if lease.is_some() && rules.iter().all(|r| r.algorithm == Algorithm::Sliding) {
+        return Err(ConfigError::new(
+            "fleet.lease",
+            "leases are of fixed windows, and every rule is sliding",
+        ));
+    }
     Ok(Fleet {
         store: Arc::new(store),
         failure_mode: config.failure_mode,
         replicas,
+        lease,
     })
 }
 

@@ -4,6 +4,7 @@
 //! quota is used up, and, when configured, the quota reported on the
 //! response (`X-RateLimit-*`).
 
+use crate::lease::Leases;
 use crate::policy::{self, codes, Decision, Plan, RuleEvent, Throttling, Verdict as Outcome};
 use crate::table::Quota;
 use crate::window::whole_seconds;
@@ -12,7 +13,7 @@ use gateway_common::fleet::wire::Answer;
 use gateway_common::fleet::{FleetMetrics, Store};
 use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
 use gateway_common::stream::{send_error, Level, PolicySteps, Stream, Verdict};
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -21,6 +22,10 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy)]
 pub struct Metrics {
     allowed: Counter,
+    /// Requests admitted from a lease, without a store call.
+    leased: Counter,
+    /// Units the store counted for leases (each lease's request included).
+    lease_units: Counter,
     dry_run_throttled: Counter,
     failure_allowed: Counter,
     denied: DenialCounters<{ codes::COUNT }>,
@@ -31,6 +36,8 @@ impl Metrics {
     pub fn define(host: &mut dyn DefineMetrics) -> Self {
         Self {
             allowed: host.define_counter(FILTER_NAME, "allowed"),
+            leased: host.define_counter(FILTER_NAME, "fleet.leased"),
+            lease_units: host.define_counter(FILTER_NAME, "fleet.lease_units"),
             dry_run_throttled: host.define_counter(FILTER_NAME, "dry_run.throttled"),
             failure_allowed: host.define_counter(FILTER_NAME, "failure.allowed"),
             denied: DenialCounters::define_with(host, FILTER_NAME, &codes::ALL),
@@ -64,6 +71,8 @@ impl RuleCounters {
 pub struct Compiled {
     pub policy: Throttling,
     rule_counters: OnceCell<Vec<RuleCounters>>,
+    /// This worker's fleet quota leases.
+    leases: RefCell<Leases>,
 }
 
 impl Compiled {
@@ -71,6 +80,7 @@ impl Compiled {
         Self {
             policy,
             rule_counters: OnceCell::new(),
+            leases: RefCell::default(),
         }
     }
 
@@ -151,7 +161,11 @@ impl ThrottlingSteps {
         store: &Arc<Store>,
         plan: Plan,
     ) -> Verdict {
-        let ops = self.compiled.policy.fleet_ops(&plan);
+        let mut plan = plan;
+        let ops = self
+            .compiled
+            .policy
+            .fleet_ops(&mut plan, &mut self.compiled.leases.borrow_mut());
         match stream.send_to_fleet(store, ops) {
             Ok(call) => {
                 self.fleet = Some(plan);
@@ -172,7 +186,12 @@ impl ThrottlingSteps {
         self.metrics
             .fleet
             .count(stream, FILTER_NAME, failure.as_ref(), mode, now);
-        policy.conclude(plan, &answer, stream.shared_data())
+        let mut leases = self.compiled.leases.borrow_mut();
+        let decision = policy.conclude(plan, &answer, stream.shared_data(), &mut leases);
+        if decision.leased_units > 0 {
+            stream.increment(self.metrics.lease_units, decision.leased_units);
+        }
+        decision
     }
 
     /// Counts the decision and answers or lets the request go on.
@@ -236,6 +255,11 @@ impl PolicySteps for ThrottlingSteps {
             Some(fleet) => {
                 let plan = policy.plan(&*stream);
                 if plan.counts() {
+                    let leased = policy.admit_leased(&plan, &mut compiled.leases.borrow_mut());
+                    if let Some(decision) = leased {
+                        stream.increment(self.metrics.leased, 1);
+                        return self.apply(stream, decision);
+                    }
                     return self.count_in_fleet(stream, &fleet.store, plan);
                 }
                 policy.decide_locally(&plan, stream.shared_data(), 1)

@@ -130,11 +130,19 @@ impl ScriptModel {
                             out.push(result(State::NotCounted, previous, current));
                         } else {
                             let now = self.now_ms;
+                            let fixed = rule.previous_key.is_none();
+                            let counted = match rule.lease {
+                                Some(ask) if fixed && !rule.dry_run => {
+                                    ask.grant(u64::from(rule.limit), current)
+                                }
+                                _ => 1,
+                            };
                             let entry = self.keys.entry(rule.key.clone()).or_insert((0, 0));
                             if entry.1 <= now {
                                 *entry = (0, now + rule.ttl_ms.max(1));
                             }
-                            entry.0 += 1;
+                            entry.0 += counted;
+                            let previous = if fixed { counted } else { previous };
                             out.push(result(State::Done, previous, entry.0));
                         }
                     }

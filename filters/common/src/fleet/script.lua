@@ -3,10 +3,13 @@
 -- its own answer from another call's (a proxy may mix them up). The rest of
 -- ARGV is a list of operations, KEYS their keys in the same order:
 --   'n', ttl_ms                       nonce: SET key NX PX ttl_ms; KEYS: the nonce
---   'g', m, then m rules of 6 values  quota group; each rule:
+--   'g', m, then m rules of 8 values  quota group; each rule:
 --       algorithm ('f' fixed | 's' sliding), limit, window_ms, left_ms, ttl_ms,
---       dry_run ('0' | '1'); KEYS: the current window's counter, and for
---       sliding also the previous window's
+--       dry_run ('0' | '1'), lease units, lease holders; KEYS: the current
+--       window's counter, and for sliding also the previous window's. A fixed
+--       rule that counts the request counts min(units, max(1, left / holders))
+--       at once, never past the limit: a lease the caller admits from (1
+--       unit, the request's, without a lease)
 --   'r', version, value, ttl_ms, first   record: a versioned value (a
 --       breaker's state) in a hash {v, r}, written only when its version is
 --       still `version` (0: absent) and `value` is not '-' (a read); a new
@@ -15,7 +18,8 @@
 --       an Envoy still holds (versions stay below 2^53); KEYS: the record
 -- After the id, the reply has three values per nonce, per rule and per record:
 --   nonce:  state, 0, 0; 1 fresh (recorded), 0 replayed, -1 not run
---   rule:   state, previous, current; 1 counted, 0 over its limit, 2 over its
+--   rule:   state, previous (a fixed rule: the units counted), current;
+--           1 counted, 0 over its limit, 2 over its
 --           limit in dry run, 3 within its limit but not counted (another rule
 --           of the group refused the request), -1 not run
 --   record: state, version, value; 1 written (the value is ''), 0 not
@@ -58,11 +62,13 @@ while a <= #ARGV do
         left = tonumber(ARGV[a + 3]),
         ttl = ARGV[a + 4],
         dry = ARGV[a + 5] == '1',
+        units = tonumber(ARGV[a + 6]),
+        holders = tonumber(ARGV[a + 7]),
         key = KEYS[k],
         previous = 0,
         current = 0,
       }
-      a = a + 6
+      a = a + 8
       k = k + 1
       if rule.sliding then
         rule.previous_key = KEYS[k]
@@ -90,11 +96,22 @@ while a <= #ARGV do
       elseif refused then
         push(3, rule.previous, rule.current)
       else
-        local current = redis.call('INCR', rule.key)
-        if current == 1 then
+        local counted, current = 1, 0
+        if not rule.sliding and rule.units > 1 then
+          local left = rule.limit - rule.current
+          counted = math.max(1, math.min(rule.units, math.floor(left / rule.holders), left))
+          current = redis.call('INCRBY', rule.key, counted)
+        else
+          current = redis.call('INCR', rule.key)
+        end
+        if current == counted then
           redis.call('PEXPIRE', rule.key, rule.ttl)
         end
-        push(1, rule.previous, current)
+        if rule.sliding then
+          push(1, rule.previous, current)
+        else
+          push(1, counted, current)
+        end
       end
     end
     if refused then

@@ -8,7 +8,7 @@ use serde_json::Value;
 /// The Lua script every call runs: nonces, quota groups and records, in order.
 pub const SCRIPT: &str = include_str!("script.lua");
 /// SHA-1 of [`SCRIPT`], the name Redis caches it under (a test checks it).
-pub const SCRIPT_SHA1: &str = "55d33ba08b7aead800aaa6304533bf256e6a7cab";
+pub const SCRIPT_SHA1: &str = "3d4ac499c10a9e4f83a45ce4c5e1990a7f1b9777";
 
 /// The values of one operation's result.
 pub const RESULT_WIDTH: usize = 3;
@@ -71,6 +71,27 @@ pub struct QuotaCheck {
     /// sliding windows, plus a grace period).
     pub ttl_ms: u64,
     pub dry_run: bool,
+    /// Units to take at once, for a fixed window (`None`: the request's one).
+    pub lease: Option<LeaseAsk>,
+}
+
+/// A quota lease asked for: up to `units` counted at once (the request's
+/// among them), at most the quota left divided by `holders` and never
+/// below one, so leases shrink to a single unit near the limit. The units
+/// granted come back in the result's `previous`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseAsk {
+    pub units: u32,
+    pub holders: u32,
+}
+
+impl LeaseAsk {
+    /// The units the script grants when `current` of `limit` are counted.
+    pub fn grant(self, limit: u64, current: u64) -> u64 {
+        let left = limit.saturating_sub(current);
+        let share = left / u64::from(self.holders.max(1));
+        u64::from(self.units).min(share).min(left).max(1)
+    }
 }
 
 impl Op {
@@ -214,6 +235,13 @@ impl Arguments {
                         } else {
                             "f"
                         };
+                        let lease = rule
+                            .lease
+                            .filter(|_| rule.previous_key.is_none() && !rule.dry_run)
+                            .unwrap_or(LeaseAsk {
+                                units: 1,
+                                holders: 1,
+                            });
                         args.extend([
                             algorithm.to_string(),
                             rule.limit.to_string(),
@@ -221,6 +249,8 @@ impl Arguments {
                             rule.previous_weight.to_string(),
                             rule.ttl_ms.max(1).to_string(),
                             if rule.dry_run { "1" } else { "0" }.to_string(),
+                            lease.units.max(1).to_string(),
+                            lease.holders.max(1).to_string(),
                         ]);
                     }
                 }
@@ -455,7 +485,45 @@ mod tests {
             previous_weight: 0,
             ttl_ms: 2000,
             dry_run: false,
+            lease: None,
         }
+    }
+
+    #[test]
+    fn a_lease_is_asked_for_fixed_windows_only_and_shrinks_near_the_limit() {
+        let ask = LeaseAsk {
+            units: 10,
+            holders: 4,
+        };
+        let leased = QuotaCheck {
+            lease: Some(ask),
+            ..fixed("gw:q:a", 100)
+        };
+        let sliding = QuotaCheck {
+            previous_key: Some("gw:q:a:0".into()),
+            ..leased.clone()
+        };
+        let dry = QuotaCheck {
+            dry_run: true,
+            ..leased.clone()
+        };
+        let args = |check: QuotaCheck| {
+            String::from_utf8(Arguments::new(&[Op::Quotas(vec![check])], 1).by_sha()).unwrap()
+        };
+        assert!(args(leased).ends_with("/f/100/1/0/2000/0/10/4"));
+        assert!(args(sliding).ends_with("/1/1"));
+        assert!(args(dry).ends_with("/1/1"));
+        // Far from the limit, the units asked; then the share of what is
+        // left; one unit near the limit, and never past it.
+        let grants: Vec<u64> = [0, 60, 80, 97, 99]
+            .map(|current| ask.grant(100, current))
+            .to_vec();
+        assert_eq!(grants, [10, 10, 5, 1, 1]);
+        let few = LeaseAsk {
+            units: 10,
+            holders: 1,
+        };
+        assert_eq!(few.grant(100, 97), 3);
     }
 
     #[test]
@@ -482,12 +550,12 @@ mod tests {
             String::from_utf8(args.by_sha()).unwrap(),
             format!(
                 "EVALSHA/{SCRIPT_SHA1}/4/gw%3An%2F1/gw%3Aq%3Aa/gw%3Aq%3Ab%3A10/gw%3Aq%3Ab%3A9\
-                 /00000000000000ab/n/900000/g/2/f/5/1/0/2000/0/s/7/60000/1000/2000/1"
+                 /00000000000000ab/n/900000/g/2/f/5/1/0/2000/0/1/1/s/7/60000/1000/2000/1/1/1"
             )
         );
         let with_script = String::from_utf8(args.with_script()).unwrap();
         assert!(with_script.starts_with("EVAL/--%20The%20fleet"));
-        assert!(with_script.ends_with("/s/7/60000/1000/2000/1"));
+        assert!(with_script.ends_with("/s/7/60000/1000/2000/1/1/1"));
         assert!(!with_script["EVAL/".len()..].contains(' '));
     }
 

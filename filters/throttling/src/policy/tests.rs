@@ -1,4 +1,5 @@
 use super::*;
+use crate::lease::Leases;
 use crate::table::WAYS;
 use crate::window::tests::utc;
 use gateway_common::config::parse_json;
@@ -940,13 +941,13 @@ mod fleet {
     /// One request through the fleet path, as the adapter takes it: the
     /// plan's operations answered by the script's model.
     fn via_fleet(policy: &Throttling, model: &mut ScriptModel, host: &FakeHost) -> Decision {
-        let plan = policy.plan(host);
+        let mut plan = policy.plan(host);
         if !plan.counts() {
             return policy.decide_locally(&plan, &MemoryStore::new(), 1);
         }
         model.now_ms = gateway_common::host::now_ms(host);
-        let answer = Ok(model.run(&policy.fleet_ops(&plan)));
-        policy.conclude(&plan, &answer, &MemoryStore::new())
+        let answer = Ok(model.run(&policy.fleet_ops(&mut plan, &mut Leases::default())));
+        policy.conclude(&plan, &answer, &MemoryStore::new(), &mut Leases::default())
     }
 
     /// Events as the fleet path can know them (shared slots are the local
@@ -1035,6 +1036,181 @@ mod fleet {
         }
     }
 
+    /// A worker of a leasing fleet: its policy and its leases.
+    struct Worker {
+        policy: Throttling,
+        leases: Leases,
+        store_calls: u32,
+    }
+
+    impl Worker {
+        fn new(config: &serde_json::Value) -> Self {
+            Self {
+                policy: throttling(config.clone()),
+                leases: Leases::default(),
+                store_calls: 0,
+            }
+        }
+
+        /// One request: from the worker's leases, or through the store.
+        fn request(&mut self, model: &mut ScriptModel, host: &FakeHost) -> Decision {
+            let mut plan = self.policy.plan(host);
+            if let Some(decision) = self.policy.admit_leased(&plan, &mut self.leases) {
+                return decision;
+            }
+            self.store_calls += 1;
+            model.now_ms = gateway_common::host::now_ms(host);
+            let answer = Ok(model.run(&self.policy.fleet_ops(&mut plan, &mut self.leases)));
+            self.policy
+                .conclude(&plan, &answer, &MemoryStore::new(), &mut self.leases)
+        }
+    }
+
+    fn leasing(rules: serde_json::Value, units: u32, holders: u32) -> serde_json::Value {
+        json!({"rules": rules, "fleet": {"store": {"cluster": "redis"}, "failure_mode": "deny",
+               "lease": {"units": units, "holders": holders}}})
+    }
+
+    fn admitted(decisions: &[Decision]) -> usize {
+        decisions
+            .iter()
+            .filter(|d| d.verdict == Verdict::Allowed)
+            .count()
+    }
+
+    #[test]
+    fn leases_never_admit_more_than_the_limit_and_use_it_all_when_every_worker_is_busy() {
+        let config = leasing(json!([rule("all", 100, "1h")]), 10, 4);
+        let mut model = ScriptModel::new();
+        let mut workers: Vec<Worker> = (0..4).map(|_| Worker::new(&config)).collect();
+        let at = t0() + 1_000;
+        let mut send = |workers: &mut [Worker], n: usize| -> Vec<Decision> {
+            (0..n)
+                .map(|i| workers[i % 4].request(&mut model, &request("/", at)))
+                .collect()
+        };
+        // Every worker keeps getting requests: no lease is stranded.
+        let first = send(&mut workers, 100);
+        assert_eq!(admitted(&first), 100);
+        let calls: u32 = workers.iter().map(|w| w.store_calls).sum();
+        assert!(calls <= 25, "{calls} store calls for 100 requests");
+        let over = send(&mut workers, 60);
+        assert_eq!(admitted(&over), 0, "never past the limit");
+        // The next window starts afresh.
+        let later = request("/", at + 3_600_000);
+        assert_eq!(
+            workers[0].request(&mut model, &later).verdict,
+            Verdict::Allowed
+        );
+    }
+
+    #[test]
+    fn far_from_the_limit_a_worker_calls_the_store_once_per_lease() {
+        let config = leasing(json!([rule("all", 100_000, "1h")]), 20, 16);
+        let mut model = ScriptModel::new();
+        let mut worker = Worker::new(&config);
+        let decisions: Vec<Decision> = (0..200)
+            .map(|i| worker.request(&mut model, &request("/", t0() + i)))
+            .collect();
+        assert_eq!(admitted(&decisions), 200);
+        assert_eq!(worker.store_calls, 10, "one call per 20 requests");
+        // The quota reported counts the units this worker holds as its own.
+        let last = decisions.last().and_then(|d| d.quota).unwrap();
+        assert_eq!(last.remaining, 100_000 - 200);
+    }
+
+    #[test]
+    fn near_the_limit_leases_shrink_to_one_unit() {
+        // 10 units asked, at most a quarter of what is left.
+        let config = leasing(json!([rule("all", 30, "1h")]), 10, 4);
+        let mut model = ScriptModel::new();
+        let mut worker = Worker::new(&config);
+        let mut units = Vec::new();
+        for _ in 0..30 {
+            let decision = worker.request(&mut model, &request("/", t0()));
+            assert_eq!(decision.verdict, Verdict::Allowed);
+            if decision.leased_units > 0 {
+                units.push(decision.leased_units);
+            }
+        }
+        assert_eq!(units, [7, 5, 4, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1]);
+        assert_ne!(
+            worker.request(&mut model, &request("/", t0())).verdict,
+            Verdict::Allowed
+        );
+    }
+
+    #[test]
+    fn idle_workers_strand_at_most_units_minus_one_each() {
+        // Four workers take a lease each, then only the first gets traffic.
+        let (units, workers_n, limit) = (10, 4, 100);
+        let config = leasing(json!([rule("all", limit, "1h")]), units, 1);
+        let mut model = ScriptModel::new();
+        let mut workers: Vec<Worker> = (0..workers_n).map(|_| Worker::new(&config)).collect();
+        let mut decisions = Vec::new();
+        for worker in &mut workers {
+            decisions.push(worker.request(&mut model, &request("/", t0())));
+        }
+        for _ in 0..200 {
+            decisions.push(workers[0].request(&mut model, &request("/", t0())));
+        }
+        let early = limit as usize - admitted(&decisions);
+        assert_eq!(early, (workers_n - 1) * (units as usize - 1));
+    }
+
+    #[test]
+    fn a_group_is_leased_only_when_every_counter_has_a_unit() {
+        // A sliding rule is never leased: every request calls the store.
+        let mixed = leasing(
+            json!([rule("fixed", 1000, "1h"),
+                   {"name": "smooth", "limit": 1000, "window": "1m", "algorithm": "sliding"}]),
+            10,
+            1,
+        );
+        let mut model = ScriptModel::new();
+        let mut worker = Worker::new(&mixed);
+        for _ in 0..5 {
+            worker.request(&mut model, &request("/", t0()));
+        }
+        assert_eq!(worker.store_calls, 5);
+        // The fixed rule took one lease and tops it up to 10 units, no more.
+        let mut plan = worker.policy.plan(&request("/", t0()));
+        let ops = worker.policy.fleet_ops(&mut plan, &mut worker.leases);
+        let [Op::Quotas(checks)] = ops.as_slice() else {
+            panic!("{ops:?}");
+        };
+        assert_eq!(checks[0].lease.map(|l| l.units), Some(1));
+        assert_eq!(checks[1].lease, None);
+        // In dry run nothing is leased.
+        let mut dry = leasing(json!([rule("all", 1000, "1h")]), 10, 1);
+        dry["dry_run"] = json!(true);
+        let mut worker = Worker::new(&dry);
+        for _ in 0..3 {
+            worker.request(&mut model, &request("/", t0()));
+        }
+        assert_eq!(worker.store_calls, 3);
+    }
+
+    #[test]
+    fn a_lease_of_sliding_windows_only_is_refused() {
+        let config = leasing(
+            json!([{"name": "smooth", "limit": 10, "window": "1m", "algorithm": "sliding"}]),
+            10,
+            1,
+        );
+        let error = Throttling::compile(
+            &parse_json::<ThrottlingConfig>(config.to_string().as_bytes()).unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(error.path, "fleet.lease");
+        let bad = leasing(json!([rule("all", 10, "1m")]), 1, 1);
+        let error = Throttling::compile(
+            &parse_json::<ThrottlingConfig>(bad.to_string().as_bytes()).unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(error.path, "fleet.lease.units");
+    }
+
     #[test]
     fn counters_are_keyed_by_rule_digest_and_window_and_expire_after_it() {
         let policy = throttling(with_fleet(
@@ -1045,8 +1221,8 @@ mod fleet {
             "deny",
         ));
         let at = t0() + 15_000;
-        let plan = policy.plan(&signed_by("app/with:colon", "/", at));
-        let ops = policy.fleet_ops(&plan);
+        let mut plan = policy.plan(&signed_by("app/with:colon", "/", at));
+        let ops = policy.fleet_ops(&mut plan, &mut Leases::default());
         let [Op::Quotas(checks)] = ops.as_slice() else {
             panic!("{ops:?}");
         };
@@ -1094,7 +1270,10 @@ mod fleet {
             "deny",
         ));
         let key = |app: &str| {
-            let ops = policy.fleet_ops(&policy.plan(&signed_by(app, "/", t0())));
+            let ops = policy.fleet_ops(
+                &mut policy.plan(&signed_by(app, "/", t0())),
+                &mut Leases::default(),
+            );
             match ops.as_slice() {
                 [Op::Quotas(checks)] => (checks[0].key.clone(), checks[0].limit),
                 other => panic!("{other:?}"),
@@ -1111,9 +1290,11 @@ mod fleet {
             json!({"rules": [{"name": "r", "key": "app", "limit": 5, "window": "1m"}]}),
             "deny",
         ));
-        let plan = policy.plan(&request("/", t0()));
+        let mut plan = policy.plan(&request("/", t0()));
         assert!(!plan.counts());
-        assert!(policy.fleet_ops(&plan).is_empty());
+        assert!(policy
+            .fleet_ops(&mut plan, &mut Leases::default())
+            .is_empty());
     }
 
     #[test]
@@ -1128,11 +1309,16 @@ mod fleet {
             fleet_failure(&deny, &plan, &failed),
             Some(Failure::Status(503))
         );
-        let denied = deny.conclude(&plan, &failed, &MemoryStore::new());
+        let denied = deny.conclude(&plan, &failed, &MemoryStore::new(), &mut Leases::default());
         assert_eq!(error_code(&denied), Some("A503TU"));
         assert_eq!(denied.events, [(0, RuleEvent::StoreFailure)]);
         let allow = throttling(with_fleet(config.clone(), "allow"));
-        let allowed = allow.conclude(&allow.plan(&host), &failed, &MemoryStore::new());
+        let allowed = allow.conclude(
+            &allow.plan(&host),
+            &failed,
+            &MemoryStore::new(),
+            &mut Leases::default(),
+        );
         assert_eq!(allowed.verdict, Verdict::Allowed);
         assert!(allowed.has(RuleEvent::StoreFailure));
         // local: this Envoy's counters, the fleet limit divided by 2 replicas.
@@ -1142,7 +1328,10 @@ mod fleet {
         let admitted = (0..5)
             .filter(|_| {
                 let plan = local.plan(&host);
-                local.conclude(&plan, &failed, &store).verdict == Verdict::Allowed
+                local
+                    .conclude(&plan, &failed, &store, &mut Leases::default())
+                    .verdict
+                    == Verdict::Allowed
             })
             .count();
         assert_eq!(admitted, 2);
@@ -1177,7 +1366,12 @@ mod fleet {
                 "{states:?}"
             );
             assert_eq!(
-                error_code(&policy.conclude(&plan, &answer, &MemoryStore::new())),
+                error_code(&policy.conclude(
+                    &plan,
+                    &answer,
+                    &MemoryStore::new(),
+                    &mut Leases::default()
+                )),
                 Some("A503TU")
             );
         }
