@@ -181,6 +181,11 @@ Demo gateway is up: two instances, :8080 and :8081, sharing one Redis (logs in .
   # and one quota for both: /limited's 3 calls per 10 s are shared, the fourth is refused
   for port in 8080 8081 8080 8081; do curl -s -o /dev/null -w "$port:%{http_code} " http://127.0.0.1:$port/limited; done; echo
 
+  # quota leases: far from its limit (100 a minute), a worker takes 10 units of /orders'
+  # per-app quota in one store call and admits the next calls from them
+  for i in 1 2 3 4 5 6; do target/release/ca-sign --key 203751 --secret demo-secret --curl http://127.0.0.1:8080/orders/42 | sh > /dev/null; done
+  curl -s http://127.0.0.1:9901/stats/prometheus | grep -E 'gw_throttling_fleet_(leased|lease_units)'
+
   # /account asks the provider's own authorizer (ext-auth): no token is 401 A401IS; a known
   # token passes and the upstream sees the authorizer's x-user-id (a client's own copy is
   # dropped); "revoked" gets the authorizer's own 403. Decisions are cached: the second

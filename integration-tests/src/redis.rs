@@ -252,6 +252,8 @@ fn start_redis_server(port: u16, dir: &Path, extra: &[&str]) -> Child {
     // What the script runs (Redis checks a script's own calls too).
     .args([
         "+get", "+set", "+incr", "+incrby", "+pexpire", "+hmget", "+hset",
+        // With Sentinel, the server connected to is checked to be a primary.
+        "+role",
     ])
     .args(extra)
     .stdin(Stdio::null())

@@ -252,6 +252,7 @@ fn run(target: &RedisTarget, jobs: &Receiver<Job>) {
                     Served::Failed { answered: false } => {
                         "the connection was made but nothing was answered".to_string()
                     }
+                    Served::Demoted => "the primary answered as a replica (READONLY)".to_string(),
                 }
             }
             Err(error) => error.to_string(),
@@ -298,16 +299,41 @@ fn log(message: &str) {
 /// Finds the primary, connects, signs in and selects the database; the
 /// stream and the address it reached.
 fn connect(target: &RedisTarget) -> io::Result<(TcpStream, String)> {
-    let address = match &target.servers {
-        RedisServers::Address(address) => address.clone(),
+    let (addresses, master, username, password) = match &target.servers {
+        RedisServers::Address(address) => {
+            return connect_to(target, address, false).map(|stream| (stream, address.clone()))
+        }
         RedisServers::Sentinel {
             addresses,
             master,
             username,
             password,
-        } => ask_sentinels(addresses, master, username.as_deref(), password.as_deref())?,
+        } => (addresses, master, username, password),
     };
-    let (mut stream, mut buffer) = open(&address)?;
+    // The first primary a Sentinel names that is one (a Sentinel may still
+    // name a primary that was just demoted).
+    let mut failures = Vec::new();
+    for sentinel in addresses {
+        let named = ask_sentinel(sentinel, master, username.as_deref(), password.as_deref());
+        match named
+            .and_then(|address| connect_to(target, &address, true).map(|stream| (stream, address)))
+        {
+            Ok(connected) => return Ok(connected),
+            Err(error) => failures.push(format!("{sentinel}: {error}")),
+        }
+    }
+    Err(io::Error::other(format!(
+        "no Sentinel named a primary `{master}` that could be used ({})",
+        failures.join("; ")
+    )))
+}
+
+/// Connects to `address`, signs in, selects the database and, when
+/// `primary_only`, checks with `ROLE` that the server is a primary (a user
+/// not allowed `ROLE` is taken at Sentinel's word: a replica's `READONLY`
+/// sends the connection back to the Sentinels).
+fn connect_to(target: &RedisTarget, address: &str, primary_only: bool) -> io::Result<TcpStream> {
+    let (mut stream, mut buffer) = open(address)?;
     sign_in(
         &mut stream,
         &mut buffer,
@@ -322,10 +348,7 @@ fn connect(target: &RedisTarget) -> io::Result<(TcpStream, String)> {
             vec![b"SELECT", database.as_bytes()],
         )?;
     }
-    if matches!(target.servers, RedisServers::Sentinel { .. }) {
-        // Sentinel may name a primary that was just demoted. A user not
-        // allowed ROLE is taken at Sentinel's word: a replica's
-        // READONLY answer sends the connection back to the Sentinels.
+    if primary_only {
         stream.write_all(&resp::command([&b"ROLE"[..]]))?;
         if let Reply::Array(Some(role)) = read_reply(&mut stream, &mut buffer)? {
             if role.first() != Some(&Reply::Bulk(Some(b"master".to_vec()))) {
@@ -337,55 +360,42 @@ fn connect(target: &RedisTarget) -> io::Result<(TcpStream, String)> {
     }
     // A server that stops reading cannot block the writer past STUCK.
     stream.set_write_timeout(Some(STUCK))?;
-    Ok((stream, address))
+    Ok(stream)
 }
 
-/// The primary's `host:port` from the first Sentinel that names it.
-fn ask_sentinels(
-    sentinels: &[String],
+/// The `host:port` a Sentinel names as the primary `master`.
+fn ask_sentinel(
+    sentinel: &str,
     master: &str,
     username: Option<&str>,
     password: Option<&str>,
 ) -> io::Result<String> {
-    let mut failures = Vec::new();
-    for sentinel in sentinels {
-        let asked = open(sentinel).and_then(|(mut stream, mut buffer)| {
-            sign_in(&mut stream, &mut buffer, username, password)?;
-            let question = [
-                &b"SENTINEL"[..],
-                b"get-master-addr-by-name",
-                master.as_bytes(),
-            ];
-            stream.write_all(&resp::command(question))?;
-            match read_reply(&mut stream, &mut buffer)? {
-                Reply::Array(Some(parts)) => match parts.as_slice() {
-                    [Reply::Bulk(Some(host)), Reply::Bulk(Some(port))] => {
-                        let (host, port) =
-                            (String::from_utf8_lossy(host), String::from_utf8_lossy(port));
-                        Ok(if host.contains(':') {
-                            format!("[{host}]:{port}")
-                        } else {
-                            format!("{host}:{port}")
-                        })
-                    }
-                    _ => Err(io::Error::other("an answer that is not host and port")),
-                },
-                Reply::Array(None) | Reply::Bulk(None) => {
-                    Err(io::Error::other(format!("does not know `{master}`")))
-                }
-                Reply::Error(message) => Err(io::Error::other(message)),
-                other => Err(io::Error::other(format!("unexpected reply {other:?}"))),
+    let (mut stream, mut buffer) = open(sentinel)?;
+    sign_in(&mut stream, &mut buffer, username, password)?;
+    let question = [
+        &b"SENTINEL"[..],
+        b"get-master-addr-by-name",
+        master.as_bytes(),
+    ];
+    stream.write_all(&resp::command(question))?;
+    match read_reply(&mut stream, &mut buffer)? {
+        Reply::Array(Some(parts)) => match parts.as_slice() {
+            [Reply::Bulk(Some(host)), Reply::Bulk(Some(port))] => {
+                let (host, port) = (String::from_utf8_lossy(host), String::from_utf8_lossy(port));
+                Ok(if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                })
             }
-        });
-        match asked {
-            Ok(address) => return Ok(address),
-            Err(error) => failures.push(format!("{sentinel}: {error}")),
+            _ => Err(io::Error::other("an answer that is not host and port")),
+        },
+        Reply::Array(None) | Reply::Bulk(None) => {
+            Err(io::Error::other(format!("does not know `{master}`")))
         }
+        Reply::Error(message) => Err(io::Error::other(message)),
+        other => Err(io::Error::other(format!("unexpected reply {other:?}"))),
     }
-    Err(io::Error::other(format!(
-        "no Sentinel named the primary `{master}` ({})",
-        failures.join("; ")
-    )))
 }
 
 /// A connection to `address` with set-up timeouts, and its read buffer.
@@ -460,6 +470,8 @@ fn read_reply(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<Reply>
 enum Served {
     /// The connection failed (`answered`: after at least one reply).
     Failed { answered: bool },
+    /// The server turned out to be a replica (`READONLY`).
+    Demoted,
     /// Nobody can send commands any more.
     Disconnected,
 }
@@ -474,6 +486,8 @@ struct Connection {
     closed: AtomicBool,
     /// A reply came on it.
     answered: AtomicBool,
+    /// The server answered as a replica.
+    demoted: AtomicBool,
 }
 
 /// Writes the commands as they come (each batch in one write) while a
@@ -485,6 +499,7 @@ fn serve(stream: TcpStream, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
         pending: Arc::default(),
         closed: AtomicBool::new(false),
         answered: AtomicBool::new(false),
+        demoted: AtomicBool::new(false),
     });
     let spawn = |name: &str, work: ConnectionWork| {
         let stream = stream.try_clone()?;
@@ -509,8 +524,12 @@ fn serve(stream: TcpStream, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
     let mut waiting = waiting.into_iter();
     let served = loop {
         if connection.closed.load(Ordering::Acquire) {
-            break Served::Failed {
-                answered: connection.answered.load(Ordering::Acquire),
+            break if connection.demoted.load(Ordering::Acquire) {
+                Served::Demoted
+            } else {
+                Served::Failed {
+                    answered: connection.answered.load(Ordering::Acquire),
+                }
             };
         }
         let first = match waiting.next() {
@@ -602,8 +621,14 @@ fn read_replies(mut stream: TcpStream, connection: &Connection) {
                     let reply = buffer[used..used + length].to_vec();
                     used += length;
                     connection.answered.store(true, Ordering::Release);
-                    // A primary demoted to a replica: another one is asked for.
-                    let demoted = reply.starts_with(b"-READONLY");
+                    // A primary demoted to a replica (Redis 7 answers
+                    // `-READONLY …`, Redis 6 an `-ERR` naming it): another
+                    // one is asked for, after the pause of a failed attempt.
+                    let demoted = reply.first() == Some(&b'-')
+                        && reply.windows(8).any(|word| word == b"READONLY");
+                    if demoted {
+                        connection.demoted.store(true, Ordering::Release);
+                    }
                     let next = lock(&connection.pending).pop_front();
                     match next {
                         Some((_, Some(job))) => job.answer(Some(reply)),
@@ -714,8 +739,9 @@ mod tests {
                     let role = if demoted { "slave" } else { "master" };
                     format!("*1\r\n${}\r\n{role}\r\n", role.len()).into_bytes()
                 }
+                // As Redis 6 answers a script's refused write.
                 [_, _] if demoted => {
-                    b"-READONLY You can't write against a read only replica.\r\n".to_vec()
+                    b"-ERR Error running script: -READONLY You can't write against a read only replica.\r\n".to_vec()
                 }
                 [_, n] => {
                     let n: i64 = String::from_utf8_lossy(n).parse().unwrap_or(-1);
@@ -797,8 +823,24 @@ mod tests {
         // the new primary.
         demoted.store(true, Ordering::SeqCst);
         named.store(second, Ordering::SeqCst);
-        assert!(answered(&redis, &mailbox, 2).starts_with(b"-READONLY"));
+        let refused = answered(&redis, &mailbox, 2);
+        assert!(refused.starts_with(b"-ERR Error running script: -READONLY"));
         assert_eq!(answered(&redis, &mailbox, 3), b":3\r\n");
+    }
+
+    #[test]
+    fn a_sentinel_naming_a_replica_is_passed_over_for_the_next() {
+        let replica = primary(&[], Duration::ZERO, Arc::new(AtomicBool::new(true)));
+        let good = server(&[], Duration::ZERO);
+        let redis = sentinel_target(
+            vec![
+                sentinel(Arc::new(AtomicU16::new(replica))),
+                sentinel(Arc::new(AtomicU16::new(good))),
+            ],
+            "gw",
+        );
+        let (mailbox, _) = mailbox();
+        assert_eq!(answered(&redis, &mailbox, 4), b":4\r\n");
     }
 
     #[test]

@@ -689,6 +689,9 @@ impl Throttling {
             return Vec::new();
         }
         let now_ms = plan.now_ms;
+        // Units are worth holding only when every counter of the request
+        // can be admitted from a lease.
+        let leasing = plan.counted().all(|p| self.lease_of(p).is_some());
         let mut asked = Vec::new();
         let checks = plan
             .counted()
@@ -698,10 +701,13 @@ impl Throttling {
                 let key = self.fleet_key(fleet, planned, index);
                 let until_end = window.until_end(now_ms);
                 let sliding = planned.counting.algorithm == Algorithm::Sliding;
-                let lease = self.lease_of(planned).map(|ask| LeaseAsk {
-                    units: leases.ask(&key, ask.units, now_ms + until_end, now_ms),
-                    ..ask
-                });
+                let lease = self
+                    .lease_of(planned)
+                    .filter(|_| leasing)
+                    .map(|ask| LeaseAsk {
+                        units: leases.ask(&key, ask.units, now_ms + until_end, now_ms),
+                        ..ask
+                    });
                 asked.push(lease.map(|lease| lease.units));
                 QuotaCheck {
                     previous_key: sliding
@@ -723,9 +729,9 @@ impl Throttling {
     }
 
     /// Settles what the plan's call asked for: the units granted beyond
-    /// the request's own join `leases` (none when the call failed). Returns
-    /// how many units the store counted for leases.
-    fn settle_leases(&self, plan: &Plan, results: Option<&[OpResult]>, leases: &mut Leases) -> u64 {
+    /// the request's own join `leases`. Returns how many units the store
+    /// counted for leases.
+    fn settle_leases(&self, plan: &Plan, results: &[OpResult], leases: &mut Leases) -> u64 {
         let Some(fleet) = &self.fleet else {
             return 0;
         };
@@ -735,10 +741,10 @@ impl Throttling {
             let Some(want) = *want else {
                 continue;
             };
-            let result = results.and_then(|results| results.get(i));
+            let result = results.get(i);
             // A fixed window's `previous` is the units counted.
             let granted = match result {
-                Some(result) if result.state == State::Done => result.previous,
+                Some(result) if result.state == State::Done => result.previous.min(u64::from(want)),
                 _ => 0,
             };
             counted += granted;
@@ -769,20 +775,25 @@ impl Throttling {
     ) -> Decision {
         let results = match fleet_results(plan, answer, self.dry_run) {
             Ok(results) => results,
-            Err(_) => {
-                self.settle_leases(plan, None, leases);
+            Err(failure) => {
+                // A call that was not run asked for nothing. One whose
+                // answer was lost may have counted its units: they stay
+                // reserved (asked for, never held) until the window ends.
+                if matches!(failure, Failure::Dispatch | Failure::NoScript) {
+                    self.settle_leases(plan, &[], leases);
+                }
                 return self.decide_on_failure(plan, store);
             }
         };
         let mut decision = self.decide_from(plan, results);
-        decision.leased_units = self.settle_leases(plan, Some(results), leases);
+        decision.leased_units = self.settle_leases(plan, results, leases);
         decision
     }
 
     fn decide_from(&self, plan: &Plan, results: &[OpResult]) -> Decision {
         let now_ms = plan.now_ms;
         let mut decision = Decision::new();
-        let mut results = results.iter();
+        let mut results = results.iter().enumerate();
         for step in &plan.steps {
             let planned = match step {
                 PlanStep::Event(index, event) => {
@@ -791,7 +802,7 @@ impl Throttling {
                 }
                 PlanStep::Count(planned) => planned,
             };
-            let Some(result) = results.next() else {
+            let Some((position, result)) = results.next() else {
                 break;
             };
             let index = planned.rule;
@@ -814,9 +825,12 @@ impl Throttling {
                 State::Done => {
                     decision.events.push((index, RuleEvent::Allowed));
                     // Units leased beyond the request's are this worker's to admit.
-                    let leased = match self.lease_of(planned) {
-                        Some(_) => u32::try_from(result.previous.saturating_sub(1)).unwrap_or(0),
-                        None => 0,
+                    let leased = match plan.asked.get(position) {
+                        Some(Some(want)) => {
+                            let granted = result.previous.min(u64::from(*want));
+                            u32::try_from(granted.saturating_sub(1)).unwrap_or(0)
+                        }
+                        _ => 0,
                     };
                     decision.tighten(Quota {
                         limit: counting.limit,

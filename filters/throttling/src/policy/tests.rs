@@ -1173,14 +1173,14 @@ mod fleet {
             worker.request(&mut model, &request("/", t0()));
         }
         assert_eq!(worker.store_calls, 5);
-        // The fixed rule took one lease and tops it up to 10 units, no more.
+        // Nor is the fixed rule beside it: its units could never be used.
         let mut plan = worker.policy.plan(&request("/", t0()));
         let ops = worker.policy.fleet_ops(&mut plan, &mut worker.leases);
         let [Op::Quotas(checks)] = ops.as_slice() else {
             panic!("{ops:?}");
         };
-        assert_eq!(checks[0].lease.map(|l| l.units), Some(1));
-        assert_eq!(checks[1].lease, None);
+        assert_eq!((checks[0].lease, checks[1].lease), (None, None));
+        assert_eq!(worker.leases.counters(), 0);
         // In dry run nothing is leased.
         let mut dry = leasing(json!([rule("all", 1000, "1h")]), 10, 1);
         dry["dry_run"] = json!(true);
@@ -1189,6 +1189,52 @@ mod fleet {
             worker.request(&mut model, &request("/", t0()));
         }
         assert_eq!(worker.store_calls, 3);
+    }
+
+    #[test]
+    fn a_lost_answer_keeps_its_units_reserved_and_a_call_never_made_does_not() {
+        let config = leasing(json!([rule("all", 1000, "1h")]), 10, 1);
+        let mut worker = Worker::new(&config);
+        let host = request("/", t0());
+        let ask = |worker: &mut Worker| {
+            let mut plan = worker.policy.plan(&host);
+            let ops = worker.policy.fleet_ops(&mut plan, &mut worker.leases);
+            let [Op::Quotas(checks)] = ops.as_slice() else {
+                panic!("{ops:?}");
+            };
+            (plan, checks[0].lease.map(|l| l.units))
+        };
+        let store = MemoryStore::new();
+        // Not sent: nothing was counted, the next call asks again.
+        let (plan, asked) = ask(&mut worker);
+        assert_eq!(asked, Some(10));
+        worker
+            .policy
+            .conclude(&plan, &Err(Failure::Dispatch), &store, &mut worker.leases);
+        // No answer: the script may have counted 10; they stay reserved.
+        let (plan, asked) = ask(&mut worker);
+        assert_eq!(asked, Some(10));
+        worker
+            .policy
+            .conclude(&plan, &Err(Failure::NoAnswer), &store, &mut worker.leases);
+        assert_eq!(ask(&mut worker).1, Some(1));
+    }
+
+    #[test]
+    fn a_grant_larger_than_asked_is_not_believed() {
+        let config = leasing(json!([rule("all", 1000, "1h")]), 10, 1);
+        let mut worker = Worker::new(&config);
+        let mut plan = worker.policy.plan(&request("/", t0()));
+        let ops = worker.policy.fleet_ops(&mut plan, &mut worker.leases);
+        let mut model = ScriptModel::new();
+        let mut results = model.run(&ops);
+        results[0].previous = 500;
+        let decision =
+            worker
+                .policy
+                .conclude(&plan, &Ok(results), &MemoryStore::new(), &mut worker.leases);
+        assert_eq!(decision.leased_units, 10);
+        assert_eq!(decision.quota.map(|q| q.remaining), Some(1000 - 10 + 9));
     }
 
     #[test]
