@@ -72,6 +72,11 @@ pub trait CallAnswer {
     fn header(&self, name: &str) -> Option<String>;
     fn body_size(&self) -> usize;
     fn body(&self) -> Vec<u8>;
+    /// The call was never sent (the native module's Redis connection was
+    /// not up): it did not run, where a call with no answer may have.
+    fn not_sent(&self) -> bool {
+        false
+    }
 }
 
 impl FleetCall {

@@ -421,12 +421,12 @@ pub(crate) unsafe fn stream_scheduled(stream: *mut NativeStream, envoy: EnvoyFil
 }
 
 /// A Redis reply as a call's answer: the reply is the body; no status when
-/// none came.
+/// none came, and not sent when the command was never written.
 struct StoreAnswer(redis::Answer);
 
 impl CallAnswer for StoreAnswer {
     fn status(&self) -> Option<u32> {
-        self.0.as_ref().map(|_| 200)
+        matches!(self.0, redis::Answer::Reply(_)).then_some(200)
     }
 
     fn header(&self, _name: &str) -> Option<String> {
@@ -434,11 +434,21 @@ impl CallAnswer for StoreAnswer {
     }
 
     fn body_size(&self) -> usize {
-        self.0.as_ref().map_or(0, Vec::len)
+        match &self.0 {
+            redis::Answer::Reply(reply) => reply.len(),
+            _ => 0,
+        }
     }
 
     fn body(&self) -> Vec<u8> {
-        self.0.clone().unwrap_or_default()
+        match &self.0 {
+            redis::Answer::Reply(reply) => reply.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn not_sent(&self) -> bool {
+        self.0 == redis::Answer::Unsent
     }
 }
 

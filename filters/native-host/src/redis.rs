@@ -40,9 +40,16 @@ const SWEEP: Duration = Duration::from_millis(5);
 /// The most commands written in one go.
 const BATCH: usize = 256;
 
-/// What a command's answer is: the reply's bytes, or `None` (no answer in
-/// time, or no connection).
-pub type Answer = Option<Vec<u8>>;
+/// What a command's answer is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Redis's reply.
+    Reply(Vec<u8>),
+    /// None in time: the command was written, and may have run.
+    Late,
+    /// The command was never written (no connection): it did not run.
+    Unsent,
+}
 
 /// Wakes the mailbox's owner on its thread (commits its scheduler with
 /// [`ANSWERS`]); dropped on the owner's thread when the mailbox closes.
@@ -125,7 +132,7 @@ pub(crate) fn send(
     let connection = connection(target);
     let sent = lock(&connection).send(job);
     if let Err(mpsc::SendError(job)) = sent {
-        job.answer(None);
+        job.answer(Answer::Unsent);
     }
 }
 
@@ -216,7 +223,7 @@ fn run(target: &RedisTarget, jobs: &Receiver<Job>) {
                         waiting.drain(..).partition(|job| job.deadline <= now);
                     waiting = on_time;
                     for job in late {
-                        job.answer(None);
+                        job.answer(Answer::Unsent);
                     }
                 }
                 _ => break Err(io::Error::other("cannot start connecting")),
@@ -224,7 +231,7 @@ fn run(target: &RedisTarget, jobs: &Receiver<Job>) {
         };
         if outcome.is_err() {
             for job in waiting.drain(..) {
-                job.answer(None);
+                job.answer(Answer::Unsent);
             }
         }
         let failure = match outcome {
@@ -274,9 +281,9 @@ fn run(target: &RedisTarget, jobs: &Receiver<Job>) {
 fn answer_at_once(jobs: &Receiver<Job>, wait: Duration) -> bool {
     match jobs.recv_timeout(wait) {
         Ok(job) => {
-            job.answer(None);
+            job.answer(Answer::Unsent);
             for job in jobs.try_iter() {
-                job.answer(None);
+                job.answer(Answer::Unsent);
             }
             true
         }
@@ -514,7 +521,7 @@ fn serve(stream: TcpStream, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
         connection.closed.store(true, Ordering::Release);
         let _ = stream.shutdown(Shutdown::Both);
         for job in waiting {
-            job.answer(None);
+            job.answer(Answer::Unsent);
         }
         return Served::Failed { answered: false };
     };
@@ -545,7 +552,7 @@ fn serve(stream: TcpStream, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
         let more = waiting.by_ref().chain(jobs.try_iter()).take(BATCH - 1);
         for job in std::iter::once(first).chain(more) {
             if job.deadline <= Instant::now() || connection.closed.load(Ordering::Acquire) {
-                job.answer(None);
+                job.answer(Answer::Unsent);
                 continue;
             }
             batch.extend_from_slice(&job.command);
@@ -560,14 +567,14 @@ fn serve(stream: TcpStream, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
     };
     connection.closed.store(true, Ordering::Release);
     for job in waiting {
-        job.answer(None);
+        job.answer(Answer::Unsent);
     }
     let _ = writing.shutdown(Shutdown::Both);
     let _ = reader.join();
     let _ = sweeper.join();
     for (_, job) in lock(&connection.pending).drain(..) {
         if let Some(job) = job {
-            job.answer(None);
+            job.answer(Answer::Late);
         }
     }
     served
@@ -594,7 +601,7 @@ fn sweep(stream: TcpStream, connection: &Connection) {
                 .is_some_and(|(deadline, _)| now.duration_since(*deadline) >= STUCK)
         };
         for job in expired {
-            job.answer(None);
+            job.answer(Answer::Late);
         }
         if stuck {
             connection.closed.store(true, Ordering::Release);
@@ -631,7 +638,7 @@ fn read_replies(mut stream: TcpStream, connection: &Connection) {
                     }
                     let next = lock(&connection.pending).pop_front();
                     match next {
-                        Some((_, Some(job))) => job.answer(Some(reply)),
+                        Some((_, Some(job))) => job.answer(Answer::Reply(reply)),
                         // Its command was answered already (timed out).
                         Some((_, None)) => {}
                         // A reply to no command: the connection is confused.
@@ -794,7 +801,7 @@ mod tests {
         loop {
             let token = u32::try_from(n).expect("token");
             send(redis, get(n), Duration::from_secs(1), mailbox, token);
-            if let Some(reply) = answers(mailbox, 1).remove(&token).flatten() {
+            if let Some(Answer::Reply(reply)) = answers(mailbox, 1).remove(&token) {
                 return reply;
             }
             assert!(Instant::now() < deadline, "GET {n} never answered");
@@ -855,7 +862,9 @@ mod tests {
             for token in 0..3 {
                 send(&redis, get(1), Duration::from_secs(2), &mailbox, token);
             }
-            assert!(answers(&mailbox, 3).values().all(Option::is_none));
+            assert!(answers(&mailbox, 3)
+                .values()
+                .all(|answer| *answer == Answer::Unsent));
         }
     }
 
@@ -881,7 +890,7 @@ mod tests {
         });
         let got = answers(&mailbox, 200);
         for (token, answer) in got {
-            assert_eq!(answer, Some(format!(":{token}\r\n").into_bytes()));
+            assert_eq!(answer, Answer::Reply(format!(":{token}\r\n").into_bytes()));
         }
         assert_eq!(wakes.load(Ordering::SeqCst), 200, "woken once per answer");
     }
@@ -893,14 +902,14 @@ mod tests {
         send(&redis, get(1), Duration::from_millis(50), &mailbox, 1);
         let started = Instant::now();
         let first = answers(&mailbox, 1);
-        assert_eq!(first[&1], None, "past its timeout");
+        assert_eq!(first[&1], Answer::Late, "past its timeout");
         assert!(
             started.elapsed() < Duration::from_millis(250),
             "{:?}",
             started.elapsed()
         );
         send(&redis, get(2), Duration::from_secs(5), &mailbox, 2);
-        assert_eq!(answers(&mailbox, 1)[&2], Some(b":2\r\n".to_vec()));
+        assert_eq!(answers(&mailbox, 1)[&2], Answer::Reply(b":2\r\n".to_vec()));
     }
 
     #[test]
@@ -924,7 +933,7 @@ mod tests {
             let sent = Instant::now();
             send(&redis, get(1), Duration::from_millis(100), &mailbox, token);
             let got = answers(&mailbox, 1);
-            assert_eq!(got[&token], None);
+            assert_ne!(got[&token], Answer::Reply(b":1\r\n".to_vec()));
             assert!(
                 sent.elapsed() < Duration::from_millis(600),
                 "command {token} waited {:?}",
@@ -944,7 +953,10 @@ mod tests {
             send(&redis, get(1), Duration::from_secs(5), &mailbox, token);
         }
         let got = answers(&mailbox, 5);
-        assert!(got.values().all(Option::is_none));
+        assert!(
+            got.values().all(|answer| *answer == Answer::Unsent),
+            "never written"
+        );
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "{:?}",

@@ -776,9 +776,11 @@ impl Throttling {
         let results = match fleet_results(plan, answer, self.dry_run) {
             Ok(results) => results,
             Err(failure) => {
-                // A call that was not run asked for nothing. One whose
-                // answer was lost may have counted its units: they stay
-                // reserved (asked for, never held) until the window ends.
+                // A call that was not run (never sent, or the script not
+                // loaded) asked for nothing. One whose answer was lost may
+                // have counted its units: they stay reserved (asked for,
+                // never held) until the window ends. An HTTP status does
+                // not tell (Envoy answers 503 for a reset after sending).
                 if matches!(failure, Failure::Dispatch | Failure::NoScript) {
                     self.settle_leases(plan, &[], leases);
                 }

@@ -125,6 +125,7 @@ fn read_answer(store: &Store, answer: &dyn CallAnswer, id: &str, expected: usize
         Err(Failure::BadReply(format!("{body_size} bytes")))
     } else if matches!(store.target, Target::Redis(_)) {
         return match answer.status() {
+            None if answer.not_sent() => Err(Failure::Dispatch),
             None => Err(Failure::NoAnswer),
             Some(_) => parse_resp_reply(&answer.body(), id, expected),
         };
