@@ -88,15 +88,21 @@ impl FleetStore {
     /// How many times Redis ran `command` (lower case: `evalsha`), from
     /// `INFO commandstats`.
     pub fn command_calls(&self, command: &str) -> u64 {
-        let Reply::Bulk(Some(info)) = self.command(&["INFO", "commandstats"]) else {
-            panic!("INFO commandstats");
-        };
-        let prefix = format!("cmdstat_{command}:calls=");
-        info.lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|calls| calls.parse().ok())
-            .unwrap_or(0)
+        info_field(
+            self.redis_port,
+            "commandstats",
+            &format!("cmdstat_{command}"),
+        )
+        .as_deref()
+        .and_then(|stats| stats.strip_prefix("calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+    }
+
+    /// How many times Redis ran the filters' script (`EVALSHA` and `EVAL`).
+    pub fn script_calls(&self) -> u64 {
+        self.command_calls("evalsha") + self.command_calls("eval")
     }
 
     /// Starts Redis (again) on its port, empty.
@@ -237,30 +243,26 @@ impl Drop for FleetStore {
 /// connection signs in as [`DIRECT_USER`], which may run the filters' two
 /// commands (and the script's) on their keys.
 fn start_redis_server(port: u16, dir: &Path, extra: &[&str]) -> Child {
-    let mut child = Command::new(binary(
-        "REDIS_SERVER_BIN",
-        "/usr/bin/redis-server",
-        "redis-server",
-    ))
-    .args(["--bind", "127.0.0.1", "--port"])
-    .arg(port.to_string())
-    .args(["--save", "", "--appendonly", "no", "--dir"])
-    .arg(dir)
-    .args(["--user", DIRECT_USER, "on"])
-    .arg(format!(">{DIRECT_PASSWORD}"))
-    .args(["~gw:*", "+evalsha", "+eval"])
-    // What the script runs (Redis checks a script's own calls too).
-    .args([
-        "+get", "+set", "+incr", "+incrby", "+pexpire", "+hmget", "+hset",
-        // With Sentinel, the server connected to is checked to be a primary.
-        "+role",
-    ])
-    .args(extra)
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap_or_else(|e| panic!("start redis-server: {e}"));
+    let mut child = Command::new(redis_server())
+        .args(["--bind", "127.0.0.1", "--port"])
+        .arg(port.to_string())
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir)
+        .args(["--user", DIRECT_USER, "on"])
+        .arg(format!(">{DIRECT_PASSWORD}"))
+        .args(["~gw:*", "+evalsha", "+eval"])
+        // What the script runs (Redis checks a script's own calls too).
+        .args([
+            "+get", "+set", "+incr", "+incrby", "+pexpire", "+hmget", "+hset",
+            // With Sentinel, the server connected to is checked to be a primary.
+            "+role",
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start redis-server: {e}"));
     let deadline = Instant::now() + START_TIMEOUT;
     while command_at(port, &["PING"]).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
@@ -270,6 +272,11 @@ fn start_redis_server(port: u16, dir: &Path, extra: &[&str]) -> Child {
         thread::sleep(Duration::from_millis(20));
     }
     child
+}
+
+/// Debian's `redis-server` (also Sentinel, with `--sentinel`).
+fn redis_server() -> std::path::PathBuf {
+    binary("REDIS_SERVER_BIN", "/usr/bin/redis-server", "redis-server")
 }
 
 /// A Redis command's reply from the server (or Sentinel) on `port`.
@@ -349,18 +356,14 @@ impl ReplicatedStore {
                 dir = store.dir.path().display()
             );
             fs::write(&path, config).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            let child = Command::new(binary(
-                "REDIS_SERVER_BIN",
-                "/usr/bin/redis-server",
-                "redis-server",
-            ))
-            .arg(&path)
-            .arg("--sentinel")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start redis-server --sentinel: {e}"));
+            let child = Command::new(redis_server())
+                .arg(&path)
+                .arg("--sentinel")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("start redis-server --sentinel: {e}"));
             store.sentinels.push(child);
             store.sentinel_ports.push(port);
         }

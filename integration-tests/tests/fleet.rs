@@ -320,11 +320,6 @@ fn counter(store: &FleetStore, pattern: &str) -> u64 {
     }
 }
 
-/// Redis's script calls so far (`EVALSHA` and `EVAL`).
-fn script_calls(store: &FleetStore) -> u64 {
-    store.command_calls("evalsha") + store.command_calls("eval")
-}
-
 #[test]
 fn a_leased_quota_storm_never_passes_the_limit_and_reaches_it_exactly() {
     let store = start_store();
@@ -368,11 +363,11 @@ fn a_trickle_far_from_its_limit_calls_the_store_once_per_lease() {
     let rules = json!([{"name": "all", "limit": 100_000, "window": "1h"}]);
     let lease = json!({"failure_mode": "deny", "lease": {"units": 20, "holders": 16}});
     let envoys = fleet(1, &[throttling(rules, lease)], &upstream, &store);
-    let before = script_calls(&store);
+    let before = store.script_calls();
     for _ in 0..100 {
         assert_eq!(get(&envoys[0], "/", &[]).status, 200);
     }
-    let calls = script_calls(&store) - before;
+    let calls = store.script_calls() - before;
     // One call per 20 requests on each of the two workers, the script
     // loaded once (NOSCRIPT, then EVAL), and a partly used lease each.
     assert!(
@@ -400,8 +395,7 @@ fn per_app_quotas_and_nonces_of_a_request_travel_in_one_call_in_the_module() {
         throttling(rules, json!({"failure_mode": "deny"})),
     ];
     let envoys = fleet(2, &filters, &upstream, &store);
-    let redis_calls = || store.command_calls("evalsha") + store.command_calls("eval");
-    let before = redis_calls();
+    let before = store.script_calls();
     let mut outcomes = Vec::new();
     for i in 0..5 {
         let request = signed("/orders/1");
@@ -414,7 +408,7 @@ fn per_app_quotas_and_nonces_of_a_request_travel_in_one_call_in_the_module() {
     let again = get(&envoys[1], "/orders/1", &pairs(&replayed));
     assert_eq!((first.status, again.status), (429, 400));
     let calls: u64 = if direct() {
-        redis_calls() - before
+        store.script_calls() - before
     } else {
         envoys
             .iter()

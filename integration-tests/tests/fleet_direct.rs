@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 const WORKERS: u32 = 2;
 const APP: (&str, &str) = ("203751", "fleet-secret");
+/// How long a test waits for the store (or its connection) to come back.
+const BACK: Duration = Duration::from_secs(5);
 
 /// The store of every test: Redis itself, a timeout long enough for a
 /// loaded 2-core machine.
@@ -182,11 +184,11 @@ fn redis_down_or_frozen_is_answered_by_the_failure_mode_and_the_connection_comes
     // Back: the connection is made again by itself, and counts are exact
     // (the first call counted, 4 in all).
     redis.start_redis();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(envoy, "/", &[]).status != 200 {
-        assert!(Instant::now() < deadline, "not back: {}", envoy.log());
-        thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        envoy.wait_for(BACK, |e| get(e, "/", &[]).status == 200),
+        "not back: {}",
+        envoy.log()
+    );
     let back: Vec<u16> = (0..4).map(|_| get(envoy, "/", &[]).status).collect();
     assert_eq!(back, [200, 200, 200, 429], "Redis started empty: 4 in all");
 
@@ -211,11 +213,11 @@ fn redis_down_or_frozen_is_answered_by_the_failure_mode_and_the_connection_comes
     );
     assert!(failures(envoy) >= 10);
     // Thawed: answered again (the connection kept or made again).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(envoy, "/", &[]).status != 429 {
-        assert!(Instant::now() < deadline, "not back: {}", envoy.log());
-        thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        envoy.wait_for(BACK, |e| get(e, "/", &[]).status == 429),
+        "not back: {}",
+        envoy.log()
+    );
 }
 
 #[test]
@@ -263,17 +265,12 @@ fn fleet_breakers_share_their_state_on_the_direct_connection() {
     for envoy in [&envoys[0], &envoys[1], &envoys[0], &envoys[1]] {
         assert_eq!(get(envoy, "/", &[]).status, 500);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while envoys
-        .iter()
-        .any(|e| stat(e, "circuit_breaker", "api.state") != 1)
-    {
+    for envoy in &envoys {
         assert!(
-            Instant::now() < deadline,
+            envoy.wait_for(BACK, |e| stat(e, "circuit_breaker", "api.state") == 1),
             "the breaker is open on every Envoy: {}",
-            envoys[1].log()
+            envoy.log()
         );
-        thread::sleep(Duration::from_millis(20));
     }
     for envoy in &envoys {
         let refused = get(envoy, "/", &[]);
@@ -464,25 +461,25 @@ fn leases_go_on_after_redis_was_down_since_unsent_commands_ran_nowhere() {
     redis.stop_redis();
     // Once the connection is known lost, commands are not written at all
     // (one written just before would have no answer, and keep its ask).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !envoy.log().contains("cannot use Redis at") {
-        assert!(Instant::now() < deadline, "{}", envoy.log());
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        envoy.wait_for(BACK, |e| e.log().contains("cannot use Redis at")),
+        "{}",
+        envoy.log()
+    );
     let down: Vec<u16> = (0..6).map(|_| get(envoy, "/", &[]).status).collect();
     assert!(down.contains(&503), "{down:?}");
     redis.start_redis();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !envoy.log().contains("connected to Redis at") {
-        assert!(Instant::now() < deadline, "not back: {}", envoy.log());
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        envoy.wait_for(BACK, |e| e.log().contains("connected to Redis at")),
+        "not back: {}",
+        envoy.log()
+    );
     let leased = stat(envoy, "throttling", "fleet.leased");
-    let before = redis.command_calls("evalsha") + redis.command_calls("eval");
+    let before = redis.script_calls();
     for _ in 0..40 {
         assert_eq!(get(envoy, "/", &[]).status, 200);
     }
-    let calls = redis.command_calls("evalsha") + redis.command_calls("eval") - before;
+    let calls = redis.script_calls() - before;
     // Two workers, 10 units a call, the script loaded again once.
     assert!(calls <= 4 + 2 + 2, "{calls} store calls for 40 requests");
     assert!(stat(envoy, "throttling", "fleet.leased") - leased >= 32);

@@ -374,8 +374,27 @@ pub struct Plan {
     /// A malformed `X-Forwarded-For` met at that rule: everything counted
     /// before it is given back and the request refused.
     stop: Option<Verdict>,
-    /// The units each counter's store call asked for, when leased.
-    asked: Vec<Option<u32>>,
+    /// What each counter's store call asked for, when leased.
+    asked: Vec<Option<Asked>>,
+}
+
+/// A lease asked for a counter: its key in the store and the units asked
+/// (the request's included).
+#[derive(Debug, Clone)]
+struct Asked {
+    key: String,
+    units: u32,
+}
+
+impl Asked {
+    /// The units the store counted for it: a fixed window's `previous`,
+    /// never more than asked.
+    fn granted(&self, result: &OpResult) -> u64 {
+        match result.state {
+            State::Done => result.previous.min(u64::from(self.units)),
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -645,12 +664,18 @@ impl Throttling {
         fleet.lease.filter(|_| fixed && !self.dry_run)
     }
 
+    /// Whether every counter of the plan can be leased: units are worth
+    /// holding only when the request can be admitted from leases alone.
+    fn leasable(&self, plan: &Plan) -> bool {
+        plan.counted().all(|p| self.lease_of(p).is_some())
+    }
+
     /// Admits the request from this worker's leases, without a store call,
     /// when every counter of the plan has a unit left; `None` otherwise
     /// (nothing is taken).
     pub fn admit_leased(&self, plan: &Plan, leases: &mut Leases) -> Option<Decision> {
         let fleet = self.fleet.as_ref()?;
-        if !plan.counts() || plan.counted().any(|p| self.lease_of(p).is_none()) {
+        if !plan.counts() || !self.leasable(plan) {
             return None;
         }
         let now_ms = plan.now_ms;
@@ -689,9 +714,7 @@ impl Throttling {
             return Vec::new();
         }
         let now_ms = plan.now_ms;
-        // Units are worth holding only when every counter of the request
-        // can be admitted from a lease.
-        let leasing = plan.counted().all(|p| self.lease_of(p).is_some());
+        let leasing = self.leasable(plan);
         let mut asked = Vec::new();
         let checks = plan
             .counted()
@@ -708,7 +731,10 @@ impl Throttling {
                         units: leases.ask(&key, ask.units, now_ms + until_end, now_ms),
                         ..ask
                     });
-                asked.push(lease.map(|lease| lease.units));
+                asked.push(lease.map(|lease| Asked {
+                    key: key.clone(),
+                    units: lease.units,
+                }));
                 QuotaCheck {
                     previous_key: sliding
                         .then(|| self.fleet_key(fleet, planned, index.wrapping_sub(1))),
@@ -731,33 +757,24 @@ impl Throttling {
     /// Settles what the plan's call asked for: the units granted beyond
     /// the request's own join `leases`. Returns how many units the store
     /// counted for leases.
-    fn settle_leases(&self, plan: &Plan, results: &[OpResult], leases: &mut Leases) -> u64 {
-        let Some(fleet) = &self.fleet else {
-            return 0;
-        };
-        let now_ms = plan.now_ms;
+    fn settle_leases(plan: &Plan, results: &[OpResult], leases: &mut Leases) -> u64 {
         let mut counted = 0;
-        for (i, (planned, want)) in plan.counted().zip(&plan.asked).enumerate() {
-            let Some(want) = *want else {
+        for (i, (planned, asked)) in plan.counted().zip(&plan.asked).enumerate() {
+            let Some(asked) = asked else {
                 continue;
             };
             let result = results.get(i);
-            // A fixed window's `previous` is the units counted.
-            let granted = match result {
-                Some(result) if result.state == State::Done => result.previous.min(u64::from(want)),
-                _ => 0,
-            };
+            let granted = result.map_or(0, |result| asked.granted(result));
             counted += granted;
             let left = result.map_or(0, |result| {
                 u64::from(planned.counting.limit).saturating_sub(result.current)
             });
-            let key = self.fleet_key(fleet, planned, planned.counting.window.index(now_ms));
             leases.answered(
-                &key,
-                want,
+                &asked.key,
+                asked.units,
                 u32::try_from(granted).unwrap_or(0),
                 u32::try_from(left).unwrap_or(u32::MAX),
-                now_ms,
+                plan.now_ms,
             );
         }
         counted
@@ -782,13 +799,13 @@ impl Throttling {
                 // never held) until the window ends. An HTTP status does
                 // not tell (Envoy answers 503 for a reset after sending).
                 if matches!(failure, Failure::Dispatch | Failure::NoScript) {
-                    self.settle_leases(plan, &[], leases);
+                    Self::settle_leases(plan, &[], leases);
                 }
                 return self.decide_on_failure(plan, store);
             }
         };
         let mut decision = self.decide_from(plan, results);
-        decision.leased_units = self.settle_leases(plan, results, leases);
+        decision.leased_units = Self::settle_leases(plan, results, leases);
         decision
     }
 
@@ -828,9 +845,8 @@ impl Throttling {
                     decision.events.push((index, RuleEvent::Allowed));
                     // Units leased beyond the request's are this worker's to admit.
                     let leased = match plan.asked.get(position) {
-                        Some(Some(want)) => {
-                            let granted = result.previous.min(u64::from(*want));
-                            u32::try_from(granted.saturating_sub(1)).unwrap_or(0)
+                        Some(Some(asked)) => {
+                            u32::try_from(asked.granted(result).saturating_sub(1)).unwrap_or(0)
                         }
                         _ => 0,
                     };

@@ -159,9 +159,8 @@ impl ThrottlingSteps {
         &mut self,
         stream: &mut dyn Stream,
         store: &Arc<Store>,
-        plan: Plan,
+        mut plan: Plan,
     ) -> Verdict {
-        let mut plan = plan;
         let ops = self
             .compiled
             .policy
