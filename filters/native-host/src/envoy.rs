@@ -368,12 +368,12 @@ unsafe fn callout(
 pub struct StreamScheduler(FilterSchedulerPtr);
 
 /// The scheduler event of a wake or a tick (other events: see
-/// `redis::ANSWERS`).
+/// `mailbox::ANSWERS`).
 pub const WAKE: u64 = 0;
 
 // SAFETY: Envoy allows a commit from any thread; the owner deletes it (the
 // drop) on the stream's worker, after no other thread can commit it (see
-// `redis::Mailbox::close`).
+// `mailbox::Mailbox::close`).
 unsafe impl Send for StreamScheduler {}
 unsafe impl Sync for StreamScheduler {}
 

@@ -5,7 +5,7 @@
 
 use crate::abi::header_type;
 use crate::envoy::{self, EnvoyAnswer, EnvoyFilter, OwnedAnswer, StreamScheduler};
-use crate::redis::{self, Mailbox};
+use crate::mailbox::{self, Mailbox};
 use crate::request::{After, NativeRequest, Reply};
 use crate::root::{self, take_token, with_root, Config};
 use crate::{Module, ModuleRequest};
@@ -389,12 +389,12 @@ unsafe fn stream_answer(
 }
 
 /// Another stream woke this one (`envoy::WAKE`), or answers of its Redis
-/// commands are in (`redis::ANSWERS`).
+/// commands are in (`mailbox::ANSWERS`).
 ///
 /// # Safety
 /// As [`with_stream`].
 pub(crate) unsafe fn stream_scheduled(stream: *mut NativeStream, envoy: EnvoyFilter, event: u64) {
-    if event == redis::ANSWERS {
+    if event == mailbox::ANSWERS {
         // One answer per wake: concluding may end the stream (and free it).
         let ran = with_stream(stream, |stream| {
             if stream.completed {
@@ -422,11 +422,11 @@ pub(crate) unsafe fn stream_scheduled(stream: *mut NativeStream, envoy: EnvoyFil
 
 /// A Redis reply as a call's answer: the reply is the body; no status when
 /// none came, and not sent when the command was never written.
-struct StoreAnswer(redis::Answer);
+struct StoreAnswer(mailbox::Answer);
 
 impl CallAnswer for StoreAnswer {
     fn status(&self) -> Option<u32> {
-        matches!(self.0, redis::Answer::Reply(_)).then_some(200)
+        matches!(self.0, mailbox::Answer::Reply(_)).then_some(200)
     }
 
     fn header(&self, _name: &str) -> Option<String> {
@@ -435,20 +435,20 @@ impl CallAnswer for StoreAnswer {
 
     fn body_size(&self) -> usize {
         match &self.0 {
-            redis::Answer::Reply(reply) => reply.len(),
+            mailbox::Answer::Reply(reply) => reply.len(),
             _ => 0,
         }
     }
 
     fn body(&self) -> Vec<u8> {
         match &self.0 {
-            redis::Answer::Reply(reply) => reply.clone(),
+            mailbox::Answer::Reply(reply) => reply.clone(),
             _ => Vec::new(),
         }
     }
 
     fn not_sent(&self) -> bool {
-        self.0 == redis::Answer::Unsent
+        self.0 == mailbox::Answer::Unsent
     }
 }
 
@@ -526,9 +526,9 @@ fn config_answer(config: &Config, callout: u64, answer: &dyn CallAnswer) {
 }
 
 /// The timer's tick (`envoy::WAKE`), or answers of the main root's Redis
-/// commands (`redis::ANSWERS`).
+/// commands (`mailbox::ANSWERS`).
 pub(crate) fn config_scheduled(config: &Config, event: u64) {
-    if event == redis::ANSWERS {
+    if event == mailbox::ANSWERS {
         let answers = config.mailbox.as_ref().map(|mailbox| mailbox.take());
         for (token, answer) in answers.unwrap_or_default() {
             let answer = StoreAnswer(answer);

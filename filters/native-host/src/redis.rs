@@ -9,6 +9,7 @@
 //! no answer (its policy applies its failure mode without waiting), and the
 //! connection is tried again after a growing pause.
 
+use crate::mailbox::{Answer, Mailbox};
 use gateway_common::fleet::resp::{self, Reply};
 use gateway_common::fleet::{RedisServers, RedisTarget};
 use gateway_common::sync::lock;
@@ -20,9 +21,6 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
-
-/// The scheduler event of a mailbox with answers (0: a wake or a tick).
-pub const ANSWERS: u64 = 1;
 
 /// How long connecting (and signing in) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -39,80 +37,6 @@ const STUCK: Duration = Duration::from_secs(1);
 const SWEEP: Duration = Duration::from_millis(5);
 /// The most commands written in one go.
 const BATCH: usize = 256;
-
-/// What a command's answer is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    /// Redis's reply.
-    Reply(Vec<u8>),
-    /// None in time: the command was written, and may have run.
-    Late,
-    /// The command was never written (no connection): it did not run.
-    Unsent,
-}
-
-/// Wakes the mailbox's owner on its thread (commits its scheduler with
-/// [`ANSWERS`]); dropped on the owner's thread when the mailbox closes.
-pub(crate) type Waker = Box<dyn Fn() + Send + Sync>;
-
-/// The answers of one stream's (or one configuration's) commands, and how
-/// to wake its thread. Closed when its owner ends: later answers are
-/// dropped, and no scheduler is used after its owner deleted it.
-pub(crate) struct Mailbox(Mutex<MailboxState>);
-
-struct MailboxState {
-    waker: Option<Waker>,
-    answers: Vec<(u32, Answer)>,
-}
-
-impl Mailbox {
-    pub fn new(waker: Waker) -> Arc<Self> {
-        Arc::new(Self(Mutex::new(MailboxState {
-            waker: Some(waker),
-            answers: Vec::new(),
-        })))
-    }
-
-    fn deliver(&self, token: u32, answer: Answer) {
-        let mut state = lock(&self.0);
-        if state.waker.is_some() {
-            state.answers.push((token, answer));
-        }
-        if let Some(waker) = &state.waker {
-            waker();
-        }
-    }
-
-    /// The answers in, oldest first.
-    pub fn take(&self) -> Vec<(u32, Answer)> {
-        std::mem::take(&mut lock(&self.0).answers)
-    }
-
-    /// The oldest answer in; when more are in, the owner is woken again
-    /// for them (a stream handles one answer per wake: what it does with
-    /// one may end it).
-    pub fn take_one(&self) -> Option<(u32, Answer)> {
-        let mut state = lock(&self.0);
-        if state.answers.is_empty() {
-            return None;
-        }
-        let first = state.answers.remove(0);
-        if let (false, Some(waker)) = (state.answers.is_empty(), &state.waker) {
-            waker();
-        }
-        Some(first)
-    }
-
-    /// No more answers; the waker is dropped here, on the owner's thread.
-    pub fn close(&self) {
-        let waker = {
-            let mut state = lock(&self.0);
-            state.answers.clear();
-            state.waker.take()
-        };
-        drop(waker);
-    }
-}
 
 /// Sends `command` to `target`'s connection; its answer reaches `mailbox`
 /// with `token`, within `timeout`.
@@ -661,6 +585,7 @@ fn read_replies(mut stream: TcpStream, connection: &Connection) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mailbox::Waker;
     use std::net::TcpListener;
     use std::sync::atomic::{AtomicU16, AtomicUsize};
 

@@ -4,7 +4,8 @@
 use crate::abi::{attribute, header_type};
 use crate::envoy::{Direction, EnvoyAnswer, EnvoyFilter, OwnedAnswer};
 use crate::host;
-use crate::redis::{self, Mailbox};
+use crate::mailbox::{self, Mailbox};
+use crate::redis;
 use crate::root::{next_token, Config};
 use gateway_common::fleet::RedisTarget;
 use gateway_common::host::Host;
@@ -176,7 +177,7 @@ impl Caller for NativeRequest<'_> {
                 .scheduler()
                 .ok_or(CallNotMade)?;
             *self.mailbox = Some(Mailbox::new(Box::new(move || {
-                scheduler.commit(redis::ANSWERS)
+                scheduler.commit(mailbox::ANSWERS)
             })));
         }
         let mailbox = self.mailbox.as_ref().ok_or(CallNotMade)?;

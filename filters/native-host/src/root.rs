@@ -5,7 +5,8 @@
 
 use crate::envoy::{self, ConfigScheduler, EnvoyConfig, MetricKind};
 use crate::host::{self, MODULE};
-use crate::redis::{self, Mailbox};
+use crate::mailbox::{self, Mailbox};
+use crate::redis;
 use crate::ModuleRoot;
 use gateway_common::fleet::RedisTarget;
 use gateway_common::hosting::{Caller, RootHost};
@@ -384,7 +385,7 @@ pub(crate) fn config_new(envoy: EnvoyConfig, configuration: &[u8]) -> Option<Box
         .and_then(|period| Ticker::start(envoy, period));
     let mailbox = ticker.as_ref().map(|ticker| {
         let scheduler = Arc::clone(&ticker.scheduler);
-        Mailbox::new(Box::new(move || scheduler.commit(redis::ANSWERS)))
+        Mailbox::new(Box::new(move || scheduler.commit(mailbox::ANSWERS)))
     });
     ROOTS.with(|roots| {
         roots.borrow_mut().push(Root {
