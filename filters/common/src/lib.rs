@@ -15,6 +15,7 @@ pub mod host;
 pub mod hosting;
 pub mod identity;
 pub mod ipset;
+pub mod kafka;
 pub mod key;
 pub mod matching;
 pub mod metrics;

@@ -52,9 +52,16 @@ pub struct LogPushConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
-    /// The Envoy cluster the batches are sent to.
-    pub cluster: String,
+    /// The Envoy cluster the batches are sent to (every format but `kafka`).
+    #[serde(default)]
+    pub cluster: Option<String>,
     pub format: Format,
+    /// `kafka`: the brokers asked for the topic's metadata (`host:port`).
+    #[serde(default)]
+    pub brokers: Vec<String>,
+    /// `kafka`: how record batches are compressed (`none` or `gzip`).
+    #[serde(default)]
+    pub compression: Option<gateway_common::kafka::Compression>,
     /// The request path; each format has a default.
     #[serde(default)]
     pub path: Option<String>,
@@ -72,10 +79,10 @@ pub struct SinkConfig {
     /// Elasticsearch/OpenSearch: the index or data stream.
     #[serde(default)]
     pub index: Option<String>,
-    /// Kafka REST Proxy: the topic.
+    /// Kafka (and its REST Proxy): the topic.
     #[serde(default)]
     pub topic: Option<String>,
-    /// Kafka REST Proxy: the record field used as the message key.
+    /// Kafka (and its REST Proxy): the record field used as the message key.
     #[serde(default)]
     pub key_field: Option<String>,
     /// Loki: static stream labels.
@@ -290,7 +297,7 @@ impl LogPush {
     }
 
     pub fn timeout_ms(&self) -> u64 {
-        u64::try_from(self.sink.upstream.timeout.as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.sink.timeout().as_millis()).unwrap_or(u64::MAX)
     }
 
     pub fn uses_route_name(&self) -> bool {

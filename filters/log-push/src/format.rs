@@ -13,10 +13,14 @@
 //!   `application/vnd.kafka.json.v2+json` records.
 //! - `otlp`: OpenTelemetry logs over OTLP/HTTP with JSON encoding
 //!   (`/v1/logs`), one log record per call.
+//! - `kafka`: Kafka itself, through the native module's own idempotent
+//!   producer: each record a message (the JSON record as the value, as
+//!   `kafka_rest` writes it), not an HTTP request.
 
 use crate::config::SinkConfig;
 use crate::record::{write_json_str, Field, FieldValue, Layout, Record, TimeStyle};
 use gateway_common::config::{is_header_name, ConfigError};
+use gateway_common::kafka::{KafkaRecord, KafkaTarget};
 use gateway_common::upstream::{Upstream, UpstreamFields, UpstreamKind};
 use serde::Deserialize;
 use std::io::Write;
@@ -30,6 +34,7 @@ pub enum Format {
     Loki,
     KafkaRest,
     Otlp,
+    Kafka,
 }
 
 impl Format {
@@ -41,6 +46,7 @@ impl Format {
             Format::Loki => "loki",
             Format::KafkaRest => "kafka_rest",
             Format::Otlp => "otlp",
+            Format::Kafka => "kafka",
         }
     }
 }
@@ -56,13 +62,24 @@ const SINK: UpstreamKind = UpstreamKind {
     max_timeout_ms: 3_600_000,
 };
 
+/// Where a sink's batches go.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// An Envoy cluster, called over HTTP; with every request header but
+    /// the pseudo-headers, content type included.
+    Http {
+        upstream: Upstream,
+        headers: Vec<(String, String)>,
+    },
+    /// Kafka, produced to by the native module itself.
+    Kafka(KafkaTarget),
+}
+
 /// A compiled sink: where batches go and how they are written.
 #[derive(Debug, Clone)]
 pub struct Sink {
     pub format: Format,
-    pub upstream: Upstream,
-    /// Every request header but the pseudo-headers, content type included.
-    pub headers: Vec<(String, String)>,
+    pub destination: Destination,
     index: String,
     key_field: Option<Field>,
     labels: Vec<(String, String)>,
@@ -96,70 +113,6 @@ fn query_encode(text: &str) -> String {
 impl Sink {
     pub fn compile(config: &SinkConfig) -> Result<Self, ConfigError> {
         let format = config.format;
-        let mut index = String::new();
-        let default_path = match format {
-            Format::Clickhouse => {
-                let table = required(&config.table, "table", format)?;
-                if !table
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
-                {
-                    return Err(ConfigError::new(
-                        "table",
-                        format!("`{table}` is not a table name"),
-                    ));
-                }
-                format!(
-                    "/?query={}&input_format_skip_unknown_fields=1",
-                    query_encode(&format!("INSERT INTO {table} FORMAT JSONEachRow"))
-                )
-            }
-            Format::Ndjson => required(&config.path, "path", format)?.to_string(),
-            Format::Elasticsearch => {
-                index = required(&config.index, "index", format)?.to_string();
-                "/_bulk".to_string()
-            }
-            Format::Loki => "/loki/api/v1/push".to_string(),
-            Format::KafkaRest => {
-                let topic = required(&config.topic, "topic", format)?;
-                format!("/topics/{}", query_encode(topic))
-            }
-            Format::Otlp => "/v1/logs".to_string(),
-        };
-        let upstream = Upstream::compile(
-            UpstreamFields {
-                cluster: &config.cluster,
-                authority: config.authority.as_deref(),
-                path: Some(config.path.as_deref().unwrap_or(&default_path)),
-                timeout_ms: config.timeout_ms,
-            },
-            SINK,
-        )?;
-        let content_type = match format {
-            Format::Clickhouse | Format::Ndjson | Format::Elasticsearch => "application/x-ndjson",
-            Format::KafkaRest => "application/vnd.kafka.json.v2+json",
-            Format::Loki | Format::Otlp => "application/json",
-        };
-        let mut headers = vec![("content-type".to_string(), content_type.to_string())];
-        if format == Format::KafkaRest {
-            headers.push(("accept".into(), "application/vnd.kafka.v2+json".into()));
-        }
-        for (name, value) in &config.headers {
-            if !is_header_name(name) {
-                return Err(ConfigError::new(
-                    "headers",
-                    format!("`{name}` is not a header name"),
-                ));
-            }
-            if value.chars().any(char::is_control) {
-                return Err(ConfigError::new(
-                    format!("headers.{name}"),
-                    "must not contain control characters",
-                ));
-            }
-            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-            headers.push((name.to_ascii_lowercase(), value.clone()));
-        }
         let key_field = config
             .key_field
             .as_deref()
@@ -169,11 +122,15 @@ impl Sink {
         for (i, name) in config.label_fields.iter().enumerate() {
             label_fields.push(field_named(name, &format!("label_fields[{i}]"))?);
         }
+        let destination = if format == Format::Kafka {
+            Destination::Kafka(kafka_target(config)?)
+        } else {
+            http_destination(config)?
+        };
         Ok(Self {
             format,
-            upstream,
-            headers,
-            index,
+            destination,
+            index: config.index.clone().unwrap_or_default(),
             key_field,
             labels: config
                 .labels
@@ -186,6 +143,32 @@ impl Sink {
                 .clone()
                 .unwrap_or_else(|| "envoy-gateway".to_string()),
         })
+    }
+
+    /// A batch as Kafka messages: the record (as `kafka_rest` writes it) as
+    /// the value, `key_field` as the key.
+    pub fn kafka_records(&self, layout: &Layout, records: &[Record]) -> Vec<KafkaRecord> {
+        records
+            .iter()
+            .map(|record| {
+                let mut value = Vec::with_capacity(512);
+                layout.write_json(&mut value, record, TimeStyle::Rfc3339("time"));
+                KafkaRecord {
+                    key: self
+                        .key_field
+                        .map(|field| text_of(record, field).into_bytes()),
+                    value,
+                }
+            })
+            .collect()
+    }
+    /// How long a batch may take: the HTTP call's timeout, or Kafka's
+    /// delivery timeout (retries included).
+    pub fn timeout(&self) -> std::time::Duration {
+        match &self.destination {
+            Destination::Http { upstream, .. } => upstream.timeout,
+            Destination::Kafka(target) => target.delivery_timeout,
+        }
     }
 
     /// The request body for a batch.
@@ -239,6 +222,8 @@ impl Sink {
             }
             Format::Loki => self.encode_loki(&mut out, layout, records),
             Format::Otlp => self.encode_otlp(&mut out, layout, records),
+            // Never sent over HTTP: see `kafka_records`.
+            Format::Kafka => {}
         }
         out
     }
@@ -363,6 +348,120 @@ fn nanos(record: &Record) -> u128 {
     u128::from(record.timestamp_ms) * 1_000_000
 }
 
+/// A sink called over HTTP: its cluster, path and headers.
+fn http_destination(config: &SinkConfig) -> Result<Destination, ConfigError> {
+    let format = config.format;
+    for (field, given) in [
+        ("brokers", !config.brokers.is_empty()),
+        ("compression", config.compression.is_some()),
+    ] {
+        if given {
+            return Err(ConfigError::new(field, "only for format `kafka`"));
+        }
+    }
+
+    let default_path = match format {
+        Format::Clickhouse => {
+            let table = required(&config.table, "table", format)?;
+            if !table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+            {
+                return Err(ConfigError::new(
+                    "table",
+                    format!("`{table}` is not a table name"),
+                ));
+            }
+            format!(
+                "/?query={}&input_format_skip_unknown_fields=1",
+                query_encode(&format!("INSERT INTO {table} FORMAT JSONEachRow"))
+            )
+        }
+        Format::Ndjson => required(&config.path, "path", format)?.to_string(),
+        Format::Elasticsearch => {
+            required(&config.index, "index", format)?;
+            "/_bulk".to_string()
+        }
+        Format::Loki => "/loki/api/v1/push".to_string(),
+        Format::KafkaRest => {
+            let topic = required(&config.topic, "topic", format)?;
+            format!("/topics/{}", query_encode(topic))
+        }
+        Format::Otlp => "/v1/logs".to_string(),
+        Format::Kafka => {
+            return Err(ConfigError::new(
+                "format",
+                "`kafka` produces to `brokers`, not over HTTP",
+            ))
+        }
+    };
+    let cluster = config.cluster.as_deref().ok_or_else(|| {
+        ConfigError::new(
+            "cluster",
+            format!("required for format `{}`", format.name()),
+        )
+    })?;
+    let upstream = Upstream::compile(
+        UpstreamFields {
+            cluster,
+            authority: config.authority.as_deref(),
+            path: Some(config.path.as_deref().unwrap_or(&default_path)),
+            timeout_ms: config.timeout_ms,
+        },
+        SINK,
+    )?;
+    let content_type = match format {
+        Format::Clickhouse | Format::Ndjson | Format::Elasticsearch => "application/x-ndjson",
+        Format::KafkaRest => "application/vnd.kafka.json.v2+json",
+        Format::Loki | Format::Otlp | Format::Kafka => "application/json",
+    };
+    let mut headers = vec![("content-type".to_string(), content_type.to_string())];
+    if format == Format::KafkaRest {
+        headers.push(("accept".into(), "application/vnd.kafka.v2+json".into()));
+    }
+    for (name, value) in &config.headers {
+        if !is_header_name(name) {
+            return Err(ConfigError::new(
+                "headers",
+                format!("`{name}` is not a header name"),
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                format!("headers.{name}"),
+                "must not contain control characters",
+            ));
+        }
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        headers.push((name.to_ascii_lowercase(), value.clone()));
+    }
+    Ok(Destination::Http { upstream, headers })
+}
+
+/// A sink the native module produces to: brokers and a topic, no HTTP.
+fn kafka_target(config: &SinkConfig) -> Result<KafkaTarget, ConfigError> {
+    for (field, given) in [
+        ("cluster", config.cluster.is_some()),
+        ("path", config.path.is_some()),
+        ("authority", config.authority.is_some()),
+        ("headers", !config.headers.is_empty()),
+    ] {
+        if given {
+            return Err(ConfigError::new(
+                field,
+                "not for format `kafka`: it produces to `brokers` itself",
+            ));
+        }
+    }
+    let topic = required(&config.topic, "topic", config.format)?;
+    KafkaTarget::compile(
+        &config.brokers,
+        topic,
+        config.compression.unwrap_or_default(),
+        config.timeout_ms,
+    )
+}
+
 fn text_of(record: &Record, field: Field) -> String {
     match record.value(field) {
         FieldValue::Text(t) => t.to_string(),
@@ -474,6 +573,20 @@ mod tests {
         ]
     }
 
+    fn upstream(sink: &Sink) -> &Upstream {
+        match &sink.destination {
+            Destination::Http { upstream, .. } => upstream,
+            Destination::Kafka(_) => panic!("a Kafka sink"),
+        }
+    }
+
+    fn headers(sink: &Sink) -> &[(String, String)] {
+        match &sink.destination {
+            Destination::Http { headers, .. } => headers,
+            Destination::Kafka(_) => panic!("a Kafka sink"),
+        }
+    }
+
     fn text(body: Vec<u8>) -> String {
         String::from_utf8(body).unwrap()
     }
@@ -482,7 +595,7 @@ mod tests {
     fn clickhouse_gets_an_insert_with_one_object_per_line() {
         let sink = sink(json!({"cluster": "ch", "format": "clickhouse", "table": "gw.calls"}));
         assert_eq!(
-            sink.upstream.path,
+            upstream(&sink).path,
             "/?query=INSERT%20INTO%20gw.calls%20FORMAT%20JSONEachRow&input_format_skip_unknown_fields=1"
         );
         assert_eq!(
@@ -492,13 +605,13 @@ mod tests {
                  {{\"time\":1795435200,\"record_id\":\"{SECOND_ID}\",\"api\":\"search\",\"method\":\"POST\",\"path\":\"/search\",\"status\":503,\"header_x_tenant\":\"t\\\"2\"}}\n"
             )
         );
-        assert_eq!(sink.upstream.authority, "ch");
+        assert_eq!(upstream(&sink).authority, "ch");
     }
 
     #[test]
     fn elasticsearch_gets_a_bulk_body_of_create_actions() {
         let sink = sink(json!({"cluster": "es", "format": "elasticsearch", "index": "gw-calls"}));
-        assert_eq!(sink.upstream.path, "/_bulk");
+        assert_eq!(upstream(&sink).path, "/_bulk");
         let body = text(sink.encode(&layout(), &records()));
         let lines: Vec<&str> = body.split_terminator('\n').collect();
         assert!(body.ends_with('\n'), "the bulk API needs a final newline");
@@ -515,7 +628,7 @@ mod tests {
         assert_eq!(doc["@timestamp"], "2026-11-23T12:00:00.123Z");
         assert_eq!(doc["api"], "orders");
         assert_eq!(
-            sink.headers[0],
+            headers(&sink)[0],
             ("content-type".into(), "application/x-ndjson".into())
         );
     }
@@ -535,7 +648,7 @@ mod tests {
         assert_eq!(value[0], "1795435200123000000");
         let line: Value = serde_json::from_str(value[1].as_str().unwrap()).unwrap();
         assert_eq!(line["path"], "/orders/1");
-        assert_eq!(sink.upstream.path, "/loki/api/v1/push");
+        assert_eq!(upstream(&sink).path, "/loki/api/v1/push");
     }
 
     #[test]
@@ -543,14 +656,87 @@ mod tests {
         let sink = sink(
             json!({"cluster": "kafka", "format": "kafka_rest", "topic": "gw calls", "key_field": "api"}),
         );
-        assert_eq!(sink.upstream.path, "/topics/gw%20calls");
-        assert!(sink.headers.contains(&(
+        assert_eq!(upstream(&sink).path, "/topics/gw%20calls");
+        assert!(headers(&sink).contains(&(
             "content-type".into(),
             "application/vnd.kafka.json.v2+json".into()
         )));
         let body: Value = serde_json::from_slice(&sink.encode(&layout(), &records())).unwrap();
         assert_eq!(body["records"][1]["key"], "search");
         assert_eq!(body["records"][1]["value"]["status"], 503);
+    }
+
+    #[test]
+    fn kafka_gets_one_message_per_record_with_the_rest_proxy_s_value() {
+        let kafka = sink(json!({
+            "format": "kafka", "brokers": ["127.0.0.1:9092"], "topic": "gw.calls",
+            "key_field": "api", "compression": "gzip", "timeout_ms": 30000
+        }));
+        let Destination::Kafka(target) = &kafka.destination else {
+            panic!("a Kafka sink")
+        };
+        assert_eq!(target.topic, "gw.calls");
+        assert_eq!(target.compression, gateway_common::kafka::Compression::Gzip);
+        assert_eq!(kafka.timeout(), std::time::Duration::from_secs(30));
+        let messages = kafka.kafka_records(&layout(), &records());
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[1].key.as_deref(), Some(&b"search"[..]));
+        // The value is the record as `kafka_rest` sends it.
+        let rest = sink_of_rest();
+        let keyless_config = json!({"format": "kafka", "brokers": ["k:9092"], "topic": "t"});
+        let body: Value = serde_json::from_slice(&rest.encode(&layout(), &records())).unwrap();
+        let value: Value = serde_json::from_slice(&messages[1].value).unwrap();
+        assert_eq!(value, body["records"][1]["value"]);
+        // Without `key_field`, no key: the producer spreads batches.
+        let keyless = sink(keyless_config);
+        assert!(keyless.kafka_records(&layout(), &records())[0]
+            .key
+            .is_none());
+    }
+
+    fn sink_of_rest() -> Sink {
+        sink(json!({"cluster": "k", "format": "kafka_rest", "topic": "t", "key_field": "api"}))
+    }
+
+    #[test]
+    fn a_kafka_sink_takes_brokers_and_no_http_fields_and_http_sinks_no_brokers() {
+        for (config, error) in [
+            (
+                json!({"format": "kafka", "topic": "t"}),
+                "brokers: 1 to 16 brokers (host:port)",
+            ),
+            (
+                json!({"format": "kafka", "brokers": ["k:1"]}),
+                "topic: required for format `kafka`",
+            ),
+            (
+                json!({"format": "kafka", "brokers": ["k:1"], "topic": "t", "cluster": "c"}),
+                "cluster: not for format `kafka`: it produces to `brokers` itself",
+            ),
+            (
+                json!({"format": "kafka", "brokers": ["k:1"], "topic": "t", "headers": {"x": "y"}}),
+                "headers: not for format `kafka`: it produces to `brokers` itself",
+            ),
+            (
+                json!({"format": "kafka", "brokers": ["k"], "topic": "t"}),
+                "brokers[0]: `k` is not host:port",
+            ),
+            (
+                json!({"format": "kafka", "brokers": ["k:1"], "topic": "a b"}),
+                "topic: `a b` is not a Kafka topic name (1 to 249 letters, digits and `._-`)",
+            ),
+            (
+                json!({"cluster": "c", "format": "ndjson", "path": "/", "brokers": ["k:1"]}),
+                "brokers: only for format `kafka`",
+            ),
+            (
+                json!({"format": "ndjson", "path": "/"}),
+                "cluster: required for format `ndjson`",
+            ),
+        ] {
+            let config: SinkConfig = serde_json::from_value(config).unwrap();
+            assert_eq!(Sink::compile(&config).unwrap_err().to_string(), error);
+        }
     }
 
     #[test]
@@ -582,7 +768,7 @@ mod tests {
                                "headers": {"Content-Type": "application/json", "X-Api-Key": "k"}}),
         );
         assert_eq!(
-            sink.headers,
+            headers(&sink),
             vec![
                 ("content-type".to_string(), "application/json".to_string()),
                 ("x-api-key".to_string(), "k".to_string())

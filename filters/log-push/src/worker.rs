@@ -3,6 +3,7 @@
 //! stream seam; here the worker's batches leave for the sink, from the
 //! root's timer and the sink's answers. Re-exported from the crate root.
 
+use crate::format::Destination;
 use crate::shipper::Finished;
 use crate::steps::{LogPushSteps, Metrics, Worker};
 use crate::*;
@@ -28,25 +29,31 @@ fn send_due(worker: &Worker, drain: bool, host: &mut dyn RootHost) {
             shipper.poll(now)
         };
         let Some(batch) = batch else { return };
-        let body = sink.encode(&worker.push.layout, batch);
-        let call = sink.upstream.call(
-            "POST",
-            sink.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            Some(&body),
-        );
-        host.dispatch_call(call)
+        match &sink.destination {
+            Destination::Http { upstream, headers } => {
+                let body = sink.encode(&worker.push.layout, batch);
+                let call = upstream.call(
+                    "POST",
+                    headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    Some(&body),
+                );
+                host.dispatch_call(call)
+            }
+            Destination::Kafka(target) => {
+                host.dispatch_kafka(target, sink.kafka_records(&worker.push.layout, batch))
+            }
+        }
     };
     match dispatched {
         Ok(token) => *lock(&worker.in_flight) = Some(token),
         Err(_) => {
-            sink_failed(
-                worker,
-                &format!(
-                    "cannot call cluster `{}`; is it defined?",
-                    sink.upstream.cluster
-                ),
-                host,
-            );
+            let why = match &sink.destination {
+                Destination::Http { upstream, .. } => {
+                    format!("cannot call cluster `{}`; is it defined?", upstream.cluster)
+                }
+                Destination::Kafka(_) => "cannot hand the batch to the Kafka producer".to_string(),
+            };
+            sink_failed(worker, &why, host);
             finish(worker, false, &[], host);
         }
     }
@@ -150,9 +157,15 @@ impl LoadedPolicy for LogPushWorker {
         } else {
             sink_failed(
                 worker,
-                &match status {
-                    Some(s) => format!("status {s}"),
-                    None => "no response (timeout or connection failure)".to_string(),
+                &match (status, &worker.push.sink.destination) {
+                    (Some(s), _) => format!("status {s}"),
+                    (None, Destination::Kafka(_)) => {
+                        "Kafka did not acknowledge the batch within its delivery timeout"
+                            .to_string()
+                    }
+                    (None, Destination::Http { .. }) => {
+                        "no response (timeout or connection failure)".to_string()
+                    }
                 },
                 host,
             );

@@ -22,6 +22,7 @@ mod abi;
 mod envoy;
 mod hooks;
 mod host;
+mod kafka;
 mod mailbox;
 mod redis;
 mod request;

@@ -5,11 +5,13 @@
 
 use crate::envoy::{self, ConfigScheduler, EnvoyConfig, MetricKind};
 use crate::host::{self, MODULE};
+use crate::kafka;
 use crate::mailbox::{self, Mailbox};
 use crate::redis;
 use crate::ModuleRoot;
 use gateway_common::fleet::RedisTarget;
 use gateway_common::hosting::{Caller, RootHost};
+use gateway_common::kafka::{KafkaRecord, KafkaTarget};
 use gateway_common::metrics::{metric_name, Counter, DefineMetrics, Gauge};
 use gateway_common::store::SharedStore;
 use gateway_common::stream::{CallNotMade, HttpCall, Level, Telemetry};
@@ -222,6 +224,17 @@ impl Caller for NativeRoot<'_> {
         let mailbox = self.mailbox.ok_or(CallNotMade)?;
         let token = next_token();
         redis::send(target, command, timeout, mailbox, token);
+        Ok(token)
+    }
+
+    fn dispatch_kafka(
+        &mut self,
+        target: &KafkaTarget,
+        records: Vec<KafkaRecord>,
+    ) -> Result<u32, CallNotMade> {
+        let mailbox = self.mailbox.ok_or(CallNotMade)?;
+        let token = next_token();
+        kafka::send(target, records, mailbox, token);
         Ok(token)
     }
 }

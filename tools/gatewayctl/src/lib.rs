@@ -47,14 +47,26 @@ pub fn load_for(
     }
 }
 
-/// The first section whose fleet store is Redis itself, which only the
-/// native module can call.
-pub fn redis_store_section(generated: &generate::Generated) -> Option<&'static str> {
-    generated
-        .sections
-        .iter()
-        .find(|(_, config)| config.pointer("/fleet/store/redis").is_some())
-        .map(|(section, _)| section.key())
+/// The first setting only the native module can carry out (it opens
+/// connections of its own): a fleet store that is Redis itself, or a log
+/// sink that is Kafka itself; with what the Wasm modules use instead.
+pub fn native_only_setting(generated: &generate::Generated) -> Option<(String, &'static str)> {
+    generated.sections.iter().find_map(|(section, config)| {
+        let section = section.key();
+        if config.pointer("/fleet/store/redis").is_some() {
+            Some((
+                format!("settings.{section}.fleet.store.redis"),
+                "give the Wasm modules Webdis (`gateway.fleet_store`)",
+            ))
+        } else if config.pointer("/sink/format").and_then(|f| f.as_str()) == Some("kafka") {
+            Some((
+                format!("settings.{section}.sink"),
+                "give the Wasm modules a Kafka REST proxy (format `kafka_rest`)",
+            ))
+        } else {
+            None
+        }
+    })
 }
 
 /// The Istio manifest of a document checked for Istio, as YAML.

@@ -202,10 +202,9 @@ fn build(args: &[String]) -> ExitCode {
         Err(code) => return code,
     };
     if istio || host != Host::Native {
-        if let Some(section) = gatewayctl::redis_store_section(&generated) {
+        if let Some((setting, instead)) = gatewayctl::native_only_setting(&generated) {
             eprintln!(
-                "{file}: settings.{section}.fleet.store.redis: the native module's own connection to \
-                 Redis; build with --native, or give the Wasm modules Webdis (`gateway.fleet_store`)"
+                "{file}: {setting}: the native module's own connection; build with --native, or {instead}"
             );
             return ExitCode::from(EXIT_INVALID);
         }

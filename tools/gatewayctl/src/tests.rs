@@ -998,3 +998,22 @@ fn for_istio_a_mapped_path_cannot_have_a_breaker() {
     // For Envoy the router rewrites it, after every policy.
     generated(&text);
 }
+
+#[test]
+fn settings_only_the_native_module_can_carry_out_are_named() {
+    let api = "apis:\n  - { name: a, path: /a, backend: shop, auth: anonymous }\n";
+    let kafka = document(&format!(
+        "settings:\n  log_push:\n    sink: {{ format: kafka, brokers: [127.0.0.1:9092], topic: gw.calls }}\n{api}"
+    ));
+    assert_eq!(
+        crate::native_only_setting(&generated(&kafka)),
+        Some((
+            "settings.log_push.sink".to_string(),
+            "give the Wasm modules a Kafka REST proxy (format `kafka_rest`)"
+        ))
+    );
+    let rest = document(&format!(
+        "settings:\n  log_push:\n    sink: {{ cluster: shop, format: kafka_rest, topic: gw.calls }}\n{api}"
+    ));
+    assert_eq!(crate::native_only_setting(&generated(&rest)), None);
+}

@@ -19,7 +19,7 @@ pub mod model;
 pub mod resp;
 pub mod wire;
 
-use crate::config::ConfigError;
+use crate::config::{check_host_port, ConfigError};
 use crate::metrics::{Counter, DefineMetrics};
 use crate::stream::{Level, Telemetry};
 use crate::upstream::{Upstream, UpstreamFields, UpstreamKind};
@@ -268,7 +268,7 @@ fn redis_target(config: &StoreConfig, redis: &RedisConfig) -> Result<RedisTarget
     }
     let servers = match (&redis.address, &redis.sentinel) {
         (Some(address), None) => {
-            check_address("redis.address", address)?;
+            check_host_port("redis.address", address)?;
             RedisServers::Address(address.clone())
         }
         (None, Some(sentinel)) => sentinel_servers(sentinel)?,
@@ -302,7 +302,7 @@ fn sentinel_servers(sentinel: &SentinelConfig) -> Result<RedisServers, ConfigErr
         ));
     }
     for (i, address) in sentinel.addresses.iter().enumerate() {
-        check_address(&format!("redis.sentinel.addresses[{i}]"), address)?;
+        check_host_port(&format!("redis.sentinel.addresses[{i}]"), address)?;
     }
     if sentinel.master.is_empty()
         || sentinel.master.len() > 64
@@ -320,22 +320,6 @@ fn sentinel_servers(sentinel: &SentinelConfig) -> Result<RedisServers, ConfigErr
         username: sentinel.username.clone(),
         password: sentinel.password.clone(),
     })
-}
-
-/// `address` is `host:port` with a port that is not 0.
-fn check_address(field: &str, address: &str) -> Result<(), ConfigError> {
-    let port = address
-        .rsplit_once(':')
-        .and_then(|(host, port)| (!host.is_empty()).then_some(port))
-        .and_then(|port| port.parse::<u16>().ok())
-        .filter(|port| *port > 0);
-    if port.is_none() || address.bytes().any(|b| !b.is_ascii_graphic()) {
-        return Err(ConfigError::new(
-            field,
-            format!("`{address}` is not host:port"),
-        ));
-    }
-    Ok(())
 }
 
 /// A user goes with a password, and neither is empty.
