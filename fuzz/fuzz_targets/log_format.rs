@@ -135,6 +135,7 @@ fuzz_target!(|input: (Vec<Fields>, Vec<u8>)| {
                 let value = json(&message.value, "a message");
                 assert_eq!(value["record_id"].as_str(), Some(record.record_id.as_str()));
             }
+            let _ = rejected_in_response(*format, &answer);
             continue;
         }
         let body = policy.sink.encode(&policy.layout, &records);

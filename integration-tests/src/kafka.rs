@@ -11,7 +11,7 @@
 use crate::envoy::workspace_root;
 use crate::process::{self, free_port};
 use serde_json::Value;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -136,6 +136,39 @@ impl Broker {
         assert!(status.success(), "kill {signal} {pid}");
     }
 
+    /// Creates `topic` with `partitions` (with kafka-python's admin client).
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        const CREATE: &str = r#"
+import sys
+from kafka.admin import KafkaAdminClient, NewTopic
+admin = KafkaAdminClient(bootstrap_servers=sys.argv[1])
+admin.create_topics([NewTopic(sys.argv[2], int(sys.argv[3]), 1)])
+admin.close()
+"#;
+        self.python(&[
+            CREATE,
+            &format!("127.0.0.1:{}", self.port),
+            topic,
+            &partitions.to_string(),
+        ]);
+    }
+
+    /// Runs `.venv/bin/python -c <args>`; its standard output.
+    fn python(&self, args: &[&str]) -> String {
+        let python = workspace_root().join(".venv/bin/python");
+        let output = Command::new(&python)
+            .arg("-c")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+        assert!(
+            output.status.success(),
+            "kafka-python failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Every message of `topic`, from the start, read by kafka-python:
     /// all of them, copies too, once at least `at_least` came (within
     /// `timeout`).
@@ -167,24 +200,9 @@ while time.time() < deadline:
         break
 consumer.close()
 "#;
-        let python = workspace_root().join(".venv/bin/python");
-        let output = Command::new(&python)
-            .args([
-                "-c",
-                CONSUMER,
-                &self.address(),
-                topic,
-                &at_least.to_string(),
-                &timeout.as_secs_f64().to_string(),
-            ])
-            .output()
-            .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
-        assert!(
-            output.status.success(),
-            "the consumer failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout)
+        let address = self.address();
+        let (at_least, timeout) = (at_least.to_string(), timeout.as_secs_f64().to_string());
+        self.python(&[CONSUMER, &address, topic, &at_least, &timeout])
             .lines()
             .map(|line| {
                 let message: Value = serde_json::from_str(line).expect("a consumer line");
@@ -208,13 +226,39 @@ impl Drop for Broker {
     }
 }
 
-/// A TCP relay to a port on loopback that can cut every connection it
-/// carries at once.
+/// A relay of Kafka's frames to a port on loopback that can cut every
+/// connection it carries, or lose the answer to the next Produce request
+/// (the broker kept the batch; the producer never hears so).
 pub struct Relay {
     port: u16,
-    accepted: Arc<AtomicUsize>,
-    open: Arc<Mutex<Vec<TcpStream>>>,
-    stopped: Arc<AtomicBool>,
+    shared: Arc<RelayState>,
+}
+
+#[derive(Default)]
+struct RelayState {
+    stopped: AtomicBool,
+    accepted: AtomicUsize,
+    /// Armed: the next Produce request's answer is dropped and its
+    /// connection cut.
+    lose_next_answer: AtomicBool,
+    answers_lost: AtomicUsize,
+    open: Mutex<Vec<Arc<Carried>>>,
+}
+
+/// One connection carried: both ends, and whether its next answer is lost.
+struct Carried {
+    client: TcpStream,
+    server: TcpStream,
+    lose_answer: AtomicBool,
+    closed: AtomicBool,
+}
+
+impl Carried {
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _ = self.client.shutdown(Shutdown::Both);
+        let _ = self.server.shutdown(Shutdown::Both);
+    }
 }
 
 impl Relay {
@@ -222,44 +266,40 @@ impl Relay {
     pub fn start(port: u16, target: u16) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("relay on {port}: {e}"));
-        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let stopped = Arc::new(AtomicBool::new(false));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let (held, stop, counted) = (
-            Arc::clone(&open),
-            Arc::clone(&stopped),
-            Arc::clone(&accepted),
-        );
+        let shared = Arc::new(RelayState::default());
+        let state = Arc::clone(&shared);
         thread::spawn(move || {
             for client in listener.incoming() {
-                if stop.load(Ordering::SeqCst) {
+                if state.stopped.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(client) = client else { continue };
-                counted.fetch_add(1, Ordering::SeqCst);
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
-                let pairs = [
-                    (client.try_clone(), server.try_clone()),
-                    (server.try_clone(), client.try_clone()),
-                ];
-                for (from, to) in pairs {
-                    if let (Ok(from), Ok(to)) = (from, to) {
-                        thread::spawn(move || pipe(from, to));
-                    }
-                }
-                let mut held = held.lock().expect("relay");
-                held.push(client);
-                held.push(server);
+                let (Ok(client_reader), Ok(server_reader)) =
+                    (client.try_clone(), server.try_clone())
+                else {
+                    continue;
+                };
+                state.accepted.fetch_add(1, Ordering::SeqCst);
+                let carried = Arc::new(Carried {
+                    client,
+                    server,
+                    lose_answer: AtomicBool::new(false),
+                    closed: AtomicBool::new(false),
+                });
+                let mut open = state.open.lock().expect("relay");
+                open.retain(|carried| !carried.closed.load(Ordering::SeqCst));
+                open.push(Arc::clone(&carried));
+                drop(open);
+                let (requests, shared) = (Arc::clone(&carried), Arc::clone(&state));
+                thread::spawn(move || relay_requests(client_reader, &requests, &shared));
+                let (answers, shared) = (Arc::clone(&carried), Arc::clone(&state));
+                thread::spawn(move || relay_answers(server_reader, &answers, &shared));
             }
         });
-        Self {
-            port,
-            accepted,
-            open,
-            stopped,
-        }
+        Self { port, shared }
     }
 
     pub fn port(&self) -> u16 {
@@ -268,40 +308,78 @@ impl Relay {
 
     /// How many connections it has carried.
     pub fn connections(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
+        self.shared.accepted.load(Ordering::SeqCst)
     }
 
-    /// Cuts every connection carried now (both ends, mid-request or not);
-    /// returns how many were open.
+    /// Cuts every connection open now (both ends); returns how many.
     pub fn cut(&self) -> usize {
-        let mut open = self.open.lock().expect("relay");
-        for stream in open.iter() {
-            let _ = stream.shutdown(Shutdown::Both);
+        let open = std::mem::take(&mut *self.shared.open.lock().expect("relay"));
+        let live: Vec<_> = open
+            .into_iter()
+            .filter(|carried| !carried.closed.load(Ordering::SeqCst))
+            .collect();
+        for carried in &live {
+            carried.close();
         }
-        let cut = open.len() / 2;
-        open.clear();
-        cut
+        live.len()
+    }
+
+    /// The answer to the next Produce request will be lost, its connection
+    /// cut once the broker has answered (so the broker kept the batch).
+    pub fn lose_the_next_produce_answer(&self) {
+        self.shared.lose_next_answer.store(true, Ordering::SeqCst);
+    }
+
+    /// How many Produce answers were lost so far.
+    pub fn answers_lost(&self) -> usize {
+        self.shared.answers_lost.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        self.stopped.store(true, Ordering::SeqCst);
+        self.shared.stopped.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(("127.0.0.1", self.port));
         self.cut();
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    let mut buffer = [0u8; 16 * 1024];
-    let copied: io::Result<()> = (|| loop {
-        let read = from.read(&mut buffer)?;
-        if read == 0 {
-            return Ok(());
+/// One frame: its 4-byte length and body, or `None` at the end.
+fn read_frame(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).ok()?;
+    let mut frame = size.to_vec();
+    frame.resize(4 + u32::from_be_bytes(size) as usize, 0);
+    stream.read_exact(&mut frame[4..]).ok()?;
+    Some(frame)
+}
+
+/// Client to broker; a Produce request (API key 0) sent while armed marks
+/// its connection's next answer as lost.
+fn relay_requests(mut from: TcpStream, carried: &Carried, shared: &RelayState) {
+    while let Some(frame) = read_frame(&mut from) {
+        let produce = frame.len() >= 6 && frame[4..6] == [0, 0];
+        if produce && shared.lose_next_answer.swap(false, Ordering::SeqCst) {
+            carried.lose_answer.store(true, Ordering::SeqCst);
         }
-        to.write_all(&buffer[..read])?;
-    })();
-    let _ = copied;
-    let _ = to.shutdown(Shutdown::Both);
-    let _ = from.shutdown(Shutdown::Both);
+        if (&carried.server).write_all(&frame).is_err() {
+            break;
+        }
+    }
+    carried.close();
+}
+
+/// Broker to client; the answer marked lost is dropped and the connection
+/// cut.
+fn relay_answers(mut from: TcpStream, carried: &Carried, shared: &RelayState) {
+    while let Some(frame) = read_frame(&mut from) {
+        if carried.lose_answer.load(Ordering::SeqCst) {
+            shared.answers_lost.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+        if (&carried.client).write_all(&frame).is_err() {
+            break;
+        }
+    }
+    carried.close();
 }

@@ -1,9 +1,9 @@
 //! log-push's `kafka` sink in a real Envoy: the native module's own
 //! idempotent producer writes every call to a real Kafka-protocol broker
-//! (Tansu, see `integration_tests::kafka`), through a broker frozen past
-//! the producer's request timeout and a relay that cuts every connection
-//! mid-traffic, and a consumer of its own kind (kafka-python) reads each
-//! call back exactly once. The Wasm modules cannot open connections: in
+//! (Tansu, see `integration_tests::kafka`), through answers lost after the
+//! broker kept a batch, a broker frozen past the producer's request timeout
+//! and a relay that cuts every connection mid-traffic, and a consumer of
+//! its own kind (kafka-python) reads each call back exactly once. The Wasm modules cannot open connections: in
 //! their forms the sink is refused with the field named.
 
 use integration_tests::echo::EchoServer;
@@ -39,10 +39,18 @@ fn gateway(brokers: &str, upstream: &EchoServer) -> Envoy {
 
 /// `count` calls to `/calls/<prefix>-<n>` from 8 clients; all 200.
 fn send_calls(envoy: &Envoy, prefix: &str, count: usize) {
+    send_calls_to(&envoy.url(""), prefix, count);
+}
+
+fn send_calls_to(base: &str, prefix: &str, count: usize) {
     let next = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..8)
         .map(|_| {
-            let (url, next, prefix) = (envoy.url("/calls/"), Arc::clone(&next), prefix.to_string());
+            let (url, next, prefix) = (
+                format!("{base}/calls/"),
+                Arc::clone(&next),
+                prefix.to_string(),
+            );
             thread::spawn(move || loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= count {
@@ -56,6 +64,18 @@ fn send_calls(envoy: &Envoy, prefix: &str, count: usize) {
     for client in clients {
         client.join().expect("client");
     }
+}
+
+/// Polls `done` for up to 30 s.
+fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    done()
 }
 
 fn records_sent(envoy: &Envoy) -> u64 {
@@ -103,12 +123,21 @@ fn every_call_reaches_the_topic_once_through_a_frozen_broker_and_cut_connections
     let (relay_port, broker_port) = (free_port(), free_port());
     let broker = Broker::start_on(broker_port, relay_port);
     let relay = Relay::start(relay_port, broker_port);
+    broker.create_topic(TOPIC, 3);
     let envoy = gateway(&broker.address(), &upstream);
 
+    // A batch the broker kept whose answer is lost: sent again with its
+    // producer id and sequence numbers, and kept once.
+    relay.lose_the_next_produce_answer();
     send_calls(&envoy, "before", 3_000);
+    assert!(
+        wait_until(|| relay.answers_lost() == 1),
+        "a Produce answer lost"
+    );
+
     // Frozen past the producer's request timeout (5 s): its requests time
-    // out and are sent again, with the same sequence numbers, on new
-    // connections; on SIGCONT the broker works through all of them.
+    // out and are sent again on new connections; on SIGCONT the broker
+    // works through all of them.
     let connections_before = relay.connections();
     broker.freeze();
     let frozen = Instant::now();
@@ -121,14 +150,25 @@ fn every_call_reaches_the_topic_once_through_a_frozen_broker_and_cut_connections
         connections_while_frozen >= 1,
         "the producer gave up on a request and connected again"
     );
-    // Cut every connection while the backlog is being written.
+
+    // While the backlog drains and calls go on: every connection cut, then
+    // two more answers lost.
     assert!(
         envoy.wait_for(Duration::from_secs(30), |envoy| records_sent(envoy)
             > sent_while_frozen)
     );
     let cut = relay.cut();
-    send_calls(&envoy, "after", 4_000);
-    assert!(cut > 0, "connections were cut");
+    let url = envoy.url("");
+    let after = thread::spawn(move || send_calls_to(&url, "after", 4_000));
+    for lost in [2, 3] {
+        relay.lose_the_next_produce_answer();
+        assert!(
+            wait_until(|| relay.answers_lost() == lost),
+            "Produce answer {lost} lost"
+        );
+    }
+    after.join().expect("calls");
+    assert!(cut >= 1, "a connection was open to be cut");
 
     let all = 10_000;
     assert!(
@@ -151,7 +191,8 @@ fn every_call_reaches_the_topic_once_through_a_frozen_broker_and_cut_connections
     }
     let twice = copies.values().filter(|n| **n > 1).count();
     // Tansu honours the idempotent producer (a batch sent again with its
-    // sequence numbers is kept once): each call exactly once.
+    // sequence numbers is kept once): each call exactly once, the three
+    // batches whose answers were lost included.
     assert_eq!(
         (copies.len(), twice, calls.len()),
         (all as usize, 0, all as usize),

@@ -162,6 +162,7 @@ impl Sink {
             })
             .collect()
     }
+
     /// How long a batch may take: the HTTP call's timeout, or Kafka's
     /// delivery timeout (retries included).
     pub fn timeout(&self) -> std::time::Duration {
@@ -360,7 +361,8 @@ fn http_destination(config: &SinkConfig) -> Result<Destination, ConfigError> {
         }
     }
 
-    let default_path = match format {
+    const NDJSON: &str = "application/x-ndjson";
+    let (default_path, content_type) = match format {
         Format::Clickhouse => {
             let table = required(&config.table, "table", format)?;
             if !table
@@ -372,22 +374,24 @@ fn http_destination(config: &SinkConfig) -> Result<Destination, ConfigError> {
                     format!("`{table}` is not a table name"),
                 ));
             }
-            format!(
+            let path = format!(
                 "/?query={}&input_format_skip_unknown_fields=1",
                 query_encode(&format!("INSERT INTO {table} FORMAT JSONEachRow"))
-            )
+            );
+            (path, NDJSON)
         }
-        Format::Ndjson => required(&config.path, "path", format)?.to_string(),
+        Format::Ndjson => (required(&config.path, "path", format)?.to_string(), NDJSON),
         Format::Elasticsearch => {
             required(&config.index, "index", format)?;
-            "/_bulk".to_string()
+            ("/_bulk".to_string(), NDJSON)
         }
-        Format::Loki => "/loki/api/v1/push".to_string(),
+        Format::Loki => ("/loki/api/v1/push".to_string(), "application/json"),
         Format::KafkaRest => {
             let topic = required(&config.topic, "topic", format)?;
-            format!("/topics/{}", query_encode(topic))
+            let path = format!("/topics/{}", query_encode(topic));
+            (path, "application/vnd.kafka.json.v2+json")
         }
-        Format::Otlp => "/v1/logs".to_string(),
+        Format::Otlp => ("/v1/logs".to_string(), "application/json"),
         Format::Kafka => {
             return Err(ConfigError::new(
                 "format",
@@ -410,11 +414,6 @@ fn http_destination(config: &SinkConfig) -> Result<Destination, ConfigError> {
         },
         SINK,
     )?;
-    let content_type = match format {
-        Format::Clickhouse | Format::Ndjson | Format::Elasticsearch => "application/x-ndjson",
-        Format::KafkaRest => "application/vnd.kafka.json.v2+json",
-        Format::Loki | Format::Otlp | Format::Kafka => "application/json",
-    };
     let mut headers = vec![("content-type".to_string(), content_type.to_string())];
     if format == Format::KafkaRest {
         headers.push(("accept".into(), "application/vnd.kafka.v2+json".into()));
@@ -445,6 +444,11 @@ fn kafka_target(config: &SinkConfig) -> Result<KafkaTarget, ConfigError> {
         ("path", config.path.is_some()),
         ("authority", config.authority.is_some()),
         ("headers", !config.headers.is_empty()),
+        ("table", config.table.is_some()),
+        ("index", config.index.is_some()),
+        ("labels", !config.labels.is_empty()),
+        ("label_fields", !config.label_fields.is_empty()),
+        ("service_name", config.service_name.is_some()),
     ] {
         if given {
             return Err(ConfigError::new(
@@ -487,7 +491,9 @@ fn otel_name(field: Field) -> &'static str {
 
 /// Records the sink refused inside a successful answer: Elasticsearch bulk
 /// items with an `error` (but a 409 conflict, which means stored before),
-/// Kafka REST offsets with an `error_code`.
+/// Kafka REST offsets with an `error_code`, and the records the Kafka
+/// producer answers it could not write after writing others (its answer
+/// is their number).
 pub fn rejected_in_response(format: Format, body: &[u8]) -> usize {
     let parsed = || serde_json::from_slice::<serde_json::Value>(body).ok();
     match format {
@@ -516,6 +522,10 @@ pub fn rejected_in_response(format: Format, body: &[u8]) -> usize {
                     .filter(|o| !o["error_code"].is_null())
                     .count()
             }),
+        Format::Kafka => std::str::from_utf8(body)
+            .ok()
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(0),
         _ => 0,
     }
 }

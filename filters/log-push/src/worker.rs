@@ -160,7 +160,7 @@ impl LoadedPolicy for LogPushWorker {
                 &match (status, &worker.push.sink.destination) {
                     (Some(s), _) => format!("status {s}"),
                     (None, Destination::Kafka(_)) => {
-                        "Kafka did not acknowledge the batch within its delivery timeout"
+                        "Kafka acknowledged none of the batch (the native module logs why)"
                             .to_string()
                     }
                     (None, Destination::Http { .. }) => {

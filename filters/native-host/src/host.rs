@@ -420,8 +420,9 @@ pub(crate) unsafe fn stream_scheduled(stream: *mut NativeStream, envoy: EnvoyFil
     deliver_deferred();
 }
 
-/// A Redis reply as a call's answer: the reply is the body; no status when
-/// none came, and not sent when the command was never written.
+/// A Redis reply (or a Kafka batch's outcome) as a call's answer: the reply
+/// is the body; no status when none came, and not sent when the command
+/// was never written.
 struct StoreAnswer(mailbox::Answer);
 
 impl CallAnswer for StoreAnswer {
@@ -526,7 +527,7 @@ fn config_answer(config: &Config, callout: u64, answer: &dyn CallAnswer) {
 }
 
 /// The timer's tick (`envoy::WAKE`), or answers of the main root's Redis
-/// commands (`mailbox::ANSWERS`).
+/// commands and Kafka batches (`mailbox::ANSWERS`).
 pub(crate) fn config_scheduled(config: &Config, event: u64) {
     if event == mailbox::ANSWERS {
         let answers = config.mailbox.as_ref().map(|mailbox| mailbox.take());

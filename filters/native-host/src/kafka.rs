@@ -47,6 +47,10 @@ const CLIENT_ID: &str = "envoy-gateway";
 /// The most bytes of keys and values in one record batch: below the
 /// broker's default `message.max.bytes` (1 MiB) before compression.
 const MAX_SHARE_BYTES: usize = 768 * 1024;
+/// How long the topic's partitions and leaders are used before they are
+/// read again (Kafka's producers: `metadata.max.age.ms`), so partitions
+/// added to the topic are used.
+const METADATA_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// The versions used: the highest both sides speak, up to these (the ones
 /// tested), from these.
@@ -66,7 +70,8 @@ mod code {
         90, // PRODUCER_FENCED
     ];
     /// Worth another try after the cluster's metadata is read again.
-    pub const RETRIABLE: [i16; 13] = [
+    pub const RETRIABLE: [i16; 15] = [
+        2,  // CORRUPT_MESSAGE (damaged on the way)
         3,  // UNKNOWN_TOPIC_OR_PARTITION
         5,  // LEADER_NOT_AVAILABLE
         6,  // NOT_LEADER_OR_FOLLOWER
@@ -76,6 +81,7 @@ mod code {
         15, // COORDINATOR_NOT_AVAILABLE
         19, // NOT_ENOUGH_REPLICAS
         20, // NOT_ENOUGH_REPLICAS_AFTER_APPEND
+        41, // NOT_CONTROLLER
         56, // KAFKA_STORAGE_ERROR
         74, // FENCED_LEADER_EPOCH
         75, // UNKNOWN_LEADER_EPOCH
@@ -84,10 +90,11 @@ mod code {
 }
 
 /// Produces `records` to `target`'s topic; the outcome reaches `mailbox`
-/// with `token` within the target's delivery timeout (and one request's
-/// timeout): an empty reply once every record is acknowledged, `Late` when
-/// the batch may have been written only in part or not at all, `Unsent`
-/// when the producer could not be started.
+/// with `token` within the target's delivery timeout (after the batches
+/// sent before it): a reply once every record is acknowledged or refused
+/// for good (its body the number refused, as text), `Late` when no record
+/// was acknowledged (nothing written, or not known), `Unsent` when the
+/// producer's thread could not be started.
 pub(crate) fn send(
     target: &KafkaTarget,
     records: Vec<KafkaRecord>,
@@ -128,13 +135,18 @@ fn producer(target: &KafkaTarget) -> Arc<Mutex<Sender<Job>>> {
     let started = thread::Builder::new()
         .name("gateway-kafka".into())
         .spawn(move || run(owned, &jobs));
-    if let Err(error) = started {
-        log(&format!(
-            "cannot start the Kafka producer's thread: {error}"
-        ));
-    }
     let sender = Arc::new(Mutex::new(sender));
-    producers.insert(target.clone(), Arc::clone(&sender));
+    match started {
+        // Kept: the next batch finds the thread.
+        Ok(_) => {
+            producers.insert(target.clone(), Arc::clone(&sender));
+        }
+        // Not kept: the next batch tries again (this one is answered as
+        // not sent, its receiver being gone).
+        Err(error) => log(&format!(
+            "cannot start the Kafka producer's thread: {error}"
+        )),
+    }
     sender
 }
 
@@ -151,7 +163,7 @@ fn run(target: KafkaTarget, jobs: &Receiver<Job>) {
             Err("the producer panicked; it starts over".to_string())
         });
         let answer = match produced {
-            Ok(()) => {
+            Ok(produced) => {
                 if producer.failing {
                     producer.failing = false;
                     log(&format!(
@@ -159,7 +171,11 @@ fn run(target: KafkaTarget, jobs: &Receiver<Job>) {
                         producer.target.topic
                     ));
                 }
-                Answer::Reply(Vec::new())
+                let refused = match produced {
+                    Produced::All => 0,
+                    Produced::Refused(records) => records,
+                };
+                Answer::Reply(refused.to_string().into_bytes())
             }
             Err(error) => {
                 if !producer.failing {
@@ -264,9 +280,32 @@ enum Failure {
     Final(String),
 }
 
-impl From<io::Error> for Failure {
-    fn from(error: io::Error) -> Self {
-        Failure::Retry(error.to_string())
+impl Failure {
+    fn why(&self) -> &str {
+        match self {
+            Failure::Retry(why) | Failure::NewId(why) | Failure::Final(why) => why,
+        }
+    }
+
+    /// The failure an error code of Kafka's stands for.
+    fn of_code(code: i16, why: String) -> Self {
+        if code::FOR_A_NEW_ID.contains(&code) {
+            Failure::NewId(why)
+        } else if code::RETRIABLE.contains(&code) {
+            Failure::Retry(why)
+        } else {
+            Failure::Final(why)
+        }
+    }
+
+    /// The graver of two: a final failure ends the batch, a new id comes
+    /// before another attempt.
+    fn graver(self, other: Failure) -> Failure {
+        match (self, other) {
+            (Failure::Final(why), _) | (_, Failure::Final(why)) => Failure::Final(why),
+            (Failure::NewId(why), _) | (_, Failure::NewId(why)) => Failure::NewId(why),
+            (retry, _) => retry,
+        }
     }
 }
 
@@ -278,11 +317,23 @@ struct Versions {
     init_producer_id: i16,
 }
 
-/// One partition's share of a batch, encoded once with its sequence
-/// numbers and sent as it is until it is acknowledged.
+/// A run of one partition's records (indices into the batch), encoded with
+/// the producer id and sequence numbers it was given, and sent as it is
+/// until it is acknowledged (or encoded again for a new id).
 struct Share {
     partition: usize,
+    records: Vec<usize>,
     encoded: Bytes,
+}
+
+/// What became of a batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Produced {
+    /// Every record acknowledged.
+    All,
+    /// Some acknowledged; these many refused for good (or never sent after
+    /// a refusal), so sending the batch again would write the others twice.
+    Refused(usize),
 }
 
 struct Producer {
@@ -292,6 +343,8 @@ struct Producer {
     brokers: HashMap<i32, String>,
     /// Each partition's leader, by partition index.
     leaders: Vec<i32>,
+    /// When the leaders were read.
+    metadata_read: Option<Instant>,
     connections: HashMap<String, TcpStream>,
     /// The producer id and epoch, once the cluster gave them.
     id: Option<(i64, i16)>,
@@ -300,6 +353,8 @@ struct Producer {
     /// Where the next batch's records without a key go.
     next_partition: usize,
     correlation: i32,
+    /// The batch's delivery deadline: no request waits past it.
+    deadline: Instant,
     failing: bool,
 }
 
@@ -310,49 +365,62 @@ impl Producer {
             versions: None,
             brokers: HashMap::new(),
             leaders: Vec::new(),
+            metadata_read: None,
             connections: HashMap::new(),
             id: None,
             sequences: Vec::new(),
             next_partition: 0,
             correlation: 0,
+            deadline: Instant::now(),
             failing: false,
         }
     }
 
-    /// Writes `records` until every partition's share is acknowledged or
-    /// `deadline` passes.
-    fn produce(&mut self, records: &[KafkaRecord], deadline: Instant) -> Result<(), String> {
+    /// Writes `records` until every share is acknowledged or `deadline`
+    /// passes (no request waits past it).
+    fn produce(&mut self, records: &[KafkaRecord], deadline: Instant) -> Result<Produced, String> {
+        self.deadline = deadline;
         let mut retry = FIRST_RETRY;
         let mut shares: Vec<Share> = Vec::new();
         let mut planned = false;
+        let mut acknowledged = 0;
         loop {
-            let attempt = self.attempt(records, &mut shares, &mut planned);
-            let why = match attempt {
-                Ok(()) => return Ok(()),
-                Err(Failure::Final(why)) => {
-                    self.forget_id();
-                    return Err(why);
+            let failure = match self.attempt(records, &mut shares, &mut planned, &mut acknowledged)
+            {
+                Ok(()) => return Ok(Produced::All),
+                Err(failure) => failure,
+            };
+            if let Failure::Final(why) = &failure {
+                // The sequences after a refused share are no longer good.
+                self.forget_id();
+                if acknowledged > 0 {
+                    log(&format!(
+                        "Kafka topic `{}`: {} of {} records refused: {why}",
+                        self.target.topic,
+                        records.len() - acknowledged,
+                        records.len()
+                    ));
+                    return Ok(Produced::Refused(records.len() - acknowledged));
                 }
-                Err(Failure::NewId(why)) => {
-                    // The shares not acknowledged are encoded again for
-                    // the new id (a share the broker kept under the old id
-                    // is then written twice: the broker cannot tell).
+                return Err(why.clone());
+            }
+            match &failure {
+                // The shares not acknowledged are encoded again for the
+                // new id, to the same partitions (one the broker had kept
+                // under the old id is then written twice: it cannot tell).
+                Failure::NewId(_) => {
                     self.forget_id();
                     planned = false;
-                    why
                 }
-                Err(Failure::Retry(why)) => {
-                    self.leaders.clear();
-                    self.connections.clear();
-                    why
-                }
-            };
-            let now = Instant::now();
-            if now + retry >= deadline {
-                // What was written is unknown: the sequences start over.
+                _ => self.forget_cluster(),
+            }
+            if Instant::now() + retry >= deadline {
+                // What the last attempt wrote is unknown: the sequences
+                // start over with a new id.
                 self.forget_id();
                 return Err(format!(
-                    "not acknowledged within the delivery timeout ({why})"
+                    "not acknowledged within the delivery timeout ({})",
+                    failure.why()
                 ));
             }
             thread::sleep(retry);
@@ -360,44 +428,57 @@ impl Producer {
         }
     }
 
-    /// One attempt: the metadata and producer id when missing, the shares
-    /// when not made yet, then each leader's shares.
+    /// One attempt: the metadata and producer id when missing or old, the
+    /// shares when not made yet (for this id), then the shares in rounds.
     fn attempt(
         &mut self,
         records: &[KafkaRecord],
         shares: &mut Vec<Share>,
         planned: &mut bool,
+        acknowledged: &mut usize,
     ) -> Result<(), Failure> {
-        if self.leaders.is_empty() {
+        let stale = self
+            .metadata_read
+            .is_none_or(|read| read.elapsed() >= METADATA_MAX_AGE);
+        if self.leaders.is_empty() || stale {
             self.read_metadata()?;
         }
         if self.id.is_none() {
             self.init_producer_id()?;
         }
         if !*planned {
-            *shares = self.plan(records)?;
+            if shares.is_empty() && *acknowledged == 0 {
+                *shares = self.plan(records)?;
+            } else {
+                self.encode_again(records, shares)?;
+            }
             *planned = true;
         }
-        // In rounds: a request carries one share per partition, and a
-        // partition's shares go in order.
+        // A request carries one share per partition, and a partition's
+        // shares go in order.
         while !shares.is_empty() {
             let mut by_leader: HashMap<i32, Vec<usize>> = HashMap::new();
-            let mut partitions_in_round = Vec::new();
+            let mut in_round = Vec::new();
             for (at, share) in shares.iter().enumerate() {
-                if partitions_in_round.contains(&share.partition) {
-                    continue;
+                if !in_round.contains(&share.partition) {
+                    in_round.push(share.partition);
+                    let leader = self.leaders.get(share.partition).copied().unwrap_or(-1);
+                    by_leader.entry(leader).or_default().push(at);
                 }
-                partitions_in_round.push(share.partition);
-                let leader = self.leaders.get(share.partition).copied().unwrap_or(-1);
-                by_leader.entry(leader).or_default().push(at);
             }
             let mut done = vec![false; shares.len()];
-            let mut failure = None;
+            let mut failure: Option<Failure> = None;
             for (leader, members) in by_leader {
-                match self.produce_to(leader, shares, &members) {
-                    Ok(()) => members.iter().for_each(|at| done[*at] = true),
-                    Err(Failure::Final(why)) => return Err(Failure::Final(why)),
-                    Err(other) => failure = failure.or(Some(other)),
+                let (acked, failed) = self.produce_to(leader, shares, &members);
+                for at in acked {
+                    done[at] = true;
+                    *acknowledged += shares[at].records.len();
+                }
+                if let Some(failed) = failed {
+                    failure = Some(match failure {
+                        Some(earlier) => earlier.graver(failed),
+                        None => failed,
+                    });
                 }
             }
             let mut at = 0;
@@ -412,21 +493,52 @@ impl Producer {
         Ok(())
     }
 
-    /// Splits `records` by partition and encodes each share with its
-    /// sequence numbers.
+    /// Splits `records` by partition into runs and encodes each.
     fn plan(&mut self, records: &[KafkaRecord]) -> Result<Vec<Share>, Failure> {
         let partitions = self.leaders.len();
-        let (producer_id, epoch) = self.id.unwrap_or((-1, -1));
-        let keyless = self.next_partition % partitions.max(1);
-        self.next_partition = self.next_partition.wrapping_add(1);
-        let mut by_partition: Vec<Vec<&KafkaRecord>> = vec![Vec::new(); partitions];
-        for record in records {
+        // Records without a key go to the next partition with a leader.
+        let keyless = (0..partitions)
+            .map(|step| (self.next_partition + step) % partitions.max(1))
+            .find(|partition| {
+                self.leaders
+                    .get(*partition)
+                    .is_some_and(|leader| *leader >= 0)
+            })
+            .unwrap_or(0);
+        self.next_partition = keyless.wrapping_add(1);
+        let mut by_partition: Vec<Vec<usize>> = vec![Vec::new(); partitions];
+        for (at, record) in records.iter().enumerate() {
             let partition = match &record.key {
                 Some(key) => partition_of(key, partitions),
                 None => keyless,
             };
-            by_partition[partition].push(record);
+            by_partition[partition].push(at);
         }
+        let mut shares = Vec::new();
+        for (partition, members) in by_partition.into_iter().enumerate() {
+            for run in runs_within(records, members, MAX_SHARE_BYTES) {
+                shares.push(Share {
+                    partition,
+                    records: run,
+                    encoded: Bytes::new(),
+                });
+            }
+        }
+        self.encode_again(records, &mut shares)?;
+        Ok(shares)
+    }
+
+    /// Encodes `shares` with the current id and the next sequence numbers
+    /// of their partitions, cutting a run where its sequences would wrap
+    /// (a record batch's sequences cannot).
+    fn encode_again(
+        &mut self,
+        records: &[KafkaRecord],
+        shares: &mut Vec<Share>,
+    ) -> Result<(), Failure> {
+        let (producer_id, epoch) = self
+            .id
+            .ok_or_else(|| Failure::NewId("no producer id".into()))?;
         let timestamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| {
@@ -436,70 +548,84 @@ impl Producer {
             Compression::None => records::Compression::None,
             Compression::Gzip => records::Compression::Gzip,
         };
-        let mut shares = Vec::new();
-        let runs = by_partition
-            .into_iter()
-            .enumerate()
-            .flat_map(|(partition, members)| {
-                runs_within(members, MAX_SHARE_BYTES)
-                    .into_iter()
-                    .map(move |run| (partition, run))
-            });
-        for (partition, members) in runs {
-            let first = self.sequences[partition];
-            let count = i32::try_from(members.len()).unwrap_or(i32::MAX);
-            // Sequence numbers wrap at i32::MAX, as Kafka's do.
-            self.sequences[partition] = wrapping_sequence(first, count);
-            let batch: Vec<Record> = members
-                .iter()
-                .enumerate()
-                .map(|(i, record)| Record {
-                    transactional: false,
-                    control: false,
-                    delete_horizon: false,
-                    partition_leader_epoch: records::NO_PARTITION_LEADER_EPOCH,
-                    producer_id,
-                    producer_epoch: epoch,
-                    timestamp_type: records::TimestampType::Creation,
-                    offset: i as i64,
-                    sequence: wrapping_sequence(first, i32::try_from(i).unwrap_or(i32::MAX)),
-                    timestamp,
-                    key: record.key.clone().map(Bytes::from),
-                    value: Some(Bytes::from(record.value.clone())),
-                    headers: Default::default(),
-                })
-                .collect();
-            let mut encoded = BytesMut::new();
-            RecordBatchEncoder::encode(
-                &mut encoded,
-                &batch,
-                &RecordEncodeOptions {
-                    version: 2,
-                    compression,
-                },
-            )
-            .map_err(|error| Failure::Final(format!("cannot encode the batch: {error}")))?;
-            shares.push(Share {
-                partition,
-                encoded: encoded.freeze(),
-            });
+        let mut encoded = Vec::with_capacity(shares.len());
+        for share in shares.drain(..) {
+            let mut rest: &[usize] = &share.records;
+            while !rest.is_empty() {
+                let first = self
+                    .sequences
+                    .get(share.partition)
+                    .copied()
+                    .ok_or_else(|| Failure::Retry("a partition the metadata lacks".into()))?;
+                let room = usize::try_from(i64::from(i32::MAX) - i64::from(first) + 1)
+                    .unwrap_or(usize::MAX);
+                let (run, after) = rest.split_at(rest.len().min(room));
+                rest = after;
+                let count = i32::try_from(run.len()).unwrap_or(i32::MAX);
+                self.sequences[share.partition] = wrapping_sequence(first, count);
+                let batch: Vec<Record> = run
+                    .iter()
+                    .enumerate()
+                    .map(|(i, at)| {
+                        let record = &records[*at];
+                        let offset = i32::try_from(i).unwrap_or(i32::MAX);
+                        Record {
+                            transactional: false,
+                            control: false,
+                            delete_horizon: false,
+                            partition_leader_epoch: records::NO_PARTITION_LEADER_EPOCH,
+                            producer_id,
+                            producer_epoch: epoch,
+                            timestamp_type: records::TimestampType::Creation,
+                            offset: i64::from(offset),
+                            sequence: first + offset,
+                            timestamp,
+                            key: record.key.clone().map(Bytes::from),
+                            value: Some(Bytes::from(record.value.clone())),
+                            headers: Default::default(),
+                        }
+                    })
+                    .collect();
+                let mut bytes = BytesMut::new();
+                RecordBatchEncoder::encode(
+                    &mut bytes,
+                    &batch,
+                    &RecordEncodeOptions {
+                        version: 2,
+                        compression,
+                    },
+                )
+                .map_err(|error| Failure::Final(format!("cannot encode the batch: {error}")))?;
+                encoded.push(Share {
+                    partition: share.partition,
+                    records: run.to_vec(),
+                    encoded: bytes.freeze(),
+                });
+            }
         }
-        Ok(shares)
+        *shares = encoded;
+        Ok(())
     }
 
-    /// Sends the shares `members` to their leader in one request.
+    /// Sends the shares `members` to their leader in one request: those
+    /// acknowledged, and the failure of the others (of them all when the
+    /// request got no answer).
     fn produce_to(
         &mut self,
         leader: i32,
         shares: &[Share],
         members: &[usize],
-    ) -> Result<(), Failure> {
-        let address = self
-            .brokers
-            .get(&leader)
-            .cloned()
-            .ok_or_else(|| Failure::Retry(format!("no leader known (broker {leader})")))?;
-        let versions = self.versions()?;
+    ) -> (Vec<usize>, Option<Failure>) {
+        let Some(address) = self.brokers.get(&leader).cloned() else {
+            return (
+                Vec::new(),
+                Some(Failure::Retry(format!("no leader known (broker {leader})"))),
+            );
+        };
+        let version = match self.versions() {
+            Ok(versions) => versions.produce,
+            Err(failure) => return (Vec::new(), Some(failure)),
+        };
         let partition_data = members
             .iter()
             .map(|at| {
@@ -515,53 +641,49 @@ impl Producer {
             .with_topic_data(vec![TopicProduceData::default()
                 .with_name(TopicName(StrBytes::from_string(self.target.topic.clone())))
                 .with_partition_data(partition_data)]);
-        let response: ProduceResponse = self.call(&address, request, versions.produce)?;
-        let mut failure = None;
-        let mut answered = 0;
-        for topic in &response.responses {
-            for partition in &topic.partition_responses {
-                answered += 1;
-                let error = partition.error_code;
-                if error == code::NONE || error == code::DUPLICATE_SEQUENCE_NUMBER {
+        let response: ProduceResponse = match self.call(&address, request, version) {
+            Ok(response) => response,
+            Err(failure) => return (Vec::new(), Some(failure)),
+        };
+        let mut acknowledged = Vec::new();
+        let mut failure: Option<Failure> = None;
+        for at in members {
+            let partition = i32::try_from(shares[*at].partition).unwrap_or(i32::MAX);
+            let answer = response
+                .responses
+                .iter()
+                .flat_map(|topic| &topic.partition_responses)
+                .find(|answer| answer.index == partition);
+            let this = match answer {
+                None => Failure::Retry(format!("partition {partition} not answered")),
+                Some(answer) if answer.error_code == code::NONE => {
+                    acknowledged.push(*at);
                     continue;
                 }
-                let why = format!(
-                    "partition {}: error {error}{}",
-                    partition.index,
-                    partition
-                        .error_message
-                        .as_ref()
-                        .map(|message| format!(" ({})", message.as_str()))
-                        .unwrap_or_default()
-                );
-                let this = if code::FOR_A_NEW_ID.contains(&error) {
-                    Failure::NewId(why)
-                } else if code::RETRIABLE.contains(&error) {
-                    Failure::Retry(why)
-                } else {
-                    Failure::Final(why)
-                };
-                failure = Some(match (failure, this) {
-                    (Some(Failure::Final(why)), _) | (_, Failure::Final(why)) => {
-                        Failure::Final(why)
-                    }
-                    (Some(Failure::NewId(why)), _) | (_, Failure::NewId(why)) => {
-                        Failure::NewId(why)
-                    }
-                    (_, retry) => retry,
-                });
-            }
+                // A copy the broker kept already (an answer that was lost).
+                Some(answer) if answer.error_code == code::DUPLICATE_SEQUENCE_NUMBER => {
+                    acknowledged.push(*at);
+                    continue;
+                }
+                Some(answer) => Failure::of_code(
+                    answer.error_code,
+                    format!(
+                        "partition {partition}: error {}{}",
+                        answer.error_code,
+                        answer
+                            .error_message
+                            .as_ref()
+                            .map(|message| format!(" ({})", message.as_str()))
+                            .unwrap_or_default()
+                    ),
+                ),
+            };
+            failure = Some(match failure {
+                Some(earlier) => earlier.graver(this),
+                None => this,
+            });
         }
-        if answered != members.len() {
-            return Err(Failure::Retry(format!(
-                "{answered} partitions answered of {}",
-                members.len()
-            )));
-        }
-        match failure {
-            None => Ok(()),
-            Some(failure) => Err(failure),
-        }
+        (acknowledged, failure)
     }
 
     fn versions(&self) -> Result<Versions, Failure> {
@@ -569,8 +691,8 @@ impl Producer {
             .ok_or_else(|| Failure::Retry("the broker's versions are not known yet".into()))
     }
 
-    /// Asks the brokers in turn for the topic's partitions and leaders
-    /// (and, first, for the versions they speak).
+    /// Asks the brokers in turn for the versions they speak and the
+    /// topic's partitions and leaders.
     fn read_metadata(&mut self) -> Result<(), Failure> {
         let mut failures = Vec::new();
         let bootstrap = self.target.brokers.clone();
@@ -578,9 +700,9 @@ impl Producer {
             match self.metadata_from(broker) {
                 Ok(()) => return Ok(()),
                 Err(Failure::Final(why)) => return Err(Failure::Final(why)),
-                Err(Failure::Retry(why) | Failure::NewId(why)) => {
+                Err(failure) => {
                     self.connections.remove(broker);
-                    failures.push(format!("{broker}: {why}"));
+                    failures.push(format!("{broker}: {}", failure.why()));
                 }
             }
         }
@@ -591,9 +713,7 @@ impl Producer {
     }
 
     fn metadata_from(&mut self, broker: &str) -> Result<(), Failure> {
-        if self.versions.is_none() {
-            self.versions = Some(self.negotiate(broker)?);
-        }
+        self.versions = Some(self.negotiate(broker)?);
         let versions = self.versions()?;
         let request = MetadataRequest::default()
             .with_topics(Some(vec![
@@ -616,10 +736,9 @@ impl Producer {
             .ok_or_else(|| Failure::Retry("the topic is not in the answer".into()))?;
         if topic.error_code != code::NONE {
             let why = format!("topic error {}", topic.error_code);
-            return Err(if code::RETRIABLE.contains(&topic.error_code) {
-                Failure::Retry(why)
-            } else {
-                Failure::Final(why)
+            return Err(match Failure::of_code(topic.error_code, why) {
+                Failure::NewId(why) => Failure::Final(why),
+                other => other,
             });
         }
         let partitions = topic.partitions.len();
@@ -646,11 +765,12 @@ impl Producer {
                 (broker.node_id.0, address)
             })
             .collect();
-        if self.sequences.len() != partitions {
-            // More partitions: the new ones start at 0 for this id.
+        if self.sequences.len() < partitions {
+            // New partitions start at 0 for this id.
             self.sequences.resize(partitions, 0);
         }
         self.leaders = leaders;
+        self.metadata_read = Some(Instant::now());
         Ok(())
     }
 
@@ -663,35 +783,38 @@ impl Producer {
                 response.error_code
             )));
         }
-        let pick = |key: i16, (lowest, highest): (i16, i16), name: &str| {
-            let range = response.api_keys.iter().find(|api| api.api_key == key);
+        let pick = |key: ApiKey, (lowest, highest): (i16, i16)| {
+            let range = response
+                .api_keys
+                .iter()
+                .find(|api| api.api_key == key as i16);
             match range {
                 Some(api) if api.max_version >= lowest && api.min_version <= highest => {
                     Ok(api.max_version.min(highest))
                 }
                 _ => Err(Failure::Final(format!(
-                    "the broker does not speak {name} versions {lowest} to {highest}"
+                    "the broker does not speak {key:?} versions {lowest} to {highest}"
                 ))),
             }
         };
         Ok(Versions {
-            produce: pick(ProduceRequest::KEY as i16, PRODUCE, "Produce")?,
-            metadata: pick(MetadataRequest::KEY as i16, METADATA, "Metadata")?,
-            init_producer_id: pick(
-                InitProducerIdRequest::KEY as i16,
-                INIT_PRODUCER_ID,
-                "InitProducerId",
-            )?,
+            produce: pick(ApiKey::Produce, PRODUCE)?,
+            metadata: pick(ApiKey::Metadata, METADATA)?,
+            init_producer_id: pick(ApiKey::InitProducerId, INIT_PRODUCER_ID)?,
         })
     }
 
-    /// A producer id and epoch from any broker; every partition's
-    /// sequence starts at 0 for it.
+    /// A producer id and epoch from a broker; every partition's sequence
+    /// starts at 0 for it.
     fn init_producer_id(&mut self) -> Result<(), Failure> {
         let versions = self.versions()?;
         let mut brokers: Vec<String> = self.brokers.values().cloned().collect();
         brokers.sort();
-        brokers.extend(self.target.brokers.iter().cloned());
+        for bootstrap in &self.target.brokers {
+            if !brokers.contains(bootstrap) {
+                brokers.push(bootstrap.clone());
+            }
+        }
         let mut failures = Vec::new();
         for broker in brokers {
             let request = InitProducerIdRequest::default()
@@ -705,10 +828,18 @@ impl Producer {
                     self.sequences = vec![0; self.leaders.len()];
                     return Ok(());
                 }
+                // No right to write idempotently (`IdempotentWrite` on the
+                // cluster): no other broker will say otherwise.
+                Ok(response) if !code::RETRIABLE.contains(&response.error_code) => {
+                    return Err(Failure::Final(format!(
+                        "{broker}: no producer id: error {}",
+                        response.error_code
+                    )));
+                }
                 Ok(response) => failures.push(format!("{broker}: error {}", response.error_code)),
-                Err(Failure::Retry(why) | Failure::NewId(why) | Failure::Final(why)) => {
+                Err(failure) => {
                     self.connections.remove(&broker);
-                    failures.push(format!("{broker}: {why}"));
+                    failures.push(format!("{broker}: {}", failure.why()));
                 }
             }
         }
@@ -723,8 +854,25 @@ impl Producer {
         self.id = None;
     }
 
+    /// The versions, leaders and connections are read and made again.
+    fn forget_cluster(&mut self) {
+        self.versions = None;
+        self.leaders.clear();
+        self.connections.clear();
+    }
+
+    /// The time left before the batch's deadline, at most `bound`.
+    fn time_left(&self, bound: Duration) -> Result<Duration, Failure> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure::Retry("the delivery timeout passed".into()));
+        }
+        Ok(left.min(bound))
+    }
+
     /// Sends `request` to `broker` (connecting first when needed) and
-    /// reads its answer; a failed connection is closed.
+    /// reads its answer, never past the batch's deadline; a failed
+    /// connection is closed.
     fn call<R: Call>(
         &mut self,
         broker: &str,
@@ -767,47 +915,76 @@ impl Producer {
     }
 
     /// Writes one request frame and reads one answer frame.
-    fn exchange(&mut self, broker: &str, body: &[u8]) -> io::Result<Bytes> {
+    fn exchange(&mut self, broker: &str, body: &[u8]) -> Result<Bytes, io::Error> {
+        let timed_out =
+            |failure: Failure| io::Error::new(io::ErrorKind::TimedOut, failure.why().to_string());
         if !self.connections.contains_key(broker) {
-            let stream = connect(broker)?;
+            let wait = self.time_left(CONNECT_TIMEOUT).map_err(timed_out)?;
+            let stream = connect(broker, wait)?;
             self.connections.insert(broker.to_string(), stream);
         }
+        let wait = self.time_left(REQUEST_TIMEOUT).map_err(timed_out)?;
         let stream = self
             .connections
             .get_mut(broker)
             .ok_or_else(|| io::Error::other("no connection"))?;
+        // One bound for the whole exchange: each read or write waits at
+        // most the time left.
+        let until = Instant::now() + wait;
         let length =
             u32::try_from(body.len()).map_err(|_| io::Error::other("request too large"))?;
         let mut frame = Vec::with_capacity(4 + body.len());
         frame.extend_from_slice(&length.to_be_bytes());
         frame.extend_from_slice(body);
+        stream.set_write_timeout(Some(wait))?;
         stream.write_all(&frame)?;
         let mut size = [0u8; 4];
-        stream.read_exact(&mut size)?;
+        read_until(stream, &mut size, until)?;
         let size = usize::try_from(u32::from_be_bytes(size)).unwrap_or(usize::MAX);
         if size > MAX_ANSWER {
             return Err(io::Error::other(format!("an answer of {size} bytes")));
         }
         let mut answer = vec![0u8; size];
-        stream.read_exact(&mut answer)?;
+        read_until(stream, &mut answer, until)?;
         Ok(Bytes::from(answer))
     }
 }
 
-/// `records` in runs of at most `bytes` of keys and values (a record
-/// larger alone is a run of its own, for the broker to judge).
-fn runs_within(records: Vec<&KafkaRecord>, bytes: usize) -> Vec<Vec<&KafkaRecord>> {
-    let mut runs: Vec<Vec<&KafkaRecord>> = Vec::new();
+/// Fills `buffer` from `stream`, failing once `until` passes.
+fn read_until(stream: &mut TcpStream, buffer: &mut [u8], until: Instant) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buffer[filled..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// The records `members` (indices into `records`) in runs of at most
+/// `bytes` of keys and values (a record larger alone is a run of its own,
+/// for the broker to judge).
+fn runs_within(records: &[KafkaRecord], members: Vec<usize>, bytes: usize) -> Vec<Vec<usize>> {
+    let mut runs: Vec<Vec<usize>> = Vec::new();
     let mut size = 0;
-    for record in records {
+    for at in members {
+        let record = &records[at];
         let length = record.value.len() + record.key.as_ref().map_or(0, Vec::len);
         match runs.last_mut() {
             Some(run) if size + length <= bytes => {
-                run.push(record);
+                run.push(at);
                 size += length;
             }
             _ => {
-                runs.push(vec![record]);
+                runs.push(vec![at]);
                 size = length;
             }
         }
@@ -815,21 +992,19 @@ fn runs_within(records: Vec<&KafkaRecord>, bytes: usize) -> Vec<Vec<&KafkaRecord
     runs
 }
 
+/// `first + offset` as Kafka's sequences count: past i32::MAX, from 0.
 fn wrapping_sequence(first: i32, offset: i32) -> i32 {
-    // Kafka's sequences go from i32::MAX back to 0.
     let next = i64::from(first) + i64::from(offset);
     i32::try_from(next % (i64::from(i32::MAX) + 1)).unwrap_or(0)
 }
 
-fn connect(address: &str) -> io::Result<TcpStream> {
+fn connect(address: &str, wait: Duration) -> io::Result<TcpStream> {
     let socket = address
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-    let stream = TcpStream::connect_timeout(&socket, CONNECT_TIMEOUT)?;
+    let stream = TcpStream::connect_timeout(&socket, wait)?;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     Ok(stream)
 }
 
@@ -870,9 +1045,404 @@ mod tests {
             record(2_000),
             record(100),
         ];
-        let runs = runs_within(records.iter().collect(), 1_000);
-        let sizes: Vec<usize> = runs.iter().map(Vec::len).collect();
-        assert_eq!(sizes, vec![2, 1, 1, 1], "400+400 | 300 | 2000 alone | 100");
+        let runs = runs_within(&records, (0..records.len()).collect(), 1_000);
+        assert_eq!(
+            runs,
+            vec![vec![0, 1], vec![2], vec![3], vec![4]],
+            "400+400 | 300 | 2000 alone | 100"
+        );
+    }
+
+    // ---- a broker scripted from the producer's side ----
+
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+    };
+    use kafka_protocol::messages::produce_response::{
+        PartitionProduceResponse, TopicProduceResponse,
+    };
+    use kafka_protocol::messages::{BrokerId, InitProducerIdResponse};
+    use kafka_protocol::protocol::decode_request_header_from_buffer;
+    use kafka_protocol::records::RecordBatchDecoder;
+    use std::net::TcpListener;
+
+    /// What the broker does with a partition's record batch.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum Reaction {
+        /// Keeps it (0) or refuses it with this error code.
+        Answer(i16),
+        /// Keeps it and closes the connection without an answer.
+        LoseTheAnswer,
+    }
+
+    /// A record batch the broker got: (leader, partition, producer id,
+    /// first sequence, records).
+    type Received = (i32, i32, i64, i32, i32);
+
+    type Script = Box<dyn FnMut(i32, usize) -> Reaction + Send>;
+
+    struct Fake {
+        script: Script,
+        received: Vec<Received>,
+        producer_ids: i64,
+        /// Partition → its leader (-1: none).
+        leaders: Vec<i32>,
+    }
+
+    /// Two brokers (ids 1 and 2) on their own ports, one state; the topic's
+    /// partition `i` is led by `leaders[i]`.
+    struct FakeCluster {
+        ports: Vec<u16>,
+        state: Arc<Mutex<Fake>>,
+    }
+
+    impl FakeCluster {
+        fn start(leaders: Vec<i32>, script: Script) -> Self {
+            let state = Arc::new(Mutex::new(Fake {
+                script,
+                received: Vec::new(),
+                producer_ids: 100,
+                leaders,
+            }));
+            let listeners: Vec<TcpListener> = (0..2)
+                .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+                .collect();
+            let ports: Vec<u16> = listeners
+                .iter()
+                .map(|listener| listener.local_addr().expect("address").port())
+                .collect();
+            for (at, listener) in listeners.into_iter().enumerate() {
+                let (state, ports) = (Arc::clone(&state), ports.clone());
+                let id = at as i32 + 1;
+                thread::spawn(move || {
+                    for stream in listener.incoming().flatten() {
+                        let (state, ports) = (Arc::clone(&state), ports.clone());
+                        thread::spawn(move || serve(stream, id, &state, &ports));
+                    }
+                });
+            }
+            Self { ports, state }
+        }
+
+        fn target(&self) -> KafkaTarget {
+            KafkaTarget::compile(
+                &[format!("127.0.0.1:{}", self.ports[0])],
+                "calls",
+                Compression::None,
+                Some(10_000),
+            )
+            .expect("target")
+        }
+
+        fn received(&self) -> Vec<Received> {
+            self.state.lock().expect("fake").received.clone()
+        }
+
+        fn producer_ids_given(&self) -> i64 {
+            self.state.lock().expect("fake").producer_ids - 100
+        }
+    }
+
+    fn serve(mut stream: TcpStream, id: i32, state: &Mutex<Fake>, ports: &[u16]) {
+        loop {
+            let mut size = [0u8; 4];
+            if stream.read_exact(&mut size).is_err() {
+                return;
+            }
+            let mut frame = vec![0u8; u32::from_be_bytes(size) as usize];
+            if stream.read_exact(&mut frame).is_err() {
+                return;
+            }
+            let mut frame = Bytes::from(frame);
+            let header = decode_request_header_from_buffer(&mut frame).expect("header");
+            let version = header.request_api_version;
+            let mut out = BytesMut::new();
+            let key = ApiKey::try_from(header.request_api_key).expect("key");
+            let answer_header = kafka_protocol::messages::ResponseHeader::default()
+                .with_correlation_id(header.correlation_id);
+            match key {
+                ApiKey::ApiVersions => {
+                    let answer = ApiVersionsResponse::default().with_api_keys(vec![
+                        ApiVersion::default()
+                            .with_api_key(0)
+                            .with_min_version(3)
+                            .with_max_version(9),
+                        ApiVersion::default()
+                            .with_api_key(3)
+                            .with_min_version(1)
+                            .with_max_version(12),
+                        ApiVersion::default()
+                            .with_api_key(22)
+                            .with_min_version(0)
+                            .with_max_version(4),
+                    ]);
+                    answer_header
+                        .encode(&mut out, ApiVersionsResponse::header_version(version))
+                        .expect("h");
+                    answer.encode(&mut out, version).expect("encode");
+                }
+                ApiKey::Metadata => {
+                    let leaders = state.lock().expect("fake").leaders.clone();
+                    let answer = MetadataResponse::default()
+                        .with_brokers(
+                            ports
+                                .iter()
+                                .enumerate()
+                                .map(|(at, port)| {
+                                    MetadataResponseBroker::default()
+                                        .with_node_id(BrokerId(at as i32 + 1))
+                                        .with_host(StrBytes::from_static_str("127.0.0.1"))
+                                        .with_port(i32::from(*port))
+                                })
+                                .collect(),
+                        )
+                        .with_topics(vec![MetadataResponseTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_static_str("calls"))))
+                            .with_partitions(
+                                leaders
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(at, leader)| {
+                                        MetadataResponsePartition::default()
+                                            .with_partition_index(at as i32)
+                                            .with_leader_id(BrokerId(*leader))
+                                    })
+                                    .collect(),
+                            )]);
+                    answer_header
+                        .encode(&mut out, MetadataResponse::header_version(version))
+                        .expect("h");
+                    answer.encode(&mut out, version).expect("encode");
+                }
+                ApiKey::InitProducerId => {
+                    let mut fake = state.lock().expect("fake");
+                    let answer = InitProducerIdResponse::default()
+                        .with_producer_id(ProducerId(fake.producer_ids))
+                        .with_producer_epoch(0);
+                    fake.producer_ids += 1;
+                    answer_header
+                        .encode(&mut out, InitProducerIdResponse::header_version(version))
+                        .expect("h");
+                    answer.encode(&mut out, version).expect("encode");
+                }
+                ApiKey::Produce => {
+                    let request = ProduceRequest::decode(&mut frame, version).expect("produce");
+                    let mut lose = false;
+                    let mut partitions = Vec::new();
+                    let mut fake = state.lock().expect("fake");
+                    for topic in &request.topic_data {
+                        for data in &topic.partition_data {
+                            let mut records = data.records.clone().expect("records");
+                            let batches =
+                                RecordBatchDecoder::decode_batch_info(&mut records).expect("batch");
+                            assert_eq!(batches.len(), 1, "one record batch per partition");
+                            let batch = &batches[0];
+                            let nth = fake.received.iter().filter(|r| r.1 == data.index).count();
+                            fake.received.push((
+                                id,
+                                data.index,
+                                batch.producer_id,
+                                batch.base_sequence,
+                                batch.record_count,
+                            ));
+                            let reaction = (fake.script)(data.index, nth);
+                            let code = match reaction {
+                                Reaction::Answer(code) => code,
+                                Reaction::LoseTheAnswer => {
+                                    lose = true;
+                                    0
+                                }
+                            };
+                            partitions.push(
+                                PartitionProduceResponse::default()
+                                    .with_index(data.index)
+                                    .with_error_code(code),
+                            );
+                        }
+                    }
+                    drop(fake);
+                    if lose {
+                        return;
+                    }
+                    let answer = ProduceResponse::default().with_responses(vec![
+                        TopicProduceResponse::default()
+                            .with_name(TopicName(StrBytes::from_static_str("calls")))
+                            .with_partition_responses(partitions),
+                    ]);
+                    answer_header
+                        .encode(&mut out, ProduceResponse::header_version(version))
+                        .expect("h");
+                    answer.encode(&mut out, version).expect("encode");
+                }
+                other => panic!("unexpected request {other:?}"),
+            }
+            let mut framed = (out.len() as u32).to_be_bytes().to_vec();
+            framed.extend_from_slice(&out);
+            if stream.write_all(&framed).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// `n` records whose keys go to `partition` of 2.
+    fn keyed(partition: usize, n: usize) -> Vec<KafkaRecord> {
+        (0..)
+            .map(|i: usize| format!("key-{i}"))
+            .filter(|key| partition_of(key.as_bytes(), 2) == partition)
+            .take(n)
+            .map(|key| KafkaRecord {
+                value: format!("value of {key}").into_bytes(),
+                key: Some(key.into_bytes()),
+            })
+            .collect()
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(10)
+    }
+
+    #[test]
+    fn each_partition_goes_to_its_own_leader_and_sequences_follow_on() {
+        let cluster = FakeCluster::start(vec![1, 2], Box::new(|_, _| Reaction::Answer(0)));
+        let mut producer = Producer::new(cluster.target());
+        let mut batch = keyed(0, 3);
+        batch.extend(keyed(1, 2));
+        assert_eq!(producer.produce(&batch, soon()), Ok(Produced::All));
+        assert_eq!(producer.produce(&keyed(1, 4), soon()), Ok(Produced::All));
+        let mut received = cluster.received();
+        received.sort();
+        assert_eq!(
+            received,
+            vec![(1, 0, 100, 0, 3), (2, 1, 100, 0, 2), (2, 1, 100, 2, 4)],
+            "(leader, partition, producer id, first sequence, records)"
+        );
+    }
+
+    #[test]
+    fn a_lost_answer_sends_the_share_again_with_its_id_and_sequences() {
+        let cluster = FakeCluster::start(
+            vec![1, 2],
+            Box::new(|partition, nth| match (partition, nth) {
+                (0, 0) => Reaction::LoseTheAnswer,
+                // What a broker honouring idempotence answers the copy.
+                (0, 1) => Reaction::Answer(code::DUPLICATE_SEQUENCE_NUMBER),
+                _ => Reaction::Answer(0),
+            }),
+        );
+        let mut producer = Producer::new(cluster.target());
+        assert_eq!(producer.produce(&keyed(0, 5), soon()), Ok(Produced::All));
+        let received = cluster.received();
+        assert_eq!(received, vec![(1, 0, 100, 0, 5), (1, 0, 100, 0, 5)]);
+        // The next batch follows on after the copy.
+        assert_eq!(producer.produce(&keyed(0, 1), soon()), Ok(Produced::All));
+        assert_eq!(cluster.received()[2], (1, 0, 100, 5, 1));
+    }
+
+    #[test]
+    fn a_new_producer_id_sends_again_only_what_was_not_acknowledged() {
+        let cluster = FakeCluster::start(
+            vec![1, 2],
+            Box::new(|partition, nth| match (partition, nth) {
+                // UNKNOWN_PRODUCER_ID once on partition 1.
+                (1, 0) => Reaction::Answer(59),
+                _ => Reaction::Answer(0),
+            }),
+        );
+        let mut producer = Producer::new(cluster.target());
+        let mut batch = keyed(0, 3);
+        batch.extend(keyed(1, 2));
+        assert_eq!(producer.produce(&batch, soon()), Ok(Produced::All));
+        let mut received = cluster.received();
+        received.sort();
+        assert_eq!(
+            received,
+            vec![(1, 0, 100, 0, 3), (2, 1, 100, 0, 2), (2, 1, 101, 0, 2)],
+            "partition 0 once; partition 1 again under the new id, from 0"
+        );
+        assert_eq!(cluster.producer_ids_given(), 2);
+    }
+
+    #[test]
+    fn a_refusal_after_part_was_written_answers_the_rest_as_refused() {
+        let cluster = FakeCluster::start(
+            vec![1, 2],
+            Box::new(|partition, _| match partition {
+                // MESSAGE_TOO_LARGE: no attempt will do.
+                1 => Reaction::Answer(10),
+                _ => Reaction::Answer(0),
+            }),
+        );
+        let mut producer = Producer::new(cluster.target());
+        let mut batch = keyed(0, 3);
+        batch.extend(keyed(1, 2));
+        assert_eq!(producer.produce(&batch, soon()), Ok(Produced::Refused(2)));
+        assert_eq!(cluster.received().len(), 2, "nothing sent twice");
+        // Refused alone: a failure (nothing was written), and the sequences
+        // after it start over under a new id.
+        assert!(producer.produce(&keyed(1, 1), soon()).is_err());
+        assert_eq!(producer.produce(&keyed(0, 1), soon()), Ok(Produced::All));
+        let last = cluster.received().last().copied();
+        assert_eq!(last.map(|r| (r.2, r.3)), Some((102, 0)));
+    }
+
+    #[test]
+    fn a_run_whose_sequences_would_wrap_is_cut_in_two_batches() {
+        let cluster = FakeCluster::start(vec![1, 1], Box::new(|_, _| Reaction::Answer(0)));
+        let mut producer = Producer::new(cluster.target());
+        assert_eq!(producer.produce(&keyed(0, 1), soon()), Ok(Produced::All));
+        producer.sequences[0] = i32::MAX - 1;
+        assert_eq!(producer.produce(&keyed(0, 5), soon()), Ok(Produced::All));
+        assert_eq!(
+            cluster.received()[1..].to_vec(),
+            vec![(1, 0, 100, i32::MAX - 1, 2), (1, 0, 100, 0, 3)]
+        );
+    }
+
+    #[test]
+    fn records_without_a_key_go_to_a_partition_with_a_leader() {
+        let cluster = FakeCluster::start(vec![-1, 2], Box::new(|_, _| Reaction::Answer(0)));
+        let mut producer = Producer::new(cluster.target());
+        let keyless = vec![
+            KafkaRecord {
+                key: None,
+                value: b"a".to_vec(),
+            };
+            3
+        ];
+        for _ in 0..3 {
+            assert_eq!(producer.produce(&keyless, soon()), Ok(Produced::All));
+        }
+        assert!(
+            cluster.received().iter().all(|r| r.1 == 1),
+            "{:?}",
+            cluster.received()
+        );
+    }
+
+    #[test]
+    fn a_broker_that_never_answers_fails_the_batch_at_its_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+            }
+        });
+        let target = KafkaTarget::compile(
+            &[format!("127.0.0.1:{port}")],
+            "calls",
+            Compression::None,
+            Some(1_000),
+        )
+        .expect("target");
+        let mut producer = Producer::new(target);
+        let started = Instant::now();
+        let outcome = producer.produce(&keyed(0, 1), started + Duration::from_millis(1_200));
+        assert!(outcome.is_err());
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(1_500), "{took:?}");
     }
 
     #[test]

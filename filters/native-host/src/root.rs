@@ -43,7 +43,8 @@ pub(crate) struct Config {
     ticker: Option<Ticker>,
     /// The main root's calls in flight: Envoy's callout id, the token.
     callouts: Mutex<Vec<(u64, u32)>>,
-    /// The answers of the main root's Redis commands (with a timer only:
+    /// The answers of the main root's Redis commands and Kafka batches
+    /// (with a timer only:
     /// its scheduler wakes the main thread).
     pub mailbox: Option<Arc<Mailbox>>,
 }
@@ -132,7 +133,7 @@ pub(crate) struct NativeRoot<'a> {
     metrics: Metrics<'a>,
     /// The main root's calls in flight; a worker's root cannot call.
     callouts: Option<&'a Mutex<Vec<(u64, u32)>>>,
-    /// Where the main root's Redis answers go.
+    /// Where the main root's Redis and Kafka answers go.
     mailbox: Option<&'a Arc<Mailbox>>,
 }
 
