@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Makes a local CA (ca.pem) and a server certificate it signed for
+# Makes a local CA (ca.pem) and a certificate it signed for
 # localhost/127.0.0.1 (cert.pem, key.pem) in DIR (default .run/tls), for the
-# demo's TLS listener; kept if already there. Clients trust ca.pem.
+# demo's TLS listener (and, in the tests, a TLS Redis and its client); kept
+# if already there. Clients trust ca.pem.
 set -euo pipefail
 dir="${1:-$(dirname "$0")/../.run/tls}"
 mkdir -p "$dir"
@@ -13,7 +14,7 @@ openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
   -keyout key.pem -out server.csr 2>/dev/null
 printf '%s\n' "basicConstraints=critical,CA:FALSE" \
   "keyUsage=critical,digitalSignature,keyEncipherment" \
-  "extendedKeyUsage=serverAuth" \
+  "extendedKeyUsage=serverAuth,clientAuth" \
   "subjectAltName=DNS:localhost,IP:127.0.0.1" > server.ext
 openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
   -days 365 -extfile server.ext -out cert.pem 2>/dev/null

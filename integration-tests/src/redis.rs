@@ -29,6 +29,9 @@ pub struct FleetStore {
     dir: tempfile::TempDir,
     redis_port: u16,
     webdis_port: u16,
+    /// With TLS: the port Redis takes TLS connections on (beside its plain
+    /// port, which the test uses) and the certificates' directory.
+    tls: Option<(u16, tempfile::TempDir)>,
     redis: Option<Child>,
     webdis: Option<Child>,
 }
@@ -43,12 +46,52 @@ impl FleetStore {
             dir,
             redis_port: free_port(),
             webdis_port: free_port(),
+            tls: None,
             redis: None,
             webdis: None,
         };
         store.start_redis();
         store.start_webdis();
         store
+    }
+
+    /// A store whose Redis also takes TLS connections, from clients with a
+    /// certificate its CA signed (`tls-auth-clients yes`, Redis's default):
+    /// `scripts/make-certs.sh`'s CA and certificate (for `localhost` and
+    /// 127.0.0.1, server and client).
+    pub fn start_tls() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("gw-redis-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let (certs, _) = crate::envoy::make_certs();
+        let mut store = Self {
+            dir,
+            redis_port: free_port(),
+            webdis_port: free_port(),
+            tls: Some((free_port(), certs)),
+            redis: None,
+            webdis: None,
+        };
+        store.start_redis();
+        store
+    }
+
+    /// A `fleet.store.redis` over TLS (see [`FleetStore::start_tls`]),
+    /// trusting `ca_file` (this store's CA unless given).
+    pub fn redis_tls_config(&self, ca_file: Option<&Path>) -> serde_json::Value {
+        let (port, certs) = self.tls.as_ref().expect("a store started with TLS");
+        let file = |name: &str| certs.path().join(name).to_string_lossy().into_owned();
+        let ca_file = ca_file.map_or_else(
+            || file("ca.pem"),
+            |path| path.to_string_lossy().into_owned(),
+        );
+        json!({
+            "address": format!("127.0.0.1:{port}"),
+            "username": DIRECT_USER,
+            "password": DIRECT_PASSWORD,
+            "tls": {"ca_file": ca_file, "cert_file": file("cert.pem"), "key_file": file("key.pem")}
+        })
     }
 
     /// The port Webdis listens on: the Envoy store cluster's endpoint.
@@ -108,7 +151,26 @@ impl FleetStore {
     /// Starts Redis (again) on its port, empty.
     pub fn start_redis(&mut self) {
         assert!(self.redis.is_none(), "Redis is already running");
-        self.redis = Some(start_redis_server(self.redis_port, self.dir.path(), &[]));
+        let tls: Vec<String> = match &self.tls {
+            Some((port, certs)) => {
+                let file = |name: &str| certs.path().join(name).to_string_lossy().into_owned();
+                vec![
+                    "--tls-port".into(),
+                    port.to_string(),
+                    "--tls-cert-file".into(),
+                    file("cert.pem"),
+                    "--tls-key-file".into(),
+                    file("key.pem"),
+                    "--tls-ca-cert-file".into(),
+                    file("ca.pem"),
+                    "--tls-auth-clients".into(),
+                    "yes".into(),
+                ]
+            }
+            None => Vec::new(),
+        };
+        let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+        self.redis = Some(start_redis_server(self.redis_port, self.dir.path(), &tls));
         if self.webdis.is_some() {
             self.wait_for_webdis();
         }

@@ -484,3 +484,49 @@ fn leases_go_on_after_redis_was_down_since_unsent_commands_ran_nowhere() {
     assert!(calls <= 4 + 2 + 2, "{calls} store calls for 40 requests");
     assert!(stat(envoy, "throttling", "fleet.leased") - leased >= 32);
 }
+
+#[test]
+fn the_store_over_tls_with_a_client_certificate_keeps_a_storm_exact() {
+    let redis = FleetStore::start_tls();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let over_tls = json!({"redis": redis.redis_tls_config(None), "timeout_ms": 2000});
+    let Some(envoys) = fleet(2, &[throttling(over_tls, 75, "deny")], &upstream) else {
+        return;
+    };
+    redis.command(&["SCRIPT", "LOAD", SCRIPT]);
+    let evalsha = redis.command_calls("evalsha");
+    // 120 at once: the commands of both workers pipelined on each Envoy's
+    // one TLS connection.
+    let responses = storm(&envoys, 60, &[]);
+    assert_eq!((count(&responses, 200), count(&responses, 429)), (75, 45));
+    assert_eq!(upstream.request_count(), 75);
+    assert_eq!(
+        redis.command_calls("evalsha") - evalsha,
+        120,
+        "one call per request"
+    );
+    assert_eq!(redis.keys("gw:q:api:*").len(), 1);
+
+    // An Envoy trusting another CA does not connect: its checks get the
+    // failure mode's answer, and its log names the certificate.
+    let (other_ca, _) = integration_tests::envoy::make_certs();
+    let distrusting = json!({
+        "redis": redis.redis_tls_config(Some(&other_ca.path().join("ca.pem"))),
+        "timeout_ms": 2000
+    });
+    let Some(envoys) = fleet(1, &[throttling(distrusting, 25, "deny")], &upstream) else {
+        return;
+    };
+    let denied = get(&envoys[0], "/", &[]);
+    assert_eq!(
+        (denied.status, denied.header("x-ca-error-code")),
+        (503, Some("A503TU"))
+    );
+    assert!(
+        envoys[0].wait_for(BACK, |envoy| envoy
+            .log()
+            .contains("invalid peer certificate")),
+        "{}",
+        envoys[0].log()
+    );
+}

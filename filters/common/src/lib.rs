@@ -25,6 +25,7 @@ pub mod slots;
 pub mod store;
 pub mod stream;
 pub mod sync;
+pub mod tls;
 pub mod upstream;
 #[cfg(feature = "wasm")]
 pub mod wake;

@@ -49,8 +49,12 @@ impl TlsTarget {
         let client_pem = match (&config.cert_file, &config.key_file) {
             (Some(cert), Some(key)) => Some((certificates("cert_file", cert)?, private_key(key)?)),
             (None, None) => None,
-            (Some(_), None) => return Err(ConfigError::new("key_file", "required with `cert_file`")),
-            (None, Some(_)) => return Err(ConfigError::new("cert_file", "required with `key_file`")),
+            (Some(_), None) => {
+                return Err(ConfigError::new("key_file", "required with `cert_file`"))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new("cert_file", "required with `key_file`"))
+            }
         };
         if let Some(name) = &config.server_name {
             let usable = !name.is_empty()
@@ -80,7 +84,8 @@ fn read(field: &str, path: &str) -> Result<Vec<u8>, ConfigError> {
             "the Wasm modules cannot open connections of their own (TLS is the native module's)",
         ));
     }
-    std::fs::read(path).map_err(|error| ConfigError::new(field, format!("cannot read `{path}`: {error}")))
+    std::fs::read(path)
+        .map_err(|error| ConfigError::new(field, format!("cannot read `{path}`: {error}")))
 }
 
 /// A file of one or more PEM certificates.
@@ -143,23 +148,32 @@ mod tests {
         let empty = file("no certificate here\n");
         let path = |f: &tempfile::NamedTempFile| f.path().to_string_lossy().into_owned();
         let compile = |config: TlsConfig| TlsTarget::compile(&config).map_err(|e| e.to_string());
-        assert_eq!(compile(TlsConfig::default()), Ok(TlsTarget {
-            ca_pem: None,
-            client_pem: None,
-            server_name: None,
-        }));
+        assert_eq!(
+            compile(TlsConfig::default()),
+            Ok(TlsTarget {
+                ca_pem: None,
+                client_pem: None,
+                server_name: None,
+            })
+        );
         let missing = compile(TlsConfig {
             ca_file: Some("/nonexistent/ca.pem".into()),
             ..Default::default()
         })
         .expect_err("missing");
-        assert!(missing.starts_with("ca_file: cannot read `/nonexistent/ca.pem`"), "{missing}");
+        assert!(
+            missing.starts_with("ca_file: cannot read `/nonexistent/ca.pem`"),
+            "{missing}"
+        );
         let no_certificate = compile(TlsConfig {
             ca_file: Some(path(&empty)),
             ..Default::default()
         })
         .expect_err("empty");
-        assert!(no_certificate.ends_with("holds no PEM certificate"), "{no_certificate}");
+        assert!(
+            no_certificate.ends_with("holds no PEM certificate"),
+            "{no_certificate}"
+        );
         assert_eq!(
             compile(TlsConfig {
                 cert_file: Some(path(&empty)),

@@ -11,7 +11,7 @@
 //! at a time per configuration, and one in flight per partition keeps the
 //! sequence numbers simple (a broker refuses a sequence out of order).
 
-use crate::mailbox::{Answer, Mailbox};
+use crate::mailbox::{log, server_of, Answer, Mailbox, Servers};
 use bytes::{Bytes, BytesMut};
 use gateway_common::kafka::{Compression, KafkaRecord, KafkaTarget};
 use gateway_common::sync::lock;
@@ -124,30 +124,10 @@ struct Job {
 
 /// The sending end of a producer's thread (made on first use).
 fn producer(target: &KafkaTarget) -> Arc<Mutex<Sender<Job>>> {
-    type Producers = HashMap<KafkaTarget, Arc<Mutex<Sender<Job>>>>;
-    static PRODUCERS: OnceLock<Mutex<Producers>> = OnceLock::new();
-    let mut producers = lock(PRODUCERS.get_or_init(Default::default));
-    if let Some(sender) = producers.get(target) {
-        return Arc::clone(sender);
-    }
-    let (sender, jobs) = mpsc::channel();
-    let owned = target.clone();
-    let started = thread::Builder::new()
-        .name("gateway-kafka".into())
-        .spawn(move || run(owned, &jobs));
-    let sender = Arc::new(Mutex::new(sender));
-    match started {
-        // Kept: the next batch finds the thread.
-        Ok(_) => {
-            producers.insert(target.clone(), Arc::clone(&sender));
-        }
-        // Not kept: the next batch tries again (this one is answered as
-        // not sent, its receiver being gone).
-        Err(error) => log(&format!(
-            "cannot start the Kafka producer's thread: {error}"
-        )),
-    }
-    sender
+    static PRODUCERS: Servers<KafkaTarget, Job> = OnceLock::new();
+    server_of(&PRODUCERS, target, "gateway-kafka", |target, jobs| {
+        run(target, &jobs)
+    })
 }
 
 fn run(target: KafkaTarget, jobs: &Receiver<Job>) {
@@ -190,17 +170,6 @@ fn run(target: KafkaTarget, jobs: &Receiver<Job>) {
             }
         };
         job.mailbox.deliver(job.token, answer);
-    }
-}
-
-fn log(message: &str) {
-    if cfg!(test) {
-        eprintln!("{message}");
-    } else {
-        crate::envoy::log(
-            crate::envoy::level::WARN,
-            &format!("native module: {message}"),
-        );
     }
 }
 

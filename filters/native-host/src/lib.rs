@@ -27,6 +27,7 @@ mod mailbox;
 mod redis;
 mod request;
 mod root;
+mod tls;
 
 use gateway_common::hosting::{RequestHost, RootHost};
 use gateway_common::stream::CallAnswer;

@@ -1,9 +1,62 @@
-//! Where the native module's own connections (Redis, Kafka) hand their
-//! answers: a [`Mailbox`] per stream or configuration, emptied on its
-//! owner's thread when Envoy's scheduler runs it.
+//! The native module's own connections (Redis, Kafka): the thread that
+//! serves each target, and where they hand their answers: a [`Mailbox`]
+//! per stream or configuration, emptied on its owner's thread when Envoy's
+//! scheduler runs it.
 
 use gateway_common::sync::lock;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+
+/// The threads serving targets of one kind, by target.
+pub(crate) type Servers<T, J> = OnceLock<Mutex<HashMap<T, Arc<Mutex<Sender<J>>>>>>;
+
+/// The sending end of the thread of `servers` that serves `target`,
+/// started on first use with `serve`. A thread that cannot start is not
+/// kept: the jobs sent meanwhile find no receiver (their senders answer
+/// them as not sent), and the next use tries again.
+pub(crate) fn server_of<T, J>(
+    servers: &'static Servers<T, J>,
+    target: &T,
+    name: &str,
+    serve: impl FnOnce(T, Receiver<J>) + Send + 'static,
+) -> Arc<Mutex<Sender<J>>>
+where
+    T: Clone + Eq + Hash + Send + 'static,
+    J: Send + 'static,
+{
+    let mut servers = lock(servers.get_or_init(Default::default));
+    if let Some(sender) = servers.get(target) {
+        return Arc::clone(sender);
+    }
+    let (sender, jobs) = mpsc::channel();
+    let owned = target.clone();
+    let started = thread::Builder::new()
+        .name(name.into())
+        .spawn(move || serve(owned, jobs));
+    let sender = Arc::new(Mutex::new(sender));
+    match started {
+        Ok(_) => {
+            servers.insert(target.clone(), Arc::clone(&sender));
+        }
+        Err(error) => log(&format!("cannot start the thread `{name}`: {error}")),
+    }
+    sender
+}
+
+/// A warning in Envoy's log (on the terminal in unit tests).
+pub(crate) fn log(message: &str) {
+    if cfg!(test) {
+        eprintln!("{message}");
+    } else {
+        crate::envoy::log(
+            crate::envoy::level::WARN,
+            &format!("native module: {message}"),
+        );
+    }
+}
 
 /// The scheduler event of a mailbox with answers (0: a wake or a tick).
 pub const ANSWERS: u64 = 1;

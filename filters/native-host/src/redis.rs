@@ -9,11 +9,13 @@
 //! no answer (its policy applies its failure mode without waiting), and the
 //! connection is tried again after a growing pause.
 
-use crate::mailbox::{Answer, Mailbox};
+use crate::mailbox::{log, server_of, Answer, Mailbox, Servers};
 use gateway_common::fleet::resp::{self, Reply};
 use gateway_common::fleet::{RedisServers, RedisTarget};
 use gateway_common::sync::lock;
-use std::collections::{HashMap, VecDeque};
+use gateway_common::tls::TlsTarget;
+use rustls::ClientConnection;
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,22 +81,10 @@ type Jobs = Arc<Mutex<Sender<Job>>>;
 
 /// The sending end of a server's connection thread (made on first use).
 fn connection(target: &RedisTarget) -> Jobs {
-    static CONNECTIONS: OnceLock<Mutex<HashMap<RedisTarget, Jobs>>> = OnceLock::new();
-    let mut connections = lock(CONNECTIONS.get_or_init(Default::default));
-    if let Some(sender) = connections.get(target) {
-        return Arc::clone(sender);
-    }
-    let (sender, jobs) = mpsc::channel();
-    let owned = target.clone();
-    let started = thread::Builder::new()
-        .name("gateway-redis".into())
-        .spawn(move || run(&owned, &jobs));
-    if let Err(error) = started {
-        log(&format!("cannot start the Redis thread: {error}"));
-    }
-    let sender = Arc::new(Mutex::new(sender));
-    connections.insert(target.clone(), Arc::clone(&sender));
-    sender
+    static CONNECTIONS: Servers<RedisTarget, Job> = OnceLock::new();
+    server_of(&CONNECTIONS, target, "gateway-redis", |target, jobs| {
+        run(&target, &jobs)
+    })
 }
 
 /// The commands written whose replies have not come, oldest first, each
@@ -159,7 +149,7 @@ fn run(target: &RedisTarget, jobs: &Receiver<Job>) {
             }
         }
         let failure = match outcome {
-            Ok((stream, address)) => {
+            Ok((link, address)) => {
                 if primary.as_ref().is_some_and(|last| *last != address) {
                     log(&format!(
                         "{}: now at {address} (was {})",
@@ -172,7 +162,7 @@ fn run(target: &RedisTarget, jobs: &Receiver<Job>) {
                     reported = false;
                 }
                 primary = Some(address);
-                match serve(stream, jobs, waiting) {
+                match serve(link, jobs, waiting) {
                     Served::Disconnected => return,
                     // A connection that answered: connect again at once.
                     Served::Failed { answered: true } => {
@@ -216,23 +206,18 @@ fn answer_at_once(jobs: &Receiver<Job>, wait: Duration) -> bool {
     }
 }
 
-fn log(message: &str) {
-    if cfg!(test) {
-        eprintln!("{message}");
-    } else {
-        crate::envoy::log(
-            crate::envoy::level::WARN,
-            &format!("native module: {message}"),
-        );
-    }
+/// A connection made: its socket and, with TLS, its session.
+struct Link {
+    stream: TcpStream,
+    tls: Option<ClientConnection>,
 }
 
 /// Finds the primary, connects, signs in and selects the database; the
-/// stream and the address it reached.
-fn connect(target: &RedisTarget) -> io::Result<(TcpStream, String)> {
+/// connection and the address it reached.
+fn connect(target: &RedisTarget) -> io::Result<(Link, String)> {
     let (addresses, master, username, password) = match &target.servers {
         RedisServers::Address(address) => {
-            return connect_to(target, address, false).map(|stream| (stream, address.clone()))
+            return connect_to(target, address, false).map(|link| (link, address.clone()))
         }
         RedisServers::Sentinel {
             addresses,
@@ -245,9 +230,15 @@ fn connect(target: &RedisTarget) -> io::Result<(TcpStream, String)> {
     // name a primary that was just demoted).
     let mut failures = Vec::new();
     for sentinel in addresses {
-        let named = ask_sentinel(sentinel, master, username.as_deref(), password.as_deref());
+        let named = ask_sentinel(
+            sentinel,
+            master,
+            username.as_deref(),
+            password.as_deref(),
+            target.tls.as_ref(),
+        );
         match named
-            .and_then(|address| connect_to(target, &address, true).map(|stream| (stream, address)))
+            .and_then(|address| connect_to(target, &address, true).map(|link| (link, address)))
         {
             Ok(connected) => return Ok(connected),
             Err(error) => failures.push(format!("{sentinel}: {error}")),
@@ -263,35 +254,79 @@ fn connect(target: &RedisTarget) -> io::Result<(TcpStream, String)> {
 /// `primary_only`, checks with `ROLE` that the server is a primary (a user
 /// not allowed `ROLE` is taken at Sentinel's word: a replica's `READONLY`
 /// sends the connection back to the Sentinels).
-fn connect_to(target: &RedisTarget, address: &str, primary_only: bool) -> io::Result<TcpStream> {
-    let (mut stream, mut buffer) = open(address)?;
-    sign_in(
-        &mut stream,
-        &mut buffer,
-        target.username.as_deref(),
-        target.password.as_deref(),
-    )?;
-    if target.database != 0 {
-        let database = target.database.to_string();
-        expect_ok(
-            &mut stream,
+fn connect_to(target: &RedisTarget, address: &str, primary_only: bool) -> io::Result<Link> {
+    let (mut stream, mut buffer, mut tls) = open(address, target.tls.as_ref())?;
+    {
+        let mut setup = Setup::new(&mut stream, tls.as_mut());
+        sign_in(
+            &mut setup,
             &mut buffer,
-            vec![b"SELECT", database.as_bytes()],
+            target.username.as_deref(),
+            target.password.as_deref(),
         )?;
-    }
-    if primary_only {
-        stream.write_all(&resp::command([&b"ROLE"[..]]))?;
-        if let Reply::Array(Some(role)) = read_reply(&mut stream, &mut buffer)? {
-            if role.first() != Some(&Reply::Bulk(Some(b"master".to_vec()))) {
-                return Err(io::Error::other(format!(
-                    "{address}, named by Sentinel, is not a primary"
-                )));
+        if target.database != 0 {
+            let database = target.database.to_string();
+            expect_ok(
+                &mut setup,
+                &mut buffer,
+                vec![b"SELECT", database.as_bytes()],
+            )?;
+        }
+        if primary_only {
+            setup.write_all(&resp::command([&b"ROLE"[..]]))?;
+            if let Reply::Array(Some(role)) = read_reply(&mut setup, &mut buffer)? {
+                if role.first() != Some(&Reply::Bulk(Some(b"master".to_vec()))) {
+                    return Err(io::Error::other(format!(
+                        "{address}, named by Sentinel, is not a primary"
+                    )));
+                }
             }
         }
     }
     // A server that stops reading cannot block the writer past STUCK.
     stream.set_write_timeout(Some(STUCK))?;
-    Ok(stream)
+    Ok(Link { stream, tls })
+}
+
+/// A connection being set up, read and written in plain text over TLS or
+/// not.
+enum Setup<'a> {
+    Plain(&'a mut TcpStream),
+    Tls(rustls::Stream<'a, ClientConnection, TcpStream>),
+}
+
+impl<'a> Setup<'a> {
+    fn new(stream: &'a mut TcpStream, tls: Option<&'a mut ClientConnection>) -> Self {
+        match tls {
+            Some(tls) => Setup::Tls(rustls::Stream::new(tls, stream)),
+            None => Setup::Plain(stream),
+        }
+    }
+}
+
+impl Read for Setup<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Setup::Plain(stream) => stream.read(buffer),
+            Setup::Tls(stream) => stream.read(buffer),
+        }
+    }
+}
+
+impl Write for Setup<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Setup::Plain(stream) => stream.write(bytes),
+            Setup::Tls(stream) => stream.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Setup::Plain(stream) => stream.flush(),
+            Setup::Tls(stream) => stream.flush(),
+        }
+    }
 }
 
 /// The `host:port` a Sentinel names as the primary `master`.
@@ -300,8 +335,10 @@ fn ask_sentinel(
     master: &str,
     username: Option<&str>,
     password: Option<&str>,
+    tls: Option<&TlsTarget>,
 ) -> io::Result<String> {
-    let (mut stream, mut buffer) = open(sentinel)?;
+    let (mut stream, mut buffer, mut session) = open(sentinel, tls)?;
+    let mut stream = Setup::new(&mut stream, session.as_mut());
     sign_in(&mut stream, &mut buffer, username, password)?;
     let question = [
         &b"SENTINEL"[..],
@@ -329,22 +366,28 @@ fn ask_sentinel(
     }
 }
 
-/// A connection to `address` with set-up timeouts, and its read buffer.
-fn open(address: &str) -> io::Result<(TcpStream, Vec<u8>)> {
+/// A connection to `address` with set-up timeouts (its TLS handshake
+/// done, with `tls`), and its read buffer.
+type Opened = (TcpStream, Vec<u8>, Option<ClientConnection>);
+
+fn open(address: &str, tls: Option<&TlsTarget>) -> io::Result<Opened> {
     let socket = address
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-    let stream = TcpStream::connect_timeout(&socket, CONNECT_TIMEOUT)?;
+    let mut stream = TcpStream::connect_timeout(&socket, CONNECT_TIMEOUT)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
     stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
-    Ok((stream, Vec::new()))
+    let session = tls
+        .map(|tls| crate::tls::handshake(&mut stream, tls, address))
+        .transpose()?;
+    Ok((stream, Vec::new(), session))
 }
 
 /// `AUTH` with a user and password, or a password only; nothing without.
 fn sign_in(
-    stream: &mut TcpStream,
+    stream: &mut (impl Read + Write),
     buffer: &mut Vec<u8>,
     username: Option<&str>,
     password: Option<&str>,
@@ -361,7 +404,11 @@ fn sign_in(
 }
 
 /// Sends a set-up command that answers `+OK`.
-fn expect_ok(stream: &mut TcpStream, buffer: &mut Vec<u8>, command: Vec<&[u8]>) -> io::Result<()> {
+fn expect_ok(
+    stream: &mut (impl Read + Write),
+    buffer: &mut Vec<u8>,
+    command: Vec<&[u8]>,
+) -> io::Result<()> {
     let name = String::from_utf8_lossy(command[0]).into_owned();
     stream.write_all(&resp::command(command))?;
     match read_reply(stream, buffer)? {
@@ -378,7 +425,7 @@ fn expect_ok(stream: &mut TcpStream, buffer: &mut Vec<u8>, command: Vec<&[u8]>) 
 }
 
 /// Reads one whole reply (during set-up).
-fn read_reply(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<Reply> {
+fn read_reply(stream: &mut impl Read, buffer: &mut Vec<u8>) -> io::Result<Reply> {
     let mut chunk = [0u8; 4096];
     loop {
         match resp::parse(buffer) {
@@ -419,18 +466,24 @@ struct Connection {
     answered: AtomicBool,
     /// The server answered as a replica.
     demoted: AtomicBool,
+    /// The TLS session, when there is one: the writer seals what it writes
+    /// (and only the writer writes to the socket, so records go out in
+    /// order), the reader opens what comes.
+    tls: Option<Mutex<ClientConnection>>,
 }
 
 /// Writes the commands as they come (each batch in one write) while a
 /// reader thread hands the replies to their commands in order and a
 /// sweeper answers the commands past their timeout (and closes a stuck
 /// connection).
-fn serve(stream: TcpStream, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
+fn serve(link: Link, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
+    let Link { stream, tls } = link;
     let connection = Arc::new(Connection {
         pending: Arc::default(),
         closed: AtomicBool::new(false),
         answered: AtomicBool::new(false),
         demoted: AtomicBool::new(false),
+        tls: tls.map(Mutex::new),
     });
     let spawn = |name: &str, work: ConnectionWork| {
         let stream = stream.try_clone()?;
@@ -467,7 +520,13 @@ fn serve(stream: TcpStream, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
             Some(job) => job,
             None => match jobs.recv_timeout(SWEEP) {
                 Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    // What the TLS session has to send of its own.
+                    if write_out(&mut writing, &connection, &[]).is_err() {
+                        connection.closed.store(true, Ordering::Release);
+                    }
+                    continue;
+                }
                 Err(RecvTimeoutError::Disconnected) => break Served::Disconnected,
             },
         };
@@ -485,7 +544,9 @@ fn serve(stream: TcpStream, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
         drop(queue);
         // Not written on a connection given up meanwhile: those commands
         // are answered below, and must not run later.
-        if connection.closed.load(Ordering::Acquire) || writing.write_all(&batch).is_err() {
+        if connection.closed.load(Ordering::Acquire)
+            || write_out(&mut writing, &connection, &batch).is_err()
+        {
             connection.closed.store(true, Ordering::Release);
         }
     };
@@ -502,6 +563,50 @@ fn serve(stream: TcpStream, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
         }
     }
     served
+}
+
+/// Writes `bytes` on the connection, sealed first with TLS (with what the
+/// session has to send of its own).
+fn write_out(stream: &mut TcpStream, connection: &Connection, bytes: &[u8]) -> io::Result<()> {
+    let Some(tls) = &connection.tls else {
+        return stream.write_all(bytes);
+    };
+    let mut sealed = Vec::with_capacity(bytes.len() + 64);
+    {
+        let mut tls = lock(tls);
+        if !bytes.is_empty() {
+            tls.writer().write_all(bytes)?;
+        }
+        while tls.wants_write() {
+            tls.write_tls(&mut sealed)?;
+        }
+    }
+    if sealed.is_empty() {
+        return Ok(());
+    }
+    stream.write_all(&sealed)
+}
+
+/// Opens what came on a TLS connection into `plain`; an error when the
+/// session failed or the server closed it.
+fn unseal(tls: &Mutex<ClientConnection>, mut sealed: &[u8], plain: &mut Vec<u8>) -> io::Result<()> {
+    let mut tls = lock(tls);
+    while !sealed.is_empty() {
+        tls.read_tls(&mut sealed)?;
+        let state = tls
+            .process_new_packets()
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+        let available = state.plaintext_bytes_to_read();
+        if available > 0 {
+            let start = plain.len();
+            plain.resize(start + available, 0);
+            tls.reader().read_exact(&mut plain[start..])?;
+        }
+        if state.peer_has_closed() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
 }
 
 /// Every [`SWEEP`], answers the commands past their timeout; closes the
@@ -544,7 +649,14 @@ fn read_replies(mut stream: TcpStream, connection: &Connection) {
             Ok(0) | Err(_) => break,
             Ok(read) => read,
         };
-        buffer.extend_from_slice(&chunk[..read]);
+        match &connection.tls {
+            None => buffer.extend_from_slice(&chunk[..read]),
+            Some(tls) => {
+                if unseal(tls, &chunk[..read], &mut buffer).is_err() {
+                    break;
+                }
+            }
+        }
         let mut used = 0;
         loop {
             match resp::parse(&buffer[used..]) {
@@ -586,6 +698,7 @@ fn read_replies(mut stream: TcpStream, connection: &Connection) {
 mod tests {
     use super::*;
     use crate::mailbox::Waker;
+    use std::collections::HashMap;
     use std::net::TcpListener;
     use std::sync::atomic::{AtomicU16, AtomicUsize};
 
@@ -617,6 +730,7 @@ mod tests {
             username: None,
             password: None,
             database: 0,
+            tls: None,
         }
     }
 
@@ -717,6 +831,7 @@ mod tests {
             username: None,
             password: None,
             database: 0,
+            tls: None,
         }
     }
 

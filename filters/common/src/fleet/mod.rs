@@ -85,6 +85,9 @@ pub struct RedisConfig {
     /// The database number (default 0).
     #[serde(default)]
     pub database: Option<u32>,
+    /// TLS to Redis (and to the Sentinels), when given.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// Redis Sentinel: where the Sentinels are and the name they monitor the
@@ -111,6 +114,7 @@ pub struct RedisTarget {
     pub username: Option<String>,
     pub password: Option<String>,
     pub database: u32,
+    pub tls: Option<crate::tls::TlsTarget>,
 }
 
 /// Where the Redis primary is.
@@ -286,11 +290,17 @@ fn redis_target(config: &StoreConfig, redis: &RedisConfig) -> Result<RedisTarget
         }
     };
     check_credentials("redis", &redis.username, &redis.password)?;
+    let tls = redis
+        .tls
+        .as_ref()
+        .map(|tls| crate::tls::TlsTarget::compile(tls).map_err(|e| e.within("redis.tls")))
+        .transpose()?;
     Ok(RedisTarget {
         servers,
         username: redis.username.clone(),
         password: redis.password.clone(),
         database: redis.database.unwrap_or(0),
+        tls,
     })
 }
 
@@ -578,6 +588,7 @@ mod tests {
                 username: Some("gw".into()),
                 password: Some("s".into()),
                 database: 2,
+                tls: None,
             })
         );
         assert_eq!(direct.timeout, Duration::from_millis(20));
