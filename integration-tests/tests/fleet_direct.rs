@@ -529,4 +529,21 @@ fn the_store_over_tls_with_a_client_certificate_keeps_a_storm_exact() {
         "{}",
         envoys[0].log()
     );
+
+    // Without a client certificate, Redis refuses the session (after the
+    // handshake, in TLS 1.3): no connection either, and the log says so.
+    let mut anonymous = redis.redis_tls_config(None);
+    let tls = anonymous["tls"].as_object_mut().expect("tls");
+    tls.remove("cert_file");
+    tls.remove("key_file");
+    let anonymous = json!({"redis": anonymous, "timeout_ms": 2000});
+    let Some(envoys) = fleet(1, &[throttling(anonymous, 25, "deny")], &upstream) else {
+        return;
+    };
+    assert_eq!(get(&envoys[0], "/", &[]).status, 503);
+    assert!(
+        envoys[0].wait_for(BACK, |envoy| envoy.log().contains("received fatal alert")),
+        "{}",
+        envoys[0].log()
+    );
 }

@@ -57,12 +57,7 @@ impl TlsTarget {
             }
         };
         if let Some(name) = &config.server_name {
-            let usable = !name.is_empty()
-                && name.len() <= 253
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
-            if !usable {
+            if !is_server_name(name) {
                 return Err(ConfigError::new(
                     "server_name",
                     format!("`{name}` is not a DNS name or an IP address"),
@@ -74,6 +69,18 @@ impl TlsTarget {
             client_pem,
             server_name: config.server_name.clone(),
         })
+    }
+}
+
+/// A name TLS can check a certificate against, as rustls reads it.
+fn is_server_name(name: &str) -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        rustls_pki_types::ServerName::try_from(name).is_ok()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        !name.is_empty()
     }
 }
 
@@ -181,11 +188,19 @@ mod tests {
             }),
             Err("key_file: required with `cert_file`".to_string())
         );
-        assert!(compile(TlsConfig {
-            server_name: Some("a b".into()),
-            ..Default::default()
-        })
-        .expect_err("name")
-        .starts_with("server_name:"));
+        for bad in ["a b", "a..b", "-x", ""] {
+            let error = compile(TlsConfig {
+                server_name: Some(bad.into()),
+                ..Default::default()
+            });
+            assert!(error.expect_err(bad).starts_with("server_name:"), "{bad}");
+        }
+        for good in ["redis.internal", "redis_primary", "10.0.0.7", "::1"] {
+            let name = compile(TlsConfig {
+                server_name: Some(good.into()),
+                ..Default::default()
+            });
+            assert!(name.is_ok(), "{good}: {name:?}");
+        }
     }
 }

@@ -165,14 +165,18 @@ fn run(target: &RedisTarget, jobs: &Receiver<Job>) {
                 match serve(link, jobs, waiting) {
                     Served::Disconnected => return,
                     // A connection that answered: connect again at once.
-                    Served::Failed { answered: true } => {
+                    Served::Failed { answered: true, .. } => {
                         retry = FIRST_RETRY;
                         next_try = Instant::now();
                         continue;
                     }
-                    Served::Failed { answered: false } => {
-                        "the connection was made but nothing was answered".to_string()
-                    }
+                    Served::Failed {
+                        answered: false,
+                        why,
+                    } => match why {
+                        Some(why) => format!("the connection was made, then failed: {why}"),
+                        None => "the connection was made but nothing was answered".to_string(),
+                    },
                     Served::Demoted => "the primary answered as a replica (READONLY)".to_string(),
                 }
             }
@@ -282,6 +286,13 @@ fn connect_to(target: &RedisTarget, address: &str, primary_only: bool) -> io::Re
                 }
             }
         }
+        // With TLS 1.3, Redis refuses a client's certificate after the
+        // handshake: something is read here, so that is a failed connection
+        // with its reason, not a silent one.
+        let read_nothing = target.password.is_none() && target.database == 0 && !primary_only;
+        if setup.is_tls() && read_nothing {
+            expect_ok(&mut setup, &mut buffer, vec![b"PING"])?;
+        }
     }
     // A server that stops reading cannot block the writer past STUCK.
     stream.set_write_timeout(Some(STUCK))?;
@@ -301,6 +312,10 @@ impl<'a> Setup<'a> {
             Some(tls) => Setup::Tls(rustls::Stream::new(tls, stream)),
             None => Setup::Plain(stream),
         }
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self, Setup::Tls(_))
     }
 }
 
@@ -366,10 +381,11 @@ fn ask_sentinel(
     }
 }
 
-/// A connection to `address` with set-up timeouts (its TLS handshake
-/// done, with `tls`), and its read buffer.
+/// A connection's socket, read buffer and TLS session.
 type Opened = (TcpStream, Vec<u8>, Option<ClientConnection>);
 
+/// A connection to `address` with set-up timeouts (its TLS handshake
+/// done, with `tls`), and its read buffer.
 fn open(address: &str, tls: Option<&TlsTarget>) -> io::Result<Opened> {
     let socket = address
         .to_socket_addrs()?
@@ -446,8 +462,9 @@ fn read_reply(stream: &mut impl Read, buffer: &mut Vec<u8>) -> io::Result<Reply>
 
 #[derive(PartialEq, Eq)]
 enum Served {
-    /// The connection failed (`answered`: after at least one reply).
-    Failed { answered: bool },
+    /// The connection failed (`answered`: after at least one reply), for
+    /// `why` when the reader knows.
+    Failed { answered: bool, why: Option<String> },
     /// The server turned out to be a replica (`READONLY`).
     Demoted,
     /// Nobody can send commands any more.
@@ -466,6 +483,8 @@ struct Connection {
     answered: AtomicBool,
     /// The server answered as a replica.
     demoted: AtomicBool,
+    /// Why the reader stopped, when it knows (a TLS alert).
+    error: Mutex<Option<String>>,
     /// The TLS session, when there is one: the writer seals what it writes
     /// (and only the writer writes to the socket, so records go out in
     /// order), the reader opens what comes.
@@ -483,6 +502,7 @@ fn serve(link: Link, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
         closed: AtomicBool::new(false),
         answered: AtomicBool::new(false),
         demoted: AtomicBool::new(false),
+        error: Mutex::new(None),
         tls: tls.map(Mutex::new),
     });
     let spawn = |name: &str, work: ConnectionWork| {
@@ -500,7 +520,10 @@ fn serve(link: Link, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
         for job in waiting {
             job.answer(Answer::Unsent);
         }
-        return Served::Failed { answered: false };
+        return Served::Failed {
+            answered: false,
+            why: None,
+        };
     };
     let mut writing = stream;
     let mut batch = Vec::new();
@@ -513,6 +536,7 @@ fn serve(link: Link, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
             } else {
                 Served::Failed {
                     answered: connection.answered.load(Ordering::Acquire),
+                    why: lock(&connection.error).take(),
                 }
             };
         }
@@ -521,7 +545,8 @@ fn serve(link: Link, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
             None => match jobs.recv_timeout(SWEEP) {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
-                    // What the TLS session has to send of its own.
+                    // An alert the TLS session queued (rustls sends its
+                    // other messages with the next commands).
                     if write_out(&mut writing, &connection, &[]).is_err() {
                         connection.closed.store(true, Ordering::Release);
                     }
@@ -587,15 +612,21 @@ fn write_out(stream: &mut TcpStream, connection: &Connection, bytes: &[u8]) -> i
     stream.write_all(&sealed)
 }
 
-/// Opens what came on a TLS connection into `plain`; an error when the
-/// session failed or the server closed it.
-fn unseal(tls: &Mutex<ClientConnection>, mut sealed: &[u8], plain: &mut Vec<u8>) -> io::Result<()> {
+/// Opens what came on a TLS connection into `plain`; true when the server
+/// closed the session (after what it sent before, which is in `plain`), an
+/// error when the session failed (e.g. Redis refused the client's
+/// certificate, which TLS 1.3 says after the handshake).
+fn unseal(
+    tls: &Mutex<ClientConnection>,
+    mut sealed: &[u8],
+    plain: &mut Vec<u8>,
+) -> io::Result<bool> {
     let mut tls = lock(tls);
     while !sealed.is_empty() {
         tls.read_tls(&mut sealed)?;
         let state = tls
             .process_new_packets()
-            .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {error}")))?;
         let available = state.plaintext_bytes_to_read();
         if available > 0 {
             let start = plain.len();
@@ -603,10 +634,10 @@ fn unseal(tls: &Mutex<ClientConnection>, mut sealed: &[u8], plain: &mut Vec<u8>)
             tls.reader().read_exact(&mut plain[start..])?;
         }
         if state.peer_has_closed() {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+            return Ok(true);
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Every [`SWEEP`], answers the commands past their timeout; closes the
@@ -644,18 +675,22 @@ fn read_replies(mut stream: TcpStream, connection: &Connection) {
     let mut buffer: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 16 * 1024];
     let _ = stream.set_read_timeout(None);
-    'reading: loop {
+    // The server closed the session: what it sent before is read first.
+    let mut closed = false;
+    'reading: while !closed {
         let read = match stream.read(&mut chunk) {
             Ok(0) | Err(_) => break,
             Ok(read) => read,
         };
         match &connection.tls {
             None => buffer.extend_from_slice(&chunk[..read]),
-            Some(tls) => {
-                if unseal(tls, &chunk[..read], &mut buffer).is_err() {
+            Some(tls) => match unseal(tls, &chunk[..read], &mut buffer) {
+                Ok(ended) => closed = ended,
+                Err(error) => {
+                    *lock(&connection.error) = Some(error.to_string());
                     break;
                 }
-            }
+            },
         }
         let mut used = 0;
         loop {

@@ -24,18 +24,26 @@ pub(crate) fn handshake(
         Some(name) => name.clone(),
         None => host_of(address).to_string(),
     };
-    let name = ServerName::try_from(name)
-        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
-    let mut connection = ClientConnection::new(config, name).map_err(io::Error::other)?;
+    let name = ServerName::try_from(name.clone()).map_err(|error| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("TLS: the server name `{name}`: {error}"),
+        )
+    })?;
+    let mut connection = ClientConnection::new(config, name)
+        .map_err(|error| io::Error::other(format!("TLS: {error}")))?;
     // The connection's writer bounds what it seals at once (a batch of
     // commands); rustls's own bound would refuse part of a large batch.
     connection.set_buffer_limit(None);
     while connection.is_handshaking() {
         connection.complete_io(stream).map_err(|error| {
-            io::Error::new(
-                error.kind(),
-                format!("TLS handshake with {address}: {error}"),
-            )
+            let why = match error.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                    "no answer in time".to_string()
+                }
+                _ => error.to_string(),
+            };
+            io::Error::new(error.kind(), format!("TLS handshake with {address}: {why}"))
         })?;
     }
     Ok(connection)
@@ -53,7 +61,8 @@ fn client_config(tls: &TlsTarget) -> io::Result<Arc<ClientConfig>> {
     if let Some(config) = configs.get(tls) {
         return Ok(Arc::clone(config));
     }
-    let config = Arc::new(make_config(tls)?);
+    let config =
+        Arc::new(make_config(tls).map_err(|error| io::Error::other(format!("TLS: {error}")))?);
     configs.insert(tls.clone(), Arc::clone(&config));
     Ok(config)
 }
