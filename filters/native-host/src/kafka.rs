@@ -1391,14 +1391,7 @@ mod tests {
 
     #[test]
     fn a_broker_that_never_answers_fails_the_batch_at_its_deadline() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        thread::spawn(move || {
-            let mut held = Vec::new();
-            for stream in listener.incoming().flatten() {
-                held.push(stream);
-            }
-        });
+        let port = crate::mailbox::silent_server();
         let target = KafkaTarget::compile(
             &[format!("127.0.0.1:{port}")],
             "calls",

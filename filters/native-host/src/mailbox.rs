@@ -135,3 +135,18 @@ impl Mailbox {
         drop(waker);
     }
 }
+
+/// A server for the connections' tests that accepts connections and never
+/// answers (nor closes them); its port.
+#[cfg(test)]
+pub(crate) fn silent_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    port
+}

@@ -989,15 +989,7 @@ mod tests {
 
     #[test]
     fn a_server_that_stops_answering_is_left_and_commands_keep_their_timeouts() {
-        // Accepts, reads, never answers.
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        thread::spawn(move || {
-            let mut held = Vec::new();
-            for stream in listener.incoming().flatten() {
-                held.push(stream);
-            }
-        });
+        let port = crate::mailbox::silent_server();
         let redis = target(port);
         let (mailbox, _) = mailbox();
         let started = Instant::now();
