@@ -131,16 +131,7 @@ impl FleetStore {
     /// How many times Redis ran `command` (lower case: `evalsha`), from
     /// `INFO commandstats`.
     pub fn command_calls(&self, command: &str) -> u64 {
-        info_field(
-            self.redis_port,
-            "commandstats",
-            &format!("cmdstat_{command}"),
-        )
-        .as_deref()
-        .and_then(|stats| stats.strip_prefix("calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or(0)
+        command_calls_at(self.redis_port, command)
     }
 
     /// How many times Redis ran the filters' script (`EVALSHA` and `EVAL`).
@@ -315,9 +306,18 @@ fn start_redis_server(port: u16, dir: &Path, extra: &[&str]) -> Child {
         .args(["~gw:*", "+evalsha", "+eval"])
         // What the script runs (Redis checks a script's own calls too).
         .args([
-            "+get", "+set", "+incr", "+incrby", "+pexpire", "+hmget", "+hset",
+            "+get",
+            "+set",
+            "+incr",
+            "+incrby",
+            "+pexpire",
+            "+hmget",
+            "+hset",
             // With Sentinel, the server connected to is checked to be a primary.
             "+role",
+            // In a Redis Cluster, the slots are read and redirects followed.
+            "+cluster|slots",
+            "+asking",
         ])
         .args(extra)
         .stdin(Stdio::null())
@@ -517,6 +517,207 @@ impl Drop for ReplicatedStore {
         {
             let mut child = child;
             process::stop(&mut child, Duration::from_secs(3));
+        }
+    }
+}
+
+/// How many times the Redis on `port` ran `command` (lower case), from
+/// `INFO commandstats` (a command a cluster node redirected did not run).
+fn command_calls_at(port: u16, command: &str) -> u64 {
+    info_field(port, "commandstats", &format!("cmdstat_{command}"))
+        .as_deref()
+        .and_then(|stats| stats.strip_prefix("calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A Redis Cluster of three primaries (no replicas) on loopback, each
+/// serving a third of the hash slots, stopped when dropped.
+pub struct ClusterStore {
+    _dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    nodes: Vec<Child>,
+}
+
+impl ClusterStore {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("gw-cluster-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                let path = dir.path().join(port.to_string());
+                fs::create_dir_all(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                start_redis_server(
+                    *port,
+                    &path,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                )
+            })
+            .collect();
+        let store = Self {
+            _dir: dir,
+            ports,
+            nodes,
+        };
+        let ranges = [("0", "5460"), ("5461", "10922"), ("10923", "16383")];
+        for (port, (first, last)) in store.ports.iter().zip(ranges) {
+            store.ok(*port, &["CLUSTER", "ADDSLOTSRANGE", first, last]);
+        }
+        for port in &store.ports[1..] {
+            store.ok(
+                store.ports[0],
+                &["CLUSTER", "MEET", "127.0.0.1", &port.to_string()],
+            );
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !store.ports.iter().all(|port| {
+            let info = match command_at(*port, &["CLUSTER", "INFO"]) {
+                Ok(Reply::Bulk(Some(info))) => info,
+                _ => String::new(),
+            };
+            info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+        }) {
+            assert!(Instant::now() < deadline, "the cluster did not form");
+            thread::sleep(Duration::from_millis(50));
+        }
+        store
+    }
+
+    fn ok(&self, port: u16, args: &[&str]) {
+        let reply = self.command(port, args);
+        assert_eq!(reply, Reply::Status("OK".into()), "{port} {args:?}");
+    }
+
+    /// A `fleet.store.redis` naming the first `named` nodes (the others
+    /// are learnt from them), with the user allowed the filters' commands.
+    pub fn redis_config(&self, named: usize) -> serde_json::Value {
+        let addresses: Vec<String> = self.ports[..named]
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        json!({
+            "cluster": {"addresses": addresses},
+            "username": DIRECT_USER,
+            "password": DIRECT_PASSWORD,
+        })
+    }
+
+    /// The nodes' ports.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// A command's reply from the node on `port`.
+    pub fn command(&self, port: u16, args: &[&str]) -> Reply {
+        command_at(port, args).unwrap_or_else(|e| panic!("redis {port} {args:?}: {e}"))
+    }
+
+    /// The keys matching `pattern` on the node on `port`.
+    pub fn keys(&self, port: u16, pattern: &str) -> Vec<String> {
+        match self.command(port, &["KEYS", pattern]) {
+            Reply::Array(keys) => keys
+                .into_iter()
+                .filter_map(|key| match key {
+                    Reply::Bulk(Some(key)) => Some(key),
+                    _ => None,
+                })
+                .collect(),
+            other => panic!("KEYS: {other:?}"),
+        }
+    }
+
+    /// How many times the node on `port` ran the filters' script.
+    pub fn script_calls(&self, port: u16) -> u64 {
+        command_calls_at(port, "evalsha") + command_calls_at(port, "eval")
+    }
+
+    /// The port of the node serving `slot`.
+    pub fn owner_of(&self, slot: u16) -> u16 {
+        let slot = i64::from(slot);
+        let Reply::Array(entries) = self.command(self.ports[0], &["CLUSTER", "SLOTS"]) else {
+            panic!("CLUSTER SLOTS")
+        };
+        for entry in entries {
+            if let Reply::Array(parts) = entry {
+                if let [Reply::Integer(first), Reply::Integer(last), Reply::Array(primary), ..] =
+                    parts.as_slice()
+                {
+                    if (*first..=*last).contains(&slot) {
+                        if let [_, Reply::Integer(port), ..] = primary.as_slice() {
+                            return *port as u16;
+                        }
+                    }
+                }
+            }
+        }
+        panic!("no node serves slot {slot}")
+    }
+
+    fn id_of(&self, port: u16) -> String {
+        match self.command(port, &["CLUSTER", "MYID"]) {
+            Reply::Bulk(Some(id)) => id,
+            other => panic!("CLUSTER MYID: {other:?}"),
+        }
+    }
+
+    /// Moves `slot` and its keys to the node on `to`, as a resharding does
+    /// (`IMPORTING`/`MIGRATING`, `MIGRATE` of its keys, then `NODE` on every
+    /// node): clients that still send it to the old node are `MOVED`.
+    pub fn move_slot(&self, slot: u16, to: u16) {
+        let from = self.owner_of(slot);
+        assert_ne!(from, to, "slot {slot} is on {to} already");
+        let (from_id, to_id) = (self.id_of(from), self.id_of(to));
+        let slot = slot.to_string();
+        self.ok(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        self.ok(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        loop {
+            let Reply::Array(keys) =
+                self.command(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"])
+            else {
+                panic!("GETKEYSINSLOT")
+            };
+            if keys.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut migrate = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            let names: Vec<String> = keys
+                .into_iter()
+                .filter_map(|key| match key {
+                    Reply::Bulk(Some(key)) => Some(key),
+                    _ => None,
+                })
+                .collect();
+            migrate.extend(names.iter().map(String::as_str));
+            self.ok(from, &migrate);
+        }
+        for port in [to, from].into_iter().chain(
+            self.ports
+                .iter()
+                .copied()
+                .filter(|p| *p != to && *p != from),
+        ) {
+            self.ok(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        }
+    }
+}
+
+impl Drop for ClusterStore {
+    fn drop(&mut self) {
+        for child in &mut self.nodes {
+            process::stop(child, Duration::from_secs(3));
         }
     }
 }

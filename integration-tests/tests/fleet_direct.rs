@@ -10,7 +10,7 @@ use gateway_common::fleet::wire::SCRIPT;
 use integration_tests::echo::EchoServer;
 use integration_tests::envoy::{gateway_config, native_mode, Envoy, WasmFilter};
 use integration_tests::http::{self, Response};
-use integration_tests::redis::{FleetStore, ReplicatedStore};
+use integration_tests::redis::{ClusterStore, FleetStore, ReplicatedStore, Reply};
 use integration_tests::signing::{pairs, signed_headers};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -546,4 +546,133 @@ fn the_store_over_tls_with_a_client_certificate_keeps_a_storm_exact() {
         "{}",
         envoys[0].log()
     );
+}
+
+/// The header signed requests carry (a request without `Accept` is
+/// signed as `*/*`, and the HTTP client sends none).
+fn accept() -> Vec<(String, String)> {
+    vec![("accept".to_string(), "application/json".to_string())]
+}
+
+/// `per_envoy` requests to every Envoy at once, each signed anew (its own
+/// nonce); the statuses.
+fn signed_storm(envoys: &[Envoy], per_envoy: usize) -> Vec<u16> {
+    thread::scope(|scope| {
+        let handles: Vec<_> = envoys
+            .iter()
+            .flat_map(|envoy| (0..per_envoy).map(move |_| envoy))
+            .map(|envoy| {
+                scope.spawn(move || {
+                    let headers = signed_headers(APP.0, APP.1, "GET", "/a", &accept(), None);
+                    let response = http::get(&envoy.url("/a"), &pairs(&headers));
+                    response.expect("response from Envoy").status
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("request thread"))
+            .collect()
+    })
+}
+
+#[test]
+fn a_redis_cluster_takes_each_check_in_its_own_slot_and_storms_stay_exact() {
+    let cluster = ClusterStore::start();
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    // Only the first node is named: the others are learnt from it.
+    let store = json!({"redis": cluster.redis_config(1), "timeout_ms": 2000});
+    let sign_auth = WasmFilter::json(
+        "sign_auth",
+        &json!({
+            "apps": [{"key": APP.0, "secrets": [APP.1]}],
+            "fleet": {"store": store, "failure_mode": "deny"}
+        }),
+    );
+    let filters = [sign_auth, throttling(store, 25, "deny")];
+    let Some(envoys) = fleet(3, &filters, &upstream) else {
+        return;
+    };
+    for port in cluster.ports() {
+        cluster.command(*port, &["SCRIPT", "LOAD", SCRIPT]);
+    }
+    let calls = |cluster: &ClusterStore| -> u64 {
+        cluster
+            .ports()
+            .iter()
+            .map(|p| cluster.script_calls(*p))
+            .sum()
+    };
+
+    // 30 copies of one signed request: one passes, and only it is counted
+    // by the quota, although the nonce and the counter are on other nodes.
+    let request = signed_headers(APP.0, APP.1, "GET", "/a", &accept(), None);
+    let replays = storm(&envoys, 10, &request);
+    assert_eq!(count(&replays, 200), 1);
+    assert_eq!(count(&replays, 400), 29);
+    let counters: Vec<(u16, String)> = cluster
+        .ports()
+        .iter()
+        .flat_map(|port| {
+            cluster
+                .keys(*port, "gw:q:*")
+                .into_iter()
+                .map(|k| (*port, k))
+        })
+        .collect();
+    assert_eq!(counters.len(), 1, "one counter: {counters:?}");
+    let (counter_port, counter) = counters[0].clone();
+    assert_eq!(
+        cluster.command(counter_port, &["GET", &counter]),
+        Reply::Bulk(Some("1".into())),
+        "the replays were not counted"
+    );
+
+    // 60 requests signed anew: their nonces spread over the three nodes,
+    // each request makes one call in its nonce's slot and one in the
+    // counter's, and the quota admits exactly what is left of 25.
+    let before = calls(&cluster);
+    let statuses = signed_storm(&envoys, 20);
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 24);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 36);
+    assert_eq!(upstream.request_count(), 25);
+    assert_eq!(calls(&cluster) - before, 120, "two calls per request");
+    for port in cluster.ports() {
+        let nonces = cluster.keys(*port, "gw:n:{*}").len();
+        assert!(nonces > 0, "node {port} holds some of the 61 nonces");
+    }
+    let nonces: usize = cluster
+        .ports()
+        .iter()
+        .map(|port| cluster.keys(*port, "gw:n:*").len())
+        .sum();
+    assert_eq!(nonces, 61);
+
+    // The counter's slot moves to another node (a resharding): the Envoys
+    // are redirected there and find the count moved with it.
+    let Reply::Integer(slot) = cluster.command(counter_port, &["CLUSTER", "KEYSLOT", &counter])
+    else {
+        panic!("KEYSLOT")
+    };
+    let to = *cluster
+        .ports()
+        .iter()
+        .find(|port| **port != counter_port)
+        .expect("another node");
+    cluster.move_slot(slot as u16, to);
+    let statuses = signed_storm(&envoys, 10);
+    assert!(statuses.iter().all(|s| *s == 429), "{statuses:?}");
+    assert_eq!(upstream.request_count(), 25);
+    assert_eq!(
+        cluster.command(to, &["GET", &counter]),
+        Reply::Bulk(Some("25".into()))
+    );
+    for envoy in &envoys {
+        for filter in ["sign_auth", "throttling"] {
+            for reason in ["no_answer", "error", "bad_reply", "dispatch"] {
+                let failures = stat(envoy, filter, &format!("fleet.failure.{reason}"));
+                assert_eq!(failures, 0, "{filter} {reason}: {}", envoy.log());
+            }
+        }
+    }
 }

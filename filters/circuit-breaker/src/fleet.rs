@@ -70,7 +70,7 @@ impl Fleet {
     pub fn key(&self, rule: &Rule) -> String {
         let settings = rule.settings.fingerprint();
         let digest = fleet::digest(&[settings.as_bytes()]);
-        self.store.key(&["b", &rule.name, &digest])
+        self.store.key("b", &rule.name, &[&digest])
     }
 
     /// A view older than this is stale. A worker reads the record when its

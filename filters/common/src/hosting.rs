@@ -33,12 +33,14 @@ pub trait Caller {
     fn dispatch_call(&mut self, call: HttpCall<'_>) -> Result<u32, CallNotMade>;
 
     /// Sends a command (RESP) to a Redis server on the host's own
-    /// connection; the answer comes back as a call's, with the token: its
+    /// connection (in a Redis Cluster, the primary serving the keys' hash
+    /// `slot`); the answer comes back as a call's, with the token: its
     /// body the reply, no status when none came within `timeout`. Only the
     /// native module has connections of its own.
     fn dispatch_redis(
         &mut self,
         _redis: &crate::fleet::RedisTarget,
+        _slot: u16,
         _command: Vec<u8>,
         _timeout: Duration,
     ) -> Result<u32, CallNotMade> {

@@ -19,6 +19,7 @@
 //! instead of taking Envoy down.
 
 mod abi;
+mod cluster;
 mod envoy;
 mod hooks;
 mod host;

@@ -7,7 +7,9 @@
 //!
 //! While the server cannot be reached, a command is answered at once with
 //! no answer (its policy applies its failure mode without waiting), and the
-//! connection is tried again after a growing pause.
+//! connection is tried again after a growing pause. In a Redis Cluster
+//! ([`crate::cluster`]) there is such a connection per primary, and a
+//! command goes to the one serving its hash slot.
 
 use crate::mailbox::{log, server_of, Answer, Mailbox, Servers};
 use gateway_common::fleet::resp::{self, Reply};
@@ -40,10 +42,12 @@ const SWEEP: Duration = Duration::from_millis(5);
 /// The most commands written in one go.
 const BATCH: usize = 256;
 
-/// Sends `command` to `target`'s connection; its answer reaches `mailbox`
-/// with `token`, within `timeout`.
+/// Sends `command` to `target`'s connection (in a Redis Cluster, to the
+/// primary of the hash `slot`); its answer reaches `mailbox` with `token`,
+/// within `timeout`.
 pub(crate) fn send(
     target: &RedisTarget,
+    slot: u16,
     command: Vec<u8>,
     timeout: Duration,
     mailbox: &Arc<Mailbox>,
@@ -54,33 +58,57 @@ pub(crate) fn send(
         deadline: Instant::now() + timeout,
         mailbox: Arc::clone(mailbox),
         token,
+        route: None,
+        asking: false,
     };
-    let connection = connection(target);
-    let sent = lock(&connection).send(job);
+    match target.servers {
+        RedisServers::Cluster { .. } => crate::cluster::send(target, slot, job),
+        _ => send_on(&connection(target), job),
+    }
+}
+
+/// Gives `job` to a connection's thread (answered as not sent when the
+/// thread is gone).
+pub(crate) fn send_on(connection: &Jobs, job: Job) {
+    let sent = lock(connection).send(job);
     if let Err(mpsc::SendError(job)) = sent {
         job.answer(Answer::Unsent);
     }
 }
 
 /// One command on its way.
-struct Job {
-    command: Vec<u8>,
-    deadline: Instant,
+pub(crate) struct Job {
+    pub command: Vec<u8>,
+    pub deadline: Instant,
     mailbox: Arc<Mailbox>,
     token: u32,
+    /// In a Redis Cluster: how to follow a redirect to another node.
+    pub route: Option<crate::cluster::Route>,
+    /// Sent after `ASKING` (a redirect to a slot being migrated).
+    pub asking: bool,
 }
 
 impl Job {
-    fn answer(self, answer: Answer) {
+    /// Answers the command; in a Redis Cluster, its route may send it on
+    /// to another node instead.
+    pub fn answer(mut self, answer: Answer) {
+        match self.route.take() {
+            Some(route) => route.answered(self, answer),
+            None => self.deliver(answer),
+        }
+    }
+
+    /// Hands `answer` to the command's mailbox.
+    pub fn deliver(self, answer: Answer) {
         self.mailbox.deliver(self.token, answer);
     }
 }
 
 /// The sending end of a connection thread.
-type Jobs = Arc<Mutex<Sender<Job>>>;
+pub(crate) type Jobs = Arc<Mutex<Sender<Job>>>;
 
 /// The sending end of a server's connection thread (made on first use).
-fn connection(target: &RedisTarget) -> Jobs {
+pub(crate) fn connection(target: &RedisTarget) -> Jobs {
     static CONNECTIONS: Servers<RedisTarget, Job> = OnceLock::new();
     server_of(&CONNECTIONS, target, "gateway-redis", |target, jobs| {
         run(&target, &jobs)
@@ -99,8 +127,8 @@ type Pending = Arc<Mutex<VecDeque<(Instant, Option<Job>)>>>;
 /// answer.
 fn run(target: &RedisTarget, jobs: &Receiver<Job>) {
     let longest_retry = match target.servers {
-        RedisServers::Address(_) => LONGEST_RETRY,
         RedisServers::Sentinel { .. } => LONGEST_RETRY_SENTINEL,
+        _ => LONGEST_RETRY,
     };
     let mut retry = FIRST_RETRY;
     let mut next_try = Instant::now();
@@ -220,15 +248,19 @@ struct Link {
 /// connection and the address it reached.
 fn connect(target: &RedisTarget) -> io::Result<(Link, String)> {
     let (addresses, master, username, password) = match &target.servers {
-        RedisServers::Address(address) => {
-            return connect_to(target, address, false).map(|link| (link, address.clone()))
-        }
         RedisServers::Sentinel {
             addresses,
             master,
             username,
             password,
         } => (addresses, master, username, password),
+        RedisServers::Address(address) => {
+            return connect_to(target, address, false).map(|link| (link, address.clone()))
+        }
+        // Each node is connected to as an address (see crate::cluster).
+        RedisServers::Cluster { .. } => {
+            return Err(io::Error::other("a cluster is reached through its nodes"))
+        }
     };
     // The first primary a Sentinel names that is one (a Sentinel may still
     // name a primary that was just demoted).
@@ -344,6 +376,31 @@ impl Write for Setup<'_> {
     }
 }
 
+/// The reply of the server at `address` to one `question`, on a
+/// connection of its own (signed in with `username` and `password`).
+pub(crate) fn ask(
+    address: &str,
+    username: Option<&str>,
+    password: Option<&str>,
+    tls: Option<&TlsTarget>,
+    question: &[&[u8]],
+) -> io::Result<Reply> {
+    let (mut stream, mut buffer, mut session) = open(address, tls)?;
+    let mut stream = Setup::new(&mut stream, session.as_mut());
+    sign_in(&mut stream, &mut buffer, username, password)?;
+    stream.write_all(&resp::command(question.iter().copied()))?;
+    read_reply(&mut stream, &mut buffer)
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+pub(crate) fn host_port(host: &str, port: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// The `host:port` a Sentinel names as the primary `master`.
 fn ask_sentinel(
     sentinel: &str,
@@ -352,25 +409,17 @@ fn ask_sentinel(
     password: Option<&str>,
     tls: Option<&TlsTarget>,
 ) -> io::Result<String> {
-    let (mut stream, mut buffer, mut session) = open(sentinel, tls)?;
-    let mut stream = Setup::new(&mut stream, session.as_mut());
-    sign_in(&mut stream, &mut buffer, username, password)?;
     let question = [
         &b"SENTINEL"[..],
         b"get-master-addr-by-name",
         master.as_bytes(),
     ];
-    stream.write_all(&resp::command(question))?;
-    match read_reply(&mut stream, &mut buffer)? {
+    match ask(sentinel, username, password, tls, &question)? {
         Reply::Array(Some(parts)) => match parts.as_slice() {
-            [Reply::Bulk(Some(host)), Reply::Bulk(Some(port))] => {
-                let (host, port) = (String::from_utf8_lossy(host), String::from_utf8_lossy(port));
-                Ok(if host.contains(':') {
-                    format!("[{host}]:{port}")
-                } else {
-                    format!("{host}:{port}")
-                })
-            }
+            [Reply::Bulk(Some(host)), Reply::Bulk(Some(port))] => Ok(host_port(
+                &String::from_utf8_lossy(host),
+                &String::from_utf8_lossy(port),
+            )),
             _ => Err(io::Error::other("an answer that is not host and port")),
         },
         Reply::Array(None) | Reply::Bulk(None) => {
@@ -562,6 +611,11 @@ fn serve(link: Link, jobs: &Receiver<Job>, waiting: Vec<Job>) -> Served {
             if job.deadline <= Instant::now() || connection.closed.load(Ordering::Acquire) {
                 job.answer(Answer::Unsent);
                 continue;
+            }
+            if job.asking {
+                // Its `+OK` has no job to go to.
+                batch.extend_from_slice(&resp::command([&b"ASKING"[..]]));
+                queue.push_back((job.deadline, None));
             }
             batch.extend_from_slice(&job.command);
             queue.push_back((job.deadline, Some(job)));
@@ -875,7 +929,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let token = u32::try_from(n).expect("token");
-            send(redis, get(n), Duration::from_secs(1), mailbox, token);
+            send(redis, 0, get(n), Duration::from_secs(1), mailbox, token);
             if let Some(Answer::Reply(reply)) = answers(mailbox, 1).remove(&token) {
                 return reply;
             }
@@ -935,7 +989,7 @@ mod tests {
         ] {
             let (mailbox, _) = mailbox();
             for token in 0..3 {
-                send(&redis, get(1), Duration::from_secs(2), &mailbox, token);
+                send(&redis, 0, get(1), Duration::from_secs(2), &mailbox, token);
             }
             assert!(answers(&mailbox, 3)
                 .values()
@@ -958,7 +1012,7 @@ mod tests {
                     for i in 0..50 {
                         let n = sender * 50 + i;
                         let token = u32::try_from(n).expect("token");
-                        send(redis, get(n), Duration::from_secs(5), mailbox, token);
+                        send(redis, 0, get(n), Duration::from_secs(5), mailbox, token);
                     }
                 });
             }
@@ -974,7 +1028,7 @@ mod tests {
     fn a_late_reply_is_dropped_and_the_next_command_gets_its_own() {
         let redis = target(server(&[1], Duration::from_millis(300)));
         let (mailbox, _) = mailbox();
-        send(&redis, get(1), Duration::from_millis(50), &mailbox, 1);
+        send(&redis, 0, get(1), Duration::from_millis(50), &mailbox, 1);
         let started = Instant::now();
         let first = answers(&mailbox, 1);
         assert_eq!(first[&1], Answer::Late, "past its timeout");
@@ -983,7 +1037,7 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        send(&redis, get(2), Duration::from_secs(5), &mailbox, 2);
+        send(&redis, 0, get(2), Duration::from_secs(5), &mailbox, 2);
         assert_eq!(answers(&mailbox, 1)[&2], Answer::Reply(b":2\r\n".to_vec()));
     }
 
@@ -998,7 +1052,14 @@ mod tests {
         while started.elapsed() < STUCK + Duration::from_millis(500) {
             token += 1;
             let sent = Instant::now();
-            send(&redis, get(1), Duration::from_millis(100), &mailbox, token);
+            send(
+                &redis,
+                0,
+                get(1),
+                Duration::from_millis(100),
+                &mailbox,
+                token,
+            );
             let got = answers(&mailbox, 1);
             assert_ne!(got[&token], Answer::Reply(b":1\r\n".to_vec()));
             assert!(
@@ -1017,7 +1078,7 @@ mod tests {
         let (mailbox, _) = mailbox();
         let started = Instant::now();
         for token in 0..5 {
-            send(&redis, get(1), Duration::from_secs(5), &mailbox, token);
+            send(&redis, 0, get(1), Duration::from_secs(5), &mailbox, token);
         }
         let got = answers(&mailbox, 5);
         assert!(
@@ -1030,7 +1091,7 @@ mod tests {
             started.elapsed()
         );
         mailbox.close();
-        send(&redis, get(1), Duration::from_secs(5), &mailbox, 9);
+        send(&redis, 0, get(1), Duration::from_secs(5), &mailbox, 9);
         thread::sleep(Duration::from_millis(100));
         assert!(mailbox.take().is_empty(), "closed");
     }

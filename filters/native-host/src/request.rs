@@ -167,6 +167,7 @@ impl Caller for NativeRequest<'_> {
     fn dispatch_redis(
         &mut self,
         target: &RedisTarget,
+        slot: u16,
         command: Vec<u8>,
         timeout: Duration,
     ) -> Result<u32, CallNotMade> {
@@ -182,7 +183,7 @@ impl Caller for NativeRequest<'_> {
         }
         let mailbox = self.mailbox.as_ref().ok_or(CallNotMade)?;
         let token = next_token();
-        redis::send(target, command, timeout, mailbox, token);
+        redis::send(target, slot, command, timeout, mailbox, token);
         Ok(token)
     }
 }

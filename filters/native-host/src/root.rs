@@ -219,12 +219,13 @@ impl Caller for NativeRoot<'_> {
     fn dispatch_redis(
         &mut self,
         target: &RedisTarget,
+        slot: u16,
         command: Vec<u8>,
         timeout: Duration,
     ) -> Result<u32, CallNotMade> {
         let mailbox = self.mailbox.ok_or(CallNotMade)?;
         let token = next_token();
-        redis::send(target, command, timeout, mailbox, token);
+        redis::send(target, slot, command, timeout, mailbox, token);
         Ok(token)
     }
 

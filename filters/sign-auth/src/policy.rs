@@ -959,7 +959,7 @@ impl SignAuth {
             check.nonce.as_bytes(),
         ]);
         vec![Op::Nonce {
-            key: fleet.store.key(&["n", &digest]),
+            key: fleet.store.key("n", &digest, &[]),
             ttl_ms: check.expires_ms.saturating_sub(check.now_ms) + fleet::CLOCK_GRACE_MS,
         }]
     }

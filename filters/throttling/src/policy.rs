@@ -117,6 +117,10 @@ pub struct Fleet {
     pub replicas: u32,
     /// Leases of fixed-window counters (never in dry run).
     pub lease: Option<LeaseAsk>,
+    /// In a Redis Cluster, the hash tag of every counter of the policy, so
+    /// a request's rules are counted in one slot, atomically: a digest of
+    /// the rules' names (filters listing the same rules share counters).
+    pub slot_tag: String,
 }
 
 /// The sliding estimate is compared in the script's doubles: the sum of two
@@ -651,9 +655,14 @@ impl Throttling {
     fn fleet_key(&self, fleet: &Fleet, planned: &Planned, window_index: u64) -> String {
         let rule = &self.rules[planned.rule];
         let digest = planned.key.fleet_digest(rule);
-        fleet
-            .store
-            .key(&["q", &rule.name, &digest, &window_index.to_string()])
+        let window = window_index.to_string();
+        if fleet.store.is_cluster() {
+            fleet
+                .store
+                .key("q", &fleet.slot_tag, &[&rule.name, &digest, &window])
+        } else {
+            fleet.store.key("q", &rule.name, &[&digest, &window])
+        }
     }
 
     /// The lease asked for a planned counter, if it can be leased: a fixed
@@ -1140,11 +1149,15 @@ fn compile_fleet(config: &FleetConfig, rules: &[RuleConfig]) -> Result<Fleet, Co
             "leases are of fixed windows, and every rule is sliding",
         ));
     }
+    let mut names: Vec<&[u8]> = rules.iter().map(|rule| rule.name.as_bytes()).collect();
+    names.sort_unstable();
+    let slot_tag = fleet::digest(&names)[..16].to_string();
     Ok(Fleet {
         store: Arc::new(store),
         failure_mode: config.failure_mode,
         replicas,
         lease,
+        slot_tag,
     })
 }
 

@@ -10,11 +10,18 @@
 //!
 //! After `NOSCRIPT` (Redis restarted, or its script cache was flushed) a
 //! call is sent once more with the script itself, which Redis caches again.
+//!
+//! In a Redis Cluster a script runs on the keys of one hash slot only: the
+//! operations are sent in runs of one slot, one run after the other, and a
+//! run is sent only when the ones before did not stop the script (a replay,
+//! a refused quota group), so the operations after a stop are not run, as
+//! in one call.
 
 use super::wire::{parse_reply, parse_resp_reply, Arguments, Failure, Op, OpResult};
-use super::{Store, Target};
+use super::{hash_slot, Store, Target};
 use crate::hosting::Caller;
 use crate::stream::CallAnswer;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// An answer larger than this is refused unread (a script answer is a few
@@ -26,19 +33,44 @@ pub const UNSENT: u32 = u32::MAX;
 
 pub use super::wire::Answer;
 
-/// One call in flight.
+/// One call in flight: the run of operations sent, and (in a Redis
+/// Cluster) the runs of other slots still to send.
 #[derive(Debug)]
 struct Call {
     token: u32,
     store: Arc<Store>,
+    /// The run in flight and its hash slot.
+    ops: Vec<Op>,
+    slot: u16,
     arguments: Arguments,
     results: usize,
     resent: bool,
+    /// The results of the runs answered before.
+    answered: Vec<OpResult>,
+    /// The runs to send after this one.
+    next: VecDeque<(u16, Vec<Op>)>,
+}
+
+/// `ops` in runs of one hash slot, in order: one run outside a Redis Cluster.
+fn runs(store: &Store, ops: Vec<Op>) -> VecDeque<(u16, Vec<Op>)> {
+    if !store.is_cluster() {
+        return VecDeque::from([(0, ops)]);
+    }
+    let mut runs: VecDeque<(u16, Vec<Op>)> = VecDeque::new();
+    for op in ops {
+        let slot = op.first_key().map(hash_slot).unwrap_or_default();
+        match runs.back_mut() {
+            Some((last, run)) if *last == slot => run.push(op),
+            _ => runs.push_back((slot, vec![op])),
+        }
+    }
+    runs
 }
 
 /// Sends the call (by the script's SHA-1, or `with_script`) to the store.
 fn dispatch(
     store: &Store,
+    slot: u16,
     arguments: &Arguments,
     with_script: bool,
     caller: &mut dyn Caller,
@@ -69,27 +101,34 @@ fn dispatch(
             } else {
                 arguments.resp_by_sha()
             };
-            caller.dispatch_redis(redis, command, store.timeout)
+            caller.dispatch_redis(redis, slot, command, store.timeout)
         }
     }
     .map_err(|_| Failure::Dispatch)
 }
 
 impl Call {
-    fn send(store: Arc<Store>, ops: &[Op], caller: &mut dyn Caller) -> Result<Self, Failure> {
-        let arguments = Arguments::new(ops, crate::host::random_u64());
-        let token = dispatch(&store, &arguments, false, caller)?;
+    fn send(store: Arc<Store>, ops: Vec<Op>, caller: &mut dyn Caller) -> Result<Self, Failure> {
+        let mut next = runs(&store, ops);
+        let (slot, ops) = next.pop_front().unwrap_or_default();
+        let arguments = Arguments::new(&ops, crate::host::random_u64());
+        let token = dispatch(&store, slot, &arguments, false, caller)?;
         Ok(Self {
             token,
             store,
-            arguments,
             results: ops.iter().map(Op::results).sum(),
+            ops,
+            slot,
+            arguments,
             resent: false,
+            answered: Vec::new(),
+            next,
         })
     }
 
     /// The answer, if `token` is this call's; `None` for another call's
-    /// answer, or when the call was sent again with the script.
+    /// answer, or when the call was sent again with the script, or its next
+    /// run was sent.
     fn answer(
         &mut self,
         token: u32,
@@ -102,7 +141,7 @@ impl Call {
         let answer = read_answer(&self.store, answer, self.arguments.id(), self.results);
         if answer == Err(Failure::NoScript) && !self.resent {
             self.resent = true;
-            return match dispatch(&self.store, &self.arguments, true, caller) {
+            return match dispatch(&self.store, self.slot, &self.arguments, true, caller) {
                 Ok(token) => {
                     self.token = token;
                     None
@@ -110,7 +149,45 @@ impl Call {
                 Err(failure) => Some(Err(failure)),
             };
         }
-        Some(answer)
+        let results = match answer {
+            Ok(results) => results,
+            Err(failure) => return Some(Err(failure)),
+        };
+        let mut stopped = false;
+        let mut at = 0;
+        for op in &self.ops {
+            let count = op.results();
+            stopped |= op.stops(results.get(at..at + count).unwrap_or_default());
+            at += count;
+        }
+        self.answered.extend(results);
+        if stopped {
+            // What the script would have answered for the runs not sent.
+            let not_run: usize = self
+                .next
+                .iter()
+                .flat_map(|(_, ops)| ops)
+                .map(Op::results)
+                .sum();
+            self.answered
+                .extend(std::iter::repeat_with(OpResult::default).take(not_run));
+            self.next.clear();
+        }
+        let Some((slot, ops)) = self.next.pop_front() else {
+            return Some(Ok(std::mem::take(&mut self.answered)));
+        };
+        self.arguments = Arguments::new(&ops, crate::host::random_u64());
+        self.results = ops.iter().map(Op::results).sum();
+        self.ops = ops;
+        self.slot = slot;
+        self.resent = false;
+        match dispatch(&self.store, slot, &self.arguments, false, caller) {
+            Ok(token) => {
+                self.token = token;
+                None
+            }
+            Err(failure) => Some(Err(failure)),
+        }
     }
 }
 
@@ -161,7 +238,7 @@ pub fn submit(
     ops: Vec<Op>,
     caller: &mut dyn Caller,
 ) -> Result<Ticket, Failure> {
-    let call = Call::send(Arc::clone(store), &ops, caller)?;
+    let call = Call::send(Arc::clone(store), ops, caller)?;
     Ok(Ticket::Own(Box::new(OwnCall(call))))
 }
 
@@ -300,7 +377,7 @@ impl Batch {
         let Some(store) = self.store.clone() else {
             return Ok(());
         };
-        self.call = Some(Call::send(store, &std::mem::take(&mut self.ops), caller)?);
+        self.call = Some(Call::send(store, std::mem::take(&mut self.ops), caller)?);
         Ok(())
     }
 
@@ -319,5 +396,171 @@ impl Batch {
         let answer = self.call.as_mut()?.answer(token, answer, caller)?;
         self.call = None;
         Some(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::resp::{self, Reply};
+    use crate::fleet::wire::{QuotaCheck, State};
+    use crate::fleet::StoreConfig;
+    use crate::stream::{CallNotMade, FakeAnswer, HttpCall};
+
+    /// Records the commands sent to Redis, by hash slot.
+    #[derive(Default)]
+    struct Sent(Vec<(u16, Vec<Vec<u8>>)>);
+
+    impl Caller for Sent {
+        fn dispatch_call(&mut self, _: HttpCall<'_>) -> Result<u32, CallNotMade> {
+            Err(CallNotMade)
+        }
+
+        fn dispatch_redis(
+            &mut self,
+            _: &crate::fleet::RedisTarget,
+            slot: u16,
+            command: Vec<u8>,
+            _: std::time::Duration,
+        ) -> Result<u32, CallNotMade> {
+            let Ok(Some((Reply::Array(Some(parts)), _))) = resp::parse(&command) else {
+                panic!("not a command")
+            };
+            let parts = parts
+                .into_iter()
+                .map(|part| match part {
+                    Reply::Bulk(Some(bytes)) => bytes,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            self.0.push((slot, parts));
+            Ok(self.0.len() as u32)
+        }
+    }
+
+    impl Sent {
+        /// The keys of the last command.
+        fn keys(&self) -> Vec<String> {
+            let (_, parts) = self.0.last().expect("a command");
+            let count: usize = String::from_utf8_lossy(&parts[2]).parse().expect("numkeys");
+            parts[3..3 + count]
+                .iter()
+                .map(|key| String::from_utf8_lossy(key).into_owned())
+                .collect()
+        }
+
+        /// Redis's reply to the last command: its id, then the triples.
+        fn reply(&self, triples: &[[i64; 3]]) -> FakeAnswer {
+            let (_, parts) = self.0.last().expect("a command");
+            let count: usize = String::from_utf8_lossy(&parts[2]).parse().expect("numkeys");
+            let id = String::from_utf8_lossy(&parts[3 + count]).into_owned();
+            let mut body = format!("*{}\r\n${}\r\n{id}\r\n", 1 + 3 * triples.len(), id.len());
+            for value in triples.iter().flatten() {
+                body.push_str(&format!(":{value}\r\n"));
+            }
+            FakeAnswer::new(200).with_body(body.as_bytes())
+        }
+    }
+
+    fn store(redis: &str) -> Arc<Store> {
+        let config: StoreConfig =
+            serde_json::from_str(&format!(r#"{{"redis": {redis}}}"#)).expect("config");
+        Arc::new(Store::compile(&config).expect("store"))
+    }
+
+    fn quota(store: &Store, rule: &str) -> QuotaCheck {
+        QuotaCheck {
+            key: store.key("q", "policy", &[rule, "d", "1"]),
+            previous_key: None,
+            limit: 5,
+            window_weight: 1,
+            previous_weight: 0,
+            ttl_ms: 1000,
+            dry_run: false,
+            lease: None,
+        }
+    }
+
+    /// A nonce, then a group of two rules.
+    fn ops(store: &Store) -> Vec<Op> {
+        vec![
+            Op::Nonce {
+                key: store.key("n", "abc", &[]),
+                ttl_ms: 1000,
+            },
+            Op::Quotas(vec![quota(store, "a"), quota(store, "b")]),
+        ]
+    }
+
+    fn states(answer: &Answer) -> Vec<State> {
+        answer
+            .as_ref()
+            .expect("results")
+            .iter()
+            .map(|r| r.state)
+            .collect()
+    }
+
+    #[test]
+    fn one_redis_takes_a_requests_operations_in_one_call() {
+        let store = store(r#"{"address": "r:1"}"#);
+        let mut sent = Sent::default();
+        let mut call = Call::send(Arc::clone(&store), ops(&store), &mut sent).expect("sent");
+        assert_eq!(
+            sent.keys(),
+            ["gw:n:abc", "gw:q:policy:a:d:1", "gw:q:policy:b:d:1"]
+        );
+        let answer = call.answer(
+            1,
+            &sent.reply(&[[1, 0, 0], [1, 1, 1], [1, 1, 1]]),
+            &mut sent,
+        );
+        assert_eq!(states(&answer.expect("answered")), [State::Done; 3]);
+        assert_eq!(sent.0.len(), 1);
+    }
+
+    #[test]
+    fn a_cluster_takes_them_slot_by_slot_in_order() {
+        let store = store(r#"{"cluster": {"addresses": ["r:1"]}}"#);
+        let mut sent = Sent::default();
+        let mut call = Call::send(Arc::clone(&store), ops(&store), &mut sent).expect("sent");
+        assert_eq!(sent.keys(), ["gw:n:{abc}"]);
+        assert_eq!(sent.0[0].0, hash_slot("abc"));
+        // The nonce is fresh: the quota group goes to its own slot.
+        let first = sent.reply(&[[1, 0, 0]]);
+        assert!(call.answer(1, &first, &mut sent).is_none());
+        assert_eq!(sent.keys(), ["gw:q:{policy}:a:d:1", "gw:q:{policy}:b:d:1"]);
+        assert_eq!(sent.0[1].0, hash_slot("policy"));
+        // An answer with another token is another call's.
+        let second = sent.reply(&[[1, 1, 1], [0, 0, 5]]);
+        assert!(call.answer(1, &second, &mut sent).is_none());
+        let answer = call.answer(2, &second, &mut sent).expect("answered");
+        assert_eq!(states(&answer), [State::Done, State::Done, State::Refused]);
+    }
+
+    #[test]
+    fn in_a_cluster_nothing_runs_after_a_replay() {
+        let store = store(r#"{"cluster": {"addresses": ["r:1"]}}"#);
+        let mut sent = Sent::default();
+        let mut call = Call::send(Arc::clone(&store), ops(&store), &mut sent).expect("sent");
+        let replayed = sent.reply(&[[0, 0, 0]]);
+        let answer = call.answer(1, &replayed, &mut sent).expect("answered");
+        assert_eq!(
+            states(&answer),
+            [State::Refused, State::NotRun, State::NotRun]
+        );
+        assert_eq!(sent.0.len(), 1, "the quotas were not sent");
+        // A refused group stops what follows it too.
+        let mut ops = ops(&store);
+        ops.swap(0, 1);
+        let mut sent = Sent::default();
+        let mut call = Call::send(Arc::clone(&store), ops, &mut sent).expect("sent");
+        let refused = sent.reply(&[[0, 0, 5], [3, 0, 1]]);
+        let answer = call.answer(1, &refused, &mut sent).expect("answered");
+        assert_eq!(
+            states(&answer),
+            [State::Refused, State::NotCounted, State::NotRun]
+        );
+        assert_eq!(sent.0.len(), 1, "the nonce was not sent");
     }
 }

@@ -66,8 +66,8 @@ pub struct StoreConfig {
     pub authorization: Option<String>,
 }
 
-/// A Redis server the native module calls itself: at `address`, or the
-/// primary Redis Sentinel names.
+/// A Redis server the native module calls itself: at `address`, the
+/// primary Redis Sentinel names, or the primaries of a Redis Cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
@@ -77,6 +77,9 @@ pub struct RedisConfig {
     /// The Sentinels that name the primary (instead of `address`).
     #[serde(default)]
     pub sentinel: Option<SentinelConfig>,
+    /// A Redis Cluster's nodes (instead of `address`).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     /// An ACL user (Redis 6); with `password` only, the default user.
     #[serde(default)]
     pub username: Option<String>,
@@ -106,6 +109,14 @@ pub struct SentinelConfig {
     pub password: Option<String>,
 }
 
+/// Redis Cluster: some of its nodes, from which the others are learnt.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `host:port` of nodes to ask for the cluster's slots, in this order.
+    pub addresses: Vec<String>,
+}
+
 /// A checked [`RedisConfig`]: one connection per process serves every
 /// configuration naming the same one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -130,6 +141,9 @@ pub enum RedisServers {
         username: Option<String>,
         password: Option<String>,
     },
+    /// A Redis Cluster: each command goes to the primary that serves its
+    /// hash slot, as these nodes (and then the cluster's own) say.
+    Cluster { addresses: Vec<String> },
 }
 
 impl RedisServers {
@@ -138,11 +152,14 @@ impl RedisServers {
         match self {
             RedisServers::Address(address) => address.clone(),
             RedisServers::Sentinel { master, .. } => format!("the primary `{master}` (Sentinel)"),
+            RedisServers::Cluster { addresses } => {
+                format!("the Redis Cluster of {}", addresses.join(", "))
+            }
         }
     }
 }
 
-/// The most Sentinels a store may list.
+/// The most Sentinels (or cluster nodes) a store may list.
 const MAX_SENTINELS: usize = 16;
 
 /// Where a checked store is.
@@ -236,16 +253,38 @@ impl Store {
         })
     }
 
-    /// A key of this store: the prefix, then `parts` joined by `:`.
-    pub fn key(&self, parts: &[&str]) -> String {
+    /// A key of this store: the prefix, `kind`, then `tag` and `rest`
+    /// joined by `:`. In a Redis Cluster `tag` is the key's hash tag
+    /// (`gw:n:{<tag>}:…`): keys of one tag share a hash slot, so the keys
+    /// one operation runs on atomically must share their tag.
+    pub fn key(&self, kind: &str, tag: &str, rest: &[&str]) -> String {
         let mut key = self.key_prefix.clone();
-        for (i, part) in parts.iter().enumerate() {
-            if i > 0 {
-                key.push(':');
-            }
+        key.push_str(kind);
+        key.push(':');
+        if self.is_cluster() {
+            key.push('{');
+            key.push_str(tag);
+            key.push('}');
+        } else {
+            key.push_str(tag);
+        }
+        for part in rest {
+            key.push(':');
             key.push_str(part);
         }
         key
+    }
+
+    /// Whether the store is a Redis Cluster, where each call's keys must
+    /// share one hash slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(
+            &self.target,
+            Target::Redis(RedisTarget {
+                servers: RedisServers::Cluster { .. },
+                ..
+            })
+        )
     }
 }
 
@@ -270,22 +309,44 @@ fn redis_target(config: &StoreConfig, redis: &RedisConfig) -> Result<RedisTarget
             ));
         }
     }
-    let servers = match (&redis.address, &redis.sentinel) {
-        (Some(address), None) => {
+    let servers = match (&redis.address, &redis.sentinel, &redis.cluster) {
+        (Some(address), None, None) => {
             check_host_port("redis.address", address)?;
             RedisServers::Address(address.clone())
         }
-        (None, Some(sentinel)) => sentinel_servers(sentinel)?,
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::new(
-                "redis.sentinel",
-                "give `address` or `sentinel`, not both",
-            ))
+        (None, Some(sentinel), None) => sentinel_servers(sentinel)?,
+        (None, None, Some(cluster)) => {
+            check_addresses(
+                "redis.cluster.addresses",
+                &cluster.addresses,
+                "cluster nodes",
+            )?;
+            if redis.database.is_some_and(|database| database != 0) {
+                return Err(ConfigError::new(
+                    "redis.database",
+                    "a Redis Cluster has database 0 only",
+                ));
+            }
+            RedisServers::Cluster {
+                addresses: cluster.addresses.clone(),
+            }
         }
-        (None, None) => {
+        (None, None, None) => {
             return Err(ConfigError::new(
                 "redis.address",
-                "required: Redis's host:port (or `sentinel`)",
+                "required: Redis's host:port (or `sentinel`, or `cluster`)",
+            ))
+        }
+        (_, Some(_), _) => {
+            return Err(ConfigError::new(
+                "redis.sentinel",
+                "give one of `address`, `sentinel` and `cluster`",
+            ))
+        }
+        (_, _, Some(_)) => {
+            return Err(ConfigError::new(
+                "redis.cluster",
+                "give one of `address`, `sentinel` and `cluster`",
             ))
         }
     };
@@ -305,15 +366,7 @@ fn redis_target(config: &StoreConfig, redis: &RedisConfig) -> Result<RedisTarget
 }
 
 fn sentinel_servers(sentinel: &SentinelConfig) -> Result<RedisServers, ConfigError> {
-    if sentinel.addresses.is_empty() || sentinel.addresses.len() > MAX_SENTINELS {
-        return Err(ConfigError::new(
-            "redis.sentinel.addresses",
-            format!("1 to {MAX_SENTINELS} Sentinels"),
-        ));
-    }
-    for (i, address) in sentinel.addresses.iter().enumerate() {
-        check_host_port(&format!("redis.sentinel.addresses[{i}]"), address)?;
-    }
+    check_addresses("redis.sentinel.addresses", &sentinel.addresses, "Sentinels")?;
     if sentinel.master.is_empty()
         || sentinel.master.len() > 64
         || !sentinel.master.bytes().all(|b| b.is_ascii_graphic())
@@ -330,6 +383,20 @@ fn sentinel_servers(sentinel: &SentinelConfig) -> Result<RedisServers, ConfigErr
         username: sentinel.username.clone(),
         password: sentinel.password.clone(),
     })
+}
+
+/// 1 to [`MAX_SENTINELS`] `host:port`s of `what`.
+fn check_addresses(field: &str, addresses: &[String], what: &str) -> Result<(), ConfigError> {
+    if addresses.is_empty() || addresses.len() > MAX_SENTINELS {
+        return Err(ConfigError::new(
+            field,
+            format!("1 to {MAX_SENTINELS} {what}"),
+        ));
+    }
+    for (i, address) in addresses.iter().enumerate() {
+        check_host_port(&format!("{field}[{i}]"), address)?;
+    }
+    Ok(())
 }
 
 /// A user goes with a password, and neither is empty.
@@ -353,6 +420,20 @@ fn check_credentials(
         ));
     }
     Ok(())
+}
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag
+/// (what is between the first `{` and the `}` after it, when not empty) or
+/// of the whole key, modulo 16384.
+pub fn hash_slot(key: &str) -> u16 {
+    const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
+    let bytes = key.as_bytes();
+    let tag = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let inside = &bytes[open + 1..];
+        let close = inside.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &inside[..close])
+    });
+    CRC16.checksum(tag.unwrap_or(bytes)) % 16384
 }
 
 /// What a policy does with a request when the store gives no usable answer
@@ -571,7 +652,8 @@ mod tests {
         assert_eq!(store.key_prefix, "gw:");
         assert_eq!(store.timeout, Duration::from_millis(50));
         assert_eq!(upstream.timeout, store.timeout);
-        assert_eq!(store.key(&["n", "ab"]), "gw:n:ab");
+        assert_eq!(store.key("n", "ab", &[]), "gw:n:ab");
+        assert_eq!(store.key("q", "r", &["d", "7"]), "gw:q:r:d:7");
     }
 
     #[test]
@@ -610,6 +692,44 @@ mod tests {
             }
         );
         assert_eq!(target.username.as_deref(), Some("gw"));
+    }
+
+    #[test]
+    fn a_cluster_store_tags_its_keys_with_their_slot_group() {
+        let cluster =
+            store(r#"{"redis": {"cluster": {"addresses": ["a:7000", "b:7001"]}}}"#).unwrap();
+        let Target::Redis(target) = &cluster.target else {
+            panic!("redis")
+        };
+        assert_eq!(
+            target.servers,
+            RedisServers::Cluster {
+                addresses: vec!["a:7000".into(), "b:7001".into()]
+            }
+        );
+        assert!(cluster.is_cluster());
+        assert_eq!(cluster.key("n", "ab", &[]), "gw:n:{ab}");
+        let first = cluster.key("q", "p", &["r1", "d", "7"]);
+        let second = cluster.key("q", "p", &["r2", "e", "7"]);
+        assert_eq!(first, "gw:q:{p}:r1:d:7");
+        assert_eq!(hash_slot(&first), hash_slot(&second));
+    }
+
+    #[test]
+    fn hash_slots_are_redis_clusters() {
+        // The examples of Redis's cluster specification.
+        assert_eq!(hash_slot("123456789"), 0x31c3);
+        assert_eq!(hash_slot("foo"), 12182);
+        assert_eq!(hash_slot("bar"), 5061);
+        assert_eq!(
+            hash_slot("{user1000}.following"),
+            hash_slot("{user1000}.followers")
+        );
+        assert_eq!(hash_slot("{user1000}.following"), hash_slot("user1000"));
+        assert_eq!(hash_slot("foo{}{bar}"), hash_slot("foo{}{bar}"));
+        assert_ne!(hash_slot("foo{}{bar}"), hash_slot("bar"));
+        assert_eq!(hash_slot("foo{{bar}}zap"), hash_slot("{bar"));
+        assert_eq!(hash_slot("foo{bar}{zap}"), hash_slot("bar"));
     }
 
     #[test]
@@ -676,6 +796,22 @@ mod tests {
             (
                 r#"{"redis": {"address": "r:1"}, "timeout_ms": 0}"#,
                 "timeout_ms",
+            ),
+            (
+                r#"{"redis": {"address": "r:1", "cluster": {"addresses": ["c:1"]}}}"#,
+                "redis.cluster",
+            ),
+            (
+                r#"{"redis": {"cluster": {"addresses": []}}}"#,
+                "redis.cluster.addresses",
+            ),
+            (
+                r#"{"redis": {"cluster": {"addresses": ["c:1", "c"]}}}"#,
+                "redis.cluster.addresses[1]",
+            ),
+            (
+                r#"{"redis": {"cluster": {"addresses": ["c:1"]}, "database": 1}}"#,
+                "redis.database",
             ),
         ];
         for (json, field) in cases {

@@ -103,6 +103,27 @@ impl Op {
             Op::Record(_) => 1,
         }
     }
+
+    /// Its first key, whose hash slot is its keys' (see
+    /// [`super::Store::key`]); `None` for a group of no rules.
+    pub fn first_key(&self) -> Option<&str> {
+        match self {
+            Op::Nonce { key, .. } => Some(key),
+            Op::Quotas(rules) => rules.first().map(|rule| rule.key.as_str()),
+            Op::Record(swap) => Some(&swap.key),
+        }
+    }
+
+    /// Whether the script runs nothing after this operation, given its
+    /// results: a replayed nonce, or a quota group a rule refused.
+    pub fn stops(&self, results: &[OpResult]) -> bool {
+        match self {
+            Op::Nonce { .. } | Op::Quotas(_) => {
+                results.iter().any(|result| result.state == State::Refused)
+            }
+            Op::Record(_) => false,
+        }
+    }
 }
 
 /// The state of one operation's result.
