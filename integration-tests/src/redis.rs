@@ -547,15 +547,22 @@ impl ClusterStore {
             .tempdir()
             .unwrap_or_else(|e| panic!("temp dir: {e}"));
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        // The bus ports are free ones too (by default a node's is its port
+        // + 10000, which may be taken or past 65535).
+        let buses: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let nodes = ports
             .iter()
-            .map(|port| {
+            .zip(&buses)
+            .map(|(port, bus)| {
                 let path = dir.path().join(port.to_string());
                 fs::create_dir_all(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let bus = bus.to_string();
                 start_redis_server(
                     *port,
                     &path,
                     &[
+                        "--cluster-port",
+                        &bus,
                         "--cluster-enabled",
                         "yes",
                         "--cluster-config-file",
@@ -575,10 +582,11 @@ impl ClusterStore {
         for (port, (first, last)) in store.ports.iter().zip(ranges) {
             store.ok(*port, &["CLUSTER", "ADDSLOTSRANGE", first, last]);
         }
-        for port in &store.ports[1..] {
+        for (port, bus) in store.ports.iter().zip(&buses).skip(1) {
+            let (port, bus) = (port.to_string(), bus.to_string());
             store.ok(
                 store.ports[0],
-                &["CLUSTER", "MEET", "127.0.0.1", &port.to_string()],
+                &["CLUSTER", "MEET", "127.0.0.1", &port, &bus],
             );
         }
         let deadline = Instant::now() + START_TIMEOUT;

@@ -628,6 +628,15 @@ fn a_redis_cluster_takes_each_check_in_its_own_slot_and_storms_stay_exact() {
         "the replays were not counted"
     );
 
+    // Each Envoy read the slot table (not only learnt from redirects).
+    for envoy in &envoys {
+        assert!(
+            envoy.wait_for(BACK, |e| e.log().contains("3 primaries serve the slots")),
+            "the slots were read: {}",
+            envoy.log()
+        );
+    }
+
     // 60 requests signed anew: their nonces spread over the three nodes,
     // each request makes one call in its nonce's slot and one in the
     // counter's, and the quota admits exactly what is left of 25.

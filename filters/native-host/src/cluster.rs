@@ -37,20 +37,23 @@ const REFRESH_PAUSE: Duration = Duration::from_millis(100);
 const MOST_REDIRECTS: u8 = 3;
 
 /// Sends `job` to the primary of `slot` in the cluster `target`.
-pub(crate) fn send(target: &RedisTarget, slot: u16, mut job: Job) {
+pub(crate) fn send(target: &RedisTarget, slot: u16, job: Job) {
     let cluster = cluster_of(target);
-    let node = cluster.node_of(slot);
-    job.route = Some(Route {
-        cluster,
+    let (node, jobs) = cluster.node_of(slot);
+    let route = Route {
+        cluster: Arc::clone(&cluster),
         redirects: MOST_REDIRECTS,
-    });
-    redis::send_on(&node, job);
+        node,
+    };
+    cluster.send_to(route, &jobs, job);
 }
 
 /// How a command in a cluster follows redirects.
 pub(crate) struct Route {
     cluster: Arc<Cluster>,
     redirects: u8,
+    /// The node the command was sent to.
+    node: u16,
 }
 
 impl Route {
@@ -63,18 +66,18 @@ impl Route {
                 if let Some(redirect) = Redirect::read(reply) {
                     self.redirects -= 1;
                     let cluster = Arc::clone(&self.cluster);
-                    let node = match redirect {
+                    let (node, jobs) = match redirect {
                         Redirect::Moved { slot, address } => {
                             job.asking = false;
-                            cluster.moved(slot, &address)
+                            cluster.moved(slot, &cluster.full_address(&address, self.node))
                         }
                         Redirect::Ask { address } => {
                             job.asking = true;
-                            cluster.node_at(&address)
+                            cluster.node_at(&cluster.full_address(&address, self.node))
                         }
                     };
-                    job.route = Some(self);
-                    redis::send_on(&node, job);
+                    self.node = node;
+                    cluster.send_to(self, &jobs, job);
                     return;
                 }
             }
@@ -118,7 +121,8 @@ pub(crate) struct Cluster {
     target: RedisTarget,
     /// Per slot, the index of its primary in `nodes` (or [`UNKNOWN`]).
     owners: Box<[AtomicU16]>,
-    /// Every node met, never removed (a slot's index stays valid).
+    /// Every node met, never removed (a slot's index stays valid), and
+    /// its connection.
     nodes: RwLock<Vec<(String, Jobs)>>,
     refresh: Mutex<Sender<()>>,
 }
@@ -152,14 +156,14 @@ fn cluster_of(target: &RedisTarget) -> Arc<Cluster> {
 }
 
 impl Cluster {
-    /// The connection to the primary of `slot`, or (not known yet) to the
+    /// The primary of `slot` and its connection, or (not known yet) the
     /// first node named in the configuration, which redirects.
-    fn node_of(&self, slot: u16) -> Jobs {
+    fn node_of(&self, slot: u16) -> (u16, Jobs) {
         let owner = self.owners[usize::from(slot) % SLOTS].load(Ordering::Acquire);
         if owner != UNKNOWN {
             let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
             if let Some((_, jobs)) = nodes.get(usize::from(owner)) {
-                return Arc::clone(jobs);
+                return (owner, Arc::clone(jobs));
             }
         }
         let first = match &self.target.servers {
@@ -169,40 +173,67 @@ impl Cluster {
         self.node_at(&first.unwrap_or_default())
     }
 
-    /// The connection to the node at `address`.
-    fn node_at(&self, address: &str) -> Jobs {
-        let index = self.index_of(address);
-        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(&nodes[usize::from(index)].1)
-    }
-
-    /// The index of the node at `address` in `nodes`, added when new.
-    fn index_of(&self, address: &str) -> u16 {
+    /// The node at `address` (added when new) and its connection.
+    fn node_at(&self, address: &str) -> (u16, Jobs) {
         {
             let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
             if let Some(index) = nodes.iter().position(|(known, _)| known == address) {
-                return index as u16;
+                return (index as u16, Arc::clone(&nodes[index].1));
             }
         }
+        // Made before the lock is taken: starting a thread takes a while.
+        let jobs = self.connect(address);
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(index) = nodes.iter().position(|(known, _)| known == address) {
-            return index as u16;
+            return (index as u16, Arc::clone(&nodes[index].1));
         }
-        let node = RedisTarget {
+        nodes.push((address.to_string(), Arc::clone(&jobs)));
+        ((nodes.len() - 1) as u16, jobs)
+    }
+
+    /// The connection to the node at `address` (the same Redis
+    /// connections as outside a cluster, one per address).
+    fn connect(&self, address: &str) -> Jobs {
+        redis::connection(&RedisTarget {
             servers: RedisServers::Address(address.to_string()),
             ..self.target.clone()
+        })
+    }
+
+    /// `address` of a redirect, whose host is the node's it came from
+    /// when it names none (`:port`: Redis does not know its own host).
+    fn full_address(&self, address: &str, from: u16) -> String {
+        let Some(port) = address.strip_prefix(':') else {
+            return address.to_string();
         };
-        nodes.push((address.to_string(), redis::connection(&node)));
-        (nodes.len() - 1) as u16
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        let from = nodes.get(usize::from(from)).map_or("", |(known, _)| known);
+        let host = from.rsplit_once(':').map_or(from, |(host, _)| host);
+        format!("{host}:{port}")
+    }
+
+    /// Gives the command to the node's connection; when its thread is gone
+    /// (it could not start), the node gets a new one for the next command.
+    fn send_to(&self, route: Route, jobs: &Jobs, mut job: Job) {
+        let node = route.node;
+        job.route = Some(route);
+        if let Err(job) = redis::try_send(jobs, job) {
+            let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+            if let Some((address, jobs)) = nodes.get_mut(usize::from(node)) {
+                *jobs = self.connect(address);
+            }
+            drop(nodes);
+            job.answer(Answer::Unsent);
+        }
     }
 
     /// Records that `slot` is served at `address` (a `MOVED`), and has the
-    /// table read again soon; the connection to it.
-    fn moved(&self, slot: u16, address: &str) -> Jobs {
-        let index = self.index_of(address);
+    /// table read again soon; the node and its connection.
+    fn moved(&self, slot: u16, address: &str) -> (u16, Jobs) {
+        let (index, jobs) = self.node_at(address);
         self.owners[usize::from(slot)].store(index, Ordering::Release);
         self.refresh_soon();
-        self.node_at(address)
+        (index, jobs)
     }
 
     /// Has the table read again as soon as [`REFRESH_PAUSE`] allows.
@@ -220,6 +251,9 @@ impl Cluster {
                 Ok(()) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+            // What asked until now is answered by this reading; what asks
+            // while it runs (a MOVED it may not see) gets another.
+            while asked.try_recv().is_ok() {}
             let started = Instant::now();
             match self.read_table() {
                 Ok(count) => {
@@ -242,8 +276,6 @@ impl Cluster {
                 Err(_) => {}
             }
             thread::sleep(REFRESH_PAUSE.saturating_sub(started.elapsed()));
-            // What asked meanwhile is answered by this reading.
-            while asked.try_recv().is_ok() {}
         }
     }
 
@@ -273,7 +305,7 @@ impl Cluster {
                 Ok(ranges) if !ranges.is_empty() => {
                     let mut primaries: Vec<&str> = Vec::new();
                     for (first, last, primary) in &ranges {
-                        let index = self.index_of(primary);
+                        let (index, _) = self.node_at(primary);
                         for slot in *first..=*last {
                             self.owners[usize::from(slot)].store(index, Ordering::Release);
                         }
@@ -336,6 +368,76 @@ fn slot_ranges(reply: Reply, asked: &str) -> io::Result<Vec<(u16, u16, String)>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redis::tests::{answers, mailbox, scripted};
+    use gateway_common::fleet::resp;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    /// A node that knows no slot table (`CLUSTER SLOTS` fails) and
+    /// redirects each `GET <key>` to the node on `other`: `moved` (slot 5)
+    /// with `MOVED`, `bare` (slot 6) with a `MOVED` naming no host, `asked`
+    /// (slot 7) with `ASK`.
+    fn redirecting(other: u16, redirected: Arc<AtomicUsize>) -> u16 {
+        scripted(Arc::new(move |parts| {
+            if parts.first().is_some_and(|command| command == b"GET") {
+                redirected.fetch_add(1, Ordering::SeqCst);
+            }
+            match parts {
+                [_, key] if key == b"moved" => format!("-MOVED 5 127.0.0.1:{other}\r\n"),
+                [_, key] if key == b"bare" => format!("-MOVED 6 :{other}\r\n"),
+                [_, key] if key == b"asked" => format!("-ASK 7 127.0.0.1:{other}\r\n"),
+                _ => "-ERR unexpected\r\n".to_string(),
+            }
+            .into_bytes()
+        }))
+    }
+
+    #[test]
+    fn moved_and_ask_send_the_command_to_the_node_named() {
+        // The node redirected to answers `GET asked` only right after
+        // `ASKING`, as Redis does for a slot it is importing.
+        let asking = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&asking);
+        let target_node = scripted(Arc::new(move |parts| {
+            let after_asking = seen.swap(false, Ordering::SeqCst);
+            match parts {
+                [command] if command == b"ASKING" => {
+                    seen.store(true, Ordering::SeqCst);
+                    b"+OK\r\n".to_vec()
+                }
+                [_, key] if key == b"moved" => b":1\r\n".to_vec(),
+                [_, key] if key == b"bare" => b":2\r\n".to_vec(),
+                [_, key] if key == b"asked" && after_asking => b":3\r\n".to_vec(),
+                _ => b"-ERR unexpected\r\n".to_vec(),
+            }
+        }));
+        let redirected = Arc::new(AtomicUsize::new(0));
+        let first = redirecting(target_node, Arc::clone(&redirected));
+        let target = RedisTarget {
+            servers: RedisServers::Cluster {
+                addresses: vec![format!("127.0.0.1:{first}")],
+            },
+            username: None,
+            password: None,
+            database: 0,
+            tls: None,
+        };
+        let (mailbox, _) = mailbox();
+        for (slot, key) in [(5, "moved"), (6, "bare"), (7, "asked")] {
+            let get = resp::command([&b"GET"[..], key.as_bytes()]);
+            let token = u32::from(slot);
+            redis::send(&target, slot, get, Duration::from_secs(5), &mailbox, token);
+        }
+        let got = answers(&mailbox, 3);
+        assert_eq!(got[&5], Answer::Reply(b":1\r\n".to_vec()));
+        assert_eq!(got[&6], Answer::Reply(b":2\r\n".to_vec()));
+        assert_eq!(got[&7], Answer::Reply(b":3\r\n".to_vec()));
+        // A slot moved is sent to its new node at once.
+        let before = redirected.load(Ordering::SeqCst);
+        let get = resp::command([&b"GET"[..], &b"moved"[..]]);
+        redis::send(&target, 5, get, Duration::from_secs(5), &mailbox, 8);
+        assert_eq!(answers(&mailbox, 1)[&8], Answer::Reply(b":1\r\n".to_vec()));
+        assert_eq!(redirected.load(Ordering::SeqCst), before);
+    }
 
     #[test]
     fn redirects_are_read_and_other_errors_are_not() {

@@ -69,11 +69,17 @@ pub(crate) fn send(
 
 /// Gives `job` to a connection's thread (answered as not sent when the
 /// thread is gone).
-pub(crate) fn send_on(connection: &Jobs, job: Job) {
-    let sent = lock(connection).send(job);
-    if let Err(mpsc::SendError(job)) = sent {
+fn send_on(connection: &Jobs, job: Job) {
+    if let Err(job) = try_send(connection, job) {
         job.answer(Answer::Unsent);
     }
+}
+
+/// Gives `job` to a connection's thread; the job back when the thread is gone.
+pub(crate) fn try_send(connection: &Jobs, job: Job) -> Result<(), Job> {
+    lock(connection)
+        .send(job)
+        .map_err(|mpsc::SendError(job)| job)
 }
 
 /// One command on its way.
@@ -784,7 +790,7 @@ fn read_replies(mut stream: TcpStream, connection: &Connection) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::mailbox::Waker;
     use std::collections::HashMap;
@@ -792,7 +798,7 @@ mod tests {
     use std::sync::atomic::{AtomicU16, AtomicUsize};
 
     /// A mailbox that counts its wakes.
-    fn mailbox() -> (Arc<Mailbox>, Arc<AtomicUsize>) {
+    pub(crate) fn mailbox() -> (Arc<Mailbox>, Arc<AtomicUsize>) {
         let wakes = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&wakes);
         let waker: Waker = Box::new(move || {
@@ -802,7 +808,7 @@ mod tests {
     }
 
     /// Waits until `mailbox` has `n` answers and returns them by token.
-    fn answers(mailbox: &Mailbox, n: usize) -> HashMap<u32, Answer> {
+    pub(crate) fn answers(mailbox: &Mailbox, n: usize) -> HashMap<u32, Answer> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut got = HashMap::new();
         while got.len() < n {
@@ -824,10 +830,10 @@ mod tests {
     }
 
     /// What a scripted server answers to a command (its parts).
-    type Script = Arc<dyn Fn(&[Vec<u8>]) -> Vec<u8> + Send + Sync>;
+    pub(crate) type Script = Arc<dyn Fn(&[Vec<u8>]) -> Vec<u8> + Send + Sync>;
 
     /// A server answering each command with `script`; returns its port.
-    fn scripted(script: Script) -> u16 {
+    pub(crate) fn scripted(script: Script) -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("address").port();
         thread::spawn(move || {

@@ -107,7 +107,16 @@ pub struct FleetConfig {
     /// [`crate::lease`]).
     #[serde(default)]
     pub lease: Option<LeaseConfig>,
+    /// In a Redis Cluster, the hash tag of the policy's counters (default
+    /// [`DEFAULT_SLOT_TAG`]).
+    #[serde(default)]
+    pub slot_tag: Option<String>,
 }
+
+/// The hash tag of every throttling counter in a Redis Cluster unless a
+/// policy names its own: one slot, so counters are shared by rule name
+/// across policies as in one Redis.
+pub const DEFAULT_SLOT_TAG: &str = "quotas";
 
 /// The compiled fleet settings.
 #[derive(Debug, Clone)]
@@ -118,8 +127,7 @@ pub struct Fleet {
     /// Leases of fixed-window counters (never in dry run).
     pub lease: Option<LeaseAsk>,
     /// In a Redis Cluster, the hash tag of every counter of the policy, so
-    /// a request's rules are counted in one slot, atomically: a digest of
-    /// the rules' names (filters listing the same rules share counters).
+    /// a request's rules are counted in one slot, atomically.
     pub slot_tag: String,
 }
 
@@ -1149,9 +1157,18 @@ fn compile_fleet(config: &FleetConfig, rules: &[RuleConfig]) -> Result<Fleet, Co
             "leases are of fixed windows, and every rule is sliding",
         ));
     }
-    let mut names: Vec<&[u8]> = rules.iter().map(|rule| rule.name.as_bytes()).collect();
-    names.sort_unstable();
-    let slot_tag = fleet::digest(&names)[..16].to_string();
+    let slot_tag = config.slot_tag.as_deref().unwrap_or(DEFAULT_SLOT_TAG);
+    let tag_ok = (1..=64).contains(&slot_tag.len())
+        && slot_tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !tag_ok {
+        return Err(ConfigError::new(
+            "fleet.slot_tag",
+            "1 to 64 letters, digits and `-_.`",
+        ));
+    }
+    let slot_tag = slot_tag.to_string();
     Ok(Fleet {
         store: Arc::new(store),
         failure_mode: config.failure_mode,

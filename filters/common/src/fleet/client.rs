@@ -23,6 +23,7 @@ use crate::hosting::Caller;
 use crate::stream::CallAnswer;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// An answer larger than this is refused unread (a script answer is a few
 /// hundred bytes).
@@ -48,15 +49,21 @@ struct Call {
     /// The results of the runs answered before.
     answered: Vec<OpResult>,
     /// The runs to send after this one.
-    next: VecDeque<(u16, Vec<Op>)>,
+    next: VecDeque<Run>,
+    /// In a Redis Cluster, when the call (all its runs) must be answered.
+    deadline: Option<Instant>,
 }
 
-/// `ops` in runs of one hash slot, in order: one run outside a Redis Cluster.
-fn runs(store: &Store, ops: Vec<Op>) -> VecDeque<(u16, Vec<Op>)> {
+/// Operations of one hash slot, and the slot.
+type Run = (u16, Vec<Op>);
+
+/// `ops` in runs of one hash slot, in order: the first, and the others
+/// (none outside a Redis Cluster).
+fn runs(store: &Store, ops: Vec<Op>) -> (Run, VecDeque<Run>) {
     if !store.is_cluster() {
-        return VecDeque::from([(0, ops)]);
+        return ((0, ops), VecDeque::new());
     }
-    let mut runs: VecDeque<(u16, Vec<Op>)> = VecDeque::new();
+    let mut runs: VecDeque<Run> = VecDeque::new();
     for op in ops {
         let slot = op.first_key().map(hash_slot).unwrap_or_default();
         match runs.back_mut() {
@@ -64,15 +71,17 @@ fn runs(store: &Store, ops: Vec<Op>) -> VecDeque<(u16, Vec<Op>)> {
             _ => runs.push_back((slot, vec![op])),
         }
     }
-    runs
+    (runs.pop_front().unwrap_or_default(), runs)
 }
 
-/// Sends the call (by the script's SHA-1, or `with_script`) to the store.
+/// Sends the call (by the script's SHA-1, or `with_script`) to the store,
+/// to be answered within `timeout`.
 fn dispatch(
     store: &Store,
     slot: u16,
     arguments: &Arguments,
     with_script: bool,
+    timeout: Duration,
     caller: &mut dyn Caller,
 ) -> Result<u32, Failure> {
     match &store.target {
@@ -101,7 +110,7 @@ fn dispatch(
             } else {
                 arguments.resp_by_sha()
             };
-            caller.dispatch_redis(redis, slot, command, store.timeout)
+            caller.dispatch_redis(redis, slot, command, timeout)
         }
     }
     .map_err(|_| Failure::Dispatch)
@@ -109,10 +118,12 @@ fn dispatch(
 
 impl Call {
     fn send(store: Arc<Store>, ops: Vec<Op>, caller: &mut dyn Caller) -> Result<Self, Failure> {
-        let mut next = runs(&store, ops);
-        let (slot, ops) = next.pop_front().unwrap_or_default();
+        let ((slot, ops), next) = runs(&store, ops);
+        // The runs of a cluster share the call's timeout (only the native
+        // module, which has a monotonic clock, speaks to one).
+        let deadline = store.is_cluster().then(|| Instant::now() + store.timeout);
         let arguments = Arguments::new(&ops, crate::host::random_u64());
-        let token = dispatch(&store, slot, &arguments, false, caller)?;
+        let token = dispatch(&store, slot, &arguments, false, store.timeout, caller)?;
         Ok(Self {
             token,
             store,
@@ -123,7 +134,35 @@ impl Call {
             resent: false,
             answered: Vec::new(),
             next,
+            deadline,
         })
+    }
+
+    /// Sends the run in flight (again, `with_script`) within what is left
+    /// of the call's time.
+    fn dispatch_run(&mut self, with_script: bool, caller: &mut dyn Caller) -> Option<Answer> {
+        let timeout = match self.deadline {
+            None => self.store.timeout,
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => left,
+                _ => return Some(Err(Failure::NoAnswer)),
+            },
+        };
+        let dispatched = dispatch(
+            &self.store,
+            self.slot,
+            &self.arguments,
+            with_script,
+            timeout,
+            caller,
+        );
+        match dispatched {
+            Ok(token) => {
+                self.token = token;
+                None
+            }
+            Err(failure) => Some(Err(failure)),
+        }
     }
 
     /// The answer, if `token` is this call's; `None` for another call's
@@ -141,15 +180,13 @@ impl Call {
         let answer = read_answer(&self.store, answer, self.arguments.id(), self.results);
         if answer == Err(Failure::NoScript) && !self.resent {
             self.resent = true;
-            return match dispatch(&self.store, self.slot, &self.arguments, true, caller) {
-                Ok(token) => {
-                    self.token = token;
-                    None
-                }
-                Err(failure) => Some(Err(failure)),
-            };
+            return self.dispatch_run(true, caller);
         }
         let results = match answer {
+            // One run (the only one outside a cluster): its results.
+            Ok(results) if self.next.is_empty() && self.answered.is_empty() => {
+                return Some(Ok(results))
+            }
             Ok(results) => results,
             Err(failure) => return Some(Err(failure)),
         };
@@ -181,13 +218,7 @@ impl Call {
         self.ops = ops;
         self.slot = slot;
         self.resent = false;
-        match dispatch(&self.store, slot, &self.arguments, false, caller) {
-            Ok(token) => {
-                self.token = token;
-                None
-            }
-            Err(failure) => Some(Err(failure)),
-        }
+        self.dispatch_run(false, caller)
     }
 }
 

@@ -726,9 +726,10 @@ mod tests {
             hash_slot("{user1000}.followers")
         );
         assert_eq!(hash_slot("{user1000}.following"), hash_slot("user1000"));
-        assert_eq!(hash_slot("foo{}{bar}"), hash_slot("foo{}{bar}"));
-        assert_ne!(hash_slot("foo{}{bar}"), hash_slot("bar"));
+        // An empty tag: the whole key.
+        assert_eq!(hash_slot("foo{}{bar}"), 8363);
         assert_eq!(hash_slot("foo{{bar}}zap"), hash_slot("{bar"));
+        assert_eq!(hash_slot("{bar"), 4015);
         assert_eq!(hash_slot("foo{bar}{zap}"), hash_slot("bar"));
     }
 

@@ -1258,6 +1258,46 @@ mod fleet {
     }
 
     #[test]
+    fn in_a_redis_cluster_a_policys_counters_share_its_slot_tag() {
+        let config = |tag: serde_json::Value| {
+            json!({
+                "rules": [
+                    {"name": "per-app", "key": "app", "limit": 5, "window": "1m"},
+                    {"name": "all", "limit": 50, "window": "1m"}
+                ],
+                "fleet": {
+                    "store": {"redis": {"cluster": {"addresses": ["r:7000"]}}},
+                    "slot_tag": tag
+                }
+            })
+        };
+        let keys = |tag: serde_json::Value| {
+            let policy = throttling(config(tag));
+            let mut plan = policy.plan(&signed_by("app", "/", t0()));
+            let ops = policy.fleet_ops(&mut plan, &mut Leases::default());
+            let [Op::Quotas(checks)] = ops.as_slice() else {
+                panic!("{ops:?}");
+            };
+            checks.iter().map(|c| c.key.clone()).collect::<Vec<_>>()
+        };
+        let default = keys(serde_json::Value::Null);
+        assert!(
+            default[0].starts_with("gw:q:{quotas}:per-app:"),
+            "{default:?}"
+        );
+        assert!(default[1].starts_with("gw:q:{quotas}:all:"), "{default:?}");
+        let own = keys(json!("orders"));
+        assert!(own[0].starts_with("gw:q:{orders}:per-app:"), "{own:?}");
+        for bad in [json!(""), json!("a}b"), json!("x".repeat(65))] {
+            let error = Throttling::compile(
+                &parse_json::<ThrottlingConfig>(config(bad).to_string().as_bytes()).unwrap(),
+            )
+            .unwrap_err();
+            assert_eq!(error.path, "fleet.slot_tag");
+        }
+    }
+
+    #[test]
     fn counters_are_keyed_by_rule_digest_and_window_and_expire_after_it() {
         let policy = throttling(with_fleet(
             json!({"rules": [
