@@ -6,3 +6,4 @@
 pub mod decode;
 pub mod detect;
 pub mod json;
+pub mod policy;
