@@ -63,13 +63,24 @@ fn get(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) -> Response {
 
 /// `per_envoy` requests to every Envoy at once, each on its own connection.
 fn storm(envoys: &[Envoy], per_envoy: usize, headers: &[(String, String)]) -> Vec<Response> {
+    storm_with(envoys, per_envoy, || headers.to_vec())
+}
+
+/// [`storm`] with each request's headers made by `headers` (a signature
+/// with its own nonce).
+fn storm_with(
+    envoys: &[Envoy],
+    per_envoy: usize,
+    headers: impl Fn() -> Vec<(String, String)> + Sync,
+) -> Vec<Response> {
+    let headers = &headers;
     thread::scope(|scope| {
         let handles: Vec<_> = envoys
             .iter()
             .flat_map(|envoy| (0..per_envoy).map(move |_| envoy))
             .map(|envoy| {
                 scope.spawn(move || {
-                    http::get(&envoy.url("/a"), &pairs(headers)).expect("response from Envoy")
+                    http::get(&envoy.url("/a"), &pairs(&headers())).expect("response from Envoy")
                 })
             })
             .collect();
@@ -554,26 +565,9 @@ fn accept() -> Vec<(String, String)> {
     vec![("accept".to_string(), "application/json".to_string())]
 }
 
-/// `per_envoy` requests to every Envoy at once, each signed anew (its own
-/// nonce); the statuses.
-fn signed_storm(envoys: &[Envoy], per_envoy: usize) -> Vec<u16> {
-    thread::scope(|scope| {
-        let handles: Vec<_> = envoys
-            .iter()
-            .flat_map(|envoy| (0..per_envoy).map(move |_| envoy))
-            .map(|envoy| {
-                scope.spawn(move || {
-                    let headers = signed_headers(APP.0, APP.1, "GET", "/a", &accept(), None);
-                    let response = http::get(&envoy.url("/a"), &pairs(&headers));
-                    response.expect("response from Envoy").status
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("request thread"))
-            .collect()
-    })
+/// Each request signed anew (its own nonce).
+fn signed() -> Vec<(String, String)> {
+    signed_headers(APP.0, APP.1, "GET", "/a", &accept(), None)
 }
 
 #[test]
@@ -606,8 +600,7 @@ fn a_redis_cluster_takes_each_check_in_its_own_slot_and_storms_stay_exact() {
 
     // 30 copies of one signed request: one passes, and only it is counted
     // by the quota, although the nonce and the counter are on other nodes.
-    let request = signed_headers(APP.0, APP.1, "GET", "/a", &accept(), None);
-    let replays = storm(&envoys, 10, &request);
+    let replays = storm(&envoys, 10, &signed());
     assert_eq!(count(&replays, 200), 1);
     assert_eq!(count(&replays, 400), 29);
     let counters: Vec<(u16, String)> = cluster
@@ -641,9 +634,9 @@ fn a_redis_cluster_takes_each_check_in_its_own_slot_and_storms_stay_exact() {
     // each request makes one call in its nonce's slot and one in the
     // counter's, and the quota admits exactly what is left of 25.
     let before = calls(&cluster);
-    let statuses = signed_storm(&envoys, 20);
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 24);
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 36);
+    let responses = storm_with(&envoys, 20, signed);
+    assert_eq!(count(&responses, 200), 24);
+    assert_eq!(count(&responses, 429), 36);
     assert_eq!(upstream.request_count(), 25);
     assert_eq!(calls(&cluster) - before, 120, "two calls per request");
     for port in cluster.ports() {
@@ -669,8 +662,8 @@ fn a_redis_cluster_takes_each_check_in_its_own_slot_and_storms_stay_exact() {
         .find(|port| **port != counter_port)
         .expect("another node");
     cluster.move_slot(slot as u16, to);
-    let statuses = signed_storm(&envoys, 10);
-    assert!(statuses.iter().all(|s| *s == 429), "{statuses:?}");
+    let responses = storm_with(&envoys, 10, signed);
+    assert_eq!(count(&responses, 429), 30);
     assert_eq!(upstream.request_count(), 25);
     assert_eq!(
         cluster.command(to, &["GET", &counter]),
