@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = check(data, &LIMITS, |leaf| {
         let text = match leaf {
             threat_protection::json::Leaf::Key(text)
-            | threat_protection::json::Leaf::Value(text) => text,
+            | threat_protection::json::Leaf::Value { text, .. } => text,
         };
         let _ = sql_injection(text.as_bytes());
         let _ = script_injection(text.as_bytes());

@@ -68,7 +68,24 @@ impl std::fmt::Display for Violation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leaf<'a> {
     Key(&'a str),
-    Value(&'a str),
+    /// A string value, and the key of the entry it is in (directly, or
+    /// through arrays): `None` at the top, or when that key is longer than
+    /// [`MAX_NAME`].
+    Value {
+        text: &'a str,
+        name: Option<&'a str>,
+    },
+}
+
+/// The longest key a value's `name` is kept for.
+pub const MAX_NAME: usize = 256;
+
+/// An open container: what it is, its entries or elements after the
+/// first, and the key its values are under.
+struct Open {
+    container: Container,
+    count: u32,
+    name: Option<String>,
 }
 
 /// How a check ended.
@@ -112,7 +129,7 @@ pub fn check(
     limits: &JsonLimits,
     mut visit: impl FnMut(Leaf<'_>) -> ControlFlow<()>,
 ) -> Result<Checked, Violation> {
-    let mut stack: Vec<(Container, u32)> = Vec::new();
+    let mut stack: Vec<Open> = Vec::new();
     let mut expect = Expect::Value;
     let mut scratch = String::new();
     let mut at = 0;
@@ -138,18 +155,18 @@ pub fn check(
                 continue;
             }
             Expect::Next => {
-                let Some((container, count)) = stack.last_mut() else {
+                let Some(open) = stack.last_mut() else {
                     return Err(malformed(at, "more after the value"));
                 };
-                let container = *container;
+                let container = open.container;
                 match (byte, container) {
                     (b',', _) => {
-                        *count += 1;
+                        open.count += 1;
                         let (limit, violation, next) = match container {
                             Container::Object => (limits.entries, Violation::Entries, Expect::Key),
                             Container::Array => (limits.array, Violation::Array, Expect::Value),
                         };
-                        if *count >= limit {
+                        if open.count >= limit {
                             return Err(violation);
                         }
                         expect = next;
@@ -177,6 +194,15 @@ pub fn check(
                 if visit(Leaf::Key(text)).is_break() {
                     return Ok(Checked::Stopped);
                 }
+                if let Some(open) = stack.last_mut() {
+                    if text.len() <= MAX_NAME {
+                        let name = open.name.get_or_insert_with(String::new);
+                        name.clear();
+                        name.push_str(text);
+                    } else {
+                        open.name = None;
+                    }
+                }
                 at = end;
                 expect = Expect::Colon;
                 continue;
@@ -200,13 +226,20 @@ pub fn check(
                 } else {
                     (Container::Array, Expect::FirstElement)
                 };
-                stack.push((container, 0));
+                // Its values are under the key of the entry it is in.
+                let name = stack.last().and_then(|parent| parent.name.clone());
+                stack.push(Open {
+                    container,
+                    count: 0,
+                    name,
+                });
                 expect = next;
                 at += 1;
             }
             b'"' => {
                 let (text, end) = string(body, at, limits.string, &mut scratch)?;
-                if visit(Leaf::Value(text)).is_break() {
+                let name = stack.last().and_then(|open| open.name.as_deref());
+                if visit(Leaf::Value { text, name }).is_break() {
                     return Ok(Checked::Stopped);
                 }
                 at = end;
@@ -234,7 +267,7 @@ pub fn check(
 }
 
 /// What follows a value inside `stack`'s innermost container.
-fn after_value(stack: &[(Container, u32)]) -> Expect {
+fn after_value(stack: &[Open]) -> Expect {
     if stack.is_empty() {
         Expect::End
     } else {
@@ -402,7 +435,7 @@ mod tests {
         check(body.as_bytes(), &LIMITS, |leaf| {
             seen.push(match leaf {
                 Leaf::Key(text) => format!("k:{text}"),
-                Leaf::Value(text) => format!("v:{text}"),
+                Leaf::Value { text, name } => format!("v:{text}@{}", name.unwrap_or("-")),
             });
             ControlFlow::Continue(())
         })
@@ -413,15 +446,37 @@ mod tests {
     fn every_string_is_seen_decoded_in_order() {
         assert_eq!(
             leaves(r#" {"a": ["x\"y", 1, {"b\u00e9": null}], "c": "\ud83d\ude00\n"} "#).unwrap(),
-            ["k:a", "v:x\"y", "k:bé", "k:c", "v:😀\n"]
+            ["k:a", "v:x\"y@a", "k:bé", "k:c", "v:😀\n@c"]
         );
-        assert_eq!(leaves(r#""top""#).unwrap(), ["v:top"]);
+        assert_eq!(leaves(r#""top""#).unwrap(), ["v:top@-"]);
         assert_eq!(leaves("[]").unwrap(), Vec::<String>::new());
         assert_eq!(leaves("{ }").unwrap(), Vec::<String>::new());
         assert!(leaves("[true, false, null]").unwrap().is_empty());
         assert!(leaves("[-5e+3, 0.25, 12]").unwrap().is_empty());
         // A lone surrogate is read as U+FFFD, as lenient backends do.
-        assert_eq!(leaves(r#"["\ud800x"]"#).unwrap(), ["v:\u{fffd}x"]);
+        assert_eq!(leaves(r#"["\ud800x"]"#).unwrap(), ["v:\u{fffd}x@-"]);
+    }
+
+    #[test]
+    fn a_value_is_under_the_key_of_its_entry_through_arrays_only() {
+        assert_eq!(
+            leaves(r#"{"x": [{"s": "a"}, "b", ["c"]], "y": "d"}"#).unwrap(),
+            ["k:x", "k:s", "v:a@s", "v:b@x", "v:c@x", "k:y", "v:d@y"]
+        );
+        let long = "k".repeat(MAX_NAME + 1);
+        let body = format!(r#"{{"{long}": "v"}}"#);
+        let mut names = Vec::new();
+        let limits = JsonLimits {
+            string: 1024,
+            ..LIMITS
+        };
+        let _ = check(body.as_bytes(), &limits, |leaf| {
+            if let Leaf::Value { name, .. } = leaf {
+                names.push(name.map(str::to_string));
+            }
+            ControlFlow::Continue(())
+        });
+        assert_eq!(names, [None]);
     }
 
     #[test]
@@ -532,7 +587,7 @@ mod tests {
         let escapes = format!("\"{}\"", "\\u0041".repeat(100_000));
         let mut length = 0;
         let result = check(escapes.as_bytes(), &limits, |leaf| {
-            if let Leaf::Value(text) = leaf {
+            if let Leaf::Value { text, .. } = leaf {
                 length = text.len();
             }
             ControlFlow::Continue(())

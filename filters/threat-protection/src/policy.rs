@@ -61,7 +61,8 @@ pub struct RuleConfig {
     #[serde(default)]
     pub headers: Vec<String>,
     /// Values not checked for injection: `<location>.<name>` (`query.q`;
-    /// `json.comment`: the string values of every entry named so).
+    /// `json.comment`: the string values of every entry named so, and of
+    /// arrays in it; not the objects in it, which have keys of their own).
     #[serde(default)]
     pub exempt: Vec<String>,
     #[serde(default)]
@@ -274,6 +275,7 @@ fn compile_rule(config: &RuleConfig, at: &str) -> Result<Rule, ConfigError> {
             let location = serde_json::from_value::<Location>(location.into()).ok()?;
             (!name.is_empty()).then(|| (location, name.to_string()))
         });
+        let parsed = parsed.filter(|(_, name)| name.len() <= json::MAX_NAME);
         let Some((location, name)) = parsed else {
             return Err(ConfigError::new(
                 field(&format!("exempt[{i}]")),
@@ -540,17 +542,13 @@ impl Rule {
     /// A JSON body: its structure, and every key and string value.
     fn json_body(&self, body: &[u8]) -> Option<Finding> {
         let mut finding = None;
-        // The key whose value is being read, for exemptions.
-        let mut key = String::new();
         let checked = json::check(body, &self.json, |leaf| {
             let found = match leaf {
-                Leaf::Key(text) => {
-                    key.clear();
-                    key.push_str(text);
-                    self.detect(Location::Json, text.as_bytes())
-                }
-                Leaf::Value(_) if self.is_exempt(Location::Json, &key) => None,
-                Leaf::Value(text) => self.detect(Location::Json, text.as_bytes()),
+                Leaf::Key(text) => self.detect(Location::Json, text.as_bytes()),
+                Leaf::Value {
+                    name: Some(name), ..
+                } if self.is_exempt(Location::Json, name) => None,
+                Leaf::Value { text, .. } => self.detect(Location::Json, text.as_bytes()),
             };
             match found {
                 Some(found) => {
@@ -627,7 +625,11 @@ impl Rule {
     fn detect_once(&self, location: Location, value: &[u8]) -> Option<Finding> {
         if self.sql {
             if let Some(fingerprint) = sql_injection(value) {
-                if self.sensitivity > Sensitivity::Low || fingerprint.len() >= 3 {
+                // `X`: libinjection's "evil" input (comments it cannot fold).
+                let counted = self.sensitivity > Sensitivity::Low
+                    || fingerprint.len() >= 3
+                    || fingerprint == "X";
+                if counted {
                     return Some(Finding::injection(Class::Sql, location, Some(fingerprint)));
                 }
             }
@@ -675,7 +677,14 @@ mod tests {
                 .find(|(key, _)| key.eq_ignore_ascii_case(name))
                 .map(|(_, value)| value.to_string())
         };
-        let captures = [("id", "42".to_string())];
+        let captures = [(
+            "id",
+            headers
+                .iter()
+                .find(|(key, _)| *key == ":id")
+                .map_or("42", |(_, value)| value)
+                .to_string(),
+        )];
         rule.inspect(&RequestParts {
             query,
             captures: &captures,
@@ -762,6 +771,10 @@ mod tests {
             inspect(&all, "", &[], Some(("application/json", body))),
             Some(("sql", Some(Location::Json)))
         );
+        assert_eq!(
+            inspect(&all, "", &[(":id", "1%27%20OR%20%271%27%3D%271")], None),
+            Some(("sql", Some(Location::Path)))
+        );
         let key = r#"{"<script>alert(1)</script>": 1}"#;
         assert_eq!(
             inspect(&all, "", &[], Some(("application/json", key))),
@@ -794,11 +807,11 @@ mod tests {
         let rule = json!({"exempt": ["query.sql", "json.snippet"]});
         assert_eq!(inspect(&rule, "sql=1'+OR+'1'='1", &[], None), None);
         assert!(inspect(&rule, "q=1'+OR+'1'='1", &[], None).is_some());
-        let body = r#"{"snippet": "<script>alert(1)</script>"}"#;
-        assert_eq!(
-            inspect(&rule, "", &[], Some(("application/json", body))),
-            None
-        );
+        let body = r#"{"snippet": ["<script>alert(1)</script>"]}"#;
+        assert_eq!(inspect(&rule, "", &[], Some(("application/json", body))), None);
+        // Only under that key: not a later element of an array around it.
+        let body = r#"{"x": [{"snippet": 0}, "<script>alert(1)</script>"]}"#;
+        assert!(inspect(&rule, "", &[], Some(("application/json", body))).is_some());
         // Headers are checked only when chosen.
         assert_eq!(
             inspect(&rule, "", &[("x-search", "1' OR '1'='1")], None),
@@ -826,6 +839,12 @@ mod tests {
         );
         let tautology = "user=x%27+or+%27a%27%3D%27a";
         assert!(inspect(&json!({"sensitivity": "low"}), tautology, &[], None).is_some());
+        // Comments libinjection cannot fold (`X`) count at every level.
+        let nested = "q=1+%2F*+%2F*+*%2F+*%2F+2";
+        assert_eq!(
+            inspect(&json!({"sensitivity": "low"}), nested, &[], None),
+            Some(("sql", Some(Location::Query)))
+        );
     }
 
     #[test]
