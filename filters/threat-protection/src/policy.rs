@@ -808,7 +808,10 @@ mod tests {
         assert_eq!(inspect(&rule, "sql=1'+OR+'1'='1", &[], None), None);
         assert!(inspect(&rule, "q=1'+OR+'1'='1", &[], None).is_some());
         let body = r#"{"snippet": ["<script>alert(1)</script>"]}"#;
-        assert_eq!(inspect(&rule, "", &[], Some(("application/json", body))), None);
+        assert_eq!(
+            inspect(&rule, "", &[], Some(("application/json", body))),
+            None
+        );
         // Only under that key: not a later element of an array around it.
         let body = r#"{"x": [{"snippet": 0}, "<script>alert(1)</script>"]}"#;
         assert!(inspect(&rule, "", &[], Some(("application/json", body))).is_some());
