@@ -262,16 +262,7 @@ impl FleetStore {
 
     /// The keys stored under `pattern` (e.g. `gw:q:*`).
     pub fn keys(&self, pattern: &str) -> Vec<String> {
-        match self.command(&["KEYS", pattern]) {
-            Reply::Array(items) => items
-                .into_iter()
-                .filter_map(|item| match item {
-                    Reply::Bulk(Some(key)) => Some(key),
-                    _ => None,
-                })
-                .collect(),
-            other => panic!("KEYS: {other:?}"),
-        }
+        names(self.command(&["KEYS", pattern]), "KEYS")
     }
 
     pub fn db_size(&self) -> i64 {
@@ -634,16 +625,7 @@ impl ClusterStore {
 
     /// The keys matching `pattern` on the node on `port`.
     pub fn keys(&self, port: u16, pattern: &str) -> Vec<String> {
-        match self.command(port, &["KEYS", pattern]) {
-            Reply::Array(keys) => keys
-                .into_iter()
-                .filter_map(|key| match key {
-                    Reply::Bulk(Some(key)) => Some(key),
-                    _ => None,
-                })
-                .collect(),
-            other => panic!("KEYS: {other:?}"),
-        }
+        names(self.command(port, &["KEYS", pattern]), "KEYS")
     }
 
     /// How many times the node on `port` ran the filters' script.
@@ -691,24 +673,14 @@ impl ClusterStore {
         self.ok(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
         self.ok(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
         loop {
-            let Reply::Array(keys) =
-                self.command(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"])
-            else {
-                panic!("GETKEYSINSLOT")
-            };
+            let question = ["CLUSTER", "GETKEYSINSLOT", &slot, "100"];
+            let keys = names(self.command(from, &question), "GETKEYSINSLOT");
             if keys.is_empty() {
                 break;
             }
             let to_port = to.to_string();
             let mut migrate = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
-            let names: Vec<String> = keys
-                .into_iter()
-                .filter_map(|key| match key {
-                    Reply::Bulk(Some(key)) => Some(key),
-                    _ => None,
-                })
-                .collect();
-            migrate.extend(names.iter().map(String::as_str));
+            migrate.extend(keys.iter().map(String::as_str));
             self.ok(from, &migrate);
         }
         for port in [to, from].into_iter().chain(
@@ -727,6 +699,20 @@ impl Drop for ClusterStore {
         for child in &mut self.nodes {
             process::stop(child, Duration::from_secs(3));
         }
+    }
+}
+
+/// The strings of a reply listing keys (`KEYS`, `CLUSTER GETKEYSINSLOT`).
+fn names(reply: Reply, command: &str) -> Vec<String> {
+    match reply {
+        Reply::Array(items) => items
+            .into_iter()
+            .filter_map(|item| match item {
+                Reply::Bulk(Some(key)) => Some(key),
+                _ => None,
+            })
+            .collect(),
+        other => panic!("{command}: {other:?}"),
     }
 }
 
