@@ -186,6 +186,12 @@ Demo gateway is up: two instances, :8080 and :8081, sharing one Redis (logs in .
   for i in 1 2 3 4 5 6; do target/release/ca-sign --key 203751 --secret demo-secret --curl http://127.0.0.1:8080/orders/42 | sh > /dev/null; done
   curl -s http://127.0.0.1:9901/stats/prometheus | grep -E 'gw_throttling_fleet_(leased|lease_units)'
 
+  # where the fleet's calls went: Redis ran the script (evalsha); through Webdis, the
+  # store cluster's calls. With GATEWAY_NATIVE=1 that is 0: the native module calls
+  # Redis itself on a pipelined connection of its own
+  redis-cli -p 16379 INFO commandstats | grep evalsha
+  curl -s http://127.0.0.1:9901/stats | grep 'cluster.fleet_store.upstream_rq_total'
+
   # /account asks the provider's own authorizer (ext-auth): no token is 401 A401IS; a known
   # token passes and the upstream sees the authorizer's x-user-id (a client's own copy is
   # dropped); "revoked" gets the authorizer's own 403. Decisions are cached: the second

@@ -99,6 +99,11 @@ impl FleetStore {
         self.webdis_port
     }
 
+    /// The port Redis listens on (no password for the default user).
+    pub fn redis_port(&self) -> u16 {
+        self.redis_port
+    }
+
     /// A `fleet.store.redis` for the native module's own connection: Redis's
     /// address and the user allowed the filters' two commands.
     pub fn redis_config(&self) -> serde_json::Value {

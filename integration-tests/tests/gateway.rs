@@ -153,6 +153,11 @@ fn demo_with_store(file: &str, sink_port: u16, store: std::rc::Rc<FleetStore>) -
                 "port_value: 17379",
                 format!("port_value: {}", store.webdis_port()),
             ),
+            // The native module's own connection to the store's Redis.
+            (
+                "127.0.0.1:16379",
+                format!("127.0.0.1:{}", store.redis_port()),
+            ),
         ],
     );
     let envoy = start_yaml(&text, 2);
@@ -861,6 +866,15 @@ fn the_demos_two_instances_share_nonces_and_quotas_through_its_redis() {
     assert_eq!(refused.header("x-ca-error-code"), Some("A429IP"));
     assert!((3..=6).contains(&admitted), "{admitted}");
     assert!(!first.store.keys("gw:q:limited_per-client:*").is_empty());
+    // The native module calls Redis itself; the Wasm modules call Webdis.
+    for demo in demos {
+        let through_webdis = demo.envoy.stat("cluster.fleet_store.upstream_rq_total");
+        if native_mode() {
+            assert_eq!(through_webdis, 0, "the native module skips Webdis");
+        } else {
+            assert!(through_webdis >= 1, "the Wasm modules call Webdis");
+        }
+    }
     for demo in demos {
         assert!(demo.envoy.stat("wasmcustom.gw.throttling.fleet.answered") >= 1);
         assert_eq!(

@@ -48,9 +48,9 @@ pub struct Gateway {
     pub client_address: Option<Value>,
     #[serde(default)]
     pub cors: Option<Cors>,
-    /// The backend holding fleet-wide state (Webdis in front of Redis).
+    /// Where fleet-wide state is kept.
     #[serde(default)]
-    pub fleet_store: Option<String>,
+    pub fleet_store: Option<FleetStore>,
     /// How the filters find an API: by Envoy route name (`route`, the
     /// default: a policy applies exactly where Envoy routed) or by the
     /// request's method and path (`request`).
@@ -408,6 +408,62 @@ impl<'de> Deserialize<'de> for Auth {
             Ok(OneOrMany::Many(modes)) => Ok(Auth { modes }),
             Err(_) => Err(serde::de::Error::custom(
                 "`auth` is one of app, huawei_app, appcode, basic, jwt, anonymous, ext_auth, or a list of them",
+            )),
+        }
+    }
+}
+
+/// Where fleet-wide state is kept: the backend of Webdis in front of
+/// Redis (every form), or Redis itself (the native module's own
+/// connection), or both: each form then calls the one it can.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetStore {
+    pub webdis: Option<String>,
+    /// The filters' `redis` object, checked with the sections.
+    pub redis: Option<Value>,
+}
+
+impl FleetStore {
+    /// The `fleet.store` of the sections that name none.
+    pub fn store_config(&self) -> Value {
+        let mut store = Map::new();
+        if let Some(webdis) = &self.webdis {
+            store.insert("cluster".into(), Value::String(webdis.clone()));
+        }
+        if let Some(redis) = &self.redis {
+            store.insert("redis".into(), redis.clone());
+        }
+        Value::Object(store)
+    }
+}
+
+impl<'de> Deserialize<'de> for FleetStore {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Stores {
+            #[serde(default)]
+            webdis: Option<String>,
+            #[serde(default)]
+            redis: Option<Value>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Webdis(String),
+            Stores(Stores),
+        }
+        match Given::deserialize(deserializer) {
+            Ok(Given::Webdis(webdis)) => Ok(FleetStore {
+                webdis: Some(webdis),
+                redis: None,
+            }),
+            Ok(Given::Stores(Stores { webdis, redis })) if webdis.is_some() || redis.is_some() => {
+                Ok(FleetStore { webdis, redis })
+            }
+            _ => Err(serde::de::Error::custom(
+                "`fleet_store` is the backend of Webdis, or `{webdis: BACKEND, redis: {…}}` \
+                 with either or both (`redis`: the native module's own connection to Redis)",
             )),
         }
     }

@@ -402,7 +402,14 @@ impl Generator<'_> {
             }
         }
         if let Some(store) = &doc.gateway.fleet_store {
-            self.require_backend(store, "gateway.fleet_store")?;
+            if let Some(webdis) = &store.webdis {
+                let at = if store.redis.is_some() {
+                    "gateway.fleet_store.webdis"
+                } else {
+                    "gateway.fleet_store"
+                };
+                self.require_backend(webdis, at)?;
+            }
         }
         let clusters = [
             ("settings.ext_auth", "authorizer", &doc.settings.ext_auth),
@@ -462,7 +469,7 @@ impl Generator<'_> {
                 if !names_store && doc.gateway.fleet_store.is_none() {
                     return Err(self.error(
                         &format!("{at}.fleet"),
-                        "fleet-wide state needs a store: name its backend in `gateway.fleet_store`",
+                        "fleet-wide state needs a store: name it in `gateway.fleet_store`",
                     ));
                 }
             }
@@ -1340,11 +1347,13 @@ impl Generator<'_> {
                     (config.get_mut("fleet"), &doc.gateway.fleet_store)
                 {
                     if !fleet.contains_key("store") {
-                        fleet.insert("store".into(), json!({ "cluster": store }));
-                        self.provenance.add(
-                            format!("{}.fleet.store", section.key()),
-                            "gateway.fleet_store",
-                        );
+                        fleet.insert("store".into(), store.store_config());
+                        let at = format!("{}.fleet.store", section.key());
+                        self.provenance.add(&at, "gateway.fleet_store");
+                        if store.redis.is_some() {
+                            self.provenance
+                                .add(format!("{at}.cluster"), "gateway.fleet_store.webdis");
+                        }
                     }
                 }
             }

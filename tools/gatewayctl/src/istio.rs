@@ -32,8 +32,8 @@ fn called_backends(generated: &Generated) -> Vec<&str> {
     let mut names: Vec<&str> = document
         .gateway
         .fleet_store
-        .as_deref()
-        .into_iter()
+        .iter()
+        .filter_map(|store| store.webdis.as_deref())
         .collect();
     for (section, config) in &generated.sections {
         let cluster = match section.key() {

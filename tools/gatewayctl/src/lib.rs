@@ -48,15 +48,26 @@ pub fn load_for(
 }
 
 /// The first setting only the native module can carry out (it opens
-/// connections of its own): a fleet store that is Redis itself, or a log
-/// sink that is Kafka itself; with what the Wasm modules use instead.
+/// connections of its own): a fleet store that is Redis itself with no
+/// Webdis beside it, or a log sink that is Kafka itself; with what the
+/// Wasm modules use instead.
 pub fn native_only_setting(generated: &generate::Generated) -> Option<(String, &'static str)> {
     generated.sections.iter().find_map(|(section, config)| {
         let section = section.key();
-        if config.pointer("/fleet/store/redis").is_some() {
+        let store = config.pointer("/fleet/store");
+        if store.is_some_and(|store| store.get("redis").is_some() && store.get("cluster").is_none())
+        {
+            let (at, _) = generated
+                .provenance
+                .locate(&format!("{section}.fleet.store.redis"));
+            let at = if at.starts_with("gateway.") {
+                at
+            } else {
+                format!("settings.{at}")
+            };
             Some((
-                format!("settings.{section}.fleet.store.redis"),
-                "give the Wasm modules Webdis (`gateway.fleet_store`)",
+                at,
+                "give the Wasm modules Webdis beside it (`gateway.fleet_store.webdis`)",
             ))
         } else if config.pointer("/sink/format").and_then(|f| f.as_str()) == Some("kafka") {
             Some((

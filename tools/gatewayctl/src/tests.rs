@@ -285,7 +285,7 @@ fn settings_cannot_hold_what_the_apis_make() {
     let text = document("settings:\n  throttling: { fleet: {} }\napis:\n  - { name: a, path: /a, backend: shop, auth: anonymous }\n");
     assert_eq!(
         error_of(&text),
-        "apis.yaml:8: settings.throttling.fleet: fleet-wide state needs a store: name its backend in `gateway.fleet_store`"
+        "apis.yaml:8: settings.throttling.fleet: fleet-wide state needs a store: name it in `gateway.fleet_store`"
     );
 }
 
@@ -1016,4 +1016,55 @@ fn settings_only_the_native_module_can_carry_out_are_named() {
         "settings:\n  log_push:\n    sink: {{ cluster: shop, format: kafka_rest, topic: gw.calls }}\n{api}"
     ));
     assert_eq!(crate::native_only_setting(&generated(&rest)), None);
+}
+
+#[test]
+fn the_fleet_store_may_be_webdis_redis_itself_or_both() {
+    let document_with = |store: &str| {
+        document(&format!(
+            "gateway:\n  fleet_store: {store}\nsettings:\n  throttling: {{ fleet: {{}} }}\npolicies:\n  - {{ name: q, quota: {{ key: app, limit: 10, window: 1m }} }}\napis:\n  - {{ name: a, path: /a, backend: shop, auth: app, policies: [q] }}\n"
+        ))
+    };
+    let store_of = |store: &str| {
+        let generated = generated(&document_with(store));
+        section(&generated, Section::Throttling)["fleet"]["store"].clone()
+    };
+    // Both: each form calls the one it can, so every form builds.
+    let both = "{ webdis: shop, redis: { address: 127.0.0.1:6379, username: gw, password: s } }";
+    assert_eq!(
+        store_of(both),
+        json!({"cluster": "shop", "redis": {"address": "127.0.0.1:6379", "username": "gw", "password": "s"}})
+    );
+    assert_eq!(
+        crate::native_only_setting(&generated(&document_with(both))),
+        None
+    );
+    // Redis alone is the native module's.
+    let redis = "{ redis: { address: 127.0.0.1:6379 } }";
+    assert_eq!(
+        store_of(redis),
+        json!({"redis": {"address": "127.0.0.1:6379"}})
+    );
+    assert_eq!(
+        crate::native_only_setting(&generated(&document_with(redis))),
+        Some((
+            "gateway.fleet_store.redis".to_string(),
+            "give the Wasm modules Webdis beside it (`gateway.fleet_store.webdis`)"
+        ))
+    );
+    assert_eq!(store_of("{ webdis: shop }"), json!({"cluster": "shop"}));
+    // Bad stores are named where they are written.
+    assert_eq!(
+        error_of(&document_with("{ redis: { address: localhost } }")),
+        "apis.yaml:8: gateway.fleet_store.redis.address: `localhost` is not host:port"
+    );
+    assert_eq!(
+        error_of(&document_with(
+            "{ webdis: nowhere, redis: { address: 127.0.0.1:1 } }"
+        )),
+        "apis.yaml:8: gateway.fleet_store.webdis: `nowhere` names no backend"
+    );
+    assert!(error_of(&document_with("{ redis: {}, other: 1 }"))
+        .contains("`fleet_store` is the backend of Webdis, or `{webdis: BACKEND, redis: {…}}`"));
+    assert!(error_of(&document_with("{}")).contains("`fleet_store` is the backend of Webdis"));
 }

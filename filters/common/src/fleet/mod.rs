@@ -192,23 +192,30 @@ const STORE: UpstreamKind = UpstreamKind {
 
 impl Store {
     pub fn compile(config: &StoreConfig) -> Result<Self, ConfigError> {
-        let target = match (&config.cluster, &config.redis) {
-            (Some(cluster), None) => Target::Webdis(Upstream::compile(
-                UpstreamFields {
-                    cluster,
-                    authority: config.authority.as_deref(),
-                    path: config.path.as_deref(),
-                    timeout_ms: config.timeout_ms,
-                },
-                STORE,
-            )?),
-            (None, Some(redis)) => Target::Redis(redis_target(config, redis)?),
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    "redis",
-                    "give `cluster` (Webdis) or `redis`, not both",
-                ))
-            }
+        // Both may be given: one configuration for every form, the Wasm
+        // modules calling Webdis and the native module Redis itself.
+        let webdis = config
+            .cluster
+            .as_ref()
+            .map(|cluster| {
+                Upstream::compile(
+                    UpstreamFields {
+                        cluster,
+                        authority: config.authority.as_deref(),
+                        path: config.path.as_deref(),
+                        timeout_ms: config.timeout_ms,
+                    },
+                    STORE,
+                )
+            })
+            .transpose()?;
+        let redis = match &config.redis {
+            Some(redis) => redis_target(config, redis, webdis.is_some())?,
+            None => None,
+        };
+        let target = match (webdis, redis) {
+            (_, Some(redis)) => Target::Redis(redis),
+            (Some(webdis), None) => Target::Webdis(webdis),
             (None, None) => {
                 return Err(ConfigError::new(
                     "cluster",
@@ -288,10 +295,19 @@ impl Store {
     }
 }
 
-/// A checked `redis` store: the Wasm modules cannot open connections of
-/// their own, and Webdis's fields have no place.
-fn redis_target(config: &StoreConfig, redis: &RedisConfig) -> Result<RedisTarget, ConfigError> {
+/// A checked `redis` store, or none where it is not the one used: in the
+/// Wasm modules, which cannot open connections of their own and call
+/// Webdis (`cluster`) when it is given beside. Webdis's fields have a place
+/// only beside `cluster`.
+fn redis_target(
+    config: &StoreConfig,
+    redis: &RedisConfig,
+    has_webdis: bool,
+) -> Result<Option<RedisTarget>, ConfigError> {
     if cfg!(target_arch = "wasm32") {
+        if has_webdis {
+            return Ok(None);
+        }
         return Err(ConfigError::new(
             "redis",
             "the Wasm modules reach the store through Webdis: give `cluster` (`redis` is the native module's)",
@@ -302,7 +318,7 @@ fn redis_target(config: &StoreConfig, redis: &RedisConfig) -> Result<RedisTarget
         ("path", config.path.is_some()),
         ("authorization", config.authorization.is_some()),
     ] {
-        if given {
+        if given && !has_webdis {
             return Err(ConfigError::new(
                 field,
                 "Webdis's: with `redis`, give `redis.username` and `redis.password`",
@@ -356,13 +372,13 @@ fn redis_target(config: &StoreConfig, redis: &RedisConfig) -> Result<RedisTarget
         .as_ref()
         .map(|tls| crate::tls::TlsTarget::compile(tls).map_err(|e| e.within("redis.tls")))
         .transpose()?;
-    Ok(RedisTarget {
+    Ok(Some(RedisTarget {
         servers,
         username: redis.username.clone(),
         password: redis.password.clone(),
         database: redis.database.unwrap_or(0),
         tls,
-    })
+    }))
 }
 
 fn sentinel_servers(sentinel: &SentinelConfig) -> Result<RedisServers, ConfigError> {
@@ -695,6 +711,28 @@ mod tests {
     }
 
     #[test]
+    fn beside_webdis_redis_is_what_the_native_module_calls() {
+        // One configuration for every form: the Wasm modules call Webdis
+        // (they refuse `redis` alone), the native module Redis itself, and
+        // Webdis's own fields are allowed for the Wasm modules' calls.
+        let both = store(
+            r#"{"cluster": "fleet_store", "authorization": "Basic dTpw",
+                "redis": {"address": "redis:6379"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            both.target,
+            Target::Redis(RedisTarget {
+                servers: RedisServers::Address("redis:6379".into()),
+                username: None,
+                password: None,
+                database: 0,
+                tls: None,
+            })
+        );
+    }
+
+    #[test]
     fn a_cluster_store_tags_its_keys_with_their_slot_group() {
         let cluster =
             store(r#"{"redis": {"cluster": {"addresses": ["a:7000", "b:7001"]}}}"#).unwrap();
@@ -755,7 +793,14 @@ mod tests {
                 "authorization",
             ),
             (r#"{}"#, "cluster"),
-            (r#"{"cluster": "c", "redis": {"address": "r:1"}}"#, "redis"),
+            (
+                r#"{"cluster": "c", "redis": {"address": "r"}}"#,
+                "redis.address",
+            ),
+            (
+                r#"{"cluster": "c b", "redis": {"address": "r:1"}}"#,
+                "cluster",
+            ),
             (r#"{"redis": {"address": "r"}}"#, "redis.address"),
             (r#"{"redis": {"address": ":6379"}}"#, "redis.address"),
             (r#"{"redis": {"address": "r:0"}}"#, "redis.address"),
