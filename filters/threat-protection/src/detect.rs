@@ -41,4 +41,30 @@ mod tests {
         assert!(!script_injection(b"1 < 2 and 3 > 2"));
         assert!(!script_injection("Zoë's café — 東京".as_bytes()));
     }
+
+    /// Values of the largest body the policy reads, shaped to make a
+    /// tokenizer do work per byte again and again. Each must be checked in
+    /// one pass: quadratic work here (the published port's word scan, see
+    /// vendor/barbacane-libinjection/PATCHES.md) takes minutes, and hangs
+    /// the test.
+    #[test]
+    fn a_megabyte_of_hostile_shapes_is_checked_in_one_pass() {
+        const SIZE: usize = 1 << 20;
+        let shapes: [&[u8]; 12] = [
+            b"a.", b"a`", b"select.", b"1.", b"'a", b"/*", b"--", b"(", b"<a ", b"&#", b"x=\"",
+            b"\\'",
+        ];
+        for shape in shapes {
+            let value: Vec<u8> = shape.iter().copied().cycle().take(SIZE).collect();
+            let _ = sql_injection(&value);
+            let _ = script_injection(&value);
+        }
+        // One word the size of the body, dots all through it.
+        let mut word = vec![b'a'; SIZE];
+        for dot in word.iter_mut().step_by(2) {
+            *dot = b'.';
+        }
+        word[0] = b'a';
+        assert_eq!(sql_injection(&word), None);
+    }
 }
