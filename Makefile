@@ -1,11 +1,11 @@
 # The commands the README shows. `make run` and `make test` do everything
 # on a fresh machine, set-up included.
 
-FILTERS      := sign-auth ip-acl ext-auth access-control routing throttling param-validation response-cache error-mapping request-mapping circuit-breaker log-push gateway
+FILTERS      := sign-auth ip-acl ext-auth access-control routing throttling param-validation threat-protection response-cache error-mapping request-mapping circuit-breaker log-push gateway
 # The shipped modules, each a thin crate under modules/: a .wasm per policy,
 # gateway.wasm, and libgateway.so (gateway-native).
 WASM_MODULES := $(addsuffix -wasm,$(FILTERS))
-POLICY_CRATES := sign-auth ip-acl ext-auth access-control routing throttling param-validation response-cache error-mapping request-mapping circuit-breaker log-push gateway-registry
+POLICY_CRATES := sign-auth ip-acl ext-auth access-control routing throttling param-validation threat-protection response-cache error-mapping request-mapping circuit-breaker log-push gateway-registry
 # The integration tests that run once per form; deploy.rs checks the
 # shipped manifests and images, the same whatever the form, and the
 # harness's own unit tests run with the first form only.

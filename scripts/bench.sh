@@ -26,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FILTERS=(sign-auth ip-acl ext-auth access-control routing throttling param-validation response-cache error-mapping request-mapping circuit-breaker log-push gateway)
+FILTERS=(sign-auth ip-acl ext-auth access-control routing throttling param-validation threat-protection response-cache error-mapping request-mapping circuit-breaker log-push gateway)
 CARGO=${CARGO:-cargo}
 PY=.venv/bin/python
 mkdir -p target/bench

@@ -37,7 +37,7 @@ OCI_DIR="${OCI_DIR:-$target/oci}"
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)
 OCI_TAG="${OCI_TAG:-${version:-latest}}"
 
-FILTERS=(sign-auth ip-acl ext-auth access-control routing throttling param-validation response-cache error-mapping request-mapping circuit-breaker log-push)
+FILTERS=(sign-auth ip-acl ext-auth access-control routing throttling param-validation threat-protection response-cache error-mapping request-mapping circuit-breaker log-push)
 
 if [ "$#" -gt 0 ]; then
   names=("$@")

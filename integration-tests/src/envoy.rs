@@ -73,7 +73,7 @@ pub const MODULE_MODE_VAR: &str = "GATEWAY_MODULE";
 
 /// The gateway module's policies (its configuration's sections, named like
 /// the single filters' modules), in the fixed order it runs them.
-pub const MODULE_ORDER: [&str; 12] = [
+pub const MODULE_ORDER: [&str; 13] = [
     "sign_auth",
     "ip_acl",
     "ext_auth",
@@ -81,6 +81,7 @@ pub const MODULE_ORDER: [&str; 12] = [
     "routing",
     "throttling",
     "param_validation",
+    "threat_protection",
     "response_cache",
     "error_mapping",
     "request_mapping",

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The filters, in the order the gateway runs them.
-const FILTERS: [&str; 12] = [
+const FILTERS: [&str; 13] = [
     "sign-auth",
     "ip-acl",
     "ext-auth",
@@ -26,6 +26,7 @@ const FILTERS: [&str; 12] = [
     "routing",
     "throttling",
     "param-validation",
+    "threat-protection",
     "response-cache",
     "error-mapping",
     "request-mapping",
@@ -35,10 +36,11 @@ const FILTERS: [&str; 12] = [
 
 /// The filters that read bodies while holding the headers (error-mapping
 /// a response's).
-const BODY_READERS: [&str; 5] = [
+const BODY_READERS: [&str; 6] = [
     "sign-auth",
     "access-control",
     "param-validation",
+    "threat-protection",
     "error-mapping",
     "request-mapping",
 ];
@@ -364,7 +366,7 @@ fn wasm_plugins_run_in_the_gateway_order_with_their_fail_strategies() {
             // Authentication and access control, and the filters whose
             // absence would let unchecked or wrongly shaped requests through.
             "sign-auth" | "ip-acl" | "ext-auth" | "access-control" | "routing"
-            | "param-validation" | "request-mapping" => "FAIL_CLOSE",
+            | "param-validation" | "threat-protection" | "request-mapping" => "FAIL_CLOSE",
             // Capacity protection and logging: their failure must not
             // become an outage.
             "throttling" | "response-cache" | "error-mapping" | "circuit-breaker" | "log-push" => {

@@ -601,6 +601,13 @@ fn the_demo_search_api_validates_its_parameters() {
     let valid = http::get(&demo.http_url("/search?q=shoes&debug=1"), &[]).expect("response");
     assert_eq!(valid.status, 200, "{}", valid.text());
     assert_eq!(valid.json()["query"], "q=shoes&page=1");
+    // Free text, after validation: threat-protection's checks.
+    let injected =
+        http::get(&demo.http_url("/search?q=1%27%20OR%20%271%27%3D%271"), &[]).expect("response");
+    assert_eq!(injected.status, 403, "{}", injected.text());
+    assert_eq!(injected.header("x-ca-error-code"), Some("A403SQ"));
+    let name = http::get(&demo.http_url("/search?q=O%27Brien"), &[]).expect("response");
+    assert_eq!(name.status, 200, "{}", name.text());
 }
 
 #[test]

@@ -201,7 +201,7 @@ fn a_module_configuration_that_is_not_an_object_of_known_sections_is_refused() {
     assert!(
         log.contains(
             "gateway: invalid configuration: ip-acl: unknown field `ip-acl`, expected one of \
-             `sign_auth`, `ip_acl`, `ext_auth`, `access_control`, `routing`, `throttling`, `param_validation`, `response_cache`, `error_mapping`, `request_mapping`, \
+             `sign_auth`, `ip_acl`, `ext_auth`, `access_control`, `routing`, `throttling`, `param_validation`, `threat_protection`, `response_cache`, `error_mapping`, `request_mapping`, \
              `circuit_breaker`, `log_push`"
         ),
         "{log}"

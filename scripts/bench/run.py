@@ -320,6 +320,10 @@ def bench_apis(ports, fleet, key_prefix="gw:", lease_units=None):
                "every backend, the authorizer included, is the bench upstream (no active health checks); "
                "Envoy's CORS filter is left out of every scenario"]
     gateway = doc["gateway"]
+    # Each scenario chooses Webdis or Redis itself (below): the demo's store
+    # is reduced to its Webdis backend.
+    if isinstance(gateway.get("fleet_store"), dict):
+        gateway["fleet_store"] = gateway["fleet_store"].get("webdis")
     gateway["admin"] = "127.0.0.1:0"
     gateway["listeners"] = [{"name": "http", "address": "127.0.0.1:0"}]
     own = {"log_sink": ports["sink"], "fleet_store": ports.get("store") or ports["sink"]}

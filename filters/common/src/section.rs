@@ -13,6 +13,7 @@ pub enum Section {
     Routing,
     Throttling,
     ParamValidation,
+    ThreatProtection,
     ResponseCache,
     ErrorMapping,
     RequestMapping,
@@ -22,7 +23,7 @@ pub enum Section {
 
 impl Section {
     /// Every policy, in the order they run.
-    pub const ALL: [Section; 12] = [
+    pub const ALL: [Section; 13] = [
         Section::SignAuth,
         Section::IpAcl,
         Section::ExtAuth,
@@ -30,6 +31,7 @@ impl Section {
         Section::Routing,
         Section::Throttling,
         Section::ParamValidation,
+        Section::ThreatProtection,
         Section::ResponseCache,
         Section::ErrorMapping,
         Section::RequestMapping,
@@ -48,6 +50,7 @@ impl Section {
             Section::Routing => "routing",
             Section::Throttling => "throttling",
             Section::ParamValidation => "param_validation",
+            Section::ThreatProtection => "threat_protection",
             Section::ResponseCache => "response_cache",
             Section::ErrorMapping => "error_mapping",
             Section::RequestMapping => "request_mapping",
@@ -71,6 +74,7 @@ impl Section {
             Section::Routing => (false, true, false),
             Section::Throttling => (true, true, false),
             Section::ParamValidation => (false, false, true),
+            Section::ThreatProtection => (false, false, true),
             Section::ResponseCache => (false, false, false),
             Section::ErrorMapping => (false, true, true),
             Section::RequestMapping => (false, true, true),

@@ -1,5 +1,6 @@
 //! gateway: every policy in one module, one pass: sign-auth → ip-acl →
 //! ext-auth → access-control → routing → throttling → param-validation →
+//! threat-protection →
 //! response-cache → error-mapping → request-mapping →
 //! circuit-breaker → log-push, configured by one JSON object with a section
 //! per policy (see [`config`]). Each section is loaded by its own policy's

@@ -26,6 +26,7 @@ use routing::RoutingFilter;
 use sign_auth::SignAuthFilter;
 use std::rc::Rc;
 use std::time::Duration;
+use threat_protection::ThreatProtectionFilter;
 use throttling::ThrottlingFilter;
 
 /// Loads one section with its filter's code, logging any error as that
@@ -41,6 +42,7 @@ fn load(section: Section, bytes: &[u8], host: &mut dyn RootHost) -> Option<Box<d
         Section::Routing => Loaded::<RoutingFilter>::boxed(bytes, host),
         Section::Throttling => Loaded::<ThrottlingFilter>::boxed(bytes, host),
         Section::ParamValidation => Loaded::<ParamValidationFilter>::boxed(bytes, host),
+        Section::ThreatProtection => Loaded::<ThreatProtectionFilter>::boxed(bytes, host),
         Section::RequestMapping => Loaded::<RequestMappingFilter>::boxed(bytes, host),
         Section::CircuitBreaker => Loaded::<CircuitBreakerFilter>::boxed(bytes, host),
         Section::LogPush => {

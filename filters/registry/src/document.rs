@@ -21,6 +21,7 @@ struct Document {
     routing: Option<Box<RawValue>>,
     throttling: Option<Box<RawValue>>,
     param_validation: Option<Box<RawValue>>,
+    threat_protection: Option<Box<RawValue>>,
     response_cache: Option<Box<RawValue>>,
     error_mapping: Option<Box<RawValue>>,
     request_mapping: Option<Box<RawValue>>,
@@ -40,6 +41,7 @@ impl Document {
             Section::Routing => self.routing.take(),
             Section::Throttling => self.throttling.take(),
             Section::ParamValidation => self.param_validation.take(),
+            Section::ThreatProtection => self.threat_protection.take(),
             Section::ResponseCache => self.response_cache.take(),
             Section::ErrorMapping => self.error_mapping.take(),
             Section::RequestMapping => self.request_mapping.take(),
@@ -231,7 +233,7 @@ mod tests {
         assert_eq!(
             error_of(r#"{"ip-acl": {}}"#),
             "ip-acl: unknown field `ip-acl`, expected one of `sign_auth`, `ip_acl`, \
-             `ext_auth`, `access_control`, `routing`, `throttling`, `param_validation`, `response_cache`, `error_mapping`, `request_mapping`, \
+             `ext_auth`, `access_control`, `routing`, `throttling`, `param_validation`, `threat_protection`, `response_cache`, `error_mapping`, `request_mapping`, \
              `circuit_breaker`, `log_push`, `fleet_store` \
              at line 1 column 9"
         );
@@ -264,7 +266,7 @@ mod tests {
         assert_eq!(
             error_of("{}"),
             "no policy is configured; expected at least one of the sections `sign_auth`, \
-             `ip_acl`, `ext_auth`, `access_control`, `routing`, `throttling`, `param_validation`, `response_cache`, `error_mapping`, `request_mapping`, \
+             `ip_acl`, `ext_auth`, `access_control`, `routing`, `throttling`, `param_validation`, `threat_protection`, `response_cache`, `error_mapping`, `request_mapping`, \
              `circuit_breaker`, `log_push`"
         );
     }

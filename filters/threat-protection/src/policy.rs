@@ -28,8 +28,11 @@ pub mod codes {
     pub const STRUCTURE: GatewayError =
         GatewayError::new(400, "A400TS", "Request Structure Over Its Limit");
     pub const MALFORMED: GatewayError = GatewayError::new(400, "A400TM", "Malformed Request Body");
-    pub const BODY_TOO_LARGE: GatewayError =
-        GatewayError::new(413, "A413TB", "Request Body Too Large");
+    pub const BODY_TOO_LARGE: GatewayError = GatewayError::new(
+        413,
+        "A413TB",
+        "Request Body Too Large for Threat Protection",
+    );
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -84,8 +87,8 @@ pub enum Mode {
 
 /// How much is checked: `low` the value as the backend reads it, only
 /// for fingerprints of three tokens or more; `medium` every fingerprint;
-/// `high` also the value decoded once more (a double-encoded payload) and,
-/// for SQL too, its HTML references decoded.
+/// `high` also the value decoded once more (a double-encoded payload) and
+/// with its HTML references decoded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Sensitivity {
@@ -240,6 +243,11 @@ impl Threats {
     pub fn rule(&self, index: usize) -> Option<&Rule> {
         self.rules.get(index)
     }
+
+    /// The rules' names, in order.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|rule| rule.name.as_str())
+    }
 }
 
 fn compile_rule(config: &RuleConfig, at: &str) -> Result<Rule, ConfigError> {
@@ -386,6 +394,16 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// A body over the rule's `max_body_bytes`.
+    pub fn body_too_large() -> Self {
+        Self {
+            check: "body_size",
+            location: None,
+            fingerprint: None,
+            error: codes::BODY_TOO_LARGE,
+        }
+    }
+
     fn injection(class: Class, location: Location, fingerprint: Option<String>) -> Self {
         let (check, error) = match class {
             Class::Sql => ("sql", codes::SQL_INJECTION),
@@ -443,6 +461,13 @@ impl Rule {
     /// The first finding of the request, if any (the body is checked only
     /// when given).
     pub fn inspect(&self, request: &RequestParts<'_>) -> Option<Finding> {
+        self.inspect_head(request)
+            .or_else(|| self.inspect_body(request.content_type, request.body?))
+    }
+
+    /// The first finding in what comes before the body: the query, path
+    /// variables, chosen headers and cookies (`request.body` unread).
+    pub fn inspect_head(&self, request: &RequestParts<'_>) -> Option<Finding> {
         if self.locations.contains(&Location::Query) {
             if let Some(finding) = self.pairs(request.query, Location::Query, None) {
                 return Some(finding);
@@ -473,24 +498,24 @@ impl Rule {
                     let (name, value) = pair.trim().split_once('=').unwrap_or((pair.trim(), ""));
                     let value = value.trim_matches('"');
                     let value = value.as_bytes();
-                    if let Some(finding) =
-                        self.value(Location::Cookie, name, value, Encoding::Percent)
-                    {
-                        return Some(finding);
+                    let found = self
+                        .detect(Location::Cookie, &percent_decode(name.as_bytes(), false))
+                        .or_else(|| self.value(Location::Cookie, name, value, Encoding::Percent));
+                    if found.is_some() {
+                        return found;
                     }
                 }
             }
         }
-        let body = request.body?;
+        None
+    }
+
+    /// The first finding in a body of `content_type`.
+    pub fn inspect_body(&self, content_type: Option<&str>, body: &[u8]) -> Option<Finding> {
         if body.len() > self.max_body_bytes {
-            return Some(Finding {
-                check: "body_size",
-                location: None,
-                fingerprint: None,
-                error: codes::BODY_TOO_LARGE,
-            });
+            return Some(Finding::body_too_large());
         }
-        match body_kind(request.content_type) {
+        match body_kind(content_type) {
             BodyKind::Form if self.locations.contains(&Location::Form) => {
                 let Ok(text) = std::str::from_utf8(body) else {
                     // Checked as bytes: the pairs' names and values as sent.
@@ -531,6 +556,11 @@ impl Rule {
                 }
             }
             let name = percent_decode(name.as_bytes(), true);
+            // A name is read as a value is, and checked as one: exemptions
+            // are by name, so none applies to the name itself.
+            if let Some(finding) = self.detect(location, &name) {
+                return Some(finding);
+            }
             let name = String::from_utf8_lossy(&name);
             if let Some(finding) = self.value(location, &name, value.as_bytes(), Encoding::Form) {
                 return Some(finding);
@@ -615,11 +645,19 @@ impl Rule {
                 return Some(finding);
             }
         }
-        match html_decode(value) {
-            Cow::Owned(unescaped) if self.sql => sql_injection(&unescaped)
-                .map(|fingerprint| Finding::injection(Class::Sql, location, Some(fingerprint))),
-            _ => None,
+        // HTML references decoded once: a browser reads them in markup.
+        let Cow::Owned(unescaped) = html_decode(value) else {
+            return None;
+        };
+        if self.script && script_injection(&unescaped) {
+            return Some(Finding::injection(Class::Script, location, None));
         }
+        if self.sql {
+            if let Some(fingerprint) = sql_injection(&unescaped) {
+                return Some(Finding::injection(Class::Sql, location, Some(fingerprint)));
+            }
+        }
+        None
     }
 
     fn detect_once(&self, location: Location, value: &[u8]) -> Option<Finding> {
@@ -634,14 +672,8 @@ impl Rule {
                 }
             }
         }
-        if self.script {
-            // A browser reads references in markup: checked as written
-            // and with them decoded once.
-            let found = script_injection(value)
-                || matches!(html_decode(value), Cow::Owned(decoded) if script_injection(&decoded));
-            if found {
-                return Some(Finding::injection(Class::Script, location, None));
-            }
+        if self.script && script_injection(value) {
+            return Some(Finding::injection(Class::Script, location, None));
         }
         None
     }
@@ -780,6 +812,28 @@ mod tests {
             inspect(&all, "", &[], Some(("application/json", key))),
             Some(("script", Some(Location::Json)))
         );
+        // Names are values too: a query's, a form's, a cookie's.
+        assert_eq!(inspect(&all, "1%27+OR+%271%27%3D%271=x", &[], None), sql);
+        let form_name = (
+            "application/x-www-form-urlencoded",
+            "%3Cscript%3Ealert(1)%3C/script%3E=1",
+        );
+        assert_eq!(
+            inspect(&all, "", &[], Some(form_name)),
+            Some(("script", Some(Location::Form)))
+        );
+        assert_eq!(
+            inspect(
+                &all,
+                "",
+                &[("cookie", "1 UNION SELECT password FROM users--=1")],
+                None
+            ),
+            Some(("sql", Some(Location::Cookie)))
+        );
+        // An exemption is by name: it never covers the name itself.
+        let exempt = json!({"exempt": ["query.1' OR '1'='1"]});
+        assert_eq!(inspect(&exempt, "1%27+OR+%271%27%3D%271=x", &[], None), sql);
     }
 
     #[test]
@@ -857,6 +911,14 @@ mod tests {
         assert_eq!(
             inspect(&json!({"sensitivity": "high"}), double, &[], None),
             Some(("sql", Some(Location::Query)))
+        );
+        // HTML references are decoded at `high` only: prose that writes
+        // markup as text passes below it.
+        let written = "q=%26lt%3Bscript%26gt%3Balert(1)%26lt%3B%2Fscript%26gt%3B";
+        assert_eq!(inspect(&json!({}), written, &[], None), None);
+        assert_eq!(
+            inspect(&json!({"sensitivity": "high"}), written, &[], None),
+            Some(("script", Some(Location::Query)))
         );
     }
 

@@ -103,6 +103,10 @@ fn policies() -> Vec<WasmFilter> {
             ]}),
         ),
         WasmFilter::json(
+            "threat_protection",
+            &json!({"rules": [{"name": "items", "match": items}, {"name": "orders", "match": orders}]}),
+        ),
+        WasmFilter::json(
             "error_mapping",
             &json!({"rules": [{"name": "orders", "match": orders,
                 "mappings": [{"code": "503", "status": 502, "message": "Orders unavailable"}]}]}),

@@ -251,6 +251,10 @@ pub struct Policy {
     /// A response cache rule: `ttl_seconds`, `key`, `statuses`, …
     #[serde(default)]
     pub cache: Option<Map<String, Value>>,
+    /// A threat-protection rule: `mode`, `sensitivity`, `injection`,
+    /// `locations`, `exempt`, `json`, `form`, …
+    #[serde(default)]
+    pub threat_protection: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +267,7 @@ pub enum PolicyKind {
     Mirror,
     ErrorMapping,
     Cache,
+    ThreatProtection,
 }
 
 impl PolicyKind {
@@ -276,6 +281,7 @@ impl PolicyKind {
             PolicyKind::Mirror => "mirror",
             PolicyKind::ErrorMapping => "error_mapping",
             PolicyKind::Cache => "cache",
+            PolicyKind::ThreatProtection => "threat_protection",
         }
     }
 }
@@ -292,6 +298,7 @@ impl Policy {
             (PolicyKind::Mirror, &self.mirror),
             (PolicyKind::ErrorMapping, &self.error_mapping),
             (PolicyKind::Cache, &self.cache),
+            (PolicyKind::ThreatProtection, &self.threat_protection),
         ]
         .into_iter()
         .filter_map(|(kind, body)| body.as_ref().map(|body| (kind, body)))
@@ -318,6 +325,8 @@ pub struct Settings {
     pub throttling: Option<Map<String, Value>>,
     #[serde(default)]
     pub param_validation: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub threat_protection: Option<Map<String, Value>>,
     #[serde(default)]
     pub response_cache: Option<Map<String, Value>>,
     #[serde(default)]

@@ -480,7 +480,7 @@ impl Generator<'_> {
                 return Err(self.error(
                     &format!("policies[{index}]"),
                     "a policy is exactly one of `quota`, `ip_control`, `breaker`, `access_control`, \
-                     `routing`, `mirror`, `error_mapping` or `cache`",
+                     `routing`, `mirror`, `error_mapping`, `cache` or `threat_protection`",
                 ));
             }
             for field in ["name", "match"] {
@@ -505,6 +505,7 @@ impl Generator<'_> {
             Section::Routing => s.routing.as_ref(),
             Section::Throttling => s.throttling.as_ref(),
             Section::ParamValidation => s.param_validation.as_ref(),
+            Section::ThreatProtection => s.threat_protection.as_ref(),
             Section::ResponseCache => s.response_cache.as_ref(),
             Section::ErrorMapping => s.error_mapping.as_ref(),
             Section::RequestMapping => s.request_mapping.as_ref(),
@@ -1226,6 +1227,7 @@ impl Generator<'_> {
                     PolicyKind::Routing => (Section::Routing, name.clone()),
                     PolicyKind::ErrorMapping => (Section::ErrorMapping, name.clone()),
                     PolicyKind::Cache => (Section::ResponseCache, name.clone()),
+                    PolicyKind::ThreatProtection => (Section::ThreatProtection, name.clone()),
                     // Envoy mirrors: the API's routes carry it.
                     PolicyKind::Mirror => continue,
                 };

@@ -65,7 +65,7 @@ const fn code(code: &'static str, status: u16, message: &'static str) -> ErrorCo
 
 /// The codes an API may answer, as docs/conventions.md lists them (a test
 /// keeps the two the same).
-pub const ERROR_CODES: [ErrorCode; 44] = [
+pub const ERROR_CODES: [ErrorCode; 49] = [
     code("A401MC", 401, "Missing Credentials"),
     code("A401MH", 401, "Header `X-Ca-…` is Required"),
     code("A400IH", 400, "Invalid Header"),
@@ -105,6 +105,15 @@ pub const ERROR_CODES: [ErrorCode; 44] = [
     code("A400PV", 400, "Invalid Parameter"),
     code("A400BD", 400, "Invalid Body"),
     code("A413PB", 413, "Request Body Too Large"),
+    code("A403SQ", 403, "SQL Injection Detected"),
+    code("A403XS", 403, "Script Injection Detected"),
+    code("A400TS", 400, "Request Structure Over Its Limit"),
+    code("A400TM", 400, "Malformed Request Body"),
+    code(
+        "A413TB",
+        413,
+        "Request Body Too Large for Threat Protection",
+    ),
     code("A415CT", 415, "Unsupported Content-Type"),
     code("A400MV", 400, "Invalid Parameter Value for Mapping"),
     code("A400MB", 400, "Request Body Required for Mapping"),
@@ -248,6 +257,9 @@ fn reference(value: &Value, document: &Document, raw: &Value, typed: &Api) -> Ap
         }
         if policy.access_control.is_some() {
             codes.push("A403AC");
+        }
+        if policy.threat_protection.is_some() {
+            codes.extend(["A403SQ", "A403XS", "A400TS", "A400TM", "A413TB"]);
         }
     }
     if !effective.parameters.is_empty()

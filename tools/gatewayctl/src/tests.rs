@@ -266,7 +266,7 @@ fn policies_are_one_kind_and_an_api_has_one_ip_control_and_one_breaker() {
     let text = document("policies:\n  - { name: p, quota: { limit: 1, window: 1s }, ip_control: { allow: [10.0.0.0/8] } }\napis:\n  - { name: a, path: /a, backend: shop, auth: anonymous, policies: [p] }\n");
     assert_eq!(
         error_of(&text),
-        "apis.yaml:8: policies[0] (p): a policy is exactly one of `quota`, `ip_control`, `breaker`, `access_control`, `routing`, `mirror`, `error_mapping` or `cache`"
+        "apis.yaml:8: policies[0] (p): a policy is exactly one of `quota`, `ip_control`, `breaker`, `access_control`, `routing`, `mirror`, `error_mapping`, `cache` or `threat_protection`"
     );
     let text = document("policies:\n  - { name: p, ip_control: { allow: [10.0.0.0/8] } }\n  - { name: q, ip_control: { deny: [10.0.0.0/8] } }\ngroups:\n  - { name: g, policies: [p] }\napis:\n  - { name: a, group: g, path: /a, backend: shop, auth: anonymous, policies: [q] }\n");
     assert_eq!(
@@ -1067,4 +1067,22 @@ fn the_fleet_store_may_be_webdis_redis_itself_or_both() {
     assert!(error_of(&document_with("{ redis: {}, other: 1 }"))
         .contains("`fleet_store` is the backend of Webdis, or `{webdis: BACKEND, redis: {…}}`"));
     assert!(error_of(&document_with("{}")).contains("`fleet_store` is the backend of Webdis"));
+}
+
+#[test]
+fn a_threat_protection_policy_becomes_the_apis_rule_and_its_errors_name_the_field() {
+    let policy = "policies:\n  - name: free-text\n    threat_protection:\n      sensitivity: high\n      exempt: [json.snippet]\n";
+    let text = document(&format!(
+        "{policy}apis:\n  - {{ name: search, path: /search, backend: shop, auth: anonymous, policies: [free-text] }}\n"
+    ));
+    let threats = section(&generated(&text), Section::ThreatProtection);
+    assert_eq!(threats["rules"][0]["name"], "search");
+    assert_eq!(threats["rules"][0]["sensitivity"], "high");
+    assert_eq!(threats["rules"][0]["exempt"], json!(["json.snippet"]));
+    let bad = text.replace("json.snippet", "body.snippet");
+    let err = error_of(&bad);
+    assert!(
+        err.starts_with("apis.yaml:11: policies[0] (free-text): threat_protection.exempt[0]: "),
+        "{err}"
+    );
 }

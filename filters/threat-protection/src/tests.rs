@@ -1,0 +1,190 @@
+//! The policy's steps over a stream: what is checked when, what a finding
+//! does in each mode, what is counted.
+
+use crate::compile_config;
+use crate::steps::{Compiled, Metrics, ThreatSteps};
+use crate::FILTER_NAME;
+use gateway_common::host::FakeHost;
+use gateway_common::stream::{FakeStream, PolicySteps, Verdict};
+use std::rc::Rc;
+
+/// Search blocks; comments are only logged; /files is not checked.
+const CONFIG: &str = r#"{
+  "rules": [{
+    "name": "search",
+    "match": {"path": {"template": "/items/{id}"}},
+    "locations": ["query", "path", "header", "cookie", "form", "json"],
+    "headers": ["x-search"],
+    "json": {"max_depth": 4},
+    "max_body_bytes": 256
+  }, {
+    "name": "comments",
+    "match": {"path": {"prefix": "/comments"}},
+    "mode": "log"
+  }]
+}"#;
+
+fn steps(stream: &mut FakeStream) -> ThreatSteps {
+    let compiled = Compiled::new(compile_config(CONFIG.as_bytes()).expect("config"));
+    compiled.define_rule_counters(stream);
+    let metrics = Metrics::define(stream);
+    ThreatSteps::new(Rc::new(compiled), metrics)
+}
+
+fn request(method: &str, path: &str) -> FakeHost {
+    FakeHost::new()
+        .with_header(":method", method)
+        .with_header(":path", path)
+        .with_header(":authority", "shop")
+}
+
+fn json(host: FakeHost) -> FakeHost {
+    host.with_header("content-type", "application/json")
+}
+
+/// Runs the headers (and the body, if any) through the policy.
+fn run(host: FakeHost, body: Option<&str>) -> (Verdict, FakeStream) {
+    let mut stream = FakeStream::new(host);
+    let mut steps = steps(&mut stream);
+    let verdict = steps.on_request_headers(&mut stream, body.is_none());
+    let verdict = match (verdict, body) {
+        (Verdict::Pause, Some(body)) => {
+            stream.body = body.as_bytes().to_vec();
+            steps.on_request_body(&mut stream, body.len(), true)
+        }
+        (verdict, _) => verdict,
+    };
+    (verdict, stream)
+}
+
+fn code(run: &(Verdict, FakeStream)) -> Option<(u32, String)> {
+    let reply = run.1.reply()?;
+    Some((
+        reply.status,
+        reply
+            .header("x-ca-error-code")
+            .unwrap_or_default()
+            .to_string(),
+    ))
+}
+
+fn counted(run: &(Verdict, FakeStream), name: &str) -> u64 {
+    run.1.counted(FILTER_NAME, name)
+}
+
+#[test]
+fn each_place_is_checked_before_the_body_is_awaited() {
+    let payload = "1%27%20OR%20%271%27%3D%271";
+    let query = run(request("GET", &format!("/items/1?q={payload}")), None);
+    assert_eq!(code(&query), Some((403, "A403SQ".into())));
+    let path = run(request("GET", &format!("/items/{payload}")), None);
+    assert_eq!(code(&path), Some((403, "A403SQ".into())));
+    let header = run(
+        request("GET", "/items/1").with_header("x-search", "<script>alert(1)</script>"),
+        None,
+    );
+    assert_eq!(code(&header), Some((403, "A403XS".into())));
+    // A repeated header: every value is checked, not only the first.
+    let repeated = run(
+        request("GET", "/items/1")
+            .with_header("x-search", "shoes")
+            .with_header("x-search", "1' OR '1'='1"),
+        None,
+    );
+    assert_eq!(code(&repeated), Some((403, "A403SQ".into())));
+    // Found in the query, a JSON request is refused without its body.
+    let early = run(
+        json(request("POST", &format!("/items/1?q={payload}"))),
+        Some("{}"),
+    );
+    assert_eq!(early.0, Verdict::Answered);
+    assert_eq!(counted(&early, "found.sql"), 1);
+    assert_eq!(counted(&early, "rule.search.found"), 1);
+    assert_eq!(counted(&early, "denied.A403SQ"), 1);
+    // The reply names the check, never the payload.
+    let reply = String::from_utf8_lossy(&query.1.reply().expect("reply").body).into_owned();
+    assert!(!reply.contains("OR"), "{reply}");
+}
+
+#[test]
+fn a_clean_request_passes_and_is_counted_for_its_api() {
+    let clean = run(
+        json(request("POST", "/items/42?q=O%27Brien+shoes")).with_header("cookie", "s=abc; t=1"),
+        Some(r#"{"note": "I'd drop the union rep; select one"}"#),
+    );
+    assert_eq!(clean.0, Verdict::Continue);
+    assert_eq!(code(&clean), None);
+    assert_eq!(counted(&clean, "passed"), 1);
+    assert_eq!(counted(&clean, "rule.search.passed"), 1);
+    let elsewhere = run(request("GET", "/files?q=1'+OR+'1'='1"), None);
+    assert_eq!(elsewhere.0, Verdict::Continue);
+    assert_eq!(counted(&elsewhere, "unmatched"), 1);
+}
+
+#[test]
+fn a_body_is_checked_once_it_has_arrived() {
+    let injected = run(
+        json(request("POST", "/items/1")),
+        Some(r#"{"a": {"b": "1 UNION SELECT password FROM users--"}}"#),
+    );
+    assert_eq!(code(&injected), Some((403, "A403SQ".into())));
+    let deep = run(json(request("POST", "/items/1")), Some("[[[[[1]]]]]"));
+    assert_eq!(code(&deep), Some((400, "A400TS".into())));
+    assert_eq!(counted(&deep, "found.json_depth"), 1);
+    let broken = run(json(request("POST", "/items/1")), Some("{\"a\": "));
+    assert_eq!(code(&broken), Some((400, "A400TM".into())));
+    let form = run(
+        request("POST", "/items/1")
+            .with_header("content-type", "application/x-www-form-urlencoded"),
+        Some("bio=%3Cimg+src%3Dx+onerror%3Dalert(1)%3E"),
+    );
+    assert_eq!(code(&form), Some((403, "A403XS".into())));
+    // A body the rule does not read is not held.
+    let text = run(
+        request("POST", "/items/1").with_header("content-type", "text/plain"),
+        Some("<script>alert(1)</script>"),
+    );
+    assert_eq!(text.0, Verdict::Continue);
+}
+
+#[test]
+fn a_body_over_the_limit_is_refused_413() {
+    let declared = run(
+        json(request("POST", "/items/1")).with_header("content-length", "100000"),
+        Some("{}"),
+    );
+    assert_eq!(code(&declared), Some((413, "A413TB".into())));
+    let body = format!(r#"{{"pad": "{}"}}"#, "x".repeat(300));
+    let sent = run(json(request("POST", "/items/1")), Some(&body));
+    assert_eq!(code(&sent), Some((413, "A413TB".into())));
+    assert_eq!(counted(&sent, "found.body_size"), 1);
+}
+
+#[test]
+fn a_body_ended_by_trailers_is_still_checked() {
+    let mut stream = FakeStream::new(json(request("POST", "/items/1")));
+    let mut steps = steps(&mut stream);
+    assert_eq!(steps.on_request_headers(&mut stream, false), Verdict::Pause);
+    stream.body = br#"{"q": "<script>alert(1)</script>"}"#.to_vec();
+    let size = stream.body.len();
+    assert_eq!(
+        steps.on_request_body(&mut stream, size, false),
+        Verdict::Pause
+    );
+    assert_eq!(steps.on_request_trailers(&mut stream), Verdict::Answered);
+    assert_eq!(stream.counted(FILTER_NAME, "denied.A403XS"), 1);
+}
+
+#[test]
+fn in_log_mode_a_finding_is_counted_and_the_request_goes_on() {
+    let logged = run(
+        json(request("POST", "/comments")),
+        Some(r#"{"text": "<script>alert(1)</script>"}"#),
+    );
+    assert_eq!(logged.0, Verdict::Continue);
+    assert_eq!(code(&logged), None);
+    assert_eq!(counted(&logged, "logged"), 1);
+    assert_eq!(counted(&logged, "found.script"), 1);
+    assert_eq!(counted(&logged, "rule.comments.found"), 1);
+    assert_eq!(counted(&logged, "denied.A403XS"), 0);
+}

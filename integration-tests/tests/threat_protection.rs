@@ -1,0 +1,219 @@
+//! threat-protection in a real Envoy: SQL and script injection refused in
+//! every place it checks (query, path variable, chosen header, cookie, form
+//! and JSON bodies), benign look-alikes and exempt values passed to the
+//! echo upstream unchanged, hostile bodies (deep nesting, many keys, a huge
+//! string, bytes that are not UTF-8) refused in the shared error shape while
+//! the worker keeps serving, and `mode: log` letting a finding through.
+
+use integration_tests::echo::EchoServer;
+use integration_tests::envoy::{gateway_config, Envoy, WasmFilter};
+use integration_tests::http::{self, Response};
+use serde_json::{json, Value};
+
+fn threat_protection() -> Value {
+    json!({
+        "rules": [{
+            "name": "items",
+            "match": {"path": {"template": "/items/{id}"}},
+            "locations": ["query", "path", "header", "cookie", "form", "json"],
+            "headers": ["x-search"],
+            "exempt": ["query.sql_help", "json.code_snippet"],
+            "json": {"max_depth": 32, "max_entries": 1000, "max_string": 65536}
+        }, {
+            "name": "legacy",
+            "match": {"path": {"prefix": "/legacy"}},
+            "mode": "log"
+        }]
+    })
+}
+
+struct Gateway {
+    envoy: Envoy,
+    upstream: EchoServer,
+}
+
+fn gateway() -> Gateway {
+    let upstream = EchoServer::start("echo").expect("echo upstream");
+    let filters = [WasmFilter::json("threat_protection", &threat_protection())];
+    let envoy = Envoy::start(&gateway_config(&filters, &[upstream.port()]));
+    Gateway { envoy, upstream }
+}
+
+impl Gateway {
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Response {
+        http::send(&http::agent(), method, &self.envoy.url(path), headers, body).expect("response")
+    }
+
+    fn json(&self, body: &[u8]) -> Response {
+        self.send(
+            "POST",
+            "/items/1",
+            &[("content-type", "application/json")],
+            Some(body),
+        )
+    }
+
+    fn stat(&self, name: &str) -> u64 {
+        self.envoy
+            .stat(&format!("wasmcustom.gw.threat_protection.{name}"))
+    }
+}
+
+fn assert_refused(response: &Response, status: u16, code: &str) {
+    assert_eq!(response.status, status, "{}", response.text());
+    assert_eq!(response.header("x-ca-error-code"), Some(code));
+    assert_eq!(response.json()["code"], code, "{}", response.text());
+}
+
+#[test]
+fn injection_is_refused_in_every_place_and_never_echoed() {
+    let gw = gateway();
+    let sql = "1%27%20OR%20%271%27%3D%271";
+    let script = "%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    // Method, path, headers, body (content type, text), expected code.
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Option<(&'a str, &'a str)>,
+        &'a str,
+    );
+    let cases: [Case; 7] = [
+        ("GET", &format!("/items/1?q={sql}"), vec![], None, "A403SQ"),
+        (
+            "GET",
+            &format!("/items/1?q={script}"),
+            vec![],
+            None,
+            "A403XS",
+        ),
+        ("GET", &format!("/items/{sql}"), vec![], None, "A403SQ"),
+        (
+            "GET",
+            "/items/1",
+            vec![("x-search", "1 UNION SELECT password FROM users--")],
+            None,
+            "A403SQ",
+        ),
+        (
+            "GET",
+            "/items/1",
+            vec![("cookie", "theme=dark; s=%3Csvg%20onload%3Dalert(1)%3E")],
+            None,
+            "A403XS",
+        ),
+        (
+            "POST",
+            "/items/1",
+            vec![],
+            Some((
+                "application/x-www-form-urlencoded",
+                "name=x&bio=%3Cimg+src%3Dx+onerror%3Dalert(1)%3E",
+            )),
+            "A403XS",
+        ),
+        (
+            "POST",
+            "/items/1",
+            vec![],
+            Some((
+                "application/json",
+                r#"{"order": {"notes": ["ok", "1 UNION SELECT password FROM users--"]}}"#,
+            )),
+            "A403SQ",
+        ),
+    ];
+    for (method, path, mut headers, body, code) in cases {
+        if let Some((content_type, _)) = body {
+            headers.push(("content-type", content_type));
+        }
+        let response = gw.send(method, path, &headers, body.map(|(_, b)| b.as_bytes()));
+        assert_refused(&response, 403, code);
+        let text = response.text();
+        assert!(
+            !text.contains("UNION") && !text.contains("alert"),
+            "{path}: {text}"
+        );
+    }
+    assert_eq!(
+        gw.upstream.request_count(),
+        0,
+        "refused requests reach no one"
+    );
+    assert_eq!(gw.stat("denied.A403SQ"), 4);
+    assert_eq!(gw.stat("denied.A403XS"), 3);
+    assert_eq!(gw.stat("found.sql"), 4);
+    assert_eq!(gw.stat("rule.items.found"), 7);
+}
+
+#[test]
+fn benign_look_alikes_and_exempt_values_reach_the_backend_unchanged() {
+    let gw = gateway();
+    let query = "q=O%27Brien&text=please+select+a+union+rep&mail=a.b%40example.com\
+                 &sql_help=1%27+OR+%271%27%3D%271&city=%E6%9D%B1%E4%BA%AC";
+    let response = gw.send(
+        "GET",
+        &format!("/items/42?{query}"),
+        &[("x-search", "Zoë's café"), ("cookie", "theme=dark")],
+        None,
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let body = r#"{"comment": "I'd drop the union rep; select one", "code_snippet": "<script>alert(1)</script>", "html": "<b>bold</b>"}"#;
+    let posted = gw.json(body.as_bytes());
+    assert_eq!(posted.status, 200, "{}", posted.text());
+    let seen = gw.upstream.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].query, query);
+    assert_eq!(String::from_utf8_lossy(&seen[1].body), body);
+    assert_eq!(gw.stat("passed"), 2);
+    assert_eq!(gw.stat("rule.items.passed"), 2);
+}
+
+#[test]
+fn hostile_bodies_are_refused_and_the_worker_keeps_serving() {
+    let gw = gateway();
+    let deep = "[".repeat(100_000);
+    assert_refused(&gw.json(deep.as_bytes()), 400, "A400TS");
+    let mut keys = String::from("{");
+    for i in 0..60_000 {
+        keys.push_str(&format!("\"k{i}\":0,"));
+    }
+    keys.push_str("\"end\":0}");
+    assert_refused(&gw.json(keys.as_bytes()), 400, "A400TS");
+    let long = format!(r#"{{"s": "{}"}}"#, "a".repeat(900_000));
+    assert_refused(&gw.json(long.as_bytes()), 400, "A400TS");
+    assert_refused(&gw.json(b"{\"s\": \"\xff\xfe\"}"), 400, "A400TM");
+    assert_refused(&gw.json(b"{\"s\": "), 400, "A400TM");
+    let over = format!(r#"{{"s": "{}"}}"#, "a".repeat(1_100_000));
+    let response = gw.json(over.as_bytes());
+    assert_eq!(response.status, 413, "{}", response.text());
+    // Decoding work is bounded: ten thousand `%25`s are one pass.
+    let encoded = "%25".repeat(10_000);
+    let response = gw.send("GET", &format!("/items/1?q={encoded}"), &[], None);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(gw.stat("found.json_depth"), 1);
+    assert_eq!(gw.stat("found.json_entries"), 1);
+    assert_eq!(gw.stat("found.json_string"), 1);
+    assert_eq!(gw.stat("found.json_malformed"), 2);
+    // The worker still serves.
+    let clean = gw.json(br#"{"a": [1, 2, {"b": "c"}]}"#);
+    assert_eq!(clean.status, 200, "{}", clean.text());
+}
+
+#[test]
+fn in_log_mode_a_finding_is_counted_and_the_request_goes_on() {
+    let gw = gateway();
+    let response = gw.send("GET", "/legacy/find?q=1%27+OR+%271%27%3D%271", &[], None);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(gw.upstream.request_count(), 1);
+    assert_eq!(gw.stat("logged"), 1);
+    assert_eq!(gw.stat("found.sql"), 1);
+    assert_eq!(gw.stat("rule.legacy.found"), 1);
+    assert_eq!(gw.stat("denied.A403SQ"), 0);
+}
