@@ -193,6 +193,28 @@ fn hostile_bodies_are_refused_and_the_worker_keeps_serving() {
     let over = format!(r#"{{"s": "{}"}}"#, "a".repeat(1_100_000));
     let response = gw.json(over.as_bytes());
     assert_eq!(response.status, 413, "{}", response.text());
+    // A body the policy cannot read as the backend will: compressed, or
+    // with two content types.
+    let gzip = gw.send(
+        "POST",
+        "/items/1",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        Some(b"\x1f\x8b\x08\x00"),
+    );
+    assert_refused(&gzip, 415, "A415TU");
+    let two = gw.send(
+        "POST",
+        "/items/1",
+        &[
+            ("content-type", "text/plain"),
+            ("content-type", "application/json"),
+        ],
+        Some(b"{}"),
+    );
+    assert_refused(&two, 415, "A415TU");
     // Decoding work is bounded: ten thousand `%25`s are one pass.
     let encoded = "%25".repeat(10_000);
     let response = gw.send("GET", &format!("/items/1?q={encoded}"), &[], None);

@@ -852,6 +852,14 @@ def scenarios(chain, module, module_fleet, native, native_fleets=()):
             out.append(Scenario(f"native-{key}", f"native module, {key} only", "native",
                                 native.config([with_document(native.filters[0], {name: configs[name]})]),
                                 baseline="bare", note=f"the native module with one section{rival}"))
+    # threat-protection on every request of the mix (the demo checks /search
+    # only): one rule matching every API, every place but headers.
+    every_api = {"rules": [{"name": "every-api"}]}
+    out.append(Scenario("native-threat-protection", "native module, threat-protection on every request",
+                        "native", native.config([with_document(native.filters[0], {"threat_protection": every_api})]),
+                        baseline="bare", note="the native module with one section: each request's query, "
+                                              "path, cookies and JSON or form body checked for SQL and script "
+                                              "injection at the default sensitivity"))
     if "ip_acl" in configs:
         rbac, routes, note = rbac_scenario(configs["ip_acl"])
         if rbac is None:

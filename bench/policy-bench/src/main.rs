@@ -121,6 +121,16 @@ const DECISIONS: &[Decision] = &[
         run: param_validation_validate,
     },
     Decision {
+        name: "threat_protection.query",
+        about: "rule match and injection checks of GET /search with a 1 KB free-text query (q: prose with quotes and SQL words, decoded, both detectors)",
+        run: threat_protection_query,
+    },
+    Decision {
+        name: "threat_protection.json",
+        about: "the body check of a 10 KB JSON body with 200 string fields (one pass: grammar, limits, both detectors on every key and string)",
+        run: threat_protection_json,
+    },
+    Decision {
         name: "request_mapping.apply",
         about: "rule match and mapping of GET /v1/users/42?lang=zh (path template, query to header, two system parameters)",
         run: request_mapping_apply,
@@ -659,6 +669,73 @@ fn param_validation_validate(configs: &Configs, n: usize) -> Result<u64, String>
         valid += 1;
     }
     Ok(valid)
+}
+
+/// 1 KB of prose for a search box: words, quotes, apostrophes, SQL words.
+fn free_text_query() -> String {
+    let sentence = "Where can I find O%27Brien%27s %22select%22 union jackets%3F Drop me a line, or call: 555-0100. ";
+    format!("q={}", sentence.repeat(11))
+}
+
+/// A 10 KB JSON document of 200 string fields (20 objects of 10).
+fn json_document() -> String {
+    let objects: Vec<String> = (0..20)
+        .map(|i| {
+            let fields: Vec<String> = (0..10)
+                .map(|j| format!("\"field_{j}\": \"Item {i}-{j}: it's a plain description\""))
+                .collect();
+            format!("{{{}}}", fields.join(", "))
+        })
+        .collect();
+    format!("{{\"items\": [{}]}}", objects.join(", "))
+}
+
+fn threat_protection_rule(configs: &Configs) -> Result<threat_protection::policy::Threats, String> {
+    use threat_protection::policy::{ThreatConfig, Threats};
+    Threats::compile(&configs.parse::<ThreatConfig>("threat_protection")?)
+        .map_err(|e| e.to_string())
+}
+
+fn threat_protection_query(configs: &Configs, n: usize) -> Result<u64, String> {
+    use threat_protection::policy::RequestParts;
+    let threats = threat_protection_rule(configs)?;
+    let query = free_text_query();
+    let path = format!("/search?{query}");
+    let host = request(&path);
+    let header = |name: &str| gateway_common::host::Host::request_header(&host, name);
+    let mut passed = 0;
+    for i in 0..n {
+        let Some((index, captures)) = threats.rule_index_for(&attrs(black_box(&path))) else {
+            return Err(format!("iteration {i}: no rule for /search"));
+        };
+        let rule = threats.rule(index).ok_or("no rule")?;
+        let finding = rule.inspect_head(&RequestParts {
+            query: black_box(&query),
+            captures: &captures,
+            header: &header,
+            content_type: None,
+            body: None,
+        });
+        expect(finding.is_none(), &format!("found: {finding:?}"), i)?;
+        passed += 1;
+    }
+    Ok(passed)
+}
+
+fn threat_protection_json(configs: &Configs, n: usize) -> Result<u64, String> {
+    let threats = threat_protection_rule(configs)?;
+    let body = json_document();
+    let (index, _) = threats
+        .rule_index_for(&attrs("/search"))
+        .ok_or("no rule for /search")?;
+    let rule = threats.rule(index).ok_or("no rule")?;
+    let mut passed = 0;
+    for i in 0..n {
+        let finding = rule.inspect_body(Some("application/json"), black_box(body.as_bytes()));
+        expect(finding.is_none(), &format!("found: {finding:?}"), i)?;
+        passed += 1;
+    }
+    Ok(passed)
 }
 
 fn request_mapping_apply(configs: &Configs, n: usize) -> Result<u64, String> {

@@ -116,6 +116,16 @@ pub fn encode_component(text: &str) -> String {
     out
 }
 
+/// What a policy that reads JSON and form bodies does with a body of
+/// another content type: passes it unread, or refuses it (415).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtherContentTypes {
+    #[default]
+    Pass,
+    Reject,
+}
+
 /// What a request body is, by its `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {

@@ -73,13 +73,7 @@ pub enum Report {
     First,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OtherContentTypes {
-    #[default]
-    Pass,
-    Reject,
-}
+pub use gateway_common::params::OtherContentTypes;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -5,7 +5,7 @@
 //! per request; no host calls here.
 
 use crate::decode::{html_decode, percent_decode};
-use crate::detect::{script_injection, sql_injection};
+use crate::detect::{script_injection, sql_injection, sql_injection_with, DoubleQuoted};
 use crate::json::{self, JsonLimits, Leaf, Violation};
 use gateway_common::config::{is_header_name, ConfigError};
 use gateway_common::error::GatewayError;
@@ -13,7 +13,7 @@ use gateway_common::matching::{
     any_by_route_name, compile_rule_match, first_match_index, rule_name, rule_path, Captures,
     MatchConfig, Matcher, RequestAttrs,
 };
-use gateway_common::params::{body_kind, BodyKind};
+use gateway_common::params::{body_kind, BodyKind, OtherContentTypes};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::ops::ControlFlow;
@@ -28,6 +28,8 @@ pub mod codes {
     pub const STRUCTURE: GatewayError =
         GatewayError::new(400, "A400TS", "Request Structure Over Its Limit");
     pub const MALFORMED: GatewayError = GatewayError::new(400, "A400TM", "Malformed Request Body");
+    pub const UNREADABLE_BODY: GatewayError =
+        GatewayError::new(415, "A415TU", "Unsupported Body for Threat Protection");
     pub const BODY_TOO_LARGE: GatewayError = GatewayError::new(
         413,
         "A413TB",
@@ -75,6 +77,10 @@ pub struct RuleConfig {
     /// The largest body checked (default 1 MiB): a longer one is refused.
     #[serde(default)]
     pub max_body_bytes: Option<usize>,
+    /// A body neither JSON nor a form, which the rule cannot read: passed
+    /// (default) or refused.
+    #[serde(default)]
+    pub other_content_types: OtherContentTypes,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -86,9 +92,11 @@ pub enum Mode {
 }
 
 /// How much is checked: `low` the value as the backend reads it, only
-/// for fingerprints of three tokens or more; `medium` every fingerprint;
-/// `high` also the value decoded once more (a double-encoded payload) and
-/// with its HTML references decoded.
+/// for fingerprints of three tokens or more; `medium` every fingerprint,
+/// but one only reading the value as inside MySQL's double quotes finds
+/// must have four tokens (`"like"` in prose reads as `sos`); `high` every
+/// fingerprint, and the value decoded once more (a double-encoded payload)
+/// and with its HTML references decoded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Sensitivity {
@@ -204,6 +212,7 @@ pub struct Rule {
     pub json: JsonLimits,
     pub form: FormLimits,
     pub max_body_bytes: usize,
+    other_content_types: OtherContentTypes,
 }
 
 /// The compiled policy: ordered rules, the first that matches applies.
@@ -377,6 +386,7 @@ fn compile_rule(config: &RuleConfig, at: &str) -> Result<Rule, ConfigError> {
         json,
         form,
         max_body_bytes,
+        other_content_types: config.other_content_types,
     })
 }
 
@@ -394,6 +404,17 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// A body the rule would read but cannot (`check`: `body_type` or
+    /// `body_encoding`).
+    fn unreadable(check: &'static str) -> Self {
+        Self {
+            check,
+            location: None,
+            fingerprint: None,
+            error: codes::UNREADABLE_BODY,
+        }
+    }
+
     /// A body over the rule's `max_body_bytes`.
     pub fn body_too_large() -> Self {
         Self {
@@ -432,8 +453,11 @@ impl Finding {
 enum Encoding {
     /// As is (a header).
     None,
-    /// Percent-encoded (a path segment, a cookie).
+    /// Percent-encoded (a path segment).
     Percent,
+    /// Percent-encoded, and by some backends (PHP) `+` read as a space: a
+    /// value with `+` is checked both ways.
+    Cookie,
     /// Percent-encoded with `+` a space (a query string, a form).
     Form,
 }
@@ -456,6 +480,38 @@ impl Rule {
             BodyKind::Form => self.locations.contains(&Location::Form),
             BodyKind::Other => false,
         }
+    }
+
+    /// Whether a body with these `Content-Type` and `Content-Encoding`
+    /// values can be read as the backend will: several content types (a
+    /// backend may read another than the policy), a compressed body (the
+    /// policy would read compressed bytes) and, under
+    /// `other_content_types: reject`, a body of another type are refused.
+    pub fn unreadable_body(
+        &self,
+        content_types: &[String],
+        content_encodings: &[String],
+    ) -> Option<Finding> {
+        let reads = |location| self.locations.contains(&location);
+        if !reads(Location::Json) && !reads(Location::Form) {
+            return None;
+        }
+        if content_types.len() > 1 {
+            return Some(Finding::unreadable("body_type"));
+        }
+        let readable = match body_kind(content_types.first().map(String::as_str)) {
+            BodyKind::Json => reads(Location::Json),
+            BodyKind::Form => reads(Location::Form),
+            BodyKind::Other if self.other_content_types == OtherContentTypes::Reject => {
+                return Some(Finding::unreadable("body_type"));
+            }
+            BodyKind::Other => false,
+        };
+        let compressed = content_encodings
+            .iter()
+            .flat_map(|value| value.split(','))
+            .any(|coding| !coding.trim().eq_ignore_ascii_case("identity"));
+        (readable && compressed).then(|| Finding::unreadable("body_encoding"))
     }
 
     /// The first finding of the request, if any (the body is checked only
@@ -496,11 +552,15 @@ impl Rule {
             if let Some(cookies) = (request.header)("cookie") {
                 for pair in cookies.split(';') {
                     let (name, value) = pair.trim().split_once('=').unwrap_or((pair.trim(), ""));
-                    let value = value.trim_matches('"');
+                    // One pair of quotes around a value is not part of it.
+                    let value = value
+                        .strip_prefix('"')
+                        .and_then(|v| v.strip_suffix('"'))
+                        .unwrap_or(value);
                     let value = value.as_bytes();
                     let found = self
                         .detect(Location::Cookie, &percent_decode(name.as_bytes(), false))
-                        .or_else(|| self.value(Location::Cookie, name, value, Encoding::Percent));
+                        .or_else(|| self.value(Location::Cookie, name, value, Encoding::Cookie));
                     if found.is_some() {
                         return found;
                     }
@@ -512,6 +572,9 @@ impl Rule {
 
     /// The first finding in a body of `content_type`.
     pub fn inspect_body(&self, content_type: Option<&str>, body: &[u8]) -> Option<Finding> {
+        if body.is_empty() {
+            return None;
+        }
         if body.len() > self.max_body_bytes {
             return Some(Finding::body_too_large());
         }
@@ -624,10 +687,14 @@ impl Rule {
         }
         let decoded = match encoding {
             Encoding::None => Cow::Borrowed(raw),
-            Encoding::Percent => percent_decode(raw, false),
+            Encoding::Percent | Encoding::Cookie => percent_decode(raw, false),
             Encoding::Form => percent_decode(raw, true),
         };
-        self.detect(location, &decoded)
+        let found = self.detect(location, &decoded);
+        if found.is_none() && encoding == Encoding::Cookie && raw.contains(&b'+') {
+            return self.detect(location, &percent_decode(raw, true));
+        }
+        found
     }
 
     /// The detectors on a value as the backend reads it (and, at `high`,
@@ -662,7 +729,12 @@ impl Rule {
 
     fn detect_once(&self, location: Location, value: &[u8]) -> Option<Finding> {
         if self.sql {
-            if let Some(fingerprint) = sql_injection(value) {
+            let double = if self.sensitivity == Sensitivity::High {
+                DoubleQuoted::Any
+            } else {
+                DoubleQuoted::FourTokens
+            };
+            if let Some(fingerprint) = sql_injection_with(value, double) {
                 // `X`: libinjection's "evil" input (comments it cannot fold).
                 let counted = self.sensitivity > Sensitivity::Low
                     || fingerprint.len() >= 3
@@ -827,6 +899,16 @@ mod tests {
                 &all,
                 "",
                 &[("cookie", "1 UNION SELECT password FROM users--=1")],
+                None
+            ),
+            Some(("sql", Some(Location::Cookie)))
+        );
+        // A cookie's `+` is read both ways (PHP reads it as a space).
+        assert_eq!(
+            inspect(
+                &all,
+                "",
+                &[("cookie", "s=1+UNION+SELECT+password+FROM+users--")],
                 None
             ),
             Some(("sql", Some(Location::Cookie)))

@@ -18,16 +18,17 @@ use gateway_common::stream::{
 use std::cell::OnceCell;
 use std::rc::Rc;
 
-const DENIAL_CODES: [GatewayError; 5] = [
+const DENIAL_CODES: [GatewayError; 6] = [
     codes::SQL_INJECTION,
     codes::SCRIPT_INJECTION,
     codes::STRUCTURE,
     codes::MALFORMED,
+    codes::UNREADABLE_BODY,
     codes::BODY_TOO_LARGE,
 ];
 
 /// Every check a finding can name, for `found.<check>`.
-const CHECKS: [&str; 11] = [
+const CHECKS: [&str; 13] = [
     "sql",
     "script",
     "json_depth",
@@ -38,6 +39,8 @@ const CHECKS: [&str; 11] = [
     "json_malformed",
     "form_fields",
     "form_size",
+    "body_type",
+    "body_encoding",
     "body_size",
 ];
 
@@ -49,7 +52,7 @@ pub struct Metrics {
     unmatched: Counter,
     logged: Counter,
     found: [Counter; CHECKS.len()],
-    denied: DenialCounters<5>,
+    denied: DenialCounters<6>,
 }
 
 impl Metrics {
@@ -116,6 +119,8 @@ impl Compiled {
 struct Waiting {
     rule: usize,
     content_type: Option<String>,
+    /// A finding before the body was logged (`mode: log`).
+    logged: bool,
 }
 
 pub struct ThreatSteps {
@@ -186,6 +191,7 @@ impl ThreatSteps {
         };
         match rule.inspect_body(waiting.content_type.as_deref(), body) {
             Some(finding) => self.found(stream, waiting.rule, &finding),
+            None if waiting.logged => Verdict::Continue,
             None => self.passed(stream, waiting.rule),
         }
     }
@@ -225,12 +231,33 @@ impl PolicySteps for ThreatSteps {
         let Some(rule) = compiled.policy.rule(index) else {
             return Verdict::Continue;
         };
+        // Under `mode: log` a finding lets the request go on, and what is
+        // left is still checked (and logged).
+        let mut logged = false;
         if let Some(finding) = inspect_head(rule, stream, &captures) {
+            match self.found(stream, index, &finding) {
+                Verdict::Continue => logged = true,
+                refused => return refused,
+            }
+        }
+        let verdict_so_far = |steps: &Self, stream: &mut dyn Stream| {
+            if logged {
+                Verdict::Continue
+            } else {
+                steps.passed(stream, index)
+            }
+        };
+        if end_of_stream {
+            return verdict_so_far(self, stream);
+        }
+        let content_types = stream.request_header_values("content-type");
+        let encodings = stream.request_header_values("content-encoding");
+        if let Some(finding) = rule.unreadable_body(&content_types, &encodings) {
             return self.found(stream, index, &finding);
         }
-        let content_type = stream.request_header("content-type");
-        if end_of_stream || !rule.reads_body(content_type.as_deref()) {
-            return self.passed(stream, index);
+        let content_type = content_types.into_iter().next();
+        if !rule.reads_body(content_type.as_deref()) {
+            return verdict_so_far(self, stream);
         }
         if declared_body_length(stream).is_some_and(|len| len > rule.max_body_bytes) {
             return self.found(stream, index, &Finding::body_too_large());
@@ -238,6 +265,7 @@ impl PolicySteps for ThreatSteps {
         self.waiting = Some(Waiting {
             rule: index,
             content_type,
+            logged,
         });
         Verdict::Pause
     }

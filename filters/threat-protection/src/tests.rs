@@ -148,6 +148,40 @@ fn a_body_is_checked_once_it_has_arrived() {
 }
 
 #[test]
+fn a_body_the_policy_cannot_read_as_the_backend_will_is_refused_415() {
+    let gzip = run(
+        json(request("POST", "/items/1")).with_header("content-encoding", "gzip"),
+        Some("\u{1f}\u{8b}compressed"),
+    );
+    assert_eq!(code(&gzip), Some((415, "A415TU".into())));
+    assert_eq!(counted(&gzip, "found.body_encoding"), 1);
+    let two_types = run(
+        request("POST", "/items/1")
+            .with_header("content-type", "text/plain")
+            .with_header("content-type", "application/json"),
+        Some("{}"),
+    );
+    assert_eq!(code(&two_types), Some((415, "A415TU".into())));
+    assert_eq!(counted(&two_types, "found.body_type"), 1);
+    // `identity` is no encoding; a body the rule does not read may be
+    // compressed; an empty JSON body is no body.
+    let identity = run(
+        json(request("POST", "/items/1")).with_header("content-encoding", "identity"),
+        Some("{}"),
+    );
+    assert_eq!(identity.0, Verdict::Continue);
+    let other = run(
+        request("POST", "/items/1")
+            .with_header("content-type", "image/png")
+            .with_header("content-encoding", "gzip"),
+        Some("png"),
+    );
+    assert_eq!(other.0, Verdict::Continue);
+    let empty = run(json(request("POST", "/items/1")), Some(""));
+    assert_eq!(empty.0, Verdict::Continue);
+}
+
+#[test]
 fn a_body_over_the_limit_is_refused_413() {
     let declared = run(
         json(request("POST", "/items/1")).with_header("content-length", "100000"),
@@ -187,4 +221,14 @@ fn in_log_mode_a_finding_is_counted_and_the_request_goes_on() {
     assert_eq!(counted(&logged, "found.script"), 1);
     assert_eq!(counted(&logged, "rule.comments.found"), 1);
     assert_eq!(counted(&logged, "denied.A403XS"), 0);
+    // A finding in the query is logged, and the body is still checked.
+    let both = run(
+        json(request("POST", "/comments?q=1%27+OR+%271%27%3D%271")),
+        Some(r#"{"text": "<script>alert(1)</script>"}"#),
+    );
+    assert_eq!(both.0, Verdict::Continue);
+    assert_eq!(counted(&both, "found.sql"), 1);
+    assert_eq!(counted(&both, "found.script"), 1);
+    assert_eq!(counted(&both, "logged"), 2);
+    assert_eq!(counted(&both, "passed"), 0);
 }

@@ -65,7 +65,7 @@ const fn code(code: &'static str, status: u16, message: &'static str) -> ErrorCo
 
 /// The codes an API may answer, as docs/conventions.md lists them (a test
 /// keeps the two the same).
-pub const ERROR_CODES: [ErrorCode; 49] = [
+pub const ERROR_CODES: [ErrorCode; 50] = [
     code("A401MC", 401, "Missing Credentials"),
     code("A401MH", 401, "Header `X-Ca-…` is Required"),
     code("A400IH", 400, "Invalid Header"),
@@ -109,6 +109,7 @@ pub const ERROR_CODES: [ErrorCode; 49] = [
     code("A403XS", 403, "Script Injection Detected"),
     code("A400TS", 400, "Request Structure Over Its Limit"),
     code("A400TM", 400, "Malformed Request Body"),
+    code("A415TU", 415, "Unsupported Body for Threat Protection"),
     code(
         "A413TB",
         413,
@@ -259,7 +260,7 @@ fn reference(value: &Value, document: &Document, raw: &Value, typed: &Api) -> Ap
             codes.push("A403AC");
         }
         if policy.threat_protection.is_some() {
-            codes.extend(["A403SQ", "A403XS", "A400TS", "A400TM", "A413TB"]);
+            codes.extend(["A403SQ", "A403XS", "A400TS", "A400TM", "A415TU", "A413TB"]);
         }
     }
     if !effective.parameters.is_empty()

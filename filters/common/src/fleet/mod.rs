@@ -209,6 +209,14 @@ impl Store {
                 )
             })
             .transpose()?;
+        if webdis.is_some() && config.redis.as_ref().is_some_and(|r| r.cluster.is_some()) {
+            // The forms would key differently (hash tags in a cluster only),
+            // and Webdis reaches one Redis.
+            return Err(ConfigError::new(
+                "redis.cluster",
+                "beside `cluster` (Webdis), `redis` must be the Redis Webdis reaches: give `address` or `sentinel`",
+            ));
+        }
         let redis = match &config.redis {
             Some(redis) => redis_target(config, redis, webdis.is_some())?,
             None => None,
@@ -800,6 +808,10 @@ mod tests {
             (
                 r#"{"cluster": "c b", "redis": {"address": "r:1"}}"#,
                 "cluster",
+            ),
+            (
+                r#"{"cluster": "c", "redis": {"cluster": {"addresses": ["a:7000"]}}}"#,
+                "redis.cluster",
             ),
             (r#"{"redis": {"address": "r"}}"#, "redis.address"),
             (r#"{"redis": {"address": ":6379"}}"#, "redis.address"),

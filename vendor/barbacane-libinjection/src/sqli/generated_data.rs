@@ -9632,10 +9632,48 @@ use crate::sqli::TokenType;
 /// the table with the bareword type `n`. Word merging keys off presence, not
 /// type, so this distinction is what lets a multi-word keyword fold one word at
 /// a time.
+/// The longest word of `SQL_KEYWORDS` is 29 bytes.
+const LONGEST_KEYWORD: usize = 32;
+
+/// FNV-1a: the keywords are short, and not chosen by a client.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl core::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+}
+
+type KeywordIndex = std::collections::HashMap<&'static [u8], u8, core::hash::BuildHasherDefault<Fnv>>;
+
+/// `SQL_KEYWORDS` by word, built once: a lookup hashes the word once
+/// instead of comparing it with a dozen keywords.
+fn keyword_index() -> &'static KeywordIndex {
+    static INDEX: std::sync::OnceLock<KeywordIndex> = std::sync::OnceLock::new();
+    INDEX.get_or_init(|| SQL_KEYWORDS.iter().map(|k| (k.word.as_bytes(), k.token_type)).collect())
+}
+
 pub fn lookup_word_type(word: &str) -> Option<TokenType> {
-    let upper = word.to_ascii_uppercase();
-    let idx = SQL_KEYWORDS.binary_search_by(|k| k.word.cmp(&upper)).ok()?;
-    Some(match SQL_KEYWORDS[idx].token_type {
+    // Upper-cased on the stack: no keyword is longer.
+    let bytes = word.as_bytes();
+    if bytes.len() > LONGEST_KEYWORD {
+        return None;
+    }
+    let mut upper = [0u8; LONGEST_KEYWORD];
+    for (to, from) in upper.iter_mut().zip(bytes) {
+        *to = from.to_ascii_uppercase();
+    }
+    let token_type = *keyword_index().get(&upper[..bytes.len()])?;
+    Some(match token_type {
         b'k' => TokenType::Keyword,
         b'f' => TokenType::Function,
         b'U' => TokenType::Union,
