@@ -36,7 +36,7 @@ pub fn sql_injection(value: &[u8]) -> Option<String> {
 /// [`sql_injection`], counting what only the double-quoted reading finds
 /// as `double` says.
 pub fn sql_injection_with(value: &[u8], double: DoubleQuoted) -> Option<String> {
-    if value.is_empty() {
+    if value.is_empty() || is_one_word(value) {
         return None;
     }
     // One reading: its fingerprint if it is SQL injection, and whether
@@ -71,6 +71,18 @@ pub fn sql_injection_with(value: &[u8], double: DoubleQuoted) -> Option<String> 
     None
 }
 
+/// A letter or `_`, then letters, digits and `_` (`field_3`, `select`):
+/// libinjection reads one token, and no fingerprint of one token but `X`
+/// (which needs a comment) is SQL injection.
+fn is_one_word(value: &[u8]) -> bool {
+    value
+        .first()
+        .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+}
+
 /// Whether libinjection reads `value` as script injection (XSS).
 ///
 /// Its HTML5 tokenizer flags a doctype, a tag or a comment, which begin
@@ -86,6 +98,7 @@ pub fn script_injection(value: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use libinjectionrs::detect_sqli;
 
     #[test]
     fn classic_payloads_are_found_and_prose_is_not() {
@@ -145,6 +158,28 @@ mod tests {
                 String::from_utf8_lossy(&value)
             );
         }
+    }
+
+    /// The shortcut of [`sql_injection_with`] never changes libinjection's
+    /// verdict: every keyword it knows, and words made of its pieces.
+    #[test]
+    fn one_word_is_never_sql_injection() {
+        use libinjectionrs::sqli::sqli_data::SQL_KEYWORDS;
+        let mut words = 0;
+        for keyword in SQL_KEYWORDS {
+            let word = keyword.word.as_bytes();
+            for value in [
+                word.to_vec(),
+                word.to_ascii_lowercase(),
+                [word, b"_1"].concat(),
+            ] {
+                if is_one_word(&value) {
+                    words += 1;
+                    assert!(!detect_sqli(&value).is_injection(), "{:?}", keyword.word);
+                }
+            }
+        }
+        assert!(words > 1000, "{words}");
     }
 
     #[test]
