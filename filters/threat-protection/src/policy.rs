@@ -496,7 +496,12 @@ impl Rule {
         if !reads(Location::Json) && !reads(Location::Form) {
             return None;
         }
-        if content_types.len() > 1 {
+        // Several headers, or one that a proxy joined with a comma.
+        let several = content_types.len() > 1
+            || content_types
+                .iter()
+                .any(|value| value.split(',').filter(|t| !t.trim().is_empty()).count() > 1);
+        if several {
             return Some(Finding::unreadable("body_type"));
         }
         let readable = match body_kind(content_types.first().map(String::as_str)) {

@@ -163,6 +163,12 @@ fn a_body_the_policy_cannot_read_as_the_backend_will_is_refused_415() {
     );
     assert_eq!(code(&two_types), Some((415, "A415TU".into())));
     assert_eq!(counted(&two_types, "found.body_type"), 1);
+    // Joined into one header, as Envoy passes them on.
+    let joined = run(
+        request("POST", "/items/1").with_header("content-type", "text/plain,application/json"),
+        Some("{}"),
+    );
+    assert_eq!(code(&joined), Some((415, "A415TU".into())));
     // `identity` is no encoding; a body the rule does not read may be
     // compressed; an empty JSON body is no body.
     let identity = run(
