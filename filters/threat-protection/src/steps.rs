@@ -184,6 +184,13 @@ impl ThreatSteps {
         }
     }
 
+    /// The request held for its body, if any, with its rule's body limit.
+    fn take_waiting(&mut self) -> Option<(Waiting, usize)> {
+        let waiting = self.waiting.take()?;
+        let limit = self.compiled.policy.rule(waiting.rule)?.max_body_bytes;
+        Some((waiting, limit))
+    }
+
     /// The body's checks, once it has arrived.
     fn check_body(&self, stream: &mut dyn Stream, waiting: &Waiting, body: &[u8]) -> Verdict {
         let Some(rule) = self.compiled.policy.rule(waiting.rule) else {
@@ -276,15 +283,7 @@ impl PolicySteps for ThreatSteps {
         body_size: usize,
         end_of_stream: bool,
     ) -> Verdict {
-        let Some(waiting) = self.waiting.take() else {
-            return Verdict::Continue;
-        };
-        let Some(limit) = self
-            .compiled
-            .policy
-            .rule(waiting.rule)
-            .map(|rule| rule.max_body_bytes)
-        else {
+        let Some((waiting, limit)) = self.take_waiting() else {
             return Verdict::Continue;
         };
         match buffer_request_body(stream, body_size, end_of_stream, limit) {
@@ -299,15 +298,7 @@ impl PolicySteps for ThreatSteps {
 
     /// Trailers end a body that did not say it had ended.
     fn on_request_trailers(&mut self, stream: &mut dyn Stream) -> Verdict {
-        let Some(waiting) = self.waiting.take() else {
-            return Verdict::Continue;
-        };
-        let Some(limit) = self
-            .compiled
-            .policy
-            .rule(waiting.rule)
-            .map(|rule| rule.max_body_bytes)
-        else {
+        let Some((waiting, limit)) = self.take_waiting() else {
             return Verdict::Continue;
         };
         let bytes = stream.request_body(limit.saturating_add(1));
