@@ -504,14 +504,13 @@ impl Rule {
         if several {
             return Some(Finding::unreadable("body_type"));
         }
-        let readable = match body_kind(content_types.first().map(String::as_str)) {
-            BodyKind::Json => reads(Location::Json),
-            BodyKind::Form => reads(Location::Form),
-            BodyKind::Other if self.other_content_types == OtherContentTypes::Reject => {
-                return Some(Finding::unreadable("body_type"));
-            }
-            BodyKind::Other => false,
-        };
+        let content_type = content_types.first().map(String::as_str);
+        if body_kind(content_type) == BodyKind::Other
+            && self.other_content_types == OtherContentTypes::Reject
+        {
+            return Some(Finding::unreadable("body_type"));
+        }
+        let readable = self.reads_body(content_type);
         let compressed = content_encodings
             .iter()
             .flat_map(|value| value.split(','))
@@ -682,12 +681,9 @@ impl Rule {
         raw: &[u8],
         encoding: Encoding,
     ) -> Option<Finding> {
-        let exempt_name = if location == Location::Header {
-            Cow::Owned(name.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(name)
-        };
-        if self.is_exempt(location, &exempt_name) {
+        // A header's name comes from `headers`, lower-cased when compiled,
+        // as its exemptions are.
+        if self.is_exempt(location, name) {
             return None;
         }
         let decoded = match encoding {

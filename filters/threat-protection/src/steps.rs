@@ -206,9 +206,13 @@ impl ThreatSteps {
 
 /// The finding, if any, in what comes before the body. Repeated headers
 /// are checked together, each value in turn.
-fn inspect_head(rule: &Rule, stream: &dyn Stream, captures: &Captures<'_>) -> Option<Finding> {
-    let line = stream.request_line();
-    let query = line.path.split_once('?').map_or("", |(_, query)| query);
+fn inspect_head(
+    rule: &Rule,
+    stream: &dyn Stream,
+    path: &str,
+    captures: &Captures<'_>,
+) -> Option<Finding> {
+    let query = path.split_once('?').map_or("", |(_, query)| query);
     let header = |name: &str| {
         let values = stream.request_header_values(name);
         let separator = if name.eq_ignore_ascii_case("cookie") {
@@ -241,7 +245,7 @@ impl PolicySteps for ThreatSteps {
         // Under `mode: log` a finding lets the request go on, and what is
         // left is still checked (and logged).
         let mut logged = false;
-        if let Some(finding) = inspect_head(rule, stream, &captures) {
+        if let Some(finding) = inspect_head(rule, stream, &facts.line.path, &captures) {
             match self.found(stream, index, &finding) {
                 Verdict::Continue => logged = true,
                 refused => return refused,

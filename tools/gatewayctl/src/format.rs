@@ -433,6 +433,16 @@ pub struct FleetStore {
 }
 
 impl FleetStore {
+    /// Where the Webdis backend is written: the whole field when it is
+    /// given as a name, else its `webdis`.
+    pub fn webdis_at(&self) -> &'static str {
+        if self.redis.is_some() {
+            "gateway.fleet_store.webdis"
+        } else {
+            "gateway.fleet_store"
+        }
+    }
+
     /// The `fleet.store` of the sections that name none.
     pub fn store_config(&self) -> Value {
         let mut store = Map::new();

@@ -403,12 +403,7 @@ impl Generator<'_> {
         }
         if let Some(store) = &doc.gateway.fleet_store {
             if let Some(webdis) = &store.webdis {
-                let at = if store.redis.is_some() {
-                    "gateway.fleet_store.webdis"
-                } else {
-                    "gateway.fleet_store"
-                };
-                self.require_backend(webdis, at)?;
+                self.require_backend(webdis, store.webdis_at())?;
             }
         }
         let clusters = [
@@ -1352,10 +1347,8 @@ impl Generator<'_> {
                         fleet.insert("store".into(), store.store_config());
                         let at = format!("{}.fleet.store", section.key());
                         self.provenance.add(&at, "gateway.fleet_store");
-                        if store.redis.is_some() {
-                            self.provenance
-                                .add(format!("{at}.cluster"), "gateway.fleet_store.webdis");
-                        }
+                        self.provenance
+                            .add(format!("{at}.cluster"), store.webdis_at());
                     }
                 }
             }
