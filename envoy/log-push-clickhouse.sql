@@ -32,7 +32,10 @@ CREATE TABLE IF NOT EXISTS gateway_calls_log
     user_agent          String,
     response_flags      String,
     stage               String DEFAULT 'RELEASE',
-    user                String
+    user                String,
+    threat              String,
+    threat_place        String,
+    threat_fingerprint  String
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMMDD(time)

@@ -69,6 +69,9 @@ clickhouse 'ALTER TABLE gateway_calls_log ADD COLUMN header_x_tenant String' 2>/
 # A table made by an earlier version of the demo lacks the newer columns.
 clickhouse "ALTER TABLE gateway_calls_log ADD COLUMN stage String DEFAULT 'RELEASE'" 2>/dev/null || true
 clickhouse 'ALTER TABLE gateway_calls_log ADD COLUMN user String' 2>/dev/null || true
+for column in threat threat_place threat_fingerprint; do
+  clickhouse "ALTER TABLE gateway_calls_log ADD COLUMN $column String" 2>/dev/null || true
+done
 clickhouse 'DROP TABLE IF EXISTS gateway_calls'
 while IFS= read -r -d '' statement; do
   [[ $statement == *"CREATE VIEW"* ]] && clickhouse "$statement"

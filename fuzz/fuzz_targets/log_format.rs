@@ -101,6 +101,9 @@ impl Fields {
             headers: vec![self.tenant],
             backend_status: Some(self.status).filter(|status| status % 2 == 1),
             backend_error_code: String::new(),
+            threat: "sql".into(),
+            threat_place: "query".into(),
+            threat_fingerprint: "s&sos".into(),
         }
     }
 }

@@ -678,15 +678,22 @@ fn the_demo_records_every_call_in_clickhouse() {
         mapped.json()["path"],
         "/internal/accounts/alice@example.com/profile"
     );
+    let injected = http::get(
+        &demo.http_url("/search?q=1%27%20OR%20%271%27%3D%271"),
+        &[("x-tenant", "evil")],
+    )
+    .expect("response");
+    assert_eq!(injected.status, 403);
     let rows = || {
         clickhouse.query(
-            "SELECT api, method, path, status, error_code, header_x_tenant FROM gateway_calls \
-             WHERE api != 'api' ORDER BY api FORMAT TSV",
+            "SELECT api, method, path, status, error_code, header_x_tenant, threat, threat_place, \
+             threat_fingerprint != '' FROM gateway_calls WHERE api != 'api' \
+             ORDER BY api, status FORMAT TSV",
         )
     };
     assert!(
         demo.envoy
-            .wait_for(Duration::from_secs(10), |_| rows().lines().count() == 3),
+            .wait_for(Duration::from_secs(10), |_| rows().lines().count() == 4),
         "rows: {}\n{}",
         rows(),
         demo.envoy.log()
@@ -695,7 +702,7 @@ fn the_demo_records_every_call_in_clickhouse() {
     // with the e-mail address masked (a keyed digest) before it left Envoy.
     let rows = rows();
     let lines: Vec<&str> = rows.lines().collect();
-    assert_eq!(lines[0], "orders\tGET\t/orders/42\t401\tA401MH\t");
+    assert_eq!(lines[0], "orders\tGET\t/orders/42\t401\tA401MH\t\t\t\t0");
     let profile: Vec<&str> = lines[1].split('\t').collect();
     assert_eq!(profile[0], "public-profile");
     let masked = profile[2].strip_prefix("/v1/users/~").unwrap_or_default();
@@ -703,7 +710,13 @@ fn the_demo_records_every_call_in_clickhouse() {
         masked.len() == 16 && masked.bytes().all(|b| b.is_ascii_hexdigit()),
         "{rows}"
     );
-    assert_eq!(lines[2], "search\tGET\t/search\t200\t\tacme");
+    assert_eq!(lines[2], "search\tGET\t/search\t200\t\tacme\t\t\t0");
+    // What threat-protection found, never the value.
+    assert_eq!(
+        lines[3],
+        "search\tGET\t/search\t403\tA403SQ\tevil\tsql\tquery\t1"
+    );
+    assert!(!rows.contains("OR"), "{rows}");
 }
 
 #[test]

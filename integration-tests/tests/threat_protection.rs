@@ -3,12 +3,14 @@
 //! and JSON bodies), benign look-alikes and exempt values passed to the
 //! echo upstream unchanged, hostile bodies (deep nesting, many keys, a huge
 //! string, bytes that are not UTF-8) refused in the shared error shape while
-//! the worker keeps serving, and `mode: log` letting a finding through.
+//! the worker keeps serving, and `mode: log` letting a finding through;
+//! log-push records what was found (never the value).
 
 use integration_tests::echo::EchoServer;
-use integration_tests::envoy::{gateway_config, Envoy, WasmFilter};
+use integration_tests::envoy::{add_cluster, gateway_config, Envoy, WasmFilter};
 use integration_tests::http::{self, Response};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 fn threat_protection() -> Value {
     json!({
@@ -30,13 +32,30 @@ fn threat_protection() -> Value {
 struct Gateway {
     envoy: Envoy,
     upstream: EchoServer,
+    log_sink: EchoServer,
 }
 
+/// threat-protection, then log-push recording each call with its finding.
 fn gateway() -> Gateway {
     let upstream = EchoServer::start("echo").expect("echo upstream");
-    let filters = [WasmFilter::json("threat_protection", &threat_protection())];
-    let envoy = Envoy::start(&gateway_config(&filters, &[upstream.port()]));
-    Gateway { envoy, upstream }
+    let log_sink = EchoServer::start("sink").expect("log sink");
+    let log_push = json!({
+        "sink": {"cluster": "log_sink", "format": "ndjson", "path": "/ingest"},
+        "batch": {"max_records": 1, "flush_interval_ms": 100},
+        "fields": ["path", "status", "error_code", "threat", "threat_place", "threat_fingerprint"]
+    });
+    let filters = [
+        WasmFilter::json("threat_protection", &threat_protection()),
+        WasmFilter::json("log_push", &log_push),
+    ];
+    let mut config = gateway_config(&filters, &[upstream.port()]);
+    add_cluster(&mut config, "log_sink", log_sink.port());
+    let envoy = Envoy::start(&config);
+    Gateway {
+        envoy,
+        upstream,
+        log_sink,
+    }
 }
 
 impl Gateway {
@@ -62,6 +81,23 @@ impl Gateway {
     fn stat(&self, name: &str) -> u64 {
         self.envoy
             .stat(&format!("wasmcustom.gw.threat_protection.{name}"))
+    }
+
+    /// The log-push record of the call to `path`, once it has arrived.
+    fn record_of(&self, path: &str) -> Value {
+        let find = || {
+            self.log_sink.requests().iter().find_map(|request| {
+                let record: Value = serde_json::from_slice(&request.body).ok()?;
+                (record["path"] == path).then_some(record)
+            })
+        };
+        assert!(
+            self.envoy
+                .wait_for(Duration::from_secs(10), |_| find().is_some()),
+            "no record of {path}: {}",
+            self.envoy.log()
+        );
+        find().expect("the record")
     }
 }
 
@@ -238,4 +274,67 @@ fn in_log_mode_a_finding_is_counted_and_the_request_goes_on() {
     assert_eq!(gw.stat("found.sql"), 1);
     assert_eq!(gw.stat("rule.legacy.found"), 1);
     assert_eq!(gw.stat("denied.A403SQ"), 0);
+}
+
+#[test]
+fn log_push_records_the_finding_and_never_the_value() {
+    let gw = gateway();
+    let logged = gw.send("GET", "/legacy/find?q=1%27+OR+%271%27%3D%271", &[], None);
+    assert_eq!(logged.status, 200, "{}", logged.text());
+    let blocked = gw.send(
+        "GET",
+        "/items/2",
+        &[("x-search", "<script>alert(1)</script>")],
+        None,
+    );
+    assert_refused(&blocked, 403, "A403XS");
+    let deep = gw.json("[".repeat(100).as_bytes());
+    assert_refused(&deep, 400, "A400TS");
+    let clean = gw.send("GET", "/items/3?q=O%27Brien", &[], None);
+    assert_eq!(clean.status, 200, "{}", clean.text());
+
+    let record = gw.record_of("/legacy/find");
+    assert_eq!(
+        (
+            &record["status"],
+            &record["error_code"],
+            &record["threat"],
+            &record["threat_place"]
+        ),
+        (&json!(200), &json!(""), &json!("sql"), &json!("query"))
+    );
+    let fingerprint = record["threat_fingerprint"].as_str().unwrap_or_default();
+    assert!(
+        !fingerprint.is_empty() && !fingerprint.contains("OR"),
+        "{record}"
+    );
+    let record = gw.record_of("/items/2");
+    assert_eq!(
+        (
+            &record["error_code"],
+            &record["threat"],
+            &record["threat_place"],
+            &record["threat_fingerprint"]
+        ),
+        (
+            &json!("A403XS"),
+            &json!("script"),
+            &json!("header"),
+            &json!("")
+        )
+    );
+    let record = gw.record_of("/items/1");
+    assert_eq!(
+        (&record["threat"], &record["threat_place"]),
+        (&json!("json_depth"), &json!("json"))
+    );
+    let record = gw.record_of("/items/3");
+    assert_eq!(
+        (&record["status"], &record["threat"]),
+        (&json!(200), &json!(""))
+    );
+    for request in gw.log_sink.requests() {
+        let text = String::from_utf8_lossy(&request.body);
+        assert!(!text.contains("script>") && !text.contains("'1'"), "{text}");
+    }
 }

@@ -864,6 +864,9 @@ fn log_push_format(configs: &Configs, n: usize) -> Result<u64, String> {
         headers: vec!["acme".into()],
         backend_status: None,
         backend_error_code: String::new(),
+        threat: String::new(),
+        threat_place: String::new(),
+        threat_fingerprint: String::new(),
     };
     let mut bytes = 0;
     for i in 0..n {

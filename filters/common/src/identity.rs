@@ -72,6 +72,48 @@ pub fn backend_answer(host: &dyn Host) -> (Option<u16>, Option<String>) {
     )
 }
 
+/// What threat-protection found, published for log-push: the check, the
+/// place and libinjection's fingerprint, in one property (space-separated:
+/// none of the three holds a space) so log-push reads them in one call.
+pub const THREAT_PROPERTY: &str = "gw_threat";
+
+/// A finding as log-push records it. The value found is never part of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Threat {
+    /// `sql`, `script`, `json_depth`, `body_size`…
+    pub check: String,
+    /// `query`, `path`, `header`, `cookie`, `form`, `json` or `body`.
+    pub place: String,
+    /// libinjection's fingerprint of a SQL injection; empty otherwise.
+    pub fingerprint: String,
+}
+
+/// Publishes a finding (a later one replaces an earlier one).
+pub fn publish_threat(
+    host: &dyn Host,
+    check: &str,
+    place: &str,
+    fingerprint: Option<&str>,
+) -> bool {
+    let value = match fingerprint {
+        Some(fingerprint) => format!("{check} {place} {fingerprint}"),
+        None => format!("{check} {place}"),
+    };
+    host.set_property(&[THREAT_PROPERTY], value.as_bytes())
+}
+
+/// The finding threat-protection published, if any.
+pub fn threat(host: &dyn Host) -> Option<Threat> {
+    let value = read(host, THREAT_PROPERTY)?;
+    let mut parts = value.splitn(3, ' ');
+    let mut next = || parts.next().unwrap_or_default().to_string();
+    Some(Threat {
+        check: next(),
+        place: next(),
+        fingerprint: next(),
+    })
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
     pub app_key: String,
@@ -143,6 +185,31 @@ mod tests {
         assert_eq!(
             original_request(&host),
             Some(("GET".to_string(), "/v1/users/7?x=1".to_string()))
+        );
+    }
+
+    #[test]
+    fn a_published_threat_reads_back_with_or_without_a_fingerprint() {
+        let host = FakeHost::new();
+        assert_eq!(threat(&host), None);
+        assert!(publish_threat(&host, "json_depth", "body", None));
+        assert_eq!(
+            threat(&host),
+            Some(Threat {
+                check: "json_depth".into(),
+                place: "body".into(),
+                fingerprint: String::new(),
+            })
+        );
+        assert!(publish_threat(&host, "sql", "query", Some("s&sos")));
+        let found = threat(&host).expect("a threat");
+        assert_eq!(
+            (
+                found.check.as_str(),
+                found.place.as_str(),
+                found.fingerprint.as_str()
+            ),
+            ("sql", "query", "s&sos")
         );
     }
 

@@ -35,10 +35,15 @@ pub enum Field {
     BackendStatus,
     /// The backend's own error code, when error mapping read one.
     BackendErrorCode,
+    /// What threat-protection found (`sql`, `json_depth`…), where, and
+    /// libinjection's fingerprint.
+    Threat,
+    ThreatPlace,
+    ThreatFingerprint,
 }
 
 impl Field {
-    pub const ALL: [Field; 26] = [
+    pub const ALL: [Field; 29] = [
         Field::Time,
         Field::TimestampMs,
         Field::RecordId,
@@ -65,6 +70,9 @@ impl Field {
         Field::User,
         Field::BackendStatus,
         Field::BackendErrorCode,
+        Field::Threat,
+        Field::ThreatPlace,
+        Field::ThreatFingerprint,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +103,9 @@ impl Field {
             Field::User => "user",
             Field::BackendStatus => "backend_status",
             Field::BackendErrorCode => "backend_error_code",
+            Field::Threat => "threat",
+            Field::ThreatPlace => "threat_place",
+            Field::ThreatFingerprint => "threat_fingerprint",
         }
     }
 
@@ -114,11 +125,16 @@ pub struct FieldSet(u32);
 
 impl FieldSet {
     /// Everything but the query string, which may carry personal data,
-    /// and the fields of error mapping (a store's table gains them when it
-    /// asks for them).
+    /// and the fields of error mapping and threat-protection (each costs
+    /// an Envoy property read per call, and a store's table gains them
+    /// when it asks for them).
     pub fn default_set() -> Self {
-        let left_out =
-            Field::Query.bit() | Field::BackendStatus.bit() | Field::BackendErrorCode.bit();
+        let left_out = Field::Query.bit()
+            | Field::BackendStatus.bit()
+            | Field::BackendErrorCode.bit()
+            | Field::Threat.bit()
+            | Field::ThreatPlace.bit()
+            | Field::ThreatFingerprint.bit();
         Self(Field::ALL.iter().map(|f| f.bit()).sum::<u32>() & !left_out)
     }
 
@@ -175,6 +191,10 @@ pub struct Record {
     /// what the client saw.
     pub backend_status: Option<u16>,
     pub backend_error_code: String,
+    /// What threat-protection found, if anything (the value found never).
+    pub threat: String,
+    pub threat_place: String,
+    pub threat_fingerprint: String,
 }
 
 pub enum FieldValue<'a> {
@@ -214,6 +234,9 @@ impl Record {
                 .backend_status
                 .map_or(Absent, |status| Int(u64::from(status))),
             Field::BackendErrorCode => Text(&self.backend_error_code),
+            Field::Threat => Text(&self.threat),
+            Field::ThreatPlace => Text(&self.threat_place),
+            Field::ThreatFingerprint => Text(&self.threat_fingerprint),
         }
     }
 
@@ -237,6 +260,9 @@ impl Record {
             &self.stage,
             &self.user,
             &self.backend_error_code,
+            &self.threat,
+            &self.threat_place,
+            &self.threat_fingerprint,
         ];
         std::mem::size_of::<Record>()
             + texts.iter().map(|t| t.capacity()).sum::<usize>()
@@ -535,12 +561,20 @@ mod tests {
     }
 
     #[test]
-    fn the_default_field_set_leaves_out_the_query_and_the_backends_own_answer() {
+    fn the_default_field_set_leaves_out_the_query_and_the_fields_other_filters_publish() {
         let set = FieldSet::default_set();
-        for left_out in [Field::Query, Field::BackendStatus, Field::BackendErrorCode] {
-            assert!(!set.contains(left_out));
+        let left_out = [
+            Field::Query,
+            Field::BackendStatus,
+            Field::BackendErrorCode,
+            Field::Threat,
+            Field::ThreatPlace,
+            Field::ThreatFingerprint,
+        ];
+        for field in left_out {
+            assert!(!set.contains(field));
         }
-        assert_eq!(set.iter().count(), Field::ALL.len() - 3);
+        assert_eq!(set.iter().count(), Field::ALL.len() - left_out.len());
         assert_eq!(Field::from_name("latency_ms"), Some(Field::LatencyMs));
         assert_eq!(Field::from_name("password"), None);
     }

@@ -281,11 +281,26 @@ impl LogPushSteps {
             headers: seen.headers,
             backend_status: None,
             backend_error_code: String::new(),
+            threat: String::new(),
+            threat_place: String::new(),
+            threat_fingerprint: String::new(),
         };
         if wants(record::Field::BackendStatus) || wants(record::Field::BackendErrorCode) {
             let (status, code) = identity::backend_answer(stream);
             record.backend_status = status;
             record.backend_error_code = code.unwrap_or_default();
+        }
+        let threat_fields = [
+            record::Field::Threat,
+            record::Field::ThreatPlace,
+            record::Field::ThreatFingerprint,
+        ];
+        if threat_fields.into_iter().any(wants) {
+            if let Some(threat) = identity::threat(stream) {
+                record.threat = threat.check;
+                record.threat_place = threat.place;
+                record.threat_fingerprint = threat.fingerprint;
+            }
         }
         push.masking.apply(&mut record);
         record
@@ -456,6 +471,41 @@ mod tests {
         assert_eq!(record.latency_ms, 25);
         assert_eq!(record.headers, ["acme", REDACTED]);
         assert_eq!(stream.counted(FILTER_NAME, "records.queued"), 1);
+    }
+
+    #[test]
+    fn a_threat_finding_is_recorded_when_asked_for() {
+        let mut with_fields = config();
+        with_fields["fields"] = json!(["status", "threat", "threat_place", "threat_fingerprint"]);
+        for (fields, finding, expected) in [
+            (with_fields.clone(), true, ("sql", "query", "s&sos")),
+            (with_fields, false, ("", "", "")),
+            (config(), true, ("", "", "")),
+        ] {
+            let mut stream = stream("/search?q=x");
+            let worker = worker(fields, &mut stream);
+            let mut steps = LogPushSteps::new(Arc::clone(&worker));
+            steps.on_request_headers(&mut stream, true);
+            if finding {
+                identity::publish_threat(&stream, "sql", "query", Some("s&sos"));
+            }
+            stream
+                .response_headers
+                .push((":status".into(), "403".into()));
+            steps.on_log(&mut stream);
+            let records = queued(&worker);
+            let [record] = records.as_slice() else {
+                panic!("one record: {records:?}")
+            };
+            assert_eq!(
+                (
+                    record.threat.as_str(),
+                    record.threat_place.as_str(),
+                    record.threat_fingerprint.as_str()
+                ),
+                expected
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::policy::{codes, Finding, Mode, RequestParts, Rule, Threats};
 use crate::FILTER_NAME;
 use gateway_common::error::GatewayError;
 use gateway_common::host::RequestFacts;
+use gateway_common::identity;
 use gateway_common::matching::Captures;
 use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
 use gateway_common::stream::{
@@ -158,6 +159,7 @@ impl ThreatSteps {
             stream.increment(counters.found, 1);
         }
         let place = finding.location.map_or("body", |location| location.name());
+        identity::publish_threat(stream, finding.check, place, finding.fingerprint.as_deref());
         let fingerprint = finding.fingerprint.as_deref().unwrap_or("-");
         match rule.mode {
             Mode::Log => {

@@ -5,6 +5,7 @@ use crate::compile_config;
 use crate::steps::{Compiled, Metrics, ThreatSteps};
 use crate::FILTER_NAME;
 use gateway_common::host::FakeHost;
+use gateway_common::identity;
 use gateway_common::stream::{FakeStream, PolicySteps, Verdict};
 use std::rc::Rc;
 
@@ -237,4 +238,34 @@ fn in_log_mode_a_finding_is_counted_and_the_request_goes_on() {
     assert_eq!(counted(&both, "found.script"), 1);
     assert_eq!(counted(&both, "logged"), 2);
     assert_eq!(counted(&both, "passed"), 0);
+}
+
+#[test]
+fn a_finding_is_published_for_log_push_without_the_value_in_both_modes() {
+    let blocked = run(
+        request("GET", "/items/1?q=1%27%20OR%20%271%27%3D%271"),
+        None,
+    );
+    let threat = identity::threat(&blocked.1).expect("published");
+    assert_eq!(
+        (threat.check.as_str(), threat.place.as_str()),
+        ("sql", "query")
+    );
+    assert!(!threat.fingerprint.is_empty());
+    let logged = run(
+        json(request("POST", "/comments")),
+        Some(r#"{"note": "<script>x</script>"}"#),
+    );
+    assert_eq!(logged.0, Verdict::Continue);
+    let threat = identity::threat(&logged.1).expect("published");
+    assert_eq!(
+        (
+            threat.check.as_str(),
+            threat.place.as_str(),
+            threat.fingerprint.as_str()
+        ),
+        ("script", "json", "")
+    );
+    let clean = run(request("GET", "/items/1?q=shoes"), None);
+    assert_eq!(identity::threat(&clean.1), None);
 }
