@@ -93,6 +93,7 @@ lint:
 
 unit:
 	$(CARGO) test --workspace --exclude integration-tests
+	$(CARGO) test --release --manifest-path vendor/barbacane-libinjection/differential/Cargo.toml --target-dir target/differential
 
 ## integration: every real-Envoy test three times, against the chain of single
 ## filters, the gateway module (GATEWAY_MODULE=1) and the native module

@@ -13,19 +13,14 @@ pub fn is_blacklisted(fingerprint: &str) -> bool {
         return false;
     }
     
-    // Build the v1 fingerprint with '0' prefix and uppercase
-    let mut fp2 = String::with_capacity(8);
-    fp2.push('0');
-    
-    for ch in fingerprint.chars() {
-        if ch >= 'a' && ch <= 'z' {
-            // Convert to uppercase
-            fp2.push((ch as u8 - 0x20) as char);
-        } else {
-            fp2.push(ch);
-        }
-    }
+    // The v1 fingerprint, '0' then the fingerprint, on the stack (the
+    // lookup upper-cases it); a fingerprint has at most 8 bytes.
+    let bytes = fingerprint.as_bytes();
+    let mut fp2 = [0u8; 9];
+    let len = bytes.len().min(8) + 1;
+    fp2[0] = b'0';
+    fp2[1..len].copy_from_slice(&bytes[..len - 1]);
     
     // Check if this fingerprint exists in the keywords table with type 'F'
-    sqli_data::lookup_word(&fp2) == crate::sqli::TokenType::Fingerprint
+    sqli_data::lookup_word_type_bytes(&fp2[..len]) == Some(crate::sqli::TokenType::Fingerprint)
 }

@@ -9663,8 +9663,13 @@ fn keyword_index() -> &'static KeywordIndex {
 }
 
 pub fn lookup_word_type(word: &str) -> Option<TokenType> {
+    lookup_word_type_bytes(word.as_bytes())
+}
+
+/// [`lookup_word_type`] of bytes: keywords are ASCII, so bytes that are
+/// not UTF-8 are simply no keyword.
+pub fn lookup_word_type_bytes(bytes: &[u8]) -> Option<TokenType> {
     // Upper-cased on the stack: no keyword is longer.
-    let bytes = word.as_bytes();
     if bytes.len() > LONGEST_KEYWORD {
         return None;
     }

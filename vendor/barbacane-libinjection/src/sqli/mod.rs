@@ -124,10 +124,8 @@ pub struct SqliState<'a> {
     pub tokens: SmallVec<[Token; 8]>,
     #[cfg(not(feature = "smallvec"))]
     pub tokens: Vec<Token>,
-    #[cfg(feature = "smallvec")]
-    token_vec: SmallVec<[Token; 8]>,
-    #[cfg(not(feature = "smallvec"))]
-    token_vec: Vec<Token>,
+    // The folding window: a fixed array, indexed without a heap check.
+    token_vec: [Token; LIBINJECTION_SQLI_MAX_TOKENS + 3],
     
     // Current position in input
     pos: usize,
@@ -167,10 +165,7 @@ impl<'a> SqliState<'a> {
             tokens: SmallVec::new(),
             #[cfg(not(feature = "smallvec"))]
             tokens: Vec::with_capacity(LIBINJECTION_SQLI_MAX_TOKENS + 3),
-            #[cfg(feature = "smallvec")]
-            token_vec: SmallVec::new(),
-            #[cfg(not(feature = "smallvec"))]
-            token_vec: Vec::with_capacity(LIBINJECTION_SQLI_MAX_TOKENS + 3),
+            token_vec: [Token::new(); LIBINJECTION_SQLI_MAX_TOKENS + 3],
             pos: 0,
             current_token: None,
             fingerprint: [0; 8],
@@ -351,8 +346,7 @@ impl<'a> SqliState<'a> {
         let mut tokenizer = SqliTokenizer::new(self.input, self.flags);
         
         // Clear and resize token vec
-        self.token_vec.clear();
-        self.token_vec.resize(LIBINJECTION_SQLI_MAX_TOKENS + 3, Token::new());
+        self.token_vec = [Token::new(); LIBINJECTION_SQLI_MAX_TOKENS + 3];
         
         // pos is the position of where the NEXT token goes
         #[allow(unused_assignments)] // Follows C implementation - pos initially 0, then set to 1 if real token found
@@ -527,11 +521,12 @@ impl<'a> SqliState<'a> {
                     let sz3 = sz1 + sz2 + 1; // +1 for space in the middle
                     
                     if sz3 < 32 { // make sure there is room for ending null
-                        // Create merged string: a.val + ' ' + b.val
-                        let a_val = self.token_vec[left].value_as_str();
-                        let b_val = self.token_vec[left + 1].value_as_str();
-                        let merged_original = format!("{} {}", a_val, b_val);
-                        let merged_upper = merged_original.to_ascii_uppercase();
+                        // a.val + ' ' + b.val, on the stack (the lookup
+                        // upper-cases it; bytes that are not UTF-8 are no keyword)
+                        let mut merged = [0u8; 32];
+                        merged[..sz1].copy_from_slice(&self.token_vec[left].val[..sz1]);
+                        merged[sz1] = b' ';
+                        merged[sz1 + 1..sz3].copy_from_slice(&self.token_vec[left + 1].val[..sz2]);
                         
                         // Merge when the pair is present in the table, whatever
                         // its type, matching the C library's `ch != CHAR_NULL`.
@@ -539,14 +534,12 @@ impl<'a> SqliState<'a> {
                         // SHARE`) are stored as barewords, so keying off
                         // "type is a keyword" would break the chain at the first
                         // prefix and leave `LOCK IN SHARE MODE` as four tokens.
-                        if let Some(lookup_result) = sqli_data::lookup_word_type(&merged_upper) {
+                        if let Some(lookup_result) = sqli_data::lookup_word_type_bytes(&merged[..sz3]) {
                             // Update the first token with merged value and new type
                             self.token_vec[left].token_type = lookup_result;
                             // Update the value - store the original case version, not uppercase
-                            let merged_bytes = merged_original.as_bytes();
-                            let copy_len = merged_bytes.len().min(31); // Leave space for null terminator
-                            self.token_vec[left].val[..copy_len].copy_from_slice(&merged_bytes[..copy_len]);
-                            self.token_vec[left].len = copy_len;
+                            self.token_vec[left].val[..sz3].copy_from_slice(&merged[..sz3]);
+                            self.token_vec[left].len = sz3;
                             true
                         } else {
                             false

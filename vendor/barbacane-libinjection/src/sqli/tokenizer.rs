@@ -108,7 +108,7 @@ impl TokenType {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Token {
     pub token_type: TokenType,
     pub pos: usize,
@@ -175,6 +175,19 @@ impl Token {
         *self = other.clone();
     }
 }
+
+/// The bytes that end a word: the C version's `strlencspn` set
+/// (`" []{}<>:\\?=@!#~+-*/&|^%(),';\t\n\v\f\r\"\xA0\0"`), one lookup per byte.
+const ENDS_WORD: [bool; 256] = {
+    let set = b" []{}<>:\\?=@!#~+-*/&|^%(),';\t\n\x0B\x0C\r\"\xA0\x00";
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < set.len() {
+        table[set[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 fn byte_to_token_type(b: u8) -> TokenType {
     match b {
@@ -277,11 +290,12 @@ impl<'a> SqliTokenizer<'a> {
         self
     }
     
-    fn lookup_word(&self, word: &str) -> TokenType {
-        if let Some(lookup_fn) = self.lookup_fn {
-            lookup_fn(word)
-        } else {
-            sqli_data::lookup_word(word)
+    /// A word's type. Keywords are ASCII: bytes that are not UTF-8 are a
+    /// bareword (a custom lookup is not asked).
+    fn lookup_word(&self, word: &[u8]) -> TokenType {
+        match self.lookup_fn {
+            Some(lookup_fn) => std::str::from_utf8(word).map_or(TokenType::Bareword, lookup_fn),
+            None => sqli_data::lookup_word_type_bytes(word).unwrap_or(TokenType::Bareword),
         }
     }
     
@@ -482,8 +496,8 @@ impl<'a> SqliTokenizer<'a> {
         // Try 2-character operator lookup using the comprehensive table
         // Only attempt lookup if bytes form valid UTF-8, since operators are ASCII-only
         let two_char = &self.input[pos..pos + 2];
-        if let Ok(two_char_str) = std::str::from_utf8(two_char) {
-            let token_type = self.lookup_word(two_char_str);
+        {
+            let token_type = self.lookup_word(two_char);
             if token_type != TokenType::None && token_type != TokenType::Bareword {
                 // Found a 2-character operator in the lookup table
                 let type_byte = match token_type {
@@ -901,10 +915,9 @@ impl<'a> SqliTokenizer<'a> {
         let slen = self.input.len();
         
         // Find word boundary - matches C version's strlencspn character set
-        let word_chars = b" []{}<>:\\?=@!#~+-*/&|^%(),';	\n\x0B\x0C\r\"\xA0\x00";
         let mut end_pos = pos;
         
-        while end_pos < slen && !word_chars.contains(&self.input[end_pos]) {
+        while end_pos < slen && !ENDS_WORD[usize::from(self.input[end_pos])] {
             end_pos += 1;
         }
         
@@ -919,32 +932,23 @@ impl<'a> SqliTokenizer<'a> {
         let scanned = &word_slice[..word_len.min(LIBINJECTION_SQLI_TOKEN_SIZE - 1)];
         for (i, &byte) in scanned.iter().enumerate() {
             if byte == b'.' || byte == b'`' {
-                // For delimiter detection, we only need to check if the first i bytes
-                // form a valid keyword. Since libinjection keywords are ASCII-only,
-                // if the slice contains any non-UTF8 bytes (like 0xFF), it can't be 
-                // a keyword anyway, so we can safely skip the lookup.
-                if let Ok(partial_word) = std::str::from_utf8(&word_slice[..i]) {
-                    let token_type = self.lookup_word(partial_word);
-                    if token_type != TokenType::None && token_type != TokenType::Bareword {
-                        self.current.clear();
-                        let type_byte = token_type_to_byte(token_type);
-                        self.current.assign(type_byte, pos, i, &word_slice[..i]);
-                        return pos + i;
-                    }
+                // Only a keyword before the delimiter splits the word.
+                let token_type = self.lookup_word(&word_slice[..i]);
+                if token_type != TokenType::None && token_type != TokenType::Bareword {
+                    self.current.clear();
+                    let type_byte = token_type_to_byte(token_type);
+                    self.current.assign(type_byte, pos, i, &word_slice[..i]);
+                    return pos + i;
                 }
-                // If UTF-8 conversion fails, continue - can't be a keyword
             }
         }
         
         // Do full word lookup - only for valid UTF-8 sequences since keywords are ASCII-only
         if word_len < LIBINJECTION_SQLI_TOKEN_SIZE {
-            if let Ok(word_str) = std::str::from_utf8(word_slice) {
-                let token_type = self.lookup_word(word_str);
-                if token_type != TokenType::None {
-                    self.current.token_type = token_type;
-                }
+            let token_type = self.lookup_word(word_slice);
+            if token_type != TokenType::None {
+                self.current.token_type = token_type;
             }
-            // If UTF-8 conversion fails, leave as BAREWORD - bytes with 0xFF can't be keywords
         }
         
         end_pos
@@ -955,15 +959,10 @@ impl<'a> SqliTokenizer<'a> {
         let pos = self.parse_string_core(self.pos, CHAR_TICK, 1);
         
         // Check if backtick content is a keyword/function - only for valid UTF-8
-        if let Ok(word_str) = std::str::from_utf8(&self.current.val[..self.current.len]) {
-            let token_type = self.lookup_word(word_str);
-            if token_type == TokenType::Function {
-                self.current.token_type = TokenType::Function;
-            } else {
-                self.current.token_type = TokenType::Bareword;
-            }
+        let token_type = self.lookup_word(&self.current.val[..self.current.len]);
+        if token_type == TokenType::Function {
+            self.current.token_type = TokenType::Function;
         } else {
-            // If UTF-8 conversion fails, default to bareword - 0xFF bytes can't be keywords
             self.current.token_type = TokenType::Bareword;
         }
         
