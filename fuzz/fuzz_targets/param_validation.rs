@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
     let request = Request::parse(data);
     let policy = policy();
     let attrs = request.attrs();
-    let Some((rule, captures)) = policy.rule_for(&attrs) else {
+    let Some((rule, captures)) = policy.rules.first_rule_for(&attrs) else {
         return;
     };
     let content_type = request.header("content-type");

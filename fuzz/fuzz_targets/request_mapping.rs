@@ -47,10 +47,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let attrs = request.attrs();
-    let Some((index, captures)) = mapping.rule_index_for(&attrs) else {
+    let Some((index, captures)) = mapping.rules.first_for(&attrs) else {
         return;
     };
-    let Some(rule) = mapping.rule(index) else {
+    let Some(rule) = mapping.rules.get(index) else {
         return;
     };
     let (path, query) = request.path.split_once('?').unwrap_or((&request.path, ""));

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(policy) = response_cache::compile_config(config.to_string().as_bytes()) else {
         return;
     };
-    let Some(index) = policy.rule_for(&request.attrs()) else {
+    let Some((index, _)) = policy.rules.first_for(&request.attrs()) else {
         return;
     };
     let host = request.host(&[]);
@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
         path: request.path.clone(),
     };
     let _ = policy.key(index, &host, &line);
-    if let Some(rule) = policy.rule(index) {
+    if let Some(rule) = policy.rules.get(index) {
         let status = request.option("status").and_then(|s| s.parse().ok());
         let header = |name: &str| request.header(name).map(str::to_string);
         if let Ok(ttl_ms) = rule.storable(status, &header) {

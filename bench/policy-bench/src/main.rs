@@ -613,8 +613,9 @@ fn response_cache_hit(configs: &Configs, n: usize) -> Result<u64, String> {
         .initialize(&store)
         .map_err(|e| format!("{e:?}"))?;
     let line = RequestLine::from_headers(&host);
-    let index = policy
-        .rule_for(&attrs(path))
+    let (index, _) = policy
+        .rules
+        .first_for(&attrs(path))
         .ok_or("no rule for the products")?;
     let key = policy.key(index, &host, &line).ok_or("no key")?;
     let answer = CachedResponse {
@@ -630,8 +631,9 @@ fn response_cache_hit(configs: &Configs, n: usize) -> Result<u64, String> {
     let mut hits = 0;
     for i in 0..n {
         let line = RequestLine::from_headers(&host);
-        let index = policy
-            .rule_for(black_box(&attrs(path)))
+        let (index, _) = policy
+            .rules
+            .first_for(black_box(&attrs(path)))
             .ok_or("no rule for the products")?;
         let key = policy.key(index, &host, &line).ok_or("no key")?;
         let payload = policy
@@ -655,7 +657,7 @@ fn param_validation_validate(configs: &Configs, n: usize) -> Result<u64, String>
     let mut valid = 0;
     for i in 0..n {
         let request = attrs(black_box(path));
-        let Some((rule, captures)) = validation.rule_for(&request) else {
+        let Some((rule, captures)) = validation.rules.first_rule_for(&request) else {
             return Err(format!("iteration {i}: no rule for {path}"));
         };
         let result = rule.validate(&RequestParts {
@@ -705,10 +707,10 @@ fn threat_protection_query(configs: &Configs, n: usize) -> Result<u64, String> {
     let header = |name: &str| gateway_common::host::Host::request_header(&host, name);
     let mut passed = 0;
     for i in 0..n {
-        let Some((index, captures)) = threats.rule_index_for(&attrs(black_box(&path))) else {
+        let Some((index, captures)) = threats.rules.first_for(&attrs(black_box(&path))) else {
             return Err(format!("iteration {i}: no rule for /search"));
         };
-        let rule = threats.rule(index).ok_or("no rule")?;
+        let rule = threats.rules.get(index).ok_or("no rule")?;
         let finding = rule.inspect_head(&RequestParts {
             query: black_box(&query),
             captures: &captures,
@@ -726,9 +728,10 @@ fn threat_protection_json(configs: &Configs, n: usize) -> Result<u64, String> {
     let threats = threat_protection_rule(configs)?;
     let body = json_document();
     let (index, _) = threats
-        .rule_index_for(&attrs("/search"))
+        .rules
+        .first_for(&attrs("/search"))
         .ok_or("no rule for /search")?;
-    let rule = threats.rule(index).ok_or("no rule")?;
+    let rule = threats.rules.get(index).ok_or("no rule")?;
     let mut passed = 0;
     for i in 0..n {
         let finding = rule.inspect_body(Some("application/json"), black_box(body.as_bytes()));
@@ -757,10 +760,10 @@ fn request_mapping_apply(configs: &Configs, n: usize) -> Result<u64, String> {
     let mut mapped = 0;
     for i in 0..n {
         let request = attrs(black_box(path));
-        let Some((index, captures)) = mapping.rule_index_for(&request) else {
+        let Some((index, captures)) = mapping.rules.first_for(&request) else {
             return Err(format!("iteration {i}: no rule for {path}"));
         };
-        let rule = mapping.rule(index).ok_or("rule index out of range")?;
+        let rule = mapping.rules.get(index).ok_or("rule index out of range")?;
         let (front_path, query) = path.split_once('?').unwrap_or((path, ""));
         let result = rule.apply(&Frontend {
             path: front_path,

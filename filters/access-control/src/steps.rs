@@ -10,8 +10,7 @@ use gateway_common::host::RequestFacts;
 use gateway_common::matching::{Captures, KeptCaptures};
 use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
 use gateway_common::stream::{
-    buffer_request_body, declared_body_length, refuse, BufferedBody, Level, PolicySteps, Stream,
-    Verdict,
+    declared_body_length, refuse, HeldBody, HeldForBody, Level, PolicySteps, Stream, Verdict,
 };
 use std::rc::Rc;
 
@@ -37,7 +36,7 @@ impl Metrics {
     }
 }
 
-/// A request held until its body has arrived.
+/// What a request held for its body keeps from its headers.
 struct Waiting {
     rule: usize,
     captures: KeptCaptures,
@@ -47,7 +46,7 @@ struct Waiting {
 pub struct AccessControlSteps {
     policy: Rc<AccessControl>,
     metrics: Metrics,
-    waiting: Option<Waiting>,
+    waiting: HeldForBody<Waiting>,
 }
 
 impl AccessControlSteps {
@@ -55,7 +54,7 @@ impl AccessControlSteps {
         Self {
             policy,
             metrics,
-            waiting: None,
+            waiting: HeldForBody::default(),
         }
     }
 
@@ -140,11 +139,12 @@ impl PolicySteps for AccessControlSteps {
             if declared_body_length(stream).is_some_and(|len| len > policy.max_body_bytes) {
                 return self.body_too_large(stream);
             }
-            self.waiting = Some(Waiting {
+            let waiting = Waiting {
                 rule: index,
                 captures: KeptCaptures::keep(captures),
                 content_type,
-            });
+            };
+            self.waiting.hold(waiting, policy.max_body_bytes);
             return Verdict::Pause;
         }
         self.decide(stream, index, &captures, &Body::None)
@@ -156,29 +156,14 @@ impl PolicySteps for AccessControlSteps {
         body_size: usize,
         end_of_stream: bool,
     ) -> Verdict {
-        let Some(waiting) = self.waiting.take() else {
-            return Verdict::Continue;
-        };
-        match buffer_request_body(stream, body_size, end_of_stream, self.policy.max_body_bytes) {
-            BufferedBody::Incomplete => {
-                self.waiting = Some(waiting);
-                Verdict::Pause
-            }
-            BufferedBody::TooLarge => self.body_too_large(stream),
-            BufferedBody::Complete(bytes) => {
+        match self.waiting.body(stream, body_size, end_of_stream) {
+            HeldBody::NotHeld => Verdict::Continue,
+            HeldBody::Incomplete => Verdict::Pause,
+            HeldBody::TooLarge(_) => self.body_too_large(stream),
+            HeldBody::Complete(waiting, bytes) => {
                 let body = Body::parse(waiting.content_type.as_deref(), &bytes);
                 self.decide(stream, waiting.rule, &waiting.captures.captures(), &body)
             }
         }
-    }
-
-    /// Trailers end a body that did not say it had ended.
-    fn on_request_trailers(&mut self, stream: &mut dyn Stream) -> Verdict {
-        let Some(waiting) = self.waiting.take() else {
-            return Verdict::Continue;
-        };
-        let bytes = stream.request_body(self.policy.max_body_bytes);
-        let body = Body::parse(waiting.content_type.as_deref(), &bytes);
-        self.decide(stream, waiting.rule, &waiting.captures.captures(), &body)
     }
 }

@@ -203,22 +203,6 @@ fn a_body_over_the_limit_is_refused_413() {
 }
 
 #[test]
-fn a_body_ended_by_trailers_is_still_checked() {
-    let mut stream = FakeStream::new(
-        request("POST", "/reports").with_header("content-type", "application/json"),
-    );
-    let mut steps = steps(CONFIG, &mut stream);
-    assert_eq!(steps.on_request_headers(&mut stream, false), Verdict::Pause);
-    stream.body = br#"{"range": {"days": 90}}"#.to_vec();
-    let size = stream.body.len();
-    assert_eq!(
-        steps.on_request_body(&mut stream, size, false),
-        Verdict::Pause
-    );
-    assert_eq!(steps.on_request_trailers(&mut stream), Verdict::Answered);
-}
-
-#[test]
 fn the_client_address_is_resolved_behind_trusted_proxies_only() {
     let body = Some(r#"{"range": {"days": 1}}"#);
     let json = |host: FakeHost| host.with_header("content-type", "application/json");

@@ -212,6 +212,54 @@ pub fn compile_rule_match(config: &MatchConfig) -> Result<Matcher, ConfigError> 
     Matcher::compile(config).map_err(|err| err.within("match"))
 }
 
+/// A rule with a `match` block.
+pub trait MatchedRule {
+    fn matcher(&self) -> &Matcher;
+}
+
+/// A policy's rules in order: the first whose `match` holds applies.
+#[derive(Debug, Clone)]
+pub struct RuleList<R> {
+    rules: Vec<R>,
+    uses_route_name: bool,
+}
+
+impl<R: MatchedRule> RuleList<R> {
+    pub fn new(rules: Vec<R>) -> Self {
+        Self {
+            uses_route_name: any_by_route_name(&rules, R::matcher),
+            rules,
+        }
+    }
+
+    /// A rule matches by Envoy's route name: the policy reads it.
+    pub fn uses_route_name(&self) -> bool {
+        self.uses_route_name
+    }
+
+    /// The first rule whose `match` holds, by index, with its path
+    /// template's captures (a request context keeps both until the body).
+    pub fn first_for<'r>(&'r self, request: &RequestAttrs<'_>) -> Option<(usize, Captures<'r>)> {
+        first_match_index(&self.rules, R::matcher, request)
+    }
+
+    /// [`RuleList::first_for`] with the rule itself.
+    pub fn first_rule_for<'r>(
+        &'r self,
+        request: &RequestAttrs<'_>,
+    ) -> Option<(&'r R, Captures<'r>)> {
+        first_match(&self.rules, R::matcher, request)
+    }
+
+    pub fn get(&self, index: usize) -> Option<&R> {
+        self.rules.get(index)
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, R> {
+        self.rules.iter()
+    }
+}
+
 /// Whether any rule matches by Envoy's route name (the policy then reads
 /// it for each request).
 pub fn any_by_route_name<R>(rules: &[R], matcher: impl Fn(&R) -> &Matcher) -> bool {

@@ -289,6 +289,63 @@ pub fn buffer_request_body(
     })
 }
 
+/// A request a policy holds until its body has arrived: what it kept from
+/// the headers (`W`: the rule, its captures…) and the body limit. Trailers
+/// need no step of their own: the host shows a held body whole to the body
+/// step first ([`crate::hosting::HostedSteps::request_trailers`]).
+#[derive(Debug)]
+pub struct HeldForBody<W> {
+    held: Option<(W, usize)>,
+}
+
+impl<W> Default for HeldForBody<W> {
+    fn default() -> Self {
+        Self { held: None }
+    }
+}
+
+/// What the body step of a held request has.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeldBody<W> {
+    /// The request was not held: let the body pass.
+    NotHeld,
+    /// More is coming: still held ([`Verdict::Pause`]).
+    Incomplete,
+    /// Over the limit: refuse it (413).
+    TooLarge(W),
+    /// The whole body, and what was kept from the headers.
+    Complete(W, Vec<u8>),
+}
+
+impl<W> HeldForBody<W> {
+    /// Holds the request for its body (the headers step returns
+    /// [`Verdict::Pause`]).
+    pub fn hold(&mut self, kept: W, max_bytes: usize) {
+        self.held = Some((kept, max_bytes));
+    }
+
+    /// The body step: buffers up to the limit, and gives back what was kept
+    /// once the body is whole or too large.
+    pub fn body(
+        &mut self,
+        stream: &dyn Stream,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> HeldBody<W> {
+        let Some((kept, max_bytes)) = self.held.take() else {
+            return HeldBody::NotHeld;
+        };
+        match buffer_request_body(stream, body_size, end_of_stream, max_bytes) {
+            BufferedBody::Incomplete => {
+                self.held = Some((kept, max_bytes));
+                HeldBody::Incomplete
+            }
+            BufferedBody::TooLarge => HeldBody::TooLarge(kept),
+            BufferedBody::Complete(body) => HeldBody::Complete(kept, body),
+        }
+    }
+}
+
 /// [`buffer_request_body`] for the response body (error mapping, the
 /// response cache).
 pub fn buffer_response_body(
@@ -811,6 +868,24 @@ mod tests {
             buffer_request_body(&stream, 12, true, 100),
             BufferedBody::Complete(b"hello world!".to_vec())
         );
+    }
+
+    #[test]
+    fn a_held_request_keeps_what_it_kept_until_its_body_is_whole_or_too_large() {
+        let mut stream = FakeStream::new(FakeHost::new());
+        stream.body = b"hello world!".to_vec();
+        let mut held = HeldForBody::default();
+        assert_eq!(held.body(&stream, 5, false), HeldBody::<&str>::NotHeld);
+        held.hold("rule 1", 12);
+        assert_eq!(held.body(&stream, 5, false), HeldBody::Incomplete);
+        assert_eq!(
+            held.body(&stream, 12, true),
+            HeldBody::Complete("rule 1", b"hello world!".to_vec())
+        );
+        assert_eq!(held.body(&stream, 12, true), HeldBody::NotHeld);
+        held.hold("rule 2", 11);
+        assert_eq!(held.body(&stream, 12, false), HeldBody::TooLarge("rule 2"));
+        assert_eq!(held.body(&stream, 12, true), HeldBody::NotHeld);
     }
 
     #[test]

@@ -5,8 +5,7 @@ use gateway_common::config::{is_header_name, ConfigError};
 use gateway_common::error::GatewayError;
 use gateway_common::host::HeaderLookup;
 use gateway_common::matching::{
-    any_by_route_name, compile_rule_match, first_match, first_match_index, rule_path, Captures,
-    MatchConfig, Matcher, RequestAttrs,
+    compile_rule_match, rule_path, MatchConfig, MatchedRule, Matcher, RuleList,
 };
 use gateway_common::params::{
     body_kind, encode_component, parse_pairs, retain_raw_pairs, url_decode, BodyKind,
@@ -191,8 +190,7 @@ impl std::fmt::Debug for Rule {
 
 #[derive(Debug)]
 pub struct Validation {
-    rules: Vec<Rule>,
-    uses_route_name: bool,
+    pub rules: RuleList<Rule>,
 }
 
 fn compile_check(c: &Constraints, at: &str) -> Result<Check, ConfigError> {
@@ -264,36 +262,15 @@ impl Validation {
             let at = rule_path(i);
             rules.push(compile_rule(rule, &at)?);
         }
-        let uses_route_name = any_by_route_name(&rules, |r| &r.matcher);
         Ok(Self {
-            rules,
-            uses_route_name,
+            rules: RuleList::new(rules),
         })
     }
+}
 
-    pub fn uses_route_name(&self) -> bool {
-        self.uses_route_name
-    }
-
-    /// The first rule whose match holds, with the path template's captures.
-    pub fn rule_for<'v>(
-        &'v self,
-        request: &RequestAttrs<'_>,
-    ) -> Option<(&'v Rule, Vec<(&'v str, String)>)> {
-        first_match(&self.rules, |r| &r.matcher, request)
-    }
-
-    /// Like [`Self::rule_for`], with the rule's index and owned captures, for
-    /// a request context that keeps them until the body arrives.
-    pub fn rule_index_for<'v>(
-        &'v self,
-        request: &RequestAttrs<'_>,
-    ) -> Option<(usize, Captures<'v>)> {
-        first_match_index(&self.rules, |r| &r.matcher, request)
-    }
-
-    pub fn rule(&self, index: usize) -> Option<&Rule> {
-        self.rules.get(index)
+impl MatchedRule for Rule {
+    fn matcher(&self) -> &Matcher {
+        &self.matcher
     }
 }
 
@@ -806,6 +783,7 @@ impl Check {
 mod tests {
     use super::*;
     use gateway_common::config::parse_json;
+    use gateway_common::matching::RequestAttrs;
     use serde_json::json;
 
     fn validation(rule: Value) -> Validation {
@@ -827,7 +805,8 @@ mod tests {
 
     fn check_query(v: &Validation, query: &str) -> Result<Rewrite, String> {
         let (rule, _) = v
-            .rule_for(&RequestAttrs {
+            .rules
+            .first_rule_for(&RequestAttrs {
                 path: "/",
                 ..Default::default()
             })
@@ -1023,7 +1002,8 @@ mod tests {
         body: &[u8],
     ) -> Result<Rewrite, GatewayError> {
         let (rule, _) = v
-            .rule_for(&RequestAttrs {
+            .rules
+            .first_rule_for(&RequestAttrs {
                 path: "/",
                 ..Default::default()
             })
@@ -1121,7 +1101,8 @@ mod tests {
         }));
         let check = |path: &str| {
             let (rule, captures) = v
-                .rule_for(&RequestAttrs {
+                .rules
+                .first_rule_for(&RequestAttrs {
                     path,
                     ..Default::default()
                 })
@@ -1148,11 +1129,14 @@ mod tests {
         let plain = validation(
             json!({"parameters": [{"name": "q", "in": "query"}], "drop_undefined": false}),
         );
-        let (rule, _) = plain.rule_for(&RequestAttrs::default()).unwrap();
+        let (rule, _) = plain
+            .rules
+            .first_rule_for(&RequestAttrs::default())
+            .unwrap();
         assert!(!rule.needs_body(Some("application/json")));
         assert!(!rule.needs_body(Some("application/x-www-form-urlencoded")));
         let body = validation(json!({"parameters": [{"name": "x", "in": "body"}]}));
-        let (rule, _) = body.rule_for(&RequestAttrs::default()).unwrap();
+        let (rule, _) = body.rules.first_rule_for(&RequestAttrs::default()).unwrap();
         assert!(rule.needs_body(Some("application/json")));
         assert!(!rule.needs_body(Some("image/png")));
     }
@@ -1163,7 +1147,7 @@ mod tests {
             "parameters": [{"name": "X-Trace", "in": "header"}],
             "allowed_headers": ["Accept"]
         }));
-        let (rule, _) = v.rule_for(&RequestAttrs::default()).unwrap();
+        let (rule, _) = v.rules.first_rule_for(&RequestAttrs::default()).unwrap();
         let removed =
             rule.headers_to_remove([":path", "accept", "x-trace", "cookie", "x-debug"].into_iter());
         assert_eq!(removed, vec!["cookie", "x-debug"]);
@@ -1226,7 +1210,7 @@ mod tests {
                 {"name": "b", "in": "body", "type": "array", "items": {"type": "number"}},
                 {"name": "c", "in": "form", "pattern": "[0-9]+"}
             ], "body_schema": {"type": "object"}}));
-            let (rule, _) = v.rule_for(&RequestAttrs::default()).unwrap();
+            let (rule, _) = v.rules.first_rule_for(&RequestAttrs::default()).unwrap();
             let _ = rule.validate(&RequestParts { query: &query, ..Default::default() });
             for ct in ["application/json", "application/x-www-form-urlencoded", "text/plain"] {
                 let _ = rule.validate(&RequestParts { query: &query, content_type: Some(ct), body: Some(&body), ..Default::default() });

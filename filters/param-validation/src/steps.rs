@@ -12,7 +12,7 @@ use gateway_common::host::RequestFacts;
 use gateway_common::matching::KeptCaptures;
 use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
 use gateway_common::stream::{
-    buffer_request_body, declared_body_length, refuse, BufferedBody, PolicySteps, Stream, Verdict,
+    declared_body_length, refuse, HeldBody, HeldForBody, PolicySteps, Stream, Verdict,
 };
 use std::rc::Rc;
 
@@ -43,7 +43,7 @@ impl Metrics {
     }
 }
 
-/// A request held until its body has arrived.
+/// What a request held for its body keeps from its headers.
 struct Waiting {
     rule: usize,
     captures: KeptCaptures,
@@ -54,7 +54,7 @@ struct Waiting {
 pub struct ValidationSteps {
     validation: Rc<Validation>,
     metrics: Metrics,
-    waiting: Option<Waiting>,
+    waiting: HeldForBody<Waiting>,
 }
 
 impl ValidationSteps {
@@ -62,7 +62,7 @@ impl ValidationSteps {
         Self {
             validation,
             metrics,
-            waiting: None,
+            waiting: HeldForBody::default(),
         }
     }
 
@@ -129,12 +129,12 @@ impl ValidationSteps {
 impl PolicySteps for ValidationSteps {
     fn on_request_headers(&mut self, stream: &mut dyn Stream, end_of_stream: bool) -> Verdict {
         let validation = Rc::clone(&self.validation);
-        let facts = RequestFacts::read(stream, validation.uses_route_name());
-        let Some((index, captures)) = validation.rule_index_for(&facts.attrs()) else {
+        let facts = RequestFacts::read(stream, validation.rules.uses_route_name());
+        let Some((index, captures)) = validation.rules.first_for(&facts.attrs()) else {
             stream.increment(self.metrics.unmatched, 1);
             return Verdict::Continue;
         };
-        let Some(rule) = validation.rule(index) else {
+        let Some(rule) = validation.rules.get(index) else {
             return Verdict::Continue;
         };
         if rule.has_header_allowlist() {
@@ -160,12 +160,13 @@ impl PolicySteps for ValidationSteps {
             if declared_body_length(stream).is_some_and(|len| len > rule.max_body_bytes) {
                 return self.reject(stream, &codes::BODY_TOO_LARGE);
             }
-            self.waiting = Some(Waiting {
+            let waiting = Waiting {
                 rule: index,
                 captures: KeptCaptures::keep(captures),
                 path_and_query: facts.line.path.clone(),
                 content_type,
-            });
+            };
+            self.waiting.hold(waiting, rule.max_body_bytes);
             return Verdict::Pause;
         }
         let path = facts.line.path.clone();
@@ -185,28 +186,24 @@ impl PolicySteps for ValidationSteps {
         body_size: usize,
         end_of_stream: bool,
     ) -> Verdict {
-        let Some(waiting) = self.waiting.take() else {
-            return Verdict::Continue;
+        let (waiting, body) = match self.waiting.body(stream, body_size, end_of_stream) {
+            HeldBody::NotHeld => return Verdict::Continue,
+            HeldBody::Incomplete => return Verdict::Pause,
+            HeldBody::TooLarge(_) => return self.reject(stream, &codes::BODY_TOO_LARGE),
+            HeldBody::Complete(waiting, body) => (waiting, body),
         };
         let validation = Rc::clone(&self.validation);
-        let Some(rule) = validation.rule(waiting.rule) else {
+        let Some(rule) = validation.rules.get(waiting.rule) else {
             return Verdict::Continue;
         };
-        match buffer_request_body(stream, body_size, end_of_stream, rule.max_body_bytes) {
-            BufferedBody::Incomplete => {
-                self.waiting = Some(waiting);
-                Verdict::Pause
-            }
-            BufferedBody::TooLarge => self.reject(stream, &codes::BODY_TOO_LARGE),
-            BufferedBody::Complete(body) => self.check(
-                stream,
-                rule,
-                &waiting.path_and_query,
-                &waiting.captures.captures(),
-                waiting.content_type.as_deref(),
-                Some(&body),
-            ),
-        }
+        self.check(
+            stream,
+            rule,
+            &waiting.path_and_query,
+            &waiting.captures.captures(),
+            waiting.content_type.as_deref(),
+            Some(&body),
+        )
     }
 }
 

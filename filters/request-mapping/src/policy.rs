@@ -11,8 +11,7 @@ use gateway_common::config::{is_header_name, ConfigError};
 use gateway_common::error::GatewayError;
 use gateway_common::host::HeaderLookup;
 use gateway_common::matching::{
-    any_by_route_name, compile_rule_match, first_match_index, rule_path, Captures, MatchConfig,
-    Matcher, RequestAttrs,
+    compile_rule_match, rule_path, MatchConfig, MatchedRule, Matcher, RuleList,
 };
 use gateway_common::params::{
     body_kind, encode_component, parse_pairs, retain_raw_pairs, url_decode, BodyKind,
@@ -228,8 +227,7 @@ pub struct Rule {
 
 #[derive(Debug)]
 pub struct Mapping {
-    rules: Vec<Rule>,
-    uses_route_name: bool,
+    pub rules: RuleList<Rule>,
     /// Resolves the `client_ip` system parameter.
     pub client_address: ClientAddressResolver,
 }
@@ -356,25 +354,15 @@ impl Mapping {
             rules.push(compile_rule(rule, &rule_path(i))?);
         }
         Ok(Self {
-            uses_route_name: any_by_route_name(&rules, |r| &r.matcher),
-            rules,
+            rules: RuleList::new(rules),
             client_address: ClientAddressResolver::new(&config.client_address),
         })
     }
+}
 
-    pub fn uses_route_name(&self) -> bool {
-        self.uses_route_name
-    }
-
-    pub fn rule_index_for<'m>(
-        &'m self,
-        request: &RequestAttrs<'_>,
-    ) -> Option<(usize, Captures<'m>)> {
-        first_match_index(&self.rules, |r| &r.matcher, request)
-    }
-
-    pub fn rule(&self, index: usize) -> Option<&Rule> {
-        self.rules.get(index)
+impl MatchedRule for Rule {
+    fn matcher(&self) -> &Matcher {
+        &self.matcher
     }
 }
 
@@ -1039,6 +1027,7 @@ pub fn response_changes(
 mod tests {
     use super::*;
     use gateway_common::config::parse_json;
+    use gateway_common::matching::RequestAttrs;
     use serde_json::json;
 
     fn mapping(rule: serde_json::Value) -> Mapping {
@@ -1073,7 +1062,8 @@ mod tests {
             .split_once('?')
             .unwrap_or((path_and_query, ""));
         let (index, captures) = m
-            .rule_index_for(&RequestAttrs {
+            .rules
+            .first_for(&RequestAttrs {
                 path: path_and_query,
                 method: "GET",
                 ..Default::default()
@@ -1092,7 +1082,7 @@ mod tests {
             SystemValue::User => Some("user-7".to_string()),
             _ => None,
         };
-        m.rule(index).unwrap().apply(&Frontend {
+        m.rules.get(index).unwrap().apply(&Frontend {
             path,
             query,
             captures: &captures,
@@ -1401,7 +1391,7 @@ mod tests {
                 "rename": [{"from": "X-Internal-Id", "to": "X-Trace-Id"}]
             }
         }));
-        let rule = m.rule(0).unwrap();
+        let rule = m.rules.get(0).unwrap();
         let backend = |name: &str| match name {
             "x-internal-id" => Some("abc".to_string()),
             "cache-control" => Some("max-age=60".to_string()),

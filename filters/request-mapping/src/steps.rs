@@ -12,7 +12,7 @@ use gateway_common::identity;
 use gateway_common::matching::KeptCaptures;
 use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
 use gateway_common::stream::{
-    buffer_request_body, declared_body_length, refuse, BufferedBody, PolicySteps, Stream, Verdict,
+    declared_body_length, refuse, HeldBody, HeldForBody, PolicySteps, Stream, Verdict,
 };
 use std::rc::Rc;
 
@@ -55,7 +55,7 @@ pub struct MappingSteps {
     metrics: Metrics,
     /// The matched rule, for the response side.
     rule: Option<usize>,
-    waiting: Option<Waiting>,
+    waiting: HeldForBody<Waiting>,
 }
 
 impl MappingSteps {
@@ -64,7 +64,7 @@ impl MappingSteps {
             mapping,
             metrics,
             rule: None,
-            waiting: None,
+            waiting: HeldForBody::default(),
         }
     }
 
@@ -107,7 +107,7 @@ impl MappingSteps {
         content_type: Option<&str>,
         body: Option<&[u8]>,
     ) -> Verdict {
-        let Some(rule) = self.rule.and_then(|i| self.mapping.rule(i)) else {
+        let Some(rule) = self.rule.and_then(|i| self.mapping.rules.get(i)) else {
             return Verdict::Continue;
         };
         let (path, query) = line.path.split_once('?').unwrap_or((&line.path, ""));
@@ -167,13 +167,13 @@ impl MappingSteps {
 impl PolicySteps for MappingSteps {
     fn on_request_headers(&mut self, stream: &mut dyn Stream, end_of_stream: bool) -> Verdict {
         let mapping = Rc::clone(&self.mapping);
-        let facts = RequestFacts::read(stream, mapping.uses_route_name());
-        let Some((index, captures)) = mapping.rule_index_for(&facts.attrs()) else {
+        let facts = RequestFacts::read(stream, mapping.rules.uses_route_name());
+        let Some((index, captures)) = mapping.rules.first_for(&facts.attrs()) else {
             stream.increment(self.metrics.unmatched, 1);
             return Verdict::Continue;
         };
         self.rule = Some(index);
-        let Some(rule) = mapping.rule(index) else {
+        let Some(rule) = mapping.rules.get(index) else {
             return Verdict::Continue;
         };
         let content_type = rule
@@ -184,11 +184,12 @@ impl PolicySteps for MappingSteps {
             if declared_body_length(stream).is_some_and(|len| len > rule.max_body_bytes) {
                 return self.reject(stream, &codes::BODY_TOO_LARGE);
             }
-            self.waiting = Some(Waiting {
+            let waiting = Waiting {
                 line: facts.line,
                 captures: KeptCaptures::keep(captures),
                 content_type,
-            });
+            };
+            self.waiting.hold(waiting, rule.max_body_bytes);
             return Verdict::Pause;
         }
         self.map(
@@ -206,20 +207,11 @@ impl PolicySteps for MappingSteps {
         body_size: usize,
         end_of_stream: bool,
     ) -> Verdict {
-        let Some(waiting) = self.waiting.take() else {
-            return Verdict::Continue;
-        };
-        let max = self
-            .rule
-            .and_then(|i| self.mapping.rule(i))
-            .map_or(0, |r| r.max_body_bytes);
-        match buffer_request_body(stream, body_size, end_of_stream, max) {
-            BufferedBody::Incomplete => {
-                self.waiting = Some(waiting);
-                Verdict::Pause
-            }
-            BufferedBody::TooLarge => self.reject(stream, &codes::BODY_TOO_LARGE),
-            BufferedBody::Complete(body) => self.map(
+        match self.waiting.body(stream, body_size, end_of_stream) {
+            HeldBody::NotHeld => Verdict::Continue,
+            HeldBody::Incomplete => Verdict::Pause,
+            HeldBody::TooLarge(_) => self.reject(stream, &codes::BODY_TOO_LARGE),
+            HeldBody::Complete(waiting, body) => self.map(
                 stream,
                 &waiting.line,
                 &waiting.captures.captures(),
@@ -230,7 +222,7 @@ impl PolicySteps for MappingSteps {
     }
 
     fn on_response_headers(&mut self, stream: &mut dyn Stream, _end_of_stream: bool) -> Verdict {
-        let Some(rule) = self.rule.and_then(|i| self.mapping.rule(i)) else {
+        let Some(rule) = self.rule.and_then(|i| self.mapping.rules.get(i)) else {
             return Verdict::Continue;
         };
         if rule.response.is_empty() {

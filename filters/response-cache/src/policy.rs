@@ -10,8 +10,8 @@ use gateway_common::config::ConfigError;
 use gateway_common::host::{Host, RequestLine};
 use gateway_common::identity;
 use gateway_common::matching::{
-    any_by_route_name, compile_rule_match, first_match_index, host_without_port, rule_name,
-    rule_path, MatchConfig, Matcher, RequestAttrs,
+    compile_rule_match, host_without_port, rule_name, rule_path, MatchConfig, MatchedRule, Matcher,
+    RuleList,
 };
 use gateway_common::params::parse_pairs_lenient;
 use gateway_common::slots::{CacheKey, ExpiringCache};
@@ -124,8 +124,7 @@ pub struct Rule {
 /// The compiled policy.
 #[derive(Debug, Clone)]
 pub struct ResponseCache {
-    rules: Vec<Rule>,
-    uses_route_name: bool,
+    pub rules: RuleList<Rule>,
     pub table: ExpiringCache,
     pub max_entry_bytes: usize,
     generation: [u8; 8],
@@ -160,6 +159,12 @@ pub enum Bypass {
     Credentials,
 }
 
+impl MatchedRule for Rule {
+    fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+}
+
 impl ResponseCache {
     pub fn compile(config: &ResponseCacheConfig) -> Result<Self, ConfigError> {
         if config.max_entries == 0 || config.max_entries > MAX_ENTRIES {
@@ -185,8 +190,7 @@ impl ResponseCache {
             .collect::<Result<Vec<_>, _>>()?;
         let slots = config.max_entries.div_ceil(ENTRIES_PER_SLOT);
         Ok(Self {
-            uses_route_name: any_by_route_name(&rules, |rule| &rule.matcher),
-            rules,
+            rules: RuleList::new(rules),
             table: ExpiringCache::new(
                 SLOT_PREFIX,
                 slots,
@@ -196,19 +200,6 @@ impl ResponseCache {
             max_entry_bytes: config.max_entry_bytes,
             generation: config.generation.to_le_bytes(),
         })
-    }
-
-    pub fn uses_route_name(&self) -> bool {
-        self.uses_route_name
-    }
-
-    /// The rule for a request, by index.
-    pub fn rule_for(&self, request: &RequestAttrs<'_>) -> Option<usize> {
-        first_match_index(&self.rules, |rule| &rule.matcher, request).map(|(index, _)| index)
-    }
-
-    pub fn rule(&self, index: usize) -> Option<&Rule> {
-        self.rules.get(index)
     }
 
     /// The key of a request under rule `index`: the generation, the rule

@@ -288,11 +288,11 @@ impl PolicySteps for CacheSteps {
     fn on_request_headers(&mut self, stream: &mut dyn Stream, end_of_stream: bool) -> Verdict {
         let worker = Rc::clone(&self.worker);
         let policy = &worker.policy;
-        let facts = RequestFacts::read(&*stream, policy.uses_route_name());
-        let Some(index) = policy.rule_for(&facts.attrs()) else {
+        let facts = RequestFacts::read(&*stream, policy.rules.uses_route_name());
+        let Some((index, _)) = policy.rules.first_for(&facts.attrs()) else {
             return Verdict::Continue;
         };
-        let Some(rule) = policy.rule(index) else {
+        let Some(rule) = policy.rules.get(index) else {
             return Verdict::Continue;
         };
         match rule.bypass(&facts.line.method, &*stream, end_of_stream) {
@@ -353,7 +353,7 @@ impl PolicySteps for CacheSteps {
             return Verdict::Continue;
         }
         let worker = Rc::clone(&self.worker);
-        let Some(policy_rule) = worker.policy.rule(rule) else {
+        let Some(policy_rule) = worker.policy.rules.get(rule) else {
             self.hand_back(stream, &key);
             return Verdict::Continue;
         };

@@ -10,8 +10,7 @@ use crate::json::{self, JsonLimits, Leaf, Violation};
 use gateway_common::config::{is_header_name, ConfigError};
 use gateway_common::error::GatewayError;
 use gateway_common::matching::{
-    any_by_route_name, compile_rule_match, first_match_index, rule_name, rule_path, Captures,
-    MatchConfig, Matcher, RequestAttrs,
+    compile_rule_match, rule_name, rule_path, MatchConfig, MatchedRule, Matcher, RuleList,
 };
 use gateway_common::params::{body_kind, BodyKind, OtherContentTypes};
 use serde::Deserialize;
@@ -218,8 +217,7 @@ pub struct Rule {
 /// The compiled policy: ordered rules, the first that matches applies.
 #[derive(Debug)]
 pub struct Threats {
-    rules: Vec<Rule>,
-    uses_route_name: bool,
+    pub rules: RuleList<Rule>,
 }
 
 impl Threats {
@@ -230,32 +228,15 @@ impl Threats {
             .enumerate()
             .map(|(i, rule)| compile_rule(rule, &rule_path(i)))
             .collect::<Result<Vec<_>, _>>()?;
-        let uses_route_name = any_by_route_name(&rules, |r| &r.matcher);
         Ok(Self {
-            rules,
-            uses_route_name,
+            rules: RuleList::new(rules),
         })
     }
+}
 
-    pub fn uses_route_name(&self) -> bool {
-        self.uses_route_name
-    }
-
-    /// The first rule whose match holds, with the path template's captures.
-    pub fn rule_index_for<'v>(
-        &'v self,
-        request: &RequestAttrs<'_>,
-    ) -> Option<(usize, Captures<'v>)> {
-        first_match_index(&self.rules, |r| &r.matcher, request)
-    }
-
-    pub fn rule(&self, index: usize) -> Option<&Rule> {
-        self.rules.get(index)
-    }
-
-    /// The rules' names, in order.
-    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().map(|rule| rule.name.as_str())
+impl MatchedRule for Rule {
+    fn matcher(&self) -> &Matcher {
+        &self.matcher
     }
 }
 
@@ -775,7 +756,7 @@ mod tests {
         body: Option<(&str, &str)>,
     ) -> Option<(&'static str, Option<Location>)> {
         let threats = threats(rule.clone());
-        let rule = threats.rule(0).unwrap();
+        let rule = threats.rules.get(0).unwrap();
         let header = |name: &str| {
             headers
                 .iter()
@@ -1029,7 +1010,7 @@ mod tests {
         );
         let large = "x".repeat(65);
         let threats = threats(rule);
-        let finding = threats.rule(0).unwrap().inspect(&RequestParts {
+        let finding = threats.rules.get(0).unwrap().inspect(&RequestParts {
             query: "",
             captures: &[],
             header: &|_| None,

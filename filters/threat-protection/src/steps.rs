@@ -13,8 +13,7 @@ use gateway_common::identity;
 use gateway_common::matching::Captures;
 use gateway_common::metrics::{Counter, DefineMetrics, DenialCounters};
 use gateway_common::stream::{
-    buffer_request_body, declared_body_length, refuse, BufferedBody, Level, PolicySteps, Stream,
-    Verdict,
+    declared_body_length, refuse, HeldBody, HeldForBody, Level, PolicySteps, Stream, Verdict,
 };
 use std::cell::OnceCell;
 use std::rc::Rc;
@@ -102,10 +101,11 @@ impl Compiled {
     pub fn define_rule_counters(&self, host: &mut dyn DefineMetrics) {
         let counters = self
             .policy
-            .rule_names()
+            .rules
+            .iter()
             .map(|rule| RuleCounters {
-                passed: host.define_counter(FILTER_NAME, &format!("rule.{rule}.passed")),
-                found: host.define_counter(FILTER_NAME, &format!("rule.{rule}.found")),
+                passed: host.define_counter(FILTER_NAME, &format!("rule.{}.passed", rule.name)),
+                found: host.define_counter(FILTER_NAME, &format!("rule.{}.found", rule.name)),
             })
             .collect();
         let _ = self.rule_counters.set(counters);
@@ -116,7 +116,7 @@ impl Compiled {
     }
 }
 
-/// A request held until its body has arrived.
+/// What a request held for its body keeps from its headers.
 struct Waiting {
     rule: usize,
     content_type: Option<String>,
@@ -127,7 +127,7 @@ struct Waiting {
 pub struct ThreatSteps {
     compiled: Rc<Compiled>,
     metrics: Metrics,
-    waiting: Option<Waiting>,
+    waiting: HeldForBody<Waiting>,
 }
 
 impl ThreatSteps {
@@ -135,7 +135,7 @@ impl ThreatSteps {
         Self {
             compiled,
             metrics,
-            waiting: None,
+            waiting: HeldForBody::default(),
         }
     }
 
@@ -151,7 +151,7 @@ impl ThreatSteps {
     /// A finding: refused, or under `mode: log` logged and let through.
     /// The value found is never written anywhere.
     fn found(&self, stream: &mut dyn Stream, index: usize, finding: &Finding) -> Verdict {
-        let Some(rule) = self.compiled.policy.rule(index) else {
+        let Some(rule) = self.compiled.policy.rules.get(index) else {
             return Verdict::Continue;
         };
         stream.increment(self.metrics.found(finding.check), 1);
@@ -186,16 +186,9 @@ impl ThreatSteps {
         }
     }
 
-    /// The request held for its body, if any, with its rule's body limit.
-    fn take_waiting(&mut self) -> Option<(Waiting, usize)> {
-        let waiting = self.waiting.take()?;
-        let limit = self.compiled.policy.rule(waiting.rule)?.max_body_bytes;
-        Some((waiting, limit))
-    }
-
     /// The body's checks, once it has arrived.
     fn check_body(&self, stream: &mut dyn Stream, waiting: &Waiting, body: &[u8]) -> Verdict {
-        let Some(rule) = self.compiled.policy.rule(waiting.rule) else {
+        let Some(rule) = self.compiled.policy.rules.get(waiting.rule) else {
             return Verdict::Continue;
         };
         match rule.inspect_body(waiting.content_type.as_deref(), body) {
@@ -236,12 +229,12 @@ fn inspect_head(
 impl PolicySteps for ThreatSteps {
     fn on_request_headers(&mut self, stream: &mut dyn Stream, end_of_stream: bool) -> Verdict {
         let compiled = Rc::clone(&self.compiled);
-        let facts = RequestFacts::read(stream, compiled.policy.uses_route_name());
-        let Some((index, captures)) = compiled.policy.rule_index_for(&facts.attrs()) else {
+        let facts = RequestFacts::read(stream, compiled.policy.rules.uses_route_name());
+        let Some((index, captures)) = compiled.policy.rules.first_for(&facts.attrs()) else {
             stream.increment(self.metrics.unmatched, 1);
             return Verdict::Continue;
         };
-        let Some(rule) = compiled.policy.rule(index) else {
+        let Some(rule) = compiled.policy.rules.get(index) else {
             return Verdict::Continue;
         };
         // Under `mode: log` a finding lets the request go on, and what is
@@ -275,11 +268,14 @@ impl PolicySteps for ThreatSteps {
         if declared_body_length(stream).is_some_and(|len| len > rule.max_body_bytes) {
             return self.found(stream, index, &Finding::body_too_large());
         }
-        self.waiting = Some(Waiting {
-            rule: index,
-            content_type,
-            logged,
-        });
+        self.waiting.hold(
+            Waiting {
+                rule: index,
+                content_type,
+                logged,
+            },
+            rule.max_body_bytes,
+        );
         Verdict::Pause
     }
 
@@ -289,28 +285,13 @@ impl PolicySteps for ThreatSteps {
         body_size: usize,
         end_of_stream: bool,
     ) -> Verdict {
-        let Some((waiting, limit)) = self.take_waiting() else {
-            return Verdict::Continue;
-        };
-        match buffer_request_body(stream, body_size, end_of_stream, limit) {
-            BufferedBody::Incomplete => {
-                self.waiting = Some(waiting);
-                Verdict::Pause
+        match self.waiting.body(stream, body_size, end_of_stream) {
+            HeldBody::NotHeld => Verdict::Continue,
+            HeldBody::Incomplete => Verdict::Pause,
+            HeldBody::TooLarge(waiting) => {
+                self.found(stream, waiting.rule, &Finding::body_too_large())
             }
-            BufferedBody::TooLarge => self.found(stream, waiting.rule, &Finding::body_too_large()),
-            BufferedBody::Complete(bytes) => self.check_body(stream, &waiting, &bytes),
+            HeldBody::Complete(waiting, bytes) => self.check_body(stream, &waiting, &bytes),
         }
-    }
-
-    /// Trailers end a body that did not say it had ended.
-    fn on_request_trailers(&mut self, stream: &mut dyn Stream) -> Verdict {
-        let Some((waiting, limit)) = self.take_waiting() else {
-            return Verdict::Continue;
-        };
-        let bytes = stream.request_body(limit.saturating_add(1));
-        if bytes.len() > limit {
-            return self.found(stream, waiting.rule, &Finding::body_too_large());
-        }
-        self.check_body(stream, &waiting, &bytes)
     }
 }

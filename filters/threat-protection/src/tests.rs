@@ -202,21 +202,6 @@ fn a_body_over_the_limit_is_refused_413() {
 }
 
 #[test]
-fn a_body_ended_by_trailers_is_still_checked() {
-    let mut stream = FakeStream::new(json(request("POST", "/items/1")));
-    let mut steps = steps(&mut stream);
-    assert_eq!(steps.on_request_headers(&mut stream, false), Verdict::Pause);
-    stream.body = br#"{"q": "<script>alert(1)</script>"}"#.to_vec();
-    let size = stream.body.len();
-    assert_eq!(
-        steps.on_request_body(&mut stream, size, false),
-        Verdict::Pause
-    );
-    assert_eq!(steps.on_request_trailers(&mut stream), Verdict::Answered);
-    assert_eq!(stream.counted(FILTER_NAME, "denied.A403XS"), 1);
-}
-
-#[test]
 fn in_log_mode_a_finding_is_counted_and_the_request_goes_on() {
     let logged = run(
         json(request("POST", "/comments")),

@@ -177,7 +177,7 @@ fn report(title: &str, rates: &[(usize, usize)]) {
 #[test]
 fn every_attack_the_library_finds_is_found_in_every_place() {
     let medium = threats("medium");
-    let rule = medium.rule(0).expect("rule");
+    let rule = medium.rules.get(0).expect("rule");
     let samples = samples();
     for (class, prefix) in [("SQL injection", "sqli-"), ("XSS", "xss-")] {
         let payloads: Vec<&(String, Vec<u8>, bool)> = samples
@@ -214,7 +214,7 @@ fn every_attack_the_library_finds_is_found_in_every_place() {
         }
         // `high` decodes once more: payloads encoded twice are found too.
         let high = threats("high");
-        let high_rates = found_per_place(high.rule(0).expect("rule"), &values);
+        let high_rates = found_per_place(high.rules.get(0).expect("rule"), &values);
         report(&format!("{class} samples at high"), &high_rates);
         for ((place, medium), high) in PLACES.iter().zip(&rates).zip(&high_rates) {
             assert!(high.0 >= medium.0, "{class} in {}", place.name());
@@ -238,7 +238,7 @@ fn benign_values_are_not_flagged_at_the_default_sensitivity() {
     let mut checks = 0;
     for sensitivity in ["low", "medium", "high"] {
         let threats = threats(sensitivity);
-        let rule = threats.rule(0).expect("rule");
+        let rule = threats.rules.get(0).expect("rule");
         let rates = found_per_place(rule, &values);
         report(
             &format!("benign at {sensitivity} ({})", values.len()),
@@ -271,7 +271,7 @@ fn libinjections_own_hard_cases_are_reported() {
     let values: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
     for sensitivity in ["low", "medium"] {
         let threats = threats(sensitivity);
-        let rates = found_per_place(threats.rule(0).expect("rule"), &values);
+        let rates = found_per_place(threats.rules.get(0).expect("rule"), &values);
         report(
             &format!("false_positives.txt at {sensitivity} ({})", values.len()),
             &rates,

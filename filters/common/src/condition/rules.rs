@@ -9,8 +9,8 @@ use crate::client_ip::{ClientAddressConfig, ClientAddressResolver};
 use crate::config::ConfigError;
 use crate::host::{Host, RequestLine};
 use crate::matching::{
-    any_by_route_name, compile_rule_match, first_match_index, rule_name, rule_path, Captures,
-    MatchConfig, Matcher, RequestAttrs,
+    compile_rule_match, rule_name, rule_path, Captures, MatchConfig, MatchedRule, Matcher,
+    RequestAttrs, RuleList,
 };
 use std::collections::BTreeMap;
 
@@ -55,12 +55,17 @@ impl<T> ConditionRule<T> {
     }
 }
 
+impl<T> MatchedRule for ConditionRule<T> {
+    fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+}
+
 /// A policy's compiled rules.
 #[derive(Debug, Clone)]
 pub struct ConditionRules<T> {
-    rules: Vec<ConditionRule<T>>,
+    rules: RuleList<ConditionRule<T>>,
     client_address: ClientAddressResolver,
-    uses_route_name: bool,
 }
 
 impl<T> ConditionRules<T> {
@@ -106,20 +111,19 @@ impl<T> ConditionRules<T> {
             rules.push(compile().map_err(|err: ConfigError| err.within(&at))?);
         }
         Ok(Self {
-            uses_route_name: any_by_route_name(&rules, |rule| &rule.matcher),
-            rules,
+            rules: RuleList::new(rules),
             client_address: ClientAddressResolver::new(client_address),
         })
     }
 
     /// A rule matches by Envoy's route name: the policy reads it.
     pub fn uses_route_name(&self) -> bool {
-        self.uses_route_name
+        self.rules.uses_route_name()
     }
 
     /// The rule for a request, by index, with its path template's captures.
     pub fn rule_for<'p>(&'p self, request: &RequestAttrs<'_>) -> Option<(usize, Captures<'p>)> {
-        first_match_index(&self.rules, |rule| &rule.matcher, request)
+        self.rules.first_for(request)
     }
 
     pub fn rule(&self, index: usize) -> Option<&ConditionRule<T>> {
