@@ -608,6 +608,23 @@ fn the_demo_search_api_validates_its_parameters() {
     assert_eq!(injected.header("x-ca-error-code"), Some("A403SQ"));
     let name = http::get(&demo.http_url("/search?q=O%27Brien"), &[]).expect("response");
     assert_eq!(name.status, 200, "{}", name.text());
+    // A multipart form's fields too (README's `curl -F` line).
+    let form = |value: &str| {
+        let body = format!(
+            "--demo\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n{value}\r\n--demo--\r\n"
+        );
+        let content_type = [("content-type", "multipart/form-data; boundary=demo")];
+        http::post(
+            &demo.http_url("/search?q=shoes"),
+            &content_type,
+            body.as_bytes(),
+        )
+        .expect("response")
+    };
+    let injected = form("1' OR '1'='1");
+    assert_eq!(injected.status, 403, "{}", injected.text());
+    assert_eq!(injected.header("x-ca-error-code"), Some("A403SQ"));
+    assert_eq!(form("O'Brien's shoes").status, 200);
 }
 
 #[test]

@@ -120,7 +120,10 @@ fn injection_is_refused_in_every_place_and_never_echoed() {
         Option<(&'a str, &'a str)>,
         &'a str,
     );
-    let cases: [Case; 7] = [
+    let multipart = "--b1\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nshoes\r\n\
+        --b1\r\nContent-Disposition: form-data; name=\"bio\"\r\n\r\n\
+        1 UNION SELECT password FROM users--\r\n--b1--\r\n";
+    let cases: [Case; 8] = [
         ("GET", &format!("/items/1?q={sql}"), vec![], None, "A403SQ"),
         (
             "GET",
@@ -164,6 +167,13 @@ fn injection_is_refused_in_every_place_and_never_echoed() {
             )),
             "A403SQ",
         ),
+        (
+            "POST",
+            "/items/1",
+            vec![],
+            Some(("multipart/form-data; boundary=b1", multipart)),
+            "A403SQ",
+        ),
     ];
     for (method, path, mut headers, body, code) in cases {
         if let Some((content_type, _)) = body {
@@ -182,10 +192,10 @@ fn injection_is_refused_in_every_place_and_never_echoed() {
         0,
         "refused requests reach no one"
     );
-    assert_eq!(gw.stat("denied.A403SQ"), 4);
+    assert_eq!(gw.stat("denied.A403SQ"), 5);
     assert_eq!(gw.stat("denied.A403XS"), 3);
-    assert_eq!(gw.stat("found.sql"), 4);
-    assert_eq!(gw.stat("rule.items.found"), 7);
+    assert_eq!(gw.stat("found.sql"), 5);
+    assert_eq!(gw.stat("rule.items.found"), 8);
 }
 
 #[test]
@@ -203,12 +213,24 @@ fn benign_look_alikes_and_exempt_values_reach_the_backend_unchanged() {
     let body = r#"{"comment": "I'd drop the union rep; select one", "code_snippet": "<script>alert(1)</script>", "html": "<b>bold</b>"}"#;
     let posted = gw.json(body.as_bytes());
     assert_eq!(posted.status, 200, "{}", posted.text());
+    // An uploaded file's content is not read: only its filename.
+    let upload = "--b2\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nO'Brien's\r\n\
+        --b2\r\nContent-Disposition: form-data; name=\"page\"; filename=\"page.html\"\r\n\
+        Content-Type: text/html\r\n\r\n<script>alert(1)</script>\r\n--b2--\r\n";
+    let uploaded = gw.send(
+        "POST",
+        "/items/1",
+        &[("content-type", "multipart/form-data; boundary=b2")],
+        Some(upload.as_bytes()),
+    );
+    assert_eq!(uploaded.status, 200, "{}", uploaded.text());
     let seen = gw.upstream.requests();
-    assert_eq!(seen.len(), 2);
+    assert_eq!(seen.len(), 3);
     assert_eq!(seen[0].query, query);
     assert_eq!(String::from_utf8_lossy(&seen[1].body), body);
-    assert_eq!(gw.stat("passed"), 2);
-    assert_eq!(gw.stat("rule.items.passed"), 2);
+    assert_eq!(String::from_utf8_lossy(&seen[2].body), upload);
+    assert_eq!(gw.stat("passed"), 3);
+    assert_eq!(gw.stat("rule.items.passed"), 3);
 }
 
 #[test]
@@ -251,6 +273,38 @@ fn hostile_bodies_are_refused_and_the_worker_keeps_serving() {
         Some(b"{}"),
     );
     assert_refused(&two, 415, "A415TU");
+    // A multipart body a backend might read otherwise (LF line ends, a
+    // part without a name, no closing line), and 10,000 parts.
+    let multipart = |boundary_and_body: (&str, String)| {
+        let (boundary, body) = boundary_and_body;
+        gw.send(
+            "POST",
+            "/items/1",
+            &[(
+                "content-type",
+                &format!("multipart/form-data; boundary={boundary}"),
+            )],
+            Some(body.as_bytes()),
+        )
+    };
+    for odd in [
+        (
+            "b",
+            "--b\nContent-Disposition: form-data; name=a\n\nx\n--b--\n".to_string(),
+        ),
+        (
+            "b",
+            "--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b--\r\n".to_string(),
+        ),
+        (
+            "b",
+            "--b\r\nContent-Disposition: form-data; name=a\r\n\r\nx".to_string(),
+        ),
+    ] {
+        assert_refused(&multipart(odd), 400, "A400TM");
+    }
+    let many = "--b\r\nContent-Disposition: form-data; name=f\r\n\r\nv\r\n".repeat(10_000);
+    assert_refused(&multipart(("b", many + "--b--\r\n")), 400, "A400TS");
     // Decoding work is bounded: ten thousand `%25`s are one pass.
     let encoded = "%25".repeat(10_000);
     let response = gw.send("GET", &format!("/items/1?q={encoded}"), &[], None);
@@ -259,6 +313,8 @@ fn hostile_bodies_are_refused_and_the_worker_keeps_serving() {
     assert_eq!(gw.stat("found.json_entries"), 1);
     assert_eq!(gw.stat("found.json_string"), 1);
     assert_eq!(gw.stat("found.json_malformed"), 2);
+    assert_eq!(gw.stat("found.form_malformed"), 3);
+    assert_eq!(gw.stat("found.form_fields"), 1);
     // The worker still serves.
     let clean = gw.json(br#"{"a": [1, 2, {"b": "c"}]}"#);
     assert_eq!(clean.status, 200, "{}", clean.text());

@@ -8,6 +8,7 @@
 pub mod decode;
 pub mod detect;
 pub mod json;
+pub mod multipart;
 pub mod policy;
 pub mod steps;
 

@@ -7,6 +7,7 @@
 use crate::decode::{html_decode, percent_decode};
 use crate::detect::{script_injection, sql_injection, sql_injection_with, DoubleQuoted};
 use crate::json::{self, JsonLimits, Leaf, Violation};
+use crate::multipart::{self, Part};
 use gateway_common::config::{is_header_name, ConfigError};
 use gateway_common::error::GatewayError;
 use gateway_common::matching::{
@@ -429,6 +430,11 @@ impl Finding {
     }
 }
 
+/// A `multipart/form-data` body, read as a form.
+fn is_multipart(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|content_type| multipart::form_data_boundary(content_type).is_some())
+}
+
 /// How a value is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Encoding {
@@ -459,7 +465,9 @@ impl Rule {
         match body_kind(content_type) {
             BodyKind::Json => self.locations.contains(&Location::Json),
             BodyKind::Form => self.locations.contains(&Location::Form),
-            BodyKind::Other => false,
+            BodyKind::Other => {
+                is_multipart(content_type) && self.locations.contains(&Location::Form)
+            }
         }
     }
 
@@ -487,6 +495,7 @@ impl Rule {
         }
         let content_type = content_types.first().map(String::as_str);
         if body_kind(content_type) == BodyKind::Other
+            && !is_multipart(content_type)
             && self.other_content_types == OtherContentTypes::Reject
         {
             return Some(Finding::unreadable("body_type"));
@@ -576,8 +585,60 @@ impl Rule {
                 self.pairs(text, Location::Form, Some(self.form))
             }
             BodyKind::Json if self.locations.contains(&Location::Json) => self.json_body(body),
+            BodyKind::Other if self.locations.contains(&Location::Form) => {
+                match content_type.and_then(multipart::form_data_boundary)? {
+                    Ok(boundary) => self.multipart_body(body, boundary),
+                    Err(()) => Some(Finding::structure(
+                        "form_malformed",
+                        Location::Form,
+                        codes::MALFORMED,
+                    )),
+                }
+            }
             _ => None,
         }
+    }
+
+    /// A `multipart/form-data` body: its fields' names and values and its
+    /// files' names and filenames (not their content), within the form
+    /// limits; a body the policy cannot read as a backend would is refused.
+    fn multipart_body(&self, body: &[u8], boundary: &str) -> Option<Finding> {
+        let limits = self.form;
+        let mut fields = 0u32;
+        let read = multipart::parts(body, boundary, |part| {
+            fields += 1;
+            let (name, value, sized) = match part {
+                Part::Field { name, value } => (name, value, value.len()),
+                // A file's content is bounded by `max_body_bytes` alone.
+                Part::File { name, filename } => (name, filename, 0),
+            };
+            let found = if fields > limits.fields {
+                Some(Finding::structure(
+                    "form_fields",
+                    Location::Form,
+                    codes::STRUCTURE,
+                ))
+            } else if name.len() > limits.name as usize || sized > limits.value as usize {
+                Some(Finding::structure(
+                    "form_size",
+                    Location::Form,
+                    codes::STRUCTURE,
+                ))
+            } else {
+                self.detect(Location::Form, name).or_else(|| {
+                    let name = String::from_utf8_lossy(name);
+                    self.value(Location::Form, &name, value, Encoding::None)
+                })
+            };
+            found.map_or(ControlFlow::Continue(()), ControlFlow::Break)
+        });
+        read.unwrap_or_else(|_| {
+            Some(Finding::structure(
+                "form_malformed",
+                Location::Form,
+                codes::MALFORMED,
+            ))
+        })
     }
 
     /// The pairs of a query string or form (`limits`: a form's).
@@ -944,6 +1005,17 @@ mod tests {
             inspect(&query_only, "", &[], Some(("application/json", body))),
             None
         );
+        // A path exempted: no class checked, the structure limits still are.
+        let limits_only = json!({"injection": [], "json": {"max_depth": 2}});
+        assert_eq!(inspect(&limits_only, "q=1'+OR+'1'='1", &[], None), None);
+        assert_eq!(
+            inspect(&limits_only, "", &[], Some(("application/json", body))),
+            None
+        );
+        assert_eq!(
+            inspect(&limits_only, "", &[], Some(("application/json", "[[[1]]]"))),
+            Some(("json_depth", Some(Location::Json)))
+        );
     }
 
     #[test]
@@ -984,6 +1056,78 @@ mod tests {
             inspect(&json!({"sensitivity": "high"}), written, &[], None),
             Some(("script", Some(Location::Query)))
         );
+    }
+
+    #[test]
+    fn a_multipart_form_is_read_as_a_form_and_its_files_by_their_filename() {
+        const TYPE: &str = "multipart/form-data; boundary=----b7";
+        let body = |parts: &[(&str, &str)]| {
+            let mut body = String::new();
+            for (disposition, content) in parts {
+                body.push_str(&format!(
+                    "------b7\r\nContent-Disposition: form-data; {disposition}\r\n\r\n{content}\r\n"
+                ));
+            }
+            body + "------b7--\r\n"
+        };
+        let rule = json!({"exempt": ["form.snippet"], "form": {"max_fields": 3, "max_value": 100},
+            "other_content_types": "reject"});
+        let check = |parts: &[(&str, &str)]| {
+            let body = Box::leak(body(parts).into_boxed_str());
+            inspect(&rule, "", &[], Some((TYPE, body)))
+        };
+        let sql = Some(("sql", Some(Location::Form)));
+        let clean = [
+            ("name=\"title\"", "O'Brien's shoes"),
+            ("name=\"note\"", "select one"),
+        ];
+        assert_eq!(check(&clean), None);
+        assert_eq!(check(&[("name=\"q\"", "1' OR '1'='1")]), sql);
+        assert_eq!(check(&[("name=\"1' OR '1'='1\"", "x")]), sql);
+        // A file: its filename is checked, not its content; an empty
+        // filename makes a field of it (some parsers read it so).
+        let upload = "name=\"doc\"; filename=\"page.html\"";
+        assert_eq!(check(&[(upload, "<script>alert(1)</script>")]), None);
+        assert_eq!(
+            check(&[("name=\"doc\"; filename=\"<svg onload=alert(1)>\"", "")]),
+            Some(("script", Some(Location::Form)))
+        );
+        assert_eq!(
+            check(&[("name=\"doc\"; filename=\"\"", "<script>alert(1)</script>")]),
+            Some(("script", Some(Location::Form)))
+        );
+        assert_eq!(check(&[("name=\"snippet\"", "1' OR '1'='1")]), None);
+        let four = [
+            ("name=a", "1"),
+            ("name=b", "2"),
+            ("name=c", "3"),
+            ("name=d", "4"),
+        ];
+        assert_eq!(check(&four), Some(("form_fields", Some(Location::Form))));
+        let long = "x".repeat(101);
+        assert_eq!(
+            check(&[("name=a", long.as_str())]),
+            Some(("form_size", Some(Location::Form)))
+        );
+        let malformed = Some(("form_malformed", Some(Location::Form)));
+        assert_eq!(check(&[("filename=\"no name\"", "x")]), malformed);
+        assert_eq!(
+            inspect(&rule, "", &[], Some((TYPE, "------b7\r\nunclosed"))),
+            malformed
+        );
+        assert_eq!(
+            inspect(&rule, "", &[], Some(("multipart/form-data", "x"))),
+            malformed
+        );
+        // Read only where forms are.
+        let json_only = json!({"locations": ["json"]});
+        let injected = body(&[("name=\"q\"", "1' OR '1'='1")]);
+        assert_eq!(inspect(&json_only, "", &[], Some((TYPE, &injected))), None);
+        // Not another content type under `other_content_types: reject`.
+        let threats = threats(rule.clone());
+        let rule = threats.rules.get(0).unwrap();
+        assert!(rule.reads_body(Some(TYPE)));
+        assert_eq!(rule.unreadable_body(&[TYPE.to_string()], &[]), None);
     }
 
     #[test]

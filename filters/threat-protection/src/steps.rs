@@ -28,7 +28,7 @@ const DENIAL_CODES: [GatewayError; 6] = [
 ];
 
 /// Every check a finding can name, for `found.<check>`.
-const CHECKS: [&str; 13] = [
+const CHECKS: [&str; 14] = [
     "sql",
     "script",
     "json_depth",
@@ -39,6 +39,7 @@ const CHECKS: [&str; 13] = [
     "json_malformed",
     "form_fields",
     "form_size",
+    "form_malformed",
     "body_type",
     "body_encoding",
     "body_size",
