@@ -576,11 +576,20 @@ pub struct HostedSteps {
     shared: Option<Rc<SharedRequest>>,
     fleet: Option<Ticket>,
     call: Option<u32>,
-    /// The steps hold a request body that has not ended (its size so far).
-    unfinished_body: Option<usize>,
+    /// How far the request body has come.
+    request_body: BodyProgress,
     /// The same for the response body.
-    unfinished_response_body: Option<usize>,
+    response_body: BodyProgress,
     ended: bool,
+}
+
+/// How far a body has come, for the trailers that end it.
+#[derive(Debug, Default)]
+struct BodyProgress {
+    /// The body step has seen its end.
+    ended: bool,
+    /// The steps hold the body so far (its size).
+    held: Option<usize>,
 }
 
 impl HostedSteps {
@@ -590,8 +599,8 @@ impl HostedSteps {
             shared,
             fleet: None,
             call: None,
-            unfinished_body: None,
-            unfinished_response_body: None,
+            request_body: BodyProgress::default(),
+            response_body: BodyProgress::default(),
             ended: false,
         }
     }
@@ -608,9 +617,10 @@ impl HostedSteps {
         self.body(host, Way::Request, body_size, end_of_stream)
     }
 
-    /// Trailers end the request: steps holding a body that never said it
-    /// ended are shown it whole first (so a client cannot skip a body
-    /// check by sending trailers), then the trailers.
+    /// Trailers end the request: the body step is shown the body whole
+    /// first if it never saw its end (what it holds, or no body at all when
+    /// the trailers follow the headers), so a client cannot skip a body
+    /// check by sending trailers; then the trailers.
     pub fn request_trailers(&mut self, host: &mut dyn RequestHost) -> Verdict {
         self.trailers(host, Way::Request)
     }
@@ -640,13 +650,17 @@ impl HostedSteps {
         let (verdict, resized_to) = self.run(host, |steps, stream| {
             way.body(steps, stream, body_size, end_of_stream)
         });
-        *self.unfinished(way) =
+        let progress = self.progress(way);
+        progress.ended |= end_of_stream;
+        progress.held =
             (verdict == Verdict::Pause && !end_of_stream).then(|| resized_to.unwrap_or(body_size));
         (verdict, resized_to)
     }
 
     fn trailers(&mut self, host: &mut dyn RequestHost, way: Way) -> Verdict {
-        if let Some(body_size) = self.unfinished(way).take() {
+        let progress = self.progress(way);
+        if !std::mem::replace(&mut progress.ended, true) {
+            let body_size = progress.held.take().unwrap_or(0);
             let verdict = self.verdict(host, |steps, stream| {
                 way.body(steps, stream, body_size, true)
             });
@@ -660,11 +674,11 @@ impl HostedSteps {
         })
     }
 
-    /// The size of the body the steps hold unfinished, one way.
-    fn unfinished(&mut self, way: Way) -> &mut Option<usize> {
+    /// How far the body has come, one way.
+    fn progress(&mut self, way: Way) -> &mut BodyProgress {
         match way {
-            Way::Request => &mut self.unfinished_body,
-            Way::Response => &mut self.unfinished_response_body,
+            Way::Request => &mut self.request_body,
+            Way::Response => &mut self.response_body,
         }
     }
 
@@ -972,6 +986,15 @@ mod tests {
         hosted.request_body(&mut host, 4, true);
         assert_eq!(hosted.request_trailers(&mut host), Verdict::Continue);
         assert_eq!(*seen.borrow(), ["body 4 end=true", "trailers"]);
+        // Trailers right after the headers: the body step still sees the
+        // end, of no body, so a check waiting for it runs (and refuses).
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let steps = Box::new(WholeBody {
+            seen: Rc::clone(&seen),
+        });
+        let mut hosted = HostedSteps::new(steps, None);
+        assert_eq!(hosted.request_trailers(&mut host), Verdict::Answered);
+        assert_eq!(*seen.borrow(), ["body 0 end=true"]);
     }
 
     /// A step that holds the response body to its end, then rewrites it.

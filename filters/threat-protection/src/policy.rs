@@ -430,9 +430,28 @@ impl Finding {
     }
 }
 
-/// A `multipart/form-data` body, read as a form.
+/// A multipart body (or a content type that mentions a boundary), read as
+/// a form.
 fn is_multipart(content_type: Option<&str>) -> bool {
-    content_type.is_some_and(|content_type| multipart::form_data_boundary(content_type).is_some())
+    content_type.is_some_and(|content_type| multipart::boundary(content_type).is_some())
+}
+
+/// No `charset` parameter, or a plain one (UTF-8, US-ASCII, ISO-8859-1).
+fn plain_charset(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .skip(1)
+        .all(|param| match param.split_once('=') {
+            Some((name, charset)) if name.trim().eq_ignore_ascii_case("charset") => {
+                let charset = charset.trim();
+                let charset = charset
+                    .strip_prefix('"')
+                    .and_then(|c| c.strip_suffix('"'))
+                    .unwrap_or(charset);
+                multipart::is_plain_charset(charset.as_bytes())
+            }
+            _ => true,
+        })
 }
 
 /// How a value is sent.
@@ -501,6 +520,11 @@ impl Rule {
             return Some(Finding::unreadable("body_type"));
         }
         let readable = self.reads_body(content_type);
+        // A backend that honours another charset (Tomcat reads a form in
+        // IBM037) would read other text than the detectors.
+        if readable && !content_type.is_some_and(plain_charset) {
+            return Some(Finding::unreadable("body_type"));
+        }
         let compressed = content_encodings
             .iter()
             .flat_map(|value| value.split(','))
@@ -586,7 +610,7 @@ impl Rule {
             }
             BodyKind::Json if self.locations.contains(&Location::Json) => self.json_body(body),
             BodyKind::Other if self.locations.contains(&Location::Form) => {
-                match content_type.and_then(multipart::form_data_boundary)? {
+                match content_type.and_then(multipart::boundary)? {
                     Ok(boundary) => self.multipart_body(body, boundary),
                     Err(()) => Some(Finding::structure(
                         "form_malformed",

@@ -170,6 +170,29 @@ fn a_body_the_policy_cannot_read_as_the_backend_will_is_refused_415() {
         Some("{}"),
     );
     assert_eq!(code(&joined), Some((415, "A415TU".into())));
+    // A charset a backend may honour, read by the detectors as bytes.
+    for content_type in [
+        "application/x-www-form-urlencoded; charset=ibm037",
+        "application/json; charset=\"UTF-16LE\"",
+    ] {
+        let other_charset = run(
+            request("POST", "/items/1").with_header("content-type", content_type),
+            Some("{}"),
+        );
+        assert_eq!(
+            code(&other_charset),
+            Some((415, "A415TU".into())),
+            "{content_type}"
+        );
+    }
+    let plain = run(
+        request("POST", "/items/1").with_header(
+            "content-type",
+            "application/x-www-form-urlencoded; Charset=ISO-8859-1",
+        ),
+        Some("a=b"),
+    );
+    assert_eq!(plain.0, Verdict::Continue);
     // `identity` is no encoding; a body the rule does not read may be
     // compressed; an empty JSON body is no body.
     let identity = run(
