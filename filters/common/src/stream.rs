@@ -277,7 +277,7 @@ pub enum BufferedBody {
 }
 
 /// Buffers the request body up to `max_bytes`: the one step every policy
-/// that reads bodies shares (sign-auth, param-validation, request-mapping).
+/// that reads bodies shares (sign-auth; the others through [`HeldForBody`]).
 pub fn buffer_request_body(
     stream: &dyn Stream,
     body_size: usize,

@@ -427,6 +427,36 @@ mod tests {
             .unwrap_or_default()
     }
 
+    /// The one record the worker holds.
+    fn only_record(worker: &Worker) -> Record {
+        let records = queued(worker);
+        let [record] = records.as_slice() else {
+            panic!("one record: {records:?}")
+        };
+        record.clone()
+    }
+
+    /// The record of a call to `path` answered `status`, with what
+    /// `publish` left for log-push (as a filter before it would) between
+    /// the request and the log.
+    fn record_of_call(
+        fields: Value,
+        path: &str,
+        status: &str,
+        publish: impl FnOnce(&FakeStream),
+    ) -> Record {
+        let mut stream = stream(path);
+        let worker = worker(fields, &mut stream);
+        let mut steps = LogPushSteps::new(Arc::clone(&worker));
+        steps.on_request_headers(&mut stream, true);
+        publish(&stream);
+        stream
+            .response_headers
+            .push((":status".into(), status.into()));
+        steps.on_log(&mut stream);
+        only_record(&worker)
+    }
+
     #[test]
     fn a_call_is_recorded_as_the_client_sent_it_and_as_it_was_answered() {
         let mut stream = stream("/orders/7?token=abc&page=2");
@@ -454,10 +484,7 @@ mod tests {
         );
         steps.on_log(&mut stream);
 
-        let records = queued(&worker);
-        let [record] = records.as_slice() else {
-            panic!("one record: {records:?}")
-        };
+        let record = only_record(&worker);
         assert_eq!(record.request_id, "r-1");
         assert_eq!(record.api, "orders");
         assert_eq!(record.app_key, "203751");
@@ -482,21 +509,11 @@ mod tests {
             (with_fields, false, ("", "", "")),
             (config(), true, ("", "", "")),
         ] {
-            let mut stream = stream("/search?q=x");
-            let worker = worker(fields, &mut stream);
-            let mut steps = LogPushSteps::new(Arc::clone(&worker));
-            steps.on_request_headers(&mut stream, true);
-            if finding {
-                identity::publish_threat(&stream, "sql", "query", Some("s&sos"));
-            }
-            stream
-                .response_headers
-                .push((":status".into(), "403".into()));
-            steps.on_log(&mut stream);
-            let records = queued(&worker);
-            let [record] = records.as_slice() else {
-                panic!("one record: {records:?}")
-            };
+            let record = record_of_call(fields, "/search?q=x", "403", |stream| {
+                if finding {
+                    identity::publish_threat(stream, "sql", "query", Some("s&sos"));
+                }
+            });
             assert_eq!(
                 (
                     record.threat.as_str(),
@@ -521,19 +538,9 @@ mod tests {
             (with_fields, (Some(200), "ROLE_NOT_EXISTS")),
             (config(), (None, "")),
         ] {
-            let mut stream = stream("/orders/7");
-            let worker = worker(fields, &mut stream);
-            let mut steps = LogPushSteps::new(Arc::clone(&worker));
-            steps.on_request_headers(&mut stream, true);
-            identity::publish_backend_answer(&stream, Some(200), Some("ROLE_NOT_EXISTS"));
-            stream
-                .response_headers
-                .push((":status".into(), "404".into()));
-            steps.on_log(&mut stream);
-            let records = queued(&worker);
-            let [record] = records.as_slice() else {
-                panic!("one record: {records:?}")
-            };
+            let record = record_of_call(fields, "/orders/7", "404", |stream| {
+                identity::publish_backend_answer(stream, Some(200), Some("ROLE_NOT_EXISTS"));
+            });
             assert_eq!(record.status, 404);
             assert_eq!(
                 (record.backend_status, record.backend_error_code.as_str()),

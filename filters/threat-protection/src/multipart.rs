@@ -100,7 +100,7 @@ fn is_token(bytes: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
 }
 
-pub(crate) fn is_plain_charset(charset: &[u8]) -> bool {
+fn is_plain_charset(charset: &[u8]) -> bool {
     PLAIN_CHARSETS
         .iter()
         .any(|plain| charset.eq_ignore_ascii_case(plain))
@@ -213,7 +213,9 @@ fn read_part<'a>(headers: &'a [u8], content: &'a [u8]) -> Result<Part<'a>, Malfo
             {
                 return Err(Malformed::PartHeaders);
             }
-        } else if name.eq_ignore_ascii_case(b"content-type") && !plain_part_type(value) {
+        } else if name.eq_ignore_ascii_case(b"content-type")
+            && !plain_charset(&String::from_utf8_lossy(value))
+        {
             return Err(Malformed::PartHeaders);
         }
     }
@@ -246,10 +248,11 @@ fn read_part<'a>(headers: &'a [u8], content: &'a [u8]) -> Result<Part<'a>, Malfo
     })
 }
 
-/// A part's `Content-Type` whose charset, if any, is a plain one.
-fn plain_part_type(value: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(value);
-    text.split(';')
+/// A content type (of a body, or of a part) without a `charset`
+/// parameter, or with a plain one (UTF-8, US-ASCII, ISO-8859-1).
+pub(crate) fn plain_charset(content_type: &str) -> bool {
+    content_type
+        .split(';')
         .skip(1)
         .all(|param| match param.split_once('=') {
             Some((name, charset)) if name.trim().eq_ignore_ascii_case("charset") => {

@@ -420,6 +420,11 @@ impl Finding {
         }
     }
 
+    /// A multipart body the policy cannot read as every backend would.
+    fn malformed_form() -> Self {
+        Self::structure("form_malformed", Location::Form, codes::MALFORMED)
+    }
+
     fn structure(check: &'static str, location: Location, error: GatewayError) -> Self {
         Self {
             check,
@@ -434,24 +439,6 @@ impl Finding {
 /// a form.
 fn is_multipart(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|content_type| multipart::boundary(content_type).is_some())
-}
-
-/// No `charset` parameter, or a plain one (UTF-8, US-ASCII, ISO-8859-1).
-fn plain_charset(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .skip(1)
-        .all(|param| match param.split_once('=') {
-            Some((name, charset)) if name.trim().eq_ignore_ascii_case("charset") => {
-                let charset = charset.trim();
-                let charset = charset
-                    .strip_prefix('"')
-                    .and_then(|c| c.strip_suffix('"'))
-                    .unwrap_or(charset);
-                multipart::is_plain_charset(charset.as_bytes())
-            }
-            _ => true,
-        })
 }
 
 /// How a value is sent.
@@ -522,7 +509,7 @@ impl Rule {
         let readable = self.reads_body(content_type);
         // A backend that honours another charset (Tomcat reads a form in
         // IBM037) would read other text than the detectors.
-        if readable && !content_type.is_some_and(plain_charset) {
+        if readable && !content_type.is_some_and(multipart::plain_charset) {
             return Some(Finding::unreadable("body_type"));
         }
         let compressed = content_encodings
@@ -612,11 +599,7 @@ impl Rule {
             BodyKind::Other if self.locations.contains(&Location::Form) => {
                 match content_type.and_then(multipart::boundary)? {
                     Ok(boundary) => self.multipart_body(body, boundary),
-                    Err(()) => Some(Finding::structure(
-                        "form_malformed",
-                        Location::Form,
-                        codes::MALFORMED,
-                    )),
+                    Err(()) => Some(Finding::malformed_form()),
                 }
             }
             _ => None,
@@ -656,13 +639,7 @@ impl Rule {
             };
             found.map_or(ControlFlow::Continue(()), ControlFlow::Break)
         });
-        read.unwrap_or_else(|_| {
-            Some(Finding::structure(
-                "form_malformed",
-                Location::Form,
-                codes::MALFORMED,
-            ))
-        })
+        read.unwrap_or_else(|_| Some(Finding::malformed_form()))
     }
 
     /// The pairs of a query string or form (`limits`: a form's).
